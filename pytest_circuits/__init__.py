@@ -1,0 +1,55 @@
+"""pytest-circuits: interpretability findings as pytest claims.
+
+The heavy parts (torch, TransformerLens) load on first use, so that ``pytest --help``
+and collection stay fast. Everything listed in ``__all__`` is importable from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytest
+
+__version__ = "0.1.0"
+
+# Helper modules whose asserts users see: rewrite them so failures print values.
+pytest.register_assert_rewrite("pytest_circuits.measurement")
+
+from .components import MLP, Attn, Component, Embed, Head, Neuron, parse  # noqa: E402
+from .errors import (  # noqa: E402
+    CacheWarning,
+    CircuitsError,
+    ComponentError,
+    InterventionError,
+    MeasurementError,
+    ModelUnavailable,
+    PromptSetError,
+)
+
+_LAZY = {
+    "Measurement": "measurement",
+    "PromptSet": "prompts",
+    "ActivationStore": "activations",
+    "load_model": "models",
+    "register_model": "models",
+    "metrics": None,
+    "tasks": None,
+    "hooks": None,
+    "models": None,
+}
+
+__all__ = [
+    "__version__", "Head", "Attn", "MLP", "Neuron", "Embed", "Component", "parse",
+    "CircuitsError", "ComponentError", "PromptSetError", "ModelUnavailable",
+    "InterventionError", "MeasurementError", "CacheWarning", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = _LAZY[name]
+        if mod is None:
+            return importlib.import_module(f".{name}", __name__)
+        return getattr(importlib.import_module(f".{mod}", __name__), name)
+    raise AttributeError(f"module 'pytest_circuits' has no attribute {name!r}")

@@ -1,0 +1,326 @@
+"""The activation store: activations for (model, prompt set, hooks, intervention).
+
+``store.get(model, prompts, hooks, intervention=None)`` returns ``{hook: tensor}`` with
+the batch dimension first, computing only the hooks asked for (never a full cache),
+and only those not already known:
+
+1. **memory**: entries made or read earlier in this process;
+2. **disk**: one safetensors file per (key, hook) in a content-addressed folder;
+3. **forward**: the model is run (in batches) with hooks that copy just those tensors.
+
+The key of an entry is a sha256 over everything its value depends on: the model's
+name and weights fingerprint, dtype and device kind, the TransformerLens version, a
+hash of this package's own source (so a code change is never served a stale entry),
+compatibility mode, the token ids, the hook name and the intervention's key.
+
+Files are written to a temporary name and moved into place with ``os.replace``
+(atomic, so concurrent xdist workers never see a torn file); each records its key
+fields and a sha256 of its bytes. A truncated, corrupted or mismatched file is
+reported with a :class:`~pytest_circuits.errors.CacheWarning`, recomputed and
+rewritten, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence
+
+from . import hooks as H
+from .errors import CacheWarning, CircuitsError, bad
+from .models import info as model_info
+from .progress import bar
+
+
+class Intervention(Protocol):
+    """What the store needs from an ablation or patch."""
+
+    @property
+    def key(self) -> str:
+        """A string that identifies the intervention's effect completely."""
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any) -> list[tuple[str, Any]]:
+        """Hooks for one batch; ``index`` holds the batch's rows in ``prompts``."""
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of this package's Python source: part of every cache key."""
+    from . import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer_lens")
+
+
+def tensor_sha256(t: Any) -> str:
+    import torch
+
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class Counters:
+    forward_passes: int = 0      # batched model calls
+    prompts_forwarded: int = 0   # prompts through those calls
+    memory_hits: int = 0         # hook entries served from memory
+    disk_hits: int = 0           # hook entries served from disk
+    computed: int = 0            # hook entries computed by a forward
+    recomputed_bad: int = 0      # disk entries rejected (corrupt / mismatched)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ActivationStore:
+    """Memory + disk cache of activations. ``cache_dir=None`` keeps it in memory only."""
+
+    cache_dir: Path | None = None
+    batch_size: int = 32
+    max_memory_bytes: int = 4 << 30
+    counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        self._memory: "OrderedDict[str, Any]" = OrderedDict()
+        self._memory_bytes = 0
+        self._lock = threading.Lock()
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+
+    # -- public ----------------------------------------------------------------
+    def __call__(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
+                 intervention: Intervention | None = None) -> dict[str, Any]:
+        return self.get(model, prompts, hooks, intervention)
+
+    def get(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
+            intervention: Intervention | None = None) -> dict[str, Any]:
+        names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
+        if not names:
+            raise CircuitsError(bad("hooks", [], "at least one hook name"))
+        H.check_names(model, names)
+        base = self._base_fields(model, prompts, intervention)
+        out: dict[str, Any] = {}
+        missing: list[str] = []
+        for name in names:
+            key = self._key(base, name)
+            value = self._from_memory(key)
+            if value is not None:
+                self.counters.memory_hits += 1
+                out[name] = value
+                continue
+            value = self._from_disk(key, base, name)
+            if value is not None:
+                self.counters.disk_hits += 1
+                self._to_memory(key, value)
+                out[name] = value
+                continue
+            missing.append(name)
+        if missing:
+            computed = self._forward(model, prompts, missing, intervention)
+            for name, value in computed.items():
+                key = self._key(base, name)
+                self.counters.computed += 1
+                self._to_memory(key, value)
+                self._to_disk(key, base, name, value)
+                out[name] = value
+        return {n: out[n] for n in names}
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+            self._memory_bytes = 0
+
+    # -- keys ------------------------------------------------------------------
+    def _base_fields(self, model: Any, prompts: Any, intervention: Intervention | None) -> dict[str, str]:
+        mi = model_info(model)
+        fields = dict(mi.key())
+        fields.update({
+            "device_kind": str(mi.device).split(":")[0],
+            "transformer_lens": _tl_version(),
+            "code": code_version(),
+            "compatibility_mode": "1",
+            "tokens": prompts.digest,
+            "intervention": intervention.key if intervention is not None else "none",
+        })
+        return fields
+
+    @staticmethod
+    def _key(base: dict[str, str], hook: str) -> str:
+        blob = json.dumps({**base, "hook": hook}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    # -- memory ----------------------------------------------------------------
+    def _from_memory(self, key: str) -> Any:
+        with self._lock:
+            value = self._memory.get(key)
+            if value is not None:
+                self._memory.move_to_end(key)
+            return value
+
+    def _to_memory(self, key: str, value: Any) -> None:
+        size = value.element_size() * value.nelement()
+        with self._lock:
+            if key in self._memory:
+                return
+            self._memory[key] = value
+            self._memory_bytes += size
+            while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
+                _, old = self._memory.popitem(last=False)
+                self._memory_bytes -= old.element_size() * old.nelement()
+
+    # -- disk ------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / "activations" / key[:2] / f"{key}.safetensors"
+
+    def _from_disk(self, key: str, base: dict[str, str], hook: str) -> Any:
+        if self.cache_dir is None:
+            return None
+        path = self._path(key)
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                value = f.get_tensor("value")
+            expected = json.dumps({**base, "hook": hook}, sort_keys=True)
+            if meta.get("fields") != expected:
+                raise ValueError("its key fields do not match this model/prompts/hook")
+            if meta.get("sha256") != tensor_sha256(value):
+                raise ValueError("checksum mismatch")
+        except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
+            self.counters.recomputed_bad += 1
+            warnings.warn(CacheWarning(f"activation cache entry {path} is unusable ({e}); "
+                                       "recomputing it"), stacklevel=3)
+            return None
+        return value
+
+    def _to_disk(self, key: str, base: dict[str, str], hook: str, value: Any) -> None:
+        if self.cache_dir is None:
+            return
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"fields": json.dumps({**base, "hook": hook}, sort_keys=True),
+                "sha256": tensor_sha256(value)}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        save_file({"value": value.contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    # -- forward ---------------------------------------------------------------
+    def _forward(self, model: Any, prompts: Any, names: Sequence[str],
+                 intervention: Intervention | None) -> dict[str, Any]:
+        import torch
+
+        device = model_info(model).device
+        real = [n for n in names if n not in H.PSEUDO]
+        want_logits = any(n in H.PSEUDO for n in names)
+        n = len(prompts)
+        parts: dict[str, list[Any]] = {name: [] for name in names}
+        batches = range(0, n, self.batch_size)
+        if len(batches) > 1:
+            batches = bar(batches, f"forward {prompts.name}", total=len(batches))
+        for start in batches:
+            stop = min(n, start + self.batch_size)
+            index = torch.arange(start, stop)
+            lengths = torch.tensor(prompts.lengths[start:stop])
+            width = int(lengths.max())
+            toks = prompts.tokens[start:stop, :width].to(device)
+            grabbed: dict[str, Any] = {}
+
+            def grab(name: str):
+                def hook(t: Any, hook: Any = None) -> None:
+                    grabbed[name] = t.detach().to("cpu")
+                return hook
+
+            fwd = [(name, grab(name)) for name in real]
+            if intervention is not None:
+                # Interventions first, so grabbed values are the intervened ones.
+                fwd = list(intervention.fwd_hooks(model, prompts, index)) + fwd
+            kwargs: dict[str, Any] = {}
+            if not want_logits and real:
+                layers = [_layer_of(nm) for nm in real]
+                # Stop after the last block that holds a requested hook: no unembed, no later blocks.
+                if None not in layers and max(layers) < model.cfg.n_layers - 1:  # type: ignore[type-var]
+                    kwargs["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var]
+            with torch.no_grad():
+                logits = model.run_with_hooks(toks, fwd_hooks=fwd, **kwargs)
+            self.counters.forward_passes += 1
+            self.counters.prompts_forwarded += stop - start
+            for name in real:
+                if name not in grabbed:
+                    raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
+                parts[name].append(_pad_to(grabbed[name], prompts.tokens.shape[1], name))
+            if H.LOGITS_LAST in names:
+                rows = torch.arange(stop - start)
+                parts[H.LOGITS_LAST].append(logits[rows, (lengths - 1).to(logits.device)].detach().to("cpu"))
+            if H.TOKEN_LOSS in names:
+                logp = logits[:, :-1].float().log_softmax(-1)
+                target = toks[:, 1:]
+                nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).to("cpu")
+                mask = torch.arange(width - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)
+                parts[H.TOKEN_LOSS].append(_pad_to(nll * mask, prompts.tokens.shape[1] - 1))
+        return {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+
+
+def _layer_of(name: str) -> int | None:
+    """The block a hook lives in (embedding hooks count as 0); None after the last block."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1])
+    if name in (H.EMBED, "hook_pos_embed"):
+        return 0
+    return None
+
+
+def _pad_to(t: Any, width: int, name: str = "") -> Any:
+    """Right-pad the position axes with zeros so batches of different widths concatenate.
+
+    Positions are dim 1, except attention patterns/scores ``[batch, head, q, k]``.
+    """
+    import torch.nn.functional as F
+
+    dims = (2, 3) if name.endswith(("hook_pattern", "hook_attn_scores")) else (1,)
+    if t.dim() <= max(dims):
+        return t
+    pad: list[int] = []
+    for d in reversed(range(1, t.dim())):
+        pad += [0, width - t.shape[d]] if d in dims else [0, 0]
+    return F.pad(t, pad) if any(pad) else t
+
+
+_DEFAULT: ActivationStore | None = None
+
+
+def default_store() -> ActivationStore:
+    """The store measurements use when none is passed: the session's under pytest."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = ActivationStore()
+    return _DEFAULT
+
+
+def set_default_store(store: ActivationStore | None) -> None:
+    global _DEFAULT
+    _DEFAULT = store

@@ -1,0 +1,100 @@
+"""The one place that knows TransformerLens hook names.
+
+Everything else asks this module: ``hooks.resid_pre(3)``, ``hooks.output(Head(3, 1))``.
+Names are those of a ``TransformerBridge`` in compatibility mode.
+
+Two pseudo-hooks are computed from the model's output rather than read from a hook,
+so that measurements never need to keep full ``[batch, pos, vocab]`` logits:
+
+* ``LOGITS_LAST``: logits at each prompt's last real position, ``[batch, d_vocab]``;
+* ``TOKEN_LOSS``: next-token cross-entropy at each position, ``[batch, pos - 1]``
+  (entries past a prompt's length are 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .components import MLP, Attn, Component, Embed, Head, Neuron
+from .errors import ComponentError, bad
+
+LOGITS_LAST = "logits.last"
+TOKEN_LOSS = "loss.per_token"
+PSEUDO = (LOGITS_LAST, TOKEN_LOSS)
+
+EMBED = "hook_embed"
+FINAL_SCALE = "ln_final.hook_scale"
+
+
+def resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_mid(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def resid_post(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def z(layer: int) -> str:
+    """Per-head attention output before W_O: ``[batch, pos, head, d_head]``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def pattern(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def v(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_v"
+
+
+def v_input(layer: int) -> str:
+    return f"blocks.{layer}.hook_v_input"
+
+
+def ln1_scale(layer: int) -> str:
+    return f"blocks.{layer}.ln1.hook_scale"
+
+
+def mlp_post(layer: int) -> str:
+    """MLP post-activation neurons: ``[batch, pos, d_mlp]``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def output(component: Component) -> str:
+    """The hook whose value is (or, for heads and neurons, contains) the component's output."""
+    if isinstance(component, Head):
+        return z(component.layer)
+    if isinstance(component, Attn):
+        return attn_out(component.layer)
+    if isinstance(component, MLP):
+        return mlp_out(component.layer)
+    if isinstance(component, Neuron):
+        return mlp_post(component.layer)
+    if isinstance(component, Embed):
+        return EMBED
+    raise ComponentError(bad("component", component, "Head, Attn, MLP, Neuron or Embed"))
+
+
+def check_names(model: Any, names: list[str]) -> None:
+    """Raise a clear error for hook names the model does not have."""
+    known = model.hook_dict
+    missing = [n for n in names if n not in PSEUDO and n not in known]
+    if missing:
+        import difflib
+
+        hints = {m: difflib.get_close_matches(m, list(known), n=2) for m in missing}
+        raise ComponentError("unknown hook name(s): " + "; ".join(
+            f"{m!r} (did you mean {', '.join(map(repr, h))}?)" if h else repr(m)
+            for m, h in hints.items()))

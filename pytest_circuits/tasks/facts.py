@@ -1,0 +1,64 @@
+"""Factual-recall prompts written by the project (``pytest_circuits/data/facts.jsonl``).
+
+Each line: ``{"prompt", "answer", "foil", "relation"}``; ``answer`` is the correct
+single-token continuation (leading space included) and ``foil`` a wrong answer of
+the same kind, so ``logit(answer) - logit(foil)`` measures recall of the fact against
+a plausible confusion. The file is model-independent; items whose answer or foil is
+not a single token for a model's tokenizer are left out (and counted).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import PromptSetError, bad
+from ..prompts import PromptSet
+
+
+def load_facts(path: str | Path | None = None) -> list[dict[str, str]]:
+    """Read a facts JSONL file (the shipped one by default), checking each line's keys."""
+    if path is None:
+        text = resources.files("pytest_circuits").joinpath("data/facts.jsonl").read_text("utf-8")
+        where = "pytest_circuits/data/facts.jsonl"
+    else:
+        text = Path(path).read_text("utf-8")
+        where = str(path)
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptSetError(f"{where}:{lineno}: not JSON ({e})") from None
+        missing = {"prompt", "answer", "foil", "relation"} - set(row)
+        if missing:
+            raise PromptSetError(f"{where}:{lineno}: missing keys {sorted(missing)}")
+        rows.append(row)
+    return rows
+
+
+def facts(model: Any, *, relations: Sequence[str] | None = None, path: str | Path | None = None,
+          name: str = "facts") -> PromptSet:
+    """A PromptSet of facts (answers and foils) for ``model``, optionally of some relations."""
+    rows = load_facts(path)
+    if relations is not None:
+        known = sorted({r["relation"] for r in rows})
+        unknown = [r for r in relations if r not in known]
+        if unknown:
+            raise PromptSetError(bad("relations", unknown, f"relations in the file: {known}"))
+        rows = [r for r in rows if r["relation"] in set(relations)]
+    tok = model.tokenizer
+
+    def single(s: str) -> bool:
+        return len(tok.encode(s, add_special_tokens=False)) == 1
+
+    kept = [r for r in rows if single(r["answer"]) and single(r["foil"])]
+    if not kept:
+        raise PromptSetError("facts: no item has a single-token answer and foil for this tokenizer")
+    return PromptSet.build(model, [r["prompt"] for r in kept], answers=[r["answer"] for r in kept],
+                           foils=[r["foil"] for r in kept], name=name,
+                           meta={"relation": [r["relation"] for r in kept]})

@@ -1,0 +1,177 @@
+"""The greater-than task (Hanna, Liu & Variengien 2023, arXiv:2305.00586).
+
+Prompt: ``"The {noun} lasted from the year {XX}{YY} to the year {XX}"``; the model
+should continue with a year later than ``XX YY``. The corrupted prompt uses YY = 01,
+which removes the information the comparison needs.
+
+Probability difference (PD), the paper's metric, for YY = ``ab``:
+
+* two-digit year tokens (GPT-2): ``PD = sum_{y > YY} p(y) - sum_{y <= YY} p(y)`` over
+  the tokens "00".."99" at the last position;
+* one token per digit (SmolLM2, Llama): the first digit ``d1`` and, in a second
+  forward with ``a`` appended, the second digit ``d2``::
+
+      PD = p(d1 > a) + p(d1 = a) p(d2 > b) - [p(d1 < a) + p(d1 = a) p(d2 <= b)]
+
+The builder keeps only nouns and years that tokenize as the metric assumes, samples
+YY uniformly from 02..98 with a seed, and checks that clean and corrupted prompts
+align token for token.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..activations import ActivationStore, Intervention, default_store
+from .. import hooks as H
+from ..errors import PromptSetError, bad
+from ..measurement import Measurement
+from ..models import info as model_info
+from ..prompts import PromptSet
+
+NOUNS = ("war", "expedition", "project", "dynasty", "siege", "treaty", "journey", "reign",
+         "festival", "drought", "trial", "voyage", "conflict", "occupation", "empire",
+         "campaign", "pilgrimage", "revolt", "famine", "partnership")
+TEMPLATE = "The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
+
+
+@dataclass(frozen=True, eq=False)
+class GreaterThan:
+    """A built greater-than prompt set and what its metric needs."""
+
+    prompts: PromptSet              # clean prompts; .corrupted holds the YY=01 versions
+    yy: tuple[int, ...]
+    mode: str                       # "digit" or "two_digit"
+    digit_ids: tuple[int, ...]      # token ids of "0".."9" (digit) or "00".."99" (two_digit)
+    second: PromptSet | None = None           # digit mode: clean prompt + first digit of YY
+    second_corrupted: PromptSet | None = None  # digit mode: corrupted prompt + first digit of YY
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __repr__(self) -> str:
+        return f"GreaterThan(n={len(self)}, mode={self.mode!r}, YY in {min(self.yy)}..{max(self.yy)})"
+
+
+def _digit_mode(model: Any) -> str:
+    tok = model.tokenizer
+    pieces = tok.encode(" 1732", add_special_tokens=False)
+    if len(pieces) >= 4 and all(len(tok.decode([p]).strip()) <= 1 for p in pieces):
+        return "digit"
+    if all(len(tok.encode(f"{i:02d}", add_special_tokens=False)) == 1 for i in range(100)):
+        return "two_digit"
+    raise PromptSetError("greater_than: this tokenizer writes years neither one token per digit "
+                         "nor as two-digit tokens; the PD metric is not defined for it")
+
+
+def greater_than(model: Any, n: int = 200, seed: int = 0, *, centuries: Sequence[int] = range(11, 18),
+                 nouns: Sequence[str] = NOUNS, name: str = "greater_than") -> GreaterThan:
+    """Build ``n`` seeded greater-than prompts (with '01' corruptions) for ``model``."""
+    if not isinstance(n, int) or n < 2:
+        raise PromptSetError(bad("n", n, "an int >= 2"))
+    cents = list(centuries)
+    if not cents or any(not 10 <= c <= 99 for c in cents):
+        raise PromptSetError(bad("centuries", cents, "two-digit centuries such as range(11, 18)"))
+    tok = model.tokenizer
+    mode = _digit_mode(model)
+    usable = [w for w in nouns if len(tok.encode(" " + w, add_special_tokens=False)) == 1]
+    if not usable:
+        raise PromptSetError(bad("nouns", list(nouns), "nouns that are single tokens with a leading space"))
+    if mode == "digit":
+        digit_ids = tuple(_one(tok, str(d)) for d in range(10))
+    else:
+        digit_ids = tuple(_one(tok, f"{d:02d}") for d in range(100))
+        cents = [c for c in cents if len(tok.encode(f" {c}", add_special_tokens=False)) == 1]
+        if not cents:
+            raise PromptSetError("greater_than: no century tokenizes as one token")
+    rng = random.Random(seed)
+    rows = [(rng.choice(usable), rng.choice(cents), rng.randint(2, 98)) for _ in range(n)]
+    clean = [TEMPLATE.format(noun=w, xx=c, yy=y) for w, c, y in rows]
+    corrupt = [TEMPLATE.format(noun=w, xx=c, yy=1) for w, c, y in rows]
+    yy = tuple(y for _, _, y in rows)
+    meta = {"yy": yy, "century": tuple(c for _, c, _ in rows), "noun": tuple(w for w, _, _ in rows)}
+    prompts = PromptSet.build(model, clean, corrupted=corrupt, align=True, name=name, meta=meta)
+    if mode == "two_digit":
+        return GreaterThan(prompts, yy, mode, digit_ids)
+    # Second step: append the first digit of YY as a token.
+    first = [str(y // 10) for y in yy]
+    second = PromptSet.build(model, [p + a for p, a in zip(clean, first)], name=f"{name}:second", meta=meta)
+    second_c = PromptSet.build(model, [p + a for p, a in zip(corrupt, first)],
+                               name=f"{name}:second_corrupted", meta=meta)
+    for i, a in enumerate(first):
+        want = prompts.lengths[i] + 1
+        if second.lengths[i] != want or int(second.tokens[i, want - 1]) != digit_ids[int(a)]:
+            raise PromptSetError(f"greater_than: appending {a!r} to {clean[i]!r} did not add exactly "
+                                 "one digit token; this tokenizer merges digits")
+    return GreaterThan(prompts, yy, mode, digit_ids, second, second_c)
+
+
+def _one(tok: Any, text: str) -> int:
+    ids = tok.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise PromptSetError(f"greater_than: {text!r} is not a single token for this tokenizer")
+    return int(ids[0])
+
+
+def _probs(model: Any, ps: PromptSet, intervention: Intervention | None,
+           store: ActivationStore) -> Any:
+    return store.get(model, ps, [H.LOGITS_LAST], intervention)[H.LOGITS_LAST].double().softmax(-1)
+
+
+def per_prompt_prob_diff(task: GreaterThan, model: Any, *, corrupted: bool = False,
+                         intervention: Intervention | None = None,
+                         activations: ActivationStore | None = None) -> Any:
+    """PD per prompt as a float64 tensor ``[n]`` (always w.r.t. the clean YY)."""
+    import torch
+
+    store = activations if activations is not None else default_store()
+    first = task.prompts.corrupted if corrupted else task.prompts
+    assert first is not None
+    ids = torch.tensor(task.digit_ids)
+    yy = torch.tensor(task.yy)
+    p1 = _probs(model, first, intervention, store)[:, ids]          # [n, 10] or [n, 100]
+    if task.mode == "two_digit":
+        grid = torch.arange(100).unsqueeze(0)
+        return (p1 * (grid > yy.unsqueeze(1))).sum(1) - (p1 * (grid <= yy.unsqueeze(1))).sum(1)
+    second = task.second_corrupted if corrupted else task.second
+    assert second is not None
+    p2 = _probs(model, second, intervention, store)[:, ids]          # [n, 10]
+    a, b = (yy // 10).unsqueeze(1), (yy % 10).unsqueeze(1)
+    d = torch.arange(10).unsqueeze(0)
+    pa = p1.gather(1, a).squeeze(1)
+    above = (p1 * (d > a)).sum(1) + pa * (p2 * (d > b)).sum(1)
+    below = (p1 * (d < a)).sum(1) + pa * (p2 * (d <= b)).sum(1)
+    return above - below
+
+
+def prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
+              intervention: Intervention | None = None,
+              activations: ActivationStore | None = None, **kw: Any) -> Measurement:
+    """The greater-than probability difference, per prompt, as a Measurement."""
+    vals = per_prompt_prob_diff(task, model, corrupted=corrupted, intervention=intervention,
+                                activations=activations)
+    name = "greater_than.prob_diff" + (":corrupted" if corrupted else "")
+    return Measurement.from_values(
+        name, vals, model=model_info(model).name, labels=task.prompts.prompts,
+        provenance={"model": model_info(model).name, "prompts": task.prompts.name, "mode": task.mode,
+                    "intervention": intervention.key if intervention is not None else "none",
+                    "hooks": [H.LOGITS_LAST]}, **kw)
+
+
+def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Intervention | None = None,
+                     activations: ActivationStore | None = None, **kw: Any) -> Measurement:
+    """``p(YY+1) - p(YY-1)`` (two-digit tokenizers; the paper's cutoff sharpness)."""
+    import torch
+
+    if task.mode != "two_digit":
+        raise PromptSetError("cutoff_sharpness needs two-digit year tokens (GPT-2 style); for "
+                             "one-token-per-digit tokenizers use prob_diff")
+    store = activations if activations is not None else default_store()
+    p = _probs(model, task.prompts, intervention, store)[:, torch.tensor(task.digit_ids)]
+    yy = torch.tensor(task.yy)
+    rows = torch.arange(len(yy))
+    vals = p[rows, yy + 1] - p[rows, yy - 1]
+    return Measurement.from_values("greater_than.cutoff_sharpness", vals, model=model_info(model).name,
+                                   labels=task.prompts.prompts, **kw)
