@@ -116,8 +116,8 @@ class ActivationStore:
         names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
         if not names:
             raise CircuitsError(bad("hooks", [], "at least one hook name"))
-        H.check_names(model, names)
         base = self._base_fields(model, prompts, intervention)
+        H.check_names(model, names)
         out: dict[str, Any] = {}
         missing: list[str] = []
         for name in names:
@@ -272,7 +272,8 @@ class ActivationStore:
             for name in real:
                 if name not in grabbed:
                     raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
-                parts[name].append(_pad_to(grabbed[name], prompts.tokens.shape[1], name))
+                value = _zero_padding(grabbed[name], lengths, name)
+                parts[name].append(_pad_to(value, prompts.tokens.shape[1], name))
             if H.LOGITS_LAST in names:
                 rows = torch.arange(stop - start)
                 parts[H.LOGITS_LAST].append(logits[rows, (lengths - 1).to(logits.device)].detach().to("cpu"))
@@ -294,6 +295,27 @@ def _layer_of(name: str) -> int | None:
     return None
 
 
+def _position_dims(name: str) -> tuple[int, ...]:
+    return (2, 3) if name.endswith(("hook_pattern", "hook_attn_scores")) else (1,)
+
+
+def _zero_padding(t: Any, lengths: Any, name: str) -> Any:
+    """Zero every entry at a padded position, so values never depend on the batch they ran in."""
+    import torch
+
+    dims = _position_dims(name)
+    if t.dim() <= max(dims):
+        return t
+    t = t.clone()
+    for d in dims:
+        pos = torch.arange(t.shape[d])
+        real = pos.unsqueeze(0) < lengths.unsqueeze(1)           # [batch, width]
+        shape = [t.shape[0]] + [1] * (t.dim() - 1)
+        shape[d] = t.shape[d]
+        t = t * real.reshape(shape).to(t.dtype)
+    return t
+
+
 def _pad_to(t: Any, width: int, name: str = "") -> Any:
     """Right-pad the position axes with zeros so batches of different widths concatenate.
 
@@ -301,7 +323,7 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     """
     import torch.nn.functional as F
 
-    dims = (2, 3) if name.endswith(("hook_pattern", "hook_attn_scores")) else (1,)
+    dims = _position_dims(name)
     if t.dim() <= max(dims):
         return t
     pad: list[int] = []

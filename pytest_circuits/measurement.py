@@ -10,7 +10,7 @@ says "even the pessimistic end of the 95% interval is above 0.3". The helpers
 :meth:`Measurement.assert_above` / :meth:`assert_below` do that and say which bound
 they used.
 
-The interval is a percentile bootstrap of the mean (``resamples`` draws with a
+The interval is a BCa bootstrap of the mean (``resamples`` draws with a
 fixed seed, so the same values always give the same interval). For paired
 comparisons (clean vs corrupted on the same prompts) build the Measurement from the
 per-example differences, which keeps the pairing.
@@ -19,6 +19,7 @@ per-example differences, which keeps the pairing.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -39,7 +40,7 @@ _RECORDERS: list[list["Measurement"]] = []
 def bootstrap_interval(values: np.ndarray, level: float = DEFAULT_LEVEL,
                        resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                        ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (1-D)."""
+    """BCa bootstrap interval of the mean of ``values`` (1-D), seeded."""
     values = np.asarray(values, dtype=np.float64)
     n = values.shape[0]
     if n == 1:
@@ -54,7 +55,23 @@ def bootstrap_interval(values: np.ndarray, level: float = DEFAULT_LEVEL,
         idx = rng.integers(0, n, size=(stop - start, n))
         means[start:stop] = values[idx].mean(axis=1)
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    theta = values.mean()
+    # BCa (bias-corrected and accelerated): the plain percentile interval under-covers
+    # on skewed per-example values (about 91% for a nominal 95% on exponential data
+    # with n=60; see tests/unit/test_measurement.py).
+    prop = float(np.mean(means < theta)) + 0.5 * float(np.mean(means == theta))
+    prop = min(max(prop, 1.0 / (resamples + 1)), resamples / (resamples + 1))
+    nd = NormalDist()
+    z0 = nd.inv_cdf(prop)
+    jack = (values.sum() - values) / (n - 1)          # leave-one-out means
+    d = jack.mean() - jack
+    denom = 6.0 * float((d ** 2).sum()) ** 1.5
+    accel = float((d ** 3).sum()) / denom if denom > 0 else 0.0
+    qs = []
+    for a in (alpha, 1.0 - alpha):
+        z = nd.inv_cdf(a)
+        qs.append(nd.cdf(z0 + (z0 + z) / (1.0 - accel * (z0 + z))))
+    lo, hi = np.quantile(means, qs)
     return float(lo), float(hi)
 
 
@@ -86,7 +103,7 @@ class Measurement:
             raise MeasurementError(bad("level", level, "a confidence level in (0, 1), e.g. 0.95"))
         lo, hi = bootstrap_interval(arr, level=level, resamples=resamples, seed=seed)
         prov = dict(provenance or {})
-        prov.setdefault("interval", f"{level:.0%} percentile bootstrap, {resamples} resamples, seed {seed}")
+        prov.setdefault("interval", f"{level:.0%} BCa bootstrap, {resamples} resamples, seed {seed}")
         lab = tuple(labels) if labels is not None else None
         if lab is not None and len(lab) != arr.shape[0]:
             raise MeasurementError(bad("labels", f"{len(lab)} labels", f"one per value ({arr.shape[0]})"))

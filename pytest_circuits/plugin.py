@@ -244,25 +244,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     return report
 
 
+RESULTS_KEY = pytest.StashKey[list]()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call":
         return
     for key, value in report.user_properties:
         if key == "circuits":
-            _PENDING.append((report.nodeid, report.outcome, json.loads(value)))
+            _results_of(report).append((report.nodeid, report.outcome, json.loads(value)))
 
 
-_PENDING: list[tuple[str, str, dict[str, Any]]] = []
+def _results_of(report: pytest.TestReport) -> list:
+    return _CONFIGS[-1].stash.setdefault(RESULTS_KEY, []) if _CONFIGS else []
+
+
+# The config of the running session (a stack, so pytester's in-process runs nest cleanly).
+_CONFIGS: list[pytest.Config] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIGS.append(session.config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config in _CONFIGS:
+        _CONFIGS.remove(config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
     tr = terminalreporter
-    if not _PENDING and not config.stash[SESSION_KEY].started:
+    results = config.stash.get(RESULTS_KEY, [])
+    if not results and not config.stash[SESSION_KEY].started:
         return
     tr.section("circuits")
-    for nodeid, outcome, payload in _PENDING:
+    for nodeid, outcome, payload in results:
         finding = payload.get("finding")
         tr.write_line(f"{outcome.upper():7} {nodeid}" + (f"\n        finding: {finding}" if finding else ""))
         for m in payload["measurements"]:
@@ -270,7 +290,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
             tr.write_line(line)
-    _PENDING.clear()
 
 
 def _one_line(m: dict[str, Any]) -> str:

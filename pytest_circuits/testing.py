@@ -1,0 +1,58 @@
+"""Tiny offline models for tests and planted mechanisms.
+
+:func:`make_tiny_checkpoint` writes a small random Llama checkpoint (safetensors) with
+a word-level tokenizer (digits split one per token) into a folder; loading that folder
+with :func:`pytest_circuits.load_model` exercises the same path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+SPECIALS = ["<unk>", "<bos>", "<pad>"]
+WORDS = (
+    "the a of to in is was and from year lasted war expedition project dynasty siege treaty "
+    "journey reign festival capital France Paris Germany Berlin Italy Rome Spain Madrid Japan "
+    "Tokyo country city river king queen cat dog sat on mat when then John Mary gave went store "
+    "bag ball said The When A In"
+).split()
+
+
+def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+                         n_kv_heads: int | None = None, d_mlp: int = 128, seed: int = 0,
+                         words: Iterable[str] = WORDS) -> Path:
+    """Write a random tiny Llama checkpoint + tokenizer to ``path`` and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_list = SPECIALS + [str(d) for d in range(10)] + list(dict.fromkeys(words)) + [".", ",", "?", "!"]
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
+        pre_tokenizers.Digits(individual_digits=True)])
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
+                                   pad_token="<pad>", eos_token="<pad>")
+    fast.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(vocab_list), hidden_size=d_model, intermediate_size=d_mlp,
+                      num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                      num_key_value_heads=n_kv_heads or n_heads, max_position_embeddings=128,
+                      bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
+                      pad_token_id=vocab["<pad>"], tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        # Non-trivial norms so folding them is exercised.
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    model.save_pretrained(str(path))
+    (path / "TINY.json").write_text(json.dumps({"seed": seed, "n_layers": n_layers}))
+    return path

@@ -1,0 +1,24 @@
+"""Shared fixtures for the project's own tests: a tiny offline model."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("circuits-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir, tiny_cache):
+    from pytest_circuits.models import load_model
+
+    return load_model(str(tiny_dir), cache_dir=tiny_cache, device="cpu")
