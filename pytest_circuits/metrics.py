@@ -23,7 +23,7 @@ def _store(activations: ActivationStore | None) -> ActivationStore:
 
 def _prov(model: Any, prompts: Any, intervention: Intervention | None, hooks: list[str],
           **extra: Any) -> dict[str, Any]:
-    return {"model": model_info(model).name, "prompts": prompts.name, "hooks": hooks,
+    return {"model": model_info(model).label, "prompts": prompts.name, "hooks": hooks,
             "intervention": intervention.key if intervention is not None else "none", **extra}
 
 
@@ -41,7 +41,7 @@ def logit_diff(model: Any, prompts: Any, *, intervention: Intervention | None = 
     logits = last_logits(model, prompts, intervention=intervention, activations=activations).float()
     rows = range(len(prompts))
     vals = logits[list(rows), list(prompts.answer_ids)] - logits[list(rows), list(prompts.foil_ids)]
-    return Measurement.from_values(name, vals, model=model_info(model).name,
+    return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST]),
                                    labels=prompts.prompts, **kw)
 
@@ -53,7 +53,7 @@ def answer_prob(model: Any, prompts: Any, *, intervention: Intervention | None =
     prompts.require("answer_ids")
     probs = last_logits(model, prompts, intervention=intervention, activations=activations).float().softmax(-1)
     vals = probs[list(range(len(prompts))), list(prompts.answer_ids)]
-    return Measurement.from_values(name, vals, model=model_info(model).name,
+    return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST]),
                                    labels=prompts.prompts, **kw)
 
@@ -72,7 +72,7 @@ def prob_diff(model: Any, prompts: Any, positive: Sequence[Any], negative: Seque
     pos = _per_prompt("positive", positive, len(prompts), model)
     neg = _per_prompt("negative", negative, len(prompts), model)
     vals = torch.stack([probs[i, p].sum() - probs[i, q].sum() for i, (p, q) in enumerate(zip(pos, neg))])
-    return Measurement.from_values(name, vals, model=model_info(model).name,
+    return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST]),
                                    labels=prompts.prompts, **kw)
 
@@ -88,7 +88,7 @@ def kl_divergence(model: Any, prompts: Any, intervention: Intervention | None, *
     new = last_logits(model, prompts, intervention=intervention, activations=activations).double()
     lp, lq = ref.log_softmax(-1), new.log_softmax(-1)
     vals = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
-    return Measurement.from_values(name, vals, model=model_info(model).name,
+    return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST],
                                                     reference=reference.key if reference else "clean"),
                                    labels=prompts.prompts, **kw)
@@ -105,7 +105,7 @@ def loss(model: Any, prompts: Any, *, intervention: Intervention | None = None,
         i = int((counts <= 0).nonzero()[0])
         raise PromptSetError(bad(f"prompts[{i}]", prompts.prompts[i], "at least two tokens to have a loss"))
     vals = nll.double().sum(1) / counts
-    return Measurement.from_values(name, vals, model=model_info(model).name,
+    return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.TOKEN_LOSS]),
                                    labels=prompts.prompts, **kw)
 

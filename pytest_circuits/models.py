@@ -55,6 +55,11 @@ class ModelInfo:
     device: str
     source: str
 
+    @property
+    def label(self) -> str:
+        """Short name for reports: a checkpoint directory's base name, else the name."""
+        return Path(self.name).name if self.source == "local" and Path(self.name).name else self.name
+
     def key(self) -> dict[str, str]:
         return {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype}
 
@@ -299,24 +304,40 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
 
 # --------------------------------------------------------------------------- hub cache
 def _load_hub_cached(name: str, device: str, dtype: Any) -> "tuple[Any, str]":
+    repo = _official_name(name)
+    snapshot = _cached_snapshot(repo)
+
+    def unavailable(why: str) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"model={name!r} is not available offline ({why}). It is not a registered name "
+            f"({', '.join(sorted(_REGISTRY))}) nor a local checkpoint directory. To use it, put its "
+            f"weights in the Hugging Face cache on a machine with network (`huggingface-cli download "
+            f"{repo}`) or pass a directory holding the checkpoint.")
+
+    if snapshot is None:
+        # Checked before booting: with no network a boot attempt only waits for time-outs.
+        raise unavailable(f"no snapshot of {repo!r} in the local Hugging Face cache")
     try:
-        bridge = _boot(name, device, dtype)
+        bridge = _boot(repo, device, dtype)
     except Exception as e:  # noqa: BLE001
-        raise ModelUnavailable(
-            f"model={name!r} is not available offline ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            f"It is not a registered name ({', '.join(sorted(_REGISTRY))}) nor a local checkpoint "
-            "directory. To use it, put its weights in the Hugging Face cache on a machine with "
-            f"network (`huggingface-cli download {name}`) or pass a directory holding the checkpoint."
-        ) from e
-    return bridge, f"hf:{name}@{_hub_commit(bridge, name)}"
+        raise unavailable(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    return bridge, f"hf:{repo}@{snapshot.name}"
 
 
-def _hub_commit(bridge: Any, name: str) -> str:
-    """The cached snapshot's commit hash, which identifies the weights without hashing them."""
-    hf_name = getattr(bridge.cfg, "model_name", None) or name
+def _official_name(name: str) -> str:
     with contextlib.suppress(Exception):
-        from huggingface_hub import snapshot_download
+        from transformer_lens.supported_models import get_official_model_name
 
-        path = snapshot_download(hf_name, local_files_only=True)
-        return Path(path).name
-    return "unknown-revision"
+        return get_official_model_name(name)
+    return name
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The cached snapshot folder (named by its commit, which identifies the weights)."""
+    with contextlib.suppress(Exception):
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo, "config.json")
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return None

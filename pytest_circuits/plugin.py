@@ -56,6 +56,10 @@ def _opt(config: pytest.Config, name: str) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Claims never download: set before anything imports huggingface_hub (which reads
+    # these once). A user can still opt in with HF_HUB_OFFLINE=0.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     for m in _MARKERS:
         config.addinivalue_line("markers", m)
     from .progress import set_quiet

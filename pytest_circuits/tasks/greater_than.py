@@ -154,8 +154,8 @@ def prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
                                 activations=activations)
     name = "greater_than.prob_diff" + (":corrupted" if corrupted else "")
     return Measurement.from_values(
-        name, vals, model=model_info(model).name, labels=task.prompts.prompts,
-        provenance={"model": model_info(model).name, "prompts": task.prompts.name, "mode": task.mode,
+        name, vals, model=model_info(model).label, labels=task.prompts.prompts,
+        provenance={"model": model_info(model).label, "prompts": task.prompts.name, "mode": task.mode,
                     "intervention": intervention.key if intervention is not None else "none",
                     "hooks": [H.LOGITS_LAST]}, **kw)
 
@@ -173,5 +173,5 @@ def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Interventio
     yy = torch.tensor(task.yy)
     rows = torch.arange(len(yy))
     vals = p[rows, yy + 1] - p[rows, yy - 1]
-    return Measurement.from_values("greater_than.cutoff_sharpness", vals, model=model_info(model).name,
+    return Measurement.from_values("greater_than.cutoff_sharpness", vals, model=model_info(model).label,
                                    labels=task.prompts.prompts, **kw)
