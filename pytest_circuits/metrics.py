@@ -58,6 +58,19 @@ def answer_prob(model: Any, prompts: Any, *, intervention: Intervention | None =
                                    labels=prompts.prompts, **kw)
 
 
+def top1(model: Any, prompts: Any, *, intervention: Intervention | None = None,
+         activations: ActivationStore | None = None, name: str = "top1", **kw: Any) -> Measurement:
+    """1.0 where the answer is the most likely next token, else 0.0 (mean = accuracy)."""
+    prompts.require("answer_ids")
+    logits = last_logits(model, prompts, intervention=intervention, activations=activations)
+    import torch
+
+    vals = (logits.argmax(-1) == torch.tensor(prompts.answer_ids)).double()
+    return Measurement.from_values(name, vals, model=model_info(model).label,
+                                   provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST]),
+                                   labels=prompts.prompts, **kw)
+
+
 def prob_diff(model: Any, prompts: Any, positive: Sequence[Any], negative: Sequence[Any], *,
               intervention: Intervention | None = None, activations: ActivationStore | None = None,
               name: str = "prob_diff", **kw: Any) -> Measurement:

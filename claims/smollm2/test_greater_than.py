@@ -1,15 +1,38 @@
+"""Greater-than on SmolLM2-135M (Hanna, Liu & Variengien 2023, arXiv:2305.00586).
+
+SmolLM2 writes years one token per digit, so PD is the two-step per-digit
+probability difference (see pytest_circuits.tasks.greater_than).
+"""
+
 import pytest
 
 from pytest_circuits import tasks
 
 pytestmark = pytest.mark.model("smollm2-135m")
 
+SOURCE = "arXiv:2305.00586"
 
-@pytest.mark.claim(source="arXiv:2305.00586", finding="the model computes greater-than on years")
-def test_prob_diff_is_positive(model, activations):
-    data = tasks.greater_than(model, n=200, seed=0)
-    pd = tasks.prob_diff(model, data, activations=activations)
-    cpd = tasks.prob_diff(model, data, corrupted=True, activations=activations)
-    diff = pd.paired_difference(cpd)
-    print(pd, cpd, diff)
-    assert pd.lower > 0.0
+
+@pytest.fixture(scope="module")
+def years(model):
+    # 200 prompts, YY uniform in 02..98, centuries 11..17, seeded.
+    return tasks.greater_than(model, n=200, seed=0)
+
+
+@pytest.mark.claim(source=SOURCE, finding="after 'from the year XXYY to the year XX' the model puts "
+                   "most probability on years later than XXYY")
+def test_prefers_later_years(model, years, activations):
+    pd = tasks.prob_diff(model, years, activations=activations)
+    # Measured 2026-11-23: 0.875 [0.848, 0.893], n=200.
+    pd.assert_above(0.75)
+
+
+@pytest.mark.claim(source=SOURCE, finding="the '01' corruption removes the comparison: with YY=01 in "
+                   "the start year, the model no longer prefers years after the original YY")
+def test_corruption_removes_preference(model, years, activations):
+    clean = tasks.prob_diff(model, years, activations=activations)
+    corrupted = tasks.prob_diff(model, years, corrupted=True, activations=activations)
+    drop = clean.paired_difference(corrupted, name="prob_diff drop (clean - 01)")
+    # Measured 2026-11-23: corrupted -0.694 [-0.738, -0.639]; drop 1.569 [1.516, 1.612], n=200.
+    corrupted.assert_below(0.0)
+    drop.assert_above(1.2)

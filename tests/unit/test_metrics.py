@@ -42,6 +42,12 @@ def test_prob_diff_and_answer_prob(tiny, facts_like):
         metrics.prob_diff(tiny, facts_like, [10**9], [0], activations=store)
 
 
+def test_top1_matches_argmax(tiny, facts_like):
+    m = metrics.top1(tiny, facts_like, activations=ActivationStore())
+    ref = _last_logits(tiny, facts_like).argmax(-1)
+    assert m.values == tuple(float(int(r) == a) for r, a in zip(ref, facts_like.answer_ids))
+
+
 def test_kl_of_clean_to_clean_is_zero(tiny, facts_like):
     kl = metrics.kl_divergence(tiny, facts_like, None, activations=ActivationStore())
     assert kl.mean == pytest.approx(0.0, abs=1e-9)
