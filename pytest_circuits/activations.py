@@ -85,6 +85,8 @@ class Counters:
     disk_hits: int = 0           # hook entries served from disk
     computed: int = 0            # hook entries computed by a forward
     recomputed_bad: int = 0      # disk entries rejected (corrupt / mismatched)
+    resumed_passes: int = 0      # forwards resumed mid-model from the clean residual stream
+    block_prompt_passes: int = 0  # sum over forwards of (blocks run x prompts): compute done
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -113,11 +115,16 @@ class ActivationStore:
 
     def get(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
             intervention: Intervention | None = None) -> dict[str, Any]:
+        from .interventions import as_intervention
+
         names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
         if not names:
             raise CircuitsError(bad("hooks", [], "at least one hook name"))
+        intervention = as_intervention(intervention)
         base = self._base_fields(model, prompts, intervention)
-        H.check_names(model, names)
+        H.check_names(model, [H.base_name(n) for n in names])
+        if intervention is not None:
+            intervention.check(model, prompts)
         out: dict[str, Any] = {}
         missing: list[str] = []
         for name in names:
@@ -235,19 +242,35 @@ class ActivationStore:
         import torch
 
         device = model_info(model).device
-        real = [n for n in names if n not in H.PSEUDO]
+        n_layers = model.cfg.n_layers
+        real = list(dict.fromkeys(H.base_name(n) for n in names if n not in H.PSEUDO))
         want_logits = any(n in H.PSEUDO for n in names)
+        layers = [_layer_of(nm) for nm in real]
+        stop = None
+        if not want_logits and real and None not in layers and max(layers) < n_layers - 1:  # type: ignore[type-var]
+            stop = max(layers) + 1  # type: ignore[type-var]
+        # Resume from the clean residual stream when nothing before the intervened
+        # layer is asked for: the prefix is identical to the clean run.
+        start_layer = 0
+        if intervention is not None and len(getattr(intervention, "items", ())) > 0:
+            first = intervention.layer
+            if first > 0 and all(l is None or l >= first for l in layers) and H.EMBED not in real:
+                start_layer = first
+        resid = None
+        if start_layer:
+            resid = self.get(model, prompts, [H.resid_pre(start_layer)])[H.resid_pre(start_layer)]
         n = len(prompts)
+        width_all = prompts.tokens.shape[1]
         parts: dict[str, list[Any]] = {name: [] for name in names}
         batches = range(0, n, self.batch_size)
         if len(batches) > 1:
             batches = bar(batches, f"forward {prompts.name}", total=len(batches))
-        for start in batches:
-            stop = min(n, start + self.batch_size)
-            index = torch.arange(start, stop)
-            lengths = torch.tensor(prompts.lengths[start:stop])
+        for begin in batches:
+            end = min(n, begin + self.batch_size)
+            index = torch.arange(begin, end)
+            lengths = torch.tensor(prompts.lengths[begin:end])
             width = int(lengths.max())
-            toks = prompts.tokens[start:stop, :width].to(device)
+            toks = prompts.tokens[begin:end, :width].to(device)
             grabbed: dict[str, Any] = {}
 
             def grab(name: str):
@@ -258,32 +281,51 @@ class ActivationStore:
             fwd = [(name, grab(name)) for name in real]
             if intervention is not None:
                 # Interventions first, so grabbed values are the intervened ones.
-                fwd = list(intervention.fwd_hooks(model, prompts, index)) + fwd
+                fwd = list(intervention.fwd_hooks(model, prompts, index, self)) + fwd
             kwargs: dict[str, Any] = {}
-            if not want_logits and real:
-                layers = [_layer_of(nm) for nm in real]
-                # Stop after the last block that holds a requested hook: no unembed, no later blocks.
-                if None not in layers and max(layers) < model.cfg.n_layers - 1:  # type: ignore[type-var]
-                    kwargs["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var]
+            if stop is not None:
+                kwargs["stop_at_layer"] = stop
+            inp = toks
+            if start_layer:
+                kwargs["start_at_layer"] = start_layer
+                inp = resid[begin:end, :width].to(device, model.cfg.dtype)  # type: ignore[index]
             with torch.no_grad():
-                logits = model.run_with_hooks(toks, fwd_hooks=fwd, **kwargs)
+                logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
             self.counters.forward_passes += 1
-            self.counters.prompts_forwarded += stop - start
+            self.counters.resumed_passes += bool(start_layer)
+            self.counters.prompts_forwarded += end - begin
+            self.counters.block_prompt_passes += ((stop or n_layers) - start_layer) * (end - begin)
             for name in real:
                 if name not in grabbed:
                     raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
-                value = _zero_padding(grabbed[name], lengths, name)
-                parts[name].append(_pad_to(value, prompts.tokens.shape[1], name))
-            if H.LOGITS_LAST in names:
-                rows = torch.arange(stop - start)
-                parts[H.LOGITS_LAST].append(logits[rows, (lengths - 1).to(logits.device)].detach().to("cpu"))
-            if H.TOKEN_LOSS in names:
-                logp = logits[:, :-1].float().log_softmax(-1)
-                target = toks[:, 1:]
-                nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).to("cpu")
-                mask = torch.arange(width - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)
-                parts[H.TOKEN_LOSS].append(_pad_to(nll * mask, prompts.tokens.shape[1] - 1))
+                grabbed[name] = _zero_padding(grabbed[name], lengths, name)
+            rows = torch.arange(end - begin)
+            for name in names:
+                if name == H.LOGITS_LAST:
+                    parts[name].append(logits[rows, (lengths - 1).to(logits.device)].detach().to("cpu"))
+                elif name == H.TOKEN_LOSS:
+                    logp = logits[:, :-1].float().log_softmax(-1)
+                    nll = -logp.gather(-1, toks[:, 1:].unsqueeze(-1)).squeeze(-1).to("cpu")
+                    mask = torch.arange(width - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)
+                    parts[name].append(_pad_to(nll * mask, width_all - 1))
+                elif name.endswith(H.AT_LAST):
+                    value = _at_last(grabbed[H.base_name(name)], lengths, H.base_name(name))
+                    if _position_dims(H.base_name(name)) == (2, 3):    # [batch, head, k_pos]
+                        value = torch.nn.functional.pad(value, (0, width_all - value.shape[-1]))
+                    parts[name].append(value)
+                else:
+                    parts[name].append(_pad_to(grabbed[name], width_all, name))
         return {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+
+
+def _at_last(t: Any, lengths: Any, name: str) -> Any:
+    """Each row's value at its last real position (query position for patterns)."""
+    import torch
+
+    rows = torch.arange(t.shape[0])
+    if _position_dims(name) == (2, 3):
+        return t[rows, :, lengths - 1]          # [batch, head, k_pos]
+    return t[rows, lengths - 1]
 
 
 def _layer_of(name: str) -> int | None:

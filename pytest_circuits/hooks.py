@@ -9,6 +9,10 @@ so that measurements never need to keep full ``[batch, pos, vocab]`` logits:
 * ``LOGITS_LAST``: logits at each prompt's last real position, ``[batch, d_vocab]``;
 * ``TOKEN_LOSS``: next-token cross-entropy at each position, ``[batch, pos - 1]``
   (entries past a prompt's length are 0).
+
+Any hook name with the suffix ``@last`` (``last("blocks.3.hook_attn_out")``) is that
+hook read only at each prompt's last real position: ``[batch, ...]`` without the
+position axis, which is all a direct-effect measurement needs and is far smaller.
 """
 
 from __future__ import annotations
@@ -18,12 +22,22 @@ from typing import Any
 from .components import MLP, Attn, Component, Embed, Head, Neuron
 from .errors import ComponentError, bad
 
+AT_LAST = "@last"
 LOGITS_LAST = "logits.last"
 TOKEN_LOSS = "loss.per_token"
 PSEUDO = (LOGITS_LAST, TOKEN_LOSS)
 
 EMBED = "hook_embed"
 FINAL_SCALE = "ln_final.hook_scale"
+
+
+def last(name: str) -> str:
+    """``name`` read only at each prompt's last real token."""
+    return name if name.endswith(AT_LAST) or name in PSEUDO else name + AT_LAST
+
+
+def base_name(name: str) -> str:
+    return name[: -len(AT_LAST)] if name.endswith(AT_LAST) else name
 
 
 def resid_pre(layer: int) -> str:

@@ -115,6 +115,42 @@ class Measurement:
                 rec.append(m)
         return m
 
+    @classmethod
+    def from_ratio(cls, name: str, numerator: Any, denominator: Any, *, model: str = "",
+                   level: float = DEFAULT_LEVEL, seed: int = DEFAULT_SEED,
+                   resamples: int = DEFAULT_RESAMPLES, provenance: Mapping[str, Any] | None = None,
+                   labels: Iterable[str] | None = None, record: bool = True) -> "Measurement":
+        """Ratio of means ``sum(num) / sum(den)`` over paired examples.
+
+        The interval is a paired percentile bootstrap of the ratio. ``values`` holds each
+        example's contribution ``num_i / mean(den)``, so ``mean(values)`` is the ratio.
+        """
+        num = _as_1d(numerator, name)
+        den = _as_1d(denominator, name)
+        if num.shape != den.shape:
+            raise MeasurementError(bad("denominator", f"{den.shape[0]} values", f"{num.shape[0]}, paired"))
+        if abs(den.mean()) < 1e-12:
+            raise MeasurementError(bad("denominator", f"mean {den.mean():.3g}", "a non-zero mean"))
+        n = num.shape[0]
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(resamples, n))
+        d = den[idx].mean(1)
+        ok = np.abs(d) > 1e-12
+        ratios = num[idx].mean(1)[ok] / d[ok]
+        alpha = (1.0 - level) / 2.0
+        lo, hi = (np.quantile(ratios, [alpha, 1 - alpha]) if n > 1 else (num.mean() / den.mean(),) * 2)
+        prov = dict(provenance or {})
+        prov.setdefault("interval", f"{level:.0%} paired percentile bootstrap of a ratio of means, "
+                                    f"{resamples} resamples, seed {seed}")
+        contrib = num / den.mean()
+        m = cls(name=name, values=tuple(float(v) for v in contrib), mean=float(num.mean() / den.mean()),
+                lower=float(lo), upper=float(hi), level=level, n=n, model=model, provenance=prov,
+                labels=tuple(labels) if labels is not None else None)
+        if record:
+            for rec in _RECORDERS:
+                rec.append(m)
+        return m
+
     # -- reading ---------------------------------------------------------------
     @property
     def array(self) -> np.ndarray:

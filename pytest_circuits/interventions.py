@@ -1,0 +1,291 @@
+"""Interventions: zero, mean and resample ablation, and patching from a corrupted run.
+
+An intervention is a frozen *spec*: it names what to replace and with what, has a
+``key`` that identifies its effect completely (the activation store keys on it), and
+turns into forward hooks for one batch when the store runs the model::
+
+    from pytest_circuits import interventions as I
+
+    abl = I.ablate(model, "L9H3", kind="resample", seed=0)        # one component
+    both = I.ablate(model, ["L9H3", "mlp9"], kind="zero")        # several at once
+    both = abl + I.ablate(model, "mlp9")                          # or composed
+    patch = I.patch(model, "attn5", positions="last")            # from prompts.corrupted
+
+    metrics.logit_diff(model, ps, intervention=abl)
+    with abl.applied(model, ps):                                  # or as a context manager
+        logits = model(ps.tokens)
+
+What is replaced is the component's *output*: a head's slice of ``hook_z`` (its output
+is ``z @ W_O``, so replacing z replaces the output exactly), an attention layer's whole
+``hook_z`` (all its heads; equal to replacing ``hook_attn_out`` for models without an
+attention-output bias), an MLP's ``hook_mlp_out``, a neuron's entry of ``mlp.hook_post``,
+the embedding's ``hook_embed``.
+
+* **zero**: the output is 0.
+* **mean**: the mean of the output over every real token of a ``reference`` prompt set
+  (required; the same vector at every position).
+* **resample**: prompt *i* gets the output of prompt *π(i)* of the same set, where *π*
+  is a seeded derangement (never the prompt itself), at the same position (or at each
+  prompt's own last token with ``positions="last"``).
+* **patch**: prompt *i* gets the output of its own corrupted counterpart
+  (``prompts.corrupted``), position by position.
+
+``positions``: ``None`` for every position, ``"last"`` for each prompt's last token, or
+a tuple of absolute positions (which must exist in every prompt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from . import hooks as H
+from .components import Component, Head, Neuron, parse_many
+from .components import Attn as _Attn
+from .components import Embed as _Embed
+from .errors import InterventionError, bad
+
+KINDS = ("zero", "mean", "resample", "patch")
+
+
+def _norm_positions(positions: Any) -> Any:
+    if positions is None or positions == "last":
+        return positions
+    given = positions
+    if isinstance(positions, int):
+        positions = (positions,)
+    try:
+        pos = tuple(positions)
+    except TypeError:
+        raise InterventionError(bad("positions", given, "None, 'last', or a tuple of ints")) from None
+    if not pos or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pos):
+        raise InterventionError(bad("positions", given, "None, 'last', or non-negative ints"))
+    return tuple(sorted(set(pos)))
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Replace one component's output (see the module docstring for the kinds)."""
+
+    component: Component
+    kind: str = "zero"
+    positions: Any = None
+    reference: Any = None     # PromptSet, for kind="mean"
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        ref = f",ref={self.reference.digest[:16]}" if self.reference is not None else ""
+        seed = f",seed={self.seed}" if self.kind == "resample" else ""
+        return f"{self.kind}({self.component},pos={self.positions}{ref}{seed})"
+
+    # -- what the store calls ----------------------------------------------------
+    def check(self, model: Any, prompts: Any) -> None:
+        if self.positions not in (None, "last"):
+            shortest = min(prompts.lengths)
+            over = [p for p in self.positions if p >= shortest]
+            if over:
+                raise InterventionError(bad("positions", self.positions,
+                                            f"positions < {shortest} (the shortest prompt in "
+                                            f"{prompts.name!r} has {shortest} tokens)"))
+        if self.kind == "resample":
+            if len(prompts) < 2:
+                raise InterventionError(f"resample ablation of {self.component} needs at least 2 prompts "
+                                        f"to resample from; {prompts.name!r} has 1 (use kind='mean' "
+                                        "with a reference set, or kind='zero')")
+            if self.positions != "last" and len(set(prompts.lengths)) > 1:
+                raise InterventionError(
+                    f"resample ablation at positions={self.positions} needs prompts of one length "
+                    f"({prompts.name!r} has lengths {sorted(set(prompts.lengths))}); use positions='last'")
+        if self.kind == "patch":
+            if prompts.corrupted is None:
+                raise InterventionError(f"patching {self.component} needs prompts.corrupted: build the "
+                                        "set with PromptSet.build(..., corrupted=[...])")
+            if self.positions != "last" and prompts.corrupted.lengths != prompts.lengths:
+                raise InterventionError("patching at positions other than 'last' needs corrupted prompts "
+                                        "aligned token for token (PromptSet.build(..., align=True))")
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any) -> list[tuple[str, Any]]:
+        import torch
+
+        hook = self.hook
+        source = self._source(model, prompts, store, hook)       # None for zero
+        lengths = torch.tensor([prompts.lengths[int(i)] for i in index])
+        slot = self._slot()
+
+        def fn(t: Any, hook: Any = None) -> Any:
+            t = t.clone()
+            b, width = t.shape[0], t.shape[1]
+            rows = torch.arange(b)
+            if self.positions == "last":
+                pos = (lengths - 1).to(t.device)
+                if source is None:
+                    t[(rows, pos) + slot] = 0
+                else:
+                    t[(rows, pos) + slot] = source["last"][index].to(t.device, t.dtype)
+                return t
+            cols = slice(None) if self.positions is None else list(p for p in self.positions if p < width)
+            if source is None:
+                t[(slice(None), cols) + slot] = 0
+            elif "mean" in source:
+                t[(slice(None), cols) + slot] = source["mean"].to(t.device, t.dtype)
+            else:
+                full = source["full"][index][:, :width].to(t.device, t.dtype)
+                t[(slice(None), cols) + slot] = full[(slice(None), cols) + slot]
+            return t
+
+        return [(hook, fn)]
+
+    # -- helpers -------------------------------------------------------------------
+    @property
+    def hook(self) -> str:
+        # An attention layer is replaced through all its heads' z (its output is
+        # sum_h z_h W_O_h; the models have no b_O), so per-head readings of the
+        # intervened run (direct effects) see the replacement too.
+        if isinstance(self.component, _Attn):
+            return H.z(self.component.layer)
+        return H.output(self.component)
+
+    def _slot(self) -> tuple:
+        if isinstance(self.component, Head):
+            return (self.component.head,)
+        if isinstance(self.component, Neuron):
+            return (self.component.index,)
+        return ()
+
+    def _source(self, model: Any, prompts: Any, store: Any, hook: str) -> Any:
+        import torch
+
+        if self.kind == "zero":
+            return None
+        slot = self._slot()
+        if self.kind == "mean":
+            ref = self.reference
+            acts = store.get(model, ref, [hook])[hook]
+            mask = torch.arange(acts.shape[1]).unsqueeze(0) < torch.tensor(ref.lengths).unsqueeze(1)
+            real = acts[mask]                                      # [tokens, ...]
+            mean = real.double().mean(0).to(acts.dtype)
+            return {"mean": mean[slot] if slot else mean}
+        src_set = prompts.corrupted if self.kind == "patch" else prompts
+        acts = store.get(model, src_set, [hook])[hook]
+        if self.kind == "resample":
+            perm = derangement(len(prompts), self.seed)
+            acts = acts[perm]
+            src_lengths = torch.tensor(prompts.lengths)[perm]
+        else:
+            src_lengths = torch.tensor(src_set.lengths)
+        if self.positions == "last":
+            rows = torch.arange(acts.shape[0])
+            last = acts[rows, src_lengths - 1]
+            return {"last": last[(slice(None),) + slot] if slot else last}
+        return {"full": acts}
+
+
+@dataclass(frozen=True)
+class Interventions:
+    """Several replacements applied together (in order)."""
+
+    items: tuple[Replace, ...]
+
+    @property
+    def key(self) -> str:
+        return "+".join(i.key for i in self.items) if self.items else "nothing()"
+
+    @property
+    def layer(self) -> int:
+        """The earliest layer any item touches: the forward may resume there from the
+        clean residual stream (0 where the embedding is touched)."""
+        if not self.items:
+            return 0
+        return min(max(i.component.layer, 0) if not isinstance(i.component, _Embed) else 0
+                   for i in self.items)
+
+    def __add__(self, other: "Interventions") -> "Interventions":
+        if not isinstance(other, Interventions):
+            return NotImplemented
+        return Interventions(self.items + other.items)
+
+    def __iter__(self) -> Iterator[Replace]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Interventions({self.key})"
+
+    def check(self, model: Any, prompts: Any) -> None:
+        for i in self.items:
+            i.check(model, prompts)
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None) -> list[tuple[str, Any]]:
+        from .activations import default_store
+
+        store = store if store is not None else default_store()
+        out: list[tuple[str, Any]] = []
+        for i in self.items:
+            out += i.fwd_hooks(model, prompts, index, store)
+        return out
+
+    @contextlib.contextmanager
+    def applied(self, model: Any, prompts: Any, store: Any = None) -> Iterator[Any]:
+        """Hooks on ``model`` for a forward over all of ``prompts`` (in order), removed on exit."""
+        import torch
+
+        self.check(model, prompts)
+        hooks = self.fwd_hooks(model, prompts, torch.arange(len(prompts)), store)
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+
+
+def derangement(n: int, seed: int) -> Any:
+    """A seeded permutation of range(n) with no fixed point (n >= 2)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        if not bool((perm == torch.arange(n)).any()):
+            return perm
+
+
+def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = None,
+           reference: Any = None, seed: int = 0) -> Interventions:
+    """Zero, mean or resample ablation of one or several components."""
+    if kind not in ("zero", "mean", "resample"):
+        raise InterventionError(bad("kind", kind, "'zero', 'mean' or 'resample' (for patching use patch())"))
+    comps = parse_many(components, model)
+    if not comps:
+        raise InterventionError(bad("components", components, "at least one component"))
+    if kind == "mean" and reference is None:
+        raise InterventionError("mean ablation needs reference=<PromptSet>: the mean of each component's "
+                                "output is taken over that set's tokens")
+    if kind != "mean" and reference is not None:
+        raise InterventionError(bad("reference", reference, "only used with kind='mean'"))
+    pos = _norm_positions(positions)
+    return Interventions(tuple(Replace(c, kind, pos, reference, seed) for c in comps))
+
+
+def patch(model: Any, components: Any, *, positions: Any = None) -> Interventions:
+    """Replace components' outputs by their values on each prompt's corrupted counterpart."""
+    comps = parse_many(components, model)
+    if not comps:
+        raise InterventionError(bad("components", components, "at least one component"))
+    return Interventions(tuple(Replace(c, "patch", _norm_positions(positions)) for c in comps))
+
+
+def nothing() -> Interventions:
+    """The empty intervention: runs the clean model (useful as an identity check)."""
+    return Interventions(())
+
+
+def as_intervention(x: Any) -> Any:
+    if x is None or isinstance(x, Interventions):
+        return x
+    if isinstance(x, Replace):
+        return Interventions((x,))
+    if hasattr(x, "key") and hasattr(x, "fwd_hooks"):
+        return x
+    raise InterventionError(bad("intervention", x, "the result of ablate(), patch() or nothing()"))
+

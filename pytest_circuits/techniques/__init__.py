@@ -1,0 +1,1 @@
+"""One module per technique; each docstring gives the formula, assumptions and source."""

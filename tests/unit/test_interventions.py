@@ -1,0 +1,157 @@
+"""Interventions checked against hand computations on the tiny model."""
+
+import pytest
+import torch
+
+from pytest_circuits import ActivationStore, ComponentError, InterventionError, PromptSet
+from pytest_circuits import hooks as H
+from pytest_circuits import interventions as I
+
+SAME_LEN = ["the cat sat on the mat", "the dog sat on the bag", "a king went to the city",
+            "the queen said the ball was"]
+
+
+@pytest.fixture
+def ps(tiny):
+    return PromptSet.build(tiny, SAME_LEN, name="same-length",
+                           corrupted=["the dog sat on a mat", "a cat went to the bag", "the king sat on a city",
+                                      "a queen gave the ball to"])
+
+
+@pytest.fixture
+def store():
+    return ActivationStore(batch_size=3)   # two batches: replacements must follow the rows
+
+
+def z1(store, model, ps, iv=None):
+    return store.get(model, ps, [H.z(1)], iv)[H.z(1)]
+
+
+def test_zero_ablation_of_a_head(tiny, ps, store):
+    clean = z1(store, tiny, ps)
+    got = z1(store, tiny, ps, I.ablate(tiny, "L1H2"))
+    assert not got[:, :, 2].any()
+    torch.testing.assert_close(got[:, :, [0, 1, 3]], clean[:, :, [0, 1, 3]])
+
+
+def test_mean_ablation_is_the_reference_token_mean(tiny, ps, store):
+    ref = PromptSet.build(tiny, ["the cat", "when John and Mary went to the store"], name="ref")
+    ref_z = store.get(tiny, ref, [H.z(1)])[H.z(1)][:, :, 2]
+    hand = torch.cat([ref_z[0, :3], ref_z[1, :9]]).double().mean(0)   # real tokens only (BOS + words)
+    got = z1(store, tiny, ps, I.ablate(tiny, "L1H2", "mean", reference=ref))
+    for i in range(len(ps)):
+        for p in range(ps.lengths[i]):
+            torch.testing.assert_close(got[i, p, 2].double(), hand, atol=1e-6, rtol=1e-6)
+
+
+def test_resample_uses_another_prompt(tiny, ps, store):
+    clean = z1(store, tiny, ps)
+    perm = I.derangement(len(ps), seed=3)
+    assert not (perm == torch.arange(len(ps))).any()
+    got = z1(store, tiny, ps, I.ablate(tiny, "L1H2", "resample", seed=3))
+    torch.testing.assert_close(got[:, :, 2], clean[perm][:, :, 2])
+    assert I.ablate(tiny, "L1H2", "resample", seed=3).key != I.ablate(tiny, "L1H2", "resample", seed=4).key
+
+
+def test_patch_from_corrupted(tiny, ps, store):
+    corrupted = store.get(tiny, ps.corrupted, [H.mlp_out(0)])[H.mlp_out(0)]
+    got = store.get(tiny, ps, [H.mlp_out(0)], I.patch(tiny, "mlp0"))[H.mlp_out(0)]
+    torch.testing.assert_close(got, corrupted)
+
+
+def test_positions_last_touches_only_the_last_token(tiny, store):
+    ps = PromptSet.build(tiny, ["the cat sat", "the dog sat on the mat"])
+    clean = store.get(tiny, ps, [H.attn_out(0)])[H.attn_out(0)]
+    got = store.get(tiny, ps, [H.attn_out(0)], I.ablate(tiny, "attn0", positions="last"))[H.attn_out(0)]
+    for i, n in enumerate(ps.lengths):
+        assert not got[i, n - 1].any()
+        torch.testing.assert_close(got[i, : n - 1], clean[i, : n - 1])
+
+
+def test_neuron_ablation(tiny, ps, store):
+    got = store.get(tiny, ps, [H.mlp_post(1)], I.ablate(tiny, "L1N5"))[H.mlp_post(1)]
+    clean = store.get(tiny, ps, [H.mlp_post(1)])[H.mlp_post(1)]
+    assert not got[:, :, 5].any() and clean[:, :, 5].any()
+
+
+def test_ablating_nothing_changes_nothing(tiny, ps, store):
+    names = [H.LOGITS_LAST, H.resid_post(1), H.z(0)]
+    clean = store.get(tiny, ps, names)
+    same = store.get(tiny, ps, names, I.nothing())
+    assert I.nothing().key != "none"             # really recomputed, not a cache hit
+    for n in names:
+        torch.testing.assert_close(same[n], clean[n], atol=0, rtol=0)
+
+
+def test_composition(tiny, ps, store):
+    both = I.ablate(tiny, "L1H2") + I.ablate(tiny, "mlp0")
+    assert len(both) == 2 and "L1H2" in both.key and "mlp0" in both.key
+    got = store.get(tiny, ps, [H.z(1), H.mlp_out(0)], both)
+    assert not got[H.z(1)][:, :, 2].any() and not got[H.mlp_out(0)].any()
+    assert I.ablate(tiny, ["L1H2", "mlp0"]).key == both.key
+
+
+def test_context_manager_matches_store(tiny, ps, store):
+    abl = I.ablate(tiny, "L0H1", "resample", seed=1)
+    from_store = store.get(tiny, ps, [H.LOGITS_LAST], abl)[H.LOGITS_LAST]
+    with torch.no_grad(), abl.applied(tiny, ps, store):
+        logits = tiny(ps.tokens)
+    torch.testing.assert_close(logits[:, -1], from_store, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():   # hooks are gone afterwards
+        torch.testing.assert_close(tiny(ps.tokens)[:, -1], store.get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_at_the_ablated_layer_is_exact(tiny, ps):
+    abl = I.ablate(tiny, "L1H0", "resample", seed=2)
+    resumed = ActivationStore()
+    a = resumed.get(tiny, ps, [H.LOGITS_LAST, H.z(1)], abl)
+    assert resumed.counters.resumed_passes == 1
+    full = ActivationStore()
+    b = full.get(tiny, ps, [H.LOGITS_LAST, H.z(1), H.resid_post(0)], abl)   # a layer-0 hook: no resume
+    assert full.counters.resumed_passes == 0
+    torch.testing.assert_close(a[H.LOGITS_LAST], b[H.LOGITS_LAST], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[H.z(1)], b[H.z(1)], atol=1e-6, rtol=1e-6)
+
+
+# -- bad input ------------------------------------------------------------------------
+def test_component_the_model_lacks(tiny):
+    with pytest.raises(ComponentError, match=r"layer must be in 0\.\.1"):
+        I.ablate(tiny, "L5H0")
+    with pytest.raises(ComponentError, match=r"head must be in 0\.\.3"):
+        I.ablate(tiny, "L1H7")
+
+
+def test_resample_from_one_prompt(tiny, store):
+    one = PromptSet.build(tiny, ["the cat sat"])
+    with pytest.raises(InterventionError, match="needs at least 2 prompts"):
+        store.get(tiny, one, [H.LOGITS_LAST], I.ablate(tiny, "L0H0", "resample"))
+
+
+def test_resample_all_positions_needs_one_length(tiny, store):
+    ps = PromptSet.build(tiny, ["the cat sat", "the dog sat on the mat"])
+    with pytest.raises(InterventionError, match="use positions='last'"):
+        store.get(tiny, ps, [H.LOGITS_LAST], I.ablate(tiny, "L0H0", "resample"))
+
+
+def test_mean_without_reference(tiny):
+    with pytest.raises(InterventionError, match="needs reference=<PromptSet>"):
+        I.ablate(tiny, "L0H0", "mean")
+
+
+def test_positions_out_of_range(tiny, ps, store):
+    with pytest.raises(InterventionError, match=r"positions=\(40,\) is not valid: positions < 7"):
+        store.get(tiny, ps, [H.LOGITS_LAST], I.ablate(tiny, "L0H0", positions=40))
+    with pytest.raises(InterventionError, match="positions=-1"):
+        I.ablate(tiny, "L0H0", positions=-1)
+
+
+def test_patch_needs_corrupted(tiny, store):
+    ps = PromptSet.build(tiny, ["the cat sat", "the dog sat"])
+    with pytest.raises(InterventionError, match="needs prompts.corrupted"):
+        store.get(tiny, ps, [H.LOGITS_LAST], I.patch(tiny, "L0H0"))
+
+
+def test_bad_kind(tiny):
+    with pytest.raises(InterventionError, match="kind='half'"):
+        I.ablate(tiny, "L0H0", "half")
