@@ -334,17 +334,17 @@ def total_effect(model: Any, prompts: Any, intervention: Any, *, token: Any = "a
 
 
 def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = "resample", token: Any = "answer",
-                 seed: int = 0, reference: Any = None,
+                 positions: Any = "last", seed: int = 0, reference: Any = None,
                  activations: ActivationStore | None = None) -> "DLAvsTotal":
     """How far the direct logit attribution of ``component`` overstates its causal effect.
 
     DLA is the clean direct effect; the causal effect is minus the total effect of
-    ablating the component (``kind``, at the last position). ``overstatement`` is the
+    ablating the component (``kind``, at ``positions``: the last token by default). ``overstatement`` is the
     paired difference ``DLA - causal``; ``causal_fraction`` the ratio of means.
     """
     comp = parse(component, model)
-    sr = self_repair(model, prompts, comp, kind=kind, token=token, seed=seed, reference=reference,
-                     activations=activations)
+    sr = self_repair(model, prompts, comp, kind=kind, token=token, positions=positions, seed=seed,
+                     reference=reference, activations=activations)
     if kind == "zero":
         dla = sr.direct_effect(comp)
     else:
@@ -372,10 +372,12 @@ class DLAvsTotal:
 
 
 def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = "resample", token: Any = "answer",
-          seed: int = 0, reference: Any = None, activations: ActivationStore | None = None) -> list[SelfRepair]:
+          positions: Any = "last", seed: int = 0, reference: Any = None,
+          activations: ActivationStore | None = None) -> list[SelfRepair]:
     """``self_repair`` for each component in turn (each resumes from the clean stream at its layer)."""
     from ..progress import bar
 
     comps = parse_many(components, model)
-    return [self_repair(model, prompts, c, kind=kind, token=token, seed=seed, reference=reference,
-                        activations=activations) for c in bar(comps, "ablation sweep", total=len(comps))]
+    return [self_repair(model, prompts, c, kind=kind, token=token, positions=positions, seed=seed,
+                        reference=reference, activations=activations)
+            for c in bar(comps, "ablation sweep", total=len(comps))]

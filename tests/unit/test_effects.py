@@ -1,0 +1,173 @@
+"""Direct effects, the self-repair decomposition and erasure measures: identities on the
+tiny model, agreement with TransformerLens's DLA, and the planted mechanisms (found in
+the planted models, not reported in their controls)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import pytest_circuits
+from pytest_circuits import ActivationStore, CircuitsError, ComponentError, PromptSet, planted
+from pytest_circuits import hooks as H
+from pytest_circuits import interventions as I
+from pytest_circuits.components import MLP, Attn, Embed, Head
+from pytest_circuits.techniques import effects as E
+from pytest_circuits.techniques import erasure as ER
+
+PLANTED = Path(__file__).resolve().parent.parent / "data" / "planted"
+
+
+@pytest.fixture(scope="module")
+def ps(tiny):
+    return PromptSet.build(tiny, ["the cat sat on the", "the capital of France is", "when John and Mary went to the",
+                                  "the king of Italy went to", "a dog sat on the mat in"],
+                           answers=[" mat", " Paris", " store", " Rome", " France"], name="effects")
+
+
+@pytest.fixture
+def store():
+    return ActivationStore()
+
+
+def _centred_logit(store, model, ps, iv=None, ids=None):
+    lg = store.get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST].double()
+    ids = torch.tensor(ps.answer_ids) if ids is None else ids
+    return lg[torch.arange(len(ps)), ids] - lg.mean(-1)
+
+
+def test_direct_effects_plus_bias_sum_to_the_centred_logit(tiny, ps, store):
+    de = E.decompose(tiny, ps, activations=store)
+    assert de.values.shape == (1 + 2 * (4 + 1), len(ps))
+    torch.testing.assert_close(de.logit, _centred_logit(store, tiny, ps), atol=1e-4, rtol=0)
+    assert de.components[0] == Embed() and de.components[1] == Head(0, 0) and de.components[5] == MLP(0)
+    torch.testing.assert_close(de.of(Attn(1)), sum(de.of(Head(1, h)) for h in range(4)))
+
+
+def test_direct_effects_agree_with_transformer_lens_dla(tiny, ps, store):
+    from transformer_lens.tools.analysis import direct_logit_attribution
+
+    de = E.decompose(tiny, ps, activations=store)
+    for i in range(len(ps)):
+        toks = ps.tokens[i: i + 1, : ps.lengths[i]]
+        with torch.no_grad():
+            ref = direct_logit_attribution(tiny, toks, answer_tokens=torch.tensor([ps.answer_ids[i]]), unit="head")
+        vals = dict(zip(ref.labels, ref.attribution.reshape(len(ref.labels), -1)[:, 0].tolist()))
+        for h in range(4):
+            for l in range(2):
+                assert float(de.of(Head(l, h))[i]) == pytest.approx(vals[f"L{l}H{h}"], abs=1e-5)
+        rest = de.of(Embed()) + de.of(MLP(0)) + de.of(MLP(1))
+        assert float(rest[i]) == pytest.approx(vals["remainder"], abs=1e-5)
+
+
+@pytest.mark.parametrize("target,kind", [("L0H1", "zero"), ("mlp0", "resample"), ("attn1", "zero"),
+                                         (["L0H2", "mlp1"], "resample")])
+def test_self_repair_decomposition_is_exact(tiny, ps, store, target, kind):
+    sr = E.self_repair(tiny, ps, target, kind=kind, seed=1, activations=store)
+    # by construction ...
+    torch.testing.assert_close(sr.total, sr.own + sr.downstream + sr.norm_term, atol=1e-10, rtol=0)
+    # ... and against the logits of the ablated run (independent of the decomposition)
+    te = _centred_logit(store, tiny, ps, sr.ablation) - _centred_logit(store, tiny, ps)
+    torch.testing.assert_close(sr.total, te, atol=1e-4, rtol=0)
+    te_m = E.total_effect(tiny, ps, sr.ablation, activations=store)
+    assert te_m.values == pytest.approx(te.tolist(), abs=1e-9)
+    # components before the first ablated layer are untouched
+    first = min(c.layer for c in (sr.components[i] for i in sr.ablated))
+    upstream = [i for i, c in enumerate(sr.components) if c.layer < first]
+    assert not sr.delta_de[upstream].abs().max() > 0
+
+
+def test_zero_ablation_own_effect_is_minus_the_direct_effect(tiny, ps, store):
+    sr = E.self_repair(tiny, ps, "L1H3", kind="zero", activations=store)
+    torch.testing.assert_close(sr.own, -sr.clean_de[sr._rows("L1H3")].sum(0))
+
+
+def test_ablating_nothing_gives_a_zero_decomposition(tiny, ps, store):
+    sr = E.self_repair(tiny, ps, I.nothing(), activations=store)
+    assert float(sr.total.abs().max()) == 0.0 and float(sr.delta_de.abs().max()) == 0.0
+
+
+def test_readable_outputs(tiny, ps, store):
+    sr = E.self_repair(tiny, ps, "L0H1", kind="zero", activations=store)
+    assert "total effect" in sr.table() and "norm term" in sr.table()
+    assert repr(sr).startswith("SelfRepair(zero(L0H1,pos=last): TE ")
+    assert len(sr.ranking(3)) == 3 and all(c != Head(0, 1) for c, _ in sr.ranking(20))
+    m = sr.compensation("mlp1")
+    assert m.name.startswith("ΔDE(mlp1 | zero(L0H1")
+
+
+def test_bad_effect_input(tiny, ps, store):
+    with pytest.raises(ComponentError, match="layer must be in 0..1"):
+        E.self_repair(tiny, ps, "L2H0", activations=store)
+    no_answers = PromptSet.build(tiny, ["the cat", "the dog"])
+    with pytest.raises(CircuitsError, match="has no answer_ids"):
+        E.decompose(tiny, no_answers, activations=store)
+    assert E.decompose(tiny, no_answers, token="top", activations=store).values.shape[1] == 2
+    with pytest.raises(CircuitsError, match="token="):
+        E.decompose(tiny, no_answers, token=[1, 2, 3], activations=store)
+
+
+def test_value_input_recomputation_reproduces_hook_z(tiny, ps, store):
+    vc = ER.value_input_check(tiny, ps, "L0H1", ["L1H0", "L1H2"], activations=store)
+    assert vc.reproduction_error < 1e-5
+    with pytest.raises(ComponentError, match="heads in layers after the writer"):
+        ER.value_input_check(tiny, ps, "L1H1", ["L1H0"], activations=store)
+    with pytest.raises(ComponentError, match="attention heads"):
+        ER.value_input_check(tiny, ps, "L0H1", ["mlp1"], activations=store)
+
+
+def test_projection_ratio_is_a_dot_product(tiny, ps, store):
+    prs = ER.projection_ratios(tiny, ps, activations=store)
+    outs = E.outputs(tiny, ps, store=store)
+    a, b = outs.vectors[outs.index(Head(0, 1))], outs.vectors[outs.index(Head(1, 2))]
+    torch.testing.assert_close(prs.pr("L1H2", "L0H1"), (a * b).sum(-1) / (a * a).sum(-1))
+    torch.testing.assert_close(prs.cosine("L1H2", "L0H1"), torch.nn.functional.cosine_similarity(a, b, dim=-1))
+
+
+# -- planted mechanisms ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_models(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("planted")
+    return {n: pytest_circuits.load_model(str(PLANTED / n), cache_dir=cache, device="cpu")
+            for n in planted.BUILDERS}
+
+
+def _planted_set(model):
+    n = len(planted.PROMPTS)
+    return PromptSet.build(model, planted.PROMPTS, answers=[" " + planted.ANSWER] * n,
+                           foils=[" " + planted.FOIL] * n, name="planted")
+
+
+@pytest.mark.parametrize("name,erases", [("erasure", True), ("erasure_control", False)])
+def test_erasure_detectors(planted_models, name, erases):
+    model, spec = planted_models[name], planted.ERASURE
+    ps, store = _planted_set(model), ActivationStore()
+    # The planted heads attend uniformly over the prefix: ablate at every position.
+    r = E.dla_vs_total(model, ps, spec["writer"], kind="zero", positions=None, activations=store)
+    prs = ER.projection_ratios(model, ps, activations=store)
+    top_writer, top_reader, top_pr = prs.scan(1)[0]
+    vc = ER.value_input_check(model, ps, spec["writer"], [spec["eraser"]], activations=store)
+    assert r.dla.mean > 5.0
+    if erases:
+        assert r.causal_fraction.upper < 0.2          # DLA overstates: most of it is erased
+        assert r.overstatement.lower > 4.0
+        assert (str(top_writer), str(top_reader)) == (spec["writer"], spec["eraser"]) and top_pr < -0.9
+        assert vc.clean.upper < -0.9 and abs(vc.without_writer.mean) < 0.1   # collapses to ~0
+    else:
+        assert r.causal_fraction.lower > 0.9          # DLA is the causal effect
+        assert abs(float(prs.pr(spec["eraser"], spec["writer"]).mean())) < 0.05
+        assert not prs.scan(5) or prs.scan(1)[0][2] > -0.1
+        assert abs(vc.clean.mean) < 0.05
+
+
+@pytest.mark.parametrize("name,compensates", [("backup", True), ("backup_control", False)])
+def test_backup_detectors(planted_models, name, compensates):
+    model, spec = planted_models[name], planted.BACKUP
+    sr = E.self_repair(model, _planted_set(model), spec["primary"], kind="zero", positions=None,
+                       activations=ActivationStore())
+    frac = sr.restored_fraction(spec["backup"])
+    if compensates:
+        assert str(sr.ranking(1)[0][0]) == spec["backup"]
+        assert frac.lower > 0.5                       # planted: 60%
+    else:
+        assert frac.upper < 0.05
