@@ -22,6 +22,7 @@ rewritten, never used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +32,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from . import hooks as H
 from .errors import CacheWarning, CircuitsError, bad
@@ -99,6 +100,7 @@ class ActivationStore:
     cache_dir: Path | None = None
     batch_size: int = 32
     max_memory_bytes: int = 4 << 30
+    resume: bool = True           # resume intervened forwards from the clean residual stream
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
@@ -252,7 +254,7 @@ class ActivationStore:
         # Resume from the clean residual stream when nothing before the intervened
         # layer is asked for: the prefix is identical to the clean run.
         start_layer = 0
-        if intervention is not None and len(getattr(intervention, "items", ())) > 0:
+        if self.resume and intervention is not None and len(getattr(intervention, "items", ())) > 0:
             first = intervention.layer
             if first > 0 and all(l is None or l >= first for l in layers) and H.EMBED not in real:
                 start_layer = first
@@ -289,7 +291,8 @@ class ActivationStore:
             if start_layer:
                 kwargs["start_at_layer"] = start_layer
                 inp = resid[begin:end, :width].to(device, model.cfg.dtype)  # type: ignore[index]
-            with torch.no_grad():
+            skip_unembed = not want_logits and not any(nm.startswith(("unembed", "hook_unembed")) for nm in real)
+            with torch.no_grad(), _skipping_blocks(model, start_layer, skip_unembed=skip_unembed):
                 logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
             self.counters.forward_passes += 1
             self.counters.resumed_passes += bool(start_layer)
@@ -316,6 +319,41 @@ class ActivationStore:
                 else:
                     parts[name].append(_pad_to(grabbed[name], width_all, name))
         return {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+
+
+@contextlib.contextmanager
+def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False) -> Iterator[None]:
+    """Skip the computation of blocks ``0..start-1`` during a resumed forward (and of the
+    unembedding when no logits are wanted).
+
+    TransformerLens's ``start_at_layer`` swaps the given residual in at block ``start``
+    but still computes every earlier block and throws the result away. Their layers
+    are replaced by a pass-through for the duration of the call (no hooks are requested
+    there), which makes a resumed forward cost only the blocks it needs. The result is
+    checked against a full forward in tests/unit/test_interventions.py.
+    """
+    if not start and not skip_unembed:
+        yield
+        return
+    import torch.nn as nn
+
+    class Skip(nn.Module):
+        def forward(self, hidden_states: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return hidden_states
+
+    saved = []
+    try:
+        for block in list(model.blocks)[:start]:
+            saved.append((block, block.original_component))
+            block.add_module("_original_component", Skip())
+        unembed = getattr(model, "unembed", None)
+        if skip_unembed and unembed is not None and unembed.original_component is not None:
+            saved.append((unembed, unembed.original_component))
+            unembed.add_module("_original_component", Skip())
+        yield
+    finally:
+        for block, original in saved:
+            block.add_module("_original_component", original)
 
 
 def _at_last(t: Any, lengths: Any, name: str) -> Any:

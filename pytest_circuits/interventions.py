@@ -168,17 +168,15 @@ class Replace:
             mean = real.double().mean(0).to(acts.dtype)
             return {"mean": mean[slot] if slot else mean}
         src_set = prompts.corrupted if self.kind == "patch" else prompts
+        if self.positions == "last":
+            # Only each source prompt's last token is needed: read just that.
+            last = store.get(model, src_set, [H.last(hook)])[H.last(hook)]
+            if self.kind == "resample":
+                last = last[derangement(len(prompts), self.seed)]
+            return {"last": last[(slice(None),) + slot] if slot else last}
         acts = store.get(model, src_set, [hook])[hook]
         if self.kind == "resample":
-            perm = derangement(len(prompts), self.seed)
-            acts = acts[perm]
-            src_lengths = torch.tensor(prompts.lengths)[perm]
-        else:
-            src_lengths = torch.tensor(src_set.lengths)
-        if self.positions == "last":
-            rows = torch.arange(acts.shape[0])
-            last = acts[rows, src_lengths - 1]
-            return {"last": last[(slice(None),) + slot] if slot else last}
+            acts = acts[derangement(len(prompts), self.seed)]
         return {"full": acts}
 
 

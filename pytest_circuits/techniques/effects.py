@@ -51,6 +51,14 @@ def writers(model: Any) -> tuple[Component, ...]:
     return tuple(out)
 
 
+def _block(name: str) -> int | None:
+    """Block index of a hook name (the embedding counts as -1; after the last block: None)."""
+    base = H.base_name(name)
+    if base.startswith("blocks."):
+        return int(base.split(".")[1])
+    return -1 if base == H.EMBED else None
+
+
 def _hooks_needed(model: Any) -> list[str]:
     L = model.cfg.n_layers
     return ([H.last(H.EMBED), H.last(H.FINAL_SCALE)] + [H.last(H.z(l)) for l in range(L)]
@@ -99,7 +107,16 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
     import torch
 
     store = store if store is not None else default_store()
-    acts = store.get(model, prompts, _hooks_needed(model), intervention)
+    names = _hooks_needed(model)
+    first = getattr(intervention, "layer", 0) if intervention is not None and len(intervention.items) else 0
+    if first > 0:
+        # Writers before the first intervened layer are exactly as in the clean run: read
+        # them there, so the intervened forward can resume at that layer.
+        before = [n for n in names if _block(n) is not None and _block(n) < first]
+        acts = store.get(model, prompts, before)
+        acts.update(store.get(model, prompts, [n for n in names if n not in before], intervention))
+    else:
+        acts = store.get(model, prompts, names, intervention)
     L = model.cfg.n_layers
     W_O = model.W_O.detach().to("cpu", torch.float64)                 # [L, H, d_head, d_model]
     vecs = [acts[H.last(H.EMBED)].double()]

@@ -136,3 +136,12 @@ def test_unknown_hook_suggests(tiny, ps):
 def test_unregistered_model_is_explained(ps):
     with pytest.raises(ModelUnavailable, match="a model loaded by pytest-circuits"):
         ActivationStore().get(torch.nn.Linear(2, 2), ps, [H.LOGITS_LAST])
+
+
+def test_unembed_hook_still_computed_when_logits_are_not_asked(tiny, ps):
+    """The store skips the unembedding when no logits are wanted, except for its own hook."""
+    store = ActivationStore()
+    got = store.get(tiny, ps, ["hook_unembed", H.FINAL_SCALE])
+    logits = store.get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST]
+    rows = torch.arange(len(ps))
+    torch.testing.assert_close(got["hook_unembed"][rows, ps.last], logits, atol=1e-5, rtol=1e-5)
