@@ -79,3 +79,23 @@ def test_kl_to_itself_is_zero_and_loss_is_sane(model, ps, activations):
     assert metrics.kl_divergence(model, ps, None, activations=activations).mean == pytest.approx(0, abs=1e-9)
     loss = metrics.loss(model, ps, activations=activations)
     assert 0.5 < loss.mean < 8.0  # a trained model on English: between a near-oracle and uniform (10.8)
+
+
+def test_direct_effect_decomposition_matches_the_logits(model, ps, activations):
+    """Issue-3 identity on the real model: DE of every writer + centred b_U = centred logit."""
+    from pytest_circuits.techniques import effects as E
+
+    de = E.decompose(model, ps, token="top", activations=activations)
+    lg = activations(model, ps, [H.LOGITS_LAST])[H.LOGITS_LAST].double()
+    centred = lg[torch.arange(len(ps)), de.token_ids] - lg.mean(-1)
+    torch.testing.assert_close(de.logit, centred, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("target,kind", [("attn20", "resample"), ("L23H4", "zero"), ("mlp27", "resample")])
+def test_self_repair_decomposition_matches_the_logits(model, ps, activations, target, kind):
+    from pytest_circuits.techniques import effects as E
+
+    sr = E.self_repair(model, ps, target, kind=kind, token="top", activations=activations)
+    te = E.total_effect(model, ps, sr.ablation, token="top", activations=activations)
+    torch.testing.assert_close(sr.total, torch.tensor(te.values, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sr.total, sr.own + sr.downstream + sr.norm_term, atol=1e-9, rtol=0)
