@@ -34,6 +34,7 @@ claims: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ --circuits-require-models $(ARGS)
+	$(BIN)/python scripts/check_install.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/cold_warm.py

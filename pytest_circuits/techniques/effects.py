@@ -330,6 +330,15 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
                       total, de_clean.sum(0) + b, prompts.name, prompts.prompts)
 
 
+def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = "resample",
+                 token: Any = "answer", positions: Any = "last", seed: int = 0, reference: Any = None,
+                 activations: ActivationStore | None = None) -> Measurement:
+    """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`)."""
+    sr = self_repair(model, prompts, ablate, kind=kind, token=token, positions=positions, seed=seed,
+                     reference=reference, activations=activations)
+    return sr.compensation(by)
+
+
 def total_effect(model: Any, prompts: Any, intervention: Any, *, token: Any = "answer",
                  activations: ActivationStore | None = None) -> Measurement:
     """Change of the centred logit of ``token`` under ``intervention``, read from the logits."""

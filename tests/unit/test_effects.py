@@ -77,6 +77,12 @@ def test_self_repair_decomposition_is_exact(tiny, ps, store, target, kind):
     assert not sr.delta_de[upstream].abs().max() > 0
 
 
+def test_compensation_shortcut(tiny, ps, store):
+    m = E.compensation(tiny, ps, ablate="L0H1", by="L1H2", kind="zero", activations=store)
+    sr = E.self_repair(tiny, ps, "L0H1", kind="zero", activations=store)
+    assert m.values == pytest.approx(sr.delta("L1H2").tolist())
+
+
 def test_zero_ablation_own_effect_is_minus_the_direct_effect(tiny, ps, store):
     sr = E.self_repair(tiny, ps, "L1H3", kind="zero", activations=store)
     torch.testing.assert_close(sr.own, -sr.clean_de[sr._rows("L1H3")].sum(0))
