@@ -20,6 +20,10 @@ _MARKERS = (
     "claim(source=None, finding=None): a stated interpretability finding; `finding` is the "
     "sentence the claim checks, `source` where it comes from (e.g. 'arXiv:2305.00586')",
     "model(*names): the model(s) a claim is asserted against (overridden by --circuits-model)",
+    "baseline(tolerance='3se'): the drift tolerance of this claim's measurements against their "
+    "baseline: one spec ('3se', 'abs:0.05', 'rel:0.1') or {metric: spec}",
+    "expect_change(model, reason): this claim is expected to fail on the named model (a strict "
+    "xfail: it fails if the claim still holds there)",
 )
 
 
@@ -48,6 +52,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default 0)", default="0")
     add("--circuits-require-models", "circuits_require_models", "fail, instead of skip, claims whose "
         "model cannot be loaded", default=False, type="bool", action="store_true")
+    add("--circuits-baseline", "circuits_baseline", "compare every claim's measurements with its "
+        "baseline (a missing baseline is written and the claim fails)", default=False, type="bool",
+        action="store_true")
+    add("--circuits-baseline-dir", "circuits_baseline_dir", "folder of baseline files, one JSON per "
+        "model (default claims/baselines under the rootdir; giving it turns baselines on)", default="")
+    add("--circuits-update-baselines", "circuits_update_baselines", "rewrite the baselines of the "
+        "claims that run (others are kept)", default=False, type="bool", action="store_true")
+    add("--circuits-baseline-tolerance", "circuits_baseline_tolerance", "default drift tolerance: "
+        "'3se' (standard errors), 'abs:X' or 'rel:X' (default 3se)", default="3se")
+    add("--circuits-report", "circuits_report", "write the results ledger as JSON to this path",
+        default="")
+    add("--circuits-markdown", "circuits_markdown", "write a Markdown claims x models table "
+        "(e.g. for a CI job summary)", default="")
+    add("--circuits-html", "circuits_html", "write an HTML report with plots across models", default="")
 
 
 def _opt(config: pytest.Config, name: str) -> Any:
@@ -62,6 +80,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     for m in _MARKERS:
         config.addinivalue_line("markers", m)
+    if not config.pluginmanager.hasplugin("xdist"):
+        # Claims carry xdist_group(...) so `--dist loadgroup` keeps a model on one worker;
+        # register it when xdist is absent so --strict-markers stays clean.
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist grouping (xdist not installed)")
     from .progress import set_quiet
 
     set_quiet(config.get_verbosity() < 0)
@@ -93,13 +115,18 @@ class _LazySession:
             if batch < 1:
                 raise pytest.UsageError(f"--circuits-batch-size={batch} is not valid: a positive int")
             cache = _opt(c, "circuits_cache_dir")
+            bdir = _opt(c, "circuits_baseline_dir")
             settings = Settings(
                 models=cli_models or list(ini_models) or Settings().models,
-                models_from_cli=bool(cli_models), device=_opt(c, "circuits_device"),
+                models_from_cli=bool(cli_models), device=_worker_device(_opt(c, "circuits_device")),
                 dtype=_opt(c, "circuits_dtype"),
                 cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
                 use_disk_cache=not _opt(c, "circuits_no_cache"), batch_size=batch, seed=seed,
-                require_models=bool(_opt(c, "circuits_require_models")))
+                require_models=bool(_opt(c, "circuits_require_models")),
+                baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir),
+                baseline_dir=(c.rootpath / bdir) if bdir else None,
+                update_baselines=bool(_opt(c, "circuits_update_baselines")),
+                baseline_tolerance=_opt(c, "circuits_baseline_tolerance"))
             self._session = Session(settings)
             if _opt(c, "circuits_clear_cache"):
                 self._session.clear_disk_cache()
@@ -110,6 +137,17 @@ class _LazySession:
     @property
     def started(self) -> bool:
         return self._session is not None
+
+
+def _worker_device(device: str) -> str:
+    """Under xdist with several GPUs, each worker takes its own (``gw0`` -> cuda:0, ...)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if device != "auto" or not worker.startswith("gw"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{int(worker[2:]) % count}" if count > 1 else device
 
 
 def _session(config: pytest.Config) -> Any:
@@ -150,6 +188,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                          ids=[_model_id(n) for n in names])
 
 
+def _is_ours_item(item: pytest.Item) -> bool:
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("model")
+    return bool(defs) and defs[-1].func.__module__ == __name__
+
+
 def _model_id(name: str) -> str:
     p = Path(name)
     return p.name if (os.sep in name or name.startswith(".")) and p.name else name
@@ -157,6 +200,18 @@ def _model_id(name: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "model" in params and _is_ours_item(item):
+            model_id = _model_id(str(params["model"]))
+            # xdist --dist loadgroup: all claims on one model go to one worker (one load).
+            item.add_marker(pytest.mark.xdist_group(name=f"circuits-{model_id}"))
+            for m in item.iter_markers("expect_change"):
+                if not m.args or not isinstance(m.args[0], str) or "reason" not in m.kwargs:
+                    raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.expect_change(\"model\", "
+                                            "reason=\"...\")")
+                if m.args[0] in (model_id, str(params["model"])):
+                    item.add_marker(pytest.mark.xfail(strict=True, reason=f"expected change on "
+                                                      f"{m.args[0]}: {m.kwargs['reason']}"))
         for m in item.iter_markers("claim"):
             if m.args:
                 raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.claim(finding=..., source=...) "
@@ -207,10 +262,13 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     state = _seed(lazy.get().settings.seed)
     _RECORDERS.append(recorded)
     try:
-        return (yield)
+        result = yield
     finally:
         _RECORDERS.remove(recorded)
         _restore(state)
+    if recorded:
+        lazy.get().check_baseline(item, recorded)     # fails the claim on drift or a new baseline
+    return result
 
 
 def _seed(seed: int) -> Any:
@@ -238,31 +296,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     recorded = item.stash.get(MEASUREMENTS_KEY, None)
     if call.when == "call" and recorded:
-        marker = item.get_closest_marker("claim")
-        kw = marker.kwargs if marker else {}
-        payload = {"finding": kw.get("finding") or "", "source": kw.get("source") or "",
-                   "measurements": [m.to_dict() for m in recorded]}
-        # user_properties travel with the report (also from xdist workers).
-        report.user_properties.append(("circuits", json.dumps(payload)))
+        record = item.config.stash[SESSION_KEY].get().record(item, recorded)
+        # user_properties travel with the reports (also from xdist workers); JUnit XML
+        # takes them from the teardown report, which copies the item's.
+        props = [("circuits", json.dumps(record))] + [
+            (f"circuits:{m['key']}", f"{m['mean']:.6g} [{m['lower']:.6g}, {m['upper']:.6g}] n={m['n']}")
+            for m in record["measurements"]]
+        item.user_properties.extend(props)
+        if report.user_properties is not item.user_properties:
+            report.user_properties.extend(props)
         report.sections.append(("circuits measurements", "\n".join(repr(m) for m in recorded)))
     return report
 
 
 RESULTS_KEY = pytest.StashKey[list]()
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when != "call":
-        return
-    for key, value in report.user_properties:
-        if key == "circuits":
-            _results_of(report).append((report.nodeid, report.outcome, json.loads(value)))
-
-
-def _results_of(report: pytest.TestReport) -> list:
-    return _CONFIGS[-1].stash.setdefault(RESULTS_KEY, []) if _CONFIGS else []
-
-
 # The config of the running session (a stack, so pytester's in-process runs nest cleanly).
 _CONFIGS: list[pytest.Config] = []
 
@@ -270,6 +317,36 @@ _CONFIGS: list[pytest.Config] = []
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     _CONFIGS.append(session.config)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" or not _CONFIGS:
+        return
+    for key, value in report.user_properties:
+        if key == "circuits":
+            record = json.loads(value)
+            record["outcome"] = report.outcome
+            if hasattr(report, "wasxfail"):
+                record["outcome"] = "xfailed" if report.skipped else "xpassed"
+            _CONFIGS[-1].stash.setdefault(RESULTS_KEY, []).append(record)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    from . import report as R
+
+    targets = {k: _opt(config, k) for k in ("circuits_report", "circuits_markdown", "circuits_html")}
+    if not any(targets.values()):
+        return
+    data = R.ledger(config.stash.get(RESULTS_KEY, []), root=str(config.rootpath), exit_status=int(exitstatus))
+    if targets["circuits_report"]:
+        R.write_json(Path(targets["circuits_report"]), data)
+    if targets["circuits_markdown"]:
+        R.write_markdown(Path(targets["circuits_markdown"]), data)
+    if targets["circuits_html"]:
+        R.write_html(Path(targets["circuits_html"]), data)
 
 
 @pytest.hookimpl(trylast=True)
@@ -286,10 +363,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not results and not config.stash[SESSION_KEY].started:
         return
     tr.section("circuits")
-    for nodeid, outcome, payload in results:
-        finding = payload.get("finding")
-        tr.write_line(f"{outcome.upper():7} {nodeid}" + (f"\n        finding: {finding}" if finding else ""))
-        for m in payload["measurements"]:
+    for r in results:
+        tr.write_line(f"{r['outcome'].upper():7} {r['nodeid']}"
+                      + (f"\n        finding: {r['finding']}" if r["finding"] else ""))
+        for m in r["measurements"]:
             tr.write_line(f"        {_one_line(m)}")
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
@@ -300,5 +377,10 @@ def _one_line(m: dict[str, Any]) -> str:
     from .measurement import _fmt
 
     where = f"[{m['model']}]" if m.get("model") else ""
-    return (f"{m['name']}{where} = {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] "
+    line = (f"{m['name']}{where} = {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] "
             f"n={m['n']} ({m['level']:.0%})")
+    b = m.get("baseline")
+    if b and b.get("mean") is not None:
+        line += (f"  baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
+                 f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")
+    return line

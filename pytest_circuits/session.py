@@ -39,16 +39,18 @@ class Settings:
     batch_size: int = 32
     seed: int = 0
     require_models: bool = False
+    baseline: bool = False
+    baseline_dir: Path | None = None
+    update_baselines: bool = False
+    baseline_tolerance: str = "3se"
 
 
-@dataclass
-class LedgerEntry:
-    nodeid: str
-    model: str
-    finding: str
-    source: str
-    measurements: list[dict[str, Any]]
-    outcome: str = ""
+def claim_id(item: Any) -> str:
+    """A claim's id across models: its node id without the model parameter."""
+    base = item.nodeid.split("[", 1)[0]
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    rest = {k: v for k, v in params.items() if k != "model"}
+    return base + ("[" + ",".join(f"{k}={v}" for k, v in sorted(rest.items())) + "]" if rest else "")
 
 
 class Session:
@@ -60,8 +62,8 @@ class Session:
         self._failures: dict[str, Exception] = {}
         self.store = ActivationStore(cache_dir=settings.cache_dir if settings.use_disk_cache else None,
                                      batch_size=settings.batch_size)
-        self.ledger: list[LedgerEntry] = []
         self.load_seconds: dict[str, float] = {}
+        self._baseline_rows: dict[str, list[Any]] = {}
 
     def model(self, name: str) -> Any:
         """Load ``name`` once per process; a failure is remembered and re-raised."""
@@ -84,6 +86,90 @@ class Session:
         self.load_seconds[name] = time.perf_counter() - start
         self._models[name] = m
         return m
+
+    # -- ledger and baselines -------------------------------------------------------
+    def _model_of(self, item: Any) -> dict[str, Any]:
+        from .models import info
+        from .report import versions
+
+        model = getattr(item, "funcargs", {}).get("model")
+        try:
+            mi = info(model)
+        except Exception:  # noqa: BLE001 - a claim may replace the fixture's model
+            return {"label": "unknown", "fingerprint": "unknown", "versions": versions()}
+        return {"label": mi.label, "fingerprint": mi.fingerprint, "dtype": mi.dtype, "device": mi.device,
+                "versions": versions()}
+
+    def check_baseline(self, item: Any, recorded: list[Any]) -> None:
+        """Compare a claim's measurements with its baseline; fail on drift or a new baseline."""
+        import pytest
+
+        from . import baselines as B
+
+        st = self.settings
+        if not (st.baseline or st.update_baselines):
+            return
+        model = self._model_of(item)
+        cid = claim_id(item)
+        dicts = [m.to_dict() for m in recorded]
+        entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts), dicts)}
+        directory = st.baseline_dir or Path(str(item.config.rootpath)) / "claims" / "baselines"
+        path = B.model_file(directory, model["label"])
+        try:
+            data = B.load(path)
+        except B.BaselineError as e:
+            pytest.fail(str(e), pytrace=False)
+        if model.get("fingerprint") and data.get("fingerprint") not in (None, model["fingerprint"]):
+            import warnings
+
+            warnings.warn(f"{path} was recorded for weights {data.get('fingerprint')}, this run has "
+                          f"{model['fingerprint']}", stacklevel=2)
+        if st.update_baselines:
+            B.update(path, model, cid, entries)
+            self._baseline_rows[item.nodeid] = B.compare(entries, entries, "abs:0")
+            return
+        expected = data.get("claims", {}).get(cid, {})
+        marker = item.get_closest_marker("baseline")
+        tolerance = marker.kwargs.get("tolerance", st.baseline_tolerance) if marker else st.baseline_tolerance
+        try:
+            rows = B.compare(entries, expected, tolerance)
+        except B.BaselineError as e:
+            pytest.fail(f"{item.nodeid}: {e}", pytrace=False)
+        self._baseline_rows[item.nodeid] = rows
+        new = [r.metric for r in rows if r.baseline is None]
+        if new:
+            B.update(path, model, cid, {**expected, **entries})
+            pytest.fail(f"no baseline for {', '.join(new)} of {cid} on {model['label']}: written to {path}; "
+                        "review and commit it, then rerun", pytrace=False)
+        bad = [r for r in rows if not r.ok]
+        if bad:
+            obtained = path.with_name(path.stem + ".obtained.json")
+            B.update(obtained, model, cid, entries)
+            pytest.fail(f"{len(bad)} of {len(rows)} measurements of {cid} on {model['label']} drifted from "
+                        f"the baseline ({path}):\n{B.table(rows)}\nobtained values written to {obtained}; "
+                        "to accept them rerun with --circuits-update-baselines", pytrace=False)
+
+    def record(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
+        """The ledger record of one claim on one model (JSON-ready)."""
+        from .baselines import metric_keys
+
+        marker = item.get_closest_marker("claim")
+        kw = marker.kwargs if marker else {}
+        model = self._model_of(item)
+        dicts = [m.to_dict() for m in recorded]
+        rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
+        measurements = []
+        for key, d in zip(metric_keys(dicts), dicts):
+            d = {k: d[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")}
+            d["key"] = key
+            r = rows.get(key)
+            d["baseline"] = None if r is None else {
+                "mean": r.baseline, "difference": r.difference, "tolerance": r.tolerance,
+                "allowed": r.allowed, "within": bool(r.ok)}
+            measurements.append(d)
+        return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
+                "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",
+                "source": kw.get("source") or "", "measurements": measurements}
 
     def clear_disk_cache(self) -> Path:
         target = self.settings.cache_dir / "activations"

@@ -22,3 +22,11 @@ def tiny(tiny_dir, tiny_cache):
     from pytest_circuits.models import load_model
 
     return load_model(str(tiny_dir), cache_dir=tiny_cache, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir_b(tmp_path_factory: pytest.TempPathFactory):
+    """A second tiny checkpoint (other weights), for multi-model runs."""
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tinyb") / "ckpt_b", seed=1)

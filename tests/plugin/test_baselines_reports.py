@@ -1,0 +1,180 @@
+"""Baselines, release-gate reports and parallel runs, through pytester."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+from importlib import resources
+
+import pytest
+
+CLAIMS = textwrap.dedent("""
+    import pytest
+    from pytest_circuits import PromptSet, metrics
+
+    PROMPTS = ["the cat sat on the mat", "the dog sat", "the king went to the city",
+               "a queen said the", "when John and Mary went to the store"]
+
+    @pytest.mark.claim(source="test", finding="the tiny model has a finite loss")
+    def test_loss(model, activations):
+        m = metrics.loss(model, PromptSet.build(model, PROMPTS), activations=activations)
+        assert m.upper < 1e9
+
+    @pytest.mark.claim(source="test", finding="two metrics")
+    @pytest.mark.parametrize("k", [1, 2])
+    def test_two(model, activations, k):
+        ps = PromptSet.build(model, PROMPTS[:k + 2], answers=[" mat"] * (k + 2), foils=[" cat"] * (k + 2))
+        metrics.logit_diff(model, ps, activations=activations)
+        metrics.answer_prob(model, ps, activations=activations)
+""")
+
+
+@pytest.fixture
+def claims(pytester):
+    pytester.makepyfile(test_claims=CLAIMS)
+    return pytester
+
+
+def _run(pytester, tiny_dir, tmp_path, *extra):
+    return pytester.runpytest(f"--circuits-model={tiny_dir}", f"--circuits-cache-dir={tmp_path / 'cache'}",
+                              "-p", "no:cacheprovider", *extra)
+
+
+def test_baseline_lifecycle(claims, tiny_dir, tmp_path):
+    bdir = tmp_path / "baselines"
+    # 1. missing: written, and the claims fail saying so
+    r = _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(failed=3)
+    r.stdout.fnmatch_lines(["*no baseline for loss of test_claims.py::test_loss on ckpt: written to*ckpt.json*"])
+    data = json.loads((bdir / "ckpt.json").read_text())
+    assert set(data["claims"]) == {"test_claims.py::test_loss", "test_claims.py::test_two[k=1]",
+                                   "test_claims.py::test_two[k=2]"}
+    assert set(data["claims"]["test_claims.py::test_two[k=1]"]) == {"logit_diff", "answer_prob"}
+    assert data["fingerprint"].startswith("local-sha256:") and "torch" in data["versions"]
+    # 2. same model again: within tolerance
+    r = _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(passed=3)
+    r.stdout.fnmatch_lines(["*loss[[]ckpt[]] = * baseline *, drift +0 (within 3se)"])
+    # 3. outside tolerance: a table, and the obtained file beside the baseline
+    entry = data["claims"]["test_claims.py::test_loss"]["loss"]
+    entry["mean"] += 1.0
+    data["claims"]["other.py::test_not_run"] = {"m": {"mean": 1.0, "n": 3}}
+    (bdir / "ckpt.json").write_text(json.dumps(data))
+    r = _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(failed=1, passed=2)
+    r.stdout.fnmatch_lines(["*1 of 1 measurements of test_claims.py::test_loss on ckpt drifted*",
+                            "*metric | obtained | baseline | difference | tolerance*",
+                            "! loss * | -1 * | 3se (±*)*", "*--circuits-update-baselines*"])
+    obtained = json.loads((bdir / "ckpt.obtained.json").read_text())
+    assert obtained["claims"]["test_claims.py::test_loss"]["loss"]["mean"] == pytest.approx(entry["mean"] - 1.0)
+    # 4. update: rewritten for the claims that ran, others kept
+    r = _run(claims, tiny_dir, tmp_path, "--circuits-update-baselines", f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(passed=3)
+    data = json.loads((bdir / "ckpt.json").read_text())
+    assert data["claims"]["test_claims.py::test_loss"]["loss"]["mean"] == pytest.approx(entry["mean"] - 1.0)
+    assert "other.py::test_not_run" in data["claims"]
+
+
+def test_tolerance_from_marker_and_ini(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_t="""
+        import pytest
+        from pytest_circuits import PromptSet, metrics
+
+        @pytest.mark.baseline(tolerance={"loss": "abs:2.0"})
+        def test_loss(model, activations):
+            metrics.loss(model, PromptSet.build(model, ["the cat sat", "the dog"]), activations=activations)
+    """)
+    bdir = tmp_path / "b"
+    _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}").assert_outcomes(failed=1)
+    data = json.loads((bdir / "ckpt.json").read_text())
+    data["claims"]["test_t.py::test_loss"]["loss"]["mean"] += 1.5
+    (bdir / "ckpt.json").write_text(json.dumps(data))
+    _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}").assert_outcomes(passed=1)
+    r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=abs:1")
+    r.assert_outcomes(passed=1)   # the marker wins over the run-wide default
+    pytester.makepyfile(test_t="""
+        from pytest_circuits import PromptSet, metrics
+        def test_loss(model, activations):
+            metrics.loss(model, PromptSet.build(model, ["the cat sat", "the dog"]), activations=activations)
+    """)
+    r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=abs:1")
+    r.assert_outcomes(failed=1)
+    r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=1 se")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["*tolerance='1 se' is not valid*"])
+
+
+def test_corrupted_baseline_file_is_named(claims, tiny_dir, tmp_path):
+    bdir = tmp_path / "baselines"
+    bdir.mkdir()
+    (bdir / "ckpt.json").write_text("{not json")
+    r = _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(failed=3)
+    r.stdout.fnmatch_lines([f"*baseline file {bdir / 'ckpt.json'} is not valid JSON*"])
+
+
+def test_expected_change_is_a_strict_xfail(pytester, tiny_dir, tiny_dir_b, tmp_path):
+    pytester.makepyfile(test_x="""
+        import pytest
+        from pytest_circuits import PromptSet, metrics
+
+        @pytest.mark.expect_change("ckpt_b", reason="retrained embeddings")
+        def test_holds_only_on_ckpt(model, activations):
+            m = metrics.loss(model, PromptSet.build(model, ["the cat sat", "the dog"]), activations=activations)
+            assert model.cfg.model_name is not None
+            assert "ckpt_b" not in str(model.cfg.model_name) and "tinyb" not in str(model.cfg.model_name)
+
+        @pytest.mark.expect_change("ckpt_b", reason="should fail there but does not")
+        def test_holds_everywhere(model):
+            pass
+    """)
+    r = pytester.runpytest(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
+                           f"--circuits-cache-dir={tmp_path}", "-v", "-rxX")
+    for line in ("*test_holds_only_on_ckpt[[]ckpt[]] PASSED*", "*test_holds_only_on_ckpt[[]ckpt_b[]] XFAIL*",
+                 "*test_holds_everywhere[[]ckpt[]] PASSED*", "*test_holds_everywhere[[]ckpt_b[]] FAILED*",
+                 "XFAILED test_x.py::test_holds_only_on_ckpt[[]ckpt_b[]]"):
+        r.stdout.fnmatch_lines([line])
+    r.assert_outcomes(passed=2, xfailed=1, failed=1)
+
+
+def test_multi_model_ids_and_reports(claims, tiny_dir, tiny_dir_b, tmp_path):
+    report, md, page, junit = (tmp_path / n for n in ("r.json", "r.md", "r.html", "j.xml"))
+    r = claims.runpytest(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
+                         f"--circuits-cache-dir={tmp_path / 'cache'}", "-v", f"--circuits-report={report}",
+                         f"--circuits-markdown={md}", f"--circuits-html={page}", f"--junitxml={junit}",
+                         "-o", "junit_family=xunit1")
+    r.assert_outcomes(passed=6)
+    for line in ("*test_loss[[]ckpt[]] PASSED*", "*test_loss[[]ckpt_b[]] PASSED*", "*test_two[[]ckpt-1[]] PASSED*"):
+        r.stdout.fnmatch_lines([line])
+    data = json.loads(report.read_text())
+    import jsonschema
+
+    schema = json.loads(resources.files("pytest_circuits").joinpath("data/report.schema.json").read_text())
+    jsonschema.validate(data, schema)
+    assert {(x["claim"], x["model"]) for x in data["records"]} == {
+        (c, m) for c in ("test_claims.py::test_loss", "test_claims.py::test_two[k=1]", "test_claims.py::test_two[k=2]")
+        for m in ("ckpt", "ckpt_b")}
+    assert data["exit_status"] == 0 and all(x["outcome"] == "passed" for x in data["records"])
+    text = md.read_text()
+    assert "| claim | metric | ckpt | ckpt_b |" in text and "`test_claims.py::test_loss` | loss |" in text
+    assert "<img" in page.read_text() and "data:image/png;base64," in page.read_text()
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
+    assert any(k == "circuits:loss" for k in props) and "n=5" in props["circuits:loss"]
+
+
+def test_xdist_ledger_matches_serial(claims, tiny_dir, tiny_dir_b, tmp_path):
+    pytest.importorskip("xdist")
+
+    def ledger(*extra):
+        out = tmp_path / f"r{len(extra)}.json"
+        r = claims.runpytest_subprocess(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
+                                        f"--circuits-cache-dir={tmp_path / 'cache'}", f"--circuits-report={out}",
+                                        "-p", "no:cacheprovider", *extra)
+        r.assert_outcomes(passed=6)
+        recs = json.loads(out.read_text())["records"]
+        return sorted((x["claim"], x["model"], json.dumps(x["measurements"], sort_keys=True)) for x in recs)
+
+    serial = ledger()
+    parallel = ledger("-n", "2", "--dist", "loadgroup")
+    assert parallel == serial and len(serial) == 6
