@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make claims   - run `pytest claims/` on the embedded model
+#   make claims   - run `pytest claims/` on the embedded model (checked against claims/baselines/)
 #   make test     - run the project's own tests
 # Both create .venv on first use. On a machine without CUDA the CPU build of torch
 # (torch==2.13.0) is installed; with an NVIDIA driver present, pip's default torch.
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 claims: $(STAMP)
-	$(BIN)/python -m pytest claims/ $(ARGS)
+	$(BIN)/python -m pytest claims/ --circuits-baseline $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ --circuits-require-models $(ARGS)

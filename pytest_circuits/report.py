@@ -120,7 +120,7 @@ def _plots(data: dict[str, Any]) -> list[tuple[str, str]]:
             series.setdefault((r["claim"], m["key"]), []).append((r["model"], m))
     out = []
     for (claim, metric), pts in series.items():
-        fig, ax = plt.subplots(figsize=(4.8, 2.6), dpi=100)
+        fig, ax = plt.subplots(figsize=(4.8, 2.6), dpi=72)
         xs = list(range(len(pts)))
         means = [m["mean"] for _, m in pts]
         lo = [m["mean"] - m["lower"] for _, m in pts]

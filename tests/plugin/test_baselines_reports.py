@@ -178,3 +178,41 @@ def test_xdist_ledger_matches_serial(claims, tiny_dir, tiny_dir_b, tmp_path):
     serial = ledger()
     parallel = ledger("-n", "2", "--dist", "loadgroup")
     assert parallel == serial and len(serial) == 6
+
+
+def test_new_checkpoint_against_the_released_baseline(claims, tiny_dir, tiny_dir_b, tmp_path):
+    bdir, report = tmp_path / "baselines", tmp_path / "r.json"
+    _run(claims, tiny_dir, tmp_path, "--circuits-update-baselines", f"--circuits-baseline-dir={bdir}"
+         ).assert_outcomes(passed=3)
+    r = claims.runpytest(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
+                         f"--circuits-cache-dir={tmp_path / 'cache'}", f"--circuits-baseline-dir={bdir}",
+                         "--circuits-baseline-of=ckpt", f"--circuits-report={report}", "--circuits-baseline-tolerance=abs:0.01")
+    recs = {(x["claim"], x["model"]): x for x in json.loads(report.read_text())["records"]}
+    released = json.loads((bdir / "ckpt.json").read_text())["claims"]
+    for (claim, model), rec in recs.items():
+        for m in rec["measurements"]:
+            assert m["baseline"]["mean"] == pytest.approx(released[claim][m["key"]]["mean"])
+        assert rec["outcome"] == ("passed" if model == "ckpt" else "failed")   # other weights drift
+    assert not (bdir / "ckpt_b.json").exists() and (bdir / "ckpt_b.obtained.json").exists()
+    r.stdout.fnmatch_lines(["*drifted from the baseline of ckpt*"])
+    r = claims.runpytest(f"--circuits-model={tiny_dir_b}", f"--circuits-cache-dir={tmp_path / 'cache'}",
+                         f"--circuits-baseline-dir={bdir}", "--circuits-baseline-of=ckpt", "--circuits-update-baselines")
+    r.stdout.fnmatch_lines(["*refusing to write ckpt_b's measurements into*"])
+
+
+def test_failed_claim_reports_drift_and_writes_nothing(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_f="""
+        from pytest_circuits import PromptSet, metrics
+        def test_loss(model, activations):
+            m = metrics.loss(model, PromptSet.build(model, ["the cat sat", "the dog"]), activations=activations)
+            assert m.upper < LIMIT
+    """.replace("LIMIT", "1e9"))
+    bdir, report = tmp_path / "b", tmp_path / "r.json"
+    _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines")
+    written = (bdir / "ckpt.json").read_text()
+    pytester.makepyfile(test_f=pytester.path.joinpath("test_f.py").read_text().replace("1e9", "0.0"))
+    r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={report}")
+    r.assert_outcomes(failed=1)
+    (rec,) = json.loads(report.read_text())["records"]
+    assert rec["outcome"] == "failed" and rec["measurements"][0]["baseline"]["within"] is True
+    assert (bdir / "ckpt.json").read_text() == written and not (bdir / "ckpt.obtained.json").exists()
