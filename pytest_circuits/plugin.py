@@ -103,7 +103,6 @@ class _LazySession:
     def get(self) -> Any:
         if self._session is None:
             from .activations import set_default_store
-            from .errors import CircuitsError
             from .session import Session, Settings, default_cache_dir
 
             c = self.config
@@ -135,7 +134,6 @@ class _LazySession:
             if _opt(c, "circuits_clear_cache"):
                 self._session.clear_disk_cache()
             set_default_store(self._session.store)
-            del CircuitsError
         return self._session
 
     @property

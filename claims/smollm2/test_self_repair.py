@@ -7,28 +7,21 @@ effect is on the centred logit of that answer at the last position; ablations ac
 the last position. Found with scripts/discover_self_repair.py.
 """
 
-from pathlib import Path
-
 import pytest
 
-from pytest_circuits import Head, metrics, tasks
+from pytest_circuits import Head, metrics
 from pytest_circuits.techniques import effects as E
 
 pytestmark = pytest.mark.model("smollm2-135m")
 
 HYDRA = "arXiv:2307.15771"
-DATA = Path(__file__).parent / "data" / "facts_top1.jsonl"
 
-
-@pytest.fixture(scope="module")
-def facts(model):
-    return tasks.facts(model, path=DATA, name="facts_top1")
 
 
 @pytest.mark.claim(source="pytest-circuits facts set", finding="the mechanism-study set is still "
                    "answered: every answer is the model's top next token")
-def test_study_set_is_top1(model, facts, activations):
-    hits = metrics.top1(model, facts, activations=activations)
+def test_study_set_is_top1(model, facts_top1, activations):
+    hits = metrics.top1(model, facts_top1, activations=activations)
     # Selected on this model; a different checkpoint that changes its answers fails here.
     assert hits.n == 171 and hits.mean == 1.0, f"{round((1 - hits.mean) * hits.n)} answers are no longer top-1"
 
@@ -37,8 +30,8 @@ def test_study_set_is_top1(model, facts, activations):
                    "L29H0 (which suppresses the answer in the clean run) suppresses it less, restoring "
                    "about a third of the direct effect layer 23 loses")
 @pytest.mark.parametrize("kind", ["resample", "zero"])
-def test_l29h0_compensates_for_attn23(model, facts, activations, kind):
-    sr = E.self_repair(model, facts, "attn23", kind=kind, seed=0, activations=activations)
+def test_l29h0_compensates_for_attn23(model, facts_top1, activations, kind):
+    sr = E.self_repair(model, facts_top1, "attn23", kind=kind, seed=0, activations=activations)
     print(sr.table())
     dde = sr.compensation("L29H0")
     restored = sr.restored_fraction("L29H0")
@@ -51,8 +44,8 @@ def test_l29h0_compensates_for_attn23(model, facts, activations, kind):
 
 @pytest.mark.claim(source=HYDRA, finding="late-MLP counterbalancing: MLP 28 pushes against the answer, "
                    "and pushes less when the promoting attention layers 21-23 are ablated")
-def test_mlp28_counterbalances(model, facts, activations):
-    sr = E.self_repair(model, facts, ["attn21", "attn22", "attn23"], kind="zero", activations=activations)
+def test_mlp28_counterbalances(model, facts_top1, activations):
+    sr = E.self_repair(model, facts_top1, ["attn21", "attn22", "attn23"], kind="zero", activations=activations)
     de = sr.direct_effect("mlp28")
     change = sr.compensation("mlp28")
     # Measured 2026-11-23: DE(mlp28) -0.617 [-0.839, -0.405]; ΔDE under zero ablation of
@@ -65,8 +58,8 @@ def test_mlp28_counterbalances(model, facts, activations):
 @pytest.mark.claim(source="arXiv:2310.07325", finding="direct logit attribution overstates head "
                    "L29H1's causal effect on the answer: resample-ablating it costs about two thirds "
                    "of its DLA")
-def test_dla_overstates_l29h1(model, facts, activations):
-    r = E.dla_vs_total(model, facts, "L29H1", kind="resample", seed=0, activations=activations)
+def test_dla_overstates_l29h1(model, facts_top1, activations):
+    r = E.dla_vs_total(model, facts_top1, "L29H1", kind="resample", seed=0, activations=activations)
     print(r)
     # Measured 2026-11-23: DLA +1.370, causal +0.922; causal/DLA 0.673 [0.63, 0.718];
     # overstatement 0.447 [0.362, 0.54] (seed 1: 0.434 [0.348, 0.527]), n=171.

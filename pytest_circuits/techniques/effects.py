@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from .. import hooks as H
 from ..activations import ActivationStore, default_store
-from ..components import MLP, Attn, Component, Embed, Head, parse, parse_many
+from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import Measurement
@@ -83,6 +83,18 @@ def targets(model: Any, prompts: Any, token: Any, store: ActivationStore) -> Any
     if ids is None or ids.shape != (len(prompts),):
         raise CircuitsError(bad("token", token, "'answer', 'top', a token id, or one id per prompt"))
     return ids
+
+
+def rows_of(components: Sequence[Component], c: Any) -> list[int]:
+    """Indices of ``c`` among the writers; an attention layer is all of its heads."""
+    comp = parse(c)
+    if isinstance(comp, Attn):
+        rows = [i for i, x in enumerate(components) if isinstance(x, Head) and x.layer == comp.layer]
+    else:
+        rows = [i for i, x in enumerate(components) if x == comp]
+    if not rows:
+        raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed of the model"))
+    return rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,19 +170,9 @@ class DirectEffects:
     prompts: str
     provenance: dict = field(default_factory=dict)
 
-    def _idx(self, c: Any) -> list[int]:
-        comp = parse(c)
-        if isinstance(comp, Attn):
-            idx = [i for i, x in enumerate(self.components) if isinstance(x, Head) and x.layer == comp.layer]
-        else:
-            idx = [i for i, x in enumerate(self.components) if x == comp]
-        if not idx:
-            raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed of the model"))
-        return idx
-
     def of(self, c: Any) -> Any:
         """Per-prompt direct effect of ``c`` (an attention layer sums its heads)."""
-        return self.values[self._idx(c)].sum(0)
+        return self.values[rows_of(self.components, c)].sum(0)
 
     def measure(self, c: Any, **kw: Any) -> Measurement:
         comp = parse(c)
@@ -230,14 +232,7 @@ class SelfRepair:
         return self.delta_de[mask].sum(0)
 
     def _rows(self, c: Any) -> list[int]:
-        comp = parse(c)
-        if isinstance(comp, Attn):
-            rows = [i for i, x in enumerate(self.components) if isinstance(x, Head) and x.layer == comp.layer]
-        else:
-            rows = [i for i, x in enumerate(self.components) if x == comp]
-        if not rows:
-            raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed"))
-        return rows
+        return rows_of(self.components, c)
 
     def delta(self, c: Any) -> Any:
         return self.delta_de[self._rows(c)].sum(0)
@@ -319,12 +314,8 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
     ablated: list[int] = []
     for item in abl:
         comp = item.component
-        if isinstance(comp, Attn):
-            ablated += [i for i, x in enumerate(clean.components) if isinstance(x, Head) and x.layer == comp.layer]
-        elif comp in clean.components:
-            ablated.append(clean.components.index(comp))
-        else:  # a neuron: its MLP is the writer that changes first
-            ablated.append(clean.components.index(MLP(comp.layer)))
+        # a neuron's writer is its MLP
+        ablated += rows_of(clean.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
     mi = model_info(model)
     return SelfRepair(mi.label, abl, clean.components, tuple(sorted(set(ablated))), de_clean, delta, norm,
                       total, de_clean.sum(0) + b, prompts.name, prompts.prompts)
