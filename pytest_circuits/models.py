@@ -269,7 +269,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
     from .progress import status
 
-    with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)"), _quiet_transformers():
+    with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         cfg = quant.config.to_dict()

@@ -2,7 +2,8 @@
 
 Bars show on an interactive terminal; they are silent under ``-q``, in CI logs
 (``CI`` set or stderr not a TTY) and on xdist workers. Long steps without a count
-(model conversion) print one line when they start and end instead.
+(model loading) print one line when they start and end instead; the one-time weight
+conversion does so in logs too, since it explains a 20-second pause.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def bar(iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterabl
 
 
 @contextlib.contextmanager
-def status(message: str) -> Iterator[None]:
+def status(message: str, *, always: bool = False) -> Iterator[None]:
+    """One line when a long step starts and one when it ends: on an interactive terminal,
+    or anywhere (but under ``-q`` and on xdist workers) with ``always=True``."""
     start = time.perf_counter()
-    loud = not _QUIET and not os.environ.get("PYTEST_XDIST_WORKER")
+    loud = interactive() or (always and not _QUIET and not os.environ.get("PYTEST_XDIST_WORKER"))
     if loud:
         print(f"\n{message} ...", file=sys.stderr, flush=True)
     yield

@@ -78,10 +78,13 @@ class Session:
             return self._models[name]
         if name in self._failures:
             raise self._failures[name]
+        from .progress import status
+
         start = time.perf_counter()
         try:
-            m = load_model(name, cache_dir=self.settings.cache_dir, device=self.settings.device,
-                           dtype=self.settings.dtype)
+            with status(f"pytest-circuits: loading {name}"):
+                m = load_model(name, cache_dir=self.settings.cache_dir, device=self.settings.device,
+                               dtype=self.settings.dtype)
         except ModelUnavailable as e:
             self._failures[name] = e
             raise
