@@ -22,8 +22,12 @@ WORDS = (
 
 def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                          n_kv_heads: int | None = None, d_mlp: int = 128, seed: int = 0,
-                         words: Iterable[str] = WORDS) -> Path:
-    """Write a random tiny Llama checkpoint + tokenizer to ``path`` and return it."""
+                         words: Iterable[str] = WORDS, two_digit_numbers: bool = False) -> Path:
+    """Write a random tiny Llama checkpoint + tokenizer to ``path`` and return it.
+
+    Numbers are split one token per digit (like SmolLM2 or Llama), or with
+    ``two_digit_numbers=True`` into two-digit tokens "00".."99" (like GPT-2's years).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import WordLevel
@@ -31,12 +35,18 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab_list = SPECIALS + [str(d) for d in range(10)] + list(dict.fromkeys(words)) + [".", ",", "?", "!"]
+    numbers = [f"{d:02d}" for d in range(100)] if two_digit_numbers else [str(d) for d in range(10)]
+    vocab_list = SPECIALS + numbers + list(dict.fromkeys(words)) + [".", ",", "?", "!"]
     vocab = {w: i for i, w in enumerate(vocab_list)}
     tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    if two_digit_numbers:
+        from tokenizers import Regex
+
+        split_digits = pre_tokenizers.Split(Regex(r"\d\d"), behavior="isolated")
+    else:
+        split_digits = pre_tokenizers.Digits(individual_digits=True)
     tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
-        pre_tokenizers.Digits(individual_digits=True)])
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), split_digits])
     tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
                                    pad_token="<pad>", eos_token="<pad>")

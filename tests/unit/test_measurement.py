@@ -95,3 +95,17 @@ def test_to_dict_roundtrips_json():
     m = Measurement.from_values("x", [1.0, 2.0], provenance={"hooks": ["a"], "obj": object()})
     d = json.loads(json.dumps(m.to_dict()))
     assert d["n"] == 2 and d["values"] == [1.0, 2.0] and d["provenance"]["hooks"] == ["a"]
+
+
+def test_ratio_of_means():
+    num, den = [1.0, 2.0, 3.0, 2.0], [2.0, 4.0, 5.0, 5.0]
+    m = Measurement.from_ratio("r", num, den)
+    assert m.mean == pytest.approx(8.0 / 16.0)
+    assert m.lower <= m.mean <= m.upper
+    assert sum(m.values) / m.n == pytest.approx(m.mean)     # contributions average to the ratio
+    exact = Measurement.from_ratio("r", [1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert exact.lower == pytest.approx(0.5) and exact.upper == pytest.approx(0.5)
+    with pytest.raises(MeasurementError, match="non-zero mean"):
+        Measurement.from_ratio("r", [1.0, 2.0], [1.0, -1.0])
+    with pytest.raises(MeasurementError, match="paired"):
+        Measurement.from_ratio("r", [1.0, 2.0], [1.0, 2.0, 3.0])

@@ -115,3 +115,32 @@ def test_facts_loader_checks_lines(tmp_path, tiny):
     assert len(ps) == 1 and ps.meta["relation"] == ("capital",)  # multi-token answer left out
     with pytest.raises(PromptSetError, match="relations"):
         tasks.facts(tiny, path=good, relations=["nope"])
+
+
+@pytest.fixture(scope="module")
+def tiny_two_digit(tmp_path_factory):
+    from pytest_circuits import load_model
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("t2d") / "ckpt2d", two_digit_numbers=True, seed=4)
+    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device="cpu")
+
+
+def test_greater_than_two_digit_years_match_hand_computation(tiny_two_digit):
+    """GPT-2-style years ("17" "32"): PD and cutoff sharpness over the tokens 00..99."""
+    m = tiny_two_digit
+    task = tasks.greater_than(m, n=5, seed=2)
+    assert task.mode == "two_digit" and task.second is None
+    pd = tasks.prob_diff(m, task, activations=ActivationStore())
+    cs = tasks.cutoff_sharpness(m, task, activations=ActivationStore())
+    ids = [m.tokenizer.convert_tokens_to_ids(f"{y:02d}") for y in range(100)]
+    with torch.no_grad():
+        for i, yy in enumerate(task.yy):
+            p = m(task.prompts.tokens[i: i + 1, : task.prompts.lengths[i]])[0, -1].softmax(-1)[ids].double()
+            assert pd.values[i] == pytest.approx(float(p[yy + 1:].sum() - p[: yy + 1].sum()), abs=1e-6)
+            assert cs.values[i] == pytest.approx(float(p[yy + 1] - p[yy - 1]), abs=1e-7)
+
+
+def test_cutoff_sharpness_needs_two_digit_years(tiny):
+    with pytest.raises(PromptSetError, match="two-digit year tokens"):
+        tasks.cutoff_sharpness(tiny, tasks.greater_than(tiny, n=3), activations=ActivationStore())
