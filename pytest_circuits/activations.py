@@ -11,7 +11,8 @@ and only those not already known:
 The key of an entry is a sha256 over everything its value depends on: the model's
 name and weights fingerprint, dtype and device kind, the TransformerLens version, a
 hash of this package's own source (so a code change is never served a stale entry),
-compatibility mode, the token ids, the hook name and the intervention's key.
+compatibility mode, the token ids (and those of the corrupted counterparts), the hook
+name and the intervention's key.
 
 Files are written to a temporary name and moved into place with ``os.replace``
 (atomic, so concurrent xdist workers never see a torn file); each records its key
@@ -168,6 +169,8 @@ class ActivationStore:
             "code": code_version(),
             "compatibility_mode": "1",
             "tokens": prompts.digest,
+            # patching reads the corrupted counterparts: they are part of what a value depends on
+            "corrupted": prompts.corrupted.digest if getattr(prompts, "corrupted", None) is not None else "none",
             "intervention": intervention.key if intervention is not None else "none",
         })
         return fields

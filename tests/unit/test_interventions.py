@@ -155,3 +155,13 @@ def test_patch_needs_corrupted(tiny, store):
 def test_bad_kind(tiny):
     with pytest.raises(InterventionError, match="kind='half'"):
         I.ablate(tiny, "L0H0", "half")
+
+
+def test_patch_results_are_keyed_on_the_corrupted_prompts(tiny, tmp_path):
+    """Same clean prompts, different corruptions: the cache must not mix them up."""
+    store = ActivationStore(cache_dir=tmp_path)
+    a = PromptSet.build(tiny, ["the cat sat", "the dog sat"], corrupted=["a cat sat", "a dog sat"])
+    b = PromptSet.build(tiny, ["the cat sat", "the dog sat"], corrupted=["the king went", "the queen went"])
+    pa = store.get(tiny, a, [H.LOGITS_LAST], I.patch(tiny, "attn0"))[H.LOGITS_LAST]
+    pb = store.get(tiny, b, [H.LOGITS_LAST], I.patch(tiny, "attn0"))[H.LOGITS_LAST]
+    assert store.counters.forward_passes >= 4 and not torch.allclose(pa, pb)

@@ -1,0 +1,805 @@
+"""Sparse probing of MLP neurons (Gurnee et al. 2023, "Finding Neurons in a Haystack",
+arXiv:2305.01610).
+
+**Question.** Is a binary feature of the input (French or not, code or prose) linearly
+readable from a *few* MLP neurons of one layer, and from which ones? ``k = 1`` asks
+whether a single neuron localises the feature.
+
+**Features.** The post-activation neurons of layer ``l``, ``hooks.mlp_post(l)``
+(``[batch, pos, d_mlp]``), from the activation store, pooled per text:
+
+* ``"mean"``: mean over the text's real tokens (padding masked with ``prompts.lengths``;
+  the BOS position is left out, its activation is the same for every text);
+* ``"last"``: the last real token; ``"max"``: the maximum over real tokens (BOS left out);
+* ``"token"``: every real token is an example (labels per token, see
+  :func:`pytest_circuits.tasks.probing_data.token_labels`); all tokens of one text share
+  a group, so a text is never split across train and test.
+
+**Recipe** (one seeded split, everything fitted on the train part only):
+
+1. Split 70/30, stratified by class; with ``groups`` whole groups are held out (translations
+   of one sentence, the tokens of one text). The split is TransformerLens's own
+   (``fit_sparse_probe``'s), obtained from a call on a constant dummy feature: it depends
+   only on the labels, groups, ``test_fraction`` and ``seed``.
+2. Scale each neuron with the train rows' mean and standard deviation,
+   ``z = (x - mu_train) / max(sd_train, std_floor)`` (``scale=False`` skips this).
+3. Score every neuron on the train rows and keep the top ``k`` as the support ``S``:
+
+   * ``"mean_diff"`` (default, the paper's): ``|mean(z | y=1) - mean(z | y=0)|``. This one
+     is TransformerLens's selection: the whole fit is one call of
+     ``transformer_lens.tools.analysis.fit_sparse_probe`` on the scaled features.
+   * ``"f_stat"``: the one-way ANOVA F statistic,
+     ``F = [sum_c n_c (mu_c - mu)^2 / 1] / [sum_c sum_{i in c} (z_i - mu_c)^2 / (n - 2)]``
+     (scale-free; it divides the class gap by the *within-class* spread).
+   * ``"mutual_info"``: plug-in mutual information ``I(bin(z); y)`` in nats, with ``bins``
+     equal-frequency bins whose edges are train quantiles.
+   * ``"l1"``: the order in which neurons enter the path of a class-balanced L1-penalised
+     logistic regression (FISTA, lambda from ``lambda_max`` down by 0.85 per step, warm
+     started), ties broken by ``|coefficient|``.
+
+4. Fit a class-balanced L2 logistic regression on ``z[:, S]`` (TransformerLens,
+   ``l2_strength=1e-2``, ``k = |S|`` so its own selection keeps every column) and classify
+   the held-out rows at logit 0.
+
+**Metric.** Held-out F1 of the positive class, ``F1 = 2TP / (2TP + FP + FN)``. F1 is not a
+mean of per-example values, so its interval is a **percentile bootstrap of F1 itself**:
+held-out examples are resampled (``resamples`` draws, seeded) and F1 recomputed. The
+Measurement's ``values`` are per-example contributions ``2TP_i / mean(2TP + FP + FN)``,
+whose mean is exactly F1 (so ``mean`` is the F1); ``lower``/``upper`` are the bootstrap's,
+not a bootstrap of those values. The interval covers test-sample noise for *this* split and
+support; it does not cover the choice of split (try other seeds) or selection instability.
+
+**Controls** (same split, same held-out rows):
+
+* :func:`shuffled_labels_f1`: train features are permuted among the train rows (equivalent
+  to permuting train labels, while keeping TransformerLens's split), selection and fit are
+  redone, and F1 is read on the true held-out labels: chance level for this class balance.
+* :func:`random_neurons_f1`: ``k`` neurons drawn at random instead of selected.
+
+  Both report the mean F1 over ``n_repeats``; their interval is a two-level bootstrap
+  (held-out examples and repeats both resampled).
+* :func:`margin`: probe F1 minus a control's F1 (or any two of these F1 measurements).
+  When both were read on the same held-out rows it is **paired**: each bootstrap draw uses
+  the same resampled examples for both sides (repeats resampled on each side); otherwise
+  the sides are resampled independently (unpaired).
+
+**Assumptions and limits.** Decodability is not use: a neuron that predicts "French" need not
+be what the model uses to process French (test that with ablations). Mean pooling makes
+"a French neuron" a statement about its average activation over a sentence. With few
+held-out examples (tens) F1 moves in steps of a few hundredths; keep thresholds well below
+the measured lower bound.
+
+Usage::
+
+    from pytest_circuits.tasks import probing_data
+    from pytest_circuits.techniques import probing
+
+    fr = probing_data.language().binary("fr")
+    r = probing.probe(model, fr, layer=5, k=1, activations=activations)
+    r.neurons, r.f1                       # (Neuron(5, 123),), "probe F1 ..." = 0.95 [0.9, 1]
+    rnd = probing.random_neurons_f1(model, fr, layer=5, k=1, n_repeats=20)
+    probing.margin(r, rnd).assert_above(0.3)
+    probing.sweep(model, fr, layer=5, ks=[1, 2, 4, 8, 16])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import hooks as H
+from ..components import MLP, Neuron
+from ..errors import CircuitsError, bad
+from ..measurement import _RECORDERS, DEFAULT_LEVEL, DEFAULT_RESAMPLES, Measurement
+
+METHODS = ("mean_diff", "f_stat", "mutual_info", "l1")
+POOLINGS = ("mean", "last", "max", "token")
+DEFAULT_KS = (1, 2, 4, 8, 16)
+SOURCE = "arXiv:2305.01610"
+
+
+class ProbingError(CircuitsError):
+    """A probe cannot be fitted as asked (labels, k, method, pooling, layer)."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Pooled MLP neurons of one layer: one row per example (text or token)."""
+
+    X: Any                    # torch float32 [rows, d_mlp]
+    labels: np.ndarray        # int64 [rows], 0/1
+    groups: np.ndarray | None  # int64 [rows], or None (every row its own group)
+    text_index: np.ndarray    # int64 [rows]: which text each row comes from
+    layer: int
+    pooling: str
+    model: str = ""
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeResult:
+    """A k-sparse probe: its neurons (best first), held-out F1 and TransformerLens's fit."""
+
+    neurons: tuple[Neuron, ...]      # the support, ranked by the selection score
+    f1: Measurement                  # held-out F1, bootstrap interval over held-out examples
+    method: str
+    k: int
+    layer: int
+    pooling: str
+    scores: tuple[float, ...]        # selection score of each neuron in ``neurons``
+    directions: tuple[int, ...]      # +1: higher (scaled) activation on the positive class
+    coefficients: tuple[float, ...]  # logistic coefficients on the scaled neurons
+    intercept: float
+    tl: Any                          # transformer_lens SparseProbeResult (indices into its columns)
+    train_indices: Any               # np.ndarray of rows
+    test_indices: Any
+    all_scores: Any = None           # np.ndarray [d_mlp]: every neuron's train score
+
+    def __repr__(self) -> str:
+        ns = ", ".join(str(n) for n in self.neurons[:8]) + (", ..." if self.k > 8 else "")
+        return f"ProbeResult({self.method}, k={self.k}, [{ns}], {self.f1!r})"
+
+    @property
+    def neuron(self) -> Neuron:
+        """The best neuron (the only one when k=1)."""
+        return self.neurons[0]
+
+
+# ----------------------------------------------------------------------------- features
+def _model_label(model: Any) -> str:
+    from ..models import info as model_info
+
+    try:
+        return model_info(model).label
+    except Exception:  # a model without ModelInfo (built by hand)
+        return ""
+
+
+def _unpack(texts: Any, labels: Any, groups: Any) -> tuple[Any, Any, Any, str]:
+    """Accept a BinaryTask (texts, labels, groups, name) in place of texts."""
+    if hasattr(texts, "texts") and hasattr(texts, "labels") and not isinstance(texts, (str, list, tuple)):
+        task = texts
+        if labels is not None:
+            raise ProbingError("labels= given together with a task that has its own labels: pass one")
+        return (task.texts, task.labels, groups if groups is not None else getattr(task, "groups", None),
+                getattr(task, "name", "probing"))
+    if labels is None:
+        raise ProbingError("labels are missing: pass texts and labels, or a probing_data.BinaryTask")
+    return texts, labels, groups, "probing"
+
+
+def _check_layer(model: Any, layer: Any) -> int:
+    MLP(layer).validate(model)   # ComponentError naming the valid range
+    return int(layer)
+
+
+def _binary(values: Any, what: str = "labels") -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ProbingError(bad(what, f"shape {arr.shape}", "one label per example"))
+    if arr.dtype == bool:
+        arr = arr.astype(np.int64)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isin(arr, (0.0, 1.0))):
+            arr = arr.astype(np.int64)
+        else:
+            raise ProbingError(bad(what, f"values {sorted(set(arr.tolist()))[:5]}", "0/1 or bool labels"))
+    present = sorted(set(arr.tolist()))
+    if not set(present) <= {0, 1}:
+        raise ProbingError(bad(what, f"values {present[:5]}", "0/1 or bool labels (1 = the positive class)"))
+    if len(present) < 2:
+        only = present[0] if present else "none"
+        raise ProbingError(f"{what} contain only one class ({only}; n={arr.size}): a probe needs "
+                           "examples of both classes, at least 2 of each")
+    counts = np.bincount(arr, minlength=2)
+    if counts.min() < 2:
+        raise ProbingError(f"{what} have {counts[0]} negatives and {counts[1]} positives: a probe "
+                           "needs at least 2 examples of each class")
+    return arr.astype(np.int64)
+
+
+def collect(model: Any, texts: Any, labels: Any = None, *, layer: int, pooling: str = "mean",
+            groups: Sequence[int] | None = None, activations: Any = None,
+            name: str | None = None) -> Features:
+    """Pooled ``mlp_post(layer)`` neurons of every text (or token) with its label and group."""
+    import torch
+
+    from ..activations import default_store
+    from ..prompts import PromptSet
+
+    texts, labels, groups, task_name = _unpack(texts, labels, groups)
+    layer = _check_layer(model, layer)
+    if pooling not in POOLINGS:
+        raise ProbingError(bad("pooling", pooling, f"one of {list(POOLINGS)}"))
+    ps = PromptSet.build(model, texts, name=name or task_name)
+    n = len(ps)
+    if groups is not None:
+        groups = np.asarray(list(groups))
+        if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+            raise ProbingError(bad("groups", f"{groups.dtype} of shape {groups.shape}",
+                                   f"one int per text ({n})"))
+    store = activations if activations is not None else default_store()
+    hook = H.mlp_post(layer)
+    if pooling == "last":
+        X = store(model, ps, [H.last(hook)])[H.last(hook)].float()
+        y = _labels_per_text(labels, n)
+        return Features(X=X, labels=y, groups=None if groups is None else groups.astype(np.int64),
+                        text_index=np.arange(n), layer=layer, pooling=pooling, model=_model_label(model))
+    acts = store(model, ps, [hook])[hook].float()           # [n, pos, d], padding already zero
+    lengths = torch.tensor(ps.lengths)
+    bos = model.tokenizer.bos_token_id
+    start = torch.zeros(n, dtype=torch.long)
+    if bos is not None:
+        start = (ps.tokens[:, 0] == bos).long()              # leave out BOS when prepended
+    pos = torch.arange(acts.shape[1])
+    real = (pos[None] >= start[:, None]) & (pos[None] < lengths[:, None])   # [n, pos]
+    if (real.sum(1) == 0).any():
+        bad_i = int(torch.nonzero(real.sum(1) == 0)[0, 0])
+        raise ProbingError(bad(f"texts[{bad_i}]", ps.prompts[bad_i], "a text with at least one token"))
+    if pooling in ("mean", "max"):
+        y = _labels_per_text(labels, n)
+        if pooling == "mean":
+            X = (acts * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        else:
+            X = acts.masked_fill(~real[..., None], float("-inf")).amax(1)
+        return Features(X=X, labels=y, groups=None if groups is None else groups.astype(np.int64),
+                        text_index=np.arange(n), layer=layer, pooling=pooling, model=_model_label(model))
+    # pooling == "token": labels are per token, aligned with PromptSet tokens (BOS included).
+    rows, ys, gs, ti = [], [], [], []
+    if isinstance(labels, (str, bytes)) or len(labels) != n:
+        raise ProbingError(bad("labels", f"{len(labels)} items", f"one list of per-token labels per text ({n}) "
+                               "with pooling='token' (see probing_data.token_labels)"))
+    for i in range(n):
+        lab = list(labels[i]) if not isinstance(labels[i], (int, bool, np.integer)) else None
+        if lab is None or len(lab) != ps.lengths[i]:
+            raise ProbingError(bad(f"labels[{i}]", labels[i], f"{ps.lengths[i]} per-token labels (BOS "
+                                   "included, None to leave a token out) for pooling='token'"))
+        for p, v in enumerate(lab):
+            if v is None or v == -1 or not bool(real[i, p]):
+                continue
+            rows.append((i, p))
+            ys.append(int(v))
+            gs.append(int(groups[i]) if groups is not None else i)
+            ti.append(i)
+    if not rows:
+        raise ProbingError("no labelled tokens: every per-token label is None")
+    idx = torch.tensor(rows)
+    X = acts[idx[:, 0], idx[:, 1]]
+    return Features(X=X, labels=_binary(ys), groups=np.asarray(gs, dtype=np.int64),
+                    text_index=np.asarray(ti, dtype=np.int64), layer=layer, pooling=pooling,
+                    model=_model_label(model))
+
+
+def _labels_per_text(labels: Any, n: int) -> np.ndarray:
+    try:
+        m = len(labels)
+    except TypeError:
+        raise ProbingError(bad("labels", labels, f"a sequence of {n} 0/1 labels")) from None
+    if m != n:
+        raise ProbingError(bad("labels", f"{m} labels", f"one per text ({n})"))
+    return _binary(list(labels))
+
+
+# ----------------------------------------------------------------------------- selection
+def _split(y: np.ndarray, groups: np.ndarray | None, seed: int,
+           test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """TransformerLens's train/test split for these labels (a fit on a constant dummy feature)."""
+    import torch
+    from transformer_lens.tools.analysis import fit_sparse_probe
+
+    dummy = torch.zeros((y.shape[0], 1), dtype=torch.float64)
+    g = None if groups is None else torch.as_tensor(groups, dtype=torch.int64)
+    try:
+        r = fit_sparse_probe(dummy, torch.as_tensor(y), k=1, groups=g, seed=seed,
+                             test_fraction=test_fraction)
+    except ValueError as e:
+        raise ProbingError(f"cannot split the examples: {e}") from None
+    return r.train_indices.numpy(), r.test_indices.numpy()
+
+
+def _standardize(X: Any, train: np.ndarray, std_floor: float) -> Any:
+    import torch
+
+    Xd = torch.as_tensor(X).to(torch.float64)
+    tr = Xd[torch.as_tensor(train)]
+    mu = tr.mean(0)
+    sd = tr.std(0, correction=0)
+    sd = torch.where(sd == 0, torch.ones_like(sd), sd.clamp(min=std_floor))
+    return (Xd - mu) / sd
+
+
+def scores(Z: np.ndarray, y: np.ndarray, method: str, *, bins: int = 10) -> np.ndarray:
+    """Selection score of every column of ``Z`` (train rows only!), higher = better."""
+    Z = np.asarray(Z, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    if method == "mean_diff":
+        return np.abs(Z[y].mean(0) - Z[~y].mean(0))
+    if method == "f_stat":
+        n = Z.shape[0]
+        mu = Z.mean(0)
+        ssb = np.zeros(Z.shape[1])
+        ssw = np.zeros(Z.shape[1])
+        for c in (True, False):
+            Zc = Z[y == c]
+            mc = Zc.mean(0)
+            ssb += Zc.shape[0] * (mc - mu) ** 2
+            ssw += ((Zc - mc) ** 2).sum(0)
+        f = ssb / np.maximum(ssw / max(n - 2, 1), 1e-300)
+        return np.where(ssb > 0, f, 0.0)
+    if method == "mutual_info":
+        return _mutual_info(Z, y, bins)
+    if method == "l1":
+        return _l1_entry_scores(Z, y)
+    raise ProbingError(bad("method", method, f"one of {list(METHODS)}"))
+
+
+def _mutual_info(Z: np.ndarray, y: np.ndarray, bins: int) -> np.ndarray:
+    n, d = Z.shape
+    b = max(2, min(bins, n // 5))
+    qs = np.linspace(0, 1, b + 1)[1:-1]
+    edges = np.quantile(Z, qs, axis=0)                       # [b-1, d]
+    idx = np.zeros((n, d), dtype=np.int64)
+    for e in edges:                                          # bin index = number of edges below
+        idx += Z > e[None, :]
+    mi = np.zeros(d)
+    py = np.array([np.mean(~y), np.mean(y)])
+    for k in range(b):
+        inb = idx == k
+        pb = inb.mean(0)
+        for c, mask in ((0, ~y), (1, y)):
+            pbc = (inb & mask[:, None]).mean(0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                term = pbc * np.log(pbc / (pb * py[c]))
+            mi += np.where(pbc > 0, term, 0.0)
+    return mi
+
+
+def _l1_entry_scores(Z: np.ndarray, y: np.ndarray, *, shrink: float = 0.85, steps: int = 80,
+                     iters: int = 300) -> np.ndarray:
+    """Score = path position at which a neuron enters a balanced L1-logistic fit (earlier =
+    higher), plus a tie-break by |coefficient| at the final lambda."""
+    n, d = Z.shape
+    yf = y.astype(np.float64)
+    w = np.where(y, n / (2 * max(y.sum(), 1)), n / (2 * max((~y).sum(), 1)))
+    # Balanced weights put the optimal intercept at 0 when beta = 0.
+    g0 = Z.T @ (w * (0.5 - yf)) / n
+    lam = float(np.abs(g0).max())
+    if lam == 0:
+        return np.zeros(d)
+    A = np.hstack([Z, np.ones((n, 1))])
+    lip = 0.25 * float(w.max()) * float(np.linalg.norm(A, 2) ** 2) / n
+    step = 1.0 / lip
+    beta = np.zeros(d)
+    b0 = 0.0
+    entered = np.full(d, np.inf)
+    for s in range(steps):
+        lam *= shrink
+        # FISTA on mean(w * BCE) + lam * |beta|_1, intercept unpenalised, warm start.
+        xb, xb0 = beta.copy(), b0
+        yb, yb0 = beta.copy(), b0
+        t = 1.0
+        for _ in range(iters):
+            z = Z @ yb + yb0
+            r = w * (1.0 / (1.0 + np.exp(-z)) - yf) / n
+            gb, gb0 = Z.T @ r, r.sum()
+            nb = yb - step * gb
+            nb = np.sign(nb) * np.maximum(np.abs(nb) - step * lam, 0.0)
+            nb0 = yb0 - step * gb0
+            t2 = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            yb = nb + ((t - 1) / t2) * (nb - xb)
+            yb0 = nb0 + ((t - 1) / t2) * (nb0 - xb0)
+            done = np.max(np.abs(nb - xb)) < 1e-7
+            xb, xb0, t = nb, nb0, t2
+            if done:
+                break
+        beta, b0 = xb, xb0
+        newly = (beta != 0) & ~np.isfinite(entered)
+        entered[newly] = s
+        if np.isfinite(entered).sum() >= min(d, 64):
+            break
+    mag = np.abs(beta)
+    mag = mag / (mag.max() + 1e-300)
+    # Earlier entry dominates; |beta| in [0, 1) breaks ties; never-entered columns rank last
+    # (by |gradient| at the last lambda, scaled into (-1, 0)).
+    out = np.where(np.isfinite(entered), (steps - entered) + 0.5 * mag, 0.0)
+    never = ~np.isfinite(entered)
+    if never.any():
+        z = Z @ beta + b0
+        r = w * (1.0 / (1.0 + np.exp(-z)) - yf) / n
+        g = np.abs(Z.T @ r)
+        out[never] = -1.0 + 0.5 * g[never] / (g.max() + 1e-300)
+    return out
+
+
+# ----------------------------------------------------------------------------- fitting
+def _check_k(k: Any, d: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ProbingError(bad("k", k, f"a positive int, at most the number of neurons ({d})"))
+    if k > d:
+        raise ProbingError(bad("k", k, f"at most the number of neurons d_mlp={d}"))
+    return int(k)
+
+
+def _check_method(method: Any) -> str:
+    if method not in METHODS:
+        raise ProbingError(bad("method", method, f"one of {list(METHODS)}"))
+    return method
+
+
+def _tl_fit(Z: Any, y: np.ndarray, cols: np.ndarray | None, k: int, groups: np.ndarray | None,
+            seed: int, test_fraction: float, l2_strength: float) -> Any:
+    import torch
+    from transformer_lens.tools.analysis import fit_sparse_probe
+
+    F = Z if cols is None else Z[:, torch.as_tensor(cols)]
+    g = None if groups is None else torch.as_tensor(groups, dtype=torch.int64)
+    try:
+        return fit_sparse_probe(F, torch.as_tensor(y), k=k, groups=g, seed=seed,
+                                test_fraction=test_fraction, preprocess="none",
+                                class_weight="balanced", l2_strength=l2_strength)
+    except ValueError as e:
+        raise ProbingError(f"TransformerLens fit_sparse_probe refused the input: {e}") from None
+
+
+def _support(Z: Any, y: np.ndarray, train: np.ndarray, method: str, k: int, groups: Any,
+             seed: int, test_fraction: float, l2_strength: float, bins: int,
+             ) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
+    """(support ranked best first, its scores, TL result, all scores) on the train rows."""
+    if method == "mean_diff":
+        tl = _tl_fit(Z, y, None, k, groups, seed, test_fraction, l2_strength)
+        allsc = tl.feature_scores.abs().numpy()
+        S = tl.selected_features.numpy()
+        return S, allsc[S], tl, allsc
+    Ztr = Z[train].numpy()
+    allsc = scores(Ztr, y[train], method, bins=bins)
+    S = np.argsort(-allsc, kind="stable")[:k]
+    tl = _tl_fit(Z, y, S, k, groups, seed, test_fraction, l2_strength)
+    return S, allsc[S], tl, allsc
+
+
+def _predict(Z: Any, rows: np.ndarray, S: np.ndarray, tl: Any, cols_of_tl: np.ndarray) -> np.ndarray:
+    """Held-out predictions (logit >= 0) from a TL fit whose columns are ``cols_of_tl``."""
+    import torch
+
+    sel = cols_of_tl[tl.selected_features.numpy()]
+    F = Z[torch.as_tensor(rows)][:, torch.as_tensor(sel)]
+    F = (F - tl.preprocess_mean) / tl.preprocess_scale
+    logits = F @ tl.coefficients + tl.intercept
+    return (logits >= 0).numpy().astype(np.int8)
+
+
+def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
+                   groups: Sequence[int] | None = None, seed: int = 0, test_fraction: float = 0.3,
+                   scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
+                   bins: int = 10, layer: int = 0, pooling: str = "mean", model: str = "",
+                   name: str | None = None, resamples: int = DEFAULT_RESAMPLES,
+                   level: float = DEFAULT_LEVEL) -> ProbeResult:
+    """The probe on a ready ``[example, neuron]`` matrix (what :func:`probe` runs after
+    collecting). Neurons are reported as ``Neuron(layer, column)``."""
+    import torch
+
+    method = _check_method(method)
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if X.ndim != 2 or not torch.is_floating_point(X):
+        raise ProbingError(bad("features", f"{X.dtype} of shape {tuple(X.shape)}",
+                               "a float [example, neuron] matrix"))
+    if not bool(torch.isfinite(X).all()):
+        raise ProbingError("features contain non-finite values")
+    y = _binary(labels)
+    if y.shape[0] != X.shape[0]:
+        raise ProbingError(bad("labels", f"{y.shape[0]} labels", f"one per example ({X.shape[0]})"))
+    d = int(X.shape[1])
+    k = _check_k(k, d)
+    g = None if groups is None else np.asarray(list(groups), dtype=np.int64)
+    if g is not None and g.shape != y.shape:
+        raise ProbingError(bad("groups", f"{g.shape[0]} groups", f"one per example ({y.shape[0]})"))
+    train, test = _split(y, g, seed, test_fraction)
+    Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    S, sc, tl, allsc = _support(Z, y, train, method, k, g, seed, test_fraction, l2_strength, bins)
+    if not (np.array_equal(tl.train_indices.numpy(), train) and np.array_equal(tl.test_indices.numpy(), test)):
+        raise ProbingError("internal: TransformerLens split differs from the probe's split")  # pragma: no cover
+    cols = np.arange(d) if method == "mean_diff" else S
+    preds = _predict(Z, test, S, tl, cols)
+    ytest = y[test]
+    # Coefficients in the order of ``S`` (TL orders its columns by its own mean difference).
+    tl_cols = cols[tl.selected_features.numpy()]
+    pos = {int(c): j for j, c in enumerate(tl_cols)}
+    coef = tuple(float(tl.coefficients[pos[int(c)]]) for c in S)
+    Ztr = Z[torch.as_tensor(train)][:, torch.as_tensor(S)].numpy()
+    ytr = y[train].astype(bool)
+    dirs = tuple(int(np.sign(Ztr[ytr, j].mean() - Ztr[~ytr, j].mean()) or 1) for j in range(len(S)))
+    neurons = tuple(Neuron(layer, int(c)) for c in S)
+    label = name or f"probe F1 L{layer} k={k} {method}"
+    prov = {"method": method, "k": k, "layer": layer, "pooling": pooling, "seed": seed,
+            "neurons": [str(n) for n in neurons], "n_train": int(train.size),
+            "n_test": int(test.size), "source": SOURCE}
+    f1 = _f1_measurement(label, ytest, preds[None, :], test, model=model, seed=seed,
+                         resamples=resamples, level=level, provenance=prov)
+    if abs(f1.mean - tl.metrics.f1) > 1e-9:
+        raise ProbingError(f"internal: F1 {f1.mean} differs from TransformerLens's {tl.metrics.f1}")  # pragma: no cover
+    return ProbeResult(neurons=neurons, f1=f1, method=method, k=k, layer=layer, pooling=pooling,
+                       scores=tuple(float(s) for s in sc), directions=dirs, coefficients=coef,
+                       intercept=float(tl.intercept), tl=tl, train_indices=train, test_indices=test,
+                       all_scores=allsc)
+
+
+def probe(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int, method: str = "mean_diff",
+          seed: int = 0, pooling: str = "mean", groups: Sequence[int] | None = None,
+          activations: Any = None, test_fraction: float = 0.3, scale: bool = True,
+          l2_strength: float = 1e-2, name: str | None = None, **kw: Any) -> ProbeResult:
+    """Fit a k-sparse probe on layer ``layer``'s MLP neurons; held-out F1 as a Measurement.
+
+    ``texts`` with ``labels`` (0/1 per text, or per token with ``pooling="token"``), or a
+    :class:`~pytest_circuits.tasks.probing_data.BinaryTask` (its groups are used)."""
+    _check_method(method)
+    feats = collect(model, texts, labels, layer=layer, pooling=pooling, groups=groups,
+                    activations=activations)
+    _check_k(k, int(feats.X.shape[1]))
+    return probe_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups, seed=seed,
+                          test_fraction=test_fraction, scale=scale, l2_strength=l2_strength,
+                          layer=feats.layer, pooling=pooling, model=feats.model, name=name, **kw)
+
+
+def sweep(model: Any, texts: Any, labels: Any = None, *, layer: int, ks: Sequence[int] = DEFAULT_KS,
+          method: str = "mean_diff", **kw: Any) -> list[ProbeResult]:
+    """:func:`probe` at each ``k`` (same split; supports are nested for a fixed method)."""
+    ks = list(ks)
+    if not ks:
+        raise ProbingError(bad("ks", ks, "a non-empty list of positive ints"))
+    _check_method(method)
+    pooling = kw.pop("pooling", "mean")
+    feats = collect(model, texts, labels, layer=layer, pooling=pooling, groups=kw.pop("groups", None),
+                    activations=kw.pop("activations", None))
+    for k in ks:
+        _check_k(k, int(feats.X.shape[1]))
+    return [probe_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups,
+                           layer=feats.layer, pooling=pooling, model=feats.model, **kw) for k in ks]
+
+
+def scan_layers(model: Any, texts: Any, labels: Any = None, *, layers: Sequence[int], k: int = 1,
+                method: str = "mean_diff", **kw: Any) -> list[ProbeResult]:
+    """:func:`probe` at each layer, best held-out F1 first (ties: earlier layer first).
+
+    Picking the best of several layers on the *held-out* F1 is a selection step: state a
+    claim found this way on a fresh seed or dataset, or keep a margin."""
+    out = [probe(model, texts, labels, layer=l, k=k, method=method, **kw) for l in layers]
+    return sorted(out, key=lambda r: (-r.f1.mean, r.layer))
+
+
+# ----------------------------------------------------------------------------- controls
+def shuffled_f1_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
+                         groups: Sequence[int] | None = None, n_repeats: int = 10, seed: int = 0,
+                         test_fraction: float = 0.3, scale: bool = True, std_floor: float = 1e-3,
+                         l2_strength: float = 1e-2, bins: int = 10, model: str = "",
+                         name: str | None = None, layer: int = 0,
+                         resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL) -> Measurement:
+    """Null control: train features permuted among train rows, selection + fit redone,
+    F1 on the true held-out labels (mean over ``n_repeats``)."""
+    import torch
+    from transformer_lens.tools.analysis.sparse_probing import SparseProbeConvergenceError
+
+    method = _check_method(method)
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    y = _binary(labels)
+    d = int(X.shape[1])
+    k = _check_k(k, d)
+    n_repeats = _check_repeats(n_repeats)
+    g = None if groups is None else np.asarray(list(groups), dtype=np.int64)
+    train, test = _split(y, g, seed, test_fraction)
+    Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    rng = np.random.default_rng([seed, 1])
+    preds, failed = [], 0
+    for _ in range(n_repeats):
+        Zp = Z.clone()
+        perm = rng.permutation(train.size)
+        Zp[torch.as_tensor(train)] = Z[torch.as_tensor(train[perm])]
+        try:
+            S, _, tl, _ = _support(Zp, y, train, method, k, g, seed, test_fraction, l2_strength, bins)
+        except SparseProbeConvergenceError:
+            failed += 1
+            continue
+        cols = np.arange(d) if method == "mean_diff" else S
+        preds.append(_predict(Zp, test, S, tl, cols))
+    label = name or f"shuffled-labels F1 L{layer} k={k} {method}"
+    return _control_measurement(label, y[test], preds, test, failed, model=model, seed=seed,
+                                resamples=resamples, level=level,
+                                provenance={"control": "label shuffle (train rows)", "method": method,
+                                            "k": k, "layer": layer, "n_repeats": n_repeats,
+                                            "source": SOURCE})
+
+
+def random_f1_features(X: Any, labels: Any, *, k: int, groups: Sequence[int] | None = None,
+                       n_repeats: int = 20, seed: int = 0, test_fraction: float = 0.3,
+                       scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
+                       model: str = "", name: str | None = None, layer: int = 0,
+                       resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL) -> Measurement:
+    """Control: the probe on ``k`` random columns (no selection), mean F1 over ``n_repeats``."""
+    import torch
+    from transformer_lens.tools.analysis.sparse_probing import SparseProbeConvergenceError
+
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    y = _binary(labels)
+    d = int(X.shape[1])
+    k = _check_k(k, d)
+    n_repeats = _check_repeats(n_repeats)
+    g = None if groups is None else np.asarray(list(groups), dtype=np.int64)
+    train, test = _split(y, g, seed, test_fraction)
+    Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    rng = np.random.default_rng([seed, 2])
+    preds, failed = [], 0
+    for _ in range(n_repeats):
+        S = np.sort(rng.choice(d, size=k, replace=False))
+        try:
+            tl = _tl_fit(Z, y, S, k, g, seed, test_fraction, l2_strength)
+        except SparseProbeConvergenceError:
+            failed += 1
+            continue
+        preds.append(_predict(Z, test, S, tl, S))
+    label = name or f"random-neurons F1 L{layer} k={k}"
+    return _control_measurement(label, y[test], preds, test, failed, model=model, seed=seed,
+                                resamples=resamples, level=level,
+                                provenance={"control": "random neurons", "k": k, "layer": layer,
+                                            "n_repeats": n_repeats, "source": SOURCE})
+
+
+def shuffled_labels_f1(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
+                       method: str = "mean_diff", n_repeats: int = 10, seed: int = 0,
+                       pooling: str = "mean", groups: Sequence[int] | None = None,
+                       activations: Any = None, **kw: Any) -> Measurement:
+    """Null control on the model: see :func:`shuffled_f1_features`."""
+    _check_method(method)
+    feats = collect(model, texts, labels, layer=layer, pooling=pooling, groups=groups,
+                    activations=activations)
+    return shuffled_f1_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups,
+                                n_repeats=n_repeats, seed=seed, model=feats.model, layer=feats.layer, **kw)
+
+
+def random_neurons_f1(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
+                      n_repeats: int = 20, seed: int = 0, pooling: str = "mean",
+                      groups: Sequence[int] | None = None, activations: Any = None,
+                      **kw: Any) -> Measurement:
+    """Control on the model: ``k`` random neurons of the layer, see :func:`random_f1_features`."""
+    feats = collect(model, texts, labels, layer=layer, pooling=pooling, groups=groups,
+                    activations=activations)
+    return random_f1_features(feats.X, feats.labels, k=k, groups=feats.groups, n_repeats=n_repeats,
+                              seed=seed, model=feats.model, layer=feats.layer, **kw)
+
+
+def _check_repeats(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ProbingError(bad("n_repeats", n, "a positive int"))
+    return int(n)
+
+
+# ----------------------------------------------------------------------------- F1 intervals
+def _f1_counts(y: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example numerator ``2 TP_i`` and denominator ``2TP_i + FP_i + FN_i``: [R, n]."""
+    yb = y.astype(bool)[None, :]
+    pb = preds.astype(bool)
+    tp = (pb & yb).astype(np.float64)
+    fp = (pb & ~yb).astype(np.float64)
+    fn = (~pb & yb).astype(np.float64)
+    return 2 * tp, 2 * tp + fp + fn
+
+
+def _f1_stats(y: np.ndarray, preds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """F1 of every repeat under every resample: ``counts`` [B, n] multiplicities -> [B, R]."""
+    num, den = _f1_counts(y, preds)
+    N = counts @ num.T
+    D = counts @ den.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(D > 0, N / np.where(D > 0, D, 1.0), 0.0)
+
+
+def _resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+def _contributions(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """Per-example values whose mean is the mean over repeats of F1."""
+    num, den = _f1_counts(y, preds)
+    dm = den.mean(1, keepdims=True)
+    v = np.where(dm > 0, num / np.where(dm > 0, dm, 1.0), 0.0)
+    return v.mean(0)
+
+
+def _stat_draws(y: np.ndarray, preds: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-draw F1 averaged over repeats (repeats resampled when there are several)."""
+    f = _f1_stats(y, preds, counts)                    # [B, R]
+    R = preds.shape[0]
+    if R == 1:
+        return f[:, 0]
+    pick = rng.integers(0, R, size=(f.shape[0], R))
+    return np.take_along_axis(f, pick, axis=1).mean(1)
+
+
+def _encode(preds: np.ndarray) -> tuple[str, ...]:
+    return tuple("".join("1" if v else "0" for v in row) for row in preds)
+
+
+def _build(name: str, values: np.ndarray, lo: float, hi: float, level: float, model: str,
+           prov: dict[str, Any]) -> Measurement:
+    """A Measurement whose interval was computed here (F1 is not a mean of its values), recorded
+    for the claim's summary as :meth:`Measurement.from_values` records its own."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    # The percentile interval can (rarely, with ties) sit beside the estimate; widen it to hold it.
+    m = Measurement(name=name, values=tuple(float(v) for v in values), mean=mean,
+                    lower=float(min(lo, mean)), upper=float(max(hi, mean)), level=level,
+                    n=int(values.shape[0]), model=model, provenance=prov)
+    for rec in _RECORDERS:
+        rec.append(m)
+    return m
+
+
+def _f1_measurement(name: str, y: np.ndarray, preds: np.ndarray, test_rows: np.ndarray, *,
+                    model: str, seed: int, resamples: int, level: float,
+                    provenance: dict[str, Any]) -> Measurement:
+    preds = np.asarray(preds, dtype=np.int8).reshape(-1, y.shape[0])
+    values = _contributions(y, preds)
+    rng = np.random.default_rng([seed, 3])
+    draws = _stat_draws(y, preds, _resample_counts(y.shape[0], resamples, rng), rng)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
+    prov = dict(provenance)
+    prov["interval"] = (f"{level:.0%} percentile bootstrap of F1 over held-out examples"
+                        + (" and repeats" if preds.shape[0] > 1 else "") + f", {resamples} resamples, seed {seed}")
+    prov["metric"] = "F1 = 2TP/(2TP+FP+FN), positive class, logit >= 0"
+    prov["test_rows"] = tuple(int(i) for i in test_rows)
+    prov["y_test"] = "".join("1" if v else "0" for v in y)
+    prov["predictions"] = _encode(preds)
+    return _build(name, values, lo, hi, level, model, prov)
+
+
+def _control_measurement(name: str, y: np.ndarray, preds: list[np.ndarray], test_rows: np.ndarray,
+                         failed: int, *, model: str, seed: int, resamples: int, level: float,
+                         provenance: dict[str, Any]) -> Measurement:
+    if not preds:
+        raise ProbingError(f"{name}: every control fit failed to converge ({failed} repeats)")
+    prov = dict(provenance)
+    prov["failed_repeats"] = failed
+    return _f1_measurement(name, y, np.stack(preds), test_rows, model=model, seed=seed,
+                           resamples=resamples, level=level, provenance=prov)
+
+
+def _f1_data(x: Any) -> tuple[Measurement, np.ndarray, np.ndarray, tuple[int, ...]]:
+    m = x.f1 if isinstance(x, ProbeResult) else x
+    if not isinstance(m, Measurement) or "predictions" not in m.provenance:
+        raise ProbingError(bad("margin operand", type(x).__name__, "a ProbeResult or an F1 Measurement "
+                               "from pytest_circuits.techniques.probing"))
+    p = m.provenance
+    y = np.array([c == "1" for c in p["y_test"]], dtype=np.int8)
+    preds = np.array([[c == "1" for c in row] for row in p["predictions"]], dtype=np.int8)
+    return m, y, preds, tuple(p["test_rows"])
+
+
+def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
+           resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL) -> Measurement:
+    """F1(a) - F1(b) with a bootstrap interval: paired over held-out examples when both were
+    read on the same held-out rows, unpaired otherwise (see the module docstring)."""
+    ma, ya, pa, ta = _f1_data(a)
+    mb, yb, pb, tb = _f1_data(b)
+    paired = ta == tb and np.array_equal(ya, yb)
+    rng = np.random.default_rng([seed, 4])
+    ca = _resample_counts(ya.shape[0], resamples, rng)
+    cb = ca if paired else _resample_counts(yb.shape[0], resamples, rng)
+    diff = _stat_draws(ya, pa, ca, rng) - _stat_draws(yb, pb, cb, rng)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
+    label = name or f"{ma.name} - {mb.name}"
+    if paired:
+        values = _contributions(ya, pa) - _contributions(yb, pb)
+    else:
+        # Unpaired: values are the difference of means spread over a's examples.
+        values = _contributions(ya, pa) - ma.mean + (ma.mean - mb.mean)
+    prov = {"minuend": repr(ma), "subtrahend": repr(mb), "paired": paired,
+            "interval": f"{level:.0%} percentile bootstrap of the F1 difference, "
+                        f"{'paired over the same held-out examples' if paired else 'sides resampled independently'}"
+                        f", repeats resampled, {resamples} resamples, seed {seed}"}
+    return _build(label, values, lo, hi, level, ma.model, prov)
