@@ -255,7 +255,8 @@ def activations(circuits_session: Any) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     lazy = item.config.stash[SESSION_KEY]
-    if "model" not in getattr(item, "fixturenames", ()) or not lazy.started:
+    uses_model = "model" in getattr(item, "fixturenames", ()) and lazy.started
+    if not uses_model and item.get_closest_marker("claim") is None:
         return (yield)
     from .measurement import _RECORDERS
 

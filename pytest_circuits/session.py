@@ -47,6 +47,12 @@ class Settings:
     baseline_tolerance: str = "3se"
 
 
+def _measurements_key() -> Any:
+    from .plugin import MEASUREMENTS_KEY
+
+    return MEASUREMENTS_KEY
+
+
 def claim_id(item: Any) -> str:
     """A claim's id across models: its node id without the model parameter."""
     base = item.nodeid.split("[", 1)[0]
@@ -100,8 +106,10 @@ class Session:
         model = getattr(item, "funcargs", {}).get("model")
         try:
             mi = info(model)
-        except Exception:  # noqa: BLE001 - a claim may replace the fixture's model
-            return {"label": "unknown", "fingerprint": "unknown", "versions": versions()}
+        except Exception:  # noqa: BLE001 - a claim without a language model (synthetic models)
+            recorded = item.stash.get(_measurements_key(), [])
+            label = next((m.model for m in recorded if m.model), "") or "no-model"
+            return {"label": label, "fingerprint": "n/a", "versions": versions()}
         return {"label": mi.label, "fingerprint": mi.fingerprint, "dtype": mi.dtype, "device": mi.device,
                 "versions": versions()}
 

@@ -176,3 +176,23 @@ def test_entry_point_works_without_repo_conftest(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=tmp_path, capture_output=True,
                          text=True).stdout
     assert "--circuits-model" in out
+
+
+def test_claim_without_a_language_model_is_recorded(pytester, tmp_path):
+    pytester.makepyfile("""
+        import pytest
+        from pytest_circuits import Measurement
+
+        @pytest.mark.claim(source="s", finding="a synthetic model's loss is small")
+        def test_synthetic():
+            m = Measurement.from_values("loss", [0.1, 0.2, 0.15], model="toy")
+            m.assert_below(0.5)
+    """)
+    report = tmp_path / "r.json"
+    r = pytester.runpytest(f"--circuits-report={report}", f"--circuits-cache-dir={tmp_path}")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["*finding: a synthetic model's loss is small", "*loss[[]toy[]] = 0.15 *"])
+    import json
+
+    (rec,) = json.loads(report.read_text())["records"]
+    assert rec["model"] == "toy" and rec["fingerprint"] == "n/a"
