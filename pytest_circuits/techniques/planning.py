@@ -307,7 +307,7 @@ def load(path: str | Path) -> PlanningTransformer:
 
 
 def _name(model: PlanningTransformer) -> str:
-    return "myopic" if model.myopic else "vanilla"
+    return "planning-myopic" if model.myopic else "planning-vanilla"
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -339,7 +339,7 @@ def myopia_gap(vanilla: PlanningTransformer, myopic: PlanningTransformer, n_seqs
         raise CircuitsError(bad("myopic", f"seq_len {myopic.cfg.seq_len}", f"vanilla's seq_len {vanilla.cfg.seq_len}"))
     lv, lm = eval_loss(vanilla, n_seqs, seed), eval_loss(myopic, n_seqs, seed)
     return Measurement.from_values(
-        "planning.myopia_gap", lm - lv, model="myopic-vanilla",
+        "planning.myopia_gap", lm - lv, model="planning-myopic-vs-vanilla",
         provenance={"n_seqs": n_seqs, "seed": seed, "loss_vanilla": float(lv.mean()),
                     "loss_myopic": float(lm.mean()), "source": "arXiv:2404.00859"})
 
