@@ -42,12 +42,20 @@ whether a single neuron localises the feature.
    the held-out rows at logit 0.
 
 **Metric.** Held-out F1 of the positive class, ``F1 = 2TP / (2TP + FP + FN)``. F1 is not a
-mean of per-example values, so its interval is a **percentile bootstrap of F1 itself**:
-held-out examples are resampled (``resamples`` draws, seeded) and F1 recomputed. The
-Measurement's ``values`` are per-example contributions ``2TP_i / mean(2TP + FP + FN)``,
-whose mean is exactly F1 (so ``mean`` is the F1); ``lower``/``upper`` are the bootstrap's,
-not a bootstrap of those values. The interval covers test-sample noise for *this* split and
-support; it does not cover the choice of split (try other seeds) or selection instability.
+mean of per-example values, so its interval is computed here, on F1 itself, and is *not*
+the BCa interval of :meth:`Measurement.from_values`: a **Bayesian bootstrap** (Rubin 1981)
+over the held-out examples (each draw weights example ``i`` by ``w_i ~ Gamma(1)``, i.e.
+Dirichlet(1, ..., 1) weights) with **Jeffreys pseudo-counts** (one pseudo TP, FP and FN with
+weights ``~ Gamma(1/2)``, after Goutte & Gaussier 2005's Bayesian F-score), ``F1* =
+2(TP_w + p_TP) / (2(TP_w + p_TP) + FP_w + p_FP + FN_w + p_FN)``, and the central
+``level`` quantiles of ``F1*`` over ``resamples`` seeded draws. Why not the plain
+percentile bootstrap: with no held-out error every resample has F1 = 1 and the interval
+collapses to [1, 1], which claims certainty that 50 examples cannot give; the pseudo-counts
+keep it honest (no errors in 22 positives and 66 negatives: lower bound about 0.94).
+The Measurement's ``values`` are per-example contributions ``2TP_i / mean(2TP + FP + FN)``,
+whose mean is exactly F1 (so ``mean`` is the observed F1). The interval covers test-sample
+noise for *this* split and support; it does not cover the choice of split (try other seeds)
+or of the layer and neuron when they were picked by looking at held-out F1.
 
 **Controls** (same split, same held-out rows):
 
@@ -56,12 +64,12 @@ support; it does not cover the choice of split (try other seeds) or selection in
   redone, and F1 is read on the true held-out labels: chance level for this class balance.
 * :func:`random_neurons_f1`: ``k`` neurons drawn at random instead of selected.
 
-  Both report the mean F1 over ``n_repeats``; their interval is a two-level bootstrap
-  (held-out examples and repeats both resampled).
+  Both report the mean F1 over ``n_repeats``; their interval is two-level (held-out
+  examples weighted as below, repeats resampled with replacement).
 * :func:`margin`: probe F1 minus a control's F1 (or any two of these F1 measurements).
-  When both were read on the same held-out rows it is **paired**: each bootstrap draw uses
-  the same resampled examples for both sides (repeats resampled on each side); otherwise
-  the sides are resampled independently (unpaired).
+  When both were read on the same held-out rows it is **paired**: each draw gives both sides
+  the same example weights and pseudo-counts (repeats resampled on each side); otherwise
+  the sides are drawn independently (unpaired).
 
 **Assumptions and limits.** Decodability is not use: a neuron that predicts "French" need not
 be what the model uses to process French (test that with ablations). Mean pooling makes
@@ -479,9 +487,10 @@ def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
                    scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
                    bins: int = 10, layer: int = 0, pooling: str = "mean", model: str = "",
                    name: str | None = None, resamples: int = DEFAULT_RESAMPLES,
-                   level: float = DEFAULT_LEVEL) -> ProbeResult:
+                   level: float = DEFAULT_LEVEL, record: bool = True) -> ProbeResult:
     """The probe on a ready ``[example, neuron]`` matrix (what :func:`probe` runs after
-    collecting). Neurons are reported as ``Neuron(layer, column)``."""
+    collecting). Neurons are reported as ``Neuron(layer, column)``. ``record=False`` keeps
+    the F1 out of the claim's summary (and baselines), e.g. for a side check."""
     import torch
 
     method = _check_method(method)
@@ -520,7 +529,7 @@ def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
             "neurons": [str(n) for n in neurons], "n_train": int(train.size),
             "n_test": int(test.size), "source": SOURCE}
     f1 = _f1_measurement(label, ytest, preds[None, :], test, model=model, seed=seed,
-                         resamples=resamples, level=level, provenance=prov)
+                         resamples=resamples, level=level, provenance=prov, record=record)
     if abs(f1.mean - tl.metrics.f1) > 1e-9:
         raise ProbingError(f"internal: F1 {f1.mean} differs from TransformerLens's {tl.metrics.f1}")  # pragma: no cover
     return ProbeResult(neurons=neurons, f1=f1, method=method, k=k, layer=layer, pooling=pooling,
@@ -688,17 +697,24 @@ def _f1_counts(y: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return 2 * tp, 2 * tp + fp + fn
 
 
-def _f1_stats(y: np.ndarray, preds: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """F1 of every repeat under every resample: ``counts`` [B, n] multiplicities -> [B, R]."""
+def _f1_stats(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """F1 of every repeat under every draw of weights -> [B, R].
+
+    ``weights = (G, P)``: ``G`` [B, n] Bayesian-bootstrap weights of the held-out examples,
+    ``P`` [B, 3] the weights of one pseudo true positive, false positive and false negative."""
+    G, P = weights
     num, den = _f1_counts(y, preds)
-    N = counts @ num.T
-    D = counts @ den.T
+    N = G @ num.T + 2 * P[:, :1]
+    D = G @ den.T + 2 * P[:, :1] + P[:, 1:2] + P[:, 2:3]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(D > 0, N / np.where(D > 0, D, 1.0), 0.0)
 
 
-def _resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+def _draw_weights(n: int, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma(1) weight per held-out example (normalised, a Dirichlet(1, ..., 1): Rubin's
+    Bayesian bootstrap) and Gamma(1/2) pseudo-counts for the TP, FP and FN cells (Jeffreys).
+    F1 is scale-free in the weights, so they need no normalising."""
+    return rng.gamma(1.0, size=(resamples, n)), rng.gamma(0.5, size=(resamples, 3))
 
 
 def _contributions(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -709,9 +725,10 @@ def _contributions(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
     return v.mean(0)
 
 
-def _stat_draws(y: np.ndarray, preds: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _stat_draws(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray],
+                rng: np.random.Generator) -> np.ndarray:
     """Per-draw F1 averaged over repeats (repeats resampled when there are several)."""
-    f = _f1_stats(y, preds, counts)                    # [B, R]
+    f = _f1_stats(y, preds, weights)                   # [B, R]
     R = preds.shape[0]
     if R == 1:
         return f[:, 0]
@@ -724,37 +741,39 @@ def _encode(preds: np.ndarray) -> tuple[str, ...]:
 
 
 def _build(name: str, values: np.ndarray, lo: float, hi: float, level: float, model: str,
-           prov: dict[str, Any]) -> Measurement:
+           prov: dict[str, Any], record: bool = True) -> Measurement:
     """A Measurement whose interval was computed here (F1 is not a mean of its values), recorded
     for the claim's summary as :meth:`Measurement.from_values` records its own."""
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
-    # The percentile interval can (rarely, with ties) sit beside the estimate; widen it to hold it.
+    # The interval can (rarely) sit beside the observed F1; widen it to hold it.
     m = Measurement(name=name, values=tuple(float(v) for v in values), mean=mean,
                     lower=float(min(lo, mean)), upper=float(max(hi, mean)), level=level,
                     n=int(values.shape[0]), model=model, provenance=prov)
-    for rec in _RECORDERS:
-        rec.append(m)
+    if record:
+        for rec in _RECORDERS:
+            rec.append(m)
     return m
 
 
 def _f1_measurement(name: str, y: np.ndarray, preds: np.ndarray, test_rows: np.ndarray, *,
                     model: str, seed: int, resamples: int, level: float,
-                    provenance: dict[str, Any]) -> Measurement:
+                    provenance: dict[str, Any], record: bool = True) -> Measurement:
     preds = np.asarray(preds, dtype=np.int8).reshape(-1, y.shape[0])
     values = _contributions(y, preds)
     rng = np.random.default_rng([seed, 3])
-    draws = _stat_draws(y, preds, _resample_counts(y.shape[0], resamples, rng), rng)
+    draws = _stat_draws(y, preds, _draw_weights(y.shape[0], resamples, rng), rng)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
     prov = dict(provenance)
-    prov["interval"] = (f"{level:.0%} percentile bootstrap of F1 over held-out examples"
-                        + (" and repeats" if preds.shape[0] > 1 else "") + f", {resamples} resamples, seed {seed}")
+    prov["interval"] = (f"{level:.0%} Bayesian bootstrap of F1 over held-out examples"
+                        + (" and repeats" if preds.shape[0] > 1 else "")
+                        + f", Jeffreys pseudo-counts on TP/FP/FN, {resamples} draws, seed {seed}")
     prov["metric"] = "F1 = 2TP/(2TP+FP+FN), positive class, logit >= 0"
     prov["test_rows"] = tuple(int(i) for i in test_rows)
     prov["y_test"] = "".join("1" if v else "0" for v in y)
     prov["predictions"] = _encode(preds)
-    return _build(name, values, lo, hi, level, model, prov)
+    return _build(name, values, lo, hi, level, model, prov, record)
 
 
 def _control_measurement(name: str, y: np.ndarray, preds: list[np.ndarray], test_rows: np.ndarray,
@@ -787,8 +806,8 @@ def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
     mb, yb, pb, tb = _f1_data(b)
     paired = ta == tb and np.array_equal(ya, yb)
     rng = np.random.default_rng([seed, 4])
-    ca = _resample_counts(ya.shape[0], resamples, rng)
-    cb = ca if paired else _resample_counts(yb.shape[0], resamples, rng)
+    ca = _draw_weights(ya.shape[0], resamples, rng)
+    cb = ca if paired else _draw_weights(yb.shape[0], resamples, rng)
     diff = _stat_draws(ya, pa, ca, rng) - _stat_draws(yb, pb, cb, rng)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
@@ -799,7 +818,7 @@ def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
         # Unpaired: values are the difference of means spread over a's examples.
         values = _contributions(ya, pa) - ma.mean + (ma.mean - mb.mean)
     prov = {"minuend": repr(ma), "subtrahend": repr(mb), "paired": paired,
-            "interval": f"{level:.0%} percentile bootstrap of the F1 difference, "
+            "interval": f"{level:.0%} Bayesian bootstrap of the F1 difference, "
                         f"{'paired over the same held-out examples' if paired else 'sides resampled independently'}"
                         f", repeats resampled, {resamples} resamples, seed {seed}"}
     return _build(label, values, lo, hi, level, ma.model, prov)
