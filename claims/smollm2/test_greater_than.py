@@ -5,7 +5,9 @@ probability difference (see pytest_circuits.tasks.greater_than).
 """
 
 import pytest
+from hypothesis import given
 
+from pytest_circuits import strategies as cst
 from pytest_circuits import tasks
 
 pytestmark = pytest.mark.model("smollm2-135m")
@@ -36,3 +38,18 @@ def test_corruption_removes_preference(model, years, activations):
     # Measured 2026-11-23: corrupted -0.694 [-0.738, -0.639]; drop 1.569 [1.516, 1.612], n=200.
     corrupted.assert_below(0.0)
     drop.assert_above(1.2)
+
+
+@pytest.mark.claim(source=SOURCE, finding="property: for any noun, century and YY up to 90, the model "
+                   "prefers later years (PD > 0.3) and the '01' corruption lowers PD")
+@cst.model_settings
+@given(row=cst.greater_than_rows(yy=range(2, 91)))
+def test_every_prompt_prefers_later_years(model, activations, row):
+    one = tasks.from_rows(model, [row], name="hypothesis")
+    pd = float(tasks.per_prompt_prob_diff(one, model, activations=activations)[0])
+    drop = pd - float(tasks.per_prompt_prob_diff(one, model, corrupted=True, activations=activations)[0])
+    # Measured 2026-11-23 over 2,600 random rows with YY <= 90 (seeds 7 and 123): min PD 0.496
+    # (1st percentile 0.69), min drop 0.033 (1st percentile 0.31). The one negative PD among the
+    # 200 seeded prompts is at YY=94, which leaves few later years: hence YY <= 90.
+    assert pd > 0.3, f"{one.prompts.prompts[0]!r}: PD {pd:.3f}"
+    assert drop > 0.0, f"{one.prompts.prompts[0]!r}: drop {drop:.3f}"

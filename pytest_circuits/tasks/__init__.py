@@ -1,6 +1,7 @@
 """Prompt-set builders: seeded, reproducible tasks that claims measure."""
 
 from .facts import facts, load_facts
-from .greater_than import GreaterThan, cutoff_sharpness, greater_than, prob_diff
+from .greater_than import GreaterThan, cutoff_sharpness, from_rows, greater_than, per_prompt_prob_diff, prob_diff
 
-__all__ = ["GreaterThan", "greater_than", "prob_diff", "cutoff_sharpness", "facts", "load_facts"]
+__all__ = ["GreaterThan", "greater_than", "from_rows", "prob_diff", "per_prompt_prob_diff", "cutoff_sharpness",
+           "facts", "load_facts"]

@@ -79,15 +79,29 @@ def greater_than(model: Any, n: int = 200, seed: int = 0, *, centuries: Sequence
     usable = [w for w in nouns if len(tok.encode(" " + w, add_special_tokens=False)) == 1]
     if not usable:
         raise PromptSetError(bad("nouns", list(nouns), "nouns that are single tokens with a leading space"))
-    if mode == "digit":
-        digit_ids = tuple(_one(tok, str(d)) for d in range(10))
-    else:
-        digit_ids = tuple(_one(tok, f"{d:02d}") for d in range(100))
+    if mode == "two_digit":
         cents = [c for c in cents if len(tok.encode(f" {c}", add_special_tokens=False)) == 1]
         if not cents:
             raise PromptSetError("greater_than: no century tokenizes as one token")
     rng = random.Random(seed)
     rows = [(rng.choice(usable), rng.choice(cents), rng.randint(2, 98)) for _ in range(n)]
+    return from_rows(model, rows, name=name)
+
+
+def from_rows(model: Any, rows: Sequence[tuple[str, int, int]], *, name: str = "greater_than") -> GreaterThan:
+    """A greater-than set from explicit ``(noun, century, YY)`` rows (e.g. drawn by hypothesis)."""
+    rows = list(rows)
+    if not rows:
+        raise PromptSetError(bad("rows", [], "at least one (noun, century, YY) row"))
+    for row in rows:
+        if len(row) != 3 or not isinstance(row[2], int) or not 2 <= row[2] <= 98:
+            raise PromptSetError(bad("row", row, "(noun, century, YY) with YY in 2..98"))
+    tok = model.tokenizer
+    mode = _digit_mode(model)
+    if mode == "digit":
+        digit_ids = tuple(_one(tok, str(d)) for d in range(10))
+    else:
+        digit_ids = tuple(_one(tok, f"{d:02d}") for d in range(100))
     clean = [TEMPLATE.format(noun=w, xx=c, yy=y) for w, c, y in rows]
     corrupt = [TEMPLATE.format(noun=w, xx=c, yy=1) for w, c, y in rows]
     yy = tuple(y for _, _, y in rows)
