@@ -1,0 +1,161 @@
+"""Future-token probes: is the token at ``t + tau`` decodable from the residual stream at ``t``?
+
+After Wu, Morris & Levine 2024 (arXiv:2404.00859), "a probe from the residual at t for the
+token at t+τ". A linear probe that beats every predictor which does not look at the hidden
+state shows information about a later token is present at ``t`` (whether it was put there
+for later use is what myopic training, :mod:`.planning`, asks).
+
+Method, per (layer, tau):
+
+* positions ``t`` of each text with ``t + tau`` inside it (BOS excluded as a position);
+  features ``x_t`` = ``hook_resid_post`` of ``layer`` at ``t``; target = the token at ``t + tau``;
+* ``folds``-fold cross-validation by **text** (seeded): no text has positions on both sides
+  of a split, and every text is held out once;
+* classes: the ``n_classes`` most frequent targets in each train split; positions whose target
+  is another token are left out (``coverage`` says how many are kept);
+* probe: multinomial logistic regression with L2 on train-standardized features (full-batch
+  LBFGS, float64);
+* baselines that see no hidden state, fitted on the same train positions: **unigram** (the most
+  frequent class) and **bigram** (the most frequent target after the current token, backing off
+  to unigram for unseen tokens); the better of the two on the test split is "the baseline";
+* measurements over held-out **texts** (the independent units): per-text accuracy of the probe
+  and of the baseline, and the paired per-text margin (probe - baseline).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .. import hooks as H
+from ..activations import ActivationStore, default_store
+from ..errors import CircuitsError, bad
+from ..measurement import Measurement
+from ..models import info as model_info
+from ..prompts import PromptSet
+
+SOURCE = "arXiv:2404.00859"
+
+
+@dataclass(frozen=True, eq=False)
+class FutureProbe:
+    layer: int
+    tau: int
+    accuracy: Measurement       # probe, per held-out text
+    baseline: Measurement       # best no-hidden-state baseline, per held-out text
+    margin: Measurement         # paired probe - baseline
+    baseline_kind: str          # "bigram" or "unigram"
+    n_classes: int
+    n_train_positions: int      # per fold, on average
+    n_test_positions: int       # over all folds
+    coverage: float             # fraction of positions whose target is one of the classes
+
+    def __repr__(self) -> str:
+        return (f"FutureProbe(layer {self.layer}, tau {self.tau}: accuracy {self.accuracy.mean:.3f} vs "
+                f"{self.baseline_kind} {self.baseline.mean:.3f}, margin {self.margin.mean:+.3f} "
+                f"[{self.margin.lower:+.3f}, {self.margin.upper:+.3f}], {self.n_classes} classes, "
+                f"{self.n_test_positions} test positions, coverage {self.coverage:.2f})")
+
+
+def collect(model: Any, texts: Sequence[str], *, layer: int, tau: int,
+            activations: ActivationStore | None = None) -> tuple[Any, Any, Any, Any]:
+    """``(X [N, d], current [N], future [N], text index [N])`` for every usable position."""
+    import torch
+
+    if not isinstance(tau, int) or tau < 1:
+        raise CircuitsError(bad("tau", tau, "an int >= 1 (tokens ahead)"))
+    if not 0 <= layer < model.cfg.n_layers:
+        raise CircuitsError(bad("layer", layer, f"0..{model.cfg.n_layers - 1}"))
+    store = activations if activations is not None else default_store()
+    ps = PromptSet.build(model, list(texts), name=f"future-probe:{len(texts)}")
+    resid = store.get(model, ps, [H.resid_post(layer)])[H.resid_post(layer)]
+    xs, cur, fut, grp = [], [], [], []
+    for i, n in enumerate(ps.lengths):
+        for t in range(1, n - tau):      # position 0 is BOS
+            xs.append(resid[i, t])
+            cur.append(int(ps.tokens[i, t]))
+            fut.append(int(ps.tokens[i, t + tau]))
+            grp.append(i)
+    if not xs:
+        raise CircuitsError(f"no text is longer than tau={tau} tokens")
+    return torch.stack(xs).double(), torch.tensor(cur), torch.tensor(fut), torch.tensor(grp)
+
+
+def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
+    """Fit on the rows not in ``is_test``; per-text probe / bigram / unigram accuracy on the rest."""
+    import torch
+
+    counts = Counter(future[~is_test].tolist())
+    classes = [tok for tok, _ in counts.most_common(n_classes)]
+    if len(classes) < 2:
+        raise CircuitsError("fewer than 2 distinct future tokens in a train split")
+    index = {tok: k for k, tok in enumerate(classes)}
+    keep = torch.tensor([int(f) in index for f in future])
+    y = torch.tensor([index.get(int(f), -1) for f in future])
+    tr, te = keep & ~is_test, keep & is_test
+    mu, sd = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
+    Z = (X - mu) / sd
+    W = torch.zeros(X.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=200, line_search_fn="strong_wolfe")
+    Ztr, ytr = Z[tr], y[tr]
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Ztr @ W + b, ytr) + l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (Z[te] @ W + b).argmax(-1)
+    by_cur: dict[int, Counter] = {}
+    for c, t in zip(current[tr].tolist(), y[tr].tolist()):
+        by_cur.setdefault(c, Counter())[t] += 1
+    bigram = torch.tensor([by_cur[c].most_common(1)[0][0] if c in by_cur else 0 for c in current[te].tolist()])
+    g_te = groups[te]
+    units = torch.unique(g_te)
+
+    def per_text(ok: Any) -> Any:
+        return torch.stack([ok[g_te == u].double().mean() for u in units])
+
+    return {"probe": per_text(pred == y[te]), "bigram": per_text(bigram == y[te]),
+            "unigram": per_text(y[te] == 0), "train": int(tr.sum()), "test": int(te.sum()),
+            "classes": len(classes), "coverage": float(keep.double().mean())}
+
+
+def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, folds: int = 5,
+        l2: float = 1e-3, seed: int = 0, layer: int = -1, tau: int = 0, model: str = "",
+        record: bool = True) -> FutureProbe:
+    """The probe and baselines on given arrays, cross-validated over ``folds`` folds of texts:
+    every text is held out once, and the per-text results of all folds are pooled."""
+    import torch
+
+    texts = torch.unique(groups)
+    if not isinstance(folds, int) or folds < 2 or len(texts) < 2 * folds:
+        raise CircuitsError(bad("folds", folds, f"an int >= 2 with at least 2 texts per fold ({len(texts)} texts)"))
+    perm = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))]
+    parts = [_fold(X, current, future, groups, torch.isin(groups, perm[k::folds]), n_classes, l2)
+             for k in range(folds)]
+    cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
+    acc, bigram, unigram = cat("probe"), cat("bigram"), cat("unigram")
+    kind, base = ("bigram", bigram) if bigram.mean() >= unigram.mean() else ("unigram", unigram)
+    prov = {"layer": layer, "tau": tau, "classes": n_classes, "split": f"{folds}-fold by text, seed {seed}"}
+    mk = lambda name, vals: Measurement.from_values(name, vals, model=model, provenance=prov,  # noqa: E731
+                                                    record=record)
+    return FutureProbe(layer, tau, mk(f"future_probe.accuracy[L{layer},tau={tau}]", acc),
+                       mk(f"future_probe.{kind}_accuracy[tau={tau}]", base),
+                       mk(f"future_probe.margin[L{layer},tau={tau}]", acc - base), kind,
+                       max(p["classes"] for p in parts), sum(p["train"] for p in parts) // folds,
+                       sum(p["test"] for p in parts), sum(p["coverage"] for p in parts) / folds)
+
+
+def future_token_probe(model: Any, texts: Sequence[str], *, layer: int, tau: int = 2, n_classes: int = 50,
+                       folds: int = 5, seed: int = 0, activations: ActivationStore | None = None,
+                       record: bool = True) -> FutureProbe:
+    """Probe the residual stream of ``layer`` at ``t`` for the token at ``t + tau``."""
+    X, cur, fut, grp = collect(model, texts, layer=layer, tau=tau, activations=activations)
+    return fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer,
+               tau=tau, model=model_info(model).label, record=record)
