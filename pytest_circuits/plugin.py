@@ -387,7 +387,9 @@ def _one_line(m: dict[str, Any]) -> str:
     line = (f"{m['name']}{where} = {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] "
             f"n={m['n']} ({m['level']:.0%})")
     b = m.get("baseline")
-    if b and b.get("mean") is not None:
+    if b and b.get("tolerance") == "updated":
+        line += "  (baseline updated)"
+    elif b and b.get("mean") is not None:
         line += (f"  baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
                  f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")
     return line
