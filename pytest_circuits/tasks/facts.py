@@ -9,11 +9,11 @@ not a single token for a model's tokenizer are left out (and counted).
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import jsonl
 from ..errors import PromptSetError, bad
 from ..prompts import PromptSet
 
@@ -26,19 +26,7 @@ def load_facts(path: str | Path | None = None) -> list[dict[str, str]]:
     else:
         text = Path(path).read_text("utf-8")
         where = str(path)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptSetError(f"{where}:{lineno}: not JSON ({e})") from None
-        missing = {"prompt", "answer", "foil", "relation"} - set(row)
-        if missing:
-            raise PromptSetError(f"{where}:{lineno}: missing keys {sorted(missing)}")
-        rows.append(row)
-    return rows
+    return [row for _, row in jsonl.rows(text, where, ("prompt", "answer", "foil", "relation"))]
 
 
 def facts(model: Any, *, relations: Sequence[str] | None = None, path: str | Path | None = None,

@@ -35,12 +35,12 @@ included); :func:`digit_token_labels` labels digit tokens 1 and alphabetic word 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import jsonl
 from ..errors import CircuitsError, PromptSetError, bad
 
 SHIPPED = ("language", "code_prose", "digits_words")
@@ -163,19 +163,8 @@ def load(path: str | Path | None = None, *, dataset: str | None = None) -> Probi
     labels: list[str] = []
     groups: list[int | None] = []
     extra: list[dict[str, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptSetError(f"{where}:{lineno}: not JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise PromptSetError(f"{where}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in _REQUIRED if k not in row]
-        if missing:
-            raise PromptSetError(f"{where}:{lineno}: missing keys {missing} (each line needs "
-                                 '{"text": str, "label": str|int, optionally "group": int})')
+    hint = 'each line needs {"text": str, "label": str|int, optionally "group": int}'
+    for lineno, row in jsonl.rows(text, where, _REQUIRED, hint):
         if not isinstance(row["text"], str) or not row["text"]:
             raise PromptSetError(f"{where}:{lineno}: text={row['text']!r} is not a non-empty string")
         g = row.get("group")

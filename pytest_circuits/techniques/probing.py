@@ -482,18 +482,12 @@ def _predict(Z: Any, rows: np.ndarray, S: np.ndarray, tl: Any, cols_of_tl: np.nd
     return (logits >= 0).numpy().astype(np.int8)
 
 
-def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
-                   groups: Sequence[int] | None = None, seed: int = 0, test_fraction: float = 0.3,
-                   scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
-                   bins: int = 10, layer: int = 0, pooling: str = "mean", model: str = "",
-                   name: str | None = None, resamples: int = DEFAULT_RESAMPLES,
-                   level: float = DEFAULT_LEVEL, record: bool = True) -> ProbeResult:
-    """The probe on a ready ``[example, neuron]`` matrix (what :func:`probe` runs after
-    collecting). Neurons are reported as ``Neuron(layer, column)``. ``record=False`` keeps
-    the F1 out of the claim's summary (and baselines), e.g. for a side check."""
+def _prepare(X: Any, labels: Any, k: int, groups: Any, seed: int, test_fraction: float, scale: bool,
+             std_floor: float) -> tuple:
+    """Checked inputs, the split and the train-standardized features, shared by the probe and
+    its controls: ``(y, d, k, groups, train, test, Z)``."""
     import torch
 
-    method = _check_method(method)
     X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
     if X.ndim != 2 or not torch.is_floating_point(X):
         raise ProbingError(bad("features", f"{X.dtype} of shape {tuple(X.shape)}",
@@ -510,6 +504,22 @@ def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
         raise ProbingError(bad("groups", f"{g.shape[0]} groups", f"one per example ({y.shape[0]})"))
     train, test = _split(y, g, seed, test_fraction)
     Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    return y, d, k, g, train, test, Z
+
+
+def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
+                   groups: Sequence[int] | None = None, seed: int = 0, test_fraction: float = 0.3,
+                   scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
+                   bins: int = 10, layer: int = 0, pooling: str = "mean", model: str = "",
+                   name: str | None = None, resamples: int = DEFAULT_RESAMPLES,
+                   level: float = DEFAULT_LEVEL, record: bool = True) -> ProbeResult:
+    """The probe on a ready ``[example, neuron]`` matrix (what :func:`probe` runs after
+    collecting). Neurons are reported as ``Neuron(layer, column)``. ``record=False`` keeps
+    the F1 out of the claim's summary (and baselines), e.g. for a side check."""
+    import torch
+
+    method = _check_method(method)
+    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
     S, sc, tl, allsc = _support(Z, y, train, method, k, g, seed, test_fraction, l2_strength, bins)
     if not (np.array_equal(tl.train_indices.numpy(), train) and np.array_equal(tl.test_indices.numpy(), test)):
         raise ProbingError("internal: TransformerLens split differs from the probe's split")  # pragma: no cover
@@ -594,14 +604,8 @@ def shuffled_f1_features(X: Any, labels: Any, *, k: int, method: str = "mean_dif
     from transformer_lens.tools.analysis.sparse_probing import SparseProbeConvergenceError
 
     method = _check_method(method)
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-    y = _binary(labels)
-    d = int(X.shape[1])
-    k = _check_k(k, d)
     n_repeats = _check_repeats(n_repeats)
-    g = None if groups is None else np.asarray(list(groups), dtype=np.int64)
-    train, test = _split(y, g, seed, test_fraction)
-    Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
     rng = np.random.default_rng([seed, 1])
     preds, failed = [], 0
     for _ in range(n_repeats):
@@ -629,17 +633,10 @@ def random_f1_features(X: Any, labels: Any, *, k: int, groups: Sequence[int] | N
                        model: str = "", name: str | None = None, layer: int = 0,
                        resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL) -> Measurement:
     """Control: the probe on ``k`` random columns (no selection), mean F1 over ``n_repeats``."""
-    import torch
     from transformer_lens.tools.analysis.sparse_probing import SparseProbeConvergenceError
 
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-    y = _binary(labels)
-    d = int(X.shape[1])
-    k = _check_k(k, d)
     n_repeats = _check_repeats(n_repeats)
-    g = None if groups is None else np.asarray(list(groups), dtype=np.int64)
-    train, test = _split(y, g, seed, test_fraction)
-    Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
+    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
     rng = np.random.default_rng([seed, 2])
     preds, failed = [], 0
     for _ in range(n_repeats):
