@@ -248,8 +248,8 @@ class ActivationStore:
 
         device = model_info(model).device
         n_layers = model.cfg.n_layers
-        real = list(dict.fromkeys(H.base_name(n) for n in names if n not in H.PSEUDO))
-        want_logits = any(n in H.PSEUDO for n in names)
+        real = list(dict.fromkeys(H.base_name(n) for n in names if not H.is_pseudo(n)))
+        want_logits = any(H.is_pseudo(n) for n in names)
         layers = [_layer_of(nm) for nm in real]
         stop = None
         if not want_logits and real and None not in layers and max(layers) < n_layers - 1:  # type: ignore[type-var]
@@ -294,9 +294,20 @@ class ActivationStore:
             if start_layer:
                 kwargs["start_at_layer"] = start_layer
                 inp = resid[begin:end, :width].to(device, model.cfg.dtype)  # type: ignore[index]
-            skip_unembed = not want_logits and not any(nm.startswith(("unembed", "hook_unembed")) for nm in real)
+            touches_unembed = any(nm.startswith(("unembed", "hook_unembed")) for nm in real)
+            # Only the last position's logits wanted: skip the unembedding in the forward
+            # (a fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
+            last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
+            skip_unembed = (not want_logits and not touches_unembed) or last_only
             with torch.no_grad(), _skipping_blocks(model, start_layer, skip_unembed=skip_unembed):
                 logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+            if last_only:
+                with torch.no_grad():
+                    final = logits[torch.arange(end - begin), (lengths - 1).to(logits.device)]
+                    logits = _unembed(model)(final).unsqueeze(1)
+                    lengths_for_logits = torch.ones_like(lengths)
+            else:
+                lengths_for_logits = lengths
             self.counters.forward_passes += 1
             self.counters.resumed_passes += bool(start_layer)
             self.counters.prompts_forwarded += end - begin
@@ -308,7 +319,11 @@ class ActivationStore:
             rows = torch.arange(end - begin)
             for name in names:
                 if name == H.LOGITS_LAST:
-                    parts[name].append(logits[rows, (lengths - 1).to(logits.device)].detach().to("cpu"))
+                    parts[name].append(logits[rows, (lengths_for_logits - 1).to(logits.device)].detach().to("cpu"))
+                elif name.startswith(H.LOGPROBS_LAST):
+                    at = logits[rows, (lengths_for_logits - 1).to(logits.device)].double().log_softmax(-1)
+                    ids = torch.tensor(H.logprob_ids(name), device=at.device)
+                    parts[name].append(at[:, ids].detach().to("cpu"))
                 elif name == H.TOKEN_LOSS:
                     logp = logits[:, :-1].float().log_softmax(-1)
                     nll = -logp.gather(-1, toks[:, 1:].unsqueeze(-1)).squeeze(-1).to("cpu")
@@ -357,6 +372,15 @@ def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False) -> Iter
     finally:
         for block, original in saved:
             block.add_module("_original_component", original)
+
+
+def _unembed(model: Any) -> Any:
+    """The unembedding as a function of the normalized final residual (what the bridge's
+    unembed module computes, hooks aside)."""
+    unembed = getattr(model, "unembed", None)
+    if unembed is None or getattr(unembed, "original_component", None) is None:  # pragma: no cover
+        raise CircuitsError("this model has no unembedding module the store can apply by itself")
+    return unembed.original_component
 
 
 def _at_last(t: Any, lengths: Any, name: str) -> Any:

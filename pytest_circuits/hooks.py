@@ -8,6 +8,7 @@ so that measurements never need to keep full ``[batch, pos, vocab]`` logits:
 
 * ``LOGITS_LAST``: logits at each prompt's last real position, ``[batch, d_vocab]``;
 * ``TOKEN_LOSS``: next-token cross-entropy at each position, ``[batch, pos - 1]``
+* ``logprobs_last(ids)``: log-probabilities of a few tokens at the last position
   (entries past a prompt's length are 0).
 
 Any hook name with the suffix ``@last`` (``last("blocks.3.hook_attn_out")``) is that
@@ -26,6 +27,26 @@ AT_LAST = "@last"
 LOGITS_LAST = "logits.last"
 TOKEN_LOSS = "loss.per_token"
 PSEUDO = (LOGITS_LAST, TOKEN_LOSS)
+LOGPROBS_LAST = "logprobs.last"
+
+
+def logprobs_last(ids: Any) -> str:
+    """Log-probabilities (float64, over the whole vocabulary) of the tokens ``ids`` at each
+    prompt's last position, ``[batch, len(ids)]``: what a metric over a few tokens needs,
+    stored in a few bytes per prompt instead of a whole vocabulary of logits."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise ComponentError(bad("ids", ids, "at least one token id"))
+    return f"{LOGPROBS_LAST}[{','.join(map(str, ids))}]"
+
+
+def is_pseudo(name: str) -> bool:
+    """Names computed from the logits rather than read at a hook."""
+    return name in PSEUDO or name.startswith(LOGPROBS_LAST + "[")
+
+
+def logprob_ids(name: str) -> list[int]:
+    return [int(x) for x in name[len(LOGPROBS_LAST) + 1:-1].split(",")]
 
 EMBED = "hook_embed"
 FINAL_SCALE = "ln_final.hook_scale"
@@ -33,7 +54,7 @@ FINAL_SCALE = "ln_final.hook_scale"
 
 def last(name: str) -> str:
     """``name`` read only at each prompt's last real token."""
-    return name if name.endswith(AT_LAST) or name in PSEUDO else name + AT_LAST
+    return name if name.endswith(AT_LAST) or is_pseudo(name) else name + AT_LAST
 
 
 def base_name(name: str) -> str:
@@ -104,7 +125,7 @@ def output(component: Component) -> str:
 def check_names(model: Any, names: list[str]) -> None:
     """Raise a clear error for hook names the model does not have."""
     known = model.hook_dict
-    missing = [n for n in names if n not in PSEUDO and n not in known]
+    missing = [n for n in names if not is_pseudo(n) and n not in known]
     if missing:
         import difflib
 

@@ -24,11 +24,18 @@ the embedding's ``hook_embed``.
 * **zero**: the output is 0.
 * **mean**: the mean of the output over every real token of a ``reference`` prompt set
   (required; the same vector at every position).
+* **position_mean**: the mean over the prompts of ``reference`` (default: the prompts
+  being run) *at each position* (the usual choice for templated tasks, and what
+  TransformerLens's ``faithfulness(ablation="mean")`` does).
 * **resample**: prompt *i* gets the output of prompt *π(i)* of the same set, where *π*
   is a seeded derangement (never the prompt itself), at the same position (or at each
   prompt's own last token with ``positions="last"``).
 * **patch**: prompt *i* gets the output of its own corrupted counterpart
   (``prompts.corrupted``), position by position.
+* **freeze**: the component keeps its output from the *clean* run of the same prompt,
+  whatever changed upstream (path patching freezes everything off the path).
+* **rerouted**: the component gets the output it had in another intervened run
+  (``via``): the second step of path patching (:mod:`pytest_circuits.circuits`).
 
 ``positions``: ``None`` for every position, ``"last"`` for each prompt's last token, or
 a tuple of absolute positions (which must exist in every prompt).
@@ -46,7 +53,7 @@ from .components import Attn as _Attn
 from .components import Embed as _Embed
 from .errors import InterventionError, bad
 
-KINDS = ("zero", "mean", "resample", "patch")
+KINDS = ("zero", "mean", "position_mean", "resample", "patch", "freeze", "rerouted")
 
 
 def _norm_positions(positions: Any) -> Any:
@@ -73,12 +80,14 @@ class Replace:
     positions: Any = None
     reference: Any = None     # PromptSet, for kind="mean"
     seed: int = 0
+    via: Any = None           # Interventions, for kind="rerouted"
 
     @property
     def key(self) -> str:
         ref = f",ref={self.reference.digest[:16]}" if self.reference is not None else ""
         seed = f",seed={self.seed}" if self.kind == "resample" else ""
-        return f"{self.kind}({self.component},pos={self.positions}{ref}{seed})"
+        via = f",via=[{self.via.key}]" if self.via is not None else ""
+        return f"{self.kind}({self.component},pos={self.positions}{ref}{seed}{via})"
 
     # -- what the store calls ----------------------------------------------------
     def check(self, model: Any, prompts: Any) -> None:
@@ -98,6 +107,18 @@ class Replace:
                 raise InterventionError(
                     f"resample ablation at positions={self.positions} needs prompts of one length "
                     f"({prompts.name!r} has lengths {sorted(set(prompts.lengths))}); use positions='last'")
+        if self.kind == "position_mean":
+            ref = self.reference if self.reference is not None else prompts
+            longest = max(prompts.lengths) - 1 if self.positions is None or self.positions == "last" \
+                else max(self.positions)
+            if longest >= max(ref.lengths):
+                raise InterventionError(f"position_mean ablation of {self.component}: the reference "
+                                        f"{ref.name!r} has no prompt reaching position {longest}")
+        if self.kind == "rerouted":
+            if self.via is None:
+                raise InterventionError(f"rerouting {self.component} needs via=<Interventions>: the run "
+                                        "whose output it takes")
+            self.via.check(model, prompts)
         if self.kind == "patch":
             if prompts.corrupted is None:
                 raise InterventionError(f"patching {self.component} needs prompts.corrupted: build the "
@@ -154,6 +175,19 @@ class Replace:
             return (self.component.index,)
         return ()
 
+    def needs(self, prompts: Any) -> tuple[Any, Any, str] | None:
+        """``(prompt set, intervention, hook)`` whose activation this replacement reads
+        (None for zero ablation), so that several can be fetched in one forward."""
+        if self.kind == "zero":
+            return None
+        if self.kind == "mean":
+            return self.reference, None, self.hook
+        if self.kind == "position_mean":
+            return (self.reference if self.reference is not None else prompts), None, self.hook
+        src = prompts.corrupted if self.kind == "patch" else prompts
+        via = self.via if self.kind == "rerouted" else None
+        return src, via, (H.last(self.hook) if self.positions == "last" else self.hook)
+
     def _source(self, model: Any, prompts: Any, store: Any, hook: str) -> Any:
         import torch
 
@@ -167,14 +201,26 @@ class Replace:
             real = acts[mask]                                      # [tokens, ...]
             mean = real.double().mean(0).to(acts.dtype)
             return {"mean": mean[slot] if slot else mean}
+        if self.kind == "position_mean":
+            ref = self.reference if self.reference is not None else prompts
+            acts = store.get(model, ref, [hook])[hook]
+            have = (torch.arange(acts.shape[1]).unsqueeze(0) < torch.tensor(ref.lengths).unsqueeze(1))
+            have = have.reshape(have.shape + (1,) * (acts.dim() - 2)).double()
+            mean = ((acts.double() * have).sum(0) / have.sum(0).clamp(min=1)).to(acts.dtype)  # [pos, ...]
+            full = mean.unsqueeze(0).expand((len(prompts),) + tuple(mean.shape))
+            if self.positions == "last":
+                last = full[torch.arange(len(prompts)), torch.tensor(prompts.lengths) - 1]
+                return {"last": last[(slice(None),) + slot] if slot else last}
+            return {"full": full}
         src_set = prompts.corrupted if self.kind == "patch" else prompts
+        via = self.via if self.kind == "rerouted" else None
         if self.positions == "last":
             # Only each source prompt's last token is needed: read just that.
-            last = store.get(model, src_set, [H.last(hook)])[H.last(hook)]
+            last = store.get(model, src_set, [H.last(hook)], via)[H.last(hook)]
             if self.kind == "resample":
                 last = last[derangement(len(prompts), self.seed)]
             return {"last": last[(slice(None),) + slot] if slot else last}
-        acts = store.get(model, src_set, [hook])[hook]
+        acts = store.get(model, src_set, [hook], via)[hook]
         if self.kind == "resample":
             acts = acts[derangement(len(prompts), self.seed)]
         return {"full": acts}
@@ -221,6 +267,19 @@ class Interventions:
         from .activations import default_store
 
         store = store if store is not None else default_store()
+        # Fetch every source activation a set needs in one forward, not one per item.
+        wanted: dict[tuple[str, str], tuple[Any, Any, list[str]]] = {}
+        for i in self.items:
+            need = i.needs(prompts)
+            if need is not None:
+                src, via, hook = need
+                slot = wanted.setdefault((src.digest + src.name, via.key if via is not None else ""),
+                                         (src, via, []))
+                if hook not in slot[2]:
+                    slot[2].append(hook)
+        for src, via, hooks in wanted.values():
+            if len(hooks) > 1:
+                store.get(model, src, hooks, via)
         out: list[tuple[str, Any]] = []
         for i in self.items:
             out += i.fwd_hooks(model, prompts, index, store)
@@ -251,16 +310,17 @@ def derangement(n: int, seed: int) -> Any:
 def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = None,
            reference: Any = None, seed: int = 0) -> Interventions:
     """Zero, mean or resample ablation of one or several components."""
-    if kind not in ("zero", "mean", "resample"):
-        raise InterventionError(bad("kind", kind, "'zero', 'mean' or 'resample' (for patching use patch())"))
+    if kind not in ("zero", "mean", "position_mean", "resample"):
+        raise InterventionError(bad("kind", kind, "'zero', 'mean', 'position_mean' or 'resample' "
+                                    "(for patching use patch())"))
     comps = parse_many(components, model)
     if not comps:
         raise InterventionError(bad("components", components, "at least one component"))
     if kind == "mean" and reference is None:
         raise InterventionError("mean ablation needs reference=<PromptSet>: the mean of each component's "
                                 "output is taken over that set's tokens")
-    if kind != "mean" and reference is not None:
-        raise InterventionError(bad("reference", reference, "only used with kind='mean'"))
+    if kind not in ("mean", "position_mean") and reference is not None:
+        raise InterventionError(bad("reference", reference, "only used with kind='mean' or 'position_mean'"))
     pos = _norm_positions(positions)
     return Interventions(tuple(Replace(c, kind, pos, reference, seed) for c in comps))
 
@@ -271,6 +331,21 @@ def patch(model: Any, components: Any, *, positions: Any = None) -> Intervention
     if not comps:
         raise InterventionError(bad("components", components, "at least one component"))
     return Interventions(tuple(Replace(c, "patch", _norm_positions(positions)) for c in comps))
+
+
+def freeze(model: Any, components: Any, *, positions: Any = None) -> Interventions:
+    """Hold components at their clean-run outputs (whatever changes upstream)."""
+    comps = parse_many(components, model)
+    return Interventions(tuple(Replace(c, "freeze", _norm_positions(positions)) for c in comps))
+
+
+def reroute(model: Any, components: Any, via: Any, *, positions: Any = None) -> Interventions:
+    """Give components the outputs they had in the run intervened with ``via``."""
+    comps = parse_many(components, model)
+    via = as_intervention(via)
+    if via is None:
+        raise InterventionError(bad("via", via, "an intervention (the run to take outputs from)"))
+    return Interventions(tuple(Replace(c, "rerouted", _norm_positions(positions), via=via) for c in comps))
 
 
 def nothing() -> Interventions:

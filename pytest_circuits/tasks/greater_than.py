@@ -51,6 +51,46 @@ class GreaterThan:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    # -- the task protocol the circuit tools use (pytest_circuits.circuits) ------------
+    @property
+    def name(self) -> str:
+        return self.prompts.name
+
+    @property
+    def prompt_sets(self) -> tuple[PromptSet, ...]:
+        """Every prompt set the metric runs a forward on (an intervention applies to each)."""
+        return (self.prompts,) if self.second is None else (self.prompts, self.second)
+
+    def scores(self, model: Any, *, intervention: Intervention | None = None,
+               activations: ActivationStore | None = None, corrupted: bool = False) -> Any:
+        """PD per prompt, float64 ``[n]``."""
+        return per_prompt_prob_diff(self, model, corrupted=corrupted, intervention=intervention,
+                                    activations=activations)
+
+    def logit_metric(self, i: int) -> Any:
+        """A differentiable metric of prompt ``i``'s logits ``[1, pos, vocab]`` (one forward).
+
+        Two-digit tokens: PD itself. One token per digit: the first step's part of PD,
+        ``p(d1 > a) - p(d1 < a)`` (the second step needs another forward); a proxy used
+        by gradient screens, whose candidates are then measured with the exact PD.
+        """
+        import torch
+
+        ids = torch.tensor(self.digit_ids)
+        last = self.prompts.lengths[i] - 1
+        yy = self.yy[i]
+        ref = yy if self.mode == "two_digit" else yy // 10
+        d = torch.arange(len(ids))
+
+        def metric(logits: Any) -> Any:
+            p = logits[0, last].double().softmax(-1)[ids.to(logits.device)]
+            above = p[(d > ref).to(logits.device)].sum()
+            if self.mode == "two_digit":
+                return (above - p[(d <= ref).to(logits.device)].sum()).float()
+            return (above - p[(d < ref).to(logits.device)].sum()).float()
+
+        return metric
+
     def __repr__(self) -> str:
         return f"GreaterThan(n={len(self)}, mode={self.mode!r}, YY in {min(self.yy)}..{max(self.yy)})"
 
@@ -111,9 +151,9 @@ def from_rows(model: Any, rows: Sequence[tuple[str, int, int]], *, name: str = "
         return GreaterThan(prompts, yy, mode, digit_ids)
     # Second step: append the first digit of YY as a token.
     first = [str(y // 10) for y in yy]
-    second = PromptSet.build(model, [p + a for p, a in zip(clean, first)], name=f"{name}:second", meta=meta)
-    second_c = PromptSet.build(model, [p + a for p, a in zip(corrupt, first)],
-                               name=f"{name}:second_corrupted", meta=meta)
+    second = PromptSet.build(model, [p + a for p, a in zip(clean, first)], name=f"{name}:second", meta=meta,
+                             corrupted=[p + a for p, a in zip(corrupt, first)], align=True)
+    second_c = second.corrupted
     for i, a in enumerate(first):
         want = prompts.lengths[i] + 1
         if second.lengths[i] != want or int(second.tokens[i, want - 1]) != digit_ids[int(a)]:
@@ -129,9 +169,11 @@ def _one(tok: Any, text: str) -> int:
     return int(ids[0])
 
 
-def _probs(model: Any, ps: PromptSet, intervention: Intervention | None,
+def _probs(model: Any, ps: PromptSet, ids: Sequence[int], intervention: Intervention | None,
            store: ActivationStore) -> Any:
-    return store.get(model, ps, [H.LOGITS_LAST], intervention)[H.LOGITS_LAST].double().softmax(-1)
+    """Probabilities of tokens ``ids`` at the last position, float64 ``[n, len(ids)]``."""
+    name = H.logprobs_last(ids)
+    return store.get(model, ps, [name], intervention)[name].exp()
 
 
 def per_prompt_prob_diff(task: GreaterThan, model: Any, *, corrupted: bool = False,
@@ -143,15 +185,14 @@ def per_prompt_prob_diff(task: GreaterThan, model: Any, *, corrupted: bool = Fal
     store = activations if activations is not None else default_store()
     first = task.prompts.corrupted if corrupted else task.prompts
     assert first is not None
-    ids = torch.tensor(task.digit_ids)
     yy = torch.tensor(task.yy)
-    p1 = _probs(model, first, intervention, store)[:, ids]          # [n, 10] or [n, 100]
+    p1 = _probs(model, first, task.digit_ids, intervention, store)   # [n, 10] or [n, 100]
     if task.mode == "two_digit":
         grid = torch.arange(100).unsqueeze(0)
         return (p1 * (grid > yy.unsqueeze(1))).sum(1) - (p1 * (grid <= yy.unsqueeze(1))).sum(1)
     second = task.second_corrupted if corrupted else task.second
     assert second is not None
-    p2 = _probs(model, second, intervention, store)[:, ids]          # [n, 10]
+    p2 = _probs(model, second, task.digit_ids, intervention, store)  # [n, 10]
     a, b = (yy // 10).unsqueeze(1), (yy % 10).unsqueeze(1)
     d = torch.arange(10).unsqueeze(0)
     pa = p1.gather(1, a).squeeze(1)
@@ -171,7 +212,7 @@ def prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
         name, vals, model=model_info(model).label, labels=task.prompts.prompts,
         provenance={"model": model_info(model).label, "prompts": task.prompts.name, "mode": task.mode,
                     "intervention": intervention.key if intervention is not None else "none",
-                    "hooks": [H.LOGITS_LAST]}, **kw)
+                    "hooks": [H.logprobs_last(task.digit_ids)]}, **kw)
 
 
 def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Intervention | None = None,
@@ -183,7 +224,7 @@ def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Interventio
         raise PromptSetError("cutoff_sharpness needs two-digit year tokens (GPT-2 style); for "
                              "one-token-per-digit tokenizers use prob_diff")
     store = activations if activations is not None else default_store()
-    p = _probs(model, task.prompts, intervention, store)[:, torch.tensor(task.digit_ids)]
+    p = _probs(model, task.prompts, task.digit_ids, intervention, store)
     yy = torch.tensor(task.yy)
     rows = torch.arange(len(yy))
     vals = p[rows, yy + 1] - p[rows, yy - 1]

@@ -165,3 +165,56 @@ def test_patch_results_are_keyed_on_the_corrupted_prompts(tiny, tmp_path):
     pa = store.get(tiny, a, [H.LOGITS_LAST], I.patch(tiny, "attn0"))[H.LOGITS_LAST]
     pb = store.get(tiny, b, [H.LOGITS_LAST], I.patch(tiny, "attn0"))[H.LOGITS_LAST]
     assert store.counters.forward_passes >= 4 and not torch.allclose(pa, pb)
+
+
+# -- kinds used by path patching and circuits ---------------------------------------------
+
+def test_position_mean_is_the_mean_at_each_position(tiny, ps, store):
+    ref = PromptSet.build(tiny, ["the cat sat on", "when John and Mary went to"], name="ref-pos")
+    ref_z = store.get(tiny, ref, [H.z(1)])[H.z(1)][:, :, 2].double()       # [2, pos, d_head]
+    got = z1(store, tiny, ps, I.ablate(tiny, "L1H2", "position_mean", reference=ref))[:, :, 2]
+    for p in range(ps.tokens.shape[1]):
+        have = [i for i in range(2) if ref.lengths[i] > p]
+        hand = ref_z[have, p].mean(0).float()
+        torch.testing.assert_close(got[:, p], hand.expand_as(got[:, p]))
+    # Default reference: the prompts being run.
+    own = z1(store, tiny, ps)[:, :, 2].double().mean(0).float()
+    torch.testing.assert_close(z1(store, tiny, ps, I.ablate(tiny, "L1H2", "position_mean"))[:, :, 2],
+                               own.expand(len(ps), *own.shape))
+
+
+def test_position_mean_needs_a_reference_as_long_as_the_prompts(tiny, ps, store):
+    short = PromptSet.build(tiny, ["the cat"], name="short")
+    with pytest.raises(InterventionError, match="no prompt reaching position"):
+        z1(store, tiny, ps, I.ablate(tiny, "L1H2", "position_mean", reference=short))
+
+
+def test_freeze_holds_the_clean_output_whatever_changes_upstream(tiny, ps, store):
+    clean = store.get(tiny, ps, [H.mlp_out(1), H.z(1)])
+    iv = I.ablate(tiny, "attn0") + I.freeze(tiny, ["mlp1", "L1H0"])
+    got = store.get(tiny, ps, [H.mlp_out(1), H.z(1)], iv)
+    torch.testing.assert_close(got[H.mlp_out(1)], clean[H.mlp_out(1)])
+    torch.testing.assert_close(got[H.z(1)][:, :, 0], clean[H.z(1)][:, :, 0])
+    assert not torch.allclose(got[H.z(1)][:, :, 1], clean[H.z(1)][:, :, 1])   # not frozen: it changed
+
+
+def test_reroute_takes_the_output_of_another_run(tiny, ps, store):
+    via = I.patch(tiny, "L0H1")
+    want = store.get(tiny, ps, [H.z(1)], via)[H.z(1)][:, :, 3]
+    got = z1(store, tiny, ps, I.reroute(tiny, "L1H3", via=via))
+    torch.testing.assert_close(got[:, :, 3], want)
+    torch.testing.assert_close(got[:, :, :3], z1(store, tiny, ps)[:, :, :3])
+    assert "via=[patch(L0H1" in I.reroute(tiny, "L1H3", via=via).key
+    with pytest.raises(InterventionError, match="via"):
+        I.reroute(tiny, "L1H3", via=None)
+
+
+def test_logprobs_pseudo_hook_matches_the_full_softmax(tiny, ps, store):
+    ids = [5, 7, 11]
+    lp = store.get(tiny, ps, [H.logprobs_last(ids)])[H.logprobs_last(ids)]
+    with torch.no_grad():
+        full = tiny(ps.tokens)[torch.arange(len(ps)), ps.last].double().log_softmax(-1)
+    torch.testing.assert_close(lp, full[:, ids], atol=1e-5, rtol=1e-5)
+    assert lp.dtype == torch.float64 and lp.shape == (len(ps), 3)
+    with pytest.raises(ComponentError, match="at least one token"):
+        H.logprobs_last([])
