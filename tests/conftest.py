@@ -30,3 +30,13 @@ def tiny_dir_b(tmp_path_factory: pytest.TempPathFactory):
     from pytest_circuits.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tinyb") / "ckpt_b", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_two_digit(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny model whose tokenizer writes years as two-digit tokens (GPT-2 style)."""
+    from pytest_circuits.models import load_model
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("t2d") / "ckpt2d", two_digit_numbers=True, seed=4)
+    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device="cpu")

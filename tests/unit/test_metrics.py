@@ -117,15 +117,6 @@ def test_facts_loader_checks_lines(tmp_path, tiny):
         tasks.facts(tiny, path=good, relations=["nope"])
 
 
-@pytest.fixture(scope="module")
-def tiny_two_digit(tmp_path_factory):
-    from pytest_circuits import load_model
-    from pytest_circuits.testing import make_tiny_checkpoint
-
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("t2d") / "ckpt2d", two_digit_numbers=True, seed=4)
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device="cpu")
-
-
 def test_greater_than_two_digit_years_match_hand_computation(tiny_two_digit):
     """GPT-2-style years ("17" "32"): PD and cutoff sharpness over the tokens 00..99."""
     m = tiny_two_digit
