@@ -1,0 +1,510 @@
+"""Activation patching, path patching and iterative circuit discovery on a task.
+
+All effects are in the *noising* direction of the greater-than paper: the clean run
+with something taken from the corrupted run, per prompt::
+
+    effect(c) = m(clean, c patched from corrupted) - m(clean)
+
+and reported normalized by the whole corruption's effect,
+``effect / (m(corrupted) - m(clean))`` (1 = this alone does what corrupting the input
+does; negative = it moves the metric the other way). The task protocol is the one of
+:mod:`pytest_circuits.circuits` (``prompts``, ``prompt_sets``, ``scores``).
+
+* :func:`sweep`: activation patching of each head and MLP (all positions, or given
+  ones), or with another ablation kind;
+* :func:`position_sweep`: patching each layer's attention and MLP output at one
+  position at a time;
+* :func:`path_patch` / :func:`path_sweep`: path patching from a sender to receivers
+  (``"logits"`` or a set of heads and MLPs). Step 1 runs the clean prompt with the
+  sender patched from the corrupted run and every other head and MLP from the sender's
+  layer on *frozen* at its clean output, so the change reaches the receivers only
+  directly through the residual stream; step 2 runs the clean prompt with only the
+  receivers' outputs taken from step 1. With ``"logits"`` step 1 is the measurement;
+* :func:`attribution_screen`: TransformerLens's attribution patching as a fast screen,
+  whose top candidates :func:`screen_and_verify` then measures exactly;
+* :func:`discover`: path patching iterated from the logits backwards (the paper's
+  procedure): the heads and MLPs with a direct effect on the logits, then those acting
+  through them, and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import interventions as I
+from .activations import ActivationStore, default_store
+from .circuits import Circuit, _names, _order, expand, nodes, removal
+from .components import MLP, Attn, Component, Head
+from .errors import CircuitsError, bad
+from .measurement import Measurement
+from .models import info as model_info
+from .progress import bar
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Effects of patching each of several components (or paths), one Measurement each."""
+
+    task: str
+    what: str
+    effects: dict[Any, Measurement]        # key: component (or (component, position))
+    clean: float                           # mean metric, clean
+    corrupted: float                       # mean metric, corrupted input
+
+    @property
+    def scale(self) -> float:
+        return self.corrupted - self.clean
+
+    def normalized(self, key: Any) -> float:
+        return self.effects[key].mean / self.scale
+
+    def interval(self, key: Any) -> tuple[float, float]:
+        m = self.effects[key]
+        lo, hi = sorted((m.lower / self.scale, m.upper / self.scale))
+        return lo, hi
+
+    def ranking(self) -> list[Any]:
+        """Keys by decreasing |normalized effect|."""
+        return sorted(self.effects, key=lambda k: -abs(self.effects[k].mean))
+
+    def top(self, k: int = 10) -> list[tuple[Any, float]]:
+        return [(c, self.normalized(c)) for c in self.ranking()[:k]]
+
+    def significant(self, threshold: float = 0.0) -> list[Any]:
+        """Keys whose interval excludes 0 and whose |normalized effect| >= ``threshold``,
+        strongest first."""
+        out = []
+        for k in self.ranking():
+            m = self.effects[k]
+            if (m.lower > 0 or m.upper < 0) and abs(self.normalized(k)) >= threshold:
+                out.append(k)
+        return out
+
+    def grid(self, model: Any) -> np.ndarray:
+        """``[n_layers, n_heads + 1]`` normalized effects of heads (last column: the MLP);
+        NaN where not measured."""
+        cfg = model.cfg
+        g = np.full((cfg.n_layers, cfg.n_heads + 1), np.nan)
+        for k in self.effects:
+            if isinstance(k, Head):
+                g[k.layer, k.head] = self.normalized(k)
+            elif isinstance(k, MLP):
+                g[k.layer, cfg.n_heads] = self.normalized(k)
+        return g
+
+    def table(self, k: int = 10) -> str:
+        lines = [f"{self.what} on {self.task}: clean {self.clean:.3f}, corrupted {self.corrupted:.3f}; "
+                 "effect as a fraction of the corruption's"]
+        for key in self.ranking()[:k]:
+            lo, hi = self.interval(key)
+            lines.append(f"  {_key_str(key):>10}  {self.normalized(key):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table(5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "what": self.what, "clean": self.clean, "corrupted": self.corrupted,
+                "effects": {_key_str(k): {"normalized": self.normalized(k), "interval": list(self.interval(k)),
+                                          "mean": m.mean, "lower": m.lower, "upper": m.upper, "n": m.n}
+                            for k, m in self.effects.items()}}
+
+
+def _key_str(key: Any) -> str:
+    if isinstance(key, tuple):
+        return "@".join(str(x) for x in key)
+    return str(key)
+
+
+def _store(activations: ActivationStore | None) -> ActivationStore:
+    return activations if activations is not None else default_store()
+
+
+def _check_task(task: Any) -> None:
+    for attr in ("prompts", "prompt_sets", "scores"):
+        if not hasattr(task, attr):
+            raise CircuitsError(bad("task", type(task).__name__,
+                                    "a task with prompts, prompt_sets and scores() (e.g. tasks.greater_than)"))
+    for ps in task.prompt_sets:
+        ps.require("corrupted")
+
+
+def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, name: str,
+            **prov: Any) -> Measurement:
+    vals = task.scores(model, intervention=iv, activations=store).double() - clean
+    return Measurement.from_values(name, vals.numpy(), model=model_info(model).label,
+                                   provenance={"task": task.name, **prov}, record=False)
+
+
+def _baselines(model: Any, task: Any, store: ActivationStore) -> tuple[Any, float, float]:
+    clean = task.scores(model, activations=store).double()
+    corrupted = task.scores(model, activations=store, corrupted=True).double()
+    return clean, float(clean.mean()), float(corrupted.mean())
+
+
+# -- activation patching ----------------------------------------------------------------
+
+def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
+          positions: Any = None, reference: Any = None, seed: int = 0,
+          activations: ActivationStore | None = None) -> Sweep:
+    """Remove each component alone (``kind``: patch from the corrupted run by default)."""
+    _check_task(task)
+    store = _store(activations)
+    comps = expand(model, components) if components is not None else nodes(model)
+    clean, c_mean, x_mean = _baselines(model, task, store)
+    effects = {}
+    for c in bar(comps, f"patching {task.name}", total=len(comps)):
+        if kind == "patch" and positions is not None:
+            iv = I.patch(model, [c], positions=positions)
+        else:
+            if positions is not None:
+                raise CircuitsError("positions are supported with kind='patch' only")
+            iv = removal(model, task, [c], kind, reference=reference, seed=seed)
+        effects[c] = _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
+    what = "activation patching" if kind == "patch" else f"{kind} ablation"
+    return Sweep(task.name, what, effects, c_mean, x_mean)
+
+
+def differing_positions(task: Any) -> tuple[int, ...]:
+    """Positions from the first where a clean and its corrupted prompt differ to the end
+    (patching an earlier position changes nothing: both runs agree there exactly)."""
+    ps = task.prompts
+    width = min(ps.lengths)
+    diff = (ps.tokens[:, :width] != ps.corrupted.tokens[:, :width]).any(0).nonzero()
+    if len(diff) == 0:
+        raise CircuitsError(f"{task.name}: clean and corrupted prompts are identical")
+    return tuple(range(int(diff[0]), width))
+
+
+def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None,
+                   positions: Sequence[int] | None = None,
+                   activations: ActivationStore | None = None) -> dict[str, Sweep]:
+    """Patch each layer's attention output and MLP output at one position at a time.
+
+    Returns ``{"attn": Sweep, "mlp": Sweep}`` keyed by ``(component, position)``;
+    positions default to :func:`differing_positions`.
+    """
+    _check_task(task)
+    if len(set(task.prompts.lengths)) > 1:
+        raise CircuitsError("position_sweep needs prompts of one length (positions must correspond)")
+    store = _store(activations)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    positions = differing_positions(task) if positions is None else tuple(positions)
+    clean, c_mean, x_mean = _baselines(model, task, store)
+    out: dict[str, Sweep] = {}
+    for label, make in (("attn", Attn), ("mlp", MLP)):
+        effects = {}
+        cells = [(layer, p) for layer in layers for p in positions]
+        for layer, p in bar(cells, f"patching {label} by position", total=len(cells)):
+            c = make(layer)
+            iv = I.patch(model, [c], positions=(p,))
+            effects[(c, p)] = _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c),
+                                      position=p)
+        out[label] = Sweep(task.name, f"activation patching of {label} outputs by position", effects,
+                           c_mean, x_mean)
+    return out
+
+
+def position_grid(sweep_: Sweep, model: Any) -> tuple[np.ndarray, list[int]]:
+    """``[n_layers, positions]`` normalized effects of a :func:`position_sweep` result."""
+    positions = sorted({k[1] for k in sweep_.effects})
+    g = np.full((model.cfg.n_layers, len(positions)), np.nan)
+    for (c, p) in sweep_.effects:
+        g[c.layer, positions.index(p)] = sweep_.normalized((c, p))
+    return g, positions
+
+
+# -- path patching ----------------------------------------------------------------------
+
+LOGITS = "logits"
+
+
+def path_intervention(model: Any, sender: Component, receivers: Any = LOGITS) -> I.Interventions:
+    """The intervention that patches the path ``sender -> receivers`` (see the module doc)."""
+    if isinstance(sender, Attn):
+        raise CircuitsError("path patching takes one head or MLP as the sender")
+    senders = expand(model, [sender])
+    if len(senders) != 1:
+        raise CircuitsError(bad("sender", sender, "one head or one MLP"))
+    s = senders[0]
+    if receivers == LOGITS:
+        recv: tuple[Component, ...] = ()
+        last = model.cfg.n_layers - 1
+    else:
+        recv = tuple(r for r in expand(model, receivers) if _downstream(s, r))
+        if not recv:
+            raise CircuitsError(f"no receiver in {_names(expand(model, receivers))} is downstream of {s}")
+        last = max(r.layer for r in recv)
+    keep = {s, *recv}
+    frozen = [c for c in nodes(model) if s.layer <= c.layer <= last and c not in keep and _downstream(s, c)]
+    step1 = I.patch(model, [s]) + (_freeze(model, frozen) if frozen else I.nothing())
+    if receivers == LOGITS:
+        return step1
+    return I.reroute(model, list(recv), via=step1)
+
+
+def _downstream(s: Component, c: Component) -> bool:
+    """Whether ``c`` reads the residual stream after ``s`` writes to it."""
+    if c.layer != s.layer:
+        return c.layer > s.layer
+    return isinstance(s, Head) and isinstance(c, MLP)
+
+
+def _freeze(model: Any, comps: Sequence[Component]) -> I.Interventions:
+    n_heads = model.cfg.n_heads
+    per_layer: dict[int, list[Component]] = {}
+    for c in comps:
+        per_layer.setdefault(c.layer, []).append(c)
+    grouped: list[Any] = []
+    for layer, cs in sorted(per_layer.items()):
+        heads = [c for c in cs if isinstance(c, Head)]
+        grouped += [Attn(layer)] if len(heads) == n_heads else heads
+        grouped += [c for c in cs if isinstance(c, MLP)]
+    return I.freeze(model, grouped)
+
+
+def path_patch(model: Any, task: Any, sender: Any, receivers: Any = LOGITS, *,
+               activations: ActivationStore | None = None) -> Measurement:
+    """Effect per prompt of patching only the path ``sender -> receivers``."""
+    _check_task(task)
+    store = _store(activations)
+    s = expand(model, [sender])
+    clean = task.scores(model, activations=store).double()
+    iv = path_intervention(model, s[0] if s else sender, receivers)
+    return _effect(model, task, iv, clean, store, f"path[{_names(s)}->{_recv_str(receivers)}]",
+                   sender=_names(s), receivers=_recv_str(receivers))
+
+
+def _recv_str(receivers: Any) -> str:
+    if receivers == LOGITS:
+        return LOGITS
+    return "{" + _names(receivers if isinstance(receivers, (list, tuple)) else [receivers]) + "}"
+
+
+def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGITS, *,
+               activations: ActivationStore | None = None) -> Sweep:
+    """Path patching from each sender to ``receivers`` (senders default: every head and MLP
+    upstream of a receiver)."""
+    _check_task(task)
+    store = _store(activations)
+    recv = () if receivers == LOGITS else expand(model, receivers)
+    cands = expand(model, senders) if senders is not None else nodes(model)
+    if recv:
+        cands = tuple(s for s in cands if s not in recv and any(_downstream(s, r) for r in recv))
+    clean, c_mean, x_mean = _baselines(model, task, store)
+    effects = {}
+    label = _recv_str(recv) if recv else LOGITS
+    for s in bar(cands, f"path patching -> {label}", total=len(cands)):
+        iv = path_intervention(model, s, recv if recv else LOGITS)
+        effects[s] = _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s),
+                             receivers=label)
+    return Sweep(task.name, f"path patching to {label}", effects, c_mean, x_mean)
+
+
+# -- discovery ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Discovery:
+    """The result of :func:`discover`: the circuit and every sweep that found it."""
+
+    circuit: Circuit
+    rounds: tuple[Sweep, ...]
+    found: tuple[tuple[Component, ...], ...]     # the senders kept in each round
+    threshold: float
+
+    def __repr__(self) -> str:
+        lines = [f"Discovery: {self.circuit}"]
+        for i, (sw, f) in enumerate(zip(self.rounds, self.found)):
+            lines.append(f"  round {i} ({sw.what}): {_names(f)}")
+        return "\n".join(lines)
+
+
+def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float = 0.05,
+             max_rounds: int = 4, name: str = "discovered",
+             activations: ActivationStore | None = None) -> Discovery:
+    """Path patching from the logits backwards.
+
+    Round 0 finds the senders whose direct path to the logits has an effect of at least
+    ``threshold`` (as a fraction of the corruption's, with an interval excluding 0);
+    each later round path-patches the remaining candidates into the senders found in the
+    round before (as one receiver set), and keeps those above the threshold. Stops when a
+    round finds nothing new. ``candidates`` (default: every head and MLP) restricts the
+    senders tried, e.g. to the top of an attribution screen.
+    """
+    if not 0 <= threshold < 1:
+        raise CircuitsError(bad("threshold", threshold, "a fraction in [0, 1)"))
+    store = _store(activations)
+    pool = list(expand(model, candidates) if candidates is not None else nodes(model))
+    found: list[Component] = []
+    rounds: list[Sweep] = []
+    kept: list[tuple[Component, ...]] = []
+    edges: list[tuple[Any, Any]] = []
+    receivers: Any = LOGITS
+    for _ in range(max_rounds):
+        senders = [c for c in pool if c not in found]
+        if receivers != LOGITS:
+            senders = [c for c in senders if any(_downstream(c, r) for r in receivers)]
+        if not senders:
+            break
+        sw = path_sweep(model, task, senders, receivers, activations=store)
+        new = tuple(sorted((c for c in sw.significant(threshold)), key=_order))
+        rounds.append(sw)
+        kept.append(new)
+        if not new:
+            break
+        if receivers == LOGITS:
+            edges += [(c, LOGITS) for c in new]
+        else:
+            edges += _resolve_edges(model, task, new, receivers, threshold, store)
+        found += list(new)
+        receivers = new
+    circuit = Circuit.of(model, found, edges=edges, name=name)
+    return Discovery(circuit, tuple(rounds), tuple(kept), threshold)
+
+
+def _resolve_edges(model: Any, task: Any, senders: Sequence[Component], receivers: Sequence[Component],
+                   threshold: float, store: ActivationStore) -> list[tuple[Component, Component]]:
+    """Which receiver each sender acts through: path patching per (sender, receiver);
+    where no single receiver is significant, the sender is linked to every downstream
+    receiver of the set (its effect is spread over them)."""
+    out = []
+    clean, c_mean, x_mean = _baselines(model, task, store)
+    scale = x_mean - c_mean
+    for s in senders:
+        downstream = [r for r in receivers if _downstream(s, r)]
+        hits = []
+        for r in downstream:
+            m = _effect(model, task, path_intervention(model, s, [r]), clean, store, f"path[{s}->{r}]")
+            if (m.lower > 0 or m.upper < 0) and abs(m.mean / scale) >= threshold:
+                hits.append(r)
+        out += [(s, r) for r in (hits or downstream)]
+    return out
+
+
+# -- attribution patching as a screen ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Screen:
+    """Gradient (attribution patching) scores per head and MLP: TransformerLens's
+    ``attribution_patch`` node scores summed over positions and averaged over prompts.
+
+    A node's score is ``(a_clean - a_corrupted) . d metric / d a`` at the corrupted run
+    (the linear estimate of *denoising* it); compare magnitudes with exact patching.
+    """
+
+    task: str
+    scores: dict[Component, float]
+    n: int
+    seconds: float
+
+    def ranking(self) -> list[Component]:
+        return sorted(self.scores, key=lambda c: -abs(self.scores[c]))
+
+    def top(self, k: int = 10) -> list[Component]:
+        return self.ranking()[:k]
+
+    def grid(self, model: Any) -> np.ndarray:
+        cfg = model.cfg
+        g = np.full((cfg.n_layers, cfg.n_heads + 1), np.nan)
+        for c, v in self.scores.items():
+            g[c.layer, c.head if isinstance(c, Head) else cfg.n_heads] = v
+        return g
+
+    def agreement(self, exact: Sweep, k: int = 10) -> "Agreement":
+        """How well the screen ranks against exact patching of the same components."""
+        common = [c for c in exact.effects if c in self.scores]
+        if len(common) < 3:
+            raise CircuitsError("agreement needs exact effects of at least 3 screened components")
+        a = np.array([abs(self.scores[c]) for c in common])
+        b = np.array([abs(exact.effects[c].mean) for c in common])
+        rho = float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+        k = min(k, len(common))
+        by_exact = sorted(common, key=lambda c: -abs(exact.effects[c].mean))[:k]
+        by_screen = sorted(common, key=lambda c: -abs(self.scores[c]))[:k]
+        return Agreement(rho, len(set(by_exact) & set(by_screen)) / k, k, len(common))
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{c} {self.scores[c]:+.3f}" for c in self.top(5))
+        return f"Screen({self.task}, n={self.n}, {self.seconds:.1f} s; top: {top})"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    spearman: float        # rank correlation of |screen score| and |exact effect|
+    recall_at_k: float     # share of the exact top-k that the screen also ranks in its top-k
+    k: int
+    n: int
+
+    def __repr__(self) -> str:
+        return (f"Agreement(spearman {self.spearman:.3f}, top-{self.k} recall {self.recall_at_k:.2f}, "
+                f"over {self.n} components)")
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    # average ties
+    for v in np.unique(x):
+        idx = np.nonzero(x == v)[0]
+        if len(idx) > 1:
+            ranks[idx] = ranks[idx].mean()
+    return ranks
+
+
+def attribution_screen(model: Any, task: Any, *, n: int | None = None) -> Screen:
+    """Attribution patching (TransformerLens's ``attribution_patch``, node granularity) on
+    the first ``n`` prompts (default all), one clean/corrupted pair at a time with the
+    task's differentiable ``logit_metric(i)``."""
+    import time
+
+    import torch
+    from transformer_lens.tools.analysis import EdgeAttributionConfig, attribution_patch
+
+    _check_task(task)
+    if not hasattr(task, "logit_metric"):
+        raise CircuitsError(f"{type(task).__name__} has no logit_metric(i): the attribution screen needs "
+                            "a differentiable metric of one prompt's logits")
+    ps = task.prompts
+    n = len(ps) if n is None else min(int(n), len(ps))
+    if n < 1:
+        raise CircuitsError(bad("n", n, "at least 1 prompt"))
+    cfg = model.cfg
+    heads = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    mlps = torch.zeros(cfg.n_layers, dtype=torch.float64)
+    device = model_info(model).device
+    start = time.perf_counter()
+    for i in bar(range(n), f"attribution screen {task.name}", total=n):
+        length = ps.lengths[i]
+        clean = ps.tokens[i: i + 1, :length].to(device)
+        corrupt = ps.corrupted.tokens[i: i + 1, :length].to(device)
+        with torch.enable_grad():
+            res = attribution_patch(model, clean, corrupt, task.logit_metric(i),
+                                    EdgeAttributionConfig(granularity="node"))
+        for node, score in res.node_scores.items():
+            if node.kind == "attn_head_out":
+                heads[node.layer, node.head] += score
+            elif node.kind == "mlp_out":
+                mlps[node.layer] += score
+    seconds = time.perf_counter() - start
+    scores: dict[Component, float] = {}
+    for layer in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            scores[Head(layer, h)] = float(heads[layer, h] / n)
+        scores[MLP(layer)] = float(mlps[layer] / n)
+    return Screen(task.name, scores, n, seconds)
+
+
+def screen_and_verify(model: Any, task: Any, k: int = 20, *, screen_n: int | None = None,
+                      activations: ActivationStore | None = None) -> tuple[Screen, Sweep]:
+    """The attribution screen, then exact activation patching of its top ``k`` components."""
+    scr = attribution_screen(model, task, n=screen_n)
+    return scr, sweep(model, task, scr.top(k), activations=activations)
+
+
+__all__ = ["Agreement", "Discovery", "LOGITS", "Screen", "Sweep", "attribution_screen", "differing_positions",
+           "discover", "path_intervention", "path_patch", "path_sweep", "position_grid", "position_sweep",
+           "screen_and_verify", "sweep"]
