@@ -160,12 +160,13 @@ class Circuit:
 # -- running the model with parts removed --------------------------------------------
 
 def removal(model: Any, task: Any, remove: Sequence[Component], kind: str = "patch", *,
-            reference: Any = None, seed: int = 0) -> I.Interventions:
+            reference: Any = None, seed: int = 0, positions: Any = None) -> I.Interventions:
     """The intervention that removes ``remove`` (heads and MLPs) with ablation ``kind``.
 
     A layer whose heads are all removed becomes one replacement of that layer's
     ``hook_z``. ``mean`` is the per-position mean over the prompts being run (each of the
-    task's prompt sets) or over ``reference``.
+    task's prompt sets) or over ``reference``. ``positions``: every position (None) or
+    ``"last"`` (a claim about the computation at the final position only).
     """
     if kind not in ABLATIONS:
         raise CircuitsError(bad("kind", kind, f"one of {ABLATIONS}"))
@@ -181,11 +182,11 @@ def removal(model: Any, task: Any, remove: Sequence[Component], kind: str = "pat
         grouped += [Attn(layer)] if len(heads) == n_heads else heads
         grouped += [c for c in cs if isinstance(c, MLP)]
     if kind == "patch":
-        return I.patch(model, grouped)
+        return I.patch(model, grouped, positions=positions)
     if kind == "mean":
         # Per position, over the prompts being run (or over ``reference``).
-        return I.ablate(model, grouped, "position_mean", reference=reference)
-    return I.ablate(model, grouped, kind, seed=seed)
+        return I.ablate(model, grouped, "position_mean", reference=reference, positions=positions)
+    return I.ablate(model, grouped, kind, seed=seed, positions=positions)
 
 
 @dataclass
@@ -198,6 +199,7 @@ class _Runner:
     reference: Any
     seed: int
     store: ActivationStore
+    positions: Any = None
     _memo: dict[frozenset, Any] = field(default_factory=dict)
 
     def keep_only(self, keep: Iterable[Component]) -> Any:
@@ -211,25 +213,28 @@ class _Runner:
                 iv = None
             else:
                 iv = removal(self.model, self.task, sorted(key, key=_order), self.kind,
-                             reference=self.reference, seed=self.seed)
+                             reference=self.reference, seed=self.seed, positions=self.positions)
             self._memo[key] = self.task.scores(self.model, intervention=iv, activations=self.store).double()
         return self._memo[key]
 
     def measure(self, name: str, num: Any, den: Any, **prov: Any) -> Measurement:
         return Measurement.from_ratio(name, num.numpy(), den.numpy(), model=model_info(self.model).label,
-                                      provenance={"task": self.task.name, "ablation": self.kind, **prov})
+                                      provenance={"task": self.task.name, "ablation": self.kind,
+                                                  "positions": self.positions or "all", **prov})
 
 
 def _runner(model: Any, task: Any, kind: str, reference: Any, seed: int,
-            activations: ActivationStore | None) -> _Runner:
+            activations: ActivationStore | None, positions: Any = None) -> _Runner:
     if kind not in ABLATIONS:
         raise CircuitsError(bad("kind", kind, f"one of {ABLATIONS}"))
     for attr in ("prompts", "prompt_sets", "scores"):
         if not hasattr(task, attr):
             raise CircuitsError(bad("task", type(task).__name__,
                                     "a task with prompts, prompt_sets and scores() (e.g. tasks.greater_than)"))
+    if positions not in (None, "last"):
+        raise CircuitsError(bad("positions", positions, "None (every position) or 'last'"))
     return _Runner(model, task, kind, reference, seed,
-                   activations if activations is not None else default_store())
+                   activations if activations is not None else default_store(), positions)
 
 
 def _as_circuit(model: Any, circuit: Any) -> Circuit:
@@ -256,9 +261,10 @@ class Faithfulness:
 
 
 def faithfulness(model: Any, task: Any, circuit: Any, *, kind: str = "patch", reference: Any = None,
+                 positions: Any = None,
                  seed: int = 0, activations: ActivationStore | None = None) -> Faithfulness:
     """How much of the model's metric the circuit alone recovers (see the module docstring)."""
-    run = _runner(model, task, kind, reference, seed, activations)
+    run = _runner(model, task, kind, reference, seed, activations, positions)
     circ = _as_circuit(model, circuit)
     return _faithfulness(run, circ)
 
@@ -319,14 +325,14 @@ class Completeness:
 
 def completeness(model: Any, task: Any, circuit: Any, *, subsets: Sequence[Any] | None = None,
                  n_random: int = 4, kind: str = "patch", reference: Any = None, seed: int = 0,
-                 activations: ActivationStore | None = None) -> Completeness:
+                 positions: Any = None, activations: ActivationStore | None = None) -> Completeness:
     """Gaps ``(m(C \\ K) - m(M \\ K)) / (m(M) - m(∅))`` for subsets ``K`` of the circuit.
 
     ``subsets`` (component lists) are checked as given; by default, the whole circuit
     (``K = C``: the circuit's complement alone against nothing) and ``n_random``
     random halves of it (seeded).
     """
-    run = _runner(model, task, kind, reference, seed, activations)
+    run = _runner(model, task, kind, reference, seed, activations, positions)
     circ = _as_circuit(model, circuit)
     if not circ.components:
         raise CircuitsError("completeness of an empty circuit is not defined")
@@ -398,9 +404,10 @@ class Minimality:
 
 
 def minimality(model: Any, task: Any, circuit: Any, *, kind: str = "patch", reference: Any = None,
+               positions: Any = None,
                seed: int = 0, activations: ActivationStore | None = None) -> Minimality:
     """Cost ``(m(C) - m(C \\ {v})) / (m(M) - m(∅))`` of removing each ``v`` from the circuit."""
-    run = _runner(model, task, kind, reference, seed, activations)
+    run = _runner(model, task, kind, reference, seed, activations, positions)
     circ = _as_circuit(model, circuit)
     full, empty = run.removed(()), run.keep_only(())
     _check_range(full, empty, run)
@@ -476,7 +483,8 @@ class Robustness:
 def robustness(model: Any, task: Any, circuit: Any, *, kinds: Sequence[str] = ABLATIONS,
                faithful_above: float | None = 0.8, gaps_within: float | None = 0.2,
                costs_above: float | None = 0.0, n_random: int = 2, reference: Any = None,
-               seed: int = 0, activations: ActivationStore | None = None) -> Robustness:
+               seed: int = 0, positions: Any = None,
+               activations: ActivationStore | None = None) -> Robustness:
     """Faithfulness, completeness and minimality of one circuit under each ablation kind.
 
     A check is skipped by passing ``None`` for its criterion. Each verdict is taken on
@@ -501,17 +509,19 @@ def robustness(model: Any, task: Any, circuit: Any, *, kinds: Sequence[str] = AB
     store = activations if activations is not None else default_store()
     for k in kinds:
         if faithful_above is not None:
-            f = faithfulness(model, task, circ, kind=k, reference=reference, seed=seed, activations=store)
+            f = faithfulness(model, task, circ, kind=k, reference=reference, seed=seed, positions=positions,
+                             activations=store)
             cells.setdefault("faithfulness", {})[k] = Cell(
                 f.recovered, f.recovered.lower > faithful_above, f"recovered {_interval(f.recovered)}")
         if gaps_within is not None:
             c = completeness(model, task, circ, kind=k, n_random=n_random, reference=reference, seed=seed,
-                             activations=store)
+                             positions=positions, activations=store)
             ks, g = c.worst
             cells.setdefault("completeness", {})[k] = Cell(
                 g, g.lower > -gaps_within and g.upper < gaps_within, f"worst gap {_interval(g)} removing {_names(ks)}")
         if costs_above is not None:
-            mn = minimality(model, task, circ, kind=k, reference=reference, seed=seed, activations=store)
+            mn = minimality(model, task, circ, kind=k, reference=reference, seed=seed, positions=positions,
+                            activations=store)
             v, m = mn.weakest
             cells.setdefault("minimality", {})[k] = Cell(m, m.lower > costs_above, f"weakest {v}: {_interval(m)}")
     return Robustness(circ, kinds, cells, criteria)

@@ -236,3 +236,22 @@ def test_mean_ablated_circuit_agrees_with_transformer_lens(tiny_two_digit):
                       config=FaithfulnessConfig(ablation="mean"), mean_tokens=ref.tokens)
     tl_kept = tl.recovered * (tl.full_metric - tl.corrupt_metric) + tl.corrupt_metric
     assert float(ours.kept[0]) == pytest.approx(tl_kept, abs=1e-5)
+
+
+def test_last_position_circuits_touch_only_the_last_position(tiny, years, store):
+    circ = C.Circuit.of(tiny, "L0H1 mlp1")
+    iv = C.removal(tiny, years, circ.complement(tiny), "patch", positions="last")
+    ps = years.prompts
+    got = store.get(tiny, ps, [H.z(1)], iv)[H.z(1)]
+    clean = store.get(tiny, ps, [H.z(1)])[H.z(1)]
+    corr = store.get(tiny, ps.corrupted, [H.z(1)])[H.z(1)]
+    rows, last = torch.arange(len(ps)), ps.last
+    torch.testing.assert_close(got[rows, last], corr[rows, last])
+    before = torch.arange(got.shape[1]).unsqueeze(0) < last.unsqueeze(1)
+    torch.testing.assert_close(got[before], clean[before])
+    f = C.faithfulness(tiny, years, circ, positions="last", activations=store)
+    assert f.recovered.provenance["positions"] == "last"
+    # Removing everything at the last position leaves the last residual of the corrupted run.
+    torch.testing.assert_close(f.empty, years.scores(tiny, activations=store, corrupted=True), atol=1e-5, rtol=0)
+    with pytest.raises(CircuitsError, match="positions"):
+        C.faithfulness(tiny, years, circ, positions=(1, 2))
