@@ -139,7 +139,22 @@ def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, 
                                    provenance={"task": task.name, **prov}, record=False)
 
 
+def prefetch(model: Any, task: Any, store: ActivationStore) -> None:
+    """Every activation a sweep reads, in one forward per prompt set: each layer's clean
+    residual (where resumed forwards start) and each head's and MLP's output on the clean
+    and corrupted prompts (the values patched in or frozen). Without this, each layer's
+    first patch would cost extra forwards to fetch them."""
+    from . import hooks as H
+
+    L = model.cfg.n_layers
+    outputs = [H.z(layer) for layer in range(L)] + [H.mlp_out(layer) for layer in range(L)]
+    for ps in task.prompt_sets:
+        store.get(model, ps, [H.resid_pre(layer) for layer in range(1, L)] + outputs)
+        store.get(model, ps.corrupted, outputs)
+
+
 def _baselines(model: Any, task: Any, store: ActivationStore) -> tuple[Any, float, float]:
+    prefetch(model, task, store)
     clean = task.scores(model, activations=store).double()
     corrupted = task.scores(model, activations=store, corrupted=True).double()
     return clean, float(clean.mean()), float(corrupted.mean())

@@ -22,11 +22,15 @@ WORDS = (
 
 def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                          n_kv_heads: int | None = None, d_mlp: int = 128, seed: int = 0,
-                         words: Iterable[str] = WORDS, two_digit_numbers: bool = False) -> Path:
+                         words: Iterable[str] = WORDS, two_digit_numbers: bool = False,
+                         arch: str = "llama") -> Path:
     """Write a random tiny Llama checkpoint + tokenizer to ``path`` and return it.
 
     Numbers are split one token per digit (like SmolLM2 or Llama), or with
     ``two_digit_numbers=True`` into two-digit tokens "00".."99" (like GPT-2's years).
+    ``arch="gpt2"`` writes a GPT-2 architecture instead (LayerNorm with biases, learned
+    positions, attention biases; ``n_kv_heads`` does not apply), to exercise claims
+    written for GPT-2 without its weights.
     """
     import torch
     from tokenizers import Tokenizer, decoders, pre_tokenizers
@@ -52,6 +56,22 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
                                    pad_token="<pad>", eos_token="<pad>")
     fast.save_pretrained(str(path))
     torch.manual_seed(seed)
+    if arch not in ("llama", "gpt2"):
+        raise ValueError(f"arch={arch!r}: 'llama' or 'gpt2'")
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        gcfg = GPT2Config(vocab_size=len(vocab_list), n_positions=128, n_embd=d_model, n_layer=n_layers,
+                          n_head=n_heads, n_inner=d_mlp, bos_token_id=vocab["<bos>"],
+                          eos_token_id=vocab["<pad>"], pad_token_id=vocab["<pad>"], tie_word_embeddings=False)
+        gmodel = GPT2LMHeadModel(gcfg)
+        with torch.no_grad():
+            for name, p in gmodel.named_parameters():
+                if ".ln_" in name and name.endswith("weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        gmodel.save_pretrained(str(path))
+        (path / "TINY.json").write_text(json.dumps({"seed": seed, "n_layers": n_layers, "arch": arch}))
+        return path
     cfg = LlamaConfig(vocab_size=len(vocab_list), hidden_size=d_model, intermediate_size=d_mlp,
                       num_hidden_layers=n_layers, num_attention_heads=n_heads,
                       num_key_value_heads=n_kv_heads or n_heads, max_position_embeddings=128,
