@@ -237,8 +237,13 @@ def position_grid(sweep_: Sweep, model: Any) -> tuple[np.ndarray, list[int]]:
 LOGITS = "logits"
 
 
-def path_intervention(model: Any, sender: Component, receivers: Any = LOGITS) -> I.Interventions:
-    """The intervention that patches the path ``sender -> receivers`` (see the module doc)."""
+def path_intervention(model: Any, sender: Component, receivers: Any = LOGITS, *,
+                      freeze_mlps: bool = True) -> I.Interventions:
+    """The intervention that patches the path ``sender -> receivers`` (see the module doc).
+
+    ``freeze_mlps=False`` lets MLPs off the path recompute (only heads are frozen), so
+    paths through MLPs count as part of the sender's path (the IOI paper's convention).
+    """
     if isinstance(sender, Attn):
         raise CircuitsError("path patching takes one head or MLP as the sender")
     senders = expand(model, [sender])
@@ -254,7 +259,8 @@ def path_intervention(model: Any, sender: Component, receivers: Any = LOGITS) ->
             raise CircuitsError(f"no receiver in {_names(expand(model, receivers))} is downstream of {s}")
         last = max(r.layer for r in recv)
     keep = {s, *recv}
-    frozen = [c for c in nodes(model) if s.layer <= c.layer <= last and c not in keep and _downstream(s, c)]
+    frozen = [c for c in nodes(model) if s.layer <= c.layer <= last and c not in keep and _downstream(s, c)
+              and (freeze_mlps or not isinstance(c, MLP))]
     step1 = I.patch(model, [s]) + (_freeze(model, frozen) if frozen else I.nothing())
     if receivers == LOGITS:
         return step1
@@ -281,14 +287,14 @@ def _freeze(model: Any, comps: Sequence[Component]) -> I.Interventions:
     return I.freeze(model, grouped)
 
 
-def path_patch(model: Any, task: Any, sender: Any, receivers: Any = LOGITS, *,
+def path_patch(model: Any, task: Any, sender: Any, receivers: Any = LOGITS, *, freeze_mlps: bool = True,
                activations: ActivationStore | None = None) -> Measurement:
     """Effect per prompt of patching only the path ``sender -> receivers``."""
     _check_task(task)
     store = _store(activations)
     s = expand(model, [sender])
     clean = task.scores(model, activations=store).double()
-    iv = path_intervention(model, s[0] if s else sender, receivers)
+    iv = path_intervention(model, s[0] if s else sender, receivers, freeze_mlps=freeze_mlps)
     return _effect(model, task, iv, clean, store, f"path[{_names(s)}->{_recv_str(receivers)}]",
                    sender=_names(s), receivers=_recv_str(receivers))
 
@@ -300,7 +306,7 @@ def _recv_str(receivers: Any) -> str:
 
 
 def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGITS, *,
-               activations: ActivationStore | None = None) -> Sweep:
+               freeze_mlps: bool = True, activations: ActivationStore | None = None) -> Sweep:
     """Path patching from each sender to ``receivers`` (senders default: every head and MLP
     upstream of a receiver)."""
     _check_task(task)
@@ -313,10 +319,11 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
     effects = {}
     label = _recv_str(recv) if recv else LOGITS
     for s in bar(cands, f"path patching -> {label}", total=len(cands)):
-        iv = path_intervention(model, s, recv if recv else LOGITS)
+        iv = path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps)
         effects[s] = _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s),
                              receivers=label)
-    return Sweep(task.name, f"path patching to {label}", effects, c_mean, x_mean)
+    via = "" if freeze_mlps else " (MLPs recomputed)"
+    return Sweep(task.name, f"path patching to {label}{via}", effects, c_mean, x_mean)
 
 
 # -- discovery ----------------------------------------------------------------------------
@@ -338,7 +345,7 @@ class Discovery:
 
 
 def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float = 0.05,
-             max_rounds: int = 4, name: str = "discovered",
+             max_rounds: int = 4, name: str = "discovered", freeze_mlps: bool = True,
              activations: ActivationStore | None = None) -> Discovery:
     """Path patching from the logits backwards.
 
@@ -347,7 +354,8 @@ def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float 
     each later round path-patches the remaining candidates into the senders found in the
     round before (as one receiver set), and keeps those above the threshold. Stops when a
     round finds nothing new. ``candidates`` (default: every head and MLP) restricts the
-    senders tried, e.g. to the top of an attribution screen.
+    senders tried, e.g. to the top of an attribution screen. ``freeze_mlps`` as in
+    :func:`path_intervention`.
     """
     if not 0 <= threshold < 1:
         raise CircuitsError(bad("threshold", threshold, "a fraction in [0, 1)"))
@@ -364,7 +372,7 @@ def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float 
             senders = [c for c in senders if any(_downstream(c, r) for r in receivers)]
         if not senders:
             break
-        sw = path_sweep(model, task, senders, receivers, activations=store)
+        sw = path_sweep(model, task, senders, receivers, freeze_mlps=freeze_mlps, activations=store)
         new = tuple(sorted((c for c in sw.significant(threshold)), key=_order))
         rounds.append(sw)
         kept.append(new)
@@ -373,7 +381,7 @@ def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float 
         if receivers == LOGITS:
             edges += [(c, LOGITS) for c in new]
         else:
-            edges += _resolve_edges(model, task, new, receivers, threshold, store)
+            edges += _resolve_edges(model, task, new, receivers, threshold, store, freeze_mlps)
         found += list(new)
         receivers = new
     circuit = Circuit.of(model, found, edges=edges, name=name)
@@ -381,7 +389,8 @@ def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float 
 
 
 def _resolve_edges(model: Any, task: Any, senders: Sequence[Component], receivers: Sequence[Component],
-                   threshold: float, store: ActivationStore) -> list[tuple[Component, Component]]:
+                   threshold: float, store: ActivationStore,
+                   freeze_mlps: bool = True) -> list[tuple[Component, Component]]:
     """Which receiver each sender acts through: path patching per (sender, receiver);
     where no single receiver is significant, the sender is linked to every downstream
     receiver of the set (its effect is spread over them)."""
@@ -392,7 +401,8 @@ def _resolve_edges(model: Any, task: Any, senders: Sequence[Component], receiver
         downstream = [r for r in receivers if _downstream(s, r)]
         hits = []
         for r in downstream:
-            m = _effect(model, task, path_intervention(model, s, [r]), clean, store, f"path[{s}->{r}]")
+            m = _effect(model, task, path_intervention(model, s, [r], freeze_mlps=freeze_mlps), clean, store,
+                        f"path[{s}->{r}]")
             if (m.lower > 0 or m.upper < 0) and abs(m.mean / scale) >= threshold:
                 hits.append(r)
         out += [(s, r) for r in (hits or downstream)]

@@ -33,6 +33,10 @@ DOCS = ROOT / "docs" / "greater-than"
 CIRCUIT = ROOT / "claims" / "smollm2" / "data" / "greater_than_circuit.json"
 
 
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60)
@@ -60,6 +64,7 @@ def main() -> None:
     t["attribution_screen"] = time.perf_counter() - t0
     print(screen, flush=True)
 
+    say("exact activation patching of every head and MLP")
     t0 = time.perf_counter()
     exact = P.sweep(model, task, activations=store)
     t["exact_sweep_all"] = time.perf_counter() - t0
@@ -77,6 +82,7 @@ def main() -> None:
 
     if not args.skip_positions:
         sub = tasks.greater_than(model, n=args.position_n, seed=args.seed, name="greater_than:positions")
+        say("patching by position")
         t0 = time.perf_counter()
         pos = P.position_sweep(model, sub, activations=store)
         t["position_sweep"] = time.perf_counter() - t0
@@ -93,6 +99,7 @@ def main() -> None:
     cands = list(screen.top(args.candidates))
     missed = [c for c in exact.significant(args.threshold) if c not in cands]
     out["exact_hits_missed_by_screen"] = [str(c) for c in missed]
+    say("path patching from the logits backwards")
     t0 = time.perf_counter()
     found = P.discover(model, task, candidates=cands + missed, threshold=args.threshold,
                        name="smollm2-greater-than", activations=store)
@@ -105,6 +112,7 @@ def main() -> None:
                             title="path patching: direct path to the logits (screened candidates)")
 
     circ = found.circuit
+    say("circuit checks")
     t0 = time.perf_counter()
     faith = C.faithfulness(model, task, circ, activations=store)
     mini = C.minimality(model, task, circ, activations=store)

@@ -9,6 +9,11 @@ def _import_modules_once():
     # before any inner run, so all runs share one copy.
     import transformer_lens.model_bridge  # noqa: F401
 
+    try:   # the HTML report imports pyplot inside runs; a second copy breaks later plots
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+
     import pytest_circuits.activations  # noqa: F401
     import pytest_circuits.metrics  # noqa: F401
     import pytest_circuits.models  # noqa: F401
