@@ -420,6 +420,76 @@ def minimality(model: Any, task: Any, circuit: Any, *, kind: str = "patch", refe
     return Minimality(circ, kind, costs)
 
 
+# -- building a circuit from a ranking -------------------------------------------------
+
+@dataclass(frozen=True)
+class Growth:
+    """The result of :func:`grow`: the circuit and the faithfulness after each step."""
+
+    circuit: Circuit
+    steps: tuple[tuple[int, Measurement], ...]     # (size, recovered)
+    reached: bool
+
+    def __repr__(self) -> str:
+        steps = "; ".join(f"{k}: {_interval(m)}" for k, m in self.steps)
+        return (f"Growth({self.circuit.name}, {len(self.circuit)} components, target "
+                f"{'reached' if self.reached else 'NOT reached'}; recovered by size: {steps})")
+
+
+def grow(model: Any, task: Any, ranking: Sequence[Any], *, target: float = 0.8, step: int = 1,
+         max_size: int | None = None, kind: str = "patch", reference: Any = None, seed: int = 0,
+         positions: Any = None, name: str = "grown",
+         activations: ActivationStore | None = None) -> Growth:
+    """Add components in ``ranking`` order (e.g. by exact patching effect), ``step`` at a
+    time, until faithfulness (``recovered``, its mean) reaches ``target``.
+
+    The target is checked on the mean, so judge the result on other prompts: a circuit
+    grown on one set and claimed on another is not tuned to its claim.
+    """
+    run = _runner(model, task, kind, reference, seed, activations, positions)
+    order: list[Component] = []
+    seen: set[Component] = set()
+    for c in ranking:
+        for x in expand(model, [c]):
+            if x not in seen:
+                seen.add(x)
+                order.append(x)
+    if step < 1:
+        raise CircuitsError(bad("step", step, "a positive int"))
+    limit = len(order) if max_size is None else min(max_size, len(order))
+    full, empty = run.removed(()), run.keep_only(())
+    _check_range(full, empty, run)
+    steps: list[tuple[int, Measurement]] = []
+    size = 0
+    while size < limit:
+        size = min(limit, size + step)
+        kept = run.keep_only(order[:size])
+        rec = run.measure(f"faithfulness.recovered[{name}:{size}]", kept - empty, full - empty)
+        steps.append((size, rec))
+        if rec.mean >= target:
+            return Growth(Circuit(tuple(sorted(order[:size], key=_order)), (), name), tuple(steps), True)
+    return Growth(Circuit(tuple(sorted(order[:size], key=_order)), (), name), tuple(steps), False)
+
+
+def prune(model: Any, task: Any, circuit: Any, *, min_cost: float = 0.0, kind: str = "patch",
+          reference: Any = None, seed: int = 0, positions: Any = None, name: str | None = None,
+          activations: ActivationStore | None = None) -> Circuit:
+    """Drop, one at a time and weakest first, the components whose removal from the circuit
+    costs at most ``min_cost`` (the upper bound of the cost's interval), re-measuring after
+    each drop; what is left passes ``minimality(...).assert_each_above`` only if its lower
+    bounds clear the amount, which :func:`minimality` then reports."""
+    circ = _as_circuit(model, circuit)
+    comps = list(circ.components)
+    while len(comps) > 1:
+        mini = minimality(model, task, Circuit(tuple(comps), (), circ.name), kind=kind, reference=reference,
+                          seed=seed, positions=positions, activations=activations)
+        v, m = min(mini.costs.items(), key=lambda kv: kv[1].upper)
+        if m.upper > min_cost:
+            break
+        comps.remove(v)
+    return Circuit(tuple(comps), (), name or circ.name)
+
+
 # -- the ablation-robustness matrix ---------------------------------------------------
 
 @dataclass(frozen=True)
@@ -527,7 +597,7 @@ def robustness(model: Any, task: Any, circuit: Any, *, kinds: Sequence[str] = AB
     return Robustness(circ, kinds, cells, criteria)
 
 
-__all__ = ["ABLATIONS", "Circuit", "Completeness", "Faithfulness", "Minimality", "Robustness",
-           "completeness", "expand", "faithfulness", "minimality", "nodes", "random_subsets", "removal",
-           "robustness"]
+__all__ = ["ABLATIONS", "Circuit", "Completeness", "Faithfulness", "Growth", "Minimality", "Robustness",
+           "completeness", "expand", "faithfulness", "grow", "minimality", "nodes", "prune", "random_subsets",
+           "removal", "robustness"]
 

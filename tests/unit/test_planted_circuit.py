@@ -101,3 +101,16 @@ def test_the_planted_circuit_passes_the_checks_under_patch_and_mean_ablation(pla
                        costs_above=0.05, activations=store)
     print(rob.table())
     rob.assert_holds()
+
+
+def test_grow_and_prune_rebuild_the_circuit_from_the_patching_ranking(planted, task, truth, store):
+    sw = P.sweep(planted, task, activations=store)
+    grown = C.grow(planted, task, sw.ranking(), target=0.9, activations=store)
+    print(grown)
+    assert grown.reached and set(grown.circuit.components) == truth
+    assert [k for k, _ in grown.steps] == [1, 2, 3]
+    padded = C.Circuit.of(planted, sorted(truth, key=C._order) + ["L1H0", "mlp0", "L0H2"])
+    pruned = C.prune(planted, task, padded, min_cost=0.01, activations=store)
+    assert set(pruned.components) == truth
+    short = C.grow(planted, task, sw.ranking(), target=0.9, max_size=2, activations=store)
+    assert not short.reached and len(short.circuit) == 2 and "NOT reached" in repr(short)
