@@ -172,21 +172,28 @@ def removal(model: Any, task: Any, remove: Sequence[Component], kind: str = "pat
         raise CircuitsError(bad("kind", kind, f"one of {ABLATIONS}"))
     if not remove:
         return I.nothing()
-    n_heads = model.cfg.n_heads
-    per_layer: dict[int, list[Component]] = {}
-    for c in remove:
-        per_layer.setdefault(c.layer, []).append(c)
-    grouped: list[Any] = []
-    for layer, cs in sorted(per_layer.items()):
-        heads = [c for c in cs if isinstance(c, Head)]
-        grouped += [Attn(layer)] if len(heads) == n_heads else heads
-        grouped += [c for c in cs if isinstance(c, MLP)]
+    grouped = by_layer(model, remove)
     if kind == "patch":
         return I.patch(model, grouped, positions=positions)
     if kind == "mean":
         # Per position, over the prompts being run (or over ``reference``).
         return I.ablate(model, grouped, "position_mean", reference=reference, positions=positions)
     return I.ablate(model, grouped, kind, seed=seed, positions=positions)
+
+
+def by_layer(model: Any, comps: Sequence[Component]) -> list[Component]:
+    """``comps`` with each layer whose heads are all present written as one ``Attn``
+    (one replacement of that layer's ``hook_z`` instead of one per head)."""
+    n_heads = model.cfg.n_heads
+    per_layer: dict[int, list[Component]] = {}
+    for c in comps:
+        per_layer.setdefault(c.layer, []).append(c)
+    grouped: list[Component] = []
+    for layer, cs in sorted(per_layer.items()):
+        heads = [c for c in cs if isinstance(c, Head)]
+        grouped += [Attn(layer)] if len(heads) == n_heads else heads
+        grouped += [c for c in cs if isinstance(c, MLP)]
+    return grouped
 
 
 @dataclass

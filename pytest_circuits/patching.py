@@ -36,7 +36,7 @@ import numpy as np
 
 from . import interventions as I
 from .activations import ActivationStore, default_store
-from .circuits import Circuit, _names, _order, expand, nodes, removal
+from .circuits import Circuit, _names, _order, by_layer, expand, nodes, removal
 from .components import MLP, Attn, Component, Head
 from .errors import CircuitsError, bad
 from .measurement import Measurement
@@ -275,16 +275,7 @@ def _downstream(s: Component, c: Component) -> bool:
 
 
 def _freeze(model: Any, comps: Sequence[Component]) -> I.Interventions:
-    n_heads = model.cfg.n_heads
-    per_layer: dict[int, list[Component]] = {}
-    for c in comps:
-        per_layer.setdefault(c.layer, []).append(c)
-    grouped: list[Any] = []
-    for layer, cs in sorted(per_layer.items()):
-        heads = [c for c in cs if isinstance(c, Head)]
-        grouped += [Attn(layer)] if len(heads) == n_heads else heads
-        grouped += [c for c in cs if isinstance(c, MLP)]
-    return I.freeze(model, grouped)
+    return I.freeze(model, by_layer(model, comps))
 
 
 def path_patch(model: Any, task: Any, sender: Any, receivers: Any = LOGITS, *, freeze_mlps: bool = True,
