@@ -11,7 +11,9 @@ The thresholds below are NOT measured by this project (it has no GPT-2 weights):
 the paper's numbers with a margin for our own prompt sampling (PD 81.7%, cutoff sharpness
 5.9%, circuit PD 72.7% = 89.5% of the model's). A failure here is a disagreement with the
 paper worth reading, not necessarily a bug; record the measurement beside each threshold
-once it has been run (as the SmolLM2 claims do).
+once it has been run (as the SmolLM2 claims do). The paper gives no number for other
+ablations, so no robustness claim is made here; ``circuits.robustness`` prints the matrix
+for anyone who wants to measure one.
 """
 
 import pytest
@@ -63,12 +65,3 @@ def test_paper_circuit_is_faithful(model, years, circuit, activations):
                    "circuit lowers PD")
 def test_paper_circuit_is_minimal(model, years, circuit, activations):
     C.minimality(model, years, circuit, positions="last", activations=activations).assert_each_above(0.0)
-
-
-@pytest.mark.claim(source=SOURCE, finding="the circuit's faithfulness does not hinge on the '01' corruption: "
-                   "it holds under resample and mean ablation too (reported for all four kinds)")
-def test_paper_circuit_under_other_ablations(model, years, circuit, activations):
-    rob = C.robustness(model, years, circuit, kinds=("patch", "resample", "mean", "zero"), faithful_above=0.5,
-                       gaps_within=None, costs_above=None, positions="last", activations=activations)
-    print(rob.table())
-    rob.assert_holds(kinds=("patch", "resample", "mean"))
