@@ -225,6 +225,10 @@ class _Runner:
         return self._memo[key]
 
     def measure(self, name: str, num: Any, den: Any, **prov: Any) -> Measurement:
+        # The ablation kind (and positions) are part of the name: the same check under two
+        # ablations is two different measurements, in baselines and reports alike.
+        how = f"{self.kind}" + (", last position" if self.positions == "last" else "")
+        name = f"{name[:-1]}; {how}]" if name.endswith("]") else f"{name}[{how}]"
         return Measurement.from_ratio(name, num.numpy(), den.numpy(), model=model_info(self.model).label,
                                       provenance={"task": self.task.name, "ablation": self.kind,
                                                   "positions": self.positions or "all", **prov})

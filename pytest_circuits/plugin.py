@@ -15,15 +15,20 @@ import pytest
 
 SESSION_KEY = pytest.StashKey["Any"]()
 MEASUREMENTS_KEY = pytest.StashKey[list]()
+EXPECTED_CHANGE_KEY = pytest.StashKey[str]()
+CLAIM_COUNT_KEY = pytest.StashKey[int]()
 
 _MARKERS = (
     "claim(source=None, finding=None): a stated interpretability finding; `finding` is the "
     "sentence the claim checks, `source` where it comes from (e.g. 'arXiv:2305.00586')",
-    "model(*names): the model(s) a claim is asserted against (overridden by --circuits-model)",
+    "model(*names, optional=None): the model(s) a claim is asserted against (overridden by "
+    "--circuits-model); optional='why' declares that these models may be missing here: the claim "
+    "is then reported as not checked instead of failing under --circuits-require-models",
     "baseline(tolerance='3se'): the drift tolerance of this claim's measurements against their "
     "baseline: one spec ('3se', 'abs:0.05', 'rel:0.1') or {metric: spec}",
-    "expect_change(model, reason): this claim is expected to fail on the named model (a strict "
-    "xfail: it fails if the claim still holds there)",
+    "expect_change(model, reason): this claim's assertion is expected to fail on the named model "
+    "(a strict xfail on AssertionError only: it fails if the claim still holds there, and any other "
+    "exception is a failure)",
 )
 
 
@@ -64,6 +69,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "written for the other models", default="")
     add("--circuits-baseline-tolerance", "circuits_baseline_tolerance", "default drift tolerance: "
         "'3se' (standard errors), 'abs:X' or 'rel:X' (default 3se)", default="3se")
+    add("--circuits-familywise", "circuits_familywise", "family-wise error control over the claims "
+        "of the run: 'bonferroni' widens every measurement's interval to level 1 - 0.05/m (m = claims "
+        "collected) so that all the run's verdicts hold together at 95%%; 'none' (default): each "
+        "claim at 95%%", default="none")
     add("--circuits-report", "circuits_report", "write the results ledger as JSON to this path",
         default="")
     add("--circuits-markdown", "circuits_markdown", "write a Markdown claims x models table "
@@ -90,51 +99,114 @@ def pytest_configure(config: pytest.Config) -> None:
     from .progress import set_quiet
 
     set_quiet(config.get_verbosity() < 0)
-    config.stash[SESSION_KEY] = _LazySession(config)
+    # Every option is parsed and checked here, once: a bad value is a usage error (exit 4)
+    # before any claim runs, never a skip per claim.
+    config.stash[SESSION_KEY] = _LazySession(config, _settings(config))
+
+
+def _models(config: pytest.Config) -> tuple[list[str], bool]:
+    """The models asked for on the command line (repeatable) or in the ini file, and
+    whether they came from the command line."""
+    cli = [m for group in (config.getoption("circuits_model") or []) for m in
+           (group if isinstance(group, list) else [group])]
+    return (cli, True) if cli else (list(config.getini("circuits_model")), False)
+
+
+def _settings(config: pytest.Config) -> Any:
+    """Parse and check every option (each also an ini key); a bad value is a UsageError."""
+    from .session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name, default_cache_dir
+
+    c = config
+
+    def usage(msg: str) -> pytest.UsageError:
+        return pytest.UsageError(f"pytest-circuits: {msg}")
+
+    def integer(name: str, flag: str, low: int) -> int:
+        raw = _opt(c, name)
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise usage(f"{flag}={raw!r} is not valid: an integer") from None
+        if value < low:
+            raise usage(f"{flag}={value} is not valid: an integer >= {low}")
+        return value
+
+    models, from_cli = _models(c)
+    for name in models:
+        problem = check_model_name(name)
+        if problem:
+            raise usage(problem + ("" if from_cli else " (from the ini option circuits_model)"))
+    dtype = str(_opt(c, "circuits_dtype")).strip()
+    if dtype not in DTYPES:
+        raise usage(f"--circuits-dtype={dtype!r} is not valid: one of {', '.join(DTYPES)}")
+    device = str(_opt(c, "circuits_device")).strip()
+    problem = check_device(device)
+    if problem:
+        raise usage(problem)
+    familywise = str(_opt(c, "circuits_familywise")).strip().lower()
+    if familywise not in FAMILYWISE:
+        raise usage(f"--circuits-familywise={familywise!r} is not valid: one of {', '.join(FAMILYWISE)}")
+    cache = _opt(c, "circuits_cache_dir")
+    cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+    use_disk = not _opt(c, "circuits_no_cache")
+    if use_disk:
+        from . import activations
+
+        check = getattr(activations, "cache_dir_problem", None)
+        problem = check(cache_dir) if check is not None else None
+        if problem:
+            raise usage(f"--circuits-cache-dir={str(cache_dir)!r} cannot be used: {problem}. Pass a "
+                        "writable folder with --circuits-cache-dir (or $PYTEST_CIRCUITS_CACHE_DIR), or "
+                        "--circuits-no-cache to keep activations in memory only")
+    tolerance = _opt(c, "circuits_baseline_tolerance")
+    from .baselines import BaselineError, Tolerance
+
+    try:
+        Tolerance.parse(tolerance)
+    except BaselineError as e:
+        raise usage(f"--circuits-baseline-tolerance: {e}") from None
+    bdir = _opt(c, "circuits_baseline_dir")
+    return Settings(
+        models=models or Settings().models, models_from_cli=from_cli,
+        device=_worker_device(device), dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
+        batch_size=integer("circuits_batch_size", "--circuits-batch-size", 1),
+        seed=integer("circuits_seed", "--circuits-seed", 0),
+        require_models=bool(_opt(c, "circuits_require_models")),
+        baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of")),
+        baseline_dir=(c.rootpath / bdir) if bdir else None,
+        update_baselines=bool(_opt(c, "circuits_update_baselines")),
+        baseline_of=_opt(c, "circuits_baseline_of") or None,
+        baseline_tolerance=tolerance, familywise=familywise)
 
 
 class _LazySession:
     """Builds the Session (and imports torch) only when a claim first needs it."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, settings: Any) -> None:
         self.config = config
+        self.settings = settings
         self._session: Any = None
 
     def get(self) -> Any:
         if self._session is None:
             from .activations import set_default_store
-            from .session import Session, Settings, default_cache_dir
+            from .session import Session
 
-            c = self.config
-            cli_models = [m for group in (c.getoption("circuits_model") or []) for m in
-                          (group if isinstance(group, list) else [group])]
-            ini_models = c.getini("circuits_model")
-            try:
-                batch = int(_opt(c, "circuits_batch_size"))
-                seed = int(_opt(c, "circuits_seed"))
-            except ValueError as e:
-                raise pytest.UsageError(f"pytest-circuits: {e}") from None
-            if batch < 1:
-                raise pytest.UsageError(f"--circuits-batch-size={batch} is not valid: a positive int")
-            cache = _opt(c, "circuits_cache_dir")
-            bdir = _opt(c, "circuits_baseline_dir")
-            settings = Settings(
-                models=cli_models or list(ini_models) or Settings().models,
-                models_from_cli=bool(cli_models), device=_worker_device(_opt(c, "circuits_device")),
-                dtype=_opt(c, "circuits_dtype"),
-                cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
-                use_disk_cache=not _opt(c, "circuits_no_cache"), batch_size=batch, seed=seed,
-                require_models=bool(_opt(c, "circuits_require_models")),
-                baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of")),
-                baseline_dir=(c.rootpath / bdir) if bdir else None,
-                update_baselines=bool(_opt(c, "circuits_update_baselines")),
-                baseline_of=_opt(c, "circuits_baseline_of") or None,
-                baseline_tolerance=_opt(c, "circuits_baseline_tolerance"))
-            self._session = Session(settings)
-            if _opt(c, "circuits_clear_cache"):
+            from .activations import default_store
+
+            self._session = Session(self.settings)
+            if _opt(self.config, "circuits_clear_cache"):
                 self._session.clear_disk_cache()
+            self._previous_store = default_store()
             set_default_store(self._session.store)
         return self._session
+
+    def close(self) -> None:
+        """Give the process back the store it had before this run (pytester nests runs)."""
+        if self._session is not None:
+            from .activations import set_default_store
+
+            set_default_store(self._previous_store)
 
     @property
     def started(self) -> bool:
@@ -157,11 +229,14 @@ def _session(config: pytest.Config) -> Any:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    c = config
-    cli = [m for g in (c.getoption("circuits_model") or []) for m in (g if isinstance(g, list) else [g])]
-    models = cli or list(c.getini("circuits_model")) or ["smollm2-135m (default; @pytest.mark.model may choose)"]
-    return [f"circuits: models={', '.join(models)} device={_opt(c, 'circuits_device')} "
-            f"dtype={_opt(c, 'circuits_dtype')} seed={_opt(c, 'circuits_seed')}"]
+    st = config.stash[SESSION_KEY].settings
+    models = (st.models if st.models_from_cli or config.getini("circuits_model")
+              else ["smollm2-135m (default; @pytest.mark.model may choose)"])
+    line = (f"circuits: models={', '.join(models)} device={st.device} dtype={st.dtype} seed={st.seed}"
+            + (" require-models" if st.require_models else ""))
+    if st.familywise != "none":
+        line += f" familywise={st.familywise}"
+    return [line]
 
 
 # ----------------------------------------------------------------------------- collection
@@ -174,14 +249,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "model" not in metafunc.fixturenames or not _is_ours(metafunc):
         return
     c = metafunc.config
-    cli = [m for g in (c.getoption("circuits_model") or []) for m in (g if isinstance(g, list) else [g])]
+    st = c.stash[SESSION_KEY].settings
     marker = metafunc.definition.get_closest_marker("model")
-    if cli:
-        names = cli
+    if marker is not None:
+        unknown = set(marker.kwargs) - {"optional"}
+        if unknown:
+            raise pytest.UsageError(f"@pytest.mark.model in {metafunc.definition.nodeid} got unknown "
+                                    f"keyword(s) {sorted(unknown)}; valid: optional=\"why it may be missing\"")
+    if st.models_from_cli:
+        names = list(st.models)
     elif marker is not None and marker.args:
         names = list(marker.args)
     else:
-        names = list(c.getini("circuits_model")) or ["smollm2-135m"]
+        names = list(st.models)
     for n in names:
         if not isinstance(n, str) or not n:
             raise pytest.UsageError(f"@pytest.mark.model({n!r}) in {metafunc.definition.nodeid}: "
@@ -200,7 +280,13 @@ def _model_id(name: str) -> str:
     return p.name if (os.sep in name or name.startswith(".")) and p.name else name
 
 
+def _is_claim(item: pytest.Item) -> bool:
+    """A claim: an item marked ``@pytest.mark.claim`` or using the plugin's ``model`` fixture."""
+    return item.get_closest_marker("claim") is not None or _is_ours_item(item)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[CLAIM_COUNT_KEY] = sum(1 for item in items if _is_claim(item))
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "model" in params and _is_ours_item(item):
@@ -212,8 +298,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.expect_change(\"model\", "
                                             "reason=\"...\")")
                 if m.args[0] in (model_id, str(params["model"])):
-                    item.add_marker(pytest.mark.xfail(strict=True, reason=f"expected change on "
-                                                      f"{m.args[0]}: {m.kwargs['reason']}"))
+                    # Only the claim's own assertion failing is the expected change: any other
+                    # exception (a crash, a MeasurementError, an unavailable model) fails the item.
+                    reason = f"expected change on {m.args[0]}: {m.kwargs['reason']}"
+                    item.add_marker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+                    item.stash[EXPECTED_CHANGE_KEY] = reason
         for m in item.iter_markers("claim"):
             if m.args:
                 raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.claim(finding=..., source=...) "
@@ -237,12 +326,38 @@ def model(request: pytest.FixtureRequest, circuits_session: Any) -> Any:
     from .errors import ModelUnavailable
 
     name = getattr(request, "param", None) or circuits_session.settings.models[0]
+    # Loaded (or found unavailable, with the claim's own verdict) in pytest_runtest_setup.
+    return circuits_session.model(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Load the item's model before its fixtures, deciding per claim what a missing model means.
+
+    A model that cannot be loaded fails the claim under ``--circuits-require-models`` (the
+    README's claims command), unless the claim declares it optional with
+    ``@pytest.mark.model("gpt2", optional="why it may be missing")``; otherwise the claim is
+    skipped. Either way the summary counts it as not checked."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "model" not in params or not _is_ours_item(item):
+        return
+    from .errors import ModelUnavailable
+
+    session = _session(item.config)
+    name = params["model"]
     try:
-        return circuits_session.model(name)
-    except ModelUnavailable as e:
-        if circuits_session.settings.require_models:
+        session.model(name)
+        return
+    except ModelUnavailable as exc:
+        e = exc
+    if True:  # outside the except block, so the failure is not shown as a chained traceback
+        marker = item.get_closest_marker("model")
+        optional = marker.kwargs.get("optional") if marker is not None else None
+        if optional and name in marker.args and not session.settings.models_from_cli:
+            pytest.skip(f"not checked: model {name!r} is optional here ({optional}): {e}")
+        if session.settings.require_models:
             pytest.fail(f"model {name!r} unavailable (--circuits-require-models): {e}", pytrace=False)
-        pytest.skip(f"model {name!r} unavailable: {e}")
+        pytest.skip(f"not checked: model {name!r} unavailable: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -252,6 +367,57 @@ def activations(circuits_session: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- running
+FIXTURE_MEASUREMENTS_KEY = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """Measurements made while a fixture is set up belong to every claim that uses it."""
+    from .measurement import _RECORDERS
+
+    made: list[Any] = []
+    _RECORDERS.append(made)
+    try:
+        return (yield)
+    finally:
+        _RECORDERS.remove(made)
+        if made:
+            table = request.config.stash.setdefault(FIXTURE_MEASUREMENTS_KEY, {})
+            table[id(fixturedef)] = (fixturedef, made)
+
+
+def _fixture_measurements(item: pytest.Item) -> list[Any]:
+    """Measurements recorded by the fixtures (of any scope) that ``item`` uses, in setup order."""
+    table = item.config.stash.get(FIXTURE_MEASUREMENTS_KEY, {})
+    if not table:
+        return []
+    out: list[Any] = []
+    infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in getattr(item, "fixturenames", ()):
+        for fd in infos.get(name, ())[-1:]:
+            entry = table.get(id(fd))
+            if entry is not None and entry[0] is fd and getattr(fd, "cached_result", None) is not None:
+                out += entry[1]
+    return out
+
+
+def _distinct(recorded: list[Any]) -> tuple[list[Any], list[str]]:
+    """Drop repeated measurements (the same object, or the same name and numbers) and list
+    the names that two *different* measurements of one claim share."""
+    seen: dict[str, Any] = {}
+    out: list[Any] = []
+    clashes: list[str] = []
+    for m in recorded:
+        first = seen.get(m.name)
+        if first is None:
+            seen[m.name] = m
+            out.append(m)
+        elif first is not m and (first.values, first.lower, first.upper) != (m.values, m.lower, m.upper):
+            if m.name not in clashes:
+                clashes.append(m.name)
+    return out, clashes
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     lazy = item.config.stash[SESSION_KEY]
@@ -260,22 +426,44 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         return (yield)
     from .measurement import _RECORDERS
 
-    recorded: list[Any] = []
+    recorded: list[Any] = list(_fixture_measurements(item))
     item.stash[MEASUREMENTS_KEY] = recorded
     state = _seed(lazy.get().settings.seed)
     _RECORDERS.append(recorded)
     try:
         result = yield
     except BaseException:
+        recorded[:] = _distinct(recorded)[0]
         if recorded:   # the claim failed by itself: still report its drift, write nothing
             lazy.get().check_baseline(item, recorded, enforce=False)
         raise
     finally:
         _RECORDERS.remove(recorded)
         _restore(state)
+    recorded[:], clashes = _distinct(recorded)
+    if clashes:
+        pytest.fail(f"{item.nodeid} made different measurements with the same name: "
+                    f"{', '.join(repr(c) for c in clashes)}. Names identify measurements in baselines "
+                    "and reports; give each its own (most functions take name=...)", pytrace=False)
     if recorded:
         lazy.get().check_baseline(item, recorded)     # fails the claim on drift or a new baseline
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    """Family-wise control: with ``--circuits-familywise bonferroni`` every measurement of the
+    run is made at level ``1 - (1 - 0.95) / m`` for the ``m`` claims collected, so that all of
+    the run's verdicts hold together at 95% (each claim's assertions on its own measurements
+    form one intersection test, so the family is the claims)."""
+    from . import measurement as M
+
+    st = session.config.stash[SESSION_KEY].settings
+    m = session.config.stash.get(CLAIM_COUNT_KEY, 0)
+    if st.familywise == "none" or m <= 1:
+        return (yield)
+    with M.default_level(1.0 - (1.0 - st.level) / m):
+        return (yield)
 
 
 def _seed(seed: int) -> Any:
@@ -301,9 +489,14 @@ def _restore(state: Any) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
+    if _is_claim(item):
+        # Marks the report as a claim's (for the "checked / not checked" count, from xdist
+        # workers too) and says whether an xfail is this project's expected change.
+        report.user_properties.append(("circuits-claim", item.stash.get(EXPECTED_CHANGE_KEY, "")))
     recorded = item.stash.get(MEASUREMENTS_KEY, None)
     if call.when == "call" and recorded:
         record = item.config.stash[SESSION_KEY].get().record(item, recorded)
+        record["expected_change"] = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
         # user_properties travel with the reports (also from xdist workers); JUnit XML
         # takes them from the teardown report, which copies the item's.
         props = [("circuits", json.dumps(record))] + [
@@ -326,8 +519,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _CONFIGS.append(session.config)
 
 
+CLAIMS_KEY = pytest.StashKey[dict]()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when != "call" or not _CONFIGS:
+    if not _CONFIGS:
+        return
+    config = _CONFIGS[-1]
+    props = dict(report.user_properties)
+    if "circuits-claim" in props:
+        _count_claim(config, report, props["circuits-claim"])
+    if report.when != "call":
         return
     for key, value in report.user_properties:
         if key == "circuits":
@@ -335,7 +537,37 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             record["outcome"] = report.outcome
             if hasattr(report, "wasxfail"):
                 record["outcome"] = "xfailed" if report.skipped else "xpassed"
-            _CONFIGS[-1].stash.setdefault(RESULTS_KEY, []).append(record)
+            config.stash.setdefault(RESULTS_KEY, []).append(record)
+
+
+def _count_claim(config: pytest.Config, report: pytest.TestReport, expected_change: str) -> None:
+    """Each claim's verdict: checked (passed, failed, expected change...) or not checked, and why."""
+    verdicts = config.stash.setdefault(CLAIMS_KEY, {})
+    if report.when == "teardown":
+        if report.failed and report.nodeid not in verdicts:
+            verdicts[report.nodeid] = ("error", _reason(report))
+        return
+    if report.when == "setup" and report.passed:
+        return
+    if hasattr(report, "wasxfail"):
+        verdict = ("expected change" if expected_change else "xfailed") if report.skipped else "xpassed"
+        verdicts[report.nodeid] = (verdict, report.wasxfail)
+    elif report.skipped:
+        verdicts[report.nodeid] = ("not checked", _reason(report))
+    elif report.failed:
+        verdicts[report.nodeid] = ("failed" if report.when == "call" else "error", _reason(report))
+    else:
+        verdicts[report.nodeid] = ("passed", "")
+
+
+def _reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        text = str(lr[2])
+    else:
+        text = str(getattr(report, "longreprtext", "") or lr or "")
+    text = text.strip().splitlines()[-1] if text.strip() else ""
+    return text.removeprefix("Skipped: ")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -360,6 +592,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if config in _CONFIGS:
         _CONFIGS.remove(config)
+    lazy = config.stash.get(SESSION_KEY, None)
+    if lazy is not None:
+        lazy.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -367,7 +602,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr = terminalreporter
     results = config.stash.get(RESULTS_KEY, [])
-    if not results and not config.stash[SESSION_KEY].started:
+    verdicts = config.stash.get(CLAIMS_KEY, {})
+    if not results and not verdicts and not config.stash[SESSION_KEY].started:
         return
     tr.section("circuits")
     for r in results:
@@ -375,9 +611,40 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                       + (f"\n        finding: {r['finding']}" if r["finding"] else ""))
         for m in r["measurements"]:
             tr.write_line(f"        {_one_line(m)}")
+    for line in _claims_summary(config, verdicts, results):
+        tr.write_line(line)
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
             tr.write_line(line)
+
+
+def _claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
+                    results: list[dict[str, Any]]) -> list[str]:
+    """How many claims were checked (and how they came out), how many were not and why, and at
+    which confidence level their measurements were asserted."""
+    from collections import Counter
+
+    if not verdicts:
+        return []
+    counts = Counter(v for v, _ in verdicts.values())
+    checked = sum(n for v, n in counts.items() if v != "not checked")
+    order = ("passed", "failed", "error", "expected change", "xfailed", "xpassed")
+    parts = [f"{counts[v]} {v}" for v in order if counts[v]]
+    lines = [f"claims: {checked} checked ({', '.join(parts) or 'none'}), "
+             f"{counts['not checked']} not checked"]
+    reasons = Counter(r.removeprefix("not checked: ") for v, r in verdicts.values() if v == "not checked")
+    for reason, n in reasons.most_common():
+        lines.append(f"  not checked x{n}: {reason[:300]}")
+    levels = Counter(f"{m['level']:.4g}" for r in results for m in r["measurements"])
+    if levels:
+        st = config.stash[SESSION_KEY].settings
+        how = ", ".join(f"{n} at level {lv}" for lv, n in sorted(levels.items()))
+        family = (f"; family-wise ({st.familywise}) over {config.stash.get(CLAIM_COUNT_KEY, 0)} claims "
+                  f"collected: the run's verdicts hold together at {st.level:.0%}"
+                  if st.familywise != "none" else "; each claim on its own (no family-wise control: "
+                  "--circuits-familywise bonferroni)")
+        lines.append(f"measurements: {how}{family}")
+    return lines
 
 
 def _one_line(m: dict[str, Any]) -> str:

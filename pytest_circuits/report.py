@@ -71,7 +71,9 @@ def _cell(m: dict[str, Any]) -> str:
 
 
 def _verdict(r: dict[str, Any]) -> str:
-    return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL (expected change)",
+    if r["outcome"] == "xfailed" and r.get("expected_change"):
+        return "XFAIL (expected change)"
+    return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL",
             "xpassed": "XPASS"}.get(r["outcome"], r["outcome"].upper())
 
 

@@ -6,7 +6,6 @@ delegate to it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -45,6 +44,58 @@ class Settings:
     update_baselines: bool = False
     baseline_of: str | None = None
     baseline_tolerance: str = "3se"
+    familywise: str = "none"
+    level: float = 0.95
+
+
+DTYPES = ("float32", "fp32", "float64", "bfloat16", "bf16", "float16", "fp16")
+FAMILYWISE = ("none", "bonferroni")
+
+
+def check_device(device: str) -> str | None:
+    """What is wrong with a ``--circuits-device`` value on this machine (None when usable).
+
+    Only a CUDA request imports torch (to ask whether CUDA is there)."""
+    import re
+
+    if device in ("auto", "cpu", "mps"):
+        return None
+    if not re.fullmatch(r"cuda(:\d+)?", device or ""):
+        return f"--circuits-device={device!r} is not valid: auto, cpu, mps, cuda or cuda:N"
+    import torch
+
+    if not torch.cuda.is_available():
+        return (f"--circuits-device={device!r} is not valid: CUDA is not available on this machine "
+                "(use cpu or auto)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        return (f"--circuits-device={device!r} is not valid: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)")
+    return None
+
+
+def check_model_name(name: str) -> str | None:
+    """What is wrong with a model named on the command line or in the ini file (None when it
+    can be loaded as far as can be told without loading it): a registered name, an existing
+    checkpoint directory, or a name whose snapshot is in the local Hugging Face cache."""
+    from . import models as M
+
+    if not isinstance(name, str) or not name.strip():
+        return f"--circuits-model={name!r} is not valid: a non-empty model name or checkpoint directory"
+    if name in M.registered():
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None
+    looks_like_path = os.sep in name or name.startswith((".", "~")) or path.exists()
+    if looks_like_path:
+        return (f"--circuits-model={name!r} is not valid: no such checkpoint directory"
+                + (" (it is a file: pass the folder holding config.json)" if path.exists() else ""))
+    if M._cached_snapshot(M._official_name(name)) is None:
+        return (f"--circuits-model={name!r} is not valid: not a registered name "
+                f"({', '.join(sorted(M.registered()))}), not a checkpoint directory, and not in the "
+                "local Hugging Face cache (nothing is downloaded)")
+    return None
 
 
 def _measurements_key() -> Any:
@@ -128,59 +179,64 @@ class Session:
         model = self._model_of(item)
         cid = claim_id(item)
         dicts = [m.to_dict() for m in recorded]
-        entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts), dicts)}
         directory = st.baseline_dir or Path(str(item.config.rootpath)) / "claims" / "baselines"
         reference = st.baseline_of or model["label"]
         foreign = reference != model["label"]        # comparing with another model's baseline
         path = B.model_file(directory, reference)
-        try:
-            data = B.load(path)
+        try:   # every problem of the file, the entries or the marker fails this claim, naming it
+            entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts, cid), dicts)}
+            data = B.read(path)
+            policy = B.tolerance_policy(item.get_closest_marker("baseline"), st.baseline_tolerance)
+            verdict = B.verdict(entries, data, cid, policy, B.versions())
         except B.BaselineError as e:
             if not enforce:
                 return
             pytest.fail(str(e), pytrace=False)
         import warnings
 
-        if not foreign and model.get("fingerprint") and data.get("fingerprint") not in (None, model["fingerprint"]):
-            warnings.warn(f"{path} was recorded for weights {data.get('fingerprint')}, this run has "
+        if not foreign and model.get("fingerprint") and data.fingerprint not in (None, model["fingerprint"]):
+            warnings.warn(f"{path} was recorded for weights {data.fingerprint}, this run has "
                           f"{model['fingerprint']}", stacklevel=2)
-        then, now = data.get("versions") or {}, model.get("versions") or {}
-        changed = [f"{k} {then[k]} -> {now.get(k)}" for k in ("torch", "transformer_lens", "transformers")
-                   if k in then and then[k] != now.get(k)]
-        if changed and not st.update_baselines:
-            warnings.warn(f"{path} was recorded with other versions ({'; '.join(changed)}): small numeric "
-                          "drift is possible", stacklevel=2)
+        if verdict.version_changes and not st.update_baselines:
+            warnings.warn(f"{path}: {cid} was recorded with other versions ({'; '.join(verdict.version_lines())}): "
+                          "small numeric drift is possible", stacklevel=2)
+        if verdict.unused_tolerances:
+            warnings.warn(f"the baseline marker of {cid} sets a tolerance for "
+                          f"{', '.join(map(repr, verdict.unused_tolerances))}, which it did not record "
+                          f"(it recorded {', '.join(map(repr, entries))})", stacklevel=2)
         if not enforce:
-            marker = item.get_closest_marker("baseline")
-            tol = marker.kwargs.get("tolerance", st.baseline_tolerance) if marker else st.baseline_tolerance
-            with contextlib.suppress(B.BaselineError):
-                self._baseline_rows[item.nodeid] = B.compare(entries, data.get("claims", {}).get(cid, {}), tol)
+            self._baseline_rows[item.nodeid] = list(verdict.rows)
             return
         if st.update_baselines:
             if foreign:
                 pytest.fail(f"--circuits-update-baselines with --circuits-baseline-of={reference}: refusing to "
                             f"write {model['label']}'s measurements into {path}", pytrace=False)
-            B.update(path, model, cid, entries)
+            try:
+                B.update(path, model, cid, entries)
+            except B.BaselineError as e:
+                pytest.fail(str(e), pytrace=False)
             self._baseline_rows[item.nodeid] = [B.Row(k, e["mean"], e["mean"], "updated", 0.0)
                                                  for k, e in entries.items()]
             return
-        expected = data.get("claims", {}).get(cid, {})
-        marker = item.get_closest_marker("baseline")
-        tolerance = marker.kwargs.get("tolerance", st.baseline_tolerance) if marker else st.baseline_tolerance
-        try:
-            rows = B.compare(entries, expected, tolerance)
-        except B.BaselineError as e:
-            pytest.fail(f"{item.nodeid}: {e}", pytrace=False)
+        if verdict.problems:
+            pytest.fail("\n".join(verdict.problems) + f"\nfix these entries, or rewrite {cid}'s entries with "
+                        "--circuits-update-baselines", pytrace=False)
+        rows = list(verdict.rows)
         self._baseline_rows[item.nodeid] = rows
-        new = [r.metric for r in rows if r.baseline is None]
+        new = verdict.new
         if new and foreign:
             pytest.fail(f"no baseline for {', '.join(new)} of {cid} in {path} (the baseline of {reference}); "
                         f"run the claims on {reference} with --circuits-update-baselines first", pytrace=False)
         if new:
-            B.update(path, model, cid, {**expected, **entries})
+            B.update(path, model, cid, {**data.claims.get(cid, {}), **entries})
             pytest.fail(f"no baseline for {', '.join(new)} of {cid} on {model['label']}: written to {path}; "
                         "review and commit it, then rerun", pytrace=False)
-        bad = [r for r in rows if not r.ok]
+        for r in rows:
+            if r.wide and r.accepted:
+                warnings.warn(f"{cid}, {r.metric}: {r.flag}", stacklevel=2)
+        if verdict.untrusted or verdict.missing:
+            pytest.fail("\n".join(verdict.explain()) + f"\n{B.table(rows)}", pytrace=False)
+        bad = verdict.drifted
         if bad:
             obtained = B.model_file(directory, model["label"]).with_suffix(".obtained.json")
             B.update(obtained, model, cid, entries)
@@ -198,13 +254,13 @@ class Session:
         dicts = [m.to_dict() for m in recorded]
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
         measurements = []
-        for key, d in zip(metric_keys(dicts), dicts):
+        for key, d in zip(metric_keys(dicts, strict=False), dicts):
             d = {k: d[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")}
             d["key"] = key
             r = rows.get(key)
             d["baseline"] = None if r is None else {
                 "mean": r.baseline, "difference": r.difference, "tolerance": r.tolerance,
-                "allowed": r.allowed, "within": bool(r.ok)}
+                "allowed": r.allowed if r.finite_allowance else None, "within": bool(r.ok), "flag": r.flag}
             measurements.append(d)
         return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
                 "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",

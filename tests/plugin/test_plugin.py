@@ -79,14 +79,14 @@ def test_failing_claim_prints_measurement(pytester, tiny_dir, tmp_path):
                             "*circuits measurements*", "loss[[]ckpt[]] = * n=2"])
 
 
-def test_unavailable_model_is_skipped_with_reason(pytester, tmp_path):
+def test_unknown_model_on_the_command_line_is_a_usage_error(pytester, tmp_path):
+    """A typo in --circuits-model stops the run at once (exit 4), never a green run of skips."""
     _claim(pytester)
-    r = pytester.runpytest("--circuits-model=no-such-model-xyz", f"--circuits-cache-dir={tmp_path}", "-rs")
-    r.assert_outcomes(skipped=1)
-    r.stdout.fnmatch_lines(["*SKIPPED*model 'no-such-model-xyz' unavailable*not available offline*"])
-    r = pytester.runpytest("--circuits-model=no-such-model-xyz", f"--circuits-cache-dir={tmp_path}",
-                           "--circuits-require-models")
-    r.assert_outcomes(errors=1)
+    for name, why in [("no-such-model-xyz", "not in the local Hugging Face cache"),
+                      (str(tmp_path / "no" / "such-dir"), "no such checkpoint directory")]:
+        r = pytester.runpytest(f"--circuits-model={name}", f"--circuits-cache-dir={tmp_path}")
+        assert r.ret == pytest.ExitCode.USAGE_ERROR
+        r.stderr.fnmatch_lines([f"*--circuits-model=*is not valid*{why}*"])
 
 
 def test_missing_checkpoint_dir_is_explained(pytester, tmp_path):
@@ -95,7 +95,11 @@ def test_missing_checkpoint_dir_is_explained(pytester, tmp_path):
     empty.mkdir()
     r = pytester.runpytest(f"--circuits-model={empty}", f"--circuits-cache-dir={tmp_path}", "-rs")
     r.assert_outcomes(skipped=1)
-    r.stdout.fnmatch_lines(["*a checkpoint directory with config.json*"])
+    r.stdout.fnmatch_lines(["claims: 0 checked (none), 1 not checked",
+                            "  not checked x1: model * unavailable*a checkpoint directory with config.json*"])
+    r = pytester.runpytest(f"--circuits-model={empty}", f"--circuits-cache-dir={tmp_path}",
+                           "--circuits-require-models")
+    r.assert_outcomes(errors=1)
 
 
 def test_marker_chooses_model_and_cli_overrides(pytester, tiny_dir, tmp_path):
@@ -140,12 +144,23 @@ def test_bad_claim_marker_is_a_usage_error(pytester):
 
 def test_bad_option_values(pytester, tiny_dir, tmp_path):
     _claim(pytester)
-    r = pytester.runpytest(*_args(tiny_dir, tmp_path), "--circuits-dtype=float7", "-rs")
-    r.assert_outcomes(skipped=1)
-    r.stdout.fnmatch_lines(["*--circuits-dtype='float7' is not valid: one of float32*"])
-    r = pytester.runpytest(*_args(tiny_dir, tmp_path), "--circuits-batch-size=0")
-    assert r.ret != 0
-    assert "--circuits-batch-size=0 is not valid" in r.stdout.str() + r.stderr.str()
+    """Every bad option value is a usage error (exit 4) when pytest configures, before any claim."""
+    _claim(pytester)
+    cases = [("--circuits-dtype=float7", "--circuits-dtype='float7' is not valid: one of float32"),
+             ("--circuits-device=tpu", "--circuits-device='tpu' is not valid: auto, cpu, mps, cuda"),
+             ("--circuits-batch-size=0", "--circuits-batch-size=0 is not valid"),
+             ("--circuits-batch-size=many", "--circuits-batch-size='many' is not valid: an integer"),
+             ("--circuits-seed=-1", "--circuits-seed=-1 is not valid"),
+             ("--circuits-familywise=holmes", "--circuits-familywise='holmes' is not valid"),
+             ("--circuits-baseline-tolerance=3 sigma", "--circuits-baseline-tolerance")]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(("--circuits-device=cuda", "CUDA is not available on this machine"))
+    for option, message in cases:
+        r = pytester.runpytest(*_args(tiny_dir, tmp_path), option)
+        assert r.ret == pytest.ExitCode.USAGE_ERROR, option
+        assert message in r.stderr.str(), (option, r.stderr.str())
 
 
 def test_claims_do_not_leak_rng_state(pytester, tiny_dir, tmp_path):

@@ -1,0 +1,199 @@
+"""Fault injection on the release gate: a run must never be green on nothing.
+
+Each test plants one fault a user could make (a typo, a missing model, a crash under
+``expect_change``, a measurement made in a fixture, two measurements with one name) and
+checks the outcome is a clear failure or an honest "not checked", never a silent pass.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _import_modules_once():
+    # pytester's in-process runs drop modules first imported inside them: import ours first.
+    import transformer_lens.model_bridge  # noqa: F401
+
+    import pytest_circuits.activations  # noqa: F401
+    import pytest_circuits.metrics  # noqa: F401
+    import pytest_circuits.models  # noqa: F401
+    import pytest_circuits.session  # noqa: F401
+
+
+def _args(tmp_path) -> list[str]:
+    return [f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+
+
+def test_missing_model_fails_under_require_models_unless_declared_optional(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_m=f"""
+        import pytest
+
+        @pytest.mark.claim(finding="f")
+        @pytest.mark.model({str(tiny_dir)!r}, "no-such-model-xyz")
+        def test_required(model):
+            assert model.cfg.n_layers == 2
+
+        @pytest.mark.claim(finding="g")
+        @pytest.mark.model("no-such-model-xyz", optional="weights not available offline")
+        def test_optional(model):
+            assert False, "never runs"
+    """)
+    r = pytester.runpytest(*_args(tmp_path), "--circuits-require-models", "-rs")
+    # The required model's typo fails; the optional one is reported as not checked, not passed.
+    r.assert_outcomes(passed=1, errors=1, skipped=1)
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    r.stdout.fnmatch_lines(["claims: 2 checked (1 passed, 1 error), 1 not checked",
+                            "  not checked x1: model 'no-such-model-xyz' is optional here (weights not "
+                            "available offline)*"])
+    # Without --circuits-require-models every missing model is skipped, and counted.
+    r = pytester.runpytest(*_args(tmp_path))
+    r.assert_outcomes(passed=1, skipped=2)
+    r.stdout.fnmatch_lines(["claims: 1 checked (1 passed), 2 not checked"])
+
+
+def test_optional_does_not_cover_a_model_named_on_the_command_line(pytester, tiny_dir, tmp_path):
+    empty = tmp_path / "empty-ckpt"
+    empty.mkdir()
+    pytester.makepyfile(test_m="""
+        import pytest
+
+        @pytest.mark.model("gpt2", optional="weights not available offline")
+        def test_optional(model):
+            pass
+    """)
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={empty}", "--circuits-require-models")
+    r.assert_outcomes(errors=1)
+
+
+def test_expect_change_counts_only_the_claims_assertion(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_x="""
+        import pytest
+        from pytest_circuits import MeasurementError, Measurement
+
+        @pytest.mark.expect_change("ckpt", reason="the finding is gone on this checkpoint")
+        def test_assertion_fails(model):
+            Measurement.from_values("x", [0.0, 0.1, -0.1], model="ckpt").assert_above(1.0)
+
+        @pytest.mark.expect_change("ckpt", reason="a crash is not a changed finding")
+        def test_crashes(model):
+            raise MeasurementError("values=[] is not valid")
+
+        @pytest.mark.expect_change("ckpt", reason="a type error is not a changed finding")
+        def test_bug(model):
+            None.mean
+
+        @pytest.mark.xfail(reason="plain xfail")
+        def test_plain_xfail(model):
+            assert False
+    """)
+    report = tmp_path / "r.json"
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", "-rfxX",
+                           f"--circuits-report={report}")
+    r.assert_outcomes(xfailed=2, failed=2)
+    out = r.stdout.str()
+    assert "FAILED test_x.py::test_crashes[ckpt]" in out and "FAILED test_x.py::test_bug[ckpt]" in out
+    r.stdout.fnmatch_lines(["claims: 4 checked (2 failed, 1 expected change, 1 xfailed), 0 not checked"])
+    recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in json.loads(report.read_text())["records"]}
+    assert recs["test_assertion_fails"]["expected_change"].startswith("expected change on ckpt")
+    from pytest_circuits import report as R
+
+    assert R._verdict(recs["test_assertion_fails"]) == "XFAIL (expected change)"
+    assert R._verdict({"outcome": "xfailed", "expected_change": None}) == "XFAIL"
+
+
+def test_measurements_made_in_fixtures_are_recorded_for_each_claim(pytester, tiny_dir, tmp_path):
+    pytester.makeconftest("""
+        import pytest
+        from pytest_circuits import Measurement
+
+        @pytest.fixture(scope="session")
+        def shared(model):
+            return Measurement.from_values("made_in_session_fixture", [1.0, 2.0, 3.0], model="ckpt")
+
+        @pytest.fixture
+        def local(shared):
+            return Measurement.from_values("made_in_function_fixture", [4.0, 5.0], model="ckpt")
+    """)
+    pytester.makepyfile(test_f="""
+        import pytest
+
+        @pytest.mark.claim(finding="one")
+        def test_one(model, local):
+            local.assert_above(0)
+
+        @pytest.mark.claim(finding="two")
+        def test_two(model, shared):
+            shared.assert_above(0)
+    """)
+    report = tmp_path / "r.json"
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", f"--circuits-report={report}")
+    r.assert_outcomes(passed=2)
+    recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in json.loads(report.read_text())["records"]}
+    assert [m["name"] for m in recs["test_one"]["measurements"]] == ["made_in_session_fixture",
+                                                                     "made_in_function_fixture"]
+    assert [m["name"] for m in recs["test_two"]["measurements"]] == ["made_in_session_fixture"]
+
+
+def test_two_different_measurements_with_one_name_fail_the_claim(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_d="""
+        import pytest
+        from pytest_circuits import Measurement
+
+        @pytest.mark.claim(finding="names clash")
+        def test_clash(model):
+            a = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
+            b = Measurement.from_values("score", [3.0, 4.0], model="ckpt")
+            a.assert_above(0)
+
+        @pytest.mark.claim(finding="the same measurement twice is one measurement")
+        def test_same_twice(model):
+            a = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
+            b = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
+            a.assert_above(0)
+    """)
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}")
+    r.assert_outcomes(passed=1, failed=1)
+    r.stdout.fnmatch_lines(["*test_clash* made different measurements with the same name: 'score'*"])
+
+
+def test_familywise_bonferroni_widens_every_interval(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_fw=textwrap.dedent("""
+        import pytest
+        from pytest_circuits import Measurement
+
+        VALUES = [0.3, 0.5, 0.1, 0.9, 0.4, 0.7, 0.2, 0.6, 0.8, 0.35]
+
+        @pytest.mark.parametrize("i", range(4))
+        @pytest.mark.claim(finding="f")
+        def test_level(model, i):
+            m = Measurement.from_values(f"m{i}", VALUES, model="ckpt")
+            print("LEVEL", m.level, m.lower, m.upper)
+    """))
+    report = tmp_path / "r.json"
+    plain = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", f"--circuits-report={report}")
+    plain.assert_outcomes(passed=4)
+    m0 = json.loads(report.read_text())["records"][0]["measurements"][0]
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", "--circuits-familywise=bonferroni",
+                           f"--circuits-report={report}")
+    r.assert_outcomes(passed=4)
+    m1 = json.loads(report.read_text())["records"][0]["measurements"][0]
+    assert m0["level"] == pytest.approx(0.95)
+    assert m1["level"] == pytest.approx(1 - 0.05 / 4)
+    assert m1["lower"] < m0["lower"] and m1["upper"] > m0["upper"]
+    r.stdout.fnmatch_lines(["measurements: 4 at level 0.9875; family-wise (bonferroni) over 4 claims*"])
+
+
+def test_inner_run_gives_the_default_store_back(pytester, tiny_dir, tmp_path):
+    from pytest_circuits.activations import default_store
+
+    before = default_store()
+    pytester.makepyfile(test_s="""
+        def test_s(model, activations):
+            pass
+    """)
+    pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}").assert_outcomes(passed=1)
+    assert default_store() is before
