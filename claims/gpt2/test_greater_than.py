@@ -21,7 +21,7 @@ import pytest
 from pytest_circuits import circuits as C
 from pytest_circuits import tasks
 
-pytestmark = pytest.mark.model("gpt2")
+pytestmark = pytest.mark.model("gpt2", optional="GPT-2 weights cannot be downloaded here; see the module docstring")
 
 SOURCE = "arXiv:2305.00586"
 # The paper's circuit: attention heads at the last position and MLPs 8-11.
