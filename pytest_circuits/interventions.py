@@ -44,6 +44,8 @@ a tuple of absolute positions (which must exist in every prompt).
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -51,9 +53,17 @@ from . import hooks as H
 from .components import Component, Head, Neuron, parse_many
 from .components import Attn as _Attn
 from .components import Embed as _Embed
-from .errors import InterventionError, bad
+from .errors import InterventionError, NoOpInterventionWarning, bad
 
 KINDS = ("zero", "mean", "position_mean", "resample", "patch", "freeze", "rerouted")
+# Kinds that are meant to remove a component's information: one that leaves the output
+# as it was is flagged. (patch, freeze and rerouted may rightly equal the clean value:
+# patching where the corrupted prompt agrees, freezing what nothing upstream changed.)
+NOOP_KINDS = ("zero", "mean", "position_mean", "resample")
+NOOP_RTOL = 1e-5          # |replacement - original| <= NOOP_RTOL x their size: unchanged
+NOOP_FRACTION = 0.9       # warn when at least this fraction of the prompts is unchanged
+# (key, prompt digest, n) -> {row: unchanged?}, filled batch by batch during a forward
+_NOOP_LEDGER: dict[tuple[str, str, int], dict[int, bool]] = {}
 
 
 def _norm_positions(positions: Any) -> Any:
@@ -132,31 +142,97 @@ class Replace:
 
         hook = self.hook
         source = self._source(model, prompts, store, hook)       # None for zero
+        index = torch.as_tensor(index).reshape(-1)
         lengths = torch.tensor([prompts.lengths[int(i)] for i in index])
         slot = self._slot()
+        watch = self.kind in NOOP_KINDS
 
         def fn(t: Any, hook: Any = None) -> Any:
             t = t.clone()
             b, width = t.shape[0], t.shape[1]
             rows = torch.arange(b)
             if self.positions == "last":
-                pos = (lengths - 1).to(t.device)
+                where = (rows, (lengths - 1).to(t.device)) + slot
+                old = t[where].clone() if watch else None
                 if source is None:
-                    t[(rows, pos) + slot] = 0
+                    t[where] = 0
+                elif "mean" in source:
+                    t[where] = source["mean"].to(t.device, t.dtype)
                 else:
-                    t[(rows, pos) + slot] = source["last"][index].to(t.device, t.dtype)
+                    t[where] = source["last"][index].to(t.device, t.dtype)
+                if watch:
+                    self._watch(prompts, index, old.unsqueeze(1), t[where].unsqueeze(1), None)
                 return t
-            cols = slice(None) if self.positions is None else list(p for p in self.positions if p < width)
+            cols = list(range(width)) if self.positions is None else [p for p in self.positions if p < width]
+            where = (slice(None), cols) + slot
+            old = t[where].clone() if watch else None
             if source is None:
-                t[(slice(None), cols) + slot] = 0
+                t[where] = 0
             elif "mean" in source:
-                t[(slice(None), cols) + slot] = source["mean"].to(t.device, t.dtype)
+                t[where] = source["mean"].to(t.device, t.dtype)
             else:
                 full = source["full"][index][:, :width].to(t.device, t.dtype)
-                t[(slice(None), cols) + slot] = full[(slice(None), cols) + slot]
+                t[where] = full[where]
+            if watch:
+                real = torch.tensor(cols).unsqueeze(0) < lengths.unsqueeze(1)    # [b, cols]
+                self._watch(prompts, index, old, t[where], real)
             return t
 
         return [(hook, fn)]
+
+    def _watch(self, prompts: Any, index: Any, old: Any, new: Any, real: Any) -> None:
+        """Record, per prompt, whether the replacement left every replaced value as it was
+        (``old``/``new``: ``[b, positions, ...]``; ``real``: which positions are real tokens),
+        and warn once every prompt of the set has been seen and (nearly) all were unchanged."""
+        import torch
+
+        old = old.detach().to("cpu", torch.float64)
+        new = new.detach().to("cpu", torch.float64)
+        diff = (new - old).abs()
+        size = torch.maximum(old.abs(), new.abs())
+        if real is not None:
+            m = real.reshape(real.shape + (1,) * (diff.dim() - 2)).to(diff.dtype)
+            diff, size = diff * m, size * m
+        diff = diff.flatten(1).amax(1) if diff.dim() > 1 else diff
+        size = size.flatten(1).amax(1) if size.dim() > 1 else size
+        same = diff <= NOOP_RTOL * size
+        ledger = _NOOP_LEDGER.setdefault((self.key, prompts.digest, len(prompts)), {})
+        for i, s in zip(index.tolist(), same.tolist()):
+            ledger[int(i)] = bool(s)
+        if len(ledger) < len(prompts):
+            return
+        _NOOP_LEDGER.pop((self.key, prompts.digest, len(prompts)), None)
+        unchanged = sum(ledger.values())
+        if unchanged >= max(1, math.ceil(NOOP_FRACTION * len(prompts))):
+            warnings.warn(NoOpInterventionWarning(self.noop_message(unchanged, len(prompts), prompts.name)),
+                          stacklevel=2)
+
+    def noop_message(self, unchanged: int, n: int, name: str) -> str:
+        """Why this replacement changed nothing on ``unchanged`` of ``n`` prompts."""
+        where = (" at every position" if self.positions is None else " at the last position"
+                 if self.positions == "last" else f" at positions {self.positions}")
+        on = "every prompt" if unchanged == n else f"{unchanged} of {n} prompts"
+        c = self.component
+        if self.kind == "zero":
+            cause = (f"zero ablation of {c}{where}: its output there is already 0 on {on} of {name!r}, "
+                     "so the ablation removes nothing")
+        elif self.kind == "resample":
+            cause = (f"resample: {'every' if unchanged == n else f'on {unchanged} of {n} prompts the'} "
+                     f"prompt's source output for {c}{where} equals its own (in {name!r}; e.g. every "
+                     "prompt ends in the same tokens with the same context), so the ablation removes "
+                     "nothing; resample from prompts whose outputs differ, or use kind='mean' with a "
+                     "reference set, or kind='zero'")
+        elif self.kind == "mean":
+            ref = self.reference.name if self.reference is not None else "?"
+            cause = (f"mean ablation of {c}{where}: the mean over the reference {ref!r} equals the "
+                     f"output on {on} of {name!r}, so the ablation removes nothing; use a reference "
+                     "set whose outputs differ")
+        else:
+            ref = self.reference.name if self.reference is not None else name
+            cause = (f"position_mean ablation of {c}{where}: the per-position mean over {ref!r} equals "
+                     f"the output on {on} of {name!r} (the outputs do not vary over the prompts), so "
+                     "the ablation removes nothing")
+        return cause + " — an effect of 0 measured under it is not evidence of no effect"
 
     # -- helpers -------------------------------------------------------------------
     @property

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from .errors import CircuitsError, bad
+
 SPECIALS = ["<unk>", "<bos>", "<pad>"]
 WORDS = (
     "the a of to in is was and from year lasted war expedition project dynasty siege treaty "
@@ -30,7 +32,12 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
     ``two_digit_numbers=True`` into two-digit tokens "00".."99" (like GPT-2's years).
     ``arch="gpt2"`` writes a GPT-2 architecture instead (LayerNorm with biases, learned
     positions, attention biases; ``n_kv_heads`` does not apply), to exercise claims
-    written for GPT-2 without its weights.
+    written for GPT-2 without its weights. Every bias (query/key/value and attention
+    output, both MLP layers, both LayerNorms and the final one) and the learned position
+    embeddings are set to clearly non-zero random values (HF initialises biases to 0),
+    so a measurement that forgets a writer to the residual stream is caught on it.
+
+    ``n_kv_heads < n_heads`` (Llama) gives grouped-query attention, as in SmolLM2.
     """
     import torch
     from tokenizers import Tokenizer, decoders, pre_tokenizers
@@ -57,7 +64,9 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
     fast.save_pretrained(str(path))
     torch.manual_seed(seed)
     if arch not in ("llama", "gpt2"):
-        raise ValueError(f"arch={arch!r}: 'llama' or 'gpt2'")
+        raise CircuitsError(bad("arch", arch, "'llama' or 'gpt2'"))
+    if n_kv_heads is not None and (n_kv_heads < 1 or n_heads % n_kv_heads):
+        raise CircuitsError(bad("n_kv_heads", n_kv_heads, f"a divisor of n_heads={n_heads}"))
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -67,10 +76,17 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
         gmodel = GPT2LMHeadModel(gcfg)
         with torch.no_grad():
             for name, p in gmodel.named_parameters():
-                if ".ln_" in name and name.endswith("weight"):
+                if (".ln_" in name or name.startswith("transformer.ln_f")) and name.endswith("weight"):
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                elif name.endswith("bias"):
+                    # non-zero biases everywhere: attention (qkv, output), MLP (in, out), LayerNorms
+                    p.copy_(0.2 * torch.randn_like(p))
+                elif name == "transformer.wpe.weight":
+                    # learned positions of the same size as the token embeddings
+                    p.copy_(gmodel.transformer.wte.weight.std() * torch.randn_like(p))
         gmodel.save_pretrained(str(path))
-        (path / "TINY.json").write_text(json.dumps({"seed": seed, "n_layers": n_layers, "arch": arch}))
+        (path / "TINY.json").write_text(json.dumps({"seed": seed, "n_layers": n_layers, "arch": arch,
+                                                    "biases": "non-zero"}))
         return path
     cfg = LlamaConfig(vocab_size=len(vocab_list), hidden_size=d_model, intermediate_size=d_mlp,
                       num_hidden_layers=n_layers, num_attention_heads=n_heads,
@@ -84,5 +100,8 @@ def make_tiny_checkpoint(path: str | Path, *, n_layers: int = 2, d_model: int = 
             if "norm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
     model.save_pretrained(str(path))
-    (path / "TINY.json").write_text(json.dumps({"seed": seed, "n_layers": n_layers}))
+    meta = {"seed": seed, "n_layers": n_layers}
+    if n_kv_heads is not None and n_kv_heads != n_heads:
+        meta["n_kv_heads"] = n_kv_heads
+    (path / "TINY.json").write_text(json.dumps(meta))
     return path

@@ -7,10 +7,23 @@ unembedding column of token ``t`` (``W_U[:, t] - mean_vocab W_U``),
 
     DE(c) = out_c . w_t / s
 
-Because every writer to the residual stream is a component (embedding, each head,
-each MLP; the models have no attention/MLP biases) the direct effects plus the centred
-unembedding bias sum exactly to the centred logit (tested). This is direct logit
-attribution (DLA); compatibility mode folds the norms so the identity is exact.
+Every writer to the residual stream is accounted for: the components (token embedding,
+each head, each MLP, whose ``hook_mlp_out`` includes its output bias) and the
+*constants*, writers that are not components: learned positional embeddings
+(``hook_pos_embed``, where the model has them) and each layer's attention-output bias
+``b_O`` (a head's output is ``z_h @ W_O[h]``; the layer's ``b_O`` is written once,
+whatever the heads do). Compatibility mode folds the LayerNorm/RMSNorm weights and
+biases into the reading weights and ``b_U`` and centres the writing weights, so the
+direct effects of all writers plus the centred ``b_U[t]`` equal the centred logit.
+The logit is *read from the model* (the store's logits at the last position, centred
+over the vocabulary), not summed from the parts, so the identity is a real check:
+:func:`decompose` raises when it fails by more than float error (a writer the
+decomposition does not know, such as logit soft-capping or a scaled embedding). This is
+direct logit attribution (DLA).
+
+Zero-ablating an attention layer (``attn5``) replaces its heads' ``hook_z``: it removes
+the heads' outputs and keeps the layer's constant ``b_O`` (mean, resample and patch
+ablation of ``hook_z`` equal those of ``hook_attn_out``, since ``b_O`` is constant).
 
 **Total effect** of an intervention: the change of the centred logit of ``t``.
 
@@ -20,8 +33,18 @@ ablated run's own scale,
     TE = sum_c [DE_abl(c) - DE_clean(c)]  +  sum_c out'_c . w_t (1/s' - 1/s)
        = own change (the ablated components) + sum of downstream ΔDE + norm term
 
-exactly, by construction. Downstream components with large positive ΔDE compensate
-(the Hydra effect); a late MLP whose negative DE shrinks under ablation counterbalances.
+exactly, by construction (the sums run over every writer; a constant's ΔDE is 0, its
+change is in the norm term); it is checked against the total effect read from the
+ablated run's logits. Downstream components whose ΔDE has the sign of the lost effect
+(``-own``) make up for it, in one of two ways (:meth:`SelfRepair.role`):
+
+* **backup** (the Hydra effect): the component's clean DE has the sign of the lost
+  effect, or is ~0, and grows: it does more of the same job;
+* **released suppression** (anti-erasure): its clean DE *opposes* the lost effect and
+  shrinks toward 0: it suppressed the answer because of what was ablated, and
+  suppresses less without it (e.g. a late MLP counterbalancing, or an eraser).
+
+Ranking both together as "compensators" would call a released eraser a backup head.
 
 The token ``t`` is each prompt's answer (``token="answer"``, the default when the set
 has answers) or the clean run's top token (``token="top"``).
@@ -29,13 +52,15 @@ has answers) or the clean run's top token (``token="top"``).
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import hooks as H
 from ..activations import ActivationStore, default_store
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
-from ..errors import CircuitsError, ComponentError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import Measurement
 from ..models import info as model_info
@@ -56,7 +81,7 @@ def _block(name: str) -> int | None:
     base = H.base_name(name)
     if base.startswith("blocks."):
         return int(base.split(".")[1])
-    return -1 if base == H.EMBED else None
+    return -1 if base in (H.EMBED, H.POS_EMBED) else None
 
 
 def _hooks_needed(model: Any) -> list[str]:
@@ -99,11 +124,25 @@ def rows_of(components: Sequence[Component], c: Any) -> list[int]:
 
 @dataclass(frozen=True, eq=False)
 class Outputs:
-    """Each writer's output at each prompt's last position, and the final-norm scale."""
+    """Each writer's output at each prompt's last position, and the final-norm scale.
+
+    ``components``/``vectors`` are the writers that are components; ``constant_names``/
+    ``constants`` the others (positional embeddings, attention-output biases);
+    ``logits`` the model's own logits at the last position (when asked for)."""
 
     components: tuple[Component, ...]
     vectors: Any            # [C, n, d_model]
     scale: Any              # [n]
+    constant_names: tuple[str, ...] = ()
+    constants: Any = None   # [E, n, d_model]
+    logits: Any = None      # [n, d_vocab], read from the model
+
+    @property
+    def all_vectors(self) -> Any:
+        """Every writer's vector, components first: ``[C + E, n, d_model]``."""
+        import torch
+
+        return self.vectors if not self.constant_names else torch.cat([self.vectors, self.constants])
 
     def index(self, c: Component) -> int:
         try:
@@ -113,13 +152,40 @@ class Outputs:
                                      "(attention layers are the sum of their heads)")) from None
 
 
+def _pos_embed_hook(model: Any) -> str | None:
+    """The hook of learned positional embeddings added to the residual stream, if any."""
+    kind = getattr(model.cfg, "positional_embedding_type", "standard")
+    return H.POS_EMBED if kind == "standard" and H.POS_EMBED in model.hook_dict else None
+
+
+def attn_output_bias(model: Any) -> Any:
+    """``[n_layers, d_model]`` attention-output biases ``b_O`` (float64, CPU), or None when
+    the model has none (bias-free projections) or they are all 0."""
+    import torch
+
+    try:
+        b = model.b_O
+    except (AttributeError, RuntimeError):
+        return None
+    if b is None:
+        return None
+    b = b.detach().to("cpu", torch.float64)
+    return b if bool(b.abs().max() > 0) else None
+
+
 def outputs(model: Any, prompts: Any, *, intervention: Any = None,
-            store: ActivationStore | None = None) -> Outputs:
-    """Every writer's output vector at the last position (one forward, or none if cached)."""
+            store: ActivationStore | None = None, logits: bool = False) -> Outputs:
+    """Every writer's output vector at the last position (one forward, or none if cached);
+    with ``logits=True`` the model's logits at the last position too (same forward)."""
     import torch
 
     store = store if store is not None else default_store()
     names = _hooks_needed(model)
+    pos = _pos_embed_hook(model)
+    if pos is not None:
+        names.append(H.last(pos))
+    if logits:
+        names.append(H.LOGITS_LAST)
     first = getattr(intervention, "layer", 0) if intervention is not None and len(intervention.items) else 0
     if first > 0:
         # Writers before the first intervened layer are exactly as in the clean run: read
@@ -138,7 +204,20 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
         vecs += list(heads)
         vecs.append(acts[H.last(H.mlp_out(l))].double())
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
-    return Outputs(writers(model), torch.stack(vecs), scale)
+    n = scale.shape[0]
+    cnames: list[str] = []
+    consts: list[Any] = []
+    if pos is not None:
+        cnames.append("pos_embed")
+        consts.append(acts[H.last(pos)].double())
+    b_O = attn_output_bias(model)
+    if b_O is not None:
+        for l in range(L):
+            cnames.append(f"b_O[{l}]")
+            consts.append(b_O[l].expand(n, -1))
+    return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
+                   torch.stack(consts) if consts else None,
+                   acts[H.LOGITS_LAST].double() if logits else None)
 
 
 def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
@@ -151,27 +230,87 @@ def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
     return w.T, b                                                      # [n, d_model], [n]
 
 
-def direct_effects(outs: Outputs, w: Any, scale: Any | None = None) -> Any:
-    """``[C, n]`` direct effects, dividing by ``scale`` (default: the run's own)."""
+def direct_effects(outs: Outputs, w: Any, scale: Any | None = None, *, constants: bool = False) -> Any:
+    """``[C, n]`` direct effects, dividing by ``scale`` (default: the run's own); with
+    ``constants=True`` ``[C + E, n]``, the constants' rows after the components'."""
     s = outs.scale if scale is None else scale
-    return (outs.vectors * w.unsqueeze(0)).sum(-1) / s.unsqueeze(0)
+    vecs = outs.all_vectors if constants else outs.vectors
+    return (vecs * w.unsqueeze(0)).sum(-1) / s.unsqueeze(0)
+
+
+def centred_logit(logits: Any, ids: Any) -> Any:
+    """``logits[i, ids[i]] - mean_v logits[i, v]`` (float64): the logit the effects explain."""
+    import torch
+
+    lg = logits.double()
+    return lg[torch.arange(lg.shape[0]), ids] - lg.mean(-1)
+
+
+def identity_tolerance(model: Any, parts: Any) -> Any:
+    """Per-prompt tolerance of "the parts sum to the logit": float error of the model's
+    dtype over the sum of the parts' magnitudes (``parts``: ``[k, n]``)."""
+    import torch
+
+    dtype = getattr(model.cfg, "dtype", torch.float32)
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+    return 1e-5 + 64 * eps * parts.abs().sum(0)
+
+
+def _check_identity(model: Any, got: Any, want: Any, scale: Any, what: str, fix: str) -> None:
+    import torch
+
+    gap = (got - want).abs()
+    tol = identity_tolerance(model, scale)
+    if not bool(torch.isfinite(got).all() and torch.isfinite(want).all()):
+        raise MeasurementError(bad(what, "non-finite values", "finite activations and logits"))
+    if bool((gap > tol).any()):
+        i = int((gap - tol).argmax())
+        raise MeasurementError(
+            f"{what} does not reproduce the logit read from the model: off by {float(gap[i]):.3g} on "
+            f"prompt {i} (tolerance {float(tol[i]):.2g}; {int((gap > tol).sum())} of {gap.shape[0]} "
+            f"prompts off). {fix}")
+
+
+_MISSING_WRITER = ("Some writer to the residual stream is not accounted for (the decomposition knows "
+                   "the embedding, learned positions, heads, attention-output biases and MLPs); e.g. "
+                   "logit soft-capping or a scaled embedding make direct effects inexact. Use a model "
+                   "in compatibility mode whose residual stream is the sum of these writers.")
 
 
 @dataclass(frozen=True, eq=False)
 class DirectEffects:
-    """Direct effects of every writer on token ``t`` (centred logits), per prompt."""
+    """Direct effects of every writer on token ``t`` (centred logits), per prompt.
+
+    ``values`` holds the components (``components``), ``constants`` the writers that are
+    not components (``"pos_embed"``, ``"b_O[l]"``), ``bias`` the centred ``b_U[t]``, and
+    ``logit`` the centred logit *read from the model*: ``values.sum(0) +
+    sum(constants.values()) + bias == logit`` is checked (``residual`` is the gap)."""
 
     model: str
     components: tuple[Component, ...]
     values: Any             # [C, n] float64
     bias: Any               # [n]  centred b_U[t]
-    logit: Any              # [n]  centred logit of t (sum of values + bias)
+    logit: Any              # [n]  centred logit of t, read from the model's logits
     token_ids: Any
     prompts: str
     provenance: dict = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)    # name -> [n] direct effect
+
+    @property
+    def parts_sum(self) -> Any:
+        """The sum of every writer's direct effect and the centred ``b_U[t]`` ``[n]``."""
+        return self.values.sum(0) + sum(self.constants.values()) + self.bias
+
+    @property
+    def residual(self) -> Any:
+        """``logit - parts_sum`` per prompt: float error only (checked by :func:`decompose`)."""
+        return self.logit - self.parts_sum
 
     def of(self, c: Any) -> Any:
-        """Per-prompt direct effect of ``c`` (an attention layer sums its heads)."""
+        """Per-prompt direct effect of ``c`` (an attention layer sums its heads), or of a
+        constant writer by name (``"pos_embed"``, ``"b_O[3]"``)."""
+        if isinstance(c, str) and c in self.constants:
+            return self.constants[c]
         return self.values[rows_of(self.components, c)].sum(0)
 
     def measure(self, c: Any, **kw: Any) -> Measurement:
@@ -188,16 +327,30 @@ class DirectEffects:
 
 def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: Any = None,
               activations: ActivationStore | None = None) -> DirectEffects:
-    """Direct effect of every writer on ``token`` (see module docstring)."""
+    """Direct effect of every writer on ``token`` (see module docstring); raises when the
+    parts do not sum to the logit read from the model."""
     store = activations if activations is not None else default_store()
     ids = targets(model, prompts, token, store)
-    outs = outputs(model, prompts, intervention=intervention, store=store)
+    outs = outputs(model, prompts, intervention=intervention, store=store, logits=True)
     w, b = _unembed_dirs(model, ids)
     values = direct_effects(outs, w)
+    consts = direct_effects(outs, w, constants=True)[len(outs.components):]
+    logit = centred_logit(outs.logits, ids)
     mi = model_info(model)
-    return DirectEffects(mi.label, outs.components, values, b, values.sum(0) + b, ids, prompts.name,
-                         {"model": mi.label, "prompts": prompts.name, "token": str(token),
-                          "intervention": intervention.key if intervention is not None else "none"})
+    de = DirectEffects(mi.label, outs.components, values, b, logit, ids, prompts.name,
+                       {"model": mi.label, "prompts": prompts.name, "token": str(token),
+                        "intervention": intervention.key if intervention is not None else "none"},
+                       dict(zip(outs.constant_names, consts)))
+    import torch
+
+    _check_identity(model, de.parts_sum, logit, torch.cat([values, consts, b.unsqueeze(0)]),
+                    "the sum of the direct effects", _MISSING_WRITER)
+    return de
+
+
+ROLES = ("backup", "released suppression", "amplifier", "none")
+SILENT_FRACTION = 0.1   # |clean DE| under 10% of the rise: the component was silent (backup)
+NOOP_RTOL = 1e-5        # |own ΔDE| under 1e-5 x |clean DE|: the ablation removed nothing
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,7 +359,15 @@ class SelfRepair:
 
     ``total = own + downstream + norm`` per prompt, where ``own`` is the ablated
     components' change of direct effect, ``downstream`` the sum of every other
-    component's ΔDE (upstream ones are exactly 0) and ``norm`` the final-norm term.
+    component's ΔDE (upstream ones are exactly 0) and ``norm`` the final-norm term
+    (which also holds the constant writers' change). ``measured_total`` is the same
+    total effect read from the logits of the two runs; :func:`self_repair` checks that
+    they agree.
+
+    Components that make up for the loss are told apart by :meth:`role`: ``"backup"``
+    (clean DE with the sign of the lost effect, or ~0, and it grows) or ``"released
+    suppression"`` (clean DE against the lost effect, shrinking toward 0);
+    ``"amplifier"`` for those whose ΔDE adds to the loss.
     """
 
     model: str
@@ -217,14 +378,21 @@ class SelfRepair:
     delta_de: Any                   # [C, n]  DE_abl - DE_clean, clean scale frozen
     norm_term: Any                  # [n]
     total: Any                      # [n]  centred logit change (from the decomposition)
-    clean_logit: Any                # [n]
+    clean_logit: Any                # [n]  centred logit of the clean run, read from the model
     prompts: str
     labels: tuple[str, ...] | None = None
+    measured_total: Any = None      # [n]  centred logit change read from the two runs' logits
+    constants: dict = field(default_factory=dict)   # name -> clean DE [n] of constant writers
 
     # -- per-prompt arrays -----------------------------------------------------------
     @property
     def own(self) -> Any:
         return self.delta_de[list(self.ablated)].sum(0)
+
+    @property
+    def lost(self) -> Any:
+        """The direct effect the ablation removed, ``-own`` per prompt."""
+        return -self.own
 
     @property
     def downstream(self) -> Any:
@@ -236,6 +404,64 @@ class SelfRepair:
 
     def delta(self, c: Any) -> Any:
         return self.delta_de[self._rows(c)].sum(0)
+
+    def clean(self, c: Any) -> Any:
+        """Per-prompt clean direct effect of ``c``."""
+        return self.clean_de[self._rows(c)].sum(0)
+
+    # -- roles -----------------------------------------------------------------------
+    @property
+    def lost_sign(self) -> float:
+        """+1 when the ablation removed a push toward the token (mean own ΔDE <= 0), else -1."""
+        return 1.0 if float(self.own.mean()) <= 0 else -1.0
+
+    def _role_of_means(self, clean: float, delta: float) -> str:
+        d, c = delta * self.lost_sign, clean * self.lost_sign
+        if d < 0:
+            return "amplifier"
+        if d == 0:
+            return "none"
+        return "backup" if c >= -SILENT_FRACTION * d else "released suppression"
+
+    def role(self, c: Any) -> str:
+        """How ``c`` responds to the ablation (on the means over prompts):
+
+        * ``"backup"``: its ΔDE has the sign of the lost effect and its clean DE has that
+          sign too, or is ~0 (under 10% of its rise): it does more of the same job;
+        * ``"released suppression"``: its ΔDE has the sign of the lost effect but its clean
+          DE opposes it: it suppressed the answer and suppresses less (anti-erasure);
+        * ``"amplifier"``: its ΔDE adds to the loss; ``"none"``: its ΔDE is exactly 0.
+        """
+        return self._role_of_means(float(self.clean(c).mean()), float(self.delta(c).mean()))
+
+    def ranking(self, k: int = 10, *, kind: str = "all",
+                include_ablated: bool = False) -> list[tuple[Component, float]]:
+        """Components by mean ΔDE in the direction of the lost effect (the largest
+        make-up first), with their mean ΔDE. ``kind``: ``"all"``, ``"backup"`` or
+        ``"released"`` (released suppression) — see :meth:`role`."""
+        kinds = {"all": None, "backup": "backup", "released": "released suppression"}
+        if kind not in kinds:
+            raise CircuitsError(bad("kind", kind, "'all', 'backup' or 'released'"))
+        means = self.delta_de.mean(1)
+        cleans = self.clean_de.mean(1)
+        order = (means * self.lost_sign).argsort(descending=True)
+        ablated = set(self.ablated)
+        out = []
+        for i in order.tolist():
+            if i in ablated and not include_ablated:
+                continue
+            if kinds[kind] is not None and self._role_of_means(float(cleans[i]), float(means[i])) != kinds[kind]:
+                continue
+            out.append((self.components[i], float(means[i])))
+        return out[:k]
+
+    def backups(self, k: int = 10) -> list[tuple[Component, float]]:
+        """:meth:`ranking` of the backup components only."""
+        return self.ranking(k, kind="backup")
+
+    def released_suppression(self, k: int = 10) -> list[tuple[Component, float]]:
+        """:meth:`ranking` of the components whose suppression the ablation released."""
+        return self.ranking(k, kind="released")
 
     # -- measurements ----------------------------------------------------------------
     def _m(self, name: str, values: Any, **prov: Any) -> Measurement:
@@ -252,39 +478,66 @@ class SelfRepair:
     def direct_effect(self, c: Any) -> Measurement:
         """Clean direct effect of ``c``."""
         comp = parse(c)
-        return self._m(f"DE({comp})", self.clean_de[self._rows(comp)].sum(0), component=str(comp))
+        return self._m(f"DE({comp})", self.clean(comp), component=str(comp))
 
     def compensation(self, by: Any) -> Measurement:
         """ΔDE of ``by`` under the ablation (positive: it makes up for the loss)."""
         comp = parse(by)
         return self._m(f"ΔDE({comp} | {self.ablation.key})", self.delta(comp), component=str(comp))
 
+    def _ablated_names(self) -> str:
+        return ", ".join(str(self.components[i]) for i in self.ablated) or "nothing"
+
+    def why_nothing_lost(self) -> str | None:
+        """Why the mean lost direct effect is 0, or None when it is not (a ratio over it
+        is then defined)."""
+        lost = self.lost
+        scale = float(self.clean_de[list(self.ablated)].sum(0).abs().mean()) if self.ablated else 0.0
+        tol = NOOP_RTOL * max(1.0, scale)
+        if abs(float(lost.mean())) > tol:
+            return None
+        what = f"the ablation {self.ablation.key} of {self._ablated_names()}"
+        if not self.ablated:
+            return f"{what} ablates no component"
+        if float(lost.abs().max()) <= tol:
+            if scale <= tol:
+                return (f"{what} removed no direct effect (own ΔDE = 0 on every prompt): the ablated "
+                        f"output has no direct effect on the token (clean DE ~0 on every prompt)")
+            return (f"{what} removed no direct effect (own ΔDE = 0 on every prompt, although its clean "
+                    f"DE is {float(self.clean_de[list(self.ablated)].sum(0).mean()):+.3g} on average): "
+                    "the replacement equals the clean output (a no-op ablation: e.g. every resampled "
+                    "source output is identical to the prompt's own)")
+        return (f"{what} removes {float(lost.max()):+.3g} on some prompts and {float(lost.min()):+.3g} on "
+                "others, which cancel to a mean of 0: a fraction of it is undefined; report "
+                "compensation() per component instead")
+
     def restored_fraction(self, by: Any) -> Measurement:
         """ΔDE(by) / (-own ΔDE): the fraction of the ablated direct effect that ``by`` restores."""
         comp = parse(by)
-        return Measurement.from_ratio(f"restored({comp} | {self.ablation.key})", self.delta(comp), -self.own,
+        why = self.why_nothing_lost()
+        if why is not None:
+            raise MeasurementError(f"restored fraction of {comp} is undefined: {why}")
+        return Measurement.from_ratio(f"restored({comp} | {self.ablation.key})", self.delta(comp), self.lost,
                                       model=self.model, labels=self.labels,
-                                      provenance={"ablation": self.ablation.key, "component": str(comp)})
+                                      provenance={"ablation": self.ablation.key, "component": str(comp),
+                                                  "role": self.role(comp)})
 
     def norm_effect(self) -> Measurement:
         return self._m(f"norm_term({self.ablation.key})", self.norm_term)
 
-    def ranking(self, k: int = 10, *, include_ablated: bool = False) -> list[tuple[Component, float]]:
-        """Components by mean ΔDE, most compensating first."""
-        means = self.delta_de.mean(1)
-        order = means.argsort(descending=True)
-        out = [(self.components[int(i)], float(means[i])) for i in order
-               if include_ablated or int(i) not in set(self.ablated)]
-        return out[:k]
-
     def table(self, k: int = 8) -> str:
-        """A readable summary: total, own, downstream, norm, and the top compensators."""
+        """A readable summary: total, own, downstream, norm, and the components that make
+        up for the loss, each labelled backup or released suppression."""
         rows = [f"self-repair under {self.ablation.key} on {self.prompts} (n={self.total.shape[0]}, means):",
                 f"  total effect  {float(self.total.mean()):+.4f}",
                 f"  own ΔDE       {float(self.own.mean()):+.4f}",
                 f"  downstream ΔDE{float(self.downstream.mean()):+.4f}",
-                f"  norm term     {float(self.norm_term.mean()):+.4f}"]
-        rows += [f"    {str(c):>8} ΔDE {v:+.4f}" for c, v in self.ranking(k)]
+                f"  norm term     {float(self.norm_term.mean()):+.4f}",
+                "  making up for the loss (ΔDE; clean DE -> ablated DE; role):"]
+        for c, v in self.ranking(k):
+            clean = float(self.clean(c).mean())
+            role = self.role(c)
+            rows.append(f"    {str(c):>8} ΔDE {v:+.4f}  DE {clean:+.4f} -> {clean + v:+.4f}  {role}")
         return "\n".join(rows)
 
     def __repr__(self) -> str:
@@ -296,7 +549,14 @@ class SelfRepair:
 def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample", token: Any = "answer",
                 positions: Any = "last", reference: Any = None, seed: int = 0,
                 activations: ActivationStore | None = None) -> SelfRepair:
-    """Ablate ``ablate`` (spelling(s), components, or an Interventions) and decompose its effect."""
+    """Ablate ``ablate`` (spelling(s), components, or an Interventions) and decompose its effect.
+
+    Raises when the decomposition does not reproduce the total effect read from the
+    logits; warns (:class:`~pytest_circuits.errors.NoOpInterventionWarning`) when an
+    ablated component's direct effect is unchanged on (nearly) every prompt although it
+    has one (the ablation replaced its output by an equal one)."""
+    import torch
+
     store = activations if activations is not None else default_store()
     if isinstance(ablate, Interventions):
         abl = ablate
@@ -304,21 +564,53 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
         abl = _ablate(model, ablate, kind, positions=positions, reference=reference, seed=seed)
     ids = targets(model, prompts, token, store)
     w, b = _unembed_dirs(model, ids)
-    clean = outputs(model, prompts, store=store)
-    after = outputs(model, prompts, intervention=abl, store=store)
-    de_clean = direct_effects(clean, w)
-    de_abl_frozen = direct_effects(after, w, scale=clean.scale)
-    delta = de_abl_frozen - de_clean
-    norm = de_abl_frozen.sum(0) * (clean.scale / after.scale - 1.0)
+    clean = outputs(model, prompts, store=store, logits=True)
+    after = outputs(model, prompts, intervention=abl, store=store, logits=True)
+    n_c = len(clean.components)
+    all_clean = direct_effects(clean, w, constants=True)                       # [C + E, n]
+    all_abl_frozen = direct_effects(after, w, scale=clean.scale, constants=True)
+    de_clean = all_clean[:n_c]
+    delta_all = all_abl_frozen - all_clean
+    delta = delta_all[:n_c]
+    norm = all_abl_frozen.sum(0) * (clean.scale / after.scale - 1.0) + delta_all[n_c:].sum(0)
     total = delta.sum(0) + norm
+    clean_logit = centred_logit(clean.logits, ids)
+    measured = centred_logit(after.logits, ids) - clean_logit
+    _check_identity(model, total, measured, torch.cat([all_clean, all_abl_frozen]),
+                    f"the self-repair decomposition of {abl.key}", _MISSING_WRITER)
     ablated: list[int] = []
     for item in abl:
         comp = item.component
         # a neuron's writer is its MLP
-        ablated += rows_of(clean.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
+        rows = rows_of(clean.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
+        ablated += rows
+        _warn_if_noop(item, de_clean[rows].sum(0), delta[rows].sum(0), prompts.name)
     mi = model_info(model)
     return SelfRepair(mi.label, abl, clean.components, tuple(sorted(set(ablated))), de_clean, delta, norm,
-                      total, de_clean.sum(0) + b, prompts.name, prompts.prompts)
+                      total, clean_logit, prompts.name, prompts.prompts, measured,
+                      dict(zip(clean.constant_names, all_clean[n_c:])))
+
+
+def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
+    """Warn when an ablation left a component's direct effect as it was on (nearly) every
+    prompt although the component has one (seen from the decomposition, so also when the
+    ablated run was served from the cache)."""
+    from ..interventions import NOOP_FRACTION, NOOP_KINDS
+
+    if getattr(item, "kind", None) not in NOOP_KINDS:
+        return
+    scale = float(clean_de.abs().mean())
+    if scale <= 1e-6:
+        return          # no direct effect to lose: nothing to tell from the decomposition
+    same = delta.abs() <= NOOP_RTOL * (clean_de.abs() + scale)
+    unchanged, n = int(same.sum()), int(same.shape[0])
+    if unchanged >= max(1, math.ceil(NOOP_FRACTION * n)):
+        warnings.warn(NoOpInterventionWarning(
+            f"the ablation {item.key} removed no direct effect of {item.component} on "
+            f"{'every prompt' if unchanged == n else f'{unchanged} of {n} prompts'} of {name!r} (own ΔDE = 0; "
+            f"clean DE {float(clean_de.mean()):+.3g} on average): its replacement equals the clean output "
+            f"(for resample: every prompt's source output for {item.component} equals its own) — an effect "
+            "of 0 measured under it is not evidence of no effect or of no backup"), stacklevel=3)
 
 
 def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = "resample",
@@ -369,7 +661,10 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = "resam
         dla = sr._m(f"DLA({comp}) vs {kind}", -sr.own, component=str(comp))
     causal = sr._m(f"causal({comp})", -sr.total, component=str(comp))
     over = dla.paired_difference(causal, name=f"DLA overstatement({comp})")
-    frac = Measurement.from_ratio(f"causal/DLA({comp})", -sr.total, -sr.own if kind != "zero" else sr.clean_de[sr._rows(comp)].sum(0),
+    why = sr.why_nothing_lost()
+    if why is not None:
+        raise MeasurementError(f"causal/DLA of {comp} is undefined: {why}")
+    frac = Measurement.from_ratio(f"causal/DLA({comp})", -sr.total, -sr.own if kind != "zero" else sr.clean(comp),
                                   model=sr.model, labels=sr.labels, provenance={"component": str(comp)})
     return DLAvsTotal(str(comp), dla, causal, over, frac, sr)
 
