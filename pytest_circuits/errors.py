@@ -38,3 +38,8 @@ class CacheWarning(UserWarning):
 def bad(name: str, value: object, valid: str) -> str:
     """Format the common message: what was given and what would be valid."""
     return f"{name}={value!r} is not valid: {valid}"
+
+
+class NoOpInterventionWarning(UserWarning):
+    """An ablation left the output it was meant to replace as it was (on nearly every
+    prompt), so an effect of 0 measured under it says nothing about the component."""

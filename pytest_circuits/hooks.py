@@ -49,6 +49,7 @@ def logprob_ids(name: str) -> list[int]:
     return [int(x) for x in name[len(LOGPROBS_LAST) + 1:-1].split(",")]
 
 EMBED = "hook_embed"
+POS_EMBED = "hook_pos_embed"   # learned positions added to the residual stream (GPT-2)
 FINAL_SCALE = "ln_final.hook_scale"
 
 
