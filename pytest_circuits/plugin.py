@@ -634,7 +634,7 @@ def _claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
              f"{counts['not checked']} not checked"]
     reasons = Counter(r.removeprefix("not checked: ") for v, r in verdicts.values() if v == "not checked")
     for reason, n in reasons.most_common():
-        lines.append(f"  not checked x{n}: {reason[:300]}")
+        lines.append(f"  not checked x{n}: {reason}")
     levels = Counter(f"{m['level']:.4g}" for r in results for m in r["measurements"])
     if levels:
         st = config.stash[SESSION_KEY].settings
