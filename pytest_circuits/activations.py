@@ -15,10 +15,17 @@ compatibility mode, the token ids (and those of the corrupted counterparts), the
 name and the intervention's key.
 
 Files are written to a temporary name and moved into place with ``os.replace``
-(atomic, so concurrent xdist workers never see a torn file); each records its key
-fields and a sha256 of its bytes. A truncated, corrupted or mismatched file is
-reported with a :class:`~pytest_circuits.errors.CacheWarning`, recomputed and
-rewritten, never used.
+(atomic, so concurrent xdist workers never see a torn file). Integrity covers everything
+that is read: each file records its key fields (whose sha256 must be its file name, and
+which must equal this request's fields) and a sha256 over those fields, the tensor's dtype,
+its shape and its bytes, recomputed from what was actually read. So a changed header
+(dtype, shape, offsets), a truncated, corrupted or misplaced file is reported with a
+:class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used.
+
+Leftover temporary files of killed writers are removed when a store first touches its
+folder (see :mod:`pytest_circuits.cachefiles`). If the folder cannot be written (read
+only, full, a file in the way), the store warns once and keeps going in memory;
+:func:`cache_dir_problem` lets the plugin refuse such a folder before any claim runs.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from . import hooks as H
+from .cachefiles import cache_dir_problem, remove_orphans, tmp_name  # noqa: F401 - cache_dir_problem re-exported for the plugin
 from .errors import CacheWarning, CircuitsError, bad
 from .models import info as model_info
 from .progress import bar
@@ -73,10 +81,30 @@ def _tl_version() -> str:
 
 
 def tensor_sha256(t: Any) -> str:
+    """sha256 of a tensor's bytes alone (not its dtype or shape: see :func:`entry_sha256`)."""
     import torch
 
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+ENTRY_FORMAT = "2"
+
+
+def entry_sha256(fields: str, t: Any) -> str:
+    """sha256 of a cache entry as it is read: its key fields, the tensor's dtype, shape and bytes.
+
+    A header whose dtype or shape was changed (the bytes then read as other numbers or
+    another layout) gives another digest, as does any changed byte of the data."""
+    import torch
+
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    h = hashlib.sha256(f"pytest-circuits activation entry {ENTRY_FORMAT}\0".encode())
+    for part in (fields, str(t.dtype), json.dumps(list(t.shape))):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -108,6 +136,8 @@ class ActivationStore:
         self._memory: "OrderedDict[str, Any]" = OrderedDict()
         self._memory_bytes = 0
         self._lock = threading.Lock()
+        self._disk_writable = True   # set to False (with one CacheWarning) when a write fails
+        self._cleaned = False
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
 
@@ -204,23 +234,40 @@ class ActivationStore:
         assert self.cache_dir is not None
         return self.cache_dir / "activations" / key[:2] / f"{key}.safetensors"
 
+    def _clean_once(self) -> None:
+        if not self._cleaned and self.cache_dir is not None:
+            self._cleaned = True
+            remove_orphans(self.cache_dir)
+
     def _from_disk(self, key: str, base: dict[str, str], hook: str) -> Any:
         if self.cache_dir is None:
             return None
+        self._clean_once()
         path = self._path(key)
-        if not path.exists():
+        try:
+            if not path.is_file():
+                return None
+        except OSError:
             return None
         from safetensors import safe_open
 
+        expected = json.dumps({**base, "hook": hook}, sort_keys=True)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+                names = list(f.keys())
+                if names != ["value"]:
+                    raise ValueError(f"it holds the tensors {names}, not one named 'value'")
                 value = f.get_tensor("value")
-            expected = json.dumps({**base, "hook": hook}, sort_keys=True)
-            if meta.get("fields") != expected:
+            if meta.get("format") != ENTRY_FORMAT:
+                raise ValueError(f"its format {meta.get('format')!r} is not {ENTRY_FORMAT!r}")
+            # The file name is the sha256 of `expected`: equal recorded fields tie the
+            # entry to its name (a copied or renamed file is caught here).
+            fields = meta.get("fields")
+            if fields != expected:
                 raise ValueError("its key fields do not match this model/prompts/hook")
-            if meta.get("sha256") != tensor_sha256(value):
-                raise ValueError("checksum mismatch")
+            if meta.get("sha256") != entry_sha256(fields, value):
+                raise ValueError("checksum mismatch (key fields, dtype, shape and bytes)")
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
             self.counters.recomputed_bad += 1
             warnings.warn(CacheWarning(f"activation cache entry {path} is unusable ({e}); "
@@ -229,17 +276,29 @@ class ActivationStore:
         return value
 
     def _to_disk(self, key: str, base: dict[str, str], hook: str, value: Any) -> None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or not self._disk_writable:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
+        self._clean_once()
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"fields": json.dumps({**base, "hook": hook}, sort_keys=True),
-                "sha256": tensor_sha256(value)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        save_file({"value": value.contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        fields = json.dumps({**base, "hook": hook}, sort_keys=True)
+        value = value.contiguous()
+        meta = {"format": ENTRY_FORMAT, "fields": fields, "sha256": entry_sha256(fields, value)}
+        tmp = path.with_name(tmp_name(path.name))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(save({"value": value}, metadata=meta))
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._disk_writable = False
+            warnings.warn(CacheWarning(
+                f"cannot write the activation cache in {self.cache_dir} ({type(e).__name__}: {e}); "
+                "keeping activations in memory for the rest of this run. Point --circuits-cache-dir "
+                "at a writable folder, or pass --circuits-no-cache"), stacklevel=3)
 
     # -- forward ---------------------------------------------------------------
     def _forward(self, model: Any, prompts: Any, names: Sequence[str],

