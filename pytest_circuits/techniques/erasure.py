@@ -3,34 +3,118 @@
 After Janiak et al. 2023 (arXiv:2310.07325, "memory management" in GELU-4L): head A
 writes a direction, erasers B read it and write its negative.
 
-* **Projection ratio** of B's output onto A's, per prompt at the last position::
+* **Projection ratio** of B's output onto A's at each prompt's last position, aggregated
+  over the ``n`` prompts as a **ratio of sums**::
 
-      PR(B, A) = (o_B . o_A) / ||o_A||^2          (-1: B removes A's write entirely)
+      PR(B, A) = sum_i o_B,i . o_A,i / sum_i |o_A,i|^2      (-1: B removes A's write entirely)
 
-  and the cosine. Several erasers: the sum of their PRs.
+  (:meth:`Measurement.from_ratio`; several erasers: the numerators add). It is *not* the
+  mean of per-prompt ratios: where A barely writes on a prompt, ``o_B . o_A / |o_A|^2``
+  explodes and one prompt can dominate the mean (SmolLM2, L0H5 -> L24H8: -21.6 as a
+  mean of ratios, -12.3 as a ratio of sums). The per-prompt ratios stay available
+  (:meth:`ProjectionRatios.pr`).
+* **Cosine** ``o_B . o_A / (|o_B| |o_A|)`` per prompt, reported beside every PR. A PR
+  is a cosine times a norm ratio, ``PR = cos * |o_B| / |o_A|``: a large reader and a small
+  writer give a large |PR| at a negligible cosine (SmolLM2, embed -> L0H0: PR -0.35 at
+  cosine -0.016), which is not erasure. An erasure finding should assert on both.
 * **Value-input check** (causal): B's output is recomputed from its value path with A's
   output removed from B's input, B's attention pattern and norm scale frozen at the
   clean run. If B erases *because it reads A*, its PR onto A collapses toward 0.
   The recomputation is first checked to reproduce B's actual ``hook_z`` from the clean
   input; if it does not (an architecture this reading does not fit), it raises.
-* **Scan**: PR for every (earlier writer, later head) pair, most negative first.
+* **Scan**: PR (ratio of sums) for every (earlier writer, later head) pair, most negative
+  first, leaving out pairs whose mean cosine is negligible (``|cos| < min_cosine``,
+  default :data:`MIN_COSINE` = 0.1) and writers whose mean output norm is under
+  ``min_norm_fraction`` (default 1%) of the largest writer's.
+
+Non-finite activations raise :class:`~pytest_circuits.errors.MeasurementError` naming the
+hook (a NaN would otherwise sort anywhere in a scan).
 
 The DLA-versus-causal-effect side of the finding is
 :func:`pytest_circuits.techniques.effects.dla_vs_total`.
+
+Usage::
+
+    prs = erasure.projection_ratios(model, prompts)
+    prs.scan(10)                       # [PairScore(L23H2 -> L29H0: PR -1.38, cos -0.171), ...]
+    vc = erasure.value_input_check(model, prompts, "L23H2", ["L29H0"])
+    vc.clean.assert_below(-1.0); vc.cosine.assert_below(-0.1); vc.change.assert_above(0.1)
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
 from ..activations import ActivationStore, default_store
 from ..components import MLP, Component, Head, parse, parse_many
-from ..errors import CircuitsError, ComponentError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement
 from ..models import info as model_info
 from .effects import outputs
+
+MIN_COSINE = 0.1            # |mean cosine| under this: the pair is not reported by the scan
+MIN_NORM_FRACTION = 0.01    # writers under 1% of the largest writer's mean norm: left out
+
+
+class NegligibleCosineWarning(UserWarning):
+    """A projection ratio was asked for a pair whose outputs are (nearly) orthogonal: its
+    size comes from the norms, not from the reader writing against the writer."""
+
+
+def _check_finite(t: Any, what: str) -> None:
+    import torch
+
+    if not bool(torch.isfinite(t).all()):
+        nbad = int((~torch.isfinite(t)).sum())
+        raise MeasurementError(bad("activations", f"{nbad} non-finite values in {what}",
+                                   "finite activations (check the model's weights and dtype)"))
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise CircuitsError(bad(name, value, "a number in [0, 1]"))
+    return float(value)
+
+
+def _distinct(comps: tuple[Component, ...], what: str) -> tuple[Component, ...]:
+    if not comps:
+        raise ComponentError(bad(what, "[]", "at least one component"))
+    dup = [str(c) for i, c in enumerate(comps) if c in comps[:i]]
+    if dup:
+        raise ComponentError(bad(what, [str(c) for c in comps], f"distinct components ({dup[0]} repeats)"))
+    return comps
+
+
+class PairScore(tuple):
+    """One scan row: unpacks as ``(writer, reader, pr)`` (the earlier API); ``cosine`` is the
+    mean per-prompt cosine of the pair and ``pr`` the ratio of sums."""
+
+    cosine: float
+
+    def __new__(cls, writer: Component, reader: Component, pr: float, cosine: float) -> "PairScore":
+        self = super().__new__(cls, (writer, reader, pr))
+        self.cosine = cosine
+        return self
+
+    @property
+    def writer(self) -> Component:
+        return self[0]
+
+    @property
+    def reader(self) -> Component:
+        return self[1]
+
+    @property
+    def pr(self) -> float:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"PairScore({self[0]} -> {self[1]}: PR {self[2]:+.3g}, cos {self.cosine:+.3g})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,57 +135,122 @@ class ProjectionRatios:
             raise ComponentError(bad("component", str(comp), "a head, MLP or embed of the model")) from None
 
     def pr(self, reader: Any, writer: Any) -> Any:
-        """Per-prompt PR(reader, writer)."""
+        """Per-prompt PR(reader, writer) (noisy where the writer barely writes; the
+        aggregate is :meth:`ratio`)."""
         r, w = self._i(reader), self._i(writer)
         return self.dots[:, r, w] / self.dots[:, w, w].clamp_min(1e-30)
 
     def cosine(self, reader: Any, writer: Any) -> Any:
+        """Per-prompt cosine of ``reader``'s output with ``writer``'s (0 where one is zero)."""
         r, w = self._i(reader), self._i(writer)
         return self.dots[:, r, w] / (self.dots[:, r, r] * self.dots[:, w, w]).sqrt().clamp_min(1e-30)
 
-    def measure(self, readers: Any, writer: Any, *, what: str = "pr", **kw: Any) -> Measurement:
-        """Summed PR (or mean cosine) of ``readers`` onto ``writer``, as a Measurement."""
-        rs = parse_many(readers)
-        if what == "pr":
-            vals = sum(self.pr(r, writer) for r in rs)
-        elif what == "cosine":
-            vals = sum(self.cosine(r, writer) for r in rs) / len(rs)
-        else:
-            raise CircuitsError(bad("what", what, "'pr' or 'cosine'"))
+    def _sum_terms(self, readers: Any, writer: Any) -> tuple[Any, Any, Any, tuple[Component, ...], Component]:
+        """Per prompt: ``(sum_r o_r) . o_A``, ``|o_A|^2`` and ``|sum_r o_r|^2``."""
+        rs = _distinct(parse_many(readers), "readers")
+        w = self._i(writer)
+        ri = [self._i(r) for r in rs]
+        num = sum(self.dots[:, r, w] for r in ri)
+        sq = sum(self.dots[:, a, b] for a in ri for b in ri)
+        return num, self.dots[:, w, w], sq, rs, self.components[w]
+
+    def ratio(self, readers: Any, writer: Any) -> float:
+        """PR as a ratio of sums over prompts, ``sum_i (sum_r o_r) . o_A / sum_i |o_A|^2``."""
+        num, den, _, _, w = self._sum_terms(readers, writer)
+        total = float(den.sum())
+        if not total > 0:
+            raise MeasurementError(f"PR onto {w}: {w} writes nothing at the last position of any prompt "
+                                   "(|o_A|^2 sums to 0), so a projection onto it is undefined")
+        return float(num.sum()) / total
+
+    def mean_cosine(self, readers: Any, writer: Any) -> float:
+        """Mean over prompts of the cosine of the readers' summed output with the writer's."""
+        num, den, sq, _, _ = self._sum_terms(readers, writer)
+        return float((num / (sq * den).sqrt().clamp_min(1e-30)).mean())
+
+    def measure(self, readers: Any, writer: Any, *, what: str = "pr", min_cosine: float = MIN_COSINE,
+                **kw: Any) -> Measurement:
+        """PR of ``readers`` (their outputs summed) onto ``writer`` as a ratio of sums
+        (:meth:`Measurement.from_ratio`; the mean cosine is in its provenance, and a
+        :class:`NegligibleCosineWarning` is issued when ``|cos| < min_cosine``), or with
+        ``what="cosine"`` the per-prompt cosine of the summed readers with the writer."""
+        import torch
+
+        min_cosine = _check_fraction("min_cosine", min_cosine)
+        num, den, sq, rs, w = self._sum_terms(readers, writer)
         names = "+".join(str(r) for r in rs)
-        return Measurement.from_values(f"{what.upper()}({names} onto {parse(writer)})", vals, model=self.model,
-                                       labels=self.labels, provenance={"prompts": self.prompts,
-                                                                       "position": "last"}, **kw)
+        cos = num / (sq * den).sqrt().clamp_min(1e-30)
+        prov = {"prompts": self.prompts, "position": "last", "writer": str(w), "readers": names}
+        if what == "cosine":
+            return Measurement.from_values(f"COSINE({names} onto {w})", cos, model=self.model,
+                                           labels=self.labels, provenance=prov, **kw)
+        if what != "pr":
+            raise CircuitsError(bad("what", what, "'pr' or 'cosine'"))
+        if not float(den.sum()) > 0:
+            raise MeasurementError(f"PR({names} onto {w}): {w} writes nothing at the last position of "
+                                   "any prompt (|o_A|^2 sums to 0), so a projection onto it is undefined")
+        mc = float(cos.mean())
+        prov.update(mean_cosine=mc, aggregation="ratio of sums: sum_i o_B.o_A / sum_i |o_A|^2")
+        if abs(mc) < min_cosine:
+            warnings.warn(f"PR({names} onto {w}): mean cosine {mc:+.3g} is under {min_cosine} in size; the "
+                          "ratio reflects the norms, not the reader writing against the writer",
+                          NegligibleCosineWarning, stacklevel=2)
+        return Measurement.from_ratio(f"PR({names} onto {w})", num, den.to(torch.float64), model=self.model,
+                                      labels=self.labels, provenance=prov, **kw)
 
-    def scan(self, k: int = 10, *, writers: Sequence[Any] | None = None) -> list[tuple[Component, Component, float]]:
-        """(writer, reader, mean PR) for readers in later layers, most negative first.
+    def scan(self, k: int = 10, *, writers: Sequence[Any] | None = None, min_cosine: float = MIN_COSINE,
+             min_norm_fraction: float = MIN_NORM_FRACTION) -> list[PairScore]:
+        """The ``k`` most negative PRs (ratio of sums) of a later head onto an earlier writer,
+        as :class:`PairScore` rows ``(writer, reader, pr)`` with ``.cosine``.
 
-        Pairs where the writer's output is tiny (under 1% of the largest writer's mean
-        norm) are left out: their ratios are noise.
+        Left out: pairs whose mean cosine is negligible (``|cos| < min_cosine``: the PR is
+        then a norm ratio, not erasure) and writers whose mean output norm is under
+        ``min_norm_fraction`` of the largest writer's (their ratios are noise).
         """
         import torch
 
-        norms = torch.diagonal(self.dots, dim1=1, dim2=2).clamp_min(0).sqrt().mean(0)      # [C]
-        pr = (self.dots / torch.diagonal(self.dots, dim1=1, dim2=2).unsqueeze(1).clamp_min(1e-30)).mean(0)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CircuitsError(bad("k", k, "a positive int (how many pairs to list)"))
+        min_cosine = _check_fraction("min_cosine", min_cosine)
+        min_norm_fraction = _check_fraction("min_norm_fraction", min_norm_fraction)
+        diag = torch.diagonal(self.dots, dim1=1, dim2=2)                       # [n, C]
+        norms = diag.clamp_min(0).sqrt().mean(0)                               # [C]
+        pr = self.dots.sum(0) / diag.sum(0).unsqueeze(0).clamp_min(1e-30)      # [reader, writer]
+        cos = (self.dots / (diag.unsqueeze(2) * diag.unsqueeze(1)).sqrt().clamp_min(1e-30)).mean(0)
         widx = range(len(self.components)) if writers is None else [self._i(w) for w in writers]
         out = []
-        floor = 0.01 * float(norms.max())
+        floor = min_norm_fraction * float(norms.max())
         for w in widx:
             cw = self.components[w]
-            if float(norms[w]) < floor:
+            if not float(norms[w]) > 0 or float(norms[w]) < floor:
                 continue
             for r, cr in enumerate(self.components):
-                if isinstance(cr, Head) and cr.layer > cw.layer:
-                    out.append((cw, cr, float(pr[r, w])))
+                if isinstance(cr, Head) and cr.layer > cw.layer and abs(float(cos[r, w])) >= min_cosine:
+                    out.append(PairScore(cw, cr, float(pr[r, w]), float(cos[r, w])))
         out.sort(key=lambda t: t[2])
         return out[:k]
+
+    def table(self, k: int = 10, **kw: Any) -> str:
+        """The scan as text: writer, reader, PR (ratio of sums), mean cosine."""
+        rows = self.scan(k, **kw)
+        lines = [f"{'writer':>8} {'reader':>8} {'PR':>8} {'cos':>7}"]
+        lines += [f"{str(p.writer):>8} {str(p.reader):>8} {p.pr:+8.3f} {p.cosine:+7.3f}" for p in rows]
+        return "\n".join(lines)
 
 
 def projection_ratios(model: Any, prompts: Any, *, intervention: Any = None,
                       activations: ActivationStore | None = None) -> ProjectionRatios:
+    """Dot products of every pair of writers' outputs at each prompt's last position."""
     outs = outputs(model, prompts, intervention=intervention, store=activations)
     v = outs.vectors.permute(1, 0, 2)                        # [n, C, d]
-    return ProjectionRatios(model_info(model).label, outs.components, v @ v.transpose(1, 2), prompts.name,
+    dots = v @ v.transpose(1, 2)
+    if not bool(dots.isfinite().all()):
+        import torch
+
+        badc = [str(c) for c, ok in zip(outs.components, torch.isfinite(outs.vectors).flatten(1).all(1)) if not ok]
+        raise MeasurementError(bad("activations", f"non-finite outputs of {badc[:5]}",
+                                   "finite activations (check the model's weights and dtype)"))
+    return ProjectionRatios(model_info(model).label, outs.components, dots, prompts.name,
                             prompts.prompts)
 
 
@@ -126,34 +275,47 @@ def _hooks_for_output(comp: Component) -> list[str]:
 
 @dataclass(frozen=True, eq=False)
 class ValueCheck:
-    """Summed PR of the readers onto the writer, clean and with the writer removed from
-    the readers' value input; ``reproduction_error`` is the max relative error of the
-    recomputed clean reader outputs against the model's own."""
+    """PR of the readers (summed) onto the writer, clean and with the writer removed from
+    the readers' value input, each a ratio of sums over prompts; ``change`` is
+    ``without_writer - clean`` on the same denominator, ``cosine`` the per-prompt cosine of
+    the readers' clean output with the writer's; ``reproduction_error`` is the max relative
+    error of the recomputed clean reader outputs against the model's own."""
 
     clean: Measurement
     without_writer: Measurement
     reproduction_error: float
+    change: Measurement | None = None
+    cosine: Measurement | None = None
 
-    @property
-    def change(self) -> Measurement:
-        """Paired ``without_writer - clean``: about ``-clean`` for a value-path eraser, about 0
-        for a reader whose anti-alignment does not come from reading the writer."""
-        return self.without_writer.paired_difference(self.clean, name=f"change of {self.clean.name}")
+    def __post_init__(self) -> None:
+        if self.change is None:   # built by hand from two measurements: paired per-example values
+            object.__setattr__(self, "change", self.without_writer.paired_difference(
+                self.clean, name=f"change of {self.clean.name}"))
 
     def __repr__(self) -> str:
-        return (f"ValueCheck(PR clean {self.clean.mean:+.3f} -> without writer in value input "
+        cos = f", cos {self.cosine.mean:+.3f}" if self.cosine is not None else ""
+        return (f"ValueCheck(PR clean {self.clean.mean:+.3f}{cos} -> without writer in value input "
                 f"{self.without_writer.mean:+.3f}; recomputation error {self.reproduction_error:.1e})")
 
 
 def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
-                      activations: ActivationStore | None = None, tolerance: float = 1e-3) -> ValueCheck:
+                      activations: ActivationStore | None = None, tolerance: float = 1e-3,
+                      min_cosine: float = MIN_COSINE) -> ValueCheck:
     """Remove ``writer``'s output from each reader head's value input (pattern and norm
-    scale frozen) and measure the readers' summed PR onto the writer, before and after."""
+    scale frozen) and measure the readers' summed PR onto the writer, before and after.
+
+    Every PR is a ratio of sums over prompts (see the module docstring); the change is
+    ``sum_i (o_B,i^without - o_B,i) . o_A,i / sum_i |o_A,i|^2``, paired on the same prompts.
+    A :class:`NegligibleCosineWarning` is issued when the readers' clean output is nearly
+    orthogonal to the writer's (``|mean cosine| < min_cosine``)."""
     import torch
 
+    min_cosine = _check_fraction("min_cosine", min_cosine)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
+        raise CircuitsError(bad("tolerance", tolerance, "a positive number (relative error of the recomputed hook_z)"))
     store = activations if activations is not None else default_store()
     A = parse(writer, model)
-    Bs = parse_many(readers, model)
+    Bs = _distinct(parse_many(readers, model), "readers")
     for B in Bs:
         if not isinstance(B, Head):
             raise ComponentError(bad("readers", str(B), "attention heads (the check acts on the value path)"))
@@ -163,15 +325,22 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
     for B in Bs:
         names |= {H.resid_pre(B.layer), H.ln1_scale(B.layer), H.last(H.pattern(B.layer)), H.last(H.z(B.layer))}
     acts = store.get(model, prompts, sorted(names))
+    for name in sorted(names):
+        _check_finite(acts[name], name)
     o_A = _full_output(model, acts, A)                                   # [n, pos, d]
     rows = torch.arange(len(prompts))
     last = prompts.last
     o_A_last = o_A[rows, last]
-    norm2 = (o_A_last * o_A_last).sum(-1).clamp_min(1e-30)
+    norm2 = (o_A_last * o_A_last).sum(-1)
+    if not float(norm2.sum()) > 0:
+        raise MeasurementError(f"value_input_check: the writer {A} writes nothing at the last position of "
+                               f"any of the {len(prompts)} prompts (|o_A|^2 sums to 0), so a projection onto "
+                               "it is undefined")
     n_rep = model.cfg.n_heads // getattr(model.cfg, "n_key_value_heads", None) if getattr(
         model.cfg, "n_key_value_heads", None) else 1
-    pr_clean = torch.zeros(len(prompts), dtype=torch.float64)
-    pr_without = torch.zeros(len(prompts), dtype=torch.float64)
+    num_clean = torch.zeros(len(prompts), dtype=torch.float64)
+    num_without = torch.zeros(len(prompts), dtype=torch.float64)
+    o_B_sum = torch.zeros_like(o_A_last)
     worst = 0.0
     for B in Bs:
         resid = acts[H.resid_pre(B.layer)].double()
@@ -188,23 +357,34 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
         z_ref = acts[H.last(H.z(B.layer))][:, B.head].double()
         z_re = z_last(resid)
         err = float((z_re - z_ref).norm() / z_ref.norm().clamp_min(1e-30))
-        worst = max(worst, err)
-        if err > tolerance:
+        if not err <= tolerance:   # NaN fails too
             raise CircuitsError(f"value_input_check: recomputing {B} from its value path gives relative error "
                                 f"{err:.2e} against the model's hook_z (tolerance {tolerance}); this check assumes "
                                 "a pre-norm model in compatibility mode (norm weights folded into W_V)")
+        worst = max(worst, err)
         o_B = z_re @ W_O
         o_B_without = z_last(resid - o_A) @ W_O
-        pr_clean += (o_B * o_A_last).sum(-1) / norm2
-        pr_without += (o_B_without * o_A_last).sum(-1) / norm2
+        o_B_sum += o_B
+        num_clean += (o_B * o_A_last).sum(-1)
+        num_without += (o_B_without * o_A_last).sum(-1)
+    _check_finite(torch.stack([num_clean, num_without]), "the recomputed reader outputs")
     label = "+".join(str(b) for b in Bs)
     mname = model_info(model).label
-    prov = {"prompts": prompts.name, "writer": str(A), "readers": label, "position": "last"}
-    clean = Measurement.from_values(f"PR({label} onto {A})", pr_clean, model=mname, provenance=prov,
-                                    labels=prompts.prompts)
-    without = Measurement.from_values(f"PR({label} onto {A} | {A} removed from value input)", pr_without,
-                                      model=mname, provenance=prov, labels=prompts.prompts)
-    return ValueCheck(clean, without, worst)
+    cos = num_clean / (norm2 * (o_B_sum * o_B_sum).sum(-1)).sqrt().clamp_min(1e-30)
+    mc = float(cos.mean())
+    prov = {"prompts": prompts.name, "writer": str(A), "readers": label, "position": "last",
+            "aggregation": "ratio of sums: sum_i o_B.o_A / sum_i |o_A|^2", "mean_cosine": mc}
+    if abs(mc) < min_cosine:
+        warnings.warn(f"value_input_check: {label} onto {A}: mean cosine {mc:+.3g} is under {min_cosine} in size; "
+                      "the projection ratio reflects the norms, not the readers writing against the writer",
+                      NegligibleCosineWarning, stacklevel=2)
+    kw = dict(model=mname, provenance=prov, labels=prompts.prompts)
+    clean = Measurement.from_ratio(f"PR({label} onto {A})", num_clean, norm2, **kw)
+    without = Measurement.from_ratio(f"PR({label} onto {A} | {A} removed from value input)", num_without,
+                                     norm2, **kw)
+    change = Measurement.from_ratio(f"change of PR({label} onto {A})", num_without - num_clean, norm2, **kw)
+    cosine = Measurement.from_values(f"COSINE({label} onto {A})", cos, **kw)
+    return ValueCheck(clean, without, worst, change, cosine)
 
 
 def _bias(model: Any, name: str, layer: int, head: int) -> Any:

@@ -1,6 +1,6 @@
-"""Direct effects, the self-repair decomposition and erasure measures: identities on the
-tiny model, agreement with TransformerLens's DLA, and the planted mechanisms (found in
-the planted models, not reported in their controls)."""
+"""Direct effects and the self-repair decomposition: identities on the tiny model, agreement
+with TransformerLens's DLA, and the planted backup mechanism (found in the planted model,
+not reported in its control). Erasure measures are tested in test_erasure.py."""
 
 from pathlib import Path
 
@@ -13,7 +13,6 @@ from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.components import MLP, Attn, Embed, Head
 from pytest_circuits.techniques import effects as E
-from pytest_circuits.techniques import erasure as ER
 
 PLANTED = Path(__file__).resolve().parent.parent / "data" / "planted"
 
@@ -113,23 +112,6 @@ def test_bad_effect_input(tiny, ps, store):
         E.decompose(tiny, no_answers, token=[1, 2, 3], activations=store)
 
 
-def test_value_input_recomputation_reproduces_hook_z(tiny, ps, store):
-    vc = ER.value_input_check(tiny, ps, "L0H1", ["L1H0", "L1H2"], activations=store)
-    assert vc.reproduction_error < 1e-5
-    with pytest.raises(ComponentError, match="heads in layers after the writer"):
-        ER.value_input_check(tiny, ps, "L1H1", ["L1H0"], activations=store)
-    with pytest.raises(ComponentError, match="attention heads"):
-        ER.value_input_check(tiny, ps, "L0H1", ["mlp1"], activations=store)
-
-
-def test_projection_ratio_is_a_dot_product(tiny, ps, store):
-    prs = ER.projection_ratios(tiny, ps, activations=store)
-    outs = E.outputs(tiny, ps, store=store)
-    a, b = outs.vectors[outs.index(Head(0, 1))], outs.vectors[outs.index(Head(1, 2))]
-    torch.testing.assert_close(prs.pr("L1H2", "L0H1"), (a * b).sum(-1) / (a * a).sum(-1))
-    torch.testing.assert_close(prs.cosine("L1H2", "L0H1"), torch.nn.functional.cosine_similarity(a, b, dim=-1))
-
-
 # -- planted mechanisms ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def planted_models(tmp_path_factory):
@@ -142,28 +124,6 @@ def _planted_set(model):
     n = len(planted.PROMPTS)
     return PromptSet.build(model, planted.PROMPTS, answers=[" " + planted.ANSWER] * n,
                            foils=[" " + planted.FOIL] * n, name="planted")
-
-
-@pytest.mark.parametrize("name,erases", [("erasure", True), ("erasure_control", False)])
-def test_erasure_detectors(planted_models, name, erases):
-    model, spec = planted_models[name], planted.ERASURE
-    ps, store = _planted_set(model), ActivationStore()
-    # The planted heads attend uniformly over the prefix: ablate at every position.
-    r = E.dla_vs_total(model, ps, spec["writer"], kind="zero", positions=None, activations=store)
-    prs = ER.projection_ratios(model, ps, activations=store)
-    vc = ER.value_input_check(model, ps, spec["writer"], [spec["eraser"]], activations=store)
-    assert r.dla.mean > 5.0
-    if erases:
-        assert r.causal_fraction.upper < 0.2          # DLA overstates: most of it is erased
-        assert r.overstatement.lower > 4.0
-        top_writer, top_reader, top_pr = prs.scan(1)[0]
-        assert (str(top_writer), str(top_reader)) == (spec["writer"], spec["eraser"]) and top_pr < -0.9
-        assert vc.clean.upper < -0.9 and abs(vc.without_writer.mean) < 0.1   # collapses to ~0
-    else:
-        assert r.causal_fraction.lower > 0.9          # DLA is the causal effect
-        assert abs(float(prs.pr(spec["eraser"], spec["writer"]).mean())) < 0.05
-        assert not prs.scan(5) or prs.scan(1)[0][2] > -0.1
-        assert abs(vc.clean.mean) < 0.05
 
 
 @pytest.mark.parametrize("name,compensates", [("backup", True), ("backup_control", False)])
