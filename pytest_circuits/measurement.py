@@ -1,4 +1,4 @@
-"""Measurements: per-example values, their mean and a seeded bootstrap interval.
+"""Measurements: per-example values, their mean and a seeded interval.
 
 Every technique returns a :class:`Measurement`. Its one-line repr is what pytest
 shows when a claim fails::
@@ -10,26 +10,45 @@ says "even the pessimistic end of the 95% interval is above 0.3". The helpers
 :meth:`Measurement.assert_above` / :meth:`assert_below` do that and say which bound
 they used.
 
-The interval is a BCa bootstrap of the mean (``resamples`` draws with a
-fixed seed, so the same values always give the same interval). For paired
-comparisons (clean vs corrupted on the same prompts) build the Measurement from the
-per-example differences, which keeps the pairing.
+The interval (maths in :mod:`pytest_circuits.stats`, coverage in docs/statistics.md):
+
+* 0/1 values (every value exactly 0 or 1): the exact Clopper-Pearson interval of the
+  proportion, so 12 of 12 gives ``1 [0.735, 1]``, never ``[1, 1]``.
+* other values: the union of a studentized bootstrap (bootstrap-t) interval at a
+  small-sample expanded level and the Student-t interval. Seeded: the same values always
+  give the same interval.
+* :meth:`Measurement.from_ratio`: the same construction on a ratio of means, with the
+  delta-method standard error.
+
+A zero-width interval (one value, or all values equal) is kept as ``[v, v]`` but flagged:
+``flags`` says why, the repr ends in ``[zero-width: ...]`` and ``to_dict()`` has ``"flags"``.
+
+For paired comparisons (clean vs corrupted on the same prompts) build the Measurement from
+the per-example differences, which keeps the pairing.
+
+Family-wise control: ``with default_level(0.998): ...`` makes every Measurement built in the
+block whose level was left at the default (or passed as :data:`DEFAULT_LEVEL` by a technique)
+use 0.998 instead. Every ``assert_above/below/within`` call is appended to each list in
+:data:`_ASSERTIONS`, so a caller can count how many bounds a claim asserted, at which level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from statistics import NormalDist
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from . import stats
 from .errors import MeasurementError, bad
 
 DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 4000
 DEFAULT_SEED = 0
+METHODS = ("auto", "bootstrap-t", "clopper-pearson", "bca")
 
 # Set by the plugin for the duration of a claim; every Measurement made while it is
 # set is appended, so the terminal summary and reports can show all numbers even
@@ -37,42 +56,71 @@ DEFAULT_SEED = 0
 _RECORDERS: list[list["Measurement"]] = []
 
 
+class AssertionRecord(NamedTuple):
+    """One ``assert_above`` / ``assert_below`` / ``assert_within`` call."""
+
+    name: str                 # the measurement's name
+    model: str
+    kind: str                 # "above", "below" or "within"
+    threshold: Any            # the threshold, or (low, high) for "within"
+    bound: Any                # the interval bound compared, or (lower, upper)
+    level: float
+    passed: bool
+
+
+# Like _RECORDERS: push a list to collect every interval assertion made while it is there.
+_ASSERTIONS: list[list[AssertionRecord]] = []
+
+# The level that replaces DEFAULT_LEVEL inside ``default_level(...)`` (None: no override).
+level_override: ContextVar[float | None] = ContextVar("pytest_circuits_level_override", default=None)
+
+
+def _check_level(level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise MeasurementError(bad("level", level, "a confidence level in (0, 1), e.g. 0.95"))
+    return float(level)
+
+
+@contextlib.contextmanager
+def default_level(level: float) -> Iterator[float]:
+    """Within the block, Measurements left at the default level are built at ``level``.
+
+    "Left at the default" means ``level`` not given, or given as :data:`DEFAULT_LEVEL`
+    (techniques pass their default through). A level chosen otherwise is kept. For a
+    Bonferroni family of ``m`` assertions at family level ``L``, use ``1 - (1 - L) / m``.
+    Nested blocks: the innermost wins.
+    """
+    token = level_override.set(_check_level(level))
+    try:
+        yield level
+    finally:
+        level_override.reset(token)
+
+
+def resolve_level(level: float | None) -> float:
+    """The level a Measurement asked for with ``level`` is built at (see :func:`default_level`)."""
+    override = level_override.get()
+    if level is None or (override is not None and level == DEFAULT_LEVEL):
+        return override if override is not None else DEFAULT_LEVEL
+    return _check_level(level)
+
+
 def bootstrap_interval(values: np.ndarray, level: float = DEFAULT_LEVEL,
                        resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                        ) -> tuple[float, float]:
-    """BCa bootstrap interval of the mean of ``values`` (1-D), seeded."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    if n == 1:
-        v = float(values[0])
-        return v, v
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    # Chunked so large n x resamples never allocates more than ~8M indices at once.
-    chunk = max(1, 8_000_000 // n)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = values[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    theta = values.mean()
-    # BCa (bias-corrected and accelerated): the plain percentile interval under-covers
-    # on skewed per-example values (about 91% for a nominal 95% on exponential data
-    # with n=60; see tests/unit/test_measurement.py).
-    prop = float(np.mean(means < theta)) + 0.5 * float(np.mean(means == theta))
-    prop = min(max(prop, 1.0 / (resamples + 1)), resamples / (resamples + 1))
-    nd = NormalDist()
-    z0 = nd.inv_cdf(prop)
-    jack = (values.sum() - values) / (n - 1)          # leave-one-out means
-    d = jack.mean() - jack
-    denom = 6.0 * float((d ** 2).sum()) ** 1.5
-    accel = float((d ** 3).sum()) / denom if denom > 0 else 0.0
-    qs = []
-    for a in (alpha, 1.0 - alpha):
-        z = nd.inv_cdf(a)
-        qs.append(nd.cdf(z0 + (z0 + z) / (1.0 - accel * (z0 + z))))
-    lo, hi = np.quantile(means, qs)
-    return float(lo), float(hi)
+    """The default interval of the mean of continuous ``values`` (1-D), seeded: the union of
+    a bootstrap-t interval at the expanded level and the Student-t interval
+    (:func:`pytest_circuits.stats.mean_interval`)."""
+    return stats.mean_interval(np.asarray(values, dtype=np.float64), level, resamples, seed)
+
+
+def _is_constant(arr: np.ndarray) -> bool:
+    """All values equal, up to rounding (1e-12 of their magnitude)."""
+    return float(np.ptp(arr)) <= 1e-12 * float(np.abs(arr).max())
+
+
+def _zero_width_flag(n: int, what: str) -> tuple[str, ...]:
+    return ("zero-width: n=1",) if n == 1 else (f"zero-width: {what}",)
 
 
 @dataclass(frozen=True)
@@ -89,27 +137,63 @@ class Measurement:
     model: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict, compare=False)
     labels: tuple[str, ...] | None = field(default=None, compare=False)
+    # Why the interval cannot be trusted as an interval, e.g. ("zero-width: n=1",).
+    flags: tuple[str, ...] = ()
 
     @classmethod
     def from_values(cls, name: str, values: Any, *, model: str = "",
-                    level: float = DEFAULT_LEVEL, seed: int = DEFAULT_SEED,
+                    level: float | None = None, seed: int = DEFAULT_SEED,
                     resamples: int = DEFAULT_RESAMPLES,
                     provenance: Mapping[str, Any] | None = None,
                     labels: Iterable[str] | None = None,
-                    record: bool = True) -> "Measurement":
-        """Summarise per-example values (anything array-like and 1-D)."""
+                    record: bool = True, method: str = "auto") -> "Measurement":
+        """Summarise per-example values (anything array-like and 1-D).
+
+        ``method``: ``"auto"`` (Clopper-Pearson when every value is 0 or 1, else
+        bootstrap-t), ``"bootstrap-t"`` (the mean interval even for 0/1 values: for values
+        that are 0/1 by coincidence, not proportions), ``"clopper-pearson"`` (0/1 values
+        only) or ``"bca"`` (the BCa bootstrap used before; it under-covers at small n).
+        ``level`` left as None is :data:`DEFAULT_LEVEL`, or the level of an enclosing
+        :func:`default_level` block.
+        """
         arr = _as_1d(values, name)
-        if not 0.0 < level < 1.0:
-            raise MeasurementError(bad("level", level, "a confidence level in (0, 1), e.g. 0.95"))
-        lo, hi = bootstrap_interval(arr, level=level, resamples=resamples, seed=seed)
+        level = resolve_level(level)
+        if method not in METHODS:
+            raise MeasurementError(bad("method", method, f"one of {METHODS}"))
+        _check_resamples(resamples, seed)
+        n = int(arr.shape[0])
+        binary = stats.is_binary(arr)
+        if method == "clopper-pearson" and not binary:
+            raise MeasurementError(bad("method", method, f"'auto' or 'bootstrap-t': {name!r} has values "
+                                                         f"other than 0 and 1, e.g. {_first_not_binary(arr)}"))
+        flags: tuple[str, ...] = ()
+        mean = float(arr.mean())
+        if binary and method in ("auto", "clopper-pearson"):
+            k = int(arr.sum())
+            lo, hi = stats.clopper_pearson(k, n, level)
+            how = f"{_pct(level)} exact Clopper-Pearson interval of a proportion ({k}/{n})"
+        else:
+            if method == "bca":
+                lo, hi = stats.bca_interval(arr, level, resamples, seed)
+                how = f"{_pct(level)} BCa bootstrap, {resamples} resamples, seed {seed}"
+            elif n == 1 or _is_constant(arr):
+                lo = hi = mean
+                how = f"{_pct(level)} interval of the mean: none, the values do not vary"
+            else:
+                lo, hi = stats.mean_interval(arr, level, resamples, seed)
+                how = (f"{_pct(level)} bootstrap-t (expanded level {stats.expanded_level(level, n):.4g}) "
+                       f"united with the t-interval, {resamples} resamples, seed {seed}")
+            if n == 1 or _is_constant(arr):
+                lo = hi = mean
+                flags = _zero_width_flag(n, f"all {n} values equal")
         prov = dict(provenance or {})
-        prov.setdefault("interval", f"{level:.0%} BCa bootstrap, {resamples} resamples, seed {seed}")
+        prov.setdefault("interval", how)
         lab = tuple(labels) if labels is not None else None
-        if lab is not None and len(lab) != arr.shape[0]:
-            raise MeasurementError(bad("labels", f"{len(lab)} labels", f"one per value ({arr.shape[0]})"))
-        m = cls(name=name, values=tuple(float(v) for v in arr), mean=float(arr.mean()),
-                lower=lo, upper=hi, level=level, n=int(arr.shape[0]), model=model,
-                provenance=prov, labels=lab)
+        if lab is not None and len(lab) != n:
+            raise MeasurementError(bad("labels", f"{len(lab)} labels", f"one per value ({n})"))
+        m = cls(name=name, values=tuple(float(v) for v in arr), mean=mean,
+                lower=float(lo), upper=float(hi), level=level, n=n, model=model,
+                provenance=prov, labels=lab, flags=flags)
         if record:
             for rec in _RECORDERS:
                 rec.append(m)
@@ -117,35 +201,52 @@ class Measurement:
 
     @classmethod
     def from_ratio(cls, name: str, numerator: Any, denominator: Any, *, model: str = "",
-                   level: float = DEFAULT_LEVEL, seed: int = DEFAULT_SEED,
+                   level: float | None = None, seed: int = DEFAULT_SEED,
                    resamples: int = DEFAULT_RESAMPLES, provenance: Mapping[str, Any] | None = None,
-                   labels: Iterable[str] | None = None, record: bool = True) -> "Measurement":
+                   labels: Iterable[str] | None = None, record: bool = True,
+                   denominator_name: str | None = None, why: str | None = None) -> "Measurement":
         """Ratio of means ``sum(num) / sum(den)`` over paired examples.
 
-        The interval is a paired percentile bootstrap of the ratio. ``values`` holds each
-        example's contribution ``num_i / mean(den)``, so ``mean(values)`` is the ratio.
+        ``values`` holds each example's contribution ``num_i / mean(den)``, so
+        ``mean(values)`` is the ratio. The interval is the union of a bootstrap-t interval
+        of the ratio (delta-method standard error per resample) at the expanded level and
+        the delta-method t-interval (:func:`pytest_circuits.stats.ratio_interval`).
+
+        A denominator whose mean is 0 raises :class:`MeasurementError` saying why:
+        ``denominator_name`` names it (e.g. ``"the head's own direct effect"``) and
+        ``why`` is the caller's hint at the cause (e.g. ``"the ablation changed nothing"``).
         """
         num = _as_1d(numerator, name)
         den = _as_1d(denominator, name)
+        level = resolve_level(level)
+        _check_resamples(resamples, seed)
         if num.shape != den.shape:
             raise MeasurementError(bad("denominator", f"{den.shape[0]} values", f"{num.shape[0]}, paired"))
-        if abs(den.mean()) < 1e-12:
-            raise MeasurementError(bad("denominator", f"mean {den.mean():.3g}", "a non-zero mean"))
-        n = num.shape[0]
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(resamples, n))
-        d = den[idx].mean(1)
-        ok = np.abs(d) > 1e-12
-        ratios = num[idx].mean(1)[ok] / d[ok]
-        alpha = (1.0 - level) / 2.0
-        lo, hi = (np.quantile(ratios, [alpha, 1 - alpha]) if n > 1 else (num.mean() / den.mean(),) * 2)
+        n = int(num.shape[0])
+        den_mean = float(den.mean())
+        if abs(den_mean) <= 1e-12 * max(1.0, float(np.abs(den).max())):
+            raise MeasurementError(_zero_denominator(name, den, denominator_name, why))
+        ratio = float(num.mean() / den_mean)
+        flags: tuple[str, ...] = ()
+        resid = num - ratio * den
+        if n == 1 or float(np.abs(resid).max()) <= 1e-12 * max(float(np.abs(num).max()), 1e-300):
+            lo = hi = ratio
+            flags = _zero_width_flag(n, f"each of the {n} numerators is the ratio times its denominator")
+        else:
+            lo, hi = stats.ratio_interval(num, den, level, resamples, seed)
         prov = dict(provenance or {})
-        prov.setdefault("interval", f"{level:.0%} paired percentile bootstrap of a ratio of means, "
-                                    f"{resamples} resamples, seed {seed}")
-        contrib = num / den.mean()
-        m = cls(name=name, values=tuple(float(v) for v in contrib), mean=float(num.mean() / den.mean()),
+        prov.setdefault("interval", f"{_pct(level)} bootstrap-t of a ratio of means (delta-method se, "
+                                    f"expanded level {stats.expanded_level(level, n):.4g}) united with "
+                                    f"the t-interval, {resamples} resamples, seed {seed}")
+        if denominator_name:
+            prov.setdefault("denominator", denominator_name)
+        lab = tuple(labels) if labels is not None else None
+        if lab is not None and len(lab) != n:
+            raise MeasurementError(bad("labels", f"{len(lab)} labels", f"one per value ({n})"))
+        contrib = num / den_mean
+        m = cls(name=name, values=tuple(float(v) for v in contrib), mean=ratio,
                 lower=float(lo), upper=float(hi), level=level, n=n, model=model, provenance=prov,
-                labels=tuple(labels) if labels is not None else None)
+                labels=lab, flags=flags)
         if record:
             for rec in _RECORDERS:
                 rec.append(m)
@@ -166,31 +267,43 @@ class Measurement:
 
     def __repr__(self) -> str:
         where = f"[{self.model}]" if self.model else ""
+        flags = f" [{'; '.join(self.flags)}]" if self.flags else ""
         return (f"{self.name}{where} = {_fmt(self.mean)} "
-                f"[{_fmt(self.lower)}, {_fmt(self.upper)}] n={self.n}")
+                f"[{_fmt(self.lower)}, {_fmt(self.upper)}] n={self.n}{flags}")
 
     __str__ = __repr__
 
     # -- honest assertions -----------------------------------------------------
+    def _note(self, kind: str, threshold: Any, bound: Any, passed: bool) -> None:
+        rec = AssertionRecord(self.name, self.model, kind, threshold, bound, self.level, passed)
+        for lst in _ASSERTIONS:
+            lst.append(rec)
+
     def assert_above(self, threshold: float) -> "Measurement":
         """Fail unless the *lower* interval bound is above ``threshold``."""
-        if not self.lower > threshold:
+        ok = self.lower > threshold
+        self._note("above", threshold, self.lower, ok)
+        if not ok:
             raise AssertionError(
-                f"{self!r} ({self.level:.0%} interval) -- expected lower bound > {threshold}")
+                f"{self!r} ({_pct(self.level)} interval) -- expected lower bound > {threshold}")
         return self
 
     def assert_below(self, threshold: float) -> "Measurement":
         """Fail unless the *upper* interval bound is below ``threshold``."""
-        if not self.upper < threshold:
+        ok = self.upper < threshold
+        self._note("below", threshold, self.upper, ok)
+        if not ok:
             raise AssertionError(
-                f"{self!r} ({self.level:.0%} interval) -- expected upper bound < {threshold}")
+                f"{self!r} ({_pct(self.level)} interval) -- expected upper bound < {threshold}")
         return self
 
     def assert_within(self, low: float, high: float) -> "Measurement":
         """Fail unless the whole interval lies inside ``(low, high)``."""
-        if not (self.lower > low and self.upper < high):
+        ok = self.lower > low and self.upper < high
+        self._note("within", (low, high), (self.lower, self.upper), ok)
+        if not ok:
             raise AssertionError(
-                f"{self!r} ({self.level:.0%} interval) -- expected interval inside ({low}, {high})")
+                f"{self!r} ({_pct(self.level)} interval) -- expected interval inside ({low}, {high})")
         return self
 
     # -- combining -------------------------------------------------------------
@@ -208,7 +321,7 @@ class Measurement:
         """JSON-ready summary (values included)."""
         return {"name": self.name, "model": self.model, "mean": self.mean, "lower": self.lower,
                 "upper": self.upper, "level": self.level, "n": self.n,
-                "values": list(self.values),
+                "flags": list(self.flags), "values": list(self.values),
                 "provenance": {k: _jsonable(v) for k, v in self.provenance.items()}}
 
 
@@ -229,6 +342,36 @@ def _as_1d(values: Any, name: str) -> np.ndarray:
         bad_idx = np.flatnonzero(~np.isfinite(arr))[:5].tolist()
         raise MeasurementError(bad("values", f"non-finite at indices {bad_idx}", f"finite numbers for {name!r}"))
     return arr
+
+
+def _check_resamples(resamples: Any, seed: Any) -> None:
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 10:
+        raise MeasurementError(bad("resamples", resamples, "an integer >= 10 (default 4000)"))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MeasurementError(bad("seed", seed, "a non-negative integer"))
+
+
+def _first_not_binary(arr: np.ndarray) -> float:
+    return float(arr[(arr != 0.0) & (arr != 1.0)][0])
+
+
+def _zero_denominator(name: str, den: np.ndarray, denominator_name: str | None,
+                      why: str | None) -> str:
+    label = f"the denominator ({denominator_name})" if denominator_name else "the denominator"
+    n = den.shape[0]
+    if not np.any(den):
+        reason = f"every one of its {n} values is 0" if n > 1 else "its one value is 0"
+    else:
+        reason = (f"its {n} values cancel out (from {_fmt(float(den.min()))} to "
+                  f"{_fmt(float(den.max()))}, mean {float(den.mean()):.3g})")
+    msg = (f"{name}: " + bad("denominator", f"mean {float(den.mean()):.3g}",
+                            "a denominator with a non-zero mean")
+           + f"; the ratio is undefined because {label}'s mean is 0: {reason}")
+    return msg + (f" ({why})" if why else "")
+
+
+def _pct(level: float) -> str:
+    return f"{level * 100:.4g}%"
 
 
 def _fmt(x: float) -> str:

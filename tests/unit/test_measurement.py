@@ -109,3 +109,202 @@ def test_ratio_of_means():
         Measurement.from_ratio("r", [1.0, 2.0], [1.0, -1.0])
     with pytest.raises(MeasurementError, match="paired"):
         Measurement.from_ratio("r", [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# -- the interval methods (pytest_circuits.stats) -------------------------------------------
+from pytest_circuits import stats  # noqa: E402
+from pytest_circuits.measurement import (  # noqa: E402
+    _ASSERTIONS, DEFAULT_LEVEL, default_level, level_override, resolve_level)
+
+
+@pytest.mark.parametrize("p,df,expected", [
+    (0.975, 1, 12.706204736), (0.975, 9, 2.262157163), (0.995, 4, 4.604094871),
+    (0.95, 30, 1.697260887), (0.025, 3, -3.182446305), (0.5, 7, 0.0)])
+def test_t_quantiles_match_the_table(p, df, expected):
+    assert stats.t_ppf(p, df) == pytest.approx(expected, abs=1e-8)
+
+
+def test_t_quantile_tends_to_normal():
+    from statistics import NormalDist
+    assert stats.t_ppf(0.975, 1e7) == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-5)
+
+
+@pytest.mark.parametrize("a,b,x", [(1.0, 3.0, 0.2), (2.5, 1.0, 0.7), (0.5, 0.5, 0.3), (40.0, 60.0, 0.45)])
+def test_betainc_identities(a, b, x):
+    # I_x(1, b) = 1 - (1-x)^b, I_x(a, 1) = x^a, and the symmetry I_x(a, b) = 1 - I_{1-x}(b, a)
+    if a == 1.0:
+        assert stats.betainc(a, b, x) == pytest.approx(1 - (1 - x) ** b, rel=1e-12)
+    if b == 1.0:
+        assert stats.betainc(a, b, x) == pytest.approx(x ** a, rel=1e-12)
+    assert stats.betainc(a, b, x) == pytest.approx(1 - stats.betainc(b, a, 1 - x), abs=1e-13)
+
+
+def _binom_tail(k, n, p):            # P(X >= k), X ~ Binomial(n, p): a direct sum
+    import math
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+@pytest.mark.parametrize("k,n", [(12, 12), (0, 12), (5, 20), (1, 1), (97, 100), (3, 50)])
+def test_clopper_pearson_inverts_the_binomial(k, n):
+    lo, hi = stats.clopper_pearson(k, n, 0.95)
+    # the defining equations: P(X >= k | lo) = 0.025 and P(X <= k | hi) = 0.025
+    if k > 0:
+        assert _binom_tail(k, n, lo) == pytest.approx(0.025, abs=1e-10)
+    else:
+        assert lo == 0.0
+    if k < n:
+        assert 1 - _binom_tail(k + 1, n, hi) == pytest.approx(0.025, abs=1e-10)
+    else:
+        assert hi == 1.0
+
+
+def test_twelve_of_twelve_is_not_certainty():
+    m = Measurement.from_values("agree", [1] * 12)
+    assert m.mean == 1.0 and m.upper == 1.0
+    assert m.lower == pytest.approx(0.025 ** (1 / 12))       # 0.7354, closed form for k = n
+    assert m.lower < 0.8 and not m.flags
+    with pytest.raises(AssertionError, match=r"1 \[0\.735, 1\] n=12"):
+        m.assert_above(0.8)
+    assert "Clopper-Pearson" in m.provenance["interval"]
+    assert Measurement.from_values("agree", [0] * 12).upper == pytest.approx(1 - 0.025 ** (1 / 12))
+
+
+def test_zero_one_values_can_opt_out_of_the_proportion_interval():
+    vals = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    cp = Measurement.from_values("x", vals)
+    bt = Measurement.from_values("x", vals, method="bootstrap-t")
+    assert (cp.lower, cp.upper) == pytest.approx(stats.clopper_pearson(5, 8, 0.95))
+    assert (bt.lower, bt.upper) == pytest.approx(stats.mean_interval(np.array(vals), 0.95, 4000, 0))
+    with pytest.raises(MeasurementError, match=r"method='clopper-pearson'.*e\.g\. 0\.5"):
+        Measurement.from_values("x", [0.0, 0.5, 1.0], method="clopper-pearson")
+    with pytest.raises(MeasurementError, match="method='nope'"):
+        Measurement.from_values("x", vals, method="nope")
+
+
+def test_old_bca_still_reachable_and_unchanged():
+    vals = np.random.default_rng(3).exponential(size=40)
+    m = Measurement.from_values("x", vals, method="bca")
+    assert (m.lower, m.upper) == stats.bca_interval(vals, 0.95, 4000, 0)
+
+
+def test_interval_contains_the_t_interval_and_the_mean():
+    # independent check of the union: the Student-t interval computed here from the table
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 10, 50):
+        vals = rng.lognormal(size=n)
+        m = Measurement.from_values("x", vals)
+        half = stats.t_ppf(0.975, n - 1) * vals.std(ddof=1) / np.sqrt(n)
+        assert m.lower <= vals.mean() - half + 1e-12 and m.upper >= vals.mean() + half - 1e-12
+        assert np.isfinite(m.lower) and np.isfinite(m.upper)
+
+
+def test_degenerate_resamples_give_a_finite_interval():
+    # 9 equal values: a third of the resamples draw only them (se* = 0, T* infinite)
+    m = Measurement.from_values("x", [0.2] * 9 + [0.7])
+    assert np.isfinite(m.lower) and np.isfinite(m.upper) and m.lower < 0.25 < m.upper
+    assert not m.flags
+
+
+def test_single_value_is_flagged_not_trusted():
+    m = Measurement.from_values("x", [0.5])
+    assert (m.lower, m.upper) == (0.5, 0.5)
+    assert m.flags == ("zero-width: n=1",)
+    assert repr(m).endswith("n=1 [zero-width: n=1]")
+    assert m.to_dict()["flags"] == ["zero-width: n=1"]
+    with pytest.raises(AssertionError, match=r"\[zero-width: n=1\]"):
+        m.assert_above(0.6)
+
+
+def test_constant_values_are_flagged():
+    m = Measurement.from_values("x", [0.3] * 5)
+    assert (m.lower, m.upper) == (0.3, 0.3) and m.flags == ("zero-width: all 5 values equal",)
+    # rounding noise (1.0 - 0.9 is not exactly 0.1) still counts as constant
+    d = Measurement.from_values("d", np.array([1.0, 2.0, 3.0]) - np.array([0.9, 1.9, 2.9]))
+    assert d.flags and d.lower == d.upper == d.mean
+    # a real spread, however small in absolute terms, is not
+    assert not Measurement.from_values("x", [1e-20, 2e-20, 3e-20]).flags
+    assert "[" not in repr(Measurement.from_values("x", [1.0, 2.0, 3.0])).split("n=3")[1]
+
+
+def test_ratio_interval_contains_the_delta_method_interval():
+    rng = np.random.default_rng(8)
+    den = rng.gamma(2.0, 1.0, 30)
+    num = 0.5 * den + rng.normal(0, 0.5, 30)
+    m = Measurement.from_ratio("r", num, den)
+    r = num.mean() / den.mean()
+    se = (num - r * den).std(ddof=1) / (np.sqrt(30) * den.mean())
+    half = stats.t_ppf(0.975, 29) * se
+    assert m.mean == pytest.approx(r)
+    assert m.lower <= r - half + 1e-12 and m.upper >= r + half - 1e-12
+    assert m.upper - m.lower < 10 * half            # and not absurdly wider
+
+
+def test_ratio_flags_and_single_pair():
+    assert Measurement.from_ratio("r", [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]).flags
+    one = Measurement.from_ratio("r", [1.0], [4.0])
+    assert one.mean == one.lower == one.upper == 0.25 and one.flags == ("zero-width: n=1",)
+
+
+def test_zero_denominator_says_why():
+    with pytest.raises(MeasurementError, match=r"restored\(L1H2\).*own direct effect\)'s mean is 0: "
+                                               r"every one of its 3 values is 0 \(the ablation"):
+        Measurement.from_ratio("restored(L1H2)", [1.0, 2.0, 3.0], [0.0, 0.0, 0.0],
+                               denominator_name="own direct effect",
+                               why="the ablation changed nothing on any prompt")
+    with pytest.raises(MeasurementError, match=r"non-zero mean.*values cancel out \(from -1 to 1"):
+        Measurement.from_ratio("r", [1.0, 2.0], [1.0, -1.0])
+
+
+def test_default_level_scope():
+    assert level_override.get() is None and resolve_level(None) == DEFAULT_LEVEL
+    vals = np.random.default_rng(2).normal(size=40)
+    plain = Measurement.from_values("x", vals)
+    with default_level(0.998):
+        wide = Measurement.from_values("x", vals)
+        passed_through = Measurement.from_values("x", vals, level=DEFAULT_LEVEL)
+        chosen = Measurement.from_values("x", vals, level=0.8)
+        ratio = Measurement.from_ratio("r", vals + 5, np.full(40, 2.0) + vals / 10)
+        with default_level(0.9):
+            assert Measurement.from_values("x", vals).level == 0.9
+        assert resolve_level(None) == 0.998
+    assert wide.level == passed_through.level == ratio.level == 0.998 and chosen.level == 0.8
+    assert wide.lower < plain.lower and wide.upper > plain.upper
+    assert "99.8% interval" in _failure(wide)
+    assert level_override.get() is None
+    with pytest.raises(MeasurementError, match="level=1.0"):
+        with default_level(1.0):
+            pass
+
+
+def _failure(m):
+    try:
+        m.assert_above(1e9)
+    except AssertionError as e:
+        return str(e)
+    raise RuntimeError("assert_above(1e9) passed")
+
+
+def test_assertions_are_counted():
+    log: list = []
+    _ASSERTIONS.append(log)
+    try:
+        m = Measurement.from_values("x", [1.0, 1.1, 0.9, 1.05, 0.95], model="tiny")
+        m.assert_above(0.5).assert_below(1.5).assert_within(0.5, 1.5)
+        with pytest.raises(AssertionError):
+            m.assert_above(1.0)
+    finally:
+        _ASSERTIONS.remove(log)
+    assert [(r.name, r.model, r.kind, r.passed, r.level) for r in log] == [
+        ("x", "tiny", "above", True, 0.95), ("x", "tiny", "below", True, 0.95),
+        ("x", "tiny", "within", True, 0.95), ("x", "tiny", "above", False, 0.95)]
+    assert log[0].bound == m.lower and log[1].bound == m.upper and log[2].threshold == (0.5, 1.5)
+    m.assert_above(0.5)                 # nothing is recorded once the list is gone
+    assert len(log) == 4
+
+
+@pytest.mark.parametrize("kw,match", [({"resamples": 0}, "resamples=0"), ({"resamples": 2.5}, "resamples=2.5"),
+                                      ({"seed": -1}, "seed=-1"), ({"level": "0.95"}, "level='0.95'"),
+                                      ({"level": True}, "level=True")])
+def test_bad_settings(kw, match):
+    with pytest.raises(MeasurementError, match=match):
+        Measurement.from_values("x", [1.0, 2.0, 3.0], **kw)
