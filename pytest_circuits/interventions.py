@@ -62,8 +62,8 @@ KINDS = ("zero", "mean", "position_mean", "resample", "patch", "freeze", "rerout
 NOOP_KINDS = ("zero", "mean", "position_mean", "resample")
 NOOP_RTOL = 1e-5          # |replacement - original| <= NOOP_RTOL x their size: unchanged
 NOOP_FRACTION = 0.9       # warn when at least this fraction of the prompts is unchanged
-# (key, prompt digest, n) -> {row: unchanged?}, filled batch by batch during a forward
-_NOOP_LEDGER: dict[tuple[str, str, int], dict[int, bool]] = {}
+# (replacement, its key, prompt digest, n) -> {row: unchanged?}, filled batch by batch
+_NOOP_LEDGER: dict[tuple[int, str, str, int], dict[int, bool]] = {}
 
 
 def _norm_positions(positions: Any) -> Any:
@@ -196,12 +196,13 @@ class Replace:
         diff = diff.flatten(1).amax(1) if diff.dim() > 1 else diff
         size = size.flatten(1).amax(1) if size.dim() > 1 else size
         same = diff <= NOOP_RTOL * size
-        ledger = _NOOP_LEDGER.setdefault((self.key, prompts.digest, len(prompts)), {})
+        slot = (id(self), self.key, prompts.digest, len(prompts))
+        ledger = _NOOP_LEDGER.setdefault(slot, {})
         for i, s in zip(index.tolist(), same.tolist()):
             ledger[int(i)] = bool(s)
         if len(ledger) < len(prompts):
             return
-        _NOOP_LEDGER.pop((self.key, prompts.digest, len(prompts)), None)
+        _NOOP_LEDGER.pop(slot, None)
         unchanged = sum(ledger.values())
         if unchanged >= max(1, math.ceil(NOOP_FRACTION * len(prompts))):
             warnings.warn(NoOpInterventionWarning(self.noop_message(unchanged, len(prompts), prompts.name)),
