@@ -76,7 +76,7 @@ level_override: ContextVar[float | None] = ContextVar("pytest_circuits_level_ove
 
 
 def _check_level(level: Any) -> float:
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < level < 1.0:
         raise MeasurementError(bad("level", level, "a confidence level in (0, 1), e.g. 0.95"))
     return float(level)
 

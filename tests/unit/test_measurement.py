@@ -312,6 +312,10 @@ def test_bad_settings(kw, match):
         Measurement.from_values("x", [1.0, 2.0, 3.0], **kw)
 
 
+def test_numpy_level_is_a_level():
+    assert Measurement.from_values("x", [1.0, 2.0, 3.0], level=np.float32(0.9)).level == pytest.approx(0.9)
+
+
 def test_docs_statistics_examples_run():
     import doctest
     from pathlib import Path
