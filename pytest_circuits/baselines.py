@@ -5,7 +5,7 @@ One readable JSON file per model, ``<baseline-dir>/<model>.json``::
     {"model": "smollm2-135m", "fingerprint": "gguf-sha256:...", "versions": {...},
      "claims": {"claims/smollm2/test_greater_than.py::test_prefers_later_years": {
          "greater_than.prob_diff": {"mean": 0.875, "lower": 0.848, "upper": 0.893,
-                                    "n": 200, "sem": 0.011}}}}
+                                    "n": 200, "level": 0.95, "sem": 0.011}}}}
 
 Semantics follow pytest-regressions:
 
@@ -17,33 +17,97 @@ Semantics follow pytest-regressions:
   difference | tolerance) and the obtained values are written beside the baseline as
   ``<model>.obtained.json``.
 
-Tolerances (two-sided, per metric): ``"3se"`` (default: 3 combined standard errors of
-the two means), ``"abs:0.05"``, ``"rel:0.1"``; from ``@pytest.mark.baseline(tolerance=...)``
-(one spec for all metrics, or ``{metric: spec}``) or the ``circuits_baseline_tolerance``
-ini option.
+What a file may hold (checked on load, :func:`read`). Every problem is a
+:class:`BaselineError` naming the file, the claim, the metric and the field with its
+value. A problem in one claim's entries fails only the claims that use them; a file that
+is not JSON, or whose top level is not the layout above, fails every claim of that model.
+
+* ``mean``: a finite number; ``n``: a positive integer (both required);
+* ``lower``, ``upper``: finite numbers with ``lower <= mean <= upper`` (optional);
+* ``sem``: a finite number ``>= 0`` (optional; missing counts as 0, which only makes an
+  ``se`` tolerance tighter); ``level``: a number in (0, 1) (optional);
+* a claim's entry is ``{metric: {...}}``; ``versions`` is ``{package: version}``.
+
+Tolerances (two-sided, per metric; :class:`Tolerance`):
+
+* ``"3se"`` (the default): ``|obtained - baseline| <= 3 * sqrt(sem_obtained**2 + sem_baseline**2)``;
+* ``"abs:0.05"``: ``<= 0.05``;
+* ``"rel:0.1"``: ``<= 0.1 * |baseline mean|``;
+
+from ``@pytest.mark.baseline(tolerance=...)`` (one spec for all metrics, or
+``{metric: spec}``; metrics not named get the run's default) or the
+``circuits_baseline_tolerance`` ini option; :func:`tolerance_policy` is the one place
+that resolves them.
+
+**A tolerance wider than the value.** A check whose allowed band is wider than the value
+itself cannot fail for any plausible value, so it is flagged and, unless the claim accepts
+it with ``@pytest.mark.baseline(accept_wide=True)`` (or a list of metric names), the
+claim fails. The rule: the value's *scale* is the largest of ``|baseline mean|``, the
+baseline interval's width and the obtained interval's width; a tolerance is *wide* when
+its allowance exceeds ``WIDE_FACTOR[kind] * scale``: 1 for ``abs`` and ``rel`` (the
+band may not be wider than the value or its uncertainty), 2.5 for ``se`` (a ``3se`` band
+is by construction about 1.1 times the width of a 95% interval, 2.1 times at n=2, so only
+a lying ``sem`` or a very large multiple crosses 2.5). An allowance that is not a finite
+number always fails.
+
+Metric names are a claim's keys: two measurements with the same name in one claim are an
+error (:func:`metric_keys`), never made unique by call order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
-from dataclasses import dataclass
+import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .errors import CircuitsError, bad
 
 DEFAULT_TOLERANCE = "3se"
-_SPEC = re.compile(r"^(?:(?P<k>\d+(?:\.\d+)?)se|abs:(?P<abs>\d+(?:\.\d+)?(?:e-?\d+)?)|rel:(?P<rel>\d+(?:\.\d+)?(?:e-?\d+)?))$")
+_NUM = r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_SPEC = re.compile(rf"^(?:(?P<k>{_NUM})se|abs:(?P<abs>{_NUM})|rel:(?P<rel>{_NUM}))$")
+VALID_SPEC = "'3se' (standard errors), 'abs:0.05' or 'rel:0.1' (a finite number >= 0)"
+
+#: allowance / scale above which a tolerance is "wider than the value" (see the module doc)
+WIDE_FACTOR = {"abs": 1.0, "rel": 1.0, "se": 2.5}
+
+#: what a baseline's numbers depend on; recorded with every baseline, compared on every check
+VERSION_PACKAGES = ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers",
+                    "numpy", "safetensors")
+
+_EPS = sys.float_info.epsilon
 
 
 class BaselineError(CircuitsError):
     """A baseline file is unreadable or malformed, or a tolerance spec is invalid."""
 
 
+class DuplicateMetricError(BaselineError):
+    """A claim recorded two measurements with the same name."""
+
+
+# -- versions ---------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    """The versions a baseline records: python and :data:`VERSION_PACKAGES`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in VERSION_PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# -- tolerances -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tolerance:
     kind: str      # "se", "abs" or "rel"
@@ -53,33 +117,98 @@ class Tolerance:
     def parse(cls, spec: Any) -> "Tolerance":
         if isinstance(spec, Tolerance):
             return spec
-        m = _SPEC.match(str(spec).strip()) if isinstance(spec, str) else None
+        m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
         if not m:
-            raise BaselineError(bad("tolerance", spec, "'3se' (standard errors), 'abs:0.05' or 'rel:0.1'"))
-        if m.group("k"):
-            return cls("se", float(m.group("k")))
-        if m.group("abs"):
-            return cls("abs", float(m.group("abs")))
-        return cls("rel", float(m.group("rel")))
+            raise BaselineError(bad("tolerance", spec, VALID_SPEC))
+        kind = "se" if m.group("k") else "abs" if m.group("abs") else "rel"
+        value = float(m.group("k") or m.group("abs") or m.group("rel"))
+        if not math.isfinite(value):
+            raise BaselineError(bad("tolerance", spec, VALID_SPEC))
+        return cls(kind, value)
 
-    def allowed(self, obtained: Mapping[str, float], expected: Mapping[str, float]) -> float:
+    def allowed(self, obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
+        """The largest ``|obtained mean - baseline mean|`` this tolerance accepts.
+
+        May be ``inf`` when the numbers overflow; :func:`verdict` fails such a row."""
         if self.kind == "abs":
             return self.value
         if self.kind == "rel":
-            return self.value * abs(expected["mean"])
-        return self.value * math.sqrt(obtained.get("sem", 0.0) ** 2 + expected.get("sem", 0.0) ** 2)
+            return self.value * abs(float(expected["mean"]))
+        return self.value * math.hypot(float(obtained.get("sem", 0.0)), float(expected.get("sem", 0.0)))
 
     def __str__(self) -> str:
         return f"{self.value:g}se" if self.kind == "se" else f"{self.kind}:{self.value:g}"
 
 
+@dataclass(frozen=True)
+class TolerancePolicy:
+    """The tolerance of each metric of one claim, and which wide tolerances it accepts."""
+
+    default: Tolerance
+    per_metric: Mapping[str, Tolerance] = field(default_factory=dict)
+    accept_wide: bool | frozenset[str] = False
+
+    def for_metric(self, metric: str) -> Tolerance:
+        return self.per_metric.get(metric, self.default)
+
+    def accepts_wide(self, metric: str) -> bool:
+        return self.accept_wide is True or (isinstance(self.accept_wide, frozenset) and metric in self.accept_wide)
+
+    def unknown_metrics(self, metrics: Iterable[str]) -> list[str]:
+        """Metric names the policy mentions that are not among ``metrics`` (typos)."""
+        known = set(metrics)
+        named = set(self.per_metric) | (self.accept_wide if isinstance(self.accept_wide, frozenset) else set())
+        return sorted(named - known)
+
+
+def tolerance_policy(marker: Any = None, default: Any = DEFAULT_TOLERANCE) -> TolerancePolicy:
+    """Resolve ``@pytest.mark.baseline(...)`` against the run's default tolerance.
+
+    ``marker`` is the marker (anything with ``args`` and ``kwargs``), its kwargs as a
+    mapping, or None. Accepted: ``tolerance=spec | {metric: spec}`` (or one positional
+    spec) and ``accept_wide=True | [metric, ...]``; anything else is an error."""
+    if marker is None:
+        args, kwargs = (), {}
+    elif isinstance(marker, Mapping):
+        args, kwargs = (), dict(marker)
+    else:
+        args, kwargs = tuple(getattr(marker, "args", ())), dict(getattr(marker, "kwargs", {}))
+    unknown = sorted(set(kwargs) - {"tolerance", "accept_wide"})
+    if unknown:
+        raise BaselineError(bad("baseline marker keyword", unknown[0], "tolerance=... or accept_wide=..."))
+    if len(args) > 1 or (args and "tolerance" in kwargs):
+        raise BaselineError(bad("baseline marker arguments", args, "at most one tolerance, positional or "
+                                "tolerance=..., not both"))
+    base = Tolerance.parse(default)
+    spec = args[0] if args else kwargs.get("tolerance")
+    per: dict[str, Tolerance] = {}
+    if isinstance(spec, Mapping):
+        for metric, s in spec.items():
+            if not isinstance(metric, str):
+                raise BaselineError(bad("tolerance metric", metric, "a metric name (str)"))
+            per[metric] = Tolerance.parse(s)
+    elif spec is not None:
+        base = Tolerance.parse(spec)
+    acc = kwargs.get("accept_wide", False)
+    if isinstance(acc, bool):
+        accept: bool | frozenset[str] = acc
+    elif isinstance(acc, str):
+        accept = frozenset([acc])
+    elif isinstance(acc, (list, tuple, set, frozenset)) and all(isinstance(a, str) for a in acc):
+        accept = frozenset(acc)
+    else:
+        raise BaselineError(bad("accept_wide", acc, "True, False, or a list of metric names"))
+    return TolerancePolicy(base, per, accept)
+
+
+# -- what a baseline keeps of a measurement ---------------------------------------------
 def summary(m: Mapping[str, Any]) -> dict[str, Any]:
     """What a baseline keeps of a measurement (from ``Measurement.to_dict()``)."""
     values = m.get("values") or []
     n = int(m["n"])
-    if n > 1 and values:
-        mean = sum(values) / n
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    if n > 1 and len(values) == n:
+        mean = math.fsum(values) / n
+        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
         sem = sd / math.sqrt(n)
     else:
         sem = 0.0
@@ -87,15 +216,22 @@ def summary(m: Mapping[str, Any]) -> dict[str, Any]:
             "sem": sem}
 
 
-def metric_keys(measurements: list[Mapping[str, Any]]) -> list[str]:
-    """Names of a claim's measurements, made unique in order (``name``, ``name#2``...)."""
-    seen: dict[str, int] = {}
-    out = []
-    for m in measurements:
-        k = m["name"]
-        seen[k] = seen.get(k, 0) + 1
-        out.append(k if seen[k] == 1 else f"{k}#{seen[k]}")
-    return out
+def metric_keys(measurements: Iterable[Mapping[str, Any]], claim: str = "", *, strict: bool = True) -> list[str]:
+    """The keys of a claim's measurements: their names, which must be distinct.
+
+    A repeated name raises :class:`DuplicateMetricError` (keys made unique by call order
+    would compare the wrong baselines once the order changes). ``strict=False`` returns
+    the names as they are, for reports of a claim that has already failed."""
+    names = [m["name"] if isinstance(m, Mapping) else m.name for m in measurements]
+    if strict:
+        seen: set[str] = set()
+        dup = [k for k in names if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+        if dup:
+            who = f"claim {claim}" if claim else "a claim"
+            raise DuplicateMetricError(
+                f"{who} recorded {names.count(dup[0])} measurements named {dup[0]!r}; give them distinct names "
+                "(e.g. include the ablation kind or the circuit in the name)")
+    return names
 
 
 def model_file(directory: Path, model_label: str) -> Path:
@@ -103,90 +239,429 @@ def model_file(directory: Path, model_label: str) -> Path:
     return directory / f"{safe}.json"
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a baseline file; a malformed one is an error naming the file, never ignored."""
+# -- reading and validating -------------------------------------------------------------
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def entry_problems(entry: Any) -> list[str]:
+    """What is wrong with one metric's entry (empty when it is valid), field by field."""
+    if not isinstance(entry, Mapping):
+        return [bad("entry", entry, "an object {\"mean\": ..., \"n\": ..., ...}")]
+    out = []
+    for f in ("mean", "n"):
+        if f not in entry:
+            out.append(f"{f} is missing: every entry needs mean and n")
+    for f in ("mean", "lower", "upper", "sem"):
+        if f in entry:
+            v = entry[f]
+            if not _is_number(v) or not math.isfinite(v):
+                out.append(bad(f, v, "a finite number"))
+            elif f == "sem" and v < 0:
+                out.append(bad(f, v, "a standard error >= 0"))
+    if "n" in entry:
+        n = entry["n"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            out.append(bad("n", n, "a positive integer (the number of examples)"))
+    if "level" in entry:
+        lv = entry["level"]
+        if not _is_number(lv) or not 0.0 < lv < 1.0:
+            out.append(bad("level", lv, "a confidence level in (0, 1)"))
+    if not out:
+        nums = {f: float(entry[f]) for f in ("lower", "mean", "upper") if f in entry}
+        slack = 4 * _EPS * max(abs(x) for x in nums.values())
+        order = [f for f in ("lower", "mean", "upper") if f in nums]
+        for a, b in zip(order, order[1:]):
+            if nums[a] > nums[b] + slack:
+                out.append(f"{a}={entry[a]!r} > {b}={entry[b]!r} is not valid: lower <= mean <= upper")
+    return out
+
+
+def _where(path: Any, claim: str, metric: str | None = None) -> str:
+    return f"baseline file {path}: claim {claim!r}" + (f", metric {metric!r}" if metric is not None else "")
+
+
+@dataclass(frozen=True)
+class BaselineFile:
+    """A baseline file, read and checked. ``claims`` holds the valid claims' entries;
+    ``problems`` maps each claim with a malformed entry to what is wrong (file, claim,
+    metric, field and value in each line)."""
+
+    path: Path
+    exists: bool = False
+    model: str | None = None
+    fingerprint: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    versions_of: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    claims: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def claim_versions(self, claim: str) -> Mapping[str, str]:
+        """The versions ``claim``'s entries were recorded with."""
+        return self.versions_of.get(claim, self.versions)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _parse(path: Path) -> dict[str, Any] | None:
+    """The file's JSON with its top level checked; None when there is no file."""
     if not path.exists():
-        return {}
+        return None
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BaselineError(f"baseline file {path} cannot be read ({e}); fix it, or delete it and rerun with "
+                            "--circuits-update-baselines") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise BaselineError(f"baseline file {path} has the key {e.args[0]!r} twice in one object, so one of "
+                            "the two would be silently ignored; keep one") from None
+    except (ValueError, RecursionError) as e:
         raise BaselineError(f"baseline file {path} is not valid JSON ({e}); fix it, or delete it and "
                             "rerun with --circuits-update-baselines") from None
-    if not isinstance(data, dict) or not isinstance(data.get("claims", {}), dict):
-        raise BaselineError(f"baseline file {path} does not have the expected layout "
-                            "({'model': ..., 'claims': {claim: {metric: {...}}}})")
-    for claim, metrics in data.get("claims", {}).items():
-        for metric, entry in (metrics or {}).items():
-            if not isinstance(entry, dict) or not {"mean", "n"} <= set(entry):
-                raise BaselineError(f"baseline file {path}: entry {claim!r} / {metric!r} lacks mean and n")
+    layout = "({'model': ..., 'versions': {package: version}, 'claims': {claim: {metric: {...}}}})"
+    if not isinstance(data, dict):
+        raise BaselineError(f"baseline file {path} does not have the expected layout {layout}: "
+                            f"its top level is a {type(data).__name__}")
+    for key, ok, valid in (("claims", lambda v: isinstance(v, dict), "an object {claim: {metric: {...}}}"),
+                           ("versions", _str_map, "an object {package: version}"),
+                           ("versions_of", lambda v: isinstance(v, dict) and all(_str_map(x) for x in v.values()),
+                            "an object {claim: {package: version}}"),
+                           ("model", lambda v: v is None or isinstance(v, str), "a model name"),
+                           ("fingerprint", lambda v: v is None or isinstance(v, str), "a weights fingerprint")):
+        if key in data and not ok(data[key]):
+            raise BaselineError(f"baseline file {path} does not have the expected layout {layout}: "
+                                + bad(key, _short(data[key]), valid))
     return data
+
+
+def _short(v: Any) -> Any:
+    s = repr(v)
+    return v if len(s) <= 80 else s[:77] + "..."
+
+
+def read(path: Path | str) -> BaselineFile:
+    """Read and check a baseline file (a missing file is an empty baseline).
+
+    Raises :class:`BaselineError` when the whole file is unusable (not JSON, a wrong top
+    level, a key twice); a malformed claim entry is kept in ``problems`` instead."""
+    path = Path(path)
+    data = _parse(path)
+    if data is None:
+        return BaselineFile(path)
+    claims: dict[str, dict[str, Mapping[str, Any]]] = {}
+    problems: dict[str, tuple[str, ...]] = {}
+    for claim, metrics in data.get("claims", {}).items():
+        if not isinstance(metrics, dict):
+            problems[claim] = (f"{_where(path, claim)}: " + bad("entry", _short(metrics),
+                                                                 "an object {metric: {\"mean\": ..., \"n\": ...}}"),)
+            continue
+        lines = [f"{_where(path, claim, metric)}: {p}" for metric, entry in metrics.items()
+                 for p in entry_problems(entry)]
+        if lines:
+            problems[claim] = tuple(lines)
+        else:
+            claims[claim] = metrics
+    return BaselineFile(path, True, data.get("model"), data.get("fingerprint"), data.get("versions", {}),
+                        data.get("versions_of", {}), claims, problems, data)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The file's JSON (``{}`` when missing), refusing any malformed part (whole-file view)."""
+    bf = read(path)
+    for lines in bf.problems.values():
+        raise BaselineError("\n".join(lines))
+    return dict(bf.raw)
+
+
+# -- writing ----------------------------------------------------------------------------
+def _lock_file(path: Path) -> Path:
+    """A lock file for ``path`` outside its folder (nothing is left beside the baselines)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"pytest-circuits-locks-{uid}"
+    key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return folder / f"{key}.lock"
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside ``path`` (xdist workers update one file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "w") as fh:
+    """An exclusive lock on ``path`` for read-modify-write (xdist workers update one file).
+
+    The lock is taken on a stable file in a per-user temp folder keyed by the hash of the
+    baseline's absolute path: the baseline itself is replaced atomically, so locking it
+    would not serialize writers, and a ``.lock`` beside it would litter the folder."""
+    lock = _lock_file(path)
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
         try:
             import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            try:
+                import msvcrt
 
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX: best effort
-            pass
-        yield
+                msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+            except (ImportError, OSError):
+                pass
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _relevant(v: Mapping[str, str]) -> dict[str, str]:
+    return {k: v[k] for k in ("python", *VERSION_PACKAGES) if k in v}
 
 
 def update(path: Path, model: Mapping[str, Any], claim: str, entries: Mapping[str, Any]) -> None:
-    """Set ``claim``'s entries in the file (read-modify-write under a lock, atomic replace)."""
+    """Set ``claim``'s entries in the file (read-modify-write under a lock, atomic replace).
+
+    Other claims' entries are kept exactly as they are, malformed ones included (never
+    rewrite what did not run). The entries written are checked first, so a file this
+    function writes always reads back. A file that is not JSON is refused, not overwritten."""
+    path = Path(path)
+    for metric, entry in entries.items():
+        lines = entry_problems(entry)
+        if lines:
+            raise BaselineError(f"refusing to write {path}: claim {claim!r}, metric {metric!r}: " + "; ".join(lines))
+    now = {**versions(), **dict(model.get("versions") or {})}
     with _locked(path):
-        claims = dict((load(path) or {}).get("claims", {}))
-        claims[claim] = dict(entries)
-        data = {"model": model.get("label"), "fingerprint": model.get("fingerprint"),
-                "versions": model.get("versions", {}), "claims": dict(sorted(claims.items()))}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", "utf-8")
-        os.replace(tmp, path)
+        old = _parse(path) or {}
+        claims = dict(old.get("claims", {}))
+        claims[claim] = {k: dict(v) for k, v in entries.items()}
+        then = dict(old.get("versions") or {})
+        versions_of = {c: v for c, v in dict(old.get("versions_of") or {}).items() if c in claims and c != claim}
+        if _relevant(then) != _relevant(now):   # the claims not rewritten keep the versions they had
+            for c in claims:
+                if c != claim and c not in versions_of:
+                    versions_of[c] = then
+        versions_of = {c: v for c, v in versions_of.items() if _relevant(v) != _relevant(now)}
+        data: dict[str, Any] = {"model": model.get("label"), "fingerprint": model.get("fingerprint"),
+                                "versions": now}
+        if versions_of:
+            data["versions_of"] = dict(sorted(versions_of.items()))
+        data["claims"] = dict(sorted(claims.items()))
+        _write_atomic(path, data)
 
 
+# -- comparing --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Row:
+    """One metric of a claim against its baseline.
+
+    ``wide``: the tolerance is wider than the value's own scale (see the module doc), so
+    the check cannot fail; ``accepted``: the claim said so explicitly."""
+
     metric: str
     obtained: float
     baseline: float | None
     tolerance: str
     allowed: float | None
+    wide: bool = False
+    accepted: bool = False
+    scale: float | None = None
 
     @property
     def difference(self) -> float | None:
         return None if self.baseline is None else self.obtained - self.baseline
 
     @property
+    def finite_allowance(self) -> bool:
+        return self.allowed is not None and math.isfinite(self.allowed)
+
+    @property
+    def within(self) -> bool:
+        """The difference is inside the allowed band (exactly equal counts as inside, up to
+        the rounding of the subtraction)."""
+        if self.baseline is None or not self.finite_allowance:
+            return False
+        slack = 2 * _EPS * max(abs(self.obtained), abs(self.baseline))
+        return abs(self.difference) <= self.allowed + slack  # type: ignore[arg-type,operator]
+
+    @property
+    def trusted(self) -> bool:
+        """The check could have failed: a finite allowance, not wider than the value (or accepted)."""
+        return self.finite_allowance and (not self.wide or self.accepted)
+
+    @property
     def ok(self) -> bool:
-        return self.baseline is not None and abs(self.difference) <= self.allowed + 1e-12  # type: ignore[operator]
+        return self.within and self.trusted
+
+    @property
+    def flag(self) -> str:
+        """What a report shows beside the row ('' when nothing is wrong with the tolerance)."""
+        if self.baseline is None or self.tolerance == "updated":
+            return ""
+        if not self.finite_allowance:
+            return f"allowance {self.allowed} is not a finite number: the check cannot be made"
+        if self.wide:
+            return ("tolerance wider than the value (scale " f"{self.scale:.3g}): the check cannot fail"
+                    + (" (accepted)" if self.accepted else ""))
+        return ""
+
+
+def _width(e: Mapping[str, Any]) -> float:
+    return float(e["upper"]) - float(e["lower"]) if "upper" in e and "lower" in e else 0.0
+
+
+def scale(obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
+    """The value's own scale: max(|baseline mean|, baseline interval width, obtained interval width)."""
+    return max(abs(float(expected["mean"])), _width(expected), _width(obtained))
+
+
+def is_wide(tol: Tolerance, allowed: float, obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+    """Whether ``allowed`` exceeds ``WIDE_FACTOR[tol.kind]`` times the value's scale."""
+    return allowed > 0 and allowed > WIDE_FACTOR[tol.kind] * scale(obtained, expected)
 
 
 def compare(obtained: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Mapping[str, Any]],
             tolerance: Any) -> list[Row]:
-    """One row per obtained metric; ``tolerance`` is a spec or ``{metric: spec}``."""
+    """One row per obtained metric; ``tolerance`` is a spec, ``{metric: spec}`` or a
+    :class:`TolerancePolicy`. Entries are assumed valid (see :func:`verdict`)."""
+    policy = tolerance if isinstance(tolerance, TolerancePolicy) else tolerance_policy({"tolerance": tolerance})
     rows = []
     for metric, got in obtained.items():
-        spec = tolerance.get(metric, DEFAULT_TOLERANCE) if isinstance(tolerance, Mapping) else tolerance
-        tol = Tolerance.parse(spec)
+        tol = policy.for_metric(metric)
         exp = expected.get(metric)
-        rows.append(Row(metric, got["mean"], None if exp is None else exp["mean"], str(tol),
-                        None if exp is None else tol.allowed(got, exp)))
+        if exp is None:
+            rows.append(Row(metric, float(got["mean"]), None, str(tol), None))
+            continue
+        try:
+            allowed = tol.allowed(got, exp)
+        except OverflowError:
+            allowed = math.inf
+        rows.append(Row(metric, float(got["mean"]), float(exp["mean"]), str(tol), allowed,
+                        wide=is_wide(tol, allowed, got, exp), accepted=policy.accepts_wide(metric),
+                        scale=scale(got, exp)))
     return rows
 
 
-def table(rows: list[Row]) -> str:
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's measurements against its baseline: what the session reports and raises on."""
+
+    claim: str
+    path: Path | None
+    rows: tuple[Row, ...] = ()
+    problems: tuple[str, ...] = ()                     # the baseline (or obtained) entries are malformed
+    missing: tuple[str, ...] = ()                      # in the baseline, no longer recorded by the claim
+    version_changes: tuple[tuple[str, str, str], ...] = ()   # (package, then, now)
+    unused_tolerances: tuple[str, ...] = ()            # metrics the marker names but the claim did not record
+
+    @property
+    def new(self) -> list[str]:
+        return [r.metric for r in self.rows if r.baseline is None]
+
+    @property
+    def drifted(self) -> list[Row]:
+        return [r for r in self.rows if r.baseline is not None and r.finite_allowance and not r.within]
+
+    @property
+    def untrusted(self) -> list[Row]:
+        """Rows whose check could not have failed (non-finite or unaccepted wide allowance)."""
+        return [r for r in self.rows if r.baseline is not None and not r.trusted]
+
+    @property
+    def passed(self) -> bool:
+        return not (self.problems or self.missing or self.new or self.drifted or self.untrusted)
+
+    def explain(self) -> list[str]:
+        """One line per reason the claim fails, other than new metrics and drift (which the
+        session words with the paths it writes)."""
+        out = list(self.problems)
+        for r in self.untrusted:
+            if not r.finite_allowance:
+                out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} gives an allowance of "
+                           f"{r.allowed}, not a finite number; the check cannot be made")
+            else:
+                hint = ("the baseline's sem is larger than its own interval suggests: check the file"
+                        if r.tolerance.endswith("se") else "use a narrower tolerance")
+                out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} allows ±{r.allowed:.3g}, "
+                           f"wider than the value's own scale {r.scale:.3g} (largest of |baseline mean| and the "
+                           f"interval widths): the check cannot fail. {hint}, or accept it with "
+                           f"@pytest.mark.baseline(accept_wide=[{r.metric!r}])")
+        if self.missing:
+            out.append(f"{self.claim}: the baseline {self.path} has {', '.join(map(repr, self.missing))}, which "
+                       "the claim no longer records; rerun with --circuits-update-baselines to drop them")
+        return out
+
+    def version_lines(self) -> list[str]:
+        return [f"{pkg} {then} -> {now}" for pkg, then, now in self.version_changes]
+
+
+def version_changes(then: Mapping[str, str], now: Mapping[str, str] | None) -> list[tuple[str, str, str]]:
+    """``(package, then, now)`` for each recorded version that differs now (python and
+    :data:`VERSION_PACKAGES`; packages the baseline did not record are not compared)."""
+    now = now or {}
+    return [(k, str(then[k]), str(now.get(k, "not recorded"))) for k in ("python", *VERSION_PACKAGES)
+            if k in then and str(then[k]) != str(now.get(k, "not recorded"))]
+
+
+def verdict(obtained: Mapping[str, Mapping[str, Any]], baseline: BaselineFile, claim: str,
+            tolerance: Any = DEFAULT_TOLERANCE, versions_now: Mapping[str, str] | None = None) -> Verdict:
+    """Compare ``claim``'s obtained entries (``{metric: summary(...)}``) with ``baseline``.
+
+    Pure: reads nothing, writes nothing, raises only for a tolerance that is not valid
+    (:class:`BaselineError`). Malformed entries become ``problems``; metric names the
+    marker gives a tolerance for but the claim did not record become ``unused_tolerances``
+    (a typo, or a marker shared by several claims: worth a warning, not a failure)."""
+    policy = tolerance if isinstance(tolerance, TolerancePolicy) else tolerance_policy({"tolerance": tolerance})
+    unused = tuple(policy.unknown_metrics(obtained))
+    problems = [f"obtained value of claim {claim!r}, metric {metric!r}: {p}"
+                for metric, entry in obtained.items() for p in entry_problems(entry)]
+    problems += baseline.problems.get(claim, ())
+    changes = tuple(version_changes(baseline.claim_versions(claim), versions_now)) if baseline.exists else ()
+    if problems:
+        return Verdict(claim, baseline.path, (), tuple(problems), (), changes, unused)
+    expected = baseline.claims.get(claim, {})
+    rows = compare(obtained, expected, policy)
+    missing = tuple(m for m in expected if m not in obtained) if expected else ()
+    return Verdict(claim, baseline.path, tuple(rows), (), missing, changes, unused)
+
+
+def table(rows: Iterable[Row]) -> str:
+    rows = list(rows)
     head = ("metric", "obtained", "baseline", "difference", "tolerance")
     body = [(r.metric, f"{r.obtained:.6g}", "-" if r.baseline is None else f"{r.baseline:.6g}",
              "-" if r.difference is None else f"{r.difference:+.3g}",
-             f"{r.tolerance} (±{r.allowed:.3g})" if r.allowed is not None else r.tolerance)
+             (f"{r.tolerance} (±{r.allowed:.3g})" if r.allowed is not None else r.tolerance)
+             + (f"  {r.flag.upper() if not r.trusted else r.flag}" if r.flag else ""))
             for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(5)]
-    line = lambda xs: " | ".join(x.ljust(w) for x, w in zip(xs, widths))  # noqa: E731
+    line = lambda xs: " | ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
     marks = ["  " if r.ok else "! " for r in rows]
     return "\n".join(["  " + line(head), "  " + "-+-".join("-" * w for w in widths)]
                      + [m + line(b) for m, b in zip(marks, body)])

@@ -58,7 +58,8 @@ def test_baseline_lifecycle(claims, tiny_dir, tmp_path):
     r.stdout.fnmatch_lines(["*loss[[]ckpt[]] = * baseline *, drift +0 (within 3se)"])
     # 3. outside tolerance: a table, and the obtained file beside the baseline
     entry = data["claims"]["test_claims.py::test_loss"]["loss"]
-    entry["mean"] += 1.0
+    for f in ("mean", "lower", "upper"):   # the whole interval moves (a baseline checks lower <= mean <= upper)
+        entry[f] += 1.0
     data["claims"]["other.py::test_not_run"] = {"m": {"mean": 1.0, "n": 3}}
     (bdir / "ckpt.json").write_text(json.dumps(data))
     r = _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}")
@@ -88,7 +89,8 @@ def test_tolerance_from_marker_and_ini(pytester, tiny_dir, tmp_path):
     bdir = tmp_path / "b"
     _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}").assert_outcomes(failed=1)
     data = json.loads((bdir / "ckpt.json").read_text())
-    data["claims"]["test_t.py::test_loss"]["loss"]["mean"] += 1.5
+    for f in ("mean", "lower", "upper"):
+        data["claims"]["test_t.py::test_loss"]["loss"][f] += 1.5
     (bdir / "ckpt.json").write_text(json.dumps(data))
     _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}").assert_outcomes(passed=1)
     r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=abs:1")
