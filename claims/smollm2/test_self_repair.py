@@ -26,9 +26,9 @@ def test_study_set_is_top1(model, facts_top1, activations):
     assert hits.n == 171 and hits.mean == 1.0, f"{round((1 - hits.mean) * hits.n)} answers are no longer top-1"
 
 
-@pytest.mark.claim(source=HYDRA, finding="Hydra effect: when attention layer 23 is ablated, head "
-                   "L29H0 (which suppresses the answer in the clean run) suppresses it less, restoring "
-                   "about a third of the direct effect layer 23 loses")
+@pytest.mark.claim(source=HYDRA, finding="self-repair by released suppression: when attention layer 23 "
+                   "is ablated, head L29H0 (which suppresses the answer in the clean run) suppresses it "
+                   "less, restoring about a third of the direct effect layer 23 loses")
 @pytest.mark.parametrize("kind", ["resample", "zero"])
 def test_l29h0_compensates_for_attn23(model, facts_top1, activations, kind):
     sr = E.self_repair(model, facts_top1, "attn23", kind=kind, seed=0, activations=activations)
@@ -37,9 +37,15 @@ def test_l29h0_compensates_for_attn23(model, facts_top1, activations, kind):
     restored = sr.restored_fraction("L29H0")
     # Measured 2026-11-23: resample: ΔDE 1.021 [0.882, 1.162], restored 0.354 [0.324, 0.385]
     # (seed 1: 0.361 [0.328, 0.398]); zero: restored 0.304 [0.28, 0.329]. n=171.
+    # Re-measured with the backup / released-suppression split: clean DE(L29H0) -1.363
+    # [-1.51, -1.22] -> -0.341 (resample) / -0.417 (zero): it is not a backup head doing the
+    # lost job, it is a suppressor released by the ablation (anti-erasure). Top backups,
+    # for contrast: resample L24H5 +0.10; zero mlp29 +0.81.
     dde.assert_above(0.5)
     restored.assert_above(0.25)
-    assert sr.ranking(1)[0][0] == Head(29, 0), "L29H0 is no longer the top compensator"
+    assert sr.role("L29H0") == "released suppression", \
+        f"L29H0 is no longer a released suppressor: {sr.role('L29H0')}\n{sr.table()}"
+    assert sr.released_suppression(1)[0][0] == Head(29, 0), "L29H0 is no longer the top released suppressor"
 
 
 @pytest.mark.claim(source=HYDRA, finding="late-MLP counterbalancing: MLP 28 pushes against the answer, "

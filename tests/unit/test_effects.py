@@ -97,6 +97,7 @@ def test_readable_outputs(tiny, ps, store):
     assert "total effect" in sr.table() and "norm term" in sr.table()
     assert repr(sr).startswith("SelfRepair(zero(L0H1,pos=last): TE ")
     assert len(sr.ranking(3)) == 3 and all(c != Head(0, 1) for c, _ in sr.ranking(20))
+    assert all(sr.role(c) in E.ROLES for c, _ in sr.ranking(20))
     m = sr.compensation("mlp1")
     assert m.name.startswith("ΔDE(mlp1 | zero(L0H1")
 
@@ -137,3 +138,40 @@ def test_backup_detectors(planted_models, name, compensates):
         assert frac.lower > 0.5                       # planted: 60%
     else:
         assert frac.upper < 0.05
+
+
+def test_released_suppression_is_not_called_a_backup(planted_models):
+    """The planted eraser L1H1 writes -0.95 x the writer's output; ablating the writer
+    releases it. It makes up ~95% of the lost direct effect, but it is released
+    suppression (its clean DE opposes the lost effect), not a backup head."""
+    model, spec = planted_models["erasure"], planted.ERASURE
+    sr = E.self_repair(model, _planted_set(model), spec["writer"], kind="zero", positions=None,
+                       activations=ActivationStore())
+    eraser = parse_component(spec["eraser"])
+    assert sr.ranking(1)[0][0] == eraser                       # the largest make-up of the loss ...
+    assert float(sr.clean(eraser).mean()) < 0 < float(sr.delta(eraser).mean())
+    assert sr.role(eraser) == "released suppression"          # ... is released suppression
+    assert sr.released_suppression(1)[0][0] == eraser
+    assert all(c != eraser for c, _ in sr.backups(20))
+    assert "released suppression" in sr.table()
+    assert sr.restored_fraction(eraser).provenance["role"] == "released suppression"
+    with pytest.raises(CircuitsError, match="kind='hydra'"):
+        sr.ranking(3, kind="hydra")
+
+
+def test_backup_role_of_the_planted_backup_head(planted_models):
+    model, spec = planted_models["backup"], planted.BACKUP
+    sr = E.self_repair(model, _planted_set(model), spec["primary"], kind="zero", positions=None,
+                       activations=ActivationStore())
+    backup = parse_component(spec["backup"])
+    assert abs(float(sr.clean(backup).mean())) < 1e-3        # silent in the clean run, then rises
+    assert sr.role(backup) == "backup" and sr.backups(1)[0][0] == backup
+    assert sr.released_suppression(5) == []
+    # a zero-weight head does not move at all
+    assert sr.role("L1H1") == "none"
+
+
+def parse_component(s):
+    from pytest_circuits.components import parse
+
+    return parse(s)
