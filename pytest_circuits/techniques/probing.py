@@ -66,6 +66,21 @@ or of the layer and neuron when they were picked by looking at held-out F1.
 
   Both report the mean F1 over ``n_repeats``; their interval is two-level (held-out
   examples weighted as below, repeats resampled with replacement).
+* **Input identity.** Random neurons are not a control for what the input tokens alone
+  give away: when the classes use different words (French vs English), the best of ``d_mlp``
+  neurons of an *untrained* model beats random neurons (tiny model: margin 0.19 [0.08, 0.29]).
+
+  - :func:`random_weights_control`: the same probe (layer, k, method, split) on ``n_models``
+    copies of the model with each weight tensor's entries shuffled
+    (:func:`shuffled_weights_copy`, own cache fingerprint): same architecture, tokens still
+    distinct, nothing learned. On untrained tiny models the apparent win over random
+    neurons is no win over this control (tests/unit/test_probing.py).
+  - :func:`embedding_control`: the same probe at the same ``k`` on the pooled token
+    embeddings (``hook_embed``, or ``resid_pre 0``). Cheap (no forward past the embedding),
+    but weaker: a k-sparse probe on embedding *dimensions* is not the best token-identity
+    readout, and on some untrained draws a selected neuron beats it.
+
+  A neuron claim should assert a margin over an input-identity control.
 * :func:`margin`: probe F1 minus a control's F1 (or any two of these F1 measurements).
   When both were read on the same held-out rows it is **paired**: each draw gives both sides
   the same example weights and pseudo-counts (repeats resampled on each side); otherwise
@@ -87,20 +102,24 @@ Usage::
     r.neurons, r.f1                       # (Neuron(5, 123),), "probe F1 ..." = 0.95 [0.9, 1]
     rnd = probing.random_neurons_f1(model, fr, layer=5, k=1, n_repeats=20)
     probing.margin(r, rnd).assert_above(0.3)
+    ctl = probing.random_weights_control(model, fr, layer=5, k=1, n_models=3)
+    probing.margin(r, ctl).assert_above(0.2)      # more than token identity + architecture
     probing.sweep(model, fr, layer=5, ks=[1, 2, 4, 8, 16])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from .. import hooks as H
+from .. import measurement as _measurement
 from ..components import MLP, Neuron
-from ..errors import CircuitsError, bad
+from ..errors import CircuitsError, MeasurementError, bad
 from ..measurement import _RECORDERS, DEFAULT_LEVEL, DEFAULT_RESAMPLES, Measurement
 
 METHODS = ("mean_diff", "f_stat", "mutual_info", "l1")
@@ -109,8 +128,29 @@ DEFAULT_KS = (1, 2, 4, 8, 16)
 SOURCE = "arXiv:2305.01610"
 
 
+CONTROL_SITES = ("embed", "resid_pre0")
+
+
 class ProbingError(CircuitsError):
     """A probe cannot be fitted as asked (labels, k, method, pooling, layer)."""
+
+
+def _level(level: float) -> float:
+    """The level to build at: a family-wise override of the default level applies here too
+    (``measurement.resolve_level`` where the measurement module has it)."""
+    resolve = getattr(_measurement, "resolve_level", None)
+    return float(resolve(level)) if resolve is not None else float(level)
+
+
+@dataclass(frozen=True, repr=False)
+class F1Measurement(Measurement):
+    """An F1 :class:`Measurement` (interval computed in this module) that also keeps what
+    :func:`margin` needs, typed: the held-out labels, the predictions (one row per repeat)
+    and the held-out row indices. The same data is in ``provenance`` as text, for reports."""
+
+    y_test: tuple[int, ...] = field(default=(), compare=False)
+    predictions: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
+    test_rows: tuple[int, ...] = field(default=(), compare=False)
 
 
 # ----------------------------------------------------------------------------- results
@@ -216,13 +256,20 @@ def collect(model: Any, texts: Any, labels: Any = None, *, layer: int, pooling: 
             groups: Sequence[int] | None = None, activations: Any = None,
             name: str | None = None) -> Features:
     """Pooled ``mlp_post(layer)`` neurons of every text (or token) with its label and group."""
+    layer = _check_layer(model, layer)
+    return _collect(model, texts, labels, hook=H.mlp_post(layer), layer=layer, pooling=pooling,
+                    groups=groups, activations=activations, name=name)
+
+
+def _collect(model: Any, texts: Any, labels: Any, *, hook: str, layer: int, pooling: str,
+             groups: Sequence[int] | None, activations: Any, name: str | None) -> Features:
+    """Pooled ``[batch, pos, d]`` activations of ``hook`` (see :func:`collect`)."""
     import torch
 
     from ..activations import default_store
     from ..prompts import PromptSet
 
     texts, labels, groups, task_name = _unpack(texts, labels, groups)
-    layer = _check_layer(model, layer)
     if pooling not in POOLINGS:
         raise ProbingError(bad("pooling", pooling, f"one of {list(POOLINGS)}"))
     ps = PromptSet.build(model, texts, name=name or task_name)
@@ -233,7 +280,6 @@ def collect(model: Any, texts: Any, labels: Any = None, *, layer: int, pooling: 
             raise ProbingError(bad("groups", f"{groups.dtype} of shape {groups.shape}",
                                    f"one int per text ({n})"))
     store = activations if activations is not None else default_store()
-    hook = H.mlp_post(layer)
     if pooling == "last":
         X = store(model, ps, [H.last(hook)])[H.last(hook)].float()
         y = _labels_per_text(labels, n)
@@ -326,6 +372,10 @@ def scores(Z: np.ndarray, y: np.ndarray, method: str, *, bins: int = 10) -> np.n
     """Selection score of every column of ``Z`` (train rows only!), higher = better."""
     Z = np.asarray(Z, dtype=np.float64)
     y = np.asarray(y).astype(bool)
+    if Z.ndim != 2 or y.shape != (Z.shape[0],):
+        raise ProbingError(bad("Z", f"shape {Z.shape} with {y.shape} labels", "a [row, column] matrix, one label per row"))
+    if not np.all(np.isfinite(Z)):
+        raise MeasurementError(bad("Z", "non-finite values", "finite features"))
     if method == "mean_diff":
         return np.abs(Z[y].mean(0) - Z[~y].mean(0))
     if method == "f_stat":
@@ -493,7 +543,9 @@ def _prepare(X: Any, labels: Any, k: int, groups: Any, seed: int, test_fraction:
         raise ProbingError(bad("features", f"{X.dtype} of shape {tuple(X.shape)}",
                                "a float [example, neuron] matrix"))
     if not bool(torch.isfinite(X).all()):
-        raise ProbingError("features contain non-finite values")
+        rows = torch.nonzero(~torch.isfinite(X).all(1)).flatten()[:5].tolist()
+        raise MeasurementError(bad("features", f"non-finite values in rows {rows}",
+                                   "finite activations (check the model's weights and dtype)"))
     y = _binary(labels)
     if y.shape[0] != X.shape[0]:
         raise ProbingError(bad("labels", f"{y.shape[0]} labels", f"one per example ({X.shape[0]})"))
@@ -677,6 +729,112 @@ def random_neurons_f1(model: Any, texts: Any, labels: Any = None, *, layer: int,
                               seed=seed, model=feats.model, layer=feats.layer, **kw)
 
 
+def embedding_control(model: Any, texts: Any, labels: Any = None, *, k: int, method: str = "mean_diff",
+                      seed: int = 0, pooling: str = "mean", groups: Sequence[int] | None = None,
+                      activations: Any = None, site: str = "embed", name: str | None = None,
+                      **kw: Any) -> Measurement:
+    """Control for **input identity**: the same probe (``k``, ``method``, ``seed``, split,
+    pooling, scaling) on the token embeddings instead of the MLP neurons; held-out F1.
+
+    Random neurons are not a control for what the input tokens alone give away: when the
+    classes use different words (French vs English), a neuron of an *untrained* model, a
+    random function of the tokens, can beat random neurons. A neuron that carries more than
+    token identity should beat this control; ``margin(probe_result, embedding_control(...))``
+    is paired (same held-out rows). ``site``: ``"embed"`` (``hook_embed``, the token
+    embeddings only) or ``"resid_pre0"`` (the residual stream entering block 0: plus
+    learned positions where the model has them). ``k`` must not exceed ``d_model``.
+
+    Limits: a k-sparse probe on embedding *dimensions* is a control at equal probe size, not
+    an upper bound on what token identity gives (a nonlinear function of the tokens can do
+    more); see also the same architecture with random weights (``make_tiny_checkpoint`` for
+    tiny models)."""
+    _check_method(method)
+    if site not in CONTROL_SITES:
+        raise ProbingError(bad("site", site, f"one of {list(CONTROL_SITES)}"))
+    hook = H.EMBED if site == "embed" else H.resid_pre(0)
+    feats = _collect(model, texts, labels, hook=hook, layer=-1, pooling=pooling, groups=groups,
+                     activations=activations, name=None)
+    d = int(feats.X.shape[1])
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > d:
+        raise ProbingError(bad("k", k, f"at most the embedding width d_model={d} for the embedding control"))
+    label = name or f"embedding-control F1 k={k} {method}"
+    record = kw.pop("record", True)
+    r = probe_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups, seed=seed,
+                       layer=-1, pooling=pooling, model=feats.model, name=label, record=False, **kw)
+    prov = dict(r.f1.provenance)
+    prov.pop("neurons", None)
+    prov.update(control=f"input identity: the same probe on {hook} (pooling {pooling!r})",
+                dimensions=[int(n.index) for n in r.neurons], site=site, layer=None)
+    m = dataclasses.replace(r.f1, provenance=prov)
+    if record:
+        _record(m)
+    return m
+
+
+def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
+    """A copy of ``model`` whose every parameter tensor has its entries permuted (seeded):
+    the same architecture, tokenizer and weight scales, none of the learned structure. Tokens
+    stay distinct (each keeps an embedding), so its neurons are random functions of the input.
+    The copy gets its own fingerprint (``<weights>+shuffled-weights:<seed>``), so its
+    activations are never cached as the model's; ``model`` itself is not changed."""
+    import copy
+
+    import torch
+
+    from ..models import attach_info, info as model_info
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ProbingError(bad("seed", seed, "an int"))
+    mi = model_info(model)     # ModelUnavailable for a model not loaded by pytest-circuits
+    dup = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0]))
+    with torch.no_grad():
+        for p in dup.parameters():
+            flat = p.data.reshape(-1)
+            p.data.copy_(flat[torch.randperm(flat.numel(), generator=g)].reshape(p.shape))
+    attach_info(dup, dataclasses.replace(mi, fingerprint=f"{mi.fingerprint}+shuffled-weights:{int(seed)}"))
+    return dup
+
+
+def random_weights_control(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
+                           method: str = "mean_diff", n_models: int = 3, seed: int = 0, pooling: str = "mean",
+                           groups: Sequence[int] | None = None, activations: Any = None,
+                           name: str | None = None, test_fraction: float = 0.3, scale: bool = True,
+                           std_floor: float = 1e-3, l2_strength: float = 1e-2, bins: int = 10,
+                           resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL) -> Measurement:
+    """Control for **input identity**: the same probe (layer, ``k``, ``method``, ``seed`` and
+    so split, pooling, selection) on ``n_models`` copies of the model with shuffled weights
+    (:func:`shuffled_weights_copy`); mean held-out F1 over the copies.
+
+    A neuron found by selecting the best of ``d_mlp`` on a model that has learned nothing
+    shows what token identity and the architecture give by themselves: when the classes use
+    different words, that is well above random neurons. ``margin(probe_result, control)`` is
+    paired (same held-out rows); its interval covers the held-out examples and the copies.
+    Cost: one forward of the texts per copy (a copy of the weights in memory at a time)."""
+    _check_method(method)
+    n_models = _check_repeats(n_models)
+    layer = _check_layer(model, layer)
+    preds, y_test, test_rows, mlabel = [], None, None, ""
+    for j in range(n_models):
+        dup = shuffled_weights_copy(model, seed=int(np.random.SeedSequence([int(seed), 6, j]).generate_state(1)[0]))
+        feats = collect(dup, texts, labels, layer=layer, pooling=pooling, groups=groups, activations=activations)
+        r = probe_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups, seed=seed,
+                           test_fraction=test_fraction, scale=scale, std_floor=std_floor,
+                           l2_strength=l2_strength, bins=bins, layer=layer, pooling=pooling,
+                           model=feats.model, resamples=16, record=False)
+        del dup
+        f1 = r.f1
+        y_test, test_rows, mlabel = np.asarray(f1.y_test), np.asarray(f1.test_rows), feats.model
+        preds.append(np.asarray(f1.predictions[0], dtype=np.int8))
+    label = name or f"shuffled-weights F1 L{layer} k={k} {method}"
+    return _control_measurement(label, y_test, preds, test_rows, 0, model=mlabel, seed=seed,
+                                resamples=resamples, level=level,
+                                provenance={"control": "input identity: the same probe on copies of the model "
+                                                       "with each weight tensor's entries shuffled",
+                                            "method": method, "k": k, "layer": layer, "n_models": n_models,
+                                            "source": SOURCE})
+
+
 def _check_repeats(n: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ProbingError(bad("n_repeats", n, "a positive int"))
@@ -738,25 +896,34 @@ def _encode(preds: np.ndarray) -> tuple[str, ...]:
 
 
 def _build(name: str, values: np.ndarray, lo: float, hi: float, level: float, model: str,
-           prov: dict[str, Any], record: bool = True) -> Measurement:
+           prov: dict[str, Any], record: bool = True, **typed: Any) -> Measurement:
     """A Measurement whose interval was computed here (F1 is not a mean of its values), recorded
-    for the claim's summary as :meth:`Measurement.from_values` records its own."""
+    for the claim's summary as :meth:`Measurement.from_values` records its own; with ``typed``
+    (y_test, predictions, test_rows) an :class:`F1Measurement`."""
     values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise MeasurementError(bad("values", f"non-finite F1 values for {name!r}", "finite numbers"))
     mean = float(values.mean())
     # The interval can (rarely) sit beside the observed F1; widen it to hold it.
-    m = Measurement(name=name, values=tuple(float(v) for v in values), mean=mean,
-                    lower=float(min(lo, mean)), upper=float(max(hi, mean)), level=level,
-                    n=int(values.shape[0]), model=model, provenance=prov)
+    cls = F1Measurement if typed else Measurement
+    m = cls(name=name, values=tuple(float(v) for v in values), mean=mean,
+            lower=float(min(lo, mean)), upper=float(max(hi, mean)), level=level,
+            n=int(values.shape[0]), model=model, provenance=prov, **typed)
     if record:
-        for rec in _RECORDERS:
-            rec.append(m)
+        _record(m)
     return m
+
+
+def _record(m: Measurement) -> None:
+    for rec in _RECORDERS:
+        rec.append(m)
 
 
 def _f1_measurement(name: str, y: np.ndarray, preds: np.ndarray, test_rows: np.ndarray, *,
                     model: str, seed: int, resamples: int, level: float,
                     provenance: dict[str, Any], record: bool = True) -> Measurement:
     preds = np.asarray(preds, dtype=np.int8).reshape(-1, y.shape[0])
+    level = _level(level)
     values = _contributions(y, preds)
     rng = np.random.default_rng([seed, 3])
     draws = _stat_draws(y, preds, _draw_weights(y.shape[0], resamples, rng), rng)
@@ -770,7 +937,9 @@ def _f1_measurement(name: str, y: np.ndarray, preds: np.ndarray, test_rows: np.n
     prov["test_rows"] = tuple(int(i) for i in test_rows)
     prov["y_test"] = "".join("1" if v else "0" for v in y)
     prov["predictions"] = _encode(preds)
-    return _build(name, values, lo, hi, level, model, prov, record)
+    return _build(name, values, lo, hi, level, model, prov, record,
+                  y_test=tuple(int(v) for v in y), predictions=tuple(tuple(int(v) for v in row) for row in preds),
+                  test_rows=tuple(int(i) for i in test_rows))
 
 
 def _control_measurement(name: str, y: np.ndarray, preds: list[np.ndarray], test_rows: np.ndarray,
@@ -786,13 +955,25 @@ def _control_measurement(name: str, y: np.ndarray, preds: list[np.ndarray], test
 
 def _f1_data(x: Any) -> tuple[Measurement, np.ndarray, np.ndarray, tuple[int, ...]]:
     m = x.f1 if isinstance(x, ProbeResult) else x
-    if not isinstance(m, Measurement) or "predictions" not in m.provenance:
+    if isinstance(m, F1Measurement) and m.predictions:
+        return (m, np.asarray(m.y_test, dtype=np.int8), np.asarray(m.predictions, dtype=np.int8),
+                tuple(m.test_rows))
+    # A plain Measurement carrying the same data as text (e.g. rebuilt from a report).
+    p = m.provenance if isinstance(m, Measurement) else {}
+    if not all(key in p for key in ("predictions", "y_test", "test_rows")):
         raise ProbingError(bad("margin operand", type(x).__name__, "a ProbeResult or an F1 Measurement "
                                "from pytest_circuits.techniques.probing"))
-    p = m.provenance
-    y = np.array([c == "1" for c in p["y_test"]], dtype=np.int8)
-    preds = np.array([[c == "1" for c in row] for row in p["predictions"]], dtype=np.int8)
-    return m, y, preds, tuple(p["test_rows"])
+    try:
+        y = np.array([{"0": 0, "1": 1}[c] for c in p["y_test"]], dtype=np.int8)
+        preds = np.array([[{"0": 0, "1": 1}[c] for c in row] for row in p["predictions"]], dtype=np.int8)
+        rows = tuple(int(i) for i in p["test_rows"])
+    except (KeyError, TypeError, ValueError):
+        raise ProbingError(bad("margin operand", m.name, "an F1 Measurement whose provenance holds 0/1 "
+                               "strings for y_test and predictions")) from None
+    if preds.ndim != 2 or preds.shape[1] != y.shape[0] or len(rows) != y.shape[0] or y.shape[0] == 0:
+        raise ProbingError(bad("margin operand", m.name, "an F1 Measurement with one prediction per held-out "
+                               "example"))
+    return m, y, preds, rows
 
 
 def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
@@ -801,6 +982,7 @@ def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
     read on the same held-out rows, unpaired otherwise (see the module docstring)."""
     ma, ya, pa, ta = _f1_data(a)
     mb, yb, pb, tb = _f1_data(b)
+    level = _level(level)
     paired = ta == tb and np.array_equal(ya, yb)
     rng = np.random.default_rng([seed, 4])
     ca = _draw_weights(ya.shape[0], resamples, rng)

@@ -243,3 +243,198 @@ def test_user_jsonl(tmp_path):
         d.binary("z")
     with pytest.raises(CircuitsError, match="dataset="):
         probing_data.load(dataset="nope")
+
+
+# ----------------------------------------------------------------------------- input-identity controls
+# Issue #10: on the *untrained* tiny model a k=1 probe "beats random neurons" on the French task
+# (margin 0.19 [0.08, 0.29]): the classes use different words, and the best of d_mlp random
+# functions of the tokens beats a random one. The controls for input identity must absorb that.
+FR = probing_data.language().binary("fr")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # French words are unknown to the tiny vocabulary
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_untrained_model_does_not_beat_the_shuffled_weights_control(tmp_path_factory, tiny, seed):
+    from pytest_circuits.models import load_model
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    model = tiny if seed == 0 else load_model(
+        str(make_tiny_checkpoint(tmp_path_factory.mktemp(f"untrained{seed}") / "ckpt", seed=seed)),
+        cache_dir=tmp_path_factory.mktemp(f"untrained{seed}-cache"), device="cpu")
+    store = ActivationStore()
+    r = P.probe(model, FR, layer=1, k=1, activations=store, resamples=1000)
+    rnd = P.random_neurons_f1(model, FR, layer=1, k=1, n_repeats=20, activations=store, resamples=1000)
+    rw = P.random_weights_control(model, FR, layer=1, k=1, n_models=5, activations=store, resamples=1000)
+    beats_random, vs_rw = P.margin(r, rnd), P.margin(r, rw)
+    print(r.f1, rnd, rw, beats_random, vs_rw)
+    assert beats_random.lower > 0            # the apparent finding (seed 0: 0.186 [0.081, 0.297])
+    assert vs_rw.provenance["paired"] and vs_rw.lower <= 0   # ... is not a win over the control
+    assert rw.provenance["n_models"] == 5 and rw.provenance["control"].startswith("input identity")
+    if seed == 0:
+        # At equal k the embedding-dimension control also absorbs it here (0.079 [-0.009, 0.173]);
+        # it is the weaker control: on some other untrained draws the neuron beats it.
+        emb = P.embedding_control(model, FR, k=1, activations=store, resamples=1000)
+        assert P.margin(r, emb).lower <= 0
+
+
+ORDER_FILL = ("the a of to in is was and from year war king queen mat when then John Mary gave went "
+              "store bag ball said").split()
+
+
+def order_texts(n: int = 120, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Texts holding 'cat' and 'dog' once each among filler words; label 1 when 'cat' comes
+    first. Both classes have the same words: the label is context, not token identity."""
+    import random
+
+    rng = random.Random(seed)
+    texts, ys = [], []
+    for i in range(n):
+        k = rng.randint(3, 7)
+        words = [rng.choice(ORDER_FILL) for _ in range(k)]
+        i1, i2 = sorted(rng.sample(range(k + 2), 2))
+        first, second = ("cat", "dog") if i % 2 == 0 else ("dog", "cat")
+        words.insert(i1, first)
+        words.insert(i2, second)
+        texts.append(" ".join(words))
+        ys.append(int(first == "cat"))
+    return texts, ys
+
+
+def build_order_model(path):
+    """A hand-set 2-layer Llama (pytest_circuits.planted's construction) where neuron L1N0
+    fires at 'dog' only when 'cat' came earlier. Every token embeds as 8*C, plus a unit
+    direction for 'cat' and for 'dog'; head L0H0 attends uniformly (zero Q, K) and writes
+    the fraction of 'cat' in the prefix along CTX; L1N0's gate is open only on 'dog' and its
+    up-projection reads CTX. Everything else is zero."""
+    import math
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytest_circuits import planted as PL
+
+    vocab_list = PL.vocabulary()
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    cfg = LlamaConfig(vocab_size=len(vocab_list), hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                      rms_norm_eps=1e-6, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
+                      pad_token_id=vocab["<pad>"], tie_word_embeddings=False, attention_bias=False,
+                      mlp_bias=False)
+    model = LlamaForCausalLM(cfg)
+    C, CAT, DOG, CTX = (PL.direction(k) for k in range(4))
+    s0 = math.sqrt(32 / 65.0)            # RMSNorm multiplier of 8C + a unit token direction
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.zeros_like(p))
+        E = (8.0 * C).expand(len(vocab_list), 32).clone()
+        E[vocab["cat"]] += CAT
+        E[vocab["dog"]] += DOG
+        model.model.embed_tokens.weight.copy_(E)
+        attn = model.model.layers[0].self_attn
+        attn.v_proj.weight[0] = CAT / s0
+        attn.o_proj.weight[:, 0] = CTX
+        mlp = model.model.layers[1].mlp
+        mlp.gate_proj.weight[0] = 20.0 * (DOG / s0 - 0.5 * C / (8.0 * s0))
+        mlp.up_proj.weight[0] = CTX / s0
+    PL._save(model, path, {"kind": "order", "neuron": "L1N0"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def order_model(tmp_path_factory):
+    from pytest_circuits.models import load_model
+
+    path = build_order_model(tmp_path_factory.mktemp("order") / "ckpt")
+    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("order-cache"), device="cpu")
+
+
+def test_a_context_feature_beats_the_input_identity_controls(order_model):
+    texts, ys = order_texts()
+    store = ActivationStore()
+    feats = P.collect(order_model, texts, ys, layer=1, activations=store)
+    x, y = feats.X[:, 0].numpy(), np.asarray(ys)
+    assert x[y == 1].min() > 0.05 and abs(x[y == 0]).max() < 1e-3       # the planted neuron, by hand
+    r = P.probe(order_model, texts, ys, layer=1, k=1, activations=store, resamples=1000)
+    emb = P.embedding_control(order_model, texts, ys, k=1, activations=store, resamples=1000)
+    rw = P.random_weights_control(order_model, texts, ys, layer=1, k=1, n_models=3, activations=store,
+                                  resamples=1000)
+    print(r.f1, emb, rw)
+    assert r.neuron == Neuron(1, 0) and r.f1.lower > 0.85               # measured 1 [0.902, 1], n=36
+    assert emb.upper < 0.8                                                # same words: 0.462 [0.275, 0.64]
+    assert P.margin(r, emb).lower > 0.2                                   # 0.538 [0.343, 0.699]
+    assert P.margin(r, rw).lower > 0.1                                    # 0.333 [0.195, 0.462]
+    # resid_pre 0 is the embedding here (no learned positions): the same control.
+    emb0 = P.embedding_control(order_model, texts, ys, k=1, site="resid_pre0", activations=store,
+                               resamples=1000, name="resid_pre0 control")
+    assert emb0.mean == emb.mean and emb0.provenance["site"] == "resid_pre0"
+
+
+def test_shuffled_weights_copy(tiny):
+    from pytest_circuits import hooks as H
+    from pytest_circuits.errors import ModelUnavailable
+    from pytest_circuits.models import info
+    from pytest_circuits.prompts import PromptSet
+
+    ps = PromptSet.build(tiny, TEXTS[:3])
+    before = [p.detach().clone() for p in tiny.parameters()]
+    logits = tiny(ps.tokens).detach().clone()
+    dup = P.shuffled_weights_copy(tiny, seed=3)
+    assert all(torch.equal(a, p) for a, p in zip(before, tiny.parameters()))       # the model is untouched
+    assert torch.equal(tiny(ps.tokens), logits)
+    changed = 0
+    for a, p in zip(before, dup.parameters()):
+        assert torch.equal(a.flatten().sort().values, p.detach().flatten().sort().values)  # a permutation
+        changed += int(not torch.equal(a, p.detach()))
+    assert changed > len(before) // 2
+    assert info(dup).fingerprint == info(tiny).fingerprint + "+shuffled-weights:3"
+    store = ActivationStore()
+    a = store(tiny, ps, [H.mlp_post(1)])[H.mlp_post(1)]
+    b = store(dup, ps, [H.mlp_post(1)])[H.mlp_post(1)]
+    assert not torch.equal(a, b)                                                   # not served from the cache
+    with pytest.raises(CircuitsError, match="seed="):
+        P.shuffled_weights_copy(tiny, seed="x")
+    with pytest.raises(ModelUnavailable):
+        P.shuffled_weights_copy(torch.nn.Linear(2, 2))
+
+
+def test_control_input_errors(tiny):
+    store = ActivationStore()
+    with pytest.raises(CircuitsError, match="site='resid_mid0' is not valid"):
+        P.embedding_control(tiny, TEXTS, HAS_DIGIT, k=1, site="resid_mid0", activations=store)
+    with pytest.raises(CircuitsError, match="at most the embedding width d_model=64"):
+        P.embedding_control(tiny, TEXTS, HAS_DIGIT, k=65, activations=store)
+    with pytest.raises(CircuitsError, match="n_repeats=0"):
+        P.random_weights_control(tiny, TEXTS, HAS_DIGIT, layer=1, k=1, n_models=0, activations=store)
+    with pytest.raises(ComponentError, match=r"layer must be in 0\.\.1"):
+        P.random_weights_control(tiny, TEXTS, HAS_DIGIT, layer=5, k=1, activations=store)
+
+
+def test_non_finite_features_are_refused():
+    from pytest_circuits.errors import MeasurementError
+
+    X, y = planted_data(n=40)
+    X[3, 7] = np.nan
+    with pytest.raises(MeasurementError, match=r"non-finite values in rows \[3\]"):
+        P.probe_features(X, y, k=1)
+    with pytest.raises(MeasurementError, match="non-finite"):
+        P.random_f1_features(X, y, k=1)
+    with pytest.raises(MeasurementError, match="non-finite"):
+        P.scores(X, y, "f_stat")
+
+
+def test_margin_reads_typed_results_and_their_text_form():
+    import dataclasses
+
+    X, y = planted_data()
+    r = P.probe_features(X, y, k=1, resamples=300)
+    rnd = P.random_f1_features(X, y, k=1, n_repeats=5, resamples=300)
+    assert isinstance(r.f1, P.F1Measurement) and len(r.f1.predictions) == 1 and len(rnd.predictions) == 5
+    assert "".join(map(str, r.f1.y_test)) == r.f1.provenance["y_test"]
+    typed = P.margin(r, rnd)
+    # A plain Measurement with the same provenance (as rebuilt from a report) gives the same margin.
+    plain = Measurement(**{f.name: getattr(rnd, f.name) for f in dataclasses.fields(Measurement)})
+    assert not isinstance(plain, P.F1Measurement)
+    again = P.margin(r, plain)
+    assert (again.mean, again.lower, again.upper) == (typed.mean, typed.lower, typed.upper)
+    broken = dataclasses.replace(plain, provenance={**plain.provenance, "y_test": "01x"})
+    with pytest.raises(CircuitsError, match="margin operand"):
+        P.margin(r, broken)
