@@ -40,6 +40,11 @@ def bad(name: str, value: object, valid: str) -> str:
     return f"{name}={value!r} is not valid: {valid}"
 
 
+class PromptWarning(UserWarning):
+    """A prompt set was built, but some text reached the model as a token it does not mean
+    (the unknown token, or a special token written in the text)."""
+
+
 class NoOpInterventionWarning(UserWarning):
     """An ablation left the output it was meant to replace as it was (on nearly every
     prompt), so an effect of 0 measured under it says nothing about the component."""

@@ -4,7 +4,8 @@ Each line: ``{"prompt", "answer", "foil", "relation"}``; ``answer`` is the corre
 single-token continuation (leading space included) and ``foil`` a wrong answer of
 the same kind, so ``logit(answer) - logit(foil)`` measures recall of the fact against
 a plausible confusion. The file is model-independent; items whose answer or foil is
-not a single token for a model's tokenizer are left out (and counted).
+not a single ordinary token for a model's tokenizer (one token, not the unknown token,
+not a special token) are left out (and counted).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 from .. import jsonl
 from ..errors import PromptSetError, bad
-from ..prompts import PromptSet
+from ..prompts import PromptSet, is_single_token
 
 
 def load_facts(path: str | Path | None = None) -> list[dict[str, str]]:
@@ -39,12 +40,7 @@ def facts(model: Any, *, relations: Sequence[str] | None = None, path: str | Pat
         if unknown:
             raise PromptSetError(bad("relations", unknown, f"relations in the file: {known}"))
         rows = [r for r in rows if r["relation"] in set(relations)]
-    tok = model.tokenizer
-
-    def single(s: str) -> bool:
-        return len(tok.encode(s, add_special_tokens=False)) == 1
-
-    kept = [r for r in rows if single(r["answer"]) and single(r["foil"])]
+    kept = [r for r in rows if is_single_token(model, r["answer"]) and is_single_token(model, r["foil"])]
     if not kept:
         raise PromptSetError("facts: no item has a single-token answer and foil for this tokenizer")
     return PromptSet.build(model, [r["prompt"] for r in kept], answers=[r["answer"] for r in kept],

@@ -29,7 +29,7 @@ from .. import hooks as H
 from ..errors import PromptSetError, bad
 from ..measurement import Measurement
 from ..models import info as model_info
-from ..prompts import PromptSet
+from ..prompts import PromptSet, is_single_token
 
 NOUNS = ("war", "expedition", "project", "dynasty", "siege", "treaty", "journey", "reign",
          "festival", "drought", "trial", "voyage", "conflict", "occupation", "empire",
@@ -114,13 +114,14 @@ def greater_than(model: Any, n: int = 200, seed: int = 0, *, centuries: Sequence
     cents = list(centuries)
     if not cents or any(not 10 <= c <= 99 for c in cents):
         raise PromptSetError(bad("centuries", cents, "two-digit centuries such as range(11, 18)"))
-    tok = model.tokenizer
     mode = _digit_mode(model)
-    usable = [w for w in nouns if len(tok.encode(" " + w, add_special_tokens=False)) == 1]
+    # One ordinary token: a noun the tokenizer lacks would be the unknown token, which
+    # every such noun shares (the model would read "<unk>", not the noun).
+    usable = [w for w in nouns if isinstance(w, str) and is_single_token(model, " " + w)]
     if not usable:
         raise PromptSetError(bad("nouns", list(nouns), "nouns that are single tokens with a leading space"))
     if mode == "two_digit":
-        cents = [c for c in cents if len(tok.encode(f" {c}", add_special_tokens=False)) == 1]
+        cents = [c for c in cents if is_single_token(model, f" {c}")]
         if not cents:
             raise PromptSetError("greater_than: no century tokenizes as one token")
     rng = random.Random(seed)
