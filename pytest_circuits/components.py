@@ -9,6 +9,7 @@ against a model's config and names the valid range when they are out of it.
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -34,9 +35,12 @@ class Component:
 
 
 def _check_int(comp: "Component", **values: Any) -> None:
+    """Each value must be an integer (numpy ints are turned into ``int``); bools are not."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise ComponentError(bad(f"{type(comp).__name__}.{name}", v, "an int"))
+        if type(v) is not int:  # numpy ints: store a plain int, so equal components hash equal
+            object.__setattr__(comp, name, int(v))
 
 
 def _check_layer(comp: "Component", layer: int, model: Any) -> None:
@@ -160,7 +164,7 @@ class Neuron(Component):
 
 ComponentLike = Union[Component, str]
 
-_N = r"(\d{1,6})"
+_N = r"([0-9]{1,6})"  # ASCII digits only ("\d" would take "L١H٠" as Head(1, 0))
 _PATTERNS = [
     (re.compile(rf"^L{_N}H{_N}$", re.I), lambda a, b: Head(int(a), int(b))),
     (re.compile(rf"^{_N}\.{_N}$"), lambda a, b: Head(int(a), int(b))),
