@@ -24,7 +24,9 @@ from .errors import (  # noqa: E402
     InterventionError,
     MeasurementError,
     ModelUnavailable,
+    NoOpInterventionWarning,
     PromptSetError,
+    PromptWarning,
 )
 
 _LAZY = {
@@ -42,7 +44,8 @@ _LAZY = {
 __all__ = [
     "__version__", "Head", "Attn", "MLP", "Neuron", "Embed", "Component", "parse",
     "CircuitsError", "ComponentError", "PromptSetError", "ModelUnavailable",
-    "InterventionError", "MeasurementError", "CacheWarning", *_LAZY,
+    "InterventionError", "MeasurementError", "CacheWarning", "PromptWarning", "NoOpInterventionWarning",
+    *_LAZY,
 ]
 
 

@@ -67,12 +67,19 @@ def template_prompts(template: str, **fillers: Sequence[str]) -> st.SearchStrate
 
 
 def greater_than_rows(nouns: Sequence[str] | None = None, centuries: Sequence[int] = range(11, 18),
-                      yy: Sequence[int] = range(2, 99)) -> st.SearchStrategy:
-    """``(noun, century, YY)`` rows for :func:`pytest_circuits.tasks.from_rows`."""
+                      yy: Sequence[int] = range(2, 99), *, model: Any = None) -> st.SearchStrategy:
+    """``(noun, century, YY)`` rows for :func:`pytest_circuits.tasks.from_rows`; with ``model``,
+    only nouns that are one ordinary token of its tokenizer (never its unknown token)."""
     from .tasks.greater_than import NOUNS
 
-    return st.tuples(st.sampled_from(list(nouns or NOUNS)), st.sampled_from(list(centuries)),
-                     st.sampled_from(list(yy)))
+    nouns = list(nouns or NOUNS)
+    if model is not None:
+        from .prompts import is_single_token
+
+        nouns = [w for w in nouns if is_single_token(model, " " + w)]
+        if not nouns:
+            raise CircuitsError(bad("nouns", nouns, "at least one noun that is a single token of the model"))
+    return st.tuples(st.sampled_from(nouns), st.sampled_from(list(centuries)), st.sampled_from(list(yy)))
 
 
 def feature_examples(dataset: Any) -> st.SearchStrategy:

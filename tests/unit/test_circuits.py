@@ -228,7 +228,7 @@ def test_mean_ablated_circuit_agrees_with_transformer_lens(tiny_two_digit):
     store = ActivationStore()
     circ = C.Circuit.of(model, "L0H0 L1H3 mlp0")
     one = tasks.from_rows(model, [("war", 17, 32)], name="pair")
-    ref = tasks.from_rows(model, [("treaty", 13, 55), ("reign", 16, 8), ("trial", 14, 90)], name="ref").prompts
+    ref = tasks.from_rows(model, [("treaty", 13, 55), ("reign", 16, 8), ("siege", 14, 90)], name="ref").prompts
     ours = C.faithfulness(model, one, circ, kind="mean", reference=ref, activations=store)
     clean, corrupt = one.prompts.tokens, one.prompts.corrupted.tokens
     metric = one.logit_metric(0)

@@ -323,3 +323,17 @@ def test_docs_statistics_examples_run():
     path = Path(__file__).resolve().parents[2] / "docs" / "statistics.md"
     res = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert res.attempted >= 5 and res.failed == 0, res
+
+
+def test_tiny_samples_never_get_a_huge_finite_bound():
+    """A resample that draws one value n times has an infinite statistic; a bound next to it
+    must not come out as an interpolated 1e148 (it did at n=5 before order statistics)."""
+    rng = np.random.default_rng(0)
+    for n in range(2, 12):
+        for _ in range(30):
+            v = rng.integers(0, 3, size=n).astype(float) + 0.5
+            m = Measurement.from_values("x", v, record=False)
+            span = float(v.max() - v.min()) or 1.0
+            assert v.min() - 20 * span < m.lower <= m.mean <= m.upper < v.max() + 20 * span, (v, m)
+    m = Measurement.from_values("x", [1.0, 2.0, 3.0, 2.5, 1.5], record=False)
+    assert -1.0 < m.lower < 2.0
