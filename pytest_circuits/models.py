@@ -12,6 +12,28 @@ Three kinds of name are understood, tried in this order:
 
 Every loaded model carries a :class:`ModelInfo` (name, fingerprint of its weights,
 dtype, device) that the activation cache keys on; :func:`info` returns it.
+
+What a fingerprint covers, and why it cannot go stale:
+
+- embedded: the GGUF's sha256. Its float32 conversion (``<cache>/weights/<name>-<digest>``)
+  records the sha256 of every file it wrote in ``COMPLETE``; on every load all files are
+  hashed again and compared (a changed, truncated, missing or extra file, or an older
+  record without hashes, is converted again with a ``CacheWarning``, never loaded), and a
+  verified folder that still fails to load is converted again once. The files must not
+  change while they are read (their inode, size, mtime and ctime are compared around the
+  load), so activations are only ever keyed by a fingerprint verified for the weights
+  actually loaded.
+- local checkpoint: the sha256 of ``config.json`` and every ``*.safetensors`` file,
+  computed again after loading (a change during the load loads again).
+- Hugging Face cache: the snapshot's commit.
+
+File hashes are memoized in ``<cache>/hashes.json`` by path, device, inode, size, mtime
+and ctime (:func:`file_sha256`): rewriting a file in place, replacing it, or setting its
+mtime back all change its ctime or inode, so the memo is never reused for other bytes.
+Converted folders are written to a temporary folder and moved into place; leftovers of
+killed conversions are removed (:mod:`pytest_circuits.cachefiles`). A cache that cannot
+be written gives a :class:`~pytest_circuits.errors.ModelUnavailable` naming
+``--circuits-cache-dir`` when a conversion is needed; the memo is then simply not kept.
 """
 
 from __future__ import annotations
@@ -277,33 +299,39 @@ def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
 def verify_converted(folder: Path) -> str | None:
     """None when ``folder`` holds exactly the files its manifest lists, each with the
     recorded sha256 (hashed now, not memoized); otherwise what is wrong."""
-    folder = Path(folder)
+    return _verify(Path(folder))[0]
+
+
+def _verify(folder: Path) -> "tuple[str | None, dict[str, tuple[int, ...]]]":
+    """What is wrong with a converted folder (None: nothing), and the identities of its
+    files taken before they were hashed (unchanged while they were hashed)."""
+    before = _identities(folder)
     try:
         record = json.loads((folder / MANIFEST_NAME).read_text())
     except FileNotFoundError:
-        return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)"
+        return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)", before
     except (OSError, ValueError) as e:
-        return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})"
+        return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})", before
     files = record.get("files") if isinstance(record, dict) else None
     if (not isinstance(files, dict) or not files or record.get("format") != _MANIFEST_FORMAT
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
-        return f"its {MANIFEST_NAME} manifest records no file hashes (written by an older pytest-circuits)"
-    try:
-        present = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST_NAME)
-    except OSError as e:
-        return f"it cannot be listed ({e})"
+        return (f"its {MANIFEST_NAME} manifest records no file hashes (written by an older "
+                "pytest-circuits)"), before
+    present = sorted(name for name in before if name != MANIFEST_NAME)
     if present != sorted(files):
-        return f"it holds the files {present} but its manifest lists {sorted(files)}"
+        return f"it holds the files {present} but its manifest lists {sorted(files)}", before
     for name, want in sorted(files.items()):
         path = folder / name
         try:
             got = _hash_file(path) if path.is_file() else "not a file"
         except OSError as e:
-            return f"{name} cannot be read ({e})"
+            return f"{name} cannot be read ({e})", before
         if got != want:
             return (f"{name} has sha256 {got[:16]}... but {want[:16]}... was recorded when it "
-                    "was converted (changed or corrupted since)")
-    return None
+                    "was converted (changed or corrupted since)"), before
+    if _identities(folder) != before:
+        return "its files changed while they were being verified", before
+    return None, before
 
 
 def _identities(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -347,12 +375,12 @@ def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[st
         if os.path.lexists(folder):
             os.replace(folder, aside)
         os.replace(tmp, folder)
-    except OSError:
+    except OSError as e:
         # Another process installed its conversion in between: keep theirs (it is
         # verified like any other before it is loaded).
         shutil.rmtree(tmp, ignore_errors=True)
         if not folder.is_dir():
-            raise
+            raise _unwritable(folder, e) from e
     finally:
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -362,36 +390,45 @@ def converted_checkpoint(folder: Path, convert: Callable[[Path], None], source: 
     """``folder`` as a converted checkpoint verified against its manifest, converting it
     (again) when it is missing or fails verification (then with a CacheWarning).
 
-    ``force`` (a reason) re-converts a folder that verified but could not be used.
-    Leftovers of killed conversions in ``folder.parent`` are removed first."""
+    ``convert(out)`` writes the checkpoint's files into the empty folder ``out``; the
+    manifest is added after it. ``force`` (a reason) re-converts a folder that verified but
+    could not be used. Leftovers of killed conversions in ``folder.parent`` are removed
+    first."""
+    _ensure_converted(Path(folder), convert, source, force)
+    return Path(folder)
+
+
+def _ensure_converted(folder: Path, convert: Callable[[Path], None], source: dict[str, Any],
+                      force: str | None = None) -> dict[str, tuple[int, ...]]:
+    """:func:`converted_checkpoint`; returns the identities of the files as verified."""
     import warnings
 
     from .errors import CacheWarning
 
-    folder = Path(folder)
     remove_orphans_in(folder.parent)
     problem = force
     if problem is None and os.path.lexists(folder):
-        problem = verify_converted(folder)
+        problem, identities = _verify(folder)
         if problem is None:
-            return folder
+            return identities
     if problem is not None:
         warnings.warn(CacheWarning(f"converted weights {folder} are unusable: {problem}; converting "
-                                   "them again"), stacklevel=3)
+                                   "them again"), stacklevel=4)
     _convert_into(folder, convert, source)
-    problem = verify_converted(folder)
+    problem, identities = _verify(folder)
     if problem is not None:
         raise ModelUnavailable(f"converted weights {folder} fail verification right after conversion: "
                                f"{problem}")
-    return folder
+    return identities
 
 
-def _boot_converted(folder: Path, device: str, dtype: Any) -> Any:
-    """Boot a verified converted folder; its files must not change while they are read."""
-    before = _identities(folder)
+def _boot_converted(folder: Path, verified: dict[str, tuple[int, ...]], device: str, dtype: Any) -> Any:
+    """Boot a converted folder whose files, as verified, had the identities ``verified``:
+    they must still have them after the load (so what was loaded is what was verified)."""
     bridge = _boot(str(folder), device, dtype)
-    if _identities(folder) != before:
-        raise ModelUnavailable(f"converted weights {folder} changed while they were being loaded")
+    if _identities(folder) != verified:
+        raise ModelUnavailable(f"converted weights {folder} changed between their verification and "
+                               "the end of their loading")
     return bridge
 
 
@@ -423,15 +460,15 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
 
     from .errors import CacheWarning
 
-    folder, digest = embedded_checkpoint(cache)
+    folder, digest, verified = _embedded(cache)
     try:
-        bridge = _boot_converted(folder, device, dtype)
+        bridge = _boot_converted(folder, verified, device, dtype)
     except Exception as e:  # noqa: BLE001 - a verified folder that fails to load: convert again once
         warnings.warn(CacheWarning(f"converted weights {folder} failed to load ({type(e).__name__}: "
                                    f"{str(e)[:300]}); converting them again"), stacklevel=2)
-        folder, digest = embedded_checkpoint(cache, force=f"it failed to load ({type(e).__name__})")
+        folder, digest, verified = _embedded(cache, force=f"it failed to load ({type(e).__name__})")
         try:
-            bridge = _boot_converted(folder, device, dtype)
+            bridge = _boot_converted(folder, verified, device, dtype)
         except ModelUnavailable:
             raise
         except Exception as e2:  # noqa: BLE001
@@ -444,15 +481,20 @@ def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) 
     """The embedded model as a plain float32 checkpoint folder (converted once, verified
     against the sha256 of its files recorded at conversion on every call), and the GGUF's
     sha256. Useful to derive checkpoints from it (see scripts/perturb_checkpoint.py)."""
+    folder, digest, _ = _embedded(cache, force=force)
+    return folder, digest
+
+
+def _embedded(cache: Path | None, force: str | None = None) -> "tuple[Path, str, dict[str, tuple[int, ...]]]":
     from .session import default_cache_dir
 
     cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()
     digest = file_sha256(gguf, cache)
     folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}"
-    converted_checkpoint(folder, functools.partial(_convert_gguf, gguf),
-                         {"source": str(gguf), "gguf_sha256": digest}, force=force)
-    return folder, digest
+    verified = _ensure_converted(folder, functools.partial(_convert_gguf, gguf),
+                                 {"source": str(gguf), "gguf_sha256": digest}, force=force)
+    return folder, digest, verified
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

