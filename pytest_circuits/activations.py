@@ -16,10 +16,11 @@ name and the intervention's key.
 
 Files are written to a temporary name and moved into place with ``os.replace``
 (atomic, so concurrent xdist workers never see a torn file). Integrity covers everything
-that is read: each file records its key fields (whose sha256 must be its file name, and
-which must equal this request's fields) and a sha256 over those fields, the tensor's dtype,
-its shape and its bytes, recomputed from what was actually read. So a changed header
-(dtype, shape, offsets), a truncated, corrupted or misplaced file is reported with a
+that is read: each file records its key fields, which must equal this request's (the
+file name is their sha256, so a copied or renamed file is caught), and a sha256 over those
+fields, the tensor's dtype, its shape and its bytes, recomputed from what was actually
+read. So a changed header (dtype, shape, offsets, metadata), a truncated, corrupted or
+misplaced file, or one written in an older format, is reported with a
 :class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used.
 
 Leftover temporary files of killed writers are removed when a store first touches its
