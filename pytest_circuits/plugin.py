@@ -149,11 +149,13 @@ def _settings(config: pytest.Config) -> Any:
     cache = _opt(c, "circuits_cache_dir")
     cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
     use_disk = not _opt(c, "circuits_no_cache")
-    if use_disk:
-        from . import activations
+    # A cache folder the user chose is checked now (the plugin loads in every pytest run of
+    # the environment, so the default one is not: if it cannot be written, the store warns
+    # once and keeps activations in memory).
+    if use_disk and (cache or os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")):
+        from .activations import cache_dir_problem
 
-        check = getattr(activations, "cache_dir_problem", None)
-        problem = check(cache_dir) if check is not None else None
+        problem = cache_dir_problem(cache_dir)
         if problem:
             raise usage(f"--circuits-cache-dir={str(cache_dir)!r} cannot be used: {problem}. Pass a "
                         "writable folder with --circuits-cache-dir (or $PYTEST_CIRCUITS_CACHE_DIR), or "
@@ -380,10 +382,19 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     try:
         return (yield)
     finally:
-        _RECORDERS.remove(made)
+        _drop(_RECORDERS, made)
         if made:
             table = request.config.stash.setdefault(FIXTURE_MEASUREMENTS_KEY, {})
             table[id(fixturedef)] = (fixturedef, made)
+
+
+def _drop(stack: list[list[Any]], mine: list[Any]) -> None:
+    """Remove ``mine`` from the recorder stack by identity (lists compare by value: two empty
+    recorders are equal, and ``list.remove`` would take the wrong one)."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is mine:
+            del stack[i]
+            return
 
 
 def _fixture_measurements(item: pytest.Item) -> list[Any]:
@@ -438,7 +449,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             lazy.get().check_baseline(item, recorded, enforce=False)
         raise
     finally:
-        _RECORDERS.remove(recorded)
+        _drop(_RECORDERS, recorded)
         _restore(state)
     recorded[:], clashes = _distinct(recorded)
     if clashes:
@@ -611,6 +622,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                       + (f"\n        finding: {r['finding']}" if r["finding"] else ""))
         for m in r["measurements"]:
             tr.write_line(f"        {_one_line(m)}")
+        if r.get("version_changes"):
+            tr.write_line(f"        baseline recorded with other versions: {'; '.join(r['version_changes'])}")
     for line in _claims_summary(config, verdicts, results):
         tr.write_line(line)
     if config.stash[SESSION_KEY].started:
@@ -652,11 +665,13 @@ def _one_line(m: dict[str, Any]) -> str:
 
     where = f"[{m['model']}]" if m.get("model") else ""
     line = (f"{m['name']}{where} = {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] "
-            f"n={m['n']} ({m['level']:.0%})")
+            f"n={m['n']} ({m['level'] * 100:.4g}%)" + "".join(f" [{f}]" for f in m.get("flags") or ()))
     b = m.get("baseline")
     if b and b.get("tolerance") == "updated":
         line += "  (baseline updated)"
     elif b and b.get("mean") is not None:
         line += (f"  baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
                  f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")
+        if b.get("flag"):
+            line += f" [{b['flag']}]"
     return line

@@ -66,9 +66,14 @@ def _cell(m: dict[str, Any]) -> str:
     from .measurement import _fmt
 
     s = f"{_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}]"
+    if m.get("level") is not None and abs(m["level"] - 0.95) > 1e-12:
+        s += f" ({m['level'] * 100:.4g}%)"
+    s += "".join(f" [{f}]" for f in m.get("flags") or ())
     b = m.get("baseline")
     if b and b.get("mean") is not None:
         s += f", drift {m['mean'] - b['mean']:+.3g}" + ("" if b.get("within") else " (!)")
+        if b.get("flag"):
+            s += f" [{b['flag']}]"
     return s
 
 
@@ -102,7 +107,17 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| `{claim}` | {metric} | " + " | ".join(cells.get(m, "-") for m in models) + " |")
     fps = {r["model"]: r["fingerprint"] for r in data["records"]}
     lines += ["", "Models: " + "; ".join(f"`{m}` ({fps[m]})" for m in models), ""]
+    changes = version_changes(data)
+    if changes:
+        lines += ["Baselines recorded with other versions (small numeric drift is possible):", ""]
+        lines += [f"- `{claim}` on {model}: {text}" for claim, model, text in changes] + [""]
     return "\n".join(lines)
+
+
+def version_changes(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(claim, model, "pkg old -> new; ...") for every claim whose baseline has other versions."""
+    return [(r["claim"], r["model"], "; ".join(r["version_changes"]))
+            for r in data["records"] if r.get("version_changes")]
 
 
 def write_markdown(path: Path, data: dict[str, Any]) -> None:
@@ -154,6 +169,12 @@ def write_html(path: Path, data: dict[str, Any]) -> None:
         body.append(f"<tr><td><code>{html.escape(claim)}</code></td><td>{html.escape(metric)}</td>"
                     f"<td>{html.escape(model)}</td><td>{html.escape(cell)}</td></tr>")
     body.append("</table>")
+    changes = version_changes(data)
+    if changes:
+        body.append("<h2>Baselines recorded with other versions</h2><ul>")
+        body += [f"<li><code>{html.escape(c)}</code> on {html.escape(m)}: {html.escape(t)}</li>"
+                 for c, m, t in changes]
+        body.append("</ul>")
     plots = _plots(data)
     if plots:
         body.append("<h2>Across models (mean and interval; grey: baseline)</h2>")

@@ -123,6 +123,7 @@ class Session:
                                      batch_size=settings.batch_size)
         self.load_seconds: dict[str, float] = {}
         self._baseline_rows: dict[str, list[Any]] = {}
+        self._version_lines: dict[str, list[str]] = {}
 
     def model(self, name: str) -> Any:
         """Load ``name`` once per process; a failure is remembered and re-raised."""
@@ -197,6 +198,7 @@ class Session:
         if not foreign and model.get("fingerprint") and data.fingerprint not in (None, model["fingerprint"]):
             warnings.warn(f"{path} was recorded for weights {data.fingerprint}, this run has "
                           f"{model['fingerprint']}", stacklevel=2)
+        self._version_lines[item.nodeid] = [] if st.update_baselines else list(verdict.version_lines())
         if verdict.version_changes and not st.update_baselines:
             warnings.warn(f"{path}: {cid} was recorded with other versions ({'; '.join(verdict.version_lines())}): "
                           "small numeric drift is possible", stacklevel=2)
@@ -255,7 +257,8 @@ class Session:
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
         measurements = []
         for key, d in zip(metric_keys(dicts, strict=False), dicts):
-            d = {k: d[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")}
+            d = {**{k: d[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")},
+                 "flags": list(d.get("flags") or [])}
             d["key"] = key
             r = rows.get(key)
             d["baseline"] = None if r is None else {
@@ -264,7 +267,8 @@ class Session:
             measurements.append(d)
         return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
                 "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",
-                "source": kw.get("source") or "", "measurements": measurements}
+                "source": kw.get("source") or "", "measurements": measurements,
+                "version_changes": self._version_lines.get(item.nodeid, [])}
 
     def clear_disk_cache(self) -> Path:
         target = self.settings.cache_dir / "activations"

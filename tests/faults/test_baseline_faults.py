@@ -158,6 +158,11 @@ def test_baselines_record_versions_and_a_change_is_reported(pytester, tiny_dir, 
         assert pkg in data["versions"], pkg
     data["versions"]["transformers"] = "0.0.1"
     recorded.write_text(json.dumps(data))
-    r = _run(pytester, tiny_dir, tmp_path, "-W", "always")
+    md = tmp_path / "r.md"
+    r = _run(pytester, tiny_dir, tmp_path, "-W", "always", f"--circuits-markdown={md}")
     r.assert_outcomes(passed=2)
     r.stdout.fnmatch_lines([f"*{LOSS} was recorded with other versions (transformers 0.0.1 -> *"])
+    # ... and the summary and the report show it beside the claim.
+    r.stdout.fnmatch_lines(["*baseline recorded with other versions: transformers 0.0.1 -> *"])
+    assert "Baselines recorded with other versions" in md.read_text()
+    assert "transformers 0.0.1 -> " in md.read_text()

@@ -112,11 +112,11 @@ def test_measurements_made_in_fixtures_are_recorded_for_each_claim(pytester, tin
 
         @pytest.fixture(scope="session")
         def shared(model):
-            return Measurement.from_values("made_in_session_fixture", [1.0, 2.0, 3.0], model="ckpt")
+            return Measurement.from_values("made_in_session_fixture", [1.0, 2.0, 3.0, 2.5, 1.5], model="ckpt")
 
         @pytest.fixture
         def local(shared):
-            return Measurement.from_values("made_in_function_fixture", [4.0, 5.0], model="ckpt")
+            return Measurement.from_values("made_in_function_fixture", [4.0, 5.0, 4.5, 5.5], model="ckpt")
     """)
     pytester.makepyfile(test_f="""
         import pytest
@@ -145,14 +145,14 @@ def test_two_different_measurements_with_one_name_fail_the_claim(pytester, tiny_
 
         @pytest.mark.claim(finding="names clash")
         def test_clash(model):
-            a = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
-            b = Measurement.from_values("score", [3.0, 4.0], model="ckpt")
+            a = Measurement.from_values("score", [1.0, 2.0, 1.5, 1.2], model="ckpt")
+            b = Measurement.from_values("score", [3.0, 4.0, 3.5, 3.2], model="ckpt")
             a.assert_above(0)
 
         @pytest.mark.claim(finding="the same measurement twice is one measurement")
         def test_same_twice(model):
-            a = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
-            b = Measurement.from_values("score", [1.0, 2.0], model="ckpt")
+            a = Measurement.from_values("score", [1.0, 2.0, 1.5, 1.2], model="ckpt")
+            b = Measurement.from_values("score", [1.0, 2.0, 1.5, 1.2], model="ckpt")
             a.assert_above(0)
     """)
     r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}")

@@ -102,9 +102,10 @@ def test_tolerance_from_marker_and_ini(pytester, tiny_dir, tmp_path):
     """)
     r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=abs:1")
     r.assert_outcomes(failed=1)
+    # A bad run-wide tolerance stops the run when pytest configures (exit 4), before any claim.
     r = _run(pytester, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-baseline-tolerance=1 se")
-    r.assert_outcomes(failed=1)
-    r.stdout.fnmatch_lines(["*tolerance='1 se' is not valid*"])
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*tolerance='1 se' is not valid*"])
 
 
 def test_corrupted_baseline_file_is_named(claims, tiny_dir, tmp_path):
