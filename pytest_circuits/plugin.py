@@ -16,6 +16,7 @@ import pytest
 SESSION_KEY = pytest.StashKey["Any"]()
 MEASUREMENTS_KEY = pytest.StashKey[list]()
 EXPECTED_CHANGE_KEY = pytest.StashKey[str]()
+ASSERTIONS_KEY = pytest.StashKey[list]()
 CLAIM_COUNT_KEY = pytest.StashKey[int]()
 
 _MARKERS = (
@@ -435,12 +436,15 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     uses_model = "model" in getattr(item, "fixturenames", ()) and lazy.started
     if not uses_model and item.get_closest_marker("claim") is None:
         return (yield)
-    from .measurement import _RECORDERS
+    from .measurement import _ASSERTIONS, _RECORDERS
 
     recorded: list[Any] = list(_fixture_measurements(item))
+    asserted: list[Any] = []
     item.stash[MEASUREMENTS_KEY] = recorded
+    item.stash[ASSERTIONS_KEY] = asserted
     state = _seed(lazy.get().settings.seed)
     _RECORDERS.append(recorded)
+    _ASSERTIONS.append(asserted)
     try:
         result = yield
     except BaseException:
@@ -450,6 +454,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         raise
     finally:
         _drop(_RECORDERS, recorded)
+        _drop(_ASSERTIONS, asserted)
         _restore(state)
     recorded[:], clashes = _distinct(recorded)
     if clashes:
@@ -508,6 +513,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     if call.when == "call" and recorded:
         record = item.config.stash[SESSION_KEY].get().record(item, recorded)
         record["expected_change"] = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
+        # Bounds asserted through assert_above / assert_below / assert_within, with their level.
+        record["assertions"] = [{"name": a.name, "kind": a.kind, "level": a.level, "passed": bool(a.passed)}
+                                for a in item.stash.get(ASSERTIONS_KEY, [])]
         # user_properties travel with the reports (also from xdist workers); JUnit XML
         # takes them from the teardown report, which copies the item's.
         props = [("circuits", json.dumps(record))] + [
@@ -652,6 +660,9 @@ def _claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
     if levels:
         st = config.stash[SESSION_KEY].settings
         how = ", ".join(f"{n} at level {lv}" for lv, n in sorted(levels.items()))
+        asserted = Counter(f"{a['level']:.4g}" for r in results for a in r.get("assertions") or ())
+        how += "; bounds asserted with assert_above/below/within: " + (
+            ", ".join(f"{n} at level {lv}" for lv, n in sorted(asserted.items())) or "none")
         family = (f"; family-wise ({st.familywise}) over {config.stash.get(CLAIM_COUNT_KEY, 0)} claims "
                   f"collected: the run's verdicts hold together at {st.level:.0%}"
                   if st.familywise != "none" else "; each claim on its own (no family-wise control: "

@@ -171,7 +171,7 @@ def test_familywise_bonferroni_widens_every_interval(pytester, tiny_dir, tmp_pat
         @pytest.mark.claim(finding="f")
         def test_level(model, i):
             m = Measurement.from_values(f"m{i}", VALUES, model="ckpt")
-            print("LEVEL", m.level, m.lower, m.upper)
+            m.assert_above(-1.0)
     """))
     report = tmp_path / "r.json"
     plain = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", f"--circuits-report={report}")
@@ -184,7 +184,8 @@ def test_familywise_bonferroni_widens_every_interval(pytester, tiny_dir, tmp_pat
     assert m0["level"] == pytest.approx(0.95)
     assert m1["level"] == pytest.approx(1 - 0.05 / 4)
     assert m1["lower"] < m0["lower"] and m1["upper"] > m0["upper"]
-    r.stdout.fnmatch_lines(["measurements: 4 at level 0.9875; family-wise (bonferroni) over 4 claims*"])
+    r.stdout.fnmatch_lines(["measurements: 4 at level 0.9875; bounds asserted with assert_above/below/within: "
+                            "4 at level 0.9875; family-wise (bonferroni) over 4 claims*"])
 
 
 def test_inner_run_gives_the_default_store_back(pytester, tiny_dir, tmp_path):
