@@ -40,3 +40,24 @@ def tiny_two_digit(tmp_path_factory: pytest.TempPathFactory):
 
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("t2d") / "ckpt2d", two_digit_numbers=True, seed=4)
     return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device="cpu")
+
+
+# Used by every pytester test (tests/plugin, tests/faults): autouse, once per session.
+@pytest.fixture(autouse=True, scope="session")
+def _import_modules_once():
+    # pytester's in-process runs drop the modules first imported inside them, so a
+    # second run would get fresh copies of this package's modules (and `datasets`,
+    # imported by TransformerLens, refuses a second import). Import everything here,
+    # before any inner run, so all runs share one copy.
+    import transformer_lens.model_bridge  # noqa: F401
+
+    try:   # the HTML report imports pyplot inside runs; a second copy breaks later plots
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+
+    import pytest_circuits.activations  # noqa: F401
+    import pytest_circuits.metrics  # noqa: F401
+    import pytest_circuits.models  # noqa: F401
+    import pytest_circuits.session  # noqa: F401
+    import pytest_circuits.tasks  # noqa: F401

@@ -13,17 +13,6 @@ import textwrap
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _import_modules_once():
-    # pytester's in-process runs drop modules first imported inside them: import ours first.
-    import transformer_lens.model_bridge  # noqa: F401
-
-    import pytest_circuits.activations  # noqa: F401
-    import pytest_circuits.metrics  # noqa: F401
-    import pytest_circuits.models  # noqa: F401
-    import pytest_circuits.session  # noqa: F401
-
-
 def _args(tmp_path) -> list[str]:
     return [f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
 

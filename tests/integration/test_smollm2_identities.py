@@ -72,7 +72,9 @@ def test_greater_than_pd_matches_independent_generation_probabilities(model, act
             ids2 = torch.tensor([[tok.bos_token_id] + tok.encode(p + str(a), add_special_tokens=False)])
             p2 = model(ids2)[0, -1].softmax(-1)[digits].double()
             ref = p1[a + 1:].sum() + p1[a] * p2[b + 1:].sum() - p1[:a].sum() - p1[a] * p2[: b + 1].sum()
-            assert got.values[i] == pytest.approx(float(ref), abs=1e-5)
+            # float32 forwards, batched and padded vs one prompt at a time: the reduction order
+            # (it depends on the thread count) moves this by ~1e-5.
+            assert got.values[i] == pytest.approx(float(ref), abs=5e-5)
 
 
 def test_kl_to_itself_is_zero_and_loss_is_sane(model, ps, activations):
