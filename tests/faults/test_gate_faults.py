@@ -187,3 +187,30 @@ def test_inner_run_gives_the_default_store_back(pytester, tiny_dir, tmp_path):
     """)
     pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}").assert_outcomes(passed=1)
     assert default_store() is before
+
+
+def test_nan_weights_never_pass_a_negative_top1_claim(pytester, tmp_path):
+    """A NaN weight made argmax return a confident 0, so "the answer is rarely top-1" passed."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path / "nan-ckpt", seed=0)
+    weights = load_file(str(path / "model.safetensors"))
+    dog = AutoTokenizer.from_pretrained(str(path)).convert_tokens_to_ids("dog")
+    weights["model.embed_tokens.weight"][dog] = float("nan")
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    pytester.makepyfile(test_n="""
+        import pytest
+        from pytest_circuits import PromptSet, metrics
+
+        @pytest.mark.claim(finding="the model rarely puts the answer on top")
+        def test_rarely_top1(model, activations):
+            ps = PromptSet.build(model, ["the dog sat on the", "a dog went to the", "the dog was"],
+                                 answers=[" mat", " store", " king"])
+            metrics.top1(model, ps, activations=activations).assert_below(0.9)
+    """)
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={path}", "--circuits-require-models")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["*MeasurementError: top1 on *: the last-position logits are not finite*"])
