@@ -57,11 +57,10 @@ def main() -> None:
             continue
         r = E.dla_vs_total(model, ps, c, kind=a.kind, seed=a.seed, activations=store)
         print(f"  {r!r}  overstatement {r.overstatement!r}")
-    print("\n== erasure scan (mean PR at the last position) ==")
+    print("\n== erasure scan (PR as a ratio of sums at the last position; |cos| >= 0.1) ==")
     prs = ER.projection_ratios(model, ps, activations=store)
     pairs = prs.scan(15)
-    for w, r, v in pairs:
-        print(f"  {str(r):>7} onto {str(w):>7}: PR {v:+.3f}  cos {float(prs.cosine(r, w).mean()):+.3f}")
+    print(prs.table(15))
     print("\n== value-input check on the 5 strongest pairs ==")
     for w, r, _ in pairs[:5]:
         print(f"  {r} onto {w}: {ER.value_input_check(model, ps, w, [r], activations=store)!r}")
