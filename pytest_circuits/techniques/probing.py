@@ -906,9 +906,12 @@ def _build(name: str, values: np.ndarray, lo: float, hi: float, level: float, mo
     mean = float(values.mean())
     # The interval can (rarely) sit beside the observed F1; widen it to hold it.
     cls = F1Measurement if typed else Measurement
-    m = cls(name=name, values=tuple(float(v) for v in values), mean=mean,
-            lower=float(min(lo, mean)), upper=float(max(hi, mean)), level=level,
-            n=int(values.shape[0]), model=model, provenance=prov, **typed)
+    lower, upper = float(min(lo, mean)), float(max(hi, mean))
+    # A zero-width interval says "no uncertainty"; say why instead (as from_values does).
+    flags = (("zero-width: every resample gave the same value",) if upper - lower <= 1e-12 * max(1.0, abs(mean))
+             else ())
+    m = cls(name=name, values=tuple(float(v) for v in values), mean=mean, lower=lower, upper=upper,
+            level=level, n=int(values.shape[0]), model=model, provenance=prov, flags=flags, **typed)
     if record:
         _record(m)
     return m

@@ -438,3 +438,13 @@ def test_margin_reads_typed_results_and_their_text_form():
     broken = dataclasses.replace(plain, provenance={**plain.provenance, "y_test": "01x"})
     with pytest.raises(CircuitsError, match="margin operand"):
         P.margin(r, broken)
+
+
+def test_a_zero_width_f1_interval_is_flagged():
+    """A margin of 0 on every resample (the probe and its control agree everywhere) is not
+    "no uncertainty": the interval says it is zero-width."""
+    from pytest_circuits.techniques.probing import _build
+
+    m = _build("margin", np.zeros(5), 0.0, 0.0, 0.95, "toy", {}, record=False)
+    assert m.flags and "zero-width" in m.flags[0] and "zero-width" in repr(m)
+    assert not _build("f1", np.ones(5), 0.8, 1.0, 0.95, "toy", {}, record=False).flags
