@@ -25,7 +25,7 @@ def years(model):
                    "most probability on years later than XXYY")
 def test_prefers_later_years(model, years, activations):
     pd = tasks.prob_diff(model, years, activations=activations)
-    # Measured 2026-11-23: 0.875 [0.848, 0.893], n=200.
+    # Measured 2026-11-26: 0.875 [0.847, 0.897], n=200.
     pd.assert_above(0.75)
 
 
@@ -35,7 +35,7 @@ def test_corruption_removes_preference(model, years, activations):
     clean = tasks.prob_diff(model, years, activations=activations)
     corrupted = tasks.prob_diff(model, years, corrupted=True, activations=activations)
     drop = clean.paired_difference(corrupted, name="prob_diff drop (clean - 01)")
-    # Measured 2026-11-23: corrupted -0.694 [-0.738, -0.639]; drop 1.569 [1.516, 1.612], n=200.
+    # Measured 2026-11-26: corrupted -0.694 [-0.743, -0.637]; drop 1.569 [1.515, 1.616], n=200.
     corrupted.assert_below(0.0)
     drop.assert_above(1.2)
 

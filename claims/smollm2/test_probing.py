@@ -46,13 +46,13 @@ def test_l13n1033_is_a_french_neuron(model, activations):
     for method in ("f_stat", "mutual_info", "l1"):  # every selection method picks it
         assert probing.probe(model, fr, layer=13, k=1, method=method, seed=SEED,
                              activations=activations, record=False).neuron == Neuron(13, 1033)
-    # Measured 2026-11-23: 1 [0.921, 1], n=88 held-out sentences (22 French).
+    # Measured 2026-11-26: 1 [0.921, 1], n=88 held-out sentences (22 French).
     r.f1.assert_above(0.85)
     rnd = probing.random_neurons_f1(model, fr, layer=13, k=1, n_repeats=20, seed=SEED,
                                     activations=activations)
     mg = probing.margin(r, rnd)
     print(rnd, mg)
-    # Measured 2026-11-23: random-neuron F1 0.369 [0.275, 0.467] (20 draws);
+    # Measured 2026-11-26: random-neuron F1 0.369 [0.275, 0.467] (20 draws);
     # margin 0.631 [0.513, 0.706] (paired, n=88).
     mg.assert_above(0.4)
     # Input identity: the same probe on shuffled-weights copies of the model, and on the token
@@ -70,7 +70,7 @@ def test_l13n1033_is_a_french_neuron(model, activations):
     sh = probing.shuffled_labels_f1(model, fr, layer=13, k=1, n_repeats=10, seed=SEED,
                                     activations=activations)
     print(sh)
-    # Measured 2026-11-23: shuffled labels 0.338 [0.231, 0.46] (10 shuffles; chance, 25% positives).
+    # Measured 2026-11-26: shuffled labels 0.338 [0.231, 0.46] (10 shuffles; chance, 25% positives).
     sh.assert_below(0.6)
 
 
@@ -89,13 +89,13 @@ def test_l14n58_separates_code_from_prose(model, activations):
     for method in ("f_stat", "mutual_info", "l1"):
         assert probing.probe(model, code, layer=14, k=1, method=method, seed=SEED,
                              activations=activations, record=False).neuron == Neuron(14, 58)
-    # Measured 2026-11-23: 1 [0.927, 1], n=48 held-out texts (24 code).
+    # Measured 2026-11-26: 1 [0.927, 1], n=48 held-out texts (24 code).
     r.f1.assert_above(0.8)
     rnd = probing.random_neurons_f1(model, code, layer=14, k=1, n_repeats=20, seed=SEED,
                                     activations=activations)
     mg = probing.margin(r, rnd)
     print(rnd, mg)
-    # Measured 2026-11-23: random-neuron F1 0.605 [0.496, 0.685] (20 draws);
+    # Measured 2026-11-26: random-neuron F1 0.605 [0.496, 0.685] (20 draws);
     # margin 0.395 [0.299, 0.48] (paired, n=48).
     mg.assert_above(0.2)
     rw = probing.random_weights_control(model, code, layer=14, k=1, n_models=2, seed=SEED,
