@@ -23,8 +23,16 @@ The interval (maths in :mod:`pytest_circuits.stats`, coverage in docs/statistics
 A zero-width interval (one value, or all values equal) is kept as ``[v, v]`` but flagged:
 ``flags`` says why, the repr ends in ``[zero-width: ...]`` and ``to_dict()`` has ``"flags"``.
 
-For paired comparisons (clean vs corrupted on the same prompts) build the Measurement from
-the per-example differences, which keeps the pairing.
+Arithmetic keeps the pairing. ``a - b`` and ``a + b`` of two Measurements on the same
+examples (same n, same labels when both have them, same level) take the per-example
+differences or sums and build their own interval (:meth:`from_values`), e.g.
+``(te - de).assert_above(0)`` for "the total effect exceeds the direct effect" on the same
+prompts; the name reads ``"TE(...) - DE(L9H3)"``. Different n or labels raise
+:class:`~pytest_circuits.errors.MeasurementError`. A number ``c``: ``-a``, ``a + c``,
+``a - c``, ``c * a``, ``a / c`` map the values and the interval *exactly* (no resampling:
+the intervals here are equivariant under ``x -> scale x + shift``; a negative scale swaps
+the bounds). A ratio of means (:meth:`from_ratio`) can be scaled but not added to another
+Measurement. Every result is recorded like any Measurement.
 
 Family-wise control: ``with default_level(0.998): ...`` makes every Measurement built in the
 block whose level was left at the default (or passed as :data:`DEFAULT_LEVEL` by a technique)
@@ -139,6 +147,9 @@ class Measurement:
     labels: tuple[str, ...] | None = field(default=None, compare=False)
     # Why the interval cannot be trusted as an interval, e.g. ("zero-width: n=1",).
     flags: tuple[str, ...] = ()
+    # True for a ratio of means (:meth:`from_ratio`): its values are contributions, not
+    # summands, so it is not added to or subtracted from another measurement.
+    ratio: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_values(cls, name: str, values: Any, *, model: str = "",
@@ -246,7 +257,7 @@ class Measurement:
         contrib = num / den_mean
         m = cls(name=name, values=tuple(float(v) for v in contrib), mean=ratio,
                 lower=float(lo), upper=float(hi), level=level, n=n, model=model, provenance=prov,
-                labels=lab, flags=flags)
+                labels=lab, flags=flags, ratio=True)
         if record:
             for rec in _RECORDERS:
                 rec.append(m)
@@ -305,6 +316,116 @@ class Measurement:
             raise AssertionError(
                 f"{self!r} ({_pct(self.level)} interval) -- expected interval inside ({low}, {high})")
         return self
+
+    # -- arithmetic ------------------------------------------------------------
+    def __neg__(self) -> "Measurement":
+        """``-m``: values negated, the interval exactly ``[-upper, -lower]``."""
+        return self._affine(-1.0, 0.0, f"-{_operand(self.name)}")
+
+    def __pos__(self) -> "Measurement":
+        return self
+
+    def __add__(self, other: Any) -> "Measurement":
+        """``a + b`` on the same examples (per-example sums, their own interval), or
+        ``a + c`` for a number ``c`` (the interval shifted by ``c``)."""
+        if isinstance(other, Measurement):
+            return self._paired(other, +1.0)
+        c = _scalar(other)
+        if c is None:
+            return NotImplemented
+        return self._affine(1.0, c, f"{self.name} {'-' if c < 0 else '+'} {_num(abs(c))}")
+
+    def __radd__(self, other: Any) -> "Measurement":
+        c = _scalar(other)
+        if c is None:
+            return NotImplemented
+        return self._affine(1.0, c, f"{_num(c)} + {self.name}")
+
+    def __sub__(self, other: Any) -> "Measurement":
+        """``a - b`` on the same examples (the paired difference, its own interval), or
+        ``a - c`` for a number ``c``."""
+        if isinstance(other, Measurement):
+            return self._paired(other, -1.0)
+        c = _scalar(other)
+        if c is None:
+            return NotImplemented
+        return self._affine(1.0, -c, f"{self.name} {'+' if c < 0 else '-'} {_num(abs(c))}")
+
+    def __rsub__(self, other: Any) -> "Measurement":
+        c = _scalar(other)
+        if c is None:
+            return NotImplemented
+        return self._affine(-1.0, c, f"{_num(c)} - {_operand(self.name)}")
+
+    def __mul__(self, other: Any) -> "Measurement":
+        """``a * c`` for a number ``c``: values and interval scaled by ``c`` (a negative
+        ``c`` swaps the bounds). A product of two Measurements is not defined here."""
+        c = _scalar(other)
+        if c is None:
+            return NotImplemented
+        return self._affine(c, 0.0, f"{_num(c)} * {_operand(self.name)}")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> "Measurement":
+        """``a / c`` for a non-zero number ``c`` (for a ratio of two measured means use
+        :meth:`Measurement.from_ratio`, whose interval accounts for the denominator)."""
+        c = _scalar(other)
+        if c is None:
+            if isinstance(other, Measurement):
+                raise MeasurementError(bad("divisor", other.name, "a number; for a ratio of two measured "
+                                                                   "means use Measurement.from_ratio(name, num, den)"))
+            return NotImplemented
+        if c == 0.0:
+            raise MeasurementError(bad("divisor", other, "a non-zero number"))
+        return self._affine(1.0 / c, 0.0, f"{_operand(self.name)} / {_num(c)}")
+
+    def _affine(self, scale: float, shift: float, name: str) -> "Measurement":
+        """``scale * m + shift``, exact: every interval this module builds is equivariant
+        under an affine map of the values (bootstrap-t and t intervals, and the
+        Clopper-Pearson interval of a proportion maps to the interval of ``scale * p + shift``),
+        so the bounds are mapped, not recomputed; a negative scale swaps them."""
+        lo, hi = scale * self.lower + shift, scale * self.upper + shift
+        if scale < 0:
+            lo, hi = hi, lo
+        values = tuple(scale * v + shift for v in self.values)
+        flags = self.flags if scale != 0.0 else _zero_width_flag(self.n, "scaled by 0")
+        prov = {"from": repr(self), "interval": f"exact: {_num(scale)} x the interval of "
+                f"{self.name}" + (f" + {_num(shift)}" if shift else "")}
+        m = Measurement(name=name, values=values, mean=scale * self.mean + shift, lower=float(lo),
+                        upper=float(hi), level=self.level, n=self.n, model=self.model, provenance=prov,
+                        labels=self.labels, flags=flags, ratio=self.ratio)
+        for rec in _RECORDERS:
+            rec.append(m)
+        return m
+
+    def _paired(self, other: "Measurement", sign: float) -> "Measurement":
+        """Per-example ``self + sign * other`` with its own interval (the pairing kept)."""
+        op = "+" if sign > 0 else "-"
+        if self.n != other.n:
+            raise MeasurementError(bad("other", f"{other.name} with n={other.n}",
+                                       f"a measurement on the same {self.n} examples as {self.name}"))
+        if self.labels is not None and other.labels is not None and self.labels != other.labels:
+            i = next(j for j, (a, b) in enumerate(zip(self.labels, other.labels)) if a != b)
+            raise MeasurementError(bad("other", f"{other.name} with example {i} = {other.labels[i]!r}",
+                                       f"the same examples in the same order as {self.name} "
+                                       f"(example {i} = {self.labels[i]!r})"))
+        if self.level != other.level:
+            raise MeasurementError(bad("other", f"{other.name} at level {other.level}",
+                                       f"a measurement at the same level as {self.name} ({self.level})"))
+        for m in (self, other):
+            if m.ratio:
+                raise MeasurementError(bad("other" if m is other else "self", m.name,
+                                           "a mean of per-example values: the values of a ratio (from_ratio, "
+                                           "an F1) are contributions num_i / mean(den), and their sum's "
+                                           "interval would ignore the denominator's noise; combine the "
+                                           "numerators and call Measurement.from_ratio (F1: probing.margin)"))
+        model = self.model if self.model == other.model or not other.model else (
+            other.model if not self.model else f"{self.model} {op} {other.model}")
+        return Measurement.from_values(
+            f"{self.name} {op} {_operand(other.name)}", self.array + sign * other.array, model=model,
+            level=self.level, labels=self.labels if self.labels is not None else other.labels,
+            provenance={"left": repr(self), "right": repr(other), "operation": op})
 
     # -- combining -------------------------------------------------------------
     def paired_difference(self, other: "Measurement", name: str | None = None) -> "Measurement":
@@ -368,6 +489,24 @@ def _zero_denominator(name: str, den: np.ndarray, denominator_name: str | None,
                             "a denominator with a non-zero mean")
            + f"; the ratio is undefined because {label}'s mean is 0: {reason}")
     return msg + (f" ({why})" if why else "")
+
+
+def _scalar(x: Any) -> float | None:
+    """``x`` as a finite float when it is a plain number (not a bool), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    if not math.isfinite(float(x)):
+        raise MeasurementError(bad("number", x, "a finite number"))
+    return float(x)
+
+
+def _num(c: float) -> str:
+    return f"{c:g}"
+
+
+def _operand(name: str) -> str:
+    """``name`` bracketed when it is itself a sum or difference (``-(a - b)``, ``2 * (a + b)``)."""
+    return f"({name})" if (" + " in name or " - " in name) else name
 
 
 def _pct(level: float) -> str:
