@@ -21,9 +21,7 @@ import argparse
 import time
 
 from pytest_circuits import ActivationStore, load_model, tasks
-from pytest_circuits import patching as P
-
-
+from pytest_circuits.techniques import patching as P
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")

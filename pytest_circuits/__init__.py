@@ -32,13 +32,19 @@ from .errors import (  # noqa: E402
 _LAZY = {
     "Measurement": "measurement",
     "PromptSet": "prompts",
-    "ActivationStore": "activations",
+    "ActivationStore": "store",
     "load_model": "models",
     "register_model": "models",
     "metrics": None,
     "tasks": None,
     "hooks": None,
     "models": None,
+    "store": None,
+    "techniques": None,
+    # The circuit tools live in techniques/; these names keep ``from pytest_circuits
+    # import circuits, patching`` working.
+    "circuits": "techniques.circuits",
+    "patching": "techniques.patching",
 }
 
 __all__ = [
@@ -54,5 +60,7 @@ def __getattr__(name: str) -> Any:
         mod = _LAZY[name]
         if mod is None:
             return importlib.import_module(f".{name}", __name__)
+        if mod.endswith(f".{name}"):
+            return importlib.import_module(f".{mod}", __name__)
         return getattr(importlib.import_module(f".{mod}", __name__), name)
     raise AttributeError(f"module 'pytest_circuits' has no attribute {name!r}")

@@ -35,7 +35,7 @@ the embedding's ``hook_embed``.
 * **freeze**: the component keeps its output from the *clean* run of the same prompt,
   whatever changed upstream (path patching freezes everything off the path).
 * **rerouted**: the component gets the output it had in another intervened run
-  (``via``): the second step of path patching (:mod:`pytest_circuits.circuits`).
+  (``via``): the second step of path patching (:mod:`pytest_circuits.techniques.circuits`).
 
 ``positions``: ``None`` for every position, ``"last"`` for each prompt's last token, or
 a tuple of absolute positions (which must exist in every prompt).
@@ -341,7 +341,7 @@ class Interventions:
             i.check(model, prompts)
 
     def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None) -> list[tuple[str, Any]]:
-        from .activations import default_store
+        from .store import default_store
 
         store = store if store is not None else default_store()
         # Fetch every source activation a set needs in one forward, not one per item.

@@ -18,7 +18,7 @@ import numbers
 from typing import Any, Sequence
 
 from . import hooks as H
-from .activations import ActivationStore, Intervention, default_store
+from .store import ActivationStore, Intervention, default_store
 from .errors import MeasurementError, PromptSetError, bad
 from .measurement import Measurement
 from .models import info as model_info

@@ -151,7 +151,7 @@ def resolve_dtype(dtype: str) -> Any:
 def load_model(name: str, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
                dtype: str = "float32", progress: bool = False) -> Any:
     """Load ``name`` as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
-    from .session import default_cache_dir
+    from ._session import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     dev = resolve_device(device)
@@ -486,7 +486,7 @@ def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) 
 
 
 def _embedded(cache: Path | None, force: str | None = None) -> "tuple[Path, str, dict[str, tuple[int, ...]]]":
-    from .session import default_cache_dir
+    from ._session import default_cache_dir
 
     cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()
@@ -501,7 +501,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize the GGUF and save a plain Llama checkpoint (safetensors) into ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from .progress import status
+    from ._progress import status
 
     with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

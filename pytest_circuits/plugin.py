@@ -1,4 +1,4 @@
-"""pytest hooks and fixtures. Each hook is a few lines that delegate to ``session.py``.
+"""pytest hooks and fixtures. Each hook is a few lines that delegate to ``_session.py``.
 
 Nothing heavy is imported at module import time, so ``pytest --help`` stays fast.
 """
@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Claims carry xdist_group(...) so `--dist loadgroup` keeps a model on one worker;
         # register it when xdist is absent so --strict-markers stays clean.
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist grouping (xdist not installed)")
-    from .progress import set_quiet
+    from ._progress import set_quiet
 
     set_quiet(config.get_verbosity() < 0)
     # Every option is parsed and checked here, once: a bad value is a usage error (exit 4)
@@ -115,7 +115,7 @@ def _models(config: pytest.Config) -> tuple[list[str], bool]:
 
 def _settings(config: pytest.Config) -> Any:
     """Parse and check every option (each also an ini key); a bad value is a UsageError."""
-    from .session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name, default_cache_dir
+    from ._session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name, default_cache_dir
 
     c = config
 
@@ -154,7 +154,7 @@ def _settings(config: pytest.Config) -> Any:
     # the environment, so the default one is not: if it cannot be written, the store warns
     # once and keeps activations in memory).
     if use_disk and (cache or os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")):
-        from .activations import cache_dir_problem
+        from .store import cache_dir_problem
 
         problem = cache_dir_problem(cache_dir)
         if problem:
@@ -192,10 +192,10 @@ class _LazySession:
 
     def get(self) -> Any:
         if self._session is None:
-            from .activations import set_default_store
-            from .session import Session
+            from .store import set_default_store
+            from ._session import Session
 
-            from .activations import default_store
+            from .store import default_store
 
             self._session = Session(self.settings)
             if _opt(self.config, "circuits_clear_cache"):
@@ -207,7 +207,7 @@ class _LazySession:
     def close(self) -> None:
         """Give the process back the store it had before this run (pytester nests runs)."""
         if self._session is not None:
-            from .activations import set_default_store
+            from .store import set_default_store
 
             set_default_store(self._previous_store)
 
@@ -593,7 +593,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         return
-    from . import report as R
+    from . import _report as R
 
     targets = {k: _opt(config, k) for k in ("circuits_report", "circuits_markdown", "circuits_html")}
     if not any(targets.values()):

@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 
 from pytest_circuits import ActivationStore, load_model, plots, tasks
-from pytest_circuits import circuits as C
-from pytest_circuits import patching as P
-
+from pytest_circuits.techniques import circuits as C
+from pytest_circuits.techniques import patching as P
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "greater-than"
 CIRCUIT = ROOT / "claims" / "smollm2" / "data" / "greater_than_circuit.json"

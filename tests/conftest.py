@@ -56,8 +56,8 @@ def _import_modules_once():
     except ImportError:  # pragma: no cover
         pass
 
-    import pytest_circuits.activations  # noqa: F401
+    import pytest_circuits.store  # noqa: F401
     import pytest_circuits.metrics  # noqa: F401
     import pytest_circuits.models  # noqa: F401
-    import pytest_circuits.session  # noqa: F401
+    import pytest_circuits._session  # noqa: F401
     import pytest_circuits.tasks  # noqa: F401

@@ -18,7 +18,7 @@ for anyone who wants to measure one.
 
 import pytest
 
-from pytest_circuits import circuits as C
+from pytest_circuits.techniques import circuits as C
 from pytest_circuits import tasks
 
 pytestmark = pytest.mark.model("gpt2", optional="GPT-2 weights cannot be downloaded here; see the module docstring")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_circuits import circuits as C
+from pytest_circuits.techniques import circuits as C
 from pytest_circuits import tasks
 
 pytestmark = pytest.mark.model("smollm2-135m")

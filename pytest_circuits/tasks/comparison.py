@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..activations import ActivationStore, Intervention, default_store
+from ..store import ActivationStore, Intervention, default_store
 from ..errors import PromptSetError, bad
 from ..measurement import Measurement
 from ..models import info as model_info

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import jsonl
+from .. import _jsonl as jsonl
 from ..errors import PromptSetError, bad
 from ..prompts import PromptSet, is_single_token
 

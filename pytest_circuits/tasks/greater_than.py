@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..activations import ActivationStore, Intervention, default_store
+from ..store import ActivationStore, Intervention, default_store
 from .. import hooks as H
 from ..errors import PromptSetError, bad
 from ..measurement import Measurement
@@ -51,7 +51,7 @@ class GreaterThan:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    # -- the task protocol the circuit tools use (pytest_circuits.circuits) ------------
+    # -- the task protocol the circuit tools use (pytest_circuits.techniques.circuits) ------------
     @property
     def name(self) -> str:
         return self.prompts.name

@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import jsonl
+from .. import _jsonl as jsonl
 from ..errors import CircuitsError, PromptSetError, bad
 
 SHIPPED = ("language", "code_prose", "digits_words")

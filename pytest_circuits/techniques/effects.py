@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..activations import ActivationStore, default_store
+from ..store import ActivationStore, default_store
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
@@ -687,7 +687,7 @@ def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = "r
           positions: Any = "last", seed: int = 0, reference: Any = None,
           activations: ActivationStore | None = None) -> list[SelfRepair]:
     """``self_repair`` for each component in turn (each resumes from the clean stream at its layer)."""
-    from ..progress import bar
+    from .._progress import bar
 
     comps = parse_many(components, model)
     return [self_repair(model, prompts, c, kind=kind, token=token, positions=positions, seed=seed,

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..activations import ActivationStore, default_store
+from ..store import ActivationStore, default_store
 from ..components import MLP, Component, Head, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..activations import ActivationStore, default_store
+from ..store import ActivationStore, default_store
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
 from ..models import info as model_info

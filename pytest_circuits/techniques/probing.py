@@ -266,7 +266,7 @@ def _collect(model: Any, texts: Any, labels: Any, *, hook: str, layer: int, pool
     """Pooled ``[batch, pos, d]`` activations of ``hook`` (see :func:`collect`)."""
     import torch
 
-    from ..activations import default_store
+    from ..store import default_store
     from ..prompts import PromptSet
 
     texts, labels, groups, task_name = _unpack(texts, labels, groups)

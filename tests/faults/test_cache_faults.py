@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from pytest_circuits import ActivationStore, CacheWarning, ModelUnavailable, PromptSet
-from pytest_circuits import activations as A
+from pytest_circuits import store as A
 from pytest_circuits import cachefiles as C
 from pytest_circuits import hooks as H
 from pytest_circuits import models as M

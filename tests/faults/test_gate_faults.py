@@ -88,7 +88,7 @@ def test_expect_change_counts_only_the_claims_assertion(pytester, tiny_dir, tmp_
     r.stdout.fnmatch_lines(["claims: 4 checked (2 failed, 1 expected change, 1 xfailed), 0 not checked"])
     recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in json.loads(report.read_text())["records"]}
     assert recs["test_assertion_fails"]["expected_change"].startswith("expected change on ckpt")
-    from pytest_circuits import report as R
+    from pytest_circuits import _report as R
 
     assert R._verdict(recs["test_assertion_fails"]) == "XFAIL (expected change)"
     assert R._verdict({"outcome": "xfailed", "expected_change": None}) == "XFAIL"
@@ -178,7 +178,7 @@ def test_familywise_bonferroni_widens_every_interval(pytester, tiny_dir, tmp_pat
 
 
 def test_inner_run_gives_the_default_store_back(pytester, tiny_dir, tmp_path):
-    from pytest_circuits.activations import default_store
+    from pytest_circuits.store import default_store
 
     before = default_store()
     pytester.makepyfile(test_s="""

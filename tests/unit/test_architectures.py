@@ -17,7 +17,7 @@ import torch
 
 import pytest_circuits
 from pytest_circuits import ActivationStore, PromptSet, planted, tasks
-from pytest_circuits import circuits as C
+from pytest_circuits.techniques import circuits as C
 from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.errors import MeasurementError, NoOpInterventionWarning

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pytest_circuits import ActivationStore, CircuitsError, tasks
-from pytest_circuits import circuits as C
+from pytest_circuits.techniques import circuits as C
 from pytest_circuits import hooks as H
 
 

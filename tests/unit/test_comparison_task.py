@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pytest_circuits import interventions as I
-from pytest_circuits.activations import ActivationStore
+from pytest_circuits.store import ActivationStore
 from pytest_circuits.errors import PromptSetError
 
 C = importlib.import_module("pytest_circuits.tasks.comparison")  # the module, not the builder tasks.comparison

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 from pytest_circuits import ActivationStore, CircuitsError, tasks
-from pytest_circuits import circuits as C
+from pytest_circuits.techniques import circuits as C
 from pytest_circuits import hooks as H
-from pytest_circuits import patching as P
-
-
+from pytest_circuits.techniques import patching as P
 @pytest.fixture(scope="module")
 def years2(tiny_two_digit):
     return tasks.greater_than(tiny_two_digit, n=10, seed=1)

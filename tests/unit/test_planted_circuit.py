@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from pytest_circuits import ActivationStore, tasks
-from pytest_circuits import circuits as C
-from pytest_circuits import patching as P
-
+from pytest_circuits.techniques import circuits as C
+from pytest_circuits.techniques import patching as P
 PLANTED = Path(__file__).resolve().parents[1] / "data" / "planted" / "comparison"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_circuits.activations import ActivationStore
+from pytest_circuits.store import ActivationStore
 from pytest_circuits.components import Neuron
 from pytest_circuits.errors import CircuitsError, ComponentError
 from pytest_circuits.measurement import Measurement

@@ -47,7 +47,7 @@ from . import hooks as H
 from .cachefiles import cache_dir_problem, remove_orphans, tmp_name  # noqa: F401 - cache_dir_problem re-exported for the plugin
 from .errors import CacheWarning, CircuitsError, bad
 from .models import info as model_info
-from .progress import bar
+from ._progress import bar
 
 
 class Intervention(Protocol):

@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import interventions as I
-from .activations import ActivationStore, default_store
-from .components import MLP, Attn, Component, Embed, Head, Neuron, parse_many
-from .errors import CircuitsError, bad
-from .measurement import Measurement
-from .models import info as model_info
+from .. import interventions as I
+from ..store import ActivationStore, default_store
+from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse_many
+from ..errors import CircuitsError, bad
+from ..measurement import Measurement
+from ..models import info as model_info
 
 ABLATIONS = ("patch", "resample", "mean", "zero")
 

@@ -114,7 +114,7 @@ def claim_id(item: Any) -> str:
 
 class Session:
     def __init__(self, settings: Settings) -> None:
-        from .activations import ActivationStore
+        from .store import ActivationStore
 
         self.settings = settings
         self._models: dict[str, Any] = {}
@@ -136,7 +136,7 @@ class Session:
             return self._models[name]
         if name in self._failures:
             raise self._failures[name]
-        from .progress import status
+        from ._progress import status
 
         start = time.perf_counter()
         try:
@@ -153,7 +153,7 @@ class Session:
     # -- ledger and baselines -------------------------------------------------------
     def _model_of(self, item: Any) -> dict[str, Any]:
         from .models import info
-        from .report import versions
+        from ._report import versions
 
         model = getattr(item, "funcargs", {}).get("model")
         try:

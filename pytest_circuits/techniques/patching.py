@@ -8,7 +8,7 @@ with something taken from the corrupted run, per prompt::
 and reported normalized by the whole corruption's effect,
 ``effect / (m(corrupted) - m(clean))`` (1 = this alone does what corrupting the input
 does; negative = it moves the metric the other way). The task protocol is the one of
-:mod:`pytest_circuits.circuits` (``prompts``, ``prompt_sets``, ``scores``).
+:mod:`pytest_circuits.techniques.circuits` (``prompts``, ``prompt_sets``, ``scores``).
 
 * :func:`sweep`: activation patching of each head and MLP (all positions, or given
   ones), or with another ablation kind;
@@ -34,14 +34,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import interventions as I
-from .activations import ActivationStore, default_store
+from .. import interventions as I
+from ..store import ActivationStore, default_store
 from .circuits import Circuit, _names, _order, by_layer, expand, nodes, removal
-from .components import MLP, Attn, Component, Head
-from .errors import CircuitsError, bad
-from .measurement import Measurement
-from .models import info as model_info
-from .progress import bar
+from ..components import MLP, Attn, Component, Head
+from ..errors import CircuitsError, bad
+from ..measurement import Measurement
+from ..models import info as model_info
+from .._progress import bar
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def prefetch(model: Any, task: Any, store: ActivationStore) -> None:
     residual (where resumed forwards start) and each head's and MLP's output on the clean
     and corrupted prompts (the values patched in or frozen). Without this, each layer's
     first patch would cost extra forwards to fetch them."""
-    from . import hooks as H
+    from .. import hooks as H
 
     L = model.cfg.n_layers
     outputs = [H.z(layer) for layer in range(L)] + [H.mlp_out(layer) for layer in range(L)]
