@@ -50,7 +50,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="circuits-bench-") as tmp:
         cache = Path(tmp)
         if keep:
-            from pytest_circuits._session import default_cache_dir
+            from pytest_circuits.config import default_cache_dir
 
             src = default_cache_dir()
             if (src / "weights").is_dir():

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-__version__ = "0.1.0"
+from .config import VERSION as __version__  # noqa: E402
 
 # Helper modules whose asserts users see: rewrite them so failures print values.
 pytest.register_assert_rewrite("pytest_circuits.measurement")

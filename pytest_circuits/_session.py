@@ -12,21 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "smollm2-135m"
-
-
-def default_cache_dir() -> Path:
-    """``$PYTEST_CIRCUITS_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-circuits``, else ``~/.cache/...``.
-
-    Kept outside ``.pytest_cache`` on purpose: ``pytest --cache-clear`` must not throw
-    away converted weights and activations.
-    """
-    env = os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pytest-circuits"
-
+from .config import DEFAULT_MODEL, default_cache_dir  # noqa: F401 - re-exported for the plugin
 
 @dataclass
 class Settings:
@@ -98,12 +84,6 @@ def check_model_name(name: str) -> str | None:
     return None
 
 
-def _measurements_key() -> Any:
-    from .plugin import MEASUREMENTS_KEY
-
-    return MEASUREMENTS_KEY
-
-
 def claim_id(item: Any) -> str:
     """A claim's id across models: its node id without the model parameter."""
     base = item.nodeid.split("[", 1)[0]
@@ -151,7 +131,7 @@ class Session:
         return m
 
     # -- ledger and baselines -------------------------------------------------------
-    def _model_of(self, item: Any) -> dict[str, Any]:
+    def _model_of(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
         from .models import info
         from ._report import versions
 
@@ -159,7 +139,6 @@ class Session:
         try:
             mi = info(model)
         except Exception:  # noqa: BLE001 - a claim without a language model (synthetic models)
-            recorded = item.stash.get(_measurements_key(), [])
             label = next((m.model for m in recorded if m.model), "") or "no-model"
             return {"label": label, "fingerprint": "n/a", "versions": versions()}
         return {"label": mi.label, "fingerprint": mi.fingerprint, "dtype": mi.dtype, "device": mi.device,
@@ -177,7 +156,7 @@ class Session:
         st = self.settings
         if not (st.baseline or st.update_baselines):
             return
-        model = self._model_of(item)
+        model = self._model_of(item, recorded)
         cid = claim_id(item)
         dicts = [m.to_dict() for m in recorded]
         directory = st.baseline_dir or Path(str(item.config.rootpath)) / "claims" / "baselines"
@@ -252,7 +231,7 @@ class Session:
 
         marker = item.get_closest_marker("claim")
         kw = marker.kwargs if marker else {}
-        model = self._model_of(item)
+        model = self._model_of(item, recorded)
         dicts = [m.to_dict() for m in recorded]
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
         measurements = []

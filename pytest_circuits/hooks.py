@@ -51,6 +51,34 @@ def logprob_ids(name: str) -> list[int]:
 EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"   # learned positions added to the residual stream (GPT-2)
 FINAL_SCALE = "ln_final.hook_scale"
+UNEMBED = "unembed"            # the unembedding module (its hooks start with this or hook_unembed)
+# Hooks whose values are [batch, head, query_pos, key_pos]: two position axes.
+PATTERN_SUFFIXES = ("hook_pattern", "hook_attn_scores")
+# The block the embedding belongs to: it writes the residual stream before block 0.
+EMBED_BLOCK = -1
+
+
+def block_of(name: str) -> int | None:
+    """The block a hook lives in: ``blocks.N...`` -> N, the embedding hooks ->
+    :data:`EMBED_BLOCK` (-1, before every block), anything after the last block (final
+    norm, unembedding, pseudo-hooks) -> None. A ``@last`` suffix is ignored."""
+    base = base_name(name)
+    if base.startswith("blocks."):
+        return int(base.split(".")[1])
+    if base in (EMBED, POS_EMBED):
+        return EMBED_BLOCK
+    return None
+
+
+def position_dims(name: str) -> tuple[int, ...]:
+    """The position axes of a hook's value: (2, 3) for attention patterns and scores
+    ``[batch, head, q, k]``, else (1,) (``[batch, pos, ...]``)."""
+    return (2, 3) if base_name(name).endswith(PATTERN_SUFFIXES) else (1,)
+
+
+def touches_unembed(name: str) -> bool:
+    """Whether ``name`` is a hook of the unembedding module."""
+    return base_name(name).startswith((UNEMBED, "hook_" + UNEMBED))
 
 
 def last(name: str) -> str:

@@ -54,6 +54,8 @@ from .components import Component, Head, Neuron, parse_many
 from .components import Attn as _Attn
 from .components import Embed as _Embed
 from .errors import InterventionError, NoOpInterventionWarning, bad
+from .protocols import check_intervention
+from .store import resolve
 
 KINDS = ("zero", "mean", "position_mean", "resample", "patch", "freeze", "rerouted")
 # Kinds that are meant to remove a component's information: one that leaves the output
@@ -98,6 +100,12 @@ class Replace:
         seed = f",seed={self.seed}" if self.kind == "resample" else ""
         via = f",via=[{self.via.key}]" if self.via is not None else ""
         return f"{self.kind}({self.component},pos={self.positions}{ref}{seed}{via})"
+
+    @property
+    def layer(self) -> int:
+        """The first block whose input this replacement changes (0 for the embedding):
+        :class:`pytest_circuits.protocols.Intervention`'s ``layer``."""
+        return 0 if isinstance(self.component, _Embed) else max(self.component.layer, 0)
 
     # -- what the store calls ----------------------------------------------------
     def check(self, model: Any, prompts: Any) -> None:
@@ -316,11 +324,8 @@ class Interventions:
     @property
     def layer(self) -> int:
         """The earliest layer any item touches: the forward may resume there from the
-        clean residual stream (0 where the embedding is touched)."""
-        if not self.items:
-            return 0
-        return min(max(i.component.layer, 0) if not isinstance(i.component, _Embed) else 0
-                   for i in self.items)
+        clean residual stream (0 where the embedding is touched, and for ``nothing()``)."""
+        return min((i.layer for i in self.items), default=0)
 
     def __add__(self, other: "Interventions") -> "Interventions":
         if not isinstance(other, Interventions):
@@ -341,9 +346,7 @@ class Interventions:
             i.check(model, prompts)
 
     def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None) -> list[tuple[str, Any]]:
-        from .store import default_store
-
-        store = store if store is not None else default_store()
+        store = resolve(store)
         # Fetch every source activation a set needs in one forward, not one per item.
         wanted: dict[tuple[str, str], tuple[Any, Any, list[str]]] = {}
         for i in self.items:
@@ -435,7 +438,5 @@ def as_intervention(x: Any) -> Any:
         return x
     if isinstance(x, Replace):
         return Interventions((x,))
-    if hasattr(x, "key") and hasattr(x, "fwd_hooks"):
-        return x
-    raise InterventionError(bad("intervention", x, "the result of ablate(), patch() or nothing()"))
+    return check_intervention(x)
 

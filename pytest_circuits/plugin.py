@@ -18,6 +18,7 @@ MEASUREMENTS_KEY = pytest.StashKey[list]()
 EXPECTED_CHANGE_KEY = pytest.StashKey[str]()
 ASSERTIONS_KEY = pytest.StashKey[list]()
 CLAIM_COUNT_KEY = pytest.StashKey[int]()
+_PLUGIN_NAME = "circuits-session"
 
 _MARKERS = (
     "claim(source=None, finding=None): a stated interpretability finding; `finding` is the "
@@ -102,7 +103,9 @@ def pytest_configure(config: pytest.Config) -> None:
     set_quiet(config.get_verbosity() < 0)
     # Every option is parsed and checked here, once: a bad value is a usage error (exit 4)
     # before any claim runs, never a skip per claim.
-    config.stash[SESSION_KEY] = _LazySession(config, _settings(config))
+    lazy = _LazySession(config, _settings(config))
+    config.stash[SESSION_KEY] = lazy
+    config.pluginmanager.register(lazy, _PLUGIN_NAME)
 
 
 def _models(config: pytest.Config) -> tuple[list[str], bool]:
@@ -115,7 +118,8 @@ def _models(config: pytest.Config) -> tuple[list[str], bool]:
 
 def _settings(config: pytest.Config) -> Any:
     """Parse and check every option (each also an ini key); a bad value is a UsageError."""
-    from ._session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name, default_cache_dir
+    from ._session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name
+    from .config import default_cache_dir
 
     c = config
 
@@ -183,37 +187,53 @@ def _settings(config: pytest.Config) -> Any:
 
 
 class _LazySession:
-    """Builds the Session (and imports torch) only when a claim first needs it."""
+    """The run's session, registered as a plugin object (``circuits-session``): it builds
+    the Session (and imports torch) only when a claim first needs it, makes its store the
+    current one (:func:`pytest_circuits.store.current`) until the run ends, and collects
+    the run's reports. One per config: pytester's in-process runs nest cleanly."""
 
     def __init__(self, config: pytest.Config, settings: Any) -> None:
         self.config = config
         self.settings = settings
         self._session: Any = None
+        self._store_token: Any = None
 
     def get(self) -> Any:
         if self._session is None:
-            from .store import set_default_store
+            from . import store as S
             from ._session import Session
-
-            from .store import default_store
 
             self._session = Session(self.settings)
             if _opt(self.config, "circuits_clear_cache"):
                 self._session.clear_disk_cache()
-            self._previous_store = default_store()
-            set_default_store(self._session.store)
+            self._store_token = S.set_current(self._session.store)
         return self._session
 
     def close(self) -> None:
-        """Give the process back the store it had before this run (pytester nests runs)."""
-        if self._session is not None:
-            from .store import set_default_store
+        """Give the process back the store that was current before this run."""
+        if self._store_token is not None:
+            from . import store as S
 
-            set_default_store(self._previous_store)
+            S.reset(self._store_token)
+            self._store_token = None
 
     @property
     def started(self) -> bool:
         return self._session is not None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "circuits-claim" in props:
+            _count_claim(self.config, report, props["circuits-claim"])
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == "circuits":
+                record = json.loads(value)
+                record["outcome"] = report.outcome
+                if hasattr(report, "wasxfail"):
+                    record["outcome"] = "xfailed" if report.skipped else "xpassed"
+                self.config.stash.setdefault(RESULTS_KEY, []).append(record)
 
 
 def _worker_device(device: str) -> str:
@@ -232,9 +252,11 @@ def _session(config: pytest.Config) -> Any:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from .config import DEFAULT_MODEL
+
     st = config.stash[SESSION_KEY].settings
     models = (st.models if st.models_from_cli or config.getini("circuits_model")
-              else ["smollm2-135m (default; @pytest.mark.model may choose)"])
+              else [f"{DEFAULT_MODEL} (default; @pytest.mark.model may choose)"])
     line = (f"circuits: models={', '.join(models)} device={st.device} dtype={st.dtype} seed={st.seed}"
             + (" require-models" if st.require_models else ""))
     if st.familywise != "none":
@@ -529,34 +551,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 
 RESULTS_KEY = pytest.StashKey[list]()
-# The config of the running session (a stack, so pytester's in-process runs nest cleanly).
-_CONFIGS: list[pytest.Config] = []
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _CONFIGS.append(session.config)
-
-
 CLAIMS_KEY = pytest.StashKey[dict]()
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if not _CONFIGS:
-        return
-    config = _CONFIGS[-1]
-    props = dict(report.user_properties)
-    if "circuits-claim" in props:
-        _count_claim(config, report, props["circuits-claim"])
-    if report.when != "call":
-        return
-    for key, value in report.user_properties:
-        if key == "circuits":
-            record = json.loads(value)
-            record["outcome"] = report.outcome
-            if hasattr(report, "wasxfail"):
-                record["outcome"] = "xfailed" if report.skipped else "xpassed"
-            config.stash.setdefault(RESULTS_KEY, []).append(record)
 
 
 def _count_claim(config: pytest.Config, report: pytest.TestReport, expected_change: str) -> None:
@@ -609,11 +604,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if config in _CONFIGS:
-        _CONFIGS.remove(config)
     lazy = config.stash.get(SESSION_KEY, None)
     if lazy is not None:
         lazy.close()
+        if config.pluginmanager.is_registered(lazy):
+            config.pluginmanager.unregister(lazy)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -41,32 +41,23 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from contextvars import ContextVar
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import hooks as H
 from .cachefiles import cache_dir_problem, remove_orphans, tmp_name  # noqa: F401 - cache_dir_problem re-exported for the plugin
 from .errors import CacheWarning, CircuitsError, bad
 from .models import info as model_info
+from .protocols import Intervention, check_intervention
 from ._progress import bar
-
-
-class Intervention(Protocol):
-    """What the store needs from an ablation or patch."""
-
-    @property
-    def key(self) -> str:
-        """A string that identifies the intervention's effect completely."""
-
-    def fwd_hooks(self, model: Any, prompts: Any, index: Any) -> list[tuple[str, Any]]:
-        """Hooks for one batch; ``index`` holds the batch's rows in ``prompts``."""
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of this package's Python source: part of every cache key."""
-    from . import __version__
+    from .config import VERSION
 
-    h = hashlib.sha256(__version__.encode())
+    h = hashlib.sha256(VERSION.encode())
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
@@ -149,12 +140,11 @@ class ActivationStore:
 
     def get(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
             intervention: Intervention | None = None) -> dict[str, Any]:
-        from .interventions import as_intervention
-
         names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
         if not names:
             raise CircuitsError(bad("hooks", [], "at least one hook name"))
-        intervention = as_intervention(intervention)
+        if intervention is not None:
+            check_intervention(intervention)
         base = self._base_fields(model, prompts, intervention)
         H.check_names(model, [H.base_name(n) for n in names])
         if intervention is not None:
@@ -301,102 +291,191 @@ class ActivationStore:
                 "keeping activations in memory for the rest of this run. Point --circuits-cache-dir "
                 "at a writable folder, or pass --circuits-no-cache"), stacklevel=3)
 
+    def split_at_resume(self, names: Sequence[str], intervention: Intervention | None) -> tuple[list[str], list[str]]:
+        """``names`` split into (read from the clean run, read under ``intervention``): the
+        hooks before the intervention's first block are exactly as in the clean run, and
+        reading them there lets the intervened forward resume at that block."""
+        first = intervention.layer if intervention is not None else 0
+        if first <= 0:
+            return [], list(names)
+        before = [n for n in names if (b := H.block_of(n)) is not None and b < first]
+        return before, [n for n in names if n not in before]
+
     # -- forward ---------------------------------------------------------------
     def _forward(self, model: Any, prompts: Any, names: Sequence[str],
                  intervention: Intervention | None) -> dict[str, Any]:
+        """Compute ``names`` in batches: plan what to run, run each batch, extract each name."""
         import torch
 
-        device = model_info(model).device
-        n_layers = model.cfg.n_layers
-        real = list(dict.fromkeys(H.base_name(n) for n in names if not H.is_pseudo(n)))
-        want_logits = any(H.is_pseudo(n) for n in names)
-        layers = [_layer_of(nm) for nm in real]
-        stop = None
-        if not want_logits and real and None not in layers and max(layers) < n_layers - 1:  # type: ignore[type-var]
-            stop = max(layers) + 1  # type: ignore[type-var]
-        # Resume from the clean residual stream when nothing before the intervened
-        # layer is asked for: the prefix is identical to the clean run.
-        start_layer = 0
-        if self.resume and intervention is not None and len(getattr(intervention, "items", ())) > 0:
-            first = intervention.layer
-            if first > 0 and all(l is None or l >= first for l in layers) and H.EMBED not in real:
-                start_layer = first
+        plan = self._plan(model, names, intervention)
         resid = None
-        if start_layer:
-            resid = self.get(model, prompts, [H.resid_pre(start_layer)])[H.resid_pre(start_layer)]
-        n = len(prompts)
+        if plan.start:
+            resid = self.get(model, prompts, [H.resid_pre(plan.start)])[H.resid_pre(plan.start)]
         width_all = prompts.tokens.shape[1]
         parts: dict[str, list[Any]] = {name: [] for name in names}
-        batches = range(0, n, self.batch_size)
+        batches = range(0, len(prompts), self.batch_size)
         if len(batches) > 1:
             batches = bar(batches, f"forward {prompts.name}", total=len(batches))
         for begin in batches:
-            end = min(n, begin + self.batch_size)
-            index = torch.arange(begin, end)
-            lengths = torch.tensor(prompts.lengths[begin:end])
-            width = int(lengths.max())
-            toks = prompts.tokens[begin:end, :width].to(device)
-            grabbed: dict[str, Any] = {}
-
-            def grab(name: str):
-                def hook(t: Any, hook: Any = None) -> None:
-                    grabbed[name] = t.detach().to("cpu")
-                return hook
-
-            fwd = [(name, grab(name)) for name in real]
-            if intervention is not None:
-                # Interventions first, so grabbed values are the intervened ones.
-                fwd = list(intervention.fwd_hooks(model, prompts, index, self)) + fwd
-            kwargs: dict[str, Any] = {}
-            if stop is not None:
-                kwargs["stop_at_layer"] = stop
-            inp = toks
-            if start_layer:
-                kwargs["start_at_layer"] = start_layer
-                inp = resid[begin:end, :width].to(device, model.cfg.dtype)  # type: ignore[index]
-            touches_unembed = any(nm.startswith(("unembed", "hook_unembed")) for nm in real)
-            # Only the last position's logits wanted: skip the unembedding in the forward
-            # (a fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
-            last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
-            skip_unembed = (not want_logits and not touches_unembed) or last_only
-            with torch.no_grad(), _skipping_blocks(model, start_layer, skip_unembed=skip_unembed):
-                logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
-            if last_only:
-                with torch.no_grad():
-                    final = logits[torch.arange(end - begin), (lengths - 1).to(logits.device)]
-                    logits = _unembed(model)(final).unsqueeze(1)
-                    lengths_for_logits = torch.ones_like(lengths)
-            else:
-                lengths_for_logits = lengths
-            self.counters.forward_passes += 1
-            self.counters.resumed_passes += bool(start_layer)
-            self.counters.prompts_forwarded += end - begin
-            self.counters.block_prompt_passes += ((stop or n_layers) - start_layer) * (end - begin)
-            for name in real:
-                if name not in grabbed:
-                    raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
-                grabbed[name] = _zero_padding(grabbed[name], lengths, name)
-            rows = torch.arange(end - begin)
+            batch = self._run_batch(model, prompts, plan, intervention, resid, begin)
             for name in names:
-                if name == H.LOGITS_LAST:
-                    parts[name].append(logits[rows, (lengths_for_logits - 1).to(logits.device)].detach().to("cpu"))
-                elif name.startswith(H.LOGPROBS_LAST):
-                    at = logits[rows, (lengths_for_logits - 1).to(logits.device)].double().log_softmax(-1)
-                    ids = torch.tensor(H.logprob_ids(name), device=at.device)
-                    parts[name].append(at[:, ids].detach().to("cpu"))
-                elif name == H.TOKEN_LOSS:
-                    logp = logits[:, :-1].float().log_softmax(-1)
-                    nll = -logp.gather(-1, toks[:, 1:].unsqueeze(-1)).squeeze(-1).to("cpu")
-                    mask = torch.arange(width - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)
-                    parts[name].append(_pad_to(nll * mask, width_all - 1))
-                elif name.endswith(H.AT_LAST):
-                    value = _at_last(grabbed[H.base_name(name)], lengths, H.base_name(name))
-                    if _position_dims(H.base_name(name)) == (2, 3):    # [batch, head, k_pos]
-                        value = torch.nn.functional.pad(value, (0, width_all - value.shape[-1]))
-                    parts[name].append(value)
-                else:
-                    parts[name].append(_pad_to(grabbed[name], width_all, name))
+                parts[name].append(_EXTRACTORS[_kind(name)](name, batch, width_all))
         return {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+
+    def _plan(self, model: Any, names: Sequence[str], intervention: Intervention | None) -> "_Plan":
+        """Which hooks to grab, where the forward may start and stop, and how the logits are made."""
+        n_layers = model.cfg.n_layers
+        real = list(dict.fromkeys(H.base_name(n) for n in names if not H.is_pseudo(n)))
+        want_logits = any(H.is_pseudo(n) for n in names)
+        blocks = [H.block_of(nm) for nm in real]
+        stop = None
+        if not want_logits and real and None not in blocks and max(blocks) < n_layers - 1:  # type: ignore[type-var]
+            stop = max(max(blocks) + 1, 1)  # type: ignore[type-var]
+        # Resume from the clean residual stream when nothing before the intervened block is
+        # asked for: the prefix is identical to the clean run (the embedding is block -1).
+        start = 0
+        if self.resume and intervention is not None:
+            first = intervention.layer
+            if first > 0 and all(b is None or b >= first for b in blocks):
+                start = first
+        touches_unembed = any(H.touches_unembed(nm) for nm in real)
+        # Only the last position's logits wanted: skip the unembedding in the forward (a
+        # fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
+        last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
+        skip_unembed = (not want_logits and not touches_unembed) or last_only
+        return _Plan(real, start, stop, n_layers, last_only, skip_unembed)
+
+    def _run_batch(self, model: Any, prompts: Any, plan: "_Plan", intervention: Intervention | None,
+                   resid: Any, begin: int) -> "_Batch":
+        """One forward over rows ``begin..begin+batch_size`` with the grabbing hooks (after the
+        intervention's), counted in :attr:`counters`."""
+        import torch
+
+        end = min(len(prompts), begin + self.batch_size)
+        device = model_info(model).device
+        index = torch.arange(begin, end)
+        lengths = torch.tensor(prompts.lengths[begin:end])
+        width = int(lengths.max())
+        toks = prompts.tokens[begin:end, :width].to(device)
+        grabbed: dict[str, Any] = {}
+
+        def grab(name: str) -> Callable[..., None]:
+            def hook(t: Any, hook: Any = None) -> None:
+                grabbed[name] = t.detach().to("cpu")
+            return hook
+
+        fwd = [(name, grab(name)) for name in plan.real]
+        if intervention is not None:
+            # Interventions first, so grabbed values are the intervened ones.
+            fwd = list(intervention.fwd_hooks(model, prompts, index, self)) + fwd
+        kwargs: dict[str, Any] = {}
+        if plan.stop is not None:
+            kwargs["stop_at_layer"] = plan.stop
+        inp = toks
+        if plan.start:
+            kwargs["start_at_layer"] = plan.start
+            inp = resid[begin:end, :width].to(device, model.cfg.dtype)
+        with torch.no_grad(), _skipping_blocks(model, plan.start, skip_unembed=plan.skip_unembed):
+            logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+        logit_lengths = lengths
+        if plan.last_only:
+            with torch.no_grad():
+                final = logits[torch.arange(end - begin), (lengths - 1).to(logits.device)]
+                logits = _unembed(model)(final).unsqueeze(1)
+            logit_lengths = torch.ones_like(lengths)
+        c = self.counters
+        c.forward_passes += 1
+        c.resumed_passes += bool(plan.start)
+        c.prompts_forwarded += end - begin
+        c.block_prompt_passes += ((plan.stop or plan.n_layers) - plan.start) * (end - begin)
+        for name in plan.real:
+            if name not in grabbed:
+                raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
+            grabbed[name] = _zero_padding(grabbed[name], lengths, name)
+        return _Batch(toks, lengths, width, logits, logit_lengths, grabbed)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    real: list[str]          # hook names to grab (base names, no pseudo-hooks)
+    start: int               # block the forward resumes at (0: from the tokens)
+    stop: int | None         # stop_at_layer (None: run to the logits)
+    n_layers: int
+    last_only: bool          # unembed only each prompt's last row, outside the forward
+    skip_unembed: bool       # skip the unembedding module inside the forward
+
+
+@dataclass(frozen=True)
+class _Batch:
+    toks: Any                # [b, width] token ids
+    lengths: Any             # [b] real lengths
+    width: int
+    logits: Any              # [b, width or 1, vocab]
+    logit_lengths: Any       # lengths along the logits' position axis
+    grabbed: dict[str, Any]  # hook -> value, padding zeroed
+
+    def last_logits(self) -> Any:
+        import torch
+
+        rows = torch.arange(self.logits.shape[0])
+        return self.logits[rows, (self.logit_lengths - 1).to(self.logits.device)]
+
+
+def _kind(name: str) -> str:
+    """Which extractor computes ``name`` from a batch."""
+    if name == H.LOGITS_LAST:
+        return "logits_last"
+    if name.startswith(H.LOGPROBS_LAST):
+        return "logprobs_last"
+    if name == H.TOKEN_LOSS:
+        return "token_loss"
+    if name.endswith(H.AT_LAST):
+        return "at_last"
+    return "hook"
+
+
+def _extract_logits_last(name: str, b: _Batch, width_all: int) -> Any:
+    return b.last_logits().detach().to("cpu")
+
+
+def _extract_logprobs_last(name: str, b: _Batch, width_all: int) -> Any:
+    import torch
+
+    at = b.last_logits().double().log_softmax(-1)
+    return at[:, torch.tensor(H.logprob_ids(name), device=at.device)].detach().to("cpu")
+
+
+def _extract_token_loss(name: str, b: _Batch, width_all: int) -> Any:
+    import torch
+
+    logp = b.logits[:, :-1].float().log_softmax(-1)
+    nll = -logp.gather(-1, b.toks[:, 1:].unsqueeze(-1)).squeeze(-1).to("cpu")
+    mask = torch.arange(b.width - 1).unsqueeze(0) < (b.lengths - 1).unsqueeze(1)
+    return _pad_to(nll * mask, width_all - 1)
+
+
+def _extract_at_last(name: str, b: _Batch, width_all: int) -> Any:
+    import torch
+
+    base = H.base_name(name)
+    value = _at_last(b.grabbed[base], b.lengths, base)
+    if H.position_dims(base) == (2, 3):    # [batch, head, k_pos]
+        value = torch.nn.functional.pad(value, (0, width_all - value.shape[-1]))
+    return value
+
+
+def _extract_hook(name: str, b: _Batch, width_all: int) -> Any:
+    return _pad_to(b.grabbed[name], width_all, name)
+
+
+# From pseudo-hook (or hook form) to what computes it from one batch.
+_EXTRACTORS: dict[str, Callable[[str, _Batch, int], Any]] = {
+    "logits_last": _extract_logits_last,
+    "logprobs_last": _extract_logprobs_last,
+    "token_loss": _extract_token_loss,
+    "at_last": _extract_at_last,
+    "hook": _extract_hook,
+}
 
 
 @contextlib.contextmanager
@@ -424,7 +503,7 @@ def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False) -> Iter
         for block in list(model.blocks)[:start]:
             saved.append((block, block.original_component))
             block.add_module("_original_component", Skip())
-        unembed = getattr(model, "unembed", None)
+        unembed = getattr(model, H.UNEMBED, None)
         if skip_unembed and unembed is not None and unembed.original_component is not None:
             saved.append((unembed, unembed.original_component))
             unembed.add_module("_original_component", Skip())
@@ -437,7 +516,7 @@ def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False) -> Iter
 def _unembed(model: Any) -> Any:
     """The unembedding as a function of the normalized final residual (what the bridge's
     unembed module computes, hooks aside)."""
-    unembed = getattr(model, "unembed", None)
+    unembed = getattr(model, H.UNEMBED, None)
     if unembed is None or getattr(unembed, "original_component", None) is None:  # pragma: no cover
         raise CircuitsError("this model has no unembedding module the store can apply by itself")
     return unembed.original_component
@@ -448,29 +527,16 @@ def _at_last(t: Any, lengths: Any, name: str) -> Any:
     import torch
 
     rows = torch.arange(t.shape[0])
-    if _position_dims(name) == (2, 3):
+    if H.position_dims(name) == (2, 3):
         return t[rows, :, lengths - 1]          # [batch, head, k_pos]
     return t[rows, lengths - 1]
-
-
-def _layer_of(name: str) -> int | None:
-    """The block a hook lives in (embedding hooks count as 0); None after the last block."""
-    if name.startswith("blocks."):
-        return int(name.split(".")[1])
-    if name in (H.EMBED, "hook_pos_embed"):
-        return 0
-    return None
-
-
-def _position_dims(name: str) -> tuple[int, ...]:
-    return (2, 3) if name.endswith(("hook_pattern", "hook_attn_scores")) else (1,)
 
 
 def _zero_padding(t: Any, lengths: Any, name: str) -> Any:
     """Zero every entry at a padded position, so values never depend on the batch they ran in."""
     import torch
 
-    dims = _position_dims(name)
+    dims = H.position_dims(name)
     if t.dim() <= max(dims):
         return t
     t = t.clone()
@@ -490,7 +556,7 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     """
     import torch.nn.functional as F
 
-    dims = _position_dims(name)
+    dims = H.position_dims(name)
     if t.dim() <= max(dims):
         return t
     pad: list[int] = []
@@ -499,17 +565,49 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     return F.pad(t, pad) if any(pad) else t
 
 
-_DEFAULT: ActivationStore | None = None
+# -- the current store ------------------------------------------------------------------
+# The one way measurements reach a store when none is passed: the pytest session sets its
+# store here for the run (and restores the previous one at the end: pytester nests runs);
+# outside pytest the first use makes a memory-only store for the process.
+_CURRENT: ContextVar[ActivationStore | None] = ContextVar("pytest_circuits_store", default=None)
+_FALLBACK: list[ActivationStore] = []
 
 
-def default_store() -> ActivationStore:
-    """The store measurements use when none is passed: the session's under pytest."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = ActivationStore()
-    return _DEFAULT
+def current() -> ActivationStore:
+    """The store measurements use when none is passed: the session's under pytest, else a
+    memory-only store made on first use."""
+    store = _CURRENT.get()
+    if store is not None:
+        return store
+    if not _FALLBACK:
+        _FALLBACK.append(ActivationStore())
+    return _FALLBACK[0]
 
 
-def set_default_store(store: ActivationStore | None) -> None:
-    global _DEFAULT
-    _DEFAULT = store
+def resolve(activations: ActivationStore | None) -> ActivationStore:
+    """``activations`` when given, else :func:`current`: the one store fallback."""
+    return activations if activations is not None else current()
+
+
+def set_current(store: ActivationStore | None) -> Any:
+    """Make ``store`` current; returns a token for :func:`reset`."""
+    return _CURRENT.set(store)
+
+
+def reset(token: Any) -> None:
+    """Restore the store that was current before :func:`set_current` returned ``token``."""
+    _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def use(store: ActivationStore) -> Iterator[ActivationStore]:
+    """``with store.use(s): ...``: ``s`` is the current store inside the block."""
+    token = set_current(store)
+    try:
+        yield store
+    finally:
+        reset(token)
+
+
+# Kept for callers of the first API: the same as current().
+default_store = current

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..store import ActivationStore, Intervention, default_store
+from ..store import ActivationStore, Intervention, resolve
 from ..errors import PromptSetError, bad
 from ..measurement import Measurement
 from ..models import info as model_info
@@ -76,7 +76,7 @@ class Comparison:
         """Per-prompt PD, float64 ``[n]`` (w.r.t. the clean X, also on the corrupted prompts)."""
         import torch
 
-        store = activations if activations is not None else default_store()
+        store = resolve(activations)
         ps = self.prompts.corrupted if corrupted else self.prompts
         assert ps is not None
         name = H.logprobs_last(self.digit_ids)

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..store import ActivationStore, Intervention, default_store
+from ..store import ActivationStore, Intervention, resolve
 from .. import hooks as H
 from ..errors import PromptSetError, bad
 from ..measurement import Measurement
@@ -183,7 +183,7 @@ def per_prompt_prob_diff(task: GreaterThan, model: Any, *, corrupted: bool = Fal
     """PD per prompt as a float64 tensor ``[n]`` (always w.r.t. the clean YY)."""
     import torch
 
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     first = task.prompts.corrupted if corrupted else task.prompts
     assert first is not None
     yy = torch.tensor(task.yy)
@@ -224,7 +224,7 @@ def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Interventio
     if task.mode != "two_digit":
         raise PromptSetError("cutoff_sharpness needs two-digit year tokens (GPT-2 style); for "
                              "one-token-per-digit tokenizers use prob_diff")
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     p = _probs(model, task.prompts, task.digit_ids, intervention, store)
     yy = torch.tensor(task.yy)
     rows = torch.arange(len(yy))

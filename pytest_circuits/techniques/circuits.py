@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .. import interventions as I
-from ..store import ActivationStore, default_store
+from ..protocols import check_task
+from ..store import ActivationStore, resolve
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse_many
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
@@ -238,14 +239,10 @@ def _runner(model: Any, task: Any, kind: str, reference: Any, seed: int,
             activations: ActivationStore | None, positions: Any = None) -> _Runner:
     if kind not in ABLATIONS:
         raise CircuitsError(bad("kind", kind, f"one of {ABLATIONS}"))
-    for attr in ("prompts", "prompt_sets", "scores"):
-        if not hasattr(task, attr):
-            raise CircuitsError(bad("task", type(task).__name__,
-                                    "a task with prompts, prompt_sets and scores() (e.g. tasks.greater_than)"))
+    check_task(task, corrupted=False)
     if positions not in (None, "last"):
         raise CircuitsError(bad("positions", positions, "None (every position) or 'last'"))
-    return _Runner(model, task, kind, reference, seed,
-                   activations if activations is not None else default_store(), positions)
+    return _Runner(model, task, kind, reference, seed, resolve(activations), positions)
 
 
 def _as_circuit(model: Any, circuit: Any) -> Circuit:
@@ -587,7 +584,7 @@ def robustness(model: Any, task: Any, circuit: Any, *, kinds: Sequence[str] = AB
         criteria["completeness"] = f"worst gap inside (-{gaps_within}, {gaps_within})"
     if costs_above is not None:
         criteria["minimality"] = f"weakest cost, lower bound > {costs_above}"
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     for k in kinds:
         if faithful_above is not None:
             f = faithfulness(model, task, circ, kind=k, reference=reference, seed=seed, positions=positions,

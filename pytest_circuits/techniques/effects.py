@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..store import ActivationStore, default_store
+from ..store import ActivationStore, resolve
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
@@ -74,14 +74,6 @@ def writers(model: Any) -> tuple[Component, ...]:
         out += [Head(layer, h) for h in range(cfg.n_heads)]
         out.append(MLP(layer))
     return tuple(out)
-
-
-def _block(name: str) -> int | None:
-    """Block index of a hook name (the embedding counts as -1; after the last block: None)."""
-    base = H.base_name(name)
-    if base.startswith("blocks."):
-        return int(base.split(".")[1])
-    return -1 if base in (H.EMBED, H.POS_EMBED) else None
 
 
 def _hooks_needed(model: Any) -> list[str]:
@@ -179,22 +171,18 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
     with ``logits=True`` the model's logits at the last position too (same forward)."""
     import torch
 
-    store = store if store is not None else default_store()
+    store = resolve(store)
     names = _hooks_needed(model)
     pos = _pos_embed_hook(model)
     if pos is not None:
         names.append(H.last(pos))
     if logits:
         names.append(H.LOGITS_LAST)
-    first = getattr(intervention, "layer", 0) if intervention is not None and len(intervention.items) else 0
-    if first > 0:
-        # Writers before the first intervened layer are exactly as in the clean run: read
-        # them there, so the intervened forward can resume at that layer.
-        before = [n for n in names if _block(n) is not None and _block(n) < first]
-        acts = store.get(model, prompts, before)
-        acts.update(store.get(model, prompts, [n for n in names if n not in before], intervention))
-    else:
-        acts = store.get(model, prompts, names, intervention)
+    # Writers before the first intervened block are exactly as in the clean run: the store
+    # reads them there, so the intervened forward can resume at that block.
+    before, after = store.split_at_resume(names, intervention)
+    acts = store.get(model, prompts, before) if before else {}
+    acts.update(store.get(model, prompts, after, intervention))
     L = model.cfg.n_layers
     W_O = model.W_O.detach().to("cpu", torch.float64)                 # [L, H, d_head, d_model]
     vecs = [acts[H.last(H.EMBED)].double()]
@@ -329,7 +317,7 @@ def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: 
               activations: ActivationStore | None = None) -> DirectEffects:
     """Direct effect of every writer on ``token`` (see module docstring); raises when the
     parts do not sum to the logit read from the model."""
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     ids = targets(model, prompts, token, store)
     outs = outputs(model, prompts, intervention=intervention, store=store, logits=True)
     w, b = _unembed_dirs(model, ids)
@@ -557,7 +545,7 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
     has one (the ablation replaced its output by an equal one)."""
     import torch
 
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     if isinstance(ablate, Interventions):
         abl = ablate
     else:
@@ -627,7 +615,7 @@ def total_effect(model: Any, prompts: Any, intervention: Any, *, token: Any = "a
     """Change of the centred logit of ``token`` under ``intervention``, read from the logits."""
     import torch
 
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     ids = targets(model, prompts, token, store)
     rows = torch.arange(len(prompts))
 

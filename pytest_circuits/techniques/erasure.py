@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..store import ActivationStore, default_store
+from ..store import ActivationStore, resolve
 from ..components import MLP, Component, Head, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement
@@ -313,7 +313,7 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
     min_cosine = _check_fraction("min_cosine", min_cosine)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
         raise CircuitsError(bad("tolerance", tolerance, "a positive number (relative error of the recomputed hook_z)"))
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     A = parse(writer, model)
     Bs = _distinct(parse_many(readers, model), "readers")
     for B in Bs:

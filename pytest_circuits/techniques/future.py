@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..store import ActivationStore, default_store
+from ..store import ActivationStore, resolve
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
 from ..models import info as model_info
@@ -67,7 +67,7 @@ def collect(model: Any, texts: Sequence[str], *, layer: int, tau: int,
         raise CircuitsError(bad("tau", tau, "an int >= 1 (tokens ahead)"))
     if not 0 <= layer < model.cfg.n_layers:
         raise CircuitsError(bad("layer", layer, f"0..{model.cfg.n_layers - 1}"))
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     ps = PromptSet.build(model, list(texts), name=f"future-probe:{len(texts)}")
     resid = store.get(model, ps, [H.resid_post(layer)])[H.resid_post(layer)]
     xs, cur, fut, grp = [], [], [], []

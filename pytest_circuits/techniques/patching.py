@@ -35,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import interventions as I
-from ..store import ActivationStore, default_store
+from ..protocols import check_task
+from ..store import ActivationStore, resolve
 from .circuits import Circuit, _names, _order, by_layer, expand, nodes, removal
 from ..components import MLP, Attn, Component, Head
 from ..errors import CircuitsError, bad
@@ -119,19 +120,6 @@ def _key_str(key: Any) -> str:
     return str(key)
 
 
-def _store(activations: ActivationStore | None) -> ActivationStore:
-    return activations if activations is not None else default_store()
-
-
-def _check_task(task: Any) -> None:
-    for attr in ("prompts", "prompt_sets", "scores"):
-        if not hasattr(task, attr):
-            raise CircuitsError(bad("task", type(task).__name__,
-                                    "a task with prompts, prompt_sets and scores() (e.g. tasks.greater_than)"))
-    for ps in task.prompt_sets:
-        ps.require("corrupted")
-
-
 def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, name: str,
             **prov: Any) -> Measurement:
     vals = task.scores(model, intervention=iv, activations=store).double() - clean
@@ -166,8 +154,8 @@ def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
           positions: Any = None, reference: Any = None, seed: int = 0,
           activations: ActivationStore | None = None) -> Sweep:
     """Remove each component alone (``kind``: patch from the corrupted run by default)."""
-    _check_task(task)
-    store = _store(activations)
+    check_task(task)
+    store = resolve(activations)
     comps = expand(model, components) if components is not None else nodes(model)
     clean, c_mean, x_mean = _baselines(model, task, store)
     effects = {}
@@ -202,10 +190,10 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
     Returns ``{"attn": Sweep, "mlp": Sweep}`` keyed by ``(component, position)``;
     positions default to :func:`differing_positions`.
     """
-    _check_task(task)
+    check_task(task)
     if len(set(task.prompts.lengths)) > 1:
         raise CircuitsError("position_sweep needs prompts of one length (positions must correspond)")
-    store = _store(activations)
+    store = resolve(activations)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions = differing_positions(task) if positions is None else tuple(positions)
     clean, c_mean, x_mean = _baselines(model, task, store)
@@ -223,8 +211,12 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
     return out
 
 
-def position_grid(sweep_: Sweep, model: Any) -> tuple[np.ndarray, list[int]]:
-    """``[n_layers, positions]`` normalized effects of a :func:`position_sweep` result."""
+def position_grid(model: Any, sweep_: Sweep) -> tuple[np.ndarray, list[int]]:
+    """``[n_layers, positions]`` normalized effects of a :func:`position_sweep` result
+    (the model first, as everywhere; the order before, ``(sweep, model)``, raises)."""
+    if isinstance(model, Sweep):
+        raise CircuitsError("position_grid(model, sweep) takes the model first: got a Sweep first; "
+                            "call position_grid(model, sweep)")
     positions = sorted({k[1] for k in sweep_.effects})
     g = np.full((model.cfg.n_layers, len(positions)), np.nan)
     for (c, p) in sweep_.effects:
@@ -281,8 +273,8 @@ def _freeze(model: Any, comps: Sequence[Component]) -> I.Interventions:
 def path_patch(model: Any, task: Any, sender: Any, receivers: Any = LOGITS, *, freeze_mlps: bool = True,
                activations: ActivationStore | None = None) -> Measurement:
     """Effect per prompt of patching only the path ``sender -> receivers``."""
-    _check_task(task)
-    store = _store(activations)
+    check_task(task)
+    store = resolve(activations)
     s = expand(model, [sender])
     clean = task.scores(model, activations=store).double()
     iv = path_intervention(model, s[0] if s else sender, receivers, freeze_mlps=freeze_mlps)
@@ -300,8 +292,8 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
                freeze_mlps: bool = True, activations: ActivationStore | None = None) -> Sweep:
     """Path patching from each sender to ``receivers`` (senders default: every head and MLP
     upstream of a receiver)."""
-    _check_task(task)
-    store = _store(activations)
+    check_task(task)
+    store = resolve(activations)
     recv = () if receivers == LOGITS else expand(model, receivers)
     cands = expand(model, senders) if senders is not None else nodes(model)
     if recv:
@@ -350,7 +342,7 @@ def discover(model: Any, task: Any, *, candidates: Any = None, threshold: float 
     """
     if not 0 <= threshold < 1:
         raise CircuitsError(bad("threshold", threshold, "a fraction in [0, 1)"))
-    store = _store(activations)
+    store = resolve(activations)
     pool = list(expand(model, candidates) if candidates is not None else nodes(model))
     found: list[Component] = []
     rounds: list[Sweep] = []
@@ -480,10 +472,7 @@ def attribution_screen(model: Any, task: Any, *, n: int | None = None) -> Screen
     import torch
     from transformer_lens.tools.analysis import EdgeAttributionConfig, attribution_patch
 
-    _check_task(task)
-    if not hasattr(task, "logit_metric"):
-        raise CircuitsError(f"{type(task).__name__} has no logit_metric(i): the attribution screen needs "
-                            "a differentiable metric of one prompt's logits")
+    check_task(task, logit_metric=True)
     ps = task.prompts
     n = len(ps) if n is None else min(int(n), len(ps))
     if n < 1:

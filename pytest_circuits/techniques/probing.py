@@ -266,7 +266,7 @@ def _collect(model: Any, texts: Any, labels: Any, *, hook: str, layer: int, pool
     """Pooled ``[batch, pos, d]`` activations of ``hook`` (see :func:`collect`)."""
     import torch
 
-    from ..store import default_store
+    from ..store import resolve
     from ..prompts import PromptSet
 
     texts, labels, groups, task_name = _unpack(texts, labels, groups)
@@ -279,7 +279,7 @@ def _collect(model: Any, texts: Any, labels: Any, *, hook: str, layer: int, pool
         if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
             raise ProbingError(bad("groups", f"{groups.dtype} of shape {groups.shape}",
                                    f"one int per text ({n})"))
-    store = activations if activations is not None else default_store()
+    store = resolve(activations)
     if pooling == "last":
         X = store(model, ps, [H.last(hook)])[H.last(hook)].float()
         y = _labels_per_text(labels, n)
