@@ -171,6 +171,17 @@ def docs_store(tmp_path_factory):
 
 
 def _run(block: Block, request) -> None:
+    from pytest_circuits import models
+
+    registry = dict(models._REGISTRY)     # a block may register a model (docs/models.md): undo it after
+    try:
+        _run_kind(block, request)
+    finally:
+        models._REGISTRY.clear()
+        models._REGISTRY.update(registry)
+
+
+def _run_kind(block: Block, request) -> None:
     if block.kind == "plain":
         exec_block(block, {})
     elif block.kind == "model=tiny":
