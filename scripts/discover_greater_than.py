@@ -107,7 +107,7 @@ def main() -> None:
             t["position_sweep"] = time.perf_counter() - t0
             toks = [model.tokenizer.decode([int(x)]) for x in sub.prompts.tokens[0]]
             for label, sw in pos.items():
-                g, positions = P.position_grid(sw, model)
+                g, positions = P.position_grid(model, sw)
                 plots.heatmap(g, DOCS / f"positions_{label}.png",
                               title=f"patching {label} output at one position (n={args.position_n})",
                               xlabels=[f"{p}\n{toks[p]!r}" for p in positions],

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from .. import hooks as H
 from ..store import ActivationStore, Intervention, resolve
 from ..errors import PromptSetError, bad
+from ._args import model_first
 from ..measurement import Measurement
 from ..models import info as model_info
 from ..prompts import PromptSet
@@ -152,6 +153,7 @@ def prob_diff(model: Any, task: Comparison, *, corrupted: bool = False,
               intervention: Intervention | None = None,
               activations: ActivationStore | None = None, **kw: Any) -> Measurement:
     """The comparison probability difference, per prompt, as a Measurement."""
+    model_first("comparison_prob_diff", model, task)
     vals = task.scores(model, intervention=intervention, activations=activations, corrupted=corrupted)
     name = f"{task.name}.prob_diff" + (":corrupted" if corrupted else "")
     return Measurement.from_values(

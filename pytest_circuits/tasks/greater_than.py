@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from ..store import ActivationStore, Intervention, resolve
 from .. import hooks as H
 from ..errors import PromptSetError, bad
+from ._args import model_first
 from ..measurement import Measurement
 from ..models import info as model_info
 from ..prompts import PromptSet, is_single_token
@@ -64,7 +65,7 @@ class GreaterThan:
     def scores(self, model: Any, *, intervention: Intervention | None = None,
                activations: ActivationStore | None = None, corrupted: bool = False) -> Any:
         """PD per prompt, float64 ``[n]``."""
-        return per_prompt_prob_diff(self, model, corrupted=corrupted, intervention=intervention,
+        return per_prompt_prob_diff(model, self, corrupted=corrupted, intervention=intervention,
                                     activations=activations)
 
     def logit_metric(self, i: int) -> Any:
@@ -177,11 +178,16 @@ def _probs(model: Any, ps: PromptSet, ids: Sequence[int], intervention: Interven
     return store.get(model, ps, [name], intervention)[name].exp()
 
 
-def per_prompt_prob_diff(task: GreaterThan, model: Any, *, corrupted: bool = False,
+def per_prompt_prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
                          intervention: Intervention | None = None,
                          activations: ActivationStore | None = None) -> Any:
-    """PD per prompt as a float64 tensor ``[n]`` (always w.r.t. the clean YY)."""
+    """PD per prompt as a float64 tensor ``[n]`` (always w.r.t. the clean YY).
+
+    The model comes first, as in every task function (``per_prompt_prob_diff(task, model)``,
+    the order before, raises saying so)."""
     import torch
+
+    model_first("per_prompt_prob_diff", model, task)
 
     store = resolve(activations)
     first = task.prompts.corrupted if corrupted else task.prompts
@@ -206,7 +212,8 @@ def prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
               intervention: Intervention | None = None,
               activations: ActivationStore | None = None, **kw: Any) -> Measurement:
     """The greater-than probability difference, per prompt, as a Measurement."""
-    vals = per_prompt_prob_diff(task, model, corrupted=corrupted, intervention=intervention,
+    model_first("prob_diff", model, task)
+    vals = per_prompt_prob_diff(model, task, corrupted=corrupted, intervention=intervention,
                                 activations=activations)
     name = "greater_than.prob_diff" + (":corrupted" if corrupted else "")
     return Measurement.from_values(
@@ -221,6 +228,7 @@ def cutoff_sharpness(model: Any, task: GreaterThan, *, intervention: Interventio
     """``p(YY+1) - p(YY-1)`` (two-digit tokenizers; the paper's cutoff sharpness)."""
     import torch
 
+    model_first("cutoff_sharpness", model, task)
     if task.mode != "two_digit":
         raise PromptSetError("cutoff_sharpness needs two-digit year tokens (GPT-2 style); for "
                              "one-token-per-digit tokenizers use prob_diff")

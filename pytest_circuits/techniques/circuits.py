@@ -42,12 +42,13 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
 
 from .. import interventions as I
 from ..protocols import check_task
 from ..store import ActivationStore, resolve
-from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse_many
+from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
 from ..models import info as model_info
@@ -383,9 +384,40 @@ def random_subsets(components: Sequence[Component], n: int, seed: int) -> list[t
 
 @dataclass(frozen=True)
 class Minimality:
+    """The cost of removing each component of the circuit; ``mn["L9H1"]`` is one cost,
+    ``mn.excluding("mlp28")`` the same costs without the named components (each cost was
+    measured with every component in the circuit; ``excluded`` says which were left out)."""
+
     circuit: Circuit
     kind: str
     costs: dict[Component, Measurement]
+    excluded: tuple[Component, ...] = ()
+
+    def _component(self, c: Any) -> Component:
+        comp = c if isinstance(c, Component) else parse(c)
+        if comp not in self.costs:
+            known = ", ".join(str(k) for k in self.costs)
+            raise CircuitsError(bad("component", str(comp), f"a component whose cost was measured: {known}"
+                                    + (f" (excluded already: {_names(self.excluded)})" if self.excluded else "")))
+        return comp
+
+    def __getitem__(self, c: Any) -> Measurement:
+        """The cost of removing ``c`` (a component or its spelling)."""
+        return self.costs[self._component(c)]
+
+    def excluding(self, *components: Any) -> "Minimality":
+        """The same costs without ``components`` (spellings, components, or lists of them):
+        ``mn.excluding("mlp28").assert_each_above(0.0)``."""
+        flat: list[Any] = []
+        for c in components:
+            flat.extend(c if isinstance(c, (list, tuple, set, frozenset)) else [c])
+        drop = {self._component(c) for c in flat}
+        if not drop:
+            raise CircuitsError(bad("components", components, "at least one component to exclude"))
+        if len(drop) == len(self.costs):
+            raise CircuitsError(bad("components", _names(drop), "fewer components than the circuit has"))
+        return Minimality(self.circuit, self.kind, {c: m for c, m in self.costs.items() if c not in drop},
+                          self.excluded + tuple(sorted(drop, key=_order)))
 
     @property
     def weakest(self) -> tuple[Component, Measurement]:
@@ -397,7 +429,8 @@ class Minimality:
         weak = [(c, m) for c, m in self.costs.items() if not m.lower > amount]
         if weak:
             lines = "\n".join(f"  {c}: cost {_interval(m)}" for c, m in weak)
-            raise AssertionError(f"{self.circuit.name} is not minimal under {self.kind} ablation (cost of "
+            but = f" (excluding {_names(self.excluded)})" if self.excluded else ""
+            raise AssertionError(f"{self.circuit.name}{but} is not minimal under {self.kind} ablation (cost of "
                                  f"removing each component, as a fraction of the model's range; expected "
                                  f"lower bound > {amount}):\n{lines}")
         return self
@@ -408,7 +441,8 @@ class Minimality:
 
     def __repr__(self) -> str:
         c, m = self.weakest
-        return f"Minimality({self.circuit.name}, {self.kind} ablation; weakest {c}: {_interval(m)})"
+        but = f", excluding {_names(self.excluded)}" if self.excluded else ""
+        return f"Minimality({self.circuit.name}{but}, {self.kind} ablation; weakest {c}: {_interval(m)})"
 
 
 def minimality(model: Any, task: Any, circuit: Any, *, kind: str = "patch", reference: Any = None,
@@ -502,9 +536,30 @@ def prune(model: Any, task: Any, circuit: Any, *, min_cost: float = 0.0, kind: s
 
 @dataclass(frozen=True)
 class Cell:
+    """One check under one ablation kind: its Measurement (``value``), the verdict (``holds``)
+    and a line saying why. Reads like its Measurement: ``cell.lower``, ``cell.assert_above(0.8)``;
+    unpacks as ``value, holds = cell``."""
+
     value: Measurement
     holds: bool
     detail: str
+
+    @property
+    def measurement(self) -> Measurement:
+        return self.value
+
+    @property
+    def verdict(self) -> bool:
+        return self.holds
+
+    def __iter__(self) -> Any:
+        return iter((self.value, self.holds))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes a Cell lacks: the Measurement's (lower, assert_above ...).
+        if name.startswith("__") or name == "value":
+            raise AttributeError(name)
+        return getattr(self.value, name)
 
 
 @dataclass(frozen=True)
@@ -521,8 +576,26 @@ class Robustness:
         """Checks whose verdict is not the same under every ablation kind."""
         return [c for c, row in self.cells.items() if len({cell.holds for cell in row.values()}) > 1]
 
+    def cell(self, check: str, kind: str) -> Cell:
+        """The cell of ``check`` (``"faithfulness"``, ``"completeness"``, ``"minimality"``)
+        under ablation ``kind``: ``rob.cell("faithfulness", "zero").assert_below(0.4)``."""
+        row = self[check]
+        if kind not in row:
+            raise CircuitsError(bad("kind", kind, f"one of the kinds measured: {tuple(row)}"))
+        return row[kind]
+
+    def __getitem__(self, check: str) -> Mapping[str, Cell]:
+        """``rob["faithfulness"]["zero"]``: the row of one check, kind -> :class:`Cell`."""
+        if check not in self.cells:
+            raise CircuitsError(bad("check", check, f"one of the checks measured: {tuple(self.cells)}"))
+        return MappingProxyType(self.cells[check])
+
+    def values(self, check: str) -> dict[str, Measurement]:
+        """kind -> Measurement of one check: ``rob.values("faithfulness")["patch"]``."""
+        return {k: cell.value for k, cell in self[check].items()}
+
     def holds(self, check: str, kind: str) -> bool:
-        return self.cells[check][kind].holds
+        return self.cell(check, kind).holds
 
     def assert_holds(self, kinds: Sequence[str] | None = None) -> "Robustness":
         """Fail unless every check holds under every kind in ``kinds`` (default: all)."""

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .. import hooks as H
 from ..store import ActivationStore, resolve
@@ -112,6 +112,208 @@ def rows_of(components: Sequence[Component], c: Any) -> list[int]:
     if not rows:
         raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed of the model"))
     return rows
+
+
+# ----------------------------------------------------------------------------- rankings
+GRAINS = ("components", "heads", "attn", "mlp", "sublayers", "layers")
+ORDERS = ("largest", "smallest", "abs")
+
+
+@dataclass(frozen=True, order=True)
+class Block(Component):
+    """A whole transformer block in a ranking ``by="layers"``: its attention layer (the sum of
+    its heads) plus its MLP. Spelled ``block23`` (``layer23`` and ``23`` are read too)."""
+
+    layer: int
+
+    def __str__(self) -> str:
+        return f"block{self.layer}"
+
+    def sort_key(self) -> tuple:
+        return (self.layer, 3, str(self))
+
+
+class _Pair(NamedTuple):
+    component: Component
+    mean: float
+
+
+class Ranked(_Pair):
+    """One row of a ranking: the component (a Head, Attn, MLP, Embed or Block), its mean
+    over prompts, and ``rank``, its place (1 = first). Unpacks as ``component, mean``, like
+    the pairs rankings returned before."""
+
+    def __new__(cls, component: Component, mean: float, rank: int = 0) -> "Ranked":
+        self = super().__new__(cls, component, mean)
+        self.rank = rank
+        return self
+
+    @property
+    def name(self) -> str:
+        return str(self.component)
+
+    def __repr__(self) -> str:
+        return f"Ranked({self.rank}: {self.component}, {self.mean:+.4g})"
+
+
+def _grain(components: Sequence[Component], values: Any, by: str, skip: set[int] = frozenset()
+           ) -> tuple[list[Component], Any]:
+    """Rows of ``values`` ``[C, n]`` summed to the grain ``by``; rows in ``skip`` left out of
+    every row and sum. Returns the grain's components (forward order) and ``[R, n]``."""
+    import torch
+
+    if by not in GRAINS:
+        raise CircuitsError(bad("by", by, f"one of {GRAINS}"))
+    rows: dict[Component, list[int]] = {}
+    for i, c in enumerate(components):
+        if i in skip:
+            continue
+        if by == "components":
+            key: Component | None = c
+        elif by == "heads":
+            key = c if isinstance(c, Head) else None
+        elif by in ("attn", "sublayers") and isinstance(c, Head):
+            key = Attn(c.layer)
+        elif by in ("mlp", "sublayers") and isinstance(c, MLP):
+            key = c
+        elif by == "layers" and isinstance(c, (Head, MLP)):
+            key = Block(c.layer)
+        else:
+            key = None
+        if key is not None:
+            rows.setdefault(key, []).append(i)
+    if not rows:
+        raise CircuitsError(bad("by", by, "a grain with at least one component left to rank"))
+    keys = list(rows)
+    return keys, torch.stack([values[rows[k]].sum(0) for k in keys])
+
+
+def _spelled(c: Any, by: str) -> Component:
+    """A name given to an assertion, as the grain's component (``"attn23"``, ``"L9H3"``,
+    ``"block23"`` / ``"layer23"`` / ``23`` for ``by="layers"``)."""
+    if isinstance(c, Component):
+        return c
+    if by == "layers":
+        text = str(c).strip().lower()
+        for prefix in ("block", "layer", ""):
+            rest = text[len(prefix):] if text.startswith(prefix) else None
+            if rest is not None and rest.isdigit():
+                return Block(int(rest))
+        raise ComponentError(bad("component", c, "a block: 'block23', 'layer23' or 23"))
+    return parse(c)
+
+
+def _table(rows: Sequence[Ranked], what: str, mark: set[Component] = frozenset()) -> str:
+    lines = [f"{what}:"]
+    for r in rows:
+        lines.append(f"  {'>' if r.component in mark else ' '}{r.rank:>3}. {str(r.component):>8}  {r.mean:+.4f}")
+    return "\n".join(lines)
+
+
+class _Ranks:
+    """Rankings at every grain and assertions on them, shared by :class:`DirectEffects`
+    and :class:`SelfRepair`. A subclass gives ``_rank_source(by)``: the grain's components,
+    their per-prompt values ``[R, n]`` and the sign that orders them (``+1``: largest first)."""
+
+    def _rank_source(self, by: str, **kw: Any) -> tuple[list[Component], Any, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _what(self, by: str, order: str) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def _ordered(self, by: str, order: str, **kw: Any) -> tuple[list[Ranked], Any, list[int]]:
+        if order not in ORDERS:
+            raise CircuitsError(bad("order", order, f"one of {ORDERS}"))
+        comps, vals, sign = self._rank_source(by, **kw)
+        means = vals.mean(1)
+        key = means.abs() if order == "abs" else (means * sign if order == "largest" else -means * sign)
+        idx = key.argsort(descending=True, stable=True).tolist()
+        rows = [Ranked(comps[i], float(means[i]), r + 1) for r, i in enumerate(idx)]
+        return rows, vals, idx
+
+    def _rank(self, by: str, k: int | None, order: str) -> list[Ranked]:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise CircuitsError(bad("k", k, "a positive integer, or None for every row"))
+        rows, _, _ = self._ordered(by, order)
+        return rows if k is None else rows[:k]
+
+    def assert_top(self, components: Any, k: int | None = None, *, by: str = "components",
+                   order: str = "largest", separated: bool = False) -> Any:
+        """Fail unless ``components`` (one spelling or several) are exactly the top ``k`` of
+        :meth:`ranking` ``by`` (as a set; ``k`` defaults to how many are named). With
+        ``separated=True`` also the interval: the paired difference between the weakest of
+        them and the best of the rest (per prompt, in the ranking's direction) must have
+        its lower bound above 0. The failure message prints the ranking."""
+        want = [components] if isinstance(components, (str, Component, int)) else list(components)
+        want_c = {_spelled(c, by) for c in want}
+        k = len(want_c) if k is None else k
+        if k != len(want_c):
+            raise CircuitsError(bad("k", k, f"the number of components named ({len(want_c)}); to ask "
+                                            "for one among the top k use assert_in_top"))
+        rows, vals, idx = self._ordered(by, order)
+        self._check_known(want_c, rows, by)
+        top = {r.component for r in rows[:k]}
+        what = self._what(by, order)
+        if top != want_c:
+            raise AssertionError(f"expected {_names_of(want_c)} to be the top {k} by {by}, the top {k} is "
+                                 f"{_names_of(top)}\n" + _table(rows[:max(k + 5, 10)], what, want_c))
+        if separated:
+            self._assert_separated(rows, vals, idx, k, by, order, what, want_c)
+        return self
+
+    def assert_in_top(self, component: Any, k: int, *, by: str = "components", order: str = "largest",
+                      separated: bool = False) -> Any:
+        """Fail unless ``component`` is among the top ``k`` of :meth:`ranking` ``by``; with
+        ``separated=True`` its paired difference from the ``k+1``-th row must have its lower
+        bound above 0. The failure message prints the ranking."""
+        comp = _spelled(component, by)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CircuitsError(bad("k", k, "a positive integer"))
+        rows, vals, idx = self._ordered(by, order)
+        self._check_known({comp}, rows, by)
+        place = next(r.rank for r in rows if r.component == comp)
+        what = self._what(by, order)
+        if place > k:
+            raise AssertionError(f"expected {comp} among the top {k} by {by}; it is number {place}\n"
+                                 + _table(rows[:max(k + 5, place + 1, 10)], what, {comp}))
+        if separated:
+            self._assert_separated(rows, vals, idx, k, by, order, what, {comp}, weakest=place - 1)
+        return self
+
+    def _check_known(self, want: set[Component], rows: list[Ranked], by: str) -> None:
+        known = {r.component for r in rows}
+        missing = [c for c in want if c not in known]
+        if missing:
+            raise ComponentError(bad("component", str(missing[0]), f"a component ranked by {by!r} "
+                                     f"(e.g. {', '.join(str(r.component) for r in rows[:3])})"))
+
+    def _assert_separated(self, rows: list[Ranked], vals: Any, idx: list[int], k: int, by: str,
+                          order: str, what: str, mark: set[Component], weakest: int | None = None) -> None:
+        if k >= len(rows):
+            raise CircuitsError(bad("separated", True, f"a ranking with a row after the top {k} "
+                                                       f"(there are {len(rows)} rows by {by!r})"))
+        w = k - 1 if weakest is None else weakest
+        a, b = idx[w], idx[k]
+        sign = self._rank_source(by)[2]
+        if order == "abs":
+            # each side oriented by the sign of its mean: the mean difference is |mean_a| - |mean_b|
+            diff = (vals[a] * (1.0 if float(vals[a].mean()) >= 0 else -1.0)
+                    - vals[b] * (1.0 if float(vals[b].mean()) >= 0 else -1.0))
+        else:
+            diff = (vals[a] - vals[b]) * (sign if order == "largest" else -sign)
+        m = Measurement.from_values(f"{rows[w].component} - {rows[k].component} ({by}, {order})", diff,
+                                    model=getattr(self, "model", ""),
+                                    labels=getattr(self, "labels", None),
+                                    provenance={"ranking": what})
+        m._note("above", 0.0, m.lower, m.lower > 0)
+        if not m.lower > 0:
+            raise AssertionError(f"{rows[w].component} is not separated from {rows[k].component} (number "
+                                 f"{k + 1}) by its interval: {m!r}, expected lower bound > 0\n"
+                                 + _table(rows[:max(k + 5, 10)], what, mark))
+
+
+def _names_of(comps: Any) -> str:
+    return "{" + ", ".join(sorted((str(c) for c in comps), key=str)) + "}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,7 +468,7 @@ _MISSING_WRITER = ("Some writer to the residual stream is not accounted for (the
 
 
 @dataclass(frozen=True, eq=False)
-class DirectEffects:
+class DirectEffects(_Ranks):
     """Direct effects of every writer on token ``t`` (centred logits), per prompt.
 
     ``values`` holds the components (``components``), ``constants`` the writers that are
@@ -312,6 +514,32 @@ class DirectEffects:
         order = means.abs().argsort(descending=True)[:k]
         return [(self.components[int(i)], float(means[i])) for i in order]
 
+    # -- rankings ----------------------------------------------------------------------
+    def ranking(self, by: str = "components", k: int | None = None, *,
+                order: str = "largest") -> list[Ranked]:
+        """Rows ``(component, mean, rank)`` by mean direct effect over prompts, at the grain ``by``:
+
+        * ``"components"``: the embedding, every head and every MLP;
+        * ``"heads"``; ``"mlp"``: MLP layers; ``"attn"``: attention layers, each the sum of
+          its heads (the layer's output bias ``b_O`` is a constant writer, see
+          :attr:`constants`, and is not in it);
+        * ``"sublayers"``: attention layers and MLP layers ranked together;
+        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`.
+
+        ``order``: ``"largest"`` (default: the strongest push toward the token first),
+        ``"smallest"`` (the strongest push against it first) or ``"abs"`` (by |mean|).
+        ``k``: the first ``k`` rows (default: all). E.g.
+        ``de.ranking("attn", k=3)``, ``de.assert_top("attn23", by="attn")``.
+        """
+        return self._rank(by, k, order)
+
+    def _rank_source(self, by: str, **kw: Any) -> tuple[list[Component], Any, float]:
+        comps, vals = _grain(self.components, self.values, by)
+        return comps, vals, 1.0
+
+    def _what(self, by: str, order: str) -> str:
+        return f"direct effects on {self.prompts} by {by} (mean over prompts, {order} first)"
+
 
 def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: Any = None,
               activations: ActivationStore | None = None) -> DirectEffects:
@@ -342,7 +570,7 @@ NOOP_RTOL = 1e-5        # |own ΔDE| under 1e-5 x |clean DE|: the ablation remov
 
 
 @dataclass(frozen=True, eq=False)
-class SelfRepair:
+class SelfRepair(_Ranks):
     """An ablation's total effect on the centred logit of ``t``, decomposed exactly.
 
     ``total = own + downstream + norm`` per prompt, where ``own`` is the ablated
@@ -422,26 +650,36 @@ class SelfRepair:
         """
         return self._role_of_means(float(self.clean(c).mean()), float(self.delta(c).mean()))
 
-    def ranking(self, k: int = 10, *, kind: str = "all",
-                include_ablated: bool = False) -> list[tuple[Component, float]]:
-        """Components by mean ΔDE in the direction of the lost effect (the largest
-        make-up first), with their mean ΔDE. ``kind``: ``"all"``, ``"backup"`` or
-        ``"released"`` (released suppression) — see :meth:`role`."""
+    def ranking(self, k: int | None = 10, *, kind: str = "all", include_ablated: bool = False,
+                by: str = "components", order: str = "largest") -> list[Ranked]:
+        """Rows ``(component, mean ΔDE, rank)`` by mean ΔDE in the direction of the lost
+        effect (the largest make-up first). ``kind``: ``"all"``, ``"backup"`` or
+        ``"released"`` (released suppression) — see :meth:`role`. ``by``: the grain, as in
+        :meth:`DirectEffects.ranking` (``"components"``, ``"heads"``, ``"attn"``, ``"mlp"``,
+        ``"sublayers"``, ``"layers"``); the ablated components are left out of every row
+        and sum unless ``include_ablated``. ``order``: ``"largest"`` (most make-up first),
+        ``"smallest"`` (most added to the loss first) or ``"abs"``. ``k=None``: every row."""
         kinds = {"all": None, "backup": "backup", "released": "released suppression"}
         if kind not in kinds:
             raise CircuitsError(bad("kind", kind, "'all', 'backup' or 'released'"))
-        means = self.delta_de.mean(1)
-        cleans = self.clean_de.mean(1)
-        order = (means * self.lost_sign).argsort(descending=True)
-        ablated = set(self.ablated)
-        out = []
-        for i in order.tolist():
-            if i in ablated and not include_ablated:
-                continue
-            if kinds[kind] is not None and self._role_of_means(float(cleans[i]), float(means[i])) != kinds[kind]:
-                continue
-            out.append((self.components[i], float(means[i])))
-        return out[:k]
+        rows, _, _ = self._ordered(by, order, include_ablated=include_ablated)
+        if kinds[kind] is not None:
+            clean_c, clean_v = _grain(self.components, self.clean_de, by,
+                                      set() if include_ablated else set(self.ablated))
+            cleans = dict(zip(clean_c, clean_v.mean(1).tolist()))
+            rows = [r for r in rows if self._role_of_means(cleans[r.component], r.mean) == kinds[kind]]
+            rows = [Ranked(r.component, r.mean, i + 1) for i, r in enumerate(rows)]
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise CircuitsError(bad("k", k, "a positive integer, or None for every row"))
+        return rows if k is None else rows[:k]
+
+    def _rank_source(self, by: str, include_ablated: bool = False) -> tuple[list[Component], Any, float]:
+        comps, vals = _grain(self.components, self.delta_de, by, set() if include_ablated else set(self.ablated))
+        return comps, vals, self.lost_sign
+
+    def _what(self, by: str, order: str) -> str:
+        return (f"ΔDE under {self.ablation.key} on {self.prompts} by {by} (mean over prompts; {order} "
+                "make-up for the lost effect first)")
 
     def backups(self, k: int = 10) -> list[tuple[Component, float]]:
         """:meth:`ranking` of the backup components only."""
