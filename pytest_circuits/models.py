@@ -481,7 +481,7 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
 def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) -> "tuple[Path, str]":
     """The embedded model as a plain float32 checkpoint folder (converted once, verified
     against the sha256 of its files recorded at conversion on every call), and the GGUF's
-    sha256. Useful to derive checkpoints from it (see scripts/perturb_checkpoint.py)."""
+    sha256. Useful to derive checkpoints from it (see ``python -m pytest_circuits perturb``)."""
     folder, digest, _ = _embedded(cache, force=force)
     return folder, digest
 
