@@ -300,3 +300,91 @@ def percentile_ratio_interval(num: np.ndarray, den: np.ndarray, level: float, re
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(mn[ok] / md[ok], [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- F1 of a classifier
+# Used by :mod:`pytest_circuits.techniques.probing`. F1 is not a mean of per-example values,
+# so its interval is a Bayesian bootstrap (Rubin 1981) over the held-out examples with
+# Jeffreys pseudo-counts on TP, FP and FN (after Goutte & Gaussier 2005): each draw weights
+# example i by w_i ~ Gamma(1) and adds one pseudo TP, FP and FN with weights ~ Gamma(1/2);
+# F1* = 2(TP_w + p_TP) / (2(TP_w + p_TP) + FP_w + p_FP + FN_w + p_FN). With no held-out error
+# the interval is still not [1, 1]: see :func:`f1_perfect_lower`.
+def f1_counts(y: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example numerator ``2 TP_i`` and denominator ``2TP_i + FP_i + FN_i``: ``[R, n]``
+    for predictions ``[R, n]`` (one row per repeat) of labels ``y`` ``[n]``."""
+    yb = np.asarray(y).astype(bool)[None, :]
+    pb = np.asarray(preds).astype(bool)
+    tp = (pb & yb).astype(np.float64)
+    fp = (pb & ~yb).astype(np.float64)
+    fn = (~pb & yb).astype(np.float64)
+    return 2 * tp, 2 * tp + fp + fn
+
+
+def f1_weights(n: int, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma(1) weight per held-out example (a Dirichlet(1, ..., 1) once normalised: Rubin's
+    Bayesian bootstrap) and Gamma(1/2) pseudo-counts for the TP, FP and FN cells (Jeffreys).
+    F1 is scale-free in the weights, so they need no normalising."""
+    return rng.gamma(1.0, size=(resamples, n)), rng.gamma(0.5, size=(resamples, 3))
+
+
+def f1_stats(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """F1 of every repeat under every draw of weights ``(G [B, n], P [B, 3])`` -> ``[B, R]``."""
+    G, P = weights
+    num, den = f1_counts(y, preds)
+    N = G @ num.T + 2 * P[:, :1]
+    D = G @ den.T + 2 * P[:, :1] + P[:, 1:2] + P[:, 2:3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(D > 0, N / np.where(D > 0, D, 1.0), 0.0)
+
+
+def f1_contributions(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """Per-example values ``2TP_i / mean(2TP + FP + FN)``, averaged over repeats: their mean
+    is the mean over repeats of F1."""
+    num, den = f1_counts(y, preds)
+    dm = den.mean(1, keepdims=True)
+    v = np.where(dm > 0, num / np.where(dm > 0, dm, 1.0), 0.0)
+    return v.mean(0)
+
+
+def f1_draws(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray],
+             rng: np.random.Generator) -> np.ndarray:
+    """Per-draw F1 averaged over repeats (repeats resampled when there are several): ``[B]``."""
+    f = f1_stats(y, preds, weights)                   # [B, R]
+    R = f.shape[1]
+    if R == 1:
+        return f[:, 0]
+    pick = rng.integers(0, R, size=(f.shape[0], R))
+    return np.take_along_axis(f, pick, axis=1).mean(1)
+
+
+def f1_interval(y: np.ndarray, preds: np.ndarray, level: float, resamples: int, seed: int,
+                ) -> tuple[float, float]:
+    """Central ``level`` interval of F1 (mean over the repeats ``preds`` ``[R, n]``)."""
+    preds = np.asarray(preds).reshape(-1, np.asarray(y).shape[0])
+    rng = np.random.default_rng([seed, 3])
+    draws = f1_draws(y, preds, f1_weights(np.asarray(y).shape[0], resamples, rng), rng)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def f1_difference_interval(ya: np.ndarray, pa: np.ndarray, yb: np.ndarray, pb: np.ndarray, *,
+                           paired: bool, level: float, resamples: int, seed: int) -> tuple[float, float]:
+    """Interval of ``F1(a) - F1(b)``: paired (both sides share each draw's example weights and
+    pseudo-counts; the same held-out examples) or with independent draws."""
+    rng = np.random.default_rng([seed, 4])
+    ca = f1_weights(np.asarray(ya).shape[0], resamples, rng)
+    cb = ca if paired else f1_weights(np.asarray(yb).shape[0], resamples, rng)
+    diff = f1_draws(ya, pa, ca, rng) - f1_draws(yb, pb, cb, rng)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def f1_perfect_lower(n_positive: int, n_negative: int, level: float = 0.95, resamples: int = 4000,
+                     seed: int = 0) -> float:
+    """The lower bound of F1's interval when every held-out example is classified right:
+    the most a claim can assert with ``n_positive`` and ``n_negative`` held-out examples
+    (e.g. 22 and 66 give about 0.92, 11 and 33 about 0.84, at 95%)."""
+    y = np.r_[np.ones(int(n_positive)), np.zeros(int(n_negative))].astype(np.int8)
+    return f1_interval(y, y[None, :], level, resamples, seed)[0]

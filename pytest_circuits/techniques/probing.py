@@ -51,7 +51,9 @@ weights ``~ Gamma(1/2)``, after Goutte & Gaussier 2005's Bayesian F-score), ``F1
 ``level`` quantiles of ``F1*`` over ``resamples`` seeded draws. Why not the plain
 percentile bootstrap: with no held-out error every resample has F1 = 1 and the interval
 collapses to [1, 1], which claims certainty that 50 examples cannot give; the pseudo-counts
-keep it honest (no errors in 22 positives and 66 negatives: lower bound about 0.94).
+keep it honest (no errors in 22 positives and 66 negatives: lower bound about 0.92;
+:func:`pytest_circuits.stats.f1_perfect_lower` gives the best lower bound any probe can reach
+on a held-out set, and ``ProbeResult.best_possible_lower`` the one of the probe's own split).
 The Measurement's ``values`` are per-example contributions ``2TP_i / mean(2TP + FP + FN)``,
 whose mean is exactly F1 (so ``mean`` is the observed F1). The interval covers test-sample
 noise for *this* split and support; it does not cover the choice of split (try other seeds)
@@ -110,6 +112,8 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -118,6 +122,7 @@ import numpy as np
 
 from .. import hooks as H
 from .. import measurement as _measurement
+from .. import stats
 from ..components import MLP, Neuron
 from ..errors import CircuitsError, MeasurementError, bad
 from ..measurement import _RECORDERS, DEFAULT_LEVEL, DEFAULT_RESAMPLES, Measurement
@@ -151,6 +156,79 @@ class F1Measurement(Measurement):
     y_test: tuple[int, ...] = field(default=(), compare=False)
     predictions: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
     test_rows: tuple[int, ...] = field(default=(), compare=False)
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The settings a probe and its controls share, in one object: pass ``config=`` to any
+    public function here (``probe``, ``sweep``, ``scan_layers``, ``probe_features``, the
+    controls); a keyword given in the same call wins over the config's value.
+
+    ``probing.probe(model, fr, layer=5, k=1, config=ProbeConfig(seed=3, test_fraction=0.5))``
+
+    The defaults are the functions' own. With the default ``test_fraction=0.3`` a probe that
+    classifies every held-out text right has an F1 lower bound of 0.907 (digits/words),
+    0.921 (French) and 0.926 (code/prose) on the shipped datasets; the best bound on any held-out
+    set is :func:`pytest_circuits.stats.f1_perfect_lower` (``ProbeResult.best_possible_lower``).
+    """
+
+    method: str = "mean_diff"
+    seed: int = 0
+    pooling: str = "mean"
+    test_fraction: float = 0.3
+    scale: bool = True
+    std_floor: float = 1e-3
+    l2_strength: float = 1e-2
+    bins: int = 10
+    resamples: int = DEFAULT_RESAMPLES
+    level: float = DEFAULT_LEVEL
+
+    def __post_init__(self) -> None:
+        _check_method(self.method)
+        if self.pooling not in POOLINGS:
+            raise ProbingError(bad("pooling", self.pooling, f"one of {list(POOLINGS)}"))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ProbingError(bad("seed", self.seed, "a non-negative int"))
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)) \
+                or not 0.0 < self.test_fraction < 1.0:
+            raise ProbingError(bad("test_fraction", self.test_fraction, "a fraction in (0, 1), e.g. 0.3"))
+        if isinstance(self.bins, bool) or not isinstance(self.bins, (int, np.integer)) or self.bins < 2:
+            raise ProbingError(bad("bins", self.bins, "an int >= 2"))
+        if isinstance(self.resamples, bool) or not isinstance(self.resamples, (int, np.integer)) \
+                or self.resamples < 10:
+            raise ProbingError(bad("resamples", self.resamples, "an int >= 10"))
+        if not 0.0 < float(self.level) < 1.0:
+            raise ProbingError(bad("level", self.level, "a confidence level in (0, 1)"))
+
+    def replace(self, **changes: Any) -> "ProbeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ProbeConfig))
+# the controls without a selection step (random neurons) take no method or bins
+_NO_SELECTION = tuple(f for f in _CONFIG_FIELDS if f not in ("method", "bins"))
+
+
+def _configurable(fields: Sequence[str] | None = None) -> Any:
+    """Let ``fn`` take ``config=ProbeConfig(...)``: each of ``fields`` (default: the config's
+    fields that ``fn`` names as parameters) not passed as a keyword is taken from it."""
+    def wrap(fn: Any) -> Any:
+        params = inspect.signature(fn).parameters
+        names = tuple(fields) if fields is not None else tuple(f for f in _CONFIG_FIELDS if f in params)
+
+        @functools.wraps(fn)
+        def call(*args: Any, config: ProbeConfig | None = None, **kw: Any) -> Any:
+            if config is not None:
+                if not isinstance(config, ProbeConfig):
+                    raise ProbingError(bad("config", config, "a probing.ProbeConfig"))
+                for name in names:
+                    kw.setdefault(name, getattr(config, name))
+            return fn(*args, **kw)
+
+        call.__doc__ = (fn.__doc__ or "") + "\n\n    ``config``: a :class:`ProbeConfig` for the settings not passed as keywords."
+        return call
+    return wrap
 
 
 # ----------------------------------------------------------------------------- results
@@ -197,6 +275,15 @@ class ProbeResult:
     def neuron(self) -> Neuron:
         """The best neuron (the only one when k=1)."""
         return self.neurons[0]
+
+    @property
+    def best_possible_lower(self) -> float:
+        """The F1 lower bound a probe classifying every held-out example right would get on
+        this split (same level): no threshold above it can be asserted on ``f1``."""
+        y = np.asarray(getattr(self.f1, "y_test", ()) or ())
+        if y.size == 0:
+            raise ProbingError("best_possible_lower needs the held-out labels of an F1Measurement")
+        return stats.f1_perfect_lower(int(y.sum()), int(y.size - y.sum()), self.f1.level)
 
 
 # ----------------------------------------------------------------------------- features
@@ -532,10 +619,28 @@ def _predict(Z: Any, rows: np.ndarray, S: np.ndarray, tl: Any, cols_of_tl: np.nd
     return (logits >= 0).numpy().astype(np.int8)
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Checked inputs of a probe, its split and the train-standardized features (what the
+    probe and each control share)."""
+
+    y: np.ndarray              # 0/1 labels [rows]
+    d: int                     # number of features (neurons)
+    k: int                     # support size, checked against d
+    groups: np.ndarray | None
+    train: np.ndarray          # row indices
+    test: np.ndarray
+    Z: Any                     # float64 torch [rows, d]
+
+    def __iter__(self) -> Any:
+        # unpacks as the tuple it replaces: y, d, k, groups, train, test, Z
+        return iter((self.y, self.d, self.k, self.groups, self.train, self.test, self.Z))
+
+
 def _prepare(X: Any, labels: Any, k: int, groups: Any, seed: int, test_fraction: float, scale: bool,
-             std_floor: float) -> tuple:
+             std_floor: float) -> Prepared:
     """Checked inputs, the split and the train-standardized features, shared by the probe and
-    its controls: ``(y, d, k, groups, train, test, Z)``."""
+    its controls."""
     import torch
 
     X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
@@ -556,9 +661,10 @@ def _prepare(X: Any, labels: Any, k: int, groups: Any, seed: int, test_fraction:
         raise ProbingError(bad("groups", f"{g.shape[0]} groups", f"one per example ({y.shape[0]})"))
     train, test = _split(y, g, seed, test_fraction)
     Z = _standardize(X, train, std_floor) if scale else X.to(torch.float64)
-    return y, d, k, g, train, test, Z
+    return Prepared(y, d, k, g, train, test, Z)
 
 
+@_configurable()
 def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
                    groups: Sequence[int] | None = None, seed: int = 0, test_fraction: float = 0.3,
                    scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
@@ -571,7 +677,8 @@ def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
     import torch
 
     method = _check_method(method)
-    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    pr = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    y, d, k, g, train, test, Z = pr.y, pr.d, pr.k, pr.groups, pr.train, pr.test, pr.Z
     S, sc, tl, allsc = _support(Z, y, train, method, k, g, seed, test_fraction, l2_strength, bins)
     if not (np.array_equal(tl.train_indices.numpy(), train) and np.array_equal(tl.test_indices.numpy(), test)):
         raise ProbingError("internal: TransformerLens split differs from the probe's split")  # pragma: no cover
@@ -600,6 +707,7 @@ def probe_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
                        all_scores=allsc)
 
 
+@_configurable(_CONFIG_FIELDS)
 def probe(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int, method: str = "mean_diff",
           seed: int = 0, pooling: str = "mean", groups: Sequence[int] | None = None,
           activations: Any = None, test_fraction: float = 0.3, scale: bool = True,
@@ -617,6 +725,7 @@ def probe(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int, met
                           layer=feats.layer, pooling=pooling, model=feats.model, name=name, **kw)
 
 
+@_configurable(_CONFIG_FIELDS)
 def sweep(model: Any, texts: Any, labels: Any = None, *, layer: int, ks: Sequence[int] = DEFAULT_KS,
           method: str = "mean_diff", **kw: Any) -> list[ProbeResult]:
     """:func:`probe` at each ``k`` (same split; supports are nested for a fixed method)."""
@@ -633,6 +742,7 @@ def sweep(model: Any, texts: Any, labels: Any = None, *, layer: int, ks: Sequenc
                            layer=feats.layer, pooling=pooling, model=feats.model, **kw) for k in ks]
 
 
+@_configurable(_CONFIG_FIELDS)
 def scan_layers(model: Any, texts: Any, labels: Any = None, *, layers: Sequence[int], k: int = 1,
                 method: str = "mean_diff", **kw: Any) -> list[ProbeResult]:
     """:func:`probe` at each layer, best held-out F1 first (ties: earlier layer first).
@@ -644,6 +754,7 @@ def scan_layers(model: Any, texts: Any, labels: Any = None, *, layers: Sequence[
 
 
 # ----------------------------------------------------------------------------- controls
+@_configurable()
 def shuffled_f1_features(X: Any, labels: Any, *, k: int, method: str = "mean_diff",
                          groups: Sequence[int] | None = None, n_repeats: int = 10, seed: int = 0,
                          test_fraction: float = 0.3, scale: bool = True, std_floor: float = 1e-3,
@@ -657,7 +768,8 @@ def shuffled_f1_features(X: Any, labels: Any, *, k: int, method: str = "mean_dif
 
     method = _check_method(method)
     n_repeats = _check_repeats(n_repeats)
-    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    pr = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    y, d, k, g, train, test, Z = pr.y, pr.d, pr.k, pr.groups, pr.train, pr.test, pr.Z
     rng = np.random.default_rng([seed, 1])
     preds, failed = [], 0
     for _ in range(n_repeats):
@@ -679,6 +791,7 @@ def shuffled_f1_features(X: Any, labels: Any, *, k: int, method: str = "mean_dif
                                             "source": SOURCE})
 
 
+@_configurable()
 def random_f1_features(X: Any, labels: Any, *, k: int, groups: Sequence[int] | None = None,
                        n_repeats: int = 20, seed: int = 0, test_fraction: float = 0.3,
                        scale: bool = True, std_floor: float = 1e-3, l2_strength: float = 1e-2,
@@ -688,7 +801,8 @@ def random_f1_features(X: Any, labels: Any, *, k: int, groups: Sequence[int] | N
     from transformer_lens.tools.analysis.sparse_probing import SparseProbeConvergenceError
 
     n_repeats = _check_repeats(n_repeats)
-    y, d, k, g, train, test, Z = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    pr = _prepare(X, labels, k, groups, seed, test_fraction, scale, std_floor)
+    y, d, k, g, train, test, Z = pr.y, pr.d, pr.k, pr.groups, pr.train, pr.test, pr.Z
     rng = np.random.default_rng([seed, 2])
     preds, failed = [], 0
     for _ in range(n_repeats):
@@ -706,6 +820,7 @@ def random_f1_features(X: Any, labels: Any, *, k: int, groups: Sequence[int] | N
                                             "n_repeats": n_repeats, "source": SOURCE})
 
 
+@_configurable(_CONFIG_FIELDS)
 def shuffled_labels_f1(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
                        method: str = "mean_diff", n_repeats: int = 10, seed: int = 0,
                        pooling: str = "mean", groups: Sequence[int] | None = None,
@@ -718,6 +833,7 @@ def shuffled_labels_f1(model: Any, texts: Any, labels: Any = None, *, layer: int
                                 n_repeats=n_repeats, seed=seed, model=feats.model, layer=feats.layer, **kw)
 
 
+@_configurable(_NO_SELECTION)
 def random_neurons_f1(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
                       n_repeats: int = 20, seed: int = 0, pooling: str = "mean",
                       groups: Sequence[int] | None = None, activations: Any = None,
@@ -729,6 +845,7 @@ def random_neurons_f1(model: Any, texts: Any, labels: Any = None, *, layer: int,
                               seed=seed, model=feats.model, layer=feats.layer, **kw)
 
 
+@_configurable(_CONFIG_FIELDS)
 def embedding_control(model: Any, texts: Any, labels: Any = None, *, k: int, method: str = "mean_diff",
                       seed: int = 0, pooling: str = "mean", groups: Sequence[int] | None = None,
                       activations: Any = None, site: str = "embed", name: str | None = None,
@@ -796,6 +913,7 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
     return dup
 
 
+@_configurable()
 def random_weights_control(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
                            method: str = "mean_diff", n_models: int = 3, seed: int = 0, pooling: str = "mean",
                            groups: Sequence[int] | None = None, activations: Any = None,
@@ -842,53 +960,12 @@ def _check_repeats(n: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- F1 intervals
-def _f1_counts(y: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example numerator ``2 TP_i`` and denominator ``2TP_i + FP_i + FN_i``: [R, n]."""
-    yb = y.astype(bool)[None, :]
-    pb = preds.astype(bool)
-    tp = (pb & yb).astype(np.float64)
-    fp = (pb & ~yb).astype(np.float64)
-    fn = (~pb & yb).astype(np.float64)
-    return 2 * tp, 2 * tp + fp + fn
-
-
-def _f1_stats(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """F1 of every repeat under every draw of weights -> [B, R].
-
-    ``weights = (G, P)``: ``G`` [B, n] Bayesian-bootstrap weights of the held-out examples,
-    ``P`` [B, 3] the weights of one pseudo true positive, false positive and false negative."""
-    G, P = weights
-    num, den = _f1_counts(y, preds)
-    N = G @ num.T + 2 * P[:, :1]
-    D = G @ den.T + 2 * P[:, :1] + P[:, 1:2] + P[:, 2:3]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(D > 0, N / np.where(D > 0, D, 1.0), 0.0)
-
-
-def _draw_weights(n: int, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Gamma(1) weight per held-out example (normalised, a Dirichlet(1, ..., 1): Rubin's
-    Bayesian bootstrap) and Gamma(1/2) pseudo-counts for the TP, FP and FN cells (Jeffreys).
-    F1 is scale-free in the weights, so they need no normalising."""
-    return rng.gamma(1.0, size=(resamples, n)), rng.gamma(0.5, size=(resamples, 3))
-
-
-def _contributions(y: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """Per-example values whose mean is the mean over repeats of F1."""
-    num, den = _f1_counts(y, preds)
-    dm = den.mean(1, keepdims=True)
-    v = np.where(dm > 0, num / np.where(dm > 0, dm, 1.0), 0.0)
-    return v.mean(0)
-
-
-def _stat_draws(y: np.ndarray, preds: np.ndarray, weights: tuple[np.ndarray, np.ndarray],
-                rng: np.random.Generator) -> np.ndarray:
-    """Per-draw F1 averaged over repeats (repeats resampled when there are several)."""
-    f = _f1_stats(y, preds, weights)                   # [B, R]
-    R = preds.shape[0]
-    if R == 1:
-        return f[:, 0]
-    pick = rng.integers(0, R, size=(f.shape[0], R))
-    return np.take_along_axis(f, pick, axis=1).mean(1)
+# The Bayesian bootstrap of F1 lives in the statistics module; these names are kept for callers.
+_f1_counts = stats.f1_counts
+_f1_stats = stats.f1_stats
+_draw_weights = stats.f1_weights
+_contributions = stats.f1_contributions
+_stat_draws = stats.f1_draws
 
 
 def _encode(preds: np.ndarray) -> tuple[str, ...]:
@@ -911,7 +988,8 @@ def _build(name: str, values: np.ndarray, lo: float, hi: float, level: float, mo
     flags = (("zero-width: every resample gave the same value",) if upper - lower <= 1e-12 * max(1.0, abs(mean))
              else ())
     m = cls(name=name, values=tuple(float(v) for v in values), mean=mean, lower=lower, upper=upper,
-            level=level, n=int(values.shape[0]), model=model, provenance=prov, flags=flags, **typed)
+            level=level, n=int(values.shape[0]), model=model, provenance=prov, flags=flags,
+            ratio=True, **typed)
     if record:
         _record(m)
     return m
@@ -927,11 +1005,8 @@ def _f1_measurement(name: str, y: np.ndarray, preds: np.ndarray, test_rows: np.n
                     provenance: dict[str, Any], record: bool = True) -> Measurement:
     preds = np.asarray(preds, dtype=np.int8).reshape(-1, y.shape[0])
     level = _level(level)
-    values = _contributions(y, preds)
-    rng = np.random.default_rng([seed, 3])
-    draws = _stat_draws(y, preds, _draw_weights(y.shape[0], resamples, rng), rng)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
+    values = stats.f1_contributions(y, preds)
+    lo, hi = stats.f1_interval(y, preds, level, resamples, seed)
     prov = dict(provenance)
     prov["interval"] = (f"{level:.0%} Bayesian bootstrap of F1 over held-out examples"
                         + (" and repeats" if preds.shape[0] > 1 else "")
@@ -987,12 +1062,8 @@ def margin(a: Any, b: Any, *, name: str | None = None, seed: int = 0,
     mb, yb, pb, tb = _f1_data(b)
     level = _level(level)
     paired = ta == tb and np.array_equal(ya, yb)
-    rng = np.random.default_rng([seed, 4])
-    ca = _draw_weights(ya.shape[0], resamples, rng)
-    cb = ca if paired else _draw_weights(yb.shape[0], resamples, rng)
-    diff = _stat_draws(ya, pa, ca, rng) - _stat_draws(yb, pb, cb, rng)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
+    lo, hi = stats.f1_difference_interval(ya, pa, yb, pb, paired=paired, level=level, resamples=resamples,
+                                          seed=seed)
     label = name or f"{ma.name} - {mb.name}"
     if paired:
         values = _contributions(ya, pa) - _contributions(yb, pb)
