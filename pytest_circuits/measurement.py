@@ -339,6 +339,8 @@ class Measurement:
         c = _scalar(other)
         if c is None:
             return NotImplemented
+        if c == 0 and type(other) is int:
+            return self           # sum([a, b, c]) starts from the int 0: a + b + c, paired
         return self._affine(1.0, c, f"{_num(c)} + {self.name}")
 
     def __sub__(self, other: Any) -> "Measurement":

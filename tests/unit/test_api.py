@@ -33,6 +33,8 @@ def test_difference_keeps_the_pairing_and_gets_its_own_interval():
     # the pairing matters: the paired interval of a - a*1.1 is far narrower than unpaired sums
     assert (a - 1.1 * a).upper - (a - 1.1 * a).lower < 0.1 * (a.upper - a.lower)
     assert (a - b).values == a.paired_difference(b).values
+    total = sum([a, b, a])
+    assert total.name == "TE + DE(L9H3) + TE" and total.values == pytest.approx(tuple(2 * x + y))
 
 
 def test_scalar_operations_map_the_interval_exactly_and_match_resampling():
