@@ -29,10 +29,6 @@ from .prompts import PromptSet
 KL_ROUNDING = 1e-9
 
 
-def _store(activations: ActivationStore | None) -> ActivationStore:
-    return resolve(activations)
-
-
 def _prov(model: Any, prompts: Any, intervention: Intervention | None, hooks: list[str],
           **extra: Any) -> dict[str, Any]:
     return {"model": model_info(model).label, "prompts": prompts.name, "hooks": hooks,
@@ -67,7 +63,7 @@ def last_logits(model: Any, prompts: Any, *, intervention: Intervention | None =
                 activations: ActivationStore | None = None) -> Any:
     """``[n, d_vocab]`` logits at each prompt's last real position."""
     _check_prompts(prompts)
-    return _store(activations).get(model, prompts, [H.LOGITS_LAST], intervention)[H.LOGITS_LAST]
+    return resolve(activations).get(model, prompts, [H.LOGITS_LAST], intervention)[H.LOGITS_LAST]
 
 
 def _finite_logits(name: str, model: Any, prompts: Any, intervention: Intervention | None,
@@ -192,7 +188,7 @@ def loss(model: Any, prompts: Any, *, intervention: Intervention | None = None,
     if (counts <= 0).any():
         i = int((counts <= 0).nonzero()[0])
         raise PromptSetError(bad(f"prompts[{i}]", prompts.prompts[i], "at least two tokens to have a loss"))
-    nll = _store(activations).get(model, prompts, [H.TOKEN_LOSS], intervention)[H.TOKEN_LOSS].double()
+    nll = resolve(activations).get(model, prompts, [H.TOKEN_LOSS], intervention)[H.TOKEN_LOSS].double()
     # Only each prompt's real positions count (padding is not the prompt).
     real = torch.arange(nll.shape[1]).unsqueeze(0) < (counts.long()).unsqueeze(1)
     _finite(name, model, prompts, torch.where(real, nll, torch.zeros_like(nll)), "per-token losses",

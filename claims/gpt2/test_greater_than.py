@@ -41,27 +41,27 @@ def circuit(model):
 
 
 @pytest.mark.claim(source=SOURCE, finding="GPT-2 small puts most probability on years after XXYY (paper: PD 81.7%)")
-def test_prefers_later_years(model, years, activations):
+def test_prefers_later_years(model, years):
     # Paper: 81.7% (not measured here).
-    tasks.prob_diff(model, years, activations=activations).assert_above(0.7)
+    tasks.prob_diff(model, years).assert_above(0.7)
 
 
 @pytest.mark.claim(source=SOURCE, finding="the probability rises sharply just after YY (paper: cutoff sharpness 5.9%)")
-def test_cutoff_is_sharp(model, years, activations):
+def test_cutoff_is_sharp(model, years):
     # Paper: 5.9% (not measured here).
-    tasks.cutoff_sharpness(model, years, activations=activations).assert_above(0.03)
+    tasks.cutoff_sharpness(model, years).assert_above(0.03)
 
 
 @pytest.mark.claim(source=SOURCE, finding="heads 5.1 5.5 6.9 7.10 8.8 8.11 9.1 and MLPs 8-11 at the last position "
                    "recover most of the model's PD (paper: 72.7% of 81.7%) when everything else there is "
                    "patched from the '01' run")
-def test_paper_circuit_is_faithful(model, years, circuit, activations):
-    f = C.faithfulness(model, years, circuit, positions="last", activations=activations)
+def test_paper_circuit_is_faithful(model, years, circuit):
+    f = C.faithfulness(model, years, circuit, positions="last")
     # Paper: circuit PD / model PD = 0.895 (not measured here).
     f.fraction.assert_above(0.75)
 
 
 @pytest.mark.claim(source=SOURCE, finding="each component of the paper's circuit matters: removing it from the "
                    "circuit lowers PD")
-def test_paper_circuit_is_minimal(model, years, circuit, activations):
-    C.minimality(model, years, circuit, positions="last", activations=activations).assert_each_above(0.0)
+def test_paper_circuit_is_minimal(model, years, circuit):
+    C.minimality(model, years, circuit, positions="last").assert_each_above(0.0)

@@ -27,8 +27,8 @@ SOURCE = "arXiv:2310.07325"
 @pytest.mark.claim(source=SOURCE, finding="negative result: L24H4 writes against L23H0 (projection "
                    "ratio about -0.86, cosine about -0.53) but does not erase it through its values: "
                    "removing L23H0 from L24H4's value input changes the ratio by about 1%")
-def test_l24h4_opposes_l23h0_without_value_erasure(model, facts_top1, activations):
-    vc = ER.value_input_check(model, facts_top1, "L23H0", ["L24H4"], activations=activations)
+def test_l24h4_opposes_l23h0_without_value_erasure(model, facts_top1):
+    vc = ER.value_input_check(model, facts_top1, "L23H0", ["L24H4"])
     print(vc)
     # Measured 2026-11-26 (ratio of sums, n=171): PR -0.855 [-0.953, -0.744] -> -0.866
     # [-0.965, -0.753] without L23H0 in the value input; change -0.0104 [-0.0139, -0.00785];
@@ -43,8 +43,8 @@ def test_l24h4_opposes_l23h0_without_value_erasure(model, facts_top1, activation
                    "L23H2 is strongly negative (about -1.4; cosine about -0.17: most of L29H0's output "
                    "lies elsewhere), and a part of it goes away when L23H2 is removed from L29H0's "
                    "value input")
-def test_l29h0_partly_erases_l23h2(model, facts_top1, activations):
-    vc = ER.value_input_check(model, facts_top1, "L23H2", ["L29H0"], activations=activations)
+def test_l29h0_partly_erases_l23h2(model, facts_top1):
+    vc = ER.value_input_check(model, facts_top1, "L23H2", ["L29H0"])
     print(vc)
     # Measured 2026-11-26 (ratio of sums, n=171): PR -1.379 [-1.603, -1.113] -> -1.146
     # [-1.361, -0.899] without L23H2 in the value input; change +0.233 [0.209, 0.248];

@@ -15,16 +15,16 @@ def all_facts(model):
 
 @pytest.mark.claim(source="pytest-circuits facts set", finding="the model prefers the true answer "
                    "over a plausible same-relation foil, by several logits on average")
-def test_true_answer_beats_foil(model, all_facts, activations):
-    ld = metrics.logit_diff(model, all_facts, activations=activations)
+def test_true_answer_beats_foil(model, all_facts):
+    ld = metrics.logit_diff(model, all_facts)
     # Measured 2026-11-26: 5.438 [5.045, 5.86], n=504.
     ld.assert_above(4.5)
 
 
 @pytest.mark.claim(source="pytest-circuits facts set", finding="for most facts the true answer "
                    "out-scores the foil")
-def test_most_facts_recalled_over_foil(model, all_facts, activations):
-    ld = metrics.logit_diff(model, all_facts, activations=activations)
+def test_most_facts_recalled_over_foil(model, all_facts):
+    ld = metrics.logit_diff(model, all_facts)
     wins = type(ld).from_values("answer_beats_foil", [float(v > 0) for v in ld.values], model=ld.model)
     # Measured 2026-11-26: 0.909 [0.88, 0.932], n=504.
     wins.assert_above(0.85)
@@ -32,10 +32,10 @@ def test_most_facts_recalled_over_foil(model, all_facts, activations):
 
 @pytest.mark.claim(source="pytest-circuits facts set", finding="country -> capital is recalled "
                    "strongly: a large logit margin and the capital is often the top token")
-def test_capitals(model, activations):
+def test_capitals(model):
     capitals = tasks.facts(model, relations=["country_capital"], name="country_capital")
-    ld = metrics.logit_diff(model, capitals, activations=activations)
-    p = metrics.answer_prob(model, capitals, activations=activations)
+    ld = metrics.logit_diff(model, capitals)
+    p = metrics.answer_prob(model, capitals)
     # Measured 2026-11-26: logit_diff 9.19 [8.12, 10.31]; answer_prob 0.353 [0.275, 0.436], n=52.
     ld.assert_above(7.5)
     p.assert_above(0.25)

@@ -24,9 +24,9 @@ def english():
 @pytest.mark.claim(source=F.SOURCE, finding="the token two positions ahead is better decoded from the "
                    "middle of the network (layer 15) than from the current token's own embedding (layer 0), "
                    "where a probe does no better than predictors that see no hidden state")
-def test_token_two_ahead_is_decodable_mid_network(model, english, activations):
-    mid = F.future_token_probe(model, english, layer=15, tau=2, activations=activations)
-    low = F.future_token_probe(model, english, layer=0, tau=2, activations=activations)
+def test_token_two_ahead_is_decodable_mid_network(model, english):
+    mid = F.future_token_probe(model, english, layer=15, tau=2)
+    low = F.future_token_probe(model, english, layer=0, tau=2)
     gain = mid.accuracy.paired_difference(low.accuracy, name="future_probe.accuracy L15 - L0 (tau=2)")
     print(mid, low, sep="\n")
     # Measured 2026-11-26 (n=152 texts, 595 held-out positions): gain 0.114 [0.067, 0.16];

@@ -23,17 +23,17 @@ def years(model):
 
 @pytest.mark.claim(source=SOURCE, finding="after 'from the year XXYY to the year XX' the model puts "
                    "most probability on years later than XXYY")
-def test_prefers_later_years(model, years, activations):
-    pd = tasks.prob_diff(model, years, activations=activations)
+def test_prefers_later_years(model, years):
+    pd = tasks.prob_diff(model, years)
     # Measured 2026-11-26: 0.875 [0.847, 0.897], n=200.
     pd.assert_above(0.75)
 
 
 @pytest.mark.claim(source=SOURCE, finding="the '01' corruption removes the comparison: with YY=01 in "
                    "the start year, the model no longer prefers years after the original YY")
-def test_corruption_removes_preference(model, years, activations):
-    clean = tasks.prob_diff(model, years, activations=activations)
-    corrupted = tasks.prob_diff(model, years, corrupted=True, activations=activations)
+def test_corruption_removes_preference(model, years):
+    clean = tasks.prob_diff(model, years)
+    corrupted = tasks.prob_diff(model, years, corrupted=True)
     drop = clean.paired_difference(corrupted, name="prob_diff drop (clean - 01)")
     # Measured 2026-11-26: corrupted -0.694 [-0.743, -0.637]; drop 1.569 [1.515, 1.616], n=200.
     corrupted.assert_below(0.0)
@@ -44,10 +44,10 @@ def test_corruption_removes_preference(model, years, activations):
                    "prefers later years (PD > 0.3) and the '01' corruption lowers PD")
 @cst.model_settings
 @given(row=cst.greater_than_rows(yy=range(2, 91)))
-def test_every_prompt_prefers_later_years(model, activations, row):
+def test_every_prompt_prefers_later_years(model, row):
     one = tasks.from_rows(model, [row], name="hypothesis")
-    pd = float(tasks.per_prompt_prob_diff(one, model, activations=activations)[0])
-    drop = pd - float(tasks.per_prompt_prob_diff(one, model, corrupted=True, activations=activations)[0])
+    pd = float(tasks.per_prompt_prob_diff(one, model)[0])
+    drop = pd - float(tasks.per_prompt_prob_diff(one, model, corrupted=True)[0])
     # Measured 2026-11-23 over 2,600 random rows with YY <= 90 (seeds 7 and 123): min PD 0.496
     # (1st percentile 0.69), min drop 0.033 (1st percentile 0.31). The one negative PD among the
     # 200 seeded prompts is at YY=94, which leaves few later years: hence YY <= 90.

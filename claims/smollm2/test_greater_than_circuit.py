@@ -35,8 +35,8 @@ def circuit(model):
 
 @pytest.mark.claim(source=SOURCE, finding="the circuit alone recovers most of the model's greater-than PD: with every "
                    "other head and MLP patched from the '01' run, PD stays close to the full model's")
-def test_circuit_is_faithful(model, years, circuit, activations):
-    f = C.faithfulness(model, years, circuit, activations=activations)
+def test_circuit_is_faithful(model, years, circuit):
+    f = C.faithfulness(model, years, circuit)
     print(f)
     # Measured 2026-11-26, n=100: recovered 0.873 [0.847, 0.895]; fraction of the model's PD
     # 0.766 [0.714, 0.81] (circuit 0.654, model 0.854, everything removed -0.721).
@@ -46,8 +46,8 @@ def test_circuit_is_faithful(model, years, circuit, activations):
 
 @pytest.mark.claim(source=SOURCE, finding="the circuit is complete: removing a part of it hurts the circuit about as "
                    "much as it hurts the whole model")
-def test_circuit_is_complete(model, years, circuit, activations):
-    comp = C.completeness(model, years, circuit, n_random=2, activations=activations)
+def test_circuit_is_complete(model, years, circuit):
+    comp = C.completeness(model, years, circuit, n_random=2)
     print(comp.table())
     # Measured 2026-11-26, n=100 (the whole circuit and 2 random halves): worst gap
     # -0.0512 [-0.0635, -0.0398].
@@ -63,8 +63,8 @@ NOT_SHOWN_NEEDED = ("mlp28",)
 
 @pytest.mark.claim(source=SOURCE, finding="the circuit is minimal except for mlp28: removing any other one of its 35 "
                    "components from it lowers PD")
-def test_circuit_is_minimal(model, years, circuit, activations):
-    mini = C.minimality(model, years, circuit, activations=activations)
+def test_circuit_is_minimal(model, years, circuit):
+    mini = C.minimality(model, years, circuit)
     print(mini.table())
     # Measured 2026-11-26, n=100: costs from mlp0 0.873 [0.847, 0.895] down to L11H8 0.0043
     # [0.00144, 0.00729] and mlp4 0.0082 [0.00155, 0.0154]; mlp28 0.00197 [-0.00992, 0.0157].
@@ -77,9 +77,9 @@ def test_circuit_is_minimal(model, years, circuit, activations):
 @pytest.mark.claim(source=SOURCE, finding="whether the circuit is faithful depends on the ablation: it recovers most "
                    "of PD when the rest is patched from the '01' run or set to its per-position mean, about half "
                    "under resampling from other prompts, and little under zero ablation")
-def test_faithfulness_depends_on_the_ablation(model, years, circuit, activations):
+def test_faithfulness_depends_on_the_ablation(model, years, circuit):
     rob = C.robustness(model, years, circuit, kinds=C.ABLATIONS, faithful_above=0.5, gaps_within=None,
-                       costs_above=None, activations=activations)
+                       costs_above=None)
     print(rob.table())
     row = {k: cell.value for k, cell in rob.cells["faithfulness"].items()}
     # Measured 2026-11-26, n=100, recovered: patch 0.873 [0.847, 0.895], mean 0.751 [0.659, 0.842],

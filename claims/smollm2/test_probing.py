@@ -37,19 +37,18 @@ SEED = 1   # the scan used seed 0
                    "French sentences from English, German and Spanish ones on held-out sentences "
                    "(it is strongly negative on French, mean pooled), far above random neurons, above the best "
                    "neuron of shuffled-weights copies of the model and above the token embeddings at k=1")
-def test_l13n1033_is_a_french_neuron(model, activations):
+def test_l13n1033_is_a_french_neuron(model):
     fr = probing_data.language().binary("fr")
-    r = probing.probe(model, fr, layer=13, k=1, seed=SEED, activations=activations)
+    r = probing.probe(model, fr, layer=13, k=1, seed=SEED)
     print(r)
     assert r.neuron == Neuron(13, 1033)
     assert r.directions == (-1,)                     # lower activation on French
     for method in ("f_stat", "mutual_info", "l1"):  # every selection method picks it
         assert probing.probe(model, fr, layer=13, k=1, method=method, seed=SEED,
-                             activations=activations, record=False).neuron == Neuron(13, 1033)
+                             record=False).neuron == Neuron(13, 1033)
     # Measured 2026-11-26: 1 [0.921, 1], n=88 held-out sentences (22 French).
     r.f1.assert_above(0.85)
-    rnd = probing.random_neurons_f1(model, fr, layer=13, k=1, n_repeats=20, seed=SEED,
-                                    activations=activations)
+    rnd = probing.random_neurons_f1(model, fr, layer=13, k=1, n_repeats=20, seed=SEED)
     mg = probing.margin(r, rnd)
     print(rnd, mg)
     # Measured 2026-11-26: random-neuron F1 0.369 [0.275, 0.467] (20 draws);
@@ -57,9 +56,8 @@ def test_l13n1033_is_a_french_neuron(model, activations):
     mg.assert_above(0.4)
     # Input identity: the same probe on shuffled-weights copies of the model, and on the token
     # embeddings at k=1 (both paired on the same held-out sentences).
-    rw = probing.random_weights_control(model, fr, layer=13, k=1, n_models=2, seed=SEED,
-                                        activations=activations)
-    emb = probing.embedding_control(model, fr, k=1, seed=SEED, activations=activations)
+    rw = probing.random_weights_control(model, fr, layer=13, k=1, n_models=2, seed=SEED)
+    emb = probing.embedding_control(model, fr, k=1, seed=SEED)
     mg_rw, mg_emb = probing.margin(r, rw), probing.margin(r, emb)
     print(rw, mg_rw, emb, mg_emb)
     # Measured 2026-11-26 (n=88): shuffled weights 0.297 [0.169, 0.443] (2 copies; 3 copies gave
@@ -67,8 +65,7 @@ def test_l13n1033_is_a_french_neuron(model, activations):
     # [0.255, 0.556]. Thresholds about 0.1 under the lower bounds.
     mg_rw.assert_above(0.3)
     mg_emb.assert_above(0.15)
-    sh = probing.shuffled_labels_f1(model, fr, layer=13, k=1, n_repeats=10, seed=SEED,
-                                    activations=activations)
+    sh = probing.shuffled_labels_f1(model, fr, layer=13, k=1, n_repeats=10, seed=SEED)
     print(sh)
     # Measured 2026-11-26: shuffled labels 0.338 [0.231, 0.46] (10 shuffles; chance, 25% positives).
     sh.assert_below(0.6)
@@ -80,27 +77,25 @@ def test_l13n1033_is_a_french_neuron(model, activations):
                    "above the best neuron of shuffled-weights copies of the model; but one token-"
                    "embedding dimension does as well, so this distinction is readable from token "
                    "identity alone (the neuron is not shown to carry more)")
-def test_l14n58_separates_code_from_prose(model, activations):
+def test_l14n58_separates_code_from_prose(model):
     code = probing_data.code_prose().binary("code")
-    r = probing.probe(model, code, layer=14, k=1, seed=SEED, activations=activations)
+    r = probing.probe(model, code, layer=14, k=1, seed=SEED)
     print(r)
     assert r.neuron == Neuron(14, 58)
     assert r.directions == (-1,)                     # lower activation on code
     for method in ("f_stat", "mutual_info", "l1"):
         assert probing.probe(model, code, layer=14, k=1, method=method, seed=SEED,
-                             activations=activations, record=False).neuron == Neuron(14, 58)
+                             record=False).neuron == Neuron(14, 58)
     # Measured 2026-11-26: 1 [0.927, 1], n=48 held-out texts (24 code).
     r.f1.assert_above(0.8)
-    rnd = probing.random_neurons_f1(model, code, layer=14, k=1, n_repeats=20, seed=SEED,
-                                    activations=activations)
+    rnd = probing.random_neurons_f1(model, code, layer=14, k=1, n_repeats=20, seed=SEED)
     mg = probing.margin(r, rnd)
     print(rnd, mg)
     # Measured 2026-11-26: random-neuron F1 0.605 [0.496, 0.685] (20 draws);
     # margin 0.395 [0.299, 0.48] (paired, n=48).
     mg.assert_above(0.2)
-    rw = probing.random_weights_control(model, code, layer=14, k=1, n_models=2, seed=SEED,
-                                        activations=activations)
-    emb = probing.embedding_control(model, code, k=1, seed=SEED, activations=activations)
+    rw = probing.random_weights_control(model, code, layer=14, k=1, n_models=2, seed=SEED)
+    emb = probing.embedding_control(model, code, k=1, seed=SEED)
     mg_rw = probing.margin(r, rw)
     print(rw, mg_rw, emb, probing.margin(r, emb))
     # Measured 2026-11-26 (n=48): shuffled weights 0.68 [0.508, 0.813] (2 copies; 3 copies gave

@@ -20,8 +20,8 @@ HYDRA = "arXiv:2307.15771"
 
 @pytest.mark.claim(source="pytest-circuits facts set", finding="the mechanism-study set is still "
                    "answered: every answer is the model's top next token")
-def test_study_set_is_top1(model, facts_top1, activations):
-    hits = metrics.top1(model, facts_top1, activations=activations)
+def test_study_set_is_top1(model, facts_top1):
+    hits = metrics.top1(model, facts_top1)
     # Selected on this model; a different checkpoint that changes its answers fails here.
     assert hits.n == 171 and hits.mean == 1.0, f"{round((1 - hits.mean) * hits.n)} answers are no longer top-1"
 
@@ -30,8 +30,8 @@ def test_study_set_is_top1(model, facts_top1, activations):
                    "is ablated, head L29H0 (which suppresses the answer in the clean run) suppresses it "
                    "less, restoring about a third of the direct effect layer 23 loses")
 @pytest.mark.parametrize("kind", ["resample", "zero"])
-def test_l29h0_compensates_for_attn23(model, facts_top1, activations, kind):
-    sr = E.self_repair(model, facts_top1, "attn23", kind=kind, seed=0, activations=activations)
+def test_l29h0_compensates_for_attn23(model, facts_top1, kind):
+    sr = E.self_repair(model, facts_top1, "attn23", kind=kind, seed=0)
     print(sr.table())
     dde = sr.compensation("L29H0")
     restored = sr.restored_fraction("L29H0")
@@ -52,8 +52,8 @@ def test_l29h0_compensates_for_attn23(model, facts_top1, activations, kind):
 
 @pytest.mark.claim(source=HYDRA, finding="late-MLP counterbalancing: MLP 28 pushes against the answer, "
                    "and pushes less when the promoting attention layers 21-23 are ablated")
-def test_mlp28_counterbalances(model, facts_top1, activations):
-    sr = E.self_repair(model, facts_top1, ["attn21", "attn22", "attn23"], kind="zero", activations=activations)
+def test_mlp28_counterbalances(model, facts_top1):
+    sr = E.self_repair(model, facts_top1, ["attn21", "attn22", "attn23"], kind="zero")
     de = sr.direct_effect("mlp28")
     change = sr.compensation("mlp28")
     # Measured 2026-11-26: DE(mlp28) -0.617 [-0.847, -0.394]; ΔDE under zero ablation of
@@ -67,8 +67,8 @@ def test_mlp28_counterbalances(model, facts_top1, activations):
 @pytest.mark.claim(source="arXiv:2310.07325", finding="direct logit attribution overstates head "
                    "L29H1's causal effect on the answer: resample-ablating it costs about two thirds "
                    "of its DLA")
-def test_dla_overstates_l29h1(model, facts_top1, activations):
-    r = E.dla_vs_total(model, facts_top1, "L29H1", kind="resample", seed=0, activations=activations)
+def test_dla_overstates_l29h1(model, facts_top1):
+    r = E.dla_vs_total(model, facts_top1, "L29H1", kind="resample", seed=0)
     print(r)
     # Measured 2026-11-26: DLA +1.370, causal +0.922; causal/DLA 0.673 [0.627, 0.72];
     # overstatement 0.447 [0.357, 0.543] (seed 1: 0.434 [0.348, 0.527], 2026-11-23, old
