@@ -273,3 +273,14 @@ def test_typos_in_headers_and_fences_are_refused():
     with pytest.raises(ValueError, match="never closed"):
         extract("```python\nx = 1\n", "open.md")
 
+
+
+LINK = re.compile(r"\]\((?P<target>[^)\s#]+)(?:#[^)\s]*)?\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_resolve(page: Path):
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    missing = [m["target"] for m in LINK.finditer(text)
+               if "://" not in m["target"] and not (page.parent / m["target"]).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
