@@ -18,6 +18,8 @@ from .config import DEFAULT_MODEL, default_cache_dir  # noqa: F401 - re-exported
 class Settings:
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     models_from_cli: bool = False
+    models_named: bool = False      # named on the command line or in the ini file (else the default)
+    clear_cache: bool = False       # --circuits-clear-cache
     device: str = "auto"
     dtype: str = "float32"
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -92,6 +94,25 @@ def claim_id(item: Any) -> str:
     return base + ("[" + ",".join(f"{k}={v}" for k, v in sorted(rest.items())) + "]" if rest else "")
 
 
+@dataclass(frozen=True)
+class _BaselineCheck:
+    """One claim's baseline comparison: where it is read, what was measured, the verdict."""
+
+    model: dict[str, Any]
+    cid: str
+    directory: Path
+    reference: str              # the model whose baseline file is read
+    path: Path
+    entries: dict[str, Any]
+    data: Any                   # baselines.read(path)
+    verdict: Any                # baselines.verdict(...)
+
+    @property
+    def foreign(self) -> bool:
+        """Comparing with another model's baseline (--circuits-baseline-of)."""
+        return self.reference != self.model["label"]
+
+
 class Session:
     def __init__(self, settings: Settings) -> None:
         from .store import ActivationStore
@@ -147,8 +168,10 @@ class Session:
     def check_baseline(self, item: Any, recorded: list[Any], enforce: bool = True) -> None:
         """Compare a claim's measurements with its baseline; fail on drift or a new baseline.
 
-        With ``enforce=False`` (the claim already failed) only the comparison is kept for
-        the reports: nothing is written and nothing more is raised."""
+        The comparison is :func:`pytest_circuits.baselines.verdict` (a pure function); the
+        session only warns, writes and raises on what it says. With ``enforce=False`` (the
+        claim already failed) only the comparison is kept for the reports: nothing is written
+        and nothing more is raised."""
         import pytest
 
         from . import baselines as B
@@ -156,74 +179,100 @@ class Session:
         st = self.settings
         if not (st.baseline or st.update_baselines):
             return
+        try:   # every problem of the file, the entries or the marker fails this claim, naming it
+            check = self._baseline_check(item, recorded)
+        except B.BaselineError as e:
+            if enforce:
+                pytest.fail(str(e), pytrace=False)
+            return
+        self._version_lines[item.nodeid] = [] if st.update_baselines else list(check.verdict.version_lines())
+        self._warn_baseline(check)
+        if not enforce:
+            self._baseline_rows[item.nodeid] = list(check.verdict.rows)
+        elif st.update_baselines:
+            self._update_baseline(item, check)
+        else:
+            self._enforce_baseline(item, check)
+
+    def _baseline_check(self, item: Any, recorded: list[Any]) -> "_BaselineCheck":
+        from . import baselines as B
+
+        st = self.settings
         model = self._model_of(item, recorded)
         cid = claim_id(item)
         dicts = [m.to_dict() for m in recorded]
         directory = st.baseline_dir or Path(str(item.config.rootpath)) / "claims" / "baselines"
         reference = st.baseline_of or model["label"]
-        foreign = reference != model["label"]        # comparing with another model's baseline
         path = B.model_file(directory, reference)
-        try:   # every problem of the file, the entries or the marker fails this claim, naming it
-            entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts, cid), dicts)}
-            data = B.read(path)
-            policy = B.tolerance_policy(item.get_closest_marker("baseline"), st.baseline_tolerance)
-            verdict = B.verdict(entries, data, cid, policy, B.versions())
-        except B.BaselineError as e:
-            if not enforce:
-                return
-            pytest.fail(str(e), pytrace=False)
+        entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts, cid), dicts)}
+        data = B.read(path)
+        policy = B.tolerance_policy(item.get_closest_marker("baseline"), st.baseline_tolerance)
+        verdict = B.verdict(entries, data, cid, policy, B.versions())
+        return _BaselineCheck(model, cid, directory, reference, path, entries, data, verdict)
+
+    def _warn_baseline(self, c: "_BaselineCheck") -> None:
         import warnings
 
-        if not foreign and model.get("fingerprint") and data.fingerprint not in (None, model["fingerprint"]):
-            warnings.warn(f"{path} was recorded for weights {data.fingerprint}, this run has "
-                          f"{model['fingerprint']}", stacklevel=2)
-        self._version_lines[item.nodeid] = [] if st.update_baselines else list(verdict.version_lines())
-        if verdict.version_changes and not st.update_baselines:
-            warnings.warn(f"{path}: {cid} was recorded with other versions ({'; '.join(verdict.version_lines())}): "
-                          "small numeric drift is possible", stacklevel=2)
-        if verdict.unused_tolerances:
-            warnings.warn(f"the baseline marker of {cid} sets a tolerance for "
-                          f"{', '.join(map(repr, verdict.unused_tolerances))}, which it did not record "
-                          f"(it recorded {', '.join(map(repr, entries))})", stacklevel=2)
-        if not enforce:
-            self._baseline_rows[item.nodeid] = list(verdict.rows)
-            return
-        if st.update_baselines:
-            if foreign:
-                pytest.fail(f"--circuits-update-baselines with --circuits-baseline-of={reference}: refusing to "
-                            f"write {model['label']}'s measurements into {path}", pytrace=False)
-            try:
-                B.update(path, model, cid, entries)
-            except B.BaselineError as e:
-                pytest.fail(str(e), pytrace=False)
-            self._baseline_rows[item.nodeid] = [B.Row(k, e["mean"], e["mean"], "updated", 0.0)
-                                                 for k, e in entries.items()]
-            return
-        if verdict.problems:
-            pytest.fail("\n".join(verdict.problems) + f"\nfix these entries, or rewrite {cid}'s entries with "
+        if not c.foreign and c.model.get("fingerprint") and c.data.fingerprint not in (None, c.model["fingerprint"]):
+            warnings.warn(f"{c.path} was recorded for weights {c.data.fingerprint}, this run has "
+                          f"{c.model['fingerprint']}", stacklevel=3)
+        if c.verdict.version_changes and not self.settings.update_baselines:
+            warnings.warn(f"{c.path}: {c.cid} was recorded with other versions "
+                          f"({'; '.join(c.verdict.version_lines())}): small numeric drift is possible", stacklevel=3)
+        if c.verdict.unused_tolerances:
+            warnings.warn(f"the baseline marker of {c.cid} sets a tolerance for "
+                          f"{', '.join(map(repr, c.verdict.unused_tolerances))}, which it did not record "
+                          f"(it recorded {', '.join(map(repr, c.entries))})", stacklevel=3)
+
+    def _update_baseline(self, item: Any, c: "_BaselineCheck") -> None:
+        """``--circuits-update-baselines``: rewrite this claim's entries (never another model's file)."""
+        import pytest
+
+        from . import baselines as B
+
+        if c.foreign:
+            pytest.fail(f"--circuits-update-baselines with --circuits-baseline-of={c.reference}: refusing to "
+                        f"write {c.model['label']}'s measurements into {c.path}", pytrace=False)
+        try:
+            B.update(c.path, c.model, c.cid, c.entries)
+        except B.BaselineError as e:
+            pytest.fail(str(e), pytrace=False)
+        self._baseline_rows[item.nodeid] = [B.Row(k, e["mean"], e["mean"], "updated", 0.0)
+                                             for k, e in c.entries.items()]
+
+    def _enforce_baseline(self, item: Any, c: "_BaselineCheck") -> None:
+        """Fail the claim on what the verdict found: unusable entries, a new baseline (written),
+        untrusted or missing entries, drift (the obtained values written beside the baseline)."""
+        import warnings
+
+        import pytest
+
+        from . import baselines as B
+
+        v = c.verdict
+        if v.problems:
+            pytest.fail("\n".join(v.problems) + f"\nfix these entries, or rewrite {c.cid}'s entries with "
                         "--circuits-update-baselines", pytrace=False)
-        rows = list(verdict.rows)
+        rows = list(v.rows)
         self._baseline_rows[item.nodeid] = rows
-        new = verdict.new
-        if new and foreign:
-            pytest.fail(f"no baseline for {', '.join(new)} of {cid} in {path} (the baseline of {reference}); "
-                        f"run the claims on {reference} with --circuits-update-baselines first", pytrace=False)
-        if new:
-            B.update(path, model, cid, {**data.claims.get(cid, {}), **entries})
-            pytest.fail(f"no baseline for {', '.join(new)} of {cid} on {model['label']}: written to {path}; "
+        if v.new and c.foreign:
+            pytest.fail(f"no baseline for {', '.join(v.new)} of {c.cid} in {c.path} (the baseline of {c.reference}); "
+                        f"run the claims on {c.reference} with --circuits-update-baselines first", pytrace=False)
+        if v.new:
+            B.update(c.path, c.model, c.cid, {**c.data.claims.get(c.cid, {}), **c.entries})
+            pytest.fail(f"no baseline for {', '.join(v.new)} of {c.cid} on {c.model['label']}: written to {c.path}; "
                         "review and commit it, then rerun", pytrace=False)
         for r in rows:
             if r.wide and r.accepted:
-                warnings.warn(f"{cid}, {r.metric}: {r.flag}", stacklevel=2)
-        if verdict.untrusted or verdict.missing:
-            pytest.fail("\n".join(verdict.explain()) + f"\n{B.table(rows)}", pytrace=False)
-        bad = verdict.drifted
-        if bad:
-            obtained = B.model_file(directory, model["label"]).with_suffix(".obtained.json")
-            B.update(obtained, model, cid, entries)
-            pytest.fail(f"{len(bad)} of {len(rows)} measurements of {cid} on {model['label']} drifted from "
-                        f"the baseline of {reference} ({path}):\n{B.table(rows)}\nobtained values written to {obtained}; "
-                        "to accept them rerun with --circuits-update-baselines", pytrace=False)
+                warnings.warn(f"{c.cid}, {r.metric}: {r.flag}", stacklevel=3)
+        if v.untrusted or v.missing:
+            pytest.fail("\n".join(v.explain()) + f"\n{B.table(rows)}", pytrace=False)
+        if v.drifted:
+            obtained = B.model_file(c.directory, c.model["label"]).with_suffix(".obtained.json")
+            B.update(obtained, c.model, c.cid, c.entries)
+            pytest.fail(f"{len(v.drifted)} of {len(rows)} measurements of {c.cid} on {c.model['label']} drifted "
+                        f"from the baseline of {c.reference} ({c.path}):\n{B.table(rows)}\nobtained values written "
+                        f"to {obtained}; to accept them rerun with --circuits-update-baselines", pytrace=False)
 
     def record(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
         """The ledger record of one claim on one model (JSON-ready)."""

@@ -174,7 +174,8 @@ def _settings(config: pytest.Config) -> Any:
         raise usage(f"--circuits-baseline-tolerance: {e}") from None
     bdir = _opt(c, "circuits_baseline_dir")
     return Settings(
-        models=models or Settings().models, models_from_cli=from_cli,
+        models=models or Settings().models, models_from_cli=from_cli, models_named=bool(models),
+        clear_cache=bool(_opt(c, "circuits_clear_cache")),
         device=_worker_device(device), dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
         batch_size=integer("circuits_batch_size", "--circuits-batch-size", 1),
         seed=integer("circuits_seed", "--circuits-seed", 0),
@@ -204,7 +205,7 @@ class _LazySession:
             from ._session import Session
 
             self._session = Session(self.settings)
-            if _opt(self.config, "circuits_clear_cache"):
+            if self.settings.clear_cache:
                 self._session.clear_disk_cache()
             self._store_token = S.set_current(self._session.store)
         return self._session
@@ -255,7 +256,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from .config import DEFAULT_MODEL
 
     st = config.stash[SESSION_KEY].settings
-    models = (st.models if st.models_from_cli or config.getini("circuits_model")
+    models = (st.models if st.models_named
               else [f"{DEFAULT_MODEL} (default; @pytest.mark.model may choose)"])
     line = (f"circuits: models={', '.join(models)} device={st.device} dtype={st.dtype} seed={st.seed}"
             + (" require-models" if st.require_models else ""))

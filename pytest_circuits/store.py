@@ -607,7 +607,3 @@ def use(store: ActivationStore) -> Iterator[ActivationStore]:
         yield store
     finally:
         reset(token)
-
-
-# Kept for callers of the first API: the same as current().
-default_store = current

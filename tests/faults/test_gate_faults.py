@@ -178,15 +178,17 @@ def test_familywise_bonferroni_widens_every_interval(pytester, tiny_dir, tmp_pat
 
 
 def test_inner_run_gives_the_default_store_back(pytester, tiny_dir, tmp_path):
-    from pytest_circuits.store import default_store
+    from pytest_circuits.store import current
 
-    before = default_store()
+    before = current()
     pytester.makepyfile(test_s="""
+        from pytest_circuits import store
+
         def test_s(model, activations):
-            pass
+            assert store.current() is activations     # the session's store, during the run
     """)
     pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}").assert_outcomes(passed=1)
-    assert default_store() is before
+    assert current() is before
 
 
 def test_nan_weights_never_pass_a_negative_top1_claim(pytester, tmp_path):
