@@ -27,6 +27,20 @@ Leftover temporary files of killed writers are removed when a store first touche
 folder (see :mod:`pytest_circuits.cachefiles`). If the folder cannot be written (read
 only, full, a file in the way), the store warns once and keeps going in memory;
 :func:`cache_dir_problem` lets the plugin refuse such a folder before any claim runs.
+
+An intervention is anything with the members of
+:class:`pytest_circuits.protocols.Intervention` (``key``, ``layer``, ``check``,
+``fwd_hooks``): the store calls those and nothing else. A forward is planned
+(:meth:`ActivationStore._plan`: hooks to grab, the block to resume at, where to stop,
+how the logits are made), run batch by batch, and each requested name is extracted from a
+batch by the extractor of its kind (``_EXTRACTORS``: a hook, a hook at the last position,
+the last logits, a few log-probabilities, the per-token loss).
+
+Measurements that are not given a store use the current one: :func:`resolve` returns the
+store passed, else :func:`current`, which is the pytest session's during a run (the plugin
+sets it with :func:`set_current` and gives the previous one back at the end, so nested
+pytester runs restore the outer store) and a memory-only store made on first use outside
+pytest. ``with use(store): ...`` makes one current for a block.
 """
 
 from __future__ import annotations
