@@ -149,10 +149,14 @@ def resolve_dtype(dtype: str) -> Any:
     return table[dtype]
 
 
-def load_model(name: str, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
+def load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
                dtype: str = "float32", progress: bool = False) -> Any:
-    """Load ``name`` as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
+    """Load ``name`` (a registered name, a checkpoint folder as a string or a path, or a
+    Hugging Face name) as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
     from .config import default_cache_dir
+
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     dev = resolve_device(device)

@@ -198,7 +198,7 @@ def test_steering_the_writer_is_erased_in_the_planted_model():
                 - metrics.logit_diff(model, ps, activations=store))
 
     root = Path(__file__).resolve().parents[2] / "tests" / "data" / "planted"
-    erased = steering_effect(str(root / "erasure"))
+    erased = steering_effect(root / "erasure")               # a path works as well as a string
     control = steering_effect(str(root / "erasure_control"))
     # Measured: erasure 1.045, control 10.66 (identical on every prompt).
     assert control.lower > 5.0 and erased.upper < 0.15 * control.lower
