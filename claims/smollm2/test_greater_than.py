@@ -46,8 +46,8 @@ def test_corruption_removes_preference(model, years):
 @given(row=cst.greater_than_rows(yy=range(2, 91)))
 def test_every_prompt_prefers_later_years(model, row):
     one = tasks.from_rows(model, [row], name="hypothesis")
-    pd = float(tasks.per_prompt_prob_diff(one, model)[0])
-    drop = pd - float(tasks.per_prompt_prob_diff(one, model, corrupted=True)[0])
+    pd = float(tasks.per_prompt_prob_diff(model, one)[0])
+    drop = pd - float(tasks.per_prompt_prob_diff(model, one, corrupted=True)[0])
     # Measured 2026-11-23 over 2,600 random rows with YY <= 90 (seeds 7 and 123): min PD 0.496
     # (1st percentile 0.69), min drop 0.033 (1st percentile 0.31). The one negative PD among the
     # 200 seeded prompts is at YY=94, which leaves few later years: hence YY <= 90.

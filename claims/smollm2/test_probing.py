@@ -21,8 +21,11 @@ dimension, mean pooled, already separates these code snippets from prose on held
 now says only what survives.
 """
 
+from dataclasses import dataclass
+
 import pytest
 
+from pytest_circuits import Measurement
 from pytest_circuits.components import Neuron
 from pytest_circuits.tasks import probing_data
 from pytest_circuits.techniques import probing
@@ -31,6 +34,34 @@ pytestmark = pytest.mark.model("smollm2-135m")
 
 SOURCE = probing.SOURCE
 SEED = 1   # the scan used seed 0
+OTHER_METHODS = ("f_stat", "mutual_info", "l1")
+
+
+@dataclass(frozen=True)
+class NeuronStudy:
+    """A k=1 probe of one layer with the neuron every selection method picks, and its F1 margins
+    (paired, on the same held-out texts) over the controls: random neurons of the layer (20
+    draws), shuffled-weights copies of the model (2 copies) and the token embeddings at k=1."""
+
+    probe: probing.ProbeResult
+    picks: frozenset          # the neuron chosen by each selection method (mean_diff and the others)
+    embeddings: Measurement   # the embedding control's F1
+    over_random: Measurement
+    over_shuffled_weights: Measurement
+    over_embeddings: Measurement
+
+
+def study(model, data, layer: int) -> NeuronStudy:
+    r = probing.probe(model, data, layer=layer, k=1, seed=SEED)
+    picks = {r.neuron} | {probing.probe(model, data, layer=layer, k=1, method=m, seed=SEED,
+                                        record=False).neuron for m in OTHER_METHODS}
+    rnd = probing.random_neurons_f1(model, data, layer=layer, k=1, n_repeats=20, seed=SEED)
+    rw = probing.random_weights_control(model, data, layer=layer, k=1, n_models=2, seed=SEED)
+    emb = probing.embedding_control(model, data, k=1, seed=SEED)
+    s = NeuronStudy(r, frozenset(picks), emb, probing.margin(r, rnd), probing.margin(r, rw),
+                    probing.margin(r, emb))
+    print(r, rnd, rw, emb, s.over_random, s.over_shuffled_weights, s.over_embeddings, sep="\n")
+    return s
 
 
 @pytest.mark.claim(source=SOURCE, finding="L13N1033 is a French-language neuron: alone (k=1) it tells "
@@ -39,35 +70,20 @@ SEED = 1   # the scan used seed 0
                    "neuron of shuffled-weights copies of the model and above the token embeddings at k=1")
 def test_l13n1033_is_a_french_neuron(model):
     fr = probing_data.language().binary("fr")
-    r = probing.probe(model, fr, layer=13, k=1, seed=SEED)
-    print(r)
-    assert r.neuron == Neuron(13, 1033)
-    assert r.directions == (-1,)                     # lower activation on French
-    for method in ("f_stat", "mutual_info", "l1"):  # every selection method picks it
-        assert probing.probe(model, fr, layer=13, k=1, method=method, seed=SEED,
-                             record=False).neuron == Neuron(13, 1033)
-    # Measured 2026-11-26: 1 [0.921, 1], n=88 held-out sentences (22 French).
-    r.f1.assert_above(0.85)
-    rnd = probing.random_neurons_f1(model, fr, layer=13, k=1, n_repeats=20, seed=SEED)
-    mg = probing.margin(r, rnd)
-    print(rnd, mg)
-    # Measured 2026-11-26: random-neuron F1 0.369 [0.275, 0.467] (20 draws);
-    # margin 0.631 [0.513, 0.706] (paired, n=88).
-    mg.assert_above(0.4)
-    # Input identity: the same probe on shuffled-weights copies of the model, and on the token
-    # embeddings at k=1 (both paired on the same held-out sentences).
-    rw = probing.random_weights_control(model, fr, layer=13, k=1, n_models=2, seed=SEED)
-    emb = probing.embedding_control(model, fr, k=1, seed=SEED)
-    mg_rw, mg_emb = probing.margin(r, rw), probing.margin(r, emb)
-    print(rw, mg_rw, emb, mg_emb)
-    # Measured 2026-11-26 (n=88): shuffled weights 0.297 [0.169, 0.443] (2 copies; 3 copies gave
-    # 0.349), margin 0.703 [0.536, 0.812]; embedding control 0.593 [0.424, 0.733], margin 0.407
-    # [0.255, 0.556]. Thresholds about 0.1 under the lower bounds.
-    mg_rw.assert_above(0.3)
-    mg_emb.assert_above(0.15)
+    s = study(model, fr, layer=13)
     sh = probing.shuffled_labels_f1(model, fr, layer=13, k=1, n_repeats=10, seed=SEED)
     print(sh)
-    # Measured 2026-11-26: shuffled labels 0.338 [0.231, 0.46] (10 shuffles; chance, 25% positives).
+    # Every selection method picks it, and its activation is lower on French.
+    assert s.picks == {Neuron(13, 1033)} and s.probe.directions == (-1,)
+    # Measured 2026-11-26 (n=88 held-out sentences, 22 French): F1 1 [0.921, 1]; random-neuron
+    # F1 0.369 [0.275, 0.467], margin 0.631 [0.513, 0.706]; shuffled weights 0.297 [0.169, 0.443]
+    # (2 copies; 3 copies gave 0.349), margin 0.703 [0.536, 0.812]; embedding control 0.593
+    # [0.424, 0.733], margin 0.407 [0.255, 0.556]; shuffled labels 0.338 [0.231, 0.46] (10
+    # shuffles; chance, 25% positives). Thresholds about 0.1 under the lower bounds.
+    s.probe.f1.assert_above(0.85)
+    s.over_random.assert_above(0.4)
+    s.over_shuffled_weights.assert_above(0.3)
+    s.over_embeddings.assert_above(0.15)
     sh.assert_below(0.6)
 
 
@@ -78,27 +94,14 @@ def test_l13n1033_is_a_french_neuron(model):
                    "embedding dimension does as well, so this distinction is readable from token "
                    "identity alone (the neuron is not shown to carry more)")
 def test_l14n58_separates_code_from_prose(model):
-    code = probing_data.code_prose().binary("code")
-    r = probing.probe(model, code, layer=14, k=1, seed=SEED)
-    print(r)
-    assert r.neuron == Neuron(14, 58)
-    assert r.directions == (-1,)                     # lower activation on code
-    for method in ("f_stat", "mutual_info", "l1"):
-        assert probing.probe(model, code, layer=14, k=1, method=method, seed=SEED,
-                             record=False).neuron == Neuron(14, 58)
-    # Measured 2026-11-26: 1 [0.927, 1], n=48 held-out texts (24 code).
-    r.f1.assert_above(0.8)
-    rnd = probing.random_neurons_f1(model, code, layer=14, k=1, n_repeats=20, seed=SEED)
-    mg = probing.margin(r, rnd)
-    print(rnd, mg)
-    # Measured 2026-11-26: random-neuron F1 0.605 [0.496, 0.685] (20 draws);
-    # margin 0.395 [0.299, 0.48] (paired, n=48).
-    mg.assert_above(0.2)
-    rw = probing.random_weights_control(model, code, layer=14, k=1, n_models=2, seed=SEED)
-    emb = probing.embedding_control(model, code, k=1, seed=SEED)
-    mg_rw = probing.margin(r, rw)
-    print(rw, mg_rw, emb, probing.margin(r, emb))
-    # Measured 2026-11-26 (n=48): shuffled weights 0.68 [0.508, 0.813] (2 copies; 3 copies gave
-    # 0.662), margin 0.32 [0.174, 0.475]; embedding control 1 [0.927, 1], margin over it 0 [0, 0].
-    mg_rw.assert_above(0.1)
-    emb.assert_above(0.85)      # the negative part: token embeddings alone separate code from prose
+    s = study(model, probing_data.code_prose().binary("code"), layer=14)
+    # Every selection method picks it, and its activation is lower on code.
+    assert s.picks == {Neuron(14, 58)} and s.probe.directions == (-1,)
+    # Measured 2026-11-26 (n=48 held-out texts, 24 code): F1 1 [0.927, 1]; random-neuron F1 0.605
+    # [0.496, 0.685], margin 0.395 [0.299, 0.48]; shuffled weights 0.68 [0.508, 0.813] (2 copies;
+    # 3 copies gave 0.662), margin 0.32 [0.174, 0.475]; embedding control 1 [0.927, 1], margin
+    # over it 0 [0, 0].
+    s.probe.f1.assert_above(0.8)
+    s.over_random.assert_above(0.2)
+    s.over_shuffled_weights.assert_above(0.1)
+    s.embeddings.assert_above(0.85)   # the negative part: token embeddings alone separate code from prose
