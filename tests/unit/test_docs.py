@@ -9,7 +9,8 @@ The rule, decided by a block's fence and its first line:
   match.
 * ```` ```python ```` whose first line is ``# docs: claim``: a claim file, run through
   ``pytester`` on the tiny model (``--circuits-model=<tiny checkpoint>``, which overrides the
-  block's ``@pytest.mark.model``). Claims in the docs carry thresholds measured on SmolLM2,
+  block's ``@pytest.mark.model``; on the pages in ``SMOLLM2_SHAPED``, a tiny model of SmolLM2's
+  shape, as their claims name its components). Claims in the docs carry thresholds measured on SmolLM2,
   which a random 2-layer model need not reach, so the check is that the claim *ran and
   measured*: at least one item, and every item either passed or failed with an
   ``AssertionError`` (the claim's own ``assert`` or ``assert_above``/``below``/``within``).
@@ -161,6 +162,20 @@ def run_claim(block: Block, pytester: pytest.Pytester, tiny_dir: Path, cache: Pa
     return rec.items
 
 
+# Pages whose claim blocks name SmolLM2's components (attn23, L29H0, mlp28): their claims run on a
+# random tiny model of SmolLM2's shape (30 layers, 9 heads, 3 key/value heads) instead of the
+# 2-layer one, so that the components exist (tests/unit/test_examples.py checks those pages).
+SMOLLM2_SHAPED = {"docs/examples.md"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_shaped_dir(tmp_path_factory):
+    from pytest_circuits.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("smollm2-shaped") / "ckpt", n_layers=30, d_model=72,
+                                n_heads=9, n_kv_heads=3, d_mlp=64, seed=0)
+
+
 # -- the tests -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -189,7 +204,8 @@ def _run_kind(block: Block, request) -> None:
         exec_block(block, {"model": request.getfixturevalue("tiny"), "store": store, "activations": store,
                            "tiny_dir": request.getfixturevalue("tiny_dir")})
     elif block.kind == "claim":
-        outcomes = run_claim(block, request.getfixturevalue("pytester"), request.getfixturevalue("tiny_dir"),
+        ckpt = request.getfixturevalue("smollm2_shaped_dir" if block.page in SMOLLM2_SHAPED else "tiny_dir")
+        outcomes = run_claim(block, request.getfixturevalue("pytester"), ckpt,
                              request.getfixturevalue("tmp_path") / "cache")
         print(block.id, outcomes)     # which claims passed and which failed their threshold on the tiny model
     else:  # pragma: no cover
