@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The device the shared tiny models load on: cpu here and in CI; a GPU run of the suite sets
+# PYTEST_CIRCUITS_TEST_DEVICE=cuda (tests that build their own models stay on cpu).
+TEST_DEVICE = os.environ.get("PYTEST_CIRCUITS_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +27,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
 def tiny(tiny_dir, tiny_cache):
     from pytest_circuits.models import load_model
 
-    return load_model(str(tiny_dir), cache_dir=tiny_cache, device="cpu")
+    return load_model(str(tiny_dir), cache_dir=tiny_cache, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +45,7 @@ def tiny_two_digit(tmp_path_factory: pytest.TempPathFactory):
     from pytest_circuits.testing import make_tiny_checkpoint
 
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("t2d") / "ckpt2d", two_digit_numbers=True, seed=4)
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device="cpu")
+    return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device=TEST_DEVICE)
 
 
 # Used by every pytester test (tests/plugin, tests/faults): autouse, once per session.
