@@ -122,7 +122,11 @@ class Counters:
     computed: int = 0            # hook entries computed by a forward
     recomputed_bad: int = 0      # disk entries rejected (corrupt / mismatched)
     resumed_passes: int = 0      # forwards resumed mid-model from the clean residual stream
-    block_prompt_passes: int = 0  # sum over forwards of (blocks run x prompts): compute done
+    block_prompt_passes: int = 0  # sum over forwards of (blocks run x prompts)
+    block_position_passes: int = 0  # sum over forwards of (blocks run x rows x positions run): compute done
+    floor_block_positions: int = 0  # what a perfect cache would still compute for those forwards:
+    #   (blocks after the intervened one) x (real positions the intervention can change), per row
+    suffix_passes: int = 0       # forwards that ran only the positions an intervention can change
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
