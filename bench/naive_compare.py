@@ -24,7 +24,9 @@ nothing of what is measured is warmed up.
 (c) layer-scan probe (``probing.scan_layers``, k=1, mean pooling of ``mlp.hook_post``):
     French vs the rest on ``probing_data.language()``. The naive script runs one
     ``run_with_cache(names_filter=<that layer's hook>)`` per layer (the usual way; no
-    ``stop_at_layer``) and fits with the same ``probing.probe_features``. Compared: the
+    ``stop_at_layer``), or with ``--scan all-layers`` one ``run_with_cache`` whose
+    names_filter lists every layer's hook, and fits with the same
+    ``probing.probe_features``. Compared: the
     pooled features, the held-out F1 and the chosen neuron of every layer.
 
 Both sides run the same batches (``--batch``, the store's batch size by default), so the
@@ -346,25 +348,33 @@ def probe_task(n: int | None, positive: str) -> Any:
                                    task.positive, task.negative)
 
 
-def naive_scan(model: Any, task: Any, layers: list[int], seed: int, run: Naive) -> tuple[list, dict]:
+def naive_scan(model: Any, task: Any, layers: list[int], seed: int, run: Naive, variant: str
+               ) -> tuple[list, dict]:
+    """Mean-pooled ``mlp.hook_post`` of each layer (BOS left out), probed with
+    ``probing.probe_features``. ``variant``: ``"per-layer"`` runs one ``run_with_cache`` per
+    layer (names_filter = that layer's hook); ``"all-layers"`` one per batch for every layer."""
     ps = PromptSet.build(model, list(task.texts), name=task.name)
     bos = model.tokenizer.bos_token_id
-    results, feats = [], {}
-    for layer in layers:
-        name = f"blocks.{layer}.mlp.hook_post"
-        pooled = []
+    names = {layer: f"blocks.{layer}.mlp.hook_post" for layer in layers}
+    pooled: dict[int, list[Any]] = {layer: [] for layer in layers}
+
+    def pool(cache: Any, layer: int, toks: Any, lengths: Any) -> None:
+        acts = cache[names[layer]].detach().to("cpu").float()             # [b, width, d_mlp]
+        start = (toks[:, 0] == bos).long().cpu() if bos is not None else torch.zeros(len(toks), dtype=torch.long)
+        p = torch.arange(acts.shape[1])
+        real = (p[None] >= start[:, None]) & (p[None] < lengths[:, None])   # BOS left out
+        pooled[layer].append((acts * real[..., None]).sum(1) / real.sum(1, keepdim=True))
+
+    groups = [[layer] for layer in layers] if variant == "per-layer" else [layers]
+    for group in groups:
         for rows, toks, lengths in run.batches(ps):
-            _, cache = model.run_with_cache(toks, names_filter=name)
+            _, cache = model.run_with_cache(toks, names_filter=[names[layer] for layer in group])
             run.count(toks)
-            acts = cache[name].detach().to("cpu").float()                # [b, width, d_mlp]
-            start = (toks[:, 0] == bos).long().cpu() if bos is not None else torch.zeros(len(rows), dtype=torch.long)
-            p = torch.arange(acts.shape[1])
-            real = (p[None] >= start[:, None]) & (p[None] < lengths[:, None])   # BOS left out
-            pooled.append((acts * real[..., None]).sum(1) / real.sum(1, keepdim=True))
-        X = torch.cat(pooled)
-        feats[layer] = X
-        results.append(probing.probe_features(X, list(task.labels), k=1, groups=list(task.groups), seed=seed,
-                                               layer=layer, record=False))
+            for layer in group:
+                pool(cache, layer, toks, lengths)
+    feats = {layer: torch.cat(pooled[layer]) for layer in layers}
+    results = [probing.probe_features(feats[layer], list(task.labels), k=1, groups=list(task.groups), seed=seed,
+                                      layer=layer, record=False) for layer in layers]
     return sorted(results, key=lambda r: (-r.f1.mean, r.layer)), feats
 
 
@@ -372,7 +382,7 @@ def claim_c(model: Any, n: int | None, args: Any) -> Row:
     task = probe_task(n, args.probe_positive)
     layers = list(range(model.cfg.n_layers))
     naive = Naive(model, args.batch)
-    t_naive, (res_n, feats_n) = _timed(lambda: naive_scan(model, task, layers, args.seed, naive))
+    t_naive, (res_n, feats_n) = _timed(lambda: naive_scan(model, task, layers, args.seed, naive, args.scan))
     store = ActivationStore(batch_size=args.batch)
     t_tool, res_t = _timed(lambda: probing.scan_layers(model, task, layers=layers, k=1, seed=args.seed,
                                                        activations=store, record=False))
@@ -381,8 +391,10 @@ def claim_c(model: Any, n: int | None, args: Any) -> Row:
     by_n = {r.layer: r for r in res_n}
     d_f1 = max(abs(r.f1.mean - by_n[r.layer].f1.mean) for r in res_t)
     other = [r.layer for r in res_t if r.neurons != by_n[r.layer].neurons]
-    notes = [f"(c) naive: one run_with_cache(names_filter=<layer's mlp.hook_post>) per layer and batch, "
-             f"whole model each time; max |diff| pooled features {d_feat:.2e}, held-out F1 {d_f1:.2e}, "
+    how = ("one run_with_cache(names_filter=<that layer's mlp.hook_post>) per layer and batch, whole model "
+           "each time" if args.scan == "per-layer" else
+           "one run_with_cache(names_filter=<every layer's mlp.hook_post>) per batch")
+    notes = [f"(c) naive ({args.scan}): {how}; max |diff| pooled features {d_feat:.2e}, held-out F1 {d_f1:.2e}, "
              f"layers choosing another neuron: {other or 'none'}"]
     diff = max(d_feat, d_f1, math.inf if other else 0.0)
     return Row(f"(c) layer-scan probe, {len(layers)} layers x {len(task)} texts", t_naive, t_tool, diff,
@@ -413,6 +425,8 @@ def parse(argv: list[str] | None = None) -> Any:
     ap.add_argument("--cache-dir", default=None, help="converted-weights cache (default: the project's)")
     ap.add_argument("--facts", type=Path, default=FACTS, help="facts JSONL for (a)")
     ap.add_argument("--circuit", default=str(CIRCUIT), help="circuit JSON or spelled components for (b)")
+    ap.add_argument("--scan", choices=("per-layer", "all-layers"), default="per-layer",
+                    help="(c) naive variant: one run_with_cache per layer (typical) or one for all layers")
     ap.add_argument("--probe-positive", default="fr", help="language probed against the rest in (c)")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest |diff| accepted (exit 1 above)")
     a = ap.parse_args(argv)
@@ -441,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         for note in r.notes:
             print(note)
     print(f"target (issue #12): pytest-circuits >= {TARGET_SPEEDUP:.0f}x faster than the naive script, cold; "
-          "blk*pos = blocks x rows x positions run (the store's counters are 0 until its suffix forwards count them)")
+          "blk*pos = blocks x rows x positions run; floor p-c = the store's floor_block_positions (0 where the store does not count them)")
     worst = max(r.diff for r in rows)
     if not worst <= a.tolerance:
         print(f"FAIL: results differ by {worst:.2e} > tolerance {a.tolerance:g}")

@@ -60,6 +60,20 @@ def test_naive_compare_agrees_on_every_claim(setup, capsys):
     # the naive side's forwards: (a) clean + 4 ablations, 3 batches each
     row = next(line for line in out.splitlines() if line.startswith("(a) self-repair sweep"))
     assert int(row.split()[-5]) == 5 * 3
+    row = next(line for line in out.splitlines() if line.startswith("(c) layer-scan probe"))
+    n_batches = -(-int(row.split(" x ")[1].split()[0]) // 3)
+    assert int(row.split()[-5]) == 4 * n_batches          # one run_with_cache per layer and batch
+
+
+def test_naive_compare_scan_variant_with_every_layer_in_one_cache(setup, capsys):
+    nc = _script("naive_compare")
+    rc = nc.main(setup + ["--n", "8", "--batch", "3", "--only", "c", "--scan", "all-layers"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "(c) naive (all-layers): one run_with_cache(names_filter=<every layer's" in out
+    row = next(line for line in out.splitlines() if line.startswith("(c) layer-scan probe"))
+    n_batches = -(-int(row.split(" x ")[1].split()[0]) // 3)
+    assert int(row.split()[-5]) == n_batches
 
 
 def test_naive_compare_catches_a_naive_script_that_differs(setup, capsys, monkeypatch):
