@@ -40,6 +40,24 @@ def logprobs_last(ids: Any) -> str:
     return f"{LOGPROBS_LAST}[{','.join(map(str, ids))}]"
 
 
+KV_SUFFIX = ".attn.cache_"   # blocks.N.attn.cache_k / cache_v: what block N's attention caches
+
+
+def attn_cache(layer: int, part: str) -> str:
+    """The keys (``part="k"``) or values (``"v"``) block ``layer``'s attention computes and
+    reads, as a key-value cache holds them (after rotary embeddings, one per key-value head):
+    ``[batch, pos, kv_head, d_head]``. Not a TransformerLens hook: the store records them
+    from the attention's cache update, so that a forward can later resume at a position
+    with the clean run's keys and values for the positions before it."""
+    if part not in ("k", "v"):
+        raise ComponentError(bad("part", part, "'k' or 'v'"))
+    return f"blocks.{int(layer)}{KV_SUFFIX}{part}"
+
+
+def is_attn_cache(name: str) -> bool:
+    return KV_SUFFIX in name and name.startswith("blocks.")
+
+
 def is_pseudo(name: str) -> bool:
     """Names computed from the logits rather than read at a hook."""
     return name in PSEUDO or name.startswith(LOGPROBS_LAST + "[")
@@ -154,7 +172,7 @@ def output(component: Component) -> str:
 def check_names(model: Any, names: list[str]) -> None:
     """Raise a clear error for hook names the model does not have."""
     known = model.hook_dict
-    missing = [n for n in names if not is_pseudo(n) and n not in known]
+    missing = [n for n in names if not is_pseudo(n) and not is_attn_cache(n) and n not in known]
     if missing:
         import difflib
 

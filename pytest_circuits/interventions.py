@@ -103,9 +103,9 @@ class Replace:
 
     @property
     def layer(self) -> int:
-        """The first block whose input this replacement changes (0 for the embedding):
-        :class:`pytest_circuits.protocols.Intervention`'s ``layer``."""
-        return 0 if isinstance(self.component, _Embed) else max(self.component.layer, 0)
+        """The first block this replacement acts in (:data:`~pytest_circuits.hooks.EMBED_BLOCK`,
+        -1, for the embedding): :class:`pytest_circuits.protocols.Intervention`'s ``layer``."""
+        return H.EMBED_BLOCK if isinstance(self.component, _Embed) else max(self.component.layer, 0)
 
     # -- what the store calls ----------------------------------------------------
     def check(self, model: Any, prompts: Any) -> None:
@@ -145,64 +145,97 @@ class Replace:
                 raise InterventionError("patching at positions other than 'last' needs corrupted prompts "
                                         "aligned token for token (PromptSet.build(..., align=True))")
 
-    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any) -> list[tuple[str, Any]]:
+    def first_positions(self, model: Any, prompts: Any) -> Any:
+        """Per prompt (``[n]`` ints), the first position whose activations this replacement
+        can make differ from the clean run's (causal attention leaves every earlier one as
+        it was); a prompt's length where it changes nothing.
+
+        The replaced positions bound it from below; a source that equals the clean run up to
+        some position raises it: a corrupted counterpart (patch) or a resampled prompt that
+        shares the first tokens, the run of ``via`` (rerouted), the clean run itself (freeze).
+        A lower bound is always safe (more positions are recomputed)."""
+        import torch
+
+        lengths = torch.tensor(prompts.lengths)
+        if self.positions is None:
+            lo = torch.zeros_like(lengths)
+        elif self.positions == "last":
+            lo = lengths - 1
+        else:
+            lo = torch.full_like(lengths, min(self.positions))
+        if self.kind == "freeze":
+            return lengths                      # the clean value: nothing can differ
+        if self.kind == "patch" and prompts.corrupted is not None and self.positions != "last":
+            return torch.maximum(lo, _first_difference(prompts.tokens, prompts.corrupted.tokens, lengths))
+        if self.kind == "resample" and self.positions != "last":
+            perm = derangement(len(prompts), self.seed)
+            return torch.maximum(lo, _first_difference(prompts.tokens, prompts.tokens[perm], lengths))
+        if self.kind == "rerouted" and self.via is not None:
+            via = self.via.first_positions(model, prompts)
+            return torch.maximum(lo, torch.as_tensor(via).long())
+        return lo
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any, offset: Any = 0) -> list[tuple[str, Any]]:
+        """Hooks for the rows ``index``. ``offset`` (an int, or one per row): position ``j`` of
+        the hooked tensor's axis 1 is the prompt's position ``offset + j`` (the store runs
+        only the positions from there on where :meth:`first_positions` allows it)."""
         import torch
 
         hook = self.hook
         source = self._source(model, prompts, store, hook)       # None for zero
         index = torch.as_tensor(index).reshape(-1)
         lengths = torch.tensor([prompts.lengths[int(i)] for i in index])
+        start = torch.as_tensor(offset).reshape(-1).long().expand(len(index))
         slot = self._slot()
         watch = self.kind in NOOP_KINDS
 
         def fn(t: Any, hook: Any = None) -> Any:
             t = t.clone()
             b, width = t.shape[0], t.shape[1]
-            rows = torch.arange(b)
-            if self.positions == "last":
-                where = (rows, (lengths - 1).to(t.device)) + slot
-                old = t[where].clone() if watch else None
-                if source is None:
-                    t[where] = 0
-                elif "mean" in source:
-                    t[where] = source["mean"].to(t.device, t.dtype)
-                else:
-                    t[where] = source["last"][index].to(t.device, t.dtype)
-                if watch:
-                    self._watch(prompts, index, old.unsqueeze(1), t[where].unsqueeze(1), None)
-                return t
-            cols = list(range(width)) if self.positions is None else [p for p in self.positions if p < width]
-            where = (slice(None), cols) + slot
-            old = t[where].clone() if watch else None
-            if source is None:
-                t[where] = 0
-            elif "mean" in source:
-                t[where] = source["mean"].to(t.device, t.dtype)
+            at = start.unsqueeze(1) + torch.arange(width).unsqueeze(0)     # [b, width]: absolute positions
+            if self.positions is None:
+                sel = torch.ones_like(at, dtype=torch.bool)
+            elif self.positions == "last":
+                sel = at == (lengths - 1).unsqueeze(1)
             else:
-                full = source["full"][index][:, :width].to(t.device, t.dtype)
-                t[where] = full[where]
+                sel = torch.isin(at, torch.tensor(self.positions))
+            sub = t[(slice(None), slice(None)) + slot]                      # a view: [b, width, ...]
+            mask = sel.to(t.device)
+            old = sub.clone() if watch else None
+            if source is None:
+                sub[mask] = 0
+            elif "mean" in source:
+                sub[mask] = source["mean"].to(t.device, t.dtype)
+            elif "last" in source:
+                vals = source["last"][index].to(t.device, t.dtype)           # [b, ...]
+                sub[mask] = vals.unsqueeze(1).expand(sub.shape)[mask]
+            else:
+                full = source["full"][index]                                  # whole outputs, unsliced
+                cols = at.clamp(max=full.shape[1] - 1)
+                vals = full[torch.arange(b).unsqueeze(1), cols][(slice(None), slice(None)) + slot]
+                vals = vals.to(t.device, t.dtype)                             # [b, width, ...]
+                sub[mask] = vals[mask]
             if watch:
-                real = torch.tensor(cols).unsqueeze(0) < lengths.unsqueeze(1)    # [b, cols]
-                self._watch(prompts, index, old, t[where], real)
+                real = sel & (at < lengths.unsqueeze(1))
+                self._watch(prompts, index, old, sub, real)
             return t
 
         return [(hook, fn)]
 
     def _watch(self, prompts: Any, index: Any, old: Any, new: Any, real: Any) -> None:
         """Record, per prompt, whether the replacement left every replaced value as it was
-        (``old``/``new``: ``[b, positions, ...]``; ``real``: which positions are real tokens),
-        and warn once every prompt of the set has been seen and (nearly) all were unchanged."""
+        (``old``/``new``: ``[b, positions, ...]``; ``real``: the replaced positions that are
+        real tokens), and warn once every prompt of the set has been seen and (nearly) all
+        were unchanged. A row with no replaced position among those run is unchanged: its
+        replaced positions lie before the first one the forward ran, where the replacement
+        equals the clean value (:meth:`first_positions`)."""
         import torch
 
         old = old.detach().to("cpu", torch.float64)
         new = new.detach().to("cpu", torch.float64)
-        diff = (new - old).abs()
-        size = torch.maximum(old.abs(), new.abs())
-        if real is not None:
-            m = real.reshape(real.shape + (1,) * (diff.dim() - 2)).to(diff.dtype)
-            diff, size = diff * m, size * m
-        diff = diff.flatten(1).amax(1) if diff.dim() > 1 else diff
-        size = size.flatten(1).amax(1) if size.dim() > 1 else size
+        m = real.to("cpu").reshape(real.shape + (1,) * (old.dim() - 2)).to(old.dtype)
+        diff = ((new - old).abs() * m).flatten(1).amax(1)
+        size = (torch.maximum(old.abs(), new.abs()) * m).flatten(1).amax(1)
         same = diff <= NOOP_RTOL * size
         slot = (id(self), self.key, prompts.digest, len(prompts))
         ledger = _NOOP_LEDGER.setdefault(slot, {})
@@ -324,8 +357,9 @@ class Interventions:
     @property
     def layer(self) -> int:
         """The earliest layer any item touches: the forward may resume there from the
-        clean residual stream (0 where the embedding is touched, and for ``nothing()``)."""
-        return min((i.layer for i in self.items), default=0)
+        clean residual stream (-1 where the embedding is touched, and for ``nothing()``, which
+        runs the whole model so that it reproduces the clean run bit for bit)."""
+        return min((i.layer for i in self.items), default=H.EMBED_BLOCK)
 
     def __add__(self, other: "Interventions") -> "Interventions":
         if not isinstance(other, Interventions):
@@ -345,7 +379,18 @@ class Interventions:
         for i in self.items:
             i.check(model, prompts)
 
-    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None) -> list[tuple[str, Any]]:
+    def first_positions(self, model: Any, prompts: Any) -> Any:
+        """Per prompt, the first position any item can change (each prompt's length when
+        there is no item): see :meth:`Replace.first_positions`."""
+        import torch
+
+        out = torch.tensor(prompts.lengths)
+        for i in self.items:
+            out = torch.minimum(out, torch.as_tensor(i.first_positions(model, prompts)).long())
+        return out
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None,
+                  offset: Any = 0) -> list[tuple[str, Any]]:
         store = resolve(store)
         # Fetch every source activation a set needs in one forward, not one per item.
         wanted: dict[tuple[str, str], tuple[Any, Any, list[str]]] = {}
@@ -362,7 +407,7 @@ class Interventions:
                 store.get(model, src, hooks, via)
         out: list[tuple[str, Any]] = []
         for i in self.items:
-            out += i.fwd_hooks(model, prompts, index, store)
+            out += i.fwd_hooks(model, prompts, index, store, offset)
         return out
 
     @contextlib.contextmanager
@@ -374,6 +419,20 @@ class Interventions:
         hooks = self.fwd_hooks(model, prompts, torch.arange(len(prompts)), store)
         with model.hooks(fwd_hooks=hooks):
             yield model
+
+
+def _first_difference(a: Any, b: Any, lengths: Any) -> Any:
+    """Per row, the first position (below the row's length) where token ids ``a`` and ``b``
+    differ; the length where they agree on every one."""
+    import torch
+
+    width = min(a.shape[1], b.shape[1])
+    differ = a[:, :width] != b[:, :width]
+    differ &= torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    pos = torch.arange(width).unsqueeze(0).expand_as(differ)
+    # beyond the narrower tensor nothing is known: count the row as differing there
+    agree = lengths.clamp(max=width)
+    return torch.where(differ, pos, agree.unsqueeze(1).expand_as(differ)).amin(1).minimum(agree)
 
 
 def derangement(n: int, seed: int) -> Any:

@@ -9,16 +9,26 @@ ablation or patch, and nothing more. The store
    forward identically);
 2. calls ``check(model, prompts)`` once per request, before any forward (raise a project
    error when the intervention cannot apply to these prompts);
-3. reads ``layer``: the first block whose *input* the intervention may change. Every hook
-   it returns must act at block ``layer`` or later (the embedding counts as block
-   :data:`pytest_circuits.hooks.EMBED_BLOCK`, before block 0). When ``layer > 0`` the store
-   may resume the forward at that block from the clean run's residual stream instead of
-   recomputing the identical prefix. Return 0 to always run the whole model;
+3. reads ``layer``: the first block the intervention acts in. Every hook it returns must act
+   at block ``layer`` or later (the embedding counts as block
+   :data:`pytest_circuits.hooks.EMBED_BLOCK`, -1, before block 0). When ``layer > 0`` the
+   store may resume the forward at that block from the clean run's residual stream instead
+   of recomputing the identical prefix (and at block 0 from the clean embedding output when
+   the intervention also has ``first_positions``, item 5). Return 0 (or -1) to run the
+   whole model. A hook that does not fire in the forward the store ran is an error;
 4. calls ``fwd_hooks(model, prompts, index, store)`` once per batch: ``index`` holds the
    batch's rows in ``prompts`` (a 1-d integer tensor), ``store`` is the store running the
    forward (use it for any activation the hooks need, e.g. a corrupted run's). It returns
    ``[(hook_name, fn)]`` in TransformerLens's ``fwd_hooks`` form; ``fn(tensor, hook)``
    returns the replacement (or None to keep the tensor).
+
+5. optionally reads ``first_positions(model, prompts)``: per prompt (``[n]`` ints), the
+   first position whose activations the intervention can make differ from the clean run
+   (a lower bound is safe; a prompt's length means "none"). An intervention that has it
+   must accept ``fwd_hooks(..., offset=p)``: the store then runs only positions ``p..`` of
+   the blocks from ``layer`` on (their attention reads the clean run's keys and values for
+   the earlier positions), so axis 1 of every hooked tensor starts at position ``p``.
+   Without it, every position is run.
 
 The built-in interventions (:mod:`pytest_circuits.interventions`) implement exactly this.
 

@@ -127,6 +127,7 @@ class Counters:
     floor_block_positions: int = 0  # what a perfect cache would still compute for those forwards:
     #   (blocks after the intervened one) x (real positions the intervention can change), per row
     suffix_passes: int = 0       # forwards that ran only the positions an intervention can change
+    intervened_block_positions: int = 0  # the part of block_position_passes run under an intervention
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -157,7 +158,10 @@ class ActivationStore:
         return self.get(model, prompts, hooks, intervention)
 
     def get(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
-            intervention: Intervention | None = None) -> dict[str, Any]:
+            intervention: Intervention | None = None, *, persist: bool = True) -> dict[str, Any]:
+        """``{hook: value}`` for ``prompts`` (under ``intervention``). ``persist=False`` keeps
+        what is computed in memory only (the clean run's resume data: large, and only
+        needed while intervened runs are being computed)."""
         names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
         if not names:
             raise CircuitsError(bad("hooks", [], "at least one hook name"))
@@ -176,7 +180,7 @@ class ActivationStore:
                 self.counters.memory_hits += 1
                 out[name] = value
                 continue
-            value = self._from_disk(key, base, name)
+            value = self._from_disk(key, base, name) if persist else None
             if value is not None:
                 self.counters.disk_hits += 1
                 self._to_memory(key, value)
@@ -184,14 +188,39 @@ class ActivationStore:
                 continue
             missing.append(name)
         if missing:
-            computed = self._forward(model, prompts, missing, intervention)
+            extras = self._resume_extras(model, prompts, missing, base) if intervention is None else []
+            computed = self._forward(model, prompts, missing + extras, intervention)
+            for name in extras:
+                self._to_memory(self._key(base, name), computed.pop(name))
             for name, value in computed.items():
                 key = self._key(base, name)
                 self.counters.computed += 1
                 self._to_memory(key, value)
-                self._to_disk(key, base, name, value)
+                if persist:
+                    self._to_disk(key, base, name, value)
                 out[name] = value
         return {n: out[n] for n in names}
+
+    def resume_names(self, model: Any) -> list[str]:
+        """What an intervened forward reads from the clean run to resume at any block and
+        position: every block's input residual and attention keys and values."""
+        n = model.cfg.n_layers
+        return ([H.resid_pre(l) for l in range(n)]
+                + [H.attn_cache(l, part) for l in range(n) for part in "kv"])
+
+    def _resume_extras(self, model: Any, prompts: Any, missing: Sequence[str], base: dict[str, str]) -> list[str]:
+        """The resume data to record (in memory) during a clean forward that runs anyway:
+        so a later sweep of interventions on these prompts needs no clean forward of its own.
+        Only when the forward runs every block and the data fits the memory budget."""
+        if not self.resume or self._plan(model, missing, None).stop is not None:
+            return []
+        cfg = model.cfg
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        per_position = cfg.n_layers * (cfg.d_model + 2 * kv_heads * cfg.d_head) * 4
+        if len(prompts) * prompts.tokens.shape[1] * per_position > self.max_memory_bytes // 8:
+            return []
+        return [n for n in self.resume_names(model) if n not in missing
+                and self._from_memory(self._key(base, n)) is None]
 
     def clear_memory(self) -> None:
         with self._lock:
@@ -313,8 +342,8 @@ class ActivationStore:
         """``names`` split into (read from the clean run, read under ``intervention``): the
         hooks before the intervention's first block are exactly as in the clean run, and
         reading them there lets the intervened forward resume at that block."""
-        first = intervention.layer if intervention is not None else 0
-        if first <= 0:
+        first = intervention.layer if intervention is not None else -1
+        if first < 0:
             return [], list(names)
         before = [n for n in names if (b := H.block_of(n)) is not None and b < first]
         return before, [n for n in names if n not in before]
@@ -322,60 +351,123 @@ class ActivationStore:
     # -- forward ---------------------------------------------------------------
     def _forward(self, model: Any, prompts: Any, names: Sequence[str],
                  intervention: Intervention | None) -> dict[str, Any]:
-        """Compute ``names`` in batches: plan what to run, run each batch, extract each name."""
+        """Compute ``names`` in batches: plan what to run, run each batch, extract each name.
+
+        An intervened forward resumes at the intervention's first block (``layer``) from the
+        clean residual stream. When the intervention also says where it can first change
+        anything (``first_positions``: causal attention leaves every earlier position as in
+        the clean run), only the positions from there on are run: their attention reads
+        the clean run's keys and values for the earlier positions (:class:`_Prefix`),
+        and the earlier positions of any hook asked for in full are the clean run's. Rows
+        are batched in order of that position, so a batch starts as late as its rows allow.
+        """
         import torch
 
         plan = self._plan(model, names, intervention)
-        resid = None
-        if plan.start:
-            resid = self.get(model, prompts, [H.resid_pre(plan.start)])[H.resid_pre(plan.start)]
+        firsts = self._suffix_starts(model, prompts, plan, names, intervention)
+        clean: dict[str, Any] = {}
+        if plan.resumed:
+            need = [H.resid_pre(plan.start)]
+            if firsts is not None:
+                # everything a suffix forward reads from the clean run, in one clean forward:
+                # the keys/values of every block (so a sweep over layers needs one clean pass)
+                # and the hooks asked for in full (their earlier positions)
+                need += self.resume_names(model)
+                need += [n for n in plan.real if n in names]
+                need = list(dict.fromkeys(need))
+            clean = self.get(model, prompts, need, persist=False if firsts is not None else True)
         width_all = prompts.tokens.shape[1]
+        n = len(prompts)
+        order = torch.arange(n) if firsts is None else torch.sort(firsts, stable=True).indices
         parts: dict[str, list[Any]] = {name: [] for name in names}
-        batches = range(0, len(prompts), self.batch_size)
+        batches = range(0, n, self.batch_size)
         if len(batches) > 1:
             batches = bar(batches, f"forward {prompts.name}", total=len(batches))
         for begin in batches:
-            batch = self._run_batch(model, prompts, plan, intervention, resid, begin)
+            rows = order[begin:begin + self.batch_size]
+            batch = self._run_batch(model, prompts, plan, intervention, clean, rows, firsts)
             for name in names:
                 parts[name].append(_EXTRACTORS[_kind(name)](name, batch, width_all))
-        return {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+        out = {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
+        if firsts is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(n)
+            out = {name: value[inverse] for name, value in out.items()}
+        return out
 
     def _plan(self, model: Any, names: Sequence[str], intervention: Intervention | None) -> "_Plan":
         """Which hooks to grab, where the forward may start and stop, and how the logits are made."""
         n_layers = model.cfg.n_layers
-        real = list(dict.fromkeys(H.base_name(n) for n in names if not H.is_pseudo(n)))
+        real = list(dict.fromkeys(H.base_name(n) for n in names
+                                  if not H.is_pseudo(n) and not H.is_attn_cache(n)))
+        caches = sorted({H.block_of(n) for n in names if H.is_attn_cache(n)})  # type: ignore[type-var]
         want_logits = any(H.is_pseudo(n) for n in names)
-        blocks = [H.block_of(nm) for nm in real]
+        blocks = [H.block_of(nm) for nm in real] + list(caches)
         stop = None
-        if not want_logits and real and None not in blocks and max(blocks) < n_layers - 1:  # type: ignore[type-var]
+        if not want_logits and blocks and None not in blocks and max(blocks) < n_layers - 1:  # type: ignore[type-var]
             stop = max(max(blocks) + 1, 1)  # type: ignore[type-var]
         # Resume from the clean residual stream when nothing before the intervened block is
         # asked for: the prefix is identical to the clean run (the embedding is block -1).
-        start = 0
+        start, resumed = 0, False
         if self.resume and intervention is not None:
             first = intervention.layer
-            if first > 0 and all(b is None or b >= first for b in blocks):
-                start = first
+            # at block 0 from the clean embedding output only for an intervention that says
+            # where it acts (first_positions: the built-in ones, whose embedding replacements
+            # have layer -1); layer 0 otherwise means "run the whole model"
+            can = first > 0 or (first == 0 and hasattr(intervention, "first_positions"))
+            if can and all(b is None or b >= first for b in blocks):
+                start, resumed = first, True
         touches_unembed = any(H.touches_unembed(nm) for nm in real)
         # Only the last position's logits wanted: skip the unembedding in the forward (a
         # fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
         last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
         skip_unembed = (not want_logits and not touches_unembed) or last_only
-        return _Plan(real, start, stop, n_layers, last_only, skip_unembed)
+        return _Plan(real, start, stop, n_layers, last_only, skip_unembed, want_logits, tuple(caches), resumed)
 
-    def _run_batch(self, model: Any, prompts: Any, plan: "_Plan", intervention: Intervention | None,
-                   resid: Any, begin: int) -> "_Batch":
-        """One forward over rows ``begin..begin+batch_size`` with the grabbing hooks (after the
-        intervention's), counted in :attr:`counters`."""
+    def _suffix_starts(self, model: Any, prompts: Any, plan: "_Plan", names: Sequence[str],
+                       intervention: Intervention | None) -> Any:
+        """Per prompt, the first position the forward must run (``[n]`` ints), or None to run
+        every position: the intervention's ``first_positions`` (at most each prompt's last
+        position, whose logits are read), when it has them and what is asked for allows."""
         import torch
 
-        end = min(len(prompts), begin + self.batch_size)
+        if not (self.resume and plan.resumed and intervention is not None):
+            return None
+        first_positions = getattr(intervention, "first_positions", None)
+        if first_positions is None or plan.caches:
+            return None
+        if plan.want_logits and not plan.last_only:
+            return None          # logits at every position (the per-token loss) need every position
+        lengths = torch.tensor(prompts.lengths)
+        firsts = torch.as_tensor(first_positions(model, prompts)).reshape(-1).long()
+        if firsts.shape[0] != len(prompts):
+            raise CircuitsError(f"{type(intervention).__name__}.first_positions returned {firsts.shape[0]} "
+                                f"positions for {len(prompts)} prompts")
+        firsts = torch.minimum(firsts.clamp(min=0), lengths - 1)
+        return firsts if bool((firsts > 0).any()) else None
+
+    def _run_batch(self, model: Any, prompts: Any, plan: "_Plan", intervention: Intervention | None,
+                   clean: dict[str, Any], rows: Any, firsts: Any) -> "_Batch":
+        """One forward over ``rows`` of ``prompts`` with the grabbing hooks (after the
+        intervention's), counted in :attr:`counters`. With ``firsts``, only the positions
+        from the batch's smallest first position on are run."""
+        import torch
+
         device = model_info(model).device
-        index = torch.arange(begin, end)
-        lengths = torch.tensor(prompts.lengths[begin:end])
+        lengths = torch.tensor([prompts.lengths[int(r)] for r in rows])
         width = int(lengths.max())
-        toks = prompts.tokens[begin:end, :width].to(device)
+        b = len(rows)
+        toks = prompts.tokens[rows, :width].to(device)
+        starts = None
+        if firsts is not None:
+            starts = firsts[rows].clone()
+            if any(H.position_dims(n) != (1,) for n in plan.real):
+                # attention patterns have a key axis: keep it aligned (one start per batch)
+                starts[:] = int(starts.min())
+            if not bool((starts > 0).any()):
+                starts = None
         grabbed: dict[str, Any] = {}
+        fired: set[str] = set()
 
         def grab(name: str) -> Callable[..., None]:
             def hook(t: Any, hook: Any = None) -> None:
@@ -385,31 +477,77 @@ class ActivationStore:
         fwd = [(name, grab(name)) for name in plan.real]
         if intervention is not None:
             # Interventions first, so grabbed values are the intervened ones.
-            fwd = list(intervention.fwd_hooks(model, prompts, index, self)) + fwd
+            extra = {"offset": starts} if starts is not None else {}
+            fwd = [(name, _fired(fn, name, fired)) for name, fn in
+                   intervention.fwd_hooks(model, prompts, rows, self, **extra)] + fwd
         kwargs: dict[str, Any] = {}
         if plan.stop is not None:
             kwargs["stop_at_layer"] = plan.stop
+        last_block = (plan.stop or plan.n_layers) - 1
         inp = toks
-        if plan.start:
+        run = width                                  # positions each row runs
+        recorded: dict[int, tuple[Any, Any]] = {}
+        attn_kv, layers = None, ()
+        if plan.caches:
+            attn_kv, layers = _Recorder(recorded), plan.caches
+        if plan.resumed:
             kwargs["start_at_layer"] = plan.start
-            inp = resid[begin:end, :width].to(device, model.cfg.dtype)
-        with torch.no_grad(), _skipping_blocks(model, plan.start, skip_unembed=plan.skip_unembed):
+            resid = clean[H.resid_pre(plan.start)][rows]
+            if starts is None:
+                inp = resid[:, :width]
+            else:
+                # Each row runs its positions starts[i].. only: ``run`` of them (the longest
+                # suffix of the batch), with the clean keys/values of the earlier ones.
+                run = int((lengths - starts).max())
+                at = starts.unsqueeze(1) + torch.arange(run).unsqueeze(0)             # [b, run]
+                inp = resid[torch.arange(b).unsqueeze(1), at.clamp(max=resid.shape[1] - 1)]
+                kwargs["position_ids"] = at.to(device)
+                attn_kv = _Prefix({l: (clean[H.attn_cache(l, "k")][rows], clean[H.attn_cache(l, "v")][rows])
+                                   for l in range(plan.start, last_block + 1)}, starts, run, device)
+                layers = tuple(range(plan.start, last_block + 1))
+            inp = inp.to(device, model.cfg.dtype)
+        with torch.no_grad(), _skipping_blocks(model, plan.start, skip_unembed=plan.skip_unembed), \
+                _attention_cache(model, layers, attn_kv):
             logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
-        logit_lengths = lengths
+        if intervention is not None:
+            silent = [name for name, _ in fwd if name not in fired and name not in plan.real]
+            if silent:
+                raise CircuitsError(
+                    f"the intervention {intervention.key} hooks {silent}, which did not fire in a forward "
+                    f"{'resumed at block ' + str(plan.start) if plan.resumed else 'from the tokens'}"
+                    f"{' stopped before block ' + str(plan.stop) if plan.stop is not None else ''}: its "
+                    "`layer` must be the first block whose input it changes (-1 for the embedding)")
+        shift = starts if starts is not None else torch.zeros_like(lengths)
+        logit_lengths = lengths - shift
         if plan.last_only:
             with torch.no_grad():
-                final = logits[torch.arange(end - begin), (lengths - 1).to(logits.device)]
+                final = logits[torch.arange(b), (lengths - 1 - shift).to(logits.device)]
                 logits = _unembed(model)(final).unsqueeze(1)
             logit_lengths = torch.ones_like(lengths)
         c = self.counters
+        blocks_run = last_block + 1 - plan.start
         c.forward_passes += 1
-        c.resumed_passes += bool(plan.start)
-        c.prompts_forwarded += end - begin
-        c.block_prompt_passes += ((plan.stop or plan.n_layers) - plan.start) * (end - begin)
+        c.resumed_passes += plan.resumed
+        c.suffix_passes += starts is not None
+        c.prompts_forwarded += b
+        c.block_prompt_passes += blocks_run * b
+        c.block_position_passes += blocks_run * b * run
+        if intervention is not None:
+            c.intervened_block_positions += blocks_run * b * run
+        floor_from = firsts[rows] if firsts is not None else torch.zeros_like(lengths)
+        c.floor_block_positions += blocks_run * int((lengths - floor_from).sum())
         for name in plan.real:
             if name not in grabbed:
                 raise CircuitsError(f"hook {name!r} did not fire during the forward pass")
-            grabbed[name] = _zero_padding(grabbed[name], lengths, name)
+            value = grabbed[name]
+            if starts is not None:
+                # back to whole prompts: the positions before each row's start are the clean
+                # run's (same block, unchanged) where the hook is asked for in full, else zeros
+                value = _unpack(value, clean.get(name), rows, starts, width, name)
+            grabbed[name] = _zero_padding(value, lengths, name)
+        for l, (k, v) in recorded.items():
+            grabbed[H.attn_cache(l, "k")] = _zero_padding(k, lengths, "")
+            grabbed[H.attn_cache(l, "v")] = _zero_padding(v, lengths, "")
         return _Batch(toks, lengths, width, logits, logit_lengths, grabbed)
 
 
@@ -421,6 +559,9 @@ class _Plan:
     n_layers: int
     last_only: bool          # unembed only each prompt's last row, outside the forward
     skip_unembed: bool       # skip the unembedding module inside the forward
+    want_logits: bool = False
+    caches: tuple[int, ...] = ()   # blocks whose attention keys/values are recorded
+    resumed: bool = False    # the forward starts at block ``start`` from the clean residual stream
 
 
 @dataclass(frozen=True)
@@ -441,6 +582,8 @@ class _Batch:
 
 def _kind(name: str) -> str:
     """Which extractor computes ``name`` from a batch."""
+    if H.is_attn_cache(name):
+        return "hook"
     if name == H.LOGITS_LAST:
         return "logits_last"
     if name.startswith(H.LOGPROBS_LAST):
@@ -581,6 +724,119 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     for d in reversed(range(1, t.dim())):
         pad += [0, width - t.shape[d]] if d in dims else [0, 0]
     return F.pad(t, pad) if any(pad) else t
+
+
+class _Recorder:
+    """Stands for a key-value cache during a clean forward: keeps what each attention
+    layer computes (``[batch, kv_head, pos, d_head]``, stored as ``[batch, pos, kv_head,
+    d_head]``) and hands it back unchanged."""
+
+    def __init__(self, into: dict[int, tuple[Any, Any]]) -> None:
+        self.into = into
+
+    def update(self, k: Any, v: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        self.into[int(layer_idx)] = (k.detach().transpose(1, 2).to("cpu"), v.detach().transpose(1, 2).to("cpu"))
+        return k, v
+
+
+def _fired(fn: Callable[..., Any], name: str, fired: set[str]) -> Callable[..., Any]:
+    """``fn``, noting in ``fired`` that the hook ``name`` ran."""
+    def hook(t: Any, hook: Any = None) -> Any:
+        fired.add(name)
+        return fn(t, hook=hook)
+    return hook
+
+
+class _Prefix:
+    """Stands for a key-value cache during a suffix forward. Row ``i`` runs positions
+    ``starts[i]..starts[i]+run-1``; its attention reads, before them, the clean run's keys
+    and values for positions ``0..starts[i]-1``, placed right-aligned after
+    ``max(starts) - starts[i]`` masked slots, so rows that start at different positions
+    share one forward. :attr:`mask` (``[b, 1, run, max(starts) + run]``, True = attend)
+    hides those slots and keeps the run positions causal."""
+
+    def __init__(self, clean: dict[int, tuple[Any, Any]], starts: Any, run: int, device: Any) -> None:
+        import torch
+
+        b = starts.shape[0]
+        width = int(starts.max())
+        slot = torch.arange(width).unsqueeze(0)                          # [1, P]
+        src = slot - (width - starts).unsqueeze(1)                       # [b, P]: clean position or < 0
+        valid = src >= 0
+        rows = torch.arange(b).unsqueeze(1)
+        self.prefix: dict[int, tuple[Any, Any]] = {}
+        for l, (k, v) in clean.items():                                  # [b, pos, kv_head, d_head]
+            def place(t: Any) -> Any:
+                got = t[rows, src.clamp(min=0)] * valid.reshape(b, width, 1, 1).to(t.dtype)
+                return got.transpose(1, 2).to(device)                    # [b, kv_head, P, d_head]
+            self.prefix[l] = (place(k), place(v))
+        causal = torch.ones(run, run, dtype=torch.bool).tril()
+        mask = torch.cat([valid.unsqueeze(1).expand(b, run, width), causal.unsqueeze(0).expand(b, run, run)], 2)
+        self.mask = mask.unsqueeze(1).to(device)
+
+    def update(self, k: Any, v: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        import torch
+
+        pk, pv = self.prefix[int(layer_idx)]
+        return torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
+
+
+@contextlib.contextmanager
+def _attention_cache(model: Any, layers: Sequence[int], cache: Any) -> Iterator[None]:
+    """Hand ``cache`` to the attention of ``layers`` as their key-value cache for one forward.
+
+    The attention of a ``TransformerBridge`` (compatibility mode) extends its keys and values
+    through ``past_key_values.update(k, v, layer)`` and builds a causal mask with the offset
+    of the cached positions when it gets no mask; the hook passes both, whatever name the
+    installed transformers gives its cache argument. Checked against full forwards for every
+    intervention kind and position choice on Llama (grouped-query) and GPT-2 in
+    tests/unit/test_suffix.py."""
+    if cache is None or not layers:
+        yield
+        return
+
+    def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        kwargs = dict(kwargs)
+        for alias in ("cache", "past_key_value", "layer_past"):
+            kwargs.pop(alias, None)
+        kwargs["past_key_values"] = cache
+        # none: the attention's own causal mask (recording); else the prefix's
+        kwargs["attention_mask"] = getattr(cache, "mask", None)
+        return args, kwargs
+
+    handles = []
+    try:
+        for l in layers:
+            handles.append(model.blocks[l].attn.register_forward_pre_hook(pre, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _unpack(value: Any, clean: Any, rows: Any, starts: Any, width: int, name: str) -> Any:
+    """A suffix forward's ``value`` (row ``i``'s axis-1 index ``j`` is position
+    ``starts[i] + j``) laid out over whole prompts ``[b, width, ...]``: the positions before
+    each row's start are the clean run's (``clean``, ``[n, ...]``) or zeros when ``clean`` is
+    None. Attention patterns (one start per batch) keep their key axis."""
+    import torch
+
+    b = value.shape[0]
+    if H.position_dims(name) != (1,):
+        s = int(starts[0])
+        if clean is not None:
+            head = clean[rows][:, :, :s, :value.shape[3]].to(value.dtype)
+        else:
+            head = value.new_zeros(value.shape[:2] + (s,) + value.shape[3:])
+        return torch.cat([head, value], 2)
+    if clean is not None:
+        out = clean[rows][:, :width].to(value.dtype).clone()
+    else:
+        out = value.new_zeros((b, width) + tuple(value.shape[2:]))
+    at = starts.unsqueeze(1) + torch.arange(value.shape[1]).unsqueeze(0)      # [b, run]
+    keep = at < width
+    out[torch.arange(b).unsqueeze(1).expand_as(at)[keep], at[keep]] = value[keep]
+    return out
 
 
 # -- the current store ------------------------------------------------------------------
