@@ -201,6 +201,74 @@ class ActivationStore:
                 out[name] = value
         return {n: out[n] for n in names}
 
+    def get_many(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
+                 interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
+        """:meth:`get` under each of ``interventions``, several in one batched forward.
+
+        Those not yet known are stacked (the prompts once per intervention, each copy under
+        its own intervention) and run ``batch_size`` rows at a time, in order of layer, so
+        that interventions on few prompts share forwards; the stacked forward starts at
+        the earliest layer of its interventions and each row at its own first position.
+        Interventions the store cannot stack (without ``first_positions``, or acting on the
+        embedding) are run one at a time. Results equal those of :meth:`get` (checked in
+        tests/unit/test_suffix.py) and are cached under each intervention's own key."""
+        names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
+        ivs = list(interventions)
+        out: list[dict[str, Any] | None] = [None] * len(ivs)
+        stackable: list[int] = []
+        for k, iv in enumerate(ivs):
+            check_intervention(iv)
+            known = self._known(model, prompts, names, iv)
+            if known is not None:
+                out[k] = known
+            elif hasattr(iv, "first_positions") and iv.layer >= 0 and self.resume:
+                stackable.append(k)
+            else:
+                out[k] = self.get(model, prompts, names, iv)
+        stackable.sort(key=lambda k: ivs[k].layer)
+        per = max(1, self.batch_size // max(1, len(prompts)))
+        for begin in range(0, len(stackable), per):
+            group = stackable[begin:begin + per]
+            if len(group) == 1:
+                out[group[0]] = self.get(model, prompts, names, ivs[group[0]])
+                continue
+            for k in group:
+                ivs[k].check(model, prompts)
+            H.check_names(model, [H.base_name(n) for n in names])
+            stacked = _Stacked(tuple(ivs[k] for k in group), len(prompts))
+            computed = self._forward(model, _StackedPrompts(prompts, len(group)), names, stacked)
+            n = len(prompts)
+            for j, k in enumerate(group):
+                base = self._base_fields(model, prompts, ivs[k])
+                res = {}
+                for name in names:
+                    value = computed[name][j * n:(j + 1) * n].clone()
+                    key = self._key(base, name)
+                    self.counters.computed += 1
+                    self._to_memory(key, value)
+                    self._to_disk(key, base, name, value)
+                    res[name] = value
+                out[k] = res
+        return out  # type: ignore[return-value]
+
+    def _known(self, model: Any, prompts: Any, names: Sequence[str], intervention: Any) -> dict[str, Any] | None:
+        """Every one of ``names`` from memory or disk, or None when one is missing."""
+        base = self._base_fields(model, prompts, intervention)
+        got: dict[str, Any] = {}
+        for name in names:
+            key = self._key(base, name)
+            value = self._from_memory(key)
+            if value is None:
+                value = self._from_disk(key, base, name)
+                if value is None:
+                    return None
+                self.counters.disk_hits += 1
+                self._to_memory(key, value)
+            else:
+                self.counters.memory_hits += 1
+            got[name] = value
+        return got
+
     def resume_names(self, model: Any) -> list[str]:
         """What an intervened forward reads from the clean run to resume at any block and
         position: every block's input residual and attention keys and values."""
@@ -375,7 +443,8 @@ class ActivationStore:
                 need += self.resume_names(model)
                 need += [n for n in plan.real if n in names]
                 need = list(dict.fromkeys(need))
-            clean = self.get(model, prompts, need, persist=False if firsts is not None else True)
+            clean = self.get(model, getattr(prompts, "base", prompts), need,
+                             persist=False if firsts is not None else True)
         width_all = prompts.tokens.shape[1]
         n = len(prompts)
         order = torch.arange(n) if firsts is None else torch.sort(firsts, stable=True).indices
@@ -490,9 +559,10 @@ class ActivationStore:
         attn_kv, layers = None, ()
         if plan.caches:
             attn_kv, layers = _Recorder(recorded), plan.caches
+        crow = rows % len(prompts.base) if hasattr(prompts, "base") else rows   # rows of the clean run
         if plan.resumed:
             kwargs["start_at_layer"] = plan.start
-            resid = clean[H.resid_pre(plan.start)][rows]
+            resid = clean[H.resid_pre(plan.start)][crow]
             if starts is None:
                 inp = resid[:, :width]
             else:
@@ -502,7 +572,7 @@ class ActivationStore:
                 at = starts.unsqueeze(1) + torch.arange(run).unsqueeze(0)             # [b, run]
                 inp = resid[torch.arange(b).unsqueeze(1), at.clamp(max=resid.shape[1] - 1)]
                 kwargs["position_ids"] = at.to(device)
-                attn_kv = _Prefix({l: (clean[H.attn_cache(l, "k")][rows], clean[H.attn_cache(l, "v")][rows])
+                attn_kv = _Prefix({l: (clean[H.attn_cache(l, "k")][crow], clean[H.attn_cache(l, "v")][crow])
                                    for l in range(plan.start, last_block + 1)}, starts, run, device)
                 layers = tuple(range(plan.start, last_block + 1))
             inp = inp.to(device, model.cfg.dtype)
@@ -543,7 +613,7 @@ class ActivationStore:
             if starts is not None:
                 # back to whole prompts: the positions before each row's start are the clean
                 # run's (same block, unchanged) where the hook is asked for in full, else zeros
-                value = _unpack(value, clean.get(name), rows, starts, width, name)
+                value = _unpack(value, clean.get(name), crow, starts, width, name)
             grabbed[name] = _zero_padding(value, lengths, name)
         for l, (k, v) in recorded.items():
             grabbed[H.attn_cache(l, "k")] = _zero_padding(k, lengths, "")
@@ -737,6 +807,78 @@ class _Recorder:
     def update(self, k: Any, v: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         self.into[int(layer_idx)] = (k.detach().transpose(1, 2).to("cpu"), v.detach().transpose(1, 2).to("cpu"))
         return k, v
+
+
+class _StackedPrompts:
+    """``base`` repeated ``copies`` times, as the store's forward reads a prompt set (rows
+    ``k * n + i`` are prompt ``i`` of copy ``k``); the clean run is ``base``'s."""
+
+    def __init__(self, base: Any, copies: int) -> None:
+        self.base = base
+        self.name = f"{base.name} x{copies}"
+        self.lengths = list(base.lengths) * copies
+        self.tokens = base.tokens.repeat(copies, 1)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """Several interventions over :class:`_StackedPrompts`: copy ``k`` of the prompts is run
+    under ``items[k]`` (each gets its own rows, in its own prompts' numbering)."""
+
+    items: tuple[Any, ...]
+    n: int
+
+    @property
+    def key(self) -> str:
+        return "stacked[" + "; ".join(i.key for i in self.items) + "]"
+
+    @property
+    def layer(self) -> int:
+        return min(i.layer for i in self.items)
+
+    def check(self, model: Any, prompts: Any) -> None:
+        for i in self.items:
+            i.check(model, prompts.base)
+
+    def first_positions(self, model: Any, prompts: Any) -> Any:
+        import torch
+
+        return torch.cat([torch.as_tensor(i.first_positions(model, prompts.base)).reshape(-1).long()
+                          for i in self.items])
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any, offset: Any = 0) -> list[tuple[str, Any]]:
+        import torch
+
+        index = torch.as_tensor(index).reshape(-1)
+        offsets = torch.as_tensor(offset).reshape(-1).long().expand(len(index))
+        copy = index // self.n
+        parts: dict[str, list[tuple[Any, list[Any]]]] = {}
+        for k, item in enumerate(self.items):
+            sel = (copy == k).nonzero().reshape(-1)
+            if not len(sel):
+                continue
+            per_name: dict[str, list[Any]] = {}
+            for name, fn in item.fwd_hooks(model, prompts.base, index[sel] % self.n, store, offset=offsets[sel]):
+                per_name.setdefault(name, []).append(fn)
+            for name, fns in per_name.items():
+                parts.setdefault(name, []).append((sel, fns))
+
+        def combined(pieces: list[tuple[Any, list[Any]]]) -> Callable[..., Any]:
+            def hook(t: Any, hook: Any = None) -> Any:
+                out = t.clone()
+                for sel, fns in pieces:
+                    x = t[sel.to(t.device)]
+                    for fn in fns:
+                        r = fn(x, hook=hook)
+                        x = r if r is not None else x
+                    out[sel.to(t.device)] = x
+                return out
+            return hook
+
+        return [(name, combined(pieces)) for name, pieces in parts.items()]
 
 
 def _fired(fn: Callable[..., Any], name: str, fired: set[str]) -> Callable[..., Any]:

@@ -194,3 +194,27 @@ def test_a_lying_first_positions_is_caught_by_the_full_forward(model, sets):
     lied = ActivationStore().get(model, ps, [H.LOGITS_LAST], Liar())[H.LOGITS_LAST]
     true = ActivationStore(resume=False).get(model, ps, [H.LOGITS_LAST], inner)[H.LOGITS_LAST]
     assert float((lied - true).abs().max()) > 1e-5       # the matrix's tolerance
+
+
+@pytest.mark.parametrize("positions", POSITIONS, ids=str)
+def test_stacked_interventions_equal_one_at_a_time(model, sets, positions):
+    """get_many stacks interventions on few prompts into shared forwards (here three per
+    forward of 16 rows) with the results of get() one at a time, under each one's own key."""
+    ps = prompts_for(sets, positions)
+    ivs = [make(model, sets, kind, comp, positions)
+           for kind, comp in [("zero", "L1H1"), ("resample", "mlp1"), ("patch", "attn1"), ("patch", "L0H2"),
+                              ("mean", "L2H0"), ("rerouted", "mlp2"), ("freeze", "attn0")]]
+    stacked, single = ActivationStore(batch_size=16), ActivationStore(batch_size=16)
+    with _quiet():
+        many = stacked.get_many(model, ps, READS, ivs)
+        ones = [single.get(model, ps, READS, iv) for iv in ivs]
+    assert stacked.counters.forward_passes < single.counters.forward_passes
+    for iv, got, want in zip(ivs, many, ones):
+        for name in READS:
+            err = float((got[name].double() - want[name].double()).abs().max())
+            assert err <= 1e-5, f"{iv.key} {name}: {err:.2e}"
+    # served from the cache under each intervention's own key afterwards
+    before = stacked.counters.forward_passes
+    again = stacked.get_many(model, ps, READS, ivs)
+    assert stacked.counters.forward_passes == before
+    assert all(torch.equal(a[H.LOGITS_LAST], b[H.LOGITS_LAST]) for a, b in zip(again, many))
