@@ -308,6 +308,14 @@ class Session:
         lines = [f"activations: {c.forward_passes} forward passes ({c.prompts_forwarded} prompts), "
                  f"{c.memory_hits} hits from memory, {c.disk_hits} from disk, {c.computed} computed"
                  + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else "")]
+        if c.forward_passes:
+            # compute in block x position passes (padding included), and the floor: what a
+            # perfect cache would still compute (real positions an intervention can change)
+            share = f"{c.intervened_block_positions / c.block_position_passes:.0%}" if c.block_position_passes else "0%"
+            lines.append(f"compute: {c.block_position_passes:,} block x position passes ({share} under "
+                         f"interventions; {c.resumed_passes} forwards resumed mid-model, {c.suffix_passes} "
+                         f"of them from each prompt's first changed position); floor "
+                         f"{c.floor_block_positions:,}")
         for name, secs in self.load_seconds.items():
             lines.append(f"model {name}: loaded in {secs:.1f} s")
         return lines

@@ -126,7 +126,10 @@ def test_ini_options(pytester, tiny_dir, tmp_path):
     """)
     r = pytester.runpytest("-v")
     r.assert_outcomes(passed=1)
-    r.stdout.fnmatch_lines([f"*test_loss[[]{tiny_dir.name}[]] PASSED*", "activations: 1 forward passes*"])
+    r.stdout.fnmatch_lines([f"*test_loss[[]{tiny_dir.name}[]] PASSED*", "activations: 1 forward passes*",
+                            # one clean forward: every block at every position, no intervention
+                            "compute: * block x position passes (0% under interventions; 0 forwards resumed*"
+                            "floor *"])
     assert not (tmp_path / "activations").exists()
 
 
