@@ -124,6 +124,61 @@ def attach_info(model: Any, model_info: ModelInfo) -> None:
     _INFO[model] = model_info
 
 
+# --------------------------------------------------------------------------- derived constants
+# Constants computed from a model's weights (float64 copies of W_O, the mean unembedding
+# column, ...), kept per model object: {model: {name: (weights_state, value)}}. Weakly keyed,
+# so they go with the model; a copy of the model (copy.deepcopy) is another key.
+_DERIVED: "weakref.WeakKeyDictionary[Any, dict[str, tuple[tuple, Any]]]" = weakref.WeakKeyDictionary()
+DERIVED_MAX_BYTES = 1 << 30   # a constant larger than this is computed on every call, not kept
+derived_counts: dict[str, int] = {}   # name -> times computed (tests count conversions with it)
+
+
+def weights_state(model: Any) -> tuple:
+    """What changes when a model's weights change: its fingerprint (when it has a
+    :class:`ModelInfo`) and, per parameter tensor, its storage address, shape, dtype and
+    version counter.
+
+    The version counter is bumped by every in-place operation on the tensor or a view of it
+    (``p.add_`` under ``torch.no_grad()``, ``p.copy_``, ``load_state_dict``); replacing a
+    parameter (``p.data = t``, ``model.to(...)``) changes its address. Not seen: writes through
+    ``p.data`` (``p.data.add_``), which bypass the version counter; after those call
+    :func:`forget_derived`. (The activation store keys on the fingerprint alone, so it does
+    not see an in-place edit at all.)"""
+    try:
+        fp = _INFO[model].fingerprint
+    except (KeyError, TypeError):
+        fp = ""
+    params = getattr(model, "parameters", None)
+    state = tuple((p.data_ptr(), tuple(p.shape), str(p.dtype), p._version) for p in params()) if params else ()
+    return (fp, state)
+
+
+def derived(model: Any, name: str, compute: Callable[[Any], Any], *, state: tuple | None = None) -> Any:
+    """``compute(model)``, once per model object and weights state (:func:`weights_state`;
+    pass ``state`` when several constants are read at once). Values are shared: never modify
+    one in place. A tensor over :data:`DERIVED_MAX_BYTES` is not kept (computed each call)."""
+    st = weights_state(model) if state is None else state
+    try:
+        memo = _DERIVED.setdefault(model, {})
+    except TypeError:   # not weak-referenceable: nothing is kept
+        memo = None
+    if memo is not None:
+        hit = memo.get(name)
+        if hit is not None and hit[0] == st:
+            return hit[1]
+    value = compute(model)
+    derived_counts[name] = derived_counts.get(name, 0) + 1
+    size = value.element_size() * value.nelement() if hasattr(value, "element_size") else 0
+    if memo is not None and size <= DERIVED_MAX_BYTES:
+        memo[name] = (st, value)
+    return value
+
+
+def forget_derived(model: Any) -> None:
+    """Drop the constants kept for ``model`` (after editing its weights through ``.data``)."""
+    _DERIVED.pop(model, None)
+
+
 # --------------------------------------------------------------------------- loading
 def resolve_device(device: str) -> str:
     import torch

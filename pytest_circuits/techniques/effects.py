@@ -52,6 +52,7 @@ has answers) or the clean run's top token (``token="top"``).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -63,15 +64,19 @@ from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import Measurement
-from ..models import info as model_info
+from ..models import derived, info as model_info
 
 
 def writers(model: Any) -> tuple[Component, ...]:
     """Every residual-stream writer, in forward order: embed, L0H0.., mlp0, L1H0.., ..."""
-    cfg = model.cfg
+    return _writers(int(model.cfg.n_layers), int(model.cfg.n_heads))
+
+
+@functools.lru_cache(maxsize=16)
+def _writers(n_layers: int, n_heads: int) -> tuple[Component, ...]:
     out: list[Component] = [Embed()]
-    for layer in range(cfg.n_layers):
-        out += [Head(layer, h) for h in range(cfg.n_heads)]
+    for layer in range(n_layers):
+        out += [Head(layer, h) for h in range(n_heads)]
         out.append(MLP(layer))
     return tuple(out)
 
@@ -354,7 +359,12 @@ def _pos_embed_hook(model: Any) -> str | None:
 
 def attn_output_bias(model: Any) -> Any:
     """``[n_layers, d_model]`` attention-output biases ``b_O`` (float64, CPU), or None when
-    the model has none (bias-free projections) or they are all 0."""
+    the model has none (bias-free projections) or they are all 0. Computed once per model
+    and weights state (:func:`pytest_circuits.models.derived`): do not modify it in place."""
+    return derived(model, "b_O:float64", _attn_output_bias)
+
+
+def _attn_output_bias(model: Any) -> Any:
     import torch
 
     try:
@@ -367,13 +377,35 @@ def attn_output_bias(model: Any) -> Any:
     return b if bool(b.abs().max() > 0) else None
 
 
+def attn_output_weights(model: Any) -> Any:
+    """``[n_layers, n_heads, d_head, d_model]`` ``W_O`` (float64, CPU), once per model and
+    weights state (:func:`pytest_circuits.models.derived`): do not modify it in place."""
+    import torch
+
+    return derived(model, "W_O:float64", lambda m: m.W_O.detach().to("cpu", torch.float64))
+
+
+def _writer_constants(model: Any) -> tuple[Any, Any]:
+    """``(W_O, b_O)`` as :func:`attn_output_weights` and :func:`attn_output_bias` give them
+    (read once per sweep: each reads the weights' state)."""
+    return attn_output_weights(model), attn_output_bias(model)
+
+
 def outputs(model: Any, prompts: Any, *, intervention: Any = None,
             store: ActivationStore | None = None, logits: bool = False) -> Outputs:
     """Every writer's output vector at the last position (one forward, or none if cached);
     with ``logits=True`` the model's logits at the last position too (same forward)."""
+    return _outputs(model, prompts, intervention, resolve(store), logits)
+
+
+def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
+             clean: "Outputs | None" = None, consts: tuple[Any, Any] | None = None) -> Outputs:
+    """:func:`outputs`; ``clean``, the clean run's outputs of the same prompts read from the
+    same store, lends its vectors to the writers read from the clean run (those before the
+    first intervened block): the same activations give the same vectors, so they are not
+    computed again. ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
     import torch
 
-    store = resolve(store)
     names = _hooks_needed(model)
     pos = _pos_embed_hook(model)
     if pos is not None:
@@ -385,14 +417,29 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
     before, after = store.split_at_resume(names, intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
+    from_clean = set(before) if clean is not None else set()
     L = model.cfg.n_layers
-    W_O = model.W_O.detach().to("cpu", torch.float64)                 # [L, H, d_head, d_model]
-    vecs = [acts[H.last(H.EMBED)].double()]
+    W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
+    n_heads = W_O.shape[1]
+    row = 0                 # index of the next writer in `writers(model)`
+
+    def reuse(n_rows: int, *hooks: str) -> Any:
+        return clean.vectors[row:row + n_rows] if all(h in from_clean for h in hooks) else None
+
+    parts: list[Any] = []
+    embed = reuse(1, H.last(H.EMBED))
+    parts += [embed] if embed is not None else [acts[H.last(H.EMBED)].double().unsqueeze(0)]
+    row += 1
     for l in range(L):
-        z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
-        heads = torch.einsum("nhd,hdm->hnm", z, W_O[l])
-        vecs += list(heads)
-        vecs.append(acts[H.last(H.mlp_out(l))].double())
+        heads = reuse(n_heads, H.last(H.z(l)))
+        if heads is None:
+            z = acts[H.last(H.z(l))].double()                          # [n, H, d_head]
+            heads = torch.einsum("nhd,hdm->hnm", z, W_O[l])
+        parts.append(heads)
+        row += n_heads
+        mlp = reuse(1, H.last(H.mlp_out(l)))
+        parts.append(mlp if mlp is not None else acts[H.last(H.mlp_out(l))].double().unsqueeze(0))
+        row += 1
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
     n = scale.shape[0]
     cnames: list[str] = []
@@ -400,24 +447,40 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
     if pos is not None:
         cnames.append("pos_embed")
         consts.append(acts[H.last(pos)].double())
-    b_O = attn_output_bias(model)
     if b_O is not None:
         for l in range(L):
             cnames.append(f"b_O[{l}]")
             consts.append(b_O[l].expand(n, -1))
-    return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
+    return Outputs(writers(model), torch.cat(parts), scale, tuple(cnames),
                    torch.stack(consts) if consts else None,
                    acts[H.LOGITS_LAST].double() if logits else None)
 
 
 def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
+    """Centred unembedding directions ``W_U[:, t] - mean_v W_U[:, v]`` of the tokens ``ids``
+    (float64, ``[n, d_model]``) and centred biases ``b_U[t] - mean_v b_U[v]`` (``[n]``). The
+    vocabulary means are computed once per model and weights state; only the ``n`` columns
+    asked for are converted on each call (the same numbers as converting all of ``W_U``)."""
     import torch
 
-    W_U = model.W_U.detach().to("cpu", torch.float64)
-    b_U = model.b_U.detach().to("cpu", torch.float64)
-    w = W_U[:, ids] - W_U.mean(1, keepdim=True)                        # [d_model, n]
-    b = b_U[ids] - b_U.mean()
+    mean_W, b_U, mean_b = _unembed_means(model)
+    W_U = model.W_U.detach()
+    cols = W_U[:, ids.to(W_U.device)].to("cpu", torch.float64)
+    w = cols - mean_W                                                  # [d_model, n]
+    b = b_U[ids] - mean_b
     return w.T, b                                                      # [n, d_model], [n]
+
+
+def _unembed_means(model: Any) -> tuple[Any, Any, Any]:
+    """``(mean_v W_U[:, v] [d_model, 1], b_U [d_vocab], mean_v b_U[v])``, float64 on CPU."""
+    import torch
+
+    def compute(m: Any) -> Any:
+        W_U = m.W_U.detach().to("cpu", torch.float64)
+        b_U = m.b_U.detach().to("cpu", torch.float64)
+        return W_U.mean(1, keepdim=True), b_U, b_U.mean()
+
+    return derived(model, "unembed_means:float64", compute)
 
 
 def direct_effects(outs: Outputs, w: Any, scale: Any | None = None, *, constants: bool = False) -> Any:
@@ -781,19 +844,41 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
     logits; warns (:class:`~pytest_circuits.errors.NoOpInterventionWarning`) when an
     ablated component's direct effect is unchanged on (nearly) every prompt although it
     has one (the ablation replaced its output by an equal one)."""
-    import torch
-
     store = resolve(activations)
     if isinstance(ablate, Interventions):
         abl = ablate
     else:
         abl = _ablate(model, ablate, kind, positions=positions, reference=reference, seed=seed)
-    ids = targets(model, prompts, token, store)
-    w, b = _unembed_dirs(model, ids)
-    clean = outputs(model, prompts, store=store, logits=True)
-    after = outputs(model, prompts, intervention=abl, store=store, logits=True)
+    return _self_repair(model, prompts, abl, _CleanSide.read(model, prompts, token, store), store)
+
+
+@dataclass(frozen=True)
+class _CleanSide:
+    """What every ablation of the same prompts and token shares: the target ids, their centred
+    unembedding directions, the clean run's outputs and direct effects (computed once for a sweep)."""
+
+    ids: Any
+    w: Any
+    outs: Outputs
+    all_de: Any                     # [C + E, n]
+    consts: tuple[Any, Any]         # (W_O, b_O), see _writer_constants
+
+    @staticmethod
+    def read(model: Any, prompts: Any, token: Any, store: ActivationStore) -> "_CleanSide":
+        ids = targets(model, prompts, token, store)
+        w, _ = _unembed_dirs(model, ids)
+        consts = _writer_constants(model)
+        clean = _outputs(model, prompts, None, store, True, consts=consts)
+        return _CleanSide(ids, w, clean, direct_effects(clean, w, constants=True), consts)
+
+
+def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: ActivationStore) -> SelfRepair:
+    import torch
+
+    ids, w, clean = side.ids, side.w, side.outs
+    all_clean = side.all_de.clone()     # each result owns its arrays (a sweep's share nothing)
+    after = _outputs(model, prompts, abl, store, True, clean=clean, consts=side.consts)
     n_c = len(clean.components)
-    all_clean = direct_effects(clean, w, constants=True)                       # [C + E, n]
     all_abl_frozen = direct_effects(after, w, scale=clean.scale, constants=True)
     de_clean = all_clean[:n_c]
     delta_all = all_abl_frozen - all_clean
@@ -836,7 +921,7 @@ def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
             f"{'every prompt' if unchanged == n else f'{unchanged} of {n} prompts'} of {name!r} (own ΔDE = 0; "
             f"clean DE {float(clean_de.mean()):+.3g} on average): its replacement equals the clean output "
             f"(for resample: every prompt's source output for {item.component} equals its own) — an effect "
-            "of 0 measured under it is not evidence of no effect or of no backup"), stacklevel=3)
+            "of 0 measured under it is not evidence of no effect or of no backup"), stacklevel=4)
 
 
 def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = "resample",
@@ -916,6 +1001,14 @@ def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = "r
     from .._progress import bar
 
     comps = parse_many(components, model)
-    return [self_repair(model, prompts, c, kind=kind, token=token, positions=positions, seed=seed,
-                        reference=reference, activations=activations)
-            for c in bar(comps, "ablation sweep", total=len(comps))]
+    if not comps:
+        return []
+    store = resolve(activations)
+    out: list[SelfRepair] = []
+    side: _CleanSide | None = None
+    for c in bar(comps, "ablation sweep", total=len(comps)):
+        abl = _ablate(model, c, kind, positions=positions, reference=reference, seed=seed)
+        if side is None:   # after the first ablation is built, so its errors come first, as in self_repair
+            side = _CleanSide.read(model, prompts, token, store)
+        out.append(_self_repair(model, prompts, abl, side, store))
+    return out

@@ -53,8 +53,8 @@ from ..store import ActivationStore, resolve
 from ..components import MLP, Component, Head, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement
-from ..models import info as model_info
-from .effects import outputs
+from ..models import derived, info as model_info
+from .effects import attn_output_weights, outputs
 
 MIN_COSINE = 0.1            # |mean cosine| under this: the pair is not reported by the scan
 MIN_NORM_FRACTION = 0.01    # writers under 1% of the largest writer's mean norm: left out
@@ -255,11 +255,9 @@ def projection_ratios(model: Any, prompts: Any, *, intervention: Any = None,
 
 
 def _full_output(model: Any, acts: dict, comp: Component) -> Any:
-    import torch
-
     if isinstance(comp, Head):
         z = acts[H.z(comp.layer)][:, :, comp.head].double()
-        return z @ model.W_O[comp.layer, comp.head].detach().to("cpu", torch.float64)
+        return z @ attn_output_weights(model)[comp.layer, comp.head]
     if isinstance(comp, MLP):
         return acts[H.mlp_out(comp.layer)].double()
     return acts[H.EMBED].double()
@@ -346,8 +344,8 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
         resid = acts[H.resid_pre(B.layer)].double()
         scale = acts[H.ln1_scale(B.layer)].double()                       # [n, pos, 1]
         pattern = acts[H.last(H.pattern(B.layer))][:, B.head].double()     # [n, k_pos]
-        W_V = model.W_V[B.layer, B.head // n_rep].detach().to("cpu", torch.float64)
-        W_O = model.W_O[B.layer, B.head].detach().to("cpu", torch.float64)
+        W_V = _value_weights(model)[B.layer, B.head // n_rep]
+        W_O = attn_output_weights(model)[B.layer, B.head]
         b_V = _bias(model, "b_V", B.layer, B.head // n_rep)
 
         def z_last(x: Any) -> Any:
@@ -387,11 +385,24 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
     return ValueCheck(clean, without, worst, change, cosine)
 
 
+def _value_weights(model: Any) -> Any:
+    """``W_V`` (float64, CPU), once per model and weights state (see :func:`..models.derived`)."""
+    import torch
+
+    return derived(model, "W_V:float64", lambda m: m.W_V.detach().to("cpu", torch.float64))
+
+
 def _bias(model: Any, name: str, layer: int, head: int) -> Any:
     import torch
 
-    try:
-        b = getattr(model, name)
-    except AttributeError:
+    def compute(m: Any) -> Any:
+        try:
+            b = getattr(m, name)
+        except AttributeError:
+            return None
+        return b.detach().to("cpu", torch.float64)
+
+    b = derived(model, f"{name}:float64", compute)
+    if b is None:
         return torch.zeros((), dtype=torch.float64)
-    return b[layer, head].detach().to("cpu", torch.float64)
+    return b[layer, head]

@@ -61,25 +61,36 @@ class FutureProbe:
 def collect(model: Any, texts: Sequence[str], *, layer: int, tau: int,
             activations: ActivationStore | None = None) -> tuple[Any, Any, Any, Any]:
     """``(X [N, d], current [N], future [N], text index [N])`` for every usable position."""
+    return _collect_layers(model, texts, layers=[layer], tau=tau, activations=activations)[0]
+
+
+def _collect_layers(model: Any, texts: Sequence[str], *, layers: Sequence[int], tau: int,
+                    activations: ActivationStore | None = None) -> list[tuple[Any, Any, Any, Any]]:
+    """:func:`collect` for each of ``layers``, their residual streams read in one request
+    (one forward for all the layers the store lacks)."""
     import torch
 
-    if not isinstance(tau, int) or tau < 1:
+    if isinstance(tau, bool) or not isinstance(tau, int) or tau < 1:
         raise CircuitsError(bad("tau", tau, "an int >= 1 (tokens ahead)"))
-    if not 0 <= layer < model.cfg.n_layers:
-        raise CircuitsError(bad("layer", layer, f"0..{model.cfg.n_layers - 1}"))
+    for layer in layers:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise CircuitsError(bad("layer", layer, f"0..{model.cfg.n_layers - 1}"))
     store = resolve(activations)
     ps = PromptSet.build(model, list(texts), name=f"future-probe:{len(texts)}")
-    resid = store.get(model, ps, [H.resid_post(layer)])[H.resid_post(layer)]
-    xs, cur, fut, grp = [], [], [], []
+    names = [H.resid_post(layer) for layer in layers]
+    acts = store.get(model, ps, names)
+    rows, cur, fut, grp = [], [], [], []
     for i, n in enumerate(ps.lengths):
         for t in range(1, n - tau):      # position 0 is BOS
-            xs.append(resid[i, t])
+            rows.append((i, t))
             cur.append(int(ps.tokens[i, t]))
             fut.append(int(ps.tokens[i, t + tau]))
             grp.append(i)
-    if not xs:
+    if not rows:
         raise CircuitsError(f"no text is longer than tau={tau} tokens")
-    return torch.stack(xs).double(), torch.tensor(cur), torch.tensor(fut), torch.tensor(grp)
+    idx = torch.tensor(rows)
+    cur_t, fut_t, grp_t = torch.tensor(cur), torch.tensor(fut), torch.tensor(grp)
+    return [(acts[name][idx[:, 0], idx[:, 1]].double(), cur_t, fut_t, grp_t) for name in names]
 
 
 def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
@@ -159,3 +170,18 @@ def future_token_probe(model: Any, texts: Sequence[str], *, layer: int, tau: int
     X, cur, fut, grp = collect(model, texts, layer=layer, tau=tau, activations=activations)
     return fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer,
                tau=tau, model=model_info(model).label, record=record)
+
+
+def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[int], tau: int = 2,
+                        n_classes: int = 50, folds: int = 5, seed: int = 0,
+                        activations: ActivationStore | None = None, record: bool = True) -> list[FutureProbe]:
+    """:func:`future_token_probe` at each of ``layers`` (in the order given), the residual
+    streams of all of them from one forward of the texts; each result equals that of
+    :func:`future_token_probe` at its layer."""
+    layers = list(layers)
+    if not layers:
+        raise CircuitsError(bad("layers", layers, "a non-empty list of layers"))
+    label = model_info(model).label
+    data = _collect_layers(model, texts, layers=layers, tau=tau, activations=activations)
+    return [fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer, tau=tau,
+                model=label, record=record) for layer, (X, cur, fut, grp) in zip(layers, data)]

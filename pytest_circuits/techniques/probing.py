@@ -417,6 +417,21 @@ def _collect(model: Any, texts: Any, labels: Any, *, hook: str, layer: int, pool
                     model=_model_label(model))
 
 
+def _prefetch(model: Any, texts: Any, labels: Any, *, hooks: Sequence[str], pooling: Any,
+              activations: Any) -> None:
+    """Put ``hooks`` of the texts into the store in one request (one forward for all those it
+    lacks), so the :func:`_collect` calls that follow, one per hook, read them from it. The
+    prompt set is built as :func:`_collect` builds it (same tokens, so the same entries)."""
+    from ..prompts import PromptSet
+    from ..store import resolve
+
+    texts, _, _, task_name = _unpack(texts, labels, None)
+    if pooling not in POOLINGS:
+        return          # _collect raises the error
+    ps = PromptSet.build(model, texts, name=task_name)
+    resolve(activations).get(model, ps, [H.last(h) if pooling == "last" else h for h in hooks])
+
+
 def _labels_per_text(labels: Any, n: int) -> np.ndarray:
     try:
         m = len(labels)
@@ -747,8 +762,18 @@ def scan_layers(model: Any, texts: Any, labels: Any = None, *, layers: Sequence[
                 method: str = "mean_diff", **kw: Any) -> list[ProbeResult]:
     """:func:`probe` at each layer, best held-out F1 first (ties: earlier layer first).
 
+    Every layer's activations come from one forward of the texts (the store computes all the
+    layers it lacks at once; each probe then reads its layer from the store).
+
     Picking the best of several layers on the *held-out* F1 is a selection step: state a
     claim found this way on a fresh seed or dataset, or keep a margin."""
+    layers = list(layers)
+    _check_method(method)
+    for l in layers:
+        _check_layer(model, l)
+    if len(set(layers)) > 1:
+        _prefetch(model, texts, labels, hooks=[H.mlp_post(int(l)) for l in dict.fromkeys(layers)],
+                  pooling=kw.get("pooling", "mean"), activations=kw.get("activations"))
     out = [probe(model, texts, labels, layer=l, k=k, method=method, **kw) for l in layers]
     return sorted(out, key=lambda r: (-r.f1.mean, r.layer))
 
