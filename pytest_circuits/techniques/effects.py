@@ -399,11 +399,27 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
 
 
 def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
-             clean: "Outputs | None" = None, consts: tuple[Any, Any] | None = None) -> Outputs:
-    """:func:`outputs`; ``clean``, the clean run's outputs of the same prompts read from the
-    same store, lends its vectors to the writers read from the clean run (those before the
-    first intervened block): the same activations give the same vectors, so they are not
-    computed again. ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
+             consts: tuple[Any, Any] | None = None) -> Outputs:
+    """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
+    r = _read(model, prompts, intervention, store, logits, False, consts)
+    return Outputs(writers(model), r.vectors, r.scale, r.constant_names, r.constants, r.logits)
+
+
+class _Read(NamedTuple):
+    first: int                  # the writers before this row are the clean run's: not in `vectors`
+    vectors: Any                # [C - first, n, d_model]
+    scale: Any                  # [n]
+    constant_names: tuple[str, ...]
+    constants: Any              # [E, n, d_model] or None
+    constants_clean: bool       # the constants are the clean run's (learned positions read there)
+    logits: Any
+
+
+def _read(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
+          skip_clean: bool, consts: tuple[Any, Any] | None) -> _Read:
+    """The writers' vectors of :func:`outputs`; with ``skip_clean`` the leading writers whose
+    activations are read from the clean run (those before the first intervened block) are left
+    out: their vectors, and so their direct effects, are the clean run's."""
     import torch
 
     names = _hooks_needed(model)
@@ -417,43 +433,38 @@ def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore
     before, after = store.split_at_resume(names, intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
-    from_clean = set(before) if clean is not None else set()
+    clean = set(before) if skip_clean else set()
     L = model.cfg.n_layers
     W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
     n_heads = W_O.shape[1]
-    row = 0                 # index of the next writer in `writers(model)`
-
-    def reuse(n_rows: int, *hooks: str) -> Any:
-        return clean.vectors[row:row + n_rows] if all(h in from_clean for h in hooks) else None
-
-    parts: list[Any] = []
-    embed = reuse(1, H.last(H.EMBED))
-    parts += [embed] if embed is not None else [acts[H.last(H.EMBED)].double().unsqueeze(0)]
-    row += 1
-    for l in range(L):
-        heads = reuse(n_heads, H.last(H.z(l)))
-        if heads is None:
-            z = acts[H.last(H.z(l))].double()                          # [n, H, d_head]
-            heads = torch.einsum("nhd,hdm->hnm", z, W_O[l])
-        parts.append(heads)
-        row += n_heads
-        mlp = reuse(1, H.last(H.mlp_out(l)))
-        parts.append(mlp if mlp is not None else acts[H.last(H.mlp_out(l))].double().unsqueeze(0))
-        row += 1
+    # leading writers read from the clean run: the embedding, then whole blocks
+    first, skip_to = 0, 0
+    if H.last(H.EMBED) in clean:
+        first = 1
+        while skip_to < L and H.last(H.z(skip_to)) in clean and H.last(H.mlp_out(skip_to)) in clean:
+            skip_to += 1
+        first += skip_to * (n_heads + 1)
+    parts: list[Any] = [] if first else [acts[H.last(H.EMBED)].double().unsqueeze(0)]
+    for l in range(skip_to, L):
+        z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
+        parts.append(torch.einsum("nhd,hdm->hnm", z, W_O[l]))
+        parts.append(acts[H.last(H.mlp_out(l))].double().unsqueeze(0))
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
     n = scale.shape[0]
     cnames: list[str] = []
-    consts: list[Any] = []
+    cvecs: list[Any] = []
     if pos is not None:
         cnames.append("pos_embed")
-        consts.append(acts[H.last(pos)].double())
+        cvecs.append(acts[H.last(pos)].double())
     if b_O is not None:
         for l in range(L):
             cnames.append(f"b_O[{l}]")
-            consts.append(b_O[l].expand(n, -1))
-    return Outputs(writers(model), torch.cat(parts), scale, tuple(cnames),
-                   torch.stack(consts) if consts else None,
-                   acts[H.LOGITS_LAST].double() if logits else None)
+            cvecs.append(b_O[l].expand(n, -1))
+    d = W_O.shape[-1]
+    vectors = torch.cat(parts) if parts else torch.zeros((0, n, d), dtype=torch.float64)
+    return _Read(first, vectors, scale, tuple(cnames), torch.stack(cvecs) if cvecs else None,
+                 skip_clean and (pos is None or H.last(pos) in clean),
+                 acts[H.LOGITS_LAST].double() if logits else None)
 
 
 def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
@@ -487,7 +498,12 @@ def direct_effects(outs: Outputs, w: Any, scale: Any | None = None, *, constants
     """``[C, n]`` direct effects, dividing by ``scale`` (default: the run's own); with
     ``constants=True`` ``[C + E, n]``, the constants' rows after the components'."""
     s = outs.scale if scale is None else scale
-    vecs = outs.all_vectors if constants else outs.vectors
+    return _de(outs.all_vectors if constants else outs.vectors, w, s)
+
+
+def _de(vecs: Any, w: Any, s: Any) -> Any:
+    """``[k, n]`` direct effects of ``vecs`` ``[k, n, d]``; each row's value depends on that row
+    alone, so the rows of a part are those of the whole (bitwise)."""
     return (vecs * w.unsqueeze(0)).sum(-1) / s.unsqueeze(0)
 
 
@@ -868,7 +884,7 @@ class _CleanSide:
         ids = targets(model, prompts, token, store)
         w, _ = _unembed_dirs(model, ids)
         consts = _writer_constants(model)
-        clean = _outputs(model, prompts, None, store, True, consts=consts)
+        clean = _outputs(model, prompts, None, store, True, consts)
         return _CleanSide(ids, w, clean, direct_effects(clean, w, constants=True), consts)
 
 
@@ -877,9 +893,15 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
 
     ids, w, clean = side.ids, side.w, side.outs
     all_clean = side.all_de.clone()     # each result owns its arrays (a sweep's share nothing)
-    after = _outputs(model, prompts, abl, store, True, clean=clean, consts=side.consts)
+    after = _read(model, prompts, abl, store, True, True, side.consts)
     n_c = len(clean.components)
-    all_abl_frozen = direct_effects(after, w, scale=clean.scale, constants=True)
+    # The ablated run's direct effects with the clean scale: the writers read from the clean
+    # run have the clean run's (its rows), the others are computed from their vectors.
+    if after.constants_clean or after.constants is None:
+        const_de = all_clean[n_c:]
+    else:
+        const_de = _de(after.constants, w, clean.scale)
+    all_abl_frozen = torch.cat([all_clean[:after.first], _de(after.vectors, w, clean.scale), const_de])
     de_clean = all_clean[:n_c]
     delta_all = all_abl_frozen - all_clean
     delta = delta_all[:n_c]
