@@ -78,6 +78,7 @@ def floor(model, ps):
     return L * sum(ps.lengths) + sum((L - l) * n for l in range(L))
 
 
+@torch.no_grad()   # (not set_grad_enabled(False): main() also runs inside the test process)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
@@ -89,7 +90,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest |diff| accepted (exit 1 above)")
     a = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     model = load_model(a.model, cache_dir=a.cache_dir, device=a.device)
     model(torch.tensor([[0, 0]], device=model.cfg.device))    # untimed, shared: torch's first-call costs
     ps = tasks.facts(model, path=a.facts)

@@ -437,9 +437,9 @@ def parse(argv: list[str] | None = None) -> Any:
     return a
 
 
+@torch.no_grad()   # (not set_grad_enabled(False): main() also runs inside the test process)
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    torch.set_grad_enabled(False)
     model = load_model(a.model, cache_dir=a.cache_dir, device=a.device)
     model(torch.tensor([[0, 0]], device=model.cfg.device))   # untimed, shared: torch's first-call costs
     claims = {"a": claim_a, "b": claim_b, "c": claim_c}
