@@ -64,7 +64,7 @@ from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import Measurement
-from ..models import derived, info as model_info
+from ..models import derived, info as model_info, weights_state
 
 
 def writers(model: Any) -> tuple[Component, ...]:
@@ -380,15 +380,19 @@ def _attn_output_bias(model: Any) -> Any:
 def attn_output_weights(model: Any) -> Any:
     """``[n_layers, n_heads, d_head, d_model]`` ``W_O`` (float64, CPU), once per model and
     weights state (:func:`pytest_circuits.models.derived`): do not modify it in place."""
+    return _attn_output_weights(model, None)
+
+
+def _attn_output_weights(model: Any, state: tuple | None) -> Any:
     import torch
 
-    return derived(model, "W_O:float64", lambda m: m.W_O.detach().to("cpu", torch.float64))
+    return derived(model, "W_O:float64", lambda m: m.W_O.detach().to("cpu", torch.float64), state=state)
 
 
-def _writer_constants(model: Any) -> tuple[Any, Any]:
-    """``(W_O, b_O)`` as :func:`attn_output_weights` and :func:`attn_output_bias` give them
-    (read once per sweep: each reads the weights' state)."""
-    return attn_output_weights(model), attn_output_bias(model)
+def _writer_constants(model: Any, state: tuple | None = None) -> tuple[Any, Any]:
+    """``(W_O, b_O)`` as :func:`attn_output_weights` and :func:`attn_output_bias` give them;
+    ``state``: the weights' state (:func:`~pytest_circuits.models.weights_state`) when read already."""
+    return _attn_output_weights(model, state), attn_output_bias(model)
 
 
 def outputs(model: Any, prompts: Any, *, intervention: Any = None,
@@ -401,25 +405,6 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
 def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
              consts: tuple[Any, Any] | None = None) -> Outputs:
     """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
-    r = _read(model, prompts, intervention, store, logits, False, consts)
-    return Outputs(writers(model), r.vectors, r.scale, r.constant_names, r.constants, r.logits)
-
-
-class _Read(NamedTuple):
-    first: int                  # the writers before this row are the clean run's: not in `vectors`
-    vectors: Any                # [C - first, n, d_model]
-    scale: Any                  # [n]
-    constant_names: tuple[str, ...]
-    constants: Any              # [E, n, d_model] or None
-    constants_clean: bool       # the constants are the clean run's (learned positions read there)
-    logits: Any
-
-
-def _read(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
-          skip_clean: bool, consts: tuple[Any, Any] | None) -> _Read:
-    """The writers' vectors of :func:`outputs`; with ``skip_clean`` the leading writers whose
-    activations are read from the clean run (those before the first intervened block) are left
-    out: their vectors, and so their direct effects, are the clean run's."""
     import torch
 
     names = _hooks_needed(model)
@@ -433,22 +418,14 @@ def _read(model: Any, prompts: Any, intervention: Any, store: ActivationStore, l
     before, after = store.split_at_resume(names, intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
-    clean = set(before) if skip_clean else set()
     L = model.cfg.n_layers
     W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
-    n_heads = W_O.shape[1]
-    # leading writers read from the clean run: the embedding, then whole blocks
-    first, skip_to = 0, 0
-    if H.last(H.EMBED) in clean:
-        first = 1
-        while skip_to < L and H.last(H.z(skip_to)) in clean and H.last(H.mlp_out(skip_to)) in clean:
-            skip_to += 1
-        first += skip_to * (n_heads + 1)
-    parts: list[Any] = [] if first else [acts[H.last(H.EMBED)].double().unsqueeze(0)]
-    for l in range(skip_to, L):
+    vecs = [acts[H.last(H.EMBED)].double()]
+    for l in range(L):
         z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
-        parts.append(torch.einsum("nhd,hdm->hnm", z, W_O[l]))
-        parts.append(acts[H.last(H.mlp_out(l))].double().unsqueeze(0))
+        heads = torch.einsum("nhd,hdm->hnm", z, W_O[l])
+        vecs += list(heads)
+        vecs.append(acts[H.last(H.mlp_out(l))].double())
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
     n = scale.shape[0]
     cnames: list[str] = []
@@ -460,21 +437,19 @@ def _read(model: Any, prompts: Any, intervention: Any, store: ActivationStore, l
         for l in range(L):
             cnames.append(f"b_O[{l}]")
             cvecs.append(b_O[l].expand(n, -1))
-    d = W_O.shape[-1]
-    vectors = torch.cat(parts) if parts else torch.zeros((0, n, d), dtype=torch.float64)
-    return _Read(first, vectors, scale, tuple(cnames), torch.stack(cvecs) if cvecs else None,
-                 skip_clean and (pos is None or H.last(pos) in clean),
-                 acts[H.LOGITS_LAST].double() if logits else None)
+    return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
+                   torch.stack(cvecs) if cvecs else None,
+                   acts[H.LOGITS_LAST].double() if logits else None)
 
 
-def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
+def _unembed_dirs(model: Any, ids: Any, state: tuple | None = None) -> tuple[Any, Any]:
     """Centred unembedding directions ``W_U[:, t] - mean_v W_U[:, v]`` of the tokens ``ids``
     (float64, ``[n, d_model]``) and centred biases ``b_U[t] - mean_v b_U[v]`` (``[n]``). The
     vocabulary means are computed once per model and weights state; only the ``n`` columns
     asked for are converted on each call (the same numbers as converting all of ``W_U``)."""
     import torch
 
-    mean_W, b_U, mean_b = _unembed_means(model)
+    mean_W, b_U, mean_b = _unembed_means(model, state)
     W_U = model.W_U.detach()
     cols = W_U[:, ids.to(W_U.device)].to("cpu", torch.float64)
     w = cols - mean_W                                                  # [d_model, n]
@@ -482,7 +457,7 @@ def _unembed_dirs(model: Any, ids: Any) -> tuple[Any, Any]:
     return w.T, b                                                      # [n, d_model], [n]
 
 
-def _unembed_means(model: Any) -> tuple[Any, Any, Any]:
+def _unembed_means(model: Any, state: tuple | None = None) -> tuple[Any, Any, Any]:
     """``(mean_v W_U[:, v] [d_model, 1], b_U [d_vocab], mean_v b_U[v])``, float64 on CPU."""
     import torch
 
@@ -491,7 +466,7 @@ def _unembed_means(model: Any) -> tuple[Any, Any, Any]:
         b_U = m.b_U.detach().to("cpu", torch.float64)
         return W_U.mean(1, keepdim=True), b_U, b_U.mean()
 
-    return derived(model, "unembed_means:float64", compute)
+    return derived(model, "unembed_means:float64", compute, state=state)
 
 
 def direct_effects(outs: Outputs, w: Any, scale: Any | None = None, *, constants: bool = False) -> Any:
@@ -511,8 +486,8 @@ def centred_logit(logits: Any, ids: Any) -> Any:
     """``logits[i, ids[i]] - mean_v logits[i, v]`` (float64): the logit the effects explain."""
     import torch
 
-    lg = logits.double()
-    return lg[torch.arange(lg.shape[0]), ids] - lg.mean(-1)
+    # the mean accumulated in float64 without a float64 copy of the logits (the same numbers)
+    return logits[torch.arange(logits.shape[0]), ids].double() - logits.mean(-1, dtype=torch.float64)
 
 
 def identity_tolerance(model: Any, parts: Any) -> Any:
@@ -870,44 +845,112 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample"
 
 @dataclass(frozen=True)
 class _CleanSide:
-    """What every ablation of the same prompts and token shares: the target ids, their centred
-    unembedding directions, the clean run's outputs and direct effects (computed once for a sweep)."""
+    """What every ablation of the same prompts and token shares (computed once for a sweep): the
+    target ids, their centred unembedding directions ``w`` and, per head, ``W_O[l, h] @ w``
+    (a head's direct effect is ``z . (W_O w) / s``: no output vector is formed), and the clean
+    run's direct effects, scale and logits."""
 
     ids: Any
-    w: Any
-    outs: Outputs
+    w: Any                          # [n, d_model]
+    w_heads: Any                    # [L, n, H, d_head]: W_O[l, h] @ w_i
+    b_O: Any                        # [L, d_model] or None
+    components: tuple[Component, ...]
+    constant_names: tuple[str, ...]
     all_de: Any                     # [C + E, n]
-    consts: tuple[Any, Any]         # (W_O, b_O), see _writer_constants
+    scale: Any                      # [n]
+    logits: Any                     # [n, d_vocab]
 
     @staticmethod
     def read(model: Any, prompts: Any, token: Any, store: ActivationStore) -> "_CleanSide":
+        import torch
+
         ids = targets(model, prompts, token, store)
-        w, _ = _unembed_dirs(model, ids)
-        consts = _writer_constants(model)
-        clean = _outputs(model, prompts, None, store, True, consts)
-        return _CleanSide(ids, w, clean, direct_effects(clean, w, constants=True), consts)
+        state = weights_state(model)      # read once for the constants below
+        w, _ = _unembed_dirs(model, ids, state)
+        W_O, b_O = _writer_constants(model, state)
+        w_heads = torch.einsum("lhdm,nm->lnhd", W_O, w)
+        r = _read_de(model, prompts, None, store, w, w_heads, b_O, None)
+        return _CleanSide(ids, w, w_heads, b_O, writers(model), r.constant_names,
+                          torch.cat([r.de, r.constant_de]), r.scale, r.logits)
+
+
+class _ReadDE(NamedTuple):
+    first: int                  # the writers before this row are the clean run's: not in `de`
+    de: Any                     # [C - first, n] direct effects (scale: the clean run's)
+    constant_names: tuple[str, ...]
+    constant_de: Any            # [E, n], or None: the clean run's
+    scale: Any                  # [n] this run's final-norm scale
+    logits: Any                 # [n, d_vocab] as the store gives them (centred_logit reads them in float64)
+
+
+def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore, w: Any, w_heads: Any,
+             b_O: Any, clean_scale: Any) -> _ReadDE:
+    """Direct effects of every writer under ``intervention`` with the clean scale (its own
+    when ``clean_scale`` is None: the clean run). With an intervention, the leading writers
+    whose activations are read from the clean run (those before the first intervened block)
+    are left out: their direct effects are the clean run's."""
+    import torch
+
+    names = _hooks_needed(model)
+    pos = _pos_embed_hook(model)
+    if pos is not None:
+        names.append(H.last(pos))
+    names.append(H.LOGITS_LAST)
+    before, after = store.split_at_resume(names, intervention)
+    acts = store.get(model, prompts, before) if before else {}
+    acts.update(store.get(model, prompts, after, intervention))
+    clean = set(before) if intervention is not None else set()
+    L = model.cfg.n_layers
+    scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
+    s = scale if clean_scale is None else clean_scale
+    first, skip_to = 0, 0
+    if H.last(H.EMBED) in clean:
+        first = 1
+        while skip_to < L and H.last(H.z(skip_to)) in clean and H.last(H.mlp_out(skip_to)) in clean:
+            skip_to += 1
+        first += skip_to * (w_heads.shape[2] + 1)
+    rows: list[Any] = [] if first else [_de(acts[H.last(H.EMBED)].double().unsqueeze(0), w, s)]
+    for l in range(skip_to, L):
+        z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
+        rows.append(((z * w_heads[l]).sum(-1) / s.unsqueeze(-1)).T)    # [H, n]
+        rows.append(_de(acts[H.last(H.mlp_out(l))].double().unsqueeze(0), w, s))
+    n = scale.shape[0]
+    de = torch.cat(rows) if rows else torch.zeros((0, n), dtype=torch.float64)
+    cnames: list[str] = []
+    cvecs: list[Any] = []
+    if pos is not None:
+        cnames.append("pos_embed")
+        cvecs.append(acts[H.last(pos)].double())
+    if b_O is not None:
+        for l in range(L):
+            cnames.append(f"b_O[{l}]")
+            cvecs.append(b_O[l].expand(n, -1))
+    if intervention is not None and (pos is None or H.last(pos) in clean):
+        const_de = None         # the clean run's (b_O is constant; learned positions read there)
+    elif cvecs:
+        const_de = _de(torch.stack(cvecs), w, s)
+    else:
+        const_de = torch.zeros((0, n), dtype=torch.float64)
+    return _ReadDE(first, de, tuple(cnames), const_de, scale, acts[H.LOGITS_LAST])
 
 
 def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: ActivationStore) -> SelfRepair:
     import torch
 
-    ids, w, clean = side.ids, side.w, side.outs
+    ids = side.ids
     all_clean = side.all_de.clone()     # each result owns its arrays (a sweep's share nothing)
-    after = _read(model, prompts, abl, store, True, True, side.consts)
-    n_c = len(clean.components)
+    after = _read_de(model, prompts, abl, store, side.w, side.w_heads, side.b_O, side.scale)
+    n_c = len(side.components)
     # The ablated run's direct effects with the clean scale: the writers read from the clean
-    # run have the clean run's (its rows), the others are computed from their vectors.
-    if after.constants_clean or after.constants is None:
-        const_de = all_clean[n_c:]
-    else:
-        const_de = _de(after.constants, w, clean.scale)
-    all_abl_frozen = torch.cat([all_clean[:after.first], _de(after.vectors, w, clean.scale), const_de])
+    # run have the clean run's (its rows), the others are computed from their activations.
+    const_de = all_clean[n_c:] if after.constant_de is None else after.constant_de
+    all_abl_frozen = torch.cat([all_clean[:after.first], after.de, const_de])
     de_clean = all_clean[:n_c]
     delta_all = all_abl_frozen - all_clean
     delta = delta_all[:n_c]
-    norm = all_abl_frozen.sum(0) * (clean.scale / after.scale - 1.0) + delta_all[n_c:].sum(0)
+    norm = all_abl_frozen.sum(0) * (side.scale / after.scale - 1.0) + delta_all[n_c:].sum(0)
     total = delta.sum(0) + norm
-    clean_logit = centred_logit(clean.logits, ids)
+    clean_logit = centred_logit(side.logits, ids)
     measured = centred_logit(after.logits, ids) - clean_logit
     _check_identity(model, total, measured, torch.cat([all_clean, all_abl_frozen]),
                     f"the self-repair decomposition of {abl.key}", _MISSING_WRITER)
@@ -915,13 +958,13 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
     for item in abl:
         comp = item.component
         # a neuron's writer is its MLP
-        rows = rows_of(clean.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
+        rows = rows_of(side.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
         ablated += rows
         _warn_if_noop(item, de_clean[rows].sum(0), delta[rows].sum(0), prompts.name)
     mi = model_info(model)
-    return SelfRepair(mi.label, abl, clean.components, tuple(sorted(set(ablated))), de_clean, delta, norm,
+    return SelfRepair(mi.label, abl, side.components, tuple(sorted(set(ablated))), de_clean, delta, norm,
                       total, clean_logit, prompts.name, prompts.prompts, measured,
-                      dict(zip(clean.constant_names, all_clean[n_c:])))
+                      dict(zip(side.constant_names, all_clean[n_c:])))
 
 
 def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
