@@ -858,7 +858,7 @@ class _CleanSide:
     constant_names: tuple[str, ...]
     all_de: Any                     # [C + E, n]
     scale: Any                      # [n]
-    logits: Any                     # [n, d_vocab]
+    clean_logit: Any                # [n] centred logit of the target, read from the clean run's logits
 
     @staticmethod
     def read(model: Any, prompts: Any, token: Any, store: ActivationStore) -> "_CleanSide":
@@ -871,7 +871,7 @@ class _CleanSide:
         w_heads = torch.einsum("lhdm,nm->lnhd", W_O, w)
         r = _read_de(model, prompts, None, store, w, w_heads, b_O, None)
         return _CleanSide(ids, w, w_heads, b_O, writers(model), r.constant_names,
-                          torch.cat([r.de, r.constant_de]), r.scale, r.logits)
+                          torch.cat([r.de, r.constant_de]), r.scale, centred_logit(r.logits, ids))
 
 
 class _ReadDE(NamedTuple):
@@ -950,7 +950,7 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
     delta = delta_all[:n_c]
     norm = all_abl_frozen.sum(0) * (side.scale / after.scale - 1.0) + delta_all[n_c:].sum(0)
     total = delta.sum(0) + norm
-    clean_logit = centred_logit(side.logits, ids)
+    clean_logit = side.clean_logit.clone()
     measured = centred_logit(after.logits, ids) - clean_logit
     _check_identity(model, total, measured, torch.cat([all_clean, all_abl_frozen]),
                     f"the self-repair decomposition of {abl.key}", _MISSING_WRITER)
