@@ -21,14 +21,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"activations: (\d+) forward passes \((\d+) prompts\), (\d+) hits from memory, "
                   r"(\d+) from disk, (\d+) computed")
+COMPUTE = re.compile(r"compute: .*")
+SLOWEST = re.compile(r"^\s*[\d.]+s (call|setup) .*$", re.M)
 
 
-def run(cache: Path, extra: list[str]) -> tuple[float, dict[str, int], int]:
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider",
+def run(cache: Path, extra: list[str]) -> tuple[float, dict[str, Any], int]:
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--durations=12",
            f"--circuits-cache-dir={cache}", *extra]
     start = time.perf_counter()
     # CI=1: hypothesis claims use the derandomized profile, so both runs draw the same
@@ -40,7 +43,11 @@ def run(cache: Path, extra: list[str]) -> tuple[float, dict[str, int], int]:
         sys.stdout.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit("bench: no activations summary line in the pytest output")
     keys = ("forward_passes", "prompts", "memory_hits", "disk_hits", "computed")
-    return wall, dict(zip(keys, map(int, m.groups()))), proc.returncode
+    out: dict[str, Any] = dict(zip(keys, map(int, m.groups())))
+    c = COMPUTE.search(proc.stdout)
+    out["compute"] = c.group(0) if c else "compute: (no line)"
+    out["slowest"] = [x.group(0).strip() for x in SLOWEST.finditer(proc.stdout)][:12]
+    return wall, out, proc.returncode
 
 
 def main() -> int:
@@ -63,6 +70,11 @@ def main() -> int:
     for name, t, c, rc in (("cold", cold_t, cold, rc1), ("warm", warm_t, warm, rc2)):
         print(f"{name:6} {t:8.1f} {c['forward_passes']:9d} {c['prompts']:8d} {c['disk_hits']:9d} "
               f"{c['computed']:9d} {rc}")
+    for name, c in (("cold", cold), ("warm", warm)):
+        print(f"{name}: {c['compute']}")
+    print("slowest items of the cold run:")
+    for line in cold["slowest"]:
+        print("  " + line)
     print(f"warm/cold wall-time ratio: {warm_t / cold_t:.3f}"
           + (" (cold includes GGUF conversion)" if not keep else " (weights reused)"))
     if warm["forward_passes"]:

@@ -18,6 +18,7 @@ position axis, which is all a direct-effect measurement needs and is far smaller
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from .components import MLP, Attn, Component, Embed, Head, Neuron
@@ -169,10 +170,29 @@ def output(component: Component) -> str:
     raise ComponentError(bad("component", component, "Head, Attn, MLP, Neuron or Embed"))
 
 
+_NAMES: "weakref.WeakKeyDictionary[Any, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _hook_names(model: Any, fresh: bool = False) -> frozenset[str]:
+    """The model's hook names, remembered per model object (TransformerLens rebuilds
+    ``hook_dict`` on every access, about a millisecond each)."""
+    try:
+        if not fresh and model in _NAMES:
+            return _NAMES[model]
+    except TypeError:                     # not weak-referenceable: never remembered
+        return frozenset(model.hook_dict)
+    names = frozenset(model.hook_dict)
+    _NAMES[model] = names
+    return names
+
+
 def check_names(model: Any, names: list[str]) -> None:
     """Raise a clear error for hook names the model does not have."""
-    known = model.hook_dict
+    known = _hook_names(model)
     missing = [n for n in names if not is_pseudo(n) and not is_attn_cache(n) and n not in known]
+    if missing:
+        known = _hook_names(model, fresh=True)      # the module tree may have changed: look again
+        missing = [n for n in missing if n not in known]
     if missing:
         import difflib
 

@@ -1070,10 +1070,28 @@ def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = "r
         return []
     store = resolve(activations)
     out: list[SelfRepair] = []
-    side: _CleanSide | None = None
-    for c in bar(comps, "ablation sweep", total=len(comps)):
-        abl = _ablate(model, c, kind, positions=positions, reference=reference, seed=seed)
-        if side is None:   # after the first ablation is built, so its errors come first, as in self_repair
-            side = _CleanSide.read(model, prompts, token, store)
+    abls = [_ablate(model, c, kind, positions=positions, reference=reference, seed=seed) for c in comps]
+    side = _CleanSide.read(model, prompts, token, store)
+    _run_together(model, prompts, abls, store)
+    for abl in bar(abls, "ablation sweep", total=len(abls)):
         out.append(_self_repair(model, prompts, abl, side, store))
     return out
+
+
+def _run_together(model: Any, prompts: Any, abls: Sequence[Any], store: ActivationStore) -> None:
+    """Compute the ablated runs a sweep reads, those of one layer (the same names) in shared
+    forwards (:meth:`~pytest_circuits.store.ActivationStore.get_many`); the sweep then reads
+    them from memory."""
+    names = _hooks_needed(model)
+    pos = _pos_embed_hook(model)
+    if pos is not None:
+        names.append(H.last(pos))
+    names.append(H.LOGITS_LAST)
+    by_layer: dict[int, list[Any]] = {}
+    for abl in abls:
+        by_layer.setdefault(abl.layer, []).append(abl)
+    for group in by_layer.values():
+        if len(group) > 1:
+            for abl in group:
+                abl.check(model, prompts)
+            store.get_many(model, prompts, store.split_at_resume(names, group[0])[1], group)

@@ -218,3 +218,20 @@ def test_stacked_interventions_equal_one_at_a_time(model, sets, positions):
     again = stacked.get_many(model, ps, READS, ivs)
     assert stacked.counters.forward_passes == before
     assert all(torch.equal(a[H.LOGITS_LAST], b[H.LOGITS_LAST]) for a, b in zip(again, many))
+
+
+def test_a_head_sweep_shares_forwards_and_equals_one_at_a_time(model, sets):
+    """effects.sweep runs the ablations of one layer's heads in shared forwards; each result
+    equals self_repair on a fresh store."""
+    from pytest_circuits.techniques import effects as E
+
+    ps = PromptSet.build(model, VARIED, answers=["mat", "the", "of", "the", "the"], name="answers")
+    heads = [f"L{l}H{h}" for l in (1, 2) for h in range(model.cfg.n_heads)]
+    together = ActivationStore(batch_size=64)
+    with _quiet():
+        swept = E.sweep(model, ps, heads, kind="zero", positions="last", activations=together)
+        alone = [E.self_repair(model, ps, h, kind="zero", positions="last", activations=ActivationStore())
+                 for h in heads]
+    assert together.counters.forward_passes == 1 + 2          # the clean run, one per layer
+    for a, b in zip(swept, alone):
+        assert torch.allclose(a.total, b.total, atol=1e-5) and torch.allclose(a.delta_de, b.delta_de, atol=1e-5)
