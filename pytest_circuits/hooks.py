@@ -9,7 +9,7 @@ so that measurements never need to keep full ``[batch, pos, vocab]`` logits:
 * ``LOGITS_LAST``: logits at each prompt's last real position, ``[batch, d_vocab]``;
 * ``TOKEN_LOSS``: next-token cross-entropy at each position, ``[batch, pos - 1]``
 * ``logprobs_last(ids)``: log-probabilities of a few tokens at the last position
-  (entries past a prompt's length are 0).
+  (``logprobs_last(ids, back=1)``: at the position before it).
 
 Any hook name with the suffix ``@last`` (``last("blocks.3.hook_attn_out")``) is that
 hook read only at each prompt's last real position: ``[batch, ...]`` without the
@@ -31,14 +31,23 @@ PSEUDO = (LOGITS_LAST, TOKEN_LOSS)
 LOGPROBS_LAST = "logprobs.last"
 
 
-def logprobs_last(ids: Any) -> str:
+def logprobs_last(ids: Any, back: int = 0) -> str:
     """Log-probabilities (float64, over the whole vocabulary) of the tokens ``ids`` at each
-    prompt's last position, ``[batch, len(ids)]``: what a metric over a few tokens needs,
-    stored in a few bytes per prompt instead of a whole vocabulary of logits."""
+    prompt's last position (``back`` positions before it with ``back > 0``),
+    ``[batch, len(ids)]``: what a metric over a few tokens needs, stored in a few bytes per
+    prompt instead of a whole vocabulary of logits."""
     ids = [int(i) for i in ids]
     if not ids:
         raise ComponentError(bad("ids", ids, "at least one token id"))
-    return f"{LOGPROBS_LAST}[{','.join(map(str, ids))}]"
+    if isinstance(back, bool) or not isinstance(back, int) or back < 0:
+        raise ComponentError(bad("back", back, "a non-negative int (positions before the last)"))
+    return f"{LOGPROBS_LAST}{f'-{back}' if back else ''}[{','.join(map(str, ids))}]"
+
+
+def logprob_back(name: str) -> int:
+    """How many positions before the last a ``logprobs_last`` name reads (0: the last)."""
+    tail = name[len(LOGPROBS_LAST):name.index("[")]
+    return int(tail[1:]) if tail else 0
 
 
 KV_SUFFIX = ".attn.cache_"   # blocks.N.attn.cache_k / cache_v: what block N's attention caches
@@ -61,11 +70,11 @@ def is_attn_cache(name: str) -> bool:
 
 def is_pseudo(name: str) -> bool:
     """Names computed from the logits rather than read at a hook."""
-    return name in PSEUDO or name.startswith(LOGPROBS_LAST + "[")
+    return name in PSEUDO or (name.startswith(LOGPROBS_LAST) and "[" in name and name.endswith("]"))
 
 
 def logprob_ids(name: str) -> list[int]:
-    return [int(x) for x in name[len(LOGPROBS_LAST) + 1:-1].split(",")]
+    return [int(x) for x in name[name.index("[") + 1:-1].split(",")]
 
 EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"   # learned positions added to the residual stream (GPT-2)

@@ -491,7 +491,10 @@ class ActivationStore:
         # fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
         last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
         skip_unembed = (not want_logits and not touches_unembed) or last_only
-        return _Plan(real, start, stop, n_layers, last_only, skip_unembed, want_logits, tuple(caches), resumed)
+        back = max([H.logprob_back(n) for n in names if n.startswith(H.LOGPROBS_LAST)], default=0)
+        backs = tuple(range(back + 1))          # contiguous: row k of the last-only logits is back k
+        return _Plan(real, start, stop, n_layers, last_only, skip_unembed, want_logits, tuple(caches), resumed,
+                     backs)
 
     def _suffix_starts(self, model: Any, prompts: Any, plan: "_Plan", names: Sequence[str],
                        intervention: Intervention | None) -> Any:
@@ -512,7 +515,8 @@ class ActivationStore:
         if firsts.shape[0] != len(prompts):
             raise CircuitsError(f"{type(intervention).__name__}.first_positions returned {firsts.shape[0]} "
                                 f"positions for {len(prompts)} prompts")
-        firsts = torch.minimum(firsts.clamp(min=0), lengths - 1)
+        # each prompt's logits are read at its last position (and plan.backs before it)
+        firsts = torch.minimum(firsts.clamp(min=0), (lengths - 1 - max(plan.backs)).clamp(min=0))
         return firsts if bool((firsts > 0).any()) else None
 
     def _run_batch(self, model: Any, prompts: Any, plan: "_Plan", intervention: Intervention | None,
@@ -589,11 +593,18 @@ class ActivationStore:
                     "`layer` must be the first block whose input it changes (-1 for the embedding)")
         shift = starts if starts is not None else torch.zeros_like(lengths)
         logit_lengths = lengths - shift
+        short = [int(r) for r, n in zip(rows, lengths) if n - 1 - max(plan.backs) < 0] if plan.want_logits else []
+        if short:
+            raise CircuitsError(f"logits {max(plan.backs)} positions before the last asked of {prompts.name!r}, "
+                                f"whose prompt(s) {short[:5]} are shorter than that")
         if plan.last_only:
+            # the rows of each position read (the last, and plan.backs before it), unembedded
+            # outside the forward: ``logits`` is [b, len(backs), vocab], the last position last
             with torch.no_grad():
-                final = logits[torch.arange(b), (lengths - 1 - shift).to(logits.device)]
-                logits = _unembed(model)(final).unsqueeze(1)
-            logit_lengths = torch.ones_like(lengths)
+                finals = [logits[torch.arange(b), (lengths - 1 - k - shift).to(logits.device)]
+                          for k in reversed(plan.backs)]
+                logits = _unembed(model)(torch.stack(finals, 1))
+            logit_lengths = torch.full_like(lengths, len(plan.backs))
         c = self.counters
         blocks_run = last_block + 1 - plan.start
         c.forward_passes += 1
@@ -632,6 +643,7 @@ class _Plan:
     want_logits: bool = False
     caches: tuple[int, ...] = ()   # blocks whose attention keys/values are recorded
     resumed: bool = False    # the forward starts at block ``start`` from the clean residual stream
+    backs: tuple[int, ...] = (0,)  # logits read this many positions before each prompt's last
 
 
 @dataclass(frozen=True)
@@ -643,11 +655,12 @@ class _Batch:
     logit_lengths: Any       # lengths along the logits' position axis
     grabbed: dict[str, Any]  # hook -> value, padding zeroed
 
-    def last_logits(self) -> Any:
+    def last_logits(self, back: int = 0) -> Any:
+        """Each row's logits at its last position (``back`` positions before it)."""
         import torch
 
         rows = torch.arange(self.logits.shape[0])
-        return self.logits[rows, (self.logit_lengths - 1).to(self.logits.device)]
+        return self.logits[rows, (self.logit_lengths - 1 - back).to(self.logits.device)]
 
 
 def _kind(name: str) -> str:
@@ -672,7 +685,7 @@ def _extract_logits_last(name: str, b: _Batch, width_all: int) -> Any:
 def _extract_logprobs_last(name: str, b: _Batch, width_all: int) -> Any:
     import torch
 
-    at = b.last_logits().double().log_softmax(-1)
+    at = b.last_logits(H.logprob_back(name)).double().log_softmax(-1)
     return at[:, torch.tensor(H.logprob_ids(name), device=at.device)].detach().to("cpu")
 
 

@@ -178,6 +178,21 @@ def _probs(model: Any, ps: PromptSet, ids: Sequence[int], intervention: Interven
     return store.get(model, ps, [name], intervention)[name].exp()
 
 
+def _prefix_consistent(intervention: Any) -> bool:
+    """Whether ``intervention`` changes the positions the second prompts share with the first
+    exactly as it changes the first prompts: no intervention, or built-in replacements at
+    every position (their sources, means over positions, resampling permutation and corrupted
+    counterparts agree on those positions; a "last" position would not be the same token)."""
+    from ..interventions import Interventions
+
+    if intervention is None:
+        return True
+    if not isinstance(intervention, Interventions):
+        return False
+    return all(i.positions is None and (i.kind != "rerouted" or _prefix_consistent(i.via))
+               for i in intervention.items)
+
+
 def per_prompt_prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = False,
                          intervention: Intervention | None = None,
                          activations: ActivationStore | None = None) -> Any:
@@ -193,13 +208,22 @@ def per_prompt_prob_diff(model: Any, task: GreaterThan, *, corrupted: bool = Fal
     first = task.prompts.corrupted if corrupted else task.prompts
     assert first is not None
     yy = torch.tensor(task.yy)
-    p1 = _probs(model, first, task.digit_ids, intervention, store)   # [n, 10] or [n, 100]
     if task.mode == "two_digit":
+        p1 = _probs(model, first, task.digit_ids, intervention, store)   # [n, 100]
         grid = torch.arange(100).unsqueeze(0)
         return (p1 * (grid > yy.unsqueeze(1))).sum(1) - (p1 * (grid <= yy.unsqueeze(1))).sum(1)
     second = task.second_corrupted if corrupted else task.second
     assert second is not None
-    p2 = _probs(model, second, task.digit_ids, intervention, store)  # [n, 10]
+    if _prefix_consistent(intervention):
+        # The second prompts are the first ones plus a digit, and the intervention acts the
+        # same on every position they share: the first digit's distribution is the second
+        # prompts' one position before their last (one forward instead of two).
+        both = [H.logprobs_last(task.digit_ids, back=1), H.logprobs_last(task.digit_ids)]
+        got = store.get(model, second, both, intervention)
+        p1, p2 = got[both[0]].exp(), got[both[1]].exp()                     # [n, 10] each
+    else:
+        p1 = _probs(model, first, task.digit_ids, intervention, store)     # [n, 10]
+        p2 = _probs(model, second, task.digit_ids, intervention, store)    # [n, 10]
     a, b = (yy // 10).unsqueeze(1), (yy % 10).unsqueeze(1)
     d = torch.arange(10).unsqueeze(0)
     pa = p1.gather(1, a).squeeze(1)

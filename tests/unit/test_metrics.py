@@ -307,3 +307,43 @@ def test_prob_diff_rejects_odd_ids(tiny, facts_like, ids, match):
 def test_metrics_need_a_prompt_set(tiny, fn):
     with pytest.raises(PromptSetError, match=r"prompts='list' is not valid: a PromptSet"):
         getattr(metrics, fn)(tiny, ["the cat"], activations=ActivationStore())
+
+
+def test_greater_than_pd_reads_both_digits_from_one_forward_exactly_when_it_may(tiny, monkeypatch):
+    """The digit-mode PD reads the first digit one position before the second prompts' last
+    (one forward) when the intervention acts alike on the shared positions (none, or built-in
+    replacements at every position); the value equals the two-forward reading. A last-position
+    intervention would not act alike (the second prompts' last token is the digit): it keeps
+    two forwards, whose value differs from the one-forward reading."""
+    from pytest_circuits import ActivationStore
+    from pytest_circuits import interventions as I
+    import importlib
+
+    G = importlib.import_module("pytest_circuits.tasks.greater_than")   # the module, not the function
+
+    task = tasks.greater_than(tiny, n=8, seed=4)
+    assert task.mode == "digit"
+    every = [None, I.patch(tiny, ["attn1", "L0H2"]), I.ablate(tiny, "mlp0", "position_mean"),
+             I.ablate(tiny, "L1H0", "resample", seed=1), I.ablate(tiny, "attn0", "zero"),
+             I.reroute(tiny, "mlp1", via=I.patch(tiny, "attn0"))]
+    for iv in every:
+        assert G._prefix_consistent(iv)
+        one = G.per_prompt_prob_diff(tiny, task, intervention=iv, activations=ActivationStore())
+        monkeypatch.setattr(G, "_prefix_consistent", lambda iv: False)
+        two = G.per_prompt_prob_diff(tiny, task, intervention=iv, activations=ActivationStore())
+        monkeypatch.undo()
+        assert float((one - two).abs().max()) <= 1e-6, iv
+    last = I.patch(tiny, "attn1", positions="last")
+    assert not G._prefix_consistent(last)
+    assert not G._prefix_consistent(I.reroute(tiny, "mlp1", via=last))
+    kept = G.per_prompt_prob_diff(tiny, task, intervention=last, activations=ActivationStore())
+    store = ActivationStore()
+    names = [H.logprobs_last(task.digit_ids, back=1), H.logprobs_last(task.digit_ids)]
+    got = store.get(tiny, task.second, names, last)
+    p1, p2 = got[names[0]].exp(), got[names[1]].exp()
+    yy = torch.tensor(task.yy)
+    a, b = (yy // 10).unsqueeze(1), (yy % 10).unsqueeze(1)
+    d = torch.arange(10).unsqueeze(0)
+    pa = p1.gather(1, a).squeeze(1)
+    wrong = (p1 * (d > a)).sum(1) + pa * (p2 * (d > b)).sum(1) - (p1 * (d < a)).sum(1) - pa * (p2 * (d <= b)).sum(1)
+    assert float((kept - wrong).abs().max()) > 1e-6      # the shortcut would have changed the number

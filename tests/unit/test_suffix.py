@@ -12,6 +12,8 @@ is below the full forward's).
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -235,3 +237,27 @@ def test_a_head_sweep_shares_forwards_and_equals_one_at_a_time(model, sets):
     assert together.counters.forward_passes == 1 + 2          # the clean run, one per layer
     for a, b in zip(swept, alone):
         assert torch.allclose(a.total, b.total, atol=1e-5) and torch.allclose(a.delta_de, b.delta_de, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", POSITIONS, ids=str)
+def test_logprobs_before_the_last_position(model, sets, positions):
+    """logprobs_last(ids, back=k) is the log-probabilities k positions before each prompt's
+    last, under any intervention: equal to a full forward's logits read there (the suffix
+    forward starts early enough to run it)."""
+    ps = prompts_for(sets, positions)
+    ids = [3, 5, 7]
+    names = [H.logprobs_last(ids, back=k) for k in (0, 1, 3)]
+    for iv in (None, make(model, sets, "patch", "attn1", positions), make(model, sets, "zero", "L1H1", positions)):
+        with _quiet():
+            got = ActivationStore(batch_size=2).get(model, ps, names, iv)
+            full = ActivationStore(batch_size=2, resume=False).get(model, ps, [H.TOKEN_LOSS, H.LOGITS_LAST], iv)
+        toks = ps.tokens
+        with torch.no_grad(), (iv.applied(model, ps) if iv is not None else contextlib.nullcontext()):
+            logits = model(toks)
+        for k, name in zip((0, 1, 3), names):
+            at = torch.tensor(ps.lengths) - 1 - k
+            want = logits[torch.arange(len(ps)), at].double().log_softmax(-1)[:, ids]
+            assert float((got[name] - want).abs().max()) <= 1e-5, (iv, k)
+        assert float((got[names[0]] - full[H.LOGITS_LAST].double().log_softmax(-1)[:, ids]).abs().max()) <= 1e-5
+    with pytest.raises(Exception, match="shorter"):
+        ActivationStore().get(model, ps, [H.logprobs_last(ids, back=max(ps.lengths))])
