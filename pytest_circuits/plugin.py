@@ -53,7 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False, type="bool", action="store_true")
     add("--circuits-clear-cache", "circuits_clear_cache", "delete cached activations before the run "
         "(converted weights are kept)", default=False, type="bool", action="store_true")
-    add("--circuits-batch-size", "circuits_batch_size", "prompts per forward pass (default 32)",
+    add("--circuits-batch-size", "circuits_batch_size", "rows per forward pass (default 32): prompts, "
+        "or prompts x interventions when a sweep stacks several interventions into one forward",
         default="32")
     add("--circuits-seed", "circuits_seed", "seed for torch, numpy and random, reset for every claim "
         "(default 0)", default="0")
