@@ -282,13 +282,18 @@ class ActivationStore:
         Only when the forward runs every block and the data fits the memory budget."""
         if not self.resume or self._plan(model, missing, None).stop is not None:
             return []
-        cfg = model.cfg
-        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-        per_position = cfg.n_layers * (cfg.d_model + 2 * kv_heads * cfg.d_head) * 4
-        if len(prompts) * prompts.tokens.shape[1] * per_position > self.max_memory_bytes // 8:
+        if self._resume_bytes(model, prompts) > self.max_memory_bytes // 8:
             return []
         return [n for n in self.resume_names(model) if n not in missing
                 and self._from_memory(self._key(base, n)) is None]
+
+    @staticmethod
+    def _resume_bytes(model: Any, prompts: Any) -> int:
+        """The size of :meth:`resume_names` for ``prompts`` (float32)."""
+        cfg = model.cfg
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        per_position = cfg.n_layers * (cfg.d_model + 2 * kv_heads * cfg.d_head) * 4
+        return len(prompts) * prompts.tokens.shape[1] * per_position
 
     def clear_memory(self) -> None:
         with self._lock:
@@ -508,6 +513,8 @@ class ActivationStore:
         first_positions = getattr(intervention, "first_positions", None)
         if first_positions is None or plan.caches:
             return None
+        if self._resume_bytes(model, getattr(prompts, "base", prompts)) > self.max_memory_bytes // 2:
+            return None          # the clean keys and values would not fit: resume at the block only
         if plan.want_logits and not plan.last_only:
             return None          # logits at every position (the per-token loss) need every position
         lengths = torch.tensor(prompts.lengths)

@@ -261,3 +261,16 @@ def test_logprobs_before_the_last_position(model, sets, positions):
         assert float((got[names[0]] - full[H.LOGITS_LAST].double().log_softmax(-1)[:, ids]).abs().max()) <= 1e-5
     with pytest.raises(Exception, match="shorter"):
         ActivationStore().get(model, ps, [H.logprobs_last(ids, back=max(ps.lengths))])
+
+
+def test_resume_data_beyond_the_memory_budget_falls_back_to_whole_positions(model, sets):
+    """A store whose memory cannot hold the clean keys and values runs every position of the
+    intervened blocks (and records no resume data in clean forwards): same numbers."""
+    ps = sets["varied"]
+    iv = I.ablate(model, "attn1", positions="last")
+    small = ActivationStore(max_memory_bytes=ActivationStore._resume_bytes(model, ps))   # /2 is over
+    with _quiet():
+        got = small.get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST]
+        want = ActivationStore(resume=False).get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST]
+    assert small.counters.suffix_passes == 0 and small.counters.resumed_passes >= 1
+    assert float((got - want).abs().max()) <= 1e-5
