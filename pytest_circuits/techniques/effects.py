@@ -402,22 +402,52 @@ def outputs(model: Any, prompts: Any, *, intervention: Any = None,
     return _outputs(model, prompts, intervention, resolve(store), logits)
 
 
-def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
-             consts: tuple[Any, Any] | None = None) -> Outputs:
-    """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
-    import torch
-
+def _readout_names(model: Any, logits: bool) -> list[str]:
+    """What the writers' readout reads: every writer at the last position, the final-norm
+    scale, learned positions (GPT-2), and the last logits when asked."""
     names = _hooks_needed(model)
     pos = _pos_embed_hook(model)
     if pos is not None:
         names.append(H.last(pos))
     if logits:
         names.append(H.LOGITS_LAST)
-    # Writers before the first intervened block are exactly as in the clean run: the store
-    # reads them there, so the intervened forward can resume at that block.
-    before, after = store.split_at_resume(names, intervention)
+    return names
+
+
+def _read_outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore,
+                  logits: bool) -> tuple[list[str], dict[str, Any]]:
+    """``(names read from the clean run, {name: value})`` for :func:`_readout_names`. Writers
+    before the first intervened block are exactly as in the clean run: the store reads them
+    there, so the intervened forward can resume at that block."""
+    before, after = store.split_at_resume(_readout_names(model, logits), intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
+    return before, acts
+
+
+def _constant_vectors(acts: dict[str, Any], pos: str | None, b_O: Any, n_layers: int,
+                      n: int) -> tuple[list[str], list[Any]]:
+    """The residual-stream writers that are not components: learned positions and each
+    layer's ``b_O`` (names, ``[n, d_model]`` float64 vectors)."""
+    cnames: list[str] = []
+    cvecs: list[Any] = []
+    if pos is not None:
+        cnames.append("pos_embed")
+        cvecs.append(acts[H.last(pos)].double())
+    if b_O is not None:
+        for l in range(n_layers):
+            cnames.append(f"b_O[{l}]")
+            cvecs.append(b_O[l].expand(n, -1))
+    return cnames, cvecs
+
+
+def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
+             consts: tuple[Any, Any] | None = None) -> Outputs:
+    """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
+    import torch
+
+    pos = _pos_embed_hook(model)
+    _, acts = _read_outputs(model, prompts, intervention, store, logits)
     L = model.cfg.n_layers
     W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
     vecs = [acts[H.last(H.EMBED)].double()]
@@ -428,15 +458,7 @@ def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore
         vecs.append(acts[H.last(H.mlp_out(l))].double())
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
     n = scale.shape[0]
-    cnames: list[str] = []
-    cvecs: list[Any] = []
-    if pos is not None:
-        cnames.append("pos_embed")
-        cvecs.append(acts[H.last(pos)].double())
-    if b_O is not None:
-        for l in range(L):
-            cnames.append(f"b_O[{l}]")
-            cvecs.append(b_O[l].expand(n, -1))
+    cnames, cvecs = _constant_vectors(acts, pos, b_O, L, n)
     return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
                    torch.stack(cvecs) if cvecs else None,
                    acts[H.LOGITS_LAST].double() if logits else None)
@@ -891,14 +913,8 @@ def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore
     are left out: their direct effects are the clean run's."""
     import torch
 
-    names = _hooks_needed(model)
     pos = _pos_embed_hook(model)
-    if pos is not None:
-        names.append(H.last(pos))
-    names.append(H.LOGITS_LAST)
-    before, after = store.split_at_resume(names, intervention)
-    acts = store.get(model, prompts, before) if before else {}
-    acts.update(store.get(model, prompts, after, intervention))
+    before, acts = _read_outputs(model, prompts, intervention, store, True)
     clean = set(before) if intervention is not None else set()
     L = model.cfg.n_layers
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
@@ -916,15 +932,7 @@ def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore
         rows.append(_de(acts[H.last(H.mlp_out(l))].double().unsqueeze(0), w, s))
     n = scale.shape[0]
     de = torch.cat(rows) if rows else torch.zeros((0, n), dtype=torch.float64)
-    cnames: list[str] = []
-    cvecs: list[Any] = []
-    if pos is not None:
-        cnames.append("pos_embed")
-        cvecs.append(acts[H.last(pos)].double())
-    if b_O is not None:
-        for l in range(L):
-            cnames.append(f"b_O[{l}]")
-            cvecs.append(b_O[l].expand(n, -1))
+    cnames, cvecs = _constant_vectors(acts, pos, b_O, L, n)
     if intervention is not None and (pos is None or H.last(pos) in clean):
         const_de = None         # the clean run's (b_O is constant; learned positions read there)
     elif cvecs:
@@ -1082,11 +1090,7 @@ def _run_together(model: Any, prompts: Any, abls: Sequence[Any], store: Activati
     """Compute the ablated runs a sweep reads, those of one layer (the same names) in shared
     forwards (:meth:`~pytest_circuits.store.ActivationStore.get_many`); the sweep then reads
     them from memory."""
-    names = _hooks_needed(model)
-    pos = _pos_embed_hook(model)
-    if pos is not None:
-        names.append(H.last(pos))
-    names.append(H.LOGITS_LAST)
+    names = _readout_names(model, True)
     by_layer: dict[int, list[Any]] = {}
     for abl in abls:
         by_layer.setdefault(abl.layer, []).append(abl)
