@@ -274,3 +274,41 @@ def test_resume_data_beyond_the_memory_budget_falls_back_to_whole_positions(mode
         want = ActivationStore(resume=False).get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST]
     assert small.counters.suffix_passes == 0 and small.counters.resumed_passes >= 1
     assert float((got - want).abs().max()) <= 1e-5
+
+
+def test_first_positions_of_the_wrong_length_or_a_bad_back_are_errors(model, sets):
+    """A user intervention whose first_positions does not give one position per prompt is a
+    project error naming the count, not a silently misaligned forward; positions below 0 or
+    past a prompt's end are clamped (0 runs every position). logprobs_last refuses a bad back."""
+    from pytest_circuits.errors import CircuitsError, ComponentError
+
+    ps = sets["varied"]
+    inner = I.ablate(model, "L1H1", positions="last")
+
+    class Short:
+        key, layer = "short" + inner.key, inner.layer
+
+        def __init__(self, firsts):
+            self.firsts = firsts
+
+        def check(self, model, prompts):
+            inner.check(model, prompts)
+
+        def first_positions(self, model, prompts):
+            return self.firsts
+
+        def fwd_hooks(self, model, prompts, index, store, offset=0):
+            return inner.fwd_hooks(model, prompts, index, store, offset)
+
+    with pytest.raises(CircuitsError, match=f"returned 2 positions for {len(ps)} prompts"):
+        ActivationStore().get(model, ps, [H.LOGITS_LAST], Short(torch.tensor([1, 1])))
+    want = ActivationStore(resume=False).get(model, ps, [H.LOGITS_LAST], inner)[H.LOGITS_LAST]
+    for firsts in (torch.full((len(ps),), -5), torch.full((len(ps),), 10_000)):
+        key = f"short{int(firsts[0])}" + inner.key
+        iv = Short(firsts)
+        iv.key = key
+        got = ActivationStore().get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST]
+        assert float((got - want).abs().max()) <= 1e-5
+    for back in (-1, 1.5, True):
+        with pytest.raises(ComponentError, match="back"):
+            H.logprobs_last([3], back=back)
