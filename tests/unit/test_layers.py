@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "prompts": 3, "stats": 3, "testing": 3,
     "measurement": 4,
     # models: registry, embedded model, checkpoints
-    "models": 5,
+    "models": 5, "detection": 5,
     # the activation store
     "store": 6, "planted": 6,
     # interventions
@@ -38,6 +38,10 @@ LAYERS: dict[str, int] = {
     "techniques": 8, "techniques.effects": 8, "techniques.erasure": 8, "techniques.future": 8,
     "techniques.planning": 8, "techniques.probing": 8, "techniques.circuits": 8,
     "techniques.patching": 8,
+    # the mechanism checkup's tasks and detectors
+    "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
+    "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8,
+    "checkup": 9, "finetune": 9,
     "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9,
     # pytest only here
     "_session": 10,
