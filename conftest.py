@@ -6,7 +6,9 @@ from hypothesis import settings
 
 from pytest_circuits import strategies  # noqa: F401  (registers the circuits profiles)
 
-pytest_plugins = ["pytester"]
+# pytester (for tests/plugin) is enabled with -p pytester in pyproject.toml's addopts, not with
+# pytest_plugins here: this file is also picked up when pytest collects the installed package's
+# checkup claims (pytest --circuits-checkup) from another folder, where pytest_plugins is refused.
 
 # Model claims are expensive: few examples, no deadline; derandomized in CI so a run
 # is reproducible from its log.

@@ -111,6 +111,10 @@ def markdown(data: dict[str, Any]) -> str:
     if changes:
         lines += ["Baselines recorded with other versions (small numeric drift is possible):", ""]
         lines += [f"- `{claim}` on {model}: {text}" for claim, model, text in changes] + [""]
+    if data.get("checkup"):
+        from .checkup import card_markdown
+
+        lines += [card_markdown(data["checkup"])]
     return "\n".join(lines)
 
 
@@ -175,6 +179,10 @@ def write_html(path: Path, data: dict[str, Any]) -> None:
         body += [f"<li><code>{html.escape(c)}</code> on {html.escape(m)}: {html.escape(t)}</li>"
                  for c, m, t in changes]
         body.append("</ul>")
+    if data.get("checkup"):
+        from .checkup import card_html
+
+        body.append(card_html(data["checkup"]))
     plots = _plots(data)
     if plots:
         body.append("<h2>Across models (mean and interval; grey: baseline)</h2>")

@@ -83,6 +83,25 @@ _ASSERTIONS: list[list[AssertionRecord]] = []
 level_override: ContextVar[float | None] = ContextVar("pytest_circuits_level_override", default=None)
 
 
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Within the block, Measurements are not recorded for the running claim (a detector's
+    intermediate numbers); :func:`record` then records the ones the claim reports."""
+    saved = list(_RECORDERS)
+    _RECORDERS.clear()
+    try:
+        yield
+    finally:
+        _RECORDERS[:] = saved + _RECORDERS
+
+
+def record(m: "Measurement") -> "Measurement":
+    """Record ``m`` for the running claim (as if it had just been made)."""
+    for rec in _RECORDERS:
+        rec.append(m)
+    return m
+
+
 def _check_level(level: Any) -> float:
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < level < 1.0:
         raise MeasurementError(bad("level", level, "a confidence level in (0, 1), e.g. 0.95"))

@@ -81,6 +81,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--circuits-markdown", "circuits_markdown", "write a Markdown claims x models table "
         "(e.g. for a CI job summary)", default="")
     add("--circuits-html", "circuits_html", "write an HTML report with plots across models", default="")
+    add("--circuits-checkup", "circuits_checkup", "run the mechanism checkup (induction, IOI, successor "
+        "heads, copy suppression, greater-than, factual recall) as claims on every --circuits-model; "
+        "with no paths given, only the checkup runs", default=False, type="bool", action="store_true")
+    add("--circuits-checks", "circuits_checks", "which checkup checks to run: 'all' (default) or a comma "
+        "list", default="all")
 
 
 def _opt(config: pytest.Config, name: str) -> Any:
@@ -107,6 +112,28 @@ def pytest_configure(config: pytest.Config) -> None:
     lazy = _LazySession(config, _settings(config))
     config.stash[SESSION_KEY] = lazy
     config.pluginmanager.register(lazy, _PLUGIN_NAME)
+    _add_checkup(config)
+
+
+CHECKUP_PATH = Path(__file__).with_name("checkup_claims.py")
+CHECKS_KEY = pytest.StashKey[list]()
+
+
+def _add_checkup(config: pytest.Config) -> None:
+    """``--circuits-checkup``: collect the checkup's claims (alone when no paths were given)."""
+    from .checkup import select
+    from .errors import CircuitsError
+
+    try:
+        checks = select(str(_opt(config, "circuits_checks")))
+    except CircuitsError as e:
+        raise pytest.UsageError(f"pytest-circuits: --circuits-checks: {e}") from None
+    config.stash[CHECKS_KEY] = checks
+    if not _opt(config, "circuits_checkup"):
+        return
+    explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
+    here = str(CHECKUP_PATH)
+    config.args[:] = ([a for a in config.args if a != here] if explicit else []) + [here]
 
 
 def _models(config: pytest.Config) -> tuple[list[str], bool]:
@@ -229,6 +256,11 @@ class _LazySession:
             _count_claim(self.config, report, props["circuits-claim"])
         if report.when != "call":
             return
+        if "circuits-checkup-item" in props:
+            card = next((json.loads(v) for k, v in report.user_properties if k == "circuits-checkup"), None)
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", None)
+            self.config.stash.setdefault(CARDS_KEY, []).append((report.nodeid, report.outcome, card,
+                                                                crash or _reason(report)))
         for key, value in report.user_properties:
             if key == "circuits":
                 record = json.loads(value)
@@ -312,8 +344,22 @@ def _is_claim(item: pytest.Item) -> bool:
     return item.get_closest_marker("claim") is not None or _is_ours_item(item)
 
 
+def is_checkup(item: Any) -> bool:
+    return Path(str(getattr(item, "path", ""))) == CHECKUP_PATH
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    checks = config.stash.get(CHECKS_KEY, None)
+    if checks is not None and any(is_checkup(i) for i in items):
+        keep = {f"test_{c}" for c in checks}
+        dropped = [i for i in items if is_checkup(i) and i.originalname not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [i for i in items if i not in set(dropped)]
     config.stash[CLAIM_COUNT_KEY] = sum(1 for item in items if _is_claim(item))
+    for item in items:
+        if is_checkup(item):
+            item.user_properties.append(("circuits-checkup-item", "1"))   # its reports carry the card
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "model" in params and _is_ours_item(item):
@@ -553,6 +599,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 
 RESULTS_KEY = pytest.StashKey[list]()
+CARDS_KEY = pytest.StashKey[list]()
 CLAIMS_KEY = pytest.StashKey[dict]()
 
 
@@ -596,6 +643,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not any(targets.values()):
         return
     data = R.ledger(config.stash.get(RESULTS_KEY, []), root=str(config.rootpath), exit_status=int(exitstatus))
+    cards = _cards(config)
+    if cards:
+        data["checkup"] = cards
     if targets["circuits_report"]:
         R.write_json(Path(targets["circuits_report"]), data)
     if targets["circuits_markdown"]:
@@ -629,11 +679,39 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"        {_one_line(m)}")
         if r.get("version_changes"):
             tr.write_line(f"        baseline recorded with other versions: {'; '.join(r['version_changes'])}")
+    cards = _cards(config)
+    if cards:
+        from .checkup import card_lines
+
+        for line in card_lines(cards):
+            tr.write_line(line)
     for line in _claims_summary(config, verdicts, results):
         tr.write_line(line)
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
             tr.write_line(line)
+
+
+def _cards(config: pytest.Config) -> list[dict[str, Any]]:
+    """The checkup's detections, one per (check, model), with the baseline comparisons of their
+    measurements (from the claim's ledger record) and the claim's outcome. A check whose
+    detector raised is carried as status "error" with the message."""
+    results = {r["nodeid"]: r for r in config.stash.get(RESULTS_KEY, [])}
+    out = []
+    for nodeid, outcome, card, reason in config.stash.get(CARDS_KEY, []):
+        rec = results.get(nodeid)
+        if card is None:
+            check = nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
+            model = nodeid.split("[", 1)[1].rstrip("]") if "[" in nodeid else ""
+            card = {"check": check, "title": check, "source": "", "model": model, "status": "error",
+                    "applicable": True, "reason": reason, "found": False, "criterion": "",
+                    "measurements": [], "components": [], "heatmaps": {}, "details": ""}
+        if rec is not None:
+            by_key = {(m["name"]): m for m in rec["measurements"]}
+            card["measurements"] = [by_key.get(m["name"], m) for m in card["measurements"]]
+        card["outcome"] = outcome
+        out.append(card)
+    return out
 
 
 def _claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],

@@ -44,7 +44,7 @@ LAYERS: dict[str, int] = {
     "checkup": 9, "finetune": 9,
     "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9,
     # pytest only here
-    "_session": 10,
+    "_session": 10, "checkup_claims": 10,
     "plugin": 11,
     # the public API and the command's entry point
     "": 12, "__main__": 12,
