@@ -70,6 +70,17 @@ backup_control      DE(primary) 5.548, DE(backup) 3.303 -> 3.385 (dDE = 0.082,
                     1.5% of DE(primary), from RMSNorm), TE(primary) 5.466
 ==================  ==========================================================
 
+**Ordinal** (:func:`build_ordinal`, ``ordinal`` and ``ordinal_control``; successor heads
+after Gould et al. 2023, arXiv:2312.09230, and copy suppression after McDougall et al.
+2023, arXiv:2310.04625) is built differently: one residual dimension per token (64), so
+that OV circuits can map tokens to tokens. ``ordinal`` has a successor head ``L1H0``, a
+copy-suppression head ``L1H1`` (OV = -identity), a copying head ``L1H2`` (OV = +identity)
+and a zero head ``L1H3``; the control has copying heads ``L1H0``-``L1H2`` and a
+predecessor head ``L1H3``. :mod:`pytest_circuits.techniques.ov` finds L1H0 (succession
+score 1 over 50 pairs) and L1H1 (OV self-suppression 1 over 49 tokens, attended-token
+direct effect -0.117) and nothing on the control; tests/unit/test_ov_heads.py checks
+those numbers with raw hooks.
+
 Compatibility-mode notes: RMSNorm weights (all 1 here) are folded into the reading
 weights; for RMSNorm models TransformerLens 4.x does *not* centre writing weights (it
 would change the function), but it does centre ``W_U`` over the vocabulary. All written
@@ -190,13 +201,13 @@ def _set_ov(model: Any, layer: int, head: int, read: Any, write: Any) -> None:
         attn.o_proj.weight[:, head * D_HEAD] = write
 
 
-def _save(model: Any, path: str | Path, meta: dict[str, Any]) -> Path:
+def _save(model: Any, path: str | Path, meta: dict[str, Any], vocab_list: list[str] | None = None) -> Path:
     from .models import _quiet_transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():
-        _write_tokenizer(path, vocabulary())
+        _write_tokenizer(path, vocabulary() if vocab_list is None else vocab_list)
         model.save_pretrained(str(path))
     (path / "PLANTED.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return path
@@ -234,9 +245,113 @@ def build_backup(path: str | Path, *, control: bool = False) -> Path:
     return _save(model, path, meta)
 
 
+# --------------------------------------------------------------------------- ordinal models
+# Successor heads and copy suppression (Gould et al. 2023, arXiv:2312.09230; McDougall et
+# al. 2023, arXiv:2310.04625): see :func:`build_ordinal`.
+ORDINAL_WORDS = (
+    [str(d) for d in range(10)]
+    + ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+    + ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+       "October", "November", "December"]
+    + ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    + ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
+    + list("ABCDEFGH")
+    + ["the", "and", ".", ","]
+)
+ORDINAL_SEQUENCES = (
+    [str(d) for d in range(1, 10)],
+    ORDINAL_WORDS[10:17], ORDINAL_WORDS[17:29], ORDINAL_WORDS[29:39], ORDINAL_WORDS[39:49],
+    ORDINAL_WORDS[49:57],
+)
+ORDINAL_D = 64         # d_model = d_head = vocabulary size: one residual dimension per token
+ORDINAL_HEADS = 4
+ORDINAL_EMBED = 8.0    # token t embeds as ORDINAL_EMBED * e_t, so its RMS is 1
+ORDINAL = dict(successor="L1H0", copy_suppression="L1H1", copying=["L1H2"], zero=["L1H3"],
+               n_pairs=50)
+ORDINAL_CONTROL = dict(successor=None, copy_suppression=None, copying=["L1H0", "L1H1", "L1H2"],
+                       predecessor="L1H3", n_pairs=50)
+
+
+def ordinal_vocabulary() -> list[str]:
+    return SPECIALS + ORDINAL_WORDS
+
+
+def _ordinal_maps() -> tuple[Any, Any, Any]:
+    """``(S, P, I)``, ``[D, D]`` over token indices: successor (``S[succ(t), t] = 1``),
+    predecessor (its transpose) and the identity on ordinary (non-special) tokens."""
+    import torch
+
+    vocab = {w: i for i, w in enumerate(ordinal_vocabulary())}
+    S = torch.zeros(ORDINAL_D, ORDINAL_D)
+    for seq in ORDINAL_SEQUENCES:
+        for a, b in zip(seq, seq[1:]):
+            S[vocab[b], vocab[a]] = 1.0
+    ident = torch.eye(ORDINAL_D)
+    for s in SPECIALS:
+        ident[vocab[s], vocab[s]] = 0.0
+    return S, S.T.clone(), ident
+
+
+def build_ordinal(path: str | Path, *, control: bool = False) -> Path:
+    """Write the ordinal model (successor head L1H0, copy-suppression head L1H1, copying
+    head L1H2, L1H3 zero) or its control (L1H0..L1H2 copying, L1H3 a predecessor head).
+
+    Llama, 2 layers, ``d_model = d_head = 64`` = the vocabulary size (specials, digits,
+    weekdays, months, number words one..ten, ordinals first..tenth, letters A..H, "the",
+    "and", ".", ","): token ``t`` embeds as ``8 e_t`` (RMS 1, so ``ln1`` leaves it ``~8 e_t``),
+    the unembedding is the identity (``logit_u = resid_u / rms``). Every weight of layer 0
+    and both MLPs is 0, so the effective embedding is the embedding itself. All query and
+    key weights are 0: attention is uniform over the causal prefix. Layer 1's heads have
+    OV circuits ``W_O W_V = P M / 8`` with (``M`` into the head, ``P`` out of it)
+    successor ``M = S, P = I`` (``e_t -> e_succ(t)`` within each of the six sequences),
+    copy suppression ``M = I, P = -I``, copying ``M = I, P = I``, predecessor ``M = S^T``.
+    50 (token, successor) pairs: 1..9 (8), weekdays (6), months (11), one..ten (9),
+    first..tenth (9), A..H (7).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab_list = ordinal_vocabulary()
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    assert len(vocab_list) == ORDINAL_D
+    cfg = LlamaConfig(vocab_size=ORDINAL_D, hidden_size=ORDINAL_D, intermediate_size=D_MLP,
+                      num_hidden_layers=2, num_attention_heads=ORDINAL_HEADS,
+                      num_key_value_heads=ORDINAL_HEADS, head_dim=ORDINAL_D, max_position_embeddings=128,
+                      rms_norm_eps=RMS_EPS, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
+                      pad_token_id=vocab["<pad>"], tie_word_embeddings=False,
+                      attention_bias=False, mlp_bias=False)
+    model = LlamaForCausalLM(cfg)
+    S, P, ident = _ordinal_maps()
+    if control:
+        heads = [(ident, ident), (ident, ident), (ident, ident), (P, ident)]
+    else:
+        heads = [(S, ident), (ident, -ident), (ident, ident), None]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.zeros_like(p))
+        model.model.embed_tokens.weight.copy_(ORDINAL_EMBED * torch.eye(ORDINAL_D))
+        model.lm_head.weight.copy_(torch.eye(ORDINAL_D))
+        attn = model.model.layers[1].self_attn
+        D = ORDINAL_D
+        for h, maps in enumerate(heads):
+            if maps is None:
+                continue
+            M, out = maps
+            attn.v_proj.weight[h * D:(h + 1) * D] = M / ORDINAL_EMBED
+            attn.o_proj.weight[:, h * D:(h + 1) * D] = out
+    meta = dict(ORDINAL_CONTROL if control else ORDINAL, kind="ordinal", control=control,
+                sequences=ORDINAL_SEQUENCES)
+    return _save(model, path, meta, vocab_list)
+
+
 BUILDERS = {
     "erasure": lambda p: build_erasure(p),
     "erasure_control": lambda p: build_erasure(p, control=True),
     "backup": lambda p: build_backup(p),
     "backup_control": lambda p: build_backup(p, control=True),
+}
+# Kept apart from BUILDERS: the tests that iterate BUILDERS check erasure/backup numbers.
+ORDINAL_BUILDERS = {
+    "ordinal": lambda p: build_ordinal(p),
+    "ordinal_control": lambda p: build_ordinal(p, control=True),
 }

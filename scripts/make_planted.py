@@ -2,8 +2,8 @@
 
     python scripts/make_planted.py [OUT_DIR]
 
-Writes erasure/, erasure_control/, backup/ and backup_control/ (see
-pytest_circuits/planted.py for what each contains). Deterministic: running it again
+Writes erasure/, erasure_control/, backup/, backup_control/, ordinal/ and
+ordinal_control/ (see pytest_circuits/planted.py for what each contains). Deterministic: running it again
 rewrites byte-identical model.safetensors files.
 """
 
@@ -13,14 +13,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from pytest_circuits.planted import BUILDERS
+from pytest_circuits.planted import BUILDERS, ORDINAL_BUILDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "data" / "planted"
 
 
 def main(out: Path = DEFAULT_OUT) -> None:
-    for name, build in BUILDERS.items():
+    for name, build in {**BUILDERS, **ORDINAL_BUILDERS}.items():
         folder = out / name
         shutil.rmtree(folder, ignore_errors=True)
         build(folder)

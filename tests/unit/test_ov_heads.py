@@ -1,0 +1,406 @@
+"""Successor heads and copy suppression (pytest_circuits.techniques.ov, tasks.ordinal).
+
+Every number the detectors report is recomputed here with raw TransformerLens hooks:
+
+* OV-circuit logits: a forward on each token alone gives ``blocks.0.hook_resid_post`` (the
+  effective embedding); a second forward swaps it in at ``blocks.{l}.hook_resid_pre``, so
+  that with one position every head attends to it alone, and ``hook_z @ W_O[l][h] @ W_U``
+  (centred over the vocabulary) is what the head writes. No ``W_V``, no grouped-query
+  mapping and no norm is written out here: the model's own forward applies them.
+* the succession score and OV self-suppression are recounted from those logits;
+* the attended-token direct effect from ``run_with_cache``: ``hook_pattern`` at the last
+  position, ``hook_z``, ``W_O``, ``ln_final.hook_scale`` and ``W_U``.
+
+The planted checkpoints (tests/data/planted/ordinal and ordinal_control, written by
+scripts/make_planted.py from pytest_circuits.planted.build_ordinal) have a successor
+head L1H0, a copy-suppression head L1H1 and a copying head L1H2; the control has copying
+heads L1H0..L1H2 and a predecessor head L1H3.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pytest_circuits
+from pytest_circuits import planted
+from pytest_circuits.errors import CircuitsError, PromptSetError
+from pytest_circuits.store import ActivationStore
+from pytest_circuits.tasks import ordinal
+from pytest_circuits.techniques import ov
+from pytest_circuits.testing import WORDS, make_tiny_checkpoint
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "planted"
+ORDINAL_WORDS = (["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+                  "January", "February", "March", "April", "May", "June", "July"]
+                 + list(ordinal.NUMBER_WORDS[:10]) + ["first", "second", "third", "fourth", "fifth"]
+                 + list("BCDEFG"))
+
+
+@pytest.fixture(scope="module")
+def store():
+    return ActivationStore(cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("ov-cache")
+    out = {n: pytest_circuits.load_model(str(DATA / n), cache_dir=cache, device="cpu")
+           for n in planted.ORDINAL_BUILDERS}
+    root = tmp_path_factory.mktemp("ov-tiny")
+    words = list(WORDS) + ORDINAL_WORDS
+    out["gpt2"] = pytest_circuits.load_model(
+        str(make_tiny_checkpoint(root / "gpt2", arch="gpt2", words=words, n_heads=4, seed=3)),
+        cache_dir=cache, device="cpu")
+    out["gqa"] = pytest_circuits.load_model(
+        str(make_tiny_checkpoint(root / "gqa", words=words, n_heads=4, n_kv_heads=2, seed=5)),
+        cache_dir=cache, device="cpu")
+    out["plain"] = pytest_circuits.load_model(str(make_tiny_checkpoint(root / "plain", seed=0)),
+                                              cache_dir=cache, device="cpu")
+    return out
+
+
+# -- independent computations (raw hooks) -------------------------------------------------
+@torch.no_grad()
+def ref_ov_logits(model, ids, cols):
+    """[L, H, n, m] OV logits from the model's own forward (see the module docstring)."""
+    toks = torch.tensor(ids).reshape(-1, 1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == "blocks.0.hook_resid_post")
+        E = cache["blocks.0.hook_resid_post"]
+        out = []
+        for layer in range(model.cfg.n_layers):
+            got = {}
+
+            def swap(x, hook):
+                return E.clone()
+
+            def keep(z, hook):
+                got["z"] = z.detach().clone()
+
+            model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", swap),
+                                                  (f"blocks.{layer}.attn.hook_z", keep)])
+            heads = torch.einsum("nhe,hed->hnd", got["z"][:, 0].double(), model.W_O[layer].double())
+            full = heads @ model.W_U.double()                      # [H, n, vocab]
+            full = full - full.mean(-1, keepdim=True)
+            out.append(full[..., cols])
+    return torch.stack(out)
+
+
+def ref_hits(model, o):
+    ids = sorted({t for c in o.classes for t in c.ids})
+    lg = ref_ov_logits(model, ids, ids)
+    where = {t: i for i, t in enumerate(ids)}
+    hits = []
+    for k, i, j in o.pairs:
+        c = o.classes[k]
+        row = lg[:, :, where[c.ids[i]]][..., [where[t] for t in c.ids]]
+        best_other = torch.cat([row[..., :j], row[..., j + 1:]], -1).max(-1).values
+        hits.append(row[..., j] > best_other)
+    return torch.stack(hits, -1)
+
+
+def ref_self(model, ids, k):
+    lg = ref_ov_logits(model, ids, ids)
+    n = len(ids)
+    sup = torch.zeros(lg.shape[:2] + (n,), dtype=torch.bool)
+    cop = torch.zeros_like(sup)
+    for i in range(n):
+        own = lg[..., i, i]
+        others = torch.cat([lg[..., i, :i], lg[..., i, i + 1:]], -1)
+        sup[..., i] = (others <= own.unsqueeze(-1)).sum(-1) < k
+        cop[..., i] = (others >= own.unsqueeze(-1)).sum(-1) < k
+    return sup, cop
+
+
+@torch.no_grad()
+def ref_attended(model, ps):
+    L, n = model.cfg.n_layers, len(ps)
+    _, cache = model.run_with_cache(ps.tokens)
+    W_U = model.W_U.double()
+    centred = W_U - W_U.mean(1, keepdim=True)
+    de = torch.zeros(L, model.cfg.n_heads, n, dtype=torch.float64)
+    tok = torch.zeros(L, model.cfg.n_heads, n, dtype=torch.long)
+    for r in range(n):
+        last = ps.lengths[r] - 1
+        s = cache["ln_final.hook_scale"][r, last, 0].double()
+        for layer in range(L):
+            pat = cache[f"blocks.{layer}.attn.hook_pattern"][r, :, last, 1:last]   # after BOS, before last
+            z = cache[f"blocks.{layer}.attn.hook_z"][r, last].double()
+            for h in range(model.cfg.n_heads):
+                p = 1 + int(torch.argmax(pat[h]))
+                t = int(ps.tokens[r, p])
+                tok[layer, h, r] = t
+                de[layer, h, r] = (z[h] @ model.W_O[layer, h].double()) @ centred[:, t] / s
+    return de, tok
+
+
+# -- the task --------------------------------------------------------------------------------
+def test_ordinals_on_the_planted_tokenizer(models):
+    o = ordinal.ordinals(models["ordinal"])
+    meta = json.loads((DATA / "ordinal" / "PLANTED.json").read_text())
+    assert o.n_pairs == meta["n_pairs"] == 50
+    names = [c.name for c in o.classes]
+    assert names == ["numbers", "number words", "ordinals", "weekdays", "months", "letters"]
+    numbers = o.classes[0]
+    assert numbers.words == tuple(str(i) for i in range(1, 10))
+    assert dict(numbers.dropped)[" 10"] == "2 tokens"            # digits split one per token
+    assert dict(o.classes[5].dropped)[" Z"] == "the unknown token"
+    assert {d for d, _ in o.dropped} == {"weekday abbreviations", "month abbreviations"}
+    assert "fewer than 3" in dict(o.dropped)["month abbreviations"]   # only "May" is a token
+    assert sorted(list(c.words) for c in o.classes) == sorted(meta["sequences"])
+    # every pair is (token, next token) of the sequence
+    tok = models["ordinal"].tokenizer
+    for a, b in o.pair_ids:
+        wa, wb = tok.decode([a]).strip(), tok.decode([b]).strip()
+        seq = next(s for s in ordinal.SEQUENCES.values() if wa in s and wb in s)
+        assert seq.index(wb) == seq.index(wa) + 1
+    assert o.not_applicable(50, 6) is None and "50 single-token" in o.not_applicable(51)
+
+
+def test_ordinals_on_a_tokenizer_without_them(models):
+    o = ordinal.ordinals(models["plain"])
+    assert [c.name for c in o.classes] == ["numbers"] and o.n_pairs == 8
+    why = o.not_applicable(20, 2)
+    assert "8 single-token (token, successor) pairs in 1 ordinal sequence" in why
+    det = ov.detect_successor(models["plain"])
+    assert not det.applicable and not det.found and det.reason == why and det.status == "n/a"
+
+
+def test_successor_prompts(models):
+    m = models["ordinal"]
+    ps = ordinal.successor_prompts(m, context=3)
+    assert " Monday, Tuesday, Wednesday," in ps.prompts
+    i = ps.prompts.index(" Monday, Tuesday, Wednesday,")
+    assert ps.answers[i] == " Thursday" and ps.meta["class"][i] == "weekdays"
+    assert m.tokenizer.decode([ps.answer_ids[i]]).strip() == "Thursday"
+    # 6 sequences of 9, 10, 10, 7, 12, 8 members: (m - 3) windows each
+    assert len(ps) == 6 + 7 + 7 + 4 + 9 + 5
+    few = ordinal.successor_prompts(m, context=3, n=5, seed=1)
+    assert len(few) == 5 and set(few.prompts) <= set(ps.prompts)
+    assert few.prompts == ordinal.successor_prompts(m, context=3, n=5, seed=1).prompts
+    with pytest.raises(PromptSetError, match="no in-context successor prompt"):
+        ordinal.successor_prompts(m, sep=";")              # ";" is not in the vocabulary: <unk>
+
+
+# -- OV circuits against the model's own forward ------------------------------------------
+@pytest.mark.parametrize("name", ["ordinal", "gpt2", "gqa"])
+def test_ov_logits_equal_the_forward(models, store, name):
+    m = models[name]
+    ids = ov.ordinary_tokens(m, 12, seed=2)
+    cols = ids[::-1][:7]
+    got = ov.ov_logits(m, ids, cols, activations=store)
+    torch.testing.assert_close(got, ref_ov_logits(m, ids, cols), atol=2e-4, rtol=2e-4)
+    part = ov.ov_logits(m, ids, cols, layers=[1], activations=store)
+    torch.testing.assert_close(part[0], got[1], atol=0, rtol=0)
+
+
+def test_planted_effective_embedding_and_ov_by_construction(models, store):
+    m = models["ordinal"]
+    vocab = planted.ordinal_vocabulary()
+    ids = [vocab.index(w) for w in ("Monday", "March", "three", "B")]
+    E = ov.effective_embedding(m, ids, activations=store)
+    torch.testing.assert_close(E, planted.ORDINAL_EMBED * torch.eye(planted.ORDINAL_D, dtype=torch.float64)[ids])
+    lg = ov.ov_logits(m, ids, list(range(planted.ORDINAL_D)), activations=store)[1]   # [H, n, vocab]
+    lg = lg - lg.mean(-1, keepdim=True)
+    for r, (t, succ) in enumerate(zip(ids, ("Tuesday", "April", "four", "C"))):
+        assert int(lg[0, r].argmax()) == vocab.index(succ)       # successor head
+        assert int(lg[1, r].argmin()) == t                       # copy suppression
+        assert int(lg[2, r].argmax()) == t                       # copying
+        assert float(lg[3, r].abs().max()) == 0.0                # zero head
+    assert float(ov.ov_logits(m, ids, activations=store)[0].abs().max()) == 0.0   # layer 0 is zero
+
+
+@pytest.mark.parametrize("name", ["ordinal", "ordinal_control", "gpt2", "gqa"])
+def test_succession_hits_equal_independent_count(models, store, name):
+    m = models[name]
+    o = ordinal.ordinals(m)
+    hits, labels = ov.succession_hits(m, o, activations=store)
+    assert hits.shape == (m.cfg.n_layers, m.cfg.n_heads, o.n_pairs) and len(labels) == o.n_pairs
+    assert torch.equal(hits, ref_hits(m, o))
+
+
+@pytest.mark.parametrize("name", ["ordinal", "ordinal_control", "gpt2", "gqa"])
+def test_self_scores_equal_independent_count(models, store, name):
+    m = models[name]
+    ids = ov.ordinary_tokens(m, 30, seed=0)
+    sup, cop = ov.self_scores(m, ids, k=3, activations=store)
+    rs, rc = ref_self(m, ids, 3)
+    assert torch.equal(sup, rs) and torch.equal(cop, rc)
+
+
+@pytest.mark.parametrize("name", ["ordinal", "gpt2", "gqa"])
+def test_attended_token_effects_equal_hooks(models, store, name):
+    m = models[name]
+    pool = ov.ordinary_tokens(m, 40, seed=1)
+    ps = ov.repeated_prompts(m, pool, n=7, length=6, seed=3)
+    assert len(set(ps.lengths)) > 1                                # right-padded, read at each last
+    de, tok, wt = ov.attended_token_effects(m, ps, activations=store)
+    rde, rtok = ref_attended(m, ps)
+    assert torch.equal(tok, rtok)
+    torch.testing.assert_close(de, rde, atol=1e-5, rtol=1e-4)
+    assert bool((wt >= 0).all() and (wt <= 1).all())
+
+
+def test_repeated_prompts_layout(models):
+    m = models["ordinal"]
+    pool = ov.ordinary_tokens(m, 40, seed=0)
+    ps = ov.repeated_prompts(m, pool, n=20, length=5, seed=0)
+    bos = m.tokenizer.bos_token_id
+    for r in range(len(ps)):
+        row = ps.tokens[r, :ps.lengths[r]].tolist()
+        assert row[0] == bos
+        seq, rest = row[1:6], row[6:]
+        assert len(set(seq)) == 5 and set(seq) <= set(pool)
+        assert 1 <= len(rest) <= 4 and rest == seq[:len(rest)]
+    assert ps.tokens.tolist() == ov.repeated_prompts(m, pool, n=20, length=5, seed=0).tokens.tolist()
+
+
+# -- the detectors on the planted models ------------------------------------------------------
+def test_detect_successor_finds_the_planted_head(models, store):
+    det = ov.detect_successor(models["ordinal"], activations=store)
+    assert det.applicable and det.found and det.check == "successor"
+    assert det.components == (("L1H0", 1.0),)
+    s = det.measurement("succession score L1H0")
+    assert s.n == 50 and s.mean == 1.0 and s.lower > 0.9           # measured: 1 [0.929, 1]
+    heat = det.heatmaps["succession score"]
+    assert heat.shape == (2, 4) and heat[1, 0] == 1.0 and np.delete(heat.ravel(), 4).max() == 0.0
+    hits, _ = ov.succession_hits(models["ordinal"], activations=store)
+    assert heat[1, 0] == float(hits[1, 0].double().mean())
+    acc = det.measurement("in-context successor accuracy")
+    margin = det.measurement("successor DE margin L1H0")
+    assert acc.n == margin.n == 38
+    assert acc.mean == 1.0                                          # measured: 1 [0.907, 1]
+    assert margin.lower > 0                                         # measured: 0.109 [0.106, 0.111]
+
+
+@torch.no_grad()
+def test_successor_behaviour_equals_hooks(models, store):
+    m = models["ordinal"]
+    o = ordinal.ordinals(m)
+    ps = ordinal.successor_prompts(m, o)
+    correct, margins = ov.successor_margins(m, o, ps, activations=store)
+    with torch.no_grad():
+        logits, cache = m.run_with_cache(ps.tokens)
+    W_U = m.W_U.double()
+    centred = W_U - W_U.mean(1, keepdim=True)
+    for r in range(len(ps)):
+        last = ps.lengths[r] - 1
+        ids = o.classes[ps.meta["class_index"][r]].ids
+        at = ids.index(ps.answer_ids[r])
+        assert correct[r] == float(int(logits[r, last, list(ids)].argmax()) == at)
+        s = cache["ln_final.hook_scale"][r, last, 0].double()
+        for layer in range(m.cfg.n_layers):
+            for h in range(m.cfg.n_heads):
+                out = cache[f"blocks.{layer}.attn.hook_z"][r, last, h].double() @ m.W_O[layer, h].double()
+                de = out @ centred[:, list(ids)] / s
+                want = de[at] - (de.sum() - de[at]) / (len(ids) - 1)
+                assert abs(float(margins[layer, h, r] - want)) < 1e-6
+
+
+def test_detect_successor_control_finds_nothing(models, store):
+    det = ov.detect_successor(models["ordinal_control"], activations=store)
+    assert det.applicable and not det.found and det.components == ()
+    assert det.heatmaps["succession score"].max() == 0.0           # copying and predecessor heads
+    assert det.measurements[0].upper < 0.5
+
+
+def test_detect_copy_suppression_finds_the_planted_head(models, store):
+    m = models["ordinal"]
+    det = ov.detect_copy_suppression(m, activations=store)
+    assert det.applicable and det.found and det.check == "copy_suppression"
+    assert det.components == (("L1H1", 1.0),)                       # not the copying head L1H2
+    sup = det.measurement("copy suppression OV L1H1")
+    de = det.measurement("attended-token DE L1H1")
+    assert sup.n == 49 and sup.mean == 1.0 and sup.lower > 0.9      # measured: 1 [0.927, 1]
+    assert de.n == 60 and de.upper < 0                              # measured: -0.117 [-0.123, -0.111]
+    heat = det.heatmaps
+    assert heat["OV self-suppression"][1, 1] == 1.0 and heat["OV self-copying"][1, 1] == 0.0
+    assert heat["OV self-copying"][1, 2] == 1.0 and heat["OV self-suppression"][1, 2] == 0.0
+    assert heat["attended-token DE"][1, 2] > 0                      # the copying head raises them
+    # the same numbers independently
+    pool = ov.ordinary_tokens(m, 200, seed=0)
+    assert len(pool) == 49
+    rs, rc = ref_self(m, pool, 5)
+    assert np.array_equal(heat["OV self-suppression"], rs.double().mean(-1).numpy())
+    assert np.array_equal(heat["OV self-copying"], rc.double().mean(-1).numpy())
+    rde, _ = ref_attended(m, ov.repeated_prompts(m, pool, n=60, length=10, seed=0))
+    np.testing.assert_allclose(heat["attended-token DE"], rde.mean(-1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(de.mean, float(rde[1, 1].mean()), atol=1e-6)
+
+
+def test_detect_copy_suppression_control_finds_nothing(models, store):
+    det = ov.detect_copy_suppression(models["ordinal_control"], activations=store)
+    assert det.applicable and not det.found and det.components == ()
+    assert det.heatmaps["OV self-suppression"].max() == 0.0
+    for h in range(3):                                              # the copying heads
+        assert det.heatmaps["OV self-copying"][1, h] == 1.0
+        assert det.heatmaps["attended-token DE"][1, h] > 0
+
+
+# -- other architectures ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gpt2", "gqa"])
+def test_detectors_run_on_gpt2_and_gqa(models, store, name):
+    m = models[name]
+    succ = ov.detect_successor(m, activations=store, min_pairs=10)
+    assert succ.applicable and succ.heatmaps["succession score"].shape == (m.cfg.n_layers, m.cfg.n_heads)
+    assert all(np.isfinite(x.mean) and x.lower <= x.mean <= x.upper for x in succ.measurements)
+    cs = ov.detect_copy_suppression(m, activations=store, n=10)
+    assert cs.applicable and cs.heatmaps["attended-token DE"].shape == (m.cfg.n_layers, m.cfg.n_heads)
+    assert np.isfinite(cs.heatmaps["attended-token DE"]).all()
+    # the verdict follows the bounds it states
+    for c, _ in cs.components:
+        assert cs.measurement(f"copy suppression OV {c}").lower > 0.5
+        assert cs.measurement(f"attended-token DE {c}").upper < 0
+
+
+# -- bad inputs ---------------------------------------------------------------------------
+def test_bad_inputs(models, store):
+    m = models["ordinal"]
+    for kw in (dict(n=0), dict(top=0), dict(min_score=1.5), dict(context=0), dict(min_pairs=-1)):
+        with pytest.raises(CircuitsError):
+            ov.detect_successor(m, activations=store, **kw)
+    for kw in (dict(n=0), dict(n_tokens=1), dict(min_proportion=1.0), dict(length=1), dict(k=0)):
+        with pytest.raises(CircuitsError):
+            ov.detect_copy_suppression(m, activations=store, **kw)
+    with pytest.raises(CircuitsError, match="token ids in 0"):
+        ov.ov_logits(m, [0, 10_000])
+    with pytest.raises(CircuitsError, match="at least one token id"):
+        ov.effective_embedding(m, [])
+    with pytest.raises(CircuitsError, match="layer"):
+        ov.ov_logits(m, [5, 6], layers=[7])
+    with pytest.raises(CircuitsError, match="distinct"):
+        ov.self_scores(m, [5, 5, 6])
+    with pytest.raises(CircuitsError, match="k="):
+        ov.self_scores(m, [5, 6, 7], k=3)
+    with pytest.raises(CircuitsError, match="length"):
+        ov.repeated_prompts(m, [5, 6, 7], n=2, length=4)
+    with pytest.raises(CircuitsError):
+        ordinal.ordinals(m, sequences={})
+    with pytest.raises(CircuitsError):
+        ordinal.ordinals(m, sequences={"x": ["two words", "b"]})
+    with pytest.raises(CircuitsError):
+        ordinal.successor_prompts(m, n=0)
+    none = ordinal.Ordinals(classes=())
+    with pytest.raises(CircuitsError, match="no \\(token, successor\\) pair"):
+        ov.succession_hits(m, none)
+    # too few ordinary tokens: not applicable, with the reason, never a pass
+    det = ov.detect_copy_suppression(m, activations=store, min_tokens=500)
+    assert not det.applicable and "49 ordinary alphabetic tokens" in det.reason
+
+
+def test_planted_builder_deterministic_and_shipped(tmp_path):
+    for name, build in planted.ORDINAL_BUILDERS.items():
+        a, b = build(tmp_path / "a" / name), build(tmp_path / "b" / name)
+        fresh = (a / "model.safetensors").read_bytes()
+        assert fresh == (b / "model.safetensors").read_bytes(), f"{name}: builder is not deterministic"
+        assert len(fresh) <= 1 << 20
+        shipped = DATA / name
+        assert (shipped / "model.safetensors").read_bytes() == fresh, (
+            f"tests/data/planted/{name} is stale: rerun scripts/make_planted.py")
+        for f in ("PLANTED.json", "tokenizer.json"):
+            assert (shipped / f).read_text() == (a / f).read_text(), f"{name}/{f} is stale"
