@@ -81,10 +81,9 @@ COPY_TITLE = "copy suppression (OV circuit lowers a token's own logit; lowers at
 
 # --------------------------------------------------------------------------- helpers
 def _name(model: Any) -> str:
-    try:
-        return model_info(model).name
-    except Exception:  # a model not loaded through load_model: no registry name
-        return ""
+    """The model's report label (a model not loaded by pytest-circuits raises ModelUnavailable:
+    the activation store needs its fingerprint anyway)."""
+    return model_info(model).label
 
 
 def _head(l: int, h: int) -> str:
