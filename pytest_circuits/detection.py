@@ -31,6 +31,9 @@ class Detection:
     components: tuple[tuple[str, float], ...] = ()  # located components, best first, with score
     heatmaps: Mapping[str, Any] = field(default_factory=dict)  # name -> [n_layers, n_heads] array
     details: str = ""                            # a short table that explains the result
+    # Per-component measurements (e.g. "induction score L5H1"): shown and available through
+    # measurement(name), but not the claim's headline, since their names change with the heads located.
+    more: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.applicable and not self.reason:
@@ -45,11 +48,11 @@ class Detection:
                    reason=reason)
 
     def measurement(self, name: str) -> Any:
-        for m in self.measurements:
+        for m in self.measurements + self.more:
             if m.name == name:
                 return m
         raise CircuitsError(f"Detection {self.check!r} has no measurement {name!r}; it has "
-                            f"{[m.name for m in self.measurements]}")
+                            f"{[m.name for m in self.measurements + self.more]}")
 
     @property
     def status(self) -> str:
@@ -60,7 +63,7 @@ class Detection:
         lines = [f"{self.title}: {self.status}" + (f" ({self.reason})" if not self.applicable else "")]
         if self.criterion:
             lines.append(f"  criterion: {self.criterion}")
-        for m in self.measurements:
+        for m in self.measurements + self.more:
             lines.append(f"  {m!r}")
         if self.components:
             lines.append("  components: " + ", ".join(f"{c} {s:+.3g}" for c, s in self.components[:8]))

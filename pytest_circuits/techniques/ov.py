@@ -290,7 +290,11 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
     The head with the highest score among 30 x 9 is selected on the same pairs it is
     measured on; the threshold's distance from chance is what keeps that honest.
 
-    Measurements: ``succession score L{l}H{h}`` for up to ``top`` found heads (the best
+    Measurements (the headlines, under names that do not depend on the head, so that the
+    checkup's baselines compare them across checkpoints): ``succession score (top head)``
+    (the best found head, else the best head), ``in-context successor accuracy`` and
+    ``successor DE margin (top head)``. Per head, in ``more`` (also through
+    ``measurement(name)``): ``succession score L{l}H{h}`` for up to ``top`` found heads (the best
     head when none is found); ``in-context successor accuracy`` (the model's top-1 among the
     sequence's members after ``context`` consecutive members, up to ``n`` seeded prompts,
     where the tokenizer gives any) and ``successor DE margin L{l}H{h}`` of the best head
@@ -329,9 +333,15 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
     found_heads.sort(key=lambda x: -x[1])
     order = np.argsort(-scores, axis=None, kind="stable")
     best = divmod(int(order[0]), scores.shape[1])
+    # The headline is the top head's score under a name that does not depend on which head it is
+    # (the checkup's baselines compare it across checkpoints); the head is named in the components
+    # and the details.
+    top_lh = found_heads[0][2] if found_heads else best
+    measurements = [Measurement.from_values("succession score (top head)", hits[top_lh].double().numpy(),
+                                            model=name, provenance={"head": _head(*top_lh)})]
     shown = [lh for _, _, lh in found_heads[:top]] or [best]
-    measurements = [Measurement.from_values(f"succession score {_head(*lh)}", hits[lh].double().numpy(), model=name)
-                    for lh in shown]
+    more = [Measurement.from_values(f"succession score {_head(*lh)}", hits[lh].double().numpy(), model=name)
+            for lh in shown]
     behaviour: list[Measurement] = []
     heatmaps = {"succession score": scores}
     try:
@@ -343,8 +353,11 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
         mean_margin = margins.mean(-1).numpy()
         heatmaps["in-context successor DE margin"] = mean_margin
         behaviour = [Measurement.from_values("in-context successor accuracy", correct.numpy(), model=name),
-                     Measurement.from_values(f"successor DE margin {_head(*best)}", margins[best].numpy(),
-                                             model=name, method="bootstrap-t")]
+                     Measurement.from_values("successor DE margin (top head)", margins[top_lh].numpy(),
+                                             model=name, method="bootstrap-t",
+                                             provenance={"head": _head(*top_lh)})]
+        more.append(Measurement.from_values(f"successor DE margin {_head(*top_lh)}", margins[top_lh].numpy(),
+                                            model=name, method="bootstrap-t"))
         top_de = np.argsort(-mean_margin, axis=None, kind="stable")[:3]
         note = (f"in-context: {len(ps)} prompts of {context} members ({', '.join(sorted(set(ps.meta['class'])))}); "
                 "largest successor DE margin: " + ", ".join(
@@ -363,7 +376,7 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
                      criterion=(f"a head whose succession score (successor ranked strictly first by its OV "
                                 f"circuit among its sequence's members, over {len(labels)} pairs) has a 95% "
                                 f"lower bound > {min_score}"),
-                     measurements=tuple(measurements + behaviour),
+                     measurements=tuple(measurements + behaviour), more=tuple(more),
                      components=tuple((c, s) for c, s, _ in found_heads),
                      heatmaps=heatmaps, details=details)
 
@@ -514,8 +527,10 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 60, activatio
       real forward the head lowers the logit of the earlier token it attends to.
 
     Not applicable when the vocabulary has fewer than ``min_tokens`` (20) ordinary
-    alphabetic tokens. Measurements: ``copy suppression OV L{l}H{h}`` and ``attended-token
-    DE L{l}H{h}`` for up to ``top`` found heads (the head with the highest OV
+    alphabetic tokens. Headline measurements: ``copy suppression OV (top head)`` and
+    ``attended-token DE (top head)`` (names that do not depend on the head, for the checkup's
+    baselines). Per head, in ``more`` (also through ``measurement(name)``): ``copy suppression
+    OV L{l}H{h}`` and ``attended-token DE L{l}H{h}`` for up to ``top`` found heads (the head with the highest OV
     self-suppression when none is found). Heatmaps: ``OV self-suppression``, ``OV
     self-copying``, ``attended-token DE``.
 
@@ -565,8 +580,16 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 60, activatio
     found_heads.sort(key=lambda x: -x[1])
     # best first: OV self-suppression, then the most negative attended-token DE
     order = np.lexsort((de_m.reshape(-1), -sup_p.reshape(-1)))
-    shown = [lh for _, _, lh in found_heads[:top]] or [divmod(int(order[0]), sup_p.shape[1])]
-    measurements = [m for lh in shown for m in pair(*lh)]
+    # Headlines under names that do not depend on which head is on top (the checkup's baselines
+    # compare them across checkpoints); the head is named in the components and the details.
+    top_lh = found_heads[0][2] if found_heads else divmod(int(order[0]), sup_p.shape[1])
+    measurements = [Measurement.from_values("copy suppression OV (top head)", sup[top_lh].double().numpy(),
+                                            model=name, provenance={"head": _head(*top_lh)}),
+                    Measurement.from_values("attended-token DE (top head)", de[top_lh].numpy(), model=name,
+                                            method="bootstrap-t", provenance={"head": _head(*top_lh)})]
+    table_head = f"  top head: {_head(*top_lh)}"
+    shown = [lh for _, _, lh in found_heads[:top]] or [top_lh]
+    more = [m for lh in shown for m in pair(*lh)]
     table = [f"  head    OV-suppr OV-copy  DE(attended)   ({len(pool)} tokens, bottom/top {k}; {n} prompts)"]
     for i in order[:5]:
         l, h = divmod(int(i), sup_p.shape[1])
@@ -577,10 +600,10 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 60, activatio
                                 f"{len(pool)} sampled tokens for a proportion with 95% lower bound > "
                                 f"{min_proportion}, and whose direct effect on the earlier token it attends to "
                                 f"(repeated sequences) has 95% upper bound < {max_effect}"),
-                     measurements=tuple(measurements),
+                     measurements=tuple(measurements), more=tuple(more),
                      components=tuple((c, s) for c, s, _ in found_heads),
                      heatmaps={"OV self-suppression": sup_p, "OV self-copying": cop_p, "attended-token DE": de_m},
-                     details="\n".join(table))
+                     details="\n".join([table_head] + table))
 
 
 def _check_detector_args(**kw: Any) -> None:

@@ -273,6 +273,10 @@ def test_detect_successor_finds_the_planted_head(models, store):
     assert heat[1, 0] == float(hits[1, 0].double().mean())
     acc = det.measurement("in-context successor accuracy")
     margin = det.measurement("successor DE margin L1H0")
+    # Headlines under head-independent names (the checkup's baseline keys), equal to the top head's.
+    assert [x.name for x in det.measurements] == ["succession score (top head)", "in-context successor accuracy",
+                                                  "successor DE margin (top head)"]
+    assert det.measurements[0].values == s.values and det.measurements[2].values == margin.values
     assert acc.n == margin.n == 38
     assert acc.mean == 1.0                                          # measured: 1 [0.907, 1]
     assert margin.lower > 0                                         # measured: 0.109 [0.106, 0.111]
@@ -316,6 +320,8 @@ def test_detect_copy_suppression_finds_the_planted_head(models, store):
     assert det.components == (("L1H1", 1.0),)                       # not the copying head L1H2
     sup = det.measurement("copy suppression OV L1H1")
     de = det.measurement("attended-token DE L1H1")
+    assert [x.name for x in det.measurements] == ["copy suppression OV (top head)", "attended-token DE (top head)"]
+    assert det.measurements[0].values == sup.values and det.measurements[1].values == de.values
     assert sup.n == 49 and sup.mean == 1.0 and sup.lower > 0.9      # measured: 1 [0.927, 1]
     assert de.n == 60 and de.upper < 0                              # measured: -0.117 [-0.123, -0.111]
     heat = det.heatmaps
