@@ -1,0 +1,656 @@
+"""Indirect object identification: logit difference, name movers, S-inhibition heads and
+backup name movers (Wang et al. 2022, arXiv:2211.00593).
+
+Prompts come from :func:`pytest_circuits.tasks.ioi.ioi` (answers: the IO name, foils: the
+S name, ``corrupted``: the ABC counterpart, token positions of IO, S1, S2 and END in
+``meta``). Every quantity is read at END, the last position, and is per prompt, so each
+is a :class:`~pytest_circuits.measurement.Measurement` with a bootstrap interval over
+prompts.
+
+**Logit difference** ``LD = logit(IO) - logit(S)`` at END (the paper: 3.56 on GPT-2 small).
+
+**Direct effect on the logit difference** of a head ``h`` (DLA, as in
+:mod:`pytest_circuits.techniques.effects`): ``DE_h = out_h . (u_IO - u_S) / s`` with
+``out_h`` the head's output at END, ``u_t`` the unembedding column of ``t`` and ``s`` the
+final norm's scale of the clean run; it is :func:`effects.decompose` on the IO minus on
+the S token (the vocabulary centring cancels in the difference), so the direct effects of
+every writer plus ``b_U[IO] - b_U[S]`` add up to LD read from the logits (checked).
+
+**Name movers** (the paper's 9.9, 9.6, 10.0): heads that, at END, attend to the IO name and
+write it: a head is one when (a) its mean attention from END to IO (``hook_pattern``) is
+at least ``min_attention`` (0.2; the paper's name movers put most of their attention on
+IO), (b) it attends to IO more than to both S mentions together (the lower bound of the
+per-prompt ``attn(IO) - attn(S1) - attn(S2)`` above 0: what makes it move *the IO* rather
+than names in general), and (c) the lower bound of its direct effect on LD is above
+``min_effect`` (0.1 logit, i.e. it changes the IO:S odds by at least 10%). A head that
+attends to IO and writes against it is a *negative* name mover (listed in ``details``).
+
+**S-inhibition heads** (the paper's 7.3, 7.9, 8.6, 8.10, found by path patching into the
+name movers' queries). The proxy used here: among the heads before the last name mover's
+layer that attend from END to S2 (mean attention at least ``min_attention``), each head's
+output *at END only* is patched from the prompt's ABC counterpart, and the score is how
+much the name movers' summed direct effect on LD falls (clean minus patched, the clean
+final-norm scale frozen). Patching at END changes what the name movers read there: their
+queries (and their own key and value at END); it also reaches them through any head or
+MLP between the two at END, which true path patching would freeze: the score is the head's
+whole effect on the name movers through END, not only the direct path into their queries. A head is
+an S-inhibition head when the lower bound of its score is above ``min_s_inhibition``
+(0.1) times the name movers' mean summed direct effect.
+
+**Backup name movers and compensation** (the paper's 10.10, 10.6, 10.2, 10.1, 11.2, 9.7,
+9.0, 11.9; the issue's "the L10 head compensates when L9 is ablated"). The located name
+movers are ablated together (``ablation="abc"``: each gets, at every position, its output
+on the prompt's own ABC counterpart, a resample ablation from the ABC distribution, which
+the paper mean-ablates over; ``"zero"``: zero), and
+:func:`effects.self_repair` decomposes the change exactly (its two decompositions, on IO
+and on S, subtracted: a :class:`~pytest_circuits.techniques.effects.SelfRepair` on LD).
+``lost`` is the name movers' own lost direct effect. A head downstream makes up for part
+of it in one of two ways (:meth:`effects.SelfRepair.role`): as a **backup** (its clean
+direct effect has the sign of the lost effect, or is ~0, and grows: the paper's backup
+name movers) or by **released suppression** (its clean direct effect opposes the IO, e.g.
+a negative name mover, and shrinks toward 0 once the name movers no longer write the IO).
+A head counts when the lower bound of its rise ΔDE is above ``min_backup`` (0.05) times
+the mean lost effect. The **restored fraction** of each kind is ``sum of their ΔDE / lost``
+(a ratio of means, with its interval). To keep the selection from inflating it, it is
+*cross-fitted*: the prompts are split in two halves (each with both orders), the heads
+chosen on one half are measured on the other, and vice versa. The whole change of LD
+(``ioi logit diff change, name movers ablated``) is read from the logits.
+
+**Detection** (:func:`detect_ioi`): found when the lower bound of LD is above
+``min_logit_diff`` (0) and at least one name mover is located. Headline measurements
+(stable names, baseline keys): ``ioi logit diff (IO - S)``, ``name movers' summed
+DE(IO - S)``, ``ioi logit diff change, name movers ablated``, ``backup restored
+fraction``, ``released-suppression restored fraction``; per-head ones (``name-mover
+DE(IO - S) L23H0``, ``S-inhibition score L20H0``) in ``Detection.more``. Components: the
+name movers, then the S-inhibition heads, then the backups (``details`` says which is
+which). Not applicable (with the reason) when the model's tokenizer has too few
+single-token names or cannot write the templates.
+
+Measured (2026-11-26):
+
+* planted ``tests/data/planted/ioi`` (2 layers x 4 heads, attention only, trained by
+  ``scripts/train_ioi.py``): LD 15.99 [14.9, 17.2]; name movers L1H0 +2.99, L1H3 +2.81,
+  L1H2 +1.99, L1H1 +1.52 (attention to IO 0.60, 0.51, 0.29, 0.23); S-inhibition head L0H1
+  (attention END->S2 0.93): patching its END output from ABC costs the name movers 8.12
+  [6.43, 9.99] of their 9.31; ablating the name movers lowers LD by 10.5 (nothing is
+  downstream of layer 1 to compensate). The raw-hook ground truth names the same heads.
+* control ``ioi_control`` (same texts, answer IO or S with probability 1/2): LD -0.066
+  [-0.105, -0.025]; its heads attend to IO and S1 alike (e.g. L0H0 0.40 and 0.39), so no
+  head prefers the IO: no name mover, nothing located.
+* SmolLM2-135M: see ``claims/smollm2/test_ioi.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .. import hooks as H
+from ..components import Head, parse_many
+from ..detection import Detection
+from ..errors import CircuitsError, MeasurementError, PromptSetError, bad
+from ..interventions import ablate as _ablate
+from ..interventions import patch as _patch
+from ..measurement import Measurement
+from ..models import info as model_info
+from ..prompts import PromptSet
+from ..store import ActivationStore, resolve
+from ..tasks.ioi import POSITIONS as _POSITIONS
+from ..tasks.ioi import ioi as _build
+from . import effects as E
+
+CHECK = "ioi"
+TITLE = "indirect object identification (name movers, S-inhibition, backup name movers)"
+SOURCE = "arXiv:2211.00593"
+
+MIN_LOGIT_DIFF = 0.0      # the model prefers IO over S (interval above 0)
+MIN_ATTENTION = 0.2       # a fifth of END's attention on the name the head is about
+MIN_EFFECT = 0.1          # a name mover's direct effect on LD: at least 0.1 logit
+MIN_S_INHIBITION = 0.1    # an S-inhibition head: 10% of the name movers' direct effect
+MIN_BACKUP = 0.05         # a backup: restores at least 5% of the lost direct effect
+ABLATIONS = ("abc", "zero")
+TOP = 3                   # name movers / S-inhibition heads given their own measurement
+
+
+# ----------------------------------------------------------------------------- per-head scores
+@dataclass(frozen=True, eq=False)
+class HeadScores:
+    """Per head and prompt, at END: attention to IO, S1 and S2 and the direct effect on
+    the logit difference; ``logit_diff`` read from the logits; ``mlp_de`` the MLPs' direct
+    effects (``[n_layers, n]``)."""
+
+    model: str
+    prompts: PromptSet
+    attn_io: Any          # [L, H, n] float64
+    attn_s1: Any
+    attn_s2: Any
+    de: Any               # [L, H, n] direct effect on logit(IO) - logit(S)
+    mlp_de: Any           # [L, n]
+    logit_diff: Any       # [n]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.de.shape[0]), int(self.de.shape[1])
+
+    def values(self, what: str, head: Any) -> Any:
+        """Per-prompt values of ``what`` (``"attn_io"``, ``"attn_s1"``, ``"attn_s2"``,
+        ``"de"``, ``"io_preference"``: attn(IO) - attn(S1) - attn(S2)) for ``head``."""
+        h = _head(head, self.shape)
+        if what == "io_preference":
+            return (self.attn_io - self.attn_s1 - self.attn_s2)[h.layer, h.head]
+        if what not in ("attn_io", "attn_s1", "attn_s2", "de"):
+            raise CircuitsError(bad("what", what, "'attn_io', 'attn_s1', 'attn_s2', 'de' or 'io_preference'"))
+        return getattr(self, what)[h.layer, h.head]
+
+    def measure(self, what: str, head: Any, *, name: str | None = None, record: bool = True) -> Measurement:
+        h = _head(head, self.shape)
+        return Measurement.from_values(name or f"{_WHAT[what]} {h}", self.values(what, h), model=self.model,
+                                       labels=self.prompts.prompts, record=record,
+                                       provenance={"prompts": self.prompts.name, "head": str(h), "what": what})
+
+    def heatmap(self, what: str) -> Any:
+        """``[n_layers, n_heads]`` means over prompts (numpy)."""
+        arr = self.attn_io - self.attn_s1 - self.attn_s2 if what == "io_preference" else getattr(self, what)
+        return arr.mean(-1).numpy()
+
+
+_WHAT = {"attn_io": "attention END->IO", "attn_s1": "attention END->S1", "attn_s2": "attention END->S2",
+         "de": "DE(IO - S)", "io_preference": "IO preference"}
+
+
+def _head(head: Any, shape: tuple[int, int]) -> Head:
+    comp = parse_many(head)[0] if not isinstance(head, Head) else head
+    if not isinstance(comp, Head) or not (0 <= comp.layer < shape[0] and 0 <= comp.head < shape[1]):
+        raise CircuitsError(bad("head", str(head), f"a head L{{layer}}H{{head}} with layer < {shape[0]} "
+                                                   f"and head < {shape[1]}"))
+    return comp
+
+
+def _require_ioi(prompts: Any) -> None:
+    if not isinstance(prompts, PromptSet):
+        raise PromptSetError(bad("prompts", type(prompts).__name__, "an IOI PromptSet (tasks.ioi(model, ...))"))
+    prompts.require("answers", "foils")
+    missing = [k for k in _POSITIONS if k not in prompts.meta]
+    if missing:
+        raise PromptSetError(f"prompt set {prompts.name!r} has no {missing} in its meta: build it with "
+                             "pytest_circuits.tasks.ioi.ioi(model, ...)")
+
+
+def logit_diff(model: Any, prompts: PromptSet, *, intervention: Any = None,
+               activations: ActivationStore | None = None) -> Measurement:
+    """``logit(IO) - logit(S)`` at END, per prompt."""
+    from ..metrics import logit_diff as _ld
+
+    _require_ioi(prompts)
+    return _ld(model, prompts, intervention=intervention, activations=activations, name="ioi logit diff (IO - S)")
+
+
+def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore | None = None) -> HeadScores:
+    """Attention from END to IO, S1, S2 and the direct effect on LD of every head (one
+    clean forward, from the store's cache when known)."""
+    import torch
+
+    _require_ioi(prompts)
+    store = resolve(activations)
+    L = int(model.cfg.n_layers)
+    names = [H.last(H.pattern(l)) for l in range(L)]
+    pat = store.get(model, prompts, names)
+    rows = torch.arange(len(prompts))
+
+    def at(key: str) -> Any:
+        pos = torch.tensor(prompts.meta[key])
+        return torch.stack([pat[nm][rows, :, pos].double().T for nm in names])       # [L, H, n]
+
+    de_io = E.decompose(model, prompts, token="answer", activations=store)
+    de_s = E.decompose(model, prompts, token=list(prompts.foil_ids), activations=store)
+    diff = de_io.values - de_s.values                                                 # [C, n]
+    n_heads = int(model.cfg.n_heads)
+    de = torch.zeros(L, n_heads, len(prompts), dtype=torch.float64)
+    mlp = torch.zeros(L, len(prompts), dtype=torch.float64)
+    for i, c in enumerate(de_io.components):
+        if isinstance(c, Head):
+            de[c.layer, c.head] = diff[i]
+        elif type(c).__name__ == "MLP":
+            mlp[c.layer] = diff[i]
+    return HeadScores(model_info(model).label, prompts, at("io_pos"), at("s1_pos"), at("s2_pos"), de, mlp,
+                      de_io.logit - de_s.logit)
+
+
+# ----------------------------------------------------------------------------- name movers
+@dataclass(frozen=True)
+class Located:
+    """A located head and its measurement (the score that ranks it)."""
+
+    head: Head
+    score: Measurement
+
+    def __repr__(self) -> str:
+        return f"{self.head} {self.score.mean:+.3f} [{self.score.lower:.3f}, {self.score.upper:.3f}]"
+
+
+def name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+                min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
+    """Heads attending END -> IO (mean >= ``min_attention``; more than to S1 and S2
+    together, by the lower bound) whose direct effect on LD has its lower bound above
+    ``min_effect``; largest direct effect first."""
+    _check_threshold("min_attention", min_attention, 0.0, 1.0)
+    _check_threshold("min_effect", min_effect, 0.0, None)
+    L, nh = scores.shape
+    mean_io = scores.attn_io.mean(-1)
+    out = []
+    for l in range(L):
+        for h in range(nh):
+            if float(mean_io[l, h]) < min_attention:
+                continue
+            head = Head(l, h)
+            pref = scores.measure("io_preference", head, record=False)
+            if not pref.lower > 0:
+                continue
+            de = scores.measure("de", head, name=f"name-mover DE(IO - S) {head}", record=False)
+            if de.lower > min_effect:
+                out.append(Located(head, de))
+    return tuple(sorted(out, key=lambda x: -x.score.mean))
+
+
+def negative_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+                         min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
+    """Heads attending END -> IO as name movers do whose direct effect on LD has its upper
+    bound below ``-min_effect`` (the paper's 10.7, 11.10); most negative first."""
+    L, nh = scores.shape
+    mean_io = scores.attn_io.mean(-1)
+    out = []
+    for l in range(L):
+        for h in range(nh):
+            if float(mean_io[l, h]) >= min_attention:
+                de = scores.measure("de", Head(l, h), record=False)
+                if de.upper < -min_effect:
+                    out.append(Located(Head(l, h), de))
+    return tuple(sorted(out, key=lambda x: x.score.mean))
+
+
+# ----------------------------------------------------------------------------- S-inhibition
+@dataclass(frozen=True, eq=False)
+class SInhibition:
+    """S-inhibition scores of the candidates (heads before the name movers attending END -> S2)."""
+
+    name_movers: tuple[Head, ...]
+    candidates: tuple[Head, ...]
+    scores: dict                     # Head -> Measurement (drop of the name movers' DE, logits)
+    mover_de: Measurement            # the name movers' summed clean DE on LD
+    threshold: float                 # in logits: min_s_inhibition x mover_de.mean
+    heads: tuple[Located, ...]       # the located S-inhibition heads, largest first
+
+    def heatmap(self, shape: tuple[int, int]) -> Any:
+        import numpy as np
+
+        out = np.zeros(shape)
+        for h, m in self.scores.items():
+            out[h.layer, h.head] = m.mean
+        return out
+
+
+def _lu_direction(model: Any, prompts: PromptSet) -> Any:
+    """``[n, d_model]`` float64 ``W_U[:, IO] - W_U[:, S]`` (the centring cancels)."""
+    import torch
+
+    W_U = model.W_U.detach()
+    io = torch.tensor(prompts.answer_ids, device=W_U.device)
+    s = torch.tensor(prompts.foil_ids, device=W_U.device)
+    return (W_U[:, io] - W_U[:, s]).to("cpu", torch.float64).T
+
+
+def movers_de(model: Any, prompts: PromptSet, movers: Sequence[Head], *, intervention: Any = None,
+              scale: Any = None, activations: ActivationStore | None = None) -> Any:
+    """``[n]`` the summed direct effect on LD of ``movers`` (under ``intervention``), with the
+    final-norm scale ``scale`` (default: the clean run's)."""
+    import torch
+
+    store = resolve(activations)
+    if scale is None:
+        scale = store.get(model, prompts, [H.last(H.FINAL_SCALE)])[H.last(H.FINAL_SCALE)].double().reshape(-1)
+    W_O = E.attn_output_weights(model)
+    w = _lu_direction(model, prompts)
+    layers = sorted({h.layer for h in movers})
+    names = [H.last(H.z(l)) for l in layers]
+    before, after = store.split_at_resume(names, intervention)
+    got = store.get(model, prompts, before) if before else {}
+    if after:
+        got.update(store.get(model, prompts, after, intervention))
+    total = torch.zeros(len(prompts), dtype=torch.float64)
+    for h in movers:
+        z = got[H.last(H.z(h.layer))][:, h.head].double()                          # [n, d_head]
+        total += (z @ W_O[h.layer, h.head] * w).sum(-1)
+    return total / scale
+
+
+def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: HeadScores, *,
+                 min_attention: float = MIN_ATTENTION, min_s_inhibition: float = MIN_S_INHIBITION,
+                 activations: ActivationStore | None = None) -> SInhibition:
+    """Score each head before the last name mover that attends END -> S2: the fall of the
+    name movers' summed direct effect on LD when its output at END is patched from the ABC
+    counterpart (see the module docstring). One batched forward per layer of candidates
+    (``store.get_many``), each from that layer on, at END only."""
+    _require_ioi(prompts)
+    prompts.require("corrupted")
+    _check_threshold("min_attention", min_attention, 0.0, 1.0)
+    _check_threshold("min_s_inhibition", min_s_inhibition, 0.0, None)
+    store = resolve(activations)
+    heads = tuple(_head(m.head if isinstance(m, Located) else m, scores.shape) for m in movers)
+    if not heads:
+        raise CircuitsError(bad("movers", list(movers), "at least one name mover"))
+    last = max(h.layer for h in heads)
+    mean_s2 = scores.attn_s2.mean(-1)
+    L, nh = scores.shape
+    cands = tuple(Head(l, h) for l in range(last) for h in range(nh)
+                  if float(mean_s2[l, h]) >= min_attention and Head(l, h) not in heads)
+    scale = store.get(model, prompts, [H.last(H.FINAL_SCALE)])[H.last(H.FINAL_SCALE)].double().reshape(-1)
+    clean = movers_de(model, prompts, heads, scale=scale, activations=store)
+    _check_same(clean, sum(scores.de[h.layer, h.head] for h in heads), "the name movers' direct effect")
+    label = model_info(model).label
+    mover_de = Measurement.from_values("name movers' summed DE(IO - S)", clean, model=label,
+                                       labels=prompts.prompts, record=False)
+    threshold = min_s_inhibition * mover_de.mean
+    # batch the patched forwards: the candidates of one layer run together
+    by_layer: dict[int, list[Head]] = {}
+    for c in cands:
+        by_layer.setdefault(c.layer, []).append(c)
+    results: dict[Head, Measurement] = {}
+    for layer, group in by_layer.items():
+        # the name movers at or before the patched layer are as in the clean run
+        downstream = [h for h in heads if h.layer > layer]
+        names = [H.last(H.z(l)) for l in sorted({h.layer for h in downstream})]
+        ivs = [_patch(model, c, positions="last") for c in group]
+        if len(ivs) > 1:
+            store.get_many(model, prompts, names, ivs)
+        before = movers_de(model, prompts, downstream, scale=scale, activations=store)
+        for c, iv in zip(group, ivs):
+            drop = before - movers_de(model, prompts, downstream, intervention=iv, scale=scale, activations=store)
+            results[c] = Measurement.from_values(f"S-inhibition score {c}", drop, model=label,
+                                                 labels=prompts.prompts, record=False,
+                                                 provenance={"prompts": prompts.name, "head": str(c),
+                                                             "intervention": iv.key,
+                                                             "name_movers": [str(h) for h in heads]})
+    located = tuple(sorted((Located(c, m) for c, m in results.items() if m.lower > threshold),
+                           key=lambda x: -x.score.mean))
+    return SInhibition(heads, cands, results, mover_de, threshold, located)
+
+
+# ----------------------------------------------------------------------------- compensation
+@dataclass(frozen=True, eq=False)
+class Compensation:
+    """What happens to the direct effects on LD when the name movers are ablated."""
+
+    repair: Any                       # effects.SelfRepair on the logit difference (IO minus S)
+    name_movers: tuple[Head, ...]
+    backups: tuple[Located, ...]      # selected on every prompt; score: ΔDE on LD
+    restored: Measurement             # cross-fitted: sum of backups' ΔDE / lost
+    released: tuple[Located, ...]     # heads whose suppression of IO (vs S) the ablation released
+    released_fraction: Measurement    # cross-fitted: their summed ΔDE / lost
+    lost: Measurement                 # the name movers' lost direct effect on LD
+    total: Measurement                # change of LD under the ablation (read from the logits)
+    heads_net: Measurement            # every other head's summed ΔDE / lost (no selection)
+    threshold: float                  # a backup's ΔDE lower bound must exceed this (logits)
+
+    def heatmap(self, shape: tuple[int, int]) -> Any:
+        """Mean ΔDE on LD per head (the ablated name movers' own change left at 0)."""
+        import numpy as np
+
+        out = np.zeros(shape)
+        ablated = set(self.name_movers)
+        for i, c in enumerate(self.repair.components):
+            if isinstance(c, Head) and c not in ablated:
+                out[c.layer, c.head] = float(self.repair.delta_de[i].mean())
+        return out
+
+    def table(self, k: int = 8) -> str:
+        return self.repair.table(k)
+
+
+def _logit_diff_repair(model: Any, prompts: PromptSet, abl: Any, store: ActivationStore) -> Any:
+    """:func:`effects.self_repair` on ``logit(IO) - logit(S)``: the decompositions on the
+    IO and on the S token subtracted (every term is linear in the unembedding direction;
+    each is checked against the logits by ``self_repair``)."""
+    a = E.self_repair(model, prompts, abl, token="answer", activations=store)
+    b = E.self_repair(model, prompts, abl, token=list(prompts.foil_ids), activations=store)
+    return dataclasses.replace(
+        a, clean_de=a.clean_de - b.clean_de, delta_de=a.delta_de - b.delta_de,
+        norm_term=a.norm_term - b.norm_term, total=a.total - b.total, clean_logit=a.clean_logit - b.clean_logit,
+        measured_total=(a.measured_total - b.measured_total) if a.measured_total is not None else None,
+        constants={k: a.constants[k] - b.constants[k] for k in a.constants})
+
+
+def _halves(n: int) -> tuple[list[int], list[int]]:
+    """Two halves of ``range(n)`` that each hold both orders (prompts alternate ABBA/BABA)."""
+    first = [i for i in range(n) if (i // 2) % 2 == 0]
+    return first, [i for i in range(n) if (i // 2) % 2 == 1]
+
+
+def _select(repair: Any, rows: Sequence[int], candidates: Sequence[int], min_fraction: float, role: str,
+            label: str) -> list[tuple[int, Measurement]]:
+    """Heads chosen on the prompts ``rows`` whose role there (on the means) is ``role``
+    ("backup" or "released suppression", as :meth:`effects.SelfRepair.role` defines them)
+    and whose ΔDE has its lower bound above ``min_fraction`` x the mean lost effect there.
+    Returns (index, ΔDE oriented along the lost effect)."""
+    lost = repair.lost[list(rows)]
+    sign = 1.0 if float(lost.mean()) >= 0 else -1.0
+    threshold = min_fraction * abs(float(lost.mean()))
+    chosen = []
+    for i in candidates:
+        d = repair.delta_de[i][list(rows)] * sign
+        dm, cm = float(d.mean()), float(repair.clean_de[i][list(rows)].mean()) * sign
+        is_backup = cm >= -E.SILENT_FRACTION * dm
+        if dm <= threshold or is_backup != (role == "backup"):
+            continue
+        m = Measurement.from_values(f"{role} ΔDE(IO - S) {repair.components[i]}", d, model=label, record=False)
+        if m.lower > threshold:
+            chosen.append((i, m))
+    return chosen
+
+
+def _cross_fitted(repair: Any, candidates: Sequence[int], min_fraction: float, role: str, label: str) -> Any:
+    """``[n]`` per prompt, the summed ΔDE of the heads of ``role`` chosen on the *other* half."""
+    import torch
+
+    n = len(repair.lost)
+    num = torch.zeros(n, dtype=torch.float64)
+    a, b = _halves(n)
+    for pick, use in ((a, b), (b, a)):
+        chosen = _select(repair, pick, candidates, min_fraction, role, label)
+        if chosen:
+            num[use] = repair.delta_de[[i for i, _ in chosen]][:, use].sum(0)
+    return num
+
+
+def compensation(model: Any, prompts: PromptSet, name_movers: Sequence[Any], *, ablation: str = "abc",
+                 min_backup: float = MIN_BACKUP, activations: ActivationStore | None = None) -> Compensation:
+    """Ablate ``name_movers`` together and measure which heads' direct effect on LD rises
+    (backups) and the cross-fitted fraction of the lost direct effect they restore (see
+    the module docstring). ``prompts`` needs answers and foils (and ``corrupted`` for
+    ``ablation="abc"``); it need not be an IOI set."""
+    import torch
+
+    if not isinstance(prompts, PromptSet):
+        raise PromptSetError(bad("prompts", type(prompts).__name__, "a PromptSet with answers and foils"))
+    prompts.require("answers", "foils")
+    if ablation not in ABLATIONS:
+        raise CircuitsError(bad("ablation", ablation, f"one of {ABLATIONS}"))
+    _check_threshold("min_backup", min_backup, 0.0, None)
+    if len(prompts) < 4:
+        raise PromptSetError(bad("prompts", f"{len(prompts)} prompts", "at least 4 (two halves of two "
+                                                                       "for the cross-fitted fraction)"))
+    movers = parse_many([m.head if isinstance(m, Located) else m for m in name_movers], model)
+    if not movers or not all(isinstance(h, Head) for h in movers):
+        raise CircuitsError(bad("name_movers", [str(m) for m in movers], "at least one head L{layer}H{head}"))
+    store = resolve(activations)
+    if ablation == "abc":
+        prompts.require("corrupted")
+        abl = _patch(model, list(movers))
+    else:
+        abl = _ablate(model, list(movers), "zero")
+    repair = _logit_diff_repair(model, prompts, abl, store)
+    why = repair.why_nothing_lost()
+    if why is not None:
+        raise MeasurementError(f"the compensation for {[str(h) for h in movers]} is undefined: {why}")
+    label = model_info(model).label
+    ablated = set(repair.ablated)
+    first = min(h.layer for h in movers)
+    cands = [i for i, c in enumerate(repair.components)
+             if isinstance(c, Head) and i not in ablated and c.layer >= first]
+    n = len(prompts)
+    threshold = min_backup * abs(float(repair.lost.mean()))
+    located = {role: tuple(sorted((Located(repair.components[i], m)
+                                   for i, m in _select(repair, range(n), cands, min_backup, role, label)),
+                                  key=lambda x: -x.score.mean))
+               for role in ("backup", "released suppression")}
+    prov = {"prompts": prompts.name, "ablation": abl.key, "name_movers": [str(h) for h in movers],
+            "selection": "cross-fitted halves"}
+    fractions = {}
+    for role, name in (("backup", "backup restored fraction"),
+                       ("released suppression", "released-suppression restored fraction")):
+        fractions[role] = Measurement.from_ratio(
+            name, _cross_fitted(repair, cands, min_backup, role, label), repair.lost, model=label,
+            labels=prompts.prompts, provenance=prov, denominator_name="the name movers' lost direct effect on IO - S")
+    net = Measurement.from_ratio("other heads' net ΔDE / lost", repair.delta_de[cands].sum(0), repair.lost,
+                                 model=label, labels=prompts.prompts, provenance=prov, record=False)
+    lost = Measurement.from_values("name movers' lost DE(IO - S)", repair.lost, model=label,
+                                   labels=prompts.prompts, provenance=prov, record=False)
+    total = Measurement.from_values("ioi logit diff change, name movers ablated", repair.measured_total,
+                                    model=label, labels=prompts.prompts, provenance=prov)
+    return Compensation(repair, tuple(movers), located["backup"], fractions["backup"],
+                        located["released suppression"], fractions["released suppression"], lost, total, net,
+                        threshold)
+
+
+# ----------------------------------------------------------------------------- detection
+def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: ActivationStore | None = None,
+               prompts: PromptSet | None = None, min_logit_diff: float = MIN_LOGIT_DIFF,
+               min_attention: float = MIN_ATTENTION, min_effect: float = MIN_EFFECT,
+               min_s_inhibition: float = MIN_S_INHIBITION, min_backup: float = MIN_BACKUP,
+               ablation: str = "abc", top: int = TOP) -> Detection:
+    """The IOI check: logit difference, name movers, S-inhibition heads, backup name movers
+    and the fraction of the lost direct effect the backups restore (module docstring).
+
+    Found when the lower bound of LD is above ``min_logit_diff`` and at least one name
+    mover is located. Not applicable when the tokenizer has too few single-token names
+    (or cannot write the templates)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 4:
+        raise CircuitsError(bad("n", n, "an int >= 4 (two halves with both orders)"))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CircuitsError(bad("seed", seed, "an int"))
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise CircuitsError(bad("top", top, "a positive int"))
+    if ablation not in ABLATIONS:
+        raise CircuitsError(bad("ablation", ablation, f"one of {ABLATIONS}"))
+    for k, v, hi in (("min_attention", min_attention, 1.0), ("min_effect", min_effect, None),
+                     ("min_s_inhibition", min_s_inhibition, None), ("min_backup", min_backup, None)):
+        _check_threshold(k, v, 0.0, hi)
+    _check_threshold("min_logit_diff", min_logit_diff, None, None)
+    label = model_info(model).label
+    if prompts is None:
+        try:
+            prompts = _build(model, n=n, seed=seed)
+        except PromptSetError as e:
+            return Detection.not_applicable(CHECK, TITLE, f"no IOI prompts for this tokenizer: {e}",
+                                            source=SOURCE, model=label)
+    else:
+        _require_ioi(prompts)
+    store = resolve(activations)
+    scores = head_scores(model, prompts, activations=store)
+    ld = Measurement.from_values("ioi logit diff (IO - S)", scores.logit_diff, model=label,
+                                 labels=prompts.prompts, provenance={"prompts": prompts.name})
+    movers = name_movers(scores, min_attention=min_attention, min_effect=min_effect)
+    negatives = negative_name_movers(scores, min_attention=min_attention, min_effect=min_effect)
+    headline: list[Measurement] = [ld]
+    more: list[Measurement] = [dataclasses.replace(m.score, name=f"name-mover DE(IO - S) {m.head}")
+                               for m in movers[:top]]
+    shape = scores.shape
+    heatmaps: dict[str, Any] = {
+        "attention END->IO": scores.heatmap("attn_io"),
+        "name-mover score: DE(IO - S)": scores.heatmap("de"),
+    }
+    components: list[tuple[str, float]] = [(str(m.head), m.score.mean) for m in movers]
+    lines = [f"name movers (attention END->IO >= {min_attention}, IO preferred over S1+S2, DE(IO - S) lower "
+             f"bound > {min_effect}): " + (", ".join(map(repr, movers)) or "none")]
+    if negatives:
+        lines.append("negative name movers (attend to IO, DE upper bound < -min_effect): "
+                     + ", ".join(map(repr, negatives)))
+    if movers:
+        mover_sum = sum(scores.de[m.head.layer, m.head.head] for m in movers)
+        headline.append(Measurement.from_values("name movers' summed DE(IO - S)", mover_sum, model=label,
+                                                labels=prompts.prompts,
+                                                provenance={"name_movers": [str(m.head) for m in movers]}))
+        sinh = s_inhibition(model, prompts, movers, scores, min_attention=min_attention,
+                            min_s_inhibition=min_s_inhibition, activations=store)
+        more += [x.score for x in sinh.heads[:top]]
+        components += [(str(x.head), x.score.mean) for x in sinh.heads]
+        lines.append(f"S-inhibition heads (attention END->S2 >= {min_attention}; patching their END output "
+                     f"from ABC lowers the name movers' DE by > {min_s_inhibition} x "
+                     f"{sinh.mover_de.mean:.3f}, lower bound): " + (", ".join(map(repr, sinh.heads)) or "none")
+                     + f" of {len(sinh.candidates)} candidates")
+        heatmaps["S-inhibition score"] = sinh.heatmap(shape)
+        try:
+            comp = compensation(model, prompts, [m.head for m in movers], ablation=ablation,
+                                min_backup=min_backup, activations=store)
+        except MeasurementError as e:
+            comp = None
+            lines.append(f"compensation not measured: {e}")
+        if comp is not None:
+            headline += [comp.total, comp.restored, comp.released_fraction]
+            components += [(str(b.head), b.score.mean) for b in comp.backups]
+            heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = comp.heatmap(shape)
+            lines.append(
+                f"name movers ablated ({ablation}): lost DE {comp.lost.mean:.3f}, LD changes by "
+                f"{comp.total.mean:+.3f} [{comp.total.lower:.3f}, {comp.total.upper:.3f}]; every other head "
+                f"together makes up {comp.heads_net.mean:+.3f} of the loss")
+            lines.append(f"backup name movers (role backup, ΔDE(IO - S) lower bound > {min_backup} x lost): "
+                         + (", ".join(map(repr, comp.backups)) or "none") + f"; restored fraction "
+                         f"{_interval(comp.restored)} (cross-fitted)")
+            lines.append(f"released suppression (clean DE against IO, rising toward 0): "
+                         + (", ".join(map(repr, comp.released)) or "none") + f"; restored fraction "
+                         f"{_interval(comp.released_fraction)} (cross-fitted)")
+    top_de = sorted(((float(scores.de[l, h].mean()), Head(l, h)) for l in range(shape[0]) for h in range(shape[1])),
+                    key=lambda x: -abs(x[0]))[:5]
+    lines.append("largest direct effects on IO - S: " + ", ".join(
+        f"{h} {v:+.3f} (attn IO {float(scores.attn_io[h.layer, h.head].mean()):.2f}, "
+        f"S2 {float(scores.attn_s2[h.layer, h.head].mean()):.2f})" for v, h in top_de))
+    found = bool(ld.lower > min_logit_diff and movers)
+    criterion = (f"the lower bound of logit(IO) - logit(S) is above {min_logit_diff} and at least one name mover "
+                 f"is located (a head at END with mean attention to IO >= {min_attention}, attending to IO more "
+                 f"than to S1 and S2 together, and a direct effect on IO - S whose lower bound is above "
+                 f"{min_effect}); S-inhibition heads and backup name movers are reported, not required")
+    extra = {"more": tuple(more)} if _HAS_MORE else {}
+    return Detection(check=CHECK, title=TITLE, source=SOURCE, model=label, applicable=True, found=found,
+                     criterion=criterion, measurements=tuple(headline) + (() if _HAS_MORE else tuple(more)),
+                     components=tuple(components), heatmaps=heatmaps, details="\n".join(lines), **extra)
+
+
+# Per-head measurements go to Detection.more where the contract has it (their names change
+# with the heads located, so they are not baseline keys).
+_HAS_MORE = "more" in {f.name for f in dataclasses.fields(Detection)}
+
+
+def _interval(m: Measurement) -> str:
+    return f"{m.mean:.3f} [{m.lower:.3f}, {m.upper:.3f}]"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_threshold(name: str, value: Any, lo: float | None, hi: float | None) -> None:
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (
+            f">= {lo}" if lo is not None else "finite")
+        raise CircuitsError(bad(name, value, f"a number {rng}"))
+
+
+def _check_same(a: Any, b: Any, what: str) -> None:
+    """Two computations of the same per-prompt numbers must agree (float error only)."""
+    gap = float((a - b).abs().max()) if len(a) else 0.0
+    if gap > 1e-4 * max(1.0, float(b.abs().max())):
+        raise MeasurementError(f"{what} computed from hook_z does not match the decomposition (off by {gap:.3g})")
