@@ -1,0 +1,351 @@
+"""Induction, previous-token and duplicate-token heads (tasks.induction, techniques.heads).
+
+The planted models in tests/data/planted/ were trained by scripts/train_induction.py on
+repeated random sequences: ``induction`` (2 layers, attention only) has induction heads and
+the previous-token head that feeds them; ``induction_control`` (1 layer, trained the same
+way) cannot have induction heads. Their ground_truth.json was computed by the script with
+raw TransformerLens hooks. Here the detector must find exactly those heads and nothing on the
+control, every number must equal a raw-hook computation, and the shipped files must be what
+the script computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_circuits import load_model
+from pytest_circuits.components import Head
+from pytest_circuits.errors import CircuitsError, ComponentError, PromptSetError
+from pytest_circuits.prompts import PromptSet
+from pytest_circuits.store import ActivationStore
+from pytest_circuits.tasks import induction as T
+from pytest_circuits.techniques import heads as HD
+from pytest_circuits.testing import make_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANTED = ROOT / "tests" / "data" / "planted"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_induction", ROOT / "scripts" / "train_induction.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("induction-cache")
+
+
+@pytest.fixture(scope="module")
+def planted(cache):
+    return load_model(str(PLANTED / "induction"), device="cpu", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def control(cache):
+    return load_model(str(PLANTED / "induction_control"), device="cpu", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def gqa(tmp_path_factory, cache):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("ind-gqa") / "m", n_heads=4, n_kv_heads=2, seed=3)
+    return load_model(str(path), device="cpu", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory, cache):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("ind-gpt2") / "m", arch="gpt2", seed=5)
+    return load_model(str(path), device="cpu", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def store():
+    return ActivationStore()
+
+
+def truth(name):
+    return json.loads((PLANTED / name / "ground_truth.json").read_text())
+
+
+# ----------------------------------------------------------------------------- the task
+def test_repeated_tokens_really_repeat(planted):
+    ps = T.repeated_tokens(planted, n=6, length=7, seed=3)
+    tok = planted.tokenizer
+    assert ps.tokens.shape == (6, 15) and ps.lengths == (15,) * 6
+    assert ps.meta == {"period": (7,) * 6, "start": (1,) * 6}
+    assert (ps.tokens[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(ps.tokens[:, 1:8], ps.tokens[:, 8:15])
+    pool = set(T.ordinary_tokens(planted))
+    special = set(tok.all_special_ids)
+    for row in ps.tokens[:, 1:8].tolist():
+        assert len(set(row)) == 7 and set(row) <= pool and not set(row) & special
+    assert ps.prompts[0] == tok.decode(ps.tokens[0, 1:].tolist())
+    assert torch.equal(T.repeated_tokens(planted, n=6, length=7, seed=3).tokens, ps.tokens)   # seeded
+    assert not torch.equal(T.repeated_tokens(planted, n=6, length=7, seed=4).tokens, ps.tokens)
+    # the pool: every ordinary word of the word-level vocabulary that is a word or a number
+    words = {tok.convert_ids_to_tokens(i) for i in pool}
+    assert {"the", "cat", "7", "Paris"} <= words and not words & {".", ",", "<bos>", "<pad>", "<unk>"}
+    assert HD.layout(ps) == [(list(range(6)), 1, 7)]
+
+
+def test_large_vocabulary_uses_the_middle_range():
+    class Tok:
+        def __len__(self):
+            return 49152
+
+    class Model:
+        tokenizer = Tok()
+
+        class cfg:
+            d_vocab = 49152
+
+    assert T.default_range(Model()) == (2457, 24576)
+    Model.cfg.d_vocab = 1000
+    assert T.default_range(Model()) == (0, 1000)
+
+
+def test_vocab_range_limits_the_tokens(planted):
+    pool = T.ordinary_tokens(planted, vocab_range=(20, 40))
+    assert pool and all(20 <= i < 40 for i in pool)
+    ps = T.repeated_tokens(planted, n=3, length=5, vocab_range=(20, 40))
+    assert set(ps.tokens[:, 1:].flatten().tolist()) <= set(pool)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n=0), "n=0"), (dict(n=-2), "n=-2"), (dict(n=True), "n=True"), (dict(n=2.5), "n=2.5"),
+    (dict(length=1), "length=1"), (dict(length=64), "context n_ctx is 128"),
+    (dict(length=20, vocab_range=(20, 30)), "only"), (dict(vocab_range=(5, 5)), "vocab_range"),
+    (dict(vocab_range=(0, 10 ** 6)), "vocab_range"), (dict(vocab_range="all"), "vocab_range"),
+    (dict(seed=-1), "seed=-1"),
+])
+def test_bad_task_arguments_are_refused(planted, kw, match):
+    with pytest.raises(PromptSetError, match=match):
+        T.repeated_tokens(planted, **kw)
+
+
+def test_prompt_sets_that_do_not_repeat_are_refused(planted, store):
+    plain = PromptSet.build(planted, ["the cat sat on the mat"])
+    with pytest.raises(PromptSetError, match="repeated_tokens"):
+        HD.head_scores(planted, plain, activations=store)
+    ps = T.repeated_tokens(planted, n=2, length=5)
+    broken = ps.tokens.clone()
+    broken[1, 8] = broken[1, 2]
+    lying = PromptSet(name="lying", prompts=ps.prompts, tokens=broken, lengths=ps.lengths, meta=ps.meta,
+                      pad_id=ps.pad_id)
+    with pytest.raises(PromptSetError, match="do not repeat"):
+        HD.detect_induction(planted, prompts=lying, activations=store)
+    with pytest.raises(PromptSetError, match="two copies"):
+        HD.layout(PromptSet(name="x", prompts=ps.prompts, tokens=ps.tokens, lengths=ps.lengths,
+                            meta={"period": (6, 6), "start": (1, 1)}, pad_id=ps.pad_id))
+
+
+def test_bad_detector_arguments(planted, store):
+    ps = T.repeated_tokens(planted, n=4, length=6)
+    with pytest.raises(ComponentError):
+        HD.ablation_effect(planted, ps, "L5H0", activations=store)          # no layer 5
+    with pytest.raises(ComponentError, match="attention heads"):
+        HD.ablation_effect(planted, ps, "mlp1", activations=store)
+    with pytest.raises(ComponentError, match="'mean' or 'zero'"):
+        HD.ablation_effect(planted, ps, "L1H0", kind="resample", activations=store)
+    scores = HD.head_scores(planted, ps, activations=store)
+    with pytest.raises(ComponentError):
+        scores["induction"].of("attn1")
+    with pytest.raises(ComponentError):
+        scores["induction"].of("L1H7")
+    with pytest.raises(PromptSetError, match="n=0"):
+        HD.detect_induction(planted, n=0, activations=store)
+
+
+def test_a_model_without_enough_tokens_is_not_applicable(tmp_path, cache):
+    path = make_tiny_checkpoint(tmp_path / "few", words=["the", "cat", "sat"], seed=2)
+    few = load_model(str(path), device="cpu", cache_dir=cache)
+    assert len(T.ordinary_tokens(few)) == 13            # 10 digits and 3 words
+    for detect in (HD.detect_induction, HD.detect_previous_token, HD.detect_duplicate_token):
+        d = detect(few, length=20)
+        assert not d.applicable and not d.found and "13 ordinary tokens" in d.reason and d.status == "n/a"
+    with pytest.raises(PromptSetError, match="only 13"):
+        T.repeated_tokens(few, length=20)
+    d = HD.detect_induction(few, length=5, n=4)                        # a shorter sequence fits
+    assert d.applicable
+
+
+# ----------------------------------------------------------------------------- planted ground truth
+def test_detector_finds_the_planted_induction_heads(planted, store):
+    gt = truth("induction")
+    d = HD.detect_induction(planted, activations=store)
+    print(d.summary())
+    assert d.found and d.applicable
+    assert [c for c, _ in d.components] and {c for c, _ in d.components} == set(gt["induction_heads"])
+    for c, _ in d.components:
+        m = d.measurement(f"induction score {c}")
+        assert m.lower > HD.THRESHOLD and m.n == 32
+    # ablating them undoes the in-context drop (every head of layer 1 is one: no control there)
+    drop = d.measurement("in-context loss drop (first - second copy)")
+    assert drop.lower > 3.0
+    assert d.measurement("second-copy loss increase, induction heads ablated").lower > 0.9 * drop.mean
+    assert "no control" in d.details and len(d.measurements) == 2 + len(d.components)
+    assert set(d.heatmaps) == {"induction score", "previous-token score", "duplicate-token score"}
+    assert all(v.shape == (2, 4) for v in d.heatmaps.values())
+    assert "previous-token heads (lower bound > 0.5): L0H0" in d.details
+
+
+def test_detector_finds_the_previous_token_head_that_feeds_them(planted, store):
+    gt = truth("induction")
+    d = HD.detect_previous_token(planted, activations=store)
+    print(d.summary())
+    assert d.found and [c for c, _ in d.components] == gt["previous_token_heads"]
+    assert all(c.startswith("L0") for c, _ in d.components)                   # the layer before
+    # the induction heads need it: ablating it costs the second copy more than any induction head
+    worst = max(gt["zero_ablation_loss_increase"][c] for c in gt["induction_heads"])
+    assert all(gt["zero_ablation_loss_increase"][c] > worst for c, _ in d.components)
+    assert not HD.detect_duplicate_token(planted, activations=store).found
+
+
+def test_control_reports_nothing(control, store):
+    assert truth("induction_control")["induction_heads"] == []
+    d = HD.detect_induction(control, activations=store)
+    print(d.summary())
+    assert d.applicable and not d.found and d.components == ()
+    best = d.measurements[1]
+    assert best.name.startswith("induction score L0H") and best.upper < HD.THRESHOLD
+    assert np.max(d.heatmaps["induction score"]) < 0.2
+
+
+# ----------------------------------------------------------------------------- raw hooks
+def raw_scores(model, ps):
+    """Per prompt and head, the three scores from run_with_cache, by explicit loops."""
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(ps.tokens, names_filter=lambda n: n in names)
+    out = {k: np.zeros((len(ps), model.cfg.n_layers, model.cfg.n_heads)) for k in HD.KINDS}
+    for b in range(len(ps)):
+        s, t = ps.meta["start"][b], ps.meta["period"][b]
+        for l, name in enumerate(names):
+            a = cache[name][b].double()
+            for h in range(model.cfg.n_heads):
+                out["induction"][b, l, h] = np.mean([float(a[h, i, i - t + 1]) for i in range(s + t, s + 2 * t)])
+                out["duplicate_token"][b, l, h] = np.mean([float(a[h, i, i - t]) for i in range(s + t, s + 2 * t)])
+                out["previous_token"][b, l, h] = np.mean([float(a[h, i, i - 1]) for i in range(s + 1, s + 2 * t)])
+    return out
+
+
+@torch.no_grad()
+def raw_copy_losses(model, ps, fwd_hooks=()):
+    logits = model.run_with_hooks(ps.tokens, fwd_hooks=list(fwd_hooks)).double()
+    nll = -logits[:, :-1].log_softmax(-1).gather(-1, ps.tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+    first = [float(nll[b, s:s + t - 1].mean()) for b, (s, t) in enumerate(zip(ps.meta["start"], ps.meta["period"]))]
+    second = [float(nll[b, s + t:s + 2 * t - 1].mean())
+              for b, (s, t) in enumerate(zip(ps.meta["start"], ps.meta["period"]))]
+    return np.array(first), np.array(second)
+
+
+@pytest.mark.parametrize("which", ["planted", "gqa", "gpt2"])
+def test_scores_and_losses_equal_raw_hooks(which, request, store):
+    model = request.getfixturevalue(which)
+    ps = T.repeated_tokens(model, n=5, length=9, seed=7)
+    got = HD.head_scores(model, ps, activations=store)
+    want = raw_scores(model, ps)
+    for k in HD.KINDS:
+        np.testing.assert_allclose(got[k].values, want[k], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[k].grid, want[k].mean(0), atol=1e-6, rtol=0)
+        m = got[k].of("L1H2")
+        assert m.name == f"{HD.TITLES[k]} L1H2" and m.values == pytest.approx(tuple(want[k][:, 1, 2]), abs=1e-6)
+    first, second = HD.copy_losses(model, ps, activations=store)
+    rf, rs = raw_copy_losses(model, ps)
+    np.testing.assert_allclose(first, rf, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(second, rs, atol=1e-4, rtol=0)
+    icl = HD.in_context_loss(model, ps, activations=store)
+    assert icl.drop.values == pytest.approx(tuple(rf - rs), abs=1e-4)
+
+
+def mean_z_hooks(model, ps, heads):
+    """Raw mean ablation: each head's hook_z slice replaced by its mean over every token."""
+    names = sorted({f"blocks.{h.layer}.attn.hook_z" for h in heads})
+    _, cache = model.run_with_cache(ps.tokens, names_filter=lambda n: n in names)
+    hooks = []
+    for h in heads:
+        mean = cache[f"blocks.{h.layer}.attn.hook_z"][:, :, h.head].reshape(-1, model.cfg.d_head).mean(0)
+
+        def fn(z, hook, h=h, mean=mean):
+            z = z.clone()
+            z[:, :, h.head] = mean
+            return z
+        hooks.append((f"blocks.{h.layer}.attn.hook_z", fn))
+    return hooks
+
+
+def zero_z_hooks(heads):
+    def make(h):
+        def fn(z, hook):
+            z = z.clone()
+            z[:, :, h.head] = 0
+            return z
+        return (f"blocks.{h.layer}.attn.hook_z", fn)
+    return [make(h) for h in heads]
+
+
+@pytest.mark.parametrize("which, kind", [("planted", "mean"), ("planted", "zero"), ("gqa", "mean"),
+                                         ("gpt2", "zero")])
+def test_ablation_increase_equals_raw_hooks(which, kind, request, store):
+    model = request.getfixturevalue(which)
+    ps = T.repeated_tokens(model, n=6, length=8, seed=2)
+    heads = [Head(1, 2), Head(1, 0)]
+    eff = HD.ablation_effect(model, ps, ["L1H2", "L1H0"], kind=kind, seed=0, activations=store)
+    _, clean = raw_copy_losses(model, ps)
+    hooks = mean_z_hooks(model, ps, heads) if kind == "mean" else zero_z_hooks(heads)
+    _, ablated = raw_copy_losses(model, ps, hooks)
+    np.testing.assert_allclose(eff.increase.array, ablated - clean, atol=1e-4, rtol=0)
+    # the control: as many other heads of layer 1, seeded, and the excess is the paired difference
+    assert len(eff.control_heads) == 2 and {h.layer for h in eff.control_heads} == {1}
+    assert not set(eff.control_heads) & set(heads)
+    ctrl = mean_z_hooks(model, ps, eff.control_heads) if kind == "mean" else zero_z_hooks(eff.control_heads)
+    _, ablated_ctrl = raw_copy_losses(model, ps, ctrl)
+    np.testing.assert_allclose(eff.control_increase.array, ablated_ctrl - clean, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(eff.excess.array, eff.increase.array - eff.control_increase.array, atol=1e-12)
+    assert eff.control_heads == HD.ablation_effect(model, ps, heads, kind=kind, seed=0,
+                                                   activations=store).control_heads
+    assert "control" in eff.table()
+
+
+def test_control_heads_are_taken_from_the_same_layers(planted):
+    chosen, note = HD.control_heads(planted, [Head(1, 0), Head(1, 2), Head(1, 3)])
+    assert chosen == (Head(1, 1),) and "1 of 3" in note            # only one other head in layer 1
+    chosen, note = HD.control_heads(planted, [Head(0, 1), Head(1, 1)], seed=5)
+    assert [h.layer for h in chosen] == [0, 1] and note == ""
+    assert Head(0, 1) not in chosen and Head(1, 1) not in chosen
+
+
+# ----------------------------------------------------------------------------- other architectures
+@pytest.mark.parametrize("which", ["gqa", "gpt2"])
+def test_detectors_run_on_gqa_and_gpt2(which, request, store):
+    model = request.getfixturevalue(which)
+    for detect in (HD.detect_induction, HD.detect_previous_token, HD.detect_duplicate_token):
+        d = detect(model, n=8, length=10, activations=store)
+        assert d.applicable and d.criterion and d.measurements
+        assert all(v.shape == (model.cfg.n_layers, model.cfg.n_heads) for v in d.heatmaps.values())
+        assert all(np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all() for v in d.heatmaps.values())
+
+
+# ----------------------------------------------------------------------------- shipped files
+@pytest.mark.parametrize("name", ["induction", "induction_control"])
+def test_shipped_checkpoints_are_what_the_script_records(name):
+    folder = PLANTED / name
+    training = json.loads((folder / "TRAINING.json").read_text())
+    shipped = truth(name)
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert training["model_safetensors_sha256"] == sha == shipped["model_safetensors_sha256"]
+    assert training["architecture"]["n_layers"] == {"induction": 2, "induction_control": 1}[name]
+    fresh = _script().ground_truth(folder)                       # raw hooks, recomputed now
+    assert fresh["induction_heads"] == shipped["induction_heads"]
+    assert fresh["previous_token_heads"] == shipped["previous_token_heads"]
+    for key in ("induction_score", "previous_token_score", "duplicate_token_score", "zero_ablation_loss_increase"):
+        assert fresh[key] == pytest.approx(shipped[key], abs=1e-5), key
+    assert fresh["loss_second_copy"] == pytest.approx(shipped["loss_second_copy"], abs=1e-5)
