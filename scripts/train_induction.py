@@ -28,10 +28,18 @@ Each checkpoint folder also gets
 Training sequences (one row): ``[BOS, a_1..a_T, a_1..a_T, a_1..]``, a random sequence of
 ``T`` distinct ordinary words repeated until 48 tokens follow BOS, the period ``T`` uniform
 in 3..24 per row. Every position after the first copy is predictable by induction, so the
-previous-token information an induction head reads is needed at every position.
-Loss: next-token cross-entropy at every
-position. Plain torch on the ``LlamaForCausalLM``, one CPU thread, deterministic
-algorithms: the result depends only on the seed (and the torch version).
+previous-token information an induction head reads is needed at every position. Loss:
+next-token cross-entropy at every position. Plain torch on the ``LlamaForCausalLM``, one CPU
+thread, deterministic algorithms: the result depends only on the seed (and the torch
+version); a second run wrote byte-identical safetensors.
+
+Result (seed 0, 600 steps; 67-97 s and 36-46 s on one thread of a shared 2-core CPU):
+the 2-layer model's second-copy loss is 0.004 nats against 4.27 on the first copy; every head
+of layer 1 is an induction head (0.91-0.99), fed by the previous-token head L0H0 (0.82;
+zero-ablating it costs the second copy 3.3 nats, any single induction head at most 0.012:
+they back each other up). The control's second-copy loss is 3.41 against 4.42 (it learns
+that the second copy re-uses the first copy's tokens, not which one comes next); no head
+scores above 0.08 as an induction head.
 
     python scripts/train_induction.py [--seed 0] [--steps 600] [--out tests/data/planted]
     python scripts/train_induction.py --ground-truth-only     # recompute ground_truth.json
