@@ -8,6 +8,8 @@ that returns a :class:`~pytest_circuits.detection.Detection`:
 check               detector                                         paper
 ==================  ===============================================  ========================
 induction           ``techniques.heads.detect_induction``            arXiv:2209.11895
+previous_token      ``techniques.heads.detect_previous_token``       arXiv:2209.11895
+duplicate_token     ``techniques.heads.detect_duplicate_token``      arXiv:2211.00593
 ioi                 ``techniques.ioi.detect_ioi``                    arXiv:2211.00593
 successor           ``techniques.ov.detect_successor``               arXiv:2312.09230
 copy_suppression    ``techniques.ov.detect_copy_suppression``        arXiv:2310.04625
@@ -65,6 +67,12 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "the model has induction heads: on a repeated random token sequence, heads attend from each "
           "token to the one that followed its earlier occurrence, and ablating them raises the loss on "
           "the repeat", ".techniques.heads:detect_induction"),
+    Check("previous_token", "Previous-token heads", "arXiv:2209.11895",
+          "the model has previous-token heads: heads attend from each token to the one before it",
+          ".techniques.heads:detect_previous_token"),
+    Check("duplicate_token", "Duplicate-token heads", "arXiv:2211.00593",
+          "the model has duplicate-token heads: on a repeated sequence, heads attend from each token to "
+          "its earlier occurrence", ".techniques.heads:detect_duplicate_token"),
     Check("ioi", "Indirect object identification", "arXiv:2211.00593",
           "the model completes IOI prompts with the indirect object; name-mover heads copy it, and backup "
           "name movers restore part of their direct effect when they are ablated", ".techniques.ioi:detect_ioi"),

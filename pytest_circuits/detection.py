@@ -48,9 +48,13 @@ class Detection:
                    reason=reason)
 
     def measurement(self, name: str) -> Any:
+        """The measurement called ``name`` (a headline or one of ``more``), recorded for the
+        running claim: a claim that asserts on it reports it and compares it with its baseline."""
+        from .measurement import record
+
         for m in self.measurements + self.more:
             if m.name == name:
-                return m
+                return record(m)
         raise CircuitsError(f"Detection {self.check!r} has no measurement {name!r}; it has "
                             f"{[m.name for m in self.measurements + self.more]}")
 

@@ -338,6 +338,14 @@ def ablation_effect(model: Any, prompts: Any, heads: Any, *, kind: str = "mean",
 
 
 # --------------------------------------------------------------------------- detectors
+def _top(s: "HeadScores", head: Any) -> Measurement:
+    """``head``'s score under the head-independent name ``"<kind> score (top head)"`` (the head
+    is in its provenance), so that baselines compare the same key on every checkpoint."""
+    m = s.of(head)
+    return Measurement.from_values(f"{s.title} (top head)", m.array, model=m.model, labels=m.labels,
+                                   provenance=dict(m.provenance), record=True)
+
+
 def _recorded(m: Measurement) -> Measurement:
     """``m`` again, recorded (in the running claim's report) this time."""
     return Measurement.from_values(m.name, m.array, model=m.model, labels=m.labels,
@@ -401,8 +409,10 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     On SmolLM2-135M: L18H6 0.852, L17H4 0.739, L17H3 0.684, L17H5 0.634 (next L18H7 0.493);
     mean-ablating them +3.66 nats against +0.17 for four other heads of layers 17-18.
 
-    Measurements: the in-context loss drop, each located head's induction score (or the best
-    head's when none is located), and with located heads the ablation's second-copy loss
+    Measurements (headlines, under head-independent names so that the checkup's baselines
+    compare them across checkpoints): the in-context loss drop, ``induction score (top head)``
+    (the best located head, else the best head; each located head's own score is in ``more``,
+    also through ``measurement("induction score L{l}H{h}")``), and with located heads the ablation's second-copy loss
     increase, the control's (as many other heads of the same layers) and the excess over
     it. Heatmaps: all three scores. A model whose tokenizer has fewer ordinary tokens than
     ``length``, or whose context cannot hold two copies, is not applicable.
@@ -417,11 +427,11 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     icl = in_context_loss(model, ps, activations=store)
     drop = _recorded(icl.drop)
     located = scores["induction"].located(threshold)
-    measurements: list[Measurement] = [drop]
-    if located:
-        measurements += [scores["induction"].of(h, record=True) for h, _ in located]
-    else:
-        measurements.append(scores["induction"].of(scores["induction"].ranking(1)[0][0], record=True))
+    # Headlines under head-independent names (the checkup's baselines compare them across
+    # checkpoints); each located head's own score is in ``more``.
+    top = located[0][0] if located else scores["induction"].ranking(1)[0][0]
+    measurements: list[Measurement] = [drop, _top(scores["induction"], top)]
+    more = [scores["induction"].of(h) for h, _ in located] or [scores["induction"].of(top)]
     effect = None
     if located:
         chosen = [h for h, _ in located][:max_ablated] if max_ablated else [h for h, _ in located]
@@ -445,7 +455,7 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     details.append("  duplicate-token heads (lower bound > %g): %s" % (
         duplicate_threshold, ", ".join(f"{h} {m.mean:.3f}" for h, m in dup) or "none"))
     return Detection(check="induction", title=title, source=SOURCE, model=label, found=found,
-                     criterion=criterion, measurements=tuple(measurements),
+                     criterion=criterion, measurements=tuple(measurements), more=tuple(more),
                      components=tuple((str(h), m.mean) for h, m in located),
                      heatmaps=_heatmaps(scores), details="\n".join(details))
 
@@ -467,7 +477,7 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
     return Detection(check=kind, title=title, source=SOURCE, model=label, found=bool(located),
                      criterion=(f"a head whose {s.title} (mean attention {what}) has a 95% lower bound above "
                                 f"{threshold}"),
-                     measurements=tuple(s.of(h, record=True) for h in heads),
+                     measurements=(_top(s, heads[0]),), more=tuple(s.of(h) for h in heads),
                      components=tuple((str(h), m.mean) for h, m in located),
                      heatmaps=_heatmaps(scores), details=_scores_table(scores, s.ranking(8)))
 

@@ -192,7 +192,11 @@ def test_detector_finds_the_planted_induction_heads(planted, store):
     drop = d.measurement("in-context loss drop (first - second copy)")
     assert drop.lower > 3.0
     assert d.measurement("second-copy loss increase, induction heads ablated").lower > 0.9 * drop.mean
-    assert "no control" in d.details and len(d.measurements) == 2 + len(d.components)
+    assert "no control" in d.details and len(d.measurements) == 3 and len(d.more) == len(d.components)
+    assert [m.name for m in d.measurements] == ["in-context loss drop (first - second copy)",
+                                                "induction score (top head)",
+                                                "second-copy loss increase, induction heads ablated"]
+    assert d.measurements[1].values == d.measurement(f"induction score {d.components[0][0]}").values
     assert set(d.heatmaps) == {"induction score", "previous-token score", "duplicate-token score"}
     assert all(v.shape == (2, 4) for v in d.heatmaps.values())
     assert "previous-token heads (lower bound > 0.5): L0H0" in d.details
@@ -216,7 +220,8 @@ def test_control_reports_nothing(control, store):
     print(d.summary())
     assert d.applicable and not d.found and d.components == ()
     best = d.measurements[1]
-    assert best.name.startswith("induction score L0H") and best.upper < HD.THRESHOLD
+    assert best.name == "induction score (top head)" and best.provenance["head"].startswith("L0H")
+    assert best.upper < HD.THRESHOLD
     assert np.max(d.heatmaps["induction score"]) < 0.2
 
 
