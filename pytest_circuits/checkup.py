@@ -182,11 +182,12 @@ def detect_greater_than(model: Any, *, n: int = 100, seed: int = 0, min_pd: floa
         measurements=(pd, drop))
 
 
-def detect_factual_recall(model: Any, *, min_facts: int = 20, min_share: float = 0.5,
-                          activations: Any = None) -> Detection:
+def detect_factual_recall(model: Any, *, n: int | None = 200, seed: int = 0, min_facts: int = 20,
+                          min_share: float = 0.5, activations: Any = None) -> Detection:
     """Factual recall on the project's facts set (``pytest_circuits/data/facts.jsonl``, each fact
     with a same-relation foil), on the facts whose answer and foil are single tokens for this
-    tokenizer: the logit difference answer - foil, the share of facts where the answer wins,
+    tokenizer (a seeded sample of ``n`` of them; ``n=None``: all): the logit difference
+    answer - foil, the share of facts where the answer wins,
     and each head's direct effect on that difference (the heatmap; components: the heads with
     the largest mean direct effect).
 
@@ -221,6 +222,13 @@ def detect_factual_recall(model: Any, *, min_facts: int = 20, min_share: float =
             "factual_recall", title, f"only {len(readable)} facts have a single-token answer and foil and a "
             f"prompt without the unknown token for this tokenizer (at least {min_facts} needed)",
             source=src, model=label)
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < min_facts:
+            raise CircuitsError(bad("n", n, f"None (all facts) or an int >= min_facts ({min_facts})"))
+        if n < len(readable):
+            import random
+
+            readable = sorted(random.Random(seed).sample(readable, n))
     if len(readable) < len(ps):
         ps = ps.subset(readable, name="checkup_facts")
     ld = metrics.logit_diff(model, ps, activations=activations)

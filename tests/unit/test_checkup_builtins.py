@@ -53,7 +53,7 @@ def test_factual_recall_not_applicable_without_the_words(tiny):
 
 def test_factual_recall_heatmap_is_raw_direct_effects(facts_model):
     model = facts_model
-    det = checkup.detect_factual_recall(model, activations=ActivationStore())
+    det = checkup.detect_factual_recall(model, n=None, activations=ActivationStore())
     assert det.applicable, det.reason
     with pytest.warns(PromptWarning):        # prompts with words the vocabulary lacks (dropped below)
         ps = tasks.facts(model)
@@ -91,6 +91,17 @@ def test_factual_recall_heatmap_is_raw_direct_effects(facts_model):
     assert np.allclose(det.heatmaps["direct effect on answer - foil"], want, atol=1e-4)
     top = det.components[0]
     assert top[0] == "L{}H{}".format(*np.unravel_index(np.argmax(want), want.shape))
+
+
+def test_factual_recall_samples_n_facts(facts_model):
+    a = checkup.detect_factual_recall(facts_model, n=30, seed=1)
+    b = checkup.detect_factual_recall(facts_model, n=30, seed=1)
+    c = checkup.detect_factual_recall(facts_model, n=30, seed=2)
+    ld = "facts logit difference (answer - foil)"
+    assert a.measurement(ld).n == 30 and a.measurement(ld).values == b.measurement(ld).values
+    assert a.measurement(ld).values != c.measurement(ld).values
+    with pytest.raises(CircuitsError, match="min_facts"):
+        checkup.detect_factual_recall(facts_model, n=5)
 
 
 def test_run_records_only_headlines_and_names_the_model(tiny):
