@@ -195,7 +195,13 @@ def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore 
     store = resolve(activations)
     L = int(model.cfg.n_layers)
     names = [H.last(H.pattern(l)) for l in range(L)]
-    pat = store.get(model, prompts, names)
+    # one clean forward: the patterns with what the direct effects read (a prefetch: anything
+    # decompose needs beyond these it reads itself)
+    readout = ([H.last(H.EMBED), H.last(H.FINAL_SCALE), H.LOGITS_LAST] + [H.last(H.z(l)) for l in range(L)]
+               + [H.last(H.mlp_out(l)) for l in range(L)]
+               + ([H.last(H.POS_EMBED)] if getattr(model.cfg, "positional_embedding_type", "standard") == "standard"
+                  and H.POS_EMBED in model.hook_dict else []))     # learned positions (GPT-2)
+    pat = store.get(model, prompts, names + readout)
     rows = torch.arange(len(prompts))
 
     def at(key: str) -> Any:
@@ -344,6 +350,7 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     L, nh = scores.shape
     cands = tuple(Head(l, h) for l in range(last) for h in range(nh)
                   if float(mean_s2[l, h]) >= min_attention and Head(l, h) not in heads)
+    _prefetch_corrupted(model, prompts, {c.layer for c in cands}, (), store)
     scale = store.get(model, prompts, [H.last(H.FINAL_SCALE)])[H.last(H.FINAL_SCALE)].double().reshape(-1)
     clean = movers_de(model, prompts, heads, scale=scale, activations=store)
     _check_same(clean, sum(scores.de[h.layer, h.head] for h in heads), "the name movers' direct effect")
@@ -376,6 +383,16 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     return SInhibition(heads, cands, results, mover_de, threshold, located)
 
 
+def _prefetch_corrupted(model: Any, prompts: PromptSet, last_layers: Any, full_layers: Any,
+                       store: ActivationStore) -> None:
+    """Read, in one forward of the corrupted prompts, the ``hook_z`` the patches will take
+    from it: at the last position for ``last_layers`` (S-inhibition candidates), at every
+    position for ``full_layers`` (the ablated name movers)."""
+    names = [H.last(H.z(l)) for l in sorted(last_layers)] + [H.z(l) for l in sorted(full_layers)]
+    if names:
+        store.get(model, prompts.corrupted, names)
+
+
 # ----------------------------------------------------------------------------- compensation
 @dataclass(frozen=True, eq=False)
 class Compensation:
@@ -405,6 +422,25 @@ class Compensation:
 
     def table(self, k: int = 8) -> str:
         return self.repair.table(k)
+
+    def by_role(self, role: str) -> Measurement:
+        """Every downstream head whose role (on the means over all prompts) is ``role``
+        (``"backup"`` or ``"released suppression"``), however small its rise: their summed
+        ΔDE over the lost direct effect. No threshold and no cross-fitting: the whole share
+        of that kind of compensation, for a claim that it is small."""
+        if role not in ("backup", "released suppression"):
+            raise CircuitsError(bad("role", role, "'backup' or 'released suppression'"))
+        import torch
+
+        ablated = set(self.name_movers)
+        first = min(h.layer for h in self.name_movers)
+        rows = [i for i, c in enumerate(self.repair.components)
+                if isinstance(c, Head) and c not in ablated and c.layer >= first
+                and self.repair.role(c) == role]
+        num = self.repair.delta_de[rows].sum(0) if rows else torch.zeros_like(self.repair.lost)
+        return Measurement.from_ratio(f"every {role} head's ΔDE / lost", num, self.repair.lost,
+                                      model=self.repair.model, labels=self.repair.labels,
+                                      provenance={"heads": [str(self.repair.components[i]) for i in rows]})
 
 
 def _logit_diff_repair(model: Any, prompts: PromptSet, abl: Any, store: ActivationStore) -> Any:
@@ -523,13 +559,71 @@ def compensation(model: Any, prompts: PromptSet, name_movers: Sequence[Any], *, 
 
 
 # ----------------------------------------------------------------------------- detection
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything the IOI check measures on one prompt set (:func:`analyse`)."""
+
+    model: str
+    prompts: PromptSet
+    scores: HeadScores
+    logit_diff: Measurement
+    name_movers: tuple[Located, ...]
+    negative_name_movers: tuple[Located, ...]
+    mover_de: Measurement | None                 # the name movers' summed DE on LD
+    s_inhibition: SInhibition | None            # None without name movers
+    compensation: Compensation | None           # None without name movers (or nothing lost)
+    notes: tuple[str, ...] = ()
+
+
+def analyse(model: Any, prompts: PromptSet, *, min_attention: float = MIN_ATTENTION,
+            min_effect: float = MIN_EFFECT, min_s_inhibition: float = MIN_S_INHIBITION,
+            min_backup: float = MIN_BACKUP, ablation: str = "abc",
+            activations: ActivationStore | None = None) -> Analysis:
+    """Head scores, logit difference, name movers (and negative ones), S-inhibition heads
+    and the compensation when the name movers are ablated, on an IOI prompt set."""
+    _require_ioi(prompts)
+    if ablation not in ABLATIONS:
+        raise CircuitsError(bad("ablation", ablation, f"one of {ABLATIONS}"))
+    for k, v, hi in (("min_attention", min_attention, 1.0), ("min_effect", min_effect, None),
+                     ("min_s_inhibition", min_s_inhibition, None), ("min_backup", min_backup, None)):
+        _check_threshold(k, v, 0.0, hi)
+    store = resolve(activations)
+    label = model_info(model).label
+    scores = head_scores(model, prompts, activations=store)
+    ld = Measurement.from_values("ioi logit diff (IO - S)", scores.logit_diff, model=label,
+                                 labels=prompts.prompts, provenance={"prompts": prompts.name})
+    movers = name_movers(scores, min_attention=min_attention, min_effect=min_effect)
+    negatives = negative_name_movers(scores, min_attention=min_attention, min_effect=min_effect)
+    if not movers:
+        return Analysis(label, prompts, scores, ld, movers, negatives, None, None, None)
+    mover_de = Measurement.from_values("name movers' summed DE(IO - S)",
+                                       sum(scores.de[m.head.layer, m.head.head] for m in movers), model=label,
+                                       labels=prompts.prompts,
+                                       provenance={"name_movers": [str(m.head) for m in movers]})
+    if ablation == "abc":       # the corrupted run's outputs both analyses patch in: one forward
+        last = max(m.head.layer for m in movers)
+        mean_s2 = scores.attn_s2.mean(-1)
+        _prefetch_corrupted(model, prompts, {l for l in range(last) if bool((mean_s2[l] >= min_attention).any())},
+                            {m.head.layer for m in movers}, store)
+    sinh = s_inhibition(model, prompts, movers, scores, min_attention=min_attention,
+                        min_s_inhibition=min_s_inhibition, activations=store)
+    notes: tuple[str, ...] = ()
+    try:
+        comp = compensation(model, prompts, [m.head for m in movers], ablation=ablation, min_backup=min_backup,
+                            activations=store)
+    except MeasurementError as e:
+        comp, notes = None, (f"compensation not measured: {e}",)
+    return Analysis(label, prompts, scores, ld, movers, negatives, mover_de, sinh, comp, notes)
+
+
 def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: ActivationStore | None = None,
                prompts: PromptSet | None = None, min_logit_diff: float = MIN_LOGIT_DIFF,
                min_attention: float = MIN_ATTENTION, min_effect: float = MIN_EFFECT,
                min_s_inhibition: float = MIN_S_INHIBITION, min_backup: float = MIN_BACKUP,
                ablation: str = "abc", top: int = TOP) -> Detection:
     """The IOI check: logit difference, name movers, S-inhibition heads, backup name movers
-    and the fraction of the lost direct effect the backups restore (module docstring).
+    and the fractions of the lost direct effect made up (module docstring), from
+    :func:`analyse` on ``tasks.ioi(model, n=n, seed=seed)`` (or ``prompts``).
 
     Found when the lower bound of LD is above ``min_logit_diff`` and at least one name
     mover is located. Not applicable when the tokenizer has too few single-token names
@@ -553,35 +647,33 @@ def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: Activatio
         except PromptSetError as e:
             return Detection.not_applicable(CHECK, TITLE, f"no IOI prompts for this tokenizer: {e}",
                                             source=SOURCE, model=label)
-    else:
-        _require_ioi(prompts)
-    store = resolve(activations)
-    scores = head_scores(model, prompts, activations=store)
-    ld = Measurement.from_values("ioi logit diff (IO - S)", scores.logit_diff, model=label,
-                                 labels=prompts.prompts, provenance={"prompts": prompts.name})
-    movers = name_movers(scores, min_attention=min_attention, min_effect=min_effect)
-    negatives = negative_name_movers(scores, min_attention=min_attention, min_effect=min_effect)
-    headline: list[Measurement] = [ld]
+    a = analyse(model, prompts, min_attention=min_attention, min_effect=min_effect,
+                min_s_inhibition=min_s_inhibition, min_backup=min_backup, ablation=ablation,
+                activations=activations)
+    return _detection(a, min_logit_diff=min_logit_diff, min_attention=min_attention, min_effect=min_effect,
+                      min_s_inhibition=min_s_inhibition, min_backup=min_backup, ablation=ablation, top=top)
+
+
+def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_effect: float,
+               min_s_inhibition: float, min_backup: float, ablation: str, top: int) -> Detection:
+    """The :class:`Detection` of an :class:`Analysis`: headline measurements, per-head ones
+    (``more``), components (name movers, S-inhibition heads, backups), heatmaps, details."""
+    shape = a.scores.shape
+    headline: list[Measurement] = [a.logit_diff]
     more: list[Measurement] = [dataclasses.replace(m.score, name=f"name-mover DE(IO - S) {m.head}")
-                               for m in movers[:top]]
-    shape = scores.shape
-    heatmaps: dict[str, Any] = {
-        "attention END->IO": scores.heatmap("attn_io"),
-        "name-mover score: DE(IO - S)": scores.heatmap("de"),
-    }
-    components: list[tuple[str, float]] = [(str(m.head), m.score.mean) for m in movers]
+                               for m in a.name_movers[:top]]
+    heatmaps: dict[str, Any] = {"attention END->IO": a.scores.heatmap("attn_io"),
+                                "name-mover score: DE(IO - S)": a.scores.heatmap("de")}
+    components: list[tuple[str, float]] = [(str(m.head), m.score.mean) for m in a.name_movers]
     lines = [f"name movers (attention END->IO >= {min_attention}, IO preferred over S1+S2, DE(IO - S) lower "
-             f"bound > {min_effect}): " + (", ".join(map(repr, movers)) or "none")]
-    if negatives:
+             f"bound > {min_effect}): " + (", ".join(map(repr, a.name_movers)) or "none")]
+    if a.negative_name_movers:
         lines.append("negative name movers (attend to IO, DE upper bound < -min_effect): "
-                     + ", ".join(map(repr, negatives)))
-    if movers:
-        mover_sum = sum(scores.de[m.head.layer, m.head.head] for m in movers)
-        headline.append(Measurement.from_values("name movers' summed DE(IO - S)", mover_sum, model=label,
-                                                labels=prompts.prompts,
-                                                provenance={"name_movers": [str(m.head) for m in movers]}))
-        sinh = s_inhibition(model, prompts, movers, scores, min_attention=min_attention,
-                            min_s_inhibition=min_s_inhibition, activations=store)
+                     + ", ".join(map(repr, a.negative_name_movers)))
+    if a.mover_de is not None:
+        headline.append(a.mover_de)
+    sinh, comp = a.s_inhibition, a.compensation
+    if sinh is not None:
         more += [x.score for x in sinh.heads[:top]]
         components += [(str(x.head), x.score.mean) for x in sinh.heads]
         lines.append(f"S-inhibition heads (attention END->S2 >= {min_attention}; patching their END output "
@@ -589,45 +681,34 @@ def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: Activatio
                      f"{sinh.mover_de.mean:.3f}, lower bound): " + (", ".join(map(repr, sinh.heads)) or "none")
                      + f" of {len(sinh.candidates)} candidates")
         heatmaps["S-inhibition score"] = sinh.heatmap(shape)
-        try:
-            comp = compensation(model, prompts, [m.head for m in movers], ablation=ablation,
-                                min_backup=min_backup, activations=store)
-        except MeasurementError as e:
-            comp = None
-            lines.append(f"compensation not measured: {e}")
-        if comp is not None:
-            headline += [comp.total, comp.restored, comp.released_fraction]
-            components += [(str(b.head), b.score.mean) for b in comp.backups]
-            heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = comp.heatmap(shape)
-            lines.append(
-                f"name movers ablated ({ablation}): lost DE {comp.lost.mean:.3f}, LD changes by "
-                f"{comp.total.mean:+.3f} [{comp.total.lower:.3f}, {comp.total.upper:.3f}]; every other head "
-                f"together makes up {comp.heads_net.mean:+.3f} of the loss")
-            lines.append(f"backup name movers (role backup, ΔDE(IO - S) lower bound > {min_backup} x lost): "
-                         + (", ".join(map(repr, comp.backups)) or "none") + f"; restored fraction "
-                         f"{_interval(comp.restored)} (cross-fitted)")
-            lines.append(f"released suppression (clean DE against IO, rising toward 0): "
-                         + (", ".join(map(repr, comp.released)) or "none") + f"; restored fraction "
-                         f"{_interval(comp.released_fraction)} (cross-fitted)")
-    top_de = sorted(((float(scores.de[l, h].mean()), Head(l, h)) for l in range(shape[0]) for h in range(shape[1])),
+    if comp is not None:
+        headline += [comp.total, comp.restored, comp.released_fraction]
+        components += [(str(b.head), b.score.mean) for b in comp.backups]
+        heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = comp.heatmap(shape)
+        lines.append(f"name movers ablated ({ablation}): lost DE {comp.lost.mean:.3f}, LD changes by "
+                     f"{_interval(comp.total)}; every other head together makes up {comp.heads_net.mean:+.3f} "
+                     "of the loss")
+        lines.append(f"backup name movers (role backup, ΔDE(IO - S) lower bound > {min_backup} x lost): "
+                     + (", ".join(map(repr, comp.backups)) or "none")
+                     + f"; restored fraction {_interval(comp.restored)} (cross-fitted)")
+        lines.append("released suppression (clean DE against IO, rising toward 0): "
+                     + (", ".join(map(repr, comp.released)) or "none")
+                     + f"; restored fraction {_interval(comp.released_fraction)} (cross-fitted)")
+    lines += list(a.notes)
+    de = a.scores.de.mean(-1)
+    top_de = sorted(((float(de[l, h]), Head(l, h)) for l in range(shape[0]) for h in range(shape[1])),
                     key=lambda x: -abs(x[0]))[:5]
     lines.append("largest direct effects on IO - S: " + ", ".join(
-        f"{h} {v:+.3f} (attn IO {float(scores.attn_io[h.layer, h.head].mean()):.2f}, "
-        f"S2 {float(scores.attn_s2[h.layer, h.head].mean()):.2f})" for v, h in top_de))
-    found = bool(ld.lower > min_logit_diff and movers)
+        f"{h} {v:+.3f} (attn IO {float(a.scores.attn_io[h.layer, h.head].mean()):.2f}, "
+        f"S2 {float(a.scores.attn_s2[h.layer, h.head].mean()):.2f})" for v, h in top_de))
+    found = bool(a.logit_diff.lower > min_logit_diff and a.name_movers)
     criterion = (f"the lower bound of logit(IO) - logit(S) is above {min_logit_diff} and at least one name mover "
                  f"is located (a head at END with mean attention to IO >= {min_attention}, attending to IO more "
                  f"than to S1 and S2 together, and a direct effect on IO - S whose lower bound is above "
                  f"{min_effect}); S-inhibition heads and backup name movers are reported, not required")
-    extra = {"more": tuple(more)} if _HAS_MORE else {}
-    return Detection(check=CHECK, title=TITLE, source=SOURCE, model=label, applicable=True, found=found,
-                     criterion=criterion, measurements=tuple(headline) + (() if _HAS_MORE else tuple(more)),
-                     components=tuple(components), heatmaps=heatmaps, details="\n".join(lines), **extra)
-
-
-# Per-head measurements go to Detection.more where the contract has it (their names change
-# with the heads located, so they are not baseline keys).
-_HAS_MORE = "more" in {f.name for f in dataclasses.fields(Detection)}
+    return Detection(check=CHECK, title=TITLE, source=SOURCE, model=a.model, applicable=True, found=found,
+                     criterion=criterion, measurements=tuple(headline), more=tuple(more),
+                     components=tuple(components), heatmaps=heatmaps, details="\n".join(lines))
 
 
 def _interval(m: Measurement) -> str:

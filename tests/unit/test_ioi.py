@@ -273,6 +273,8 @@ def test_planted_ground_truth_is_found(planted_ioi, ps, truth, store):
 
 
 def test_control_yields_nothing(planted_control, store):
+    a = I.analyse(planted_control, ioi(planted_control, n=64, seed=0), activations=store)
+    assert a.name_movers == () and a.s_inhibition is None and a.compensation is None and a.mover_de is None
     d = I.detect_ioi(planted_control, activations=store)
     print(d.summary())
     assert d.applicable and not d.found and d.components == ()
@@ -295,9 +297,13 @@ def test_compensation_on_the_planted_backup(cache, name, restores):
     if restores:
         assert [str(b.head) for b in comp.backups] == [planted.BACKUP["backup"]]
         assert comp.restored.mean == pytest.approx(planted.BACKUP_FRACTION, abs=0.02)
+        assert comp.by_role("backup").mean == pytest.approx(planted.BACKUP_FRACTION, abs=0.02)
     else:
         assert comp.backups == () and comp.restored.mean == 0
-        assert comp.heads_net.mean < 0.05
+        assert comp.heads_net.mean < 0.05 and comp.by_role("backup").mean < 0.05
+    assert comp.released == () and comp.by_role("released suppression").mean == 0
+    with pytest.raises(CircuitsError):
+        comp.by_role("amplifier")
 
 
 # ----------------------------------------------------------------------------- not applicable, bad input
