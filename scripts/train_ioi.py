@@ -1,7 +1,12 @@
 """Train the planted IOI model and its control, and compute their ground truth with raw hooks.
 
 Writes two tiny Llama checkpoints (Hugging Face layout, the word-level tokenizer of
-:func:`pytest_circuits.testing.make_tiny_checkpoint` with the IOI task's words):
+:func:`pytest_circuits.testing.make_tiny_checkpoint` with the IOI task's words,
+``tasks.ioi.vocabulary()``), 2 layers x 4 heads, d_model 64, *attention only*: every MLP's
+output projection is zero and frozen, so the MLPs write exactly 0 and whatever the model
+does, its heads do. Training: 1000 steps of 128 prompts (one template per step), AdamW
+(lr 3e-3, weight decay 0.1, 100 warm-up steps, linear decay), one CPU thread, deterministic
+for a seed (about 1.5 minutes per model on a quiet core; byte-identical on re-running):
 
 * ``tests/data/planted/ioi/``: trained on IOI prompts (:mod:`pytest_circuits.tasks.ioi`'s
   templates, names, places and objects, both orders): "When A and B went to the store, B
@@ -10,7 +15,8 @@ Writes two tiny Llama checkpoints (Hugging Face layout, the word-level tokenizer
   target is the two names with probability 1/2 each (soft cross-entropy): the answer is not
   determined, so no head has a reason to move the IO rather than S.
 
-Each folder gets ``TRAINING.json`` (settings, wall time, held-out logit difference) and
+Each folder gets ``TRAINING.json`` (settings, wall time, logit difference on 1024 fresh
+prompts) and
 ``ground_truth.json``, computed on the :class:`TransformerBridge` that
 :func:`pytest_circuits.load_model` returns with raw TransformerLens hooks only
 (``run_with_cache`` / ``run_with_hooks``, no ``pytest_circuits`` measurement code) on the
@@ -32,6 +38,13 @@ again here with ``bridge.to_tokens``):
 
     python scripts/train_ioi.py [--steps 1000] [--seed 0] [--only ioi|control]
     python scripts/train_ioi.py --ground-truth-only
+
+What came out (2026-11-26): the IOI model (logit difference 16.8 on fresh prompts, IO above
+S on every one) solves the task with the paper's circuit in miniature: L0H1 attends from
+END to S2 (0.93) and writes against S, and, read by the layer-1 queries, steers the name
+movers L1H0, L1H3, L1H2, L1H1 to the IO (attention 0.60, 0.51, 0.29, 0.23), which copy it
+(direct effects 2.99, 2.81, 1.99, 1.52). The control (logit difference -0.07) attends to
+IO and S1 alike: no name mover.
 """
 
 from __future__ import annotations
@@ -124,7 +137,8 @@ def train(path: Path, *, control: bool, seed: int = 0, steps: int = DEFAULTS["st
         model.train()
         data = Data(PreTrainedTokenizerFast.from_pretrained(str(path)))
         g = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+        live = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(live, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps) if steps else 1.0)
         for step in range(steps):

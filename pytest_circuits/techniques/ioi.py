@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..components import Head, parse_many
+from ..components import MLP, Head, parse_many
 from ..detection import Detection
 from ..errors import CircuitsError, MeasurementError, PromptSetError, bad
 from ..interventions import ablate as _ablate
@@ -217,7 +217,7 @@ def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore 
     for i, c in enumerate(de_io.components):
         if isinstance(c, Head):
             de[c.layer, c.head] = diff[i]
-        elif type(c).__name__ == "MLP":
+        elif isinstance(c, MLP):
             mlp[c.layer] = diff[i]
     return HeadScores(model_info(model).label, prompts, at("io_pos"), at("s1_pos"), at("s2_pos"), de, mlp,
                       de_io.logit - de_s.logit)
@@ -263,6 +263,8 @@ def negative_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTEN
                          min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
     """Heads attending END -> IO as name movers do whose direct effect on LD has its upper
     bound below ``-min_effect`` (the paper's 10.7, 11.10); most negative first."""
+    _check_threshold("min_attention", min_attention, 0.0, 1.0)
+    _check_threshold("min_effect", min_effect, 0.0, None)
     L, nh = scores.shape
     mean_io = scores.attn_io.mean(-1)
     out = []

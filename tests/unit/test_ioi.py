@@ -272,6 +272,29 @@ def test_planted_ground_truth_is_found(planted_ioi, ps, truth, store):
     assert all(v.shape == (2, 4) for v in d.heatmaps.values())
 
 
+@pytest.mark.parametrize("name", ["ioi", "ioi_control"])
+def test_shipped_ground_truth_matches_the_model_and_the_detector(name, cache, store):
+    """ground_truth.json was computed (scripts/train_ioi.py, raw hooks on prompts tokenized
+    by the bridge) on exactly the shipped weights, and its per-head numbers are the
+    detector's head scores."""
+    import hashlib
+
+    from pytest_circuits import load_model
+
+    folder = DATA / name
+    truth = json.loads((folder / "ground_truth.json").read_text())
+    training = json.loads((folder / "TRAINING.json").read_text())
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert truth["model_safetensors_sha256"] == training["model_safetensors_sha256"] == sha
+    model = load_model(str(folder), device="cpu", cache_dir=cache)
+    sc = I.head_scores(model, ioi(model, n=64, seed=0), activations=store)
+    for head, want in truth["heads"].items():
+        h = Head(int(head[1:].split("H")[0]), int(head.split("H")[1]))
+        for key in ("attn_io", "attn_s1", "attn_s2", "de"):
+            assert float(sc.values(key, h).mean()) == pytest.approx(want[key], abs=1e-4), (head, key)
+    assert float(sc.logit_diff.mean()) == pytest.approx(truth["logit_diff"], abs=1e-3)
+
+
 def test_control_yields_nothing(planted_control, store):
     a = I.analyse(planted_control, ioi(planted_control, n=64, seed=0), activations=store)
     assert a.name_movers == () and a.s_inhibition is None and a.compensation is None and a.mover_de is None
