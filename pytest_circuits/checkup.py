@@ -74,8 +74,9 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "the model has duplicate-token heads: on a repeated sequence, heads attend from each token to "
           "its earlier occurrence", ".techniques.heads:detect_duplicate_token"),
     Check("ioi", "Indirect object identification", "arXiv:2211.00593",
-          "the model completes IOI prompts with the indirect object; name-mover heads copy it, and backup "
-          "name movers restore part of their direct effect when they are ablated", ".techniques.ioi:detect_ioi"),
+          "the model completes IOI prompts with the indirect object, and name-mover heads attend to it and "
+          "raise its logit (when they are ablated, other heads make up part of their direct effect: backup "
+          "name movers or released suppression)", ".techniques.ioi:detect_ioi"),
     Check("successor", "Successor heads", "arXiv:2312.09230",
           "a head's OV circuit maps members of ordinal sequences (numbers, days, months, letters) to their "
           "successors", ".techniques.ov:detect_successor"),
