@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import textwrap
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,27 @@ def test_register_refuses_bad_checks(monkeypatch):
     assert checkup.select("ioi, induction") == ["induction", "ioi"]
     with pytest.raises(CircuitsError):
         checkup.select(",")
+
+
+PLANTED = Path(__file__).resolve().parents[1] / "data" / "planted"
+
+
+def test_checkup_on_planted_models_finds_each_mechanism_only_where_planted(pytester, tmp_path):
+    """The whole checkup path (collection, detectors, card) on the planted models: each mechanism
+    is found on the model built or trained to have it, and on nothing else; controls show nothing;
+    checks a tokenizer cannot run are not applicable, never passed."""
+    models = ["induction", "induction_control", "ordinal", "ordinal_control", "ioi", "ioi_control"]
+    r = pytester.runpytest("--circuits-checkup", "--circuits-checks=induction,ioi,successor,copy_suppression",
+                           *[f"--circuits-model={PLANTED / m}" for m in models], "--circuits-no-cache",
+                           f"--circuits-report={tmp_path / 'r.json'}", "-p", "no:cacheprovider")
+    status = {(c["model"], c["check"]): c["status"] for c in json.loads((tmp_path / "r.json").read_text())["checkup"]}
+    planted = {("induction", "induction"), ("ordinal", "successor"), ("ordinal", "copy_suppression"), ("ioi", "ioi")}
+    for m in models:
+        for check in ("induction", "ioi", "successor", "copy_suppression"):
+            want = "found" if (m, check) in planted else "not found"
+            if check == "ioi" and m not in ("ioi", "ioi_control"):
+                want = "n/a"        # word-level vocabularies with 2 of the candidate names
+            if check == "successor" and m not in ("ordinal", "ordinal_control"):
+                want = "n/a"        # 8 digit pairs in one sequence
+            assert status[(m, check)] == want, (m, check, status[(m, check)])
+    r.assert_outcomes(passed=4, failed=12, skipped=8)
