@@ -2,12 +2,16 @@
 
 Commands:
 
+* ``finetune OUT [--damage greater-than] [--steps 8] [--seed 0] [--lr 1e-4] [--model smollm2-135m|DIR]
+  [--cache-dir DIR]``: a short, seeded, deterministic CPU fine-tune that damages one mechanism
+  (:mod:`pytest_circuits.finetune`), written as a checkpoint with a ``FINETUNE.json``.
 * ``perturb OUT --layer 23 --scale 0.5 [--part attn|mlp] [--model smollm2-135m|DIR]
   [--cache-dir DIR]``: write a checkpoint of a model with one layer's attention (or MLP)
   output multiplied by ``--scale`` (weights and bias of its output projection), to point
   claims at with ``--circuits-model OUT`` (the drift example in docs/reports-and-baselines.md).
 
-``python -m pytest_circuits --help`` lists the commands; ``... perturb --help`` its options.
+``python -m pytest_circuits --help`` lists the commands; ``... perturb --help`` (or
+``finetune --help``) their options. Bad input exits with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any, Sequence
 
 from .config import DEFAULT_MODEL
 from .errors import CircuitsError, bad
+from .finetune import BLOCKS as _BLOCKS
+from .finetune import DAMAGES, DEFAULTS, LOSSES, NEUTRAL, TRAIN_SETS, finetune_checkpoint, source_checkpoint
 
 PARTS = ("attn", "mlp")
-# Where the transformer blocks and each block's output projections live, by architecture
-# (Hugging Face module names): the first that exists is used.
-_BLOCKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# Where each block's output projections live, by architecture (Hugging Face module names; the
+# blocks are finetune.BLOCKS): the first that exists is used.
 _OUT_PROJ = {"attn": ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.out_proj", "attn.out_proj"),
              "mlp": ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "fc2")}
 
@@ -35,21 +40,6 @@ def _module(root: Any, dotted: str) -> Any:
         if root is None:
             return None
     return root
-
-
-def _source(model: str, cache_dir: str | Path | None) -> tuple[Path, str]:
-    """The checkpoint folder of ``model`` (the embedded model's converted weights, or a local
-    Hugging Face checkpoint folder) and a line saying what it is."""
-    from .models import EMBEDDED, embedded_checkpoint
-
-    if model == EMBEDDED:
-        folder, digest = embedded_checkpoint(Path(cache_dir) if cache_dir else None)
-        return folder, f"{EMBEDDED} (gguf sha256 {digest})"
-    path = Path(model).expanduser()
-    if (path / "config.json").is_file():
-        return path, str(path.resolve())
-    raise CircuitsError(bad("model", model, f"{EMBEDDED!r} (the embedded model) or a local Hugging Face "
-                                            "checkpoint folder (with config.json)"))
 
 
 def perturb_checkpoint(out: str | Path, *, layer: int, scale: float, part: str = "attn",
@@ -64,7 +54,7 @@ def perturb_checkpoint(out: str | Path, *, layer: int, scale: float, part: str =
         raise CircuitsError(bad("part", part, f"one of {PARTS}"))
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise CircuitsError(bad("layer", layer, "a block index (an int)"))
-    src, what = _source(model, cache_dir)
+    src, what, _ = source_checkpoint(model, cache_dir, fingerprint=False)
     hf = AutoModelForCausalLM.from_pretrained(str(src), torch_dtype=torch.float32)
     blocks = next((b for b in (_module(hf, d) for d in _BLOCKS) if b is not None), None)
     if blocks is None:
@@ -103,6 +93,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None,
                    help="cache folder of the converted embedded weights (default: $PYTEST_CIRCUITS_CACHE_DIR "
                         "or ~/.cache/pytest-circuits)")
+    f = sub.add_parser("finetune", help="fine-tune a model briefly (CPU, seeded) on text that damages one mechanism",
+                       description="A short, seeded, deterministic CPU fine-tune on text written by the project "
+                                   "that teaches the opposite of one mechanism (e.g. spans whose end year comes "
+                                   "before their start, against greater-than), mixed with neutral text. Writes a "
+                                   "checkpoint folder with FINETUNE.json; run claims or the checkup on it with "
+                                   "--circuits-model OUT.")
+    f.add_argument("out", help="folder to write the checkpoint to (new, or empty)")
+    f.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"the embedded model's name ({DEFAULT_MODEL}, the default) or a local checkpoint folder")
+    f.add_argument("--damage", default="greater-than", metavar="NAME",
+                   help=f"the mechanism to damage: one of {', '.join(sorted(DAMAGES))} (default greater-than)")
+    f.add_argument("--steps", type=int, default=DEFAULTS["steps"],
+                   help=f"optimizer steps (default {DEFAULTS['steps']})")
+    f.add_argument("--seed", type=int, default=0, help="seed of the training text (default 0)")
+    f.add_argument("--lr", type=float, default=DEFAULTS["lr"], help=f"AdamW learning rate (default {DEFAULTS['lr']})")
+    f.add_argument("--batch", type=int, default=DEFAULTS["batch"], help=f"texts per step (default {DEFAULTS['batch']})")
+    f.add_argument("--neutral", default=DEFAULTS["neutral"], metavar="KIND",
+                   help=f"neutral text mixed in: one of {', '.join(sorted(NEUTRAL))} (default {DEFAULTS['neutral']})")
+    f.add_argument("--neutral-per-batch", type=int, default=DEFAULTS["neutral_per_batch"],
+                   help=f"neutral texts in each batch, 0 for none (default {DEFAULTS['neutral_per_batch']})")
+    f.add_argument("--train", default=DEFAULTS["train"], metavar="SET",
+                   help="parameters trained: " + "; ".join(f"{k}: {d}" for k, (d, _) in TRAIN_SETS.items())
+                        + f" (default {DEFAULTS['train']})")
+    f.add_argument("--loss", default=DEFAULTS["loss"], choices=sorted(LOSSES),
+                   help="tokens trained: " + "; ".join(f"{k}: {d}" for k, d in LOSSES.items())
+                        + f" (default {DEFAULTS['loss']})")
+    f.add_argument("--cache-dir", default=None,
+                   help="cache folder of the converted embedded weights and file hashes (default: "
+                        "$PYTEST_CIRCUITS_CACHE_DIR or ~/.cache/pytest-circuits)")
     return ap
 
 
@@ -113,10 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return 2
     try:
-        out = perturb_checkpoint(a.out, layer=a.layer, scale=a.scale, part=a.part, model=a.model,
-                                 cache_dir=a.cache_dir)
+        if a.command == "finetune":
+            out = finetune_checkpoint(a.out, model=a.model, damage=a.damage, steps=a.steps, seed=a.seed, lr=a.lr,
+                                      batch=a.batch, neutral=a.neutral, neutral_per_batch=a.neutral_per_batch,
+                                      train=a.train, loss=a.loss, cache_dir=a.cache_dir,
+                                      log=lambda line: print(line, flush=True))
+        else:
+            out = perturb_checkpoint(a.out, layer=a.layer, scale=a.scale, part=a.part, model=a.model,
+                                     cache_dir=a.cache_dir)
     except CircuitsError as e:
         print(f"{ap.prog} {a.command}: error: {e}", file=sys.stderr)
         return 2
-    print(f"{out}: {a.model} with layer {a.layer} {a.part} output x {a.scale}")
+    if a.command == "finetune":
+        print(f"{out}: {a.model} fine-tuned against {a.damage} ({a.steps} steps, seed {a.seed}); "
+              f"see {out}/FINETUNE.json")
+    else:
+        print(f"{out}: {a.model} with layer {a.layer} {a.part} output x {a.scale}")
     return 0
