@@ -373,9 +373,9 @@ def card_html(cards: Iterable[dict[str, Any]]) -> str:
                        f"<td class=status style='background:{colour.get(c['status'], '#fff')}'>{e(c['status'])}</td>"
                        f"<td>{meas}</td><td>{comps}</td><td><small>{e(c['criterion'])}</small></td></tr>")
         out.append("</table>")
-        figs = [(c["title"], name, grid) for c in cs for name, grid in c["heatmaps"].items()]
-        for title, name, grid in figs:
-            png = _heatmap_png(name, grid, f"{model}: {title}")
+        figs = [(c["title"], c["check"], name, grid) for c in cs for name, grid in c["heatmaps"].items()]
+        for title, check, name, grid in figs:
+            png = _heatmap_png(name, grid, f"{model}: {check}")
             if png is not None:
                 out.append(f"<figure class=heatmap><img alt='{e(title)}: {e(name)}' src='data:image/png;base64,{png}'>"
                            f"<figcaption>{e(title)}: {e(name)} (layers x heads)</figcaption></figure>")

@@ -479,7 +479,7 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
                                 f"{threshold}"),
                      measurements=(_top(s, heads[0]),), more=tuple(s.of(h) for h in heads),
                      components=tuple((str(h), m.mean) for h, m in located),
-                     heatmaps=_heatmaps(scores), details=_scores_table(scores, s.ranking(8)))
+                     heatmaps={s.title: s.grid}, details=_scores_table(scores, s.ranking(8)))
 
 
 def detect_previous_token(model: Any, *, n: int = 32, length: int = 20, seed: int = 0, activations: Any = None,
