@@ -27,6 +27,7 @@ CARD_PROPERTY = "circuits-checkup"
 def _claim(check: checkup.Check) -> Any:
     @pytest.mark.claim(source=check.source, finding=check.finding)
     def claim(model: Any, request: pytest.FixtureRequest) -> None:
+        __tracebackhide__ = True      # the failure is the card's message, not this function's source
         det = checkup.run(check.name, model)
         request.node.user_properties.append((CARD_PROPERTY, checkup.dumps(det)))
         print(det.summary())
