@@ -235,11 +235,29 @@ def succession_hits(model: Any, o: Ordinals | None = None, *,
     return hits, tuple(o.classes[k].name for k, _, _ in o.pairs)
 
 
+TIE_RTOL = 1e-5   # logits within this (relative) distance of the answer's count as a tie
+
+
+def _strictly_first(logits: Any, at: Any) -> Any:
+    """``[r]`` 1.0 where column ``at[r]`` of ``logits[r]`` is above every other column by more than
+    float noise, else 0.0: a tie is not a correct answer (argmax would pick one of the tied
+    columns by an implementation detail, and did differently from run to run)."""
+    import torch
+
+    own = logits.gather(-1, at.reshape(-1, 1)).squeeze(-1)
+    others = logits.clone()
+    others.scatter_(-1, at.reshape(-1, 1), float("-inf"))
+    best_other = others.max(-1).values
+    tol = TIE_RTOL * (1.0 + torch.maximum(own.abs(), best_other.abs()))
+    return (own > best_other + tol).double()
+
+
 def successor_margins(model: Any, o: Ordinals, prompts: PromptSet, *,
                       activations: ActivationStore | None = None) -> tuple[Any, Any]:
     """On in-context successor prompts (:func:`~pytest_circuits.tasks.ordinal.successor_prompts`,
     ``meta["class_index"]`` into ``o.classes``), at the last position: whether the model's
-    top logit among the sequence's members is the answer (``[n]`` 0/1), and every head's
+    top logit among the sequence's members is the answer, strictly (``[n]`` 0/1; a tie within
+    float noise is not correct), and every head's
     direct-effect margin ``DE(answer) - mean DE(other members)`` (``[n_layers, n_heads, n]``),
     with ``DE(u) = z_h W_O[l, h] . w_u / s`` (centred unembedding, final-norm scale)."""
     import torch
@@ -265,7 +283,7 @@ def successor_margins(model: Any, o: Ordinals, prompts: PromptSet, *,
         w = _unembed_dirs(model, ids)[0]                                        # [m, d]
         r_t = torch.tensor(rows)
         at = torch.tensor([o.classes[k].ids.index(prompts.answer_ids[r]) for r in rows])
-        correct[r_t] = (logits[r_t][:, ids].argmax(-1) == at).double()
+        correct[r_t] = _strictly_first(logits[r_t][:, ids], at)
         for l in range(L):
             out = torch.einsum("rhe,hed->hrd", acts[H.last(H.z(l))][r_t].double(), W_O[l])
             de = out @ w.T / scale[r_t].unsqueeze(-1)                           # [H, r, m]
@@ -303,7 +321,9 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
 
     Planted (tests/data/planted, measured by tests/unit/test_ov_heads.py): ``ordinal``'s
     successor head L1H0 scores 1 [0.929, 1] on its 50 pairs, every other head 0 (in-context
-    accuracy 1 [0.907, 1] on 38 prompts, L1H0's DE margin 0.109 [0.106, 0.111]);
+    accuracy 0 [0, 0.0925] on 38 prompts: its successor head attends uniformly, so the answer ties
+    with the successors of the other members in context, and a tie is not correct; L1H0's DE
+    margin 0.109 [0.106, 0.111]);
     ``ordinal_control`` (a predecessor head and copying heads) scores 0 everywhere: not found.
     SmolLM2-135M (2026-11-26, ~7 s): not found; 91 pairs from 8 sequences, best L23H3
     0.176 [0.104, 0.27] (0.62 on the digits 1-9, <= 0.33 elsewhere), next L28H6 0.143;

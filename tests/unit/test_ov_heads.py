@@ -278,7 +278,11 @@ def test_detect_successor_finds_the_planted_head(models, store):
                                                   "successor DE margin (top head)"]
     assert det.measurements[0].values == s.values and det.measurements[2].values == margin.values
     assert acc.n == margin.n == 38
-    assert acc.mean == 1.0                                          # measured: 1 [0.907, 1]
+    # The planted successor head attends uniformly, so it writes the successor of *every* member in
+    # the context: the answer ties with the other members' successors on every prompt, and a tie is
+    # not a correct answer (argmax once broke these ties towards the answer, by accident, and called
+    # it 1.0). In-context accuracy is behaviour; the detector's criterion is the OV circuit.
+    assert acc.mean == 0.0                                          # measured: 0 [0, 0.0925]
     assert margin.lower > 0                                         # measured: 0.109 [0.106, 0.111]
 
 
@@ -296,7 +300,10 @@ def test_successor_behaviour_equals_hooks(models, store):
         last = ps.lengths[r] - 1
         ids = o.classes[ps.meta["class_index"][r]].ids
         at = ids.index(ps.answer_ids[r])
-        assert correct[r] == float(int(logits[r, last, list(ids)].argmax()) == at)
+        row = logits[r, last, list(ids)].double()
+        others = torch.cat([row[:at], row[at + 1:]])
+        # strictly first: a tie (within float noise) is not a correct answer
+        assert correct[r] == float(bool(row[at] > others.max() + 1e-5 * (1 + max(abs(row[at]), abs(others.max())))))
         s = cache["ln_final.hook_scale"][r, last, 0].double()
         for layer in range(m.cfg.n_layers):
             for h in range(m.cfg.n_heads):
