@@ -130,6 +130,10 @@ def _add_checkup(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-circuits: --circuits-checks: {e}") from None
     config.stash[CHECKS_KEY] = checks
     if not _opt(config, "circuits_checkup"):
+        if config.getoption("circuits_checks") not in (None, "all"):
+            # Given on the command line without the checkup: it would select nothing, silently.
+            raise pytest.UsageError("pytest-circuits: --circuits-checks selects the checkup's checks; add "
+                                    "--circuits-checkup to run them")
         return
     explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
     here = str(CHECKUP_PATH)

@@ -114,6 +114,12 @@ def test_unknown_check_is_a_usage_error(fake, tiny_dir, tmp_path):
     r.stderr.fnmatch_lines(["*--circuits-checks*inductoin*'all' or a comma list of*"])
 
 
+def test_checks_without_the_checkup_is_a_usage_error(fake, tiny_dir, tmp_path):
+    r = _run(fake, tiny_dir, tmp_path, "--circuits-checks=induction")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--circuits-checks selects the checkup's checks; add --circuits-checkup*"])
+
+
 def test_checkup_baselines_gate_a_checkpoint(fake, tiny_dir, tmp_path):
     bdir = tmp_path / "baselines"
     r = _run(fake, tiny_dir, tmp_path, "--circuits-checkup", "--circuits-checks=fake_found",
