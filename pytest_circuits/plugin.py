@@ -120,7 +120,14 @@ CHECKS_KEY = pytest.StashKey[list]()
 
 
 def _add_checkup(config: pytest.Config) -> None:
-    """``--circuits-checkup``: collect the checkup's claims (alone when no paths were given)."""
+    """``--circuits-checkup``: collect the checkup's claims (alone when no paths were given).
+    Nothing is imported otherwise: the plugin loads in every pytest run of the environment."""
+    if not _opt(config, "circuits_checkup"):
+        if config.getoption("circuits_checks") not in (None, "all"):
+            # Given on the command line without the checkup: it would select nothing, silently.
+            raise pytest.UsageError("pytest-circuits: --circuits-checks selects the checkup's checks; add "
+                                    "--circuits-checkup to run them")
+        return
     from .checkup import select
     from .errors import CircuitsError
 
@@ -129,12 +136,6 @@ def _add_checkup(config: pytest.Config) -> None:
     except CircuitsError as e:
         raise pytest.UsageError(f"pytest-circuits: --circuits-checks: {e}") from None
     config.stash[CHECKS_KEY] = checks
-    if not _opt(config, "circuits_checkup"):
-        if config.getoption("circuits_checks") not in (None, "all"):
-            # Given on the command line without the checkup: it would select nothing, silently.
-            raise pytest.UsageError("pytest-circuits: --circuits-checks selects the checkup's checks; add "
-                                    "--circuits-checkup to run them")
-        return
     explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
     here = str(CHECKUP_PATH)
     config.args[:] = ([a for a in config.args if a != here] if explicit else []) + [here]
