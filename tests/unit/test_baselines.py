@@ -343,3 +343,19 @@ def test_parallel_writers_lose_no_claim(tmp_path):
     assert sorted(data["claims"]) == ["c0", "c1", "c2", "c3"]
     assert all(data["claims"][c]["m"]["mean"] == 14.0 for c in data["claims"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_a_new_baseline_file_gets_an_ordinary_files_mode_and_a_rewrite_keeps_its_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "new.json"
+        B.update(path, MODEL, CLAIM, {"a": entry()})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644      # not mkstemp's 0600
+        os.chmod(path, 0o664)
+        B.update(path, MODEL, CLAIM, {"a": entry()})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
