@@ -9,6 +9,10 @@ Commands:
   [--cache-dir DIR]``: write a checkpoint of a model with one layer's attention (or MLP)
   output multiplied by ``--scale`` (weights and bias of its output projection), to point
   claims at with ``--circuits-model OUT`` (the drift example in docs/reports-and-baselines.md).
+* ``merge REPORT.json... [--json OUT] [--markdown OUT] [--html OUT] [--junit OUT] [--allow-mixed]
+  [--expect-reports N]``: one release report from the ``--circuits-report`` files of several CI jobs
+  (``pytest --circuits-shard K/N``; :mod:`pytest_circuits.merge`, docs/release-gate.md). Exit
+  status 1 when the merged gate fails.
 
 ``python -m pytest_circuits --help`` lists the commands; ``... perturb --help`` (or
 ``finetune --help``) their options. Bad input exits with status 2 and one line on stderr.
@@ -26,6 +30,8 @@ from .config import DEFAULT_MODEL
 from .errors import CircuitsError, bad
 from .finetune import BLOCKS as _BLOCKS
 from .finetune import DAMAGES, DEFAULTS, LOSSES, NEUTRAL, TRAIN_SETS, finetune_checkpoint, source_checkpoint
+from .merge import add_parser as _add_merge_parser
+from .merge import run as _run_merge
 
 PARTS = ("attn", "mlp")
 # Where each block's output projections live, by architecture (Hugging Face module names; the
@@ -122,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--cache-dir", default=None,
                    help="cache folder of the converted embedded weights and file hashes (default: "
                         "$PYTEST_CIRCUITS_CACHE_DIR or ~/.cache/pytest-circuits)")
+    _add_merge_parser(sub)
     return ap
 
 
@@ -131,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command is None:
         ap.print_help()
         return 2
+    if a.command == "merge":
+        return _run_merge(a, ap.prog)
     try:
         if a.command == "finetune":
             out = finetune_checkpoint(a.out, model=a.model, damage=a.damage, steps=a.steps, seed=a.seed, lr=a.lr,
