@@ -85,6 +85,7 @@ GATE_RULE = ("the gate fails if any claim failed or errored on any checkpoint, a
              "run, pytest exited non-zero, or no claim was checked at all")
 _OUTCOME_VERDICT = {"passed": "passed", "failed": "failed", "error": "error", "skipped": "not checked",
                     "xfailed": "xfailed", "xpassed": "xpassed"}
+_DOT, _PM = " \u00b7 ", "\u00b1"
 _SEVERITY = ("error", "failed", "not run", "xpassed", "expected change", "xfailed", "not checked", "passed")
 
 
@@ -335,54 +336,120 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _cell(m: dict[str, Any]) -> str:
-    from .measurement import _fmt
-
-    s = f"{_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}]"
-    if m.get("level") is not None and abs(m["level"] - 0.95) > 1e-12:
-        s += f" ({m['level'] * 100:.4g}%)"
+    s = f"{_fmt_num(m.get('mean'))} [{_fmt_num(m.get('lower'))}, {_fmt_num(m.get('upper'))}]"
+    level = _num(m.get("level"))
+    if math.isfinite(level) and abs(level - 0.95) > 1e-12:
+        s += f" ({level * 100:.4g}%)"
     s += "".join(f" [{f}]" for f in m.get("flags") or ())
     b = m.get("baseline")
-    if b and b.get("mean") is not None:
-        s += f", drift {m['mean'] - b['mean']:+.3g}" + ("" if b.get("within") else " (!)")
+    if isinstance(b, dict) and b.get("tolerance") != "updated":
+        d = _drift("", "", m)
+        diff = d.difference if d else math.nan
+        s += f", drift {diff:+.3g}" if math.isfinite(diff) else ", drift n/a"
+        s += "" if d and d.within else " (!)"
         if b.get("flag"):
             s += f" [{b['flag']}]"
     return s
 
 
 def _verdict(r: dict[str, Any]) -> str:
-    if r["outcome"] == "xfailed" and r.get("expected_change"):
+    outcome = str(r.get("outcome"))
+    if outcome == "xfailed" and r.get("expected_change"):
         return "XFAIL (expected change)"
     return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL",
-            "xpassed": "XPASS"}.get(r["outcome"], r["outcome"].upper())
+            "xpassed": "XPASS"}.get(outcome, outcome.upper())
 
 
 def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(claim, metric, model, cell) for every measurement, in order."""
     out = []
-    for r in data["records"]:
-        for m in r["measurements"]:
-            out.append((r["claim"], m["key"], r["model"], f"{_verdict(r)}: {_cell(m)}"))
+    for r in data.get("records") or []:
+        if not isinstance(r, dict):
+            continue
+        for m in r.get("measurements") or []:
+            if isinstance(m, dict):
+                out.append((str(r.get("claim")), str(m.get("key") or m.get("name") or "?"), str(r.get("model") or ""),
+                            f"{_verdict(r)}: {_cell(m)}"))
     return out
 
 
+def _md(x: Any) -> str:
+    """Report text made safe for a Markdown table cell (GitHub renders some HTML: escape it)."""
+    text = " ".join(str(x).split()).replace("&", "&amp;").replace("<", "&lt;")  # no tag can open
+    return text.replace("|", "\\|").replace("`", "'")
+
+
+def _code(x: Any) -> str:
+    """Report text as a Markdown code span in a table cell (no HTML is rendered inside one)."""
+    return "`" + " ".join(str(x).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def summary_markdown(data: dict[str, Any], *, largest: int = 10) -> list[str]:
+    """The release summary heading the Markdown report: the verdict line, the counts per
+    checkpoint, the claims x checkpoints matrix with symbols and the largest drifts."""
+    s = summarize(data)
+    verdict = "\u2713 Release gate PASSED" if s.passed else "\u2717 Release gate FAILED"
+    lines = [f"## {verdict}" + ("" if s.passed else f": {_md('; '.join(s.reasons))}"), "",
+             _md(_DOT.join(s.identity)) + f". <sub>Rule: {_md(GATE_RULE)}.</sub>", "",
+             "| checkpoint | claims | claims beyond tolerance |", "|---|---|---|"]
+    lines += [f"| {_md(_model_name(m))} | {_md(_counts_text(s.counts(m)))} | {s.drifted(m)} |" for m in s.models]
+    lines += ["", "| claim | finding | " + " | ".join(_md(_model_name(m)) for m in s.models) + " |",
+              "|---|---|" + "---|" * len(s.models)]
+    for claim in s.claims:
+        cells = []
+        for m in s.models:
+            cell = s.cells.get((claim, m))
+            if cell is None:
+                cells.append("\u00b7")
+                continue
+            _, sym, word = VERDICT_STYLE[cell.shown]
+            worst = cell.worst
+            cells.append(f"{sym} {word}" + (f" \u25b2{worst.ratio_text}" if worst else ""))
+        lines.append(f"| {_code(_claim_label(claim))} | {_md(_short(s.findings.get(claim, ''), 90))} | "
+                     + " | ".join(_md(c) for c in cells) + " |")
+    lines += ["", "Legend: " + ", ".join(f"{sym} {word}" for _, sym, word in VERDICT_STYLE.values())
+              + "; \u25b2 n\u00d7 tol: the largest drift from the baseline in units of its allowed difference.", ""]
+    drifts = s.drifts()
+    if not drifts:
+        lines += ["No measurement was compared with a baseline.", ""]
+        return lines
+    beyond = s.beyond()
+    shown = beyond[:largest] if beyond else drifts[:min(largest, 5)]
+    lines += [f"### Largest drifts ({len(beyond)} of {len(drifts)} measurements beyond tolerance"
+              + (f"; {len(shown)} shown" if len(shown) < len(beyond) else "") + ")", "",
+              "| drift / allowed | claim | checkpoint | metric | difference | allowed |", "|---:|---|---|---|---:|---|"]
+    lines += [f"| {'**' if not d.within else ''}{_md(d.ratio_text)}{'**' if not d.within else ''} | "
+              f"{_code(_claim_label(d.claim))} | {_md(_model_name(d.model))} | {_md(d.metric)} | "
+              f"{_md(_fmt_num(d.difference))} | \u00b1{_md(_fmt_num(d.allowed))} ({_md(d.tolerance)})"
+              + (f" {_md(d.note)}" if d.note else "") + " |" for d in shown]
+    return lines + [""]
+
+
 def markdown(data: dict[str, Any]) -> str:
-    models = sorted({r["model"] for r in data["records"]})
+    """The Markdown report (for $GITHUB_STEP_SUMMARY): the release summary, then every
+    measurement per claim and checkpoint, version changes and the checkup cards."""
+    records = [r for r in data.get("records") or [] if isinstance(r, dict)]
+    models = sorted({str(r.get("model") or "") for r in records})
     table: dict[tuple[str, str], dict[str, str]] = {}
     for claim, metric, model, cell in rows(data):
         table.setdefault((claim, metric), {})[model] = cell
-    lines = ["# pytest-circuits report", "",
-             f"commit `{data.get('git_commit') or 'unknown'}`, exit status {data['exit_status']}, "
-             + ", ".join(f"{k} {v}" for k, v in data["versions"].items()), "",
-             "| claim | metric | " + " | ".join(models) + " |",
-             "|---|---|" + "---|" * len(models)]
-    for (claim, metric), cells in table.items():
-        lines.append(f"| `{claim}` | {metric} | " + " | ".join(cells.get(m, "-") for m in models) + " |")
-    fps = {r["model"]: r["fingerprint"] for r in data["records"]}
-    lines += ["", "Models: " + "; ".join(f"`{m}` ({fps[m]})" for m in models), ""]
+    vers = data.get("versions") if isinstance(data.get("versions"), dict) else {}
+    lines = ["# pytest-circuits release report", ""] + summary_markdown(data)
+    lines += ["## Details", "",
+              f"commit {_code(data.get('git_commit') or 'unknown')}, exit status {_md(data.get('exit_status'))}, "
+              + _md(", ".join(f"{k} {v}" for k, v in vers.items())), ""]
+    if table:
+        lines += ["| claim | metric | " + " | ".join(_md(_model_name(m)) for m in models) + " |",
+                  "|---|---|" + "---|" * len(models)]
+        for (claim, metric), cells in table.items():
+            lines.append(f"| {_code(claim)} | {_md(metric)} | "
+                         + " | ".join(_md(cells.get(m, "-")) for m in models) + " |")
+        fps = {str(r.get("model") or ""): str(r.get("fingerprint") or "?") for r in records}
+        lines += ["", "Models: " + "; ".join(f"{_code(_model_name(m))} ({_md(fps[m])})" for m in models), ""]
     changes = version_changes(data)
     if changes:
         lines += ["Baselines recorded with other versions (small numeric drift is possible):", ""]
-        lines += [f"- `{claim}` on {model}: {text}" for claim, model, text in changes] + [""]
+        lines += [f"- {_code(claim)} on {_md(model)}: {_md(text)}" for claim, model, text in changes] + [""]
     if data.get("checkup"):
         from .checkup import card_markdown
 
@@ -392,8 +459,9 @@ def markdown(data: dict[str, Any]) -> str:
 
 def version_changes(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(claim, model, "pkg old -> new; ...") for every claim whose baseline has other versions."""
-    return [(r["claim"], r["model"], "; ".join(r["version_changes"]))
-            for r in data["records"] if r.get("version_changes")]
+    return [(str(r.get("claim")), str(r.get("model") or ""), "; ".join(map(str, r["version_changes"])))
+            for r in data.get("records") or [] if isinstance(r, dict) and isinstance(r.get("version_changes"), list)
+            and r["version_changes"]]
 
 
 def write_markdown(path: Path, data: dict[str, Any]) -> None:
@@ -401,67 +469,310 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     path.write_text(markdown(data), "utf-8")
 
 
-def _plots(data: dict[str, Any]) -> list[tuple[str, str]]:
+# ---------------------------------------------------------------------------
+# HTML: one self-contained page (inline CSS, images as data URIs, nothing fetched).
+# Above the fold: the gate's verdict with counts per checkpoint, the claims x checkpoints
+# matrix and the drift forest plot; below: the details of every claim.
+
+_CSS = """
+*{box-sizing:border-box}
+body{font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fff}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+header.banner{padding:8px 16px;border-bottom:4px solid;display:flex;flex-wrap:wrap;gap:4px 24px;align-items:center}
+header.gate-passed{background:#e6f4ea;border-color:#1e7e34}
+header.gate-failed{background:#fdecea;border-color:#b3261e}
+.gate{font-size:22px;font-weight:700;white-space:nowrap}
+.gate-passed .gate{color:#1e7e34}.gate-failed .gate{color:#b3261e}
+.why{font-weight:600}
+.identity,.rule{color:#444;font-size:12px}
+.rule{flex-basis:100%}
+table{border-collapse:collapse}
+table.counts td,table.counts th{padding:1px 8px;border:1px solid #ccc;text-align:right;background:#fff}
+table.counts th:first-child,table.counts td:first-child{text-align:left}
+.overview{display:flex;gap:16px;padding:8px 16px;align-items:flex-start}
+#matrix{flex:1 1 48%;min-width:0}
+#forest{flex:1 1 52%;min-width:0}
+#forest img{max-width:100%;height:auto;display:block}
+h2{font-size:15px;margin:4px 0 6px}
+table.matrix{width:100%}
+table.matrix th,table.matrix td{border:1px solid #d0d0d0;padding:2px 6px;vertical-align:top}
+table.matrix thead th{background:#f3f3f3;font-size:12px}
+table.matrix th.claim{text-align:left;font-weight:normal}
+.cname{font-weight:600;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+.finding{color:#555;font-size:12px;display:block}
+td.v{white-space:nowrap;text-align:center;font-weight:600;width:1%}
+.v-pass{background:#d4edda;color:#14532d}
+.v-drift{background:#ffe8a3;color:#5c3d00}
+.v-fail{background:#f8c9c4;color:#7a1a12}
+.v-error{background:#b3261e;color:#fff}
+.v-missing{background:#e9d5ff;color:#3b0764}
+.v-skip{background:#eceff1;color:#37474f}
+.v-expected{background:#d6e4ff;color:#0b3d91}
+.v-xfail{background:#eef2ff;color:#312e81}
+.v-xpass{background:#fde2f3;color:#831843}
+.v-none{background:#fff;color:#999}
+.tol{display:block;font-weight:normal;font-size:11px}
+.legend{margin-top:6px;font-size:12px;display:flex;flex-wrap:wrap;gap:4px}
+.legend span{padding:1px 6px;border:1px solid #ccc;border-radius:3px}
+#details{padding:8px 16px;border-top:1px solid #ccc}
+#details h3{font-size:13px;margin:14px 0 2px}
+#details table td,#details table th{border:1px solid #ddd;padding:2px 6px;font-size:12px;text-align:left}
+#details td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{color:#555;font-size:12px}
+"""
+
+
+def _e(x: Any) -> str:
+    """Escape any report text for HTML element content and double-quoted attributes."""
+    return html.escape(str(x), quote=True)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def _claim_label(claim: str) -> str:
+    """The claim's test name (with its parameters), without the file path."""
+    return claim.rpartition("::")[2] or claim
+
+
+def _cell_text(cell: Cell | None) -> tuple[str, str, str]:
+    """(css class, visible text, hover text) of one matrix cell."""
+    if cell is None:
+        return "v-none", "\u00b7", "no result for this claim on this checkpoint"
+    cls, sym, word = VERDICT_STYLE[cell.shown]
+    worst = cell.worst
+    hover = [f"{word}: {cell.reason}" if cell.reason else word]
+    hover += [f"{d.metric}: {d.ratio_text}" + (f" ({d.note})" if d.note else "") for d in cell.beyond]
+    return f"v-{cls}", f"{sym} {word}", "\n".join(hover) if worst is None else "\n".join(hover)
+
+
+def _matrix_html(s: Summary) -> str:
+    out = ["<table class=\"matrix\"><thead><tr><th class=\"claim\">claim (finding)</th>"]
+    out += [f"<th scope=\"col\">{_e(_model_name(m))}</th>" for m in s.models]
+    out.append("</tr></thead><tbody>")
+    for claim in s.claims:
+        finding = s.findings.get(claim, "")
+        out.append(f"<tr data-claim=\"{_e(claim)}\"><th class=\"claim\" scope=\"row\" title=\"{_e(claim)}\">"
+                   f"<span class=\"cname\">{_e(_claim_label(claim))}</span>"
+                   + (f"<span class=\"finding\" title=\"{_e(finding)}\">{_e(_short(finding, 96))}</span>"
+                      if finding else "") + "</th>")
+        for m in s.models:
+            cell = s.cells.get((claim, m))
+            cls, text, hover = _cell_text(cell)
+            verdict = cell.shown if cell else "none"
+            worst = cell.worst if cell else None
+            tol = f"<span class=\"tol\">\u25b2 {_e(worst.ratio_text)}</span>" if worst else ""
+            out.append(f"<td class=\"v {cls}\" data-verdict=\"{_e(verdict)}\" data-model=\"{_e(m)}\" "
+                       f"title=\"{_e(hover)}\">{_e(text)}{tol}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    legend = [f"<span class=\"v-{c}\">{_e(sym)} {_e(w)}</span>" for v, (c, sym, w) in VERDICT_STYLE.items()
+              if v in ("passed", "drift", "failed", "not checked")
+              or any(cell.shown == v for cell in s.cells.values())]
+    legend.append("<span>\u25b2 n\u00d7 tol: the largest drift from the baseline, in units of its allowed "
+                  "difference (beyond \u00b11 is outside tolerance)</span>")
+    out.append("<div class=\"legend\">" + "".join(legend) + "</div>")
+    return "".join(out)
+
+
+def _counts_html(s: Summary) -> str:
+    shown = [v for v in VERDICT_STYLE if any(s.counts(m)[v] for m in s.models)] or ["passed"]
+    out = ["<table class=\"counts\"><tr><th>checkpoint</th>"]
+    out += [f"<th class=\"v-{VERDICT_STYLE[v][0]}\">{_e(VERDICT_STYLE[v][1])} {_e(VERDICT_STYLE[v][2])}</th>"
+            for v in shown]
+    out.append("<th>beyond tolerance</th></tr>")
+    for m in s.models:
+        c = s.counts(m)
+        out.append(f"<tr data-model=\"{_e(m)}\"><td>{_e(_model_name(m))}</td>"
+                   + "".join(f"<td data-count=\"{_e(v)}\">{c[v]}</td>" for v in shown)
+                   + f"<td data-count=\"beyond\">{s.drifted(m)} claims</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _banner_html(s: Summary) -> str:
+    state = "passed" if s.passed else "failed"
+    word = "\u2713 Release gate PASSED" if s.passed else "\u2717 Release gate FAILED"
+    why = "" if s.passed else f"<div class=\"why\">{_e('; '.join(s.reasons))}</div>"
+    return (f"<header class=\"banner gate-{state}\" id=\"verdict\" data-gate=\"{state}\">"
+            f"<div class=\"gate\">{_e(word)}</div>{why}{_counts_html(s)}"
+            f"<div class=\"identity\">{_e(_DOT.join(s.identity))}</div>"
+            f"<div class=\"rule\">Rule: {_e(GATE_RULE)}.</div></header>")
+
+
+def _forest_png(s: Summary) -> str | None:
+    """One forest plot of every baseline comparison in tolerance units (difference / allowed):
+    a row per claim metric (farthest out first), a marker per checkpoint, the band at +-1.
+    None when there is nothing to plot or matplotlib is not installed."""
+    drifts = s.drifts()
+    if not drifts:
+        return None
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    series: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
-    for r in data["records"]:
-        for m in r["measurements"]:
-            series.setdefault((r["claim"], m["key"]), []).append((r["model"], m))
-    out = []
-    for (claim, metric), pts in series.items():
-        fig, ax = plt.subplots(figsize=(4.8, 2.6), dpi=72)
-        xs = list(range(len(pts)))
-        means = [m["mean"] for _, m in pts]
-        lo = [m["mean"] - m["lower"] for _, m in pts]
-        hi = [m["upper"] - m["mean"] for _, m in pts]
-        ax.errorbar(xs, means, yerr=[lo, hi], fmt="o", capsize=4)
-        for x, (_, m) in zip(xs, pts):
-            b = m.get("baseline")
-            if b and b.get("mean") is not None:
-                ax.plot([x - 0.2, x + 0.2], [b["mean"]] * 2, color="grey", lw=1)
-        ax.set_xticks(xs, [name for name, _ in pts], rotation=15, fontsize=8)
-        ax.set_title(f"{metric}\n{claim.split('::')[-1]}", fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        out.append((f"{claim} / {metric}", base64.b64encode(buf.getvalue()).decode()))
-    return out
+        return None
+    rows: dict[tuple[str, str], list[Drift]] = {}
+    for d in drifts:  # farthest out first: the dict keeps the first (worst) row order
+        rows.setdefault((d.claim, d.metric), []).append(d)
+    keys = list(rows)
+    finite = [abs(d.ratio) for d in drifts if math.isfinite(d.ratio)]
+    lim = min(max([1.5] + [x * 1.15 for x in finite]), 10.0)
+    models = sorted({d.model for d in drifts})
+    markers = "o^sDv<>Ph*"
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    fig, ax = plt.subplots(figsize=(6.9, 1.3 + 0.21 * len(keys)), dpi=100)
+    ax.axvspan(-1, 1, color="#e6f4ea", zorder=0)
+    for x in (-1, 1):
+        ax.axvline(x, color="#1e7e34", lw=0.8, ls="--", zorder=1)
+    ax.axvline(0, color="#999", lw=0.6, zorder=1)
+    for i, key in enumerate(keys):
+        if i % 2:
+            ax.axhspan(i - 0.5, i + 0.5, color="#f5f5f5", zorder=0)
+        for d in rows[key]:
+            j = models.index(d.model)
+            y = i + (j - (len(models) - 1) / 2) * min(0.5 / max(len(models), 1), 0.2)
+            style = dict(marker=markers[j % len(markers)], color=colours[j % len(colours)], ms=5, zorder=3)
+            if math.isnan(d.ratio):
+                ax.text(lim * 0.98, y, "n/a", ha="right", va="center", fontsize=7, color=style["color"])
+                continue
+            x = max(-lim, min(lim, d.ratio))
+            if x != d.ratio:  # clipped: an open marker at the edge, with its value
+                ax.plot([x], [y], mfc="white", ls="none", **style)
+                ax.text(x - math.copysign(lim * 0.03, x), y, d.ratio_text.replace(" tol", ""),
+                        ha="right" if x > 0 else "left", va="center", fontsize=7)
+            else:
+                ax.plot([x], [y], ls="none", mfc=style["color"] if not d.within else "white", **style)
+    labels = [f"{_short(_claim_label(c), 34)} \u00b7 {_short(m, 26)}" for c, m in keys]
+    ax.set_yticks(range(len(keys)), labels, fontsize=7)
+    for tick, key in zip(ax.get_yticklabels(), keys):
+        if any(not d.within for d in rows[key]):
+            tick.set_color("#b3261e")
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(keys) - 0.5, -0.5)
+    ax.set_xlim(-lim, lim)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("(obtained \u2212 baseline) / allowed difference\ngreen band: within tolerance", fontsize=8)
+    handles = [plt.Line2D([], [], marker=markers[j % len(markers)], color=colours[j % len(colours)], ls="none",
+                          label=_model_name(m)) for j, m in enumerate(models)]
+    handles.append(plt.Line2D([], [], marker="o", color="#555", mfc="white", ls="none", label="open: within"))
+    handles.append(plt.Line2D([], [], marker="o", color="#555", ls="none", label="filled: outside tolerance"))
+    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
+              frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.05)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
-def write_html(path: Path, data: dict[str, Any]) -> None:
-    md_rows = rows(data)
-    body = ["<h1>pytest-circuits report</h1>",
-            f"<p>commit <code>{html.escape(str(data.get('git_commit')))}</code>, exit status "
-            f"{data['exit_status']}</p>", "<table border=1 cellpadding=4><tr><th>claim</th><th>metric</th>"
-            "<th>model</th><th>result</th></tr>"]
-    for claim, metric, model, cell in md_rows:
-        body.append(f"<tr><td><code>{html.escape(claim)}</code></td><td>{html.escape(metric)}</td>"
-                    f"<td>{html.escape(model)}</td><td>{html.escape(cell)}</td></tr>")
-    body.append("</table>")
+def _forest_html(s: Summary) -> str:
+    if not s.drifts():
+        return ("<section id=\"forest\"><h2>Drift from the baselines</h2><p class=\"note\">No measurement was "
+                "compared with a baseline (run with --circuits-baseline or --circuits-baseline-of).</p></section>")
+    png = _forest_png(s)
+    beyond = s.beyond()
+    alt = (f"forest plot of {len(s.drifts())} baseline comparisons in tolerance units; "
+           f"{len(beyond)} outside tolerance")
+    body = (f"<img id=\"forest-plot\" alt=\"{_e(alt)}\" src=\"data:image/png;base64,{png}\">" if png else
+            "<p class=\"note\">(install matplotlib for the drift plot; the largest drifts are listed "
+            "below)</p>" + _largest_html(beyond or s.drifts()[:10]))
+    return (f"<section id=\"forest\"><h2>Drift of every measurement, in units of its tolerance "
+            f"({len(beyond)} outside \u00b11)</h2>{body}</section>")
+
+
+def _largest_html(drifts: list[Drift]) -> str:
+    return ("<table class=\"largest\"><tr><th>drift</th><th>claim</th><th>checkpoint</th><th>metric</th></tr>"
+            + "".join(f"<tr><td>{_e(d.ratio_text)}</td><td>{_e(_claim_label(d.claim))}</td>"
+                      f"<td>{_e(_model_name(d.model))}</td><td>{_e(d.metric)}</td></tr>" for d in drifts)
+            + "</table>")
+
+
+def _measurement_row(model: str, cell: Cell, m: dict[str, Any]) -> str:
+    b = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
+    d = _drift(cell.claim, model, m)
+    level = _num(m.get("level"))
+    interval = f"[{_fmt_num(m.get('lower'))}, {_fmt_num(m.get('upper'))}]"
+    if math.isfinite(level) and abs(level - 0.95) > 1e-12:
+        interval += f" ({level * 100:.4g}%)"
+    flags = "; ".join(str(f) for f in m.get("flags") or ())
+    cls = "" if d is None else (" class=\"v-pass\"" if d.within else " class=\"v-drift\"")
+    return (f"<tr><td>{_e(m.get('key') or m.get('name') or '?')}</td><td>{_e(_model_name(model))}</td>"
+            f"<td class=\"v-{VERDICT_STYLE[cell.shown][0]}\">{_e(VERDICT_STYLE[cell.shown][2])}</td>"
+            f"<td class=\"num\">{_e(_fmt_num(m.get('mean')))}</td><td class=\"num\">{_e(interval)}</td>"
+            f"<td class=\"num\">{_e(m.get('n', 'n/a'))}</td>"
+            f"<td class=\"num\">{_e(_fmt_num(b.get('mean')) if b else '-')}</td>"
+            f"<td class=\"num\">{_e(_fmt_num(d.difference) if d else '-')}</td>"
+            f"<td class=\"num\">{_e(_PM + f'{_fmt_num(d.allowed)} ({d.tolerance})' if d else '-')}</td>"
+            f"<td class=\"num\"{cls}>{_e(d.ratio_text if d else '-')}</td>"
+            f"<td>{_e('; '.join(x for x in (flags, d.note if d else '') if x))}</td></tr>")
+
+
+def _details_html(data: dict[str, Any], s: Summary) -> str:
+    out = ["<section id=\"details\"><h2>Details: every claim's measurements per checkpoint</h2>"]
+    sources = {str(r.get("claim")): str(r.get("source") or "") for r in data.get("records") or []
+               if isinstance(r, dict)}
+    for claim in s.claims:
+        out.append(f"<h3 id=\"claim-{_e(claim)}\"><code>{_e(claim)}</code></h3>")
+        if s.findings.get(claim):
+            out.append(f"<p class=\"finding-full\">{_e(s.findings[claim])}"
+                       + (f" <span class=\"note\">({_e(sources[claim])})</span>" if sources.get(claim) else "")
+                       + "</p>")
+        rows_ = []
+        for m in s.models:
+            cell = s.cells.get((claim, m))
+            if cell is None:
+                continue
+            if not cell.measurements:
+                rows_.append(f"<tr><td>-</td><td>{_e(_model_name(m))}</td><td class=\"v-"
+                             f"{VERDICT_STYLE[cell.shown][0]}\">{_e(VERDICT_STYLE[cell.shown][2])}</td>"
+                             f"<td colspan=\"8\">{_e(cell.reason or 'no measurements')}</td></tr>")
+            rows_ += [_measurement_row(m, cell, x) for x in cell.measurements]
+        out.append("<table><tr><th>metric</th><th>checkpoint</th><th>verdict</th><th>mean</th><th>interval</th>"
+                   "<th>n</th><th>baseline</th><th>difference</th><th>allowed</th><th>drift / allowed</th>"
+                   "<th>notes</th></tr>" + "".join(rows_) + "</table>")
     changes = version_changes(data)
     if changes:
-        body.append("<h2>Baselines recorded with other versions</h2><ul>")
-        body += [f"<li><code>{html.escape(c)}</code> on {html.escape(m)}: {html.escape(t)}</li>"
-                 for c, m, t in changes]
-        body.append("</ul>")
+        out.append("<h2>Baselines recorded with other versions</h2><ul>")
+        out += [f"<li><code>{_e(c)}</code> on {_e(m)}: {_e(t)}</li>" for c, m, t in changes]
+        out.append("</ul>")
     if data.get("checkup"):
         from .checkup import card_html
 
-        body.append(card_html(data["checkup"]))
-    plots = _plots(data)
-    if plots:
-        body.append("<h2>Across models (mean and interval; grey: baseline)</h2>")
-        body += [f"<figure><img alt='{html.escape(t)}' src='data:image/png;base64,{png}'>"
-                 f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, png in plots]
-    else:
-        body.append("<p>(install matplotlib for plots)</p>")
+        out.append(card_html(data["checkup"]))
+    fps = {str(r.get("model")): str(r.get("fingerprint") or "?") for r in data.get("records") or []
+           if isinstance(r, dict)}
+    if fps:
+        out.append("<h2>Checkpoints</h2><ul>" + "".join(f"<li>{_e(_model_name(m))}: <code>{_e(fp)}</code></li>"
+                                                        for m, fp in sorted(fps.items())) + "</ul>")
+    merged = data.get("merged_from")
+    if isinstance(merged, list) and merged:
+        out.append("<h2>Merged reports</h2><ul>" + "".join(
+            f"<li><code>{_e(x.get('path'))}</code> shard {_e(json.dumps(x.get('shard')))} commit "
+            f"<code>{_e(x.get('git_commit'))}</code></li>" for x in merged if isinstance(x, dict)) + "</ul>")
+    vers = data.get("versions") if isinstance(data.get("versions"), dict) else {}
+    out.append(f"<p class=\"note\">exit status {_e(data.get('exit_status'))}; commit "
+               f"<code>{_e(data.get('git_commit') or 'unknown')}</code>; "
+               + _e(", ".join(f"{k} {v}" for k, v in vers.items())) + "</p></section>")
+    return "".join(out)
+
+
+def html_page(data: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (nothing is fetched when it is opened)."""
+    s = summarize(data)
+    title = f"pytest-circuits: release gate {'PASSED' if s.passed else 'FAILED'}"
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+            + _banner_html(s) + "\n<main class=\"overview\"><section id=\"matrix\"><h2>Claims \u00d7 checkpoints"
+            f" ({len(s.claims)} claims, {len(s.models)} checkpoint{'s' if len(s.models) != 1 else ''})</h2>"
+            + _matrix_html(s) + "</section>\n" + _forest_html(s) + "</main>\n"
+            + _details_html(data, s) + "\n</body></html>\n")
+
+
+def write_html(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<!doctype html><meta charset=utf-8><title>pytest-circuits report</title>\n"
-                    + "\n".join(body) + "\n", "utf-8")
+    path.write_text(html_page(data), "utf-8")
