@@ -1,0 +1,472 @@
+"""The activation and converted-weights caches on a real S3-compatible server.
+
+The server is moto's (``ThreadedMotoServer``) on 127.0.0.1, started and stopped by the
+``s3`` fixture; the client finds it through the standard environment only
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), as a user's CI job
+would. moto is a plain import: where it is missing these tests fail, never skip (the
+``dev`` extra installs it; CI runs them).
+
+Checked: the Blobs API over local, in-memory and s3 locations; cold then warm runs (the
+warm one does 0 forward passes) through the store and through the plugin (the option, the
+ini key and $PYTEST_CIRCUITS_CACHE_DIR); two processes racing to write the same entries;
+corrupted objects (data, header, truncation, a misplaced entry, an empty object) warned
+about, recomputed and republished; converted weights published, fetched into a fresh
+staging folder, and a lying remote copy converted again rather than loaded; usage errors
+for a missing bucket, an unknown protocol, an unreachable endpoint and a missing s3fs; and
+that a recognisable secret in the environment or the URL never appears in any output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+from moto.server import ThreadedMotoServer
+
+from pytest_circuits import ActivationStore, CacheWarning, PromptSet
+from pytest_circuits import blobs as B
+from pytest_circuits import hooks as H
+from pytest_circuits import models as M
+
+BUCKET = "circuits-test"
+SECRET = "FAKE-a14-SecretKey-must-never-print-7c1e9"
+URL_SECRET = "UrlPw-a14-never-print-55d0"
+PROMPTS = ["the cat sat on the mat", "the dog", "the capital of France is"]
+HOOK = H.resid_post(1)
+
+
+class S3:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.client = boto3.client("s3")
+
+    def url(self, name: str = "") -> str:
+        return f"s3://{BUCKET}/{name or 'p'}-{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def key(url: str, rel: str) -> str:
+        return url.split(f"s3://{BUCKET}/", 1)[1] + "/" + rel
+
+    def keys(self, url: str, under: str = "") -> list[str]:
+        prefix = url.split(f"s3://{BUCKET}/", 1)[1] + "/" + under
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
+
+    def get(self, url: str, rel: str) -> bytes:
+        return self.client.get_object(Bucket=BUCKET, Key=self.key(url, rel))["Body"].read()
+
+    def put(self, url: str, rel: str, data: bytes) -> None:
+        self.client.put_object(Bucket=BUCKET, Key=self.key(url, rel), Body=data)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 (a free port), with the client environment pointing at it."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with pytest.MonkeyPatch.context() as mp:
+        empty = tmp_path_factory.mktemp("aws")
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_CONFIG_FILE", str(empty / "config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            assert host == "127.0.0.1"
+            mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()   # none made for another endpoint
+            s = S3(f"http://{host}:{port}")
+            s.client.create_bucket(Bucket=BUCKET)
+            yield s
+        finally:
+            server.stop()
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def ps(tiny):
+    return PromptSet.build(tiny, PROMPTS, name="s3")
+
+
+@pytest.fixture
+def truth(tiny, ps):
+    return ActivationStore(cache_dir=None).get(tiny, ps, [HOOK, H.LOGITS_LAST])
+
+
+def _quiet(fn):
+    """``fn()`` with any CacheWarning an error (a clean read or write gives none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        return fn()
+
+
+# ----------------------------------------------------------------- the Blobs API, three backends
+@pytest.fixture(params=["local", "memory", "s3"])
+def location(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "cache")
+    if request.param == "memory":
+        return f"memory://pytest-circuits-{uuid.uuid4().hex}/cache"
+    return request.getfixturevalue("s3").url("api")
+
+
+def test_blobs_api(location):
+    blobs = B.open_blobs(location)
+    assert blobs.is_remote is (not location.startswith("/"))
+    assert blobs.read("activations/ab/k.safetensors") is None
+    blobs.publish("activations/ab/k.safetensors", b"one")
+    assert blobs.read("activations/ab/k.safetensors") == b"one"
+    blobs.publish("activations/ab/k.safetensors", b"one")       # a second writer of the same entry
+    assert blobs.read("activations/ab/k.safetensors") == b"one"
+    blobs.publish("activations/cd/j.safetensors", b"two")
+    blobs.publish("weights/m-1/COMPLETE", b"{}")
+    assert blobs.listdir("activations/ab") == ["k.safetensors"]   # no temporary key left behind
+    assert blobs.listdir("activations/none") == []
+    blobs.delete("activations/cd/j.safetensors")
+    blobs.delete("activations/cd/j.safetensors")                 # deleting what is gone is fine
+    assert blobs.read("activations/cd/j.safetensors") is None
+    blobs.clear("activations")
+    assert blobs.read("activations/ab/k.safetensors") is None
+    assert blobs.read("weights/m-1/COMPLETE") == b"{}"            # clear is by prefix only
+    assert blobs.problem() is None
+    assert SECRET not in blobs.describe() and SECRET not in repr(blobs)
+
+
+def test_missing_bucket_is_a_problem(s3):
+    problem = B.location_problem("s3://no-such-bucket-a14/prefix")
+    assert problem and "no-such-bucket-a14" in problem and SECRET not in problem
+    assert B.location_problem("s3://no-such-bucket-a14/prefix", probe=False) is None
+
+
+# ----------------------------------------------------------------- the store: cold, warm, faults
+def test_cold_then_warm_from_the_bucket(s3, tiny, ps, truth):
+    url = s3.url("store")
+    cold = ActivationStore(cache_dir=url)
+    got = _quiet(lambda: cold.get(tiny, ps, [HOOK, H.LOGITS_LAST]))
+    assert cold.counters.forward_passes == 1 and cold.counters.computed == 2
+    entries = s3.keys(url, "activations/")
+    assert len(entries) == 2 and all(k.endswith(".safetensors") and "/." not in k for k in entries)
+    warm = ActivationStore(cache_dir=url)
+    back = _quiet(lambda: warm.get(tiny, ps, [HOOK, H.LOGITS_LAST]))
+    assert warm.counters.forward_passes == 0 and warm.counters.disk_hits == 2
+    for name in (HOOK, H.LOGITS_LAST):
+        assert torch.equal(back[name], got[name])
+        torch.testing.assert_close(back[name], truth[name], atol=1e-5, rtol=1e-5)
+
+
+def _header(raw: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _with_header(header: dict, data: bytes) -> bytes:
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + data
+
+
+def _flip_data_byte(raw: bytes, other: bytes) -> bytes:
+    b = bytearray(raw)
+    b[-5] ^= 0x40
+    return bytes(b)
+
+
+def _dtype_lies(raw: bytes, other: bytes) -> bytes:
+    assert raw.count(b'"dtype":"F32"') == 1
+    return raw.replace(b'"dtype":"F32"', b'"dtype":"I32"')
+
+
+def _shape_lies(raw: bytes, other: bytes) -> bytes:
+    h, data = _header(raw)
+    shape = h["value"]["shape"]
+    h["value"]["shape"] = [shape[1], shape[0], *shape[2:]]
+    return _with_header(h, data)
+
+
+OBJECT_FAULTS = {
+    "a data byte changed": (_flip_data_byte, "checksum mismatch"),
+    "header dtype F32 -> I32": (_dtype_lies, "checksum mismatch"),
+    "header shape permuted": (_shape_lies, "checksum mismatch"),
+    "truncated": (lambda raw, other: raw[: len(raw) // 2], "unusable"),
+    "header length lies": (lambda raw, other: struct.pack("<Q", 10 ** 9) + raw[8:], "header claims"),
+    "empty object": (lambda raw, other: b"", "shorter than a safetensors header"),
+    "another key's entry (misplaced)": (lambda raw, other: other, "key fields do not match"),
+}
+
+
+@pytest.mark.parametrize("fault", list(OBJECT_FAULTS))
+def test_corrupted_object_is_recomputed_and_republished(s3, tiny, ps, truth, fault):
+    url = s3.url("fault")
+    _quiet(lambda: ActivationStore(cache_dir=url).get(tiny, ps, [HOOK, H.LOGITS_LAST]))
+    store = ActivationStore(cache_dir=url)
+    rel_hook = store._relpath(store._key(store._base_fields(tiny, ps, None), HOOK))
+    rel_other = store._relpath(store._key(store._base_fields(tiny, ps, None), H.LOGITS_LAST))
+    change, message = OBJECT_FAULTS[fault]
+    s3.put(url, rel_hook, change(s3.get(url, rel_hook), s3.get(url, rel_other)))
+    with pytest.warns(CacheWarning, match=message) as caught:
+        got = store.get(tiny, ps, [HOOK])[HOOK]
+    assert store.counters.recomputed_bad == 1 and store.counters.disk_hits == 0
+    assert store.counters.forward_passes == 1
+    assert got.dtype == truth[HOOK].dtype
+    torch.testing.assert_close(got, truth[HOOK], atol=1e-5, rtol=1e-5)
+    assert all(SECRET not in str(w.message) for w in caught)
+    assert f"s3://{BUCKET}/" in str(caught[0].message)
+    again = ActivationStore(cache_dir=url)          # republished: read back, no warning
+    value = _quiet(lambda: again.get(tiny, ps, [HOOK])[HOOK])
+    assert again.counters.disk_hits == 1 and again.counters.forward_passes == 0
+    assert torch.equal(value, got)
+
+
+RACER = textwrap.dedent("""
+    import sys, time, warnings
+    from pathlib import Path
+    from pytest_circuits import ActivationStore, CacheWarning, PromptSet, hooks as H
+    from pytest_circuits.models import load_model
+
+    url, ckpt, local, barrier, me, other, rounds = sys.argv[1:]
+    warnings.simplefilter("error", CacheWarning)
+    model = load_model(ckpt, cache_dir=local, device="cpu")
+    hook = H.resid_post(1)
+    both = 0
+    for r in range(int(rounds)):
+        ps = PromptSet.build(model, [f"the cat sat on the mat {r}", "the dog"], name=f"race{r}")
+        truth = ActivationStore(cache_dir=None).get(model, ps, [hook])[hook]
+        Path(f"{barrier}.{r}.{me}").touch()
+        while not Path(f"{barrier}.{r}.{other}").exists():
+            time.sleep(0.0005)
+        store = ActivationStore(cache_dir=url)
+        got = store.get(model, ps, [hook])[hook]           # both miss: both compute and publish
+        assert got.equal(truth)
+        Path(f"{barrier}.{r}.{me}.wrote{store.counters.computed}").touch()
+        while not list(Path(barrier).parent.glob(f"{Path(barrier).name}.{r}.{other}.wrote*")):
+            time.sleep(0.0005)
+        back = ActivationStore(cache_dir=url)
+        value = back.get(model, ps, [hook])[hook]
+        assert back.counters.disk_hits == 1 and back.counters.recomputed_bad == 0, back.counters
+        assert value.equal(truth)
+    print("ok")
+""")
+
+
+def test_two_processes_racing_on_the_same_keys(s3, tiny_dir, tmp_path):
+    """Two processes start each round together, both miss the same entry, compute it and
+    publish it at once; both succeed, and the entry then reads back verified (checked in
+    each process after both have written). Rounds where both wrote are counted: a round in
+    which one process read the other's entry instead is no race, and at least one round
+    must have been a real one."""
+    url = s3.url("race")
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    rounds = 12
+    procs = [subprocess.Popen([sys.executable, str(script), url, str(tiny_dir), str(tmp_path / f"local-{me}"),
+                               str(tmp_path / "barrier"), me, other, str(rounds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for me, other in (("a", "b"), ("b", "a"))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
+        assert SECRET not in out + err
+    both = sum(all((tmp_path / f"barrier.{r}.{me}.wrote1").exists() for me in "ab") for r in range(rounds))
+    assert both >= 1, "no round had both processes writing the same entry"
+    assert len(s3.keys(url, "activations/")) == rounds
+    assert not [k for k in s3.keys(url) if k.rpartition("/")[2].startswith(".")]   # no temporary keys
+
+
+# ----------------------------------------------------------------- the plugin
+CLAIM = textwrap.dedent("""
+    import pytest
+    from pytest_circuits import PromptSet, metrics
+
+    @pytest.mark.claim(source="test", finding="the tiny model has a finite loss")
+    def test_loss(model, activations):
+        ps = PromptSet.build(model, ["the cat sat on the mat", "the dog sat"])
+        m = metrics.loss(model, ps, activations=activations)
+        assert m.upper < 1e9
+""")
+
+
+def _run(pytester, *args, **env):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        start = time.perf_counter()
+        r = pytester.runpytest("-p", "no:cacheprovider", *args)
+        r.seconds = time.perf_counter() - start
+    return r
+
+
+def _all_output(r, *files: Path) -> str:
+    return r.stdout.str() + r.stderr.str() + "".join(f.read_text() for f in files if f.exists())
+
+
+def test_plugin_cold_warm_clear_and_no_cache(pytester, s3, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_DIR", raising=False)
+    pytester.makepyfile(test_claim=CLAIM)
+    url = s3.url("plugin")
+    model = f"--circuits-model={tiny_dir}"
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    cold = _run(pytester, model, f"--circuits-cache-dir={url}", f"--circuits-report={report}",
+                f"--junitxml={junit}", "-rA")
+    cold.assert_outcomes(passed=1)
+    cold.stdout.fnmatch_lines(["activations: 1 forward passes (* prompts), 0 hits from memory, 0 from disk, 1 computed", f"cache: {url}"])
+    assert len(s3.keys(url, "activations/")) == 1
+    # warm, three ways of naming the bucket: 0 forward passes, served from the bucket
+    pytester.makeini(f"[pytest]\ncircuits_cache_dir = {url}\n")
+    for how, args, env in (("option", [f"--circuits-cache-dir={url}"], {}),
+                           ("env", [], {"PYTEST_CIRCUITS_CACHE_DIR": url}),
+                           ("ini", [], {})):
+        warm = _run(pytester, model, *args, **env)
+        warm.assert_outcomes(passed=1)
+        warm.stdout.fnmatch_lines(["activations: 0 forward passes (0 prompts), 0 hits from memory, 1 from disk, "
+                                   "0 computed", f"cache: {url}"])
+    # --circuits-no-cache: memory only, nothing new in the bucket
+    nocache = _run(pytester, model, f"--circuits-cache-dir={url}", "--circuits-no-cache")
+    nocache.stdout.fnmatch_lines(["activations: 1 forward passes*", f"cache: {url} (converted weights only*"])
+    # --circuits-clear-cache empties the bucket's activations prefix first
+    s3.put(url, "weights/keep-me/COMPLETE", b"{}")
+    cleared = _run(pytester, model, f"--circuits-cache-dir={url}", "--circuits-clear-cache")
+    cleared.stdout.fnmatch_lines(["activations: 1 forward passes*"])
+    assert len(s3.keys(url, "activations/")) == 1 and s3.keys(url, "weights/") == ["keep-me/COMPLETE"]
+    assert SECRET not in _all_output(cold, report, junit) + _all_output(warm) + _all_output(cleared)
+    print(f"\nplugin against moto: cold {cold.seconds:.1f} s, warm {warm.seconds:.1f} s")
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unknown protocol", "no bucket named",
+                                  "credentials in the URL"])
+def test_unusable_url_is_a_usage_error(pytester, s3, tiny_dir, case):
+    url = {"missing bucket": "s3://no-such-bucket-a14/x",
+           "unknown protocol": "nosuchproto://bucket/x",
+           "no bucket named": "s3://",
+           "credentials in the URL": f"s3://AKIAFAKEA14:{URL_SECRET}@no-such-bucket-a14/x?sig={URL_SECRET}"}[case]
+    pytester.makepyfile(test_claim=CLAIM)
+    r = _run(pytester, f"--circuits-model={tiny_dir}", f"--circuits-cache-dir={url}")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    out = _all_output(r)
+    assert "--circuits-cache-dir=" in out and "cannot be used" in out
+    assert SECRET not in out and URL_SECRET not in out and "AKIAFAKEA14" not in out
+    assert "test_loss" not in r.stdout.str()      # no claim ran
+
+
+@pytest.mark.parametrize("case", ["s3fs missing", "endpoint unreachable"])
+def test_subprocess_usage_errors(pytester, s3, tiny_dir, case):
+    """A missing s3fs (hidden from a fresh interpreter) names the pip install; an endpoint
+    where nothing listens is refused before any claim. Both exit 4, in a real process."""
+    pytester.makepyfile(test_claim=CLAIM)
+    env = {}
+    if case == "s3fs missing":
+        pytester.makeconftest("import sys\nsys.modules['s3fs'] = None\n")
+        want = "pip install s3fs"
+    else:
+        import socket
+
+        with socket.socket() as sock:            # a port with nothing listening on it
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}
+        want = "cannot be used"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        r = pytester.runpytest_subprocess(f"--circuits-model={tiny_dir}", f"--circuits-cache-dir={s3.url('x')}",
+                                          "-p", "no:cacheprovider", timeout=300)
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + r.stderr.str()
+    out = _all_output(r)
+    assert want in out and SECRET not in out
+
+
+# ----------------------------------------------------------------- converted weights
+CONVERSIONS: list[str] = []
+
+
+def _register_converted(name: str, source: Path) -> None:
+    """A registered model whose loader converts ``source`` (copies its files) into the cache's
+    weights folder, through the same converted-checkpoint path as the embedded model."""
+
+    @M.register_model(name, "a tiny converted checkpoint (tests)")
+    def _load(cache: Path, device: str, dtype):
+        def convert(out: Path) -> None:
+            CONVERSIONS.append(name)
+            for f in source.iterdir():
+                shutil.copy(f, out / f.name)
+
+        folder = M.converted_checkpoint(cache / "weights" / f"{name}-0123", convert, {"source": name})
+        return M._boot(str(folder), device, dtype), f"test:{name}"
+
+
+def test_converted_weights_published_fetched_and_verified(s3, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    name = f"tiny-converted-{uuid.uuid4().hex[:6]}"
+    _register_converted(name, tiny_dir)
+    url = s3.url("weights")
+    folder = f"weights/{name}-0123"
+    ps_text = ["the cat sat on the mat"]
+
+    def load():
+        return M.load_model(name, cache_dir=url, device="cpu")
+
+    def logits(model):
+        return ActivationStore(cache_dir=None).get(model, PromptSet.build(model, ps_text), [H.LOGITS_LAST])[H.LOGITS_LAST]
+
+    reference = logits(_quiet(load))
+    assert CONVERSIONS.count(name) == 1
+    remote_files = s3.keys(url, folder + "/")
+    assert "COMPLETE" in remote_files and "config.json" in remote_files and len(remote_files) > 3
+    staging = M._cache_folder(url)[0]
+    assert staging.is_relative_to(tmp_path / "xdg")
+    # a fresh machine (no staging folder): fetched from the bucket, verified, not converted
+    shutil.rmtree(staging)
+    assert torch.equal(logits(_quiet(load)), reference)
+    assert CONVERSIONS.count(name) == 1
+    # the bucket lies: a weight file changed (its manifest still names the old sha256)
+    weights = next(f for f in remote_files if f.endswith(".safetensors"))
+    raw = bytearray(s3.get(url, f"{folder}/{weights}"))
+    raw[-3] ^= 0x10
+    s3.put(url, f"{folder}/{weights}", bytes(raw))
+    shutil.rmtree(staging)
+    with pytest.warns(CacheWarning, match="copy from s3://.* is unusable: .*sha256"):
+        model = load()
+    assert CONVERSIONS.count(name) == 2 and torch.equal(logits(model), reference)
+    # ... and it was republished: the next fresh machine fetches a good copy
+    shutil.rmtree(staging)
+    assert torch.equal(logits(_quiet(load)), reference)
+    assert CONVERSIONS.count(name) == 2
+    # a manifest that lies (lists a file that is not there) is never trusted either
+    record = json.loads(s3.get(url, f"{folder}/COMPLETE"))
+    record["files"]["extra.bin"] = "0" * 64
+    s3.put(url, f"{folder}/COMPLETE", json.dumps(record).encode())
+    shutil.rmtree(staging)
+    with pytest.warns(CacheWarning, match="unusable"):
+        load()
+    assert CONVERSIONS.count(name) == 3
+    # a manifest naming a path outside the folder writes nothing outside it
+    record["files"] = {"../../escaped": "0" * 64}
+    s3.put(url, f"{folder}/COMPLETE", json.dumps(record).encode())
+    s3.put(url, "escaped", b"x")
+    shutil.rmtree(staging)
+    with pytest.warns(CacheWarning, match="unusable"):
+        load()
+    assert not list(tmp_path.rglob("escaped"))
