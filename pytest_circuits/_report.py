@@ -542,10 +542,9 @@ def _cell_text(cell: Cell | None) -> tuple[str, str, str]:
     if cell is None:
         return "v-none", "\u00b7", "no result for this claim on this checkpoint"
     cls, sym, word = VERDICT_STYLE[cell.shown]
-    worst = cell.worst
     hover = [f"{word}: {cell.reason}" if cell.reason else word]
     hover += [f"{d.metric}: {d.ratio_text}" + (f" ({d.note})" if d.note else "") for d in cell.beyond]
-    return f"v-{cls}", f"{sym} {word}", "\n".join(hover) if worst is None else "\n".join(hover)
+    return f"v-{cls}", f"{sym} {word}", "\n".join(hover)
 
 
 def _matrix_html(s: Summary) -> str:
@@ -621,7 +620,7 @@ def _forest_png(s: Summary) -> str | None:
         rows.setdefault((d.claim, d.metric), []).append(d)
     keys = list(rows)
     finite = [abs(d.ratio) for d in drifts if math.isfinite(d.ratio)]
-    lim = min(max([1.5] + [x * 1.15 for x in finite]), 10.0)
+    lim = min(max([1.5] + [x * 1.35 for x in finite]), 10.0)
     models = sorted({d.model for d in drifts})
     markers = "o^sDv<>Ph*"
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -647,7 +646,10 @@ def _forest_png(s: Summary) -> str | None:
                         ha="right" if x > 0 else "left", va="center", fontsize=7)
             else:
                 ax.plot([x], [y], ls="none", mfc=style["color"] if not d.within else "white", **style)
-    labels = [f"{_short(_claim_label(c), 34)} \u00b7 {_short(m, 26)}" for c, m in keys]
+                if not d.within:  # outside: its size written beside it
+                    ax.text(x + math.copysign(lim * 0.03, x), y, f"{d.ratio:+.2f}", fontsize=6.5,
+                            ha="left" if x > 0 else "right", va="center", color=style["color"])
+    labels = [f"{_short(_claim_label(c), 30)} \u00b7 {_short(m, 24)}" for c, m in keys]
     ax.set_yticks(range(len(keys)), labels, fontsize=7)
     for tick, key in zip(ax.get_yticklabels(), keys):
         if any(not d.within for d in rows[key]):
