@@ -256,3 +256,16 @@ def test_assignment_matches_the_documented_rule(suite, tiny_dir, tiny_dir_b, tmp
         r = _run(suite, (tiny_dir, tiny_dir_b), tmp_path, "--collect-only", "-q", f"--circuits-shard={k}/{n}")
         got = [line for line in r.stdout.lines if "::" in line]
         assert got == [i for i, s in zip(ids, assign(keys, n)) if s == k]
+
+
+def test_familywise_counts_the_whole_suite_not_the_shard(suite, tiny_dir, tiny_dir_b, tmp_path):
+    """Bonferroni's m is the suite's claims, not the shard's: a shard measures at the serial run's level."""
+    levels = []
+    for extra in ((), ("--circuits-shard=1/2",)):
+        out = tmp_path / f"r{len(extra)}.json"
+        r = _run(suite, (tiny_dir, tiny_dir_b), tmp_path, "-k", "test_loss", "--circuits-familywise=bonferroni",
+                 f"--circuits-report={out}", *extra)
+        r.assert_outcomes(passed=2 - len(extra))
+        levels.append({rec["nodeid"]: rec["measurements"][0]["level"] for rec in json.loads(out.read_text())["records"]})
+    assert levels[1] == {"test_claims.py::test_loss[ckpt]": levels[0]["test_claims.py::test_loss[ckpt]"]}
+    assert levels[1]["test_claims.py::test_loss[ckpt]"] > 1 - 0.05 / 2    # m counts more than the shard's one claim

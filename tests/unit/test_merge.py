@@ -5,10 +5,14 @@ failed gate, never a passing one."""
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import random
+import re
+import shlex
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +316,55 @@ def test_junit_escapes_hostile_text(tmp_path):
     merged = M.merge([("x.json", data)])
     root = ET.fromstring(M.junit_xml(merged))
     assert root.get("failures") == "1"
+
+
+# ----------------------------------------------------------------------------- the documented workflow
+WORKFLOW = Path(__file__).resolve().parents[2] / "docs" / "ci" / "release-gate.yml"
+
+
+def _commands(text: str) -> tuple[str, str]:
+    """The shard job's pytest command and the merge job's command, joined into one line each."""
+    flat = " ".join(line.strip() for line in text.splitlines() if not line.strip().startswith("#"))
+    pytest_cmd = flat[flat.index("-m pytest claims/"):flat.index("- name: upload the report")]
+    merge_cmd = flat[flat.index("pytest-circuits merge"):flat.index("|| status=$?")]
+    return pytest_cmd, merge_cmd
+
+
+def test_workflow_commands_use_real_options():
+    """Every option the workflow passes exists: pytest's in the plugin, merge's in its parser."""
+    from pytest_circuits import plugin
+    from pytest_circuits.cli import _parser
+
+    text = WORKFLOW.read_text()
+    pytest_cmd, merge_cmd = _commands(text)
+    flags = set(re.findall(r"--circuits-[a-z-]+", pytest_cmd))
+    assert {"--circuits-model", "--circuits-shard", "--circuits-cache-dir", "--circuits-report"} <= flags
+    source = inspect.getsource(plugin.pytest_addoption)
+    for flag in flags:
+        assert f'"{flag}"' in source, flag
+    assert '--circuits-shard "${{ matrix.shard }}/${SHARDS}"' in pytest_cmd
+    assert '--circuits-cache-dir "${CIRCUITS_CACHE}"' in pytest_cmd and "CIRCUITS_CACHE: s3://" in text
+    args = _parser().parse_args(shlex.split(merge_cmd.replace("reports/*.json", "a.json b.json"))[1:])
+    assert args.command == "merge" and args.reports == ["a.json", "b.json"] and args.markdown and args.junit
+    assert 'cat release/report.md >> "$GITHUB_STEP_SUMMARY"' in text and 'exit "$status"' in text
+    assert "actions/upload-artifact" in text and "actions/download-artifact" in text
+
+
+def test_workflow_is_valid_yaml_with_the_matrix_and_the_merge():
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    jobs = wf["jobs"]
+    matrix = jobs["claims"]["strategy"]["matrix"]
+    shards = int(wf["env"]["SHARDS"])
+    assert matrix["shard"] == list(range(1, shards + 1)) and len(matrix["checkpoint"]) >= 2
+    assert jobs["claims"]["strategy"]["fail-fast"] is False
+    steps = jobs["claims"]["steps"]
+    assert any("--circuits-shard" in (s.get("run") or "") for s in steps)
+    upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["if-no-files-found"] == "error"
+    final = jobs["release-report"]
+    assert final["needs"] == "claims" and final["if"] == "always()"
+    run = "\n".join(s.get("run") or "" for s in final["steps"])
+    expect = int(re.search(r"--expect-reports (\d+)", run)[1])
+    assert expect == len(matrix["checkpoint"]) * len(matrix["shard"])
+    assert "pytest-circuits merge" in run and "GITHUB_STEP_SUMMARY" in run
