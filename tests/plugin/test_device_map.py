@@ -1,0 +1,78 @@
+"""``--circuits-device-map`` through pytest: a bad map stops the run with a usage error (exit
+4) before any claim runs; a good one runs the claims (on this CPU-only machine, over the CPU)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+CLAIM = textwrap.dedent("""
+    import pytest
+    from pytest_circuits import PromptSet, metrics
+    from pytest_circuits.models import info
+
+    @pytest.mark.claim(source="test", finding="the tiny model has a finite loss")
+    def test_loss(model, activations):
+        assert info(model).device_map == '{"":"cpu"}'
+        ps = PromptSet.build(model, ["the cat sat on the mat", "the dog sat"])
+        assert metrics.loss(model, ps, activations=activations).upper < 1e9
+""")
+
+FULL = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+        "model.rotary_emb": "cpu"}
+
+
+def _args(tiny_dir, cache) -> list[str]:
+    return [f"--circuits-model={tiny_dir}", f"--circuits-cache-dir={cache}", "-p", "no:cacheprovider"]
+
+
+def test_help_lists_the_option(pytester: pytest.Pytester):
+    out = pytester.runpytest("--help").stdout.str()
+    assert "--circuits-device-map" in out and "circuits_device_map" in out
+
+
+@pytest.mark.parametrize("value, why", [
+    ("nonsense", "a strategy (auto, balanced, balanced_low_0, sequential)"),
+    ("{}", "the map is empty"),
+    ('{"": "disk"}', "offloading to disk"),
+    ('{"": "cuda:0"}', "names GPU(s) [0] but this machine has 0 CUDA device(s)"),
+    ('{"": "cpu", "bogus": "cpu"}', "names modules the model does not have: ['bogus']"),
+    ('{"lm_head": "cpu"}', "leaves modules with weights unplaced"),
+    ("@no-such-map.json", "cannot be read"),
+    ("{not json", "is not valid JSON"),
+])
+def test_bad_map_is_a_usage_error_before_any_claim(pytester, tiny_dir, tmp_path, value, why):
+    pytester.makepyfile(test_claim=CLAIM)
+    r = pytester.runpytest(*_args(tiny_dir, tmp_path), f"--circuits-device-map={value}")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str()
+    assert why in r.stderr.str()
+    assert "pytest-circuits: " in r.stderr.str()
+
+
+def test_map_and_device_together_is_a_usage_error(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_claim=CLAIM)
+    r = pytester.runpytest(*_args(tiny_dir, tmp_path), "--circuits-device=cpu", "--circuits-device-map=auto")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--circuits-device-map and --circuits-device='cpu' were both given*auto*"])
+
+
+@pytest.mark.parametrize("value", ["auto", "sequential", json.dumps(FULL), "@map.json"])
+def test_good_map_runs_the_claims(pytester, tiny_dir, tmp_path, value):
+    pytester.makepyfile(test_claim=CLAIM)
+    (pytester.path / "map.json").write_text(json.dumps(FULL))
+    r = pytester.runpytest(*_args(tiny_dir, tmp_path), f"--circuits-device-map={value}")
+    r.assert_outcomes(passed=1)
+
+
+def test_ini_map_file_is_read_from_the_rootdir(pytester, tiny_dir, tmp_path):
+    pytester.makepyfile(test_claim=CLAIM)
+    (pytester.path / "maps").mkdir()
+    (pytester.path / "maps" / "cpu.json").write_text(json.dumps(FULL))
+    pytester.makeini("[pytest]\ncircuits_device_map = @maps/cpu.json\n")
+    pytester.runpytest(*_args(tiny_dir, tmp_path)).assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\ncircuits_device_map = @maps/missing.json\n")
+    r = pytester.runpytest(*_args(tiny_dir, tmp_path))
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert "missing.json" in r.stderr.str()
