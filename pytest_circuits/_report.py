@@ -237,6 +237,13 @@ def summarize(data: dict[str, Any]) -> Summary:
         ms = [m for m in r.get("measurements") or [] if isinstance(m, dict)]
         cell = Cell(claim, model, verdict, str(r.get("expected_change") or ""), measurements=ms)
         cell.drifts = [d for d in (_drift(claim, model, m) for m in ms) if d is not None]
+        old = cells.get((claim, model))
+        if old is not None:  # the same claim and checkpoint twice (a damaged merge): never hide the worse
+            old.verdict = min(old.verdict, cell.verdict, key=_SEVERITY.index)
+            old.reason = old.reason or cell.reason
+            old.measurements += cell.measurements
+            old.drifts += cell.drifts
+            cell = old
         cells[(claim, model)] = cell
         if r.get("finding"):
             findings.setdefault(claim, str(r["finding"]))
@@ -601,6 +608,10 @@ def _banner_html(s: Summary) -> str:
             f"<div class=\"rule\">Rule: {_e(GATE_RULE)}.</div></header>")
 
 
+#: the forest plot draws at most this many claim metrics (the farthest out): a taller image is unreadable.
+FOREST_ROWS = 150
+
+
 def _forest_png(s: Summary) -> str | None:
     """One forest plot of every baseline comparison in tolerance units (difference / allowed):
     a row per claim metric (farthest out first), a marker per checkpoint, the band at +-1.
@@ -615,13 +626,14 @@ def _forest_png(s: Summary) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows: dict[tuple[str, str], list[Drift]] = {}
-    for d in drifts:  # farthest out first: the dict keeps the first (worst) row order
-        rows.setdefault((d.claim, d.metric), []).append(d)
-    keys = list(rows)
-    finite = [abs(d.ratio) for d in drifts if math.isfinite(d.ratio)]
-    lim = min(max([1.5] + [x * 1.35 for x in finite]), 10.0)
     models = sorted({d.model for d in drifts})
+    rows: dict[tuple[str, str], list[Drift]] = {}
+    for d in drifts:  # farthest out first: a row sits where its farthest drift puts it
+        if (d.claim, d.metric) in rows or len(rows) < FOREST_ROWS:
+            rows.setdefault((d.claim, d.metric), []).append(d)
+    keys = list(rows)
+    finite = [abs(d.ratio) for ds in rows.values() for d in ds if math.isfinite(d.ratio)]
+    lim = min(max([1.5] + [x * 1.35 for x in finite]), 10.0)
     markers = "o^sDv<>Ph*"
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
     fig, ax = plt.subplots(figsize=(6.9, 1.3 + 0.21 * len(keys)), dpi=100)
@@ -683,6 +695,10 @@ def _forest_html(s: Summary) -> str:
     body = (f"<img id=\"forest-plot\" alt=\"{_e(alt)}\" src=\"data:image/png;base64,{png}\">" if png else
             "<p class=\"note\">(install matplotlib for the drift plot; the largest drifts are listed "
             "below)</p>" + _largest_html(beyond or s.drifts()[:10]))
+    rows = len({(d.claim, d.metric) for d in s.drifts()})
+    if png and rows > FOREST_ROWS:
+        body += (f"<p class=\"note\">The {FOREST_ROWS} claim metrics farthest out are drawn; the other "
+                 f"{rows - FOREST_ROWS} are in the details.</p>")
     return (f"<section id=\"forest\"><h2>Drift of every measurement, in units of its tolerance "
             f"({len(beyond)} outside \u00b11)</h2>{body}</section>")
 

@@ -432,3 +432,20 @@ def test_worked_example_renders(tmp_path):
     assert worst.metric == "change of PR(L24H4 onto L23H0)" and worst.ratio == pytest.approx(1.96, abs=0.01)
     page, root = _page(data, tmp_path)
     assert len(root.find("table", class_="matrix").find("tbody").find_all("tr")) == 12
+
+
+def test_a_claim_reported_twice_keeps_the_worse_result():
+    data = _ledger([_rec(A, "m1", "failed", _m("x", diff=2.0)), _rec(A, "m1", "passed", _m("x", diff=0.0))])
+    s = R.summarize(data)
+    cell = s.cells[(A, "m1")]
+    assert cell.verdict == "failed" and len(cell.beyond) == 1 and not s.passed
+
+
+def test_forest_plot_draws_the_farthest_rows_and_says_so(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(R, "FOREST_ROWS", 3)
+    data = _ledger([_rec(A, "m1", "passed", *[_m(f"k{i}", diff=0.1 * i, allowed=1.0) for i in range(6)])])
+    page, root = _page(data, tmp_path)
+    forest = root.find("section", id="forest")
+    assert forest.find("img", id="forest-plot") and "The 3 claim metrics farthest out are drawn; the other 3" \
+        in forest.all_text()
