@@ -16,8 +16,9 @@ What is checked, and why (a merged report must never be greener than its parts):
   suites (a claim added between runs): an error. Within a group the shard counts agree;
 * the same (claim, model) reported twice (overlapping shards) must be reported identically;
 * the gate fails when a collected claim is in no report, when any claim failed or errored
-  (whatever the report's exit status says), or when a job's pytest exit status was neither
-  0 nor 5 (5: the shard had no items).
+  (whatever the report's exit status says), when a job's pytest exit status was neither
+  0 nor 5 (5: the shard had no items), or when nothing was checked at all (no claim collected,
+  or every claim not checked: pytest exits 0 then, but such a gate verified nothing).
 """
 
 from __future__ import annotations
@@ -226,6 +227,11 @@ def gate_failures(merged: dict[str, Any], reports: Sequence[tuple[str, dict[str,
             if r["outcome"] == "failed" and r["nodeid"] not in bad_ids]
     if bad:
         out.append(f"{len(bad)} claim{'s' if len(bad) != 1 else ''} failed or errored: " + "; ".join(bad))
+    if not merged["collected"]:
+        out.append("no report collected any claim: an empty suite gates nothing")
+    elif not any(c["verdict"] != "not checked" for c in merged["claims"]):
+        # pytest exits 0 when everything is skipped; a release gate that checked nothing has not passed.
+        out.append(f"no claim was checked ({len(merged['claims'])} not checked)")
     jobs = [f"{p} (exit status {d['exit_status']})" for p, d in reports if d["exit_status"] not in OK_EXIT]
     if jobs:
         out.append("pytest failed in " + ", ".join(jobs))

@@ -180,6 +180,16 @@ def test_skipped_claims_are_reported_not_failed(tmp_path, capsys):
     assert len(skipped) == 1 and "no model" in skipped[0].find("skipped").get("message")
 
 
+def test_a_gate_that_checked_nothing_fails(tmp_path, capsys):
+    skipped = {n: ("not checked", "no model") for n in COLLECTED}
+    status, _, err = _merge(capsys, *_two(tmp_path, _report(COLLECTED[:2], 1, 2, verdicts=skipped),
+                                          _report(COLLECTED[2:], 2, 2, verdicts=skipped)))
+    assert status == 1 and "no claim was checked (4 not checked)" in err
+    empty = _write(tmp_path, "e.json", _report([], 1, 1, collected=[], exit_status=5))
+    status, _, err = _merge(capsys, empty)
+    assert status == 1 and "no report collected any claim" in err
+
+
 def test_overlapping_shards(tmp_path, capsys):
     first = _report(COLLECTED[:3], 1, 2)
     status, _, err = _merge(capsys, *_two(tmp_path, first=first))      # test_c in both, identical: fine
