@@ -112,6 +112,10 @@ def test_two_shards_merged_equal_one_serial_run(suite, tiny_dir, tiny_dir_b, tmp
     assert len(merged["records"]) == 8 and len(ms) == 12
     assert all(m["baseline"] and m["baseline"]["within"] for r in merged["records"] for m in r["measurements"]
                if r["outcome"] == "passed")
+    by_id = {c["nodeid"]: c for c in merged["claims"]}
+    for rec in merged["records"]:   # the claims and the records name claims and models alike
+        assert (by_id[rec["nodeid"]]["claim"], by_id[rec["nodeid"]]["model"]) == (rec["claim"], rec["model"])
+        assert by_id[rec["nodeid"]]["finding"] == rec["finding"]
     verdicts = {c["nodeid"]: c["verdict"] for c in merged["claims"]}
     assert verdicts["test_claims.py::test_skipped[ckpt_b]"] == "not checked"
     assert verdicts["test_claims.py::test_fails[ckpt]"] == "failed"
@@ -270,3 +274,4 @@ def test_familywise_counts_the_whole_suite_not_the_shard(suite, tiny_dir, tiny_d
         levels.append({rec["nodeid"]: rec["measurements"][0]["level"] for rec in json.loads(out.read_text())["records"]})
     assert levels[1] == {"test_claims.py::test_loss[ckpt]": levels[0]["test_claims.py::test_loss[ckpt]"]}
     assert levels[1]["test_claims.py::test_loss[ckpt]"] > 1 - 0.05 / 2    # m counts more than the shard's one claim
+
