@@ -20,8 +20,10 @@ import html
 import io
 import json
 import math
+import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,7 +71,7 @@ def ledger(records: Iterable[dict[str, Any]], *, root: str, exit_status: int) ->
 #: verdict -> (css class, symbol, word); the symbol and word make colour never the only signal.
 VERDICT_STYLE: dict[str, tuple[str, str, str]] = {
     "passed": ("pass", "\u2713", "pass"),
-    "drift": ("drift", "\u25b2", "drift beyond tolerance"),
+    "drift": ("drift", "\u25b2", "DRIFT"),
     "failed": ("fail", "\u2717", "FAIL"),
     "error": ("error", "!", "ERROR"),
     "not run": ("missing", "\u2205", "not run"),
@@ -78,6 +80,9 @@ VERDICT_STYLE: dict[str, tuple[str, str, str]] = {
     "xfailed": ("xfail", "x", "xfailed"),
     "xpassed": ("xpass", "?", "xpassed"),
 }
+#: what a verdict's word means, for the legends.
+VERDICT_MEANING = {"drift": "passed, but a measurement drifted beyond its baseline tolerance",
+                   "not run": "collected, but in no report", "expected change": "the change marked as expected happened (strict xfail)"}
 #: the verdicts that fail the release gate ("drift": a pass whose baseline comparison is outside).
 GATE_FAILING = ("failed", "error", "drift", "not run")
 GATE_RULE = ("the gate fails if any claim failed or errored on any checkpoint, any measurement drifted "
@@ -99,7 +104,7 @@ def _num(x: Any) -> float:
 def _fmt_num(x: Any) -> str:
     from .measurement import _fmt
 
-    v = _num(x)
+    v = _num(x) + 0.0  # no "-0"
     return _fmt(v) if math.isfinite(v) else "n/a"
 
 
@@ -123,7 +128,7 @@ class Drift:
 
     @property
     def ratio_text(self) -> str:
-        r = self.ratio
+        r = self.ratio + 0.0  # no "-0.00"
         if math.isnan(r):
             return "n/a"
         if math.isinf(r):
@@ -224,6 +229,11 @@ def _claim_of(nodeid: str, model: str) -> str:
     return head + (f"[{'-'.join(rest)}]" if rest else "")
 
 
+def _natural(name: str) -> list[Any]:
+    """Sort key putting step-9000 before step-12000."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name)]
+
+
 def summarize(data: dict[str, Any]) -> Summary:
     """The release summary of a report (new, old or merged; one checkpoint or many)."""
     records = [r for r in data.get("records") or [] if isinstance(r, dict)]
@@ -269,7 +279,7 @@ def summarize(data: dict[str, Any]) -> Summary:
             if nodeid not in known:
                 cells.setdefault((str(nodeid), ""), Cell(str(nodeid), "", "not run",
                                                          "collected, but in no report"))
-    models = sorted({m for _, m in cells})
+    models = sorted({m for _, m in cells}, key=_natural)
     claims = sorted({c for c, _ in cells})
     reasons = []
     for v in GATE_FAILING:
@@ -307,7 +317,7 @@ def _identity(data: dict[str, Any]) -> list[str]:
 
 def _counts_text(counts: dict[str, int], beyond: int = 0) -> str:
     """"4 pass, 8 failed (7 with a drift beyond tolerance)" for one checkpoint."""
-    text = ", ".join(f"{n} {VERDICT_STYLE[v][2] if v != 'failed' else 'failed'}"
+    text = ", ".join(f"{n} {'failed' if v == 'failed' else VERDICT_STYLE[v][2].lower()}"
                      for v, n in counts.items() if n) or "no claims"
     return text + (f" ({beyond} with a drift beyond tolerance)" if beyond else "")
 
@@ -414,7 +424,8 @@ def summary_markdown(data: dict[str, Any], *, largest: int = 10) -> list[str]:
             cells.append(f"{sym} {word}" + (f" \u25b2{worst.ratio_text}" if worst else ""))
         lines.append(f"| {_code(_claim_label(claim))} | {_md(_short(s.findings.get(claim, ''), 90))} | "
                      + " | ".join(_md(c) for c in cells) + " |")
-    lines += ["", "Legend: " + ", ".join(f"{sym} {word}" for _, sym, word in VERDICT_STYLE.values())
+    lines += ["", "Legend: " + ", ".join(f"{sym} {word}" + (f" ({VERDICT_MEANING[v]})" if v in VERDICT_MEANING else "")
+                                         for v, (_, sym, word) in VERDICT_STYLE.items())
               + "; \u25b2 n\u00d7 tol: the largest drift from the baseline in units of its allowed difference.", ""]
     drifts = s.drifts()
     if not drifts:
@@ -436,7 +447,7 @@ def markdown(data: dict[str, Any]) -> str:
     """The Markdown report (for $GITHUB_STEP_SUMMARY): the release summary, then every
     measurement per claim and checkpoint, version changes and the checkup cards."""
     records = [r for r in data.get("records") or [] if isinstance(r, dict)]
-    models = sorted({str(r.get("model") or "") for r in records})
+    models = sorted({str(r.get("model") or "") for r in records}, key=_natural)
     table: dict[tuple[str, str], dict[str, str]] = {}
     for claim, metric, model, cell in rows(data):
         table.setdefault((claim, metric), {})[model] = cell
@@ -504,6 +515,7 @@ h2{font-size:15px;margin:4px 0 6px}
 table.matrix{width:100%}
 table.matrix th,table.matrix td{border:1px solid #d0d0d0;padding:2px 6px;vertical-align:top}
 table.matrix thead th{background:#f3f3f3;font-size:12px}
+table.matrix thead th:not(.claim){width:1%}
 table.matrix th.claim{text-align:left;font-weight:normal}
 .cname{font-weight:600;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 .finding{color:#555;font-size:12px;display:block}
@@ -574,7 +586,8 @@ def _matrix_html(s: Summary) -> str:
                        f"title=\"{_e(hover)}\">{_e(text)}{tol}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
-    legend = [f"<span class=\"v-{c}\">{_e(sym)} {_e(w)}</span>" for v, (c, sym, w) in VERDICT_STYLE.items()
+    legend = [f"<span class=\"v-{c}\">{_e(sym)} {_e(w)}{_e(': ' + VERDICT_MEANING[v] if v in VERDICT_MEANING else '')}"
+              "</span>" for v, (c, sym, w) in VERDICT_STYLE.items()
               if v in ("passed", "drift", "failed", "not checked")
               or any(cell.shown == v for cell in s.cells.values())]
     legend.append("<span>\u25b2 n\u00d7 tol: the largest drift from the baseline, in units of its allowed "
@@ -588,12 +601,12 @@ def _counts_html(s: Summary) -> str:
     out = ["<table class=\"counts\"><tr><th>checkpoint</th>"]
     out += [f"<th class=\"v-{VERDICT_STYLE[v][0]}\">{_e(VERDICT_STYLE[v][1])} {_e(VERDICT_STYLE[v][2])}</th>"
             for v in shown]
-    out.append("<th>beyond tolerance</th></tr>")
+    out.append("<th>claims beyond tolerance</th></tr>")
     for m in s.models:
         c = s.counts(m)
         out.append(f"<tr data-model=\"{_e(m)}\"><td>{_e(_model_name(m))}</td>"
                    + "".join(f"<td data-count=\"{_e(v)}\">{c[v]}</td>" for v in shown)
-                   + f"<td data-count=\"beyond\">{s.drifted(m)} claims</td></tr>")
+                   + f"<td data-count=\"beyond\">{s.drifted(m)}</td></tr>")
     out.append("</table>")
     return "".join(out)
 
@@ -604,8 +617,8 @@ def _banner_html(s: Summary) -> str:
     why = "" if s.passed else f"<div class=\"why\">{_e('; '.join(s.reasons))}</div>"
     return (f"<header class=\"banner gate-{state}\" id=\"verdict\" data-gate=\"{state}\">"
             f"<div class=\"gate\">{_e(word)}</div>{why}{_counts_html(s)}"
-            f"<div class=\"identity\">{_e(_DOT.join(s.identity))}</div>"
-            f"<div class=\"rule\">Rule: {_e(GATE_RULE)}.</div></header>")
+            f"<div class=\"rule\"><span class=\"identity\"><b>{_e(_DOT.join(s.identity))}</b></span>. "
+            f"Rule: {_e(GATE_RULE)}.</div></header>")
 
 
 #: the forest plot draws at most this many claim metrics (the farthest out): a taller image is unreadable.
@@ -626,7 +639,7 @@ def _forest_png(s: Summary) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    models = sorted({d.model for d in drifts})
+    models = sorted({d.model for d in drifts}, key=_natural)
     rows: dict[tuple[str, str], list[Drift]] = {}
     for d in drifts:  # farthest out first: a row sits where its farthest drift puts it
         if (d.claim, d.metric) in rows or len(rows) < FOREST_ROWS:
@@ -636,7 +649,8 @@ def _forest_png(s: Summary) -> str | None:
     lim = min(max([1.5] + [x * 1.35 for x in finite]), 10.0)
     markers = "o^sDv<>Ph*"
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    fig, ax = plt.subplots(figsize=(6.9, 1.3 + 0.21 * len(keys)), dpi=100)
+    legend_rows = (len(models) + 2 + 1) // 2
+    fig, ax = plt.subplots(figsize=(6.9, 1.1 + 0.21 * len(keys) + 0.17 * legend_rows), dpi=100)
     ax.axvspan(-1, 1, color="#e6f4ea", zorder=0)
     for x in (-1, 1):
         ax.axvline(x, color="#1e7e34", lw=0.8, ls="--", zorder=1)
@@ -677,7 +691,9 @@ def _forest_png(s: Summary) -> str | None:
     handles.append(plt.Line2D([], [], marker="o", color="#555", ls="none", label="filled: outside tolerance"))
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
               frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a cramped layout still saves whole: bbox_inches="tight" below
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
