@@ -31,6 +31,8 @@ from typing import Any, Sequence
 from .errors import CircuitsError
 
 FAILING_VERDICTS = ("failed", "error")
+VERDICTS = ("passed", "failed", "error", "not checked", "expected change", "xfailed", "xpassed")
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 # pytest's exit statuses: 0 all passed, 5 no tests collected (an empty shard).
 OK_EXIT = (0, 5)
 
@@ -64,11 +66,17 @@ def _problems(data: Any) -> list[str]:
         if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in
                                               ("nodeid", "claim", "model", "verdict", "reason", "finding")):
             out.append(f"claims[{i}] lacks one of nodeid, claim, model, verdict, reason, finding (strings)")
+        elif c["verdict"] not in VERDICTS:   # an unknown verdict must not count as "not failed"
+            out.append(f"claims[{i}] has verdict {c['verdict']!r}, not one of {', '.join(VERDICTS)}")
     for i, r in enumerate(data["records"]):
         if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("claim", "nodeid", "model",
                                                                                  "outcome")) \
                 or not isinstance(r.get("measurements"), list):
             out.append(f"records[{i}] lacks one of claim, nodeid, model, outcome, measurements")
+        elif r["outcome"] not in OUTCOMES:
+            out.append(f"records[{i}] has outcome {r['outcome']!r}, not one of {', '.join(OUTCOMES)}")
+        elif not all(_is_measurement(m) for m in r["measurements"]):
+            out.append(f"records[{i}] has a measurement without a key, numbers (mean, lower, upper, level) or n")
     if out:
         return out
     try:
@@ -84,6 +92,14 @@ def _problems(data: Any) -> list[str]:
         if len(out) >= 5:
             break
     return out
+
+
+def _is_measurement(m: Any) -> bool:
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return (isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("n"), int)
+            and all(number(m.get(k)) for k in ("mean", "lower", "upper", "level")))
 
 
 def _consistency(path: str, data: dict[str, Any]) -> list[str]:

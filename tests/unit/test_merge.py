@@ -264,6 +264,7 @@ def _corrupt(data):
         ("record without claim", lambda d: {**d, "claims": d["claims"][1:]}),
         ("record without measurements", lambda d: {**d, "records": [{**d["records"][0], "measurements": None}]}),
         ("bad shard", lambda d: {**d, "shard": {"index": 3, "count": 2}}),
+        ("unknown outcome", lambda d: {**d, "records": [{**d["records"][0], "outcome": "FAILED"}]}),
         ("bad measurement", lambda d: {**d, "records": [{**d["records"][0], "measurements": [{"mean": "x"}]}]}),
     ]:
         yield label, change(copy.deepcopy(data))
@@ -271,13 +272,22 @@ def _corrupt(data):
 
 @pytest.mark.parametrize("label", [label for label, _ in _corrupt(_report(COLLECTED[:2], 1, 2))])
 def test_corrupted_reports_are_refused_naming_the_file(tmp_path, capsys, label):
-    if label in ("unknown verdict", "bad measurement"):
-        pytest.importorskip("jsonschema")    # checked by the schema only
     data = dict(_corrupt(_report(COLLECTED[:2], 1, 2)))[label]
     a, b = _two(tmp_path, first=data)
     status, stdout, err = _merge(capsys, a, b, "--json", tmp_path / "m.json")
     assert status == 2 and str(a) in err and "error" in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_corrupted_reports_are_refused_without_jsonschema(tmp_path, capsys, monkeypatch):
+    """The checks the gate's verdict relies on do not need the optional jsonschema."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jsonschema", None)     # import jsonschema -> ImportError
+    for label, data in _corrupt(_report(COLLECTED[:2], 1, 2)):
+        a, b = _two(tmp_path, first=data)
+        status, _, err = _merge(capsys, a, b)
+        assert status == 2 and str(a) in err, label
 
 
 @pytest.mark.parametrize("text", ["", "   \n", "{not json", "null", "42", "\"report\"", "[]", "{}"])
