@@ -502,7 +502,8 @@ header.gate-failed{background:#fdecea;border-color:#b3261e}
 .gate{font-size:22px;font-weight:700;white-space:nowrap}
 .gate-passed .gate{color:#1e7e34}.gate-failed .gate{color:#b3261e}
 .why{font-weight:600}
-.identity,.rule{color:#444;font-size:12px}
+.rule{color:#444;font-size:12px}
+.identity{font-weight:700;color:#1d1d1f}
 .rule{flex-basis:100%}
 table{border-collapse:collapse}
 table.counts td,table.counts th{padding:1px 8px;border:1px solid #ccc;text-align:right;background:#fff}
@@ -617,7 +618,7 @@ def _banner_html(s: Summary) -> str:
     why = "" if s.passed else f"<div class=\"why\">{_e('; '.join(s.reasons))}</div>"
     return (f"<header class=\"banner gate-{state}\" id=\"verdict\" data-gate=\"{state}\">"
             f"<div class=\"gate\">{_e(word)}</div>{why}{_counts_html(s)}"
-            f"<div class=\"rule\"><span class=\"identity\"><b>{_e(_DOT.join(s.identity))}</b></span>. "
+            f"<div class=\"rule\"><span class=\"identity\">{_e(_DOT.join(s.identity))}</span>. "
             f"Rule: {_e(GATE_RULE)}.</div></header>")
 
 
