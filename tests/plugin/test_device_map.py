@@ -76,3 +76,29 @@ def test_ini_map_file_is_read_from_the_rootdir(pytester, tiny_dir, tmp_path):
     r = pytester.runpytest(*_args(tiny_dir, tmp_path))
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     assert "missing.json" in r.stderr.str()
+
+
+def test_half_precision_with_a_device_map_end_to_end(pytester, tiny_dir, tmp_path):
+    """--circuits-dtype reaches the model (weights in bfloat16) with and without a device map,
+    and the activation cache keeps the two dtypes apart (a float32 run after a bfloat16 one
+    computes again)."""
+    pytester.makepyfile(test_claim=textwrap.dedent("""
+        import torch
+        from pytest_circuits import PromptSet, metrics
+        from pytest_circuits.models import info
+
+        def test_dtype(model, activations, request):
+            want = request.config.getoption("circuits_dtype") or "float32"
+            assert {p.dtype for p in model.parameters()} == {getattr(torch, want)}
+            assert info(model).dtype == want
+            ps = PromptSet.build(model, ["the cat sat on the mat"])
+            assert metrics.loss(model, ps, activations=activations).upper < 1e9
+    """))
+    for extra in (["--circuits-dtype=bfloat16", "--circuits-device-map=auto"], ["--circuits-dtype=float16"],
+                  ["--circuits-dtype=bfloat16"]):
+        r = pytester.runpytest(*_args(tiny_dir, tmp_path), *extra)
+        r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["activations: 1 forward passes*"])      # not the mapped run's entry
+    r = pytester.runpytest(*_args(tiny_dir, tmp_path))
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["activations: 1 forward passes*"])      # nor a half-precision one
