@@ -7,9 +7,19 @@ with its baseline comparison when baselines are on. Records travel on the test r
 (``user_properties``), so they arrive from xdist workers too; the controller writes:
 
 * ``--circuits-report PATH.json``: the ledger (schema: ``data/report.schema.json``);
-* ``--circuits-markdown PATH.md``: a claims x models table, for CI job summaries;
-* ``--circuits-html PATH.html``: the table and, per metric, a plot of its value and
-  interval across models (matplotlib; the plots are left out if it is not installed).
+* ``--circuits-markdown PATH.md``: for CI job summaries;
+* ``--circuits-html PATH.html``: one self-contained page (inline CSS, images as data URIs).
+
+Both reports open with the release summary (:func:`summarize`): the gate's verdict by the
+rule in :data:`GATE_RULE`, counts per checkpoint, a claims x checkpoints matrix whose cells
+carry a symbol and a word besides their colour, and every baseline comparison as a drift in
+units of its tolerance ((obtained - baseline) / allowed: +-1 is the edge), drawn in the HTML
+as one forest plot (matplotlib; left out, with a table instead, if it is not installed) and
+listed in the Markdown; then the details. :func:`terminal_lines` is the same summary for a
+terminal (``pytest-circuits merge`` prints it). The renderers take new reports ("claims",
+"collected", "shard"), merged ones ("merged_from") and old ones (verdicts from "records"), and
+treat every report as untrusted: text is escaped, a missing or NaN number reads "n/a" and a
+drift that cannot be computed never counts as within tolerance.
 """
 
 from __future__ import annotations
