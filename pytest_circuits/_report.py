@@ -481,8 +481,18 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("checkup"):
         from .checkup import card_markdown
 
-        lines += [card_markdown(data["checkup"])]
+        lines += [_cards(card_markdown, data["checkup"], _md)]
     return "\n".join(lines)
+
+
+def _cards(render: Any, cards: Any, escape: Any) -> str:
+    """The checkup cards rendered, or a line saying they are malformed (a report is untrusted)."""
+    try:
+        if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+            raise TypeError("'checkup' is not a list of cards")
+        return str(render(cards))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return escape(f"The checkup cards in this report are malformed and are not shown ({type(e).__name__}: {e}).")
 
 
 def version_changes(data: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -788,7 +798,7 @@ def _details_html(data: dict[str, Any], s: Summary) -> str:
     if data.get("checkup"):
         from .checkup import card_html
 
-        out.append(card_html(data["checkup"]))
+        out.append("<section id=\"checkup\">" + _cards(card_html, data["checkup"], _e) + "</section>")
     fps = {str(r.get("model")): str(r.get("fingerprint") or "?") for r in data.get("records") or []
            if isinstance(r, dict)}
     if fps:

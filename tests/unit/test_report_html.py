@@ -451,3 +451,26 @@ def test_forest_plot_draws_the_farthest_rows_and_says_so(tmp_path, monkeypatch):
     forest = root.find("section", id="forest")
     assert forest.find("img", id="forest-plot") and "The 3 claim metrics farthest out are drawn; the other 3" \
         in forest.all_text()
+
+
+CARD = {"check": "induction", "title": "Induction heads", "source": "arXiv:2209.11895", "model": "m1",
+        "status": "found", "applicable": True, "reason": "", "found": True, "criterion": "score > 0.5",
+        "measurements": [_m("induction score <i>", mean=0.8)], "components": [["L1H2", 0.8]], "heatmaps": {},
+        "details": {}, "outcome": "passed"}
+
+
+def test_checkup_cards_are_in_the_details(tmp_path):
+    data = _ledger([_rec(A, "m1")], checkup=[CARD])
+    page, root = _page(data, tmp_path)
+    cards = root.find("section", id="details").find("section", id="checkup")
+    assert "Mechanism card" in cards.all_text() and "Induction heads" in cards.all_text()
+    assert not root.find_all("i")                         # its text is escaped too
+    assert "## Mechanism card: `m1`" in R.markdown(data)
+
+
+@pytest.mark.parametrize("checkup", [[{"check": "induction"}], "not a list", [3]])
+def test_malformed_checkup_cards_are_said_not_raised(checkup, tmp_path):
+    data = _ledger([_rec(A, "m1")], checkup=checkup)
+    page, root = _page(data, tmp_path)
+    assert "checkup cards in this report are malformed" in root.find("section", id="checkup").all_text()
+    assert "checkup cards in this report are malformed" in R.markdown(data)
