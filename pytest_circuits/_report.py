@@ -437,6 +437,13 @@ def summary_markdown(data: dict[str, Any], *, largest: int = 10) -> list[str]:
     lines += ["", "Legend: " + ", ".join(f"{sym} {word}" + (f" ({VERDICT_MEANING[v]})" if v in VERDICT_MEANING else "")
                                          for v, (_, sym, word) in VERDICT_STYLE.items())
               + "; \u25b2 n\u00d7 tol: the largest drift from the baseline in units of its allowed difference.", ""]
+    why = [c for c in sorted(s.cells.values(), key=lambda c: (c.claim, _natural(c.model)))
+           if c.reason and c.shown in ("failed", "error", "not run", "not checked", "expected change")]
+    if why:
+        lines += [f"- {VERDICT_STYLE[c.shown][1]} {_code(_claim_label(c.claim))} on {_md(_model_name(c.model))}: "
+                  f"{_md(_short(c.reason, 160))}" for c in why[:largest * 2]]
+        lines += [f"- ... and {len(why) - largest * 2} more (details below)"] if len(why) > largest * 2 else []
+        lines += [""]
     drifts = s.drifts()
     if not drifts:
         lines += ["No measurement was compared with a baseline.", ""]

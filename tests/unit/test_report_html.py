@@ -474,3 +474,14 @@ def test_malformed_checkup_cards_are_said_not_raised(checkup, tmp_path):
     page, root = _page(data, tmp_path)
     assert "checkup cards in this report are malformed" in root.find("section", id="checkup").all_text()
     assert "checkup cards in this report are malformed" in R.markdown(data)
+
+
+def test_markdown_says_why_a_claim_was_not_checked():
+    data = CASES["not-checked"][0]
+    assert "- \u2013 `test_b` on m1: needs a GPU &amp; &lt;cuda>" in R.markdown(data).splitlines()
+
+
+def test_not_checked_reason_on_hover(tmp_path):
+    page, root = _page(CASES["not-checked"][0], tmp_path)
+    cell = root.find("td", **{"data-verdict": "not checked"})
+    assert cell.attrs["title"] == "not checked: needs a GPU & <cuda>"
