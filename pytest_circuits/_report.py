@@ -92,7 +92,8 @@ VERDICT_STYLE: dict[str, tuple[str, str, str]] = {
 }
 #: what a verdict's word means, for the legends.
 VERDICT_MEANING = {"drift": "passed, but a measurement drifted beyond its baseline tolerance",
-                   "not run": "collected, but in no report", "expected change": "the change marked as expected happened (strict xfail)"}
+                   "not run": "collected, but in no report",
+                   "expected change": "the change marked as expected happened (strict xfail)"}
 #: the verdicts that fail the release gate ("drift": a pass whose baseline comparison is outside).
 GATE_FAILING = ("failed", "error", "drift", "not run")
 GATE_RULE = ("the gate fails if any claim failed or errored on any checkpoint, any measurement drifted "
