@@ -477,3 +477,49 @@ def test_not_checked_reason_on_hover(tmp_path):
     page, root = _page(CASES["not-checked"][0], tmp_path)
     cell = root.find("td", **{"data-verdict": "not checked"})
     assert cell.attrs["title"] == "not checked: needs a GPU & <cuda>"
+
+
+def test_a_real_run_renders_every_claim(pytester, tiny_dir, tmp_path):
+    """End to end through the plugin: a claim that holds, one that fails its own assertion,
+    one not checked (an optional model that is absent, with a hostile reason) and one that
+    crashes; the page's matrix shows each with its verdict, the gate fails."""
+    pytester.makepyfile(test_r=f"""
+        import pytest
+        from pytest_circuits import Measurement
+
+        @pytest.mark.claim(finding="holds <always>")
+        @pytest.mark.model({str(tiny_dir)!r})
+        def test_holds(model):
+            Measurement.from_values("v", [1.0, 2.0, 1.5, 1.2], model="ckpt").assert_above(0)
+
+        @pytest.mark.claim(finding="breaks")
+        @pytest.mark.model({str(tiny_dir)!r})
+        def test_breaks(model):
+            Measurement.from_values("v", [1.0, 2.0, 1.5, 1.2], model="ckpt").assert_above(10)
+
+        @pytest.mark.claim(finding="needs another model")
+        @pytest.mark.model("no-such-model-xyz", optional="weights <not> available & offline")
+        def test_absent(model):
+            assert False
+
+        @pytest.mark.claim(finding="crashes")
+        @pytest.mark.model({str(tiny_dir)!r})
+        def test_crashes(model):
+            raise RuntimeError("boom")
+    """)
+    page, md = tmp_path / "r.html", tmp_path / "r.md"
+    r = pytester.runpytest(f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider",
+                           f"--circuits-html={page}", f"--circuits-markdown={md}")
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    root = Tree(page.read_text("utf-8")).root
+    assert root.find("header").attrs["data-gate"] == "failed"
+    verdicts = {row.attrs["data-claim"].rpartition("::")[2]: {td.attrs["data-model"]: td.attrs["data-verdict"]
+                                                              for td in row.find_all("td")}
+                for row in root.find("table", class_="matrix").find("tbody").find_all("tr")}
+    assert verdicts["test_holds"]["ckpt"] == "passed" and verdicts["test_breaks"]["ckpt"] == "failed"
+    assert verdicts["test_crashes"]["ckpt"] == "failed"
+    # the ledger's "claims" (every claim item) brings the claim that made no measurement, and why
+    assert verdicts["test_absent"] == {"ckpt": "none", "no-such-model-xyz": "not checked"}
+    cell = root.find("td", **{"data-verdict": "not checked"})
+    assert "weights <not> available & offline" in cell.attrs["title"]
+    assert md.read_text().startswith("# pytest-circuits release report\n\n## \u2717 Release gate FAILED")
