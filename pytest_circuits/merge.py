@@ -248,6 +248,17 @@ def gate_failures(merged: dict[str, Any], reports: Sequence[tuple[str, dict[str,
     elif not any(c["verdict"] != "not checked" for c in merged["claims"]):
         # pytest exits 0 when everything is skipped; a release gate that checked nothing has not passed.
         out.append(f"no claim was checked ({len(merged['claims'])} not checked)")
+    # One gate rule for the exit status and the reports' banner: a measurement beyond its baseline
+    # tolerance fails the gate even where its claim is recorded as passed (a hand-edited or
+    # inconsistent report), and so does a drift that cannot be computed.
+    from ._report import summarize
+
+    beyond = [d for d in summarize(merged).beyond() if (d.claim, d.model) not in
+              {(c["claim"], c["model"]) for c in merged["claims"] if c["verdict"] in FAILING_VERDICTS}]
+    if beyond:
+        out.append(f"{len(beyond)} measurement{'s' if len(beyond) != 1 else ''} of passing claims beyond "
+                   "tolerance: " + "; ".join(f"{d.claim} [{d.model}] {d.metric}: {d.ratio:+.3g}x tolerance"
+                                              for d in beyond))
     jobs = [f"{p} (exit status {d['exit_status']})" for p, d in reports if d["exit_status"] not in OK_EXIT]
     if jobs:
         out.append("pytest failed in " + ", ".join(jobs))

@@ -388,3 +388,20 @@ def test_workflow_is_valid_yaml_with_the_matrix_and_the_merge():
     expect = int(re.search(r"--expect-reports (\d+)", run)[1])
     assert expect == len(matrix["checkpoint"]) * len(matrix["shard"])
     assert "pytest-circuits merge" in run and "GITHUB_STEP_SUMMARY" in run
+
+
+@pytest.mark.parametrize("baseline", [
+    {"mean": 0.2, "difference": 0.3, "tolerance": "3se", "allowed": 0.1, "within": False, "flag": None},
+    # lies: says within, its numbers say 3x the allowance
+    {"mean": 0.2, "difference": 0.3, "tolerance": "3se", "allowed": 0.1, "within": True, "flag": None},
+    # cannot be computed
+    {"mean": None, "difference": float("nan"), "tolerance": "3se", "allowed": 0.1, "within": True, "flag": None},
+])
+def test_a_passing_claim_beyond_its_tolerance_fails_the_merged_gate_as_the_banner_says(tmp_path, capsys, baseline):
+    drifted = _report(COLLECTED[2:], 2, 2)
+    drifted["records"][0]["measurements"][0]["baseline"] = baseline
+    out = tmp_path / "m.md"
+    status, _, err = _merge(capsys, *_two(tmp_path, second=drifted), "--markdown", out)
+    assert status == 1
+    assert "beyond tolerance" in err and "t.py::test_c" in err
+    assert "FAILED" in out.read_text()
