@@ -170,6 +170,14 @@ class Measurement:
     # summands, so it is not added to or subtracted from another measurement.
     ratio: bool = field(default=False, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # The label travels into reports and baselines (JSON): a model object here would end the
+        # run in an internal error at report time, far from the claim that passed it.
+        if not isinstance(self.model, str):
+            raise MeasurementError(bad("model", type(self.model).__name__,
+                                       "the model's name as a string (e.g. "
+                                       "pytest_circuits.models.info(model).name), not the model object"))
+
     @classmethod
     def from_values(cls, name: str, values: Any, *, model: str = "",
                     level: float | None = None, seed: int = DEFAULT_SEED,

@@ -337,3 +337,14 @@ def test_tiny_samples_never_get_a_huge_finite_bound():
             assert v.min() - 20 * span < m.lower <= m.mean <= m.upper < v.max() + 20 * span, (v, m)
     m = Measurement.from_values("x", [1.0, 2.0, 3.0, 2.5, 1.5], record=False)
     assert -1.0 < m.lower < 2.0
+
+
+def test_a_model_object_as_the_label_is_refused_where_it_is_passed():
+    class Model:
+        pass
+
+    with pytest.raises(MeasurementError, match="model.*name as a string"):
+        Measurement.from_values("x", [1.0, 2.0, 3.0], model=Model())
+    with pytest.raises(MeasurementError, match="model"):
+        Measurement.from_ratio("r", [1.0, 2.0], [2.0, 2.0], model=Model())
+    assert Measurement.from_values("x", [1.0, 2.0, 3.0], model="m").model == "m"
