@@ -2,19 +2,21 @@
 derived from measurement (docs/large-models.md has the numbers).
 
 Each tolerance is a multiple of the dtype's machine epsilon ``eps`` (bfloat16 2^-7, float16
-2^-10) times a scale of the quantity, so one rule covers both dtypes and both models. What
-was measured on the CPU (planted IOI model, 64 IOI prompts; SmolLM2-135M, 64 IOI prompts),
-as a multiple of ``eps x scale``, and the tolerance set (about 4x the largest measured):
+2^-10) times a scale of the quantity, so one rule covers both dtypes and both models. Measured
+on the CPU (planted IOI model, 64 IOI prompts, name mover L1H0; SmolLM2-135M, 32 IOI prompts,
+name mover L23H0), the largest difference from float32 in units of ``eps x scale``; the
+tolerance is four to six times the largest measured:
 
-=============================  =====================  ===========  ===========  =========
-quantity                       scale                  bf16 meas.   fp16 meas.   tolerance
-=============================  =====================  ===========  ===========  =========
-last-position logits, max |d|  std of f32 logits      see docs     see docs     LOGITS
-logit difference, per prompt   std of f32 logits      see docs     see docs     LD
-direct effects, per value      sum of |parts| (max)   see docs     see docs     DE
-identity gap (parts - logit)   sum of |parts| (max)   see docs     see docs     IDENTITY
-patching effect, per prompt    std of f32 logits      see docs     see docs     LD
-=============================  =====================  ===========  ===========  =========
+==============================  ====================  ========  ========  =========  =========  =========
+quantity                        scale                 planted   planted   SmolLM2    SmolLM2    tolerance
+                                                      bf16      fp16      bf16       fp16
+==============================  ====================  ========  ========  =========  =========  =========
+last-position logits            std of f32 logits     4.1       3.3       12.1       11.9       48
+logit difference, per prompt    std of f32 logits     5.1       5.7       10.5       7.0        48
+patching effect, per prompt     std of f32 logits     4.6       3.8       5.6        7.9        48
+direct effects, per value       max sum of |parts|    0.17      0.24      0.32       0.26       2
+identity gap (parts - logit)    max sum of |parts|    0.39      0.34      0.28       0.27       2
+==============================  ====================  ========  ========  =========  =========  =========
 
 Beyond tolerances: the five components with the largest mean direct effect are the same,
 and the top-1 token differs from float32's only where float32's top two are closer than the
@@ -38,10 +40,10 @@ from pytest_circuits.techniques import effects as E
 PLANTED_IOI = Path(__file__).resolve().parents[1] / "data" / "planted" / "ioi"
 
 # Tolerances in units of eps x scale (module docstring), set from the measurements with margin.
-LOGITS = 16.0
-LD = 32.0
-DE = 2.0
-IDENTITY = 2.0
+LOGITS = 48.0     # largest measured 12.1 (SmolLM2, bfloat16)
+LD = 48.0         # logit differences and patching effects: largest measured 10.5 (SmolLM2, bfloat16)
+DE = 2.0          # largest measured 0.32 (SmolLM2, bfloat16)
+IDENTITY = 2.0    # largest measured 0.39 (planted, bfloat16)
 HALF = ("bfloat16", "float16")
 
 
