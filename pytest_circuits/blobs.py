@@ -28,6 +28,7 @@ import contextlib
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,7 @@ class FsspecBlobs(Blobs):
     def problem(self) -> str | None:
         """Publish, read back and delete a probe object (checks the bucket exists, can be
         reached, and the credentials may write and read)."""
-        probe = "activations/" + tmp_name("write-probe")
+        probe = f"activations/.write-probe-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
             self.publish(probe, b"probe")
             back = self.read(probe)

@@ -238,6 +238,28 @@ def test_corrupted_object_is_recomputed_and_republished(s3, tiny, ps, truth, fau
     assert torch.equal(value, got)
 
 
+def test_location_failing_mid_run_warns_once_and_goes_on_in_memory(s3, tiny, truth):
+    """The bucket is deleted during a run: the next write fails, one CacheWarning says so,
+    and the run goes on with activations in memory (right values, no further attempts)."""
+    bucket = f"vanishing-{uuid.uuid4().hex[:8]}"
+    s3.client.create_bucket(Bucket=bucket)
+    store = ActivationStore(cache_dir=f"s3://{bucket}/p")
+    first = PromptSet.build(tiny, PROMPTS, name="first")
+    _quiet(lambda: store.get(tiny, first, [HOOK]))
+    for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            s3.client.delete_object(Bucket=bucket, Key=o["Key"])
+    s3.client.delete_bucket(Bucket=bucket)
+    with pytest.warns(CacheWarning, match="failed .*keeping activations in memory") as caught:
+        got = store.get(tiny, first, [H.LOGITS_LAST])[H.LOGITS_LAST]
+    assert len([w for w in caught if issubclass(w.category, CacheWarning)]) == 1
+    torch.testing.assert_close(got, truth[H.LOGITS_LAST], atol=1e-5, rtol=1e-5)
+    third = PromptSet.build(tiny, PROMPTS[:2], name="third")
+    got2 = _quiet(lambda: store.get(tiny, third, [HOOK])[HOOK])
+    assert store.counters.forward_passes == 3 and store.counters.computed == 3
+    torch.testing.assert_close(got2, truth[HOOK][:2, :got2.shape[1]], atol=1e-5, rtol=1e-5)
+
+
 RACER = textwrap.dedent("""
     import sys, time, warnings
     from pathlib import Path
@@ -289,6 +311,7 @@ def test_two_processes_racing_on_the_same_keys(s3, tiny_dir, tmp_path):
         assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
         assert SECRET not in out + err
     both = sum(all((tmp_path / f"barrier.{r}.{me}.wrote1").exists() for me in "ab") for r in range(rounds))
+    print(f"\nrace: {both} of {rounds} rounds had both processes writing the same entry")
     assert both >= 1, "no round had both processes writing the same entry"
     assert len(s3.keys(url, "activations/")) == rounds
     assert not [k for k in s3.keys(url) if k.rpartition("/")[2].startswith(".")]   # no temporary keys
