@@ -460,6 +460,12 @@ def test_converted_weights_published_fetched_and_verified(s3, tiny_dir, tmp_path
     assert "COMPLETE" in remote_files and "config.json" in remote_files and len(remote_files) > 3
     staging = M._cache_folder(url)[0]
     assert staging.is_relative_to(tmp_path / "xdg")
+    # the bucket lost them (a failed publish, a clean-up): the next load publishes them again
+    for rel in remote_files:
+        s3.client.delete_object(Bucket=BUCKET, Key=s3.key(url, f"{folder}/{rel}"))
+    assert s3.keys(url, folder + "/") == []
+    assert torch.equal(logits(_quiet(load)), reference)
+    assert s3.keys(url, folder + "/") == remote_files and CONVERSIONS.count(name) == 1
     # a fresh machine (no staging folder): fetched from the bucket, verified, not converted
     shutil.rmtree(staging)
     assert torch.equal(logits(_quiet(load)), reference)
