@@ -199,6 +199,20 @@ def offloaded(realized: "dict[str, Any] | None") -> list[str]:
                   if v in ("disk", "meta") or (v == "cpu" and on_accelerator))
 
 
+def dtype_rtol(model: Any, rtol: float) -> float:
+    """The relative error a consistency check (two computations of the same numbers) must
+    allow on ``model``: ``rtol``, set for float32 and float64, or the model's machine epsilon
+    when that is larger (bfloat16 2^-7, float16 2^-10: activations are rounded to it, so two
+    exact routes to one number differ by a fraction of it; measured up to 0.4 eps on SmolLM2,
+    docs/large-models.md). A real error (a missing writer, a wrong weight) is of order 1."""
+    import torch
+
+    dtype = getattr(getattr(model, "cfg", None), "dtype", None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        return rtol
+    return max(rtol, torch.finfo(dtype).eps)
+
+
 # --------------------------------------------------------------------------- moving tensors
 def device_of(ref: Any) -> Any:
     """The device of ``ref``: a tensor's, a module's (its first parameter, else buffer), or
