@@ -22,7 +22,8 @@ class Settings:
     clear_cache: bool = False       # --circuits-clear-cache
     device: str = "auto"
     dtype: str = "float32"
-    cache_dir: Path = field(default_factory=default_cache_dir)
+    device_map: Any = None          # --circuits-device-map, parsed (pytest_circuits.devices); None: one device
+    cache_dir: Path | str = field(default_factory=default_cache_dir)   # str: an fsspec URL (remote cache)
     use_disk_cache: bool = True
     batch_size: int = 32
     seed: int = 0
@@ -146,7 +147,7 @@ class Session:
         try:
             with status(f"pytest-circuits: loading {name}"):
                 m = load_model(name, cache_dir=self.settings.cache_dir, device=self.settings.device,
-                               dtype=self.settings.dtype)
+                               dtype=self.settings.dtype, device_map=self.settings.device_map)
         except ModelUnavailable as e:
             self._failures[name] = e
             raise
@@ -301,16 +302,38 @@ class Session:
                 "source": kw.get("source") or "", "measurements": measurements,
                 "version_changes": self._version_lines.get(item.nodeid, [])}
 
-    def clear_disk_cache(self) -> Path:
-        target = self.settings.cache_dir / "activations"
+    def clear_disk_cache(self) -> Path | str:
+        """Delete the cached activations (a local folder, or the remote prefix of a URL)."""
+        from .config import is_url
+
+        if is_url(self.settings.cache_dir):
+            from .blobs import open_blobs
+
+            blobs = open_blobs(self.settings.cache_dir)
+            blobs.clear("activations")
+            return f"{blobs.describe()}/activations"
+        target = Path(self.settings.cache_dir) / "activations"
         shutil.rmtree(target, ignore_errors=True)
         return target
+
+    def cache_line(self) -> str:
+        """Where this run's cache is, for the summary (a URL without its credentials)."""
+        from .config import is_url
+
+        where = self.settings.cache_dir
+        if is_url(where):
+            from .blobs import describe_url
+
+            where = describe_url(str(where))
+        return (f"cache: {where}" + ("" if self.settings.use_disk_cache else
+                                     " (converted weights only: --circuits-no-cache keeps activations in memory)"))
 
     def summary_lines(self) -> list[str]:
         c = self.store.counters
         lines = [f"activations: {c.forward_passes} forward passes ({c.prompts_forwarded} prompts), "
                  f"{c.memory_hits} hits from memory, {c.disk_hits} from disk, {c.computed} computed"
-                 + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else "")]
+                 + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else ""),
+                 self.cache_line()]
         if c.forward_passes:
             # compute in block x position passes (padding included), and the floor: what a
             # perfect cache would still compute (real positions an intervention can change)

@@ -31,7 +31,11 @@ File hashes are memoized in ``<cache>/hashes.json`` by path, device, inode, size
 and ctime (:func:`file_sha256`): rewriting a file in place, replacing it, or setting its
 mtime back all change its ctime or inode, so the memo is never reused for other bytes.
 Converted folders are written to a temporary folder and moved into place; leftovers of
-killed conversions are removed (:mod:`pytest_circuits.cachefiles`). A cache that cannot
+killed conversions are removed (:mod:`pytest_circuits.cachefiles`). With a remote cache
+(``cache_dir="s3://bucket/prefix"``, :mod:`pytest_circuits.blobs`) models still boot from
+a local staging folder: a converted folder missing there is fetched from the remote and
+verified like a local one (a copy that fails is converted again, never loaded), and a
+conversion is published there, files first and the manifest last. A cache that cannot
 be written gives a :class:`~pytest_circuits.errors.ModelUnavailable` naming
 ``--circuits-cache-dir`` when a conversion is needed; the memo is then simply not kept.
 """
@@ -39,6 +43,7 @@ be written gives a :class:`~pytest_circuits.errors.ModelUnavailable` naming
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import json
@@ -52,7 +57,7 @@ from typing import Any, Callable
 
 from .cachefiles import remove_orphans_in, tmp_name
 from .config import DEFAULT_MODEL
-from .errors import ModelUnavailable, bad
+from .errors import CircuitsError, ModelUnavailable, bad
 
 EMBEDDED = DEFAULT_MODEL  # the embedded model is the default one
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,6 +83,7 @@ class ModelInfo:
     dtype: str
     device: str
     source: str
+    device_map: str = ""    # the realized placement (devices.describe) when loaded with a device map
 
     @property
     def label(self) -> str:
@@ -85,7 +91,10 @@ class ModelInfo:
         return Path(self.name).name if self.source == "local" and Path(self.name).name else self.name
 
     def key(self) -> dict[str, str]:
-        return {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype}
+        key = {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype}
+        if self.device_map:   # only then: keys of single-device loads stay as they were
+            key["device_map"] = self.device_map
+        return key
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -205,33 +214,173 @@ def resolve_dtype(dtype: str) -> Any:
 
 
 def load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
-               dtype: str = "float32", progress: bool = False) -> Any:
+               dtype: str = "float32", progress: bool = False, device_map: Any = None) -> Any:
     """Load ``name`` (a registered name, a checkpoint folder as a string or a path, or a
-    Hugging Face name) as a ``TransformerBridge`` in compatibility mode (no pool: see Session)."""
+    Hugging Face name) as a ``TransformerBridge`` in compatibility mode (no pool: see Session).
+
+    ``device_map`` (a strategy such as ``"auto"``, a dict ``{module: device}``, or the text
+    of ``--circuits-device-map``; see :mod:`pytest_circuits.devices`) spreads the model over
+    devices through Hugging Face's ``from_pretrained(device_map=...)``; ``device`` must then
+    be ``auto``. The map is checked (devices present, every weight placed, no unknown module,
+    nothing offloaded) before the model runs; the realized placement is in
+    ``info(model).device_map`` and in the activation cache's keys."""
+    import dataclasses
+
+    from . import devices as D
+
+    placement = D.parse_device_map(device_map, base=Path.cwd())
+    problem = D.device_conflict(device, placement) or D.missing_devices(placement)
+    if problem:
+        raise D.DeviceMapError(problem)
+    token = _PLACEMENT.set(placement)
+    try:
+        bridge = _load_model(name, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
+    finally:
+        _PLACEMENT.reset(token)
+    if placement is not None:
+        realized = _realized_placement(bridge)
+        attach_info(bridge, dataclasses.replace(info(bridge), device=str(bridge.cfg.device),
+                                                device_map=D.describe(realized)))
+    return bridge
+
+
+# The device map of the load under way (None: one device), read by _boot.
+_PLACEMENT: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pytest_circuits_placement", default=None)
+
+
+def _realized_placement(bridge: Any) -> "dict[str, str]":
+    """Where a device-mapped load put the model: accelerate's ``hf_device_map`` when it
+    dispatched, else the one device every parameter is on. A loader that did not go through
+    the device map (a registered loader that boots by itself) leaves no trace of it: that is
+    an error, not a silent single-device load."""
+    hf = getattr(bridge, "original_model", None)
+    if hf is None or not getattr(hf, "_pytest_circuits_mapped", False):
+        raise ModelUnavailable(f"{getattr(bridge.cfg, 'model_name', 'this model')!r} was loaded without the "
+                               "device map: its loader does not support --circuits-device-map")
+    realized = getattr(hf, "hf_device_map", None)
+    if realized:
+        return {str(k): str(v) for k, v in realized.items()}
+    return {"": str(next(hf.parameters()).device)}
+
+
+def _load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, device: str = "auto",
+                dtype: str = "float32", progress: bool = False) -> Any:
+    """:func:`load_model` on one device or with the device map in ``_PLACEMENT``."""
     from .config import default_cache_dir
 
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
 
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache, remote = _cache_folder(cache_dir) if cache_dir else (default_cache_dir(), None)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if name in _REGISTRY:
-        bridge, fingerprint = _REGISTRY[name].loader(cache, dev, torch_dtype)
-        source = "registry"
-    elif Path(name).expanduser().is_dir():
-        bridge, fingerprint = _load_local(Path(name).expanduser(), cache, dev, torch_dtype)
-        source = "local"
-    else:
-        bridge, fingerprint = _load_hub_cached(name, dev, torch_dtype)
-        source = "hf-cache"
+    token = _REMOTE_WEIGHTS.set(remote)
+    try:
+        if name in _REGISTRY:
+            bridge, fingerprint = _REGISTRY[name].loader(cache, dev, torch_dtype)
+            source = "registry"
+        elif Path(name).expanduser().is_dir():
+            bridge, fingerprint = _load_local(Path(name).expanduser(), cache, dev, torch_dtype)
+            source = "local"
+        else:
+            bridge, fingerprint = _load_hub_cached(name, dev, torch_dtype)
+            source = "hf-cache"
+    finally:
+        _REMOTE_WEIGHTS.reset(token)
     _enable_compat(bridge)
     bridge.eval()
     attach_info(bridge, ModelInfo(name=name, fingerprint=fingerprint, dtype=dtype,
                                   device=dev, source=source))
     return bridge
+
+
+# The remote cache (a Blobs, see pytest_circuits.blobs) that load_model's converted
+# checkpoints are fetched from and published to; None for a local cache.
+_REMOTE_WEIGHTS: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pytest_circuits_remote_weights",
+                                                                        default=None)
+
+
+def _cache_folder(cache_dir: str | os.PathLike) -> "tuple[Path, Any]":
+    """The local folder a model loads from, and the remote cache (or None). For an fsspec URL
+    it is a staging folder under the local default cache, named by a hash of the URL as
+    described (without credentials): converted weights boot from local files."""
+    from .blobs import open_blobs
+    from .config import default_cache_dir
+
+    blobs = open_blobs(cache_dir)
+    if not blobs.is_remote:
+        return Path(blobs.root), None  # type: ignore[attr-defined]
+    digest = hashlib.sha256(blobs.describe().encode()).hexdigest()[:16]
+    return default_cache_dir() / "remote" / digest, blobs
+
+
+def _fetch_converted(remote: Any, folder: Path) -> str | None:
+    """Download ``weights/<folder.name>/`` from ``remote`` into ``folder`` (replacing it), files
+    as its manifest lists them; None when the remote has none, else a description. Nothing
+    is trusted here: the caller verifies the folder against the manifest like a local one."""
+    rel = f"weights/{folder.name}"
+    manifest = remote.read(f"{rel}/{MANIFEST_NAME}")
+    if manifest is None:
+        return None
+    where = f"{remote.describe()}/{rel}"
+    try:
+        record = json.loads(manifest)
+        names = sorted(record["files"])
+    except (ValueError, KeyError, TypeError):
+        names = []            # written as it is: verification says what is wrong with it
+    tmp = folder.parent / tmp_name(folder.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / MANIFEST_NAME).write_bytes(manifest)
+        for name in names:
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
+                    or name == MANIFEST_NAME:
+                continue      # never written outside the folder; verification reports the gap
+            data = remote.read(f"{rel}/{name}")
+            if data is not None:
+                (tmp / name).write_bytes(data)
+        aside = folder.parent / tmp_name(folder.name + ".replaced")
+        if os.path.lexists(folder):
+            os.replace(folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return where
+
+
+def _remote_manifest_missing(remote: Any, folder: Path) -> bool:
+    """Whether ``remote`` lacks the manifest of the converted folder ``folder`` (False when
+    the remote cannot be read: nothing is published to a location that fails)."""
+    from .blobs import BlobError
+
+    try:
+        return remote.read(f"weights/{folder.name}/{MANIFEST_NAME}") is None
+    except BlobError:
+        return False
+
+
+def _publish_converted(remote: Any, folder: Path) -> None:
+    """Publish a converted (verified) folder to ``remote``: every file first, the manifest
+    last, so a reader that finds the manifest finds the files (a failure is a CacheWarning:
+    the local copy is still used)."""
+    import warnings
+
+    from .blobs import BlobError
+    from .errors import CacheWarning
+
+    rel = f"weights/{folder.name}"
+    try:
+        for p in sorted(folder.iterdir()):
+            if p.name != MANIFEST_NAME:
+                remote.publish(f"{rel}/{p.name}", p.read_bytes())
+        remote.publish(f"{rel}/{MANIFEST_NAME}", (folder / MANIFEST_NAME).read_bytes())
+    except (BlobError, OSError) as e:
+        warnings.warn(CacheWarning(f"could not publish converted weights to {remote.describe()}/{rel} "
+                                   f"({e}); they are used from {folder}"), stacklevel=5)
 
 
 def _enable_compat(bridge: Any) -> None:
@@ -249,9 +398,101 @@ def _boot(path_or_name: str, device: str, dtype: Any, **kw: Any) -> Any:
 
     from transformer_lens.model_bridge import TransformerBridge
 
+    placement = _PLACEMENT.get()
     with warnings.catch_warnings(), _quiet_transformers():
         warnings.simplefilter("ignore")
+        if placement is not None:
+            return _boot_mapped(path_or_name, placement, dtype, **kw)
         return TransformerBridge.boot_transformers(path_or_name, device=device, dtype=dtype, **kw)
+
+
+def _coverage_problem(path_or_name: str, placement: Any) -> str | None:
+    """What is wrong with how a dict device map covers the model at ``path_or_name`` (its
+    modules built on the meta device from its config: no weights are read); None for a
+    strategy or a map that places every parameter and buffer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from . import devices as D
+
+    if not isinstance(placement, dict):
+        return None
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(path_or_name)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    return D.coverage_problem(
+        placement, [n for n, _ in skeleton.named_modules(remove_duplicate=False)],
+        [n for n, _ in skeleton.named_parameters()] + [n for n, _ in skeleton.named_buffers()])
+
+
+def device_map_problem(name: str, device_map: Any, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """What is wrong with ``device_map`` (parsed, :func:`pytest_circuits.devices.parse_device_map`)
+    for the model ``name`` on this machine, as far as can be told without loading weights:
+    absent devices, and for a dict, modules left unplaced or unknown. The embedded model is
+    converted first if it never was. None when nothing is wrong (or, for a registered name
+    other than the embedded one, when only its load can tell)."""
+    from . import devices as D
+    from .config import default_cache_dir
+
+    if device_map is None:
+        return None
+    problem = D.missing_devices(device_map)
+    if problem or not isinstance(device_map, dict):
+        return problem
+    name = os.fspath(name)
+    if name == EMBEDDED:
+        local = _cache_folder(cache_dir)[0] if cache_dir else default_cache_dir()   # an fsspec URL's staging folder
+        path: "str | None" = str(embedded_checkpoint(local)[0])
+    elif name in _REGISTRY:
+        return None
+    elif Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+    else:
+        snapshot = _cached_snapshot(_official_name(name))
+        path = str(snapshot) if snapshot is not None else None
+    if path is None:
+        return None
+    try:
+        return _coverage_problem(path, device_map)
+    except Exception as e:  # noqa: BLE001 - its config cannot be read: the load will say why
+        return f"model {name!r}: its configuration cannot be read to check {D.OPTION} ({type(e).__name__}: {e})"
+
+
+def _boot_mapped(path_or_name: str, placement: Any, dtype: Any, **kw: Any) -> Any:
+    """Load the Hugging Face model with ``device_map=placement`` (checked against the
+    model's modules first) and hand it to the bridge. Refused: a dict that leaves weights
+    unplaced or names modules the model lacks (Hugging Face would silently put the first on
+    the CPU and ignore the second), and a realized map that offloads modules to the CPU or
+    disk (compatibility mode cannot fold norms into offloaded weights)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    from . import devices as D
+
+    problem = _coverage_problem(path_or_name, placement)
+    if problem:
+        raise D.DeviceMapError(problem)
+    hf = AutoModelForCausalLM.from_pretrained(path_or_name, device_map=placement, dtype=dtype,
+                                              attn_implementation="eager")
+    off = D.offloaded(getattr(hf, "hf_device_map", None))
+    if off:
+        raise D.DeviceMapError(
+            f"{D.OPTION}: the map offloads {off[:5]}{' ...' if len(off) > 5 else ''} to the CPU or disk "
+            f"(realized map {D.describe(hf.hf_device_map)[:300]}); compatibility mode, which folds the "
+            "norms into the weights, cannot process offloaded weights. Give a map whose modules all fit "
+            "in GPU memory, or run on one device")
+    realized = getattr(hf, "hf_device_map", None)
+    if realized and {str(v) for v in realized.values()} == {"cpu"} and \
+            not any(hasattr(m, "_hf_hook") for m in hf.modules()):
+        # Everything in CPU memory, run there, no dispatch hooks: a plain CPU model, which is
+        # how TransformerLens must see it (it takes any "cpu" entry for an offload and refuses
+        # compatibility mode then).
+        del hf.hf_device_map
+    hf.eval()
+    hf._pytest_circuits_mapped = True
+    first = str(next(hf.parameters()).device)
+    return TransformerBridge.boot_transformers(path_or_name, hf_model=hf, device=first, dtype=dtype, **kw)
 
 
 @contextlib.contextmanager
@@ -466,11 +707,25 @@ def _ensure_converted(folder: Path, convert: Callable[[Path], None], source: dic
     from .errors import CacheWarning
 
     remove_orphans_in(folder.parent)
+    remote = _REMOTE_WEIGHTS.get()
     problem = force
     if problem is None and os.path.lexists(folder):
         problem, identities = _verify(folder)
         if problem is None:
+            if remote is not None and _remote_manifest_missing(remote, folder):
+                _publish_converted(remote, folder)   # an earlier publish failed: try again
             return identities
+    if force is None and remote is not None:
+        # a remote cache: fetch its copy, and use it only if it verifies like a local one
+        try:
+            fetched = _fetch_converted(remote, folder)
+        except (OSError, CircuitsError) as e:
+            fetched, problem = None, f"fetching them from {remote.describe()} failed ({e})"
+        if fetched is not None:
+            problem, identities = _verify(folder)
+            if problem is None:
+                return identities
+            problem = f"the copy from {fetched} is unusable: {problem}"
     if problem is not None:
         warnings.warn(CacheWarning(f"converted weights {folder} are unusable: {problem}; converting "
                                    "them again"), stacklevel=4)
@@ -479,6 +734,8 @@ def _ensure_converted(folder: Path, convert: Callable[[Path], None], source: dic
     if problem is not None:
         raise ModelUnavailable(f"converted weights {folder} fail verification right after conversion: "
                                f"{problem}")
+    if remote is not None:
+        _publish_converted(remote, folder)
     return identities
 
 
@@ -520,9 +777,13 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
 
     from .errors import CacheWarning
 
+    from .devices import DeviceMapError
+
     folder, digest, verified = _embedded(cache)
     try:
         bridge = _boot_converted(folder, verified, device, dtype)
+    except DeviceMapError:    # the placement asked for, not the weights: nothing to convert again
+        raise
     except Exception as e:  # noqa: BLE001 - a verified folder that fails to load: convert again once
         warnings.warn(CacheWarning(f"converted weights {folder} failed to load ({type(e).__name__}: "
                                    f"{str(e)[:300]}); converting them again"), stacklevel=2)
@@ -577,6 +838,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- local dirs
 def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
+    from .devices import DeviceMapError
+
     if not (path / "config.json").is_file():
         raise ModelUnavailable(bad("model", str(path), "a checkpoint directory with config.json and "
                                    "*.safetensors (Hugging Face layout, e.g. from save_pretrained)"))
@@ -601,6 +864,8 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
             raise ModelUnavailable(f"model={str(path)!r}: its files cannot be read ({e})") from e
         try:
             bridge = _boot(str(path.resolve()), device, dtype)
+        except DeviceMapError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure is "this checkpoint can't be used"
             raise ModelUnavailable(f"model={str(path)!r} could not be loaded: {type(e).__name__}: {e}") from e
         with contextlib.suppress(OSError):
@@ -612,6 +877,8 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
 
 # --------------------------------------------------------------------------- hub cache
 def _load_hub_cached(name: str, device: str, dtype: Any) -> "tuple[Any, str]":
+    from .devices import DeviceMapError
+
     repo = _official_name(name)
     snapshot = _cached_snapshot(repo)
 
@@ -627,6 +894,8 @@ def _load_hub_cached(name: str, device: str, dtype: Any) -> "tuple[Any, str]":
         raise unavailable(f"no snapshot of {repo!r} in the local Hugging Face cache")
     try:
         bridge = _boot(repo, device, dtype)
+    except DeviceMapError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise unavailable(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     return bridge, f"hf:{repo}@{snapshot.name}"

@@ -45,6 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "name such as smollm2-135m, a checkpoint directory, or a cached Hugging Face name; "
         "overrides @pytest.mark.model", default=[], type="linelist", action="append")
     add("--circuits-device", "circuits_device", "auto|cpu|cuda|cuda:N (default auto)", default="auto")
+    add("--circuits-device-map", "circuits_device_map", "spread each model over devices with Hugging Face's "
+        "device_map: auto|balanced|balanced_low_0|sequential, a JSON object {module: device} or @file.json "
+        "(default none: one device; needs --circuits-device auto)", default="")
     add("--circuits-dtype", "circuits_dtype", "float32|bfloat16|float16|float64 (default float32)",
         default="float32")
     add("--circuits-cache-dir", "circuits_cache_dir", "where converted weights and activations are "
@@ -81,6 +84,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--circuits-markdown", "circuits_markdown", "write a Markdown claims x models table "
         "(e.g. for a CI job summary)", default="")
     add("--circuits-html", "circuits_html", "write an HTML report with plots across models", default="")
+    add("--circuits-shard", "circuits_shard", "run only shard K of N (e.g. 2/4): the collected items are split "
+        "deterministically by model and claim over N jobs (docs/release-gate.md); merge the jobs' "
+        "--circuits-report files with `pytest-circuits merge`", default="")
     add("--circuits-checkup", "circuits_checkup", "run the mechanism checkup (induction, IOI, successor "
         "heads, copy suppression, greater-than, factual recall) as claims on every --circuits-model; "
         "with no paths given, only the checkup runs", default=False, type="bool", action="store_true")
@@ -152,7 +158,7 @@ def _models(config: pytest.Config) -> tuple[list[str], bool]:
 def _settings(config: pytest.Config) -> Any:
     """Parse and check every option (each also an ini key); a bad value is a UsageError."""
     from ._session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name
-    from .config import default_cache_dir
+    from .config import cache_location, is_url
 
     c = config
 
@@ -181,16 +187,29 @@ def _settings(config: pytest.Config) -> Any:
     problem = check_device(device)
     if problem:
         raise usage(problem)
+    device_map = _device_map(c, device, models, usage)
     familywise = str(_opt(c, "circuits_familywise")).strip().lower()
     if familywise not in FAMILYWISE:
         raise usage(f"--circuits-familywise={familywise!r} is not valid: one of {', '.join(FAMILYWISE)}")
     cache = _opt(c, "circuits_cache_dir")
-    cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+    cache = cache.strip() if isinstance(cache, str) else cache
+    cache_dir = (cache if is_url(cache) else Path(cache).expanduser()) if cache else cache_location()
     use_disk = not _opt(c, "circuits_no_cache")
+    if is_url(cache_dir):
+        # A remote cache (an fsspec URL, docs/remote-cache.md): its protocol's package is
+        # checked always, and (unless --circuits-no-cache) a probe object is written, read and
+        # deleted there, so a missing bucket or package is a usage error before any claim.
+        from .blobs import describe_url, location_problem
+
+        problem = location_problem(cache_dir, probe=use_disk)
+        if problem:
+            raise usage(f"--circuits-cache-dir={describe_url(cache_dir)!r} cannot be used: {problem}. "
+                        "Pass a reachable location or a writable folder with --circuits-cache-dir (or "
+                        "$PYTEST_CIRCUITS_CACHE_DIR)")
     # A cache folder the user chose is checked now (the plugin loads in every pytest run of
     # the environment, so the default one is not: if it cannot be written, the store warns
     # once and keeps activations in memory).
-    if use_disk and (cache or os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")):
+    elif use_disk and (cache or os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")):
         from .store import cache_dir_problem
 
         problem = cache_dir_problem(cache_dir)
@@ -206,10 +225,19 @@ def _settings(config: pytest.Config) -> Any:
     except BaselineError as e:
         raise usage(f"--circuits-baseline-tolerance: {e}") from None
     bdir = _opt(c, "circuits_baseline_dir")
+    shard = str(_opt(c, "circuits_shard") or "").strip()
+    if shard:
+        from .shards import parse_shard
+
+        try:
+            c.stash[SHARD_KEY] = parse_shard(shard)
+        except ValueError as e:
+            raise usage(f"--circuits-shard: {e}") from None
     return Settings(
         models=models or Settings().models, models_from_cli=from_cli, models_named=bool(models),
         clear_cache=bool(_opt(c, "circuits_clear_cache")),
-        device=_worker_device(device), dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
+        device=device if device_map is not None else _worker_device(device), device_map=device_map,
+        dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
         batch_size=integer("circuits_batch_size", "--circuits-batch-size", 1),
         seed=integer("circuits_seed", "--circuits-seed", 0),
         require_models=bool(_opt(c, "circuits_require_models")),
@@ -218,6 +246,40 @@ def _settings(config: pytest.Config) -> Any:
         update_baselines=bool(_opt(c, "circuits_update_baselines")),
         baseline_of=_opt(c, "circuits_baseline_of") or None,
         baseline_tolerance=tolerance, familywise=familywise)
+
+
+def _device_map(c: pytest.Config, device: str, models: list[str], usage: Any) -> Any:
+    """``--circuits-device-map`` parsed and checked against ``--circuits-device``, this
+    machine's devices and (a dict) the modules of every model named (or the default one),
+    so a bad map is a usage error before any claim runs. An ``@file`` given on the command
+    line is read relative to where pytest was started, one in the ini file to the rootdir."""
+    from_cli = c.getoption("circuits_device_map") is not None
+    raw = _opt(c, "circuits_device_map")
+    if not str(raw or "").strip():
+        return None
+    from .config import DEFAULT_MODEL
+    from .devices import DeviceMapError, device_conflict, parse_device_map
+    from .errors import ModelUnavailable
+    from .models import device_map_problem
+
+    try:
+        device_map = parse_device_map(raw, base=c.invocation_params.dir if from_cli else c.rootpath)
+    except DeviceMapError as e:
+        raise usage(str(e)) from None
+    problem = device_conflict(device, device_map)
+    cache = _opt(c, "circuits_cache_dir")
+    for name in ([] if problem else models or [DEFAULT_MODEL]):
+        try:
+            where = (cache if "://" in str(cache) else str(Path(cache).expanduser())) if cache else None
+            problem = device_map_problem(name, device_map, where)
+        except ModelUnavailable:   # e.g. the embedded model is not installed: its claims say so
+            continue
+        if problem:
+            problem = f"model {name!r}: {problem}"
+            break
+    if problem:
+        raise usage(problem)
+    return device_map
 
 
 class _LazySession:
@@ -259,6 +321,9 @@ class _LazySession:
         props = dict(report.user_properties)
         if "circuits-claim" in props:
             _count_claim(self.config, report, props["circuits-claim"])
+            if "circuits-claim-info" in props:
+                self.config.stash.setdefault(CLAIM_INFO_KEY, {})[report.nodeid] = json.loads(
+                    props["circuits-claim-info"])
         if report.when != "call":
             return
         if "circuits-checkup-item" in props:
@@ -391,6 +456,53 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                         f"{sorted(unknown)}; valid: finding, source")
 
 
+SHARD_KEY = pytest.StashKey["tuple[int, int]"]()
+COLLECTED_KEY = pytest.StashKey[list]()
+CLAIM_INFO_KEY = pytest.StashKey[dict]()
+
+
+def _item_model(item: pytest.Item) -> str:
+    """The id of the model a claim item runs on ("" for an item without the model parameter)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return _model_id(str(params["model"])) if "model" in params and _is_ours_item(item) else ""
+
+
+def _item_label(item: pytest.Item) -> str:
+    """The model's name as the ledger's records give it (ModelInfo.label): a checkpoint folder's
+    base name, else the name ("org/name" stays whole); "" for an item without a model."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "model" not in params or not _is_ours_item(item):
+        return ""
+    name = str(params["model"])
+    return Path(name).name if Path(name).expanduser().is_dir() and Path(name).name else name
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Last, after -k/-m and --circuits-checks: note the suite's claims (the ledger's
+    "collected", which the merge checks for completeness), then keep only this shard's items
+    (``--circuits-shard K/N``, rule in :mod:`pytest_circuits.shards`); the others are deselected."""
+    config.stash[COLLECTED_KEY] = sorted(i.nodeid for i in items if _is_claim(i))
+    shard = config.stash.get(SHARD_KEY, None)
+    if shard is None:
+        return
+    from .shards import assign
+
+    where = assign([(_item_model(i), i.nodeid) for i in items], shard[1])
+    dropped = [i for i, k in zip(items, where) if k != shard[0]]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i, k in zip(items, where) if k == shard[0]]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist: the controller collects nothing itself; a worker sends the suite's claims."""
+    raw = getattr(node, "workeroutput", {}).get("circuits_collected")
+    if raw is not None:
+        node.config.stash[COLLECTED_KEY] = json.loads(raw)
+
+
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def circuits_session(request: pytest.FixtureRequest) -> Any:
@@ -429,6 +541,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     except ModelUnavailable as exc:
         e = exc
     if True:  # outside the except block, so the failure is not shown as a chained traceback
+        from .devices import DeviceMapError
+
+        if isinstance(e, DeviceMapError):
+            # The user's own --circuits-device-map does not fit this model: a usage mistake,
+            # never "model unavailable" (which skips without --circuits-require-models).
+            pytest.fail(f"model {name!r}: {e}", pytrace=False)
         marker = item.get_closest_marker("model")
         optional = marker.kwargs.get("optional") if marker is not None else None
         if optional and name in marker.args and not session.settings.models_from_cli:
@@ -584,6 +702,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         # Marks the report as a claim's (for the "checked / not checked" count, from xdist
         # workers too) and says whether an xfail is this project's expected change.
         report.user_properties.append(("circuits-claim", item.stash.get(EXPECTED_CHANGE_KEY, "")))
+        if not any(k == "circuits-claim-info" for k, _ in report.user_properties):
+            # The claim's id, model and finding for the ledger's "claims" (xdist's controller has no items).
+            from ._session import claim_id
+
+            marker = item.get_closest_marker("claim")
+            report.user_properties.append(("circuits-claim-info", json.dumps(
+                {"claim": claim_id(item), "model": _item_label(item),
+                 "finding": str((marker.kwargs.get("finding") if marker else None) or "")})))
     recorded = item.stash.get(MEASUREMENTS_KEY, None)
     if call.when == "call" and recorded:
         record = item.config.stash[SESSION_KEY].get().record(item, recorded)
@@ -641,6 +767,7 @@ def _reason(report: pytest.TestReport) -> str:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
+        config.workeroutput["circuits_collected"] = json.dumps(config.stash.get(COLLECTED_KEY, None))
         return
     from . import _report as R
 
@@ -651,6 +778,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     cards = _cards(config)
     if cards:
         data["checkup"] = cards
+    data.update(_claims_ledger(config))
     if targets["circuits_report"]:
         R.write_json(Path(targets["circuits_report"]), data)
     if targets["circuits_markdown"]:
@@ -695,6 +823,28 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
             tr.write_line(line)
+
+
+def _claims_ledger(config: pytest.Config) -> dict[str, Any]:
+    """The ledger's "claims" (every claim item this process ran or skipped, with its verdict),
+    "collected" (the whole suite's claims before sharding; left out when collection did not
+    finish, so that a merge cannot take an unknown suite for a complete one) and "shard"."""
+    info = config.stash.get(CLAIM_INFO_KEY, {})
+    recorded = {r["nodeid"]: r["model"] for r in config.stash.get(RESULTS_KEY, [])}
+    claims = []
+    for nodeid, (verdict, reason) in config.stash.get(CLAIMS_KEY, {}).items():
+        i = info.get(nodeid, {})
+        claims.append({"nodeid": nodeid, "claim": i.get("claim", nodeid.split("[", 1)[0]),
+                       "model": recorded.get(nodeid, i.get("model", "")), "verdict": verdict, "reason": reason,
+                       "finding": i.get("finding", "")})
+    claims.sort(key=lambda c: (c["claim"], c["model"], c["nodeid"]))
+    shard = config.stash.get(SHARD_KEY, None)
+    out: dict[str, Any] = {"claims": claims,
+                           "shard": {"index": shard[0], "count": shard[1]} if shard else None}
+    collected = config.stash.get(COLLECTED_KEY, None)
+    if collected is not None:
+        out["collected"] = sorted(collected)
+    return out
 
 
 def _cards(config: pytest.Config) -> list[dict[str, Any]]:

@@ -23,6 +23,12 @@ read. So a changed header (dtype, shape, offsets, metadata), a truncated, corrup
 misplaced file, or one written in an older format, is reported with a
 :class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used.
 
+The cache may also be an fsspec URL (``cache_dir="s3://bucket/prefix"``, see
+:mod:`pytest_circuits.blobs` and docs/remote-cache.md): the same entries, under the same
+relative keys, are published there (a temporary key, then moved to the final one) and
+checked on read exactly as local files are; a location that fails during a run is warned
+about once and the run goes on in memory.
+
 Leftover temporary files of killed writers are removed when a store first touches its
 folder (see :mod:`pytest_circuits.cachefiles`). If the folder cannot be written (read
 only, full, a file in the way), the store warns once and keeps going in memory;
@@ -60,6 +66,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import hooks as H
 from .cachefiles import cache_dir_problem, remove_orphans, tmp_name  # noqa: F401 - cache_dir_problem re-exported for the plugin
+from .devices import first_tensor, to_device_of
 from .errors import CacheWarning, CircuitsError, bad
 from .models import info as model_info
 from .protocols import Intervention, check_intervention
@@ -137,7 +144,7 @@ class Counters:
 class ActivationStore:
     """Memory + disk cache of activations. ``cache_dir=None`` keeps it in memory only."""
 
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = None   # a folder, or an fsspec URL (str) for a remote cache
     batch_size: int = 32
     max_memory_bytes: int = 4 << 30
     resume: bool = True           # resume intervened forwards from the clean residual stream
@@ -149,8 +156,15 @@ class ActivationStore:
         self._lock = threading.Lock()
         self._disk_writable = True   # set to False (with one CacheWarning) when a write fails
         self._cleaned = False
+        self._remote: Any = None      # a Blobs for an fsspec URL (s3://bucket/prefix), else None
         if self.cache_dir is not None:
-            self.cache_dir = Path(self.cache_dir)
+            from .blobs import open_blobs
+
+            blobs = open_blobs(self.cache_dir)
+            if blobs.is_remote:
+                self._remote = blobs
+            else:
+                self.cache_dir = Path(blobs.root)  # type: ignore[attr-defined]
 
     # -- public ----------------------------------------------------------------
     def __call__(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
@@ -353,6 +367,8 @@ class ActivationStore:
     def _from_disk(self, key: str, base: dict[str, str], hook: str) -> Any:
         if self.cache_dir is None:
             return None
+        if self._remote is not None:
+            return self._from_remote(key, base, hook)
         self._clean_once()
         path = self._path(key)
         try:
@@ -370,15 +386,7 @@ class ActivationStore:
                 if names != ["value"]:
                     raise ValueError(f"it holds the tensors {names}, not one named 'value'")
                 value = f.get_tensor("value")
-            if meta.get("format") != ENTRY_FORMAT:
-                raise ValueError(f"its format {meta.get('format')!r} is not {ENTRY_FORMAT!r}")
-            # The file name is the sha256 of `expected`: equal recorded fields tie the
-            # entry to its name (a copied or renamed file is caught here).
-            fields = meta.get("fields")
-            if fields != expected:
-                raise ValueError("its key fields do not match this model/prompts/hook")
-            if meta.get("sha256") != entry_sha256(fields, value):
-                raise ValueError("checksum mismatch (key fields, dtype, shape and bytes)")
+            _check_entry(meta, expected, value)
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
             self.counters.recomputed_bad += 1
             warnings.warn(CacheWarning(f"activation cache entry {path} is unusable ({e}); "
@@ -386,16 +394,68 @@ class ActivationStore:
             return None
         return value
 
+    def _relpath(self, key: str) -> str:
+        """An entry's key relative to the cache location (as :meth:`_path` is locally)."""
+        return f"activations/{key[:2]}/{key}.safetensors"
+
+    def _from_remote(self, key: str, base: dict[str, str], hook: str) -> Any:
+        """:meth:`_from_disk` for an fsspec location: the object's bytes are read and
+        checked exactly as a local file is (one tensor named ``value``, the format, the key
+        fields, the sha256 over fields, dtype, shape and bytes)."""
+        from .blobs import BlobError
+
+        rel = self._relpath(key)
+        try:
+            data = self._remote.read(rel)
+        except BlobError as e:
+            self._remote_failed("read", e)
+            return None
+        if data is None:
+            return None
+        expected = json.dumps({**base, "hook": hook}, sort_keys=True)
+        try:
+            meta, names = _safetensors_header(data)
+            if names != ["value"]:
+                raise ValueError(f"it holds the tensors {names}, not one named 'value'")
+            from safetensors.torch import load
+
+            value = load(data)["value"]
+            _check_entry(meta, expected, value)
+        except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
+            self.counters.recomputed_bad += 1
+            warnings.warn(CacheWarning(f"activation cache entry {self._remote.describe()}/{rel} is "
+                                       f"unusable ({e}); recomputing it"), stacklevel=4)
+            return None
+        return value
+
+    def _remote_failed(self, what: str, e: BaseException) -> None:
+        """A remote location failed (unreachable, refused): warn once and keep activations in
+        memory for the rest of the run (reads and writes)."""
+        if self._disk_writable:
+            self._disk_writable = False
+            warnings.warn(CacheWarning(
+                f"the activation cache at {self._remote.describe()} failed ({what}: {e}); keeping "
+                "activations in memory for the rest of this run"), stacklevel=4)
+        self._remote = _Unreachable(self._remote)
+
     def _to_disk(self, key: str, base: dict[str, str], hook: str, value: Any) -> None:
         if self.cache_dir is None or not self._disk_writable:
             return
         from safetensors.torch import save
 
-        self._clean_once()
-        path = self._path(key)
         fields = json.dumps({**base, "hook": hook}, sort_keys=True)
         value = value.contiguous()
         meta = {"format": ENTRY_FORMAT, "fields": fields, "sha256": entry_sha256(fields, value)}
+        if self._remote is not None:
+            from .blobs import BlobError
+
+            try:
+                self._remote.publish(self._relpath(key), save({"value": value}, metadata=meta))
+            except BlobError as e:
+                self._remote_failed("write", e)
+            return
+        self._clean_once()
+        path = self._path(key)
         tmp = path.with_name(tmp_name(path.name))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -586,7 +646,7 @@ class ActivationStore:
                 attn_kv = _Prefix({l: (clean[H.attn_cache(l, "k")][crow], clean[H.attn_cache(l, "v")][crow])
                                    for l in range(plan.start, last_block + 1)}, starts, run, device)
                 layers = tuple(range(plan.start, last_block + 1))
-            inp = inp.to(device, model.cfg.dtype)
+            inp = to_device_of(inp, model.blocks[plan.start], model.cfg.dtype)   # the block it enters
         with torch.no_grad(), _skipping_blocks(model, plan.start, skip_unembed=plan.skip_unembed), \
                 _attention_cache(model, layers, attn_kv):
             logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
@@ -610,7 +670,8 @@ class ActivationStore:
             with torch.no_grad():
                 finals = [logits[torch.arange(b), (lengths - 1 - k - shift).to(logits.device)]
                           for k in reversed(plan.backs)]
-                logits = _unembed(model)(torch.stack(finals, 1))
+                unembed = _unembed(model)
+                logits = unembed(to_device_of(torch.stack(finals, 1), unembed))
             logit_lengths = torch.full_like(lengths, len(plan.backs))
         c = self.counters
         blocks_run = last_block + 1 - plan.start
@@ -700,7 +761,7 @@ def _extract_token_loss(name: str, b: _Batch, width_all: int) -> Any:
     import torch
 
     logp = b.logits[:, :-1].float().log_softmax(-1)
-    nll = -logp.gather(-1, b.toks[:, 1:].unsqueeze(-1)).squeeze(-1).to("cpu")
+    nll = -logp.gather(-1, b.toks[:, 1:].unsqueeze(-1).to(logp.device)).squeeze(-1).to("cpu")
     mask = torch.arange(b.width - 1).unsqueeze(0) < (b.lengths - 1).unsqueeze(1)
     return _pad_to(nll * mask, width_all - 1)
 
@@ -814,6 +875,53 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     for d in reversed(range(1, t.dim())):
         pad += [0, width - t.shape[d]] if d in dims else [0, 0]
     return F.pad(t, pad) if any(pad) else t
+
+
+def _check_entry(meta: dict[str, str], expected: str, value: Any) -> None:
+    """Raise ValueError unless an entry's metadata and tensor are what ``expected`` (the
+    request's key fields) calls for: the format, the same fields (the entry's name is
+    their sha256, so a copied or renamed entry is caught), and the sha256 over fields,
+    dtype, shape and bytes recomputed from the tensor as read."""
+    if meta.get("format") != ENTRY_FORMAT:
+        raise ValueError(f"its format {meta.get('format')!r} is not {ENTRY_FORMAT!r}")
+    fields = meta.get("fields")
+    if fields != expected:
+        raise ValueError("its key fields do not match this model/prompts/hook")
+    if meta.get("sha256") != entry_sha256(fields, value):
+        raise ValueError("checksum mismatch (key fields, dtype, shape and bytes)")
+
+
+def _safetensors_header(data: bytes) -> "tuple[dict[str, str], list[str]]":
+    """The metadata and the sorted tensor names of a safetensors file held in ``data``
+    (8 bytes little-endian header length, then the JSON header)."""
+    if len(data) < 8:
+        raise ValueError(f"it is {len(data)} bytes long, shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"its header claims {n} bytes but only {len(data) - 8} follow")
+    header = json.loads(data[8:8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a JSON object")
+    return meta, sorted(k for k in header if k != "__metadata__")
+
+
+class _Unreachable:
+    """Stands for a remote location that failed during this run: nothing is read or written."""
+
+    def __init__(self, blobs: Any) -> None:
+        self._blobs = blobs
+
+    def read(self, relpath: str) -> None:
+        return None
+
+    def publish(self, relpath: str, data: bytes) -> None:
+        return None
+
+    def describe(self) -> str:
+        return self._blobs.describe()
 
 
 class _Recorder:
@@ -940,7 +1048,7 @@ class _Prefix:
         import torch
 
         pk, pv = self.prefix[int(layer_idx)]
-        return torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
+        return torch.cat([pk.to(k.device, k.dtype), k], 2), torch.cat([pv.to(v.device, v.dtype), v], 2)
 
 
 @contextlib.contextmanager
@@ -963,7 +1071,10 @@ def _attention_cache(model: Any, layers: Sequence[int], cache: Any) -> Iterator[
             kwargs.pop(alias, None)
         kwargs["past_key_values"] = cache
         # none: the attention's own causal mask (recording); else the prefix's
-        kwargs["attention_mask"] = getattr(cache, "mask", None)
+        mask = getattr(cache, "mask", None)
+        at = first_tensor(args, kwargs) if mask is not None else None
+        # the layer's own device: under a device map each layer may be on another one
+        kwargs["attention_mask"] = mask if at is None else to_device_of(mask, at)
         return args, kwargs
 
     handles = []

@@ -51,6 +51,7 @@ from typing import Any, Sequence
 from .. import hooks as H
 from ..store import ActivationStore, resolve
 from ..components import MLP, Component, Head, parse, parse_many
+from ..devices import dtype_rtol
 from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement
 from ..models import derived, info as model_info
@@ -297,7 +298,7 @@ class ValueCheck:
 
 
 def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
-                      activations: ActivationStore | None = None, tolerance: float = 1e-3,
+                      activations: ActivationStore | None = None, tolerance: float | None = None,
                       min_cosine: float = MIN_COSINE) -> ValueCheck:
     """Remove ``writer``'s output from each reader head's value input (pattern and norm
     scale frozen) and measure the readers' summed PR onto the writer, before and after.
@@ -305,10 +306,15 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
     Every PR is a ratio of sums over prompts (see the module docstring); the change is
     ``sum_i (o_B,i^without - o_B,i) . o_A,i / sum_i |o_A,i|^2``, paired on the same prompts.
     A :class:`NegligibleCosineWarning` is issued when the readers' clean output is nearly
-    orthogonal to the writer's (``|mean cosine| < min_cosine``)."""
+    orthogonal to the writer's (``|mean cosine| < min_cosine``). ``tolerance``: the relative
+    error allowed when each reader's ``hook_z`` is recomputed from its value path (default
+    1e-3, or the machine epsilon of a half-precision model:
+    :func:`pytest_circuits.devices.dtype_rtol`)."""
     import torch
 
     min_cosine = _check_fraction("min_cosine", min_cosine)
+    if tolerance is None:
+        tolerance = dtype_rtol(model, 1e-3)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
         raise CircuitsError(bad("tolerance", tolerance, "a positive number (relative error of the recomputed hook_z)"))
     store = resolve(activations)

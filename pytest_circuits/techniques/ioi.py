@@ -89,6 +89,7 @@ from typing import Any, Sequence
 from .. import hooks as H
 from ..components import MLP, Head, parse_many
 from ..detection import Detection
+from ..devices import dtype_rtol
 from ..errors import CircuitsError, MeasurementError, PromptSetError, bad
 from ..interventions import ablate as _ablate
 from ..interventions import patch as _patch
@@ -355,7 +356,8 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     _prefetch_corrupted(model, prompts, {c.layer for c in cands}, (), store)
     scale = store.get(model, prompts, [H.last(H.FINAL_SCALE)])[H.last(H.FINAL_SCALE)].double().reshape(-1)
     clean = movers_de(model, prompts, heads, scale=scale, activations=store)
-    _check_same(clean, sum(scores.de[h.layer, h.head] for h in heads), "the name movers' direct effect")
+    _check_same(clean, sum(scores.de[h.layer, h.head] for h in heads), "the name movers' direct effect",
+                dtype_rtol(model, 1e-4))
     label = model_info(model).label
     mover_de = Measurement.from_values("name movers' summed DE(IO - S)", clean, model=label,
                                        labels=prompts.prompts, record=False)
@@ -732,8 +734,10 @@ def _check_threshold(name: str, value: Any, lo: float | None, hi: float | None) 
         raise CircuitsError(bad(name, value, f"a number {rng}"))
 
 
-def _check_same(a: Any, b: Any, what: str) -> None:
-    """Two computations of the same per-prompt numbers must agree (float error only)."""
+def _check_same(a: Any, b: Any, what: str, rtol: float = 1e-4) -> None:
+    """Two computations of the same per-prompt numbers must agree (float error only: ``rtol``
+    of the larger of 1 and their size; :func:`pytest_circuits.devices.dtype_rtol` for the
+    model's dtype)."""
     gap = float((a - b).abs().max()) if len(a) else 0.0
-    if gap > 1e-4 * max(1.0, float(b.abs().max())):
+    if gap > rtol * max(1.0, float(b.abs().max())):
         raise MeasurementError(f"{what} computed from hook_z does not match the decomposition (off by {gap:.3g})")

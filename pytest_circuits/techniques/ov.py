@@ -66,6 +66,7 @@ from typing import Any, Sequence
 from .. import hooks as H
 from ..detection import Detection
 from ..errors import CircuitsError, PromptSetError, bad
+from ..devices import to_device_of
 from ..measurement import Measurement
 from ..models import derived, info as model_info
 from ..prompts import PromptSet
@@ -165,7 +166,7 @@ def _normed(model: Any, layer: int, E: Any) -> Any:
     dtype = getattr(model.cfg, "dtype", torch.float32)
     ln1 = model.blocks[layer].ln1
     with torch.no_grad():
-        x = ln1(E.to(device=model.W_U.device, dtype=dtype).unsqueeze(1))
+        x = ln1(to_device_of(E, ln1, dtype).unsqueeze(1))      # the norm's device (blocks may be split)
     return x[:, 0].to("cpu", torch.float64)
 
 

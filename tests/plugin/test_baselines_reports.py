@@ -161,7 +161,8 @@ def test_multi_model_ids_and_reports(claims, tiny_dir, tiny_dir_b, tmp_path):
     assert data["exit_status"] == 0 and all(x["outcome"] == "passed" for x in data["records"])
     text = md.read_text()
     assert "| claim | metric | ckpt | ckpt_b |" in text and "`test_claims.py::test_loss` | loss |" in text
-    assert "<img" in page.read_text() and "data:image/png;base64," in page.read_text()
+    assert '<header class="banner gate-passed" id="verdict" data-gate="passed">' in page.read_text()
+    assert page.read_text().count('<tr data-claim="') == 3 and "No measurement was compared" in page.read_text()
     props = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
     assert any(k == "circuits:loss" for k in props) and "n=5" in props["circuits:loss"]
 
@@ -189,7 +190,8 @@ def test_new_checkpoint_against_the_released_baseline(claims, tiny_dir, tiny_dir
          ).assert_outcomes(passed=3)
     r = claims.runpytest(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
                          f"--circuits-cache-dir={tmp_path / 'cache'}", f"--circuits-baseline-dir={bdir}",
-                         "--circuits-baseline-of=ckpt", f"--circuits-report={report}", "--circuits-baseline-tolerance=abs:0.01")
+                         "--circuits-baseline-of=ckpt", f"--circuits-report={report}", "--circuits-baseline-tolerance=abs:0.01",
+                         f"--circuits-html={tmp_path / 'r.html'}", f"--circuits-markdown={tmp_path / 'r.md'}")
     recs = {(x["claim"], x["model"]): x for x in json.loads(report.read_text())["records"]}
     released = json.loads((bdir / "ckpt.json").read_text())["claims"]
     for (claim, model), rec in recs.items():
@@ -197,6 +199,9 @@ def test_new_checkpoint_against_the_released_baseline(claims, tiny_dir, tiny_dir
             assert m["baseline"]["mean"] == pytest.approx(released[claim][m["key"]]["mean"])
         assert rec["outcome"] == ("passed" if model == "ckpt" else "failed")   # other weights drift
     assert not (bdir / "ckpt_b.json").exists() and (bdir / "ckpt_b.obtained.json").exists()
+    page, md = (tmp_path / "r.html").read_text(), (tmp_path / "r.md").read_text()   # the release report says so
+    assert 'data-gate="failed"' in page and 'data-verdict="failed" data-model="ckpt_b"' in page
+    assert 'id="forest-plot"' in page and "## \u2717 Release gate FAILED: 3 claim results failed" in md
     r.stdout.fnmatch_lines(["*drifted from the baseline of ckpt*"])
     r = claims.runpytest(f"--circuits-model={tiny_dir_b}", f"--circuits-cache-dir={tmp_path / 'cache'}",
                          f"--circuits-baseline-dir={bdir}", "--circuits-baseline-of=ckpt", "--circuits-update-baselines")

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from pytest_circuits.config import default_cache_dir
+
 CLAIM = textwrap.dedent("""
     import pytest
     from pytest_circuits import PromptSet, metrics
@@ -22,6 +24,11 @@ CLAIM = textwrap.dedent("""
 
 FULL = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "lm_head": "cpu",
         "model.rotary_emb": "cpu"}
+
+
+# The default cache of the process running the tests (pytester points HOME elsewhere), where the
+# embedded model's converted weights already are: the start-up check reads its config.
+OUTER_CACHE = default_cache_dir()
 
 
 def _args(tiny_dir, cache) -> list[str]:
@@ -102,3 +109,24 @@ def test_half_precision_with_a_device_map_end_to_end(pytester, tiny_dir, tmp_pat
     r = pytester.runpytest(*_args(tiny_dir, tmp_path))
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["activations: 1 forward passes*"])      # nor a half-precision one
+
+
+def test_a_map_that_does_not_fit_a_marker_chosen_model_fails_the_claim_never_skips(pytester, tiny_dir, tmp_path):
+    # The model comes from @pytest.mark.model, so the start-up check cannot see it; the error
+    # shows at load time and must fail the claim (without --circuits-require-models too).
+    pytester.makepyfile(test_claim=textwrap.dedent(f"""
+        import pytest
+
+        @pytest.mark.model({str(tiny_dir)!r})
+        @pytest.mark.claim(source="test", finding="loads")
+        def test_loads(model):
+            assert model is not None
+    """))
+    # A map that fits the default model (SmolLM2's 30 layers, checked at start-up; its converted
+    # weights are in the default cache) but names layers the tiny model does not have.
+    fits_default = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(30)},
+                    "model.norm": "cpu", "lm_head": "cpu", "model.rotary_emb": "cpu"}
+    r = pytester.runpytest("-p", "no:cacheprovider", f"--circuits-cache-dir={OUTER_CACHE}",
+                           f"--circuits-device-map={json.dumps(fits_default)}")
+    r.assert_outcomes(errors=1)      # failed in setup (where the model loads): an error, not a skip
+    r.stdout.fnmatch_lines(["*--circuits-device-map names modules the model does not have*model.layers.2*"])

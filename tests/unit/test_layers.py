@@ -21,8 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pytest_circuits"
 LAYERS: dict[str, int] = {
     # leaves: nothing from the project but the error hierarchy
     "errors": 0,
-    "components": 1, "config": 1, "cachefiles": 1, "_jsonl": 1, "_progress": 1,
-    "hooks": 2, "protocols": 2,
+    "components": 1, "config": 1, "shards": 1, "cachefiles": 1, "_jsonl": 1, "_progress": 1,
+    "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3,
     "measurement": 4,
@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
     "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8,
     "checkup": 9, "finetune": 9,
-    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9,
+    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9, "merge": 9,
     # pytest only here
     "_session": 10, "checkup_claims": 10,
     "plugin": 11,
