@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"activations: (\d+) forward passes \((\d+) prompts\), (\d+) hits from memory, "
                   r"(\d+) from disk, (\d+) computed")
 COMPUTE = re.compile(r"compute: .*")
+SHOW = int(os.environ.get("BENCH_SHOW", "12"))
 SLOWEST = re.compile(r"^\s*[\d.]+s (call|setup) .*$", re.M)
 
 
@@ -46,7 +47,7 @@ def run(cache: Path, extra: list[str]) -> tuple[float, dict[str, Any], int]:
     out: dict[str, Any] = dict(zip(keys, map(int, m.groups())))
     c = COMPUTE.search(proc.stdout)
     out["compute"] = c.group(0) if c else "compute: (no line)"
-    out["slowest"] = [x.group(0).strip() for x in SLOWEST.finditer(proc.stdout)][:12]
+    out["slowest"] = [x.group(0).strip() for x in SLOWEST.finditer(proc.stdout)][:SHOW]
     return wall, out, proc.returncode
 
 
@@ -72,9 +73,10 @@ def main() -> int:
               f"{c['computed']:9d} {rc}")
     for name, c in (("cold", cold), ("warm", warm)):
         print(f"{name}: {c['compute']}")
-    print("slowest items of the cold run:")
-    for line in cold["slowest"]:
-        print("  " + line)
+    for name, c in (("cold", cold), ("warm", warm)):
+        print(f"slowest items of the {name} run:")
+        for line in c["slowest"]:
+            print("  " + line)
     print(f"warm/cold wall-time ratio: {warm_t / cold_t:.3f}"
           + (" (cold includes GGUF conversion)" if not keep else " (weights reused)"))
     if warm["forward_passes"]:

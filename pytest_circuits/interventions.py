@@ -361,6 +361,16 @@ class Interventions:
         runs the whole model so that it reproduces the clean run bit for bit)."""
         return min((i.layer for i in self.items), default=H.EMBED_BLOCK)
 
+    def before(self, layer: int) -> "Interventions":
+        """The items acting before block ``layer`` (on its input residual stream and earlier):
+        the run under them and the run under ``self`` agree up to block ``layer``'s input."""
+        return Interventions(tuple(i for i in self.items if i.layer < layer))
+
+    def after(self, layer: int) -> "Interventions":
+        """The items acting in block ``layer`` or later: what a forward resumed at ``layer``
+        from the run under :meth:`before` still has to apply."""
+        return Interventions(tuple(i for i in self.items if i.layer >= layer))
+
     def __add__(self, other: "Interventions") -> "Interventions":
         if not isinstance(other, Interventions):
             return NotImplemented

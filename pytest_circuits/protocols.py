@@ -30,6 +30,14 @@ ablation or patch, and nothing more. The store
    the earlier positions), so axis 1 of every hooked tensor starts at position ``p``.
    Without it, every position is run.
 
+6. optionally calls ``before(layer)`` and ``after(layer)``, both interventions: the parts
+   acting before block ``layer`` and those acting in it or later (``before(l)`` composed
+   with ``after(l)`` must be the intervention itself, and ``before(l).key`` must identify
+   the prefix's effect as ``key`` does the whole's). Inside
+   :meth:`~pytest_circuits.store.ActivationStore.shared_prefixes`, a run whose intervention
+   has them may resume at block ``l`` from the residual stream of an earlier run whose
+   intervention had the same ``before(l)``, applying only ``after(l)``.
+
 The built-in interventions (:mod:`pytest_circuits.interventions`) implement exactly this.
 
 **Task**: what the circuit tools (:mod:`pytest_circuits.techniques.circuits`,

@@ -52,6 +52,7 @@ pytest. ``with use(store): ...`` makes one current for a block.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -135,6 +136,9 @@ class Counters:
     #   (blocks after the intervened one) x (real positions the intervention can change), per row
     suffix_passes: int = 0       # forwards that ran only the positions an intervention can change
     intervened_block_positions: int = 0  # the part of block_position_passes run under an intervention
+    shared_prefix_passes: int = 0  # forwards resumed from an earlier intervened run's residual stream
+    results_reused: int = 0      # derived results (probe fits) read from memory or disk
+    results_computed: int = 0    # derived results computed (and cached)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -157,6 +161,12 @@ class ActivationStore:
         self._disk_writable = True   # set to False (with one CacheWarning) when a write fails
         self._cleaned = False
         self._remote: Any = None      # a Blobs for an fsspec URL (s3://bucket/prefix), else None
+        # (before(l).key, l) of intervened prefixes whose block-l input residual stream a later
+        # run resumes from: recorded (in memory) by the runs that pass through them
+        self._shared: dict[tuple[str, int], int] = {}
+        self._prefix_entries: dict[tuple[str, int], list[str]] = {}
+        self._providers: dict[tuple[str, int], Any] = {}
+        self._rerunning: set[str] = set()
         if self.cache_dir is not None:
             from .blobs import open_blobs
 
@@ -283,12 +293,154 @@ class ActivationStore:
             got[name] = value
         return got
 
+    def derived(self, what: str, inputs: Sequence[Any], params: dict[str, Any], outputs: Sequence[str],
+                compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``compute()`` (``{output: tensor}``, exactly ``outputs``), cached like activations.
+
+        For a deterministic computation on tensors, such as fitting a probe to activations:
+        the entry is keyed on ``what``, ``params`` (JSON), the dtype, shape and bytes of every
+        one of ``inputs``, this package's code and torch's version, and checked on reading
+        as activation entries are. A warm run then reads the fit instead of repeating it."""
+        import torch
+
+        h = hashlib.sha256()
+        for t in inputs:
+            t = torch.as_tensor(t)
+            h.update(f"{t.dtype}{list(t.shape)}".encode())
+            h.update(tensor_sha256(t).encode())
+        base = {"derived": what, "params": json.dumps(params, sort_keys=True, default=str),
+                "inputs": h.hexdigest(), "code": code_version(), "torch": torch.__version__}
+        got: dict[str, Any] = {}
+        for name in outputs:
+            key = self._key(base, name)
+            value = self._from_memory(key)
+            if value is None:
+                value = self._from_disk(key, base, name)
+                if value is not None:
+                    self._to_memory(key, value)
+            if value is None:
+                break
+            got[name] = value
+        else:
+            self.counters.results_reused += 1
+            return got
+        result = compute()
+        if sorted(result) != sorted(outputs):
+            raise CircuitsError(f"{what}: computed {sorted(result)}, expected {sorted(outputs)}")
+        self.counters.results_computed += 1
+        for name in outputs:
+            value = torch.as_tensor(result[name]).detach().to("cpu").contiguous()
+            key = self._key(base, name)
+            self._to_memory(key, value)
+            self._to_disk(key, base, name, value)
+            result[name] = value
+        return {name: result[name] for name in outputs}
+
     def resume_names(self, model: Any) -> list[str]:
         """What an intervened forward reads from the clean run to resume at any block and
         position: every block's input residual and attention keys and values."""
         n = model.cfg.n_layers
         return ([H.resid_pre(l) for l in range(n)]
                 + [H.attn_cache(l, part) for l in range(n) for part in "kv"])
+
+    @contextlib.contextmanager
+    def shared_prefixes(self, model: Any, interventions: Sequence[Intervention]) -> Iterator["ActivationStore"]:
+        """Within: each of ``interventions`` (run in this order, on any prompt set) resumes
+        at the latest block ``l`` where an earlier one acts exactly as it does before ``l``
+        (equal ``before(l).key``), from that earlier run's input to block ``l``, applying
+        only its own ``after(l)``; the earlier run records that residual stream, in memory.
+
+        Removal sets that share most of their parts (a circuit's minimality check removes
+        everything outside the circuit plus one component of it) then each recompute only
+        the blocks from their own component on. Interventions without ``before``/``after``
+        (and runs that cannot skip positions) run as usual; a recording that was evicted or
+        never made means a run from the clean residual stream: slower, the same result.
+        The recordings are dropped on exit."""
+        n = model.cfg.n_layers
+        seen: dict[tuple[str, int], Any] = {}          # prefix -> the first intervention passing it
+        wanted: list[tuple[str, int]] = []
+        for iv in interventions:
+            if not (hasattr(iv, "before") and hasattr(iv, "after")):
+                continue
+            prefixes = [(iv.before(l).key, l) for l in range(n - 1, max(iv.layer, 0), -1)]
+            hit = next((p for p in prefixes if p in seen), None)
+            if hit is not None:
+                wanted.append(hit)
+                self._providers.setdefault(hit, seen[hit])
+            for p in prefixes:
+                seen.setdefault(p, iv)
+        for w in wanted:
+            self._shared[w] = self._shared.get(w, 0) + 1
+        try:
+            yield self
+        finally:
+            for w in wanted:
+                left = self._shared.get(w, 0) - 1
+                if left > 0:
+                    self._shared[w] = left
+                else:
+                    self._shared.pop(w, None)
+                    self._providers.pop(w, None)
+                    self._forget_prefix(w)
+
+    def _prefix_key(self, model: Any, prompts: Any, prefix: Any, layer: int) -> str:
+        return self._key(self._base_fields(model, prompts, prefix), H.resid_pre(layer))
+
+    def _forget_prefix(self, wanted: tuple[str, int]) -> None:
+        keys = self._prefix_entries.pop(wanted, [])
+        with self._lock:
+            for key in keys:
+                value = self._memory.pop(key, None)
+                if value is not None:
+                    self._memory_bytes -= value.element_size() * value.nelement()
+
+    def _shared_trunk(self, model: Any, prompts: Any, intervention: Any, start: int,
+                      last: int) -> tuple[int, Any] | None:
+        """The latest block in ``(start, last]`` whose input under ``intervention.before(l)``
+        an earlier run recorded (see :meth:`shared_prefixes`), and that residual stream."""
+        if not self._shared or not (hasattr(intervention, "before") and hasattr(intervention, "after")):
+            return None
+        for attempt in range(2):
+            for l in range(last, start, -1):
+                prefix = intervention.before(l)
+                if (prefix.key, l) not in self._shared:
+                    continue
+                value = self._from_memory(self._prefix_key(model, prompts, prefix, l))
+                if value is not None:
+                    return l, value
+                provider = self._providers.get((prefix.key, l))
+                if attempt or provider is None or provider.key in self._rerunning \
+                        or provider.key == intervention.key:
+                    continue
+                # not recorded (the earlier run came from the cache, or was evicted): run the
+                # earlier intervention once up to its last shared block, recording them all;
+                # the later runs it serves then skip its blocks
+                deepest = max(m for (p, m), who in self._providers.items() if who is provider)
+                self._rerunning.add(provider.key)
+                try:
+                    provider.check(model, prompts)
+                    self._forward(model, prompts, [H.resid_pre(deepest)], provider)
+                finally:
+                    self._rerunning.discard(provider.key)
+                break
+            else:
+                return None
+        return None
+
+    def _to_record(self, model: Any, prompts: Any, intervention: Any, start: int, last: int) -> dict[str, str]:
+        """``{resid_pre(l): memory key}`` of the prefixes a later run resumes from that this
+        run (blocks ``start..last``) passes through and nobody has recorded yet."""
+        if not self._shared or not (hasattr(intervention, "before") and hasattr(intervention, "after")):
+            return {}
+        out: dict[str, str] = {}
+        for l in range(start + 1, last + 1):
+            prefix = intervention.before(l)
+            if (prefix.key, l) in self._shared:
+                key = self._prefix_key(model, prompts, prefix, l)
+                if self._from_memory(key) is None:
+                    out[H.resid_pre(l)] = key
+                    self._prefix_entries.setdefault((prefix.key, l), []).append(key)
+        return out
 
     def _resume_extras(self, model: Any, prompts: Any, missing: Sequence[str], base: dict[str, str]) -> list[str]:
         """The resume data to record (in memory) during a clean forward that runs anyway:
@@ -498,8 +650,23 @@ class ActivationStore:
 
         plan = self._plan(model, names, intervention)
         firsts = self._suffix_starts(model, prompts, plan, names, intervention)
+        run_iv, trunk, record = intervention, None, {}
+        if plan.resumed and self._shared:
+            # inside shared_prefixes(): resume from an earlier intervened run where one acted
+            # as this one does before some later block, and record what later runs resume from
+            last = (plan.stop or plan.n_layers) - 1
+            lowest = min([b for nm in plan.real if (b := H.block_of(nm)) is not None], default=last)
+            trunk = self._shared_trunk(model, prompts, intervention, plan.start, min(last, lowest))
+            if trunk is not None:
+                run_iv = intervention.after(trunk[0])      # type: ignore[union-attr]
+                plan = dataclasses.replace(plan, start=trunk[0])
+            record = self._to_record(model, prompts, intervention, plan.start, last)
+            if record:
+                plan = dataclasses.replace(plan, real=list(dict.fromkeys(plan.real + list(record))))
         clean: dict[str, Any] = {}
-        if plan.resumed:
+        if trunk is not None and firsts is None:
+            clean = {H.resid_pre(trunk[0]): trunk[1]}        # every position from the earlier run
+        elif plan.resumed:
             need = [H.resid_pre(plan.start)]
             if firsts is not None:
                 # everything a suffix forward reads from the clean run, in one clean forward:
@@ -510,23 +677,29 @@ class ActivationStore:
                 need = list(dict.fromkeys(need))
             clean = self.get(model, getattr(prompts, "base", prompts), need,
                              persist=False if firsts is not None else True)
+            if trunk is not None:
+                clean = {**clean, H.resid_pre(trunk[0]): trunk[1]}
         width_all = prompts.tokens.shape[1]
         n = len(prompts)
         order = torch.arange(n) if firsts is None else torch.sort(firsts, stable=True).indices
-        parts: dict[str, list[Any]] = {name: [] for name in names}
+        grab = list(names) + [r for r in record if r not in names]
+        parts: dict[str, list[Any]] = {name: [] for name in grab}
         batches = range(0, n, self.batch_size)
         if len(batches) > 1:
             batches = bar(batches, f"forward {prompts.name}", total=len(batches))
         for begin in batches:
             rows = order[begin:begin + self.batch_size]
-            batch = self._run_batch(model, prompts, plan, intervention, clean, rows, firsts)
-            for name in names:
+            batch = self._run_batch(model, prompts, plan, run_iv, clean, rows, firsts)
+            self.counters.shared_prefix_passes += trunk is not None
+            for name in grab:
                 parts[name].append(_EXTRACTORS[_kind(name)](name, batch, width_all))
         out = {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
         if firsts is not None:
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(n)
             out = {name: value[inverse] for name, value in out.items()}
+        for name, key in record.items():
+            self._to_memory(key, out[name] if name in names else out.pop(name))
         return out
 
     def _plan(self, model: Any, names: Sequence[str], intervention: Intervention | None) -> "_Plan":

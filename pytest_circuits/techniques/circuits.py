@@ -218,13 +218,29 @@ class _Runner:
     def removed(self, remove: Iterable[Component]) -> Any:
         key = frozenset(remove)
         if key not in self._memo:
-            if not key:
-                iv = None
-            else:
-                iv = removal(self.model, self.task, sorted(key, key=_order), self.kind,
-                             reference=self.reference, seed=self.seed, positions=self.positions)
-            self._memo[key] = self.task.scores(self.model, intervention=iv, activations=self.store).double()
+            self._memo[key] = self.task.scores(self.model, intervention=self._intervention(key),
+                                               activations=self.store).double()
         return self._memo[key]
+
+    def _intervention(self, remove: frozenset) -> Any:
+        if not remove:
+            return None
+        return removal(self.model, self.task, sorted(remove, key=_order), self.kind,
+                       reference=self.reference, seed=self.seed, positions=self.positions)
+
+    def sharing(self, keeps: Iterable[Iterable[Component]]) -> Any:
+        """A context in which the runs keeping each of ``keeps`` (in this order) start
+        where they first differ from an earlier one (see ``ActivationStore.shared_prefixes``):
+        removal sets that share most of their parts recompute only the blocks from their
+        first differing part on. The metric is the same as without it."""
+        every = nodes(self.model)
+        ivs = []
+        for keep in keeps:
+            keep = set(keep)
+            iv = self._intervention(frozenset(c for c in every if c not in keep))
+            if iv is not None:
+                ivs.append(iv)
+        return self.store.shared_prefixes(self.model, ivs)
 
     def measure(self, name: str, num: Any, den: Any, **prov: Any) -> Measurement:
         # The ablation kind (and positions) are part of the name: the same check under two
@@ -453,12 +469,15 @@ def minimality(model: Any, task: Any, circuit: Any, *, kind: str = "patch", refe
     circ = _as_circuit(model, circuit)
     full, empty = run.removed(()), run.keep_only(())
     _check_range(full, empty, run)
-    kept = run.keep_only(circ.components)
-    costs = {}
-    for v in circ.components:
-        costs[v] = run.measure(f"minimality.cost[{circ.name}:{v}]",
-                               kept - run.keep_only([c for c in circ.components if c != v]),
-                               full - empty, component=str(v))
+    rests = {v: [c for c in circ.components if c != v] for v in circ.components}
+    # every removal set is the circuit's complement plus one component: each run starts at
+    # its component's block from the complement's run
+    with run.sharing([circ.components, *rests.values()]):
+        kept = run.keep_only(circ.components)
+        costs = {}
+        for v in circ.components:
+            costs[v] = run.measure(f"minimality.cost[{circ.name}:{v}]", kept - run.keep_only(rests[v]),
+                                   full - empty, component=str(v))
     return Minimality(circ, kind, costs)
 
 
@@ -502,14 +521,17 @@ def grow(model: Any, task: Any, ranking: Sequence[Any], *, target: float = 0.8, 
     full, empty = run.removed(()), run.keep_only(())
     _check_range(full, empty, run)
     steps: list[tuple[int, Measurement]] = []
-    size = 0
-    while size < limit:
-        size = min(limit, size + step)
-        kept = run.keep_only(order[:size])
-        rec = run.measure(f"faithfulness.recovered[{name}:{size}]", kept - empty, full - empty)
-        steps.append((size, rec))
-        if rec.mean >= target:
-            return Growth(Circuit(tuple(sorted(order[:size], key=_order)), (), name), tuple(steps), True)
+    sizes = list(range(min(step, limit), limit, step)) + [limit] if limit else []
+    # each step keeps the previous step's components and more: its run starts at the
+    # earliest block of what it adds, from the previous step's run
+    with run.sharing([order[:k] for k in sizes]):
+        for size in sizes:
+            kept = run.keep_only(order[:size])
+            rec = run.measure(f"faithfulness.recovered[{name}:{size}]", kept - empty, full - empty)
+            steps.append((size, rec))
+            if rec.mean >= target:
+                return Growth(Circuit(tuple(sorted(order[:size], key=_order)), (), name), tuple(steps), True)
+    size = sizes[-1] if sizes else 0
     return Growth(Circuit(tuple(sorted(order[:size], key=_order)), (), name), tuple(steps), False)
 
 

@@ -93,7 +93,28 @@ def _collect_layers(model: Any, texts: Sequence[str], *, layers: Sequence[int], 
     return [(acts[name][idx[:, 0], idx[:, 1]].double(), cur_t, fut_t, grp_t) for name in names]
 
 
-def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
+def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float,
+          store: ActivationStore | None = None) -> dict:
+    """:func:`_fit_fold`, cached by the store (an L-BFGS fit is most of a warm run's work)."""
+    import torch
+
+    got = resolve(store).derived(
+        "future_probe.fold", [X, current, future, groups, is_test], {"n_classes": n_classes, "l2": l2},
+        ("probe", "bigram", "unigram", "sizes"), lambda: _packed(_fit_fold(X, current, future, groups, is_test,
+                                                                          n_classes, l2)))
+    train, test, classes, coverage = got["sizes"].tolist()
+    return {"probe": got["probe"], "bigram": got["bigram"], "unigram": got["unigram"], "train": int(train),
+            "test": int(test), "classes": int(classes), "coverage": float(coverage)}
+
+
+def _packed(fold: dict) -> dict:
+    import torch
+
+    sizes = torch.tensor([fold["train"], fold["test"], fold["classes"], fold["coverage"]], dtype=torch.float64)
+    return {"probe": fold["probe"], "bigram": fold["bigram"], "unigram": fold["unigram"], "sizes": sizes}
+
+
+def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
     """Fit on the rows not in ``is_test``; per-text probe / bigram / unigram accuracy on the rest."""
     import torch
 
@@ -139,7 +160,7 @@ def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classe
 
 def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, folds: int = 5,
         l2: float = 1e-3, seed: int = 0, layer: int = -1, tau: int = 0, model: str = "",
-        record: bool = True) -> FutureProbe:
+        record: bool = True, activations: ActivationStore | None = None) -> FutureProbe:
     """The probe and baselines on given arrays, cross-validated over ``folds`` folds of texts:
     every text is held out once, and the per-text results of all folds are pooled."""
     import torch
@@ -148,7 +169,7 @@ def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, 
     if not isinstance(folds, int) or folds < 2 or len(texts) < 2 * folds:
         raise CircuitsError(bad("folds", folds, f"an int >= 2 with at least 2 texts per fold ({len(texts)} texts)"))
     perm = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))]
-    parts = [_fold(X, current, future, groups, torch.isin(groups, perm[k::folds]), n_classes, l2)
+    parts = [_fold(X, current, future, groups, torch.isin(groups, perm[k::folds]), n_classes, l2, activations)
              for k in range(folds)]
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     acc, bigram, unigram = cat("probe"), cat("bigram"), cat("unigram")
@@ -169,7 +190,7 @@ def future_token_probe(model: Any, texts: Sequence[str], *, layer: int, tau: int
     """Probe the residual stream of ``layer`` at ``t`` for the token at ``t + tau``."""
     X, cur, fut, grp = collect(model, texts, layer=layer, tau=tau, activations=activations)
     return fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer,
-               tau=tau, model=model_info(model).label, record=record)
+               tau=tau, model=model_info(model).label, record=record, activations=activations)
 
 
 def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[int], tau: int = 2,
@@ -184,4 +205,4 @@ def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[in
     label = model_info(model).label
     data = _collect_layers(model, texts, layers=layers, tau=tau, activations=activations)
     return [fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer, tau=tau,
-                model=label, record=record) for layer, (X, cur, fut, grp) in zip(layers, data)]
+                model=label, record=record, activations=activations) for layer, (X, cur, fut, grp) in zip(layers, data)]

@@ -938,6 +938,31 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
     return dup
 
 
+class _DeferredCopy:
+    """Stands for ``shuffled_weights_copy(model, seed=seed)`` and makes it on first use of
+    anything but the configuration, tokenizer and hook names (the copy's are the model's):
+    its cache key needs only its fingerprint, so a run whose activations of the copy are
+    cached never builds it (about 9 s and a copy of the weights for SmolLM2)."""
+
+    _SHARED = ("cfg", "tokenizer", "hook_dict")
+
+    def __init__(self, model: Any, seed: int) -> None:
+        from ..models import attach_info, info as model_info
+
+        mi = model_info(model)
+        self._base, self._seed, self._made = model, seed, None
+        attach_info(self, dataclasses.replace(mi, fingerprint=f"{mi.fingerprint}+shuffled-weights:{int(seed)}"))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_base", "_seed", "_made"):
+            raise AttributeError(name)
+        if name in self._SHARED:
+            return getattr(self._base, name)
+        if self._made is None:
+            self._made = shuffled_weights_copy(self._base, seed=self._seed)
+        return getattr(self._made, name)
+
+
 @_configurable()
 def random_weights_control(model: Any, texts: Any, labels: Any = None, *, layer: int, k: int,
                            method: str = "mean_diff", n_models: int = 3, seed: int = 0, pooling: str = "mean",
@@ -959,7 +984,7 @@ def random_weights_control(model: Any, texts: Any, labels: Any = None, *, layer:
     layer = _check_layer(model, layer)
     preds, y_test, test_rows, mlabel = [], None, None, ""
     for j in range(n_models):
-        dup = shuffled_weights_copy(model, seed=int(np.random.SeedSequence([int(seed), 6, j]).generate_state(1)[0]))
+        dup = _DeferredCopy(model, int(np.random.SeedSequence([int(seed), 6, j]).generate_state(1)[0]))
         feats = collect(dup, texts, labels, layer=layer, pooling=pooling, groups=groups, activations=activations)
         r = probe_features(feats.X, feats.labels, k=k, method=method, groups=feats.groups, seed=seed,
                            test_fraction=test_fraction, scale=scale, std_floor=std_floor,

@@ -448,3 +448,32 @@ def test_a_zero_width_f1_interval_is_flagged():
     m = _build("margin", np.zeros(5), 0.0, 0.0, 0.95, "toy", {}, record=False)
     assert m.flags and "zero-width" in m.flags[0] and "zero-width" in repr(m)
     assert not _build("f1", np.ones(5), 0.8, 1.0, 0.95, "toy", {}, record=False).flags
+
+
+def test_the_shuffled_weights_control_builds_no_copy_when_its_activations_are_cached(tiny, tmp_path, monkeypatch):
+    """A warm run reads the copies' activations by their fingerprint: building the copies
+    (a permutation of every weight) is skipped, and the control's numbers are the same."""
+    made = []
+    real = P.shuffled_weights_copy
+
+    def counting(model, *, seed=0):
+        made.append(seed)
+        return real(model, seed=seed)
+
+    monkeypatch.setattr(P, "shuffled_weights_copy", counting)
+    cold = P.random_weights_control(tiny, TEXTS, HAS_DIGIT, layer=1, k=1, n_models=2,
+                                    activations=ActivationStore(cache_dir=tmp_path), resamples=200)
+    assert len(made) == 2
+    warm = P.random_weights_control(tiny, TEXTS, HAS_DIGIT, layer=1, k=1, n_models=2,
+                                    activations=ActivationStore(cache_dir=tmp_path), resamples=200)
+    assert len(made) == 2                                   # no copy built the second time
+    assert (warm.mean, warm.lower, warm.upper) == (cold.mean, cold.lower, cold.upper)
+    # an eager copy gives the same activations as the deferred one it stands for
+    from pytest_circuits import hooks as H
+    from pytest_circuits.prompts import PromptSet
+
+    ps = PromptSet.build(tiny, TEXTS[:3])
+    deferred = P._DeferredCopy(tiny, 5)
+    a = ActivationStore()(deferred, ps, [H.mlp_post(1)])[H.mlp_post(1)]
+    b = ActivationStore()(real(tiny, seed=5), ps, [H.mlp_post(1)])[H.mlp_post(1)]
+    assert torch.equal(a, b)
