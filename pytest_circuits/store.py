@@ -655,7 +655,8 @@ class ActivationStore:
             # inside shared_prefixes(): resume from an earlier intervened run where one acted
             # as this one does before some later block, and record what later runs resume from
             last = (plan.stop or plan.n_layers) - 1
-            lowest = min([b for nm in plan.real if (b := H.block_of(nm)) is not None], default=last)
+            lowest = min([b for nm in plan.real if (b := H.block_of(nm)) is not None] + list(plan.caches),
+                         default=last)
             trunk = self._shared_trunk(model, prompts, intervention, plan.start, min(last, lowest))
             if trunk is not None:
                 run_iv = intervention.after(trunk[0])      # type: ignore[union-attr]

@@ -954,13 +954,19 @@ class _DeferredCopy:
         attach_info(self, dataclasses.replace(mi, fingerprint=f"{mi.fingerprint}+shuffled-weights:{int(seed)}"))
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_base", "_seed", "_made"):
+        if name.startswith("__") or name in ("_base", "_seed", "_made", "_copy"):
             raise AttributeError(name)
         if name in self._SHARED:
             return getattr(self._base, name)
+        return getattr(self._copy(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._copy()(*args, **kwargs)
+
+    def _copy(self) -> Any:
         if self._made is None:
             self._made = shuffled_weights_copy(self._base, seed=self._seed)
-        return getattr(self._made, name)
+        return self._made
 
 
 @_configurable()

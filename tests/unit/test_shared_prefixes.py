@@ -204,3 +204,18 @@ def test_minimality_and_growth_equal_their_runs_one_at_a_time(model, sets, kind)
         want = (run2.keep_only(ranking[:size]) - e2).mean() / (f2 - e2).mean()
         assert rec.mean == pytest.approx(float(want), abs=1e-5), size
 
+
+
+def test_hooks_before_the_shared_block_are_still_computed(model, sets):
+    """A run asked for a hook (or attention keys) in a block before its shared prefix ends
+    resumes no later than that block."""
+    ps = sets["same"]
+    family = _family(model, sets, "patch", None)
+    for reads in ([H.resid_post(1), H.LOGITS_LAST], [H.attn_cache(2, "k"), H.LOGITS_LAST]):
+        store, full = ActivationStore(), ActivationStore(resume=False)
+        with store.shared_prefixes(model, family):
+            store.get(model, ps, [H.LOGITS_LAST], family[0])
+            got = store.get(model, ps, reads, family[-1])             # base + mlp3: shares up to block 3
+        want = full.get(model, ps, reads, family[-1])
+        for name in reads:
+            assert torch.allclose(got[name], want[name], atol=1e-5), name
