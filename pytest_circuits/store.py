@@ -277,7 +277,11 @@ class ActivationStore:
 
     def _known(self, model: Any, prompts: Any, names: Sequence[str], intervention: Any) -> dict[str, Any] | None:
         """Every one of ``names`` from memory or disk, or None when one is missing."""
-        base = self._base_fields(model, prompts, intervention)
+        return self._read_all(self._base_fields(model, prompts, intervention), names, count=True)
+
+    def _read_all(self, base: dict[str, str], names: Sequence[str], *, count: bool) -> dict[str, Any] | None:
+        """Every one of ``names`` under ``base`` from memory or disk (what is read from disk is
+        kept in memory), or None when one is missing; ``count``: as activation hits."""
         got: dict[str, Any] = {}
         for name in names:
             key = self._key(base, name)
@@ -286,10 +290,10 @@ class ActivationStore:
                 value = self._from_disk(key, base, name)
                 if value is None:
                     return None
-                self.counters.disk_hits += 1
+                self.counters.disk_hits += count
                 self._to_memory(key, value)
             else:
-                self.counters.memory_hits += 1
+                self.counters.memory_hits += count
             got[name] = value
         return got
 
@@ -310,18 +314,8 @@ class ActivationStore:
             h.update(tensor_sha256(t).encode())
         base = {"derived": what, "params": json.dumps(params, sort_keys=True, default=str),
                 "inputs": h.hexdigest(), "code": code_version(), "torch": torch.__version__}
-        got: dict[str, Any] = {}
-        for name in outputs:
-            key = self._key(base, name)
-            value = self._from_memory(key)
-            if value is None:
-                value = self._from_disk(key, base, name)
-                if value is not None:
-                    self._to_memory(key, value)
-            if value is None:
-                break
-            got[name] = value
-        else:
+        got = self._read_all(base, outputs, count=False)
+        if got is not None:
             self.counters.results_reused += 1
             return got
         result = compute()

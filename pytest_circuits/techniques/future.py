@@ -96,8 +96,6 @@ def _collect_layers(model: Any, texts: Sequence[str], *, layers: Sequence[int], 
 def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float,
           store: ActivationStore | None = None) -> dict:
     """:func:`_fit_fold`, cached by the store (an L-BFGS fit is most of a warm run's work)."""
-    import torch
-
     got = resolve(store).derived(
         "future_probe.fold", [X, current, future, groups, is_test], {"n_classes": n_classes, "l2": l2},
         ("probe", "bigram", "unigram", "sizes"), lambda: _packed(_fit_fold(X, current, future, groups, is_test,
