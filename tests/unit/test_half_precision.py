@@ -120,10 +120,14 @@ def test_planted_ioi_half_precision_within_tolerances(planted, dtype):
 def test_tolerances_can_fail():
     """The check rejects what it should: float32 against a perturbation ten times the
     tolerance of the logits (so the test above is not vacuous)."""
-    ref = {"logits": torch.randn(8, 50, dtype=torch.float64), "ld": torch.zeros(8), "effect": torch.zeros(8),
-           "de": torch.randn(5, 8, dtype=torch.float64), "gap": torch.zeros(8), "scale": torch.ones(8) * 10}
+    g = torch.Generator().manual_seed(0)    # seeded: the same draw alone, with -k, or in the suite
+    ref = {"logits": torch.randn(8, 50, dtype=torch.float64, generator=g), "ld": torch.zeros(8),
+           "effect": torch.zeros(8), "de": torch.randn(5, 8, dtype=torch.float64, generator=g),
+           "gap": torch.zeros(8), "scale": torch.ones(8) * 10}
     bad = dict(ref, logits=ref["logits"] + 10 * LOGITS * eps("bfloat16") * float(ref["logits"].std()))
-    bad["logits"][0, 0] += 100.0   # and a flipped top-1 far from any tie
+    # and a flipped top-1 far from any tie: a column that is not already the row's top-1
+    col = (int(ref["logits"][0].argmax()) + 1) % ref["logits"].shape[1]
+    bad["logits"][0, col] += 100.0
     r = compare(ref, bad, "bfloat16")
     assert r["logits"] > LOGITS and r["flips_outside_ties"] >= 1
     with pytest.raises(AssertionError):
