@@ -125,9 +125,12 @@ def test_tolerances_can_fail():
            "effect": torch.zeros(8), "de": torch.randn(5, 8, dtype=torch.float64, generator=g),
            "gap": torch.zeros(8), "scale": torch.ones(8) * 10}
     bad = dict(ref, logits=ref["logits"] + 10 * LOGITS * eps("bfloat16") * float(ref["logits"].std()))
-    # and a flipped top-1 far from any tie: a column that is not already the row's top-1
-    col = (int(ref["logits"][0].argmax()) + 1) % ref["logits"].shape[1]
-    bad["logits"][0, col] += 100.0
+    # and a flipped top-1 far from any tie: in the row whose top-2 margin is widest, a column
+    # that is not already its top-1
+    two = ref["logits"].topk(2, -1).values
+    row = int((two[:, 0] - two[:, 1]).argmax())
+    col = (int(ref["logits"][row].argmax()) + 1) % ref["logits"].shape[1]
+    bad["logits"][row, col] += 100.0
     r = compare(ref, bad, "bfloat16")
     assert r["logits"] > LOGITS and r["flips_outside_ties"] >= 1
     with pytest.raises(AssertionError):
