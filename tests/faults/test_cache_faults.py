@@ -380,7 +380,8 @@ def test_converted_weights_changed_after_verification_are_not_used(tiny_dir, tmp
     """Verified, then changed while being loaded: the load is refused (the loader then
     converts again), so activations are never keyed to weights that were not verified."""
     folder = tmp_path / "weights" / "tiny-0123"
-    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"})
+    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"}).identities
+    M._boot_converted(folder, verified, "cpu", torch.float32)   # unchanged: loads
     real_boot = M._boot
 
     def boot_while_someone_writes(*a, **k):
