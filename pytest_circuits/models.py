@@ -15,15 +15,20 @@ dtype, device) that the activation cache keys on; :func:`info` returns it.
 
 What a fingerprint covers, and why it cannot go stale:
 
-- embedded: the GGUF's sha256. Its float32 conversion (``<cache>/weights/<name>-<digest>``)
-  records the sha256 of every file it wrote in ``COMPLETE``; on every load all files are
-  hashed again and compared (a changed, truncated, missing or extra file, or an older
-  record without hashes, is converted again with a ``CacheWarning``, never loaded), and a
-  verified folder that still fails to load is converted again once. The files must not
-  change while they are read (their inode, size, mtime and ctime are compared around the
-  load), so activations are only ever keyed by a fingerprint verified for the weights
-  actually loaded.
-- local checkpoint: the sha256 of ``config.json`` and every ``*.safetensors`` file,
+- embedded: ``converted-sha256:`` over the converted float32 folder's own files (the sha256 of
+  each, as verified) and what identifies the conversion: the GGUF's sha256, the converter's
+  version (with gguf's) and transformers' version. The folder
+  (``<cache>/weights/<name>-<gguf digest>-<conversion digest>``) records those hashes and
+  that identity in ``COMPLETE``; on every load all files are hashed again and compared (a
+  changed, truncated, missing or extra file, an older record, another conversion's record,
+  and with the team key a record without a valid MAC, is converted again with a
+  ``CacheWarning``, never loaded), and a verified folder that still fails to load is
+  converted again once. The fingerprint is made from the hashes that verification computed
+  (no second pass over the files). The files must not change while they are read (their
+  inode, size, mtime and ctime are compared around the load), so activations are only ever
+  keyed by a fingerprint verified for the weights actually loaded.
+- local checkpoint: ``local-sha256:`` over ``config.json``, every ``*.safetensors`` file and,
+  where present, a shard index, ``adapter_config.json`` and ``*.py`` (:func:`checkpoint_files`),
   computed again after loading (a change during the load loads again).
 - Hugging Face cache: the snapshot's commit.
 
@@ -33,11 +38,15 @@ mtime back all change its ctime or inode, so the memo is never reused for other 
 Converted folders are written to a temporary folder and moved into place; leftovers of
 killed conversions are removed (:mod:`pytest_circuits.cachefiles`). With a remote cache
 (``cache_dir="s3://bucket/prefix"``, :mod:`pytest_circuits.blobs`) models still boot from
-a local staging folder: a converted folder missing there is fetched from the remote and
-verified like a local one (a copy that fails is converted again, never loaded), and a
-conversion is published there, files first and the manifest last. A cache that cannot
-be written gives a :class:`~pytest_circuits.errors.ModelUnavailable` naming
-``--circuits-cache-dir`` when a conversion is needed; the memo is then simply not kept.
+a local staging folder, and a remote copy is never trusted over what this machine can
+verify (docs/trust.md): without the team key (``$PYTEST_CIRCUITS_CACHE_KEY``,
+:mod:`pytest_circuits.cachekey`) the weights are converted here and only compared with the
+remote copy (one that differs is named in a ``CacheWarning``, never loaded, and nothing is
+published over it); with the key a remote copy is fetched when its manifest's MAC verifies,
+then verified file by file like a local one, and anything else is converted here and
+published, signed (files first, the manifest last). A cache that cannot be written gives a
+:class:`~pytest_circuits.errors.ModelUnavailable` naming ``--circuits-cache-dir`` when a
+conversion is needed; the memo is then simply not kept.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ and only those not already known:
 3. **forward**: the model is run (in batches) with hooks that copy just those tensors.
 
 The key of an entry is a sha256 over everything its value depends on: the model's
-name and weights fingerprint, dtype and device kind, the TransformerLens version, a
-hash of this package's own source (so a code change is never served a stale entry),
-compatibility mode, the token ids (and those of the corrupted counterparts), the hook
+name and weights fingerprint, dtype and device kind, the TransformerLens and transformers
+versions, a hash of this package's own source (so a code change is never served a stale
+entry), compatibility mode, the token ids (and those of the corrupted counterparts), the hook
 name and the intervention's key.
 
 Files are written to a temporary name and moved into place with ``os.replace``
@@ -21,7 +21,11 @@ file name is their sha256, so a copied or renamed file is caught), and a sha256 
 fields, the tensor's dtype, its shape and its bytes, recomputed from what was actually
 read. So a changed header (dtype, shape, offsets, metadata), a truncated, corrupted or
 misplaced file, or one written in an older format, is reported with a
-:class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used.
+:class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used. That
+sha256 detects corruption, not tampering: a writer can store any tensor with its sha256.
+With the team key (``$PYTEST_CIRCUITS_CACHE_KEY``, :mod:`pytest_circuits.cachekey`) each
+entry also carries an HMAC-SHA256 of that sha256, and an entry without a valid one is
+refused in the same way (docs/trust.md).
 
 The cache may also be an fsspec URL (``cache_dir="s3://bucket/prefix"``, see
 :mod:`pytest_circuits.blobs` and docs/remote-cache.md): the same entries, under the same

@@ -687,7 +687,7 @@ def test_smollm2_truncated_or_unloadable_weights_are_reconverted(smollm2_cache, 
     with pytest.warns(CacheWarning, match="failed to load"):
         model = M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu")
     assert len(conversions) == 2 and len(boots) == 2
-    assert M.info(model).fingerprint.startswith("gguf-sha256:")
+    assert M.info(model).fingerprint.startswith("converted-sha256:")
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
     del model
     gc.collect()
