@@ -337,10 +337,9 @@ def _fetch_converted(remote: Any, folder: Path, expected: dict[str, Any], key: A
     if manifest is None:
         return None, None
     where = f"{remote.describe()}/{rel}"
-    try:
-        record = json.loads(manifest)
-    except ValueError as e:
-        return where, f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__})"
+    record, problem = _parse_manifest(manifest)
+    if problem:
+        return where, problem
     problem = _manifest_problem(record, folder.name, expected, key)
     if problem:
         return where, problem
@@ -351,7 +350,7 @@ def _fetch_converted(remote: Any, folder: Path, expected: dict[str, Any], key: A
     try:
         (tmp / MANIFEST_NAME).write_bytes(manifest)
         for name in names:
-            if not name or "/" in name or "\\" in name or name in (".", "..") or name == MANIFEST_NAME:
+            if not name or "/" in name or "\\" in name or "\0" in name or name in (".", "..") or name == MANIFEST_NAME:
                 continue      # never written outside the folder; verification reports the gap
             data = remote.read(f"{rel}/{name}")
             if data is not None:
@@ -392,10 +391,7 @@ def _sync_remote(remote: Any, folder: Path, record: dict[str, Any], key: Any, su
         _publish_converted(remote, folder)
         return
     where = f"{remote.describe()}/{rel}"
-    try:
-        theirs = json.loads(raw)
-    except ValueError:
-        theirs = None
+    theirs = _parse_manifest(raw)[0]
     difference = _manifest_difference(theirs, record)
     if key is None:
         if difference:
@@ -740,6 +736,23 @@ def _write_manifest(folder: Path, source: dict[str, Any], *, name: str | None = 
     (folder / MANIFEST_NAME).write_text(json.dumps(record, indent=1, sort_keys=True))
 
 
+def _parse_manifest(raw: bytes) -> "tuple[dict[str, Any], str | None]":
+    """A manifest's bytes as a flat record (scalar values, ``files`` a dict of strings), or
+    ({}, what is wrong): whatever a shared location holds is parsed here before anything
+    compares, hashes or prints it."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        return {}, f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {str(e)[:200]})"
+    scalar = (str, int, float, bool, type(None))
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not all(isinstance(v, scalar) for k, v in record.items() if k != "files") \
+            or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return {}, (f"its {MANIFEST_NAME} manifest records no file hashes in format {_MANIFEST_FORMAT} "
+                    "(written by an older pytest-circuits, or not by pytest-circuits)")
+    return record, None
+
+
 def _manifest_problem(record: Any, name: str, expected: dict[str, Any] | None, key: Any) -> str | None:
     """What is wrong with a parsed manifest before any file is read: not this format, no
     file hashes, another conversion than ``expected`` (None: any), and with the team key
@@ -776,12 +789,14 @@ def _verify(folder: Path, expected: dict[str, Any] | None = None,
     taken before they were hashed (unchanged while they were hashed), and its manifest."""
     before = _identities(folder)
     try:
-        record = json.loads((folder / MANIFEST_NAME).read_text())
+        raw = (folder / MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
         return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)", before, {}
-    except (OSError, ValueError) as e:
+    except OSError as e:
         return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})", before, {}
-    problem = _manifest_problem(record, folder.name, expected, key)
+    record, problem = _parse_manifest(raw)
+    if problem is None:
+        problem = _manifest_problem(record, folder.name, expected, key)
     if problem:
         return problem, before, {}
     files = record["files"]

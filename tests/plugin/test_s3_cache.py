@@ -537,6 +537,14 @@ def test_without_key_remote_weights_are_never_loaded_and_a_poisoned_bucket_is_re
         m.load()
     assert m.conversions() == 3 and m.remote("model.safetensors") == poisoned
     assert all(SECRET not in str(w.message) for w in caught)
+    # a manifest that is not one (deeply nested JSON, not JSON, a list, a file named with a
+    # NUL) is warned about like any other difference, never a crash
+    for garbage in (b"[" * 100000 + b"]" * 100000, b"\xff\xfe{", b"[1, 2]",
+                    json.dumps({**m.manifest(), "files": {"a\u0000b": "0" * 64}}).encode()):
+        s3.put(m.url, f"{m.folder}/COMPLETE", garbage)
+        with pytest.warns(CacheWarning, match="differ from what this machine derived"):
+            m.load()
+        assert m.remote("COMPLETE") == garbage
 
 
 def test_activations_of_poisoned_weights_are_never_served_to_good_weights(machine, s3):
@@ -645,6 +653,15 @@ def test_with_key_only_signed_remote_weights_are_fetched(s3, tiny_dir, tmp_path,
     with pytest.warns(CacheWarning, match="carry no valid MAC .* and differ .*model.safetensors: sha256"):
         m.load()
     assert m.remote("model.safetensors") == good_bytes and "mac" in m.manifest() and m.conversions() == 6
+    # signed garbage (a key holder's mistake): a file named with a NUL, deeply nested JSON
+    for garbage in ({**m.manifest(), "files": {"a\u0000b": "0" * 64}}, {**m.manifest(), "x": [[[[1]]]]}):
+        garbage["mac"] = M._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", garbage)
+        s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(garbage).encode())
+        m.fresh()
+        with pytest.warns(CacheWarning, match="unusable"):
+            m.load()
+    m.fresh()
+    _quiet(m.load)
     # a machine without the key shares the bucket: it converts for itself and finds the
     # signed copy equal to its own (the MAC is ignored, nothing is published)
     monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY")
