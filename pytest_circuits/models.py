@@ -1047,8 +1047,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from ._progress import status
 
     with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # local_files_only given, not taken from $HF_HUB_OFFLINE: the tokenizer's config records
+        # it, and the conversion must give the same bytes on every machine (they are compared)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
         cfg = quant.config.to_dict()
         for key in ("quantization_config", "transformers_version", "architectures", "_name_or_path"):
             cfg.pop(key, None)

