@@ -325,8 +325,12 @@ class Session:
             from .blobs import describe_url
 
             where = describe_url(str(where))
+        from .cachekey import ENV
+
+        signed = f" (entries signed and checked with ${ENV})" if os.environ.get(ENV) is not None else ""
         return (f"cache: {where}" + ("" if self.settings.use_disk_cache else
-                                     " (converted weights only: --circuits-no-cache keeps activations in memory)"))
+                                     " (converted weights only: --circuits-no-cache keeps activations in memory)")
+                + signed)
 
     def summary_lines(self) -> list[str]:
         c = self.store.counters

@@ -2,7 +2,7 @@
 
 One readable JSON file per model, ``<baseline-dir>/<model>.json``::
 
-    {"model": "smollm2-135m", "fingerprint": "gguf-sha256:...", "versions": {...},
+    {"model": "smollm2-135m", "fingerprint": "converted-sha256:...", "versions": {...},
      "claims": {"claims/smollm2/test_greater_than.py::test_prefers_later_years": {
          "greater_than.prob_diff": {"mean": 0.875, "lower": 0.848, "upper": 0.893,
                                     "n": 200, "level": 0.95, "sem": 0.011}}}}

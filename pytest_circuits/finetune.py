@@ -76,7 +76,6 @@ same bits (fingerprint ``local-sha256:8c0a2ce8...``); other thread counts or BLA
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -339,11 +338,11 @@ def source_checkpoint(model: str, cache_dir: str | Path | None = None, *,
     Hugging Face checkpoint folder), a line saying what it is, and its fingerprint as
     :func:`pytest_circuits.load_model` records it (``models.info(model).fingerprint``; "" with
     ``fingerprint=False``, which spares hashing a local folder's weights)."""
-    from .models import EMBEDDED, embedded_checkpoint
+    from .models import EMBEDDED, embedded_converted
 
     if model == EMBEDDED:
-        folder, digest = embedded_checkpoint(Path(cache_dir) if cache_dir else None)
-        return folder, f"{EMBEDDED} (gguf sha256 {digest})", f"gguf-sha256:{digest}"
+        conv = embedded_converted(Path(cache_dir) if cache_dir else None)
+        return conv.folder, f"{EMBEDDED} (its GGUF converted to float32)", conv.fingerprint
     path = Path(model).expanduser()
     if (path / "config.json").is_file():
         return path, str(path.resolve()), local_fingerprint(path, cache_dir) if fingerprint else ""
@@ -352,17 +351,13 @@ def source_checkpoint(model: str, cache_dir: str | Path | None = None, *,
 
 
 def local_fingerprint(path: Path, cache_dir: str | Path | None = None) -> str:
-    """``local-sha256:`` over config.json and every ``*.safetensors`` file (name and sha256),
-    the fingerprint ``load_model`` gives a local checkpoint folder (tested equal)."""
+    """``local-sha256:`` over the files that decide a checkpoint's numerics (name and sha256;
+    :func:`pytest_circuits.models.checkpoint_files`), the fingerprint ``load_model`` gives a
+    local checkpoint folder (tested equal)."""
     from .config import default_cache_dir
-    from .models import file_sha256
+    from .models import checkpoint_digest
 
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    h = hashlib.sha256()
-    for f in [path / "config.json", *sorted(path.glob("*.safetensors"))]:
-        h.update(f.name.encode())
-        h.update(file_sha256(f, cache).encode())
-    return f"local-sha256:{h.hexdigest()}"
+    return f"local-sha256:{checkpoint_digest(path, Path(cache_dir) if cache_dir else default_cache_dir())}"
 
 
 # --------------------------------------------------------------------------- training

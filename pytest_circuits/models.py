@@ -15,15 +15,20 @@ dtype, device) that the activation cache keys on; :func:`info` returns it.
 
 What a fingerprint covers, and why it cannot go stale:
 
-- embedded: the GGUF's sha256. Its float32 conversion (``<cache>/weights/<name>-<digest>``)
-  records the sha256 of every file it wrote in ``COMPLETE``; on every load all files are
-  hashed again and compared (a changed, truncated, missing or extra file, or an older
-  record without hashes, is converted again with a ``CacheWarning``, never loaded), and a
-  verified folder that still fails to load is converted again once. The files must not
-  change while they are read (their inode, size, mtime and ctime are compared around the
-  load), so activations are only ever keyed by a fingerprint verified for the weights
-  actually loaded.
-- local checkpoint: the sha256 of ``config.json`` and every ``*.safetensors`` file,
+- embedded: ``converted-sha256:`` over the converted float32 folder's own files (the sha256 of
+  each, as verified) and what identifies the conversion: the GGUF's sha256, the converter's
+  version (with gguf's) and transformers' version. The folder
+  (``<cache>/weights/<name>-<gguf digest>-<conversion digest>``) records those hashes and
+  that identity in ``COMPLETE``; on every load all files are hashed again and compared (a
+  changed, truncated, missing or extra file, an older record, another conversion's record,
+  and with the team key a record without a valid MAC, is converted again with a
+  ``CacheWarning``, never loaded), and a verified folder that still fails to load is
+  converted again once. The fingerprint is made from the hashes that verification computed
+  (no second pass over the files). The files must not change while they are read (their
+  inode, size, mtime and ctime are compared around the load), so activations are only ever
+  keyed by a fingerprint verified for the weights actually loaded.
+- local checkpoint: ``local-sha256:`` over ``config.json``, every ``*.safetensors`` file and,
+  where present, a shard index, ``adapter_config.json`` and ``*.py`` (:func:`checkpoint_files`),
   computed again after loading (a change during the load loads again).
 - Hugging Face cache: the snapshot's commit.
 
@@ -33,11 +38,15 @@ mtime back all change its ctime or inode, so the memo is never reused for other 
 Converted folders are written to a temporary folder and moved into place; leftovers of
 killed conversions are removed (:mod:`pytest_circuits.cachefiles`). With a remote cache
 (``cache_dir="s3://bucket/prefix"``, :mod:`pytest_circuits.blobs`) models still boot from
-a local staging folder: a converted folder missing there is fetched from the remote and
-verified like a local one (a copy that fails is converted again, never loaded), and a
-conversion is published there, files first and the manifest last. A cache that cannot
-be written gives a :class:`~pytest_circuits.errors.ModelUnavailable` naming
-``--circuits-cache-dir`` when a conversion is needed; the memo is then simply not kept.
+a local staging folder, and a remote copy is never trusted over what this machine can
+verify (docs/trust.md): without the team key (``$PYTEST_CIRCUITS_CACHE_KEY``,
+:mod:`pytest_circuits.cachekey`) the weights are converted here and only compared with the
+remote copy (one that differs is named in a ``CacheWarning``, never loaded, and nothing is
+published over it); with the key a remote copy is fetched when its manifest's MAC verifies,
+then verified file by file like a local one, and anything else is converted here and
+published, signed (files first, the manifest last). A cache that cannot be written gives a
+:class:`~pytest_circuits.errors.ModelUnavailable` naming ``--circuits-cache-dir`` when a
+conversion is needed; the memo is then simply not kept.
 """
 
 from __future__ import annotations
@@ -316,28 +325,32 @@ def _cache_folder(cache_dir: str | os.PathLike) -> "tuple[Path, Any]":
     return default_cache_dir() / "remote" / digest, blobs
 
 
-def _fetch_converted(remote: Any, folder: Path) -> str | None:
-    """Download ``weights/<folder.name>/`` from ``remote`` into ``folder`` (replacing it), files
-    as its manifest lists them; None when the remote has none, else a description. Nothing
-    is trusted here: the caller verifies the folder against the manifest like a local one."""
+def _fetch_converted(remote: Any, folder: Path, expected: dict[str, Any], key: Any) -> "tuple[str | None, str | None]":
+    """With the team key ``key``: download ``weights/<folder.name>/`` from ``remote`` into
+    ``folder`` (replacing it), files as its manifest lists them, but only when that manifest
+    carries a valid MAC under the key and names this machine's conversion (``expected``).
+    Returns (where, problem): where is None when the remote has no copy; problem says why a
+    copy was refused without being downloaded. A downloaded copy is not trusted yet: the
+    caller verifies the folder like a local one (every file's sha256, the MAC again)."""
     rel = f"weights/{folder.name}"
     manifest = remote.read(f"{rel}/{MANIFEST_NAME}")
     if manifest is None:
-        return None
+        return None, None
     where = f"{remote.describe()}/{rel}"
-    try:
-        record = json.loads(manifest)
-        names = sorted(record["files"])
-    except (ValueError, KeyError, TypeError):
-        names = []            # written as it is: verification says what is wrong with it
+    record, problem = _parse_manifest(manifest)
+    if problem:
+        return where, problem
+    problem = _manifest_problem(record, folder.name, expected, key)
+    if problem:
+        return where, problem
+    names = sorted(record["files"])
     tmp = folder.parent / tmp_name(folder.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         (tmp / MANIFEST_NAME).write_bytes(manifest)
         for name in names:
-            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
-                    or name == MANIFEST_NAME:
+            if not name or "/" in name or "\\" in name or "\0" in name or name in (".", "..") or name == MANIFEST_NAME:
                 continue      # never written outside the folder; verification reports the gap
             data = remote.read(f"{rel}/{name}")
             if data is not None:
@@ -349,24 +362,90 @@ def _fetch_converted(remote: Any, folder: Path) -> str | None:
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return where
+    return where, None
 
 
-def _remote_manifest_missing(remote: Any, folder: Path) -> bool:
-    """Whether ``remote`` lacks the manifest of the converted folder ``folder`` (False when
-    the remote cannot be read: nothing is published to a location that fails)."""
+def _sync_remote(remote: Any, folder: Path, record: dict[str, Any], key: Any, suspect: str | None = None) -> None:
+    """Compare the remote's manifest of the verified local folder ``folder`` (manifest
+    ``record``) with it, and publish the local one where that is safe. One small read on a
+    warm load; nothing is published to a location that cannot be read.
+
+    - the remote has none: publish (files first, the manifest last);
+    - without the team key: a remote copy that differs from what this machine derived is
+      never loaded and nothing is published over it; a loud CacheWarning names it;
+    - with the key: a copy whose manifest has no valid MAC, or whose files failed
+      verification (``suspect``), is replaced by this machine's signed conversion (with a
+      CacheWarning when it differed); a signed copy that differs is left, with a warning."""
+    import warnings
+
     from .blobs import BlobError
+    from .cachekey import ENV
+    from .errors import CacheWarning
 
+    rel = f"weights/{folder.name}"
     try:
-        return remote.read(f"weights/{folder.name}/{MANIFEST_NAME}") is None
+        raw = remote.read(f"{rel}/{MANIFEST_NAME}")
     except BlobError:
-        return False
+        return
+    if raw is None:
+        _publish_converted(remote, folder)
+        return
+    where = f"{remote.describe()}/{rel}"
+    theirs = _parse_manifest(raw)[0]
+    difference = _manifest_difference(theirs, record)
+    if key is None:
+        if difference:
+            warnings.warn(CacheWarning(
+                f"converted weights at {where} differ from what this machine derived from the source "
+                f"({difference}): poisoned, or made by another converter. That copy is never loaded (without "
+                f"${ENV} remote weights are used only when they equal this machine's own conversion) and "
+                f"nothing is published over it; remove it, or share a team key in ${ENV}"), stacklevel=5)
+        return
+    if suspect:
+        # the remote copy failed here (and was warned about): this machine's signed
+        # conversion replaces it
+        _publish_converted(remote, folder)
+        return
+    signed = isinstance(theirs, dict) and _manifest_problem(theirs, folder.name, None, key) is None
+    if signed and not difference:
+        return
+    if signed:
+        warnings.warn(CacheWarning(
+            f"converted weights at {where} are signed with the team key (${ENV}) and verify, but differ "
+            f"from this machine's conversion ({difference}): a converter that is not deterministic, or a "
+            "leaked key. They are not replaced; this machine uses its own conversion"), stacklevel=5)
+        return
+    if difference:
+        warnings.warn(CacheWarning(
+            f"converted weights at {where} carry no valid MAC under ${ENV} and differ from this machine's "
+            f"conversion ({difference}); replacing them with this machine's signed conversion"), stacklevel=5)
+    # the same files, unsigned (published by a machine without the key): signing the
+    # manifest is enough, since a machine that fetches them checks every file against it
+    _publish_converted(remote, folder, files=bool(difference))
 
 
-def _publish_converted(remote: Any, folder: Path) -> None:
-    """Publish a converted (verified) folder to ``remote``: every file first, the manifest
-    last, so a reader that finds the manifest finds the files (a failure is a CacheWarning:
-    the local copy is still used)."""
+def _manifest_difference(theirs: Any, ours: dict[str, Any]) -> str:
+    """How the manifest ``theirs`` (parsed JSON, anything) differs from ``ours`` in what
+    identifies the conversion (its identity fields and every file's sha256); "" when not."""
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("files"), dict):
+        return f"its {MANIFEST_NAME} manifest is unreadable or records no file hashes"
+    mine, other = _conversion_identity(ours), _conversion_identity(theirs)
+    if mine != other:
+        keys = sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+        return "; ".join(f"{k}: {str(other.get(k))[:80]!r} there, {str(mine.get(k))[:80]!r} here" for k in keys[:4])
+    files, want = theirs["files"], ours["files"]
+    if sorted(files) != sorted(want):
+        return f"files {sorted(map(str, files))[:8]} there, {sorted(want)[:8]} here"
+    changed = [n for n in sorted(want) if files[n] != want[n]]
+    if changed:
+        return "; ".join(f"{n}: sha256 {str(files[n])[:16]}... there, {want[n][:16]}... here" for n in changed[:4])
+    return ""
+
+
+def _publish_converted(remote: Any, folder: Path, files: bool = True) -> None:
+    """Publish a converted (verified) folder to ``remote``: every file first (unless
+    ``files`` is False), the manifest last, so a reader that finds the manifest finds the
+    files (a failure is a CacheWarning: the local copy is still used)."""
     import warnings
 
     from .blobs import BlobError
@@ -374,7 +453,7 @@ def _publish_converted(remote: Any, folder: Path) -> None:
 
     rel = f"weights/{folder.name}"
     try:
-        for p in sorted(folder.iterdir()):
+        for p in sorted(folder.iterdir()) if files else ():
             if p.name != MANIFEST_NAME:
                 remote.publish(f"{rel}/{p.name}", p.read_bytes())
         remote.publish(f"{rel}/{MANIFEST_NAME}", (folder / MANIFEST_NAME).read_bytes())
@@ -583,56 +662,159 @@ def _unwritable(folder: Path, e: BaseException) -> ModelUnavailable:
 
 # --------------------------------------------------------------------------- converted checkpoints
 # A converted checkpoint folder holds MANIFEST_NAME, written last, with the sha256 of every
-# other file in the folder as it was written. On every load all files are hashed again
-# (about 0.4 s for SmolLM2's 540 MB) and compared with it; a folder that differs in any
-# way (a changed, missing, truncated or extra file, an older manifest without hashes) is
-# never loaded: it is converted again, with a CacheWarning.
+# other file in the folder as it was written, and what identifies the conversion: its
+# source's fields (e.g. the GGUF's sha256 and the converter's version) and the installed
+# transformers' version. On every load all files are hashed again (about 0.4 s for
+# SmolLM2's 540 MB) and compared with it; a folder that differs in any way (a changed,
+# missing, truncated or extra file, an older manifest, another converter's manifest, and
+# with the team key a manifest without a valid MAC) is never loaded: it is converted again,
+# with a CacheWarning. The verified hashes and the identity make the weights' fingerprint
+# (converted_fingerprint), so what the activation cache keys on is what was loaded.
 MANIFEST_NAME = "COMPLETE"
-_MANIFEST_FORMAT = 2
+_MANIFEST_FORMAT = 3
+_MANIFEST_MAC = f"pytest-circuits converted weights manifest {_MANIFEST_FORMAT}"
+# Manifest fields that describe a conversion without identifying it (where its source was
+# on the converting machine, when, torch's version) or that are its contents and seal.
+_NOT_IDENTITY = frozenset({"format", "source", "time", "torch", "files", "mac"})
 
 
-def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Converted:
+    """A converted checkpoint folder as verified: the identities of its files when they
+    were verified (they must be the same after loading) and its fingerprint."""
+
+    folder: Path
+    identities: dict[str, tuple[int, ...]]
+    fingerprint: str
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _expected_identity(source: dict[str, Any]) -> dict[str, Any]:
+    """What a conversion from ``source`` on this machine is identified by: the source's
+    fields (all but its descriptive ``source``) and the installed transformers' version."""
+    ident = {k: v for k, v in source.items() if k not in _NOT_IDENTITY}
+    ident.setdefault("transformers", _package_version("transformers"))
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+def _conversion_identity(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in _NOT_IDENTITY}
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def converted_fingerprint(record: dict[str, Any]) -> str:
+    """The fingerprint of a converted checkpoint from its verified manifest ``record``: a
+    sha256 over every file's name and sha256 and the conversion's identity (source fields,
+    converter, transformers' version). Computed from hashes verification already made."""
+    body = _canonical({"files": record["files"], "identity": _conversion_identity(record)})
+    return "converted-sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def _manifest_mac(key: Any, name: str, record: dict[str, Any]) -> str:
+    return key.mac(_MANIFEST_MAC, name, _canonical({k: v for k, v in record.items() if k != "mac"}))
+
+
+def _write_manifest(folder: Path, source: dict[str, Any], *, name: str | None = None, key: Any = None) -> None:
+    """Write ``folder``'s manifest: every file's sha256, the conversion's identity and,
+    with the team key, a MAC over it all and the folder's final ``name``."""
     files = {p.name: _hash_file(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST_NAME}
-    record = {"format": _MANIFEST_FORMAT, **source, "time": time.time(), "files": files}
+    record = {"format": _MANIFEST_FORMAT, "source": str(source.get("source", "")), **_expected_identity(source),
+              "torch": _package_version("torch"), "time": time.time(), "files": files}
+    if key is not None:
+        record["mac"] = _manifest_mac(key, name or folder.name, record)
     (folder / MANIFEST_NAME).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def _parse_manifest(raw: bytes) -> "tuple[dict[str, Any], str | None]":
+    """A manifest's bytes as a flat record (scalar values, ``files`` a dict of strings), or
+    ({}, what is wrong): whatever a shared location holds is parsed here before anything
+    compares, hashes or prints it."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        return {}, f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {str(e)[:200]})"
+    scalar = (str, int, float, bool, type(None))
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not all(isinstance(v, scalar) for k, v in record.items() if k != "files") \
+            or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return {}, (f"its {MANIFEST_NAME} manifest records no file hashes in format {_MANIFEST_FORMAT} "
+                    "(written by an older pytest-circuits, or not by pytest-circuits)")
+    return record, None
+
+
+def _manifest_problem(record: Any, name: str, expected: dict[str, Any] | None, key: Any) -> str | None:
+    """What is wrong with a parsed manifest before any file is read: not this format, no
+    file hashes, another conversion than ``expected`` (None: any), and with the team key
+    ``key`` no valid MAC for the folder ``name``."""
+    from .cachekey import ENV
+
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not files or record.get("format") != _MANIFEST_FORMAT \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return (f"its {MANIFEST_NAME} manifest records no file hashes in format {_MANIFEST_FORMAT} "
+                "(written by an older pytest-circuits)")
+    if expected is not None and _conversion_identity(record) != expected:
+        return f"it is another conversion than this machine makes ({_manifest_difference(record, {**expected, 'files': files})})"
+    if key is not None:
+        if "mac" not in record:
+            return f"its {MANIFEST_NAME} manifest carries no MAC under ${ENV} (made without the team key)"
+        if not key.verify(record["mac"], _MANIFEST_MAC, name, _canonical({k: v for k, v in record.items() if k != "mac"})):
+            return f"its {MANIFEST_NAME} manifest's MAC does not verify under ${ENV} (forged or altered)"
+    return None
 
 
 def verify_converted(folder: Path) -> str | None:
     """None when ``folder`` holds exactly the files its manifest lists, each with the
-    recorded sha256 (hashed now, not memoized); otherwise what is wrong."""
-    return _verify(Path(folder))[0]
+    recorded sha256 (hashed now, not memoized), and, when ``$PYTEST_CIRCUITS_CACHE_KEY`` is
+    set, the manifest's MAC verifies; otherwise what is wrong."""
+    from .cachekey import team_key
+
+    return _verify(Path(folder), None, team_key())[0]
 
 
-def _verify(folder: Path) -> "tuple[str | None, dict[str, tuple[int, ...]]]":
-    """What is wrong with a converted folder (None: nothing), and the identities of its
-    files taken before they were hashed (unchanged while they were hashed)."""
+def _verify(folder: Path, expected: dict[str, Any] | None = None,
+            key: Any = None) -> "tuple[str | None, dict[str, tuple[int, ...]], dict[str, Any]]":
+    """What is wrong with a converted folder (None: nothing), the identities of its files
+    taken before they were hashed (unchanged while they were hashed), and its manifest."""
     before = _identities(folder)
     try:
-        record = json.loads((folder / MANIFEST_NAME).read_text())
+        raw = (folder / MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
-        return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)", before
-    except (OSError, ValueError) as e:
-        return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})", before
-    files = record.get("files") if isinstance(record, dict) else None
-    if (not isinstance(files, dict) or not files or record.get("format") != _MANIFEST_FORMAT
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
-        return (f"its {MANIFEST_NAME} manifest records no file hashes (written by an older "
-                "pytest-circuits)"), before
+        return f"it has no {MANIFEST_NAME} manifest (a conversion that did not finish)", before, {}
+    except OSError as e:
+        return f"its {MANIFEST_NAME} manifest is unreadable ({type(e).__name__}: {e})", before, {}
+    record, problem = _parse_manifest(raw)
+    if problem is None:
+        problem = _manifest_problem(record, folder.name, expected, key)
+    if problem:
+        return problem, before, {}
+    files = record["files"]
     present = sorted(name for name in before if name != MANIFEST_NAME)
     if present != sorted(files):
-        return f"it holds the files {present} but its manifest lists {sorted(files)}", before
+        return f"it holds the files {present} but its manifest lists {sorted(files)}", before, {}
     for name, want in sorted(files.items()):
         path = folder / name
         try:
             got = _hash_file(path) if path.is_file() else "not a file"
         except OSError as e:
-            return f"{name} cannot be read ({e})", before
+            return f"{name} cannot be read ({e})", before, {}
         if got != want:
             return (f"{name} has sha256 {got[:16]}... but {want[:16]}... was recorded when it "
-                    "was converted (changed or corrupted since)"), before
+                    "was converted (changed or corrupted since)"), before, {}
     if _identities(folder) != before:
-        return "its files changed while they were being verified", before
-    return None, before
+        return "its files changed while they were being verified", before, {}
+    return None, before, record
 
 
 def _identities(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -644,9 +826,10 @@ def _identities(folder: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[str, Any]) -> None:
-    """Run ``convert(tmp)`` into a temporary folder, record the hashes of what it wrote and
-    move it into place as ``folder`` (replacing an unusable one)."""
+def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[str, Any], key: Any = None) -> None:
+    """Run ``convert(tmp)`` into a temporary folder, record the hashes of what it wrote (and
+    with the team key ``key`` a MAC) and move it into place as ``folder`` (replacing an
+    unusable one)."""
     folder = Path(folder)
     tmp = folder.parent / tmp_name(folder.name)
     try:
@@ -657,7 +840,7 @@ def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[st
         raise _unwritable(folder, e) from e
     try:
         convert(tmp)
-        _write_manifest(tmp, source)
+        _write_manifest(tmp, source, name=folder.name, key=key)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno is not None:    # the file system refused (permissions, space, a file in the way)
@@ -689,54 +872,79 @@ def _convert_into(folder: Path, convert: Callable[[Path], None], source: dict[st
 def converted_checkpoint(folder: Path, convert: Callable[[Path], None], source: dict[str, Any],
                          *, force: str | None = None) -> Path:
     """``folder`` as a converted checkpoint verified against its manifest, converting it
-    (again) when it is missing or fails verification (then with a CacheWarning).
+    (again) when it is missing or fails verification (then with a CacheWarning); see
+    :func:`converted_weights`, which also gives the fingerprint to key activations on."""
+    return converted_weights(folder, convert, source, force=force).folder
+
+
+def converted_weights(folder: Path, convert: Callable[[Path], None], source: dict[str, Any],
+                      *, force: str | None = None) -> Converted:
+    """``folder`` as a verified converted checkpoint, converting it (again) when it is
+    missing or fails verification (then with a CacheWarning), with its fingerprint
+    (:func:`converted_fingerprint`: the files' verified sha256 and the conversion's identity).
 
     ``convert(out)`` writes the checkpoint's files into the empty folder ``out``; the
-    manifest is added after it. ``force`` (a reason) re-converts a folder that verified but
-    could not be used. Leftovers of killed conversions in ``folder.parent`` are removed
-    first."""
-    _ensure_converted(Path(folder), convert, source, force)
-    return Path(folder)
+    manifest is added after it. ``source`` describes what is converted: its ``source``
+    entry (e.g. a path) is descriptive, every other entry (a source digest, the converter's
+    version) identifies the conversion, with the installed transformers' version; name
+    ``folder`` after that identity, so different converters never share a folder. ``force``
+    (a reason) re-converts a folder that verified but could not be used. Leftovers of killed
+    conversions in ``folder.parent`` are removed first.
+
+    With a remote cache (an fsspec URL given to :func:`load_model`), without the team key
+    (``$PYTEST_CIRCUITS_CACHE_KEY``) a missing local folder is converted here, never fetched,
+    and compared with the remote copy (a difference is a CacheWarning naming it; nothing is
+    published over it); with the key, a remote copy whose manifest's MAC verifies is
+    fetched and verified like a local one, and anything else is converted here and
+    published, signed."""
+    return _ensure_converted(Path(folder), convert, source, force)
 
 
 def _ensure_converted(folder: Path, convert: Callable[[Path], None], source: dict[str, Any],
-                      force: str | None = None) -> dict[str, tuple[int, ...]]:
-    """:func:`converted_checkpoint`; returns the identities of the files as verified."""
+                      force: str | None = None) -> Converted:
+    """:func:`converted_weights`."""
     import warnings
 
+    from .cachekey import team_key
     from .errors import CacheWarning
 
+    key = team_key()
+    expected = _expected_identity(source)
     remove_orphans_in(folder.parent)
     remote = _REMOTE_WEIGHTS.get()
     problem = force
     if problem is None and os.path.lexists(folder):
-        problem, identities = _verify(folder)
+        problem, identities, record = _verify(folder, expected, key)
         if problem is None:
-            if remote is not None and _remote_manifest_missing(remote, folder):
-                _publish_converted(remote, folder)   # an earlier publish failed: try again
-            return identities
-    if force is None and remote is not None:
-        # a remote cache: fetch its copy, and use it only if it verifies like a local one
+            if remote is not None:
+                _sync_remote(remote, folder, record, key)   # an earlier publish failed, a poisoned copy
+            return Converted(folder, identities, converted_fingerprint(record))
+    suspect = None
+    if force is None and remote is not None and key is not None:
+        # with the team key: a remote copy whose manifest is signed with it is fetched, and
+        # used only if it verifies like a local one
         try:
-            fetched = _fetch_converted(remote, folder)
+            where, refused = _fetch_converted(remote, folder, expected, key)
         except (OSError, CircuitsError) as e:
-            fetched, problem = None, f"fetching them from {remote.describe()} failed ({e})"
-        if fetched is not None:
-            problem, identities = _verify(folder)
-            if problem is None:
-                return identities
-            problem = f"the copy from {fetched} is unusable: {problem}"
+            where, refused = None, None
+            problem = f"fetching them from {remote.describe()} failed ({e})"
+        if where is not None:
+            if refused is None:
+                refused, identities, record = _verify(folder, expected, key)
+                if refused is None:
+                    return Converted(folder, identities, converted_fingerprint(record))
+            problem = suspect = f"the copy from {where} is unusable (never loaded): {refused}"
     if problem is not None:
         warnings.warn(CacheWarning(f"converted weights {folder} are unusable: {problem}; converting "
                                    "them again"), stacklevel=4)
-    _convert_into(folder, convert, source)
-    problem, identities = _verify(folder)
+    _convert_into(folder, convert, source, key)
+    problem, identities, record = _verify(folder, expected, key)
     if problem is not None:
         raise ModelUnavailable(f"converted weights {folder} fail verification right after conversion: "
                                f"{problem}")
     if remote is not None:
-        _publish_converted(remote, folder)
-    return identities
+        _sync_remote(remote, folder, record, key, suspect)
+    return Converted(folder, identities, converted_fingerprint(record))
 
 
 def _boot_converted(folder: Path, verified: dict[str, tuple[int, ...]], device: str, dtype: Any) -> Any:
@@ -779,43 +987,57 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
 
     from .devices import DeviceMapError
 
-    folder, digest, verified = _embedded(cache)
+    conv = _embedded(cache)[0]
     try:
-        bridge = _boot_converted(folder, verified, device, dtype)
+        bridge = _boot_converted(conv.folder, conv.identities, device, dtype)
     except DeviceMapError:    # the placement asked for, not the weights: nothing to convert again
         raise
     except Exception as e:  # noqa: BLE001 - a verified folder that fails to load: convert again once
-        warnings.warn(CacheWarning(f"converted weights {folder} failed to load ({type(e).__name__}: "
+        warnings.warn(CacheWarning(f"converted weights {conv.folder} failed to load ({type(e).__name__}: "
                                    f"{str(e)[:300]}); converting them again"), stacklevel=2)
-        folder, digest, verified = _embedded(cache, force=f"it failed to load ({type(e).__name__})")
+        conv = _embedded(cache, force=f"it failed to load ({type(e).__name__})")[0]
         try:
-            bridge = _boot_converted(folder, verified, device, dtype)
+            bridge = _boot_converted(conv.folder, conv.identities, device, dtype)
         except ModelUnavailable:
             raise
         except Exception as e2:  # noqa: BLE001
-            raise ModelUnavailable(f"model={EMBEDDED!r}: freshly converted weights in {folder} could not "
+            raise ModelUnavailable(f"model={EMBEDDED!r}: freshly converted weights in {conv.folder} could not "
                                    f"be loaded: {type(e2).__name__}: {e2}") from e2
-    return bridge, f"gguf-sha256:{digest}"
+    return bridge, conv.fingerprint
 
 
 def embedded_checkpoint(cache: Path | None = None, *, force: str | None = None) -> "tuple[Path, str]":
     """The embedded model as a plain float32 checkpoint folder (converted once, verified
     against the sha256 of its files recorded at conversion on every call), and the GGUF's
     sha256. Useful to derive checkpoints from it (see ``python -m pytest_circuits perturb``)."""
-    folder, digest, _ = _embedded(cache, force=force)
-    return folder, digest
+    conv, digest = _embedded(cache, force=force)
+    return conv.folder, digest
 
 
-def _embedded(cache: Path | None, force: str | None = None) -> "tuple[Path, str, dict[str, tuple[int, ...]]]":
+def embedded_converted(cache: Path | None = None, *, force: str | None = None) -> Converted:
+    """The embedded model's verified converted folder with its fingerprint (the one
+    :func:`load_model` records for it)."""
+    return _embedded(cache, force=force)[0]
+
+
+# What converts the GGUF: bump the number when _convert_gguf writes anything differently.
+# With gguf's and transformers' versions it names the conversion (its folder, its
+# fingerprint), so machines that would convert differently never share or compare one.
+_GGUF_CONVERTER = "pytest-circuits gguf-to-llama 1"
+
+
+def _embedded(cache: Path | None, force: str | None = None) -> "tuple[Converted, str]":
     from .config import default_cache_dir
 
     cache = Path(cache) if cache else default_cache_dir()
     gguf = embedded_gguf_path()
     digest = file_sha256(gguf, cache)
-    folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}"
-    verified = _ensure_converted(folder, functools.partial(_convert_gguf, gguf),
-                                 {"source": str(gguf), "gguf_sha256": digest}, force=force)
-    return folder, digest, verified
+    source = {"source": str(gguf), "gguf_sha256": digest,
+              "converter": f"{_GGUF_CONVERTER}; gguf {_package_version('gguf')}"}
+    which = hashlib.sha256(_canonical(_expected_identity(source)).encode()).hexdigest()
+    folder = cache / "weights" / f"{EMBEDDED}-{digest[:16]}-{which[:8]}"
+    conv = _ensure_converted(folder, functools.partial(_convert_gguf, gguf), source, force=force)
+    return conv, digest
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -825,8 +1047,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from ._progress import status
 
     with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # local_files_only given, not taken from $HF_HUB_OFFLINE: the tokenizer's config records
+        # it, and the conversion must give the same bytes on every machine (they are compared)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
         cfg = quant.config.to_dict()
         for key in ("quantization_config", "transformers_version", "architectures", "_name_or_path"):
             cfg.pop(key, None)
@@ -847,15 +1071,8 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
     if not weights:
         raise ModelUnavailable(bad("model", str(path), "a checkpoint with *.safetensors weights "
                                    "(pickled .bin checkpoints are not loaded)"))
-    # The fingerprint covers every weight file and config.json (which sets numerics such
-    # as norm epsilons and RoPE); the tokenizer needs no part in it: token ids are in
-    # every activation key.
     def fingerprint() -> str:
-        h = hashlib.sha256()
-        for f in [path / "config.json", *weights]:
-            h.update(f.name.encode())
-            h.update(file_sha256(f, cache).encode())
-        return h.hexdigest()
+        return checkpoint_digest(path, cache)
 
     for _ in range(2):
         try:
@@ -873,6 +1090,29 @@ def _load_local(path: Path, cache: Path, device: str, dtype: Any) -> "tuple[Any,
                 return bridge, f"local-sha256:{before}"
     raise ModelUnavailable(f"model={str(path)!r}: its files changed while they were being loaded "
                            "(twice); load it again when nothing is writing to it")
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files of a local checkpoint folder that decide its numerics: ``config.json``
+    (norm epsilons, RoPE, quantization), every ``*.safetensors`` file, and, where present,
+    ``*.safetensors.index.json`` (which shard holds which tensor), ``adapter_config.json``
+    (an adapter transformers applies when PEFT is installed) and ``*.py`` (a model's own code,
+    should a loader ever trust it). Not: the tokenizer's files (token ids are in every
+    activation key) nor ``generation_config.json`` (used by generation only)."""
+    path = Path(path)
+    extra = [*sorted(path.glob("*.safetensors.index.json")), *[path / "adapter_config.json"] * (path / "adapter_config.json").is_file(),
+             *sorted(path.glob("*.py"))]
+    return [path / "config.json", *sorted(path.glob("*.safetensors")), *extra]
+
+
+def checkpoint_digest(path: Path, cache: Path) -> str:
+    """sha256 over the name and sha256 of each of :func:`checkpoint_files` (memoized hashes,
+    :func:`file_sha256`): a local checkpoint's fingerprint is ``local-sha256:<this>``."""
+    h = hashlib.sha256()
+    for f in checkpoint_files(path):
+        h.update(f.name.encode())
+        h.update(file_sha256(f, cache).encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- hub cache

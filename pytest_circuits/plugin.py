@@ -195,6 +195,11 @@ def _settings(config: pytest.Config) -> Any:
     cache = cache.strip() if isinstance(cache, str) else cache
     cache_dir = (cache if is_url(cache) else Path(cache).expanduser()) if cache else cache_location()
     use_disk = not _opt(c, "circuits_no_cache")
+    from .cachekey import key_problem
+
+    problem = key_problem()         # the team key (docs/trust.md): set means usable; never echoed
+    if problem:
+        raise usage(problem)
     if is_url(cache_dir):
         # A remote cache (an fsspec URL, docs/remote-cache.md): its protocol's package is
         # checked always, and (unless --circuits-no-cache) a probe object is written, read and

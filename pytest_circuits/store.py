@@ -9,9 +9,9 @@ and only those not already known:
 3. **forward**: the model is run (in batches) with hooks that copy just those tensors.
 
 The key of an entry is a sha256 over everything its value depends on: the model's
-name and weights fingerprint, dtype and device kind, the TransformerLens version, a
-hash of this package's own source (so a code change is never served a stale entry),
-compatibility mode, the token ids (and those of the corrupted counterparts), the hook
+name and weights fingerprint, dtype and device kind, the TransformerLens and transformers
+versions, a hash of this package's own source (so a code change is never served a stale
+entry), compatibility mode, the token ids (and those of the corrupted counterparts), the hook
 name and the intervention's key.
 
 Files are written to a temporary name and moved into place with ``os.replace``
@@ -21,7 +21,11 @@ file name is their sha256, so a copied or renamed file is caught), and a sha256 
 fields, the tensor's dtype, its shape and its bytes, recomputed from what was actually
 read. So a changed header (dtype, shape, offsets, metadata), a truncated, corrupted or
 misplaced file, or one written in an older format, is reported with a
-:class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used.
+:class:`~pytest_circuits.errors.CacheWarning`, recomputed and rewritten, never used. That
+sha256 detects corruption, not tampering: a writer can store any tensor with its sha256.
+With the team key (``$PYTEST_CIRCUITS_CACHE_KEY``, :mod:`pytest_circuits.cachekey`) each
+entry also carries an HMAC-SHA256 of that sha256, and an entry without a valid one is
+refused in the same way (docs/trust.md).
 
 The cache may also be an fsspec URL (``cache_dir="s3://bucket/prefix"``, see
 :mod:`pytest_circuits.blobs` and docs/remote-cache.md): the same entries, under the same
@@ -94,6 +98,13 @@ def _tl_version() -> str:
     return version("transformer_lens")
 
 
+@functools.lru_cache(maxsize=1)
+def _hf_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
 def tensor_sha256(t: Any) -> str:
     """sha256 of a tensor's bytes alone (not its dtype or shape: see :func:`entry_sha256`)."""
     import torch
@@ -103,6 +114,9 @@ def tensor_sha256(t: Any) -> str:
 
 
 ENTRY_FORMAT = "2"
+
+
+ENTRY_MAC = f"pytest-circuits cache entry {ENTRY_FORMAT}"   # what an entry's MAC is of (docs/trust.md)
 
 
 def entry_sha256(fields: str, t: Any) -> str:
@@ -167,8 +181,12 @@ class ActivationStore:
         self._prefix_entries: dict[tuple[str, int], list[str]] = {}
         self._providers: dict[tuple[str, int], Any] = {}
         self._rerunning: set[str] = set()
+        self._team_key: Any = None    # with $PYTEST_CIRCUITS_CACHE_KEY: entries are signed and must verify
         if self.cache_dir is not None:
             from .blobs import open_blobs
+            from .cachekey import team_key
+
+            self._team_key = team_key()
 
             blobs = open_blobs(self.cache_dir)
             if blobs.is_remote:
@@ -467,6 +485,7 @@ class ActivationStore:
         fields.update({
             "device_kind": str(mi.device).split(":")[0],
             "transformer_lens": _tl_version(),
+            "transformers": _hf_version(),   # how the weights are run (and converted)
             "code": code_version(),
             "compatibility_mode": "1",
             "tokens": prompts.digest,
@@ -532,7 +551,7 @@ class ActivationStore:
                 if names != ["value"]:
                     raise ValueError(f"it holds the tensors {names}, not one named 'value'")
                 value = f.get_tensor("value")
-            _check_entry(meta, expected, value)
+            _check_entry(meta, expected, value, self._team_key)
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
             self.counters.recomputed_bad += 1
             warnings.warn(CacheWarning(f"activation cache entry {path} is unusable ({e}); "
@@ -566,7 +585,7 @@ class ActivationStore:
             from safetensors.torch import load
 
             value = load(data)["value"]
-            _check_entry(meta, expected, value)
+            _check_entry(meta, expected, value, self._team_key)
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
             self.counters.recomputed_bad += 1
             warnings.warn(CacheWarning(f"activation cache entry {self._remote.describe()}/{rel} is "
@@ -592,6 +611,8 @@ class ActivationStore:
         fields = json.dumps({**base, "hook": hook}, sort_keys=True)
         value = value.contiguous()
         meta = {"format": ENTRY_FORMAT, "fields": fields, "sha256": entry_sha256(fields, value)}
+        if self._team_key is not None:
+            meta["mac"] = self._team_key.mac(ENTRY_MAC, meta["sha256"])
         if self._remote is not None:
             from .blobs import BlobError
 
@@ -1045,18 +1066,28 @@ def _pad_to(t: Any, width: int, name: str = "") -> Any:
     return F.pad(t, pad) if any(pad) else t
 
 
-def _check_entry(meta: dict[str, str], expected: str, value: Any) -> None:
+def _check_entry(meta: dict[str, str], expected: str, value: Any, key: Any = None) -> None:
     """Raise ValueError unless an entry's metadata and tensor are what ``expected`` (the
     request's key fields) calls for: the format, the same fields (the entry's name is
     their sha256, so a copied or renamed entry is caught), and the sha256 over fields,
-    dtype, shape and bytes recomputed from the tensor as read."""
+    dtype, shape and bytes recomputed from the tensor as read. That detects corruption,
+    not tampering (a writer can recompute it); with the team key ``key`` the entry's MAC
+    over that sha256 must also verify."""
     if meta.get("format") != ENTRY_FORMAT:
         raise ValueError(f"its format {meta.get('format')!r} is not {ENTRY_FORMAT!r}")
     fields = meta.get("fields")
     if fields != expected:
         raise ValueError("its key fields do not match this model/prompts/hook")
-    if meta.get("sha256") != entry_sha256(fields, value):
+    digest = entry_sha256(fields, value)
+    if meta.get("sha256") != digest:
         raise ValueError("checksum mismatch (key fields, dtype, shape and bytes)")
+    if key is not None:
+        from .cachekey import ENV
+
+        if "mac" not in meta:
+            raise ValueError(f"it carries no MAC under ${ENV} (written without the team key, or forged)")
+        if not key.verify(meta["mac"], ENTRY_MAC, digest):
+            raise ValueError(f"its MAC does not verify under ${ENV} (forged or altered)")
 
 
 def _safetensors_header(data: bytes) -> "tuple[dict[str, str], list[str]]":

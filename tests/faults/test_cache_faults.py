@@ -380,7 +380,8 @@ def test_converted_weights_changed_after_verification_are_not_used(tiny_dir, tmp
     """Verified, then changed while being loaded: the load is refused (the loader then
     converts again), so activations are never keyed to weights that were not verified."""
     folder = tmp_path / "weights" / "tiny-0123"
-    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"})
+    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"}).identities
+    M._boot_converted(folder, verified, "cpu", torch.float32)   # unchanged: loads
     real_boot = M._boot
 
     def boot_while_someone_writes(*a, **k):
@@ -686,7 +687,7 @@ def test_smollm2_truncated_or_unloadable_weights_are_reconverted(smollm2_cache, 
     with pytest.warns(CacheWarning, match="failed to load"):
         model = M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu")
     assert len(conversions) == 2 and len(boots) == 2
-    assert M.info(model).fingerprint.startswith("gguf-sha256:")
+    assert M.info(model).fingerprint.startswith("converted-sha256:")
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
     del model
     gc.collect()

@@ -38,6 +38,7 @@ from moto.server import ThreadedMotoServer
 
 from pytest_circuits import ActivationStore, CacheWarning, PromptSet
 from pytest_circuits import blobs as B
+from pytest_circuits import cachekey as CK
 from pytest_circuits import hooks as H
 from pytest_circuits import models as M
 
@@ -422,11 +423,14 @@ def test_subprocess_usage_errors(pytester, s3, tiny_dir, case):
 
 # ----------------------------------------------------------------- converted weights
 CONVERSIONS: list[str] = []
+TEAM_KEY = "TeamKey-a14-never-print-0f3b9c2d71"
+POISONED_TENSOR = "model.layers.0.self_attn.o_proj.weight"
 
 
 def _register_converted(name: str, source: Path) -> None:
     """A registered model whose loader converts ``source`` (copies its files) into the cache's
-    weights folder, through the same converted-checkpoint path as the embedded model."""
+    weights folder, through the same converted-weights path as the embedded model, and
+    reports the fingerprint that path gives."""
 
     @M.register_model(name, "a tiny converted checkpoint (tests)")
     def _load(cache: Path, device: str, dtype):
@@ -435,67 +439,282 @@ def _register_converted(name: str, source: Path) -> None:
             for f in source.iterdir():
                 shutil.copy(f, out / f.name)
 
-        folder = M.converted_checkpoint(cache / "weights" / f"{name}-0123", convert, {"source": name})
-        return M._boot(str(folder), device, dtype), f"test:{name}"
+        conv = M.converted_weights(cache / "weights" / f"{name}-0123", convert,
+                                   {"source": name, "converter": "copy 1"})
+        return M._boot_converted(conv.folder, conv.identities, device, dtype), conv.fingerprint
 
 
-def test_converted_weights_published_fetched_and_verified(s3, tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    name = f"tiny-converted-{uuid.uuid4().hex[:6]}"
-    _register_converted(name, tiny_dir)
-    url = s3.url("weights")
-    folder = f"weights/{name}-0123"
-    ps_text = ["the cat sat on the mat"]
+class Machine:
+    """Loads of one registered converted model from one bucket prefix; ``fresh()`` forgets
+    the local staging folder, as a new CI runner starts without it."""
 
-    def load():
-        return M.load_model(name, cache_dir=url, device="cpu")
+    def __init__(self, s3, tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+        monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        self.s3, self.tmp_path = s3, tmp_path
+        self.name = f"tiny-converted-{uuid.uuid4().hex[:6]}"
+        _register_converted(self.name, tiny_dir)
+        self.url = s3.url("weights")
+        self.folder = f"weights/{self.name}-0123"
+        self.staging = M._cache_folder(self.url)[0]
+        assert self.staging.is_relative_to(tmp_path / "xdg")
 
+    def load(self):
+        return M.load_model(self.name, cache_dir=self.url, device="cpu")
+
+    @staticmethod
     def logits(model):
-        return ActivationStore(cache_dir=None).get(model, PromptSet.build(model, ps_text), [H.LOGITS_LAST])[H.LOGITS_LAST]
+        ps = PromptSet.build(model, ["the cat sat on the mat", "the capital of France is"])
+        return ActivationStore(cache_dir=None).get(model, ps, [H.LOGITS_LAST])[H.LOGITS_LAST]
 
-    reference = logits(_quiet(load))
-    assert CONVERSIONS.count(name) == 1
-    remote_files = s3.keys(url, folder + "/")
-    assert "COMPLETE" in remote_files and "config.json" in remote_files and len(remote_files) > 3
-    staging = M._cache_folder(url)[0]
-    assert staging.is_relative_to(tmp_path / "xdg")
+    def conversions(self) -> int:
+        return CONVERSIONS.count(self.name)
+
+    def fresh(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def remote(self, rel: str) -> bytes:
+        return self.s3.get(self.url, f"{self.folder}/{rel}")
+
+    def manifest(self) -> dict:
+        return json.loads(self.remote("COMPLETE"))
+
+    def poison(self) -> bytes:
+        """What the attacker did: one attention output of the bucket's weights scaled x0.5
+        and COMPLETE rewritten with the new file's sha256 (a manifest that agrees with
+        itself; its MAC, which the attacker cannot compute, left as it was)."""
+        import hashlib
+
+        from safetensors.torch import load, save
+
+        tensors = load(self.remote("model.safetensors"))
+        tensors[POISONED_TENSOR] = tensors[POISONED_TENSOR] * 0.5
+        data = save(tensors, metadata={"format": "pt"})
+        self.s3.put(self.url, f"{self.folder}/model.safetensors", data)
+        record = self.manifest()
+        record["files"]["model.safetensors"] = hashlib.sha256(data).hexdigest()
+        self.s3.put(self.url, f"{self.folder}/COMPLETE", json.dumps(record).encode())
+        return data
+
+
+@pytest.fixture
+def machine(s3, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY", raising=False)
+    return Machine(s3, tiny_dir, tmp_path, monkeypatch)
+
+
+def test_without_key_remote_weights_are_never_loaded_and_a_poisoned_bucket_is_refused(machine, tiny, s3):
+    """No team key: a machine converts its weights itself and only compares them with the
+    bucket's copy. The attack (one attention output x0.5, COMPLETE rewritten to agree)
+    gives a CacheWarning naming the bucket's copy; that copy is never loaded and nothing is
+    published over it; the weights loaded are this machine's, with the good fingerprint."""
+    m = machine
+    model = _quiet(m.load)
+    reference, good_fp = m.logits(model), M.info(model).fingerprint
+    assert good_fp.startswith("converted-sha256:") and m.conversions() == 1
+    assert "COMPLETE" in s3.keys(m.url, m.folder + "/") and "mac" not in m.manifest()
     # the bucket lost them (a failed publish, a clean-up): the next load publishes them again
-    for rel in remote_files:
-        s3.client.delete_object(Bucket=BUCKET, Key=s3.key(url, f"{folder}/{rel}"))
-    assert s3.keys(url, folder + "/") == []
-    assert torch.equal(logits(_quiet(load)), reference)
-    assert s3.keys(url, folder + "/") == remote_files and CONVERSIONS.count(name) == 1
-    # a fresh machine (no staging folder): fetched from the bucket, verified, not converted
-    shutil.rmtree(staging)
-    assert torch.equal(logits(_quiet(load)), reference)
-    assert CONVERSIONS.count(name) == 1
-    # the bucket lies: a weight file changed (its manifest still names the old sha256)
-    weights = next(f for f in remote_files if f.endswith(".safetensors"))
-    raw = bytearray(s3.get(url, f"{folder}/{weights}"))
+    for rel in s3.keys(m.url, m.folder + "/"):
+        s3.client.delete_object(Bucket=BUCKET, Key=s3.key(m.url, f"{m.folder}/{rel}"))
+    assert torch.equal(m.logits(_quiet(m.load)), reference)
+    assert "COMPLETE" in s3.keys(m.url, m.folder + "/") and m.conversions() == 1
+    # a fresh machine converts for itself, finds the bucket's copy equal to it: no warning
+    m.fresh()
+    model = _quiet(m.load)
+    assert m.conversions() == 2 and M.info(model).fingerprint == good_fp
+    # the attack
+    poisoned = m.poison()
+    m.fresh()
+    with pytest.warns(CacheWarning, match=r"converted weights at s3://.*/weights/tiny-converted-\w+-0123 differ from "
+                                          r"what this machine derived .*model.safetensors.*never loaded.*nothing is "
+                                          r"published over it") as caught:
+        model = m.load()
+    assert m.conversions() == 3
+    assert torch.equal(m.logits(model), reference) and M.info(model).fingerprint == good_fp
+    assert m.remote("model.safetensors") == poisoned          # nothing published over it
+    # every warm load says so again (one small read), and still publishes nothing
+    with pytest.warns(CacheWarning, match="differ from what this machine derived"):
+        m.load()
+    assert m.conversions() == 3 and m.remote("model.safetensors") == poisoned
+    assert all(SECRET not in str(w.message) for w in caught)
+    # a manifest that is not one (deeply nested JSON, not JSON, a list, a file named with a
+    # NUL) is warned about like any other difference, never a crash
+    for garbage in (b"[" * 100000 + b"]" * 100000, b"\xff\xfe{", b"[1, 2]",
+                    json.dumps({**m.manifest(), "files": {"a\u0000b": "0" * 64}}).encode()):
+        s3.put(m.url, f"{m.folder}/COMPLETE", garbage)
+        with pytest.warns(CacheWarning, match="differ from what this machine derived"):
+            m.load()
+        assert m.remote("COMPLETE") == garbage
+
+
+def test_activations_of_poisoned_weights_are_never_served_to_good_weights(machine, s3):
+    """A machine that did load the poisoned copy (its own disk holds it: the local disk is
+    trusted without a key) keys its activations on the poisoned weights' fingerprint, so a
+    machine with good weights sharing the bucket never reads them: it runs its own forward."""
+    m = machine
+    good = _quiet(m.load)
+    reference, good_fp = m.logits(good), M.info(good).fingerprint
+    m.poison()
+    victim = m.staging
+    shutil.rmtree(victim / "weights" / f"{m.name}-0123")
+    (victim / "weights" / f"{m.name}-0123").mkdir(parents=True)
+    for rel in s3.keys(m.url, m.folder + "/"):
+        (victim / "weights" / f"{m.name}-0123" / rel).write_bytes(m.remote(rel))
+    bad = _quiet(m.load)                                       # local and self-consistent: loaded
+    bad_logits, bad_fp = m.logits(bad), M.info(bad).fingerprint
+    assert bad_fp != good_fp and bad_fp.startswith("converted-sha256:")
+    assert (bad_logits - reference).abs().max() > 1e-3         # the poison changes the outputs
+    ps_bad = PromptSet.build(bad, PROMPTS, name="shared")
+    _quiet(lambda: ActivationStore(cache_dir=m.url).get(bad, ps_bad, [HOOK, H.LOGITS_LAST]))
+    assert len(s3.keys(m.url, "activations/")) == 2            # published under the poisoned key
+    ps_good = PromptSet.build(good, PROMPTS, name="shared")
+    store = ActivationStore(cache_dir=m.url)
+    got = _quiet(lambda: store.get(good, ps_good, [HOOK, H.LOGITS_LAST]))
+    assert store.counters.disk_hits == 0 and store.counters.forward_passes == 1
+    truth = ActivationStore(cache_dir=None).get(good, ps_good, [HOOK, H.LOGITS_LAST])
+    assert torch.equal(got[H.LOGITS_LAST], truth[H.LOGITS_LAST]) and torch.equal(got[HOOK], truth[HOOK])
+    assert len(s3.keys(m.url, "activations/")) == 4
+
+
+def test_with_key_only_signed_remote_weights_are_fetched(s3, tiny_dir, tmp_path, monkeypatch):
+    """With the team key a fresh machine fetches the bucket's copy instead of converting,
+    but only when its manifest's MAC verifies and every file matches it; otherwise it
+    converts, warns naming the copy, and publishes its own signed conversion over it."""
+    monkeypatch.setenv("PYTEST_CIRCUITS_CACHE_KEY", TEAM_KEY)
+    m = Machine(s3, tiny_dir, tmp_path, monkeypatch)
+    model = _quiet(m.load)
+    reference, good_fp = m.logits(model), M.info(model).fingerprint
+    good_bytes = m.remote("model.safetensors")
+    assert m.conversions() == 1 and len(m.manifest()["mac"]) == 64
+    # a fresh machine: fetched, verified, not converted; the same fingerprint
+    m.fresh()
+    model = _quiet(m.load)
+    assert m.conversions() == 1 and M.info(model).fingerprint == good_fp
+    assert torch.equal(m.logits(model), reference)
+    caught = []
+
+    def refused(match: str):
+        m.fresh()
+        with pytest.warns(CacheWarning, match=match) as got:
+            model = m.load()
+        assert len([w for w in got if issubclass(w.category, CacheWarning)]) == 1, [str(w.message) for w in got]
+        caught.extend(got)
+        assert torch.equal(m.logits(model), reference) and M.info(model).fingerprint == good_fp
+        assert m.remote("model.safetensors") == good_bytes     # the signed good copy published over it
+        m.fresh()
+        _quiet(m.load)                                         # ... which the next machine fetches
+        return m.conversions()
+
+    # a file changed under a signed manifest (a corrupted object)
+    raw = bytearray(good_bytes)
     raw[-3] ^= 0x10
-    s3.put(url, f"{folder}/{weights}", bytes(raw))
-    shutil.rmtree(staging)
-    with pytest.warns(CacheWarning, match="copy from s3://.* is unusable: .*sha256"):
-        model = load()
-    assert CONVERSIONS.count(name) == 2 and torch.equal(logits(model), reference)
-    # ... and it was republished: the next fresh machine fetches a good copy
-    shutil.rmtree(staging)
-    assert torch.equal(logits(_quiet(load)), reference)
-    assert CONVERSIONS.count(name) == 2
-    # a manifest that lies (lists a file that is not there) is never trusted either
-    record = json.loads(s3.get(url, f"{folder}/COMPLETE"))
-    record["files"]["extra.bin"] = "0" * 64
-    s3.put(url, f"{folder}/COMPLETE", json.dumps(record).encode())
-    shutil.rmtree(staging)
-    with pytest.warns(CacheWarning, match="unusable"):
-        load()
-    assert CONVERSIONS.count(name) == 3
-    # a manifest naming a path outside the folder writes nothing outside it
+    s3.put(m.url, f"{m.folder}/model.safetensors", bytes(raw))
+    assert refused(r"copy from s3://.* is unusable \(never loaded\): model.safetensors has sha256") == 2
+    # the attack: poisoned weights, a self-consistent manifest, the old MAC
+    m.poison()
+    assert refused(r"copy from s3://.* is unusable \(never loaded\): .*MAC does not verify") == 3
+    # the attack with the MAC removed (as a machine without the key would publish)
+    m.poison()
+    record = m.manifest()
+    del record["mac"]
+    s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
+    assert refused("carries no MAC under \\$PYTEST_CIRCUITS_CACHE_KEY") == 4
+    # the attack signed with another key
+    m.poison()
+    record = m.manifest()
+    record["mac"] = M._manifest_mac(CK.TeamKey(b"another-key-of-32-characters-xx"), f"{m.name}-0123", record)
+    s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
+    assert refused("MAC does not verify") == 5
+    # a manifest signed with the key (a key holder's mistake) naming a path outside its
+    # folder: nothing is written outside it
+    record = m.manifest()
     record["files"] = {"../../escaped": "0" * 64}
-    s3.put(url, f"{folder}/COMPLETE", json.dumps(record).encode())
-    s3.put(url, "escaped", b"x")
-    shutil.rmtree(staging)
+    record["mac"] = M._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", record)
+    s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
+    s3.put(m.url, "escaped", b"x")
+    m.fresh()
     with pytest.warns(CacheWarning, match="unusable"):
-        load()
+        m.load()
     assert not list(tmp_path.rglob("escaped"))
+    m.fresh()
+    _quiet(m.load)
+    # warm loads (the staging folder kept) look at the bucket's manifest: the same files
+    # unsigned (a machine without the key published them) get a signed manifest, quietly;
+    # poisoned and unsigned, a warning and this machine's signed copy
+    record = m.manifest()
+    del record["mac"]
+    s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
+    _quiet(m.load)
+    assert "mac" in m.manifest() and m.conversions() == 6
+    m.poison()
+    record = m.manifest()
+    del record["mac"]
+    s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
+    with pytest.warns(CacheWarning, match="carry no valid MAC .* and differ .*model.safetensors: sha256"):
+        m.load()
+    assert m.remote("model.safetensors") == good_bytes and "mac" in m.manifest() and m.conversions() == 6
+    # signed garbage (a key holder's mistake): a file named with a NUL, deeply nested JSON
+    for garbage in ({**m.manifest(), "files": {"a\u0000b": "0" * 64}}, {**m.manifest(), "x": [[[[1]]]]}):
+        garbage["mac"] = M._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", garbage)
+        s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(garbage).encode())
+        m.fresh()
+        with pytest.warns(CacheWarning, match="unusable"):
+            m.load()
+    m.fresh()
+    _quiet(m.load)
+    # a machine without the key shares the bucket: it converts for itself and finds the
+    # signed copy equal to its own (the MAC is ignored, nothing is published)
+    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY")
+    before = m.manifest()
+    m.fresh()
+    assert M.info(_quiet(m.load)).fingerprint == good_fp and m.manifest() == before
+    for w in caught:
+        assert TEAM_KEY not in str(w.message) and SECRET not in str(w.message)
+
+
+def _forge(s3, url: str, store: ActivationStore, model, ps, other, hook: str) -> None:
+    """Write, at the entry of (``model``, ``ps``, ``hook``), the tensor of another prompt set
+    ``other`` with this key's fields, a recomputed checksum and the MAC of the genuine
+    entry (all a writer of the bucket without the key can do)."""
+    from safetensors.torch import save
+
+    from pytest_circuits import store as S
+
+    base = store._base_fields(model, ps, None)
+    rel = store._relpath(store._key(base, hook))
+    genuine = _header(s3.get(url, rel))[0].get("__metadata__", {})
+    fields = json.dumps({**base, "hook": hook}, sort_keys=True)
+    value = ActivationStore(cache_dir=None).get(model, other, [hook])[hook].contiguous()
+    meta = {"format": S.ENTRY_FORMAT, "fields": fields, "sha256": S.entry_sha256(fields, value)}
+    if "mac" in genuine:
+        meta["mac"] = genuine["mac"]
+    s3.put(url, rel, save({"value": value}, metadata=meta))
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no key", "team key"])
+def test_forged_entry_in_the_bucket(s3, tiny, ps, truth, monkeypatch, keyed):
+    """Another prompt set's tensor under this key, its checksum recomputed: the checksum
+    detects corruption, not tampering, so without the key it is served (the documented
+    limitation); with the key it is refused, recomputed and republished signed."""
+    if keyed:
+        monkeypatch.setenv("PYTEST_CIRCUITS_CACHE_KEY", TEAM_KEY)
+    else:
+        monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY", raising=False)
+    url = s3.url("forged")
+    _quiet(lambda: ActivationStore(cache_dir=url).get(tiny, ps, [HOOK]))
+    other = PromptSet.build(tiny, PROMPTS[::-1], name="other")
+    forged = ActivationStore(cache_dir=None).get(tiny, other, [HOOK])[HOOK]
+    assert forged.shape == truth[HOOK].shape and not torch.allclose(forged, truth[HOOK])
+    store = ActivationStore(cache_dir=url)
+    _forge(s3, url, store, tiny, ps, other, HOOK)
+    if not keyed:
+        got = _quiet(lambda: store.get(tiny, ps, [HOOK])[HOOK])
+        assert store.counters.disk_hits == 1 and torch.equal(got, forged)     # served: the limitation
+        return
+    with pytest.warns(CacheWarning, match=r"s3://.*unusable \(its MAC does not verify under \$PYTEST_CIRCUITS_CACHE_KEY"):
+        got = store.get(tiny, ps, [HOOK])[HOOK]
+    assert store.counters.recomputed_bad == 1 and store.counters.forward_passes == 1
+    torch.testing.assert_close(got, truth[HOOK], atol=1e-5, rtol=1e-5)
+    again = ActivationStore(cache_dir=url)
+    assert torch.equal(_quiet(lambda: again.get(tiny, ps, [HOOK])[HOOK]), got)
+    assert again.counters.disk_hits == 1

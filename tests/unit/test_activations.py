@@ -124,7 +124,8 @@ def test_key_changes_with_each_input(tiny, ps):
     base = store._base_fields(tiny, ps, None)
     k = store._key(base, "h")
     assert k != store._key(base, "h2")
-    for field in ("fingerprint", "transformer_lens", "code", "tokens", "intervention", "dtype"):
+    for field in ("fingerprint", "transformer_lens", "transformers", "code", "tokens", "intervention", "dtype"):
+        assert field in base
         assert store._key({**base, field: "x"}, "h") != k
 
 
