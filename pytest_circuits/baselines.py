@@ -61,7 +61,8 @@ where ``F`` is the ``1 - SPREAD_TAIL`` quantile of the F distribution with
 variances of one population exceed with probability ``SPREAD_TAIL``; it matters only at
 small n: 22.2 at n=6, 10 from n=10 on). The obtained spread is floored by its interval
 (``sem >= width / 8``, ``width >= 8 * sem``), so a Clopper-Pearson interval of all-equal 0/1
-values (sem 0, width > 0) is a spread. A baseline whose interval is more than
+values (sem 0, width > 0) is a spread; a measurement with no spread at all (all values equal,
+``[v, v]``) counts as a sem of ``FLAT_SPREAD`` (1%) of the larger |mean|. A baseline whose interval is more than
 ``INTERVAL_FACTOR`` times wider than its own ``sem`` and ``n`` imply (``2 * t * sem``) is refused
 too. Measured on the shipped baselines and on checkpoint changes (docs/trust.md): a rerun
 gives a spread ratio of exactly 1, halving an attention layer's output at most 1.94.
@@ -99,6 +100,9 @@ WIDE_FACTOR = {"abs": 1.0, "rel": 1.0, "se": 2.5}
 SPREAD_FACTOR = 10.0
 #: the tail of the F distribution whose quantile bounds the honest ratio of two sample variances
 SPREAD_TAIL = 1e-6
+#: a measurement whose values are all equal (no spread) is judged as if its sem were this share of
+#: the larger |mean| (so a checkpoint whose measurement became constant is not refused on that alone)
+FLAT_SPREAD = 0.01
 #: a baseline whose interval is wider than this many times ``2 * t * sem`` is inconsistent with
 #: its own sem and n (measured on the shipped baselines: at most 1.2)
 INTERVAL_FACTOR = 10.0
@@ -637,6 +641,9 @@ def spread_problem(obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> 
     sem_b, w_b = float(expected.get("sem", 0.0)) * k, _width(expected) * k
     sem_o, w_o = float(obtained.get("sem", 0.0)), _width(obtained)
     floor_sem, floor_w = max(sem_o, w_o / 8.0), max(w_o, 8.0 * sem_o)
+    if floor_sem == 0.0:   # all values equal ([v, v], flagged zero-width): judged against a share of the value
+        floor_sem = FLAT_SPREAD * max(abs(float(obtained.get("mean", 0.0))), abs(float(expected["mean"])))
+        floor_w = 8.0 * floor_sem
     slack = 1e-12 * max(1.0, abs(float(expected["mean"])), abs(float(obtained.get("mean", 0.0))))
     at = f" at n={n_o}" + (f" (baseline n={n_b}, rescaled by sqrt({n_b}/{n_o}))" if n_b != n_o else "")
     if sem_b > limit * floor_sem + slack:
@@ -714,10 +721,10 @@ class Verdict:
                 out.append(f"{self.claim}, metric {r.metric!r}: baseline {r.baseline:.6g} refused: {r.spread}. "
                            f"Check {self.path}; rerun the claim with --circuits-update-baselines to record it "
                            "again")
-            elif not r.finite_allowance:
+            if not r.finite_allowance:
                 out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} gives an allowance of "
                            f"{r.allowed}, not a finite number; the check cannot be made")
-            else:
+            elif r.wide and not r.accepted:
                 hint = ("the baseline's sem is larger than its own interval suggests: check the file"
                         if r.tolerance.endswith("se") else "use a narrower tolerance")
                 out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} allows ±{r.allowed:.3g}, "
