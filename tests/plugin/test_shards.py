@@ -279,3 +279,70 @@ def test_familywise_counts_the_whole_suite_not_the_shard(suite, tiny_dir, tiny_d
     assert levels[1] == {"test_claims.py::test_loss[ckpt]": levels[0]["test_claims.py::test_loss[ckpt]"]}
     assert levels[1]["test_claims.py::test_loss[ckpt]"] > 1 - 0.05 / 2    # m counts more than the shard's one claim
 
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_real_reports_edited_or_made_in_update_mode_never_pass(suite, tiny_dir, tmp_path, capsys):
+    """The merge re-derives each verdict from the evidence a real run records."""
+    bdir = tmp_path / "baselines"
+    _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines")
+    out = tmp_path / "r.json"
+    r = _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={out}")
+    r.assert_outcomes(passed=4, failed=1, skipped=1)
+    honest = out.read_text()
+    assert _merge(capsys, out)[0] == 1           # test_fails fails: the gate fails, nothing is refused
+
+    def passed(d):                                # the failed claim edited to passed, exit status 0
+        for c in d["claims"]:
+            c.update(verdict="passed", reason="") if c["verdict"] == "failed" else None
+        for rec in d["records"]:
+            rec["outcome"] = "passed"
+        d["exit_status"] = 0
+
+    _edit(out, passed)
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "test_claims.py::test_fails[ckpt]" in err and "evidence says it failed" in err
+    out.write_text(honest)
+    _edit(out, lambda d: d.update(exit_status=5))
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "exit status 5" in err
+    out.write_text(honest)
+
+    def drift(d):                                 # a measurement pushed 100 away, its tolerance widened to hide it
+        rec = next(r for r in d["records"] if r["claim"] == "test_claims.py::test_loss")
+        m = rec["measurements"][0]
+        m.update(mean=m["mean"] + 100, lower=m["lower"] + 100, upper=m["upper"] + 100)
+        m["baseline"].update(tolerance="abs:1e9", allowed=1e9, difference=100.0)
+
+    _edit(out, drift)
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "test_claims.py::test_loss[ckpt]" in err
+    # shards run with --circuits-update-baselines, every measurement 100 off: written, never compared
+    upd = tmp_path / "u.json"
+    _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines",
+         f"--circuits-report={upd}")
+    assert json.loads(upd.read_text())["mode"]["update_baselines"] is True
+    status, stdout, err = _merge(capsys, upd)
+    assert status == 1 and "made with --circuits-update-baselines" in err and "FAILED" in stdout
+
+
+def test_signed_reports_from_real_runs(suite, tiny_dir, tmp_path, capsys, monkeypatch):
+    from pytest_circuits._report import REPORT_KEY_ENV
+
+    monkeypatch.setenv(REPORT_KEY_ENV, "the team's key")
+    out = tmp_path / "r.json"
+    _run(suite, (tiny_dir,), tmp_path, "-k", "test_loss or test_plain", f"--circuits-report={out}"
+         ).assert_outcomes(passed=2)
+    assert json.loads(out.read_text())["signature"].startswith("hmac-sha256:")
+    assert _merge(capsys, out, "--allow-selection", "--require-signature")[0] == 0
+    _edit(out, lambda d: d["claims"][0].update(finding="edited"))
+    status, _, err = _merge(capsys, out, "--allow-selection")
+    assert status == 2 and "signature does not match" in err
+    monkeypatch.setenv(REPORT_KEY_ENV, "another key")
+    status, _, err = _merge(capsys, out, "--allow-selection")
+    assert status == 2 and "signature does not match" in err
