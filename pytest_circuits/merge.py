@@ -420,23 +420,30 @@ class Source:
         self._text: dict[str, str | None] = {}
         self._fns: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
 
-    def path(self, rel: str) -> Path:
-        p = Path(rel)
-        if p.as_posix().endswith("pytest_circuits/checkup_claims.py"):
-            return Path(__file__).with_name("checkup_claims.py")   # the installed package's own claims
+    def path(self, rel: str, locations: dict[str, str] | None = None) -> Path:
+        """Where a report's file (a node id's path, relative to the rootdir) is in the checkout:
+        the checkup's claims are the installed package's own; "" (a file outside the rootdir
+        that the report does not locate) is nowhere."""
+        loc = (locations or {}).get(rel, rel)
+        if Path(loc).as_posix().endswith("pytest_circuits/checkup_claims.py"):
+            return Path(__file__).with_name("checkup_claims.py")
+        if not loc:
+            return self.root / "\0 a file outside the rootdir"
+        p = Path(loc)
         return p if p.is_absolute() else self.root / p
 
-    def text(self, rel: str) -> str | None:
-        if rel not in self._text:
+    def text(self, rel: str, locations: dict[str, str] | None = None) -> str | None:
+        key = str(self.path(rel, locations))
+        if key not in self._text:
             try:
-                self._text[rel] = self.path(rel).read_bytes().decode("utf-8")
-            except (OSError, UnicodeDecodeError):
-                self._text[rel] = None
-        return self._text[rel]
+                self._text[key] = Path(key).read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError, ValueError):
+                self._text[key] = None
+        return self._text[key]
 
-    def check(self, rel: str, sha: str | None) -> str:
+    def check(self, rel: str, sha: str | None, locations: dict[str, str] | None = None) -> str:
         """"" when the checkout holds the file the run read, else why not."""
-        text = self.text(rel)
+        text = self.text(rel, locations)
         if text is None:
             return f"{rel} is not in the checkout {self.root} (pass --source-root: the checkout of the reports' commit)"
         if sha is None or hashlib.sha256(text.encode("utf-8")).hexdigest() != sha:
@@ -449,42 +456,46 @@ class Source:
 
         pf = tuple(suite.get("python_functions") or DEFAULT_FUNCTIONS)
         pc = tuple(suite.get("python_classes") or DEFAULT_CLASSES)
-        k = (rel, pf, pc)
+        locations = _locations(suite)
+        k = (str(self.path(rel, locations)), pf, pc)
         if k not in self._fns:
-            text = self.text(rel)
+            text = self.text(rel, locations)
+            if text is not None and self.path(rel, locations) == Path(__file__).with_name("checkup_claims.py"):
+                self._fns[k] = _checkup_functions()
+                return self._fns[k]
             try:
                 self._fns[k] = None if text is None else functions(text, python_functions=pf, python_classes=pc)
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 self._fns[k] = None
         return self._fns[k]
 
-    def conftests(self, rel: str) -> list[str]:
+    def conftests(self, rel: str, locations: dict[str, str] | None = None) -> list[str]:
         """The texts of the conftest.py files from ``rel``'s folder up to the root."""
-        out, here = [], self.path(rel).parent
+        out, here = [], self.path(rel, locations).parent
         root = self.root.resolve()
         while True:
             try:
                 out.append((here / "conftest.py").read_text("utf-8"))
             except (OSError, UnicodeDecodeError):
                 pass
-            if here.resolve() == root or here.parent == here:
+            if here.resolve() == root or here.parent == here or root not in here.resolve().parents:
                 return out
             here = here.parent
 
-    def has_model_fixture(self, rel: str) -> bool:
+    def has_model_fixture(self, rel: str, locations: dict[str, str] | None = None) -> bool:
         """A fixture named ``model`` defined in the file or a conftest.py above it (then a
         ``model`` argument does not make a test a claim)."""
         import re
 
-        texts = [self.text(rel) or ""] + self.conftests(rel)
+        texts = [self.text(rel, locations) or ""] + self.conftests(rel, locations)
         return any(re.search(r"^\s*def model\(", t, re.M) for t in texts)
 
-    def test_files(self, arg: str, patterns: Sequence[str]) -> list[str]:
+    def test_files(self, arg: str, patterns: Sequence[str], locations: dict[str, str] | None = None) -> list[str]:
         """The files pytest would collect under ``arg`` (a rootdir-relative or absolute path),
         by ``python_files`` and the default ``norecursedirs``, rootdir-relative."""
         import fnmatch
 
-        start = self.path(arg)
+        start = self.path(arg, locations)
         if start.is_file():
             return [arg]
         out = []
@@ -501,6 +512,22 @@ class Source:
         return out
 
 
+def _checkup_functions() -> dict[str, Any]:
+    """The checkup's claims (made in a loop in checkup_claims.py, so ast cannot list them): one
+    ``test_<check>`` per check of this installation, a claim that skips when not applicable."""
+    from .checkup import CHECKS
+    from .sources import Function, Marker
+
+    return {f"test_{n}": Function(f"test_{n}", None, ("model", "request"), [Marker("claim")], {"skip"})
+            for n in CHECKS}
+
+
+def _locations(suite: dict[str, Any]) -> dict[str, str]:
+    """A report's "locations": where the files of node ids outside the rootdir are."""
+    loc = suite.get("locations")
+    return {str(k): str(v) for k, v in loc.items()} if isinstance(loc, dict) else {}
+
+
 def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source, *,
                    allow_selection: bool) -> tuple[list[str], list[str]]:
     """(contradictions, failures) of the reports against the claims' source in the checkout."""
@@ -513,7 +540,7 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
     for path, d in reports:
         suite, mode = d["suite"], d["mode"]
         files = suite["files"]
-        status = {rel: source.check(rel, sha) for rel, sha in files.items()}
+        status = {rel: source.check(rel, sha, _locations(suite)) for rel, sha in files.items()}
         records = {r["nodeid"]: r for r in d["records"]}
         for c in d["claims"]:
             rel, key, params = S.split_nodeid(c["nodeid"])
@@ -538,7 +565,7 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
                            f"@pytest.mark.expect_change({c['model']!r}, reason=...)")
             elif v in ("xfailed", "xpassed") and not S.declares_xfail(fn):
                 bad.append(f"{path}: claim {c['nodeid']}: verdict {v!r}, but its source declares no xfail")
-            elif v == "not checked" and not _skip_declared(fn, c, mode, source, rel, params):
+            elif v == "not checked" and not _skip_declared(fn, c, mode, source, rel, params, _locations(suite)):
                 bad.append(f"{path}: claim {c['nodeid']}: 'not checked' ({c['reason']}), but nothing in its source "
                            "can skip it" + (" and the run required its models" if mode["require_models"] else ""))
             for m in (r or {}).get("measurements") or []:
@@ -572,16 +599,17 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
     return bad, fails
 
 
-def _skip_declared(fn: Any, c: dict[str, Any], mode: dict[str, Any], source: Source, rel: str, params: str) -> bool:
+def _skip_declared(fn: Any, c: dict[str, Any], mode: dict[str, Any], source: Source, rel: str, params: str,
+                   locations: dict[str, str]) -> bool:
     """Whether a 'not checked' verdict has a cause its source (or the run's mode) allows."""
     from . import sources as S
 
     reason = c["reason"]
     if reason.startswith("not checked: model ") and (" is optional here" in reason or " unavailable" in reason):
         return (not mode["require_models"]) or S.declares_optional_model(fn, c["model"], params)
-    if S.declares_skip(fn) or S.skip_anywhere(source.text(rel) or ""):
+    if S.declares_skip(fn) or S.skip_anywhere(source.text(rel, locations) or ""):
         return True
-    return any(S.skip_anywhere(t) for t in source.conftests(rel))
+    return any(S.skip_anywhere(t) for t in source.conftests(rel, locations))
 
 
 def _completeness(groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]], source: Source, *,
@@ -602,11 +630,13 @@ def _completeness(groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]
         suite = suites[0]
         patterns = [str(p) for p in suite.get("python_files") or ("test_*.py", "*_test.py")]
         files = {rel for s in suites for rel in s["files"]}
-        unread = sorted({source.check(rel, sha) for s in suites for rel, sha in s["files"].items()} - {""})
+        locations = {k: v for s in suites for k, v in _locations(s).items()}
+        unread = sorted({source.check(rel, sha, locations) for s in suites for rel, sha in s["files"].items()} - {""})
         for arg in sorted({a for s in suites for a in s["args"]}):
-            if not source.path(arg).exists():
-                unread.append(f"{arg} (a path the run was given) is not in the checkout {source.root}")
-            files |= set(source.test_files(arg, patterns))
+            if not source.path(arg, locations).exists():
+                unread.append(f"{arg or '(outside the rootdir)'} (a path the run was given) is not in the checkout "
+                              f"{source.root}")
+            files |= set(source.test_files(arg, patterns, locations))
         if unread:
             out.append(f"cannot check that no claim is missing from {names}: " + "; ".join(unread[:5])
                        + (" ..." if len(unread) > 5 else ""))
@@ -618,7 +648,7 @@ def _completeness(groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]
                                          or list(DEFAULT_FUNCTIONS)})
             if fns is None:
                 continue     # a file of the suite that cannot be read is a failure above
-            model_fixture = source.has_model_fixture(rel)
+            model_fixture = source.has_model_fixture(rel, locations)
             for key, fn in fns.items():
                 claim = any(m.name == "claim" and not m.nested for m in fn.markers) or (
                     "model" in fn.args and not model_fixture)

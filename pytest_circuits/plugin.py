@@ -971,12 +971,20 @@ def _suite(config: pytest.Config, collected: list[str]) -> dict[str, Any]:
     import hashlib
 
     root = Path(str(config.rootpath))
-    args, selection = [], {}
+    # The checkup's claims live in the installed package: outside the rootdir pytest gives their
+    # node ids an empty path, which "locations" names for the merge.
+    checkup = _relative(config, CHECKUP_PATH)
+    outside = Path(checkup).is_absolute()
+    args, selection, locations = [], {}, {}
     for a in getattr(config, "args", []) or []:
         path, sep, _ = str(a).partition("::")
         if sep:
             selection.setdefault("node ids", []).append(str(a))
-        args.append(_relative(config, Path(str(config.invocation_params.dir)) / path))
+        rel = _relative(config, Path(str(config.invocation_params.dir)) / path)
+        if rel == checkup and outside:
+            rel = ""
+            locations[""] = "pytest_circuits/checkup_claims.py"
+        args.append(rel)
     for flag, name in (("-k", "keyword"), ("-m", "markexpr")):
         value = getattr(config.option, name, "") or ""
         if value:
@@ -992,11 +1000,14 @@ def _suite(config: pytest.Config, collected: list[str]) -> dict[str, Any]:
     for nodeid in collected:
         rel = nodeid.split("::", 1)[0]
         if rel not in files:
+            if not rel and outside:
+                locations[""] = "pytest_circuits/checkup_claims.py"
             try:
-                files[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+                files[rel] = hashlib.sha256((CHECKUP_PATH if not rel and outside else root / rel).read_bytes()
+                                            ).hexdigest() if rel or outside else None
             except OSError:
                 files[rel] = None
-    return {"args": sorted(dict.fromkeys(args)), "selection": selection, "files": files,
+    return {"args": sorted(dict.fromkeys(args)), "selection": selection, "files": files, "locations": locations,
             "python_files": [str(x) for x in config.getini("python_files")],
             "python_classes": [str(x) for x in config.getini("python_classes")],
             "python_functions": [str(x) for x in config.getini("python_functions")]}

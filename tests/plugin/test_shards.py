@@ -346,3 +346,31 @@ def test_signed_reports_from_real_runs(suite, tiny_dir, tmp_path, capsys, monkey
     monkeypatch.setenv(REPORT_KEY_ENV, "another key")
     status, _, err = _merge(capsys, out, "--allow-selection")
     assert status == 2 and "signature does not match" in err
+
+
+def test_a_checkup_report_is_verified_against_the_installed_checkup(pytester, tiny_dir, tmp_path, capsys):
+    """The checkup's claims live in the installed package (outside the rootdir) and are made in a
+    loop: the merge finds them there, so their skips ("not applicable") and their completeness are
+    verified, and the gate fails only for what failed."""
+    out = tmp_path / "r.json"
+    r = pytester.runpytest(f"--circuits-model={tiny_dir}", "--circuits-checkup", f"--circuits-report={out}",
+                           f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+    data = json.loads(out.read_text())
+    assert data["suite"]["locations"] == {"": "pytest_circuits/checkup_claims.py"}
+    status, _, err = _merge(capsys, out)
+    assert "cannot" not in err and "refused" not in err and "in no report" not in err, err
+    failed = [c for c in data["claims"] if c["verdict"] == "failed"]
+    assert status == (1 if failed or r.ret else 0)
+    # a checkup claim left out of the report is found missing
+    def drop_first(d):
+        from pytest_circuits.merge import collected_digest
+
+        gone = d["collected"][0]
+        d["collected"] = d["collected"][1:]
+        d["collected_sha256"] = collected_digest(d["collected"])
+        d["claims"] = [c for c in d["claims"] if c["nodeid"] != gone]
+        d["records"] = [x for x in d["records"] if x["nodeid"] != gone]
+
+    _edit(out, drop_first)
+    status, _, err = _merge(capsys, out)
+    assert status == 1 and "1 claim of the source is in no report's 'collected'" in err
