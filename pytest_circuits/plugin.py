@@ -784,7 +784,8 @@ def _count_claim(config: pytest.Config, report: pytest.TestReport, expected_chan
     verdicts = config.stash.setdefault(CLAIMS_KEY, {})
     measured = dict(report.user_properties).get(f"circuits-reason-{report.when}", "")
     if report.when == "teardown":
-        if report.failed and report.nodeid not in verdicts:
+        # pytest counts a teardown failure as an error, also after a call that passed
+        if report.failed and verdicts.get(report.nodeid, ("passed",))[0] == "passed":
             verdicts[report.nodeid] = ("error", _reason(report))
         return
     if report.when == "setup" and report.passed:
@@ -826,6 +827,8 @@ def _reason(report: pytest.TestReport) -> str:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The working tree the run starts from (dirty or not, and a hash of the difference), for
     the report's identity: read before any claim writes a baseline. Only when a report is asked."""
+    from ._session import _update_failing
+
     config = session.config
     if _update_failing(config) and not config.stash[SESSION_KEY].settings.update_baselines:
         raise pytest.UsageError("pytest-circuits: --circuits-update-failing records the baselines of failing "
@@ -938,20 +941,14 @@ def _claims_ledger(config: pytest.Config) -> dict[str, Any]:
 
 def _mode(config: pytest.Config) -> dict[str, Any]:
     """The run's options that decide what its verdicts mean (the merge reads them)."""
+    from ._session import _update_failing
+
     st = config.stash[SESSION_KEY].settings
     bdir = st.baseline_dir or Path(str(config.rootpath)) / "claims" / "baselines"
     return {"baseline": bool(st.baseline), "update_baselines": bool(st.update_baselines),
-            "update_failing": bool(_update_failing(config)), "baseline_of": st.baseline_of or None,
+            "update_failing": _update_failing(config), "baseline_of": st.baseline_of or None,
             "baseline_dir": _relative(config, bdir), "baseline_tolerance": str(st.baseline_tolerance),
             "require_models": bool(st.require_models), "familywise": st.familywise, "level": float(st.level)}
-
-
-def _update_failing(config: pytest.Config) -> bool:
-    """``--circuits-update-failing`` (also an ini key); False where the option is not registered."""
-    try:
-        return bool(_opt(config, "circuits_update_failing"))
-    except (ValueError, KeyError):
-        return False
 
 
 def _relative(config: pytest.Config, path: Any) -> str:

@@ -374,3 +374,46 @@ def test_a_checkup_report_is_verified_against_the_installed_checkup(pytester, ti
     _edit(out, drop_first)
     status, _, err = _merge(capsys, out)
     assert status == 1 and "1 claim of the source is in no report's 'collected'" in err
+
+
+def test_honest_edge_cases_are_not_refused(pytester, tiny_dir, tmp_path, capsys):
+    """No false refusal: a claim skipped after measuring (its baseline new), one whose fixture
+    fails at teardown after it passed (an error, as pytest counts it), one that passes."""
+    pytester.makepyfile(test_edges="""
+        import pytest
+        from pytest_circuits import Measurement
+
+        VALUES = [0.70, 0.75, 0.72, 0.74, 0.73, 0.71]
+
+        @pytest.fixture
+        def breaks_after():
+            yield
+            raise RuntimeError("the fixture's teardown failed")
+
+        @pytest.mark.claim(finding="measured, then found not applicable")
+        def test_skipped_after_measuring(model):
+            Measurement.from_values("share", VALUES, model="ckpt")
+            pytest.skip("not applicable here")
+
+        @pytest.mark.claim(finding="passes, but its fixture fails at teardown")
+        def test_teardown_error(model, breaks_after):
+            Measurement.from_values("other", VALUES, model="ckpt").assert_above(0.5)
+
+        @pytest.mark.claim(finding="passes")
+        def test_passes(model):
+            Measurement.from_values("third", VALUES, model="ckpt").assert_above(0.5)
+    """)
+    bdir, out = tmp_path / "b", tmp_path / "r.json"
+    _run(pytester, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines")
+    r = _run(pytester, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={out}")
+    r.assert_outcomes(passed=2, skipped=1, errors=1)
+    data = json.loads(out.read_text())
+    verdicts = {c["nodeid"].split("::")[1].split("[")[0]: c for c in data["claims"]}
+    assert verdicts["test_teardown_error"]["verdict"] == "error"
+    assert "the fixture's teardown failed" in verdicts["test_teardown_error"]["reason"]
+    assert verdicts["test_skipped_after_measuring"]["verdict"] == "not checked"
+    skipped = next(x for x in data["records"] if "skipped_after" in x["nodeid"])
+    assert skipped["measurements"][0]["baseline"]["status"] == "new"
+    status, _, err = _merge(capsys, out)
+    assert status == 1 and "refused" not in err and "cannot" not in err, err
+    assert "test_teardown_error[ckpt] (error: " in err
