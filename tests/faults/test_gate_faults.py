@@ -244,10 +244,18 @@ def test_a_failures_reason_is_what_was_measured_against_which_bound(pytester, ti
                 m.assert_below(0.5)
             except AssertionError:
                 pass
+
+        @pytest.mark.claim(finding="turns its own failed bound into a skip")
+        def test_caught_and_skipped(model):
+            m = Measurement.from_values("share", VALUES, model="ckpt")
+            try:
+                m.assert_below(0.6)
+            except AssertionError:
+                pytest.skip("not checked: the share moved")
     """)
     report = tmp_path / "r.json"
     r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", f"--circuits-report={report}")
-    r.assert_outcomes(failed=3)
+    r.assert_outcomes(failed=4)
     data = json.loads(report.read_text())
     reasons = {c["nodeid"].split("::")[1].split("[")[0]: c["reason"] for c in data["claims"]}
     assert reasons["test_bound"].startswith("share[ckpt] = 0.725 [") and "n=6 (95% interval) -- expected lower " \
@@ -255,6 +263,7 @@ def test_a_failures_reason_is_what_was_measured_against_which_bound(pytester, ti
     assert reasons["test_plain"].startswith("the loss is never negative")
     # a failed bound the claim caught still fails it, with the bound in the reason
     assert "expected upper bound < 0.5" in reasons["test_caught"]
+    assert "expected upper bound < 0.6" in reasons["test_caught_and_skipped"]
     r.stdout.fnmatch_lines(["*interval assertion of this claim failed although the claim caught the "
                             "AssertionError*"])
     assert not any(".py:" in x for x in reasons.values()), reasons
