@@ -363,11 +363,11 @@ def test_a_checkup_report_is_verified_against_the_installed_checkup(pytester, ti
     assert status == (1 if failed or r.ret else 0)
     # a checkup claim left out of the report is found missing
     def drop_first(d):
-        from pytest_circuits.merge import collected_digest
+        import hashlib
 
         gone = d["collected"][0]
         d["collected"] = d["collected"][1:]
-        d["collected_sha256"] = collected_digest(d["collected"])
+        d["collected_sha256"] = hashlib.sha256("\n".join(d["collected"]).encode()).hexdigest()
         d["claims"] = [c for c in d["claims"] if c["nodeid"] != gone]
         d["records"] = [x for x in d["records"] if x["nodeid"] != gone]
 
