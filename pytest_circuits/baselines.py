@@ -112,6 +112,8 @@ VERSION_PACKAGES = ("pytest-circuits", "torch", "transformer_lens", "transformer
                     "numpy", "safetensors")
 
 _EPS = sys.float_info.epsilon
+#: the largest number of examples an entry may state (a count, not a number that overflows a float)
+MAX_N = 10 ** 12
 
 
 class BaselineError(CircuitsError):
@@ -273,6 +275,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:      # an int beyond a float
+        return False
+
+
 def entry_problems(entry: Any) -> list[str]:
     """What is wrong with one metric's entry (empty when it is valid), field by field."""
     if not isinstance(entry, Mapping):
@@ -284,14 +293,14 @@ def entry_problems(entry: Any) -> list[str]:
     for f in ("mean", "lower", "upper", "sem"):
         if f in entry:
             v = entry[f]
-            if not _is_number(v) or not math.isfinite(v):
+            if not _is_number(v) or not _finite(v):
                 out.append(bad(f, v, "a finite number"))
             elif f == "sem" and v < 0:
                 out.append(bad(f, v, "a standard error >= 0"))
     if "n" in entry:
         n = entry["n"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            out.append(bad("n", n, "a positive integer (the number of examples)"))
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
+            out.append(bad("n", n, f"a positive integer (the number of examples, at most {MAX_N:.0e})"))
     if "level" in entry:
         lv = entry["level"]
         if not _is_number(lv) or not 0.0 < lv < 1.0:

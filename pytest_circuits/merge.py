@@ -76,7 +76,14 @@ class MergeError(CircuitsError):
 
 # ----------------------------------------------------------------------------- one report
 def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A JSON number a float can hold (NaN and infinities included; an int beyond a float is not)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
 def _problems(data: Any) -> list[str]:
@@ -191,7 +198,11 @@ def _bound_holds(kind: str, threshold: Any, bound: Any) -> bool | None:
     try:
         if kind == "within":
             (lo, hi), (tlo, thi) = bound, threshold
+            if not all(_number(x) for x in (lo, hi, tlo, thi)):
+                return None
             return bool(float(lo) > float(tlo) and float(hi) < float(thi))
+        if not (_number(bound) and _number(threshold)):
+            return None
         b, t = float(bound), float(threshold)
     except (TypeError, ValueError):
         return None
@@ -266,6 +277,8 @@ def _comparison(key: str, m: dict[str, Any], b: dict[str, Any], mode: dict[str, 
 
 def evidence(claim: dict[str, Any], record: dict[str, Any] | None, mode: dict[str, Any]) -> Evidence:
     """Re-derive what one claim's evidence says (numbers only; the source is :func:`merge`'s)."""
+    from . import baselines as B
+
     ev = Evidence()
     if record is None:
         return ev
@@ -288,10 +301,10 @@ def evidence(claim: dict[str, Any], record: dict[str, Any] | None, mode: dict[st
             continue
         slack = 4 * 2.220446049250313e-16 * max(1.0, *map(abs, nums.values()))
         if not (nums["lower"] <= nums["mean"] + slack and nums["mean"] <= nums["upper"] + slack) or nums["sem"] < 0 \
-                or m["n"] < 1 or not 0.0 < float(m["level"]) < 1.0:
+                or not 1 <= m["n"] <= B.MAX_N or not 0.0 < float(m["level"]) < 1.0:
             ev.bad.append(f"{key}: mean {m['mean']!r} [{m['lower']!r}, {m['upper']!r}] n={m['n']!r} "
                           f"level={m['level']!r} sem={m['sem']!r} is not a measurement (lower <= mean <= upper, "
-                          "n >= 1, level in (0, 1), sem >= 0)")
+                          f"1 <= n <= {B.MAX_N:.0e}, level in (0, 1), sem >= 0)")
             continue
         b = m.get("baseline")
         if b is None:
@@ -429,10 +442,13 @@ class Source:
         loc = (locations or {}).get(rel, rel)
         if Path(loc).as_posix().endswith("pytest_circuits/checkup_claims.py"):
             return Path(__file__).with_name("checkup_claims.py")
-        if not loc:
-            return self.root / "\0 a file outside the rootdir"
-        p = Path(loc)
-        return p if p.is_absolute() else self.root / p
+        p = self.root / loc if loc else None
+        try:
+            inside = p is not None and (p.resolve() == self.root or self.root in p.resolve().parents)
+        except (OSError, ValueError, RuntimeError):
+            inside = False
+        # a path outside the checkout (absolute, "..") is never read: it cannot be the commit's
+        return p if inside else self.root / "\0 outside the checkout"
 
     def text(self, rel: str, locations: dict[str, str] | None = None) -> str | None:
         key = str(self.path(rel, locations))

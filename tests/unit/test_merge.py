@@ -789,3 +789,42 @@ def test_the_verdict_of_every_consistent_report_is_rederived_the_same(tmp_path):
     for d in (_report(COLLECTED[:2], 1, 2), _failed_second(), _report([], 1, 1, exit_status=5),
               _report(COLLECTED[2:], 2, 2, verdicts={"t.py::test_d[m]": ("error", "teardown")})):
         assert M._consistency("x", d) == []
+
+
+def _paths(x, prefix=()):
+    """Every (path, value) of a JSON value, depth first."""
+    yield prefix, x
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _paths(v, prefix + (i,))
+
+
+def test_fuzzed_reports_never_crash_the_merge(tmp_path, capsys):
+    """Any field of a report replaced by a hostile value: exit 0, 1 or 2 with a message, never a
+    foreign exception; and a failed claim's report never passes."""
+    rng = random.Random(21)
+    hostile = [None, "", "x" * 3, -1, 0, 10 ** 400, 1e308, float("nan"), float("inf"), -0.0, True, [], {},
+               [1, 2], {"a": 1}, "abs:1e9", "updated", "../../../etc/passwd", "/", "3se"]
+    base = _failed_second()
+    paths = [p for p, _ in _paths(base) if p]
+    first = _write(tmp_path, "a.json", _report(COLLECTED[:2], 1, 2))
+    for i in range(400):
+        data = copy.deepcopy(base)
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            path = rng.choice(paths)
+            node = data
+            try:
+                for k in path[:-1]:
+                    node = node[k]
+                node[path[-1]] = rng.choice(hostile)
+            except (KeyError, IndexError, TypeError):
+                continue
+        second = tmp_path / "b.json"
+        second.write_text(json.dumps(data))
+        status = cli_main(["merge", str(first), str(second)])
+        err = capsys.readouterr().err
+        assert status in (1, 2), (i, status, err)     # t.py::test_c failed: never a pass
+        assert "Traceback" not in err
