@@ -125,6 +125,13 @@ def _problems(data: Any) -> list[str]:
             and isinstance(suite.get("selection"), dict) and isinstance(suite.get("files"), dict)
             and all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in suite["files"].items())):
         out.append("'suite' lacks args (paths), selection or files ({path: sha256})")
+    for k in ("python_files", "python_classes", "python_functions"):
+        v = suite.get(k)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) and x for x in v)):
+            out.append(f"'suite' has {k} that is not a list of patterns")
+    if suite.get("locations") is not None and not (isinstance(suite["locations"], dict) and all(
+            isinstance(x, str) for kv in suite["locations"].items() for x in kv)):
+        out.append("'suite' has locations that are not {path: path}")
     for i, c in enumerate(data["claims"]):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in
                                               ("nodeid", "claim", "model", "verdict", "reason", "finding")):
@@ -448,7 +455,7 @@ class Source:
         except (OSError, ValueError, RuntimeError):
             inside = False
         # a path outside the checkout (absolute, "..") is never read: it cannot be the commit's
-        return p if inside else self.root / "\0 outside the checkout"
+        return p if inside else self.root / ".pytest-circuits: a path outside the checkout" / "nowhere"
 
     def text(self, rel: str, locations: dict[str, str] | None = None) -> str | None:
         key = str(self.path(rel, locations))
@@ -516,7 +523,9 @@ class Source:
         start = self.path(arg, locations)
         if start.is_file():
             return [arg]
-        out = []
+        out: list[str] = []
+        if not start.is_dir():
+            return out
         for dirpath, dirs, files in os.walk(start):
             dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatch(d, p) for p in _NORECURSE)
                              and not (Path(dirpath) / d / "pyvenv.cfg").exists())
