@@ -194,9 +194,12 @@ def declares_expected_change(fn: Function, model: str, params: str = "") -> bool
 
 
 def _same_model(named: str, model: str, params: str) -> bool:
+    """Whether a marker's model name is this claim's model: its name, a checkpoint folder's base
+    name, or one of the node id's parameters (joined by "-", so a name may hold "-" too)."""
     base = named.rstrip("/").rsplit("/", 1)[-1]
-    return named == model or base == model or (bool(params) and (named in params.split("-")
-                                                                 or base in params.split("-")))
+    wrapped = f"-{params}-"
+    return named == model or base == model or (bool(params) and (f"-{named}-" in wrapped
+                                                                 or f"-{base}-" in wrapped))
 
 
 def declares_xfail(fn: Function) -> bool:
