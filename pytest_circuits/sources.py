@@ -198,8 +198,8 @@ def _same_model(named: str, model: str, params: str) -> bool:
     name, or one of the node id's parameters (joined by "-", so a name may hold "-" too)."""
     base = named.rstrip("/").rsplit("/", 1)[-1]
     wrapped = f"-{params}-"
-    return named == model or base == model or (bool(params) and (f"-{named}-" in wrapped
-                                                                 or f"-{base}-" in wrapped))
+    return bool(named) and (named == model or base == model or (bool(params) and (f"-{named}-" in wrapped
+                                                                 or f"-{base}-" in wrapped)))
 
 
 def declares_xfail(fn: Function) -> bool:
