@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import html
 import io
 import json
@@ -38,7 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+#: 2: the evidence the merge re-derives verdicts from (assertions with bounds and messages, each
+#: measurement's sem, each baseline comparison's entry and status), the run's "mode", "suite",
+#: "collected_sha256" and "worktree". Reports of schema 1 are rendered, never merged.
+SCHEMA_VERSION = 2
+#: the environment variable holding the key that signs reports (HMAC-SHA256), see docs/trust.md
+REPORT_KEY_ENV = "PYTEST_CIRCUITS_REPORT_KEY"
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,10 +72,85 @@ def git_commit(root: str) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def ledger(records: Iterable[dict[str, Any]], *, root: str, exit_status: int) -> dict[str, Any]:
+def _git(root: str, *args: str, timeout: float = 20) -> bytes | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def worktree(root: str, exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+    """Whether the git working tree at ``root`` differs from its commit, and a hash of the
+    difference (None outside git). The hash covers ``git diff HEAD --binary`` (staged and
+    unstaged changes to tracked files) and every untracked, not ignored file's path and
+    contents; ``exclude`` names paths to leave out (the run's own report files)."""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is None or _git(root, "rev-parse", "--verify", "-q", "HEAD") is None:
+        return None
+    top_dir = Path(top.decode("utf-8", "surrogateescape").strip())
+    skip = set()
+    for e in exclude:
+        q = Path(e) if Path(e).is_absolute() else Path(root) / e
+        try:
+            skip.add(q.resolve().relative_to(top_dir.resolve()).as_posix())
+        except (ValueError, OSError):
+            pass
+    pathspec = ["--", "."] + [f":(exclude,top){x}" for x in sorted(skip)]
+    status = _git(str(top_dir), "status", "--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
+    diff = _git(str(top_dir), "diff", "HEAD", "--binary", *pathspec)
+    untracked = _git(str(top_dir), "ls-files", "--others", "--exclude-standard", "-z", *pathspec)
+    if status is None or diff is None or untracked is None:
+        return {"dirty": None, "diff_sha256": None, "changed": None}
+    changed = [x for x in status.split(b"\0") if x.strip()]
+    if not changed:
+        return {"dirty": False, "diff_sha256": None, "changed": 0}
+    h = hashlib.sha256(diff)
+    for name in sorted(x for x in untracked.split(b"\0") if x):
+        h.update(b"\0untracked\0" + name + b"\0")
+        try:
+            with open(top_dir / name.decode("utf-8", "surrogateescape"), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            h.update(b"<unreadable>")
+    return {"dirty": True, "diff_sha256": h.hexdigest(), "changed": len(changed)}
+
+
+def ledger(records: Iterable[dict[str, Any]], *, root: str, exit_status: int,
+           worktree: dict[str, Any] | None = None) -> dict[str, Any]:
     recs = sorted(records, key=lambda r: (r["claim"], r["model"]))
     return {"schema": SCHEMA_VERSION, "exit_status": int(exit_status), "git_commit": git_commit(root),
-            "versions": versions(), "records": recs}
+            "worktree": worktree, "versions": versions(), "records": recs}
+
+
+def _signed_bytes(data: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in data.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+def signature(data: dict[str, Any], key: str) -> str:
+    """The report's HMAC-SHA256 under ``key`` (over its canonical JSON, "signature" left out)."""
+    return "hmac-sha256:" + hmac.new(key.encode("utf-8"), _signed_bytes(data), hashlib.sha256).hexdigest()
+
+
+def sign(data: dict[str, Any]) -> None:
+    """Sign ``data`` in place when ``$PYTEST_CIRCUITS_REPORT_KEY`` is set (else leave it unsigned)."""
+    import os
+
+    key = os.environ.get(REPORT_KEY_ENV, "")
+    if key:
+        data["signature"] = signature(data, key)
+
+
+def signature_problem(data: dict[str, Any], key: str) -> str:
+    """Why ``data`` is not signed with ``key`` ("" when its signature is valid)."""
+    got = data.get("signature")
+    if not isinstance(got, str) or not got:
+        return "it is not signed"
+    if not hmac.compare_digest(got, signature(data, key)):
+        return "its signature does not match its contents (edited after the run, or signed with another key)"
+    return ""
 
 
 # ---------------------------------------------------------------------------
@@ -147,9 +229,20 @@ class Drift:
         return f"{r:+.2f}\u00d7 tol"
 
 
+def is_new(m: dict[str, Any]) -> bool:
+    """A measurement that has no baseline yet ("new"): never a drift, never "beyond tolerance".
+    Reports say so with ``"status": "new"``; older ones by a null baseline mean marked not within."""
+    b = m.get("baseline")
+    if not isinstance(b, dict):
+        return False
+    if "status" in b:
+        return b.get("status") == "new"
+    return b.get("mean") is None and b.get("within") is False and b.get("difference") is None
+
+
 def _drift(claim: str, model: str, m: dict[str, Any]) -> Drift | None:
     b = m.get("baseline")
-    if not isinstance(b, dict) or b.get("tolerance") == "updated":
+    if not isinstance(b, dict) or b.get("tolerance") == "updated" or b.get("status") == "updated" or is_new(m):
         return None
     metric = str(m.get("key") or m.get("name") or "?")
     diff, allowed = _num(b.get("difference")), _num(b.get("allowed"))
@@ -185,6 +278,7 @@ class Cell:
     reason: str = ""
     drifts: list[Drift] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)     # metrics with no baseline yet
 
     @property
     def beyond(self) -> list[Drift]:
@@ -197,8 +291,8 @@ class Cell:
 
     @property
     def worst(self) -> Drift | None:
-        """The drift beyond tolerance farthest out (an uncomputable one first), else None."""
-        return max(self.beyond, key=lambda d: math.inf if math.isnan(d.ratio) else abs(d.ratio), default=None)
+        """The drift beyond tolerance farthest out (a computable one before an uncomputable one), else None."""
+        return min(self.beyond, key=_drift_order, default=None)
 
 
 @dataclass
@@ -219,16 +313,27 @@ class Summary:
         return out
 
     def drifted(self, model: str) -> int:
-        """How many claims have a measurement beyond tolerance on ``model`` (passed or not)."""
+        """How many claims have a measurement beyond tolerance on ``model`` (passed or not; a
+        measurement with no baseline yet is new, not drifted)."""
         return sum(1 for (_, m), c in self.cells.items() if m == model and c.beyond)
 
     def drifts(self) -> list[Drift]:
-        """Every measurement compared with a baseline, the farthest out first (uncomputable first)."""
-        ds = [d for c in self.cells.values() for d in c.drifts]
-        return sorted(ds, key=lambda d: (-(math.inf if math.isnan(d.ratio) else abs(d.ratio)), d.claim, d.model))
+        """Every measurement compared with a baseline: the real drifts first, farthest out first;
+        those that cannot be computed ("n/a") last."""
+        return sorted((d for c in self.cells.values() for d in c.drifts), key=_drift_order)
+
+    def new(self) -> list[tuple[str, str, str]]:
+        """(claim, model, metric) of every measurement with no baseline yet."""
+        return sorted((c.claim, c.model, k) for c in self.cells.values() for k in c.new)
 
     def beyond(self) -> list[Drift]:
         return [d for d in self.drifts() if not d.within]
+
+
+def _drift_order(d: Drift) -> tuple[Any, ...]:
+    """Real drifts first, farthest out first; an uncomputable one ("n/a") after every number."""
+    return (1, 0.0, d.claim, d.model, d.metric) if math.isnan(d.ratio) else (0, -abs(d.ratio), d.claim, d.model,
+                                                                              d.metric)
 
 
 def _claim_of(nodeid: str, model: str) -> str:
@@ -258,12 +363,14 @@ def summarize(data: dict[str, Any]) -> Summary:
         ms = [m for m in r.get("measurements") or [] if isinstance(m, dict)]
         cell = Cell(claim, model, verdict, str(r.get("expected_change") or ""), measurements=ms)
         cell.drifts = [d for d in (_drift(claim, model, m) for m in ms) if d is not None]
+        cell.new = [str(m.get("key") or m.get("name") or "?") for m in ms if is_new(m)]
         old = cells.get((claim, model))
         if old is not None:  # the same claim and checkpoint twice (a damaged merge): never hide the worse
             old.verdict = min(old.verdict, cell.verdict, key=_SEVERITY.index)
             old.reason = old.reason or cell.reason
             old.measurements += cell.measurements
             old.drifts += cell.drifts
+            old.new += cell.new
             cell = old
         cells[(claim, model)] = cell
         if r.get("finding"):
@@ -304,14 +411,35 @@ def summarize(data: dict[str, Any]) -> Summary:
         reasons.append(f"{n_beyond} measurement{'s' if n_beyond != 1 else ''} beyond tolerance")
     if not any(c.verdict not in ("not checked", "not run") for c in cells.values()):
         reasons.append("no claim was checked")
+    if any(m.get("update_baselines") for m in _modes(data)):
+        reasons.append("made with --circuits-update-baselines: its measurements were written as the baselines, "
+                       "not compared with them, so it cannot pass a gate")
     status = data.get("exit_status")
     if status != 0 and not reasons:
         reasons.append(f"pytest exited with status {status} although no claim failed")
     return Summary(models, claims, findings, cells, not reasons, reasons, _identity(data))
 
 
+def _modes(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run modes of a report: its own, or those of the reports a merged one was made from."""
+    merged = data.get("merged_from") if isinstance(data.get("merged_from"), list) else []
+    modes = [data.get("mode")] + [x.get("mode") for x in merged if isinstance(x, dict)]
+    return [m for m in modes if isinstance(m, dict)]
+
+
+def _tree(tree: Any) -> str:
+    """' (dirty working tree: ...)' for a report's "worktree", '' for a clean or unknown one."""
+    if not isinstance(tree, dict) or tree.get("dirty") is False:
+        return ""
+    if tree.get("dirty") is None:
+        return " (working tree state unknown)"
+    h = str(tree.get("diff_sha256") or "?")[:12]
+    n = tree.get("changed")
+    return f" + uncommitted changes (DIRTY working tree: {n} path{'s' if n != 1 else ''} differ, diff sha256 {h})"
+
+
 def _identity(data: dict[str, Any]) -> list[str]:
-    out = [f"commit {str(data.get('git_commit') or 'unknown')[:12]}"]
+    out = [f"commit {str(data.get('git_commit') or 'unknown')[:12]}{_tree(data.get('worktree'))}"]
     if data.get("date"):
         out.append(str(data["date"]))
     shard = data.get("shard")
@@ -323,6 +451,17 @@ def _identity(data: dict[str, Any]) -> list[str]:
         commits = {str(x.get("git_commit")) for x in merged if isinstance(x, dict)}
         if len(commits) > 1:
             out.append(f"WARNING: the merged reports name {len(commits)} different commits")
+        trees = {_tree(x.get("worktree")) for x in merged if isinstance(x, dict)}
+        if len(trees) > 1:
+            out.append("WARNING: the merged reports come from different working trees (" +
+                       ", ".join(sorted(t.strip() or "clean" for t in trees)) + ")")
+    updates = [m for m in _modes(data) if m.get("update_baselines")]
+    if updates:
+        out.append("baselines UPDATED by this run (--circuits-update-baselines"
+                   + (" --circuits-update-failing" if any(m.get("update_failing") for m in updates) else "") + ")")
+    selection = (data.get("suite") or {}).get("selection") if isinstance(data.get("suite"), dict) else None
+    if selection:
+        out.append("a selection of the suite: " + ", ".join(f"{k} {v}" for k, v in selection.items()))
     return out
 
 
@@ -344,6 +483,9 @@ def terminal_lines(data: dict[str, Any]) -> list[str]:
              + ("" if s.passed else f": {'; '.join(s.reasons)}") + f" ({', '.join(s.identity)})"]
     for model in s.models:
         lines.append(f"  {_model_name(model)}: {_counts_text(s.counts(model), s.drifted(model))}")
+    new = s.new()
+    if new:
+        lines.append(f"new (no baseline yet, not drifted): {len(new)} measurement{'s' if len(new) != 1 else ''}")
     beyond = s.beyond()
     if beyond:
         lines.append(f"beyond tolerance ({len(beyond)} measurement{'s' if len(beyond) != 1 else ''}):")
@@ -370,7 +512,9 @@ def _cell(m: dict[str, Any]) -> str:
         s += f" ({level * 100:.4g}%)"
     s += "".join(f" [{f}]" for f in m.get("flags") or ())
     b = m.get("baseline")
-    if isinstance(b, dict) and b.get("tolerance") != "updated":
+    if is_new(m):
+        s += ", new (no baseline yet)"
+    elif isinstance(b, dict) and b.get("tolerance") != "updated":
         d = _drift("", "", m)
         diff = d.difference if d else math.nan
         s += f", drift {diff:+.3g}" if math.isfinite(diff) else ", drift n/a"
@@ -446,6 +590,11 @@ def summary_markdown(data: dict[str, Any], *, largest: int = 10) -> list[str]:
         lines += [f"- ... and {len(why) - largest * 2} more (details below)"] if len(why) > largest * 2 else []
         lines += [""]
     drifts = s.drifts()
+    new = s.new()
+    if new:
+        lines += [f"New (no baseline yet, so not a drift): {len(new)} measurement{'s' if len(new) != 1 else ''} "
+                  "(" + _md(_short("; ".join(f"{_claim_label(c)} [{_model_name(m)}] {k}" for c, m, k in new), 300))
+                  + ")", ""]
     if not drifts:
         lines += ["No measurement was compared with a baseline.", ""]
         return lines
@@ -692,7 +841,8 @@ def _forest_png(s: Summary) -> str | None:
             y = i + (j - (len(models) - 1) / 2) * min(0.5 / max(len(models), 1), 0.2)
             style = dict(marker=markers[j % len(markers)], color=colours[j % len(colours)], ms=5, zorder=3)
             if math.isnan(d.ratio):
-                ax.text(lim * 0.98, y, "n/a", ha="right", va="center", fontsize=7, color=style["color"])
+                ax.text(lim * 0.98, y, "n/a: cannot be computed", ha="right", va="center", fontsize=7,
+                        color=style["color"])
                 continue
             x = max(-lim, min(lim, d.ratio))
             if x != d.ratio:  # clipped: an open marker at the edge, with its value
@@ -729,10 +879,20 @@ def _forest_png(s: Summary) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _new_html(s: Summary) -> str:
+    new = s.new()
+    if not new:
+        return ""
+    return (f"<p class=\"note\" id=\"new-measurements\">New, with no baseline yet (not drifts): {len(new)} "
+            f"measurement{'s' if len(new) != 1 else ''}: "
+            + _e(_short("; ".join(f"{_claim_label(c)} [{_model_name(m)}] {k}" for c, m, k in new), 400)) + "</p>")
+
+
 def _forest_html(s: Summary) -> str:
     if not s.drifts():
         return ("<section id=\"forest\"><h2>Drift from the baselines</h2><p class=\"note\">No measurement was "
-                "compared with a baseline (run with --circuits-baseline or --circuits-baseline-of).</p></section>")
+                "compared with a baseline (run with --circuits-baseline or --circuits-baseline-of).</p>"
+                + _new_html(s) + "</section>")
     png = _forest_png(s)
     beyond = s.beyond()
     alt = (f"forest plot of {len(s.drifts())} baseline comparisons in tolerance units; "
@@ -745,7 +905,7 @@ def _forest_html(s: Summary) -> str:
         body += (f"<p class=\"note\">The {FOREST_ROWS} claim metrics farthest out are drawn; the other "
                  f"{rows - FOREST_ROWS} are in the details.</p>")
     return (f"<section id=\"forest\"><h2>Drift of every measurement, in units of its tolerance "
-            f"({len(beyond)} outside \u00b11)</h2>{body}</section>")
+            f"({len(beyond)} outside \u00b11)</h2>{body}{_new_html(s)}</section>")
 
 
 def _largest_html(drifts: list[Drift]) -> str:
@@ -768,11 +928,12 @@ def _measurement_row(model: str, cell: Cell, m: dict[str, Any]) -> str:
             f"<td class=\"v-{VERDICT_STYLE[cell.shown][0]}\">{_e(VERDICT_STYLE[cell.shown][2])}</td>"
             f"<td class=\"num\">{_e(_fmt_num(m.get('mean')))}</td><td class=\"num\">{_e(interval)}</td>"
             f"<td class=\"num\">{_e(m.get('n', 'n/a'))}</td>"
-            f"<td class=\"num\">{_e(_fmt_num(b.get('mean')) if b else '-')}</td>"
+            f"<td class=\"num\">{_e('new' if is_new(m) else _fmt_num(b.get('mean')) if b else '-')}</td>"
             f"<td class=\"num\">{_e(_fmt_num(d.difference) if d else '-')}</td>"
             f"<td class=\"num\">{_e(_PM + f'{_fmt_num(d.allowed)} ({d.tolerance})' if d else '-')}</td>"
             f"<td class=\"num\"{cls}>{_e(d.ratio_text if d else '-')}</td>"
-            f"<td>{_e('; '.join(x for x in (flags, d.note if d else '') if x))}</td></tr>")
+            f"<td>{_e('; '.join(x for x in (flags, d.note if d else '', 'no baseline yet' if is_new(m) else '') if x))}"
+            "</td></tr>")
 
 
 def _details_html(data: dict[str, Any], s: Summary) -> str:

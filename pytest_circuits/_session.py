@@ -117,6 +117,36 @@ class _BaselineCheck:
         return self.reference != self.model["label"]
 
 
+def _update_failing(config: Any) -> bool:
+    """``--circuits-update-failing`` (its ini key too); False where the option is not registered."""
+    try:
+        value = config.getoption("circuits_update_failing")
+        return bool(config.getini("circuits_update_failing") if value is None else value)
+    except (ValueError, KeyError, AttributeError):
+        return False
+
+
+def _comparison(r: Any, entry: Any) -> dict[str, Any] | None:
+    """A measurement's baseline comparison as the ledger records it: its status ("compared",
+    "new": no baseline yet, "updated": written by this run), the baseline entry compared
+    (mean, sem, n, interval, level: the merge recomputes the comparison from them), the
+    tolerance, the allowance, whether it held and why it could not (flag)."""
+    if r is None:
+        return None
+    if r.tolerance == "updated":
+        return {"status": "updated", "mean": r.baseline, "difference": 0.0, "tolerance": "updated", "allowed": None,
+                "within": True, "flag": ""}
+    if r.baseline is None:
+        return {"status": "new", "mean": None, "difference": None, "tolerance": r.tolerance, "allowed": None,
+                "within": False, "flag": "no baseline yet"}
+    out = {"status": "compared", "mean": r.baseline, "difference": r.difference, "tolerance": r.tolerance,
+           "allowed": r.allowed if r.finite_allowance else None, "within": bool(r.ok), "flag": r.flag,
+           "wide": bool(r.wide), "accepted": bool(r.accepted), "spread": r.spread}
+    if isinstance(entry, dict):
+        out["entry"] = {k: entry[k] for k in ("mean", "lower", "upper", "n", "level", "sem") if k in entry}
+    return out
+
+
 class Session:
     def __init__(self, settings: Settings) -> None:
         from .store import ActivationStore
@@ -128,6 +158,7 @@ class Session:
                                      batch_size=settings.batch_size)
         self.load_seconds: dict[str, float] = {}
         self._baseline_rows: dict[str, list[Any]] = {}
+        self._baseline_entries: dict[str, dict[str, Any]] = {}   # nodeid -> {metric: the baseline entry compared}
         self._version_lines: dict[str, list[str]] = {}
 
     def model(self, name: str) -> Any:
@@ -190,8 +221,17 @@ class Session:
                 pytest.fail(str(e), pytrace=False)
             return
         self._version_lines[item.nodeid] = [] if st.update_baselines else list(check.verdict.version_lines())
+        self._baseline_entries[item.nodeid] = dict(check.data.claims.get(check.cid, {}))
         self._warn_baseline(check)
-        if not enforce:
+        if not enforce and st.update_baselines and _update_failing(item.config) and not check.foreign:
+            # --circuits-update-failing: the claim fails, but its values are recorded as they are.
+            try:
+                self._update_baseline(item, check)
+            except BaseException as e:   # noqa: BLE001 - never hide the claim's own failure
+                import warnings
+
+                warnings.warn(f"{check.cid}: its baseline could not be recorded: {e}", stacklevel=3)
+        elif not enforce:
             self._baseline_rows[item.nodeid] = list(check.verdict.rows)
         elif st.update_baselines:
             self._update_baseline(item, check)
@@ -274,9 +314,12 @@ class Session:
         if v.drifted:
             obtained = B.model_file(c.directory, c.model["label"]).with_suffix(".obtained.json")
             B.update(obtained, c.model, c.cid, c.entries)
+            what = "; ".join(f"{r.metric} {r.obtained:.6g} vs baseline {r.baseline:.6g} (difference "
+                             f"{r.difference:+.3g}, allowed \u00b1{r.allowed:.3g} {r.tolerance})" for r in v.drifted)
             pytest.fail(f"{len(v.drifted)} of {len(rows)} measurements of {c.cid} on {c.model['label']} drifted "
-                        f"from the baseline of {c.reference} ({c.path}):\n{B.table(rows)}\nobtained values written "
-                        f"to {obtained}; to accept them rerun with --circuits-update-baselines", pytrace=False)
+                        f"from the baseline of {c.reference}: {what}\nbaseline file {c.path}:\n{B.table(rows)}\n"
+                        f"obtained values written to {obtained}; to accept them rerun with "
+                        "--circuits-update-baselines", pytrace=False)
 
     def record(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
         """The ledger record of one claim on one model (JSON-ready)."""
@@ -286,16 +329,16 @@ class Session:
         kw = marker.kwargs if marker else {}
         model = self._model_of(item, recorded)
         dicts = [m.to_dict() for m in recorded]
+        from .baselines import summary
+
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
+        entries = self._baseline_entries.get(item.nodeid, {})
         measurements = []
-        for key, d in zip(metric_keys(dicts, strict=False), dicts):
-            d = {**{k: d[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")},
-                 "flags": list(d.get("flags") or [])}
+        for key, full in zip(metric_keys(dicts, strict=False), dicts):
+            d = {**{k: full[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")},
+                 "sem": summary(full)["sem"], "flags": list(full.get("flags") or [])}
             d["key"] = key
-            r = rows.get(key)
-            d["baseline"] = None if r is None else {
-                "mean": r.baseline, "difference": r.difference, "tolerance": r.tolerance,
-                "allowed": r.allowed if r.finite_allowance else None, "within": bool(r.ok), "flag": r.flag}
+            d["baseline"] = _comparison(rows.get(key), entries.get(key))
             measurements.append(d)
         return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
                 "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",

@@ -50,6 +50,23 @@ is by construction about 1.1 times the width of a 95% interval, 2.1 times at n=2
 a lying ``sem`` or a very large multiple crosses 2.5). An allowance that is not a finite
 number always fails.
 
+**A baseline judged against the measurement** (:func:`spread_problem`). The rule above takes
+its scale partly from the baseline, so a baseline that is wide but self-consistent (mean
++100, interval +-300, sem 100 at n=6, against a measurement whose own sem is 0.3) would set
+its own tolerance. So a baseline is also refused when its spread, rescaled to the obtained
+``n`` (``sem * sqrt(n_baseline / n_obtained)``, and its interval width likewise), is more
+than :func:`spread_limit` times the fresh measurement's: ``max(SPREAD_FACTOR, sqrt(F))``,
+where ``F`` is the ``1 - SPREAD_TAIL`` quantile of the F distribution with
+``(n_baseline - 1, n_obtained - 1)`` degrees of freedom (the ratio two honest sample
+variances of one population exceed with probability ``SPREAD_TAIL``; it matters only at
+small n: 22.2 at n=6, 10 from n=10 on). The obtained spread is floored by its interval
+(``sem >= width / 8``, ``width >= 8 * sem``), so a Clopper-Pearson interval of all-equal 0/1
+values (sem 0, width > 0) is a spread; a measurement with no spread at all (all values equal,
+``[v, v]``) counts as a sem of ``FLAT_SPREAD`` (1%) of the larger |mean|. A baseline whose interval is more than
+``INTERVAL_FACTOR`` times wider than its own ``sem`` and ``n`` imply (``2 * t * sem``) is refused
+too. Measured on the shipped baselines and on checkpoint changes (docs/trust.md): a rerun
+gives a spread ratio of exactly 1, halving an attention layer's output at most 1.94.
+
 Metric names are a claim's keys: two measurements with the same name in one claim are an
 error (:func:`metric_keys`), never made unique by call order.
 """
@@ -57,6 +74,7 @@ error (:func:`metric_keys`), never made unique by call order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -77,12 +95,25 @@ VALID_SPEC = "'3se' (standard errors), 'abs:0.05' or 'rel:0.1' (a finite number 
 
 #: allowance / scale above which a tolerance is "wider than the value" (see the module doc)
 WIDE_FACTOR = {"abs": 1.0, "rel": 1.0, "se": 2.5}
+#: a baseline whose spread (rescaled to the obtained n) exceeds this many times the fresh
+#: measurement's is refused; at small n the F quantile below is larger and is used instead
+SPREAD_FACTOR = 10.0
+#: the tail of the F distribution whose quantile bounds the honest ratio of two sample variances
+SPREAD_TAIL = 1e-6
+#: a measurement whose values are all equal (no spread) is judged as if its sem were this share of
+#: the larger |mean| (so a checkpoint whose measurement became constant is not refused on that alone)
+FLAT_SPREAD = 0.01
+#: a baseline whose interval is wider than this many times ``2 * t * sem`` is inconsistent with
+#: its own sem and n (measured on the shipped baselines: at most 1.2)
+INTERVAL_FACTOR = 10.0
 
 #: what a baseline's numbers depend on; recorded with every baseline, compared on every check
 VERSION_PACKAGES = ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers",
                     "numpy", "safetensors")
 
 _EPS = sys.float_info.epsilon
+#: the largest number of examples an entry may state (a count, not a number that overflows a float)
+MAX_N = 10 ** 12
 
 
 class BaselineError(CircuitsError):
@@ -244,6 +275,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:      # an int beyond a float
+        return False
+
+
 def entry_problems(entry: Any) -> list[str]:
     """What is wrong with one metric's entry (empty when it is valid), field by field."""
     if not isinstance(entry, Mapping):
@@ -255,14 +293,14 @@ def entry_problems(entry: Any) -> list[str]:
     for f in ("mean", "lower", "upper", "sem"):
         if f in entry:
             v = entry[f]
-            if not _is_number(v) or not math.isfinite(v):
+            if not _is_number(v) or not _finite(v):
                 out.append(bad(f, v, "a finite number"))
             elif f == "sem" and v < 0:
                 out.append(bad(f, v, "a standard error >= 0"))
     if "n" in entry:
         n = entry["n"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            out.append(bad("n", n, "a positive integer (the number of examples)"))
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
+            out.append(bad("n", n, f"a positive integer (the number of examples, at most {MAX_N:.0e})"))
     if "level" in entry:
         lv = entry["level"]
         if not _is_number(lv) or not 0.0 < lv < 1.0:
@@ -503,6 +541,7 @@ class Row:
     wide: bool = False
     accepted: bool = False
     scale: float | None = None
+    spread: str = ""      # why the baseline cannot judge this measurement (spread_problem), or ""
 
     @property
     def difference(self) -> float | None:
@@ -523,8 +562,9 @@ class Row:
 
     @property
     def trusted(self) -> bool:
-        """The check could have failed: a finite allowance, not wider than the value (or accepted)."""
-        return self.finite_allowance and (not self.wide or self.accepted)
+        """The check could have failed: a finite allowance, not wider than the value (or
+        accepted), from a baseline whose spread is consistent with the measurement's."""
+        return self.finite_allowance and (not self.wide or self.accepted) and not self.spread
 
     @property
     def ok(self) -> bool:
@@ -537,10 +577,11 @@ class Row:
             return ""
         if not self.finite_allowance:
             return f"allowance {self.allowed} is not a finite number: the check cannot be made"
+        parts = [f"baseline refused: {self.spread}"] if self.spread else []
         if self.wide:
-            return ("tolerance wider than the value (scale " f"{self.scale:.3g}): the check cannot fail"
-                    + (" (accepted)" if self.accepted else ""))
-        return ""
+            parts.append("tolerance wider than the value (scale " f"{self.scale:.3g}): the check cannot fail"
+                         + (" (accepted)" if self.accepted else ""))
+        return "; ".join(parts)
 
 
 def _width(e: Mapping[str, Any]) -> float:
@@ -555,6 +596,78 @@ def scale(obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
 def is_wide(tol: Tolerance, allowed: float, obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
     """Whether ``allowed`` exceeds ``WIDE_FACTOR[tol.kind]`` times the value's scale."""
     return allowed > 0 and allowed > WIDE_FACTOR[tol.kind] * scale(obtained, expected)
+
+
+def spread_limit(n_baseline: int, n_obtained: int) -> float:
+    """How many times the fresh measurement's spread a baseline's may be (module doc):
+    ``max(SPREAD_FACTOR, sqrt(F quantile))``; ``inf`` when either n is 1 (no spread to judge)."""
+    if n_baseline < 2 or n_obtained < 2:
+        return math.inf
+    return max(SPREAD_FACTOR, math.sqrt(_f_quantile(1.0 - SPREAD_TAIL, n_baseline - 1, n_obtained - 1)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _f_quantile(p: float, d1: int, d2: int) -> float:
+    from .stats import beta_ppf
+
+    x = beta_ppf(p, d1 / 2.0, d2 / 2.0)
+    return math.inf if x >= 1.0 else (d2 * x) / (d1 * (1.0 - x))
+
+
+def _t_quantile(level: float, n: int) -> float:
+    from .stats import t_ppf
+
+    return t_ppf(0.5 + level / 2.0, n - 1) if n > 1 else math.inf
+
+
+def interval_problem(e: Mapping[str, Any]) -> str:
+    """What makes a baseline entry's interval inconsistent with its own sem and n ("" if nothing):
+    an interval more than :data:`INTERVAL_FACTOR` times ``2 * t * sem`` wide."""
+    sem, n, width = float(e.get("sem", 0.0)), int(e["n"]), _width(e)
+    if sem <= 0 or n < 2 or width <= 0:
+        return ""
+    expected = 2.0 * _t_quantile(float(e.get("level", 0.95)), n) * sem
+    if width > INTERVAL_FACTOR * expected:
+        return (f"its interval [{float(e['lower']):.4g}, {float(e['upper']):.4g}] (width {width:.3g}) is "
+                f"{width / expected:.3g} times the width its own sem {sem:.3g} and n={n} imply "
+                f"({expected:.3g}); at most {INTERVAL_FACTOR:g} times is accepted")
+    return ""
+
+
+def spread_problem(obtained: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    """Why ``expected`` (a baseline entry) cannot judge ``obtained`` (the fresh measurement's
+    summary), with the numbers; "" when it can. See the module doc: the baseline's sem and
+    interval width, rescaled to the obtained n, may be at most :func:`spread_limit` times the
+    measurement's, and its interval must agree with its own sem and n."""
+    inner = interval_problem(expected)
+    if inner:
+        return inner
+    n_b, n_o = int(expected["n"]), int(obtained.get("n", expected["n"]))
+    limit = spread_limit(n_b, n_o)
+    if math.isinf(limit):
+        return ""
+    k = math.sqrt(n_b / n_o)
+    sem_b, w_b = float(expected.get("sem", 0.0)) * k, _width(expected) * k
+    sem_o, w_o = float(obtained.get("sem", 0.0)), _width(obtained)
+    floor_sem, floor_w = max(sem_o, w_o / 8.0), max(w_o, 8.0 * sem_o)
+    if floor_sem == 0.0:   # all values equal ([v, v], flagged zero-width): judged against a share of the value
+        floor_sem = FLAT_SPREAD * max(abs(float(obtained.get("mean", 0.0))), abs(float(expected["mean"])))
+        floor_w = 8.0 * floor_sem
+    slack = 1e-12 * max(1.0, abs(float(expected["mean"])), abs(float(obtained.get("mean", 0.0))))
+    at = f" at n={n_o}" + (f" (baseline n={n_b}, rescaled by sqrt({n_b}/{n_o}))" if n_b != n_o else "")
+    if sem_b > limit * floor_sem + slack:
+        return (f"the baseline's sem {sem_b:.3g}{at} is {_times(sem_b, floor_sem)} the fresh measurement's "
+                f"{floor_sem:.3g}; at most {limit:.3g} times is accepted, so its tolerance would come from the "
+                "baseline, not from the measurement")
+    if w_b > limit * floor_w + slack:
+        return (f"the baseline's interval width {w_b:.3g}{at} is {_times(w_b, floor_w)} the fresh measurement's "
+                f"{floor_w:.3g}; at most {limit:.3g} times is accepted, so the baseline would set the scale of "
+                "its own check")
+    return ""
+
+
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.3g} times" if b > 0 else "infinitely many times (the measurement has no spread)"
 
 
 def compare(obtained: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Mapping[str, Any]],
@@ -575,7 +688,7 @@ def compare(obtained: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Ma
             allowed = math.inf
         rows.append(Row(metric, float(got["mean"]), float(exp["mean"]), str(tol), allowed,
                         wide=is_wide(tol, allowed, got, exp), accepted=policy.accepts_wide(metric),
-                        scale=scale(got, exp)))
+                        scale=scale(got, exp), spread=spread_problem(got, exp)))
     return rows
 
 
@@ -613,10 +726,14 @@ class Verdict:
         session words with the paths it writes)."""
         out = list(self.problems)
         for r in self.untrusted:
+            if r.spread:
+                out.append(f"{self.claim}, metric {r.metric!r}: baseline {r.baseline:.6g} refused: {r.spread}. "
+                           f"Check {self.path}; rerun the claim with --circuits-update-baselines to record it "
+                           "again")
             if not r.finite_allowance:
                 out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} gives an allowance of "
                            f"{r.allowed}, not a finite number; the check cannot be made")
-            else:
+            elif r.wide and not r.accepted:
                 hint = ("the baseline's sem is larger than its own interval suggests: check the file"
                         if r.tolerance.endswith("se") else "use a narrower tolerance")
                 out.append(f"{self.claim}, metric {r.metric!r}: tolerance {r.tolerance} allows ±{r.allowed:.3g}, "

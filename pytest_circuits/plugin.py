@@ -92,6 +92,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "with no paths given, only the checkup runs", default=False, type="bool", action="store_true")
     add("--circuits-checks", "circuits_checks", "which checkup checks to run: 'all' (default) or a comma "
         "list", default="all")
+    add("--circuits-update-failing", "circuits_update_failing", "with --circuits-update-baselines, also record "
+        "the baselines of claims that fail (they still fail): the released model's values are what they are",
+        default=False, type="bool", action="store_true")
 
 
 def _opt(config: pytest.Config, name: str) -> Any:
@@ -716,12 +719,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                 {"claim": claim_id(item), "model": _item_label(item),
                  "finding": str((marker.kwargs.get("finding") if marker else None) or "")})))
     recorded = item.stash.get(MEASUREMENTS_KEY, None)
+    assertions = _assertion_entries(item, recorded) if call.when == "call" else []
+    failed = [a["message"] for a in assertions if not a["passed"]]
+    if failed and (report.passed or report.skipped) and not hasattr(report, "wasxfail"):
+        # The claim caught the AssertionError of its own interval assertion and went on (to pass,
+        # or to skip): a bound that failed is a failed claim, never a pass or a "not checked"
+        # (the merge re-derives verdicts from these records).
+        report.outcome = "failed"
+        report.longrepr = (f"{len(failed)} interval assertion{'s' if len(failed) != 1 else ''} of this claim "
+                           "failed although the claim caught the AssertionError and went on; a failed bound "
+                           "fails the claim:\n" + "\n".join(failed))
+    if failed and _is_claim(item):
+        # The reason the ledger gives: what was measured against which bound (not a file:line).
+        report.user_properties.append((f"circuits-reason-{call.when}", "; ".join(failed)))
     if call.when == "call" and recorded:
         record = item.config.stash[SESSION_KEY].get().record(item, recorded)
         record["expected_change"] = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
-        # Bounds asserted through assert_above / assert_below / assert_within, with their level.
-        record["assertions"] = [{"name": a.name, "kind": a.kind, "level": a.level, "passed": bool(a.passed)}
-                                for a in item.stash.get(ASSERTIONS_KEY, [])]
+        # Bounds asserted through assert_above / assert_below / assert_within: what was compared
+        # with what, at which level, and the message; the merge recomputes every verdict from them.
+        record["assertions"] = assertions
         # user_properties travel with the reports (also from xdist workers); JUnit XML
         # takes them from the teardown report, which copies the item's.
         props = [("circuits", json.dumps(record))] + [
@@ -734,6 +750,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     return report
 
 
+def _assertion_entries(item: pytest.Item, recorded: Any) -> list[dict[str, Any]]:
+    """The claim's interval assertions, JSON-ready: measurement, kind, threshold, the bound
+    compared, level, whether it held, and the message (measured, interval, n, bound)."""
+    from .measurement import _pct
+
+    by_name = {getattr(m, "name", None): m for m in recorded or ()}
+    out = []
+    for a in item.stash.get(ASSERTIONS_KEY, None) or ():
+        m = by_name.get(a.name)
+        want = {"above": f"lower bound > {a.threshold}", "below": f"upper bound < {a.threshold}"}.get(
+            a.kind, f"interval inside {tuple(a.threshold) if isinstance(a.threshold, (list, tuple)) else a.threshold}")
+        what = repr(m) if m is not None else f"{a.name}{f'[{a.model}]' if a.model else ''}: bound {a.bound}"
+        out.append({"name": str(a.name), "model": str(a.model or ""), "kind": str(a.kind),
+                    "threshold": _jsonable(a.threshold), "bound": _jsonable(a.bound), "level": float(a.level),
+                    "passed": bool(a.passed), "message": f"{what} ({_pct(a.level)} interval) -- expected {want}"})
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    """A threshold or bound as JSON: a number, a list of numbers, else its text."""
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
 RESULTS_KEY = pytest.StashKey[list]()
 CARDS_KEY = pytest.StashKey[list]()
 CLAIMS_KEY = pytest.StashKey[dict]()
@@ -742,31 +788,68 @@ CLAIMS_KEY = pytest.StashKey[dict]()
 def _count_claim(config: pytest.Config, report: pytest.TestReport, expected_change: str) -> None:
     """Each claim's verdict: checked (passed, failed, expected change...) or not checked, and why."""
     verdicts = config.stash.setdefault(CLAIMS_KEY, {})
+    measured = dict(report.user_properties).get(f"circuits-reason-{report.when}", "")
     if report.when == "teardown":
-        if report.failed and report.nodeid not in verdicts:
+        # pytest counts a teardown failure as an error, also after a call that passed
+        if report.failed and verdicts.get(report.nodeid, ("passed",))[0] == "passed":
             verdicts[report.nodeid] = ("error", _reason(report))
         return
     if report.when == "setup" and report.passed:
         return
     if hasattr(report, "wasxfail"):
         verdict = ("expected change" if expected_change else "xfailed") if report.skipped else "xpassed"
-        verdicts[report.nodeid] = (verdict, report.wasxfail)
+        verdicts[report.nodeid] = (verdict, report.wasxfail + (f" (measured: {measured})" if measured else ""))
     elif report.skipped:
         verdicts[report.nodeid] = ("not checked", _reason(report))
     elif report.failed:
-        verdicts[report.nodeid] = ("failed" if report.when == "call" else "error", _reason(report))
+        verdicts[report.nodeid] = ("failed" if report.when == "call" else "error", measured or _reason(report))
     else:
         verdicts[report.nodeid] = ("passed", "")
 
 
+#: how many characters of a failure's message the ledger keeps as its reason
+REASON_CHARS = 2000
+
+
 def _reason(report: pytest.TestReport) -> str:
+    """Why a claim failed, errored or was skipped, as a reviewer needs it: the exception's own
+    message (e.g. a drift's summary line, a MeasurementError), never the file:line of the raise."""
     lr = report.longrepr
     if isinstance(lr, tuple) and len(lr) == 3:
         text = str(lr[2])
     else:
-        text = str(getattr(report, "longreprtext", "") or lr or "")
-    text = text.strip().splitlines()[-1] if text.strip() else ""
-    return text.removeprefix("Skipped: ")
+        crash = getattr(lr, "reprcrash", None)
+        text = str(getattr(crash, "message", "") or "") or str(getattr(report, "longreprtext", "") or lr or "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0].removeprefix("Skipped: ").removeprefix("AssertionError: ").removeprefix("Failed: ")
+    if len(lines) > 1 and (first.isidentifier() or first.startswith("assert ") or first.endswith(":")):
+        first += " " + lines[1]     # a bare exception name or `assert x` gains the line that says what
+    return first[:REASON_CHARS]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The working tree the run starts from (dirty or not, and a hash of the difference), for
+    the report's identity: read before any claim writes a baseline. Only when a report is asked."""
+    from ._session import _update_failing
+
+    config = session.config
+    if _update_failing(config) and not config.stash[SESSION_KEY].settings.update_baselines:
+        raise pytest.UsageError("pytest-circuits: --circuits-update-failing records the baselines of failing "
+                                "claims in an update run: add --circuits-update-baselines")
+    if hasattr(config, "workerinput"):
+        return
+    targets = [_opt(config, k) for k in ("circuits_report", "circuits_markdown", "circuits_html")]
+    if not any(targets):
+        return
+    from ._report import worktree
+
+    config.stash[WORKTREE_KEY] = worktree(str(config.rootpath), exclude=[str(t) for t in targets if t])
+
+
+WORKTREE_KEY = pytest.StashKey[Any]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -779,11 +862,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     targets = {k: _opt(config, k) for k in ("circuits_report", "circuits_markdown", "circuits_html")}
     if not any(targets.values()):
         return
-    data = R.ledger(config.stash.get(RESULTS_KEY, []), root=str(config.rootpath), exit_status=int(exitstatus))
+    data = R.ledger(config.stash.get(RESULTS_KEY, []), root=str(config.rootpath), exit_status=int(exitstatus),
+                    worktree=config.stash.get(WORKTREE_KEY, None))
     cards = _cards(config)
     if cards:
         data["checkup"] = cards
     data.update(_claims_ledger(config))
+    R.sign(data)      # a keyed signature when $PYTEST_CIRCUITS_REPORT_KEY is set (docs/trust.md)
     if targets["circuits_report"]:
         R.write_json(Path(targets["circuits_report"]), data)
     if targets["circuits_markdown"]:
@@ -833,7 +918,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def _claims_ledger(config: pytest.Config) -> dict[str, Any]:
     """The ledger's "claims" (every claim item this process ran or skipped, with its verdict),
     "collected" (the whole suite's claims before sharding; left out when collection did not
-    finish, so that a merge cannot take an unknown suite for a complete one) and "shard"."""
+    finish, so that a merge cannot take an unknown suite for a complete one) with its digest,
+    "shard", "mode" (the options that decide what a verdict means) and "suite" (what was run:
+    the paths, any selection, and the sha256 of every claims file, so that the merge can read the
+    same source)."""
+    import hashlib
+
     info = config.stash.get(CLAIM_INFO_KEY, {})
     recorded = {r["nodeid"]: r["model"] for r in config.stash.get(RESULTS_KEY, [])}
     claims = []
@@ -845,11 +935,85 @@ def _claims_ledger(config: pytest.Config) -> dict[str, Any]:
     claims.sort(key=lambda c: (c["claim"], c["model"], c["nodeid"]))
     shard = config.stash.get(SHARD_KEY, None)
     out: dict[str, Any] = {"claims": claims,
-                           "shard": {"index": shard[0], "count": shard[1]} if shard else None}
+                           "shard": {"index": shard[0], "count": shard[1]} if shard else None,
+                           "mode": _mode(config)}
     collected = config.stash.get(COLLECTED_KEY, None)
     if collected is not None:
         out["collected"] = sorted(collected)
+        out["collected_sha256"] = hashlib.sha256("\n".join(out["collected"]).encode("utf-8")).hexdigest()
+        out["suite"] = _suite(config, out["collected"])
     return out
+
+
+def _mode(config: pytest.Config) -> dict[str, Any]:
+    """The run's options that decide what its verdicts mean (the merge reads them)."""
+    from ._session import _update_failing
+
+    st = config.stash[SESSION_KEY].settings
+    bdir = st.baseline_dir or Path(str(config.rootpath)) / "claims" / "baselines"
+    return {"baseline": bool(st.baseline), "update_baselines": bool(st.update_baselines),
+            "update_failing": _update_failing(config), "baseline_of": st.baseline_of or None,
+            "baseline_dir": _relative(config, bdir), "baseline_tolerance": str(st.baseline_tolerance),
+            "require_models": bool(st.require_models), "familywise": st.familywise, "level": float(st.level)}
+
+
+def _relative(config: pytest.Config, path: Any) -> str:
+    """``path`` relative to the rootdir (with ``/``), or absolute when it is outside."""
+    p = Path(str(path))
+    p = p if p.is_absolute() else Path(str(config.rootpath)) / p
+    try:
+        return p.resolve().relative_to(Path(str(config.rootpath)).resolve()).as_posix()
+    except ValueError:
+        return str(p.resolve())
+
+
+def _suite(config: pytest.Config, collected: list[str]) -> dict[str, Any]:
+    """What the run collected from: the paths it was given (rootdir-relative), the selection
+    options that drop claims (-k, -m, --deselect, node ids, --circuits-checks) and the sha256 of
+    every file a collected claim is in (the merge reads these files in its checkout)."""
+    import hashlib
+
+    root = Path(str(config.rootpath))
+    # The checkup's claims live in the installed package: outside the rootdir pytest gives their
+    # node ids an empty path, which "locations" names for the merge.
+    checkup = _relative(config, CHECKUP_PATH)
+    outside = Path(checkup).is_absolute()
+    args, selection, locations = [], {}, {}
+    for a in getattr(config, "args", []) or []:
+        path, sep, _ = str(a).partition("::")
+        if sep:
+            selection.setdefault("node ids", []).append(str(a))
+        rel = _relative(config, Path(str(config.invocation_params.dir)) / path)
+        if rel == checkup and outside:
+            rel = ""
+            locations[""] = "pytest_circuits/checkup_claims.py"
+        args.append(rel)
+    for flag, name in (("-k", "keyword"), ("-m", "markexpr")):
+        value = getattr(config.option, name, "") or ""
+        if value:
+            selection[flag] = str(value)
+    for flag, name in (("--deselect", "deselect"), ("--ignore", "ignorepath"), ("--ignore-glob", "ignore_glob")):
+        value = getattr(config.option, name, None) or []
+        if value:
+            selection[flag] = [str(v) for v in value]
+    checks = config.getoption("circuits_checks", None)
+    if _opt(config, "circuits_checkup") and str(checks or "all") != "all":
+        selection["--circuits-checks"] = str(checks)
+    files: dict[str, str | None] = {}
+    for nodeid in collected:
+        rel = nodeid.split("::", 1)[0]
+        if rel not in files:
+            if not rel and outside:
+                locations[""] = "pytest_circuits/checkup_claims.py"
+            try:
+                files[rel] = hashlib.sha256((CHECKUP_PATH if not rel and outside else root / rel).read_bytes()
+                                            ).hexdigest() if rel or outside else None
+            except OSError:
+                files[rel] = None
+    return {"args": sorted(dict.fromkeys(args)), "selection": selection, "files": files, "locations": locations,
+            "python_files": [str(x) for x in config.getini("python_files")],
+            "python_classes": [str(x) for x in config.getini("python_classes")],
+            "python_functions": [str(x) for x in config.getini("python_functions")]}
 
 
 def _cards(config: pytest.Config) -> list[dict[str, Any]]:
@@ -915,6 +1079,8 @@ def _one_line(m: dict[str, Any]) -> str:
     b = m.get("baseline")
     if b and b.get("tolerance") == "updated":
         line += "  (baseline updated)"
+    elif b and b.get("mean") is None:
+        line += "  (new: no baseline)"
     elif b and b.get("mean") is not None:
         line += (f"  baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
                  f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")

@@ -166,3 +166,43 @@ def test_baselines_record_versions_and_a_change_is_reported(pytester, tiny_dir, 
     r.stdout.fnmatch_lines(["*baseline recorded with other versions: transformers 0.0.1 -> *"])
     assert "Baselines recorded with other versions" in md.read_text()
     assert "transformers 0.0.1 -> " in md.read_text()
+
+
+def test_a_wide_self_consistent_baseline_is_refused_with_the_numbers(pytester, tiny_dir, tmp_path):
+    """Issue 21: mean +100, interval +-300, sem 100: consistent with itself (its interval is what its
+    sem and n imply), within its own 3se band and not "wider than the value" (the scale was taken
+    from the baseline), so main passed it. Judged against the fresh measurement, it is refused."""
+    from pytest_circuits import baselines as B
+
+    recorded = _record(pytester, tiny_dir, tmp_path)
+    honest = _entry(recorded)
+    wide = {**honest, "mean": honest["mean"] + 100, "lower": honest["mean"] - 200, "upper": honest["mean"] + 400,
+            "sem": 100.0}
+    (row,) = B.compare({"loss": honest}, {"loss": wide}, "3se")
+    assert row.within and not row.wide and not B.interval_problem(wide)    # what main's rules saw: nothing
+    _plant(recorded, lambda d: json.dumps({**d, "claims": {**d["claims"], LOSS: {"loss": wide}}}))
+    r = _run(pytester, tiny_dir, tmp_path)
+    r.assert_outcomes(failed=1, passed=1)
+    limit = B.spread_limit(honest["n"], honest["n"])
+    r.stdout.fnmatch_lines([f"*{LOSS}, metric 'loss': baseline * refused: the baseline's sem 100 at n={honest['n']} "
+                            f"is * times the fresh measurement's *; at most {limit:.3g} times is accepted*"])
+    _assert_clean(r, recorded)
+    # the tolerance of an accepted wide check cannot accept a baseline refused this way
+    pytester.makepyfile(test_c=CLAIMS.replace('@pytest.mark.claim(finding="a finite loss")',
+                                              '@pytest.mark.claim(finding="a finite loss")\n'
+                                              '@pytest.mark.baseline(accept_wide=True)'))
+    _run(pytester, tiny_dir, tmp_path).assert_outcomes(failed=1, passed=1)
+
+
+def test_an_interval_inconsistent_with_its_own_sem_is_refused(pytester, tiny_dir, tmp_path):
+    recorded = _record(pytester, tiny_dir, tmp_path)
+    honest = _entry(recorded)
+    wide = {**honest, "lower": honest["lower"] - 50, "upper": honest["upper"] + 50}      # the same sem
+    _plant(recorded, lambda d: json.dumps({**d, "claims": {**d["claims"], LOSS: {"loss": wide}}}))
+    # an abs tolerance below the inflated width: "not wider than the value" by main's scale, so it passed
+    pytester.makepyfile(test_c=CLAIMS.replace('@pytest.mark.claim(finding="a finite loss")',
+                                              '@pytest.mark.claim(finding="a finite loss")\n'
+                                              '@pytest.mark.baseline(tolerance="abs:60")'))
+    r = _run(pytester, tiny_dir, tmp_path)
+    r.assert_outcomes(failed=1, passed=1)
+    r.stdout.fnmatch_lines(["*refused: its interval * is * times the width its own sem * and n=* imply*"])

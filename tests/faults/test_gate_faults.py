@@ -216,3 +216,62 @@ def test_nan_weights_never_pass_a_negative_top1_claim(pytester, tmp_path):
     r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={path}", "--circuits-require-models")
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines(["*MeasurementError: top1 on *: the last-position logits are not finite*"])
+
+
+def test_a_failures_reason_is_what_was_measured_against_which_bound(pytester, tiny_dir, tmp_path):
+    """Main gave `.../measurement.py:325: AssertionError` (the last line of the traceback) as the
+    reason of 10 of 12 failures in the release report; the reviewer needs the measured interval,
+    n and the bound."""
+    pytester.makepyfile(test_r="""
+        import pytest
+        from pytest_circuits import Measurement
+
+        VALUES = [0.70, 0.75, 0.72, 0.74, 0.73, 0.71]
+
+        @pytest.mark.claim(finding="a share above 0.8")
+        def test_bound(model):
+            Measurement.from_values("share", VALUES, model="ckpt").assert_above(0.8)
+
+        @pytest.mark.claim(finding="a plain assert with a message")
+        def test_plain(model):
+            m = Measurement.from_values("loss", VALUES, model="ckpt")
+            assert m.upper < 0, "the loss is never negative"
+
+        @pytest.mark.claim(finding="catches its own failed bound")
+        def test_caught(model):
+            m = Measurement.from_values("share", VALUES, model="ckpt")
+            try:
+                m.assert_below(0.5)
+            except AssertionError:
+                pass
+
+        @pytest.mark.claim(finding="turns its own failed bound into a skip")
+        def test_caught_and_skipped(model):
+            m = Measurement.from_values("share", VALUES, model="ckpt")
+            try:
+                m.assert_below(0.6)
+            except AssertionError:
+                pytest.skip("not checked: the share moved")
+    """)
+    report = tmp_path / "r.json"
+    r = pytester.runpytest(*_args(tmp_path), f"--circuits-model={tiny_dir}", f"--circuits-report={report}")
+    r.assert_outcomes(failed=4)
+    data = json.loads(report.read_text())
+    reasons = {c["nodeid"].split("::")[1].split("[")[0]: c["reason"] for c in data["claims"]}
+    assert reasons["test_bound"].startswith("share[ckpt] = 0.725 [") and "n=6 (95% interval) -- expected lower " \
+        "bound > 0.8" in reasons["test_bound"]
+    assert reasons["test_plain"].startswith("the loss is never negative")
+    # a failed bound the claim caught still fails it, with the bound in the reason
+    assert "expected upper bound < 0.5" in reasons["test_caught"]
+    assert "expected upper bound < 0.6" in reasons["test_caught_and_skipped"]
+    r.stdout.fnmatch_lines(["*interval assertion of this claim failed although the claim caught the "
+                            "AssertionError*"])
+    assert not any(".py:" in x for x in reasons.values()), reasons
+    recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in data["records"]}
+    (a,) = recs["test_bound"]["assertions"]
+    m = recs["test_bound"]["measurements"][0]
+    assert (a["kind"], a["threshold"], a["bound"], a["passed"]) == ("above", 0.8, m["lower"], False)
+    assert a["message"] == reasons["test_bound"] and m["sem"] > 0
+    from pytest_circuits import _report as R
+
+    assert reasons["test_bound"] in R.markdown(data)

@@ -224,3 +224,92 @@ def test_failed_claim_reports_drift_and_writes_nothing(pytester, tiny_dir, tmp_p
     (rec,) = json.loads(report.read_text())["records"]
     assert rec["outcome"] == "failed" and rec["measurements"][0]["baseline"]["within"] is True
     assert (bdir / "ckpt.json").read_text() == written and not (bdir / "ckpt.obtained.json").exists()
+
+
+FAILING = CLAIMS + textwrap.dedent("""
+    @pytest.mark.claim(source="test", finding="a loss above 100 (false on the released model)")
+    def test_fails(model, activations):
+        m = metrics.loss(model, PromptSet.build(model, PROMPTS[:4]), activations=activations, name="loss4")
+        m.assert_above(100.0)
+""")
+
+
+def test_update_failing_records_the_baselines_of_failing_claims(pytester, tiny_dir, tmp_path):
+    """Main never baselined a failing claim, so against fresh baselines of the released model its
+    measurements showed as "beyond tolerance" with drift n/a and the banner counted it as drifted."""
+    pytester.makepyfile(test_claims=FAILING)
+    bdir, report, md = tmp_path / "baselines", tmp_path / "r.json", tmp_path / "r.md"
+    opts = (f"--circuits-baseline-dir={bdir}", f"--circuits-report={report}", f"--circuits-markdown={md}")
+    # 1. a first run: no baselines yet. Every measurement is new, none is "beyond tolerance".
+    _run(pytester, tiny_dir, tmp_path, *opts).assert_outcomes(failed=4)
+    data = json.loads(report.read_text())
+    statuses = {m["baseline"]["status"] for r in data["records"] for m in r["measurements"]}
+    assert statuses == {"new"} and "measurements beyond tolerance" not in md.read_text()
+    assert "drift n/a" not in md.read_text() and "| ckpt | 4 failed | 0 |" in md.read_text()
+    assert "New (no baseline yet, so not a drift): 6 measurements" in md.read_text()
+    # 2. update: the failing claim is not recorded...
+    bdir.joinpath("ckpt.json").unlink()
+    _run(pytester, tiny_dir, tmp_path, "--circuits-update-baselines", *opts).assert_outcomes(passed=3, failed=1)
+    assert "test_claims.py::test_fails" not in json.loads((bdir / "ckpt.json").read_text())["claims"]
+    # ... unless asked: its values are what they are (and it still fails)
+    r = _run(pytester, tiny_dir, tmp_path, "--circuits-update-baselines", "--circuits-update-failing", *opts)
+    r.assert_outcomes(passed=3, failed=1)
+    assert "loss4" in json.loads((bdir / "ckpt.json").read_text())["claims"]["test_claims.py::test_fails"]
+    data = json.loads(report.read_text())
+    assert data["mode"]["update_baselines"] and data["mode"]["update_failing"]
+    assert "baselines UPDATED by this run (--circuits-update-baselines --circuits-update-failing)" in md.read_text()
+    # 3. the gate run: the failing claim is compared with its baseline, not "new", not drifted
+    _run(pytester, tiny_dir, tmp_path, *opts).assert_outcomes(passed=3, failed=1)
+    data = json.loads(report.read_text())
+    fails = next(r for r in data["records"] if r["claim"] == "test_claims.py::test_fails")
+    assert fails["measurements"][0]["baseline"]["status"] == "compared" and fails["measurements"][0]["baseline"]["within"]
+    from pytest_circuits import _report as R
+
+    s = R.summarize(data)
+    assert s.drifted("ckpt") == 0 and s.new() == [] and s.beyond() == []
+    assert s.reasons == ["1 claim result failed"]
+    # 4. --circuits-update-failing alone is a usage error
+    r = _run(pytester, tiny_dir, tmp_path, "--circuits-update-failing", *opts)
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--circuits-update-failing*add --circuits-update-baselines*"])
+
+
+def test_a_drift_failure_says_which_measurement_moved_by_how_much(claims, tiny_dir, tmp_path):
+    bdir, report = tmp_path / "baselines", tmp_path / "r.json"
+    _run(claims, tiny_dir, tmp_path, "--circuits-update-baselines", f"--circuits-baseline-dir={bdir}")
+    data = json.loads((bdir / "ckpt.json").read_text())
+    entry = data["claims"]["test_claims.py::test_loss"]["loss"]
+    for f in ("mean", "lower", "upper"):
+        entry[f] += 1.0
+    (bdir / "ckpt.json").write_text(json.dumps(data))
+    _run(claims, tiny_dir, tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={report}"
+         ).assert_outcomes(failed=1, passed=2)
+    (c,) = [c for c in json.loads(report.read_text())["claims"] if c["verdict"] == "failed"]
+    assert c["reason"].startswith("1 of 1 measurements of test_claims.py::test_loss on ckpt drifted from the "
+                                  "baseline of ckpt: loss ")
+    assert f"vs baseline {entry['mean']:.6g} (difference -1, allowed \u00b1" in c["reason"]
+    assert "obtained values written" not in c["reason"]
+
+
+def test_a_dirty_working_tree_is_said_in_the_report(claims, tiny_dir, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=claims.path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=claims.path, check=True)
+    subprocess.run([*git, "commit", "-qm", "claims"], cwd=claims.path, check=True)
+    report, md = claims.path / "r.json", claims.path / "r.md"      # in the tree: the run's own files are left out
+    _run(claims, tiny_dir, tmp_path, f"--circuits-report={report}", f"--circuits-markdown={md}").assert_outcomes(
+        passed=3)
+    data = json.loads(report.read_text())
+    assert data["worktree"] == {"dirty": False, "diff_sha256": None, "changed": 0}
+    assert data["git_commit"] and "DIRTY" not in md.read_text()
+    claims.path.joinpath("test_claims.py").write_text(CLAIMS + "\n# an uncommitted change\n")
+    _run(claims, tiny_dir, tmp_path, f"--circuits-report={report}", f"--circuits-markdown={md}").assert_outcomes(
+        passed=3)
+    data = json.loads(report.read_text())
+    assert data["worktree"]["dirty"] is True and len(data["worktree"]["diff_sha256"]) == 64
+    assert f"commit {data['git_commit'][:12]} + uncommitted changes (DIRTY working tree" in md.read_text()

@@ -204,9 +204,13 @@ def test_empty_shard_still_writes_its_report_and_merges(suite, tiny_dir, tmp_pat
     empty = json.loads(reports[1].read_text())
     assert empty["claims"] == [] and empty["records"] == [] and empty["exit_status"] == 5
     assert empty["collected"] == ["test_claims.py::test_plain[ckpt]"]   # the suite after -k, before sharding
+    # -k ran a selection of the suite: the claims it left out cannot be told from claims removed
+    # from the reports, so the gate fails unless the selection is accepted explicitly.
     status, out, err = _merge(capsys, *reports)
+    assert status == 1 and "ran a selection of the suite" in err and '"-k": "test_plain"' in err
+    status, out, err = _merge(capsys, *reports, "--allow-selection")
     assert status == 0, err
-    status, out, err = _merge(capsys, reports[1])    # the empty shard alone: the claim is missing
+    status, out, err = _merge(capsys, reports[1], "--allow-selection")    # the empty shard alone: the claim is missing
     assert status == 1 and "test_claims.py::test_plain[ckpt]" in err
 
 
@@ -275,3 +279,141 @@ def test_familywise_counts_the_whole_suite_not_the_shard(suite, tiny_dir, tiny_d
     assert levels[1] == {"test_claims.py::test_loss[ckpt]": levels[0]["test_claims.py::test_loss[ckpt]"]}
     assert levels[1]["test_claims.py::test_loss[ckpt]"] > 1 - 0.05 / 2    # m counts more than the shard's one claim
 
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_real_reports_edited_or_made_in_update_mode_never_pass(suite, tiny_dir, tmp_path, capsys):
+    """The merge re-derives each verdict from the evidence a real run records."""
+    bdir = tmp_path / "baselines"
+    _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines")
+    out = tmp_path / "r.json"
+    r = _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={out}")
+    r.assert_outcomes(passed=4, failed=1, skipped=1)
+    honest = out.read_text()
+    assert _merge(capsys, out)[0] == 1           # test_fails fails: the gate fails, nothing is refused
+
+    def passed(d):                                # the failed claim edited to passed, exit status 0
+        for c in d["claims"]:
+            c.update(verdict="passed", reason="") if c["verdict"] == "failed" else None
+        for rec in d["records"]:
+            rec["outcome"] = "passed"
+        d["exit_status"] = 0
+
+    _edit(out, passed)
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "test_claims.py::test_fails[ckpt]" in err and "evidence says it failed" in err
+    out.write_text(honest)
+    _edit(out, lambda d: d.update(exit_status=5))
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "exit status 5" in err
+    out.write_text(honest)
+
+    def drift(d):                                 # a measurement pushed 100 away, its tolerance widened to hide it
+        rec = next(r for r in d["records"] if r["claim"] == "test_claims.py::test_loss")
+        m = rec["measurements"][0]
+        m.update(mean=m["mean"] + 100, lower=m["lower"] + 100, upper=m["upper"] + 100)
+        m["baseline"].update(tolerance="abs:1e9", allowed=1e9, difference=100.0)
+
+    _edit(out, drift)
+    status, _, err = _merge(capsys, out)
+    assert status == 2 and "test_claims.py::test_loss[ckpt]" in err
+    # shards run with --circuits-update-baselines, every measurement 100 off: written, never compared
+    upd = tmp_path / "u.json"
+    _run(suite, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines",
+         f"--circuits-report={upd}")
+    assert json.loads(upd.read_text())["mode"]["update_baselines"] is True
+    status, stdout, err = _merge(capsys, upd)
+    assert status == 1 and "made with --circuits-update-baselines" in err and "FAILED" in stdout
+
+
+def test_signed_reports_from_real_runs(suite, tiny_dir, tmp_path, capsys, monkeypatch):
+    from pytest_circuits._report import REPORT_KEY_ENV
+
+    monkeypatch.setenv(REPORT_KEY_ENV, "the team's key")
+    out = tmp_path / "r.json"
+    _run(suite, (tiny_dir,), tmp_path, "-k", "test_loss or test_plain", f"--circuits-report={out}"
+         ).assert_outcomes(passed=2)
+    assert json.loads(out.read_text())["signature"].startswith("hmac-sha256:")
+    assert _merge(capsys, out, "--allow-selection", "--require-signature")[0] == 0
+    _edit(out, lambda d: d["claims"][0].update(finding="edited"))
+    status, _, err = _merge(capsys, out, "--allow-selection")
+    assert status == 2 and "signature does not match" in err
+    monkeypatch.setenv(REPORT_KEY_ENV, "another key")
+    status, _, err = _merge(capsys, out, "--allow-selection")
+    assert status == 2 and "signature does not match" in err
+
+
+def test_a_checkup_report_is_verified_against_the_installed_checkup(pytester, tiny_dir, tmp_path, capsys):
+    """The checkup's claims live in the installed package (outside the rootdir) and are made in a
+    loop: the merge finds them there, so their skips ("not applicable") and their completeness are
+    verified, and the gate fails only for what failed."""
+    out = tmp_path / "r.json"
+    r = pytester.runpytest(f"--circuits-model={tiny_dir}", "--circuits-checkup", f"--circuits-report={out}",
+                           f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+    data = json.loads(out.read_text())
+    assert data["suite"]["locations"] == {"": "pytest_circuits/checkup_claims.py"}
+    status, _, err = _merge(capsys, out)
+    assert "cannot" not in err and "refused" not in err and "in no report" not in err, err
+    failed = [c for c in data["claims"] if c["verdict"] == "failed"]
+    assert status == (1 if failed or r.ret else 0)
+    # a checkup claim left out of the report is found missing
+    def drop_first(d):
+        import hashlib
+
+        gone = d["collected"][0]
+        d["collected"] = d["collected"][1:]
+        d["collected_sha256"] = hashlib.sha256("\n".join(d["collected"]).encode()).hexdigest()
+        d["claims"] = [c for c in d["claims"] if c["nodeid"] != gone]
+        d["records"] = [x for x in d["records"] if x["nodeid"] != gone]
+
+    _edit(out, drop_first)
+    status, _, err = _merge(capsys, out)
+    assert status == 1 and "1 claim of the source is in no report's 'collected'" in err
+
+
+def test_honest_edge_cases_are_not_refused(pytester, tiny_dir, tmp_path, capsys):
+    """No false refusal: a claim skipped after measuring (its baseline new), one whose fixture
+    fails at teardown after it passed (an error, as pytest counts it), one that passes."""
+    pytester.makepyfile(test_edges="""
+        import pytest
+        from pytest_circuits import Measurement
+
+        VALUES = [0.70, 0.75, 0.72, 0.74, 0.73, 0.71]
+
+        @pytest.fixture
+        def breaks_after():
+            yield
+            raise RuntimeError("the fixture's teardown failed")
+
+        @pytest.mark.claim(finding="measured, then found not applicable")
+        def test_skipped_after_measuring(model):
+            Measurement.from_values("share", VALUES, model="ckpt")
+            pytest.skip("not applicable here")
+
+        @pytest.mark.claim(finding="passes, but its fixture fails at teardown")
+        def test_teardown_error(model, breaks_after):
+            Measurement.from_values("other", VALUES, model="ckpt").assert_above(0.5)
+
+        @pytest.mark.claim(finding="passes")
+        def test_passes(model):
+            Measurement.from_values("third", VALUES, model="ckpt").assert_above(0.5)
+    """)
+    bdir, out = tmp_path / "b", tmp_path / "r.json"
+    _run(pytester, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", "--circuits-update-baselines")
+    r = _run(pytester, (tiny_dir,), tmp_path, f"--circuits-baseline-dir={bdir}", f"--circuits-report={out}")
+    r.assert_outcomes(passed=2, skipped=1, errors=1)
+    data = json.loads(out.read_text())
+    verdicts = {c["nodeid"].split("::")[1].split("[")[0]: c for c in data["claims"]}
+    assert verdicts["test_teardown_error"]["verdict"] == "error"
+    assert "the fixture's teardown failed" in verdicts["test_teardown_error"]["reason"]
+    assert verdicts["test_skipped_after_measuring"]["verdict"] == "not checked"
+    skipped = next(x for x in data["records"] if "skipped_after" in x["nodeid"])
+    assert skipped["measurements"][0]["baseline"]["status"] == "new"
+    status, _, err = _merge(capsys, out)
+    assert status == 1 and "refused" not in err and "cannot" not in err, err
+    assert "test_teardown_error[ckpt] (error: " in err

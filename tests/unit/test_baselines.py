@@ -120,17 +120,116 @@ def test_default_3se_is_never_wide_on_the_shipped_baselines():
 
 def test_wide_tolerance_fails_the_verdict_unless_accepted():
     o = {"loss": entry(100.0, sem=0.5, lower=99, upper=101)}
-    bf = baseline_of({CLAIM: {"loss": entry(100.0, sem=1e6, lower=99, upper=101)}})
-    v = B.verdict(o, bf, CLAIM)
+    bf = baseline_of({CLAIM: {"loss": entry(100.0, sem=0.5, lower=99, upper=101)}})
+    v = B.verdict(o, bf, CLAIM, "abs:150")
     assert not v.passed and [r.metric for r in v.untrusted] == ["loss"] and not v.drifted
     (line,) = v.explain()
-    assert "'loss'" in line and "3se" in line and "cannot fail" in line and "accept_wide" in line
+    assert "'loss'" in line and "abs:150" in line and "cannot fail" in line and "accept_wide" in line
     assert "WIDER THAN THE VALUE" in B.table(v.rows)
     for accept in (True, ["loss"], "loss"):
-        v = B.verdict(o, bf, CLAIM, B.tolerance_policy({"accept_wide": accept}))
+        v = B.verdict(o, bf, CLAIM, B.tolerance_policy({"tolerance": "abs:150", "accept_wide": accept}))
         assert v.passed and v.rows[0].wide and "(accepted)" in v.rows[0].flag
-    v = B.verdict(o, bf, CLAIM, B.tolerance_policy({"accept_wide": ["other"]}))
+    v = B.verdict(o, bf, CLAIM, B.tolerance_policy({"tolerance": "abs:150", "accept_wide": ["other"]}))
     assert not v.passed and v.unused_tolerances == ("other",)
+
+
+def test_a_huge_baseline_sem_is_refused_and_wide_and_cannot_be_accepted():
+    o = {"loss": entry(100.0, sem=0.5, lower=99, upper=101)}
+    bf = baseline_of({CLAIM: {"loss": entry(100.0, sem=1e6, lower=99, upper=101)}})
+    for policy in ("3se", B.tolerance_policy({"accept_wide": True})):
+        v = B.verdict(o, bf, CLAIM, policy)
+        assert not v.passed and [r.metric for r in v.untrusted] == ["loss"]
+        assert "refused: the baseline's sem 1e+06 at n=10 is 2e+06 times the fresh measurement's 0.5" in v.explain()[0]
+    assert "cannot fail" in B.verdict(o, bf, CLAIM).explain()[1]
+
+
+# -- a baseline judged against the measurement (issue 21, item 4) ------------------------------
+def _m(mean, sem, n, half=None, level=0.95):
+    half = 2.0 * B._t_quantile(level, n) * sem / 2 if half is None else half
+    return {"mean": mean, "lower": mean - half, "upper": mean + half, "n": n, "level": level, "sem": sem}
+
+
+def test_the_attackers_wide_baseline_is_refused_with_the_numbers():
+    """mean +100, interval +-300, sem 100 at n=6, against a measurement whose own sem is 0.3."""
+    fresh = _m(5.0, 0.3, 6)
+    attacker = {"mean": 105.0, "lower": -195.0, "upper": 405.0, "n": 6, "level": 0.95, "sem": 100.0}
+    assert not B.interval_problem(attacker)                 # consistent with itself (600 vs 2 * 2.57 * 100)
+    (row,) = B.compare({"m": fresh}, {"m": attacker}, "3se")
+    assert not row.wide and row.spread and not row.trusted and not row.ok
+    assert row.spread.startswith("the baseline's sem 100 at n=6 is 333 times the fresh measurement's 0.3; "
+                                 "at most 22.2 times is accepted")
+
+
+def test_spread_limit_by_hand():
+    # max(10, sqrt of the 1 - 1e-6 quantile of F(n-1, n-1)): F(5, 5) at 1 - 1e-6 is 492.9
+    assert B.spread_limit(6, 6) == pytest.approx(22.20, abs=0.01)
+    assert B.spread_limit(10, 10) == pytest.approx(10.0) and B.spread_limit(200, 200) == 10.0
+    assert B.spread_limit(3, 3) == pytest.approx(1000.0, rel=1e-3)    # F(2, 2): (1 - p) ** -1 - 1 = 999999
+    assert math.isinf(B.spread_limit(1, 50)) and math.isinf(B.spread_limit(50, 1))
+    # the F quantile against its closed form for (2, 2): q = p / (1 - p)
+    assert B._f_quantile(0.99, 2, 2) == pytest.approx(99.0, rel=1e-6)
+
+
+def test_spread_rule_edges():
+    fresh = _m(1.0, 0.1, 50)
+    assert B.spread_problem(fresh, fresh) == ""
+    assert B.spread_problem(fresh, _m(1.0, 0.99, 50)) == ""                  # 9.9 times: accepted
+    assert "10.1 times" in B.spread_problem(fresh, _m(1.0, 1.01, 50))
+    # another n: the baseline's sem is rescaled by sqrt(n_b / n_o): 0.2 at n=200 is 0.4 at n=50
+    assert B.spread_problem(fresh, _m(1.0, 0.2, 200)) == ""
+    assert "rescaled by sqrt(200/50)" in B.spread_problem(fresh, _m(1.0, 0.6, 200))      # 12 times
+    # a narrower baseline is never refused by this rule (the drift check is then only stricter)
+    assert B.spread_problem(fresh, _m(1.0, 0.001, 50)) == ""
+    # Clopper-Pearson of all-equal 0/1 values: sem 0, width > 0: the width is the spread
+    cp = {"mean": 1.0, "lower": 0.9787, "upper": 1.0, "n": 171, "level": 0.95, "sem": 0.0}
+    assert B.spread_problem(cp, cp) == ""
+    assert B.spread_problem(cp, {**_m(0.95, (0.95 * 0.05 / 171) ** 0.5, 171)}) == ""
+    # a measurement with no spread at all cannot judge a baseline that has some: refused, saying why
+    flat = {"mean": 0.0, "lower": 0.0, "upper": 0.0, "n": 64, "level": 0.95, "sem": 0.0}
+    assert B.spread_problem(flat, flat) == ""
+    assert "infinitely many times (the measurement has no spread)" in B.spread_problem(flat, _m(0.0, 0.01, 64))
+    # ... judged against 1% of its value when it has one: a checkpoint whose top1 became exactly 1.0
+    one = {**flat, "mean": 1.0, "lower": 1.0, "upper": 1.0}
+    assert B.spread_problem(one, _m(0.84, 0.028, 171)) == ""
+    assert "the fresh measurement's 0.01" in B.spread_problem(one, _m(0.84, 0.2, 171))
+    # an interval far wider than its own sem and n imply
+    assert "times the width its own sem" in B.interval_problem(_m(1.0, 0.01, 50, half=1.0))
+    assert B.interval_problem(_m(1.0, 0.01, 50, half=0.02)) == ""
+
+
+def test_the_rule_never_refuses_a_shipped_baseline_against_its_rerun():
+    """A rerun of a shipped claim gives the same values (deterministic forwards): spread ratio 1,
+    so the margin to the limit is the limit itself (10 and more); the intervals are at most 1.16
+    times what their own sem and n imply (limit 10). Measured on every entry of claims/baselines."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "claims" / "baselines"
+    worst, n = 0.0, 0
+    for path in sorted(folder.glob("*.json")):
+        for claim, metrics in B.read(path).claims.items():
+            for metric, e in metrics.items():
+                assert B.spread_problem(e, e) == "", (claim, metric)
+                if e.get("sem", 0) > 0 and e["n"] > 1:
+                    worst = max(worst, B._width(e) / (2 * B._t_quantile(e.get("level", 0.95), e["n"]) * e["sem"]))
+                n += 1
+    assert n > 100 and worst < 1.2 < B.INTERVAL_FACTOR
+
+
+def test_the_rule_accepts_a_real_checkpoint_change():
+    """The worked example (docs/example-drift): the embedded model with attention layer 23 halved,
+    against the released model. Their intervals differ by at most 1.94 times: far from the limit."""
+    from pathlib import Path
+
+    report = json.loads((Path(__file__).resolve().parents[2] / "docs/example-drift/report.json").read_text())
+    by = {}
+    for r in report["records"]:
+        for m in r["measurements"]:
+            by.setdefault((r["claim"], m["key"]), {})[r["model"]] = {k: m[k] for k in ("mean", "lower", "upper", "n")}
+    pairs = [(v["smollm2-attn23-half"], v["smollm2-135m"]) for v in by.values() if len(v) == 2]
+    assert len(pairs) >= 20
+    ratios = [B._width(b) / B._width(o) for o, b in pairs if B._width(o) > 0]
+    assert max(ratios) < 2.0 and min(r for r in ratios if r > 0) > 0.5
+    assert all(B.spread_problem(o, b) == "" and B.spread_problem(b, o) == "" for o, b in pairs)
 
 
 def test_an_infinite_allowance_fails():

@@ -523,3 +523,90 @@ def test_a_real_run_renders_every_claim(pytester, tiny_dir, tmp_path):
     cell = root.find("td", **{"data-verdict": "not checked"})
     assert "weights <not> available & offline" in cell.attrs["title"]
     assert md.read_text().startswith("# pytest-circuits release report\n\n## \u2717 Release gate FAILED")
+
+
+# --- a report a reviewer can act on (issue 21, item 8) ---------------------------------------
+
+def _new(key: str, mean: float = 1.0) -> dict[str, Any]:
+    m = _m(key, mean)
+    m["baseline"] = {"status": "new", "mean": None, "difference": None, "tolerance": "3se", "allowed": None,
+                     "within": False, "flag": "no baseline yet"}
+    return m
+
+
+def test_a_measurement_with_no_baseline_is_new_never_beyond_tolerance(tmp_path):
+    """Main showed these as "beyond tolerance" with drift n/a, and the banner counted the released
+    model as drifted against its own fresh baselines."""
+    data = _ledger([_rec(A, "released", "failed", _new("share"), _new("logit")),
+                    _rec(B, "released", "passed", _m("x", diff=0.0))],
+                   claims=[_claims_entry(A, "released", "failed", "share[released] = 0.731 [0.7, 0.76] n=171 "
+                                                                   "(95% interval) -- expected lower bound > 0.8"),
+                           _claims_entry(B, "released", "passed")])
+    s = R.summarize(data)
+    assert s.beyond() == [] and s.drifts()[0].metric == "x" and s.drifted("released") == 0
+    assert s.new() == [(A, "released", "logit"), (A, "released", "share")]
+    assert s.cells[(A, "released")].shown == "failed"           # failed by its assertion, not "drift"
+    assert not any("beyond tolerance" in r for r in s.reasons) and "1 claim result failed" in s.reasons
+    md = R.markdown(data)
+    assert "New (no baseline yet, so not a drift): 2 measurements" in md and "drift n/a" not in md
+    assert "new (no baseline yet)" in md and "expected lower bound > 0.8" in md
+    page, root = _page(data, tmp_path)
+    assert "New, with no baseline yet (not drifts): 2 measurements" in root.find("p", id="new-measurements").all_text()
+    assert not any("new (no baseline" in line for line in R.terminal_lines(data) if "beyond" in line)
+    assert "new (no baseline yet, not drifted): 2 measurements" in R.terminal_lines(data)
+
+
+def test_real_drifts_come_first_and_na_last():
+    """Main sorted an uncomputable drift first, so the forest plot's first rows were n/a."""
+    data = _ledger([_rec(A, "m1", "passed", _m("na1", diff=math.nan, allowed=0.5, within=True)),
+                    _rec(B, "m1", "failed", _m("small", diff=0.6, allowed=0.5), _m("big", diff=-2.0, allowed=0.5)),
+                    _rec(C, "m1", "passed", _m("na2", diff=0.1, allowed=None, within=True))])
+    s = R.summarize(data)
+    assert [d.metric for d in s.drifts()] == ["big", "small", "na1", "na2"]
+    assert [d.metric for d in s.beyond()] == ["big", "small", "na1", "na2"]
+    assert s.cells[(B, "m1")].worst.metric == "big"
+    largest = R.summary_markdown(data)
+    assert largest.index(next(x for x in largest if "big" in x)) < largest.index(next(x for x in largest if "na1" in x))
+    lines = R.terminal_lines(data)
+    assert [i for i, x in enumerate(lines) if " big " in x][0] < [i for i, x in enumerate(lines) if " na1 " in x][0]
+
+
+def test_the_identity_line_says_a_dirty_working_tree(tmp_path):
+    data = _ledger([_rec(A, "m1")], worktree={"dirty": True, "diff_sha256": "1a2b3c4d5e6f" + "0" * 52, "changed": 2})
+    s = R.summarize(data)
+    assert s.identity[0] == ("commit abc123 + uncommitted changes (DIRTY working tree: 2 paths differ, diff sha256 "
+                             "1a2b3c4d5e6f)")
+    page, root = _page(data, tmp_path)
+    assert "DIRTY working tree" in root.find("header").all_text() and "DIRTY working tree" in R.markdown(data)
+    clean = _ledger([_rec(A, "m1")], worktree={"dirty": False, "diff_sha256": None, "changed": 0})
+    assert R.summarize(clean).identity[0] == "commit abc123"
+
+
+def test_worktree_of_a_git_checkout(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    (repo / "claim.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=repo, check=True)
+    assert R.worktree(str(repo)) == {"dirty": False, "diff_sha256": None, "changed": 0}
+    (repo / "claim.py").write_text("x = 2\n")
+    one = R.worktree(str(repo))
+    assert one["dirty"] is True and len(one["diff_sha256"]) == 64 and one["changed"] == 1
+    (repo / "claim.py").write_text("x = 3\n")                    # another change: another hash
+    two = R.worktree(str(repo))
+    assert two["dirty"] and two["diff_sha256"] != one["diff_sha256"]
+    (repo / "claim.py").write_text("x = 1\n")
+    (repo / "new_claims.py").write_text("y = 1\n")               # an untracked file counts, by its contents
+    three = R.worktree(str(repo))
+    assert three["dirty"] and three["changed"] == 1
+    (repo / "new_claims.py").write_text("y = 2\n")
+    assert R.worktree(str(repo))["diff_sha256"] != three["diff_sha256"]
+    assert R.worktree(str(repo), exclude=[str(repo / "new_claims.py")])["dirty"] is False   # the run's own report
+    assert R.worktree(str(tmp_path / "nowhere")) is None                          # not a git checkout
