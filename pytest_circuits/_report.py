@@ -402,8 +402,12 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def _md(x: Any) -> str:
-    """Report text made safe for a Markdown table cell (GitHub renders some HTML: escape it)."""
-    text = " ".join(str(x).split()).replace("&", "&amp;").replace("<", "&lt;")  # no tag can open
+    """Report text made safe for a Markdown table cell, shown as written: GitHub renders some
+    HTML (escaped), and backslash escapes, emphasis (``*``, ``_`` at a word's edge), ``~``
+    touching a word (strikethrough), links and ``$...$`` math (each backslash-escaped)."""
+    text = " ".join(str(x).split()).replace("\\", "\\\\")
+    text = re.sub(r"[*$\[\]]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|~(?=\S)|(?<=\S)~", lambda m: "\\" + m.group(), text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;")  # no tag can open
     return text.replace("|", "\\|").replace("`", "'")
 
 
@@ -720,6 +724,9 @@ def _forest_png(s: Summary) -> str | None:
     handles.append(plt.Line2D([], [], marker="o", color="#555", ls="none", label="filled: outside tolerance"))
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
               frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
+    from .plots import literal
+
+    literal(fig)  # metric and model names drawn as written ("$" is no mathtext)
     with warnings.catch_warnings():  # a cramped layout still saves whole: bbox_inches="tight" below
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
