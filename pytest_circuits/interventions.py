@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -602,6 +603,7 @@ def derangement(n: int, seed: int) -> Any:
 def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = None,
            reference: Any = None, seed: int = 0) -> Interventions:
     """Zero, mean or resample ablation of one or several components."""
+    given_seed = seed
     if kind not in ABLATION_KINDS:
         raise InterventionError(bad("kind", kind, "'zero', 'mean', 'position_mean', 'resample' or "
                                     "'resample_distinct' (for patching use patch())"))
@@ -613,6 +615,12 @@ def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = 
                                 "output is taken over that set's tokens")
     if kind not in ("mean", "position_mean") and reference is not None:
         raise InterventionError(bad("reference", reference, "only used with kind='mean' or 'position_mean'"))
+    try:
+        seed = operator.index(seed) if not isinstance(seed, bool) else None
+    except TypeError:
+        seed = None
+    if seed is None or not 0 <= seed < 2 ** 63:
+        raise InterventionError(bad("seed", given_seed, "an integer in 0 .. 2**63 - 1"))
     pos = _norm_positions(positions)
     return Interventions(tuple(Replace(c, kind, pos, reference, seed) for c in comps))
 

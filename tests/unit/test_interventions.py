@@ -292,3 +292,9 @@ def test_unchanged_for_every_ablation_kind_and_positions(tiny, ps):
     # nothing() changes nothing; patching may rightly equal the clean value: not judged
     assert I.nothing().unchanged(tiny, ps, store).all()
     assert (I.ablate(tiny, "L1H2", "zero") + I.patch(tiny, "mlp0")).unchanged(tiny, ps, store) is None
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 63, 1.5, "0", True, None])
+def test_a_bad_seed_is_an_intervention_error(tiny, seed):
+    with pytest.raises(InterventionError, match="seed=.* is not valid: an integer in 0 .. 2\\*\\*63 - 1"):
+        I.ablate(tiny, "L1H2", "resample_distinct", seed=seed)
