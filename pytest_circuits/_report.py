@@ -402,13 +402,10 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def _md(x: Any) -> str:
-    """Report text made safe for a Markdown table cell, shown as written: GitHub renders some
-    HTML (escaped), and backslash escapes, emphasis (``*``, ``_`` at a word's edge), ``~``
-    touching a word (strikethrough), links and ``$...$`` math (each backslash-escaped)."""
-    text = " ".join(str(x).split()).replace("\\", "\\\\")
-    text = re.sub(r"[*$\[\]]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|~(?=\S)|(?<=\S)~", lambda m: "\\" + m.group(), text)
-    text = text.replace("&", "&amp;").replace("<", "&lt;")  # no tag can open
-    return text.replace("|", "\\|").replace("`", "'")
+    """Report text made safe for a Markdown table cell, shown as written (:func:`~pytest_circuits._markup.md_cell`)."""
+    from ._markup import md_cell
+
+    return md_cell(x)
 
 
 def _code(x: Any) -> str:

@@ -319,7 +319,7 @@ def card_lines(cards: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def card_markdown(cards: Iterable[dict[str, Any]]) -> str:
-    from ._report import _md as md   # every cell shown as written (no markup, no table break)
+    from ._markup import md_cell as md   # every cell shown as written (no markup, no table break)
 
     out = []
     for model, cs in _by_model(cards).items():
