@@ -1,5 +1,7 @@
 """Heatmaps are written and refuse mismatched labels."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ def test_heatmap_checks_the_labels(tmp_path):
 
 # Text that mathtext or TeX would parse (and fail on: an even number of "$" around a bad
 # command), HTML/Markdown markup, and a backslash before a table's "|".
-NASTY = ["cost $5 and $\\frac{$", "a $x_1$ b", "x^2 & <y> \\| z", "_p_ *q* ~~r~~ [s](t)", "$$", "plain"]
+NASTY = ["cost $\\frac{$ 5", "a $x_1$ b", "x^2 & <y> \\| z", "_p_ *q* ~~r~~ [s](t)", "$$", "plain"]
 
 
 def _cell_texts(markdown_text):
@@ -100,8 +102,11 @@ def test_report_forest_plot_and_markdown_show_names_as_written(metric):
     data = _drift_ledger(metric, model=f"m {metric}")
     page = R.html_page(data)                        # the forest plot drew the metric and model names
     assert 'id="forest-plot"' in page and "data:image/png;base64," in page
-    cells, tags = _cell_texts(R.markdown(data))
+    text = R.markdown(data)
+    cells, tags = _cell_texts(text)
     assert metric in cells                          # the drift table's metric cell, as written
+    prose = re.sub(r"`[^`]*`", "", text)             # (code spans are shown as written anyway)
+    assert prose.count("$") == prose.count("\\$")   # no $...$ math on GitHub either
     assert not {"em", "s", "del", "a", "b", "y"} & set(tags)     # (a drift outside is bold on purpose)
 
 
