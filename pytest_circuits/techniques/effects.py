@@ -923,6 +923,9 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = DEFAULT_KI
                 activations: ActivationStore | None = None) -> SelfRepair:
     """Ablate ``ablate`` (spelling(s), components, or an Interventions) and decompose its effect.
 
+    ``kind`` defaults to ``resample_distinct`` (each prompt gets another prompt's output that
+    differs from its own). The result knows on which prompts the ablation changed nothing
+    (:attr:`SelfRepair.unchanged`) and flags or refuses what it cannot tell (module docstring).
     Raises when the decomposition does not reproduce the total effect read from the
     logits; warns (:class:`~pytest_circuits.errors.NoOpInterventionWarning`) when an
     ablated component's direct effect is unchanged on (nearly) every prompt although it
@@ -1078,7 +1081,8 @@ def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
 def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = DEFAULT_KIND,
                  token: Any = "answer", positions: Any = "last", seed: int = 0, reference: Any = None,
                  activations: ActivationStore | None = None) -> Measurement:
-    """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`)."""
+    """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`);
+    flagged ``uninformative`` (and its assertions refused) where the ablation changed nothing."""
     sr = self_repair(model, prompts, ablate, kind=kind, token=token, positions=positions, seed=seed,
                      reference=reference, activations=activations)
     return sr.compensation(by)
@@ -1148,7 +1152,8 @@ class DLAvsTotal:
 def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = DEFAULT_KIND, token: Any = "answer",
           positions: Any = "last", seed: int = 0, reference: Any = None,
           activations: ActivationStore | None = None) -> list[SelfRepair]:
-    """``self_repair`` for each component in turn (each resumes from the clean stream at its layer)."""
+    """``self_repair`` for each component in turn (each resumes from the clean stream at its layer).
+    A result whose ablation changed nothing refuses its rankings and backups (never an empty list)."""
     from .._progress import bar
 
     comps = parse_many(components, model)
