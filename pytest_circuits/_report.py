@@ -546,9 +546,10 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def _md(x: Any) -> str:
-    """Report text made safe for a Markdown table cell (GitHub renders some HTML: escape it)."""
-    text = " ".join(str(x).split()).replace("&", "&amp;").replace("<", "&lt;")  # no tag can open
-    return text.replace("|", "\\|").replace("`", "'")
+    """Report text made safe for a Markdown table cell, shown as written (:func:`~pytest_circuits._markup.md_cell`)."""
+    from ._markup import md_cell
+
+    return md_cell(x)
 
 
 def _code(x: Any) -> str:
@@ -870,6 +871,9 @@ def _forest_png(s: Summary) -> str | None:
     handles.append(plt.Line2D([], [], marker="o", color="#555", ls="none", label="filled: outside tolerance"))
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
               frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
+    from .plots import literal
+
+    literal(fig)  # metric and model names drawn as written ("$" is no mathtext)
     with warnings.catch_warnings():  # a cramped layout still saves whole: bbox_inches="tight" below
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()

@@ -283,6 +283,7 @@ def _fmt(x: float) -> str:
 
 def _mcell(m: dict[str, Any]) -> str:
     s = f"{m['name']} {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}]"
+    s += "".join(f" [{f}]" for f in m.get("flags") or ())
     b = m.get("baseline")
     if b and b.get("mean") is not None:
         s += f" (baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g}" + ("" if b.get("within") else " OUTSIDE") + ")"
@@ -318,15 +319,17 @@ def card_lines(cards: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def card_markdown(cards: Iterable[dict[str, Any]]) -> str:
+    from ._markup import md_cell as md   # every cell shown as written (no markup, no table break)
+
     out = []
     for model, cs in _by_model(cards).items():
         out += [f"## Mechanism card: `{model}`", "", "| check | status | measurements | components | criterion |",
                 "|---|---|---|---|---|"]
         for c in cs:
-            meas = "<br>".join(_mcell(m) for m in c["measurements"]) or c["reason"]
-            comps = ", ".join(f"{n} {s:+.3g}" for n, s in c["components"][:6])
-            out.append(f"| {c['title']} ([{c['source']}]) | **{c['status']}** | {meas} | {comps} | "
-                       f"{c['criterion'] or '-'} |")
+            meas = "<br>".join(md(_mcell(m)) for m in c["measurements"]) or md(c["reason"])
+            comps = md(", ".join(f"{n} {s:+.3g}" for n, s in c["components"][:6]))
+            out.append(f"| {md(c['title'])} ({md('[' + str(c['source']) + ']')}) | **{md(c['status'])}** | {meas} | "
+                       f"{comps} | {md(c['criterion'] or '-')} |")
         out.append("")
     return "\n".join(out)
 
@@ -350,6 +353,9 @@ def _heatmap_png(name: str, grid: list[list[float]], title: str) -> str | None:
     ax.set_ylabel("layer")
     ax.set_title(f"{title}\n{name}", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.05)
+    from .plots import literal
+
+    literal(fig)  # names drawn as written ("$" is no mathtext)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

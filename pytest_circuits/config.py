@@ -2,17 +2,23 @@
 
 * :data:`DEFAULT_MODEL`: the model claims run against when nothing names one (the
   embedded SmolLM2; :mod:`pytest_circuits.models` registers it under this name);
-* :func:`default_cache_dir`: where converted weights and activations are kept.
+* :func:`default_cache_dir`: where converted weights and activations are kept;
+* :func:`output_problem`: why a report file or folder could not be written at the end of a
+  run (checked when the run starts);
+* :data:`MAX_SEED`, :data:`MAX_SHARDS`: the bounds of ``--circuits-seed`` and ``--circuits-shard``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 VERSION = "0.1.0"            # the package version (pytest_circuits.__version__)
 DEFAULT_MODEL = "smollm2-135m"
+MAX_SEED = 2 ** 32 - 1        # numpy's seeds are 0 .. 2**32 - 1 (the seed is given to numpy, torch, random)
+MAX_SHARDS = 10_000           # --circuits-shard K/N: at most this many jobs
 
 
 def default_cache_dir() -> Path:
@@ -43,3 +49,43 @@ def cache_location() -> "Path | str":
     URL (``s3://bucket/prefix``, see docs/remote-cache.md), else :func:`default_cache_dir`."""
     env = os.environ.get("PYTEST_CIRCUITS_CACHE_DIR")
     return env.strip() if env and is_url(env) else default_cache_dir()
+
+
+def output_problem(path: "str | os.PathLike[str]", *, folder: bool = False) -> "str | None":
+    """Why a file (``folder=False``) or a folder to write files in (``folder=True``) at
+    ``path`` could not be written, or None.
+
+    Nothing is left behind: an existing file is opened for appending and closed (its
+    contents and time stamps stay as they are); otherwise the nearest folder that exists
+    (``path`` itself for a folder) must be a folder in which one hidden temporary file can
+    be created, which is created and removed again. That is also right for root (for whom
+    permission bits do not apply) and on read-only file systems."""
+    p = Path(path).expanduser().resolve()
+    if p.exists():
+        if folder and not p.is_dir():
+            return f"{p} is a file, not a folder"
+        if not folder:
+            if p.is_dir():
+                return f"{p} is a folder, not a file (give the path of the file to write)"
+            try:
+                os.close(os.open(p, os.O_WRONLY | os.O_APPEND))
+            except OSError as e:
+                return f"{p} cannot be written ({e.strerror or e})"
+            return None
+        probe_dir = p
+    else:
+        probe_dir = p.parent
+        while not os.path.lexists(probe_dir) and probe_dir.parent != probe_dir:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            return f"{probe_dir} is a file, so {p} cannot be created"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pytest-circuits-write-probe-", dir=probe_dir)
+    except OSError as e:
+        return f"cannot create files in {probe_dir} ({e.strerror or e})"
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:  # pragma: no cover - created a moment ago
+        pass
+    return None

@@ -30,6 +30,14 @@ the embedding's ``hook_embed``.
 * **resample**: prompt *i* gets the output of prompt *π(i)* of the same set, where *π*
   is a seeded derangement (never the prompt itself), at the same position (or at each
   prompt's own last token with ``positions="last"``).
+* **resample_distinct**: as ``resample``, except that a prompt whose source output (at
+  the replaced positions) equals its own gets the output of another prompt whose output
+  differs (the first in a seeded order): on prompts that share their last tokens, plain
+  resampling often swaps equal outputs and removes nothing. Where no prompt's output
+  differs from a prompt's own (the component writes the same thing on every prompt), the
+  prompt keeps *π(i)* and the ablation is a no-op there (:meth:`Replace.unchanged`
+  says so; the self-repair measurements flag it). The default of
+  :func:`pytest_circuits.techniques.effects.self_repair` and its relatives.
 * **patch**: prompt *i* gets the output of its own corrupted counterpart
   (``prompts.corrupted``), position by position.
 * **freeze**: the component keeps its output from the *clean* run of the same prompt,
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -57,11 +66,13 @@ from .errors import InterventionError, NoOpInterventionWarning, bad
 from .protocols import check_intervention
 from .store import resolve
 
-KINDS = ("zero", "mean", "position_mean", "resample", "patch", "freeze", "rerouted")
+KINDS = ("zero", "mean", "position_mean", "resample", "resample_distinct", "patch", "freeze", "rerouted")
+ABLATION_KINDS = ("zero", "mean", "position_mean", "resample", "resample_distinct")
+RESAMPLE_KINDS = ("resample", "resample_distinct")
 # Kinds that are meant to remove a component's information: one that leaves the output
 # as it was is flagged. (patch, freeze and rerouted may rightly equal the clean value:
 # patching where the corrupted prompt agrees, freezing what nothing upstream changed.)
-NOOP_KINDS = ("zero", "mean", "position_mean", "resample")
+NOOP_KINDS = ABLATION_KINDS
 NOOP_RTOL = 1e-5          # |replacement - original| <= NOOP_RTOL x their size: unchanged
 NOOP_FRACTION = 0.9       # warn when at least this fraction of the prompts is unchanged
 # (replacement, its key, prompt digest, n) -> {row: unchanged?}, filled batch by batch
@@ -97,7 +108,7 @@ class Replace:
     @property
     def key(self) -> str:
         ref = f",ref={self.reference.digest[:16]}" if self.reference is not None else ""
-        seed = f",seed={self.seed}" if self.kind == "resample" else ""
+        seed = f",seed={self.seed}" if self.kind in RESAMPLE_KINDS else ""
         via = f",via=[{self.via.key}]" if self.via is not None else ""
         return f"{self.kind}({self.component},pos={self.positions}{ref}{seed}{via})"
 
@@ -116,14 +127,14 @@ class Replace:
                 raise InterventionError(bad("positions", self.positions,
                                             f"positions < {shortest} (the shortest prompt in "
                                             f"{prompts.name!r} has {shortest} tokens)"))
-        if self.kind == "resample":
+        if self.kind in RESAMPLE_KINDS:
             if len(prompts) < 2:
-                raise InterventionError(f"resample ablation of {self.component} needs at least 2 prompts "
+                raise InterventionError(f"{self.kind} ablation of {self.component} needs at least 2 prompts "
                                         f"to resample from; {prompts.name!r} has 1 (use kind='mean' "
                                         "with a reference set, or kind='zero')")
             if self.positions != "last" and len(set(prompts.lengths)) > 1:
                 raise InterventionError(
-                    f"resample ablation at positions={self.positions} needs prompts of one length "
+                    f"{self.kind} ablation at positions={self.positions} needs prompts of one length "
                     f"({prompts.name!r} has lengths {sorted(set(prompts.lengths))}); use positions='last'")
         if self.kind == "position_mean":
             ref = self.reference if self.reference is not None else prompts
@@ -168,6 +179,7 @@ class Replace:
         if self.kind == "patch" and prompts.corrupted is not None and self.positions != "last":
             return torch.maximum(lo, _first_difference(prompts.tokens, prompts.corrupted.tokens, lengths))
         if self.kind == "resample" and self.positions != "last":
+            # (resample_distinct's sources depend on the activations: ``lo`` bounds it safely)
             perm = derangement(len(prompts), self.seed)
             return torch.maximum(lo, _first_difference(prompts.tokens, prompts.tokens[perm], lengths))
         if self.kind == "rerouted" and self.via is not None:
@@ -258,6 +270,10 @@ class Replace:
         if self.kind == "zero":
             cause = (f"zero ablation of {c}{where}: its output there is already 0 on {on} of {name!r}, "
                      "so the ablation removes nothing")
+        elif self.kind == "resample_distinct":
+            cause = (f"resample_distinct: {c}'s output{where} is the same on every prompt of {name!r} "
+                     f"({on} kept their own: no prompt's output differs from theirs), so the ablation "
+                     "removes nothing; use kind='mean' with a reference set whose outputs differ, or kind='zero'")
         elif self.kind == "resample":
             cause = (f"resample: {'every' if unchanged == n else f'on {unchanged} of {n} prompts the'} "
                      f"prompt's source output for {c}{where} equals its own (in {name!r}; e.g. every "
@@ -337,11 +353,67 @@ class Replace:
             last = store.get(model, src_set, [H.last(hook)], via)[H.last(hook)]
             if self.kind == "resample":
                 last = last[derangement(len(prompts), self.seed)]
+            elif self.kind == "resample_distinct":
+                last = last[distinct_sources(last[(slice(None),) + slot], self.seed)]
             return {"last": last[(slice(None),) + slot] if slot else last}
         acts = store.get(model, src_set, [hook], via)[hook]
         if self.kind == "resample":
             acts = acts[derangement(len(prompts), self.seed)]
+        elif self.kind == "resample_distinct":
+            acts = acts[distinct_sources(_at_positions(acts[(slice(None), slice(None)) + slot],
+                                                       self._replaced(prompts, acts.shape[1])), self.seed)]
         return {"full": acts}
+
+    def _replaced(self, prompts: Any, width: int) -> Any:
+        """``[n, width]`` bool: the positions this replacement replaces that are real tokens."""
+        import torch
+
+        at = torch.arange(width).unsqueeze(0)
+        lengths = torch.tensor(prompts.lengths).unsqueeze(1)
+        if self.positions is None:
+            sel = at < lengths
+        elif self.positions == "last":
+            sel = at == lengths - 1
+        else:
+            sel = torch.isin(at, torch.tensor(self.positions)) & (at < lengths)
+        return sel.expand(len(prompts), width)
+
+    def unchanged(self, model: Any, prompts: Any, store: Any = None) -> Any:
+        """Per prompt (``[n]`` bools), whether this replacement leaves every value it replaces
+        (at the replaced positions, real tokens only) as it is in the clean run, within
+        :data:`NOOP_RTOL` of their size: where it does, the ablation changes nothing on that
+        prompt. Read from the store (the clean activations and the replacement's source), so
+        it holds when the ablated run itself was served from the cache. None for the kinds
+        that may rightly equal the clean value (patch, freeze, rerouted)."""
+        import torch
+
+        if self.kind not in NOOP_KINDS:
+            return None
+        store = resolve(store)
+        slot = self._slot()
+        hook = self.hook
+        source = self._source(model, prompts, store, hook)
+        if self.positions == "last":
+            old = store.get(model, prompts, [H.last(hook)])[H.last(hook)]
+            old = old[(slice(None),) + slot].unsqueeze(1)                 # [n, 1, ...]
+            mask = torch.ones(old.shape[:2], dtype=torch.bool)
+        else:
+            old = store.get(model, prompts, [hook])[hook][(slice(None), slice(None)) + slot]
+            mask = self._replaced(prompts, old.shape[1])
+        old = old.detach().to("cpu", torch.float64)
+        if source is None:
+            new = torch.zeros_like(old)
+        elif "mean" in source:
+            new = source["mean"].to("cpu", torch.float64).expand_as(old)
+        elif "last" in source:
+            new = source["last"].to("cpu", torch.float64).unsqueeze(1).expand_as(old)
+        else:
+            new = source["full"][(slice(None), slice(None)) + slot].to("cpu", torch.float64)
+            new = new[:, : old.shape[1]]
+        m = mask.reshape(mask.shape + (1,) * (old.dim() - 2)).to(old.dtype)
+        diff = ((new - old).abs() * m).flatten(1).amax(1)
+        size = (torch.maximum(old.abs(), new.abs()) * m).flatten(1).amax(1)
+        return diff <= NOOP_RTOL * size
 
 
 @dataclass(frozen=True)
@@ -388,6 +460,23 @@ class Interventions:
     def check(self, model: Any, prompts: Any) -> None:
         for i in self.items:
             i.check(model, prompts)
+
+    def unchanged(self, model: Any, prompts: Any, store: Any = None) -> Any:
+        """Per prompt (``[n]`` bools), whether every item leaves the values it replaces as
+        they are in the clean run (:meth:`Replace.unchanged`): then the intervened run *is*
+        the clean run on that prompt (the first item that changed something would have
+        made it differ). Every prompt for ``nothing()``. None when an item is of a kind
+        that may rightly equal the clean value (patch, freeze, rerouted)."""
+        import torch
+
+        store = resolve(store)
+        out = torch.ones(len(prompts), dtype=torch.bool)
+        for i in self.items:
+            same = i.unchanged(model, prompts, store)
+            if same is None:
+                return None
+            out &= same.to("cpu")
+        return out
 
     def first_positions(self, model: Any, prompts: Any) -> Any:
         """Per prompt, the first position any item can change (each prompt's length when
@@ -445,6 +534,61 @@ def _first_difference(a: Any, b: Any, lengths: Any) -> Any:
     return torch.where(differ, pos, agree.unsqueeze(1).expand_as(differ)).amin(1).minimum(agree)
 
 
+def _at_positions(acts: Any, mask: Any) -> Any:
+    """``[n, k]``: each row's values at the positions ``mask`` ``[n, width]`` selects (the same
+    number in every row: resampling at positions other than the last needs one length), 0
+    elsewhere."""
+    m = mask.reshape(mask.shape + (1,) * (acts.dim() - 2)).to(acts.device)
+    return (acts * m).flatten(1)
+
+
+def _same_rows(flat: Any, i: int, rows: Any) -> Any:
+    """Whether each of ``rows`` of ``flat`` ``[n, k]`` (float64) equals row ``i`` within
+    :data:`NOOP_RTOL` of their size (the test :meth:`Replace.unchanged` applies)."""
+    import torch
+
+    a, b = flat[i].unsqueeze(0), flat[rows]
+    diff = (a - b).abs().amax(1)
+    size = torch.maximum(a.abs().amax(1), b.abs().amax(1))
+    return diff <= NOOP_RTOL * size
+
+
+def distinct_sources(values: Any, seed: int) -> Any:
+    """For ``resample_distinct``: per prompt, the prompt whose output it gets. ``values``
+    ``[n, ...]``: each prompt's clean output at the replaced positions. Prompt ``i`` gets
+    ``π(i)`` (:func:`derangement`) unless that output equals its own (within
+    :data:`NOOP_RTOL`); then the first prompt, in a seeded order starting after ``i``, whose
+    output differs; ``π(i)`` when none does (the ablation is then a no-op on ``i``)."""
+    import torch
+
+    n = values.shape[0]
+    perm = derangement(n, seed)
+    flat = values.detach().reshape(n, -1).to("cpu", torch.float64)
+    diff = (flat - flat[perm]).abs().amax(1)
+    size = torch.maximum(flat.abs().amax(1), flat[perm].abs().amax(1))
+    need = (diff <= NOOP_RTOL * size).nonzero().flatten().tolist()
+    if not need:
+        return perm
+    if bool(_same_rows(flat, 0, torch.arange(n)).all()):
+        return perm                     # one output on every prompt: nothing can differ
+    g = torch.Generator().manual_seed((int(seed) * 2654435761 + 97) % (2 ** 63))
+    order = torch.randperm(n, generator=g)
+    place = torch.empty(n, dtype=torch.long)
+    place[order] = torch.arange(n)
+    out = perm.clone()
+    chunk = 64
+    for i in need:
+        start = int(place[i]) + 1
+        cands = torch.cat([order[start:], order[:start - 1]])          # every prompt but i
+        for s in range(0, len(cands), chunk):
+            part = cands[s: s + chunk]
+            differ = (~_same_rows(flat, i, part)).nonzero().flatten()
+            if len(differ):
+                out[i] = part[int(differ[0])]
+                break
+    return out
+
+
 def derangement(n: int, seed: int) -> Any:
     """A seeded permutation of range(n) with no fixed point (n >= 2)."""
     import torch
@@ -459,9 +603,10 @@ def derangement(n: int, seed: int) -> Any:
 def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = None,
            reference: Any = None, seed: int = 0) -> Interventions:
     """Zero, mean or resample ablation of one or several components."""
-    if kind not in ("zero", "mean", "position_mean", "resample"):
-        raise InterventionError(bad("kind", kind, "'zero', 'mean', 'position_mean' or 'resample' "
-                                    "(for patching use patch())"))
+    given_seed = seed
+    if kind not in ABLATION_KINDS:
+        raise InterventionError(bad("kind", kind, "'zero', 'mean', 'position_mean', 'resample' or "
+                                    "'resample_distinct' (for patching use patch())"))
     comps = parse_many(components, model)
     if not comps:
         raise InterventionError(bad("components", components, "at least one component"))
@@ -470,6 +615,12 @@ def ablate(model: Any, components: Any, kind: str = "zero", *, positions: Any = 
                                 "output is taken over that set's tokens")
     if kind not in ("mean", "position_mean") and reference is not None:
         raise InterventionError(bad("reference", reference, "only used with kind='mean' or 'position_mean'"))
+    try:
+        seed = operator.index(seed) if not isinstance(seed, bool) else None
+    except TypeError:
+        seed = None
+    if seed is None or not 0 <= seed < 2 ** 63:
+        raise InterventionError(bad("seed", given_seed, "an integer in 0 .. 2**63 - 1"))
     pos = _norm_positions(positions)
     return Interventions(tuple(Replace(c, kind, pos, reference, seed) for c in comps))
 

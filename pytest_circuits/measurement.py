@@ -23,6 +23,18 @@ The interval (maths in :mod:`pytest_circuits.stats`, coverage in docs/statistics
 A zero-width interval (one value, or all values equal) is kept as ``[v, v]`` but flagged:
 ``flags`` says why, the repr ends in ``[zero-width: ...]`` and ``to_dict()`` has ``"flags"``.
 
+A measurement made under an intervention that changed nothing (the self-repair measurements
+of :mod:`pytest_circuits.techniques.effects` mark themselves, :meth:`Measurement.marked`) is
+flagged ``uninformative: ...`` (it changed nothing on nearly every example) or ``partly
+uninformative: ...`` (on some): its value is what a no-op gives, whatever the model does, so
+it is not evidence of absence. ``null`` is the value an example takes where the
+intervention did nothing (0 for a change). The assertions refuse (a
+:class:`~pytest_circuits.errors.MeasurementError`, recorded as a failed assertion) every
+bound on an uninformative measurement, and on a partly uninformative one every bound that
+the null value itself would pass (those the no-op examples pull the mean toward: "no
+effect", "below 0.1"); a bound beyond the null value (an effect above 0.5) stays honest,
+since the no-op examples only pull the mean away from it.
+
 Arithmetic keeps the pairing. ``a - b`` and ``a + b`` of two Measurements on the same
 examples (same n, same labels when both have them, same level) take the per-example
 differences or sums and build their own interval (:meth:`from_values`), e.g.
@@ -45,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -169,6 +181,9 @@ class Measurement:
     # True for a ratio of means (:meth:`from_ratio`): its values are contributions, not
     # summands, so it is not added to or subtracted from another measurement.
     ratio: bool = field(default=False, compare=False, repr=False)
+    # The value of an example on which the intervention it was measured under did nothing
+    # (set with an "uninformative" flag, :meth:`marked`; None: not known).
+    null: float | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # The label travels into reports and baselines (JSON): a model object here would end the
@@ -317,10 +332,32 @@ class Measurement:
         for lst in _ASSERTIONS:
             lst.append(rec)
 
+    def _refuse_uninformative(self, kind: str, threshold: Any, bound: Any, null_passes: Any) -> None:
+        """Refuse a bound that a no-op would pass (see the module docstring): the assertion is
+        recorded as failed and a MeasurementError says why."""
+        full = [f for f in self.flags if f.startswith(UNINFORMATIVE)]
+        part = [f for f in self.flags if f.startswith(PARTLY_UNINFORMATIVE)]
+        if full:
+            why = full[0]
+        elif part and (self.null is None or null_passes(self.null)):
+            why = part[0] + ("" if self.null is None else
+                             f"; those examples sit at {_fmt(self.null)}, which this bound would pass")
+        else:
+            return
+        self._note(kind, threshold, bound, False)
+        plain = replace(self, flags=())
+        raise MeasurementError(
+            f"{plain!r}: cannot assert {_BOUND_TEXT[kind].format(t=threshold)} on it: {why}. An intervention "
+            "that changed nothing gives this value whatever the model does, so it is not evidence that there "
+            "is no effect; measure under one that acts on these prompts (e.g. kind='resample_distinct', "
+            "kind='mean' with a reference set whose outputs differ, or kind='zero')")
+
     def assert_above(self, threshold: float) -> "Measurement":
         """Fail unless the *lower* interval bound is above ``threshold``."""
-        ok = self.lower > threshold
-        self._note("above", threshold, self.lower, ok)
+        t = _bound("threshold", threshold)
+        self._refuse_uninformative("above", t, self.lower, lambda v: v > t)
+        ok = self.lower > t
+        self._note("above", t, self.lower, ok)
         if not ok:
             raise AssertionError(
                 f"{self!r} ({_pct(self.level)} interval) -- expected lower bound > {threshold}")
@@ -328,8 +365,10 @@ class Measurement:
 
     def assert_below(self, threshold: float) -> "Measurement":
         """Fail unless the *upper* interval bound is below ``threshold``."""
-        ok = self.upper < threshold
-        self._note("below", threshold, self.upper, ok)
+        t = _bound("threshold", threshold)
+        self._refuse_uninformative("below", t, self.upper, lambda v: v < t)
+        ok = self.upper < t
+        self._note("below", t, self.upper, ok)
         if not ok:
             raise AssertionError(
                 f"{self!r} ({_pct(self.level)} interval) -- expected upper bound < {threshold}")
@@ -337,12 +376,33 @@ class Measurement:
 
     def assert_within(self, low: float, high: float) -> "Measurement":
         """Fail unless the whole interval lies inside ``(low, high)``."""
-        ok = self.lower > low and self.upper < high
-        self._note("within", (low, high), (self.lower, self.upper), ok)
+        lo, hi = _bound("low", low), _bound("high", high)
+        if not lo < hi:
+            raise MeasurementError(bad("high", high, f"a number above low={low!r}"))
+        self._refuse_uninformative("within", (lo, hi), (self.lower, self.upper), lambda v: lo < v < hi)
+        ok = self.lower > lo and self.upper < hi
+        self._note("within", (lo, hi), (self.lower, self.upper), ok)
         if not ok:
             raise AssertionError(
                 f"{self!r} ({_pct(self.level)} interval) -- expected interval inside ({low}, {high})")
         return self
+
+    # -- flags -----------------------------------------------------------------
+    @property
+    def uninformative(self) -> str | None:
+        """The first ``uninformative`` / ``partly uninformative`` flag, or None."""
+        return next((f for f in self.flags if f.startswith((UNINFORMATIVE, PARTLY_UNINFORMATIVE))), None)
+
+    def marked(self, *flags: str, null: float | None = None) -> "Measurement":
+        """A copy with ``flags`` added (and ``null``, the value of an example on which the
+        intervention did nothing: see the module docstring). Not recorded: record the copy
+        (:func:`record`) instead of this one."""
+        if not all(isinstance(f, str) and f for f in flags):
+            raise MeasurementError(bad("flags", flags, "non-empty strings"))
+        if null is not None:
+            null = _bound("null", null)
+        return replace(self, flags=self.flags + tuple(f for f in flags if f not in self.flags),
+                       null=null if null is not None else self.null)
 
     # -- arithmetic ------------------------------------------------------------
     def __neg__(self) -> "Measurement":
@@ -418,12 +478,14 @@ class Measurement:
         if scale < 0:
             lo, hi = hi, lo
         values = tuple(scale * v + shift for v in self.values)
-        flags = self.flags if scale != 0.0 else _zero_width_flag(self.n, "scaled by 0")
+        flags = self.flags if scale != 0.0 else (_zero_width_flag(self.n, "scaled by 0")
+                                                 + _uninformative_flags(self))
         prov = {"from": repr(self), "interval": f"exact: {_num(scale)} x the interval of "
                 f"{self.name}" + (f" + {_num(shift)}" if shift else "")}
         m = Measurement(name=name, values=values, mean=scale * self.mean + shift, lower=float(lo),
                         upper=float(hi), level=self.level, n=self.n, model=self.model, provenance=prov,
-                        labels=self.labels, flags=flags, ratio=self.ratio)
+                        labels=self.labels, flags=flags, ratio=self.ratio,
+                        null=None if self.null is None else scale * self.null + shift)
         for rec in _RECORDERS:
             rec.append(m)
         return m
@@ -451,10 +513,11 @@ class Measurement:
                                            "numerators and call Measurement.from_ratio (F1: probing.margin)"))
         model = self.model if self.model == other.model or not other.model else (
             other.model if not self.model else f"{self.model} {op} {other.model}")
-        return Measurement.from_values(
+        m = Measurement.from_values(
             f"{self.name} {op} {_operand(other.name)}", self.array + sign * other.array, model=model,
             level=self.level, labels=self.labels if self.labels is not None else other.labels,
-            provenance={"left": repr(self), "right": repr(other), "operation": op})
+            provenance={"left": repr(self), "right": repr(other), "operation": op}, record=False)
+        return record(_carry_uninformative(m, self, other, sign))
 
     # -- combining -------------------------------------------------------------
     def paired_difference(self, other: "Measurement", name: str | None = None) -> "Measurement":
@@ -462,10 +525,11 @@ class Measurement:
         if self.n != other.n:
             raise MeasurementError(bad("other", f"{other.name} with n={other.n}",
                                        f"a measurement on the same {self.n} examples"))
-        return Measurement.from_values(
+        m = Measurement.from_values(
             name or f"{self.name} - {other.name}", self.array - other.array, model=self.model,
             level=self.level, provenance={"minuend": repr(self), "subtrahend": repr(other)},
-            labels=self.labels)
+            labels=self.labels, record=False)
+        return record(_carry_uninformative(m, self, other, -1.0))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (values included)."""
@@ -518,6 +582,37 @@ def _zero_denominator(name: str, den: np.ndarray, denominator_name: str | None,
                             "a denominator with a non-zero mean")
            + f"; the ratio is undefined because {label}'s mean is 0: {reason}")
     return msg + (f" ({why})" if why else "")
+
+
+UNINFORMATIVE = "uninformative"
+PARTLY_UNINFORMATIVE = "partly uninformative"
+_BOUND_TEXT = {"above": "lower bound > {t}", "below": "upper bound < {t}", "within": "interval inside {t}"}
+
+
+def _bound(name: str, x: Any) -> float:
+    """A bound given to an assertion: a finite real number (not a bool, a string or None; a
+    0-d array or tensor is read as its number)."""
+    if getattr(x, "ndim", None) == 0 and hasattr(x, "item") and not isinstance(x, (bool, np.bool_)):
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise MeasurementError(bad(name, x, "a finite number"))
+    if not math.isfinite(float(x)):
+        raise MeasurementError(bad(name, x, "a finite number (an infinite bound always or never holds)"))
+    return float(x)
+
+
+def _uninformative_flags(m: "Measurement") -> tuple[str, ...]:
+    return tuple(f for f in m.flags if f.startswith((UNINFORMATIVE, PARTLY_UNINFORMATIVE)))
+
+
+def _carry_uninformative(m: "Measurement", a: "Measurement", b: "Measurement", sign: float) -> "Measurement":
+    """``m = a + sign * b`` keeps the operands' uninformative flags. Its null value is known only
+    when both operands carry the same flags (the same no-op examples) and know theirs."""
+    fa, fb = _uninformative_flags(a), _uninformative_flags(b)
+    if not fa and not fb:
+        return m
+    null = (a.null + sign * b.null) if (fa == fb and a.null is not None and b.null is not None) else None
+    return replace(m, flags=m.flags + tuple(dict.fromkeys(fa + fb)), null=null)
 
 
 def _scalar(x: Any) -> float | None:

@@ -5,6 +5,12 @@
 
 Values are shown on a diverging scale centred at 0 and symmetric, so the colour of an
 effect means the same in every figure of one kind; NaN cells (not measured) stay blank.
+
+Every text in every figure of the package (titles, labels, tick labels, legends) is drawn
+literally: :func:`literal` turns off matplotlib's mathtext and TeX for a figure's texts, so a
+metric named ``cost $5`` or ``a_b^c \\ <x> & y`` is shown as written, never parsed (an odd
+number of ``$`` would otherwise end the report in a ValueError after every claim has run).
+The report's forest plot and the checkup's heatmaps call it too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,29 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def literal(fig: Any) -> Any:
+    """Draw every text of ``fig`` as written: no mathtext (``$...$``) and no TeX (``usetex``),
+    whatever the rc settings. Call it once the texts are set, before ``tight_layout`` or
+    ``savefig`` (which lay them out). The numbers a numeric axis writes itself (its tick
+    labels and offset) keep their mathtext (a formatter may write ``$10^{3}$``); only TeX is
+    turned off there. Returns ``fig``."""
+    from matplotlib.text import Text
+    from matplotlib.ticker import LogFormatter, ScalarFormatter
+
+    numeric: set[int] = set()      # the texts of axes whose numbers a formatter writes
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), (ScalarFormatter, LogFormatter)):
+                ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+                numeric.update(id(t) for tick in ticks for t in (tick.label1, tick.label2))
+                numeric.add(id(axis.offsetText))
+    for t in fig.findobj(Text):
+        t.set_usetex(False)
+        if id(t) not in numeric:
+            t.set_parse_math(False)
+    return fig
 
 
 def heatmap(values: np.ndarray, path: str | Path, *, title: str, xlabels: Sequence[str],
@@ -51,6 +80,7 @@ def heatmap(values: np.ndarray, path: str | Path, *, title: str, xlabels: Sequen
     bar = fig.colorbar(im, ax=ax, fraction=0.04)
     bar.set_label(cbar, fontsize=7)
     bar.ax.tick_params(labelsize=7)
+    literal(fig)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

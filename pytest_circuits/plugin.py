@@ -161,28 +161,35 @@ def _models(config: pytest.Config) -> tuple[list[str], bool]:
 def _settings(config: pytest.Config) -> Any:
     """Parse and check every option (each also an ini key); a bad value is a UsageError."""
     from ._session import DTYPES, FAMILYWISE, Settings, check_device, check_model_name
-    from .config import cache_location, is_url
+    from .config import MAX_SEED, cache_location, is_url
 
     c = config
 
     def usage(msg: str) -> pytest.UsageError:
         return pytest.UsageError(f"pytest-circuits: {msg}")
 
-    def integer(name: str, flag: str, low: int) -> int:
+    def integer(name: str, flag: str, low: int, high: int | None = None) -> int:
         raw = _opt(c, name)
         try:
             value = int(str(raw).strip())
         except ValueError:
             raise usage(f"{flag}={raw!r} is not valid: an integer") from None
-        if value < low:
-            raise usage(f"{flag}={value} is not valid: an integer >= {low}")
+        if value < low or (high is not None and value > high):
+            raise usage(f"{flag}={value} is not valid: an integer >= {low}"
+                        + (f" and <= {high:,}" if high is not None else ""))
         return value
 
+    for name, flag in _TEXT_OPTIONS:
+        given = c.getoption(name)
+        if isinstance(given, str) and not given.strip():
+            # e.g. --circuits-report=$REPORT with the variable unset: never a silent default
+            raise usage(f"{flag}= is empty: give a value, or leave the option out")
     models, from_cli = _models(c)
     for name in models:
-        problem = check_model_name(name)
+        problem = check_model_name(name) or _pickled_checkpoint(name)
         if problem:
             raise usage(problem + ("" if from_cli else " (from the ini option circuits_model)"))
+    _check_outputs(c, usage)
     dtype = str(_opt(c, "circuits_dtype")).strip()
     if dtype not in DTYPES:
         raise usage(f"--circuits-dtype={dtype!r} is not valid: one of {', '.join(DTYPES)}")
@@ -233,6 +240,15 @@ def _settings(config: pytest.Config) -> Any:
     except BaselineError as e:
         raise usage(f"--circuits-baseline-tolerance: {e}") from None
     bdir = _opt(c, "circuits_baseline_dir")
+    baseline = bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of"))
+    if baseline and not hasattr(c, "workerinput"):
+        # baselines are written into it (a missing one, or obtained values on drift)
+        from .config import output_problem
+
+        where = (c.rootpath / bdir) if bdir else c.rootpath / "claims" / "baselines"
+        problem = output_problem(where, folder=True)
+        if problem:
+            raise usage(f"--circuits-baseline-dir={str(bdir or where)!r} cannot be used: {problem}")
     shard = str(_opt(c, "circuits_shard") or "").strip()
     if shard:
         from .shards import parse_shard
@@ -247,26 +263,85 @@ def _settings(config: pytest.Config) -> Any:
         device=device if device_map is not None else _worker_device(device), device_map=device_map,
         dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
         batch_size=integer("circuits_batch_size", "--circuits-batch-size", 1),
-        seed=integer("circuits_seed", "--circuits-seed", 0),
+        seed=integer("circuits_seed", "--circuits-seed", 0, MAX_SEED),
         require_models=bool(_opt(c, "circuits_require_models")),
-        baseline=bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of")),
+        baseline=baseline,
         baseline_dir=(c.rootpath / bdir) if bdir else None,
         update_baselines=bool(_opt(c, "circuits_update_baselines")),
         baseline_of=_opt(c, "circuits_baseline_of") or None,
         baseline_tolerance=tolerance, familywise=familywise)
 
 
+# Options whose value is text: given empty on the command line, each would silently mean
+# "not given" (no report, no sharding, the default cache): a usage error instead.
+_TEXT_OPTIONS = (("circuits_cache_dir", "--circuits-cache-dir"), ("circuits_report", "--circuits-report"),
+                 ("circuits_markdown", "--circuits-markdown"), ("circuits_html", "--circuits-html"),
+                 ("circuits_baseline_dir", "--circuits-baseline-dir"),
+                 ("circuits_baseline_of", "--circuits-baseline-of"), ("circuits_shard", "--circuits-shard"),
+                 ("circuits_device_map", "--circuits-device-map"), ("circuits_device", "--circuits-device"),
+                 ("circuits_dtype", "--circuits-dtype"), ("circuits_seed", "--circuits-seed"),
+                 ("circuits_batch_size", "--circuits-batch-size"), ("circuits_familywise", "--circuits-familywise"),
+                 ("circuits_baseline_tolerance", "--circuits-baseline-tolerance"),
+                 ("circuits_checks", "--circuits-checks"))
+_OUTPUTS = (("circuits_report", "--circuits-report"), ("circuits_markdown", "--circuits-markdown"),
+            ("circuits_html", "--circuits-html"))
+
+
+def _check_outputs(c: pytest.Config, usage: Any) -> None:
+    """Every file the run writes at its end (--circuits-report/-markdown/-html, --junitxml) can
+    be written there: a usage error now, not a crash after every claim has run. Two outputs
+    at one path are refused too (one would overwrite the other). xdist workers write none."""
+    if hasattr(c, "workerinput"):
+        return
+    from .config import output_problem
+
+    wanted = [(flag, str(_opt(c, name)).strip()) for name, flag in _OUTPUTS if _opt(c, name)]
+    junit = getattr(c.option, "xmlpath", None)
+    if junit:
+        wanted.append(("--junitxml", str(junit)))
+    seen: dict[Path, str] = {}
+    for flag, raw in wanted:
+        where = Path(raw).expanduser().resolve()
+        if where in seen:
+            raise usage(f"{flag}={raw!r} and {seen[where]} name the same file: one would overwrite the other")
+        seen[where] = f"{flag}={raw!r}"
+        problem = output_problem(where)
+        if problem:
+            raise usage(f"{flag}={raw!r} cannot be written at the end of the run: {problem}")
+
+
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def _pickled_checkpoint(name: str) -> str | None:
+    """Why a checkpoint folder cannot be used because its weights are pickled (and there are
+    no safetensors), or None: a clear refusal with the way out, never "model unavailable"."""
+    path = Path(str(name)).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    pickled = sorted(p.name for pattern in _PICKLED for p in path.glob(pattern))
+    if not pickled:
+        return None
+    return (f"model {name!r}: {path} holds pickled weights ({', '.join(pickled[:3])}) and no *.safetensors; "
+            "pickled checkpoints are never loaded (unpickling can run code). If you trust the file, convert it "
+            "once, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\", copy the tokenizer files "
+            "next to it, and pass the new folder")
+
+
 def _device_map(c: pytest.Config, device: str, models: list[str], usage: Any) -> Any:
     """``--circuits-device-map`` parsed and checked against ``--circuits-device``, this
-    machine's devices and (a dict) the modules of every model named (or the default one),
-    so a bad map is a usage error before any claim runs. An ``@file`` given on the command
-    line is read relative to where pytest was started, one in the ini file to the rootdir."""
+    machine's devices and (a dict) the modules of every model named with --circuits-model,
+    so a bad map is a usage error before any claim runs. With no model named, the claims'
+    markers choose (not known yet): each model's load checks the map against it (a misfit
+    fails its claims), and the embedded model is not converted for a check no claim may
+    need. An ``@file`` given on the command line is read relative to where pytest was
+    started, one in the ini file to the rootdir."""
     from_cli = c.getoption("circuits_device_map") is not None
     raw = _opt(c, "circuits_device_map")
     if not str(raw or "").strip():
         return None
-    from .config import DEFAULT_MODEL
-    from .devices import DeviceMapError, device_conflict, parse_device_map
+    from .devices import DeviceMapError, device_conflict, missing_devices, parse_device_map
     from .errors import ModelUnavailable
     from .models import device_map_problem
 
@@ -274,9 +349,9 @@ def _device_map(c: pytest.Config, device: str, models: list[str], usage: Any) ->
         device_map = parse_device_map(raw, base=c.invocation_params.dir if from_cli else c.rootpath)
     except DeviceMapError as e:
         raise usage(str(e)) from None
-    problem = device_conflict(device, device_map)
+    problem = device_conflict(device, device_map) or missing_devices(device_map)
     cache = _opt(c, "circuits_cache_dir")
-    for name in ([] if problem else models or [DEFAULT_MODEL]):
+    for name in ([] if problem else models):
         try:
             where = (cache if "://" in str(cache) else str(Path(cache).expanduser())) if cache else None
             problem = device_map_problem(name, device_map, where)
@@ -383,7 +458,10 @@ def _is_ours(metafunc: pytest.Metafunc) -> bool:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "model" not in metafunc.fixturenames or not _is_ours(metafunc):
+    ours = "model" in metafunc.fixturenames and _is_ours(metafunc)
+    if ours or metafunc.definition.get_closest_marker("claim") is not None:
+        _check_marker_names(metafunc)
+    if not ours:
         return
     c = metafunc.config
     st = c.stash[SESSION_KEY].settings
@@ -403,8 +481,53 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if not isinstance(n, str) or not n:
             raise pytest.UsageError(f"@pytest.mark.model({n!r}) in {metafunc.definition.nodeid}: "
                                     "model names are non-empty strings")
+    if not st.models_from_cli and marker is not None and marker.args:
+        for n in names:
+            problem = _marker_model_problem(c, n, optional=bool(marker.kwargs.get("optional")))
+            if problem:
+                raise pytest.UsageError(f"@pytest.mark.model({n!r}) in {metafunc.definition.nodeid}: {problem}")
     metafunc.parametrize("model", names, indirect=True, scope="session",
                          ids=[_model_id(n) for n in names])
+
+
+_OUR_MARKERS = ("claim", "model", "baseline", "expect_change")
+MODEL_PROBLEMS_KEY = pytest.StashKey[dict]()
+
+
+def _check_marker_names(metafunc: pytest.Metafunc) -> None:
+    """A misspelt marker of this plugin on a claim (``@pytest.mark.modle("gpt2")``) is a usage
+    error: pytest would only warn, and the claim would run on another model, unmarked."""
+    import difflib
+
+    registered = {line.split("(")[0].split(":")[0].strip() for line in metafunc.config.getini("markers")}
+    for m in metafunc.definition.iter_markers():
+        if m.name in registered or m.name in _OUR_MARKERS:
+            continue
+        close = difflib.get_close_matches(m.name, _OUR_MARKERS, n=1, cutoff=0.75)
+        if close:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown marker @pytest.mark.{m.name}; "
+                                    f"did you mean @pytest.mark.{close[0]}?")
+
+
+def _marker_model_problem(c: pytest.Config, name: str, *, optional: bool) -> str | None:
+    """What is wrong with a model a claim's marker names (once per name and run): a pickled
+    checkpoint always; a name that is not registered, not a checkpoint folder and not in the
+    local Hugging Face cache (a typo, most likely) unless the marker declares the model
+    optional (``optional="why it may be missing here"``)."""
+    from ._session import check_model_name
+
+    table = c.stash.setdefault(MODEL_PROBLEMS_KEY, {})
+    if name not in table:
+        missing = check_model_name(name)
+        prefix = f"--circuits-model={name!r} is not valid: "
+        table[name] = (_pickled_checkpoint(name), missing.removeprefix(prefix) if missing else None)
+    pickled, missing = table[name]
+    if pickled:
+        return pickled
+    if missing and not optional:
+        return (f"{missing}. A claim whose model may be absent on some machines declares it: "
+                "@pytest.mark.model(..., optional=\"why it may be missing\")")
+    return None
 
 
 def _is_ours_item(item: pytest.Item) -> bool:
@@ -555,6 +678,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             # The user's own --circuits-device-map does not fit this model: a usage mistake,
             # never "model unavailable" (which skips without --circuits-require-models).
             pytest.fail(f"model {name!r}: {e}", pytrace=False)
+        pickled = _pickled_checkpoint(name)
+        if pickled:     # there, but refused: never "unavailable"
+            pytest.fail(pickled, pytrace=False)
         marker = item.get_closest_marker("model")
         optional = marker.kwargs.get("optional") if marker is not None else None
         if optional and name in marker.args and not session.settings.models_from_cli:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .config import MAX_SHARDS
+
 
 def parse_shard(spec: object) -> tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``; anything else raises ValueError with a
-    sentence saying what is wrong (the plugin turns it into a usage error)."""
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N <= MAX_SHARDS`` (10,000); anything else raises
+    ValueError with a sentence saying what is wrong (the plugin turns it into a usage error)."""
     text = str(spec).strip()
     k, sep, n = text.partition("/")
     if not sep:
@@ -37,6 +39,9 @@ def parse_shard(spec: object) -> tuple[int, int]:
         raise ValueError(f"{text!r} is not K/N with integers K and N (e.g. 2/4)") from None
     if count < 1:
         raise ValueError(f"{text!r}: in K/N, the number of shards N must be at least 1")
+    if count > MAX_SHARDS:
+        raise ValueError(f"{text!r}: in K/N, the number of shards N must be at most {MAX_SHARDS:,} "
+                         "(one CI job per shard)")
     if not 1 <= index <= count:
         raise ValueError(f"{text!r}: the shard K must be between 1 and N={count} (shards count from 1)")
     return index, count

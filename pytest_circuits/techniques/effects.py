@@ -48,6 +48,21 @@ Ranking both together as "compensators" would call a released eraser a backup he
 
 The token ``t`` is each prompt's answer (``token="answer"``, the default when the set
 has answers) or the clean run's top token (``token="top"``).
+
+**No-op ablations.** The default ablation (:func:`self_repair`, :func:`compensation`,
+:func:`sweep`, :func:`dla_vs_total`) is ``resample_distinct`` at the last position: each
+prompt's output is replaced by another prompt's that *differs* from it (plain ``resample``
+swaps equal outputs on prompts that share their last tokens, and then removes nothing).
+Whatever the kind, :func:`self_repair` reads from the stored activations on which prompts
+the ablation changed nothing (:meth:`~pytest_circuits.interventions.Interventions.unchanged`:
+every replaced value equals the clean one, e.g. a component that writes the same output on
+every prompt). On (nearly) every prompt (:data:`~pytest_circuits.interventions.NOOP_FRACTION`)
+the result is *uninformative*: its measurements carry the flag ``uninformative: ...`` (in
+the ledger, the card and every report), every assertion on them refuses with a
+:class:`~pytest_circuits.errors.MeasurementError`, and its rankings, roles and backups
+refuse too (an empty list of backups would read as "no backup"). On some prompts the
+measurements carry ``partly uninformative: ...`` and refuse the bounds that 0 itself would
+pass (a claim of "no effect" diluted by the no-op prompts).
 """
 
 from __future__ import annotations
@@ -63,7 +78,7 @@ from ..store import ActivationStore, resolve
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
-from ..measurement import Measurement
+from ..measurement import PARTLY_UNINFORMATIVE, UNINFORMATIVE, Measurement, record
 from ..models import derived, info as model_info, weights_state
 
 
@@ -641,6 +656,9 @@ def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: 
 
 
 ROLES = ("backup", "released suppression", "amplifier", "none")
+#: The ablation :func:`self_repair` and its relatives use unless told: resampling from a prompt
+#: whose output differs (see the module docstring).
+DEFAULT_KIND = "resample_distinct"
 SILENT_FRACTION = 0.1   # |clean DE| under 10% of the rise: the component was silent (backup)
 NOOP_RTOL = 1e-5        # |own ΔDE| under 1e-5 x |clean DE|: the ablation removed nothing
 
@@ -675,6 +693,43 @@ class SelfRepair(_Ranks):
     labels: tuple[str, ...] | None = None
     measured_total: Any = None      # [n]  centred logit change read from the two runs' logits
     constants: dict = field(default_factory=dict)   # name -> clean DE [n] of constant writers
+    # per prompt, whether the ablation left every value it replaced as it was (then the ablated
+    # run is the clean run there); None when it cannot be told (patching, custom interventions)
+    unchanged: tuple[bool, ...] | None = None
+
+    # -- no-op ablations ---------------------------------------------------------------
+    @property
+    def noop_prompts(self) -> int:
+        """On how many prompts the ablation changed nothing (0 when it cannot be told)."""
+        return sum(self.unchanged) if self.unchanged is not None else 0
+
+    def why_uninformative(self) -> str | None:
+        """Why nothing measured under this ablation is evidence (it changed nothing on (nearly)
+        every prompt), or None."""
+        from ..interventions import NOOP_FRACTION
+
+        n, k = len(self.total), self.noop_prompts
+        if k == 0 or k < max(1, math.ceil(NOOP_FRACTION * n)):
+            return None
+        return (f"{UNINFORMATIVE}: the ablation {self.ablation.key} changed nothing on {k} of {n} prompts of "
+                f"{self.prompts!r} (every value it replaced equals the clean one there)")
+
+    def _flags(self) -> tuple[str, ...]:
+        why = self.why_uninformative()
+        if why is not None:
+            return (why,)
+        if self.noop_prompts:
+            return (f"{PARTLY_UNINFORMATIVE}: the ablation {self.ablation.key} changed nothing on "
+                    f"{self.noop_prompts} of {len(self.total)} prompts of {self.prompts!r}",)
+        return ()
+
+    def _refuse_if_uninformative(self, what: str) -> None:
+        why = self.why_uninformative()
+        if why is not None:
+            raise MeasurementError(f"{what} under {self.ablation.key} is undefined: {why}. An empty or "
+                                   "all-zero answer would read as 'no backup'; ablate with a kind that acts "
+                                   "on these prompts (kind='resample_distinct', 'mean' with a reference set "
+                                   "whose outputs differ, or 'zero')")
 
     # -- per-prompt arrays -----------------------------------------------------------
     @property
@@ -723,7 +778,11 @@ class SelfRepair(_Ranks):
         * ``"released suppression"``: its ΔDE has the sign of the lost effect but its clean
           DE opposes it: it suppressed the answer and suppresses less (anti-erasure);
         * ``"amplifier"``: its ΔDE adds to the loss; ``"none"``: its ΔDE is exactly 0.
+
+        Refused (:class:`~pytest_circuits.errors.MeasurementError`) when the ablation is
+        uninformative (:meth:`why_uninformative`).
         """
+        self._refuse_if_uninformative(f"the role of {c}")
         return self._role_of_means(float(self.clean(c).mean()), float(self.delta(c).mean()))
 
     def ranking(self, k: int | None = 10, *, kind: str = "all", include_ablated: bool = False,
@@ -749,6 +808,10 @@ class SelfRepair(_Ranks):
             raise CircuitsError(bad("k", k, "a positive integer, or None for every row"))
         return rows if k is None else rows[:k]
 
+    def _ordered(self, by: str, order: str, **kw: Any) -> tuple[list[Ranked], Any, list[int]]:
+        self._refuse_if_uninformative("a ranking of the make-up for the lost effect")
+        return super()._ordered(by, order, **kw)
+
     def _rank_source(self, by: str, include_ablated: bool = False) -> tuple[list[Component], Any, float]:
         comps, vals = _grain(self.components, self.delta_de, by, set() if include_ablated else set(self.ablated))
         return comps, vals, self.lost_sign
@@ -766,9 +829,13 @@ class SelfRepair(_Ranks):
         return self.ranking(k, kind="released")
 
     # -- measurements ----------------------------------------------------------------
-    def _m(self, name: str, values: Any, **prov: Any) -> Measurement:
-        return Measurement.from_values(name, values, model=self.model, labels=self.labels,
-                                       provenance={"ablation": self.ablation.key, "prompts": self.prompts, **prov})
+    def _m(self, name: str, values: Any, clean: bool = False, **prov: Any) -> Measurement:
+        """A measurement of ``values``; one made under the ablation (``clean=False``) carries
+        its no-op flags (:meth:`_flags`), with 0 as the value of a prompt it did not change."""
+        flags = () if clean else self._flags()
+        m = Measurement.from_values(name, values, model=self.model, labels=self.labels, record=not flags,
+                                    provenance={"ablation": self.ablation.key, "prompts": self.prompts, **prov})
+        return record(m.marked(*flags, null=0.0)) if flags else m
 
     def total_effect(self) -> Measurement:
         return self._m(f"TE({self.ablation.key})", self.total)
@@ -780,7 +847,7 @@ class SelfRepair(_Ranks):
     def direct_effect(self, c: Any) -> Measurement:
         """Clean direct effect of ``c``."""
         comp = parse(c)
-        return self._m(f"DE({comp})", self.clean(comp), component=str(comp))
+        return self._m(f"DE({comp})", self.clean(comp), clean=True, component=str(comp))
 
     def compensation(self, by: Any) -> Measurement:
         """ΔDE of ``by`` under the ablation (positive: it makes up for the loss)."""
@@ -834,8 +901,11 @@ class SelfRepair(_Ranks):
                 f"  total effect  {float(self.total.mean()):+.4f}",
                 f"  own ΔDE       {float(self.own.mean()):+.4f}",
                 f"  downstream ΔDE{float(self.downstream.mean()):+.4f}",
-                f"  norm term     {float(self.norm_term.mean()):+.4f}",
-                "  making up for the loss (ΔDE; clean DE -> ablated DE; role):"]
+                f"  norm term     {float(self.norm_term.mean()):+.4f}"]
+        rows += [f"  [{f}]" for f in self._flags()]
+        if self.why_uninformative() is not None:
+            return "\n".join(rows + ["  no ranking: the ablation changed nothing (not evidence of no backup)"])
+        rows.append("  making up for the loss (ΔDE; clean DE -> ablated DE; role):")
         for c, v in self.ranking(k):
             clean = float(self.clean(c).mean())
             role = self.role(c)
@@ -848,11 +918,14 @@ class SelfRepair(_Ranks):
                 f"{float(self.norm_term.mean()):+.3f}, n={self.total.shape[0]})")
 
 
-def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = "resample", token: Any = "answer",
+def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = DEFAULT_KIND, token: Any = "answer",
                 positions: Any = "last", reference: Any = None, seed: int = 0,
                 activations: ActivationStore | None = None) -> SelfRepair:
     """Ablate ``ablate`` (spelling(s), components, or an Interventions) and decompose its effect.
 
+    ``kind`` defaults to ``resample_distinct`` (each prompt gets another prompt's output that
+    differs from its own). The result knows on which prompts the ablation changed nothing
+    (:attr:`SelfRepair.unchanged`) and flags or refuses what it cannot tell (module docstring).
     Raises when the decomposition does not reproduce the total effect read from the
     logits; warns (:class:`~pytest_circuits.errors.NoOpInterventionWarning`) when an
     ablated component's direct effect is unchanged on (nearly) every prompt although it
@@ -972,7 +1045,15 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
     mi = model_info(model)
     return SelfRepair(mi.label, abl, side.components, tuple(sorted(set(ablated))), de_clean, delta, norm,
                       total, clean_logit, prompts.name, prompts.prompts, measured,
-                      dict(zip(side.constant_names, all_clean[n_c:])))
+                      dict(zip(side.constant_names, all_clean[n_c:])), _unchanged(model, prompts, abl, store))
+
+
+def _unchanged(model: Any, prompts: Any, abl: Any, store: ActivationStore) -> tuple[bool, ...] | None:
+    """Per prompt, whether ``abl`` changed nothing (None when it cannot tell: see
+    :meth:`~pytest_circuits.interventions.Interventions.unchanged`)."""
+    how = getattr(abl, "unchanged", None)
+    same = how(model, prompts, store) if callable(how) else None
+    return None if same is None else tuple(bool(x) for x in same.tolist())
 
 
 def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
@@ -997,10 +1078,11 @@ def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
             "of 0 measured under it is not evidence of no effect or of no backup"), stacklevel=4)
 
 
-def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = "resample",
+def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = DEFAULT_KIND,
                  token: Any = "answer", positions: Any = "last", seed: int = 0, reference: Any = None,
                  activations: ActivationStore | None = None) -> Measurement:
-    """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`)."""
+    """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`);
+    flagged ``uninformative`` (and its assertions refused) where the ablation changed nothing."""
     sr = self_repair(model, prompts, ablate, kind=kind, token=token, positions=positions, seed=seed,
                      reference=reference, activations=activations)
     return sr.compensation(by)
@@ -1026,7 +1108,7 @@ def total_effect(model: Any, prompts: Any, intervention: Any, *, token: Any = "a
                                                "intervention": intervention.key})
 
 
-def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = "resample", token: Any = "answer",
+def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAULT_KIND, token: Any = "answer",
                  positions: Any = "last", seed: int = 0, reference: Any = None,
                  activations: ActivationStore | None = None) -> "DLAvsTotal":
     """How far the direct logit attribution of ``component`` overstates its causal effect.
@@ -1039,7 +1121,7 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = "resam
     sr = self_repair(model, prompts, comp, kind=kind, token=token, positions=positions, seed=seed,
                      reference=reference, activations=activations)
     if kind == "zero":
-        dla = sr.direct_effect(comp)
+        dla = sr.direct_effect(comp)      # the clean DE: what zero ablation removes
     else:
         # Against a resampled/mean baseline the comparable DLA is the direct effect lost.
         dla = sr._m(f"DLA({comp}) vs {kind}", -sr.own, component=str(comp))
@@ -1067,10 +1149,11 @@ class DLAvsTotal:
                 f"causal/DLA {self.causal_fraction.mean:.2f})")
 
 
-def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = "resample", token: Any = "answer",
+def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = DEFAULT_KIND, token: Any = "answer",
           positions: Any = "last", seed: int = 0, reference: Any = None,
           activations: ActivationStore | None = None) -> list[SelfRepair]:
-    """``self_repair`` for each component in turn (each resumes from the clean stream at its layer)."""
+    """``self_repair`` for each component in turn (each resumes from the clean stream at its layer).
+    A result whose ablation changed nothing refuses its rankings and backups (never an empty list)."""
     from .._progress import bar
 
     comps = parse_many(components, model)

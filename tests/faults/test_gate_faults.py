@@ -18,11 +18,15 @@ def _args(tmp_path) -> list[str]:
 
 
 def test_missing_model_fails_under_require_models_unless_declared_optional(pytester, tiny_dir, tmp_path):
+    # A folder that is there but holds no checkpoint: only its load can tell (a name that is nowhere
+    # is refused at collection: tests/faults/test_start_faults.py).
+    broken = tmp_path / "broken-ckpt"
+    broken.mkdir()
     pytester.makepyfile(test_m=f"""
         import pytest
 
         @pytest.mark.claim(finding="f")
-        @pytest.mark.model({str(tiny_dir)!r}, "no-such-model-xyz")
+        @pytest.mark.model({str(tiny_dir)!r}, {str(broken)!r})
         def test_required(model):
             assert model.cfg.n_layers == 2
 
@@ -32,7 +36,7 @@ def test_missing_model_fails_under_require_models_unless_declared_optional(pytes
             assert False, "never runs"
     """)
     r = pytester.runpytest(*_args(tmp_path), "--circuits-require-models", "-rs")
-    # The required model's typo fails; the optional one is reported as not checked, not passed.
+    # The required model that cannot load fails; the optional one is reported as not checked, not passed.
     r.assert_outcomes(passed=1, errors=1, skipped=1)
     assert r.ret == pytest.ExitCode.TESTS_FAILED
     r.stdout.fnmatch_lines(["claims: 2 checked (1 passed, 1 error), 1 not checked",

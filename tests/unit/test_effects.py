@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pytest_circuits
-from pytest_circuits import ActivationStore, CircuitsError, ComponentError, PromptSet, planted
+from pytest_circuits import ActivationStore, CircuitsError, ComponentError, MeasurementError, PromptSet, planted
 from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.components import MLP, Attn, Embed, Head
@@ -175,3 +175,84 @@ def parse_component(s):
     from pytest_circuits.components import parse
 
     return parse(s)
+
+
+# -- no-op ablations --------------------------------------------------------------------------
+SHARED_LAST = ["the capital of France is", "the king of Italy is", "the festival in the city is",
+               "the queen of Spain is"]
+
+
+def _shared_last_set(model):
+    n = len(SHARED_LAST)
+    return PromptSet.build(model, SHARED_LAST, answers=[" " + planted.ANSWER] * n,
+                           foils=[" " + planted.FOIL] * n, name="shared-last")
+
+
+@pytest.mark.filterwarnings("ignore::pytest_circuits.errors.NoOpInterventionWarning")
+def test_the_default_ablation_of_a_constant_output_is_flagged_not_read_as_no_backup(planted_models):
+    """The planted primary head writes the same output on every prompt: no ablation built from the
+    prompts (resample, resample_distinct) can remove it. Its 'compensation' is 0 by construction;
+    a claim 'no backup head' on it must not pass, and neither may an empty list of backups."""
+    model, spec = planted_models["backup"], planted.BACKUP
+    ps = _shared_last_set(model)
+    comp = E.compensation(model, ps, ablate=spec["primary"], by=spec["backup"], activations=ActivationStore())
+    assert comp.name.startswith("ΔDE(L1H0 | resample_distinct(L0H0,pos=last,seed=0)")   # the default
+    assert abs(comp.mean) < 1e-6 and comp.uninformative.startswith("uninformative: the ablation resample_distinct")
+    with pytest.raises(MeasurementError, match="cannot assert upper bound < 0.1 .*changed nothing on 4 of 4"):
+        comp.assert_below(0.1)                               # "no backup head": refused
+    for sr in E.sweep(model, ps, [spec["primary"], "L0H1"], kind="resample", activations=ActivationStore()):
+        assert sr.noop_prompts == 4 and sr.why_uninformative() is not None
+        for call in (sr.backups, lambda: sr.ranking(3), lambda: sr.role(spec["backup"]), sr.released_suppression,
+                     lambda: sr.assert_top(spec["backup"])):
+            with pytest.raises(MeasurementError, match="changed nothing on 4 of 4"):
+                call()
+        assert "no ranking: the ablation changed nothing" in sr.table()
+        assert all(m.uninformative for m in (sr.total_effect(), sr.own_effect(), sr.norm_effect()))
+        assert not sr.direct_effect(spec["backup"]).flags          # the clean run's: no ablation in it
+    with pytest.raises(MeasurementError, match="undefined"):
+        E.dla_vs_total(model, ps, spec["primary"], activations=ActivationStore())
+
+
+def test_an_ablation_that_acts_finds_the_backup_on_the_same_prompts(planted_models):
+    model, spec = planted_models["backup"], planted.BACKUP
+    ps = _shared_last_set(model)
+    sr = E.self_repair(model, ps, spec["primary"], kind="zero", positions=None, activations=ActivationStore())
+    assert sr.noop_prompts == 0 and sr.why_uninformative() is None
+    comp = sr.compensation(spec["backup"])
+    assert not comp.flags
+    with pytest.raises(AssertionError, match="expected upper bound < 0.1"):
+        comp.assert_below(0.1)                               # "no backup head" fails, as it should
+    assert sr.restored_fraction(spec["backup"]).lower > 0.5  # planted: 60%
+    assert sr.backups(1)[0][0] == parse_component(spec["backup"])
+    # zero-ablating a head whose weights are all 0 removes nothing: flagged as well
+    dead = E.self_repair(model, ps, "L0H1", kind="zero", positions=None, activations=ActivationStore())
+    assert dead.noop_prompts == len(ps) and dead.compensation(spec["backup"]).uninformative
+
+
+@pytest.mark.filterwarnings("ignore::pytest_circuits.errors.NoOpInterventionWarning")
+def test_a_partial_no_op_is_flagged_and_resample_distinct_avoids_it(tiny):
+    dups = ["the cat sat on the mat", "the cat sat on the mat", "a king went to the city",
+            "a king went to the city", "the dog sat on the bag", "the dog sat on the bag"]
+    ps = PromptSet.build(tiny, dups, answers=[" the"] * len(dups), name="duplicates")
+    perm = I.derangement(len(ps), 1)
+    twins = [i for i in range(len(ps)) if dups[int(perm[i])] == dups[i]]
+    assert twins                                             # seed 1 swaps at least one pair of twins
+    store = ActivationStore()
+    plain = E.self_repair(tiny, ps, "L0H2", kind="resample", seed=1, activations=store)
+    assert [i for i, u in enumerate(plain.unchanged) if u] == twins
+    # on those prompts the ablated run is the clean run: every change is 0 there
+    assert float(plain.delta_de[:, twins].abs().max()) < 1e-6 and float(plain.total[twins].abs().max()) < 1e-6
+    m = plain.compensation("L1H0")
+    assert m.uninformative.startswith(f"partly uninformative: the ablation resample(L0H2,pos=last,seed=1) "
+                                      f"changed nothing on {len(twins)} of 6")
+    with pytest.raises(MeasurementError):
+        m.assert_within(-100.0, 100.0)                       # 0 itself passes: refused
+    plain.ranking(3)                                         # rankings stay (the no-op rows are 0 in every row)
+    distinct = E.self_repair(tiny, ps, "L0H2", seed=1, activations=store)
+    assert distinct.ablation.key == "resample_distinct(L0H2,pos=last,seed=1)"
+    assert distinct.noop_prompts == 0 and not distinct.compensation("L1H0").flags
+    # where plain resample already took a differing prompt, both are the same ablation there
+    acting = [i for i in range(len(ps)) if i not in twins]
+    torch.testing.assert_close(distinct.total[acting], plain.total[acting])
+    d = E.dla_vs_total(tiny, ps, "L0H2", kind="resample", seed=1, activations=store)
+    assert all(x.uninformative for x in (d.dla, d.causal, d.overstatement))

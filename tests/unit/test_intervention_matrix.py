@@ -122,15 +122,23 @@ def source_by_hand(model, kind, ps, ref, positions, name, slot):
             if have:
                 out[:, p] = clean[have, p].mean(0)
         return out
-    if kind == "resample":
+    if kind in ("resample", "resample_distinct"):
         perm = I.derangement(len(ps), SEED)
         assert not (perm == torch.arange(len(ps))).any()
         if positions == "last":      # the source prompt's own last token, at this prompt's last
             out = clean.clone()
             for i, j in enumerate(perm.tolist()):
                 out[i, ps.lengths[i] - 1] = clean[j, ps.lengths[j] - 1]
-            return out
-        return clean[perm]
+        else:
+            out = clean[perm]
+        if kind == "resample_distinct":
+            # these prompts differ, so every derangement source's value differs from the prompt's
+            # own at the replaced positions (checked here): resample_distinct keeps them all
+            sel = selection(ps, positions, width)
+            for i in range(len(ps)):
+                a, b = clean[i][sel[i]], out[i][sel[i]]
+                assert (a - b).abs().max() > 1e-3 * torch.maximum(a.abs().max(), b.abs().max())
+        return out
     if kind == "patch":
         corr = clean_of(ps.corrupted)
         if positions == "last":
@@ -152,7 +160,7 @@ def _set(t, index, value):
 
 
 def intervention(model, kind, positions, ref):
-    if kind in ("zero", "mean", "position_mean", "resample"):
+    if kind in I.ABLATION_KINDS:
         return I.ablate(model, ["mlp0", f"L1H{HEAD}"], kind, positions=positions,
                         reference=ref if kind == "mean" else None, seed=SEED)
     if kind == "patch":
@@ -168,7 +176,7 @@ def by_hand(model, kind, positions, ps, ref):
     width = ps.tokens.shape[1]
     sel = selection(ps, positions, width)
     replace = {}
-    if kind in ("zero", "mean", "position_mean", "resample", "patch"):
+    if kind in I.ABLATION_KINDS + ("patch",):
         mlp_src = source_by_hand(model, kind, ps, ref, positions, hk["mlp"], ())
         replace[hk["mlp"]] = lambda t: torch.where(sel.unsqueeze(-1), mlp_src.to(t.dtype), t)
     elif kind == "freeze":

@@ -218,3 +218,83 @@ def test_logprobs_pseudo_hook_matches_the_full_softmax(tiny, ps, store):
     assert lp.dtype == torch.float64 and lp.shape == (len(ps), 3)
     with pytest.raises(ComponentError, match="at least one token"):
         H.logprobs_last([])
+
+
+# --- no-op ablations: resample_distinct and unchanged() --------------------------------------
+DUPLICATES = ["the cat sat on the mat", "the cat sat on the mat", "a king went to the city",
+              "a king went to the city", "the dog sat on the bag", "the dog sat on the bag"]
+
+
+def _raw_last_z(model, ps, layer):
+    """Each prompt's hook_z at its last token, from a raw TransformerLens cache (no project code)."""
+    out = []
+    for i in range(len(ps)):
+        _, cache = model.run_with_cache(ps.tokens[i: i + 1, : ps.lengths[i]])
+        out.append(cache[f"blocks.{layer}.attn.hook_z"][0, -1].double())
+    return torch.stack(out)                                  # [n, n_heads, d_head]
+
+
+def _same(a, b):
+    return bool((a - b).abs().max() <= I.NOOP_RTOL * torch.maximum(a.abs().max(), b.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore::pytest_circuits.errors.NoOpInterventionWarning")
+def test_unchanged_agrees_with_a_hand_check_of_each_resampled_source(tiny):
+    ps = PromptSet.build(tiny, DUPLICATES, name="duplicates")
+    raw = _raw_last_z(tiny, ps, 1)[:, 2]                     # L1H2 at the last token
+    seen_noop = 0
+    for seed in range(8):
+        perm = I.derangement(len(ps), seed)
+        want = [_same(raw[i], raw[perm[i]]) for i in range(len(ps))]
+        # a duplicate prompt has its twin's output, a different one does not
+        assert want == [DUPLICATES[i] == DUPLICATES[int(perm[i])] for i in range(len(ps))]
+        got = I.ablate(tiny, "L1H2", "resample", positions="last", seed=seed).unchanged(tiny, ps, ActivationStore())
+        assert got.tolist() == want
+        seen_noop += sum(want)
+    assert seen_noop > 0                                     # the plain derangement does swap twins
+
+
+def test_resample_distinct_takes_a_source_whose_output_differs(tiny):
+    ps = PromptSet.build(tiny, DUPLICATES, name="duplicates")
+    raw = _raw_last_z(tiny, ps, 1)[:, 2]
+    store = ActivationStore(batch_size=4)
+    for seed in range(8):
+        abl = I.ablate(tiny, "L1H2", "resample_distinct", positions="last", seed=seed)
+        assert abl.key == f"resample_distinct(L1H2,pos=last,seed={seed})"
+        assert not abl.unchanged(tiny, ps, store).any()
+        got = store.get(tiny, ps, [H.last(H.z(1))], abl)[H.last(H.z(1))][:, 2].double()
+        perm = I.derangement(len(ps), seed)
+        for i in range(len(ps)):
+            assert not _same(got[i], raw[i])                 # the replacement differs from its own output ...
+            src = [j for j in range(len(ps)) if j != i and _same(got[i], raw[j])]
+            assert src and all(DUPLICATES[j] != DUPLICATES[i] for j in src)   # ... and is another prompt's
+            if DUPLICATES[int(perm[i])] != DUPLICATES[i]:
+                assert int(perm[i]) in src                   # where plain resample already acts, the same source
+
+
+def test_resample_distinct_on_prompts_with_one_output_is_a_no_op_and_says_so(tiny):
+    ps = PromptSet.build(tiny, ["the cat sat on the mat"] * 3, name="one-text")
+    abl = I.ablate(tiny, "mlp1", "resample_distinct", positions="last", seed=0)
+    assert abl.unchanged(tiny, ps, ActivationStore()).all()
+    with pytest.warns(I.NoOpInterventionWarning, match="resample_distinct: mlp1's output at the last position is "
+                                                       "the same on every prompt"):
+        ActivationStore().get(tiny, ps, [H.LOGITS_LAST], abl)
+
+
+def test_unchanged_for_every_ablation_kind_and_positions(tiny, ps):
+    store = ActivationStore()
+    ref = PromptSet.build(tiny, ["the cat", "when John and Mary went to the store"], name="ref")
+    for kind in ("zero", "mean", "position_mean", "resample", "resample_distinct"):
+        for positions in (None, "last", (1, 3)):
+            abl = I.ablate(tiny, ["L1H2", "mlp0"], kind, positions=positions,
+                           reference=ref if kind == "mean" else None, seed=0)
+            assert abl.unchanged(tiny, ps, store).tolist() == [False] * len(ps), (kind, positions)
+    # nothing() changes nothing; patching may rightly equal the clean value: not judged
+    assert I.nothing().unchanged(tiny, ps, store).all()
+    assert (I.ablate(tiny, "L1H2", "zero") + I.patch(tiny, "mlp0")).unchanged(tiny, ps, store) is None
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 63, 1.5, "0", True, None])
+def test_a_bad_seed_is_an_intervention_error(tiny, seed):
+    with pytest.raises(InterventionError, match="seed=.* is not valid: an integer in 0 .. 2\\*\\*63 - 1"):
+        I.ablate(tiny, "L1H2", "resample_distinct", seed=seed)

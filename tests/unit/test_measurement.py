@@ -348,3 +348,101 @@ def test_a_model_object_as_the_label_is_refused_where_it_is_passed():
     with pytest.raises(MeasurementError, match="model"):
         Measurement.from_ratio("r", [1.0, 2.0], [2.0, 2.0], model=Model())
     assert Measurement.from_values("x", [1.0, 2.0, 3.0], model="m").model == "m"
+
+
+# --- bounds and uninformative measurements ------------------------------------------------
+
+@pytest.mark.parametrize("bad_bound", ["3", None, float("nan"), float("inf"), -np.inf, True, np.bool_(False),
+                                       [1.0], object()])
+def test_assertion_bounds_must_be_finite_numbers(bad_bound):
+    m = Measurement.from_values("x", [1.0, 2.0, 3.0])
+    for call in (lambda: m.assert_above(bad_bound), lambda: m.assert_below(bad_bound),
+                 lambda: m.assert_within(bad_bound, 10.0), lambda: m.assert_within(-10.0, bad_bound)):
+        with pytest.raises(MeasurementError, match="(threshold|low|high)=.* is not valid: a finite number"):
+            call()
+
+
+def test_assertion_bounds_accept_numpy_and_torch_scalars_and_refuse_an_empty_range():
+    import torch
+
+    m = Measurement.from_values("x", [1.0, 1.1, 0.9, 1.05, 0.95] * 4)
+    m.assert_above(np.float32(0.5)).assert_below(np.int64(10)).assert_above(torch.tensor(0.5))
+    m.assert_within(np.array(0.0), 10)
+    with pytest.raises(MeasurementError, match="high=1 is not valid: a number above low=2"):
+        m.assert_within(2, 1)
+
+
+def _logged(fn):
+    from pytest_circuits.measurement import _ASSERTIONS
+
+    log = []
+    _ASSERTIONS.append(log)
+    try:
+        fn()
+    finally:
+        _ASSERTIONS.remove(log)
+    return log
+
+
+def test_an_uninformative_measurement_refuses_every_bound_and_records_the_assertion_as_failed():
+    m = Measurement.from_values("TE(x)", [0.0, 1e-9, -1e-9, 0.0]).marked(
+        "uninformative: the ablation changed nothing on 4 of 4 prompts", null=0.0)
+    assert "[uninformative: the ablation changed nothing" in repr(m) and m.to_dict()["flags"] == list(m.flags)
+    assert m.uninformative.startswith("uninformative")
+    for call in (lambda: m.assert_below(0.1), lambda: m.assert_above(-0.1), lambda: m.assert_within(-1, 1),
+                 lambda: m.assert_above(0.5)):
+        def refused(call=call):
+            with pytest.raises(MeasurementError, match="not evidence that there is no effect"):
+                call()
+
+        assert [a.passed for a in _logged(refused)] == [False]
+
+
+def test_a_partly_uninformative_measurement_refuses_only_the_bounds_its_no_op_examples_pass():
+    # 8 of 30 examples untouched by the ablation (their change is 0): they pull the mean toward 0.
+    vals = [0.9, 1.1, 1.0, 0.95, 1.05, 1.02, 0.98, 1.0, 0.97, 1.03, 1.01] * 2 + [0.0] * 8
+    m = Measurement.from_values("ΔDE", vals).marked("partly uninformative: changed nothing on 8 of 30", null=0.0)
+    m.assert_above(0.2)                                   # an effect above 0.2: the zeros only pull it down
+    with pytest.raises(AssertionError):
+        m.assert_above(5.0)                               # ... still an ordinary assertion
+    for refused in (lambda: m.assert_below(2.0),          # "small": 0 itself passes
+                    lambda: m.assert_above(-0.5),         # "not negative": 0 itself passes
+                    lambda: m.assert_within(-1.0, 2.0)):
+        with pytest.raises(MeasurementError, match="sit at 0, which this bound would pass"):
+            refused()
+    m.assert_within(0.1, 2.0)                             # 0 is outside: the zeros pull the mean out of it
+    neg = -m                                              # the null value moves with the values
+    neg.assert_below(-0.2)
+    with pytest.raises(MeasurementError):
+        neg.assert_above(-2.0)
+    shifted = m + 5.0                                     # null 5: "below 10" is what a no-op passes
+    with pytest.raises(MeasurementError, match="sit at 5"):
+        shifted.assert_below(10.0)
+    shifted.assert_above(5.2)
+    unknown = Measurement.from_values("y", vals).marked("partly uninformative: changed nothing on 8 of 30")
+    for call in (lambda: unknown.assert_above(0.2), lambda: unknown.assert_below(2.0)):
+        with pytest.raises(MeasurementError, match="cannot assert"):
+            call()
+
+
+def test_uninformative_flags_travel_through_arithmetic():
+    vals = [0.9, 1.1, 1.0, 0.95, 1.05, 1.02, 0.98, 1.0, 0.97, 1.03, 1.01] * 2 + [0.0] * 8
+    flag = "partly uninformative: changed nothing on 8 of 30"
+    a = Measurement.from_values("a", vals).marked(flag, null=0.0)
+    b = Measurement.from_values("b", [v / 2 for v in vals]).marked(flag, null=0.0)
+    clean = Measurement.from_values("c", [1.0, 2.0, 1.5, 1.2, 1.1, 0.7] * 5)
+    d = a - b                                             # same no-op examples: null 0 - 0
+    assert flag in d.flags and d.null == 0.0
+    d.assert_above(0.1)
+    assert flag in a.paired_difference(b).flags and a.paired_difference(b).null == 0.0
+    e = a - clean                                         # the other's values there are not a null
+    assert flag in e.flags and e.null is None
+    with pytest.raises(MeasurementError):
+        e.assert_below(10.0)
+    z = 0 * a
+    assert flag in z.flags and any(f.startswith("zero-width") for f in z.flags)
+    full = Measurement.from_values("f", [0.0, 0.0, 1e-9]).marked("uninformative: nothing changed", null=0.0)
+    with pytest.raises(MeasurementError):
+        (clean + full).assert_above(0.5)                  # a sum with an uninformative part refuses all
+    with pytest.raises(MeasurementError, match="flags="):
+        a.marked("")
