@@ -277,5 +277,6 @@ def test_a_failures_reason_is_what_was_measured_against_which_bound(pytester, ti
     assert (a["kind"], a["threshold"], a["bound"], a["passed"]) == ("above", 0.8, m["lower"], False)
     assert a["message"] == reasons["test_bound"] and m["sem"] > 0
     from pytest_circuits import _report as R
+    from pytest_circuits._markup import md_cell
 
-    assert reasons["test_bound"] in R.markdown(data)
+    assert md_cell(reasons["test_bound"]) in R.markdown(data)   # as written, Markdown-escaped
