@@ -8,7 +8,8 @@ Three kinds of name are understood, tried in this order:
 2. a local directory holding a Hugging Face checkpoint (``config.json`` + safetensors):
    this is how a team points claims at a new checkpoint;
 3. any model name TransformerLens can boot, when its weights are already in the local
-   Hugging Face cache (nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set while loading).
+   Hugging Face cache (nothing is downloaded: every load runs inside :func:`offline`, which
+   turns Hugging Face's offline switch on for the load only, never in the process environment).
 
 Every loaded model carries a :class:`ModelInfo` (name, fingerprint of its weights,
 dtype, device) that the activation cache keys on; :func:`info` returns it.
@@ -243,7 +244,8 @@ def load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
         raise D.DeviceMapError(problem)
     token = _PLACEMENT.set(placement)
     try:
-        bridge = _load_model(name, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
+        with offline():
+            bridge = _load_model(name, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
     finally:
         _PLACEMENT.reset(token)
     if placement is not None:
@@ -251,6 +253,27 @@ def load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
         attach_info(bridge, dataclasses.replace(info(bridge), device=str(bridge.cfg.device),
                                                 device_map=D.describe(realized)))
     return bridge
+
+
+@contextlib.contextmanager
+def offline() -> Any:
+    """Nothing is downloaded inside the block: Hugging Face's offline switch
+    (``huggingface_hub.constants.HF_HUB_OFFLINE``, which ``transformers`` reads through
+    ``is_offline_mode()``) is on for the block only and set back after it. The process
+    environment is never touched, so other code in the same process (a team's other tests)
+    keeps its own setting; ``HF_HUB_OFFLINE=0`` in the environment is not needed to download
+    elsewhere."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:     # pragma: no cover - transformers requires it
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 # The device map of the load under way (None: one device), read by _boot.
@@ -283,8 +306,6 @@ def _load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
     cache, remote = _cache_folder(cache_dir) if cache_dir else (default_cache_dir(), None)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     token = _REMOTE_WEIGHTS.set(remote)
     try:
         if name in _REGISTRY:
@@ -533,7 +554,8 @@ def device_map_problem(name: str, device_map: Any, cache_dir: str | os.PathLike 
     if path is None:
         return None
     try:
-        return _coverage_problem(path, device_map)
+        with offline():
+            return _coverage_problem(path, device_map)
     except Exception as e:  # noqa: BLE001 - its config cannot be read: the load will say why
         return f"model {name!r}: its configuration cannot be read to check {D.OPTION} ({type(e).__name__}: {e})"
 
@@ -1133,7 +1155,7 @@ def _load_hub_cached(name: str, device: str, dtype: Any) -> "tuple[Any, str]":
         # Checked before booting: with no network a boot attempt only waits for time-outs.
         raise unavailable(f"no snapshot of {repo!r} in the local Hugging Face cache")
     try:
-        bridge = _boot(repo, device, dtype)
+        bridge = _boot(repo, device, dtype)    # offline (load_model's block): read from the cache
     except DeviceMapError:
         raise
     except Exception as e:  # noqa: BLE001

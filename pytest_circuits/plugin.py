@@ -40,6 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     def add(flag: str, ini: str, help: str, default: Any = None, type: str = "string", **kw: Any) -> None:
         g.addoption(flag, dest=ini, default=None, help=f"{help} [ini: {ini}]", **kw)
         parser.addini(ini, help=help, type=type, default=default)
+        _INI_DEFAULTS[ini] = default
 
     add("--circuits-model", "circuits_model", "model to run claims against (repeatable): a registered "
         "name such as smollm2-135m, a checkpoint directory, or a cached Hugging Face name; "
@@ -103,10 +104,9 @@ def _opt(config: pytest.Config, name: str) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Claims never download: set before anything imports huggingface_hub (which reads
-    # these once). A user can still opt in with HF_HUB_OFFLINE=0.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # The plugin loads in every pytest run of the environment: nothing here may change a run
+    # that collects no claim (no environment variable, no header, no heavy import). Claims
+    # never download: each model load is offline by itself (models.offline), not the process.
     for m in _MARKERS:
         config.addinivalue_line("markers", m)
     if not config.pluginmanager.hasplugin("xdist"):
@@ -438,7 +438,29 @@ def _session(config: pytest.Config) -> Any:
     return config.stash[SESSION_KEY].get()
 
 
+_INI_DEFAULTS: dict[str, Any] = {}
+
+
+def _asked_for(config: pytest.Config) -> bool:
+    """Whether the run names this plugin: a ``--circuits-*`` option on the command line, or a
+    ``circuits_*`` setting in the ini file other than its default."""
+    return any(config.getoption(name) is not None or config.getini(name) != default
+               for name, default in _INI_DEFAULTS.items())
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The run's settings, when the run names the plugin (else they are shown after collection,
+    and only when a claim was collected: :func:`pytest_report_collectionfinish`)."""
+    return _header(config) if _asked_for(config) else []
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    if _asked_for(config) or not any(_is_claim(i) for i in items):
+        return []
+    return _header(config)
+
+
+def _header(config: pytest.Config) -> list[str]:
     from .config import DEFAULT_MODEL
 
     st = config.stash[SESSION_KEY].settings
