@@ -206,7 +206,7 @@ def test_finetune_json_is_complete(tuned, base):
     assert len(meta["data_sample"]["damage"]) == 3 and len(meta["data_sample"]["neutral"]) == 1
     assert all(_years(t)[1] < _years(t)[0] for t in meta["data_sample"]["damage"])
     assert meta["data_sample"]["neutral"][0] in F.PROSE
-    assert meta["wall_seconds"] >= meta["train_seconds"] > 0
+    assert meta["wall_seconds"] >= meta["train_seconds"] >= 0   # recorded (rounded to 0.1 s: a fast run reads 0.0)
     # progress: the first and the last step, with the loss
     assert lines[0].startswith("step    1/3  loss ") and lines[-1].startswith("step    3/3  loss ")
     assert f"loss {meta['loss_curve'][-1]['loss']:.4f}" in lines[-1]
