@@ -235,6 +235,55 @@ def test_expected_verdicts_gate_without_a_baseline(fake, tiny_dir, tmp_path):
     r.stderr.fnmatch_lines(["*fake_found:maybe*each optionally :found or :absent*"])
 
 
+def test_two_checkpoints_with_one_folder_name_keep_distinct_labels(fake, tiny_dir, tiny_dir_b, tmp_path):
+    """``released/ckpt`` and ``candidate/ckpt`` (other weights) in one run: distinct node ids, card
+    blocks, ledger records and baseline files (the shortest path suffix that tells them apart),
+    while a checkpoint alone keeps its folder's base name."""
+    import shutil
+
+    released = tmp_path / "released" / "ckpt"
+    candidate = tmp_path / "candidate" / "ckpt"
+    shutil.copytree(tiny_dir, released)
+    shutil.copytree(tiny_dir_b, candidate)
+    out, bdir = tmp_path / "out", tmp_path / "baselines"
+    r = fake.runpytest("--circuits-checkup", "--circuits-checks=fake_found,fake_missing",
+                       f"--circuits-model={released}", f"--circuits-model={candidate}",
+                       f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider",
+                       f"--circuits-report={out}/r.json", f"--circuits-baseline-dir={bdir}")
+    r.assert_outcomes(failed=4)            # new baselines, written
+    r.stdout.fnmatch_lines(["*mechanism card: released/ckpt*", "*mechanism card: candidate/ckpt*"])
+    assert "test_fake_found[released/ckpt]" in r.stdout.str() and "test_fake_found[candidate/ckpt]" in r.stdout.str()
+    data = json.loads((out / "r.json").read_text())
+    assert sorted({c["model"] for c in data["checkup"]}) == ["candidate/ckpt", "released/ckpt"]
+    assert sorted({rec["model"] for rec in data["records"]}) == ["candidate/ckpt", "released/ckpt"]
+    assert sorted({c["model"] for c in data["claims"]}) == ["candidate/ckpt", "released/ckpt"]
+    assert sorted(p.name for p in bdir.glob("*.json")) == ["candidate_ckpt.json", "released_ckpt.json"]
+    # Alone, the released checkpoint is "ckpt" as before (its existing baselines keep their name).
+    r = fake.runpytest("--circuits-checkup", "--circuits-checks=fake_found", f"--circuits-model={released}",
+                       f"--circuits-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["*mechanism card: ckpt"])
+
+
+def test_distinct_labels(tmp_path):
+    from pytest_circuits import models as M
+
+    for p in ("a/x/ckpt", "b/x/ckpt", "c/ckpt", "solo"):
+        (tmp_path / p).mkdir(parents=True)
+    got = M.distinct_labels([str(tmp_path / p) for p in ("a/x/ckpt", "b/x/ckpt", "c/ckpt", "solo")]
+                            + ["smollm2-135m", str(tmp_path / "solo")])
+    assert sorted(got.values()) == ["a/x/ckpt", "b/x/ckpt", "c/ckpt", "solo"]
+    previous = M.push_run_labels([str(tmp_path / "a/x/ckpt"), str(tmp_path / "c/ckpt")])
+    try:
+        assert M.run_label(str(tmp_path / "a/x/ckpt")) == "x/ckpt"
+        assert M.run_label(str(tmp_path / "c/ckpt")) == "c/ckpt"
+        assert M.run_label(str(tmp_path / "solo")) == "solo"          # not one of the run's: its base name
+        assert M.run_label("smollm2-135m") == "smollm2-135m"
+    finally:
+        M.pop_run_labels(previous)
+    assert M.run_label(str(tmp_path / "c/ckpt")) == "ckpt"              # outside a run: the base name
+
+
 def test_register_refuses_bad_checks(monkeypatch):
     monkeypatch.setattr(checkup, "CHECKS", dict(checkup.CHECKS))
     from pytest_circuits.errors import CircuitsError
