@@ -335,8 +335,8 @@ def detect_greater_than(model: Any, *, n: int = 100, seed: int = 0, min_pd: floa
     earlier, well below what the paper reports for GPT-2 small (PD 0.817) and what SmolLM2
     shows (0.875), and well above a model without the comparison (PD ~0).
 
-    Components (reported, not required): the heads that carry the start year to the answer,
-    located by patching each from the '01' prompts (:func:`greater_than_heads`). Not
+    Components (reported when found, not required): the heads that carry the start year to
+    the answer, located by patching each from the '01' prompts (:func:`greater_than_heads`). Not
     applicable when the tokenizer cannot write the prompts (:func:`greater_than_not_applicable`
     says what it lacks)."""
     from .detection import straddle
@@ -363,7 +363,10 @@ def detect_greater_than(model: Any, *, n: int = 100, seed: int = 0, min_pd: floa
     details = ("heads carrying the start year (attention from the end to YY >= "
                f"{min_attention:g} of their off-BOS attention; patched from '01', PD falls by a lower bound > "
                f"{min_share:g} x the drop): " + (", ".join(f"{h} {m.mean:+.3f} [{m.lower:.3f}, {m.upper:.3f}]"
-                                                         for h, m in located) or "none"))
+                                                         for h, m in located) or "none")
+               + ("" if found or not located else " (not components: the model does not compute greater-than)"))
+    if not found:
+        located = []         # a head that reads the year of a model without the comparison is not its circuit
     return Detection(
         check="greater_than", title=title, source=src, model=label,
         **_decide(found, excluded, [straddle(pd, min_pd), straddle(drop, min_drop)]),
