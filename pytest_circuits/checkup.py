@@ -218,18 +218,24 @@ def greater_than_not_applicable(model: Any, nouns: Sequence[str] | None = None,
     from .tasks.greater_than import NOUNS, _digit_mode
 
     tok = model.tokenizer
+    pieces = [tok.decode([p]) for p in tok.encode(" 1732", add_special_tokens=False)]
+    digits = all(is_single_token(model, str(d)) for d in range(10))
+    pairs = all(is_single_token(model, f"{i:02d}") for i in range(100))
     try:
-        _digit_mode(model)
+        mode = _digit_mode(model)
     except PromptSetError:
-        pieces = [tok.decode([p]) for p in tok.encode(" 1732", add_special_tokens=False)]
-        return (f"the tokenizer splits the year ' 1732' into {pieces}: neither one token per digit nor two-digit "
-                "tokens, so the probability of 'a later year' is not a sum over digit tokens")
+        mode = None
+    if mode is None or (mode == "digit" and not digits) or (mode == "two_digit" and not pairs):
+        missing = [str(d) for d in range(10) if not is_single_token(model, str(d))]
+        return (f"the tokenizer writes the year ' 1732' as {pieces}"
+                + (f" and has no token for the digit(s) {', '.join(missing)}" if missing else "")
+                + ": years are neither one token per digit nor two-digit tokens, so 'the probability of a "
+                "later year' is not a sum over digit tokens")
     nouns = list(NOUNS if nouns is None else nouns)
     if not any(is_single_token(model, " " + w) for w in nouns):
         return (f"none of the {len(nouns)} event nouns of the template ({', '.join(nouns[:4])}, ...) is one "
                 "token of the vocabulary")
-    two = all(len(tok.encode(f"{i:02d}", add_special_tokens=False)) == 1 for i in range(100))
-    if two and not any(is_single_token(model, f" {c}") for c in centuries):
+    if mode == "two_digit" and not any(is_single_token(model, f" {c}") for c in centuries):
         return (f"the vocabulary writes two-digit years but none of the centuries {min(centuries)}..{max(centuries)} "
                 "as one token")
     return None

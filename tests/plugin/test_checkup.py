@@ -319,10 +319,12 @@ def test_checkup_on_planted_models_finds_each_mechanism_only_where_planted(pytes
     planted = {("induction", "induction"), ("ordinal", "successor"), ("ordinal", "copy_suppression"), ("ioi", "ioi")}
     for m in models:
         for check in ("induction", "ioi", "successor", "copy_suppression"):
-            want = "found" if (m, check) in planted else "not found"
+            want = "found" if (m, check) in planted else "absent"
             if check == "ioi" and m not in ("ioi", "ioi_control"):
                 want = "n/a"        # word-level vocabularies with 2 of the candidate names
             if check == "successor" and m not in ("ordinal", "ordinal_control"):
                 want = "n/a"        # 8 digit pairs in one sequence
             assert status[(m, check)] == want, (m, check, status[(m, check)])
-    r.assert_outcomes(passed=4, failed=12, skipped=8)
+    # Found and absent are both verdicts: the run passes (exit 0) with every mechanism where it is.
+    r.assert_outcomes(passed=16, skipped=8)
+    assert r.ret == pytest.ExitCode.OK
