@@ -16,19 +16,27 @@ final norm's scale of the clean run; it is :func:`effects.decompose` on the IO m
 the S token (the vocabulary centring cancels in the difference), so the direct effects of
 every writer plus ``b_U[IO] - b_U[S]`` add up to LD read from the logits (checked).
 
+**Attention shares.** Real heads park much of their attention on BOS (an attention sink) and
+do their work with the rest, so the criteria read attention as a *share of the attention off
+position 0*: ``share(X) = attn(X) / (1 - attn(position 0))`` (no IOI name is at position 0).
+The absolute ``attn_io`` etc. are kept as measurements.
+
 **Name movers** (the paper's 9.9, 9.6, 10.0): heads that, at END, attend to the IO name and
-write it: a head is one when (a) its mean attention from END to IO (``hook_pattern``) is
-at least ``min_attention`` (0.2; the paper's name movers put most of their attention on
-IO), (b) it attends to IO more than to both S mentions together (the lower bound of the
-per-prompt ``attn(IO) - attn(S1) - attn(S2)`` above 0: what makes it move *the IO* rather
-than names in general), and (c) the lower bound of its direct effect on LD is above
-``min_effect`` (0.1 logit, i.e. it changes the IO:S odds by at least 10%). A head that
-attends to IO and writes against it is a *negative* name mover (listed in ``details``).
+write it: a head is one when (a) its mean attention share END -> IO is at least
+``min_attention`` (0.2; the paper's name movers put most of their attention on IO), (b) it
+attends to IO more than to both S mentions together (the lower bound of the per-prompt
+``share(IO) - share(S1) - share(S2)`` above 0: what makes it move *the IO* rather than names
+in general), (c) the lower bound of its direct effect on LD is above ``min_effect`` (0.1
+logit, i.e. it changes the IO:S odds by at least 10%), and (d) its direct effect on the
+same two tokens falls when the prompt's ABC counterpart replaces the names (lower bound of
+``DE_clean - DE_ABC`` above 0: an intervention on its input showing that it writes the
+names it reads, not a constant). A head that attends to IO and writes against it is a
+*negative* name mover (listed in ``details``).
 
 **S-inhibition heads** (the paper's 7.3, 7.9, 8.6, 8.10, found by path patching into the
 name movers' queries). The proxy used here: among the heads before the last name mover's
-layer that attend from END to S2 (mean attention at least ``min_attention``), each head's
-output *at END only* is patched from the prompt's ABC counterpart, and the score is how
+layer that attend from END to S2 (mean attention share at least ``min_attention``), each
+head's output *at END only* is patched from the prompt's ABC counterpart, and the score is how
 much the name movers' summed direct effect on LD falls (clean minus patched, the clean
 final-norm scale frozen). Patching at END changes what the name movers read there: their
 queries (and their own key and value at END); it also reaches them through any head or
@@ -56,15 +64,18 @@ the mean lost effect. The **restored fraction** of each kind is ``sum of their Î
 chosen on one half are measured on the other, and vice versa. The whole change of LD
 (``ioi logit diff change, name movers ablated``) is read from the logits.
 
-**Detection** (:func:`detect_ioi`): found when the lower bound of LD is above
-``min_logit_diff`` (0) and at least one name mover is located. Headline measurements
-(stable names, baseline keys): ``ioi logit diff (IO - S)``, ``name movers' summed
-DE(IO - S)``, ``ioi logit diff change, name movers ablated``, ``backup restored
-fraction``, ``released-suppression restored fraction``; per-head ones (``name-mover
-DE(IO - S) L23H0``, ``S-inhibition score L20H0``) in ``Detection.more``. Components: the
-name movers, then the S-inhibition heads, then the backups (``details`` says which is
-which). Not applicable (with the reason) when the model's tokenizer has too few
-single-token names or cannot write the templates.
+**Detection** (:func:`detect_ioi`): **found** when the lower bound of LD is above
+``min_logit_diff`` (0) and at least one name mover is located; **absent** when LD's upper
+bound is at or below it or no head passes (a)-(d) even on the upper bounds; **undecided**
+otherwise. Headline measurements (stable names, baseline keys): ``ioi logit diff (IO - S)``,
+``name movers' summed DE(IO - S)``, ``ioi logit diff change, name movers ablated``,
+``backup restored fraction``, ``released-suppression restored fraction``; per-head ones
+(``name-mover DE(IO - S) L23H0``, ``S-inhibition score L20H0``) in ``Detection.more``.
+Components: the name movers, then the S-inhibition heads, then the backups (``details``
+says which is which). Not applicable (with the reason: the first names the vocabulary has)
+when the model's tokenizer has too few single-token names or cannot write the templates.
+The zoo (:mod:`pytest_circuits.zoo_tasks`) plants name movers behind an attention sink, with
+decoys (the pattern with an unread output; IO preferred by suppressing S).
 
 Measured (2026-11-26):
 
@@ -775,7 +786,7 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     if sinh is not None:
         more += [x.score for x in sinh.heads[:top]]
         components += [(str(x.head), x.score.mean) for x in sinh.heads]
-        lines.append(f"S-inhibition heads (attention END->S2 >= {min_attention}; patching their END output "
+        lines.append(f"S-inhibition heads (attention share END->S2 >= {min_attention}; patching their END output "
                      f"from ABC lowers the name movers' DE by > {min_s_inhibition} x "
                      f"{sinh.mover_de.mean:.3f}, lower bound): " + (", ".join(map(repr, sinh.heads)) or "none")
                      + f" of {len(sinh.candidates)} candidates")
