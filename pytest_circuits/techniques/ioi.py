@@ -317,17 +317,20 @@ def name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
     direct effect first."""
     _check_threshold("min_attention", min_attention, 0.0, 1.0)
     _check_threshold("min_effect", min_effect, 0.0, None)
+    out = [Located(head, checks[1][1]) for head, checks in _attending_io(scores, min_attention, min_effect)
+           if all(m.lower > t for _, m, t in checks)]
+    return tuple(sorted(out, key=lambda x: -x.score.mean))
+
+
+def _attending_io(scores: HeadScores, min_attention: float, min_effect: float) -> Any:
+    """``(head, its name-mover properties)`` for each head whose mean attention share END -> IO
+    reaches ``min_attention``."""
     L, nh = scores.shape
     share = scores.heatmap("share_io")
-    out = []
     for l in range(L):
         for h in range(nh):
-            if float(share[l, h]) < min_attention:
-                continue
-            checks = _mover_checks(scores, Head(l, h), min_effect)
-            if all(m.lower > t for _, m, t in checks):
-                out.append(Located(Head(l, h), checks[1][1]))
-    return tuple(sorted(out, key=lambda x: -x.score.mean))
+            if float(share[l, h]) >= min_attention:
+                yield Head(l, h), _mover_checks(scores, Head(l, h), min_effect)
 
 
 def possible_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
@@ -335,18 +338,11 @@ def possible_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTEN
     """Heads that are not name movers on the pessimistic bounds but could be on the optimistic
     ones (every property's upper bound past its threshold), with the properties in doubt: what
     makes a verdict undecided rather than absent."""
-    L, nh = scores.shape
-    share = scores.heatmap("share_io")
     out = []
-    for l in range(L):
-        for h in range(nh):
-            if float(share[l, h]) < min_attention:
-                continue
-            checks = _mover_checks(scores, Head(l, h), min_effect)
-            if all(m.upper > t for _, m, t in checks) and not all(m.lower > t for _, m, t in checks):
-                doubt = "; ".join(f"{what} {m.mean:.3g} [{m.lower:.3g}, {m.upper:.3g}] vs {t:g}"
-                                  for what, m, t in checks if not m.lower > t)
-                out.append((Head(l, h), doubt))
+    for head, checks in _attending_io(scores, min_attention, min_effect):
+        if all(m.upper > t for _, m, t in checks) and not all(m.lower > t for _, m, t in checks):
+            out.append((head, "; ".join(f"{what} {m.mean:.3g} [{m.lower:.3g}, {m.upper:.3g}] vs {t:g}"
+                                        for what, m, t in checks if not m.lower > t)))
     return out
 
 

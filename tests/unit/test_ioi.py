@@ -412,3 +412,20 @@ def test_other_architectures_run_and_match_raw_hooks(arch, request, store):
     assert all(v.shape == (3, 4) for v in d.heatmaps.values())
     si = I.s_inhibition(model, ps, ["L2H1"], sc, min_attention=0.0, activations=store)
     assert len(si.candidates) == 8 and all(m.n == 16 for m in si.scores.values())
+
+
+def test_a_head_in_doubt_is_possible_not_located(planted_ioi, ps, store):
+    """A name mover whose direct effect straddles the threshold is not located, but keeps the
+    verdict from being "absent": it is listed as possible (what makes the check undecided)."""
+    import dataclasses
+
+    sc = I.head_scores(planted_ioi, ps, activations=store)
+    de = sc.de.clone()
+    noise = torch.linspace(-1.0, 1.0, de.shape[-1], dtype=torch.float64)
+    de[1, 0] = 0.1 + noise                                        # mean 0.1: the lower bound is below
+    doubtful = dataclasses.replace(sc, de=de)
+    movers = {str(m.head) for m in I.name_movers(doubtful)}
+    possible = dict(I.possible_name_movers(doubtful))
+    assert "L1H0" not in movers and Head(1, 0) in possible and "DE(IO - S) 0.1 [" in possible[Head(1, 0)]
+    assert {str(m.head) for m in I.name_movers(sc)} == movers | {"L1H0"}
+    assert I.possible_name_movers(sc) == []
