@@ -273,19 +273,27 @@ def _year_positions(model: Any, task: Any) -> list[list[int]]:
     return out
 
 
+MAX_PATCHED = 8          # greater-than candidates patched, by attention share (one forward each)
+PATCH_PROMPTS = 32       # ... on the first 32 prompts
+
+
 def greater_than_heads(model: Any, task: Any, clean: Any, *, min_attention: float = 0.2,
-                       min_share: float = MIN_HEAD_SHARE, activations: Any = None) -> tuple[Any, Any, list]:
+                       min_share: float = MIN_HEAD_SHARE, max_patched: int = MAX_PATCHED,
+                       n_patch: int = PATCH_PROMPTS, activations: Any = None) -> tuple[Any, Any, list, int]:
     """The heads that carry the start year to the answer, located by intervention.
 
     Candidates: heads whose attention from the last position to the start year's YY
     token(s) is at least ``min_attention`` (mean over prompts) of their attention off
     position 0 (so a head that parks most of its attention on an attention sink at BOS is
-    judged by where the rest goes). Each candidate's output is patched, at every position,
+    judged by where the rest goes); the ``max_patched`` with the largest share, since each
+    costs a forward pass (the share heatmap shows every head, and the details say how many
+    were left out). Each candidate's output is patched, at every position, on the first
+    ``n_patch`` prompts of the set,
     from the '01' prompts; its score is the fall of PD, per prompt. A head is located when
     the score's lower bound exceeds ``min_share`` times the whole '01' drop (mean).
 
-    Returns ``(share heatmap [L, H], score heatmap [L, H], [(head, Measurement), ...])``,
-    best first."""
+    Returns ``(share heatmap [L, H], score heatmap [L, H], [(head, Measurement), ...] best
+    first, how many candidates were not patched)``."""
     import numpy as np
     import torch
 
@@ -293,7 +301,7 @@ def greater_than_heads(model: Any, task: Any, clean: Any, *, min_attention: floa
     from .components import Head
     from .interventions import patch
     from .store import resolve
-    from .tasks.greater_than import per_prompt_prob_diff
+    from .tasks.greater_than import from_rows, per_prompt_prob_diff
 
     store = resolve(activations)
     L, nh = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -309,10 +317,16 @@ def greater_than_heads(model: Any, task: Any, clean: Any, *, min_attention: floa
         share[l] = (on / off_sink).mean(0).numpy()
     corrupted = per_prompt_prob_diff(model, task, corrupted=True, activations=store)
     total = float((clean - corrupted).mean())
+    if n_patch < len(task):     # the same prompts, the first n_patch of them
+        meta = task.prompts.meta
+        task = from_rows(model, [(meta["noun"][i], meta["century"][i], task.yy[i]) for i in range(n_patch)],
+                         name=task.prompts.name)
+        clean = clean[:n_patch]
     scores = np.zeros((L, nh))
     located = []
     label = model_info(model).label
-    for l, h in zip(*np.nonzero(share >= min_attention)):
+    cands = sorted(zip(*np.nonzero(share >= min_attention)), key=lambda lh: -share[lh])
+    for l, h in cands[:max_patched]:
         head = Head(int(l), int(h))
         fall = clean - per_prompt_prob_diff(model, task, intervention=patch(model, head), activations=store)
         m = Measurement.from_values(f"greater_than PD carried by {head}", fall, model=label, record=False,
@@ -321,7 +335,7 @@ def greater_than_heads(model: Any, task: Any, clean: Any, *, min_attention: floa
         if total > 0 and m.lower > min_share * total:
             located.append((head, m))
     located.sort(key=lambda x: -x[1].mean)
-    return share, scores, located
+    return share, scores, located, max(0, len(cands) - max_patched)
 
 
 def detect_greater_than(model: Any, *, n: int = 100, seed: int = 0, min_pd: float = 0.2,
@@ -362,15 +376,17 @@ def detect_greater_than(model: Any, *, n: int = 100, seed: int = 0, min_pd: floa
     corrupted = per_prompt_prob_diff(model, task, corrupted=True, activations=activations)
     pd = _m("greater_than PD", clean, model)
     drop = _m("greater_than PD drop under '01'", clean - corrupted, model)
-    share, scores, located = greater_than_heads(model, task, clean, min_attention=min_attention,
-                                                min_share=min_share, activations=activations)
+    share, scores, located, left = greater_than_heads(model, task, clean, min_attention=min_attention,
+                                                      min_share=min_share, activations=activations)
     found = pd.lower > min_pd and drop.lower > min_drop
     excluded = pd.upper <= min_pd or drop.upper <= min_drop
     details = ("heads carrying the start year (attention from the end to YY >= "
                f"{min_attention:g} of their off-BOS attention; patched from '01', PD falls by a lower bound > "
                f"{min_share:g} x the drop): " + (", ".join(f"{h} {m.mean:+.3f} [{m.lower:.3f}, {m.upper:.3f}]"
                                                          for h, m in located) or "none")
-               + ("" if found or not located else " (not components: the model does not compute greater-than)"))
+               + ("" if found or not located else " (not components: the model does not compute greater-than)")
+               + (f"; {left} more heads attend to YY as much but were not patched (the {MAX_PATCHED} with the "
+                  "largest share were)" if left else ""))
     if not found:
         located = []         # a head that reads the year of a model without the comparison is not its circuit
     return Detection(

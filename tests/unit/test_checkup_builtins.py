@@ -186,10 +186,11 @@ def test_greater_than_heads_are_located_by_raw_patching(tmp_path):
     from pytest_circuits import zoo_tasks
 
     model = load_model(str(zoo_tasks.build_greater_than(tmp_path / "gt")), device="cpu", cache_dir=tmp_path / "c")
-    det = checkup.detect_greater_than(model, n=24, seed=5, activations=ActivationStore())
+    det = checkup.detect_greater_than(model, n=40, seed=5, activations=ActivationStore())
     assert det.found and [c for c, _ in det.components] == ["L1H3"]
     got = det.measurement("greater_than PD carried by L1H3")
-    task = tasks.greater_than(model, n=24, seed=5, name="checkup_greater_than")
+    assert got.n == checkup.PATCH_PROMPTS == 32                 # patched on the first 32 of the 40 prompts
+    task = tasks.greater_than(model, n=40, seed=5, name="checkup_greater_than")
     digits = list(task.digit_ids)
     _, corrupt = model.run_with_cache(task.second.corrupted.tokens)
 
@@ -211,7 +212,7 @@ def test_greater_than_heads_are_located_by_raw_patching(tmp_path):
     with torch.no_grad():
         clean = pd(model(task.second.tokens))
         patched = pd(model.run_with_hooks(task.second.tokens, fwd_hooks=[("blocks.1.attn.hook_z", patch)]))
-    assert np.allclose(got.values, clean - patched, atol=1e-5)
+    assert np.allclose(got.values, (clean - patched)[:32], atol=1e-5)
     assert np.allclose(det.measurement("greater_than PD").values, clean, atol=1e-5)
     assert got.lower > checkup.MIN_HEAD_SHARE * det.measurement("greater_than PD drop under '01'").mean
     assert det.heatmaps["attention end -> YY (share off BOS)"][1, 3] > 0.95
