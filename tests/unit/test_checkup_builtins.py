@@ -115,7 +115,9 @@ def test_run_records_only_headlines_and_names_the_model(tiny):
     finally:
         M._RECORDERS.remove(rec)
     assert [m.name for m in rec] == [m.name for m in det.measurements]
-    assert det.model == "ckpt"
+    # the decided verdict is recorded last, one value: what a baseline compares exactly
+    assert rec[-1].name == checkup.VERDICT and rec[-1].values == ((1.0,) if det.found else (0.0,))
+    assert det.decided and det.model == "ckpt"
     with pytest.raises(CircuitsError, match="one of induction"):
         checkup.run("nope", tiny)
 
