@@ -94,8 +94,10 @@ def old_mean(x, seed):
     return stats.bca_interval(x, LEVEL, 4000, seed)
 
 
-def new_mean(x, seed):
-    m = Measurement.from_values("x", x, seed=seed, record=False)
+def new_mean(x, seed, proportion=False):
+    # A proportion is declared as one (the interval follows the quantity, not its values).
+    m = Measurement.from_values("x", x, seed=seed, record=False,
+                                method="clopper-pearson" if proportion else "auto")
     return m.lower, m.upper
 
 
@@ -111,6 +113,8 @@ def new_ratio(data, seed):
 def run_cell(name: str, n: int, replicates: int, seed: int, cell_no: int) -> dict:
     gen = MEAN_CELLS.get(name) or RATIO_CELLS[name]
     old, new = (old_mean, new_mean) if name in MEAN_CELLS else (old_ratio, new_ratio)
+    if name == "bernoulli":
+        new = lambda x, seed: new_mean(x, seed, proportion=True)  # noqa: E731
     rng = np.random.default_rng([seed, cell_no])
     hit = {"old": 0, "new": 0}
     width: dict[str, list[float]] = {"old": [], "new": []}

@@ -1,12 +1,22 @@
 """What a mechanism detector returns: :class:`Detection`.
 
 Every detector of the mechanism checkup (induction heads, IOI, successor heads, copy
-suppression, greater-than, factual recall) returns one ``Detection`` per model: whether
-the mechanism was found by the detector's stated criterion (on interval bounds, never on
-means alone), the located components with their scores, the headline measurements with
-their intervals, and per-head score maps for the report's heatmaps. A model a check
-cannot run on (e.g. a tokenizer without single-token names) gets ``applicable=False`` and
-the reason: the checkup reports it as not applicable, never as passed.
+suppression, greater-than, factual recall) returns one ``Detection`` per model, with one of
+four verdicts (:attr:`Detection.status`):
+
+* ``"found"``: every defining property of the mechanism holds by the detector's stated
+  criterion, on the pessimistic interval bounds;
+* ``"absent"``: the model lacks it: some defining property fails even on the optimistic
+  bounds (for a located mechanism: for every candidate component). Absence is a finding,
+  not an error;
+* ``"undecided"``: neither: an interval straddles the criterion's threshold (e.g. a
+  logit difference of 0.4 [-0.1, 0.9] against "above 0"), so more data could go either
+  way; ``reason`` says which measurement;
+* ``"n/a"``: the model cannot run the check (e.g. a tokenizer without single-token
+  names); ``reason`` says what the model lacks, in the model's terms.
+
+Besides the verdict: the located components with their scores, the headline measurements
+with their intervals, and per-head score maps for the report's heatmaps.
 """
 
 from __future__ import annotations
@@ -24,8 +34,9 @@ class Detection:
     source: str = ""                             # the paper (arXiv id)
     model: str = ""
     applicable: bool = True
-    reason: str = ""                             # why not applicable (applicable=False only)
+    reason: str = ""                             # why not applicable, or why undecided
     found: bool = False                          # the criterion held
+    undecided: bool = False                      # neither found nor excluded (reason says why)
     criterion: str = ""                          # the criterion, with its thresholds, in words
     measurements: tuple[Any, ...] = ()           # headline Measurements (named, with intervals)
     components: tuple[tuple[str, float], ...] = ()  # located components, best first, with score
@@ -40,6 +51,9 @@ class Detection:
             raise CircuitsError(f"Detection {self.check!r}: not applicable needs a reason")
         if not self.applicable and self.found:
             raise CircuitsError(f"Detection {self.check!r}: not applicable cannot be found")
+        if self.undecided and (self.found or not self.applicable or not self.reason):
+            raise CircuitsError(f"Detection {self.check!r}: undecided needs a reason, and is neither found "
+                                "nor not applicable")
 
     @classmethod
     def not_applicable(cls, check: str, title: str, reason: str, *, source: str = "",
@@ -60,11 +74,19 @@ class Detection:
 
     @property
     def status(self) -> str:
-        return "n/a" if not self.applicable else ("found" if self.found else "not found")
+        """``"found"``, ``"absent"``, ``"undecided"`` or ``"n/a"`` (module docstring)."""
+        if not self.applicable:
+            return "n/a"
+        return "found" if self.found else ("undecided" if self.undecided else "absent")
+
+    @property
+    def decided(self) -> bool:
+        """Found or absent: the verdict a gate can rely on."""
+        return self.applicable and not self.undecided
 
     def summary(self) -> str:
         """One paragraph: verdict, criterion, measurements, top components."""
-        lines = [f"{self.title}: {self.status}" + (f" ({self.reason})" if not self.applicable else "")]
+        lines = [f"{self.title}: {self.status}" + (f" ({self.reason})" if self.reason else "")]
         if self.criterion:
             lines.append(f"  criterion: {self.criterion}")
         for m in self.measurements + self.more:
@@ -78,3 +100,14 @@ class Detection:
     def __repr__(self) -> str:
         return (f"Detection({self.check!r}, {self.status}, components="
                 f"{[c for c, _ in self.components[:5]]})")
+
+
+def straddle(m: Any, threshold: float, *, above: bool = True) -> str | None:
+    """Why ``m`` cannot decide "``m`` above ``threshold``" (or below, ``above=False``): its
+    interval holds the threshold, so the pessimistic bound fails and the optimistic one
+    passes. None when the interval is clear of it on either side."""
+    lo, hi = float(m.lower), float(m.upper)
+    if above and lo <= threshold < hi or not above and lo < threshold <= hi:
+        return (f"{m.name} {m.mean:.3g} [{lo:.3g}, {hi:.3g}] straddles the criterion's "
+                f"{'lower' if above else 'upper'} limit {threshold:g}")
+    return None

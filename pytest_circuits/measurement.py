@@ -12,11 +12,15 @@ they used.
 
 The interval (maths in :mod:`pytest_circuits.stats`, coverage in docs/statistics.md):
 
-* 0/1 values (every value exactly 0 or 1): the exact Clopper-Pearson interval of the
-  proportion, so 12 of 12 gives ``1 [0.735, 1]``, never ``[1, 1]``.
-* other values: the union of a studentized bootstrap (bootstrap-t) interval at a
-  small-sample expanded level and the Student-t interval. Seeded: the same values always
-  give the same interval.
+The interval follows what the quantity *is*, never the values that happened to come out:
+
+* a proportion (successes out of trials: accuracy, hit rates, top-1, a share of prompts):
+  the exact Clopper-Pearson interval, so 12 of 12 gives ``1 [0.735, 1]``, never ``[1, 1]``.
+  A measurement is a proportion when its caller says so (``method="clopper-pearson"``) or
+  passes booleans (``pd > 0``: one trial per value, by type);
+* any other quantity (a loss, a logit difference, a score), even when every value is 0 or
+  1: the union of a studentized bootstrap (bootstrap-t) interval at a small-sample expanded
+  level and the Student-t interval. Seeded: the same values always give the same interval.
 * :meth:`Measurement.from_ratio`: the same construction on a ratio of means, with the
   delta-method standard error.
 
@@ -202,26 +206,35 @@ class Measurement:
                     record: bool = True, method: str = "auto") -> "Measurement":
         """Summarise per-example values (anything array-like and 1-D).
 
-        ``method``: ``"auto"`` (Clopper-Pearson when every value is 0 or 1, else
-        bootstrap-t), ``"bootstrap-t"`` (the mean interval even for 0/1 values: for values
-        that are 0/1 by coincidence, not proportions), ``"clopper-pearson"`` (0/1 values
-        only) or ``"bca"`` (the BCa bootstrap used before; it under-covers at small n).
+        The interval follows the kind of quantity (docs/statistics.md), chosen by ``method``:
+
+        * ``"auto"``: a proportion's exact Clopper-Pearson interval when the values are
+          booleans (a bool array or tensor, or a list of bools: each value a trial that
+          succeeded or not), else the continuous interval (bootstrap-t united with the
+          t-interval), *whatever the values*: a loss of exactly 0 on every example is
+          ``0 [0, 0]`` (flagged zero-width), not a proportion's ``[0, 0.109]``;
+        * ``"clopper-pearson"``: the values are a proportion (0/1 only, else an error);
+          what every caller whose values count successes out of trials passes;
+        * ``"bootstrap-t"``: the continuous interval (what "auto" gives non-booleans);
+        * ``"bca"``: the BCa bootstrap used before (it under-covers at small n).
+
         ``level`` left as None is :data:`DEFAULT_LEVEL`, or the level of an enclosing
         :func:`default_level` block.
         """
-        arr = _as_1d(values, name)
-        level = resolve_level(level)
         if method not in METHODS:
             raise MeasurementError(bad("method", method, f"one of {METHODS}"))
+        proportion = method == "clopper-pearson" or (method == "auto" and _is_boolean(values))
+        arr = _as_1d(values, name)
+        level = resolve_level(level)
         _check_resamples(resamples, seed)
         n = int(arr.shape[0])
         binary = stats.is_binary(arr)
-        if method == "clopper-pearson" and not binary:
+        if proportion and not binary:
             raise MeasurementError(bad("method", method, f"'auto' or 'bootstrap-t': {name!r} has values "
                                                          f"other than 0 and 1, e.g. {_first_not_binary(arr)}"))
         flags: tuple[str, ...] = ()
         mean = float(arr.mean())
-        if binary and method in ("auto", "clopper-pearson"):
+        if proportion:
             k = int(arr.sum())
             lo, hi = stats.clopper_pearson(k, n, level)
             how = f"{_pct(level)} exact Clopper-Pearson interval of a proportion ({k}/{n})"
@@ -563,6 +576,17 @@ def _check_resamples(resamples: Any, seed: Any) -> None:
         raise MeasurementError(bad("resamples", resamples, "an integer >= 10 (default 4000)"))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise MeasurementError(bad("seed", seed, "a non-negative integer"))
+
+
+def _is_boolean(values: Any) -> bool:
+    """Whether ``values`` are booleans by type (a bool tensor or array, or a sequence of
+    Python/numpy bools): successes out of trials, whatever a caller later does with them."""
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None:
+        return str(dtype) in ("bool", "torch.bool")
+    if isinstance(values, (list, tuple)) and values:
+        return all(isinstance(v, (bool, np.bool_)) for v in values)
+    return False
 
 
 def _first_not_binary(arr: np.ndarray) -> float:

@@ -113,6 +113,7 @@ def top1(model: Any, prompts: Any, *, intervention: Intervention | None = None,
     prompts.require("answer_ids")
     logits = _finite_logits(name, model, prompts, intervention, activations)
     vals = (logits.argmax(-1).to("cpu") == torch.tensor(prompts.answer_ids)).double()
+    kw.setdefault("method", "clopper-pearson")      # a proportion: successes out of prompts
     return Measurement.from_values(name, vals, model=model_info(model).label,
                                    provenance=_prov(model, prompts, intervention, [H.LOGITS_LAST]),
                                    labels=prompts.prompts, **kw)

@@ -97,14 +97,90 @@ class ModelInfo:
 
     @property
     def label(self) -> str:
-        """Short name for reports: a checkpoint directory's base name, else the name."""
-        return Path(self.name).name if self.source == "local" and Path(self.name).name else self.name
+        """Short name for reports: a checkpoint directory's base name (or, when another folder
+        of the run has the same base name, the shortest path suffix that tells them apart:
+        :func:`run_label`), else the name."""
+        return run_label(self.name) if self.source == "local" else self.name
 
     def key(self) -> dict[str, str]:
         key = {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype}
         if self.device_map:   # only then: keys of single-device loads stay as they were
             key["device_map"] = self.device_map
         return key
+
+
+# --------------------------------------------------------------------------- labels
+# Checkpoint folders' labels in the run under way (resolved path -> label). Every folder named
+# in the run's settings is entered at once (push_run_labels, by the plugin), so two folders that
+# share a base name both get a distinguishing suffix whatever their order; any other folder
+# keeps its base name unless one of those labels forces a suffix. Empty outside a run: a
+# folder's label is then its base name, as it always was.
+_RUN_LABELS: dict[str, str] = {}
+
+
+def _folder(name: Any) -> Path | None:
+    try:
+        p = Path(os.fspath(name)).expanduser()
+        return p.resolve() if p.is_dir() else None
+    except (TypeError, OSError, ValueError):
+        return None
+
+
+def _suffix(folder: Path, k: int) -> str:
+    parts = folder.parts[1:] if folder.is_absolute() else folder.parts     # never the root alone
+    return "/".join(parts[-k:]) if parts else str(folder)
+
+
+def distinct_labels(names: Any) -> dict[str, str]:
+    """``{resolved folder: label}`` for the checkpoint folders among ``names``: the folder's base
+    name, or, for folders that share it, the shortest path suffix (``released/ckpt``,
+    ``candidate/ckpt``) that differs between them. Names that are not folders are left out."""
+    folders = list(dict.fromkeys(f for f in (_folder(n) for n in names) if f is not None))
+    groups: dict[str, list[Path]] = {}
+    for f in folders:
+        groups.setdefault(_suffix(f, 1), []).append(f)
+    out: dict[str, str] = {}
+    for base, fs in groups.items():
+        if len(fs) == 1:
+            out[str(fs[0])] = base
+            continue
+        for f in fs:     # the shortest suffix no other folder of the group shares (labels of equal
+            k = 2        # length that differ stay different, so all labels are distinct)
+            while k < len(f.parts) and any(_suffix(g, k) == _suffix(f, k) for g in fs if g != f):
+                k += 1
+            out[str(f)] = _suffix(f, k)
+    return out
+
+
+def push_run_labels(names: Any) -> dict[str, str]:
+    """Enter the labels of the checkpoint folders among ``names`` (a run's models) and return
+    what was there before (for :func:`pop_run_labels` when the run ends)."""
+    previous = dict(_RUN_LABELS)
+    _RUN_LABELS.clear()
+    _RUN_LABELS.update(distinct_labels(names))
+    return previous
+
+
+def pop_run_labels(previous: dict[str, str]) -> None:
+    _RUN_LABELS.clear()
+    _RUN_LABELS.update(previous)
+
+
+def run_label(name: Any) -> str:
+    """The label of model ``name`` in the run under way: for a checkpoint folder, its base name,
+    or the shortest path suffix that tells it apart from the run's other folders of the same base
+    name (:func:`distinct_labels`); any other name as it is. A folder that is not one of the
+    run's gets the shortest suffix no folder of the run has as its label."""
+    folder = _folder(name)
+    if folder is None:
+        return str(name)
+    if str(folder) in _RUN_LABELS:
+        return _RUN_LABELS[str(folder)]
+    taken = set(_RUN_LABELS.values())
+    k = 1
+    while _suffix(folder, k) in taken and k < len(folder.parts):
+        k += 1
+    return _suffix(folder, k)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

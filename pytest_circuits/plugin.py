@@ -121,6 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     lazy = _LazySession(config, _settings(config))
     config.stash[SESSION_KEY] = lazy
     config.pluginmanager.register(lazy, _PLUGIN_NAME)
+    _register_labels(config)
     _add_checkup(config)
 
 
@@ -558,8 +559,24 @@ def _is_ours_item(item: pytest.Item) -> bool:
 
 
 def _model_id(name: str) -> str:
+    """A model's id in node ids and xdist groups: its label (:func:`pytest_circuits.models.run_label`:
+    a checkpoint folder's base name, or a distinguishing path suffix when two folders of the run
+    share it), or the base name of a path that is not a folder."""
+    from .models import run_label
+
+    if Path(name).expanduser().is_dir():
+        return run_label(name)
     p = Path(name)
     return p.name if (os.sep in name or name.startswith(".")) and p.name else name
+
+
+def _register_labels(config: pytest.Config) -> None:
+    """Enter the labels of the run's checkpoint folders (distinct when base names collide) for
+    the run, and restore the previous ones when it ends (pytester runs nest in one process)."""
+    from .models import pop_run_labels, push_run_labels
+
+    previous = push_run_labels(config.stash[SESSION_KEY].settings.models)
+    config.add_cleanup(lambda: pop_run_labels(previous))
 
 
 def _is_claim(item: pytest.Item) -> bool:
@@ -622,12 +639,14 @@ def _item_model(item: pytest.Item) -> str:
 
 def _item_label(item: pytest.Item) -> str:
     """The model's name as the ledger's records give it (ModelInfo.label): a checkpoint folder's
-    base name, else the name ("org/name" stays whole); "" for an item without a model."""
+    label (its base name, or a distinguishing path suffix: :func:`pytest_circuits.models.run_label`),
+    else the name ("org/name" stays whole); "" for an item without a model."""
+    from .models import run_label
+
     params = getattr(getattr(item, "callspec", None), "params", {})
     if "model" not in params or not _is_ours_item(item):
         return ""
-    name = str(params["model"])
-    return Path(name).name if Path(name).expanduser().is_dir() and Path(name).name else name
+    return run_label(str(params["model"]))
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")

@@ -65,5 +65,8 @@ def models(check: str | None = None) -> list[ZooModel]:
     if not _loaded:
         _loaded = True
         # The builder modules: each registers its entries when imported (one import line each).
+        from .zoo_tasks import ENTRIES as _tasks   # IOI, successor, greater-than: ZooModel fields (no cycle)
+        for _e in _tasks:
+            register(ZooModel(**_e))
 
     return [m for m in _REGISTRY.values() if check is None or m.check == check]

@@ -16,19 +16,29 @@ final norm's scale of the clean run; it is :func:`effects.decompose` on the IO m
 the S token (the vocabulary centring cancels in the difference), so the direct effects of
 every writer plus ``b_U[IO] - b_U[S]`` add up to LD read from the logits (checked).
 
+**Attention shares.** Real heads park much of their attention on BOS (an attention sink) and
+do their work with the rest, so the criteria read attention as a *share of the attention off
+position 0*: ``share(X) = attn(X) / (1 - attn(position 0))`` (no IOI name is at position 0).
+The absolute ``attn_io`` etc. are kept as measurements.
+
 **Name movers** (the paper's 9.9, 9.6, 10.0): heads that, at END, attend to the IO name and
-write it: a head is one when (a) its mean attention from END to IO (``hook_pattern``) is
-at least ``min_attention`` (0.2; the paper's name movers put most of their attention on
-IO), (b) it attends to IO more than to both S mentions together (the lower bound of the
-per-prompt ``attn(IO) - attn(S1) - attn(S2)`` above 0: what makes it move *the IO* rather
-than names in general), and (c) the lower bound of its direct effect on LD is above
-``min_effect`` (0.1 logit, i.e. it changes the IO:S odds by at least 10%). A head that
-attends to IO and writes against it is a *negative* name mover (listed in ``details``).
+write it: a head is one when (a) its mean attention share END -> IO is at least
+``min_attention`` (0.2; the paper's name movers put most of their attention on IO), (b) it
+attends to IO more than to both S mentions together (the lower bound of the per-prompt
+``attn(IO) - attn(S1) - attn(S2)`` above 0: what makes it move *the IO* rather than names
+in general; which is larger does not depend on the sink, and dividing by a per-prompt sink
+share only widens the interval: on SmolLM2, L23H2's 0.121 [0.052, 0.196] would become
+0.104 [-0.041, 0.241]), (c) the lower bound of its direct effect on LD is above ``min_effect`` (0.1
+logit, i.e. it changes the IO:S odds by at least 10%), and (d) its direct effect on the
+same two tokens falls when the prompt's ABC counterpart replaces the names (lower bound of
+``DE_clean - DE_ABC`` above 0: an intervention on its input showing that it writes the
+names it reads, not a constant). A head that attends to IO and writes against it is a
+*negative* name mover (listed in ``details``).
 
 **S-inhibition heads** (the paper's 7.3, 7.9, 8.6, 8.10, found by path patching into the
 name movers' queries). The proxy used here: among the heads before the last name mover's
-layer that attend from END to S2 (mean attention at least ``min_attention``), each head's
-output *at END only* is patched from the prompt's ABC counterpart, and the score is how
+layer that attend from END to S2 (mean attention share at least ``min_attention``), each
+head's output *at END only* is patched from the prompt's ABC counterpart, and the score is how
 much the name movers' summed direct effect on LD falls (clean minus patched, the clean
 final-norm scale frozen). Patching at END changes what the name movers read there: their
 queries (and their own key and value at END); it also reaches them through any head or
@@ -56,15 +66,18 @@ the mean lost effect. The **restored fraction** of each kind is ``sum of their Î
 chosen on one half are measured on the other, and vice versa. The whole change of LD
 (``ioi logit diff change, name movers ablated``) is read from the logits.
 
-**Detection** (:func:`detect_ioi`): found when the lower bound of LD is above
-``min_logit_diff`` (0) and at least one name mover is located. Headline measurements
-(stable names, baseline keys): ``ioi logit diff (IO - S)``, ``name movers' summed
-DE(IO - S)``, ``ioi logit diff change, name movers ablated``, ``backup restored
-fraction``, ``released-suppression restored fraction``; per-head ones (``name-mover
-DE(IO - S) L23H0``, ``S-inhibition score L20H0``) in ``Detection.more``. Components: the
-name movers, then the S-inhibition heads, then the backups (``details`` says which is
-which). Not applicable (with the reason) when the model's tokenizer has too few
-single-token names or cannot write the templates.
+**Detection** (:func:`detect_ioi`): **found** when the lower bound of LD is above
+``min_logit_diff`` (0) and at least one name mover is located; **absent** when LD's upper
+bound is at or below it or no head passes (a)-(d) even on the upper bounds; **undecided**
+otherwise. Headline measurements (stable names, baseline keys): ``ioi logit diff (IO - S)``,
+``name movers' summed DE(IO - S)``, ``ioi logit diff change, name movers ablated``,
+``backup restored fraction``, ``released-suppression restored fraction``; per-head ones
+(``name-mover DE(IO - S) L23H0``, ``S-inhibition score L20H0``) in ``Detection.more``.
+Components: the name movers, then the S-inhibition heads, then the backups (``details``
+says which is which). Not applicable (with the reason: the first names the vocabulary has)
+when the model's tokenizer has too few single-token names or cannot write the templates.
+The zoo (:mod:`pytest_circuits.zoo_tasks`) plants name movers behind an attention sink, with
+decoys (the pattern with an unread output; IO preferred by suppressing S).
 
 Measured (2026-11-26):
 
@@ -117,9 +130,15 @@ TOP = 3                   # name movers / S-inhibition heads given their own mea
 # ----------------------------------------------------------------------------- per-head scores
 @dataclass(frozen=True, eq=False)
 class HeadScores:
-    """Per head and prompt, at END: attention to IO, S1 and S2 and the direct effect on
-    the logit difference; ``logit_diff`` read from the logits; ``mlp_de`` the MLPs' direct
-    effects (``[n_layers, n]``)."""
+    """Per head and prompt, at END: attention to IO, S1 and S2 (and to position 0, an
+    attention sink such as BOS) and the direct effect on the logit difference, in the
+    clean run and (``abc_de``) in the ABC counterpart's run; ``logit_diff`` read from the
+    logits; ``mlp_de`` the MLPs' direct effects (``[n_layers, n]``).
+
+    The ``share_*`` values are attention as a share of the attention *off* position 0:
+    ``attn / (1 - attn(position 0))``. A head that parks most of its attention on BOS (an
+    attention sink, as real models do) and sends the rest to IO has a small ``attn_io``
+    but a large ``share_io``; no IOI name is ever at position 0."""
 
     model: str
     prompts: PromptSet
@@ -129,20 +148,42 @@ class HeadScores:
     de: Any               # [L, H, n] direct effect on logit(IO) - logit(S)
     mlp_de: Any           # [L, n]
     logit_diff: Any       # [n]
+    attn_sink: Any = None  # [L, H, n] attention to position 0
+    abc_de: Any = None     # [L, H, n] direct effect on logit(IO) - logit(S) in the ABC prompt's run
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.de.shape[0]), int(self.de.shape[1])
 
+    def _off_sink(self) -> Any:
+        if self.attn_sink is None:
+            return 1.0
+        return (1.0 - self.attn_sink).clamp_min(1e-12)
+
     def values(self, what: str, head: Any) -> Any:
-        """Per-prompt values of ``what`` (``"attn_io"``, ``"attn_s1"``, ``"attn_s2"``,
-        ``"de"``, ``"io_preference"``: attn(IO) - attn(S1) - attn(S2)) for ``head``."""
+        """Per-prompt values of ``what`` for ``head``: ``"attn_io"``, ``"attn_s1"``,
+        ``"attn_s2"``, ``"de"``, ``"io_preference"`` (attn(IO) - attn(S1) - attn(S2)), the
+        shares off position 0 ``"share_io"``, ``"share_s1"``, ``"share_s2"``,
+        ``"share_preference"`` (``io_preference`` as a share), and ``"abc_drop"`` (the head's
+        direct effect on IO - S minus its direct effect on the same two tokens in the ABC
+        prompt's run, where neither name is in the context)."""
         h = _head(head, self.shape)
+        return self._all(what)[h.layer, h.head]
+
+    def _all(self, what: str) -> Any:
         if what == "io_preference":
-            return (self.attn_io - self.attn_s1 - self.attn_s2)[h.layer, h.head]
+            return self.attn_io - self.attn_s1 - self.attn_s2
+        if what == "share_preference":
+            return (self.attn_io - self.attn_s1 - self.attn_s2) / self._off_sink()
+        if what in ("share_io", "share_s1", "share_s2"):
+            return getattr(self, "attn_" + what[6:]) / self._off_sink()
+        if what == "abc_drop":
+            if self.abc_de is None:
+                raise CircuitsError("abc_drop needs the ABC counterparts (prompts with corrupted=...)")
+            return self.de - self.abc_de
         if what not in ("attn_io", "attn_s1", "attn_s2", "de"):
-            raise CircuitsError(bad("what", what, "'attn_io', 'attn_s1', 'attn_s2', 'de' or 'io_preference'"))
-        return getattr(self, what)[h.layer, h.head]
+            raise CircuitsError(bad("what", what, f"one of {', '.join(_WHAT)}"))
+        return getattr(self, what)
 
     def measure(self, what: str, head: Any, *, name: str | None = None, record: bool = True) -> Measurement:
         h = _head(head, self.shape)
@@ -152,12 +193,13 @@ class HeadScores:
 
     def heatmap(self, what: str) -> Any:
         """``[n_layers, n_heads]`` means over prompts (numpy)."""
-        arr = self.attn_io - self.attn_s1 - self.attn_s2 if what == "io_preference" else getattr(self, what)
-        return arr.mean(-1).numpy()
+        return self._all(what).mean(-1).numpy()
 
 
 _WHAT = {"attn_io": "attention END->IO", "attn_s1": "attention END->S1", "attn_s2": "attention END->S2",
-         "de": "DE(IO - S)", "io_preference": "IO preference"}
+         "de": "DE(IO - S)", "io_preference": "IO preference", "share_io": "attention share END->IO",
+         "share_s1": "attention share END->S1", "share_s2": "attention share END->S2",
+         "share_preference": "IO preference (share)", "abc_drop": "DE(IO - S) drop under ABC"}
 
 
 def _head(head: Any, shape: tuple[int, int]) -> Head:
@@ -206,7 +248,7 @@ def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore 
     rows = torch.arange(len(prompts))
 
     def at(key: str) -> Any:
-        pos = torch.tensor(prompts.meta[key])
+        pos = torch.tensor(prompts.meta[key]) if key != "sink" else torch.zeros(len(prompts), dtype=torch.long)
         return torch.stack([pat[nm][rows, :, pos].double().T for nm in names])       # [L, H, n]
 
     de_io = E.decompose(model, prompts, token="answer", activations=store)
@@ -220,8 +262,27 @@ def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore 
             de[c.layer, c.head] = diff[i]
         elif isinstance(c, MLP):
             mlp[c.layer] = diff[i]
+    abc = _abc_de(model, prompts, store) if prompts.corrupted is not None else None
     return HeadScores(model_info(model).label, prompts, at("io_pos"), at("s1_pos"), at("s2_pos"), de, mlp,
-                      de_io.logit - de_s.logit)
+                      de_io.logit - de_s.logit, at("sink"), abc)
+
+
+def _abc_de(model: Any, prompts: PromptSet, store: ActivationStore) -> Any:
+    """``[L, H, n]`` each head's direct effect on ``logit(IO) - logit(S)`` (the clean prompt's
+    IO and S) at END of the ABC counterpart's run, with that run's final-norm scale."""
+    import torch
+
+    L, nh = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    names = [H.last(H.z(l)) for l in range(L)] + [H.last(H.FINAL_SCALE)]
+    got = store.get(model, prompts.corrupted, names)
+    scale = got[H.last(H.FINAL_SCALE)].double().reshape(-1)
+    W_O = E.attn_output_weights(model)
+    w = _lu_direction(model, prompts)                                                # [n, d]
+    out = torch.zeros(L, nh, len(prompts), dtype=torch.float64)
+    for l in range(L):
+        z = got[H.last(H.z(l))].double()                                             # [n, H, d_head]
+        out[l] = (torch.einsum("nhe,hed->hnd", z, W_O[l]) * w).sum(-1) / scale
+    return out
 
 
 # ----------------------------------------------------------------------------- name movers
@@ -236,42 +297,72 @@ class Located:
         return f"{self.head} {self.score.mean:+.3f} [{self.score.lower:.3f}, {self.score.upper:.3f}]"
 
 
+def _mover_checks(scores: HeadScores, head: Head, min_effect: float) -> list[tuple[str, Measurement, float]]:
+    """The interval properties of a name mover, as (property, measurement, threshold): IO
+    preferred over S1 + S2 (per prompt, which one gets more attention does not depend on how
+    much is parked on a sink, and the absolute difference is the less noisy: dividing by a
+    per-prompt sink share widens its interval), the direct effect on IO - S, and (with the
+    ABC counterparts) its drop when IO and S leave the context."""
+    out = [("IO preferred over S1 + S2", scores.measure("io_preference", head, record=False), 0.0),
+           ("DE(IO - S)", scores.measure("de", head, name=f"name-mover DE(IO - S) {head}", record=False),
+            min_effect)]
+    if scores.abc_de is not None:
+        out.append(("DE drop under ABC", scores.measure("abc_drop", head, record=False), 0.0))
+    return out
+
+
 def name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
                 min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
-    """Heads attending END -> IO (mean >= ``min_attention``; more than to S1 and S2
-    together, by the lower bound) whose direct effect on LD has its lower bound above
-    ``min_effect``; largest direct effect first."""
+    """Name movers: heads whose mean attention share END -> IO (off position 0) is at least
+    ``min_attention``, that prefer IO over S1 and S2 together (lower bound of
+    ``attn(IO) - attn(S1) - attn(S2)`` above 0), whose direct effect on LD has its lower bound above ``min_effect``,
+    and (with ABC counterparts) whose direct effect falls when the IO and S names are
+    replaced (lower bound above 0: it writes the names it reads, not a constant); largest
+    direct effect first."""
     _check_threshold("min_attention", min_attention, 0.0, 1.0)
     _check_threshold("min_effect", min_effect, 0.0, None)
+    out = [Located(head, checks[1][1]) for head, checks in _attending_io(scores, min_attention, min_effect)
+           if all(m.lower > t for _, m, t in checks)]
+    return tuple(sorted(out, key=lambda x: -x.score.mean))
+
+
+def _attending_io(scores: HeadScores, min_attention: float, min_effect: float) -> Any:
+    """``(head, its name-mover properties)`` for each head whose mean attention share END -> IO
+    reaches ``min_attention``."""
     L, nh = scores.shape
-    mean_io = scores.attn_io.mean(-1)
-    out = []
+    share = scores.heatmap("share_io")
     for l in range(L):
         for h in range(nh):
-            if float(mean_io[l, h]) < min_attention:
-                continue
-            head = Head(l, h)
-            pref = scores.measure("io_preference", head, record=False)
-            if not pref.lower > 0:
-                continue
-            de = scores.measure("de", head, name=f"name-mover DE(IO - S) {head}", record=False)
-            if de.lower > min_effect:
-                out.append(Located(head, de))
-    return tuple(sorted(out, key=lambda x: -x.score.mean))
+            if float(share[l, h]) >= min_attention:
+                yield Head(l, h), _mover_checks(scores, Head(l, h), min_effect)
+
+
+def possible_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+                         min_effect: float = MIN_EFFECT) -> list[tuple[Head, str]]:
+    """Heads that are not name movers on the pessimistic bounds but could be on the optimistic
+    ones (every property's upper bound past its threshold), with the properties in doubt: what
+    makes a verdict undecided rather than absent."""
+    out = []
+    for head, checks in _attending_io(scores, min_attention, min_effect):
+        if all(m.upper > t for _, m, t in checks) and not all(m.lower > t for _, m, t in checks):
+            out.append((head, "; ".join(f"{what} {m.mean:.3g} [{m.lower:.3g}, {m.upper:.3g}] vs {t:g}"
+                                        for what, m, t in checks if not m.lower > t)))
+    return out
 
 
 def negative_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
                          min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
-    """Heads attending END -> IO as name movers do whose direct effect on LD has its upper
-    bound below ``-min_effect`` (the paper's 10.7, 11.10); most negative first."""
+    """Heads attending END -> IO as name movers do (attention share off position 0) whose
+    direct effect on LD has its upper bound below ``-min_effect`` (the paper's 10.7, 11.10);
+    most negative first."""
     _check_threshold("min_attention", min_attention, 0.0, 1.0)
     _check_threshold("min_effect", min_effect, 0.0, None)
     L, nh = scores.shape
-    mean_io = scores.attn_io.mean(-1)
+    share = scores.heatmap("share_io")
     out = []
     for l in range(L):
         for h in range(nh):
-            if float(mean_io[l, h]) >= min_attention:
+            if float(share[l, h]) >= min_attention:
                 de = scores.measure("de", Head(l, h), record=False)
                 if de.upper < -min_effect:
                     out.append(Located(Head(l, h), de))
@@ -349,7 +440,7 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     if not heads:
         raise CircuitsError(bad("movers", list(movers), "at least one name mover"))
     last = max(h.layer for h in heads)
-    mean_s2 = scores.attn_s2.mean(-1)
+    mean_s2 = scores.heatmap("share_s2")
     L, nh = scores.shape
     cands = tuple(Head(l, h) for l in range(last) for h in range(nh)
                   if float(mean_s2[l, h]) >= min_attention and Head(l, h) not in heads)
@@ -606,7 +697,7 @@ def analyse(model: Any, prompts: PromptSet, *, min_attention: float = MIN_ATTENT
                                        provenance={"name_movers": [str(m.head) for m in movers]})
     if ablation == "abc":       # the corrupted run's outputs both analyses patch in: one forward
         last = max(m.head.layer for m in movers)
-        mean_s2 = scores.attn_s2.mean(-1)
+        mean_s2 = scores.heatmap("share_s2")
         _prefetch_corrupted(model, prompts, {l for l in range(last) if bool((mean_s2[l] >= min_attention).any())},
                             {m.head.layer for m in movers}, store)
     sinh = s_inhibition(model, prompts, movers, scores, min_attention=min_attention,
@@ -629,9 +720,13 @@ def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: Activatio
     and the fractions of the lost direct effect made up (module docstring), from
     :func:`analyse` on ``tasks.ioi(model, n=n, seed=seed)`` (or ``prompts``).
 
-    Found when the lower bound of LD is above ``min_logit_diff`` and at least one name
-    mover is located. Not applicable when the tokenizer has too few single-token names
-    (or cannot write the templates)."""
+    **Found** when the lower bound of LD is above ``min_logit_diff`` and at least one name
+    mover is located (every property on its pessimistic bound: :func:`name_movers`);
+    **absent** when LD's upper bound is at or below ``min_logit_diff`` or no head could be a
+    name mover even on the optimistic bounds; **undecided** otherwise (the reason names the
+    straddling measurement or the head in doubt). Not applicable when the vocabulary has too
+    few first names as single tokens (or cannot write the templates): the reason says which
+    names it has."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 4:
         raise CircuitsError(bad("n", n, "an int >= 4 (two halves with both orders)"))
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -649,13 +744,24 @@ def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: Activatio
         try:
             prompts = _build(model, n=n, seed=seed)
         except PromptSetError as e:
-            return Detection.not_applicable(CHECK, TITLE, f"no IOI prompts for this tokenizer: {e}",
-                                            source=SOURCE, model=label)
+            return Detection.not_applicable(CHECK, TITLE, _not_applicable(model, e), source=SOURCE, model=label)
     a = analyse(model, prompts, min_attention=min_attention, min_effect=min_effect,
                 min_s_inhibition=min_s_inhibition, min_backup=min_backup, ablation=ablation,
                 activations=activations)
     return _detection(a, min_logit_diff=min_logit_diff, min_attention=min_attention, min_effect=min_effect,
                       min_s_inhibition=min_s_inhibition, min_backup=min_backup, ablation=ablation, top=top)
+
+
+def _not_applicable(model: Any, error: Exception) -> str:
+    """Why the IOI prompts cannot be written for ``model``, in the vocabulary's terms."""
+    from ..tasks.ioi import MIN_NAMES, NAMES, TooFewNamesError, usable_names
+
+    if isinstance(error, TooFewNamesError):
+        have = usable_names(model)
+        return (f"the vocabulary has {len(have)} of the {len(NAMES)} common first names as single tokens "
+                f"(after a space){': ' + ', '.join(have) if have else ''}; an IOI prompt and its ABC "
+                f"counterpart need at least {MIN_NAMES} to draw from")
+    return f"the IOI templates cannot be written as single-token names in this vocabulary: {error}"
 
 
 def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_effect: float,
@@ -669,8 +775,8 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     heatmaps: dict[str, Any] = {"attention END->IO": a.scores.heatmap("attn_io"),
                                 "name-mover score: DE(IO - S)": a.scores.heatmap("de")}
     components: list[tuple[str, float]] = [(str(m.head), m.score.mean) for m in a.name_movers]
-    lines = [f"name movers (attention END->IO >= {min_attention}, IO preferred over S1+S2, DE(IO - S) lower "
-             f"bound > {min_effect}): " + (", ".join(map(repr, a.name_movers)) or "none")]
+    lines = [f"name movers (attention share END->IO >= {min_attention}, IO preferred over S1+S2, DE(IO - S) "
+             f"lower bound > {min_effect}, DE falls under ABC): " + (", ".join(map(repr, a.name_movers)) or "none")]
     if a.negative_name_movers:
         lines.append("negative name movers (attend to IO, DE upper bound < -min_effect): "
                      + ", ".join(map(repr, a.negative_name_movers)))
@@ -680,7 +786,7 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     if sinh is not None:
         more += [x.score for x in sinh.heads[:top]]
         components += [(str(x.head), x.score.mean) for x in sinh.heads]
-        lines.append(f"S-inhibition heads (attention END->S2 >= {min_attention}; patching their END output "
+        lines.append(f"S-inhibition heads (attention share END->S2 >= {min_attention}; patching their END output "
                      f"from ABC lowers the name movers' DE by > {min_s_inhibition} x "
                      f"{sinh.mover_de.mean:.3f}, lower bound): " + (", ".join(map(repr, sinh.heads)) or "none")
                      + f" of {len(sinh.candidates)} candidates")
@@ -705,12 +811,30 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     lines.append("largest direct effects on IO - S: " + ", ".join(
         f"{h} {v:+.3f} (attn IO {float(a.scores.attn_io[h.layer, h.head].mean()):.2f}, "
         f"S2 {float(a.scores.attn_s2[h.layer, h.head].mean()):.2f})" for v, h in top_de))
+    from ..detection import straddle
+
     found = bool(a.logit_diff.lower > min_logit_diff and a.name_movers)
+    possible = [] if a.name_movers else possible_name_movers(a.scores, min_attention=min_attention,
+                                                             min_effect=min_effect)
+    excluded = a.logit_diff.upper <= min_logit_diff or (not a.name_movers and not possible)
+    verdict: dict[str, Any] = {"found": found}
+    if not found and not excluded:
+        why = [straddle(a.logit_diff, min_logit_diff)] + [f"{h} could be a name mover ({doubt})"
+                                                          for h, doubt in possible[:3]]
+        verdict.update(undecided=True, reason="; ".join(w for w in why if w))
+    if possible:
+        lines.append("possible name movers (on the optimistic bounds only): "
+                     + "; ".join(f"{h}: {doubt}" for h, doubt in possible))
+    heatmaps["attention share END->IO (off BOS)"] = a.scores.heatmap("share_io")
     criterion = (f"the lower bound of logit(IO) - logit(S) is above {min_logit_diff} and at least one name mover "
-                 f"is located (a head at END with mean attention to IO >= {min_attention}, attending to IO more "
-                 f"than to S1 and S2 together, and a direct effect on IO - S whose lower bound is above "
-                 f"{min_effect}); S-inhibition heads and backup name movers are reported, not required")
-    return Detection(check=CHECK, title=TITLE, source=SOURCE, model=a.model, applicable=True, found=found,
+                 f"is located: a head at END whose mean attention share on IO (of its attention off position 0, "
+                 f"so an attention sink does not hide it) is >= {min_attention}, that attends to IO more than to "
+                 f"S1 and S2 together, whose direct effect on IO - S has a lower bound above {min_effect}, and "
+                 "whose direct effect falls when the ABC counterpart replaces the names (it writes the name it "
+                 "reads); absent when the logit difference's upper bound is at or below "
+                 f"{min_logit_diff} or no head passes on the optimistic bounds; S-inhibition heads and backup "
+                 "name movers are reported, not required")
+    return Detection(check=CHECK, title=TITLE, source=SOURCE, model=a.model, applicable=True, **verdict,
                      criterion=criterion, measurements=tuple(headline), more=tuple(more),
                      components=tuple(components), heatmaps=heatmaps, details="\n".join(lines))
 

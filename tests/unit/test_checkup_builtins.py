@@ -65,6 +65,7 @@ def test_factual_recall_heatmap_is_raw_direct_effects(facts_model):
     assert np.allclose(ld.array, metrics.logit_diff(model, ps).array, atol=1e-4)
     share = det.measurement("facts share answer beats foil")
     assert np.allclose(share.array, (ld.array > 0).astype(float))
+    assert "Clopper-Pearson" in share.provenance["interval"]          # a proportion of facts
     assert det.found == (share.lower > 0.5 and ld.lower > 0)
     # Raw hooks: head (l, h)'s output at the last position, over the final norm's scale, on
     # W_U[:, answer] - W_U[:, foil], averaged over the facts.
@@ -114,7 +115,9 @@ def test_run_records_only_headlines_and_names_the_model(tiny):
     finally:
         M._RECORDERS.remove(rec)
     assert [m.name for m in rec] == [m.name for m in det.measurements]
-    assert det.model == "ckpt"
+    # the decided verdict is recorded last, one value: what a baseline compares exactly
+    assert rec[-1].name == checkup.VERDICT and rec[-1].values == ((1.0,) if det.found else (0.0,))
+    assert det.decided and det.model == "ckpt"
     with pytest.raises(CircuitsError, match="one of induction"):
         checkup.run("nope", tiny)
 
@@ -128,3 +131,90 @@ def test_detection_refuses_contradictions():
     assert d.status == "n/a" and "no names" in d.summary()
     with pytest.raises(CircuitsError, match="has no measurement"):
         d.measurement("m")
+
+
+# ----------------------------------------------------------------------------- verdicts and n/a reasons
+def test_decide_and_straddle():
+    from pytest_circuits.detection import straddle
+    from pytest_circuits.measurement import Measurement
+
+    m = Measurement.from_values("pd", [0.1, 0.3, 0.2, 0.35, 0.15] * 4)
+    assert 0 < m.lower < 0.2 < m.upper < 0.5
+    assert "pd 0.22 [" in straddle(m, 0.2) and "straddles the criterion's lower limit 0.2" in straddle(m, 0.2)
+    assert straddle(m, 0.0) is None and straddle(m, 0.5) is None
+    assert checkup._decide(True, False, []) == {"found": True}
+    assert checkup._decide(False, True, [straddle(m, 0.2)]) == {"found": False}
+    undecided = checkup._decide(False, False, [straddle(m, 0.2), None])
+    assert undecided["undecided"] and undecided["reason"] == straddle(m, 0.2)
+    d = Detection("x", "X", found=False, **{k: v for k, v in undecided.items() if k != "found"})
+    assert d.status == "undecided" and not d.decided
+    with pytest.raises(CircuitsError, match="undecided needs a reason"):
+        Detection("x", "X", undecided=True)
+    with pytest.raises(CircuitsError, match="undecided"):
+        Detection("x", "X", undecided=True, found=True, reason="r")
+    assert Detection("x", "X").status == "absent" and Detection("x", "X", found=True).status == "found"
+
+
+def _vocab_model(tmp_path, words):
+    """A zero-weight Llama whose word-level vocabulary is exactly ``words`` (plus specials)."""
+    from pytest_circuits.planted import _write_tokenizer
+    from pytest_circuits.testing import SPECIALS
+    from pytest_circuits.zoo_tasks import _llama
+
+    vocab = SPECIALS + list(words)
+    path = tmp_path / "ckpt"
+    path.mkdir(parents=True)
+    _write_tokenizer(path, vocab)
+    _llama(vocab, d_model=16, n_heads=2, n_kv=2).save_pretrained(str(path))
+    return load_model(str(path), device="cpu", cache_dir=tmp_path / "cache")
+
+
+def test_greater_than_not_applicable_says_what_the_vocabulary_lacks(tmp_path):
+    """In the model's terms, never as a usage error (no "nouns=[...] is not valid")."""
+    words = ["The", "lasted", "from", "the", "year", "to", "war"]
+    no_digits = _vocab_model(tmp_path / "a", words)
+    det = checkup.detect_greater_than(no_digits)
+    assert det.status == "n/a" and "writes the year ' 1732' as" in det.reason
+    assert "has no token for the digit(s) 0, 1, 2" in det.reason and "is not valid" not in det.reason
+    no_nouns = _vocab_model(tmp_path / "b", words[:-1] + [str(d) for d in range(10)])
+    det = checkup.detect_greater_than(no_nouns)
+    assert det.status == "n/a" and det.reason.startswith("none of the 20 event nouns of the template (war, ")
+    assert checkup.greater_than_not_applicable(no_nouns, nouns=["war"]) is not None
+
+
+def test_greater_than_heads_are_located_by_raw_patching(tmp_path):
+    """On the zoo's greater-than model: the located head L1H3 and its score, the fall of PD when its
+    output is patched from the '01' prompts, recomputed with raw hooks and PD written out here."""
+    from pytest_circuits import zoo_tasks
+
+    model = load_model(str(zoo_tasks.build_greater_than(tmp_path / "gt")), device="cpu", cache_dir=tmp_path / "c")
+    det = checkup.detect_greater_than(model, n=40, seed=5, activations=ActivationStore())
+    assert det.found and [c for c, _ in det.components] == ["L1H3"]
+    got = det.measurement("greater_than PD carried by L1H3")
+    assert got.n == checkup.PATCH_PROMPTS == 32                 # patched on the first 32 of the 40 prompts
+    task = tasks.greater_than(model, n=40, seed=5, name="checkup_greater_than")
+    digits = list(task.digit_ids)
+    _, corrupt = model.run_with_cache(task.second.corrupted.tokens)
+
+    def patch(z, hook):
+        z = z.clone()
+        z[:, :, 3] = corrupt["blocks.1.attn.hook_z"][:, :, 3]
+        return z
+
+    def pd(logits):
+        out = []
+        for i, yy in enumerate(task.yy):
+            last = task.second.lengths[i] - 1
+            p1 = logits[i, last - 1].double().softmax(-1)[digits]
+            p2 = logits[i, last].double().softmax(-1)[digits]
+            a, b = divmod(yy, 10)
+            out.append(float(p1[a + 1:].sum() + p1[a] * p2[b + 1:].sum() - p1[:a].sum() - p1[a] * p2[:b + 1].sum()))
+        return np.array(out)
+
+    with torch.no_grad():
+        clean = pd(model(task.second.tokens))
+        patched = pd(model.run_with_hooks(task.second.tokens, fwd_hooks=[("blocks.1.attn.hook_z", patch)]))
+    assert np.allclose(got.values, (clean - patched)[:32], atol=1e-5)
+    assert np.allclose(det.measurement("greater_than PD").values, clean, atol=1e-5)
+    assert got.lower > checkup.MIN_HEAD_SHARE * det.measurement("greater_than PD drop under '01'").mean
+    assert det.heatmaps["attention end -> YY (share off BOS)"][1, 3] > 0.95

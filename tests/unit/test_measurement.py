@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from pytest_circuits import Measurement, MeasurementError
@@ -161,20 +162,49 @@ def test_clopper_pearson_inverts_the_binomial(k, n):
 
 
 def test_twelve_of_twelve_is_not_certainty():
-    m = Measurement.from_values("agree", [1] * 12)
+    m = Measurement.from_values("agree", [1] * 12, method="clopper-pearson")
     assert m.mean == 1.0 and m.upper == 1.0
     assert m.lower == pytest.approx(0.025 ** (1 / 12))       # 0.7354, closed form for k = n
     assert m.lower < 0.8 and not m.flags
     with pytest.raises(AssertionError, match=r"1 \[0\.735, 1\] n=12"):
         m.assert_above(0.8)
     assert "Clopper-Pearson" in m.provenance["interval"]
-    assert Measurement.from_values("agree", [0] * 12).upper == pytest.approx(1 - 0.025 ** (1 / 12))
+    assert Measurement.from_values("agree", [0] * 12, method="clopper-pearson").upper == pytest.approx(
+        1 - 0.025 ** (1 / 12))
+    # Booleans are trials by type: the same interval without saying so.
+    b = Measurement.from_values("agree", [True] * 12)
+    assert (b.lower, b.upper) == (m.lower, m.upper)
+    t = Measurement.from_values("agree", torch.ones(12, dtype=torch.bool))
+    assert (t.lower, t.upper) == (m.lower, m.upper)
+    assert (Measurement.from_values("x", np.array([True, False, True])).lower
+            == pytest.approx(stats.clopper_pearson(2, 3, 0.95)[0]))
+
+
+def test_interval_follows_the_quantity_not_the_values():
+    """A continuous quantity whose values happen to be 0 or 1 is not a proportion: a loss of exactly
+    0 nats is 0 [0, 0] (flagged), never a proportion's [0, 0.109]; a score of 1.0 and one of
+    0.9999999 get the same kind of interval. Before, both came out as Clopper-Pearson."""
+    loss = Measurement.from_values("loss", [0.0] * 32)
+    assert (loss.lower, loss.upper) == (0.0, 0.0) and loss.flags and "Clopper" not in loss.provenance["interval"]
+    one = Measurement.from_values("score", [1.0] * 32)
+    almost = Measurement.from_values("score", [0.9999999] * 32)
+    assert (one.lower, one.upper) == (1.0, 1.0) and one.flags
+    assert (almost.lower, almost.upper) == (0.9999999, 0.9999999) and almost.flags
+    mixed = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    auto = Measurement.from_values("x", mixed)
+    assert (auto.lower, auto.upper) == pytest.approx(stats.mean_interval(np.array(mixed), 0.95, 4000, 0))
+    cp = Measurement.from_values("x", mixed, method="clopper-pearson")
+    assert (cp.lower, cp.upper) == pytest.approx(stats.clopper_pearson(5, 8, 0.95))
+    # A proportion that came out 0 everywhere keeps its honest width.
+    none = Measurement.from_values("hits", [0.0] * 32, method="clopper-pearson")
+    assert none.lower == 0.0 and none.upper == pytest.approx(1 - 0.025 ** (1 / 32)) and not none.flags
 
 
 def test_zero_one_values_can_opt_out_of_the_proportion_interval():
     vals = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
-    cp = Measurement.from_values("x", vals)
-    bt = Measurement.from_values("x", vals, method="bootstrap-t")
+    flags = [bool(v) for v in vals]
+    cp = Measurement.from_values("x", flags)
+    bt = Measurement.from_values("x", flags, method="bootstrap-t")
     assert (cp.lower, cp.upper) == pytest.approx(stats.clopper_pearson(5, 8, 0.95))
     assert (bt.lower, bt.upper) == pytest.approx(stats.mean_interval(np.array(vals), 0.95, 4000, 0))
     with pytest.raises(MeasurementError, match=r"method='clopper-pearson'.*e\.g\. 0\.5"):

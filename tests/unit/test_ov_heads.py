@@ -275,8 +275,36 @@ def test_detect_successor_finds_the_planted_head(models, store):
     margin = det.measurement("successor DE margin L1H0")
     # Headlines under head-independent names (the checkup's baseline keys), equal to the top head's.
     assert [x.name for x in det.measurements] == ["succession score (top head)", "in-context successor accuracy",
-                                                  "successor DE margin (top head)"]
+                                                  "successor DE margin (top head)",
+                                                  "successor margin drop, top head ablated"]
     assert det.measurements[0].values == s.values and det.measurements[2].values == margin.values
+    # A proportion of pairs and of prompts: Clopper-Pearson; the margins are continuous.
+    assert "Clopper-Pearson" in s.provenance["interval"] and "Clopper-Pearson" in acc.provenance["interval"]
+    assert "bootstrap-t" in margin.provenance["interval"]
+    # The intervention: zero-ablating L1H0 (raw hook on its hook_z) lowers the model's margin for
+    # the successor over the other members by what the detector reports.
+    drop = det.measurement("successor margin drop, L1H0 ablated")
+    assert det.measurements[3].values == drop.values
+    m = models["ordinal"]
+    o = ordinal.ordinals(m)
+    ps = ordinal.successor_prompts(m, o, n=100, seed=0, name="successor:in-context")
+
+    def zero(z, hook):
+        z = z.clone()
+        z[:, :, 0] = 0.0
+        return z
+
+    with torch.no_grad():
+        clean = m(ps.tokens).double()
+        ablated = m.run_with_hooks(ps.tokens, fwd_hooks=[("blocks.1.attn.hook_z", zero)]).double()
+    want = []
+    for r in range(len(ps)):
+        ids = list(o.classes[ps.meta["class_index"][r]].ids)
+        at, last = ids.index(ps.answer_ids[r]), ps.lengths[r] - 1
+        margin_of = lambda lg: float(lg[r, last, ids][at] - (lg[r, last, ids].sum() - lg[r, last, ids][at])  # noqa: E731
+                                     / (len(ids) - 1))
+        want.append(margin_of(clean) - margin_of(ablated))
+    assert np.allclose(drop.values, want, atol=1e-5) and drop.lower > ov.MIN_MARGIN
     assert acc.n == margin.n == 38
     # The planted successor head attends uniformly, so it writes the successor of *every* member in
     # the context: the answer ties with the other members' successors on every prompt, and a tie is
