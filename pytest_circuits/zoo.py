@@ -65,5 +65,6 @@ def models(check: str | None = None) -> list[ZooModel]:
     if not _loaded:
         _loaded = True
         # The builder modules: each registers its entries when imported (one import line each).
+        from . import zoo_heads  # noqa: F401  (induction, previous-token, duplicate-token, copy suppression)
 
     return [m for m in _REGISTRY.values() if check is None or m.check == check]
