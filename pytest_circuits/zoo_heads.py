@@ -429,6 +429,8 @@ SPECS: dict[str, Spec] = {
     "heads-gpt2-short": Spec("gpt2", (prev_head(0, 2), induction_head(1, 1), suppression_head(2, 3)), n_layers=3,
                              n_ctx=32, words=CODES),
     "cs-llama-sink": _cs_stack(suppression_head(2, 1, sink=True, gain=-1.0), n_kv_heads=2),
+    "induction-beside-dead": Spec("llama", (prev_head(0, 0), induction_head(1, 1),
+                                            induction_head(1, 3, out="DEAD", gain=3.0))),
     "dup-llama-gqa": Spec("llama", (duplicate_head(0, 1), duplicate_head(0, 3)), n_layers=1, n_kv_heads=2),
     # induction decoys and control
     "induction-dead-output": Spec("llama", (prev_head(0, 1, sink=True),
@@ -817,6 +819,9 @@ ENTRIES = (
     ("induction-beside-suppression", "cs-llama-sink", "induction", "mechanism", ("L1H2",), "mechanism",
      "induction head L1H2 and, after it, a copy-suppression head L2H1 that attends where it does and "
      "pushes the token down (anti-induction): only L1H2 is an induction head"),
+    ("induction-beside-dead-pattern", "induction-beside-dead", "induction", "mechanism", ("L1H1",), "mechanism",
+     "an induction head L1H1 and, in the same layer, L1H3 with the induction pattern and a large output into "
+     "a direction nothing reads (ablating it moves the loss only through the final norm's scale)"),
     ("induction-dead-output", "induction-dead-output", "induction", "decoy", ("L1H1",), "no-output",
      "the induction pattern (with a sink), written into a direction nothing reads: no effect on the token"),
     ("induction-anti", "induction-anti", "induction", "decoy", ("L1H2",), "anti",

@@ -349,7 +349,9 @@ def head_evidence(model: Any, prompts: Any, *, activations: Any = None) -> dict[
                 q = _queries(kind, s, t)
                 tgt = q - _back(kind, t)
                 a = p_r[:, :, q, tgt]                                     # [b, H, q]
-                off_sink = p_r[:, :, q, 1:].sum(-1)
+                # attention off the first position (plus the target's when the target is position 0:
+                # a model without BOS, whose first token is a real one)
+                off_sink = p_r[:, :, q, 1:].sum(-1) + torch.where(tgt == 0, a, torch.zeros_like(a))
                 share = torch.where(off_sink > 0, a / off_sink.clamp_min(1e-300), torch.zeros_like(a))
                 above = a - 1.0 / (q.double() + 1.0)
                 a_q = a.permute(0, 2, 1)                                  # [b, q, H]
@@ -572,8 +574,9 @@ def prompt_set(model: Any, prompts: Any = None, *, n: int = 32, length: int = 20
     while top >= MIN_PERIOD and len(pool) < T.needed_tokens(top, shortest(top)):
         top -= 1
     if top < MIN_PERIOD:
-        return None, (f"the vocabulary has {len(pool)} {which}; repeated sequences of {MIN_PERIOD} distinct "
-                      f"tokens need {T.needed_tokens(MIN_PERIOD, MIN_PERIOD)}"), ""
+        every = len(T.nonspecial_tokens(model))
+        return None, (f"the vocabulary has {every} tokens that are not special; repeated sequences of "
+                      f"{MIN_PERIOD} distinct tokens need {T.needed_tokens(MIN_PERIOD, MIN_PERIOD)}"), ""
     if top < longest:
         notes.append(f"{len(pool)} {which} fill periods up to {top}")
     ps = T.repeated_tokens(model, n=n, length=top, min_length=shortest(top), seed=seed, pool=pool)

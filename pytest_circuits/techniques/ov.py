@@ -399,6 +399,36 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
 
 
 # --------------------------------------------------------------------------- copy suppression
+def ordinary_tokens(model: Any, n: int, *, seed: int = 0) -> list[int]:
+    """Up to ``n`` seeded token ids whose text is alphabetic (spaces aside), that are not
+    special tokens and that encode back to themselves alone; in sampled order. (Copy
+    suppression samples with :func:`token_sample`, which a vocabulary without alphabetic
+    tokens can fill.)"""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CircuitsError(bad("n", n, "an int >= 1"))
+    tok = model.tokenizer
+    special = {int(i) for i in (getattr(tok, "all_special_ids", None) or ())}
+    for attr in ("unk_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(getattr(tok, attr, None), int):
+            special.add(int(getattr(tok, attr)))
+    V = min(int(model.cfg.d_vocab), len(tok))
+    order = list(range(V))
+    random.Random(seed).shuffle(order)
+    out: list[int] = []
+    for tid in order:
+        if tid in special:
+            continue
+        text = tok.decode([tid])
+        if not text.strip().isalpha():
+            continue
+        if [int(x) for x in tok.encode(text, add_special_tokens=False)] != [tid]:
+            continue
+        out.append(tid)
+        if len(out) == n:
+            break
+    return out
+
+
 def token_sample(model: Any, n: int, *, seed: int = 0) -> list[int]:
     """Up to ``n`` seeded token ids (in sampled order) from the ordinary tokens of
     :func:`pytest_circuits.tasks.induction.ordinary_tokens` (a letter or digit, text that
