@@ -6,8 +6,9 @@ one defining property of a mechanism but not the others (see :mod:`pytest_circui
 named blocks of one-hot coordinates (for GPT-2 the coordinates are orthonormal vectors with
 mean 0, so LayerNorm's centring changes nothing):
 
-* ``C`` (one coordinate, size 8 in every token's embedding: it dominates the residual norm,
-  so the norms rescale almost uniformly), ``TOK`` (the token, one coordinate per vocabulary
+* ``C`` (one coordinate, size 20 in every token's embedding: it dominates the residual norm,
+  so the norms rescale almost uniformly; BOS alone embeds as ``20 TOK(bos)`` without ``C``, and
+  position 0 has no positional term, so no constant query or key term reaches BOS), ``TOK`` (the token, one coordinate per vocabulary
   entry), ``PREV`` (the previous token, written by a previous-token head), ``ANS`` (the
   prediction: the unembedding reads only this block), ``DUP`` (what a duplicate-token head
   writes), ``DEAD`` (a block nothing reads), ``NOISE`` (where background heads write), and
@@ -18,8 +19,8 @@ mean 0, so LayerNorm's centring changes nothing):
   duplicate-token head ``TOK`` against ``TOK``), *offset* (a positional kernel peaked at
   ``key = query - delta``: rotary embeddings of a constant query/key for Llama, the learned
   positions rotated by ``delta theta`` for GPT-2), and *sink* (a constant score on the
-  first position, BOS). Scores are large (10-40), so attention is nearly hard, except
-  where a sink shares it on purpose.
+  first position, BOS). Scores are large (20-120), so attention is nearly hard, except
+  where a sink shares it on purpose (55% on BOS: a sink score 0.2 above the target's).
 * a head's value reads the ``TOK`` block (the token at the attended position; specials
   excluded, so attending BOS moves nothing) or ``C`` (a value with no token in it), and its
   output writes that into one block with a gain (negative: suppression).
@@ -27,17 +28,21 @@ mean 0, so LayerNorm's centring changes nothing):
   attended tokens into ``NOISE`` with gain 0.3), so that ablating one is never a no-op.
 * the unembedding reads ``ANS``: a token predicted with weight 1 gets logit 10.
 
-:data:`ENTRIES` lists the checkpoints; :func:`build` writes one (with its word-level
-tokenizer and a ``ZOO.json`` of what was planted). ``verify_*`` check the ground truth with
-Hugging Face ``transformers`` and raw torch only (eager attention, forward hooks on the
-attention output projection): no pytest-circuits code.
+:data:`SPECS` holds the checkpoints and :data:`ENTRIES` the registered zoo entries (several
+entries, one per check, may share a checkpoint); :func:`build` writes one (with its word-level
+tokenizer and a ``ZOO.json`` of what was planted). Each entry's ``verify`` checks the ground
+truth with Hugging Face ``transformers`` and raw torch only (eager attention, hooks on the
+attention output projection and the final norm; :class:`_Raw`): no pytest-circuits code. It
+checks the properties the entry's role says its planted heads have (pattern, effect on the
+token, output that moves the token, loss when ablated) and lack, and for a decoy or a control
+that no head of the checkpoint has the whole mechanism.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -429,8 +434,8 @@ SPECS: dict[str, Spec] = {
     "heads-gpt2-short": Spec("gpt2", (prev_head(0, 2), induction_head(1, 1), suppression_head(2, 3)), n_layers=3,
                              n_ctx=32, words=CODES),
     "cs-llama-sink": _cs_stack(suppression_head(2, 1, sink=True, gain=-1.0), n_kv_heads=2),
-    "induction-beside-dead": Spec("llama", (prev_head(0, 0), induction_head(1, 1),
-                                            induction_head(1, 3, out="DEAD", gain=3.0))),
+    "induction-beside-dead": Spec("gpt2", (prev_head(0, 0), induction_head(1, 1),
+                                           induction_head(1, 3, out="DEAD", gain=3.0))),
     "dup-llama-gqa": Spec("llama", (duplicate_head(0, 1), duplicate_head(0, 3)), n_layers=1, n_kv_heads=2),
     # induction decoys and control
     "induction-dead-output": Spec("llama", (prev_head(0, 1, sink=True),
@@ -820,8 +825,9 @@ ENTRIES = (
      "induction head L1H2 and, after it, a copy-suppression head L2H1 that attends where it does and "
      "pushes the token down (anti-induction): only L1H2 is an induction head"),
     ("induction-beside-dead-pattern", "induction-beside-dead", "induction", "mechanism", ("L1H1",), "mechanism",
-     "an induction head L1H1 and, in the same layer, L1H3 with the induction pattern and a large output into "
-     "a direction nothing reads (ablating it moves the loss only through the final norm's scale)"),
+     "GPT-2: an induction head L1H1 and, in the same layer, L1H3 with the induction pattern and a large output "
+     "into a direction nothing reads (ablating it moves the loss only through the final norm's scale; its "
+     "direct effect is float rounding, 6e-8 nats with a steady sign)"),
     ("induction-dead-output", "induction-dead-output", "induction", "decoy", ("L1H1",), "no-output",
      "the induction pattern (with a sink), written into a direction nothing reads: no effect on the token"),
     ("induction-anti", "induction-anti", "induction", "decoy", ("L1H2",), "anti",

@@ -100,10 +100,13 @@ THRESHOLD = 0.5
 # its output is the token it attends to. A head that writes nothing, or writes what does not
 # depend on the token there, has exactly 0.
 MIN_DEPENDENCE = 0.1
-# An effect on a logit must exceed this in size (nats, lower / upper bound): far above float
-# rounding (~1e-6 in float32), far below any head that does the job (SmolLM2-135M's weakest
-# induction head, L17H4, raises the copied token by 0.015).
-MIN_EFFECT = 1e-3
+# An effect on a logit must exceed this in size (nats, lower / upper bound): a hundred times
+# float32 rounding of logits of size ~10 (~1e-6), so that rounding noise with a steady sign
+# is not an effect (the zoo's GPT-2 head that writes into a direction nothing reads has
+# "effect" 5.5e-8 [3.5e-8, 7.7e-8]: LayerNorm's centring leaves rounding, always positive);
+# far below what an induction head's direct path carries (SmolLM2-135M's weakest, L17H5:
+# 0.011 [0.0008, 0.020]; its later heads 0.1-0.6).
+MIN_EFFECT = 1e-4
 # The shortest period the detectors use (three predictable tokens on the second copy).
 MIN_PERIOD = 4
 
@@ -638,7 +641,7 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
        position has a lower bound above ``threshold`` (0.5: the target gets more than every
        other position together), and its attention there is above uniform (lower bound > 0);
     2. **copying**: through that attention it raises the logit of the token it attends to
-       (the next token): direct effect lower bound above ``min_effect`` (1e-3 nats). A head
+       (the next token): direct effect lower bound above ``min_effect`` (1e-4 nats). A head
        with the pattern whose effect has an upper bound below ``-min_effect`` is
        **anti-induction** (it pushes the repeated token down: copy suppression): reported,
        never located; one with neither has the pattern without an output that reaches the

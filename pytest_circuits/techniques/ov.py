@@ -490,7 +490,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
        (0.5) and its attention there is above uniform (:mod:`~pytest_circuits.techniques.heads`:
        the same measurements as the induction pattern, on the positions with a prediction);
     2. **suppression through that attention**: its direct effect on the token, through the
-       attention on the copy, has an upper bound below ``-min_effect`` (-1e-3 nats); a head
+       attention on the copy, has an upper bound below ``-min_effect`` (-1e-4 nats); a head
        with the attention that raises the token is an *amplifier* (it copies: an induction
        head), reported, never located;
     3. **OV self-suppression**: over ``n_tokens`` (200) sampled tokens
