@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:               # this checkout's package, not another installed one
+    sys.path.insert(0, str(ROOT))
 BEGIN = "<!-- zoo-table:begin (scripts/zoo_table.py --write docs/checkup.md) -->"
 END = "<!-- zoo-table:end -->"
 
@@ -170,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not seeds:
         ap.error("--seeds: at least one seed")
     rows, matrix = run(seeds=seeds, root=args.root, all_checks=not args.only_own_check)
+    if not rows:
+        print("the zoo registry is empty: nothing was checked", file=sys.stderr)
+        return 1
     text = markdown(rows, matrix, seeds)
     print(text)
     if args.write is not None:
