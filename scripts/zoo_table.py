@@ -9,8 +9,8 @@ For each registered entry (a check on a checkpoint: a mechanism, a decoy or a co
 first table gives what was expected (a mechanism: FOUND with exactly the planted heads;
 otherwise not found), what each seed gave, the heads located and the outcome: OK, FP (found
 where nothing was planted, or heads located that were not planted), FN (a planted mechanism
-missed, or a planted head not located), N/A (the check did not run: never OK), SEED (the
-verdict changed with the seed). The second table is every check on every checkpoint, with
+missed, or a planted head not located), N/A (the check did not run: never OK), UNDECIDED (a
+verdict that is neither found nor absent), SEED (the verdict changed with the seed). The second table is every check on every checkpoint, with
 no expectation (what the checkup reports). Checkpoints are built into ``--root`` (default: a
 temporary folder) and loaded on the CPU; every activation stays in memory.
 """
@@ -49,6 +49,8 @@ class Row:
         found = [g == "found" for g in self.got]
         if any(g == "n/a" for g in self.got):
             self.outcome = "N/A"
+        elif any(g not in ("found", "not found", "absent") for g in self.got):   # e.g. "undecided"
+            self.outcome = "UNDECIDED"
         elif len({(g, h) for g, h in zip(self.got, self.heads)}) > 1:
             self.outcome = "SEED"
         elif self.kind == "mechanism":
@@ -118,7 +120,8 @@ def run(entries: Sequence[Any] | None = None, *, seeds: Sequence[int] = (0,), ro
                     det = done.get((name, seeds[0])) or _run_check(name, model, seeds[0])
                     matrix.setdefault(ckpt, {})[name] = (
                         "n/a" if not det.applicable else
-                        "FOUND " + ",".join(c for c, _ in det.components[:4]) if det.found else "absent")
+                        "FOUND " + ",".join(c for c, _ in det.components[:4]) if det.found else
+                        "absent" if det.status in ("not found", "absent") else det.status)
         finally:
             reset(token)
     order = {c: i for i, c in enumerate(checkup.CHECKS)}
