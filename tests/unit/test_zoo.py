@@ -142,3 +142,21 @@ def test_a_short_context_and_a_vocabulary_of_codes_are_checked(built):
         d = _detect(built, "heads-gpt2-short", check)
         assert d.applicable and d.found and [c for c, _ in d.components] == [head], (check, d.summary())
         assert "periods up to 15" in d.details or "periods up to" in d.details
+
+
+@pytest.mark.parametrize("kind, expected, got, heads, outcome", [
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H1",)] * 3, "OK"),
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H1", "L1H3")] * 3, "FP"),          # a head not planted
+    ("mechanism", ("L1H1", "L1H3"), ["found"] * 3, [("L1H1",)] * 3, "FN"),          # a planted head missed
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H3",)] * 3, "FP+FN"),
+    ("mechanism", ("L1H1",), ["not found"] * 3, [()] * 3, "FN"),
+    ("mechanism", ("L1H1",), ["n/a"] * 3, [()] * 3, "N/A"),
+    ("decoy", (), ["found"] * 3, [("L0H1",)] * 3, "FP"),
+    ("control", (), ["absent"] * 3, [()] * 3, "OK"),
+    ("decoy", (), ["not found", "found", "not found"], [(), ("L0H1",), ()], "SEED"),
+    ("decoy", (), ["undecided"] * 3, [()] * 3, "UNDECIDED"),
+])
+def test_the_table_judges_each_row(kind, expected, got, heads, outcome):
+    row = TABLE.Row("e", "c", "induction", kind, expected, got=list(got), heads=list(heads))
+    row.judge()
+    assert row.outcome == outcome
