@@ -65,8 +65,9 @@ def models(check: str | None = None) -> list[ZooModel]:
     if not _loaded:
         _loaded = True
         # The builder modules: each registers its entries when imported (one import line each).
-        from .zoo_tasks import ENTRIES as _tasks   # IOI, successor, greater-than: ZooModel fields (no cycle)
-        for _e in _tasks:
+        from .zoo_heads import ZOO_ENTRIES as _heads   # induction, previous-token, duplicate-token, copy suppression
+        from .zoo_tasks import ENTRIES as _tasks       # IOI, successor, greater-than
+        for _e in (*_heads, *_tasks):                  # ZooModel fields (the builders import nothing from here)
             register(ZooModel(**_e))
 
     return [m for m in _REGISTRY.values() if check is None or m.check == check]

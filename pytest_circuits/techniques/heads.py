@@ -1,26 +1,48 @@
-"""Attention-head kinds on repeated random tokens: induction, previous-token and
-duplicate-token heads, and the in-context learning they do (Olsson et al. 2022, "In-context
-Learning and Induction Heads", arXiv:2209.11895).
+"""Attention-head kinds on repeated random tokens: induction, previous-token, duplicate-token
+(and, read by :func:`pytest_circuits.techniques.ov.detect_copy_suppression`, copy-suppression)
+heads, and the in-context learning they do (Olsson et al. 2022, "In-context Learning and
+Induction Heads", arXiv:2209.11895; Wang et al. 2022, arXiv:2211.00593; McDougall et al. 2023,
+arXiv:2310.04625).
 
 **Prompts**: :func:`pytest_circuits.tasks.induction.repeated_tokens`, ``[BOS, r_1..r_T,
 r_1..r_T]`` with ``r_1`` at position ``s`` (``meta["start"]``) and period ``T``
-(``meta["period"]``). The second copy's positions are ``Q = {s+T, ..., s+2T-1}``: the token
-at ``i`` in ``Q`` occurred before at ``i-T``.
+(``meta["period"]``); the detectors vary ``T`` from prompt to prompt (filler before the first
+copy), fitted to the model's context and vocabulary (:func:`prompt_set`). The second copy's
+positions are ``Q = {s+T, ..., s+2T-1}``: the token at ``i`` in ``Q`` occurred before at ``i-T``.
 
-**Scores**, per prompt and head ``(l, h)``, with ``A`` the head's attention pattern
-(``blocks.{l}.attn.hook_pattern``, read through the activation store):
+**Targets**, per query position ``i``: induction ``i-T+1`` (the token *after* the current
+token's earlier occurrence: the token an induction head copies, and the next token);
+duplicate-token ``i-T`` (the earlier copy of the current token); previous-token ``i-1``, over
+every position after ``r_1`` in both copies; copy suppression ``i-T+1`` at the positions
+``i in Q`` (``i < s+2T-1``) where the model *predicts* the next token (probability above 1/2,
+from ``hooks.TOKEN_LOSS``): the earlier copy of the token the model currently predicts.
 
-* induction score ``= mean_{i in Q} A(i, i-T+1)``: attention to the token *after* the
-  earlier occurrence of the current token (the token an induction head copies);
-* duplicate-token score ``= mean_{i in Q} A(i, i-T)``: attention to the earlier copy of the
-  current token;
-* previous-token score ``= mean_{i = s+1..s+2T-1} A(i, i-1)``: over every position after
-  ``r_1`` in both copies (``r_1``'s predecessor is BOS, which many heads attend to by
-  default). The first copy counts because that is where an induction head reads the
-  previous-token head's output (through its keys).
+**Measurements**, per prompt and head (means over the prompt's query positions; ``A`` is the
+head's attention pattern, ``v`` its value vectors, ``W_O`` its output matrix):
 
-Each head's score is a :class:`~pytest_circuits.measurement.Measurement` over prompts
-(bootstrap 95% interval); the maps ``[n_layers, n_heads]`` of means are the heatmaps.
+* *score* ``A(i, t)``: the attention on the target (Olsson's induction score);
+* *share* ``A(i, t) / sum_{j >= 1} A(i, j)``: the target's share of the attention that is
+  not on the first position. Real heads park attention on the first position (BOS) when
+  they have nothing to do, an *attention sink*; the share is what the head does with the
+  rest, so a head that puts 55% on BOS and 45% on the target has share ~1;
+* *above uniform* ``A(i, t) - 1/(i+1)``: the attention on the target beyond what uniform
+  attention would give. A head parked entirely on the sink whose few remaining 1e-12 fall
+  on the target has share ~1 but nothing above uniform: it does not attend there;
+* *effect* (induction, copy suppression): the head's direct effect, through its attention
+  to the target, on the logit of the token there,
+  ``A(i, t) (v_t W_O) . w_u / s_i`` with ``u`` the token at ``t``, ``w_u`` the centred
+  unembedding and ``s_i`` the final norm's scale (:mod:`~pytest_circuits.techniques.effects`):
+  positive for a head that copies the token (induction), negative for one that suppresses it;
+* *token dependence* (previous- and duplicate-token heads): how much of the head's output at
+  ``i`` is the token at the target: replacing the value there by the value at the same
+  position of another prompt (a different token; an interchange on the value, attention held)
+  changes the output ``o_i`` to ``o'_i``; dependence ``= |o_i - o'_i| / (|o_i| + |o'_i|)``, in
+  ``[0, 1]``, 0 for a head that writes nothing or writes something that does not depend on
+  the token (a value read from position alone).
+
+Each is a :class:`~pytest_circuits.measurement.Measurement` over prompts (bootstrap-t 95%
+interval: continuous quantities, whatever values come out). ``head_scores`` keeps the
+score alone (the heatmaps); :func:`head_evidence` computes everything in one forward.
 
 **In-context learning** (the paper's "loss on later tokens lower than on earlier ones", on
 the repeated sequence): the per-token loss (``hooks.TOKEN_LOSS``) of predicting the tokens of
@@ -29,19 +51,22 @@ second copy after its first (positions ``s+T+1..s+2T-1``), each averaged per pro
 ``drop = loss(first copy) - loss(second copy)``. The first copy is random (its loss is about
 ``log`` of the number of tokens sampled from); the second is predictable by induction.
 
-**Ablation**: the second-copy loss with the located heads ablated (``interventions.ablate``,
-``"mean"`` over the prompt set's tokens, or ``"zero"``) minus the clean one, per prompt,
-against a control: as many other heads of the same layers (seeded choice), ablated the same
-way; ``excess = increase(heads) - increase(control)`` per prompt.
+**Ablation**: the second-copy loss with heads ablated (``interventions.ablate``, ``"mean"``
+over the prompt set's tokens, or ``"zero"``) minus the clean one, per prompt, against a
+control: as many other heads of the same layers (seeded choice), ablated the same way;
+``excess = increase(heads) - increase(control)`` per prompt.
 
-Measured with the defaults (n=32 sequences of 20 tokens, seed 0) on the planted models
-trained by ``scripts/train_induction.py`` (``tests/data/planted/induction``, 2 layers x 4
-heads, attention only; ``induction_control``, 1 layer): see :func:`detect_induction`; on
-SmolLM2-135M: ``claims/smollm2/test_induction.py``.
+The criteria (what "found" requires, each property on an interval bound) are in
+:func:`detect_induction`, :func:`detect_previous_token` and :func:`detect_duplicate_token`;
+they are tested on the decoy zoo (:mod:`pytest_circuits.zoo_heads`: the mechanism in unusual
+forms, decoys with one defining property but not the others, controls) and on the models
+trained by ``scripts/train_induction.py`` (``tests/data/planted/induction``,
+``induction_control``); on SmolLM2-135M: ``claims/smollm2/test_induction.py``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -57,28 +82,49 @@ from ..models import info as model_info
 from ..prompts import PromptSet
 from ..store import resolve
 from ..tasks import induction as T
+from .effects import _unembed_dirs, attn_output_weights
 
 SOURCE = "arXiv:2209.11895"
 KINDS = ("induction", "previous_token", "duplicate_token")
+EVIDENCE_KINDS = KINDS + ("copy_suppression",)
 TITLES = {"induction": "induction score", "previous_token": "previous-token score",
           "duplicate_token": "duplicate-token score"}
-# A head is of a kind when its score's lower bound exceeds this: more than half of its
-# attention (from the positions scored) goes to the one position that defines the kind, so
-# no other position can get as much. See detect_induction for what it separates.
+# What each evidence kind's measurements are called: "<word> score/share/...".
+WORDS = {"induction": "induction", "previous_token": "previous-token", "duplicate_token": "duplicate-token",
+         "copy_suppression": "predicted-copy"}
+# A head has a kind's pattern when its share's lower bound exceeds this: more than half of the
+# attention it does not park on the first position goes to the one position that defines the
+# kind, so no other position gets as much (and its attention there is above uniform).
 THRESHOLD = 0.5
+# Token dependence a previous- or duplicate-token head must exceed (lower bound): a tenth of
+# its output is the token it attends to. A head that writes nothing, or writes what does not
+# depend on the token there, has exactly 0.
+MIN_DEPENDENCE = 0.1
+# An effect on a logit must exceed this in size (nats, lower / upper bound): a hundred times
+# float32 rounding of logits of size ~10 (~1e-6), so that rounding noise with a steady sign
+# is not an effect (the zoo's GPT-2 head that writes into a direction nothing reads has
+# "effect" 5.5e-8 [3.5e-8, 7.7e-8]: LayerNorm's centring leaves rounding, always positive);
+# far below what an induction head's direct path carries (SmolLM2-135M's weakest, L17H5:
+# 0.011 [0.0008, 0.020]; its later heads 0.1-0.6).
+MIN_EFFECT = 1e-4
+# The shortest period the detectors use (three predictable tokens on the second copy).
+MIN_PERIOD = 4
 
 
 def _back(kind: str, period: int) -> int:
     """How far back from the query the position that defines ``kind`` lies."""
-    return {"induction": period - 1, "previous_token": 1, "duplicate_token": period}[kind]
+    return {"induction": period - 1, "previous_token": 1, "duplicate_token": period,
+            "copy_suppression": period - 1}[kind]
 
 
 def _queries(kind: str, start: int, period: int) -> Any:
-    """The query positions ``kind`` is averaged over (see the module docstring)."""
+    """The query positions ``kind`` is averaged over (see the module docstring); copy
+    suppression keeps those of them where the model predicts the next token."""
     import torch
 
     first = start + 1 if kind == "previous_token" else start + period
-    return torch.arange(first, start + 2 * period)
+    last = start + 2 * period - (1 if kind == "copy_suppression" else 0)   # (the next token must exist)
+    return torch.arange(first, last)
 
 
 # --------------------------------------------------------------------------- layout
@@ -202,6 +248,143 @@ def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[st
     return {k: HeadScores(k, v, model=label, prompts=prompts.name, labels=prompts.prompts,
                           provenance=_prov(model, prompts, names, score=TITLES[k]))
             for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- evidence
+EVIDENCE = ("score", "share", "above", "effect", "dependence")
+_EVIDENCE_NAMES = {"score": "{w} score", "share": "{w} share", "above": "{w} attention above uniform",
+                   "effect": "{w} effect on the attended token", "dependence": "{w} token dependence"}
+
+
+@dataclass(frozen=True, eq=False)
+class HeadEvidence:
+    """Every measurement of one kind (:data:`EVIDENCE_KINDS`) for every head, per prompt
+    (``[n_prompts, n_layers, n_heads]``; module docstring). ``effect`` is NaN for the
+    previous- and duplicate-token kinds, ``dependence`` for induction and copy suppression.
+    For copy suppression a prompt where the model predicts no next token has NaN everywhere:
+    ``rows`` are the prompts that count (every prompt for the other kinds)."""
+
+    kind: str
+    score: np.ndarray
+    share: np.ndarray
+    above: np.ndarray
+    effect: np.ndarray
+    dependence: np.ndarray
+    model: str = ""
+    prompts: str = ""
+    labels: tuple[str, ...] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.nonzero(np.isfinite(self.score[:, 0, 0]))[0]
+
+    def name(self, what: str, head: Any = None) -> str:
+        base = _EVIDENCE_NAMES[what].format(w=WORDS[self.kind])
+        return base if head is None else f"{base} {head}"
+
+    def grid(self, what: str) -> np.ndarray:
+        """``[n_layers, n_heads]`` means over the prompts that count (the heatmaps)."""
+        a = getattr(self, what)[self.rows]
+        return a.mean(0) if len(a) else np.full(a.shape[1:], np.nan)
+
+    def of(self, what: str, head: Head, *, name: str | None = None, record: bool = False) -> Measurement:
+        """One head's measurement over the prompts that count (bootstrap-t: a continuous quantity)."""
+        rows = self.rows
+        if not len(rows):
+            raise MeasurementError(f"{self.name(what, head)}: no prompt of {self.prompts!r} counts (for copy "
+                                   "suppression: the model predicts no next token on any of them)")
+        labels = tuple(self.labels[i] for i in rows) if self.labels is not None else None
+        return Measurement.from_values(name or self.name(what, head), getattr(self, what)[rows, head.layer, head.head],
+                                       model=self.model, labels=labels, record=record, method="bootstrap-t",
+                                       provenance={**self.provenance, "head": str(head), "measure": what})
+
+    def pattern(self, threshold: float = THRESHOLD) -> list[Head]:
+        """Heads whose share's lower bound exceeds ``threshold`` and whose attention above
+        uniform has a lower bound above 0, by mean share (highest first). Only heads whose
+        means could pass are bootstrapped."""
+        share, above = self.grid("share"), self.grid("above")
+        order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])
+                        if share[l, h] > threshold and above[l, h] > 0), key=lambda x: (-x[0], x[1], x[2]))
+        return [Head(l, h) for _, l, h in order
+                if self.of("share", Head(l, h)).lower > threshold and self.of("above", Head(l, h)).lower > 0]
+
+
+def head_evidence(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, HeadEvidence]:
+    """Score, share, attention above uniform, effect and token dependence (module docstring)
+    for every head and every kind of :data:`EVIDENCE_KINDS`, per prompt, on ``prompts`` (a set
+    from :func:`~pytest_circuits.tasks.induction.repeated_tokens`). One forward (patterns,
+    values and ``hook_z`` of every layer, the final norm's scale and the per-token loss),
+    cached by the store."""
+    import torch
+
+    groups = layout(prompts)
+    L, NH = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    names = ([H.pattern(l) for l in range(L)] + [H.v(l) for l in range(L)] + [H.z(l) for l in range(L)]
+             + [H.FINAL_SCALE, H.TOKEN_LOSS])
+    acts = resolve(activations).get(model, prompts, names)
+    label = model_info(model).label
+    n = len(prompts)
+    tokens = prompts.tokens
+    scale = acts[H.FINAL_SCALE].double().reshape(n, -1)                  # [n, pos]
+    nll = acts[H.TOKEN_LOSS].double()                                     # [n, pos - 1]: loss of position p + 1
+    uniq, inv = torch.unique(tokens, return_inverse=True)
+    w_tok = _unembed_dirs(model, uniq)[0]                                 # [u, d_model]
+    W_O = attn_output_weights(model)                                      # [L, H, d_head, d_model]
+    out = {k: {m: np.full((n, L, NH), np.nan) for m in EVIDENCE} for k in EVIDENCE_KINDS}
+    for l in range(L):
+        pat = acts[H.pattern(l)]
+        if not bool(torch.isfinite(pat).all()):
+            raise MeasurementError(f"attention patterns of {label} at {H.pattern(l)} are not finite (NaN or inf): "
+                                   "no score can be read from them")
+        pat = pat.double()
+        v = acts[H.v(l)].double()
+        if v.dim() != 4 or NH % v.shape[2]:
+            raise MeasurementError(f"{H.v(l)} of {label} has shape {tuple(v.shape)}: expected [batch, pos, "
+                                   f"key-value heads dividing {NH}, d_head]")
+        v = v.repeat_interleave(NH // v.shape[2], dim=2)                  # [n, pos, H, d_head] per query head
+        z = acts[H.z(l)].double()
+        other = v.roll(1, 0)                                              # the same position, another prompt
+        for rows, s, t in groups:
+            r = torch.tensor(rows)
+            p_r = pat[r]
+            for kind in EVIDENCE_KINDS:
+                q = _queries(kind, s, t)
+                tgt = q - _back(kind, t)
+                a = p_r[:, :, q, tgt]                                     # [b, H, q]
+                # attention off the first position (plus the target's when the target is position 0:
+                # a model without BOS, whose first token is a real one)
+                off_sink = p_r[:, :, q, 1:].sum(-1) + torch.where(tgt == 0, a, torch.zeros_like(a))
+                share = torch.where(off_sink > 0, a / off_sink.clamp_min(1e-300), torch.zeros_like(a))
+                above = a - 1.0 / (q.double() + 1.0)
+                a_q = a.permute(0, 2, 1)                                  # [b, q, H]
+                vt = v[r][:, tgt]                                         # [b, q, H, d_head]
+                vals = {"score": a, "share": share, "above": above}
+                if kind in ("previous_token", "duplicate_token"):
+                    delta = torch.einsum("bqhe,hed->bqhd", vt - other[r][:, tgt], W_O[l]) * a_q.unsqueeze(-1)
+                    o = torch.einsum("bqhe,hed->bqhd", z[r][:, q], W_O[l])
+                    size = o.norm(dim=-1) + (o - delta).norm(dim=-1)
+                    dep = torch.where(size > 0, delta.norm(dim=-1) / size.clamp_min(1e-300), torch.zeros_like(size))
+                    vals["dependence"] = dep.permute(0, 2, 1)
+                else:
+                    w = w_tok[inv[r][:, tgt]]                             # [b, q, d_model]
+                    wrote = torch.einsum("bqhe,hed->bqhd", vt, W_O[l])
+                    de = (wrote * w.unsqueeze(2)).sum(-1) * a_q / scale[r][:, q].unsqueeze(-1)
+                    vals["effect"] = de.permute(0, 2, 1)
+                if kind == "copy_suppression":
+                    keep = (nll[r][:, q] < math.log(2.0)).unsqueeze(1).double()          # [b, 1, q]
+                    count = keep.sum(-1)                                                  # [b, 1]
+                    for m, x in vals.items():
+                        mean = (x * keep).sum(-1) / count.clamp_min(1.0)
+                        out[kind][m][rows, l, :] = torch.where(count > 0, mean, torch.nan).numpy()
+                else:
+                    for m, x in vals.items():
+                        out[kind][m][rows, l, :] = x.mean(-1).numpy()
+    return {k: HeadEvidence(k, **out[k], model=label, prompts=prompts.name, labels=prompts.prompts,
+                            provenance=_prov(model, prompts, ["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
+                                                              "blocks.*.attn.hook_z", H.FINAL_SCALE, H.TOKEN_LOSS],
+                                             kind=k))
+            for k in EVIDENCE_KINDS}
 
 
 # --------------------------------------------------------------------------- in-context loss
@@ -338,12 +521,11 @@ def ablation_effect(model: Any, prompts: Any, heads: Any, *, kind: str = "mean",
 
 
 # --------------------------------------------------------------------------- detectors
-def _top(s: "HeadScores", head: Any) -> Measurement:
-    """``head``'s score under the head-independent name ``"<kind> score (top head)"`` (the head
-    is in its provenance), so that baselines compare the same key on every checkpoint."""
-    m = s.of(head)
-    return Measurement.from_values(f"{s.title} (top head)", m.array, model=m.model, labels=m.labels,
-                                   provenance=dict(m.provenance), record=True)
+def _headline(m: Measurement, name: str) -> Measurement:
+    """``m`` again under a head-independent name (the head is in its provenance), recorded, so
+    that baselines compare the same key on every checkpoint."""
+    return Measurement.from_values(name, m.array, model=m.model, labels=m.labels, provenance=dict(m.provenance),
+                                   record=True, method="bootstrap-t")
 
 
 def _recorded(m: Measurement) -> Measurement:
@@ -352,151 +534,309 @@ def _recorded(m: Measurement) -> Measurement:
                                    provenance=dict(m.provenance), record=True)
 
 
-def _prompt_set(model: Any, prompts: Any, n: int, length: int, seed: int) -> tuple[Any, str | None]:
-    """The repeated-token set, or ``(None, reason)`` when this model cannot hold one: too few
-    ordinary tokens, or a context too short for two copies. Bad arguments still raise."""
+def _fmt(m: Measurement) -> str:
+    return f"{m.mean:.3g} [{m.lower:.3g}, {m.upper:.3g}]"
+
+
+def prompt_set(model: Any, prompts: Any = None, *, n: int = 32, length: int = 20,
+               seed: int = 0) -> tuple[Any, str, str]:
+    """``(prompt set, reason, note)`` for the detectors: ``prompts`` when given (checked), else
+    ``n`` repeated random sequences with periods varied from ``max(4, length / 2)`` to
+    ``length`` (:func:`~pytest_circuits.tasks.induction.repeated_tokens` with ``min_length``),
+    fitted to the model: the longest period is cut to what its context holds (two copies plus
+    BOS) and to what its vocabulary can fill with distinct tokens, drawn from the ordinary
+    tokens or, when there are too few of those, from every token that is not special. The
+    prompt set is None when even periods of :data:`MIN_PERIOD` do not fit: ``reason`` then
+    says what the model lacks. ``note`` says what was adapted ("" when nothing was)."""
     if prompts is not None:
         layout(prompts)
-        return prompts, None
+        return prompts, "", ""
     for what, value, least in (("n", n, 1), ("length", length, 2), ("seed", seed, 0)):
         T._int(what, value, least)
-    pool = T.ordinary_tokens(model)
-    if len(pool) < length:
-        return None, (f"the tokenizer has {len(pool)} ordinary tokens in the range sampled, fewer than the "
-                      f"{length} distinct tokens of a sequence")
+    start = 1 if model.tokenizer.bos_token_id is not None else 0
     n_ctx = getattr(model.cfg, "n_ctx", None)
-    need = (1 if model.tokenizer.bos_token_id is not None else 0) + 2 * length
-    if isinstance(n_ctx, int) and need > n_ctx:
-        return None, f"two copies of {length} tokens take {need} positions; the model's context is {n_ctx}"
-    return T.repeated_tokens(model, n=n, length=length, seed=seed), None
+    longest = min(length, (n_ctx - start) // 2) if isinstance(n_ctx, int) else length
+    if longest < MIN_PERIOD:
+        return None, (f"the model's context holds {n_ctx} positions; two copies of a sequence of at least "
+                      f"{MIN_PERIOD} tokens{' after BOS' if start else ''} need {start + 2 * MIN_PERIOD}"), ""
+    notes = []
+    if longest < length:
+        notes.append(f"the model's context ({n_ctx} positions) holds periods up to {longest}")
+
+    def shortest(top: int) -> int:
+        return min(top, max(MIN_PERIOD, math.ceil(top / 2)))
+
+    pool, which = T.ordinary_tokens(model), "ordinary tokens"
+    if len(pool) < T.needed_tokens(longest, shortest(longest)):
+        more = T.nonspecial_tokens(model)
+        if len(more) > len(pool):
+            notes.append(f"only {len(pool)} ordinary tokens (a letter or digit, text that encodes back to "
+                         f"itself): sampled from the {len(more)} tokens that are not special")
+            pool, which = more, "tokens that are not special"
+    top = longest
+    while top >= MIN_PERIOD and len(pool) < T.needed_tokens(top, shortest(top)):
+        top -= 1
+    if top < MIN_PERIOD:
+        every = len(T.nonspecial_tokens(model))
+        return None, (f"the vocabulary has {every} tokens that are not special; repeated sequences of "
+                      f"{MIN_PERIOD} distinct tokens need {T.needed_tokens(MIN_PERIOD, MIN_PERIOD)}"), ""
+    if top < longest:
+        notes.append(f"{len(pool)} {which} fill periods up to {top}")
+    ps = T.repeated_tokens(model, n=n, length=top, min_length=shortest(top), seed=seed, pool=pool)
+    return ps, "", "; ".join(notes)
 
 
-def _heatmaps(scores: dict[str, HeadScores]) -> dict[str, np.ndarray]:
-    return {TITLES[k]: scores[k].grid for k in KINDS}
+def _periods(ps: Any) -> str:
+    periods = sorted({int(t) for t in ps.meta["period"]})
+    return str(periods[0]) if len(periods) == 1 else f"{periods[0]}-{periods[-1]}"
 
 
-def _scores_table(scores: dict[str, HeadScores], order: list[tuple[Head, float]]) -> str:
-    rows = ["  head     induction  prev-token  duplicate"]
-    for h, _ in order:
-        rows.append(f"  {str(h):>7}  " + "  ".join(f"{scores[k].grid[h.layer, h.head]:>9.3f}" for k in KINDS))
+def _best(ev: HeadEvidence) -> Head:
+    """The head most like the kind when none passes: highest mean share among heads whose
+    attention on the target is above uniform on average, else the highest mean score."""
+    share, above, score = ev.grid("share"), ev.grid("above"), ev.grid("score")
+    cand = np.where(above > 0, share, -np.inf)
+    grid = cand if np.isfinite(cand).any() else score
+    l, h = np.unravel_index(int(np.nanargmax(grid)), grid.shape)
+    return Head(int(l), int(h))
+
+
+def _table(ev: HeadEvidence, heads: Sequence[Head], verdicts: dict[Head, str], last: str) -> str:
+    g = {m: ev.grid(m) for m in ("score", "share", "above", last)}
+    rows = [f"  head     score   share  above-unif  {'effect' if last == 'effect' else 'token-dep':>9}  verdict"]
+    for h in heads:
+        l, k = h.layer, h.head
+        rows.append(f"  {str(h):>7}  {g['score'][l, k]:.3f}  {g['share'][l, k]:.3f}  {g['above'][l, k]:+9.3f}  "
+                    f"{g[last][l, k]:+9.4f}  {verdicts.get(h, '')}")
     return "\n".join(rows)
 
 
+def _ranked(ev: HeadEvidence, k: int = 8) -> list[Head]:
+    share = ev.grid("share")
+    order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])),
+                   key=lambda x: (-x[0], x[1], x[2]))
+    return [Head(l, h) for _, l, h in order[:k]]
+
+
+def _heatmaps(ev: dict[str, HeadEvidence], kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for k in kinds:
+        out[TITLES[k]] = ev[k].grid("score")
+        out[ev[k].name("share")] = ev[k].grid("share")
+    return out
+
+
 def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0, activations: Any = None,
-                     prompts: Any = None, threshold: float = THRESHOLD,
-                     previous_threshold: float = THRESHOLD, duplicate_threshold: float = THRESHOLD,
-                     ablation: str = "mean", min_loss_increase: float = 0.0,
-                     max_ablated: int | None = None) -> Detection:
-    """Induction heads on ``n`` repeated random sequences of ``length`` tokens (seeded).
+                     prompts: Any = None, threshold: float = THRESHOLD, min_effect: float = MIN_EFFECT,
+                     ablation: str = "mean", min_loss_increase: float = 0.0, max_ablated: int | None = None,
+                     previous_threshold: float = THRESHOLD, duplicate_threshold: float = THRESHOLD) -> Detection:
+    """Induction heads (Olsson et al. 2022) on ``n`` repeated random sequences (seeded; periods
+    varied up to ``length``, fitted to the model: :func:`prompt_set`).
 
-    Found when (1) at least one head's induction score has a 95% lower bound above
-    ``threshold`` (those heads are the components, best first) and (2) ablating them
-    (``ablation``: ``"mean"`` or ``"zero"``; at most ``max_ablated``, the best) raises the
-    second-copy loss: the increase's lower bound exceeds ``min_loss_increase``.
+    An induction head has every one of these properties, each decided on a 95% interval
+    bound (module docstring for the measurements):
 
-    Thresholds: ``threshold`` = 0.5 means more than half of the head's attention from each
-    second-copy token goes to the one token an induction head copies, so it is the head's main
-    job (uniform causal attention would give about ``1/(1.5 length)``, 0.03 at length 20).
-    With the defaults it separates the planted 2-layer model's induction heads, every head of
-    its layer 1 (L1H2 0.989 [0.987, 0.991], L1H0 0.917 [0.907, 0.925], L1H1 0.913, L1H3 0.912),
-    from its layer-0 heads (best 0.126) and from the 1-layer control's heads (best 0.079).
-    ``min_loss_increase`` = 0: the ablation must measurably hurt the in-context prediction,
-    the paper's causal test (planted: +4.22 [4.21, 4.23] nats, as much as the model's whole
-    in-context drop 4.30; there is no control there, layer 1 having no other heads). The
-    previous-token and duplicate-token thresholds (same 0.5) select the heads the details
-    list: the planted model's previous-token head L0H0 scores 0.827 [0.824, 0.830], the next
-    L0H2 0.388; no head of either planted model scores above 0.1 as a duplicate-token head.
-    On SmolLM2-135M: L18H6 0.852, L17H4 0.739, L17H3 0.684, L17H5 0.634 (next L18H7 0.493);
-    mean-ablating them +3.66 nats against +0.17 for four other heads of layers 17-18.
+    1. **pattern**: from each token of the second copy it attends to the token after that
+       token's earlier occurrence: its share of the attention not parked on the first
+       position has a lower bound above ``threshold`` (0.5: the target gets more than every
+       other position together), and its attention there is above uniform (lower bound > 0);
+    2. **copying**: through that attention it raises the logit of the token it attends to
+       (the next token): direct effect lower bound above ``min_effect`` (1e-4 nats). A head
+       with the pattern whose effect has an upper bound below ``-min_effect`` is
+       **anti-induction** (it pushes the repeated token down: copy suppression): reported,
+       never located; one with neither has the pattern without an output that reaches the
+       logits, and is not located either;
+    3. **causal**: ``ablation``-ablating it alone does not lower the loss on the second copy
+       (an upper bound below 0 is the wrong way: reported, not located), and ablating the heads
+       so located (the best ``max_ablated``) raises it, lower bound above
+       ``min_loss_increase`` (0), and by more than ablating as many other heads of the same
+       layers (excess over that control, lower bound above ``min_loss_increase``; when the
+       layers have no other head there is no control, and the card says so).
+
+    Found when some head has all three. Why 0.5 and a share: on SmolLM2-135M the heads
+    L17H3, L17H4, L17H5 and L18H6 put 0.63-0.85 of their attention on the target, while
+    L18H7 puts 0.49 there and 0.48 on BOS: its share is 0.90, and it copies (effect +0.12).
+    A head parked on BOS with a few 1e-12 on the target (SmolLM2's L18H8 has share 0.67 and
+    attention 0.0003) fails the attention above uniform. Why the effect: a head with the
+    pattern whose output nothing reads changes the second-copy loss only through side
+    effects (the final norm's scale); its effect on the token is 0.
 
     Measurements (headlines, under head-independent names so that the checkup's baselines
-    compare them across checkpoints): the in-context loss drop, ``induction score (top head)``
-    (the best located head, else the best head; each located head's own score is in ``more``,
-    also through ``measurement("induction score L{l}H{h}")``), and with located heads the ablation's second-copy loss
-    increase, the control's (as many other heads of the same layers) and the excess over
-    it. Heatmaps: all three scores. A model whose tokenizer has fewer ordinary tokens than
-    ``length``, or whose context cannot hold two copies, is not applicable.
+    compare them across checkpoints): the in-context loss drop, ``induction score (top
+    head)`` (the top located head, else the head most like one: its attention on the target),
+    ``induction share (top head)``, ``induction effect on the attended token (top head)``, and
+    with located heads the ablation's second-copy loss increase, the control's and the excess
+    over it. Each located head's score, share and effect are in ``more`` (also through
+    ``measurement("induction share L{l}H{h}")``). Heatmaps: score and share of the three kinds.
+    Not applicable when the model's context or vocabulary cannot hold two copies of a
+    sequence of :data:`MIN_PERIOD` distinct tokens (the reason says which).
     """
-    title = "Induction heads (attend to the token after the current token's earlier occurrence)"
+    title = "Induction heads (attend to the token after the current token's earlier occurrence, and copy it)"
     label = model_info(model).label
-    ps, reason = _prompt_set(model, prompts, n, length, seed)
+    ps, reason, note = prompt_set(model, prompts, n=n, length=length, seed=seed)
     if ps is None:
         return Detection.not_applicable("induction", title, reason, source=SOURCE, model=label)
     store = resolve(activations)
-    scores = head_scores(model, ps, activations=store)
+    evs = head_evidence(model, ps, activations=store)
+    ev = evs["induction"]
     icl = in_context_loss(model, ps, activations=store)
     drop = _recorded(icl.drop)
-    located = scores["induction"].located(threshold)
-    # Headlines under head-independent names (the checkup's baselines compare them across
-    # checkpoints); each located head's own score is in ``more``.
-    top = located[0][0] if located else scores["induction"].ranking(1)[0][0]
-    measurements: list[Measurement] = [drop, _top(scores["induction"], top)]
-    more = [scores["induction"].of(h) for h, _ in located] or [scores["induction"].of(top)]
+    verdicts: dict[Head, str] = {}
+    copying, anti, silent, wrong = [], [], [], []
+    singles: dict[Head, Measurement] = {}
+    for h in ev.pattern(threshold):
+        e = ev.of("effect", h)
+        if e.lower > min_effect:
+            copying.append(h)
+        elif e.upper < -min_effect:
+            anti.append(h)
+            verdicts[h] = f"anti-induction: lowers the token it attends to (effect {_fmt(e)})"
+        else:
+            silent.append(h)
+            verdicts[h] = f"pattern, no effect on the token (effect {_fmt(e)})"
+    for h in copying:
+        single = ablation_effect(model, ps, [h], kind=ablation, control=False, activations=store, label=str(h))
+        singles[h] = single.increase
+        if single.increase.upper < 0:
+            wrong.append(h)
+            verdicts[h] = f"wrong way: ablating it lowers the second-copy loss ({_fmt(single.increase)})"
+    located = [h for h in copying if h not in wrong]
+    for h in located:
+        verdicts[h] = "induction head"
+    top = located[0] if located else _best(ev)
+    measurements: list[Measurement] = [drop] + [_headline(ev.of(m, top), ev.name(m) + " (top head)")
+                                                for m in ("score", "share", "effect")]
+    more = [ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "effect")]
     effect = None
     if located:
-        chosen = [h for h, _ in located][:max_ablated] if max_ablated else [h for h, _ in located]
+        chosen = located[:max_ablated] if max_ablated else located
         effect = ablation_effect(model, ps, chosen, kind=ablation, seed=seed, activations=store, record=True)
         measurements += [m for m in (effect.increase, effect.control_increase, effect.excess) if m is not None]
-    found = bool(located) and effect is not None and effect.increase.lower > min_loss_increase
-    periods = sorted({int(t) for t in ps.meta["period"]})
-    period = str(periods[0]) if len(periods) == 1 else f"{periods[0]}-{periods[-1]}"
-    criterion = (f"a head whose induction score (mean attention from each token of the second copy to the "
-                 f"token after its earlier occurrence; {len(ps)} sequences of {period} random tokens) has a "
-                 f"95% lower bound above {threshold}, and {ablation}-ablating the heads so located raises "
-                 f"the loss on the second copy (lower bound above {min_loss_increase})")
-    prev = scores["previous_token"].located(previous_threshold)
-    dup = scores["duplicate_token"].located(duplicate_threshold)
-    details = [_scores_table(scores, scores["induction"].ranking(8)),
-               f"  in-context: {icl.table()}"]
+    causal = (effect is not None and effect.increase.lower > min_loss_increase
+              and (effect.excess is None or effect.excess.lower > min_loss_increase))
+    found = bool(located) and causal
+    if found:
+        why = f"found: {', '.join(map(str, located))} have the pattern, copy the token and cost loss when ablated"
+    elif located:
+        why = (f"not found: {', '.join(map(str, located))} have the pattern and copy, but ablating them does not "
+               f"raise the second-copy loss beyond the control ({effect.table().splitlines()[-1].strip()})")
+    elif wrong:
+        why = f"not found: {', '.join(map(str, wrong))} have the pattern and copy, but ablating them lowers the loss"
+    elif anti or silent:
+        why = ("not found: the heads with the pattern do not raise the token they attend to"
+               + (f"; anti-induction (they lower it): {', '.join(map(str, anti))}" if anti else "")
+               + (f"; no effect on it (an output nothing reads): {', '.join(map(str, silent))}" if silent else ""))
+    else:
+        why = (f"not found: no head has the pattern (most like one: {top}, share "
+               f"{_fmt(ev.of('share', top))}, attention above uniform {_fmt(ev.of('above', top))})")
+    no_control = effect is not None and effect.excess is None
+    criterion = (f"a head that (1) attends from each repeated token to the token after its earlier occurrence "
+                 f"({len(ps)} sequences of {_periods(ps)} random tokens, repeated): its share of the attention "
+                 f"not on the first position (an attention sink) has a 95% lower bound above {threshold}, and its "
+                 f"attention there is above uniform; (2) raises that token's logit through that attention "
+                 f"(direct effect lower bound above {min_effect:g} nats; a head that lowers it is anti-induction, "
+                 f"never located); (3) {ablation}-ablating it alone does not lower the second-copy loss, and "
+                 f"ablating the heads so located raises it (lower bound above {min_loss_increase:g})"
+                 + (" (no control: their layers have no other head)" if no_control else
+                    f" by more than ablating as many other heads of their layers (excess lower bound above "
+                    f"{min_loss_increase:g})"))
+    details = [f"  {why}", _table(ev, list(dict.fromkeys(located + anti + silent + wrong + _ranked(ev)))[:10],
+                                  verdicts, "effect"), f"  in-context: {icl.table()}"]
+    if note:
+        details.append(f"  prompts: {note}")
     if effect is not None:
         details.append("  " + effect.table().replace("\n", "\n  "))
-    details.append("  previous-token heads (lower bound > %g): %s" % (
-        previous_threshold, ", ".join(f"{h} {m.mean:.3f}" for h, m in prev) or "none"))
-    details.append("  duplicate-token heads (lower bound > %g): %s" % (
-        duplicate_threshold, ", ".join(f"{h} {m.mean:.3f}" for h, m in dup) or "none"))
+    for h, m in singles.items():
+        details.append(f"  {ablation}-ablating {h} alone: second-copy loss {_fmt(m)}")
+    for kind, thr in (("previous_token", previous_threshold), ("duplicate_token", duplicate_threshold)):
+        heads = [h for h in evs[kind].pattern(thr) if evs[kind].of("dependence", h).lower > MIN_DEPENDENCE]
+        details.append(f"  {WORDS[kind]} heads (share lower bound > {thr:g}, token dependence > "
+                       f"{MIN_DEPENDENCE:g}): " + (", ".join(f"{h} {evs[kind].grid('share')[h.layer, h.head]:.3f}"
+                                                            for h in heads) or "none"))
     return Detection(check="induction", title=title, source=SOURCE, model=label, found=found,
                      criterion=criterion, measurements=tuple(measurements), more=tuple(more),
-                     components=tuple((str(h), m.mean) for h, m in located),
-                     heatmaps=_heatmaps(scores), details="\n".join(details))
+                     components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
+                     heatmaps=_heatmaps(evs, KINDS), details="\n".join(details))
+
+
+_WHAT = {"previous_token": ("from each token after the first of a repeated random sequence to the token before it",
+                            "Olsson et al. 2022: the previous-token head an induction head reads through its keys"),
+         "duplicate_token": ("from each token of the second copy of a repeated random sequence to its earlier copy",
+                             "Wang et al. 2022: S-inhibition heads read duplicate-token heads")}
 
 
 def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: int, activations: Any,
-                 prompts: Any, threshold: float) -> Detection:
+                 prompts: Any, threshold: float, min_dependence: float) -> Detection:
     label = model_info(model).label
-    ps, reason = _prompt_set(model, prompts, n, length, seed)
+    ps, reason, note = prompt_set(model, prompts, n=n, length=length, seed=seed)
     if ps is None:
         return Detection.not_applicable(kind, title, reason, source=SOURCE, model=label)
-    scores = head_scores(model, ps, activations=activations)
-    s = scores[kind]
-    located = s.located(threshold)
-    heads = [h for h, _ in located] or [s.ranking(1)[0][0]]
-    what = {"previous_token": "from each token after the first of a repeated random sequence to the "
-                              "token before it",
-            "duplicate_token": "from each token of the second copy of a repeated random sequence to its "
-                               "earlier copy"}[kind]
+    evs = head_evidence(model, ps, activations=activations)
+    ev = evs[kind]
+    verdicts: dict[Head, str] = {}
+    located, silent = [], []
+    for h in ev.pattern(threshold):
+        dep = ev.of("dependence", h)
+        if dep.lower > min_dependence:
+            located.append(h)
+            verdicts[h] = f"{WORDS[kind]} head"
+        else:
+            silent.append(h)
+            verdicts[h] = f"pattern, but what it writes does not depend on the token (dependence {_fmt(dep)})"
+    top = located[0] if located else _best(ev)
+    measurements = tuple(_headline(ev.of(m, top), ev.name(m) + " (top head)") for m in ("score", "share", "dependence"))
+    more = tuple(ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "dependence"))
+    if located:
+        why = f"found: {', '.join(map(str, located))}"
+    elif silent:
+        why = (f"not found: {', '.join(map(str, silent))} have the pattern, but their output does not carry the "
+               "token they attend to (nothing written, or only position)")
+    else:
+        why = (f"not found: no head has the pattern (most like one: {top}, share {_fmt(ev.of('share', top))}, "
+               f"attention above uniform {_fmt(ev.of('above', top))})")
+    what, reader = _WHAT[kind]
+    criterion = (f"a head that attends {what} ({len(ps)} sequences of {_periods(ps)} random tokens): its share of "
+                 f"the attention not on the first position (an attention sink) has a 95% lower bound above "
+                 f"{threshold}, and its attention there is above uniform; and what it writes depends on that "
+                 f"token (replacing the value there by another prompt's changes its output: token dependence "
+                 f"lower bound above {min_dependence:g}; a head that writes nothing, or only position, is not "
+                 f"one). Whether a later component reads it is not required ({reader})")
+    details = [f"  {why}", _table(ev, list(dict.fromkeys(located + silent + _ranked(ev)))[:10], verdicts,
+                                  "dependence")]
+    if note:
+        details.append(f"  prompts: {note}")
     return Detection(check=kind, title=title, source=SOURCE, model=label, found=bool(located),
-                     criterion=(f"a head whose {s.title} (mean attention {what}) has a 95% lower bound above "
-                                f"{threshold}"),
-                     measurements=(_top(s, heads[0]),), more=tuple(s.of(h) for h in heads),
-                     components=tuple((str(h), m.mean) for h, m in located),
-                     heatmaps={s.title: s.grid}, details=_scores_table(scores, s.ranking(8)))
+                     criterion=criterion, measurements=measurements, more=more,
+                     components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
+                     heatmaps=_heatmaps(evs, [kind]), details="\n".join(details))
 
 
 def detect_previous_token(model: Any, *, n: int = 32, length: int = 20, seed: int = 0, activations: Any = None,
-                          prompts: Any = None, threshold: float = THRESHOLD) -> Detection:
-    """Previous-token heads: previous-token score's lower bound above ``threshold`` (0.5: most
-    of the head's attention on the previous token; see :func:`detect_induction`). Shares the
-    forward of :func:`detect_induction` through the store. Measured on the planted 2-layer
-    model: L0H0 0.827 (the head its induction heads read; zero-ablating it costs the second
-    copy 3.3 nats), next L0H2 0.388; on the 1-layer control at most 0.011."""
-    return _detect_kind("previous_token", "Previous-token heads (attend to the token before)", model, n, length,
-                        seed, activations, prompts, threshold)
+                          prompts: Any = None, threshold: float = THRESHOLD,
+                          min_dependence: float = MIN_DEPENDENCE) -> Detection:
+    """Previous-token heads (Olsson et al. 2022): a head that attends from each token to the
+    one before it, and moves that token. Found when some head's previous-token share (of the
+    attention not on the first position) has a lower bound above ``threshold`` (0.5), its
+    attention there is above uniform, and its token dependence has a lower bound above
+    ``min_dependence`` (0.1): the definition is the attention pattern, measured so that it
+    survives an attention sink, plus the minimum that makes it a pattern of *information*
+    flow: a head whose output is zero, or does not depend on the token it attends to (a value
+    read from position alone), moves nothing. That a later head reads it (an induction head's
+    keys) is not required; :func:`detect_induction` tests that circuit. Shares the forward of
+    :func:`detect_induction` through the store. On SmolLM2-135M: L16H0 (attention 0.886, share
+    0.956, dependence 0.58), L11H1 (0.842, 0.845), and more heads whose attention a sink hides
+    (L19H8: attention 0.35, share 0.77)."""
+    return _detect_kind("previous_token", "Previous-token heads (attend to the token before, and move it)", model,
+                        n, length, seed, activations, prompts, threshold, min_dependence)
 
 
 def detect_duplicate_token(model: Any, *, n: int = 32, length: int = 20, seed: int = 0, activations: Any = None,
-                           prompts: Any = None, threshold: float = THRESHOLD) -> Detection:
-    """Duplicate-token heads: duplicate-token score's lower bound above ``threshold`` (0.5;
-    see :func:`detect_induction`). The planted models have none (best 0.093 and 0.066); on
-    SmolLM2-135M, L14H3 0.688."""
+                           prompts: Any = None, threshold: float = THRESHOLD,
+                           min_dependence: float = MIN_DEPENDENCE) -> Detection:
+    """Duplicate-token heads (Wang et al. 2022): a head that attends from a repeated token to
+    its earlier copy, and moves it: the same three properties as
+    :func:`detect_previous_token` with the earlier copy as the target. The periods vary from
+    prompt to prompt, so a head that attends a fixed distance back cannot pass. On
+    SmolLM2-135M: L14H3 (attention 0.688, share 0.763), L8H0 (0.511, 0.656)."""
     return _detect_kind("duplicate_token", "Duplicate-token heads (attend to an earlier copy of the current token)",
-                        model, n, length, seed, activations, prompts, threshold)
+                        model, n, length, seed, activations, prompts, threshold, min_dependence)

@@ -31,22 +31,17 @@ first (a tie is a miss). The score is the proportion of pairs, a :class:`Measure
 0/1 values (Clopper-Pearson interval). A head that copies (OV ~ identity) puts the token
 itself first and scores ~0; chance is about 1/(sequence length), 0.04-0.14.
 
-**Copy suppression** (McDougall et al. 2023): a head whose OV circuit maps a token to a
-negative logit on itself, and which lowers the logits of tokens earlier in the context
-that it attends to. Two measurements per head:
-
-* *OV self-suppression*: over a seeded sample of ``n_tokens`` ordinary alphabetic tokens
-  of the vocabulary, the proportion whose own OV logit is among the ``k`` lowest of the
-  sample's (pessimistic ties: ``#{u != t: OV[t, u] <= OV[t, t]} < k``; chance ``k/n_tokens``).
-  The opposite, *self-copying* (own logit among the ``k`` highest, ties against), is
-  reported beside it: a copying head (OV ~ +identity) is self-copying, never suppressing.
-* *Attended-token direct effect*: on ``n`` seeded prompts ``[BOS] r_1..r_L r_1..r_j``
-  (``L`` distinct sample tokens repeated, cut at a random ``j``: the next token is in the
-  context, the setting where induction heads copy it and copy-suppression heads push it
-  down), at the last position, the head's direct effect ``z_h W_O[l, h] . w_u / s`` on the
-  token ``u`` at the earlier position (not BOS, not the last) it attends to most (ties:
-  the earliest), with ``w_u`` the centred unembedding and ``s`` the final norm's scale
-  (:mod:`~pytest_circuits.techniques.effects`'s direct effect).
+**Copy suppression** (McDougall et al. 2023): a head that attends to earlier copies of the
+token the model predicts and lowers that token's logit through that attention, with an OV
+circuit that suppresses tokens in general. The attention and its effect are measured by
+:func:`pytest_circuits.techniques.heads.head_evidence` (kind ``"copy_suppression"``) on the
+repeated random sequences of the induction check, at the positions where the model predicts
+the next token; the OV part is *OV self-suppression*: over a seeded sample of ``n_tokens``
+tokens (:func:`token_sample`), the proportion whose own OV logit is among the ``k`` lowest of
+the sample's (pessimistic ties: ``#{u != t: OV[t, u] <= OV[t, t]} < k``; chance
+``k/n_tokens``). The opposite, *self-copying* (own logit among the ``k`` highest, ties
+against), is reported beside it: a copying head (OV ~ +identity) is self-copying, never
+suppressing. See :func:`detect_copy_suppression` for the criterion.
 
 Both detectors decide ``found`` on interval bounds; the thresholds are keyword arguments
 and their defaults are justified in each detector's docstring. The ``heatmaps`` hold every
@@ -54,8 +49,8 @@ head's score; intervals are computed for the heads whose mean could pass (a mean
 under a lower-bound threshold cannot), so a 30 x 9 model costs few bootstraps.
 
 Measured on the planted models (``tests/data/planted/ordinal`` and ``ordinal_control``,
-:mod:`pytest_circuits.planted`): see :func:`detect_successor` and
-:func:`detect_copy_suppression`.
+:mod:`pytest_circuits.planted`): see :func:`detect_successor`; copy suppression on the decoy
+zoo (:mod:`pytest_circuits.zoo_heads`) and ``ordinal``.
 """
 
 from __future__ import annotations
@@ -64,6 +59,7 @@ import random
 from typing import Any, Sequence
 
 from .. import hooks as H
+from ..components import Head
 from ..detection import Detection
 from ..errors import CircuitsError, PromptSetError, bad
 from ..devices import to_device_of
@@ -77,7 +73,7 @@ from .effects import _unembed_dirs, attn_output_weights
 SUCCESSOR_SOURCE = "Gould et al. 2023, arXiv:2312.09230"
 COPY_SOURCE = "McDougall et al. 2023, arXiv:2310.04625"
 SUCCESSOR_TITLE = "successor heads (OV circuit maps an ordinal token to its successor)"
-COPY_TITLE = "copy suppression (OV circuit lowers a token's own logit; lowers attended context tokens)"
+COPY_TITLE = "copy suppression (attends to earlier copies of the predicted token and lowers its logit)"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -492,7 +488,9 @@ def _renamed(m: Measurement, name: str) -> Measurement:
 # --------------------------------------------------------------------------- copy suppression
 def ordinary_tokens(model: Any, n: int, *, seed: int = 0) -> list[int]:
     """Up to ``n`` seeded token ids whose text is alphabetic (spaces aside), that are not
-    special tokens and that encode back to themselves alone; in sampled order."""
+    special tokens and that encode back to themselves alone; in sampled order. (Copy
+    suppression samples with :func:`token_sample`, which a vocabulary without alphabetic
+    tokens can fill.)"""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CircuitsError(bad("n", n, "an int >= 1"))
     tok = model.tokenizer
@@ -516,6 +514,23 @@ def ordinary_tokens(model: Any, n: int, *, seed: int = 0) -> list[int]:
         if len(out) == n:
             break
     return out
+
+
+def token_sample(model: Any, n: int, *, seed: int = 0) -> list[int]:
+    """Up to ``n`` seeded token ids (in sampled order) from the ordinary tokens of
+    :func:`pytest_circuits.tasks.induction.ordinary_tokens` (a letter or digit, text that
+    encodes back to the one id; the middle of a large vocabulary), or from every token that is
+    not special when there are fewer than ``n`` of those and more of these (a vocabulary of
+    codes or bytes: the OV circuit is measured on ids, their text does not matter)."""
+    from ..tasks import induction as T
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CircuitsError(bad("n", n, "an int >= 1"))
+    pool = list(T.ordinary_tokens(model))
+    if len(pool) < n:
+        more = list(T.nonspecial_tokens(model))
+        pool = more if len(more) > len(pool) else pool
+    return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
 def self_scores(model: Any, token_ids: Sequence[int], *, k: int = 5,
@@ -544,174 +559,175 @@ def self_scores(model: Any, token_ids: Sequence[int], *, k: int = 5,
     return torch.stack(sup), torch.stack(cop)
 
 
-def repeated_prompts(model: Any, pool: Sequence[int], *, n: int, length: int = 10, seed: int = 0,
-                     name: str = "copy-suppression:repeated") -> PromptSet:
-    """``n`` seeded prompts ``[BOS] r_1..r_L r_1..r_j`` of ``L = length`` distinct tokens from
-    ``pool`` and ``j`` uniform in 1..L-1 (the next token, ``r_{j+1}``, is in the context).
-    ``meta["first"]``: the first position that is not BOS."""
-    import torch
-
-    pool = _check_ids(model, pool, "pool")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise CircuitsError(bad("n", n, "an int >= 1"))
-    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= len(set(pool)):
-        raise CircuitsError(bad("length", length, f"an int in 2..{len(set(pool))} (distinct tokens in the pool)"))
-    rng = random.Random(seed)
-    distinct = sorted(set(pool))
-    bos = model.tokenizer.bos_token_id
-    rows = []
-    for _ in range(n):
-        seq = rng.sample(distinct, length)
-        j = rng.randint(1, length - 1)
-        rows.append(([int(bos)] if bos is not None else []) + seq + seq[:j])
-    if max(len(r) for r in rows) > int(model.cfg.n_ctx):
-        raise CircuitsError(bad("length", length, f"prompts of at most n_ctx={model.cfg.n_ctx} tokens"))
-    pad = _pad_id(model)
-    width = max(len(r) for r in rows)
-    tokens = torch.full((n, width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = torch.tensor(r)
-    first = 1 if bos is not None else 0
-    return PromptSet(name=name, prompts=tuple(model.tokenizer.decode(r[first:]) for r in rows), tokens=tokens,
-                     lengths=tuple(len(r) for r in rows), pad_id=pad, meta={"first": (first,) * n})
-
-
-def attended_token_effects(model: Any, prompts: PromptSet, *, first: int | None = None,
-                           activations: ActivationStore | None = None) -> tuple[Any, Any, Any]:
-    """At each prompt's last position, for every head: its direct effect on the token at
-    the position it attends to most among ``first``..last-1 (ties: the earliest), that
-    token, and the attention there: three ``[n_layers, n_heads, n]`` tensors (float64,
-    long, float64). ``first`` defaults to ``prompts.meta["first"]`` or 1 (after BOS)."""
-    import torch
-
-    if first is None:
-        first = int(prompts.meta["first"][0]) if "first" in prompts.meta else 1
-    last = prompts.last
-    if int(last.min()) < first + 1:
-        raise CircuitsError(bad("prompts", prompts, f"prompts with an earlier position >= {first} "
-                                "before the last"))
-    store = resolve(activations)
-    L = int(model.cfg.n_layers)
-    names = [H.last(H.pattern(l)) for l in range(L)] + [H.last(H.z(l)) for l in range(L)] + [H.last(H.FINAL_SCALE)]
-    acts = store.get(model, prompts, names)
-    scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
-    n = len(prompts)
-    pos = torch.arange(prompts.tokens.shape[1])
-    allowed = (pos.unsqueeze(0) >= first) & (pos.unsqueeze(0) < last.unsqueeze(1))   # [n, width]
-    W_O = attn_output_weights(model)
-    rows = torch.arange(n)
-    des, toks, wts = [], [], []
-    for l in range(L):
-        pat = acts[H.last(H.pattern(l))].double()[..., :pos.shape[0]]                     # [n, H, width]
-        masked = pat.masked_fill(~allowed.unsqueeze(1), -1.0)
-        at = masked.argmax(-1)                                                            # [n, H]
-        tok = prompts.tokens[rows.unsqueeze(1), at]                                       # [n, H]
-        out = torch.einsum("nhe,hed->nhd", acts[H.last(H.z(l))].double(), W_O[l])         # [n, H, d]
-        uniq, inv = torch.unique(tok, return_inverse=True)
-        w, _ = _unembed_dirs(model, uniq)                                                 # [u, d]
-        de = (out * w[inv]).sum(-1) / scale.unsqueeze(1)
-        des.append(de.T)
-        toks.append(tok.T)
-        wts.append(pat.gather(-1, at.unsqueeze(-1)).squeeze(-1).T)
-    return torch.stack(des), torch.stack(toks), torch.stack(wts)
-
-
-def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 60, activations: ActivationStore | None = None,
-                            n_tokens: int = 200, k: int = 5, min_proportion: float = 0.5,
-                            max_effect: float = 0.0, length: int = 10, min_tokens: int = 20,
-                            top: int = 3) -> Detection:
+def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: int = 20,
+                            activations: ActivationStore | None = None, prompts: Any = None, n_tokens: int = 200,
+                            k: int = 5, min_proportion: float = 0.5, threshold: float | None = None,
+                            min_effect: float | None = None, min_tokens: int = 8, min_prompts: int = 8,
+                            ablation: str = "mean", top: int = 3) -> Detection:
     """Copy-suppression heads (check ``"copy_suppression"``; McDougall et al. 2023,
-    arXiv:2310.04625).
+    arXiv:2310.04625): "if components in earlier layers predict a token, and this token appears
+    earlier in the context, the head suppresses it". A copy-suppression head has every one of
+    these properties, each on a 95% interval bound:
 
-    ``found``: some head has both (module docstring for the measurements)
+    1. **attention to the predicted token's copy**: on ``n`` repeated random sequences (the
+       prompts of :func:`pytest_circuits.techniques.heads.prompt_set`, shared with the
+       induction check), at each position of the second copy where the model predicts the next
+       token (probability above 1/2), the head attends to that token's earlier copy: its share
+       of the attention not parked on the first position has a lower bound above ``threshold``
+       (0.5) and its attention there is above uniform (:mod:`~pytest_circuits.techniques.heads`:
+       the same measurements as the induction pattern, on the positions with a prediction);
+    2. **suppression through that attention**: its direct effect on the token, through the
+       attention on the copy, has an upper bound below ``-min_effect`` (-1e-4 nats); a head
+       with the attention that raises the token is an *amplifier* (it copies: an induction
+       head), reported, never located;
+    3. **OV self-suppression**: over ``n_tokens`` (200) sampled tokens
+       (:func:`token_sample`), the proportion whose own OV logit is among the ``k`` (5; at most
+       a quarter of a smaller sample) lowest of the sample's has a lower bound above
+       ``min_proportion`` (0.5): the head suppresses whatever token it attends to, not just
+       these (chance ``k/n_tokens``);
+    4. ``ablation``-ablating it alone does not raise the loss on the second copy (a lower
+       bound above 0 means it helps predict the repeated token: an amplifier, not located).
 
-    * OV self-suppression over ``n_tokens`` (200) sampled tokens, bottom-``k`` (5), with a
-      95% lower bound above ``min_proportion`` (0.5): for most tokens the head's OV
-      circuit puts the token's own logit among the lowest (chance ``k/n_tokens`` = 2.5%;
-      the paper's head L10H7 of GPT-2 small is described as suppressing most tokens this
-      way); a copying head (own logit among the highest) cannot pass it;
-    * an attended-token direct effect with a 95% upper bound below ``max_effect`` (0: a
-      sign test) on ``n`` (60) repeated-sequence prompts of ``length`` (10) tokens: in a
-      real forward the head lowers the logit of the earlier token it attends to.
+    Found when some head has all four. A head with negative OV that attends by position (to
+    the previous token, to itself) or uniformly lacks (1); one whose output nothing reads, or
+    raises the token, lacks (2). Not found (with the reason) when the model predicts the next
+    token on fewer than ``min_prompts`` (8) of the sequences: there is nothing to suppress.
+    Not applicable when the model's context or vocabulary cannot hold the repeated sequences,
+    or the vocabulary has fewer than ``min_tokens`` (8) tokens that are not special to sample
+    (the reason says which).
 
-    Not applicable when the vocabulary has fewer than ``min_tokens`` (20) ordinary
-    alphabetic tokens. Headline measurements: ``copy suppression OV (top head)`` and
-    ``attended-token DE (top head)`` (names that do not depend on the head, for the checkup's
-    baselines). Per head, in ``more`` (also through ``measurement(name)``): ``copy suppression
-    OV L{l}H{h}`` and ``attended-token DE L{l}H{h}`` for up to ``top`` found heads (the head with the highest OV
-    self-suppression when none is found). Heatmaps: ``OV self-suppression``, ``OV
-    self-copying``, ``attended-token DE``.
+    Headline measurements (names that do not depend on the head, for the checkup's baselines):
+    ``copy suppression OV (top head)``, ``predicted-copy share (top head)``, ``predicted-copy
+    effect on the attended token (top head)``; per head in ``more`` (also through
+    ``measurement(name)``), the same with ``L{l}H{h}`` for up to ``top`` found heads (the head
+    most like one when none is). Heatmaps: ``OV self-suppression``, ``OV self-copying``,
+    ``predicted-copy share``, ``predicted-copy effect on the attended token``.
 
-    Planted (measured by tests/unit/test_ov_heads.py): ``ordinal``'s copy-suppression
-    head L1H1 has OV self-suppression 1 [0.927, 1] on the 49 alphabetic tokens of its
-    vocabulary and attended-token DE -0.117 [-0.123, -0.111] on 60 prompts; its copying
-    head L1H2 is self-copying (1) with DE +0.117: not reported; every other head 0.
-    ``ordinal_control`` (copying heads L1H0-L1H2: self-copying 1, DE +0.111; a predecessor
-    head L1H3): self-suppression 0 everywhere, nothing found. SmolLM2-135M (2026-11-26,
-    defaults, ~10 s on a loaded 2-core CPU): found, L24H4 0.92 [0.873, 0.954] with DE
-    -0.295 [-0.407, -0.207] and L23H3 0.915 [0.867, 0.95] with DE -0.151 [-0.19, -0.115];
-    next L29H6 at 0.49 (claims/smollm2/test_successor_copy.py).
+    On SmolLM2-135M: see claims/smollm2/test_successor_copy.py.
     """
-    _check_detector_args(n=n, top=top, min_pairs=1, min_classes=1, context=1)
+    from . import heads as HD
+
+    threshold = HD.THRESHOLD if threshold is None else threshold
+    min_effect = HD.MIN_EFFECT if min_effect is None else min_effect
+    _check_detector_args(n=n, top=top, min_prompts=min_prompts)
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 2:
         raise CircuitsError(bad("n_tokens", n_tokens, "an int >= 2"))
     if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 2:
         raise CircuitsError(bad("min_tokens", min_tokens, "an int >= 2"))
-    if not 0.0 <= float(min_proportion) < 1.0:
-        raise CircuitsError(bad("min_proportion", min_proportion, "a proportion in [0, 1)"))
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CircuitsError(bad("k", k, "an int >= 1"))
+    for what, v in (("min_proportion", min_proportion), ("threshold", threshold)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+            raise CircuitsError(bad(what, v, "a proportion in [0, 1)"))
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not float(min_effect) >= 0:
+        raise CircuitsError(bad("min_effect", min_effect, "a number >= 0 (nats)"))
     import numpy as np
 
     name = _name(model)
-    pool = ordinary_tokens(model, n_tokens, seed=seed)
-    if len(pool) < min_tokens or len(pool) <= k:
+    ps, reason, note = HD.prompt_set(model, prompts, n=n, length=length, seed=seed)
+    if ps is None:
+        return Detection.not_applicable("copy_suppression", COPY_TITLE, reason, source=COPY_SOURCE, model=name)
+    pool = token_sample(model, n_tokens, seed=seed)
+    if len(pool) < min_tokens:
         return Detection.not_applicable(
-            "copy_suppression", COPY_TITLE, f"the vocabulary has {len(pool)} ordinary alphabetic tokens; the "
-            f"check needs at least {max(min_tokens, k + 1)}", source=COPY_SOURCE, model=name)
+            "copy_suppression", COPY_TITLE, f"the vocabulary has {len(pool)} tokens that are not special to sample "
+            f"OV circuits on; the check needs at least {min_tokens}", source=COPY_SOURCE, model=name)
+    k = min(k, max(1, len(pool) // 4))              # a small vocabulary: bottom quarter at most (chance <= 25%)
     store = resolve(activations)
+    ev = HD.head_evidence(model, ps, activations=store)["copy_suppression"]
     sup, cop = self_scores(model, pool, k=k, activations=store)
-    ps = repeated_prompts(model, pool, n=n, length=min(length, len(pool)), seed=seed)
-    de, _, _ = attended_token_effects(model, ps, activations=store)
-    sup_p = sup.double().mean(-1).numpy()
-    cop_p = cop.double().mean(-1).numpy()
-    de_m = de.mean(-1).numpy()
-    def pair(l: int, h: int, record: bool = True) -> tuple[Measurement, Measurement]:
-        return (Measurement.from_values(f"copy suppression OV {_head(l, h)}", sup[l, h].double().numpy(),
-                                        model=name, record=record),
-                Measurement.from_values(f"attended-token DE {_head(l, h)}", de[l, h].numpy(), model=name,
-                                        record=record, method="bootstrap-t"))
+    sup_p, cop_p = sup.double().mean(-1).numpy(), cop.double().mean(-1).numpy()
+    heat = {"OV self-suppression": sup_p, "OV self-copying": cop_p,
+            ev.name("share"): ev.grid("share"), ev.name("effect"): ev.grid("effect")}
+    counted = len(ev.rows)
+    criterion = (f"a head that (1) at each repeated token where the model predicts the next token (probability "
+                 f"> 1/2; {len(ps)} sequences of {HD._periods(ps)} random tokens, repeated) attends to that "
+                 f"token's earlier copy: share of its attention not on the first position (an attention sink) "
+                 f"with 95% lower bound > {threshold}, attention there above uniform; (2) lowers the token's "
+                 f"logit through that attention (direct effect upper bound < -{min_effect:g} nats); (3) its OV "
+                 f"circuit puts a token's own logit in the bottom {k} of {len(pool)} sampled tokens for a "
+                 f"proportion with lower bound > {min_proportion}; (4) {ablation}-ablating it alone does not "
+                 f"raise the second-copy loss")
 
-    found_heads: list[tuple[str, float, tuple[int, int]]] = []
-    for l, h in zip(*map(lambda a: a.tolist(), np.nonzero((sup_p > min_proportion) & (de_m < max_effect)))):
-        mo, md = pair(l, h, record=False)
-        if mo.lower > min_proportion and md.upper < max_effect:
-            found_heads.append((_head(l, h), float(sup_p[l, h]), (l, h)))
-    found_heads.sort(key=lambda x: -x[1])
-    # best first: OV self-suppression, then the most negative attended-token DE
-    order = np.lexsort((de_m.reshape(-1), -sup_p.reshape(-1)))
-    # Headlines under names that do not depend on which head is on top (the checkup's baselines
-    # compare them across checkpoints); the head is named in the components and the details.
-    top_lh = found_heads[0][2] if found_heads else divmod(int(order[0]), sup_p.shape[1])
-    measurements = [Measurement.from_values("copy suppression OV (top head)", sup[top_lh].double().numpy(),
-                                            model=name, provenance={"head": _head(*top_lh)}),
-                    Measurement.from_values("attended-token DE (top head)", de[top_lh].numpy(), model=name,
-                                            method="bootstrap-t", provenance={"head": _head(*top_lh)})]
-    table_head = f"  top head: {_head(*top_lh)}"
-    shown = [lh for _, _, lh in found_heads[:top]] or [top_lh]
-    more = [m for lh in shown for m in pair(*lh)]
-    table = [f"  head    OV-suppr OV-copy  DE(attended)   ({len(pool)} tokens, bottom/top {k}; {n} prompts)"]
-    for i in order[:5]:
-        l, h = divmod(int(i), sup_p.shape[1])
-        table.append(f"  {_head(l, h):7s} {sup_p[l, h]:8.3f} {cop_p[l, h]:7.3f} {de_m[l, h]:+12.4f}")
+    def ov_m(h: Any, record: bool = False) -> Measurement:
+        return Measurement.from_values(f"copy suppression OV {h}", sup[h.layer, h.head].double().numpy(), model=name,
+                                       record=record, method="clopper-pearson")
+
+    if counted < min_prompts:
+        why = (f"not found: the model predicts the next token (probability > 1/2) on a repeated token in only "
+               f"{counted} of {len(ps)} sequences (at least {min_prompts} needed): there is no prediction for a head "
+               "to suppress")
+        return Detection(check="copy_suppression", title=COPY_TITLE, source=COPY_SOURCE, model=name, found=False,
+                         criterion=criterion, heatmaps=heat,
+                         details="\n".join([f"  {why}"] + ([f"  prompts: {note}"] if note else [])))
+    verdicts: dict[Any, str] = {}
+    candidates, located = [], []
+    for h in ev.pattern(threshold):
+        e = ev.of("effect", h)
+        if e.upper < -min_effect:
+            candidates.append(h)
+        elif e.lower > min_effect:
+            verdicts[h] = f"amplifier: raises the token it attends to (effect {HD._fmt(e)}): it copies"
+        else:
+            verdicts[h] = f"attends to the copy, no effect on the token (effect {HD._fmt(e)})"
+    singles = {}
+    for h in candidates:
+        mo = ov_m(h)
+        if not mo.lower > min_proportion:
+            verdicts[h] = f"suppresses here, but its OV circuit does not suppress tokens in general ({HD._fmt(mo)})"
+            continue
+        single = HD.ablation_effect(model, ps, [h], kind=ablation, control=False, activations=store, label=str(h))
+        singles[h] = single.increase
+        if single.increase.lower > 0:
+            verdicts[h] = f"amplifier: ablating it raises the second-copy loss ({HD._fmt(single.increase)})"
+            continue
+        located.append(h)
+        verdicts[h] = "copy suppression"
+    if located:
+        top_h = located[0]
+    else:
+        # the head most like one: among heads that lower the attended token, the largest share
+        share, eff = ev.grid("share"), ev.grid("effect")
+        grid = np.where(eff < 0, share, -np.inf)
+        if not np.isfinite(grid).any():
+            grid = -eff
+        l, hh = np.unravel_index(int(np.nanargmax(grid)), grid.shape)
+        top_h = Head(int(l), int(hh))
+
+    def headline(m: Measurement, base: str) -> Measurement:
+        return Measurement.from_values(f"{base} (top head)", m.array, model=name, provenance={"head": str(top_h)},
+                                       method="clopper-pearson" if base.startswith("copy") else "bootstrap-t")
+
+    measurements = [headline(ov_m(top_h), "copy suppression OV"),
+                    headline(ev.of("share", top_h), ev.name("share")),
+                    headline(ev.of("effect", top_h), ev.name("effect"))]
+    shown = located[:top] or [top_h]
+    more = [m for h in shown for m in (ov_m(h), ev.of("share", h), ev.of("effect", h))]
+    if located:
+        why = f"found: {', '.join(map(str, located))}"
+    else:
+        why = "; ".join([f"not found: most like one: {top_h}, share {HD._fmt(ev.of('share', top_h))}, effect "
+                         f"{HD._fmt(ev.of('effect', top_h))}, OV self-suppression {HD._fmt(ov_m(top_h))}"]
+                        + [f"{h}: {v}" for h, v in verdicts.items()])
+    rows = [f"  {why}", f"  positions with a prediction: in {counted} of {len(ps)} sequences",
+            "  head    OV-suppr OV-copy   share  above-unif    effect  verdict"]
+    g_share, g_above, g_eff = ev.grid("share"), ev.grid("above"), ev.grid("effect")
+    listed = list(dict.fromkeys(located + list(verdicts) + [top_h]))
+    order = sorted(((float(g_share[l, h]), l, h) for l in range(g_share.shape[0]) for h in range(g_share.shape[1])
+                    if g_eff[l, h] < 0), reverse=True)
+    listed = list(dict.fromkeys(listed + [Head(l, h) for _, l, h in order]))[:8]
+    for h in listed:
+        l, hh = h.layer, h.head
+        rows.append(f"  {str(h):7s} {sup_p[l, hh]:8.3f} {cop_p[l, hh]:7.3f} {g_share[l, hh]:7.3f} {g_above[l, hh]:+10.3f} "
+                    f"{g_eff[l, hh]:+9.4f}  {verdicts.get(h, '')}")
+    for h, m in singles.items():
+        rows.append(f"  {ablation}-ablating {h} alone: second-copy loss {HD._fmt(m)}")
+    if note:
+        rows.append(f"  prompts: {note}")
     return Detection(check="copy_suppression", title=COPY_TITLE, source=COPY_SOURCE, model=name,
-                     found=bool(found_heads),
-                     criterion=(f"a head whose OV circuit puts a token's own logit in the bottom {k} of "
-                                f"{len(pool)} sampled tokens for a proportion with 95% lower bound > "
-                                f"{min_proportion}, and whose direct effect on the earlier token it attends to "
-                                f"(repeated sequences) has 95% upper bound < {max_effect}"),
-                     measurements=tuple(measurements), more=tuple(more),
-                     components=tuple((c, s) for c, s, _ in found_heads),
-                     heatmaps={"OV self-suppression": sup_p, "OV self-copying": cop_p, "attended-token DE": de_m},
-                     details="\n".join([table_head] + table))
+                     found=bool(located), criterion=criterion, measurements=tuple(measurements), more=tuple(more),
+                     components=tuple((str(h), float(g_share[h.layer, h.head])) for h in located),
+                     heatmaps=heat, details="\n".join(rows))
 
 
 def _check_detector_args(**kw: Any) -> None:

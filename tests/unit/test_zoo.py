@@ -1,0 +1,162 @@
+"""The decoy zoo (pytest_circuits.zoo; the attention-head checkpoints in pytest_circuits.zoo_heads)
+against the mechanism checkup.
+
+* every entry's ground truth holds, checked with Hugging Face transformers and raw torch only
+  (its ``verify``), and that check can fail: run on the wrong checkpoint it raises;
+* the checkup's verdict on every registered entry (the check it was registered for) is right
+  with three detector seeds: 0 false positives, 0 false negatives, a mechanism's located heads
+  exactly the planted ones, no verdict that changes with the seed (scripts/zoo_table.py, which
+  also writes the table in docs/checkup.md);
+* the cards say which defining property a decoy lacks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_circuits import checkup, load_model, zoo
+from pytest_circuits.store import ActivationStore
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRIES = zoo.models()
+HEAD_CHECKS = ("induction", "previous_token", "duplicate_token", "copy_suppression")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("zoo_table", ROOT / "scripts" / "zoo_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod                 # (its dataclasses look their module up there)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TABLE = _script()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every checkpoint of the registry, built once: ``{checkpoint: folder}``."""
+    root = tmp_path_factory.mktemp("zoo")
+    out = {}
+    for e in ENTRIES:
+        name = TABLE.checkpoint_of(e)
+        if name not in out:
+            out[name] = e.build(root / name)
+    return out
+
+
+def test_the_registry_is_well_formed():
+    names = [e.name for e in ENTRIES]
+    assert len(names) == len(set(names))
+    for e in ENTRIES:
+        assert e.check in checkup.CHECKS, e.name
+        assert e.note and callable(e.build), e.name
+        assert (e.kind == "mechanism") == bool(e.expect_heads), e.name
+    for check in HEAD_CHECKS:                    # what the brief asks of each check
+        kinds = [e.kind for e in zoo.models(check)]
+        assert kinds.count("mechanism") >= 1 and kinds.count("decoy") >= 2 and kinds.count("control") >= 1, check
+    with pytest.raises(Exception, match="registered twice"):
+        zoo.register(zoo.ZooModel(name=ENTRIES[0].name, check="induction", kind="control", expect_heads=(),
+                                  build=ENTRIES[0].build))
+
+
+def test_builders_are_deterministic(tmp_path):
+    from pytest_circuits import zoo_heads as Z
+
+    for name in ("heads-llama-sink", "heads-gpt2-short"):
+        a = Z.build(Z.SPECS[name], tmp_path / "a" / name, {})
+        b = Z.build(Z.SPECS[name], tmp_path / "b" / name, {})
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+        assert (a / "model.safetensors").stat().st_size < 4 << 20
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_ground_truth_holds(entry, built):
+    if entry.verify is None:
+        pytest.fail(f"{entry.name}: no ground-truth check (verify)")
+    entry.verify(built[TABLE.checkpoint_of(entry)])
+
+
+@pytest.mark.parametrize("check", HEAD_CHECKS)
+def test_ground_truth_can_fail(check, built):
+    """A mechanism's check raises on the check's (first) control checkpoint, and every decoy's and
+    control's check raises on the check's first mechanism checkpoint (which has the whole
+    mechanism, and not the decoy's property at the decoy's heads)."""
+    entries = zoo.models(check)
+    mechanism = next(e for e in entries if e.kind == "mechanism")
+    control = next(e for e in entries if e.kind == "control")
+    with pytest.raises(AssertionError):
+        mechanism.verify(built[TABLE.checkpoint_of(control)])
+    for e in entries:
+        if e.kind != "mechanism":
+            with pytest.raises(AssertionError):
+                e.verify(built[TABLE.checkpoint_of(mechanism)])
+
+
+def test_the_checkup_has_no_false_positive_or_negative(built):
+    """The whole registry (every helper's entries), each entry's check with seeds 0, 1, 2."""
+    root = next(iter(built.values())).parent
+    rows, _ = TABLE.run(seeds=(0, 1, 2), root=root)
+    text = TABLE.markdown(rows, {}, (0, 1, 2))
+    print(text)
+    assert len(rows) == len(ENTRIES)
+    assert [r.entry for r in rows if r.outcome != "OK"] == [], text
+    assert "0 false positives, 0 false negatives, 0 other failures" in text
+
+
+def _detect(built, checkpoint, check, **kw):
+    model = load_model(str(built[checkpoint]), device="cpu")
+    fn = checkup.CHECKS[check].function()
+    return fn(model, activations=ActivationStore(), **kw)
+
+
+def test_the_cards_say_what_a_decoy_lacks(built):
+    d = _detect(built, "induction-dead-output", "induction")
+    assert not d.found and "no effect on it (an output nothing reads): L1H1" in d.details
+    d = _detect(built, "cs-llama-sink", "induction")          # the suppressor is anti-induction, not located
+    assert d.found and [c for c, _ in d.components] == ["L1H2"]
+    assert "L2H1" in d.details and "anti-induction: lowers the token it attends to" in d.details
+    d = _detect(built, "induction-anti", "induction")
+    assert not d.found and "anti-induction (they lower it): L1H2" in d.details
+    d = _detect(built, "prev-sink-only", "previous_token")
+    assert not d.found and "no head has the pattern" in d.details
+    d = _detect(built, "prev-no-output", "previous_token")
+    assert not d.found and "L0H2 have the pattern, but their output does not carry the token" in d.details
+    for ckpt in ("cs-positional", "cs-self", "cs-uniform"):
+        d = _detect(built, ckpt, "copy_suppression")
+        assert not d.found and "not found: most like one: L2H1" in d.details, d.details
+        assert d.measurement("predicted-copy share L2H1").upper < 0.5     # it does not attend to the copy
+    d = _detect(built, "cs-amplifier", "copy_suppression")
+    assert not d.found and "L2H1: amplifier: raises the token it attends to" in d.details
+    d = _detect(built, "induction-anti", "copy_suppression")   # nothing predicts a repeated token
+    assert not d.found and "no prediction for a head to suppress" in d.details
+
+
+def test_a_short_context_and_a_vocabulary_of_codes_are_checked(built):
+    """The model the checkup once called n/a for both checks (32 positions; no alphabetic token)."""
+    for check, head in (("induction", "L1H1"), ("copy_suppression", "L2H3"), ("previous_token", "L0H2")):
+        d = _detect(built, "heads-gpt2-short", check)
+        assert d.applicable and d.found and [c for c, _ in d.components] == [head], (check, d.summary())
+        assert "periods up to 15" in d.details or "periods up to" in d.details
+
+
+@pytest.mark.parametrize("kind, expected, got, heads, outcome", [
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H1",)] * 3, "OK"),
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H1", "L1H3")] * 3, "FP"),          # a head not planted
+    ("mechanism", ("L1H1", "L1H3"), ["found"] * 3, [("L1H1",)] * 3, "FN"),          # a planted head missed
+    ("mechanism", ("L1H1",), ["found"] * 3, [("L1H3",)] * 3, "FP+FN"),
+    ("mechanism", ("L1H1",), ["not found"] * 3, [()] * 3, "FN"),
+    ("mechanism", ("L1H1",), ["n/a"] * 3, [()] * 3, "N/A"),
+    ("decoy", (), ["found"] * 3, [("L0H1",)] * 3, "FP"),
+    ("control", (), ["absent"] * 3, [()] * 3, "OK"),
+    ("decoy", (), ["not found", "found", "not found"], [(), ("L0H1",), ()], "SEED"),
+    ("decoy", (), ["undecided"] * 3, [()] * 3, "UNDECIDED"),
+])
+def test_the_table_judges_each_row(kind, expected, got, heads, outcome):
+    row = TABLE.Row("e", "c", "induction", kind, expected, got=list(got), heads=list(heads))
+    row.judge()
+    assert row.outcome == outcome
