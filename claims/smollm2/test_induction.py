@@ -26,7 +26,7 @@ OLSSON = "arXiv:2209.11895"
 def test_induction_heads_in_layers_17_and_18(model):
     d = heads.detect_induction(model)
     print(d.summary())
-    # Measured 2026-12-05, n=32, seed 0 (share = attention on the target off BOS; effect = direct
+    # Measured 2026-12-04, n=32, seed 0 (share = attention on the target off BOS; effect = direct
     # effect through that attention on the token, nats): L18H6 score 0.904, share 0.964 [0.953, 0.972],
     # effect 0.202; L17H3 0.700 / 0.935 / 0.037; L18H7 0.418 / 0.926 [0.798, 0.97] / 0.104 (the old
     # "score > 0.5" rule missed it: 0.49 on BOS); L17H4 0.820 / 0.891 / 0.015; L23H2 0.445 / 0.577 /
@@ -47,7 +47,7 @@ def test_induction_heads_in_layers_17_and_18(model):
 def test_ablating_the_induction_heads_undoes_the_in_context_drop(model):
     d = heads.detect_induction(model)
     print(d.details)
-    # Measured 2026-12-05, n=32: loss on the first copy 13.79, second 3.43 nats; drop 10.36
+    # Measured 2026-12-04, n=32: loss on the first copy 13.79, second 3.43 nats; drop 10.36
     # [9.87, 10.91]. Mean-ablating the seven located heads: second-copy loss +6.77 [6.32, 7.22];
     # control (as many other heads of their layers) +0.71 [0.61, 0.80]; excess 6.06 [5.62, 6.50].
     d.measurement("in-context loss drop (first - second copy)").assert_above(8.0)
@@ -60,7 +60,7 @@ def test_ablating_the_induction_heads_undoes_the_in_context_drop(model):
 def test_previous_token_heads(model):
     d = heads.detect_previous_token(model)
     print(d.summary())
-    # Measured 2026-12-05, n=32 (score / share / token dependence): L16H0 0.889 [0.881, 0.898] /
+    # Measured 2026-12-04, n=32 (score / share / token dependence): L16H0 0.889 [0.881, 0.898] /
     # 0.961 / 0.574, L11H1 0.863 [0.848, 0.877] / 0.864 / 0.462; also located: L19H8 (0.367 / 0.804:
     # behind a sink), L2H1, L19H3, L1H2, L22H1, L13H1, L17H8.
     assert [c for c, _ in d.components[:2]] == ["L16H0", "L11H1"], d.summary()
@@ -73,7 +73,7 @@ def test_previous_token_heads(model):
 def test_duplicate_token_head(model):
     d = heads.detect_duplicate_token(model)
     print(d.summary())
-    # Measured 2026-12-05, n=32 (score / share / token dependence): L14H3 0.735 [0.708, 0.761] /
+    # Measured 2026-12-04, n=32 (score / share / token dependence): L14H3 0.735 [0.708, 0.761] /
     # 0.815 / 0.440; also located L15H6 (0.231 / 0.551 [0.505, 0.589]); next L8H0 (share 0.565, lower
     # bound under 0.5).
     assert [c for c, _ in d.components][:1] == ["L14H3"], d.summary()

@@ -36,7 +36,7 @@ def test_copy_suppression_heads(copy_suppression):
     print(copy_suppression.summary())
     assert copy_suppression.found and [c for c, _ in copy_suppression.components] == ["L24H4"], \
         copy_suppression.details
-    # Measured 2026-12-05 (25 sequences with a prediction; 200 tokens): share 0.69 [0.612, 0.763],
+    # Measured 2026-12-04 (25 sequences with a prediction; 200 tokens): share 0.69 [0.612, 0.763],
     # effect through it -0.46 [-0.591, -0.348] nats, OV self-suppression 0.94 [0.898, 0.969];
     # ablating it alone lowers the second-copy loss by 0.286 [0.258, 0.317] (it is no amplifier).
     copy_suppression.measurement("copy suppression OV L24H4").assert_above(0.8)
@@ -50,6 +50,6 @@ def test_l23h3_lacks_the_attention(model, copy_suppression):
     assert "L23H3" not in dict(copy_suppression.components)
     ps, _, _ = heads.prompt_set(model)
     ev = heads.head_evidence(model, ps)["copy_suppression"]
-    # Measured 2026-12-05: share 0.129 [0.103, 0.16], effect -0.112 [-0.15, -0.083] (it lowers what
+    # Measured 2026-12-04: share 0.129 [0.103, 0.16], effect -0.112 [-0.15, -0.083] (it lowers what
     # little it reads there); OV self-suppression about 0.9 (the card's heatmap).
     ev.of("share", Head(23, 3), record=True).assert_below(0.5)
