@@ -19,6 +19,27 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def arch_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``arch_checkpoint(family, **sizes)``: the folder of a tiny random checkpoint of a family of
+    :mod:`pytest_circuits.architectures` (``seed``, ``n_layers``, ``n_kv_heads``, ... as
+    :func:`~pytest_circuits.architectures.build` takes them), built once per session for each
+    family and sizes. Tests load it themselves (a loaded model is cheap, and theirs alone)."""
+    from pytest_circuits.architectures import build
+
+    root = tmp_path_factory.mktemp("archs")
+    made: dict = {}
+
+    def get(family: str, **sizes):
+        key = (family, tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                                    for k, v in sizes.items())))
+        if key not in made:
+            made[key] = build(family, root / f"{family}-{len(made)}", **sizes)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("circuits-cache")
 
