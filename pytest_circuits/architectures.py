@@ -165,6 +165,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 ]}
 
 
+def architecture_name(model: Any) -> str:
+    """How docs and errors name a loaded model's architecture: its family's title when the
+    Hugging Face class it was loaded as is one of :data:`FAMILIES` (e.g. "Gemma-2"), else
+    that class's name."""
+    hf = getattr(model, "original_model", None)
+    cls = type(hf).__name__ if hf is not None else type(model).__name__
+    return next((f.title for f in FAMILIES.values() if f.model_class == cls), cls)
+
+
 def families() -> list[str]:
     """The names of the matrix's families, in the order of :data:`FAMILIES`."""
     return list(FAMILIES)

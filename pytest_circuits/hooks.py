@@ -164,6 +164,13 @@ def ln1_scale(layer: int) -> str:
     return f"blocks.{layer}.ln1.hook_scale"
 
 
+def attn_post_scale(layer: int) -> str:
+    """The scale (RMS) of a norm applied to the attention output before it is added to the
+    residual stream (Gemma-2/3's and OLMo-2's post-attention norm; absent elsewhere):
+    ``[batch, pos, 1]``. ``hook_attn_out`` is then the normalized output."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
+
+
 def mlp_post(layer: int) -> str:
     """MLP post-activation neurons: ``[batch, pos, d_mlp]``."""
     return f"blocks.{layer}.mlp.hook_post"
