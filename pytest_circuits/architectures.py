@@ -165,6 +165,93 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 ]}
 
 
+# -- the matrix: techniques x families -------------------------------------------------------
+# What tests/unit/test_architecture_matrix.py (and the family-wide tests of the intervention
+# matrix and suffix forwards) check for each family, by technique.
+TECHNIQUES: dict[str, str] = {
+    "load": "the checkpoint folder loads (weights fingerprinted); the store's clean run equals the model's own "
+            "forward",
+    "hooks": "every hook the package reads exists; the residual stream is the sum of its writers, an attention "
+             "layer's output the sum of its heads' writes",
+    "ablations": "every ablation kind x positions equals the same replacement made by hand with raw hooks; an "
+                 "ablation of nothing changes nothing",
+    "suffix": "an intervened run that recomputes only the positions it can change (clean keys and values before "
+              "them) equals the full forward; with nothing changed, the model's own forward",
+    "direct effects": "the direct effects sum to the model's own logit",
+    "self-repair": "total effect = own + downstream + norm term, and equals the change of the logits",
+    "erasure": "projection ratios from the heads' outputs equal those recomputed from their value path",
+    "patching": "activation and path patching of the clean run into itself change nothing",
+    "probes": "probe features equal the hook values read with raw hooks",
+    "half precision": "in bfloat16 the direct effects still sum to the logit (within bfloat16 error)",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a cell of the matrix is: ``"exact"``; ``"option"``: exact with the keyword arguments
+    ``option`` and refused without them (the refusal names ``feature``); ``"refused"``: a project
+    error naming ``feature``, with ``why``."""
+
+    kind: str = "exact"
+    option: tuple[tuple[str, Any], ...] = ()
+    feature: str = ""
+    why: str = ""
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.option)
+
+    def describe(self) -> str:
+        if self.kind == "exact":
+            return "exact"
+        if self.kind == "option":
+            opts = ", ".join(f"{k}={v!r}" for k, v in self.option)
+            return f"exact with `{opts}` ({self.feature})"
+        return f"refused: {self.feature} ({self.why})" if self.why else f"refused: {self.feature}"
+
+
+_SOFTCAP = Outcome("option", (("logit", "pre_softcap"),), "final logit soft-capping")
+
+# Every cell not listed here is expected exact.
+EXPECTED: dict[tuple[str, str], Outcome] = {
+    ("direct effects", "gemma2"): _SOFTCAP,
+    ("self-repair", "gemma2"): _SOFTCAP,
+    ("half precision", "gemma2"): _SOFTCAP,
+    ("half precision", "olmo2"): Outcome(
+        "refused", feature="bfloat16",
+        why="TransformerLens 4.3's OLMo-2 attention applies OLMo-2's float32 rotary embeddings without casting "
+            "back, so its bfloat16 forward fails; load it in float32"),
+}
+
+
+def expected(technique: str, family: str) -> Outcome:
+    """The outcome the matrix expects of ``technique`` on ``family``."""
+    if technique not in TECHNIQUES:
+        raise CircuitsError(bad("technique", technique, "one of " + ", ".join(TECHNIQUES)))
+    if family not in FAMILIES:
+        raise CircuitsError(bad("family", family, "one of " + ", ".join(FAMILIES)))
+    return EXPECTED.get((technique, family), Outcome())
+
+
+RESULTS_ENV = "PYTEST_CIRCUITS_MATRIX_RESULTS"
+
+
+def record_cell(technique: str, family: str, outcome: Outcome) -> None:
+    """Append a cell's observed outcome to the file named by ``$PYTEST_CIRCUITS_MATRIX_RESULTS``
+    (one JSON line; nothing when unset): what scripts/models_table.py renders docs/models.md
+    from."""
+    import os
+
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    line = json.dumps({"technique": technique, "family": family, "kind": outcome.kind,
+                       "option": [list(o) for o in outcome.option], "feature": outcome.feature,
+                       "why": outcome.why})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 def architecture_name(model: Any) -> str:
     """How docs and errors name a loaded model's architecture: its family's title when the
     Hugging Face class it was loaded as is one of :data:`FAMILIES` (e.g. "Gemma-2"), else

@@ -824,7 +824,11 @@ class ActivationStore:
             inp = to_device_of(inp, model.blocks[plan.start], model.cfg.dtype)   # the block it enters
         with torch.no_grad(), _skipping_blocks(model, plan.start, plan.skip_unembed, inp if plan.resumed else None) as skipped, \
                 _attention_cache(model, layers, attn_kv):
-            logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+            try:
+                logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+            except RuntimeError as e:
+                _refuse_mixed_dtypes(model, e)
+                raise
         if plan.last_only and getattr(skipped, "seen", None) is not None:
             # the final residual as it reached the (skipped) unembedding: what the model returns
             # may have been changed after it (Gemma-2 soft-caps its logits)
@@ -1044,6 +1048,24 @@ def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False, resid: 
             handle.remove()
         for block, original in saved:
             block.add_module("_original_component", original)
+
+
+def _refuse_mixed_dtypes(model: Any, e: RuntimeError) -> None:
+    """A half-precision forward that failed on tensors of two dtypes: the model's own code
+    mixes float32 into it (TransformerLens's OLMo-2 attention applies OLMo-2's float32 rotary
+    embeddings without casting back). Raised as a project error that says what to do."""
+    import torch
+
+    dtype = getattr(model.cfg, "dtype", torch.float32)
+    if dtype not in (torch.float16, torch.bfloat16) or "dtype" not in str(e):
+        return
+    from .architectures import architecture_name
+
+    name = str(dtype).replace("torch.", "")
+    raise CircuitsError(
+        f"{architecture_name(model)} does not run in {name} under TransformerLens {_tl_version()}: its forward "
+        f"mixes float32 and {name} tensors ({str(e)[:160]}); load it in float32 (dtype=\"float32\", "
+        "--circuits-dtype float32)") from e
 
 
 @functools.lru_cache(maxsize=64)

@@ -40,6 +40,37 @@ def arch_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def matrix_cell():
+    """``matrix_cell(technique, family, run)``: one cell of the architecture matrix
+    (:data:`pytest_circuits.architectures.TECHNIQUES` x families). ``run(**kwargs)`` performs the
+    technique and asserts its identity. The cell is what the matrix expects
+    (:func:`~pytest_circuits.architectures.expected`): exact (``run()`` passes), exact with an
+    option (``run()`` raises a MeasurementError naming the feature, ``run(**option)`` passes),
+    or refused (``run()`` raises a project error naming the feature). Each observed outcome is
+    recorded for scripts/models_table.py."""
+    from pytest_circuits import architectures as A
+    from pytest_circuits.errors import CircuitsError
+
+    def cell(technique: str, family: str, run):
+        want = A.expected(technique, family)
+        if want.kind == "exact":
+            run()
+        else:
+            with pytest.raises(CircuitsError) as refused:
+                run()
+            words = want.feature.lower().split()
+            assert all(w in str(refused.value).lower() for w in words), (
+                f"{technique} on {family}: the refusal does not name {want.feature!r}: {refused.value}")
+            if want.kind == "option":
+                for key, value in want.option:
+                    assert f'{key}="{value}"' in str(refused.value), str(refused.value)
+                run(**want.kwargs)
+        A.record_cell(technique, family, want)
+
+    return cell
+
+
+@pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("circuits-cache")
 
