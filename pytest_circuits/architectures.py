@@ -210,7 +210,9 @@ class Outcome:
         return f"refused: {self.feature} ({self.why})" if self.why else f"refused: {self.feature}"
 
 
-_SOFTCAP = Outcome("option", (("logit", "pre_softcap"),), "final logit soft-capping")
+_SOFTCAP = Outcome("option", (("logit", "pre_softcap"),), "final logit soft-capping",
+                   "the capped logit is not a sum of the writers' effects, so without the option the cell is "
+                   "refused; the pre-cap logit is, and total effects read the capped logits")
 
 # Every cell not listed here is expected exact.
 EXPECTED: dict[tuple[str, str], Outcome] = {

@@ -318,3 +318,40 @@ def test_half_precision(fam, matrix_cell, tmp_path_factory):
         torch.testing.assert_close(sr.total, sr.own + sr.downstream + sr.norm_term, atol=1e-9, rtol=0)
         assert de.logit.dtype == torch.float64
     matrix_cell("half precision", fam.name, run)
+
+
+# -- docs/models.md ---------------------------------------------------------------------------
+def _table_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "models_table.py"
+    spec = importlib.util.spec_from_file_location("models_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_table_is_the_rendering_of_the_matrix():
+    """docs/models.md's table renders the outcomes the cells above assert (scripts/models_table.py
+    renders it from the outcomes they record: the same, when the matrix passes)."""
+    mt = _table_script()
+    doc = mt.DOC.read_text(encoding="utf-8")
+    assert mt.splice(doc, mt.render(mt.expected_cells())) == doc, "run python scripts/models_table.py"
+
+
+def test_the_table_script_renders_recorded_outcomes_and_refuses_gaps(tmp_path, monkeypatch):
+    mt = _table_script()
+    results = tmp_path / "matrix.jsonl"
+    monkeypatch.setenv(A.RESULTS_ENV, str(results))
+    for t in A.TECHNIQUES:
+        for f in A.FAMILIES:
+            A.record_cell(t, f, A.expected(t, f))
+    assert mt.main(["--results", str(results), "--check"]) == 0
+    lines = results.read_text().splitlines()
+    (tmp_path / "gap.jsonl").write_text("\n".join(lines[1:]) + "\n")      # one cell not recorded
+    with pytest.raises(SystemExit, match="no recorded outcome"):
+        mt.main(["--results", str(tmp_path / "gap.jsonl"), "--check"])
+    flipped = [ln.replace('"kind": "exact"', '"kind": "refused"', 1) if i == 3 else ln for i, ln in enumerate(lines)]
+    (tmp_path / "flipped.jsonl").write_text("\n".join(flipped) + "\n")  # an outcome that differs
+    assert mt.main(["--results", str(tmp_path / "flipped.jsonl"), "--check"]) == 1
