@@ -183,6 +183,8 @@ TECHNIQUES: dict[str, str] = {
     "patching": "activation and path patching of the clean run into itself change nothing",
     "probes": "probe features equal the hook values read with raw hooks",
     "half precision": "in bfloat16 the direct effects still sum to the logit (within bfloat16 error)",
+    "checkup": "every check of the mechanism checkup runs to a verdict for the card, or is not applicable "
+               "for a reason given on it",
 }
 
 
@@ -214,8 +216,17 @@ _SOFTCAP = Outcome("option", (("logit", "pre_softcap"),), "final logit soft-capp
                    "the capped logit is not a sum of the writers' effects, so without the option the cell is "
                    "refused; the pre-cap logit is, and total effects read the capped logits")
 
+_POST_NORM_CHECKUP = Outcome(
+    "refused", feature="norm after attention",
+    why="the IOI, successor and copy-suppression detectors read a head's OV circuit or direct effect from "
+        "z W_O alone, which a norm after attention rescales by the whole layer's output: they are not "
+        "applicable (with this reason on the card); the other checks run")
+
 # Every cell not listed here is expected exact.
 EXPECTED: dict[tuple[str, str], Outcome] = {
+    ("checkup", "gemma2"): _POST_NORM_CHECKUP,
+    ("checkup", "gemma3"): _POST_NORM_CHECKUP,
+    ("checkup", "olmo2"): _POST_NORM_CHECKUP,
     ("direct effects", "gemma2"): _SOFTCAP,
     ("self-repair", "gemma2"): _SOFTCAP,
     ("half precision", "gemma2"): _SOFTCAP,

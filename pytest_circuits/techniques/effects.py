@@ -482,6 +482,23 @@ def _attn_post_gains(model: Any) -> Any:
     return torch.stack(gains)
 
 
+def head_write_problem(model: Any) -> str | None:
+    """Why a head's ``z_h W_O[h]`` alone (read through weights, or with the final norm's scale
+    only) is not what it writes into the residual stream, or None when it is. Detectors that
+    read a head's OV circuit or direct effect that way report themselves not applicable with
+    it (the decomposition here handles the norm: :func:`attn_post_gains`)."""
+    from ..architectures import architecture_name
+
+    if H.attn_post_scale(0) in model.hook_dict:
+        return (f"{architecture_name(model)} normalizes each attention layer's output before it joins the "
+                "residual stream (a norm after attention), so a head's OV circuit or direct effect read from "
+                "z W_O alone is not what it writes")
+    if H.ln1_scale(0) not in model.hook_dict:
+        return (f"{architecture_name(model)} has no norm before attention, which a head's OV circuit is read "
+                "through")
+    return None
+
+
 def _post_scale(acts: dict[str, Any], layer: int) -> Any:
     """This run's post-attention norm scale of ``layer`` at the last position ``[n]``."""
     return acts[H.last(H.attn_post_scale(layer))].double().reshape(-1)

@@ -72,7 +72,7 @@ from ..models import derived, info as model_info
 from ..prompts import PromptSet
 from ..store import ActivationStore, resolve
 from ..tasks.ordinal import Ordinals, ordinals, successor_prompts
-from .effects import _unembed_dirs, attn_output_weights
+from .effects import _unembed_dirs, attn_output_weights, head_write_problem
 
 SUCCESSOR_SOURCE = "Gould et al. 2023, arXiv:2312.09230"
 COPY_SOURCE = "McDougall et al. 2023, arXiv:2310.04625"
@@ -338,6 +338,9 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
     if not 0.0 <= float(min_score) < 1.0:
         raise CircuitsError(bad("min_score", min_score, "a proportion in [0, 1)"))
     name = _name(model)
+    arch = head_write_problem(model)
+    if arch is not None:
+        return Detection.not_applicable("successor", SUCCESSOR_TITLE, arch, source=SUCCESSOR_SOURCE, model=name)
     o = ordinals(model)
     why = o.not_applicable(min_pairs, min_classes)
     if why is not None:
@@ -575,6 +578,9 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 60, activatio
     import numpy as np
 
     name = _name(model)
+    arch = head_write_problem(model)
+    if arch is not None:
+        return Detection.not_applicable("copy_suppression", COPY_TITLE, arch, source=COPY_SOURCE, model=name)
     pool = ordinary_tokens(model, n_tokens, seed=seed)
     if len(pool) < min_tokens or len(pool) <= k:
         return Detection.not_applicable(

@@ -320,6 +320,29 @@ def test_half_precision(fam, matrix_cell, tmp_path_factory):
     matrix_cell("half precision", fam.name, run)
 
 
+# -- the mechanism checkup --------------------------------------------------------------------
+def test_checkup(fam, matrix_cell):
+    from pytest_circuits import checkup
+    from pytest_circuits.detection import Detection
+    from pytest_circuits.errors import CircuitsError
+
+    def run():
+        not_applicable = {}
+        for name in checkup.names():
+            det = checkup.run(name, fam.model, activations=ActivationStore())
+            assert isinstance(det, Detection) and det.check == name
+            if not det.applicable:
+                assert det.reason and not det.found
+                not_applicable[name] = det.reason
+        # a check the architecture rules out says so on the card: the cell is then refused
+        arch = E.head_write_problem(fam.model)
+        ruled_out = {n: r for n, r in not_applicable.items() if arch is not None and r == arch}
+        if arch is not None:
+            assert set(ruled_out) == {"ioi", "successor", "copy_suppression"}, not_applicable
+            raise CircuitsError(arch)
+    matrix_cell("checkup", fam.name, run)
+
+
 # -- docs/models.md ---------------------------------------------------------------------------
 def _table_script():
     import importlib.util
