@@ -53,6 +53,33 @@ class Sizes:
 
 
 @dataclass(frozen=True)
+class FullSize:
+    """A published model's dimensions, to build a random stand-in of it (:func:`build_full_size`)."""
+
+    family: str
+    shape_of: str                   # the model whose dimensions these are
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    vocab: int
+    positions: int
+    n_kv_heads: int | None = None
+    two_digit_numbers: bool = False
+
+
+# Real dimensions, random weights: what only real sizes show (memory per forward, batch
+# sizing, dtype) without a download. STAND_IN marks their folders: the plugin reports a
+# claim that fails its threshold on one as "not checked: random weights".
+FULL_SIZE: dict[str, FullSize] = {
+    "gpt2-small": FullSize("gpt2", "GPT-2 small (124M)", 12, 768, 12, 3072, 50257, 1024, two_digit_numbers=True),
+    "pythia-160m": FullSize("neox", "Pythia-160M", 12, 768, 12, 3072, 50304, 2048),
+    "llama-1b": FullSize("gqa", "TinyLlama-1.1B (a ~1B Llama)", 22, 2048, 32, 5632, 32000, 2048, n_kv_heads=4),
+}
+STAND_IN = "STAND_IN.json"
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family of the matrix: its ``transformers`` classes, what it exercises, and
     how its config is made from :class:`Sizes`."""
@@ -415,9 +442,35 @@ def _perturb(model: Any, family: str) -> None:
                 p.copy_(emb.std() * torch.randn_like(p))
 
 
+def build_full_size(name: str, path: str | Path, *, seed: int = 0, words: Iterable[str] = WORDS) -> Path:
+    """Write a random stand-in with the real dimensions of :data:`FULL_SIZE` ``name`` (its
+    family's structure, the published vocabulary size; a word-level tokenizer over ``words``:
+    pass ``WORDS + tasks.ioi.vocabulary()`` for the IOI claims) into ``path``, marked with
+    :data:`STAND_IN`."""
+    if name not in FULL_SIZE:
+        raise CircuitsError(bad("name", name, "one of " + ", ".join(FULL_SIZE)))
+    f = FULL_SIZE[name]
+    path = build(f.family, path, seed=seed, n_layers=f.n_layers, d_model=f.d_model, n_heads=f.n_heads,
+                 n_kv_heads=f.n_kv_heads, d_mlp=f.d_mlp, words=words,
+                 two_digit_numbers=f.two_digit_numbers, vocab_size=f.vocab, positions=f.positions)
+    (path / STAND_IN).write_text(json.dumps({"random_weights": True, "shape_of": f.shape_of, "seed": seed}))
+    return path
+
+
+def stand_in(folder: str | Path) -> dict | None:
+    """What :data:`STAND_IN` says of a checkpoint folder (None when it has none: real weights,
+    as far as the project can tell)."""
+    marker = Path(folder) / STAND_IN
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("random_weights") is True else None
+
+
 def build(family: str, path: str | Path, *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
           n_heads: int = 4, n_kv_heads: int | None = None, d_mlp: int = 128, words: Iterable[str] = WORDS,
-          two_digit_numbers: bool = False) -> Path:
+          two_digit_numbers: bool = False, vocab_size: int | None = None, positions: int = 128) -> Path:
     """Write a random tiny checkpoint of ``family`` (one of :data:`FAMILIES`) with a word-level
     tokenizer into ``path`` and return it. Loading it with :func:`pytest_circuits.load_model`
     goes the way a user's checkpoint folder does."""
@@ -439,8 +492,10 @@ def build(family: str, path: str | Path, *, seed: int = 0, n_layers: int = 2, d_
         vocab = write_bpe_tokenizer(path, words=words)
     else:
         vocab = write_tokenizer(path, words=words, two_digit_numbers=two_digit_numbers)
-    sizes = Sizes(vocab=len(vocab), bos=vocab["<bos>"], pad=vocab["<pad>"], n_layers=n_layers, d_model=d_model,
-                  n_heads=n_heads, n_kv_heads=n_kv_heads, d_mlp=d_mlp)
+    if vocab_size is not None and vocab_size < len(vocab):
+        raise CircuitsError(bad("vocab_size", vocab_size, f"at least the tokenizer's {len(vocab)} tokens"))
+    sizes = Sizes(vocab=vocab_size or len(vocab), bos=vocab["<bos>"], pad=vocab["<pad>"], n_layers=n_layers,
+                  d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, d_mlp=d_mlp, positions=positions)
     torch.manual_seed(seed)
     config = fam.config(sizes)
     model = getattr(transformers, fam.model_class)(config)

@@ -378,3 +378,44 @@ def test_the_table_script_renders_recorded_outcomes_and_refuses_gaps(tmp_path, m
     flipped = [ln.replace('"kind": "exact"', '"kind": "refused"', 1) if i == 3 else ln for i, ln in enumerate(lines)]
     (tmp_path / "flipped.jsonl").write_text("\n".join(flipped) + "\n")  # an outcome that differs
     assert mt.main(["--results", str(tmp_path / "flipped.jsonl"), "--check"]) == 1
+
+
+# -- stand-ins: random weights at real dimensions ---------------------------------------------
+CLAIMS = """
+    import pytest
+
+    @pytest.mark.claim(source="none", finding="an impossible threshold")
+    def test_threshold(model):
+        assert model.cfg.n_layers > 100
+
+    @pytest.mark.claim(source="none", finding="a crash before any threshold")
+    def test_crash(model):
+        raise ValueError("broken claim code")
+
+    @pytest.mark.claim(source="none", finding="a threshold any model meets")
+    def test_passes(model):
+        assert model.cfg.n_layers > 0
+"""
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["real", "stand-in"])
+def test_only_a_stand_in_turns_a_failed_threshold_into_not_checked(arch_checkpoint, pytester, tmp_path, marked):
+    """A folder marked by build_full_size (STAND_IN.json): a claim that fails its own assertion is
+    "not checked: random weights"; a crash still fails; a pass passes. Unmarked: a failure."""
+    import json
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(arch_checkpoint("llama", seed=0), folder)
+    if marked:
+        (folder / A.STAND_IN).write_text(json.dumps({"random_weights": True, "shape_of": "a test model"}))
+    pytester.makepyfile(test_claims=CLAIMS)
+    result = pytester.runpytest_inprocess(f"--circuits-model={folder}", f"--circuits-cache-dir={tmp_path / 'c'}",
+                                          "-p", "no:cacheprovider", "-rfs")
+    if marked:
+        result.assert_outcomes(passed=1, failed=1, skipped=1)
+        result.stdout.fnmatch_lines(["*SKIPPED*not checked: random weights (ckpt is a stand-in with the dimensions "
+                                     "of a test model*"])
+        result.stdout.fnmatch_lines(["*FAILED*test_crash*"])
+    else:
+        result.assert_outcomes(passed=1, failed=2)
