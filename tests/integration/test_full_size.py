@@ -69,9 +69,9 @@ def test_a_full_size_stand_in_loads_and_runs_a_claim(name, stand_in, tmp_path):
 
 
 def test_the_gpt2_claims_run_end_to_end_on_a_random_gpt2(stand_in, pytester, tmp_path):
-    """Every claim of claims/gpt2 loads, builds its task, measures and asserts on the stand-in;
-    it passes, or fails only its own threshold and is then reported "not checked: random
-    weights". An error (a crash anywhere before the threshold) fails this test."""
+    """Every claim of claims/gpt2 loads, builds its task, measures and asserts on the stand-in,
+    and is reported "not checked: random weights" (met or failed, its threshold says nothing
+    about trained weights). An error (a crash anywhere before the threshold) fails this test."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_the_gpt2_claims_run_end_to_end_on_a_random_gpt2(stand_in, pytester, tmp
                                           "-p", "no:cacheprovider", "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
-    assert outcomes.get("skipped", 0) + outcomes.get("passed", 0) >= 8
+    assert outcomes.get("skipped", 0) >= 8 and outcomes.get("passed", 0) == 0
     skipped = [ln for ln in result.stdout.lines if ln.startswith("SKIPPED")]
     assert skipped and all("not checked: random weights" in ln for ln in skipped), skipped
     assert "not checked" in result.stdout.str()
