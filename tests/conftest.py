@@ -40,6 +40,21 @@ def arch_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def arch_model(arch_checkpoint, tmp_path_factory):
+    """``arch_model(family, **sizes)``: the checkpoint of :func:`arch_checkpoint` loaded on the CPU
+    (a new model object on each call, with its own cache folder), ``model.family`` set."""
+    from pytest_circuits.models import load_model
+
+    def get(family: str, **sizes):
+        path = arch_checkpoint(family, **sizes)
+        m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(family + "-cache"), device="cpu")
+        m.family = family
+        return m
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def matrix_cell():
     """``matrix_cell(technique, family, run)``: one cell of the architecture matrix
     (:data:`pytest_circuits.architectures.TECHNIQUES` x families). ``run(**kwargs)`` performs the

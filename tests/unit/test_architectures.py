@@ -37,11 +37,8 @@ PLANTED = Path(__file__).resolve().parent.parent / "data" / "planted"
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def model(request, tmp_path_factory, arch_checkpoint):
-    from pytest_circuits.models import load_model
-
-    path = arch_checkpoint(request.param, seed=7, **EXTRA.get(request.param, {}))
-    m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
+def model(request, arch_model):
+    m = arch_model(request.param, seed=7, **EXTRA.get(request.param, {}))
     m.arch_name = request.param
     # the logit effects are measured in (Gemma-2: the pre-cap logit; refused otherwise, see
     # tests/unit/test_architecture_matrix.py)

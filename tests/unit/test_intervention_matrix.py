@@ -43,13 +43,8 @@ REFERENCE = ["the cat", "when John and Mary went to the store", "the king of Fra
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def model(request, tmp_path_factory, arch_checkpoint):
-    from pytest_circuits.models import load_model
-
-    path = arch_checkpoint(request.param, seed=5)
-    m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
-    m.family = request.param
-    return m
+def model(request, arch_model):
+    return arch_model(request.param, seed=5)
 
 
 @pytest.fixture(scope="module")

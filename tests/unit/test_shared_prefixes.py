@@ -39,13 +39,8 @@ READS = [H.logprobs_last([3, 5]), H.last(H.z(N_LAYERS - 1)), H.resid_post(N_LAYE
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def model(request, tmp_path_factory, arch_checkpoint):
-    from pytest_circuits.models import load_model
-
-    path = arch_checkpoint(request.param, seed=11, n_layers=N_LAYERS)
-    m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
-    m.family = request.param
-    return m
+def model(request, arch_model):
+    return arch_model(request.param, seed=11, n_layers=N_LAYERS)
 
 
 @pytest.fixture(scope="module")

@@ -49,13 +49,8 @@ READS = [H.LOGITS_LAST, H.logprobs_last([3, 5]), H.last(H.z(2)), H.last(H.patter
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def model(request, tmp_path_factory, arch_checkpoint):
-    from pytest_circuits.models import load_model
-
-    path = arch_checkpoint(request.param, seed=7, n_layers=N_LAYERS)
-    m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
-    m.family = request.param
-    return m
+def model(request, arch_model):
+    return arch_model(request.param, seed=7, n_layers=N_LAYERS)
 
 
 @pytest.fixture(scope="module")
