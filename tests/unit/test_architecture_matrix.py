@@ -420,3 +420,24 @@ def test_only_a_stand_in_turns_a_failed_threshold_into_not_checked(arch_checkpoi
         result.stdout.fnmatch_lines(["*FAILED*test_crash*"])
     else:
         result.assert_outcomes(passed=1, failed=2)
+
+
+def test_a_users_gemma2_folder_runs_the_checkup_with_the_reasons_on_its_card(arch_checkpoint, pytester, tmp_path):
+    """``pytest --circuits-checkup --circuits-model ./folder`` on a family with a norm after
+    attention: every check runs to a status on the card (no error), the three detectors that
+    read a head's write from z W_O alone say n/a, naming the norm."""
+    import json
+
+    from pytest_circuits import checkup
+
+    folder = arch_checkpoint("gemma2", seed=3)
+    out = tmp_path / "r.json"
+    result = pytester.runpytest_inprocess(f"--circuits-model={folder}", "--circuits-checkup",
+                                          f"--circuits-report={out}", f"--circuits-cache-dir={tmp_path / 'c'}",
+                                          "-p", "no:cacheprovider")
+    assert result.parseoutcomes().get("errors", 0) == 0
+    cards = {c["check"]: c for c in json.loads(out.read_text())["checkup"]}
+    assert set(cards) == set(checkup.names())
+    assert all(c["status"] in ("found", "not found", "n/a") for c in cards.values()), cards
+    for name in ("ioi", "successor", "copy_suppression"):
+        assert cards[name]["status"] == "n/a" and "a norm after attention" in json.dumps(cards[name]), cards[name]
