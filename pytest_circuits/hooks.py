@@ -7,6 +7,8 @@ Two pseudo-hooks are computed from the model's output rather than read from a ho
 so that measurements never need to keep full ``[batch, pos, vocab]`` logits:
 
 * ``LOGITS_LAST``: logits at each prompt's last real position, ``[batch, d_vocab]``;
+* ``LOGITS_LAST_PRE_CAP``: the same before a final logit soft-cap (the logits themselves
+  on a model without one);
 * ``TOKEN_LOSS``: next-token cross-entropy at each position, ``[batch, pos - 1]``
 * ``logprobs_last(ids)``: log-probabilities of a few tokens at the last position
   (``logprobs_last(ids, back=1)``: at the position before it).
@@ -26,8 +28,11 @@ from .errors import ComponentError, bad
 
 AT_LAST = "@last"
 LOGITS_LAST = "logits.last"
+# The last position's logits before a final logit soft-cap (Gemma-2's ``cap * tanh(x / cap)``):
+# linear in the final normalized residual. Equal to LOGITS_LAST for a model without a cap.
+LOGITS_LAST_PRE_CAP = "logits.last.pre_softcap"
 TOKEN_LOSS = "loss.per_token"
-PSEUDO = (LOGITS_LAST, TOKEN_LOSS)
+PSEUDO = (LOGITS_LAST, LOGITS_LAST_PRE_CAP, TOKEN_LOSS)
 LOGPROBS_LAST = "logprobs.last"
 
 
@@ -157,6 +162,13 @@ def v_input(layer: int) -> str:
 
 def ln1_scale(layer: int) -> str:
     return f"blocks.{layer}.ln1.hook_scale"
+
+
+def attn_post_scale(layer: int) -> str:
+    """The scale (RMS) of a norm applied to the attention output before it is added to the
+    residual stream (Gemma-2/3's and OLMo-2's post-attention norm; absent elsewhere):
+    ``[batch, pos, 1]``. ``hook_attn_out`` is then the normalized output."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
 
 
 def mlp_post(layer: int) -> str:

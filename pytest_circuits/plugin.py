@@ -870,9 +870,41 @@ def _restore(state: Any) -> None:
     torch.set_rng_state(state[2])
 
 
+def _stand_in_reason(item: pytest.Item, call: pytest.CallInfo) -> str | None:
+    """Why a claim that ran on a random-weights stand-in (a checkpoint folder marked by
+    :func:`pytest_circuits.architectures.build_full_size`) is not checked, whether it passed or
+    failed its own assertion, or None. A crash (any other exception) is still a failure, so the
+    claim is proven to run end to end, all but its numbers, which mean nothing on random weights."""
+    if call.when != "call" or not _is_claim(item):
+        return None
+    if call.excinfo is not None and not call.excinfo.errisinstance(AssertionError):
+        return None
+    model = getattr(item, "funcargs", {}).get("model")
+    if model is None:
+        return None
+    from .architectures import stand_in
+    from .models import info
+
+    try:
+        mi = info(model)
+    except Exception:  # noqa: BLE001 - not a model of ours: nothing to say
+        return None
+    marked = stand_in(mi.name) if mi.source == "local" else None
+    if marked is None:
+        return None
+    outcome = "failed its threshold" if call.excinfo is not None else "met its threshold"
+    return (f"not checked: random weights ({mi.label} is a stand-in with the dimensions of "
+            f"{marked.get('shape_of', 'a published model')}; the claim ran end to end and {outcome}, which "
+            "says nothing about trained weights)")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
+    stand_in = _stand_in_reason(item, call) if report.failed or (report.passed and call.when == "call") else None
+    if stand_in is not None:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), (item.location[1] or 0) + 1, stand_in)
     if _is_claim(item):
         # Marks the report as a claim's (for the "checked / not checked" count, from xdist
         # workers too) and says whether an xfail is this project's expected change.

@@ -61,6 +61,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -744,6 +745,9 @@ class ActivationStore:
         # Only the last position's logits wanted: skip the unembedding in the forward (a
         # fifth of SmolLM2's compute at 18 tokens) and apply it to those rows only.
         last_only = want_logits and H.TOKEN_LOSS not in names and not touches_unembed
+        if H.LOGITS_LAST_PRE_CAP in names and not last_only and final_logit_softcap(model) is not None:
+            raise CircuitsError(f"{H.LOGITS_LAST_PRE_CAP!r} is read with the last position's logits only: ask "
+                                f"for it apart from {H.TOKEN_LOSS!r} and the unembedding's hooks")
         skip_unembed = (not want_logits and not touches_unembed) or last_only
         back = max([H.logprob_back(n) for n in names if n.startswith(H.LOGPROBS_LAST)], default=0)
         backs = tuple(range(back + 1))          # contiguous: row k of the last-only logits is back k
@@ -762,6 +766,8 @@ class ActivationStore:
         first_positions = getattr(intervention, "first_positions", None)
         if first_positions is None or plan.caches:
             return None
+        if sliding_windows(model) is None:
+            return None          # attention the suffix forward cannot lay out: every position runs
         if self._resume_bytes(model, getattr(prompts, "base", prompts)) > self.max_memory_bytes // 2:
             return None          # the clean keys and values would not fit: resume at the block only
         if plan.want_logits and not plan.last_only:
@@ -833,12 +839,21 @@ class ActivationStore:
                 inp = resid[torch.arange(b).unsqueeze(1), at.clamp(max=resid.shape[1] - 1)]
                 kwargs["position_ids"] = at.to(device)
                 attn_kv = _Prefix({l: (clean[H.attn_cache(l, "k")][crow], clean[H.attn_cache(l, "v")][crow])
-                                   for l in range(plan.start, last_block + 1)}, starts, run, device)
+                                   for l in range(plan.start, last_block + 1)}, starts, run, device,
+                                  sliding_windows(model) or (), model.cfg.dtype)
                 layers = tuple(range(plan.start, last_block + 1))
             inp = to_device_of(inp, model.blocks[plan.start], model.cfg.dtype)   # the block it enters
-        with torch.no_grad(), _skipping_blocks(model, plan.start, skip_unembed=plan.skip_unembed), \
+        with torch.no_grad(), _skipping_blocks(model, plan.start, plan.skip_unembed, inp if plan.resumed else None) as skipped, \
                 _attention_cache(model, layers, attn_kv):
-            logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+            try:
+                logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+            except RuntimeError as e:
+                _refuse_mixed_dtypes(model, e)
+                raise
+        if plan.last_only and getattr(skipped, "seen", None) is not None:
+            # the final residual as it reached the (skipped) unembedding: what the model returns
+            # may have been changed after it (Gemma-2 soft-caps its logits)
+            logits = skipped.seen
         if intervention is not None:
             silent = [name for name, _ in fwd if name not in fired and name not in plan.real]
             if silent:
@@ -860,8 +875,12 @@ class ActivationStore:
                 finals = [logits[torch.arange(b), (lengths - 1 - k - shift).to(logits.device)]
                           for k in reversed(plan.backs)]
                 unembed = _unembed(model)
-                logits = unembed(to_device_of(torch.stack(finals, 1), unembed))
+                pre_cap = unembed(to_device_of(torch.stack(finals, 1), unembed))
+                logits = _soft_cap(model, pre_cap)
             logit_lengths = torch.full_like(lengths, len(plan.backs))
+        else:
+            # the model's own forward applied any cap; without one the logits are their own pre-cap
+            pre_cap = logits if final_logit_softcap(model) is None else None
         c = self.counters
         blocks_run = last_block + 1 - plan.start
         c.forward_passes += 1
@@ -886,7 +905,7 @@ class ActivationStore:
         for l, (k, v) in recorded.items():
             grabbed[H.attn_cache(l, "k")] = _zero_padding(k, lengths, "")
             grabbed[H.attn_cache(l, "v")] = _zero_padding(v, lengths, "")
-        return _Batch(toks, lengths, width, logits, logit_lengths, grabbed)
+        return _Batch(toks, lengths, width, logits, logit_lengths, grabbed, pre_cap)
 
 
 @dataclass(frozen=True)
@@ -911,13 +930,18 @@ class _Batch:
     logits: Any              # [b, width or 1, vocab]
     logit_lengths: Any       # lengths along the logits' position axis
     grabbed: dict[str, Any]  # hook -> value, padding zeroed
+    pre_cap: Any = None      # the logits before a final soft-cap (laid out as ``logits``), if known
 
-    def last_logits(self, back: int = 0) -> Any:
-        """Each row's logits at its last position (``back`` positions before it)."""
+    def last_logits(self, back: int = 0, pre_cap: bool = False) -> Any:
+        """Each row's logits at its last position (``back`` positions before it); with
+        ``pre_cap``, before the model's final logit soft-cap."""
         import torch
 
-        rows = torch.arange(self.logits.shape[0])
-        return self.logits[rows, (self.logit_lengths - 1 - back).to(self.logits.device)]
+        logits = self.pre_cap if pre_cap else self.logits
+        if logits is None:     # pragma: no cover - _plan refuses it
+            raise CircuitsError("the pre-cap logits were not computed in this forward")
+        rows = torch.arange(logits.shape[0])
+        return logits[rows, (self.logit_lengths - 1 - back).to(logits.device)]
 
 
 def _kind(name: str) -> str:
@@ -926,6 +950,8 @@ def _kind(name: str) -> str:
         return "hook"
     if name == H.LOGITS_LAST:
         return "logits_last"
+    if name == H.LOGITS_LAST_PRE_CAP:
+        return "pre_cap_last"
     if name.startswith(H.LOGPROBS_LAST):
         return "logprobs_last"
     if name == H.TOKEN_LOSS:
@@ -937,6 +963,10 @@ def _kind(name: str) -> str:
 
 def _extract_logits_last(name: str, b: _Batch, width_all: int) -> Any:
     return b.last_logits().detach().to("cpu")
+
+
+def _extract_pre_cap_last(name: str, b: _Batch, width_all: int) -> Any:
+    return b.last_logits(pre_cap=True).detach().to("cpu")
 
 
 def _extract_logprobs_last(name: str, b: _Batch, width_all: int) -> Any:
@@ -972,6 +1002,7 @@ def _extract_hook(name: str, b: _Batch, width_all: int) -> Any:
 # From pseudo-hook (or hook form) to what computes it from one batch.
 _EXTRACTORS: dict[str, Callable[[str, _Batch, int], Any]] = {
     "logits_last": _extract_logits_last,
+    "pre_cap_last": _extract_pre_cap_last,
     "logprobs_last": _extract_logprobs_last,
     "token_loss": _extract_token_loss,
     "at_last": _extract_at_last,
@@ -980,38 +1011,100 @@ _EXTRACTORS: dict[str, Callable[[str, _Batch, int], Any]] = {
 
 
 @contextlib.contextmanager
-def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False) -> Iterator[None]:
+def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False, resid: Any = None) -> Iterator[Any]:
     """Skip the computation of blocks ``0..start-1`` during a resumed forward (and of the
-    unembedding when no logits are wanted).
+    unembedding when no logits are wanted); yields the unembedding's stand-in (its ``seen``
+    is the final residual that reached it), or None.
 
     TransformerLens's ``start_at_layer`` swaps the given residual in at block ``start``
     but still computes every earlier block and throws the result away. Their layers
     are replaced by a pass-through for the duration of the call (no hooks are requested
-    there), which makes a resumed forward cost only the blocks it needs. The result is
-    checked against a full forward in tests/unit/test_interventions.py.
+    there), which makes a resumed forward cost only the blocks it needs. ``resid`` (the
+    residual entering block ``start``) is also swapped in here, before the block runs: not
+    every block of the bridge does it (BLOOM's does not), and the model may have changed it
+    on the way (BLOOM normalizes its input embeddings). The result is checked against a full
+    forward in tests/unit/test_interventions.py and on every family in tests/unit/test_suffix.py.
     """
-    if not start and not skip_unembed:
-        yield
+    if not start and not skip_unembed and resid is None:
+        yield None
         return
+    import torch
     import torch.nn as nn
 
     class Skip(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.width = width
+
         def forward(self, hidden_states: Any = None, *args: Any, **kwargs: Any) -> Any:
-            return hidden_states
+            self.seen = hidden_states
+            # what the layer returns: the hidden states alone, or a tuple led by them (BLOOM)
+            return hidden_states if not self.width else (hidden_states,) + (None,) * (self.width - 1)
+
+    def swap_in(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if args and isinstance(args[0], torch.Tensor):
+            return (to_device_of(resid, args[0], args[0].dtype),) + tuple(args[1:]), kwargs
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            return args, {**kwargs, "hidden_states": to_device_of(resid, kwargs["hidden_states"],
+                                                                  kwargs["hidden_states"].dtype)}
+        return args, kwargs
 
     saved = []
+    handle = None
+    skipped_unembed = None
     try:
         for block in list(model.blocks)[:start]:
             saved.append((block, block.original_component))
-            block.add_module("_original_component", Skip())
+            block.add_module("_original_component", Skip(_tuple_width(type(block.original_component))))
+        if resid is not None:
+            handle = model.blocks[start].register_forward_pre_hook(swap_in, with_kwargs=True)
         unembed = getattr(model, H.UNEMBED, None)
         if skip_unembed and unembed is not None and unembed.original_component is not None:
             saved.append((unembed, unembed.original_component))
-            unembed.add_module("_original_component", Skip())
-        yield
+            skipped_unembed = Skip(0)
+            unembed.add_module("_original_component", skipped_unembed)
+        yield skipped_unembed
     finally:
+        if handle is not None:
+            handle.remove()
         for block, original in saved:
             block.add_module("_original_component", original)
+
+
+def _refuse_mixed_dtypes(model: Any, e: RuntimeError) -> None:
+    """A half-precision forward that failed on tensors of two dtypes: the model's own code
+    mixes float32 into it (TransformerLens's OLMo-2 attention applies OLMo-2's float32 rotary
+    embeddings without casting back). Raised as a project error that says what to do."""
+    import torch
+
+    dtype = getattr(model.cfg, "dtype", torch.float32)
+    if dtype not in (torch.float16, torch.bfloat16) or "dtype" not in str(e):
+        return
+    from .architectures import architecture_name
+
+    name = str(dtype).replace("torch.", "")
+    raise CircuitsError(
+        f"{architecture_name(model)} does not run in {name} under TransformerLens {_tl_version()}: its forward "
+        f"mixes float32 and {name} tensors ({str(e)[:160]}); load it in float32 (dtype=\"float32\", "
+        "--circuits-dtype float32)") from e
+
+
+@functools.lru_cache(maxsize=64)
+def _tuple_width(layer_class: type) -> int:
+    """How many items a model layer's ``forward`` returns when it returns a tuple led by the
+    hidden states (BLOOM's ``return output, attn_weights``), else 0 (the hidden states alone,
+    or its source cannot be read), read from its ``return`` statements."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(layer_class.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return 0
+    widths = {len(n.value.elts) for n in ast.walk(tree)
+              if isinstance(n, ast.Return) and isinstance(n.value, ast.Tuple)}
+    return max(widths) if widths else 0
 
 
 def _unembed(model: Any) -> Any:
@@ -1021,6 +1114,33 @@ def _unembed(model: Any) -> Any:
     if unembed is None or getattr(unembed, "original_component", None) is None:  # pragma: no cover
         raise CircuitsError("this model has no unembedding module the store can apply by itself")
     return unembed.original_component
+
+
+def final_logit_softcap(model: Any) -> float | None:
+    """The cap of the model's final logit soft-capping (``logits = cap * tanh(logits / cap)``,
+    Gemma-2), or None when its logits are not capped."""
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
+    if cap is None:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        text = getattr(config, "get_text_config", None)
+        config = text() if callable(text) else config
+        cap = getattr(config, "final_logit_softcapping", None)
+    try:
+        cap = float(cap) if cap is not None else None
+    except (TypeError, ValueError):
+        return None
+    return cap if cap is not None and cap > 0 else None
+
+
+def _soft_cap(model: Any, logits: Any) -> Any:
+    """``logits`` as the model's forward caps them (unchanged without a cap), in the same
+    order of operations as the model's own forward."""
+    import torch
+
+    cap = final_logit_softcap(model)
+    if cap is None:
+        return logits
+    return torch.tanh(logits / cap) * cap
 
 
 def _at_last(t: Any, lengths: Any, name: str) -> Any:
@@ -1221,10 +1341,18 @@ class _Prefix:
     ``starts[i]..starts[i]+run-1``; its attention reads, before them, the clean run's keys
     and values for positions ``0..starts[i]-1``, placed right-aligned after
     ``max(starts) - starts[i]`` masked slots, so rows that start at different positions
-    share one forward. :attr:`mask` (``[b, 1, run, max(starts) + run]``, True = attend)
-    hides those slots and keeps the run positions causal."""
+    share one forward. :meth:`mask` (``[b, 1, run, max(starts) + run]``, additive: 0 =
+    attend, the dtype's lowest value = not) hides those slots, keeps the run positions
+    causal and, for a layer with a sliding window of ``w`` tokens (``windows[l]``), hides
+    the keys ``w`` or more positions before each query, as the model's own mask does (a key
+    at position ``k`` is seen from ``q`` when ``q - w < k <= q``).
 
-    def __init__(self, clean: dict[int, tuple[Any, Any]], starts: Any, run: int, device: Any) -> None:
+    Position-dependent attention biases that depend on the key position alone (ALiBi) are
+    unchanged up to a constant per row, which the softmax removes: the slots are laid out
+    in order of position, one slot per position."""
+
+    def __init__(self, clean: dict[int, tuple[Any, Any]], starts: Any, run: int, device: Any,
+                 windows: Sequence[int | None] = (), dtype: Any = None) -> None:
         import torch
 
         b = starts.shape[0]
@@ -1239,9 +1367,47 @@ class _Prefix:
                 got = t[rows, src.clamp(min=0)] * valid.reshape(b, width, 1, 1).to(t.dtype)
                 return got.transpose(1, 2).to(device)                    # [b, kv_head, P, d_head]
             self.prefix[l] = (place(k), place(v))
-        causal = torch.ones(run, run, dtype=torch.bool).tril()
-        mask = torch.cat([valid.unsqueeze(1).expand(b, run, width), causal.unsqueeze(0).expand(b, run, run)], 2)
-        self.mask = mask.unsqueeze(1).to(device)
+        query = starts.unsqueeze(1) + torch.arange(run).unsqueeze(0)     # [b, run]: absolute positions
+        keys = torch.cat([src, query], 1)                                # [b, P + run]
+        key_ok = torch.cat([valid, torch.ones(b, run, dtype=torch.bool)], 1)
+        self._seen = key_ok.unsqueeze(1) & (keys.unsqueeze(1) <= query.unsqueeze(2))   # [b, run, P + run]
+        self._distance = query.unsqueeze(2) - keys.unsqueeze(1)
+        self._windows = {l: w for l, w in enumerate(windows)}
+        self._dtype = dtype if dtype is not None else torch.float32
+        self._device = device
+        self._masks: dict[int | None, Any] = {}
+        self._slots = width + run
+        self._alibi: Any = None
+
+    def alibi(self, given: Any, build: Callable[..., Any] | None) -> Any:
+        """An ALiBi bias (``[b * heads, 1, keys]``, a slope per head times the key's slot) laid
+        out over the cached slots and the run positions, in place of ``given``, which the
+        model made for the run positions alone. The slots are in order of position (a prefix
+        row starts ``max(starts) - starts[i]`` slots late: a constant per row, which the
+        softmax removes). ``build``: the model's own ``build_alibi_tensor(mask, heads, dtype)``."""
+        import torch
+
+        if self._alibi is None:
+            if build is None:
+                raise CircuitsError("this model passes an ALiBi bias to its attention, but its module has no "
+                                    "build_alibi_tensor to lay one out over cached positions")
+            b = int(self._seen.shape[0])
+            heads = given.shape[0] // b
+            ones = torch.ones(b, self._slots, dtype=torch.long, device=given.device)
+            self._alibi = build(ones, heads, given.dtype)
+        return self._alibi.to(given.device)
+
+    def mask(self, layer: int) -> Any:
+        """The additive attention mask of ``layer`` (one per window size, made once)."""
+        import torch
+
+        window = self._windows.get(int(layer))
+        if window not in self._masks:
+            seen = self._seen if window is None else self._seen & (self._distance < window)
+            low = torch.finfo(self._dtype).min
+            mask = torch.zeros(seen.shape, dtype=self._dtype).masked_fill(~seen, low)
+            self._masks[window] = mask.unsqueeze(1).to(self._device)
+        return self._masks[window]
 
     def update(self, k: Any, v: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         import torch
@@ -1250,36 +1416,98 @@ class _Prefix:
         return torch.cat([pk.to(k.device, k.dtype), k], 2), torch.cat([pv.to(v.device, v.dtype), v], 2)
 
 
+# The names an attention module may take its key-value cache under (TransformerLens's own
+# attention reads ``past_key_values``; Hugging Face's modules, which some bridges call as
+# they are, name it ``cache`` (transformers 5), ``past_key_value`` or ``layer_past``).
+_CACHE_ALIASES = ("past_key_values", "cache", "past_key_value", "layer_past")
+
+
+def _cache_arguments(attn: Any) -> tuple[str, ...]:
+    """The keyword names under which ``attn`` (a bridge attention component) and the Hugging
+    Face module it wraps read a key-value cache."""
+    import inspect
+
+    names = ["past_key_values"]
+    hf = getattr(attn, "original_component", None)
+    try:
+        params = inspect.signature(hf.forward).parameters if hf is not None else {}
+    except (TypeError, ValueError):
+        params = {}
+    names += [a for a in _CACHE_ALIASES[1:] if a in params]
+    return tuple(names)
+
+
+def sliding_windows(model: Any) -> tuple[int | None, ...] | None:
+    """Per block, the sliding window (in tokens) its attention is restricted to, None for
+    full causal attention; None for the whole model when its layers mix in another kind of
+    attention this store cannot lay out (its suffix forwards then run every position).
+
+    Read from the Hugging Face config the model was loaded from: ``sliding_window`` with
+    ``layer_types`` ("sliding_attention" / "full_attention" per layer: Gemma-2/3, Qwen2),
+    or ``sliding_window`` alone for every layer (Mistral, Mixtral, Phi-3)."""
+    n = int(model.cfg.n_layers)
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    text = getattr(config, "get_text_config", None)
+    config = text() if callable(text) else config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        types = list(types)
+        if len(types) != n or any(t not in ("full_attention", "sliding_attention") for t in types):
+            return None
+        if "sliding_attention" in types and not (isinstance(window, int) and window > 0):
+            return None
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    if window is None:
+        return (None,) * n
+    if not isinstance(window, int) or window <= 0:
+        return None
+    return (window,) * n
+
+
 @contextlib.contextmanager
 def _attention_cache(model: Any, layers: Sequence[int], cache: Any) -> Iterator[None]:
     """Hand ``cache`` to the attention of ``layers`` as their key-value cache for one forward.
 
     The attention of a ``TransformerBridge`` (compatibility mode) extends its keys and values
-    through ``past_key_values.update(k, v, layer)`` and builds a causal mask with the offset
-    of the cached positions when it gets no mask; the hook passes both, whatever name the
-    installed transformers gives its cache argument. Checked against full forwards for every
-    intervention kind and position choice on Llama (grouped-query) and GPT-2 in
-    tests/unit/test_suffix.py."""
+    through ``cache.update(k, v, layer)``, under whatever name its module takes the cache
+    (:func:`_cache_arguments`). A recording cache (:class:`_Recorder`) leaves the attention
+    mask the model made (causal, sliding windows) as it is; a suffix forward's
+    (:class:`_Prefix`) replaces it with its own, laid out over the cached positions. Checked
+    against full forwards for every intervention kind and position choice on every family
+    of :mod:`pytest_circuits.architectures` in tests/unit/test_suffix.py."""
     if cache is None or not layers:
         yield
         return
 
-    def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        kwargs = dict(kwargs)
-        for alias in ("cache", "past_key_value", "layer_past"):
-            kwargs.pop(alias, None)
-        kwargs["past_key_values"] = cache
-        # none: the attention's own causal mask (recording); else the prefix's
-        mask = getattr(cache, "mask", None)
-        at = first_tensor(args, kwargs) if mask is not None else None
-        # the layer's own device: under a device map each layer may be on another one
-        kwargs["attention_mask"] = mask if at is None else to_device_of(mask, at)
-        return args, kwargs
+    import torch
+
+    build_alibi = getattr(sys.modules.get(type(getattr(model, "original_model", None)).__module__),
+                          "build_alibi_tensor", None)
+
+    def pre_for(layer: int, names: tuple[str, ...]) -> Callable[..., tuple[Any, dict[str, Any]]]:
+        def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            kwargs = dict(kwargs)
+            for alias in _CACHE_ALIASES:
+                kwargs.pop(alias, None)
+            for name in names:
+                kwargs[name] = cache
+            masks = getattr(cache, "mask", None)
+            if masks is not None:
+                mask = masks(layer)
+                at = first_tensor(args, kwargs)
+                # the layer's own device: under a device map each layer may be on another one
+                kwargs["attention_mask"] = mask if at is None else to_device_of(mask, at)
+                if isinstance(kwargs.get("alibi"), torch.Tensor):
+                    kwargs["alibi"] = cache.alibi(kwargs["alibi"], build_alibi)
+            return args, kwargs
+        return pre
 
     handles = []
     try:
         for l in layers:
-            handles.append(model.blocks[l].attn.register_forward_pre_hook(pre, with_kwargs=True))
+            attn = model.blocks[l].attn
+            handles.append(attn.register_forward_pre_hook(pre_for(l, _cache_arguments(attn)), with_kwargs=True))
         yield
     finally:
         for h in handles:

@@ -19,6 +19,73 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def arch_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``arch_checkpoint(family, **sizes)``: the folder of a tiny random checkpoint of a family of
+    :mod:`pytest_circuits.architectures` (``seed``, ``n_layers``, ``n_kv_heads``, ... as
+    :func:`~pytest_circuits.architectures.build` takes them), built once per session for each
+    family and sizes. Tests load it themselves (a loaded model is cheap, and theirs alone)."""
+    from pytest_circuits.architectures import build
+
+    root = tmp_path_factory.mktemp("archs")
+    made: dict = {}
+
+    def get(family: str, **sizes):
+        key = (family, tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                                    for k, v in sizes.items())))
+        if key not in made:
+            made[key] = build(family, root / f"{family}-{len(made)}", **sizes)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def arch_model(arch_checkpoint, tmp_path_factory):
+    """``arch_model(family, **sizes)``: the checkpoint of :func:`arch_checkpoint` loaded on the CPU
+    (a new model object on each call, with its own cache folder), ``model.family`` set."""
+    from pytest_circuits.models import load_model
+
+    def get(family: str, **sizes):
+        path = arch_checkpoint(family, **sizes)
+        m = load_model(str(path), cache_dir=tmp_path_factory.mktemp(family + "-cache"), device="cpu")
+        m.family = family
+        return m
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def matrix_cell():
+    """``matrix_cell(technique, family, run)``: one cell of the architecture matrix
+    (:data:`pytest_circuits.architectures.TECHNIQUES` x families). ``run(**kwargs)`` performs the
+    technique and asserts its identity. The cell is what the matrix expects
+    (:func:`~pytest_circuits.architectures.expected`): exact (``run()`` passes), exact with an
+    option (``run()`` raises a MeasurementError naming the feature, ``run(**option)`` passes),
+    or refused (``run()`` raises a project error naming the feature). Each observed outcome is
+    recorded for scripts/models_table.py."""
+    from pytest_circuits import architectures as A
+    from pytest_circuits.errors import CircuitsError
+
+    def cell(technique: str, family: str, run):
+        want = A.expected(technique, family)
+        if want.kind == "exact":
+            run()
+        else:
+            with pytest.raises(CircuitsError) as refused:
+                run()
+            words = want.feature.lower().split()
+            assert all(w in str(refused.value).lower() for w in words), (
+                f"{technique} on {family}: the refusal does not name {want.feature!r}: {refused.value}")
+            if want.kind == "option":
+                for key, value in want.option:
+                    assert f'{key}="{value}"' in str(refused.value), str(refused.value)
+                run(**want.kwargs)
+        A.record_cell(technique, family, want)
+
+    return cell
+
+
+@pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("circuits-cache")
 

@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
 from .. import hooks as H
-from ..store import ActivationStore, resolve
+from ..store import ActivationStore, final_logit_softcap, resolve
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
@@ -411,30 +411,120 @@ def _writer_constants(model: Any, state: tuple | None = None) -> tuple[Any, Any]
 
 
 def outputs(model: Any, prompts: Any, *, intervention: Any = None,
-            store: ActivationStore | None = None, logits: bool = False) -> Outputs:
+            store: ActivationStore | None = None, logits: bool = False, logit: str = "logit") -> Outputs:
     """Every writer's output vector at the last position (one forward, or none if cached);
-    with ``logits=True`` the model's logits at the last position too (same forward)."""
-    return _outputs(model, prompts, intervention, resolve(store), logits)
+    with ``logits=True`` the model's logits at the last position too (same forward; ``logit``:
+    which, see :func:`logit_hook`). Under a post-attention norm (:func:`attn_post_gains`) a
+    head's vector is what it writes through the norm."""
+    return _outputs(model, prompts, intervention, resolve(store), logits, logit=logit)
 
 
-def _readout_names(model: Any, logits: bool) -> list[str]:
+def _readout_names(model: Any, logits: bool, logit: str = "logit") -> list[str]:
     """What the writers' readout reads: every writer at the last position, the final-norm
-    scale, learned positions (GPT-2), and the last logits when asked."""
+    scale, the post-attention norms' scales (where the model has them), learned positions
+    (GPT-2), and the last logits (``logit``: :func:`logit_hook`) when asked."""
     names = _hooks_needed(model)
+    if attn_post_gains(model) is not None:
+        names += [H.last(H.attn_post_scale(l)) for l in range(model.cfg.n_layers)]
     pos = _pos_embed_hook(model)
     if pos is not None:
         names.append(H.last(pos))
     if logits:
-        names.append(H.LOGITS_LAST)
+        names.append(logit_hook(model, logit))
     return names
 
 
+LOGITS = ("logit", "pre_softcap")
+
+
+def logit_hook(model: Any, logit: str = "logit") -> str:
+    """The store's name for the logit the direct effects sum to: ``"logit"``, the model's own
+    (refused under a final logit soft-cap, which is not linear in the residual stream), or
+    ``"pre_softcap"``, the logit before the cap (the model's own logit where it has none)."""
+    if logit not in LOGITS:
+        raise CircuitsError(bad("logit", logit, "'logit' (the model's logit) or 'pre_softcap' (the logit "
+                                "before a final logit soft-cap)"))
+    if logit == "pre_softcap":
+        return H.LOGITS_LAST_PRE_CAP
+    cap = final_logit_softcap(model)
+    if cap is not None:
+        from ..architectures import architecture_name
+
+        raise MeasurementError(
+            f"direct effects are not additive under {architecture_name(model)}'s final logit soft-capping "
+            f"(logit = {cap:g} * tanh(x / {cap:g}), not linear in the residual stream): measure in the pre-cap "
+            "logit with `logit=\"pre_softcap\"`, or use total effects (effects.total_effect), which read "
+            "the capped logits")
+    return H.LOGITS_LAST
+
+
+def attn_post_gains(model: Any) -> Any:
+    """``[n_layers, d_model]`` float64 gains of an RMS norm applied to each attention layer's
+    output before it joins the residual stream (Gemma-2/3's and OLMo-2's post-attention
+    norm), or None when attention writes into the residual stream directly.
+
+    Under such a norm the layer writes ``g * a / s`` where ``a = sum_h z_h W_O[h]`` and ``s``
+    is the norm's scale at that position (:func:`~pytest_circuits.hooks.attn_post_scale`):
+    linear in the heads for a given ``s``, so head ``h`` writes ``g * z_h W_O[h] / s`` and the
+    heads' writes sum to the layer's exactly. Refused (a MeasurementError naming the
+    feature): a LayerNorm there, or an attention-output bias with it."""
+    return derived(model, "attn_post_gain:float64", _attn_post_gains)
+
+
+def _attn_post_gains(model: Any) -> Any:
+    import torch
+
+    if H.attn_post_scale(0) not in model.hook_dict:
+        return None
+    from ..architectures import architecture_name
+
+    gains = []
+    for l in range(model.cfg.n_layers):
+        norm = getattr(model.blocks[l], "ln1_post", None)
+        weight = getattr(norm, "weight", None)
+        if norm is None or weight is None or not getattr(norm, "uses_rms_norm", False):
+            raise MeasurementError(
+                f"{architecture_name(model)} normalizes the attention output of block {l} before adding it to the "
+                "residual stream with a norm that is not an RMS norm with a weight: per-head outputs are not "
+                "additive through it, and this decomposition does not handle it")
+        w = weight.detach().to("cpu", torch.float64)
+        gains.append(1.0 + w if getattr(norm, "uses_weight_offset", False) else w)
+    if _attn_output_bias(model) is not None:
+        raise MeasurementError(
+            f"{architecture_name(model)} has attention-output biases and a norm after attention: the bias's "
+            "share of the normalized output is not a constant writer, and this decomposition does not "
+            "handle it")
+    return torch.stack(gains)
+
+
+def head_write_problem(model: Any) -> str | None:
+    """Why a head's ``z_h W_O[h]`` alone (read through weights, or with the final norm's scale
+    only) is not what it writes into the residual stream, or None when it is. Detectors that
+    read a head's OV circuit or direct effect that way report themselves not applicable with
+    it (the decomposition here handles the norm: :func:`attn_post_gains`)."""
+    from ..architectures import architecture_name
+
+    if H.attn_post_scale(0) in model.hook_dict:
+        return (f"{architecture_name(model)} normalizes each attention layer's output before it joins the "
+                "residual stream (a norm after attention), so a head's OV circuit or direct effect read from "
+                "z W_O alone is not what it writes")
+    if H.ln1_scale(0) not in model.hook_dict:
+        return (f"{architecture_name(model)} has no norm before attention, which a head's OV circuit is read "
+                "through")
+    return None
+
+
+def _post_scale(acts: dict[str, Any], layer: int) -> Any:
+    """This run's post-attention norm scale of ``layer`` at the last position ``[n]``."""
+    return acts[H.last(H.attn_post_scale(layer))].double().reshape(-1)
+
+
 def _read_outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore,
-                  logits: bool) -> tuple[list[str], dict[str, Any]]:
+                  logits: bool, logit: str = "logit") -> tuple[list[str], dict[str, Any]]:
     """``(names read from the clean run, {name: value})`` for :func:`_readout_names`. Writers
     before the first intervened block are exactly as in the clean run: the store reads them
     there, so the intervened forward can resume at that block."""
-    before, after = store.split_at_resume(_readout_names(model, logits), intervention)
+    before, after = store.split_at_resume(_readout_names(model, logits, logit), intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
     return before, acts
@@ -457,18 +547,21 @@ def _constant_vectors(acts: dict[str, Any], pos: str | None, b_O: Any, n_layers:
 
 
 def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
-             consts: tuple[Any, Any] | None = None) -> Outputs:
+             consts: tuple[Any, Any] | None = None, logit: str = "logit") -> Outputs:
     """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
     import torch
 
     pos = _pos_embed_hook(model)
-    _, acts = _read_outputs(model, prompts, intervention, store, logits)
+    _, acts = _read_outputs(model, prompts, intervention, store, logits, logit)
     L = model.cfg.n_layers
     W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
+    post = attn_post_gains(model)
     vecs = [acts[H.last(H.EMBED)].double()]
     for l in range(L):
         z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
         heads = torch.einsum("nhd,hdm->hnm", z, W_O[l])
+        if post is not None:                                           # through the post-attention norm
+            heads = heads * post[l] / _post_scale(acts, l).reshape(1, -1, 1)
         vecs += list(heads)
         vecs.append(acts[H.last(H.mlp_out(l))].double())
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
@@ -476,7 +569,7 @@ def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore
     cnames, cvecs = _constant_vectors(acts, pos, b_O, L, n)
     return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
                    torch.stack(cvecs) if cvecs else None,
-                   acts[H.LOGITS_LAST].double() if logits else None)
+                   acts[logit_hook(model, logit)].double() if logits else None)
 
 
 def _unembed_dirs(model: Any, ids: Any, state: tuple | None = None) -> tuple[Any, Any]:
@@ -490,8 +583,37 @@ def _unembed_dirs(model: Any, ids: Any, state: tuple | None = None) -> tuple[Any
     W_U = model.W_U.detach()
     cols = W_U[:, ids.to(W_U.device)].to("cpu", torch.float64)
     w = cols - mean_W                                                  # [d_model, n]
+    gain = final_norm_gain(model)
+    if gain is not None:                                               # a final norm weight left unfolded
+        w = w * gain.unsqueeze(1)
     b = b_U[ids] - mean_b
     return w.T, b                                                      # [n, d_model], [n]
+
+
+def final_norm_gain(model: Any) -> Any:
+    """``[d_model]`` float64 gain of the final norm when compatibility mode left it in the norm
+    instead of folding it into ``W_U`` (OLMo-2, whose blocks have no norm before attention),
+    or None when it is folded (a gain of 1). A final LayerNorm whose bias is left unfolded
+    is refused with a MeasurementError."""
+    return derived(model, "final_norm_gain:float64", _final_norm_gain)
+
+
+def _final_norm_gain(model: Any) -> Any:
+    import torch
+
+    norm = getattr(model, "ln_final", None)
+    weight = getattr(norm, "weight", None)
+    if norm is None or weight is None:
+        return None
+    bias = getattr(getattr(norm, "original_component", None), "bias", None)
+    if not getattr(norm, "uses_rms_norm", True) and bias is not None and bool(bias.detach().abs().max() > 0):
+        from ..architectures import architecture_name
+
+        raise MeasurementError(f"{architecture_name(model)}'s final LayerNorm keeps a bias that compatibility mode "
+                               "did not fold into the unembedding: this decomposition does not handle it")
+    w = weight.detach().to("cpu", torch.float64)
+    gain = 1.0 + w if getattr(norm, "uses_weight_offset", False) else w
+    return None if bool((gain == 1).all()) else gain
 
 
 def _unembed_means(model: Any, state: tuple | None = None) -> tuple[Any, Any, Any]:
@@ -553,9 +675,10 @@ def _check_identity(model: Any, got: Any, want: Any, scale: Any, what: str, fix:
 
 
 _MISSING_WRITER = ("Some writer to the residual stream is not accounted for (the decomposition knows "
-                   "the embedding, learned positions, heads, attention-output biases and MLPs); e.g. "
-                   "logit soft-capping or a scaled embedding make direct effects inexact. Use a model "
-                   "in compatibility mode whose residual stream is the sum of these writers.")
+                   "the embedding, learned positions, heads (through a post-attention RMS norm where "
+                   "the model has one), attention-output biases and MLPs); a norm or nonlinearity it "
+                   "does not know between a writer and the logit makes direct effects inexact. Use a "
+                   "model in compatibility mode whose residual stream is the sum of these writers.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -633,12 +756,15 @@ class DirectEffects(_Ranks):
 
 
 def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: Any = None,
-              activations: ActivationStore | None = None) -> DirectEffects:
+              activations: ActivationStore | None = None, logit: str = "logit") -> DirectEffects:
     """Direct effect of every writer on ``token`` (see module docstring); raises when the
-    parts do not sum to the logit read from the model."""
+    parts do not sum to the logit read from the model. ``logit="pre_softcap"``: the logit
+    before a final logit soft-cap (Gemma-2), which the parts sum to where the capped one is
+    not a sum (refused with ``"logit"``)."""
     store = resolve(activations)
+    logit_hook(model, logit)          # refused before anything runs
     ids = targets(model, prompts, token, store)
-    outs = outputs(model, prompts, intervention=intervention, store=store, logits=True)
+    outs = outputs(model, prompts, intervention=intervention, store=store, logits=True, logit=logit)
     w, b = _unembed_dirs(model, ids)
     values = direct_effects(outs, w)
     consts = direct_effects(outs, w, constants=True)[len(outs.components):]
@@ -646,7 +772,8 @@ def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: 
     mi = model_info(model)
     de = DirectEffects(mi.label, outs.components, values, b, logit, ids, prompts.name,
                        {"model": mi.label, "prompts": prompts.name, "token": str(token),
-                        "intervention": intervention.key if intervention is not None else "none"},
+                        "intervention": intervention.key if intervention is not None else "none",
+                        **({"logit": logit} if logit != "logit" else {})},
                        dict(zip(outs.constant_names, consts)))
     import torch
 
@@ -920,7 +1047,7 @@ class SelfRepair(_Ranks):
 
 def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = DEFAULT_KIND, token: Any = "answer",
                 positions: Any = "last", reference: Any = None, seed: int = 0,
-                activations: ActivationStore | None = None) -> SelfRepair:
+                activations: ActivationStore | None = None, logit: str = "logit") -> SelfRepair:
     """Ablate ``ablate`` (spelling(s), components, or an Interventions) and decompose its effect.
 
     ``kind`` defaults to ``resample_distinct`` (each prompt gets another prompt's output that
@@ -929,13 +1056,15 @@ def self_repair(model: Any, prompts: Any, ablate: Any, *, kind: str = DEFAULT_KI
     Raises when the decomposition does not reproduce the total effect read from the
     logits; warns (:class:`~pytest_circuits.errors.NoOpInterventionWarning`) when an
     ablated component's direct effect is unchanged on (nearly) every prompt although it
-    has one (the ablation replaced its output by an equal one)."""
+    has one (the ablation replaced its output by an equal one). ``logit``: as in
+    :func:`decompose` (``"pre_softcap"`` under a final logit soft-cap)."""
     store = resolve(activations)
+    logit_hook(model, logit)          # refused before anything runs
     if isinstance(ablate, Interventions):
         abl = ablate
     else:
         abl = _ablate(model, ablate, kind, positions=positions, reference=reference, seed=seed)
-    return _self_repair(model, prompts, abl, _CleanSide.read(model, prompts, token, store), store)
+    return _self_repair(model, prompts, abl, _CleanSide.read(model, prompts, token, store, logit), store)
 
 
 @dataclass(frozen=True)
@@ -954,19 +1083,24 @@ class _CleanSide:
     all_de: Any                     # [C + E, n]
     scale: Any                      # [n]
     clean_logit: Any                # [n] centred logit of the target, read from the clean run's logits
+    logit: str = "logit"            # which logit (logit_hook)
 
     @staticmethod
-    def read(model: Any, prompts: Any, token: Any, store: ActivationStore) -> "_CleanSide":
+    def read(model: Any, prompts: Any, token: Any, store: ActivationStore, logit: str = "logit") -> "_CleanSide":
         import torch
 
         ids = targets(model, prompts, token, store)
         state = weights_state(model)      # read once for the constants below
         w, _ = _unembed_dirs(model, ids, state)
         W_O, b_O = _writer_constants(model, state)
-        w_heads = torch.einsum("lhdm,nm->lnhd", W_O, w)
-        r = _read_de(model, prompts, None, store, w, w_heads, b_O, None)
+        post = attn_post_gains(model)
+        if post is None:
+            w_heads = torch.einsum("lhdm,nm->lnhd", W_O, w)
+        else:   # through the post-attention norm's gain (its scale is each run's own: _read_de)
+            w_heads = torch.einsum("lhdm,lm,nm->lnhd", W_O, post, w)
+        r = _read_de(model, prompts, None, store, w, w_heads, b_O, None, logit)
         return _CleanSide(ids, w, w_heads, b_O, writers(model), r.constant_names,
-                          torch.cat([r.de, r.constant_de]), r.scale, centred_logit(r.logits, ids))
+                          torch.cat([r.de, r.constant_de]), r.scale, centred_logit(r.logits, ids), logit)
 
 
 class _ReadDE(NamedTuple):
@@ -979,15 +1113,18 @@ class _ReadDE(NamedTuple):
 
 
 def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore, w: Any, w_heads: Any,
-             b_O: Any, clean_scale: Any) -> _ReadDE:
+             b_O: Any, clean_scale: Any, logit: str = "logit") -> _ReadDE:
     """Direct effects of every writer under ``intervention`` with the clean scale (its own
     when ``clean_scale`` is None: the clean run). With an intervention, the leading writers
     whose activations are read from the clean run (those before the first intervened block)
-    are left out: their direct effects are the clean run's."""
+    are left out: their direct effects are the clean run's. A head's direct effect under a
+    post-attention norm is divided by that norm's scale in this run (its heads then sum to
+    what the layer writes in this run, exactly)."""
     import torch
 
     pos = _pos_embed_hook(model)
-    before, acts = _read_outputs(model, prompts, intervention, store, True)
+    post = attn_post_gains(model) is not None
+    before, acts = _read_outputs(model, prompts, intervention, store, True, logit)
     clean = set(before) if intervention is not None else set()
     L = model.cfg.n_layers
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
@@ -1001,7 +1138,8 @@ def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore
     rows: list[Any] = [] if first else [_de(acts[H.last(H.EMBED)].double().unsqueeze(0), w, s)]
     for l in range(skip_to, L):
         z = acts[H.last(H.z(l))].double()                              # [n, H, d_head]
-        rows.append(((z * w_heads[l]).sum(-1) / s.unsqueeze(-1)).T)    # [H, n]
+        denom = s * _post_scale(acts, l) if post else s
+        rows.append(((z * w_heads[l]).sum(-1) / denom.unsqueeze(-1)).T)    # [H, n]
         rows.append(_de(acts[H.last(H.mlp_out(l))].double().unsqueeze(0), w, s))
     n = scale.shape[0]
     de = torch.cat(rows) if rows else torch.zeros((0, n), dtype=torch.float64)
@@ -1012,7 +1150,7 @@ def _read_de(model: Any, prompts: Any, intervention: Any, store: ActivationStore
         const_de = _de(torch.stack(cvecs), w, s)
     else:
         const_de = torch.zeros((0, n), dtype=torch.float64)
-    return _ReadDE(first, de, tuple(cnames), const_de, scale, acts[H.LOGITS_LAST])
+    return _ReadDE(first, de, tuple(cnames), const_de, scale, acts[logit_hook(model, logit)])
 
 
 def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: ActivationStore) -> SelfRepair:
@@ -1020,7 +1158,7 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
 
     ids = side.ids
     all_clean = side.all_de.clone()     # each result owns its arrays (a sweep's share nothing)
-    after = _read_de(model, prompts, abl, store, side.w, side.w_heads, side.b_O, side.scale)
+    after = _read_de(model, prompts, abl, store, side.w, side.w_heads, side.b_O, side.scale, side.logit)
     n_c = len(side.components)
     # The ablated run's direct effects with the clean scale: the writers read from the clean
     # run have the clean run's (its rows), the others are computed from their activations.
@@ -1080,11 +1218,11 @@ def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
 
 def compensation(model: Any, prompts: Any, *, ablate: Any, by: Any, kind: str = DEFAULT_KIND,
                  token: Any = "answer", positions: Any = "last", seed: int = 0, reference: Any = None,
-                 activations: ActivationStore | None = None) -> Measurement:
+                 activations: ActivationStore | None = None, logit: str = "logit") -> Measurement:
     """ΔDE of ``by`` when ``ablate`` is ablated (its ``restored_fraction`` via :func:`self_repair`);
     flagged ``uninformative`` (and its assertions refused) where the ablation changed nothing."""
     sr = self_repair(model, prompts, ablate, kind=kind, token=token, positions=positions, seed=seed,
-                     reference=reference, activations=activations)
+                     reference=reference, activations=activations, logit=logit)
     return sr.compensation(by)
 
 
@@ -1110,7 +1248,7 @@ def total_effect(model: Any, prompts: Any, intervention: Any, *, token: Any = "a
 
 def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAULT_KIND, token: Any = "answer",
                  positions: Any = "last", seed: int = 0, reference: Any = None,
-                 activations: ActivationStore | None = None) -> "DLAvsTotal":
+                 activations: ActivationStore | None = None, logit: str = "logit") -> "DLAvsTotal":
     """How far the direct logit attribution of ``component`` overstates its causal effect.
 
     DLA is the clean direct effect; the causal effect is minus the total effect of
@@ -1119,7 +1257,7 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAUL
     """
     comp = parse(component, model)
     sr = self_repair(model, prompts, comp, kind=kind, token=token, positions=positions, seed=seed,
-                     reference=reference, activations=activations)
+                     reference=reference, activations=activations, logit=logit)
     if kind == "zero":
         dla = sr.direct_effect(comp)      # the clean DE: what zero ablation removes
     else:
@@ -1151,7 +1289,7 @@ class DLAvsTotal:
 
 def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = DEFAULT_KIND, token: Any = "answer",
           positions: Any = "last", seed: int = 0, reference: Any = None,
-          activations: ActivationStore | None = None) -> list[SelfRepair]:
+          activations: ActivationStore | None = None, logit: str = "logit") -> list[SelfRepair]:
     """``self_repair`` for each component in turn (each resumes from the clean stream at its layer).
     A result whose ablation changed nothing refuses its rankings and backups (never an empty list)."""
     from .._progress import bar
@@ -1160,20 +1298,21 @@ def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = DE
     if not comps:
         return []
     store = resolve(activations)
+    logit_hook(model, logit)          # refused before anything runs
     out: list[SelfRepair] = []
     abls = [_ablate(model, c, kind, positions=positions, reference=reference, seed=seed) for c in comps]
-    side = _CleanSide.read(model, prompts, token, store)
-    _run_together(model, prompts, abls, store)
+    side = _CleanSide.read(model, prompts, token, store, logit)
+    _run_together(model, prompts, abls, store, logit)
     for abl in bar(abls, "ablation sweep", total=len(abls)):
         out.append(_self_repair(model, prompts, abl, side, store))
     return out
 
 
-def _run_together(model: Any, prompts: Any, abls: Sequence[Any], store: ActivationStore) -> None:
+def _run_together(model: Any, prompts: Any, abls: Sequence[Any], store: ActivationStore, logit: str = "logit") -> None:
     """Compute the ablated runs a sweep reads, those of one layer (the same names) in shared
     forwards (:meth:`~pytest_circuits.store.ActivationStore.get_many`); the sweep then reads
     them from memory."""
-    names = _readout_names(model, True)
+    names = _readout_names(model, True, logit)
     by_layer: dict[int, list[Any]] = {}
     for abl in abls:
         by_layer.setdefault(abl.layer, []).append(abl)

@@ -55,7 +55,7 @@ from ..devices import dtype_rtol
 from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import Measurement
 from ..models import derived, info as model_info
-from .effects import attn_output_weights, outputs
+from .effects import attn_output_weights, attn_post_gains, outputs
 
 MIN_COSINE = 0.1            # |mean cosine| under this: the pair is not reported by the scan
 MIN_NORM_FRACTION = 0.01    # writers under 1% of the largest writer's mean norm: left out
@@ -258,15 +258,21 @@ def projection_ratios(model: Any, prompts: Any, *, intervention: Any = None,
 def _full_output(model: Any, acts: dict, comp: Component) -> Any:
     if isinstance(comp, Head):
         z = acts[H.z(comp.layer)][:, :, comp.head].double()
-        return z @ attn_output_weights(model)[comp.layer, comp.head]
+        out = z @ attn_output_weights(model)[comp.layer, comp.head]
+        post = attn_post_gains(model)
+        if post is not None:      # what the head writes through the post-attention norm
+            # (padded positions: z and the scale are both 0 there, the write 0)
+            out = out * post[comp.layer] / acts[H.attn_post_scale(comp.layer)].double().clamp_min(1e-30)
+        return out
     if isinstance(comp, MLP):
         return acts[H.mlp_out(comp.layer)].double()
     return acts[H.EMBED].double()
 
 
-def _hooks_for_output(comp: Component) -> list[str]:
+def _hooks_for_output(comp: Component, model: Any = None) -> list[str]:
     if isinstance(comp, Head):
-        return [H.z(comp.layer)]
+        post = model is not None and attn_post_gains(model) is not None
+        return [H.z(comp.layer)] + ([H.attn_post_scale(comp.layer)] if post else [])
     if isinstance(comp, MLP):
         return [H.mlp_out(comp.layer)]
     return [H.EMBED]
@@ -325,9 +331,13 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
             raise ComponentError(bad("readers", str(B), "attention heads (the check acts on the value path)"))
         if B.layer <= max(A.layer, -1) and not (A.layer == -1):
             raise ComponentError(bad("readers", str(B), f"heads in layers after the writer {A} (layer {A.layer})"))
-    names = set(_hooks_for_output(A))
+    names = set(_hooks_for_output(A, model))
+    post = attn_post_gains(model)
+    pre_norm = H.ln1_scale(0) in model.hook_dict      # OLMo-2's attention reads the residual unnormalized
     for B in Bs:
-        names |= {H.resid_pre(B.layer), H.ln1_scale(B.layer), H.last(H.pattern(B.layer)), H.last(H.z(B.layer))}
+        names |= {H.resid_pre(B.layer), H.last(H.pattern(B.layer)), H.last(H.z(B.layer))}
+        names |= {H.ln1_scale(B.layer)} if pre_norm else set()
+        names |= {H.last(H.attn_post_scale(B.layer))} if post is not None else set()
     acts = store.get(model, prompts, sorted(names))
     for name in sorted(names):
         _check_finite(acts[name], name)
@@ -348,10 +358,13 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
     worst = 0.0
     for B in Bs:
         resid = acts[H.resid_pre(B.layer)].double()
-        scale = acts[H.ln1_scale(B.layer)].double()                       # [n, pos, 1]
+        scale = (acts[H.ln1_scale(B.layer)].double() if pre_norm        # [n, pos, 1]
+                 else torch.ones(resid.shape[:2] + (1,), dtype=torch.float64))
         pattern = acts[H.last(H.pattern(B.layer))][:, B.head].double()     # [n, k_pos]
         W_V = _value_weights(model)[B.layer, B.head // n_rep]
         W_O = attn_output_weights(model)[B.layer, B.head]
+        if post is not None:      # through the post-attention norm, its scale frozen at the clean run
+            W_O = W_O * post[B.layer] / acts[H.last(H.attn_post_scale(B.layer))].double().reshape(-1, 1, 1)
         b_V = _bias(model, "b_V", B.layer, B.head // n_rep)
 
         def z_last(x: Any) -> Any:
@@ -366,8 +379,11 @@ def value_input_check(model: Any, prompts: Any, writer: Any, readers: Any, *,
                                 f"{err:.2e} against the model's hook_z (tolerance {tolerance}); this check assumes "
                                 "a pre-norm model in compatibility mode (norm weights folded into W_V)")
         worst = max(worst, err)
-        o_B = z_re @ W_O
-        o_B_without = z_last(resid - o_A) @ W_O
+        def write(zv: Any) -> Any:
+            return zv @ W_O if W_O.dim() == 2 else torch.einsum("ne,ned->nd", zv, W_O)
+
+        o_B = write(z_re)
+        o_B_without = write(z_last(resid - o_A))
         o_B_sum += o_B
         num_clean += (o_B * o_A_last).sum(-1)
         num_without += (o_B_without * o_A_last).sum(-1)

@@ -740,6 +740,9 @@ def detect_ioi(model: Any, *, seed: int = 0, n: int = 64, activations: Activatio
         _check_threshold(k, v, 0.0, hi)
     _check_threshold("min_logit_diff", min_logit_diff, None, None)
     label = model_info(model).label
+    arch = E.head_write_problem(model)      # the name movers' direct effects read z W_O
+    if arch is not None:
+        return Detection.not_applicable(CHECK, TITLE, arch, source=SOURCE, model=label)
     if prompts is None:
         try:
             prompts = _build(model, n=n, seed=seed)

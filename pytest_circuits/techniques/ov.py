@@ -68,7 +68,7 @@ from ..models import derived, info as model_info
 from ..prompts import PromptSet
 from ..store import ActivationStore, resolve
 from ..tasks.ordinal import Ordinals, ordinals, successor_prompts
-from .effects import _unembed_dirs, attn_output_weights
+from .effects import _unembed_dirs, attn_output_weights, head_write_problem
 
 SUCCESSOR_SOURCE = "Gould et al. 2023, arXiv:2312.09230"
 COPY_SOURCE = "McDougall et al. 2023, arXiv:2310.04625"
@@ -373,6 +373,9 @@ def detect_successor(model: Any, *, seed: int = 0, n: int = 100, activations: Ac
     if isinstance(min_margin, bool) or not isinstance(min_margin, (int, float)) or not min_margin >= 0:
         raise CircuitsError(bad("min_margin", min_margin, "a number >= 0 (logits)"))
     name = _name(model)
+    arch = head_write_problem(model)
+    if arch is not None:
+        return Detection.not_applicable("successor", SUCCESSOR_TITLE, arch, source=SUCCESSOR_SOURCE, model=name)
     o = ordinals(model)
     why = o.not_applicable(min_pairs, min_classes)
     if why is not None:
@@ -624,6 +627,9 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     import numpy as np
 
     name = _name(model)
+    arch = head_write_problem(model)
+    if arch is not None:
+        return Detection.not_applicable("copy_suppression", COPY_TITLE, arch, source=COPY_SOURCE, model=name)
     ps, reason, note = HD.prompt_set(model, prompts, n=n, length=length, seed=seed)
     if ps is None:
         return Detection.not_applicable("copy_suppression", COPY_TITLE, reason, source=COPY_SOURCE, model=name)

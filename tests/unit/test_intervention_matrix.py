@@ -24,7 +24,9 @@ from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.errors import NoOpInterventionWarning
 
-ARCHS = {"llama": {}, "gpt2": {"arch": "gpt2"}, "gqa": {"n_kv_heads": 2}}
+from pytest_circuits import architectures as A
+
+ARCHS = A.families()
 POSITIONS = [None, "last", (1, 3)]
 HEAD = 1                     # the replaced head of layer 1 (L1H1), together with mlp0
 SEED = 2
@@ -40,13 +42,9 @@ VARIED_CORRUPTED = ["a dog sat on", "the cat", "a queen went to the city of Pari
 REFERENCE = ["the cat", "when John and Mary went to the store", "the king of France"]
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
-def model(request, tmp_path_factory):
-    from pytest_circuits.models import load_model
-    from pytest_circuits.testing import make_tiny_checkpoint
-
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", seed=5, **ARCHS[request.param])
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request, arch_model):
+    return arch_model(request.param, seed=5)
 
 
 @pytest.fixture(scope="module")

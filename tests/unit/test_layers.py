@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "sources": 1, "cachekey": 1,
     "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
-    "prompts": 3, "stats": 3, "testing": 3,
+    "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
     "measurement": 4,
     # models: registry, embedded model, checkpoints
     "models": 5, "detection": 5,

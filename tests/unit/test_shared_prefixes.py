@@ -1,7 +1,9 @@
 """Shared intervened prefixes: inside ``ActivationStore.shared_prefixes``, a run resumes at the
 latest block where an earlier run's intervention acted exactly as its own does before it.
 
-Every ablation kind x positions choice x three architectures: the runs of a family of removal
+Every ablation kind x positions choice on three architectures (Llama, grouped-query Llama, GPT-2),
+every kind at the last position on every other family of :mod:`pytest_circuits.architectures`:
+the runs of a family of removal
 sets (a base set, then the base plus one component at each layer) must equal full forwards from
 the tokens (``ActivationStore(resume=False)``) within 1e-5, and must have resumed from the base's
 run where they can (counted in ``shared_prefix_passes``, with less compute than without the
@@ -19,7 +21,12 @@ from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.techniques import circuits as C
 
-ARCHS = {"llama": {}, "gqa": {"n_kv_heads": 2}, "gpt2": {"arch": "gpt2"}}
+from pytest_circuits import architectures as A
+
+ARCHS = A.families()
+# Every kind x positions choice runs on these; every other family of the matrix runs every kind
+# at the last position (sharing works the same; what differs is the forward it resumes).
+CORE = ("llama", "gqa", "gpt2")
 N_LAYERS = 4
 SAME = ["the cat sat on the mat", "the cat sat on the bag", "the cat went to the city",
         "the cat said the ball was", "the cat gave Mary the dog"]
@@ -31,14 +38,9 @@ POSITIONS = [None, "last", (3, 4)]
 READS = [H.logprobs_last([3, 5]), H.last(H.z(N_LAYERS - 1)), H.resid_post(N_LAYERS - 1)]
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
-def model(request, tmp_path_factory):
-    from pytest_circuits.models import load_model
-    from pytest_circuits.testing import make_tiny_checkpoint
-
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", seed=11, n_layers=N_LAYERS,
-                                **ARCHS[request.param])
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request, arch_model):
+    return arch_model(request.param, seed=11, n_layers=N_LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,10 @@ def _family(model, sets, kind, positions):
     return [make(base)] + [make(base + [c]) for c in more]
 
 
-@pytest.mark.parametrize("positions", POSITIONS, ids=str)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("model,kind,positions", [
+    pytest.param(fam, kind, positions, id=f"{fam}-{kind}-{positions}")
+    for fam in ARCHS for kind in KINDS for positions in (POSITIONS if fam in CORE else ["last"])],
+    indirect=["model"])
 def test_shared_runs_equal_full_forwards(model, sets, kind, positions):
     ps = sets["same"]
     family = _family(model, sets, kind, positions)
@@ -178,7 +182,10 @@ def test_before_and_after_split_an_intervention(model):
     assert iv.before(0).key == "nothing()" and iv.after(0).key == iv.key
 
 
-@pytest.mark.parametrize("kind", ["patch", "zero", "resample"])
+@pytest.mark.parametrize("model,kind", [
+    pytest.param(fam, kind, id=f"{fam}-{kind}")
+    for fam in ARCHS for kind in (["patch", "zero", "resample"] if fam in CORE else ["patch"])],
+    indirect=["model"])
 def test_minimality_and_growth_equal_their_runs_one_at_a_time(model, sets, kind):
     """The circuit checks inside the context give the numbers of the same removal sets run
     alone, with less compute."""

@@ -1,7 +1,9 @@
 """Suffix forwards: an intervened forward runs only the positions the intervention can change.
 
-Every intervention kind x positions choice x component kind x three architectures (Llama,
-grouped-query Llama, GPT-2 with biases and learned positions): the store's resumed suffix
+Every intervention kind x positions choice x component kind on three architectures (Llama,
+grouped-query Llama, GPT-2 with biases and learned positions), and every kind x positions
+choice on a head of every other family of :mod:`pytest_circuits.architectures` (sliding
+windows, ALiBi, GPT-J's cache, parallel blocks, post-attention norms, ...): the store's resumed suffix
 forward (``ActivationStore()``) must equal a full forward from the tokens
 (``ActivationStore(resume=False)``) within 1e-5 for every kind of name a measurement reads
 (last-position logits and log-probabilities, ``@last`` hooks, whole hooks whose earlier
@@ -22,7 +24,13 @@ from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
 from pytest_circuits.errors import NoOpInterventionWarning
 
-ARCHS = {"llama": {}, "gqa": {"n_kv_heads": 2}, "gpt2": {"arch": "gpt2"}}
+from pytest_circuits import architectures as A
+
+ARCHS = A.families()
+# The families every component kind runs on; the others (whose differences are in the forward
+# itself: sliding windows, ALiBi, caches, parallel blocks, norms) run every kind and positions
+# choice on one head.
+CORE = ("llama", "gqa", "gpt2")
 N_LAYERS = 3
 # Pairs that share their first tokens, so patching and resampling at every position can
 # start late; lengths differ in VARIED so batches and "last" follow each prompt's own length.
@@ -40,14 +48,9 @@ READS = [H.LOGITS_LAST, H.logprobs_last([3, 5]), H.last(H.z(2)), H.last(H.patter
          H.mlp_out(2), H.pattern(1), H.last(H.FINAL_SCALE), H.resid_post(N_LAYERS - 1)]
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
-def model(request, tmp_path_factory):
-    from pytest_circuits.models import load_model
-    from pytest_circuits.testing import make_tiny_checkpoint
-
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", seed=7, n_layers=N_LAYERS,
-                                **ARCHS[request.param])
-    return load_model(str(path), cache_dir=tmp_path_factory.mktemp(request.param + "-cache"), device="cpu")
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request, arch_model):
+    return arch_model(request.param, seed=7, n_layers=N_LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +76,12 @@ def prompts_for(sets, positions):
     return sets["varied"] if positions == "last" else sets["same"]
 
 
-@pytest.mark.parametrize("positions", POSITIONS, ids=str)
-@pytest.mark.parametrize("comp", COMPONENTS)
-@pytest.mark.parametrize("kind", KINDS)
+CASES = [pytest.param(fam, kind, comp, positions, id=f"{fam}-{kind}-{comp}-{positions}")
+         for fam in ARCHS for kind in KINDS for comp in (COMPONENTS if fam in CORE else ["L1H1"])
+         for positions in POSITIONS]
+
+
+@pytest.mark.parametrize("model,kind,comp,positions", CASES, indirect=["model"])
 def test_suffix_equals_full_forward(model, sets, kind, comp, positions):
     ps = prompts_for(sets, positions)
     iv = make(model, sets, kind, comp, positions)
@@ -230,9 +236,10 @@ def test_a_head_sweep_shares_forwards_and_equals_one_at_a_time(model, sets):
     ps = PromptSet.build(model, VARIED, answers=["mat", "the", "of", "the", "the"], name="answers")
     heads = [f"L{l}H{h}" for l in (1, 2) for h in range(model.cfg.n_heads)]
     together = ActivationStore(batch_size=64)
+    kw = A.expected("self-repair", model.family).kwargs      # Gemma-2: the pre-cap logit
     with _quiet():
-        swept = E.sweep(model, ps, heads, kind="zero", positions="last", activations=together)
-        alone = [E.self_repair(model, ps, h, kind="zero", positions="last", activations=ActivationStore())
+        swept = E.sweep(model, ps, heads, kind="zero", positions="last", activations=together, **kw)
+        alone = [E.self_repair(model, ps, h, kind="zero", positions="last", activations=ActivationStore(), **kw)
                  for h in heads]
     assert together.counters.forward_passes == 1 + 2          # the clean run, one per layer
     for a, b in zip(swept, alone):
