@@ -503,7 +503,7 @@ class Measurement:
             rec.append(m)
         return m
 
-    def _paired(self, other: "Measurement", sign: float) -> "Measurement":
+    def _paired(self, other: "Measurement", sign: float, name: str | None = None) -> "Measurement":
         """Per-example ``self + sign * other`` with its own interval (the pairing kept)."""
         op = "+" if sign > 0 else "-"
         if self.n != other.n:
@@ -527,22 +527,17 @@ class Measurement:
         model = self.model if self.model == other.model or not other.model else (
             other.model if not self.model else f"{self.model} {op} {other.model}")
         m = Measurement.from_values(
-            f"{self.name} {op} {_operand(other.name)}", self.array + sign * other.array, model=model,
+            name or f"{self.name} {op} {_operand(other.name)}", self.array + sign * other.array, model=model,
             level=self.level, labels=self.labels if self.labels is not None else other.labels,
             provenance={"left": repr(self), "right": repr(other), "operation": op}, record=False)
         return record(_carry_uninformative(m, self, other, sign))
 
     # -- combining -------------------------------------------------------------
     def paired_difference(self, other: "Measurement", name: str | None = None) -> "Measurement":
-        """Per-example ``self - other`` (same examples, same order), with its own interval."""
-        if self.n != other.n:
-            raise MeasurementError(bad("other", f"{other.name} with n={other.n}",
-                                       f"a measurement on the same {self.n} examples"))
-        m = Measurement.from_values(
-            name or f"{self.name} - {other.name}", self.array - other.array, model=self.model,
-            level=self.level, provenance={"minuend": repr(self), "subtrahend": repr(other)},
-            labels=self.labels, record=False)
-        return record(_carry_uninformative(m, self, other, -1.0))
+        """``self - other`` under the name ``name`` (default ``"a - b"``): the same operation as
+        ``a - b``, with the same checks (same examples in the same order, the same level, no ratio
+        of means) and the same interval."""
+        return self._paired(other, -1.0, name=name or f"{self.name} - {other.name}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (values included)."""

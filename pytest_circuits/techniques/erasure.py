@@ -294,8 +294,13 @@ class ValueCheck:
 
     def __post_init__(self) -> None:
         if self.change is None:   # built by hand from two measurements: paired per-example values
-            object.__setattr__(self, "change", self.without_writer.paired_difference(
-                self.clean, name=f"change of {self.clean.name}"))
+            if self.clean.ratio or self.without_writer.ratio:
+                # PRs are ratios of sums: their per-example contributions differenced would drop the
+                # denominator's noise from the interval (value_input_check builds the change as a ratio)
+                raise MeasurementError(bad("change", None, "the change of two ratios, built as a ratio of "
+                                           "the numerators' difference over the shared denominator "
+                                           "(Measurement.from_ratio), as value_input_check does"))
+            object.__setattr__(self, "change", self.without_writer - self.clean)
 
     def __repr__(self) -> str:
         cos = f", cos {self.cosine.mean:+.3f}" if self.cosine is not None else ""

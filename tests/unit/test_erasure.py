@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pytest_circuits
-from pytest_circuits import ActivationStore, CircuitsError, ComponentError, PromptSet, planted
+from pytest_circuits import ActivationStore, CircuitsError, ComponentError, Measurement, PromptSet, planted
 from pytest_circuits import hooks as H
 from pytest_circuits.components import Embed, Head
 from pytest_circuits.errors import MeasurementError
@@ -170,8 +170,14 @@ def test_value_input_recomputation_reproduces_hook_z(tiny, ps, store):
 
 def test_value_check_built_from_two_measurements_keeps_the_paired_change(tiny, ps, store):
     vc = ER.value_input_check(tiny, ps, "mlp0", ["L1H3"], activations=store, min_cosine=0.0)
-    hand = ER.ValueCheck(vc.clean, vc.without_writer, vc.reproduction_error)
-    assert hand.change.mean == pytest.approx(vc.without_writer.mean - vc.clean.mean, abs=1e-12)
+    # PRs are ratios of sums: a change differenced from their contributions would drop the
+    # denominator's noise from its interval, so a ValueCheck of two ratios needs its change given
+    with pytest.raises(MeasurementError, match="change"):
+        ER.ValueCheck(vc.clean, vc.without_writer, vc.reproduction_error)
+    assert vc.change.ratio and vc.change.mean == pytest.approx(vc.without_writer.mean - vc.clean.mean, abs=1e-9)
+    plain = [Measurement.from_values(n, v) for n, v in (("a", [1.0, 2.0, 4.0]), ("b", [1.5, 2.0, 5.0]))]
+    hand = ER.ValueCheck(plain[0], plain[1], 0.0)
+    assert hand.change.values == (plain[1] - plain[0]).values
     assert hand.cosine is None and "cos" not in repr(hand)
 
 

@@ -72,6 +72,24 @@ def test_paired_difference_keeps_pairing():
         a.paired_difference(Measurement.from_values("c", [1.0, 2.0]))
 
 
+def test_paired_difference_is_minus_with_the_same_checks():
+    """One arithmetic: ``a.paired_difference(b)`` is ``a - b`` (values, interval, refusals),
+    under its own name; a ratio or another level is refused by both."""
+    a = Measurement.from_values("a", [1.0, 2.5, 3.0, 4.2], labels=list("wxyz"))
+    b = Measurement.from_values("b", [0.9, 1.9, 2.7, 3.0], labels=list("wxyz"))
+    d, m = a.paired_difference(b, name="gain"), a - b
+    assert (d.values, d.lower, d.upper) == (m.values, m.lower, m.upper) and d.name == "gain"
+    assert a.paired_difference(b).name == "a - b"
+    ratio = Measurement.from_ratio("r", [1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])
+    other_level = Measurement.from_values("c", [0.9, 1.9, 2.7, 3.0], level=0.99)
+    other_order = Measurement.from_values("b", [0.9, 1.9, 2.7, 3.0], labels=list("wxzy"))
+    for bad_other, match in ((ratio, "ratio"), (other_level, "same level"), (other_order, "same examples")):
+        with pytest.raises(MeasurementError, match=match):
+            a.paired_difference(bad_other)
+        with pytest.raises(MeasurementError, match=match):
+            a - bad_other
+
+
 @pytest.mark.parametrize("values,match", [
     ([], "at least one value"), ([1.0, float("nan")], "non-finite at indices \\[1\\]"),
     ([[1.0, 2.0], [3.0, 4.0]], "1-D"), (["a"], "numbers"),
