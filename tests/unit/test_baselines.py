@@ -199,8 +199,10 @@ def test_spread_rule_edges():
 
 def test_the_rule_never_refuses_a_shipped_baseline_against_its_rerun():
     """A rerun of a shipped claim gives the same values (deterministic forwards): spread ratio 1,
-    so the margin to the limit is the limit itself (10 and more); the intervals are at most 1.16
-    times what their own sem and n imply (limit 10). Measured on every entry of claims/baselines."""
+    so the margin to the limit is the limit itself (10 and more); the intervals are at most 1.96
+    times what their own sem and n imply (limit 10): the widest are ratios of means (an attention
+    share, 1.96; a projection ratio, 1.16), whose interval carries the denominator's noise that the
+    sem of their per-example contributions does not. Measured on every entry of claims/baselines."""
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[2] / "claims" / "baselines"
@@ -212,7 +214,7 @@ def test_the_rule_never_refuses_a_shipped_baseline_against_its_rerun():
                 if e.get("sem", 0) > 0 and e["n"] > 1:
                     worst = max(worst, B._width(e) / (2 * B._t_quantile(e.get("level", 0.95), e["n"]) * e["sem"]))
                 n += 1
-    assert n > 100 and worst < 1.2 < B.INTERVAL_FACTOR
+    assert n > 100 and worst < 2.0 and 4 * worst < B.INTERVAL_FACTOR
 
 
 def test_the_rule_accepts_a_real_checkpoint_change():
