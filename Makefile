@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make claims   - run `pytest claims/` on the embedded model (checked against claims/baselines/)
-#   make test     - run the project's own tests
+#   make test     - run the project's own tests: the fast lane (make test-all runs every test;
+#                   CI runs make test-all)
 # Both create .venv on first use, with the versions in constraints.txt. On a machine
 # without CUDA the CPU build of torch (torch==2.13.0) is installed; with an NVIDIA
 # driver present, pip's default torch.
@@ -13,7 +14,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: claims test bench setup clean-venv
+.PHONY: claims test test-all test-shuffled check-install bench setup clean-venv
+
+# The fast lane (`make test`): everything but the lanes that load the real model, start
+# processes or servers, or run the architecture matrix beyond its three core families.
+FAST := not slow and not real_model and not matrix
+# The seed of the random-order run (`make test-shuffled SEED=N` repeats one).
+SEED ?= $(shell date +%s)
 
 setup: $(STAMP)
 
@@ -36,7 +43,20 @@ claims: $(STAMP)
 	$(BIN)/python -m pytest claims/ --circuits-baseline --circuits-require-models $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/python -m pytest tests/ -m "$(FAST)" --circuits-require-models $(ARGS)
+
+# Every test (what CI runs), then the fast lane in a random order, then the install check.
+test-all: $(STAMP)
 	$(BIN)/python -m pytest tests/ --circuits-require-models $(ARGS)
+	$(MAKE) test-shuffled ARGS="$(ARGS)"
+	$(MAKE) check-install
+
+test-shuffled: $(STAMP)
+	CIRCUITS_TEST_ORDER_SEED=$(SEED) $(BIN)/python -m pytest tests/ -m "$(FAST)" --circuits-require-models $(ARGS)
+
+# Builds the wheel, installs it into a new environment and checks the plugin registers there
+# (needs the package index: pytest and setuptools are installed into that environment).
+check-install: $(STAMP)
 	$(BIN)/python scripts/check_install.py
 
 bench: $(STAMP)

@@ -134,3 +134,78 @@ def _import_modules_once():
     import pytest_circuits.models  # noqa: F401
     import pytest_circuits._session  # noqa: F401
     import pytest_circuits.tasks  # noqa: F401
+
+
+# ----------------------------------------------------------------------------- lanes
+# `make test` (the fast lane) deselects the lanes below; `make test-all` (what CI runs) runs
+# everything. A test's lane follows what it loads or starts, marked here by rule (so a new test
+# lands in the right lane without anyone remembering to mark it) or by hand with the markers
+# registered in pyproject.toml.
+CORE_FAMILIES = ("llama", "gqa", "gpt2")
+
+# Tests that start processes or servers (xdist workers, an S3 server, a subprocess pytest with a
+# model) or that run the whole decoy zoo: slow by what they do.
+_SLOW_RULES = (
+    ("tests/plugin/test_s3_cache.py", ""),
+    ("tests/plugin/test_baselines_reports.py", "xdist"),
+    ("tests/plugin/test_shards.py", "xdist"),
+    ("tests/unit/test_zoo.py", "test_the_checkup_has_no_false_positive_or_negative"),
+)
+
+
+def _family(item: pytest.Item) -> str | None:
+    """The architecture family an item is parametrized with, if any (the matrix files name it
+    as the first parameter, or pass it to the indirect ``model`` fixture)."""
+    from pytest_circuits.architectures import FAMILIES
+
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for value in params.values():
+        if isinstance(value, str) and value in FAMILIES:
+            return value
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        name = item.nodeid.split("::")[-1]
+        if path.startswith("tests/integration/") or "smollm2" in name or "embedded" in name:
+            item.add_marker(pytest.mark.real_model)
+        if any(path == p and word in name for p, word in _SLOW_RULES):
+            item.add_marker(pytest.mark.slow)
+        fam = _family(item)
+        if fam is not None and fam not in CORE_FAMILIES:
+            item.add_marker(pytest.mark.matrix)
+        if item.get_closest_marker("gpu") is not None:
+            import torch
+
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs CUDA (a gpu-lane test): no GPU on this machine"))
+    seed = os.environ.get("CIRCUITS_TEST_ORDER_SEED")
+    if seed:
+        _shuffle(items, int(seed))
+
+
+def _shuffle(items: list[pytest.Item], seed: int) -> None:
+    """Random order, reproducible from its seed: the files in a random order, and the tests of
+    each file in a random order (a file's tests stay together, so its fixtures are built once).
+    Every test must pass in any order (tests that depend on what ran before them are defects)."""
+    import random
+
+    rng = random.Random(seed)
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    files = list(by_file)
+    rng.shuffle(files)
+    out: list[pytest.Item] = []
+    for f in files:
+        group = by_file[f]
+        rng.shuffle(group)
+        out += group
+    items[:] = out
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    seed = os.environ.get("CIRCUITS_TEST_ORDER_SEED")
+    return [f"test order: shuffled with CIRCUITS_TEST_ORDER_SEED={seed}"] if seed else []
