@@ -229,3 +229,29 @@ def test_the_table_judges_each_row(kind, expected, got, heads, outcome):
     row = TABLE.Row("e", "c", "induction", kind, expected, got=list(got), heads=list(heads))
     row.judge()
     assert row.outcome == outcome
+
+
+def test_each_headline_keeps_its_kind_of_interval(built):
+    """The OV self-suppression is a proportion of sampled tokens (Clopper-Pearson, its count in
+    the interval's description); attention shares and effects are continuous (bootstrap-t), and
+    a headline "(top head)" is the located head's own measurement under a head-free name."""
+    from pytest_circuits import stats
+
+    d = _detect(built, "cs-llama-sink", "copy_suppression")
+    ov, top = d.measurement("copy suppression OV L2H1"), d.measurement("copy suppression OV (top head)")
+    assert "Clopper-Pearson" in ov.provenance["interval"] and top.provenance["head"] == "L2H1"
+    assert (top.values, top.lower, top.upper) == (ov.values, ov.lower, ov.upper)
+    k = int(sum(ov.values))
+    assert (ov.lower, ov.upper) == stats.clopper_pearson(k, ov.n, 0.95) and f"({k}/{ov.n})" in ov.provenance["interval"]
+    for name in ("predicted-copy share", "predicted-copy effect on the attended token"):
+        m, t = d.measurement(f"{name} L2H1"), d.measurement(f"{name} (top head)")
+        assert "Clopper-Pearson" not in m.provenance["interval"] and (t.lower, t.upper) == (m.lower, m.upper)
+    d = _detect(built, "heads-llama-sink", "induction")
+    for m in d.measurements:
+        assert "Clopper-Pearson" not in m.provenance["interval"], m
+    # The control's increase is a detail, not a headline a baseline compares: its heads are drawn
+    # per layer as many as were located there, so a borderline head that drops out redraws them.
+    names = [m.name for m in d.measurements]
+    assert "second-copy loss increase, induction heads ablated, over control" in names
+    assert "second-copy loss increase, control heads ablated" not in names
+    assert d.measurement("second-copy loss increase, control heads ablated").n == 32
