@@ -7,7 +7,7 @@ on every zoo checkpoint (:mod:`pytest_circuits.zoo`).
 
 For each registered entry (a check on a checkpoint: a mechanism, a decoy or a control) the
 first table gives what was expected (a mechanism: FOUND with exactly the planted heads;
-otherwise not found), what each seed gave, the heads located and the outcome: OK, FP (found
+otherwise absent), what each seed gave, the heads located and the outcome: OK, FP (found
 where nothing was planted, or heads located that were not planted), FN (a planted mechanism
 missed, or a planted head not located), N/A (the check did not run: never OK), UNDECIDED (a
 verdict that is neither found nor absent), SEED (the verdict changed with the seed). The second table is every check on every checkpoint, with
@@ -49,7 +49,7 @@ class Row:
         found = [g == "found" for g in self.got]
         if any(g == "n/a" for g in self.got):
             self.outcome = "N/A"
-        elif any(g not in ("found", "not found", "absent") for g in self.got):   # e.g. "undecided"
+        elif any(g not in ("found", "absent") for g in self.got):   # e.g. "undecided"
             self.outcome = "UNDECIDED"
         elif len({(g, h) for g, h in zip(self.got, self.heads)}) > 1:
             self.outcome = "SEED"
@@ -121,7 +121,7 @@ def run(entries: Sequence[Any] | None = None, *, seeds: Sequence[int] = (0,), ro
                     matrix.setdefault(ckpt, {})[name] = (
                         "n/a" if not det.applicable else
                         "FOUND " + ",".join(c for c, _ in det.components[:4]) if det.found else
-                        "absent" if det.status in ("not found", "absent") else det.status)
+                        det.status)
         finally:
             reset(token)
     order = {c: i for i, c in enumerate(checkup.CHECKS)}
@@ -134,7 +134,7 @@ def markdown(rows: Sequence[Row], matrix: dict[str, dict[str, str]], seeds: Sequ
     out = [f"| check | zoo model | kind | expected | got (seeds {', '.join(map(str, seeds))}) | located | outcome |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        expected = f"FOUND {', '.join(r.expected)}" if r.kind == "mechanism" else "not found"
+        expected = f"FOUND {', '.join(r.expected)}" if r.kind == "mechanism" else "absent"
         got = " / ".join(dict.fromkeys(r.got))
         located = ", ".join(r.heads[0]) if r.heads and r.heads[0] else "-"
         out.append(f"| {r.check} | `{r.entry}` | {r.kind} | {expected} | {got} | {located} | **{r.outcome}** |")

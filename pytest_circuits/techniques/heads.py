@@ -57,27 +57,31 @@ control: as many other heads of the same layers (seeded choice), ablated the sam
 ``excess = increase(heads) - increase(control)`` per prompt.
 
 The criteria (what "found" requires, each property on an interval bound) are in
-:func:`detect_induction`, :func:`detect_previous_token` and :func:`detect_duplicate_token`;
-they are tested on the decoy zoo (:mod:`pytest_circuits.zoo_heads`: the mechanism in unusual
-forms, decoys with one defining property but not the others, controls) and on the models
-trained by ``scripts/train_induction.py`` (``tests/data/planted/induction``,
+:func:`detect_induction`, :func:`detect_previous_token` and :func:`detect_duplicate_token`.
+Their verdicts are those of :mod:`pytest_circuits.detection`: **found** when some head has
+every property on the pessimistic bounds; **absent** when every head fails some property on
+the optimistic bounds (:func:`possible_heads` finds none); **undecided** otherwise, with the
+reason (which head, which interval straddles which limit). They are tested on the decoy
+zoo (:mod:`pytest_circuits.zoo_heads`: the mechanism in unusual forms, decoys with one
+defining property but not the others, controls) and on the models trained by ``scripts/train_induction.py`` (``tests/data/planted/induction``,
 ``induction_control``); on SmolLM2-135M: ``claims/smollm2/test_induction.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .. import hooks as H
 from .. import interventions as I
 from ..components import Head, parse_many
-from ..detection import Detection
+from ..detection import Detection, straddle
 from ..errors import ComponentError, MeasurementError, PromptSetError, bad
-from ..measurement import Measurement
+from ..measurement import Measurement, record
 from ..models import info as model_info
 from ..prompts import PromptSet
 from ..store import resolve
@@ -195,7 +199,7 @@ class HeadScores:
         h = self._head(head)
         return Measurement.from_values(f"{self.title} {h}", self.values[:, h.layer, h.head], model=self.model,
                                        provenance={**self.provenance, "head": str(h)}, labels=self.labels,
-                                       record=record)
+                                       record=record, method="bootstrap-t")
 
     def ranking(self, k: int | None = None) -> list[tuple[Head, float]]:
         """Heads by mean score, highest first (ties: lower layer, then head, first)."""
@@ -426,7 +430,7 @@ def in_context_loss(model: Any, prompts: Any, *, intervention: Any = None, activ
     """The first- and second-copy losses and their drop as Measurements over prompts."""
     first, second = copy_losses(model, prompts, intervention=intervention, activations=activations)
     under = "" if intervention is None else f" under {intervention.key}"
-    kw = dict(model=model_info(model).label, labels=prompts.prompts, record=record,
+    kw = dict(model=model_info(model).label, labels=prompts.prompts, record=record, method="bootstrap-t",
               provenance=_prov(model, prompts, [H.TOKEN_LOSS],
                                intervention=intervention.key if intervention is not None else "none"))
     return InContextLoss(first=Measurement.from_values(f"loss first copy{under}", first, **kw),
@@ -504,6 +508,7 @@ def ablation_effect(model: Any, prompts: Any, heads: Any, *, kind: str = "mean",
         _, second = copy_losses(model, prompts, intervention=iv, activations=store)
         return Measurement.from_values(f"second-copy loss increase, {what} ablated", second - clean,
                                        model=model_info(model).label, labels=prompts.prompts, record=record,
+                                       method="bootstrap-t",
                                        provenance=_prov(model, prompts, [H.TOKEN_LOSS], intervention=iv.key,
                                                         heads=[str(h) for h in hs]))
 
@@ -514,7 +519,7 @@ def ablation_effect(model: Any, prompts: Any, heads: Any, *, kind: str = "mean",
         ctrl = increase(ctrl_heads, "control heads")
         excess = Measurement.from_values(f"second-copy loss increase, {label} ablated, over control",
                                          inc.array - ctrl.array, model=inc.model, labels=prompts.prompts,
-                                         record=record, provenance={"left": repr(inc), "right": repr(ctrl)})
+                                         record=record, method="bootstrap-t", provenance={"left": repr(inc), "right": repr(ctrl)})
     elif control:
         note = "no control: no other heads in the ablated heads' layers"
     return AblationEffect(comps, ctrl_heads, kind, inc, ctrl, excess, note)
@@ -523,15 +528,69 @@ def ablation_effect(model: Any, prompts: Any, heads: Any, *, kind: str = "mean",
 # --------------------------------------------------------------------------- detectors
 def _headline(m: Measurement, name: str) -> Measurement:
     """``m`` again under a head-independent name (the head is in its provenance), recorded, so
-    that baselines compare the same key on every checkpoint."""
-    return Measurement.from_values(name, m.array, model=m.model, labels=m.labels, provenance=dict(m.provenance),
-                                   record=True, method="bootstrap-t")
+    that baselines compare the same key on every checkpoint. The values and the interval are
+    ``m``'s own (a proportion stays a proportion)."""
+    return record(dataclasses.replace(m, name=name))
 
 
 def _recorded(m: Measurement) -> Measurement:
     """``m`` again, recorded (in the running claim's report) this time."""
-    return Measurement.from_values(m.name, m.array, model=m.model, labels=m.labels,
-                                   provenance=dict(m.provenance), record=True)
+    return record(m)
+
+
+@dataclass(frozen=True)
+class Property:
+    """One defining property of a candidate head, decided on an interval bound: ``m`` above
+    ``limit`` (``above``) or below it. It **holds** when the pessimistic bound is past the
+    limit, **could** hold when the optimistic one is, and is in **doubt** when only the
+    optimistic one is (the interval straddles the limit: :func:`~pytest_circuits.detection.straddle`
+    says so in words)."""
+
+    m: Measurement
+    limit: float
+    above: bool = True
+
+    def holds(self) -> bool:
+        return self.m.lower > self.limit if self.above else self.m.upper < self.limit
+
+    def could(self) -> bool:
+        return self.m.upper > self.limit if self.above else self.m.lower < self.limit
+
+    def doubt(self) -> str | None:
+        return None if self.holds() or not self.could() else straddle(self.m, self.limit, above=self.above)
+
+
+def possible_heads(ev: "HeadEvidence", threshold: float, more: Callable[[Head], list[Property]], *,
+                   exclude: Sequence[Head] = ()) -> list[tuple[Head, list[str]]]:
+    """The heads (outside ``exclude``: those located, or ruled out by an ablation) that could
+    have every property on the optimistic bounds but do not on the pessimistic ones: the
+    pattern (share above ``threshold``, attention above uniform) and ``more(head)`` (the
+    kind's other properties); each with the properties in doubt, in words. Any of them makes a
+    detector's verdict undecided rather than absent. Highest mean share first; every head's
+    share interval is computed (an upper bound can pass where the mean does not)."""
+    share = ev.grid("share")
+    skip = set(exclude)
+    order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])
+                    if np.isfinite(share[l, h])), key=lambda x: (-x[0], x[1], x[2]))
+    out = []
+    for _, l, h in order:
+        head = Head(l, h)
+        if head in skip:
+            continue
+        props = [Property(ev.of("share", head), threshold)]
+        if not props[0].could():
+            continue
+        props.append(Property(ev.of("above", head), 0.0))
+        if not props[1].could():
+            continue
+        props += more(head)
+        if all(p.could() for p in props) and not all(p.holds() for p in props):
+            out.append((head, [d for d in (p.doubt() for p in props) if d]))
+    return out
+
+
+def _undecided_reason(possible: list[tuple[Head, list[str]]], what: str) -> str:
+    return "; ".join(f"{h} could be {what}: {', '.join(doubts)}" for h, doubts in possible[:3])
 
 
 def _fmt(m: Measurement) -> str:
@@ -653,7 +712,11 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
        layers (excess over that control, lower bound above ``min_loss_increase``; when the
        layers have no other head there is no control, and the card says so).
 
-    Found when some head has all three. Why 0.5 and a share: on SmolLM2-135M the heads
+    **Found** when some head has all three. **Absent** when no head could have (1) and (2)
+    even on the optimistic (upper) bounds (a head ruled out by (3)'s single ablation stays
+    out), or when ablating the located heads fails (3) on its upper bounds; **undecided**
+    otherwise, with the reason (the head and the measurement whose interval straddles its
+    limit, :func:`~pytest_circuits.detection.straddle`). Why 0.5 and a share: on SmolLM2-135M the heads
     L17H3, L17H4, L17H5 and L18H6 put 0.63-0.85 of their attention on the target, while
     L18H7 puts 0.49 there and 0.48 on BOS: its share is 0.90, and it copies (effect +0.12).
     A head parked on BOS with a few 1e-12 on the target (SmolLM2's L18H8 has share 0.67 and
@@ -665,9 +728,11 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     compare them across checkpoints): the in-context loss drop, ``induction score (top
     head)`` (the top located head, else the head most like one: its attention on the target),
     ``induction share (top head)``, ``induction effect on the attended token (top head)``, and
-    with located heads the ablation's second-copy loss increase, the control's and the excess
-    over it. Each located head's score, share and effect are in ``more`` (also through
-    ``measurement("induction share L{l}H{h}")``). Heatmaps: score and share of the three kinds.
+    with located heads the ablation's second-copy loss increase and its excess over the
+    control's (the control's own increase is in ``more``: its heads depend on how many were
+    located per layer). Each located head's score, share and effect are in ``more`` (also
+    through ``measurement("induction share L{l}H{h}")``). Heatmaps: score and share of the
+    three kinds.
     Not applicable when the model's context or vocabulary cannot hold two copies of a
     sequence of :data:`MIN_PERIOD` distinct tokens (the reason says which).
     """
@@ -703,31 +768,52 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     located = [h for h in copying if h not in wrong]
     for h in located:
         verdicts[h] = "induction head"
-    top = located[0] if located else _best(ev)
+    # Undecided, not absent: the located heads' ablation straddles its limit, or (none located)
+    # a head could have the pattern and copy on the optimistic bounds (module docstring of
+    # pytest_circuits.detection). Heads ruled out by their own ablation (wrong way) stay out.
+    possible = [] if located else possible_heads(
+        ev, threshold, lambda h: [Property(ev.of("effect", h), min_effect)], exclude=wrong)
+    for h, doubts in possible:
+        verdicts[h] = "could be one: " + "; ".join(doubts)
+    top = located[0] if located else possible[0][0] if possible else _best(ev)
     measurements: list[Measurement] = [drop] + [_headline(ev.of(m, top), ev.name(m) + " (top head)")
                                                 for m in ("score", "share", "effect")]
     more = [ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "effect")]
     effect = None
     if located:
         chosen = located[:max_ablated] if max_ablated else located
-        effect = ablation_effect(model, ps, chosen, kind=ablation, seed=seed, activations=store, record=True)
-        measurements += [m for m in (effect.increase, effect.control_increase, effect.excess) if m is not None]
-    causal = (effect is not None and effect.increase.lower > min_loss_increase
-              and (effect.excess is None or effect.excess.lower > min_loss_increase))
-    found = bool(located) and causal
+        effect = ablation_effect(model, ps, chosen, kind=ablation, seed=seed, activations=store)
+        # Headlines: the increase and its excess over the control. The control's own increase is
+        # a detail (in ``more``): which heads it ablates depends on how many were located in each
+        # layer, so across checkpoints it compares different heads (a borderline head that drops
+        # out of the located set redraws the control), which a baseline must not read as drift.
+        measurements += [record(m) for m in (effect.increase, effect.excess) if m is not None]
+        if effect.control_increase is not None:
+            more.append(effect.control_increase)
+    causal_props = [] if effect is None else [Property(m, min_loss_increase)
+                                              for m in (effect.increase, effect.excess) if m is not None]
+    found = bool(located) and all(p.holds() for p in causal_props)
+    reason = ""
     if found:
         why = f"found: {', '.join(map(str, located))} have the pattern, copy the token and cost loss when ablated"
+    elif located and all(p.could() for p in causal_props):
+        reason = (f"{', '.join(map(str, located))} have the pattern and copy, but whether ablating them raises the "
+                  "second-copy loss is undecided: " + "; ".join(d for d in (p.doubt() for p in causal_props) if d))
+        why = f"undecided: {reason}"
     elif located:
-        why = (f"not found: {', '.join(map(str, located))} have the pattern and copy, but ablating them does not "
+        why = (f"absent: {', '.join(map(str, located))} have the pattern and copy, but ablating them does not "
                f"raise the second-copy loss beyond the control ({effect.table().splitlines()[-1].strip()})")
+    elif possible:
+        reason = _undecided_reason(possible, "an induction head")
+        why = f"undecided: {reason}"
     elif wrong:
-        why = f"not found: {', '.join(map(str, wrong))} have the pattern and copy, but ablating them lowers the loss"
+        why = f"absent: {', '.join(map(str, wrong))} have the pattern and copy, but ablating them lowers the loss"
     elif anti or silent:
-        why = ("not found: the heads with the pattern do not raise the token they attend to"
+        why = ("absent: the heads with the pattern do not raise the token they attend to"
                + (f"; anti-induction (they lower it): {', '.join(map(str, anti))}" if anti else "")
                + (f"; no effect on it (an output nothing reads): {', '.join(map(str, silent))}" if silent else ""))
     else:
-        why = (f"not found: no head has the pattern (most like one: {top}, share "
+        why = (f"absent: no head has the pattern (most like one: {top}, share "
                f"{_fmt(ev.of('share', top))}, attention above uniform {_fmt(ev.of('above', top))})")
     no_control = effect is not None and effect.excess is None
     criterion = (f"a head that (1) attends from each repeated token to the token after its earlier occurrence "
@@ -739,8 +825,11 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
                  f"ablating the heads so located raises it (lower bound above {min_loss_increase:g})"
                  + (" (no control: their layers have no other head)" if no_control else
                     f" by more than ablating as many other heads of their layers (excess lower bound above "
-                    f"{min_loss_increase:g})"))
-    details = [f"  {why}", _table(ev, list(dict.fromkeys(located + anti + silent + wrong + _ranked(ev)))[:10],
+                    f"{min_loss_increase:g})")
+                 + "; absent when no head has (1) and (2) on the optimistic (upper) bounds, or ablating the "
+                   "located heads fails (3) on them; undecided otherwise")
+    listed = located + [h for h, _ in possible] + anti + silent + wrong + _ranked(ev)
+    details = [f"  {why}", _table(ev, list(dict.fromkeys(listed))[:10],
                                   verdicts, "effect"), f"  in-context: {icl.table()}"]
     if note:
         details.append(f"  prompts: {note}")
@@ -754,7 +843,7 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
                        f"{MIN_DEPENDENCE:g}): " + (", ".join(f"{h} {evs[kind].grid('share')[h.layer, h.head]:.3f}"
                                                             for h in heads) or "none"))
     return Detection(check="induction", title=title, source=SOURCE, model=label, found=found,
-                     criterion=criterion, measurements=tuple(measurements), more=tuple(more),
+                     undecided=bool(reason), reason=reason, criterion=criterion, measurements=tuple(measurements), more=tuple(more),
                      components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
                      heatmaps=_heatmaps(evs, KINDS), details="\n".join(details))
 
@@ -783,16 +872,24 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
         else:
             silent.append(h)
             verdicts[h] = f"pattern, but what it writes does not depend on the token (dependence {_fmt(dep)})"
-    top = located[0] if located else _best(ev)
+    possible = [] if located else possible_heads(
+        ev, threshold, lambda h: [Property(ev.of("dependence", h), min_dependence)])
+    for h, doubts in possible:
+        verdicts[h] = "could be one: " + "; ".join(doubts)
+    top = located[0] if located else possible[0][0] if possible else _best(ev)
     measurements = tuple(_headline(ev.of(m, top), ev.name(m) + " (top head)") for m in ("score", "share", "dependence"))
     more = tuple(ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "dependence"))
+    reason = ""
     if located:
         why = f"found: {', '.join(map(str, located))}"
+    elif possible:
+        reason = _undecided_reason(possible, f"a {WORDS[kind]} head")
+        why = f"undecided: {reason}"
     elif silent:
-        why = (f"not found: {', '.join(map(str, silent))} have the pattern, but their output does not carry the "
+        why = (f"absent: {', '.join(map(str, silent))} have the pattern, but their output does not carry the "
                "token they attend to (nothing written, or only position)")
     else:
-        why = (f"not found: no head has the pattern (most like one: {top}, share {_fmt(ev.of('share', top))}, "
+        why = (f"absent: no head has the pattern (most like one: {top}, share {_fmt(ev.of('share', top))}, "
                f"attention above uniform {_fmt(ev.of('above', top))})")
     what, reader = _WHAT[kind]
     criterion = (f"a head that attends {what} ({len(ps)} sequences of {_periods(ps)} random tokens): its share of "
@@ -800,13 +897,15 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
                  f"{threshold}, and its attention there is above uniform; and what it writes depends on that "
                  f"token (replacing the value there by another prompt's changes its output: token dependence "
                  f"lower bound above {min_dependence:g}; a head that writes nothing, or only position, is not "
-                 f"one). Whether a later component reads it is not required ({reader})")
-    details = [f"  {why}", _table(ev, list(dict.fromkeys(located + silent + _ranked(ev)))[:10], verdicts,
+                 f"one). Whether a later component reads it is not required ({reader}). Absent when no head has "
+                 "these on the optimistic (upper) bounds; undecided otherwise")
+    listed = located + [h for h, _ in possible] + silent + _ranked(ev)
+    details = [f"  {why}", _table(ev, list(dict.fromkeys(listed))[:10], verdicts,
                                   "dependence")]
     if note:
         details.append(f"  prompts: {note}")
     return Detection(check=kind, title=title, source=SOURCE, model=label, found=bool(located),
-                     criterion=criterion, measurements=measurements, more=more,
+                     undecided=bool(reason), reason=reason, criterion=criterion, measurements=measurements, more=more,
                      components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
                      heatmaps=_heatmaps(evs, [kind]), details="\n".join(details))
 
@@ -821,7 +920,9 @@ def detect_previous_token(model: Any, *, n: int = 32, length: int = 20, seed: in
     ``min_dependence`` (0.1): the definition is the attention pattern, measured so that it
     survives an attention sink, plus the minimum that makes it a pattern of *information*
     flow: a head whose output is zero, or does not depend on the token it attends to (a value
-    read from position alone), moves nothing. That a later head reads it (an induction head's
+    read from position alone), moves nothing. **Absent** when no head has these on the
+    optimistic (upper) bounds; **undecided** when some head could (an interval straddles its
+    limit: the reason says which). That a later head reads it (an induction head's
     keys) is not required; :func:`detect_induction` tests that circuit. Shares the forward of
     :func:`detect_induction` through the store. On SmolLM2-135M: L16H0 (attention 0.886, share
     0.956, dependence 0.58), L11H1 (0.842, 0.845), and more heads whose attention a sink hides
@@ -835,7 +936,8 @@ def detect_duplicate_token(model: Any, *, n: int = 32, length: int = 20, seed: i
                            min_dependence: float = MIN_DEPENDENCE) -> Detection:
     """Duplicate-token heads (Wang et al. 2022): a head that attends from a repeated token to
     its earlier copy, and moves it: the same three properties as
-    :func:`detect_previous_token` with the earlier copy as the target. The periods vary from
+    :func:`detect_previous_token` with the earlier copy as the target (and the same found /
+    absent / undecided verdicts). The periods vary from
     prompt to prompt, so a head that attends a fixed distance back cannot pass. On
     SmolLM2-135M: L14H3 (attention 0.688, share 0.763), L8H0 (0.511, 0.656)."""
     return _detect_kind("duplicate_token", "Duplicate-token heads (attend to an earlier copy of the current token)",

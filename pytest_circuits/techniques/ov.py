@@ -55,6 +55,7 @@ zoo (:mod:`pytest_circuits.zoo_heads`) and ``ordinal``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Sequence
 
@@ -63,7 +64,7 @@ from ..components import Head
 from ..detection import Detection
 from ..errors import CircuitsError, PromptSetError, bad
 from ..devices import to_device_of
-from ..measurement import Measurement
+from ..measurement import Measurement, record
 from ..models import derived, info as model_info
 from ..prompts import PromptSet
 from ..store import ActivationStore, resolve
@@ -591,10 +592,15 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     4. ``ablation``-ablating it alone does not raise the loss on the second copy (a lower
        bound above 0 means it helps predict the repeated token: an amplifier, not located).
 
-    Found when some head has all four. A head with negative OV that attends by position (to
-    the previous token, to itself) or uniformly lacks (1); one whose output nothing reads, or
-    raises the token, lacks (2). Not found (with the reason) when the model predicts the next
-    token on fewer than ``min_prompts`` (8) of the sequences: there is nothing to suppress.
+    **Found** when some head has all four. A head with negative OV that attends by position
+    (to the previous token, to itself) or uniformly lacks (1); one whose output nothing reads,
+    or raises the token, lacks (2). **Absent** when no head could have (1)-(3) even on the
+    optimistic (upper) bounds (a head ruled out by (4) stays out); **undecided** otherwise,
+    with the reason (the head and the interval that straddles its limit). When the model
+    predicts the next token on fewer than ``min_prompts`` (8) of the sequences there are too
+    few predicted positions to measure (1) and (2): absent when no head has (3) on its upper
+    bound (no head's OV circuit suppresses tokens), else undecided (the reason names the
+    heads whose OV circuit could).
     Not applicable when the model's context or vocabulary cannot hold the repeated sequences,
     or the vocabulary has fewer than ``min_tokens`` (8) tokens that are not special to sample
     (the reason says which).
@@ -653,18 +659,43 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
                  f"logit through that attention (direct effect upper bound < -{min_effect:g} nats); (3) its OV "
                  f"circuit puts a token's own logit in the bottom {k} of {len(pool)} sampled tokens for a "
                  f"proportion with lower bound > {min_proportion}; (4) {ablation}-ablating it alone does not "
-                 f"raise the second-copy loss")
+                 f"raise the second-copy loss; absent when no head has (1)-(3) on the optimistic (upper) bounds "
+                 f"(with fewer than {min_prompts} sequences where the model predicts a repeated token: when no head "
+                 f"has (3) on them); undecided otherwise")
 
     def ov_m(h: Any, record: bool = False) -> Measurement:
+        # a proportion: tokens (trials) whose own OV logit is among the k lowest (successes)
         return Measurement.from_values(f"copy suppression OV {h}", sup[h.layer, h.head].double().numpy(), model=name,
-                                       record=record, method="clopper-pearson")
+                                       record=record, method="clopper-pearson", provenance={"head": str(h)})
+
+    def ov_prop(h: Any) -> Any:
+        return HD.Property(ov_m(h), float(min_proportion))
 
     if counted < min_prompts:
-        why = (f"not found: the model predicts the next token (probability > 1/2) on a repeated token in only "
-               f"{counted} of {len(ps)} sequences (at least {min_prompts} needed): there is no prediction for a head "
-               "to suppress")
+        # Too few predicted positions to measure (1) and (2): only (3), which needs no prediction,
+        # can rule a head out. A head whose OV circuit could suppress tokens in general is left
+        # undecided; none: absent.
+        L, NH = sup.shape[:2]
+        could = sorted((h for h in (Head(l, hh) for l in range(L) for hh in range(NH)) if ov_prop(h).could()),
+                       key=lambda h: (-float(sup_p[h.layer, h.head]), h.layer, h.head))
+        few = (f"the model predicts the next token (probability > 1/2) on a repeated token in only {counted} of "
+               f"{len(ps)} sequences (at least {min_prompts} needed)")
+        if could:
+            reason = (f"too few predicted positions to decide: {few}, so whether a head attends to the predicted "
+                      f"token's copy and lowers it cannot be measured, and "
+                      + ", ".join(f"{h} (OV self-suppression {HD._fmt(ov_m(h))})" for h in could[:3])
+                      + f" could be copy suppression by its OV circuit (upper bound > {min_proportion:g})")
+            why, verdict = f"undecided: {reason}", {"undecided": True, "reason": reason}
+        else:
+            why = (f"absent: {few}: there is no prediction for a head to suppress, and no head's OV circuit "
+                   f"suppresses tokens in general (OV self-suppression upper bound <= {min_proportion:g} for every "
+                   "head)")
+            verdict = {}
+        shown = could[:top] or [Head(*(int(x) for x in np.unravel_index(int(np.argmax(sup_p)), sup_p.shape)))]
+        ms = [record(dataclasses.replace(ov_m(shown[0]), name="copy suppression OV (top head)"))]
         return Detection(check="copy_suppression", title=COPY_TITLE, source=COPY_SOURCE, model=name, found=False,
-                         criterion=criterion, heatmaps=heat,
+                         **verdict, criterion=criterion, heatmaps=heat, measurements=tuple(ms),
+                         more=tuple(ov_m(h) for h in shown),
                          details="\n".join([f"  {why}"] + ([f"  prompts: {note}"] if note else [])))
     verdicts: dict[Any, str] = {}
     candidates, located = [], []
@@ -677,6 +708,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         else:
             verdicts[h] = f"attends to the copy, no effect on the token (effect {HD._fmt(e)})"
     singles = {}
+    amplifiers = []
     for h in candidates:
         mo = ov_m(h)
         if not mo.lower > min_proportion:
@@ -685,12 +717,22 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         single = HD.ablation_effect(model, ps, [h], kind=ablation, control=False, activations=store, label=str(h))
         singles[h] = single.increase
         if single.increase.lower > 0:
+            amplifiers.append(h)
             verdicts[h] = f"amplifier: ablating it raises the second-copy loss ({HD._fmt(single.increase)})"
             continue
         located.append(h)
         verdicts[h] = "copy suppression"
+    # Undecided, not absent, when no head is located but one could have (1)-(3) on the
+    # optimistic bounds (those ruled out by their own ablation stay out).
+    possible = [] if located else HD.possible_heads(
+        ev, threshold, lambda h: [HD.Property(ev.of("effect", h), -float(min_effect), above=False), ov_prop(h)],
+        exclude=amplifiers)
+    for h, doubts in possible:
+        verdicts[h] = "could be one: " + "; ".join(doubts)
     if located:
         top_h = located[0]
+    elif possible:
+        top_h = possible[0][0]
     else:
         # the head most like one: among heads that lower the attended token, the largest share
         share, eff = ev.grid("share"), ev.grid("effect")
@@ -701,24 +743,29 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         top_h = Head(int(l), int(hh))
 
     def headline(m: Measurement, base: str) -> Measurement:
-        return Measurement.from_values(f"{base} (top head)", m.array, model=name, provenance={"head": str(top_h)},
-                                       method="clopper-pearson" if base.startswith("copy") else "bootstrap-t")
+        # the same values and interval (a proportion stays a proportion) under a head-free name
+        return record(dataclasses.replace(m, name=f"{base} (top head)",
+                                          provenance={**m.provenance, "head": str(top_h)}))
 
     measurements = [headline(ov_m(top_h), "copy suppression OV"),
                     headline(ev.of("share", top_h), ev.name("share")),
                     headline(ev.of("effect", top_h), ev.name("effect"))]
     shown = located[:top] or [top_h]
     more = [m for h in shown for m in (ov_m(h), ev.of("share", h), ev.of("effect", h))]
+    reason = ""
     if located:
         why = f"found: {', '.join(map(str, located))}"
+    elif possible:
+        reason = HD._undecided_reason(possible, "a copy-suppression head")
+        why = f"undecided: {reason}"
     else:
-        why = "; ".join([f"not found: most like one: {top_h}, share {HD._fmt(ev.of('share', top_h))}, effect "
+        why = "; ".join([f"absent: most like one: {top_h}, share {HD._fmt(ev.of('share', top_h))}, effect "
                          f"{HD._fmt(ev.of('effect', top_h))}, OV self-suppression {HD._fmt(ov_m(top_h))}"]
                         + [f"{h}: {v}" for h, v in verdicts.items()])
     rows = [f"  {why}", f"  positions with a prediction: in {counted} of {len(ps)} sequences",
             "  head    OV-suppr OV-copy   share  above-unif    effect  verdict"]
     g_share, g_above, g_eff = ev.grid("share"), ev.grid("above"), ev.grid("effect")
-    listed = list(dict.fromkeys(located + list(verdicts) + [top_h]))
+    listed = list(dict.fromkeys(located + [h for h, _ in possible] + list(verdicts) + [top_h]))
     order = sorted(((float(g_share[l, h]), l, h) for l in range(g_share.shape[0]) for h in range(g_share.shape[1])
                     if g_eff[l, h] < 0), reverse=True)
     listed = list(dict.fromkeys(listed + [Head(l, h) for _, l, h in order]))[:8]
@@ -731,7 +778,8 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     if note:
         rows.append(f"  prompts: {note}")
     return Detection(check="copy_suppression", title=COPY_TITLE, source=COPY_SOURCE, model=name,
-                     found=bool(located), criterion=criterion, measurements=tuple(measurements), more=tuple(more),
+                     found=bool(located), undecided=bool(reason), reason=reason, criterion=criterion,
+                     measurements=tuple(measurements), more=tuple(more),
                      components=tuple((str(h), float(g_share[h.layer, h.head])) for h in located),
                      heatmaps=heat, details="\n".join(rows))
 
