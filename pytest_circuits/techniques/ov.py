@@ -599,8 +599,9 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     with the reason (the head and the interval that straddles its limit). When the model
     predicts the next token on fewer than ``min_prompts`` (8) of the sequences there are too
     few predicted positions to measure (1) and (2): absent when no head has (3) on its upper
-    bound (no head's OV circuit suppresses tokens), else undecided (the reason names the
-    heads whose OV circuit could).
+    bound (no head's OV circuit suppresses tokens), else not applicable: the model lacks the
+    in-context predictions the mechanism acts on (the reason says so and names the heads whose
+    OV circuit could suppress).
     Not applicable when the model's context or vocabulary cannot hold the repeated sequences,
     or the vocabulary has fewer than ``min_tokens`` (8) tokens that are not special to sample
     (the reason says which).
@@ -661,7 +662,8 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
                  f"proportion with lower bound > {min_proportion}; (4) {ablation}-ablating it alone does not "
                  f"raise the second-copy loss; absent when no head has (1)-(3) on the optimistic (upper) bounds "
                  f"(with fewer than {min_prompts} sequences where the model predicts a repeated token: when no head "
-                 f"has (3) on them); undecided otherwise")
+                 f"has (3) on them, else n/a: the model lacks the predictions the check measures on); undecided "
+                 f"otherwise")
 
     def ov_m(h: Any, record: bool = False) -> Measurement:
         # a proportion: tokens (trials) whose own OV logit is among the k lowest (successes)
@@ -681,11 +683,14 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         few = (f"the model predicts the next token (probability > 1/2) on a repeated token in only {counted} of "
                f"{len(ps)} sequences (at least {min_prompts} needed)")
         if could:
-            reason = (f"too few predicted positions to decide: {few}, so whether a head attends to the predicted "
-                      f"token's copy and lowers it cannot be measured, and "
-                      + ", ".join(f"{h} (OV self-suppression {HD._fmt(ov_m(h))})" for h in could[:3])
-                      + f" could be copy suppression by its OV circuit (upper bound > {min_proportion:g})")
-            why, verdict = f"undecided: {reason}", {"undecided": True, "reason": reason}
+            # The mechanism acts on the model's own in-context predictions: a model that makes too
+            # few of them lacks what the check measures on (n/a, with what it lacks), while some
+            # head's OV circuit could still make it copy suppression, so it is not absent either.
+            reason = (f"the model makes too few in-context predictions to measure copy suppression on: {few}, so "
+                      f"whether a head attends to the predicted token's copy and lowers it cannot be measured "
+                      f"(heads whose OV circuit could suppress tokens, upper bound > {min_proportion:g}: "
+                      + ", ".join(f"{h} {HD._fmt(ov_m(h))}" for h in could[:3]) + ")")
+            why, verdict = f"n/a: {reason}", {"applicable": False, "reason": reason}
         else:
             why = (f"absent: {few}: there is no prediction for a head to suppress, and no head's OV circuit "
                    f"suppresses tokens in general (OV self-suppression upper bound <= {min_proportion:g} for every "

@@ -318,21 +318,21 @@ def test_checkup_on_planted_models_finds_each_mechanism_only_where_planted(pytes
     status = {(c["model"], c["check"]): c["status"] for c in json.loads((tmp_path / "r.json").read_text())["checkup"]}
     # Copy suppression is tested where the model predicts a repeated token. Only the induction model
     # does (absent: no suppressor); in induction_control, ordinal and ioi nothing does, and a head's
-    # OV circuit could suppress tokens (ordinal's L1H1 is -identity): too few predicted positions to
-    # decide, undecided. In ordinal_control and ioi_control no head's OV circuit can: absent. The
-    # decoy zoo tests the check itself (tests/unit/test_zoo.py).
+    # OV circuit could suppress tokens (ordinal's L1H1 is -identity): the model lacks the in-context
+    # predictions the check measures on, n/a. In ordinal_control and ioi_control no head's OV
+    # circuit can: absent. The decoy zoo tests the check itself (tests/unit/test_zoo.py).
     planted = {("induction", "induction"), ("ordinal", "successor"), ("ioi", "ioi")}
-    undecided = {("induction_control", "copy_suppression"), ("ordinal", "copy_suppression"),
-                 ("ioi", "copy_suppression")}
+    lacking = {("induction_control", "copy_suppression"), ("ordinal", "copy_suppression"),
+               ("ioi", "copy_suppression")}
     for m in models:
         for check in ("induction", "ioi", "successor", "copy_suppression"):
-            want = "found" if (m, check) in planted else "undecided" if (m, check) in undecided else "absent"
+            want = "found" if (m, check) in planted else "n/a" if (m, check) in lacking else "absent"
             if check == "ioi" and m not in ("ioi", "ioi_control"):
                 want = "n/a"        # word-level vocabularies with 2 of the candidate names
             if check == "successor" and m not in ("ordinal", "ordinal_control"):
                 want = "n/a"        # 8 digit pairs in one sequence
             assert status[(m, check)] == want, (m, check, status[(m, check)])
-    # Found and absent are both verdicts and pass; a check that could not decide fails the run.
-    r.assert_outcomes(passed=13, failed=3, skipped=8)
-    assert r.ret == pytest.ExitCode.TESTS_FAILED
-    r.stdout.fnmatch_lines(["*copy_suppression*UNDECIDED*could not decide: too few predicted positions to decide*"])
+    # Found and absent are both verdicts and pass; n/a is shown (skipped with its reason), never passed.
+    r.assert_outcomes(passed=13, skipped=11)
+    assert r.ret == pytest.ExitCode.OK
+    r.stdout.fnmatch_lines(["*not applicable: the model makes too few in-context predictions*"])

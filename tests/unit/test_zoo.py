@@ -138,15 +138,16 @@ def test_the_cards_say_what_a_decoy_lacks(built):
     assert d.status == "absent" and "L2H1: amplifier: raises the token it attends to" in d.details
 
 
-def test_too_few_predictions_leave_copy_suppression_undecided_unless_no_ov_circuit_suppresses(built):
+def test_too_few_predictions_make_copy_suppression_na_unless_no_ov_circuit_suppresses(built):
     """Nothing in ``induction-anti`` predicts a repeated token, so where a head attends when the
-    model predicts one cannot be measured: its L1H2 (OV -identity) could be copy suppression, and
-    the verdict is undecided, saying so. In a random model nothing predicts either, but no head's
-    OV circuit suppresses tokens (property 3 fails on every upper bound): absent."""
+    model predicts one cannot be measured: the model lacks what the check measures on (n/a,
+    saying so, never passed), although its L1H2 (OV -identity) could be copy suppression. In a
+    random model nothing predicts either, but no head's OV circuit suppresses tokens (property 3
+    fails on every upper bound): absent."""
     d = _detect(built, "induction-anti", "copy_suppression")
-    assert d.status == "undecided" and not d.decided
-    assert d.reason.startswith("too few predicted positions to decide: the model predicts the next token")
-    assert "in only 0 of 32 sequences" in d.reason and "L1H2 (OV self-suppression 1 [" in d.reason
+    assert d.status == "n/a" and not d.applicable and not d.found
+    assert d.reason.startswith("the model makes too few in-context predictions to measure copy suppression on")
+    assert "in only 0 of 32 sequences" in d.reason and "L1H2 1 [" in d.reason
     assert d.measurement("copy suppression OV (top head)").provenance["head"] == "L1H2"
     d = _detect(built, "random-gpt2", "copy_suppression")
     assert d.status == "absent" and "no prediction for a head to suppress" in d.details
