@@ -268,8 +268,8 @@ _POST_NORM_CHECKUP = Outcome(
 
 _DENSE = Outcome(
     "refused", feature="mixture of experts",
-    why="a dense model has no experts: expert components (`L1E0`) and `experts=True` are refused with an error "
-        "that says so, and each MLP is measured as one component")
+    why="a dense model has none; expert components (`L1E0`) and `experts=True` are refused with an error saying "
+        "so, and each MLP is measured as one component")
 
 # Every cell not listed here is expected exact.
 EXPECTED: dict[tuple[str, str], Outcome] = {
