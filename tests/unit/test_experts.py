@@ -386,6 +386,11 @@ def test_two_experts_of_a_layer_and_the_conflicts(mx, store):
             store.get(m, ps, [H.LOGITS_LAST], iv)
     # an expert and the MLP of another layer: fine
     store.get(m, ps, [H.LOGITS_LAST], I.ablate(m, ["mlp0", "L1E2"], "zero"))
+    # circuits are made of heads and MLPs: an expert is refused there (and so in path patching)
+    from pytest_circuits.techniques.circuits import expand
+
+    with pytest.raises(CircuitsError, match="a head or an MLP"):
+        expand(m, ["L1H0", "L1E2"])
 
 
 def test_self_repair_of_an_expert(mx, store):
