@@ -8,7 +8,8 @@ unembedding column of token ``t`` (``W_U[:, t] - mean_vocab W_U``),
     DE(c) = out_c . w_t / s
 
 Every writer to the residual stream is accounted for: the components (token embedding,
-each head, each MLP, whose ``hook_mlp_out`` includes its output bias) and the
+each head, each MLP, whose ``hook_mlp_out`` includes its output bias; with ``experts=True``
+each expert of a mixture-of-experts MLP instead, :mod:`pytest_circuits.moe`) and the
 *constants*, writers that are not components: learned positional embeddings
 (``hook_pos_embed``, where the model has them) and each layer's attention-output bias
 ``b_O`` (a head's output is ``z_h @ W_O[h]``; the layer's ``b_O`` is written once,
@@ -803,12 +804,14 @@ class DirectEffects(_Ranks):
                 order: str = "largest") -> list[Ranked]:
         """Rows ``(component, mean, rank)`` by mean direct effect over prompts, at the grain ``by``:
 
-        * ``"components"``: the embedding, every head and every MLP;
-        * ``"heads"``; ``"mlp"``: MLP layers; ``"attn"``: attention layers, each the sum of
-          its heads (the layer's output bias ``b_O`` is a constant writer, see
-          :attr:`constants`, and is not in it);
+        * ``"components"``: the embedding, every head and every MLP (every expert of a
+          mixture-of-experts MLP, decomposed with ``experts=True``);
+        * ``"heads"``; ``"mlp"``: MLP layers (an MLP split into experts: their sum);
+          ``"attn"``: attention layers, each the sum of its heads (the layer's output bias
+          ``b_O`` is a constant writer, see :attr:`constants`, and is not in it);
         * ``"sublayers"``: attention layers and MLP layers ranked together;
-        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`.
+        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`;
+        * ``"experts"``: the experts alone (``experts=True``).
 
         ``order``: ``"largest"`` (default: the strongest push toward the token first),
         ``"smallest"`` (the strongest push against it first) or ``"abs"`` (by |mean|).
