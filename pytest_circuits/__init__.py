@@ -16,7 +16,7 @@ from .config import VERSION as __version__  # noqa: E402
 # Helper modules whose asserts users see: rewrite them so failures print values.
 pytest.register_assert_rewrite("pytest_circuits.measurement")
 
-from .components import MLP, Attn, Component, Embed, Head, Neuron, parse  # noqa: E402
+from .components import MLP, Attn, Component, Embed, Expert, Head, Neuron, parse  # noqa: E402
 from .errors import (  # noqa: E402
     CacheWarning,
     CircuitsError,
@@ -38,6 +38,7 @@ _LAZY = {
     "metrics": None,
     "tasks": None,
     "hooks": None,
+    "moe": None,
     "models": None,
     "store": None,
     "techniques": None,
@@ -48,7 +49,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__", "Head", "Attn", "MLP", "Neuron", "Embed", "Component", "parse",
+    "__version__", "Head", "Attn", "MLP", "Neuron", "Expert", "Embed", "Component", "parse",
     "CircuitsError", "ComponentError", "PromptSetError", "ModelUnavailable",
     "InterventionError", "MeasurementError", "CacheWarning", "PromptWarning", "NoOpInterventionWarning",
     *_LAZY,

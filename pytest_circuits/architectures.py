@@ -90,6 +90,7 @@ class Family:
     features: tuple[str, ...]       # the architectural features it exercises
     config: Callable[[Sizes], Any]  # Sizes -> a transformers config
     gqa: bool = False               # n_kv_heads applies
+    moe: bool = False               # its MLPs (some of them) are mixtures of experts
     tokenizer: str = "words"         # "words" (word-level) or "bpe" (byte-level BPE, Qwen2's split)
 
 
@@ -137,6 +138,14 @@ def _bloom(s: Sizes) -> Any:
 
 def _mixtral(s: Sizes) -> Any:
     return _llama_like("MixtralConfig", s, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+
+
+def _qwen3_moe(s: Sizes) -> Any:
+    # layer 0 keeps a dense MLP (``mlp_only_layers``), the others are sparse; the top-k routing
+    # weights are left as the router's probabilities (not renormalized to sum to 1), unlike Mixtral
+    return _llama_like("Qwen3MoeConfig", s, num_key_value_heads=s.n_kv_heads or s.n_heads // 2,
+                       head_dim=s.d_model // s.n_heads, num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=s.d_mlp // 2, mlp_only_layers=[0], norm_topk_prob=False)
 
 
 def _phi3(s: Sizes) -> Any:
@@ -187,7 +196,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("olmo2", "OLMo-2", "Olmo2ForCausalLM", ("norms after attention and MLP (no pre-norm)", "QK-norm"),
            lambda s: _llama_like("Olmo2Config", s)),
     Family("mixtral", "Mixtral (mixture of experts)", "MixtralForCausalLM",
-           ("mixture of experts (4 experts, top 2)",), _mixtral, gqa=True),
+           ("mixture of experts (4 experts, top 2)",), _mixtral, gqa=True, moe=True),
+    Family("qwen3moe", "Qwen3-MoE (mixture of experts)", "Qwen3MoeForCausalLM",
+           ("mixture of experts (4 experts, top 2, weights not renormalized)", "a dense MLP in layer 0",
+            "QK-norm"), _qwen3_moe, gqa=True, moe=True),
     Family("bloom", "BLOOM", "BloomForCausalLM", ("ALiBi", "embedding LayerNorm", "fused QKV", "biases"), _bloom),
 ]}
 
@@ -212,6 +224,11 @@ TECHNIQUES: dict[str, str] = {
     "half precision": "in bfloat16 the direct effects still sum to the logit (within bfloat16 error)",
     "checkup": "every check of the mechanism checkup runs to a verdict for the card, or is not applicable "
                "for a reason given on it",
+    "experts": "each expert's output (its MLP's output times its routing weight) equals a raw-torch recomputation "
+               "from the Hugging Face model's router and expert weights at every position, and the experts sum to "
+               "the MLP's output; direct effects split into experts (`experts=True`) sum to the model's own logit; "
+               "zero ablation of an expert equals removing its output by hand, with the self-repair decomposition "
+               "exact",
 }
 
 
@@ -249,8 +266,14 @@ _POST_NORM_CHECKUP = Outcome(
         "z W_O alone, which a norm after attention rescales by the whole layer's output: they are not "
         "applicable (with this reason on the card); the other checks run")
 
+_DENSE = Outcome(
+    "refused", feature="mixture of experts",
+    why="a dense model has none; expert components (`L1E0`) and `experts=True` are refused with an error saying "
+        "so, and each MLP is measured as one component")
+
 # Every cell not listed here is expected exact.
 EXPECTED: dict[tuple[str, str], Outcome] = {
+    **{("experts", f.name): _DENSE for f in FAMILIES.values() if not f.moe},
     ("checkup", "gemma2"): _POST_NORM_CHECKUP,
     ("checkup", "gemma3"): _POST_NORM_CHECKUP,
     ("checkup", "olmo2"): _POST_NORM_CHECKUP,

@@ -2,7 +2,8 @@
 
 ``parse("L10H7")``, ``parse("10.7")`` and ``parse("a10.h7")`` all give ``Head(10, 7)``;
 ``"attn9"``/``"a9"`` give ``Attn(9)``; ``"mlp9"``/``"m9"`` give ``MLP(9)``;
-``"L3N609"`` gives ``Neuron(3, 609)``; ``"embed"`` gives ``Embed()``.
+``"L3N609"`` gives ``Neuron(3, 609)``; ``"L1E3"`` (or ``"mlp1.e3"``) gives ``Expert(1, 3)``,
+expert 3 of layer 1's mixture of experts; ``"embed"`` gives ``Embed()``.
 Parsing checks only the spelling; ``component.validate(model)`` checks the numbers
 against a model's config and names the valid range when they are out of it.
 """
@@ -30,7 +31,7 @@ class Component:
 
     def sort_key(self) -> tuple:
         """Forward order: embed, then per layer attention (heads) before MLP (neurons)."""
-        kind = {"Embed": 0, "Head": 1, "Attn": 1, "MLP": 2, "Neuron": 2}[type(self).__name__]
+        kind = {"Embed": 0, "Head": 1, "Attn": 1, "MLP": 2, "Neuron": 2, "Expert": 2}[type(self).__name__]
         return (self.layer, kind, str(self))
 
 
@@ -153,12 +154,56 @@ class Neuron(Component):
 
     def validate(self, model: Any) -> "Neuron":
         _check_layer(self, self.layer, model)
+        from .moe import n_experts
+
+        experts = n_experts(model, self.layer)
+        if experts:
+            # the block's hook_post is its output (d_model wide), not a layer of neurons
+            raise ComponentError(
+                bad("component", str(self), f"a neuron of a dense MLP: layer {self.layer}'s MLP is a mixture of "
+                    f"{experts} experts, each with neurons of its own, and has no neuron basis; use its experts "
+                    f"(L{self.layer}E0 .. L{self.layer}E{experts - 1}) or the whole MLP (mlp{self.layer})"))
         d_mlp = _cfg(model).d_mlp
         if not 0 <= self.index < d_mlp:
             raise ComponentError(
                 bad("component", str(self), f"neuron index must be in 0..{d_mlp - 1} "
                     f"(this model's MLPs have {d_mlp} neurons)")
             )
+        return self
+
+
+@dataclass(frozen=True, order=True)
+class Expert(Component):
+    """One expert of a layer's mixture of experts: ``Expert(1, 3)`` is written ``L1E3``. Its
+    output is what the MoE block adds for it at each position, the expert's MLP output times
+    its routing weight (0 where the router did not pick it): :mod:`pytest_circuits.moe`."""
+
+    layer: int
+    expert: int
+
+    def __post_init__(self) -> None:
+        _check_int(self, layer=self.layer, expert=self.expert)
+
+    def __repr__(self) -> str:
+        return f"Expert({self.layer}, {self.expert})"
+
+    def __str__(self) -> str:
+        return f"L{self.layer}E{self.expert}"
+
+    def validate(self, model: Any) -> "Expert":
+        _check_layer(self, self.layer, model)
+        from .moe import moe_layers, n_experts, sparse_block
+
+        n = n_experts(model, self.layer)
+        if n == 0:
+            layers = moe_layers(model)
+            where = (f"layers with experts: {', '.join(map(str, layers))}" if layers
+                     else "this model has no mixture-of-experts layers: its MLPs are dense")
+            raise ComponentError(bad("component", str(self), f"an expert of a mixture-of-experts layer ({where})"))
+        if not 0 <= self.expert < n:
+            raise ComponentError(bad("component", str(self), f"expert must be in 0..{n - 1} "
+                                     f"(layer {self.layer} has {n} experts)"))
+        sparse_block(model, self.layer)      # refuses a block whose experts cannot be components
         return self
 
 
@@ -170,6 +215,8 @@ _PATTERNS = [
     (re.compile(rf"^{_N}\.{_N}$"), lambda a, b: Head(int(a), int(b))),
     (re.compile(rf"^a{_N}\.h{_N}$", re.I), lambda a, b: Head(int(a), int(b))),
     (re.compile(rf"^L{_N}N{_N}$", re.I), lambda a, b: Neuron(int(a), int(b))),
+    (re.compile(rf"^L{_N}E{_N}$", re.I), lambda a, b: Expert(int(a), int(b))),
+    (re.compile(rf"^(?:mlp|m){_N}\.e{_N}$", re.I), lambda a, b: Expert(int(a), int(b))),
 ]
 _SINGLE = [
     (re.compile(rf"^(?:attn|a){_N}$", re.I), lambda a: Attn(int(a))),
@@ -178,7 +225,8 @@ _SINGLE = [
     (re.compile(rf"^L{_N}(?:mlp|M)$", re.I), lambda a: MLP(int(a))),
 ]
 _VALID_SPELLINGS = ("L10H7, 10.7, a10.h7 (heads); attn9, a9, L9A (attention layers); "
-                    "mlp9, m9, L9M (MLPs); L3N609 (neurons); embed")
+                    "mlp9, m9, L9M (MLPs); L3N609 (neurons); L1E3, mlp1.e3 (experts of a mixture of "
+                    "experts); embed")
 
 
 def parse(spec: ComponentLike, model: Any = None) -> Component:
@@ -222,6 +270,13 @@ def parse_many(specs: Any, model: Any = None) -> tuple[Component, ...]:
 def all_heads(model: Any) -> list[Head]:
     cfg = _cfg(model)
     return [Head(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+
+
+def all_experts(model: Any) -> list[Expert]:
+    """Every expert of every mixture-of-experts layer, in forward order (none for a dense model)."""
+    from .moe import moe_layers, n_experts
+
+    return [Expert(l, e) for l in moe_layers(model) for e in range(n_experts(model, l))]
 
 
 def all_layers(model: Any) -> list[Component]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from .components import MLP, Attn, Component, Embed, Head, Neuron
+from .components import MLP, Attn, Component, Embed, Expert, Head, Neuron
 from .errors import ComponentError, bad
 
 AT_LAST = "@last"
@@ -171,6 +171,13 @@ def attn_post_scale(layer: int) -> str:
     return f"blocks.{layer}.ln1_post.hook_scale"
 
 
+def moe_in(layer: int) -> str:
+    """The input of layer ``layer``'s MLP block as the block reads it (after its norm):
+    ``[batch, pos, d_model]``. A mixture of experts' expert outputs are computed from it
+    (:func:`pytest_circuits.moe.expert_outputs`)."""
+    return f"blocks.{layer}.mlp.hook_in"
+
+
 def mlp_post(layer: int) -> str:
     """MLP post-activation neurons: ``[batch, pos, d_mlp]``."""
     return f"blocks.{layer}.mlp.hook_post"
@@ -188,6 +195,10 @@ def output(component: Component) -> str:
         return mlp_post(component.layer)
     if isinstance(component, Embed):
         return EMBED
+    if isinstance(component, Expert):
+        raise ComponentError(bad("component", str(component), "a component whose output a hook holds: an expert's "
+                                 f"output is computed from {moe_in(component.layer)!r} "
+                                 "(pytest_circuits.moe.expert_outputs)"))
     raise ComponentError(bad("component", component, "Head, Attn, MLP, Neuron or Embed"))
 
 

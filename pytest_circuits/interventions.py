@@ -19,7 +19,15 @@ What is replaced is the component's *output*: a head's slice of ``hook_z`` (its 
 is ``z @ W_O``, so replacing z replaces the output exactly), an attention layer's whole
 ``hook_z`` (all its heads; equal to replacing ``hook_attn_out`` for models without an
 attention-output bias), an MLP's ``hook_mlp_out``, a neuron's entry of ``mlp.hook_post``,
-the embedding's ``hook_embed``.
+the embedding's ``hook_embed``. An expert of a mixture of experts (``L1E3``) has no hook of
+its own: its output (its MLP's output times its routing weight, :mod:`pytest_circuits.moe`) is
+computed in the same forward from the block's input (``mlp.hook_in``) with the block's own
+router and experts, and replacing it changes the block's output ``hook_mlp_out`` by
+``replacement - output`` at the replaced positions; the router and the other experts are left
+as they are (their weights are not renormalized). Zero ablation of an expert removes its
+routed output; the other kinds replace it by its output on other prompts or runs, computed the
+same way from their block inputs. An MLP and one of its experts (or one expert twice) cannot be
+replaced in one intervention: each expert replacement is relative to the block's output.
 
 * **zero**: the output is 0.
 * **mean**: the mean of the output over every real token of a ``reference`` prompt set
@@ -59,7 +67,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import hooks as H
-from .components import Component, Head, Neuron, parse_many
+from .components import MLP, Component, Expert, Head, Neuron, parse_many
 from .components import Attn as _Attn
 from .components import Embed as _Embed
 from .errors import InterventionError, NoOpInterventionWarning, bad
@@ -200,9 +208,29 @@ class Replace:
         start = torch.as_tensor(offset).reshape(-1).long().expand(len(index))
         slot = self._slot()
         watch = self.kind in NOOP_KINDS
+        expert = self.component if isinstance(self.component, Expert) else None
+        seen: dict[str, Any] = {}
+        if expert is not None:
+            from .moe import sparse_block
+
+            sparse_block(model, expert.layer)    # its one-time identity check runs here, outside the forward
+
+        def block_input(t: Any, hook: Any = None) -> None:
+            seen["x"] = t          # the MoE block's input in this forward (what the block reads)
 
         def fn(t: Any, hook: Any = None) -> Any:
-            t = t.clone()
+            if expert is not None:
+                # the expert's output in this forward, from the block's input: replaced below,
+                # and the block's output moved by the same change
+                from .moe import expert_outputs
+
+                if "x" not in seen:
+                    raise InterventionError(f"{self.key}: the input of mlp{expert.layer} was not seen before its "
+                                            "output in this forward")
+                cur = expert_outputs(model, expert.layer, seen.pop("x"), [expert.expert])[0]
+                out, t = t, cur.clone()
+            else:
+                t = t.clone()
             b, width = t.shape[0], t.shape[1]
             at = start.unsqueeze(1) + torch.arange(width).unsqueeze(0)     # [b, width]: absolute positions
             if self.positions is None:
@@ -230,8 +258,12 @@ class Replace:
             if watch:
                 real = sel & (at < lengths.unsqueeze(1))
                 self._watch(prompts, index, old, sub, real)
+            if expert is not None:
+                return out + (t - cur)          # 0 wherever nothing was replaced
             return t
 
+        if expert is not None:
+            return [(H.moe_in(expert.layer), block_input), (H.mlp_out(expert.layer), fn)]
         return [(hook, fn)]
 
     def _watch(self, prompts: Any, index: Any, old: Any, new: Any, real: Any) -> None:
@@ -295,12 +327,27 @@ class Replace:
     # -- helpers -------------------------------------------------------------------
     @property
     def hook(self) -> str:
+        """The hook whose value holds (or, for an expert, determines) the component's output:
+        what a source is read from."""
         # An attention layer is replaced through all its heads' z (its output is
         # sum_h z_h W_O_h; the models have no b_O), so per-head readings of the
         # intervened run (direct effects) see the replacement too.
         if isinstance(self.component, _Attn):
             return H.z(self.component.layer)
+        if isinstance(self.component, Expert):
+            return H.moe_in(self.component.layer)
         return H.output(self.component)
+
+    def _read(self, model: Any, store: Any, prompts: Any, name: str, via: Any = None) -> Any:
+        """The component's output as read at ``name`` (this replacement's hook, or the hook at
+        the last position) of ``prompts`` under ``via``: the hook's value, or for an expert its
+        output computed from the block's input there."""
+        value = store.get(model, prompts, [name], via)[name]
+        if isinstance(self.component, Expert):
+            from .moe import expert_outputs
+
+            value = expert_outputs(model, self.component.layer, value, [self.component.expert])[0]
+        return value
 
     def _slot(self) -> tuple:
         if isinstance(self.component, Head):
@@ -330,14 +377,14 @@ class Replace:
         slot = self._slot()
         if self.kind == "mean":
             ref = self.reference
-            acts = store.get(model, ref, [hook])[hook]
+            acts = self._read(model, store, ref, hook)
             mask = torch.arange(acts.shape[1]).unsqueeze(0) < torch.tensor(ref.lengths).unsqueeze(1)
             real = acts[mask]                                      # [tokens, ...]
             mean = real.double().mean(0).to(acts.dtype)
             return {"mean": mean[slot] if slot else mean}
         if self.kind == "position_mean":
             ref = self.reference if self.reference is not None else prompts
-            acts = store.get(model, ref, [hook])[hook]
+            acts = self._read(model, store, ref, hook)
             have = (torch.arange(acts.shape[1]).unsqueeze(0) < torch.tensor(ref.lengths).unsqueeze(1))
             have = have.reshape(have.shape + (1,) * (acts.dim() - 2)).double()
             mean = ((acts.double() * have).sum(0) / have.sum(0).clamp(min=1)).to(acts.dtype)  # [pos, ...]
@@ -350,13 +397,13 @@ class Replace:
         via = self.via if self.kind == "rerouted" else None
         if self.positions == "last":
             # Only each source prompt's last token is needed: read just that.
-            last = store.get(model, src_set, [H.last(hook)], via)[H.last(hook)]
+            last = self._read(model, store, src_set, H.last(hook), via)
             if self.kind == "resample":
                 last = last[derangement(len(prompts), self.seed)]
             elif self.kind == "resample_distinct":
                 last = last[distinct_sources(last[(slice(None),) + slot], self.seed)]
             return {"last": last[(slice(None),) + slot] if slot else last}
-        acts = store.get(model, src_set, [hook], via)[hook]
+        acts = self._read(model, store, src_set, hook, via)
         if self.kind == "resample":
             acts = acts[derangement(len(prompts), self.seed)]
         elif self.kind == "resample_distinct":
@@ -394,11 +441,11 @@ class Replace:
         hook = self.hook
         source = self._source(model, prompts, store, hook)
         if self.positions == "last":
-            old = store.get(model, prompts, [H.last(hook)])[H.last(hook)]
+            old = self._read(model, store, prompts, H.last(hook))
             old = old[(slice(None),) + slot].unsqueeze(1)                 # [n, 1, ...]
             mask = torch.ones(old.shape[:2], dtype=torch.bool)
         else:
-            old = store.get(model, prompts, [hook])[hook][(slice(None), slice(None)) + slot]
+            old = self._read(model, store, prompts, hook)[(slice(None), slice(None)) + slot]
             mask = self._replaced(prompts, old.shape[1])
         old = old.detach().to("cpu", torch.float64)
         if source is None:
@@ -458,6 +505,7 @@ class Interventions:
         return f"Interventions({self.key})"
 
     def check(self, model: Any, prompts: Any) -> None:
+        _check_expert_overlap(self.items)
         for i in self.items:
             i.check(model, prompts)
 
@@ -518,6 +566,29 @@ class Interventions:
         hooks = self.fwd_hooks(model, prompts, torch.arange(len(prompts)), store)
         with model.hooks(fwd_hooks=hooks):
             yield model
+
+
+def _check_expert_overlap(items: Any) -> None:
+    """An expert's replacement moves its block's output by ``replacement - output``: replacing
+    the same expert twice, or an expert and its MLP (or a neuron of it), in one intervention
+    has no single meaning. Refused."""
+    experts: dict[tuple[int, int], Any] = {}
+    for item in items:
+        c = getattr(item, "component", None)
+        if isinstance(c, Expert):
+            if (c.layer, c.expert) in experts:
+                raise InterventionError(f"{c} is replaced twice in one intervention ({experts[(c.layer, c.expert)].key} "
+                                        f"and {item.key}): an expert's replacement is relative to its block's "
+                                        "output, so a second one would act on the first; replace it once")
+            experts[(c.layer, c.expert)] = item
+    layers = {l for l, _ in experts}
+    for item in items:
+        c = getattr(item, "component", None)
+        if isinstance(c, (MLP, Neuron)) and c.layer in layers:
+            raise InterventionError(f"{c} and an expert of the same layer ({', '.join(str(Expert(l, e)) for l, e in experts if l == c.layer)}) "
+                                    "are replaced in one intervention: an expert's replacement is relative to the "
+                                    "block's output, which the MLP's replacement changes; replace the MLP or its "
+                                    "experts, not both")
 
 
 def _first_difference(a: Any, b: Any, lengths: Any) -> Any:

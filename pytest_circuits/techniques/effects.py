@@ -8,7 +8,8 @@ unembedding column of token ``t`` (``W_U[:, t] - mean_vocab W_U``),
     DE(c) = out_c . w_t / s
 
 Every writer to the residual stream is accounted for: the components (token embedding,
-each head, each MLP, whose ``hook_mlp_out`` includes its output bias) and the
+each head, each MLP, whose ``hook_mlp_out`` includes its output bias; with ``experts=True``
+each expert of a mixture-of-experts MLP instead, :mod:`pytest_circuits.moe`) and the
 *constants*, writers that are not components: learned positional embeddings
 (``hook_pos_embed``, where the model has them) and each layer's attention-output bias
 ``b_O`` (a head's output is ``z_h @ W_O[h]``; the layer's ``b_O`` is written once,
@@ -75,25 +76,45 @@ from typing import Any, NamedTuple, Sequence
 
 from .. import hooks as H
 from ..store import ActivationStore, final_logit_softcap, resolve
-from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
+from ..components import MLP, Attn, Component, Embed, Expert, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import PARTLY_UNINFORMATIVE, UNINFORMATIVE, Measurement, record
 from ..models import derived, info as model_info, weights_state
 
 
-def writers(model: Any) -> tuple[Component, ...]:
-    """Every residual-stream writer, in forward order: embed, L0H0.., mlp0, L1H0.., ..."""
-    return _writers(int(model.cfg.n_layers), int(model.cfg.n_heads))
+def writers(model: Any, experts: bool = False) -> tuple[Component, ...]:
+    """Every residual-stream writer, in forward order: embed, L0H0.., mlp0, L1H0.., ...; with
+    ``experts=True`` a mixture-of-experts layer's MLP is its experts instead (L1E0, L1E1, ...)."""
+    if not experts:
+        return _writers(int(model.cfg.n_layers), int(model.cfg.n_heads))
+    return _writers(int(model.cfg.n_layers), int(model.cfg.n_heads), _expert_counts(model))
 
 
 @functools.lru_cache(maxsize=16)
-def _writers(n_layers: int, n_heads: int) -> tuple[Component, ...]:
+def _writers(n_layers: int, n_heads: int, experts: tuple[int, ...] = ()) -> tuple[Component, ...]:
     out: list[Component] = [Embed()]
     for layer in range(n_layers):
         out += [Head(layer, h) for h in range(n_heads)]
-        out.append(MLP(layer))
+        n = experts[layer] if experts else 0
+        out += [Expert(layer, e) for e in range(n)] if n else [MLP(layer)]
     return tuple(out)
+
+
+def _expert_counts(model: Any) -> tuple[int, ...]:
+    """Per layer, how many experts its MLP is split into for ``experts=True`` (0: dense), each
+    MoE layer checked (:func:`pytest_circuits.moe.sparse_block`); refused for a dense model."""
+    from .. import moe
+
+    layers = moe.moe_layers(model)
+    if not layers:
+        from ..architectures import architecture_name
+
+        raise ComponentError(bad("experts", True, f"False: this {architecture_name(model)} model has no mixture-of-"
+                                 "experts layers (its MLPs are dense), so there are no experts to split them into"))
+    for l in layers:
+        moe.sparse_block(model, l)
+    return tuple(moe.n_experts(model, l) if l in layers else 0 for l in range(int(model.cfg.n_layers)))
 
 
 def _hooks_needed(model: Any) -> list[str]:
@@ -123,19 +144,26 @@ def targets(model: Any, prompts: Any, token: Any, store: ActivationStore) -> Any
 
 
 def rows_of(components: Sequence[Component], c: Any) -> list[int]:
-    """Indices of ``c`` among the writers; an attention layer is all of its heads."""
+    """Indices of ``c`` among the writers; an attention layer is all of its heads, an MLP split
+    into its experts (``experts=True``) all of its experts."""
     comp = parse(c)
     if isinstance(comp, Attn):
         rows = [i for i, x in enumerate(components) if isinstance(x, Head) and x.layer == comp.layer]
     else:
         rows = [i for i, x in enumerate(components) if x == comp]
+        if not rows and isinstance(comp, MLP):
+            rows = [i for i, x in enumerate(components) if isinstance(x, Expert) and x.layer == comp.layer]
+    if not rows and isinstance(comp, Expert):
+        raise ComponentError(bad("component", str(comp), f"a writer of this decomposition, in which mlp{comp.layer} "
+                                 "is one component: split mixture-of-experts layers into their experts with "
+                                 "`experts=True` (effects.decompose)"))
     if not rows:
         raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed of the model"))
     return rows
 
 
 # ----------------------------------------------------------------------------- rankings
-GRAINS = ("components", "heads", "attn", "mlp", "sublayers", "layers")
+GRAINS = ("components", "heads", "attn", "mlp", "sublayers", "layers", "experts")
 ORDERS = ("largest", "smallest", "abs")
 
 
@@ -196,7 +224,11 @@ def _grain(components: Sequence[Component], values: Any, by: str, skip: set[int]
             key = Attn(c.layer)
         elif by in ("mlp", "sublayers") and isinstance(c, MLP):
             key = c
-        elif by == "layers" and isinstance(c, (Head, MLP)):
+        elif by in ("mlp", "sublayers") and isinstance(c, Expert):
+            key = MLP(c.layer)                 # a mixture of experts' MLP: the sum of its experts
+        elif by == "experts" and isinstance(c, Expert):
+            key = c
+        elif by == "layers" and isinstance(c, (Head, MLP, Expert)):
             key = Block(c.layer)
         else:
             key = None
@@ -411,19 +443,26 @@ def _writer_constants(model: Any, state: tuple | None = None) -> tuple[Any, Any]
 
 
 def outputs(model: Any, prompts: Any, *, intervention: Any = None,
-            store: ActivationStore | None = None, logits: bool = False, logit: str = "logit") -> Outputs:
+            store: ActivationStore | None = None, logits: bool = False, logit: str = "logit",
+            experts: bool = False) -> Outputs:
     """Every writer's output vector at the last position (one forward, or none if cached);
     with ``logits=True`` the model's logits at the last position too (same forward; ``logit``:
     which, see :func:`logit_hook`). Under a post-attention norm (:func:`attn_post_gains`) a
-    head's vector is what it writes through the norm."""
-    return _outputs(model, prompts, intervention, resolve(store), logits, logit=logit)
+    head's vector is what it writes through the norm. ``experts=True``: a mixture-of-experts
+    layer's MLP is its experts (:func:`writers`), each expert's output computed from the
+    block's input in the same run and checked to sum to the block's output
+    (:mod:`pytest_circuits.moe`)."""
+    return _outputs(model, prompts, intervention, resolve(store), logits, logit=logit, experts=experts)
 
 
-def _readout_names(model: Any, logits: bool, logit: str = "logit") -> list[str]:
+def _readout_names(model: Any, logits: bool, logit: str = "logit", experts: tuple[int, ...] = ()) -> list[str]:
     """What the writers' readout reads: every writer at the last position, the final-norm
     scale, the post-attention norms' scales (where the model has them), learned positions
-    (GPT-2), and the last logits (``logit``: :func:`logit_hook`) when asked."""
+    (GPT-2), the inputs of the MoE blocks split into experts (``experts``: per layer, how
+    many; 0 for a layer not split), and the last logits (``logit``: :func:`logit_hook`) when
+    asked."""
     names = _hooks_needed(model)
+    names += [H.last(H.moe_in(l)) for l, n in enumerate(experts) if n]
     if attn_post_gains(model) is not None:
         names += [H.last(H.attn_post_scale(l)) for l in range(model.cfg.n_layers)]
     pos = _pos_embed_hook(model)
@@ -520,11 +559,11 @@ def _post_scale(acts: dict[str, Any], layer: int) -> Any:
 
 
 def _read_outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore,
-                  logits: bool, logit: str = "logit") -> tuple[list[str], dict[str, Any]]:
+                  logits: bool, logit: str = "logit", experts: tuple[int, ...] = ()) -> tuple[list[str], dict[str, Any]]:
     """``(names read from the clean run, {name: value})`` for :func:`_readout_names`. Writers
     before the first intervened block are exactly as in the clean run: the store reads them
     there, so the intervened forward can resume at that block."""
-    before, after = store.split_at_resume(_readout_names(model, logits, logit), intervention)
+    before, after = store.split_at_resume(_readout_names(model, logits, logit, experts), intervention)
     acts = store.get(model, prompts, before) if before else {}
     acts.update(store.get(model, prompts, after, intervention))
     return before, acts
@@ -547,12 +586,15 @@ def _constant_vectors(acts: dict[str, Any], pos: str | None, b_O: Any, n_layers:
 
 
 def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore, logits: bool,
-             consts: tuple[Any, Any] | None = None, logit: str = "logit") -> Outputs:
+             consts: tuple[Any, Any] | None = None, logit: str = "logit", experts: bool = False) -> Outputs:
     """:func:`outputs`; ``consts``: ``(W_O, b_O)`` from :func:`_writer_constants`, when read already."""
     import torch
 
     pos = _pos_embed_hook(model)
-    _, acts = _read_outputs(model, prompts, intervention, store, logits, logit)
+    counts = _expert_counts(model) if experts else ()
+    if counts:
+        _refuse_replaced_experts(model, intervention, counts)
+    _, acts = _read_outputs(model, prompts, intervention, store, logits, logit, counts)
     L = model.cfg.n_layers
     W_O, b_O = consts if consts is not None else _writer_constants(model)   # [L, H, d_head, d_model], [L, d]
     post = attn_post_gains(model)
@@ -563,13 +605,42 @@ def _outputs(model: Any, prompts: Any, intervention: Any, store: ActivationStore
         if post is not None:                                           # through the post-attention norm
             heads = heads * post[l] / _post_scale(acts, l).reshape(1, -1, 1)
         vecs += list(heads)
-        vecs.append(acts[H.last(H.mlp_out(l))].double())
+        if counts and counts[l]:
+            vecs += list(_expert_vectors(model, l, acts))
+        else:
+            vecs.append(acts[H.last(H.mlp_out(l))].double())
     scale = acts[H.last(H.FINAL_SCALE)].double().reshape(-1)
     n = scale.shape[0]
     cnames, cvecs = _constant_vectors(acts, pos, b_O, L, n)
-    return Outputs(writers(model), torch.stack(vecs), scale, tuple(cnames),
+    return Outputs(writers(model, experts), torch.stack(vecs), scale, tuple(cnames),
                    torch.stack(cvecs) if cvecs else None,
                    acts[logit_hook(model, logit)].double() if logits else None)
+
+
+def _expert_vectors(model: Any, layer: int, acts: dict[str, Any]) -> Any:
+    """``[E, n, d_model]`` float64: each expert's output at the last position, computed from the
+    MoE block's input in the run ``acts`` were read from, checked to sum to the block's output
+    there (:func:`pytest_circuits.moe.check_sum`)."""
+    from .. import moe
+
+    parts = moe.expert_outputs(model, layer, acts[H.last(H.moe_in(layer))])
+    moe.check_sum(parts, acts[H.last(H.mlp_out(layer))], f"the experts of layer {layer} at the last position",
+                  dtype=parts.dtype)
+    return parts.double()
+
+
+def _refuse_replaced_experts(model: Any, intervention: Any, counts: tuple[int, ...]) -> None:
+    """``experts=True`` under an intervention that replaces an MLP split into experts, or one
+    of its experts: the experts' outputs are recomputed from the block's input, which such a
+    replacement leaves as it is, so they would not be what the block wrote. Refused."""
+    for item in getattr(intervention, "items", ()) or ():
+        c = getattr(item, "component", None)
+        if isinstance(c, (MLP, Expert, Neuron)) and 0 <= c.layer < len(counts) and counts[c.layer]:
+            raise MeasurementError(
+                f"direct effects split into experts under {intervention.key}, which replaces {c}: each expert's "
+                f"output is recomputed from mlp{c.layer}'s input, which the replacement does not change, so it "
+                f"would not be what the block wrote; decompose with experts=False (mlp{c.layer} is then one "
+                "component and its row holds the change)")
 
 
 def _unembed_dirs(model: Any, ids: Any, state: tuple | None = None) -> tuple[Any, Any]:
@@ -733,12 +804,14 @@ class DirectEffects(_Ranks):
                 order: str = "largest") -> list[Ranked]:
         """Rows ``(component, mean, rank)`` by mean direct effect over prompts, at the grain ``by``:
 
-        * ``"components"``: the embedding, every head and every MLP;
-        * ``"heads"``; ``"mlp"``: MLP layers; ``"attn"``: attention layers, each the sum of
-          its heads (the layer's output bias ``b_O`` is a constant writer, see
-          :attr:`constants`, and is not in it);
+        * ``"components"``: the embedding, every head and every MLP (every expert of a
+          mixture-of-experts MLP, decomposed with ``experts=True``);
+        * ``"heads"``; ``"mlp"``: MLP layers (an MLP split into experts: their sum);
+          ``"attn"``: attention layers, each the sum of its heads (the layer's output bias
+          ``b_O`` is a constant writer, see :attr:`constants`, and is not in it);
         * ``"sublayers"``: attention layers and MLP layers ranked together;
-        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`.
+        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`;
+        * ``"experts"``: the experts alone (``experts=True``).
 
         ``order``: ``"largest"`` (default: the strongest push toward the token first),
         ``"smallest"`` (the strongest push against it first) or ``"abs"`` (by |mean|).
@@ -756,28 +829,36 @@ class DirectEffects(_Ranks):
 
 
 def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: Any = None,
-              activations: ActivationStore | None = None, logit: str = "logit") -> DirectEffects:
+              activations: ActivationStore | None = None, logit: str = "logit",
+              experts: bool = False) -> DirectEffects:
     """Direct effect of every writer on ``token`` (see module docstring); raises when the
     parts do not sum to the logit read from the model. ``logit="pre_softcap"``: the logit
     before a final logit soft-cap (Gemma-2), which the parts sum to where the capped one is
-    not a sum (refused with ``"logit"``)."""
+    not a sum (refused with ``"logit"``). ``experts=True``: each mixture-of-experts layer's MLP
+    is split into its experts (``L1E0``, ``L1E1``, ...: :mod:`pytest_circuits.moe`), whose
+    outputs are checked to sum to the MLP's; refused for a model without experts, and under an
+    intervention that replaces a split MLP or one of its experts."""
+    if not isinstance(experts, bool):
+        raise CircuitsError(bad("experts", experts, "True or False"))
     store = resolve(activations)
     logit_hook(model, logit)          # refused before anything runs
     ids = targets(model, prompts, token, store)
-    outs = outputs(model, prompts, intervention=intervention, store=store, logits=True, logit=logit)
+    outs = outputs(model, prompts, intervention=intervention, store=store, logits=True, logit=logit,
+                   experts=experts)
     w, b = _unembed_dirs(model, ids)
     values = direct_effects(outs, w)
     consts = direct_effects(outs, w, constants=True)[len(outs.components):]
-    logit = centred_logit(outs.logits, ids)
+    read = centred_logit(outs.logits, ids)
     mi = model_info(model)
-    de = DirectEffects(mi.label, outs.components, values, b, logit, ids, prompts.name,
+    de = DirectEffects(mi.label, outs.components, values, b, read, ids, prompts.name,
                        {"model": mi.label, "prompts": prompts.name, "token": str(token),
                         "intervention": intervention.key if intervention is not None else "none",
-                        **({"logit": logit} if logit != "logit" else {})},
+                        **({"logit": logit} if logit != "logit" else {}),
+                        **({"experts": True} if experts else {})},
                        dict(zip(outs.constant_names, consts)))
     import torch
 
-    _check_identity(model, de.parts_sum, logit, torch.cat([values, consts, b.unsqueeze(0)]),
+    _check_identity(model, de.parts_sum, read, torch.cat([values, consts, b.unsqueeze(0)]),
                     "the sum of the direct effects", _MISSING_WRITER)
     return de
 
@@ -1176,8 +1257,9 @@ def _self_repair(model: Any, prompts: Any, abl: Any, side: _CleanSide, store: Ac
     ablated: list[int] = []
     for item in abl:
         comp = item.component
-        # a neuron's writer is its MLP
-        rows = rows_of(side.components, MLP(comp.layer) if isinstance(comp, Neuron) else comp)
+        # a neuron's or an expert's writer is its MLP (the router and the MLP's other experts read
+        # the same input as in the clean run: the MLP's change is the expert's)
+        rows = rows_of(side.components, MLP(comp.layer) if isinstance(comp, (Neuron, Expert)) else comp)
         ablated += rows
         _warn_if_noop(item, de_clean[rows].sum(0), delta[rows].sum(0), prompts.name)
     mi = model_info(model)
@@ -1202,6 +1284,8 @@ def _warn_if_noop(item: Any, clean_de: Any, delta: Any, name: str) -> None:
 
     if getattr(item, "kind", None) not in NOOP_KINDS:
         return
+    if isinstance(getattr(item, "component", None), Expert):
+        return          # its row is its MLP's, whose clean DE is not the expert's (the ablation's own watch tells)
     scale = float(clean_de.abs().mean())
     if scale <= 1e-6:
         return          # no direct effect to lose: nothing to tell from the decomposition
@@ -1259,7 +1343,15 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAUL
     sr = self_repair(model, prompts, comp, kind=kind, token=token, positions=positions, seed=seed,
                      reference=reference, activations=activations, logit=logit)
     if kind == "zero":
-        dla = sr.direct_effect(comp)      # the clean DE: what zero ablation removes
+        if isinstance(comp, Expert):
+            # an expert's clean DE, from the decomposition split into experts (the self-repair
+            # rows are whole MLPs)
+            clean_de = decompose(model, prompts, token=token, activations=activations, logit=logit,
+                                 experts=True).of(comp)
+            dla = sr._m(f"DE({comp})", clean_de, clean=True, component=str(comp))
+        else:
+            clean_de = sr.clean(comp)
+            dla = sr.direct_effect(comp)      # the clean DE: what zero ablation removes
     else:
         # Against a resampled/mean baseline the comparable DLA is the direct effect lost.
         dla = sr._m(f"DLA({comp}) vs {kind}", -sr.own, component=str(comp))
@@ -1268,7 +1360,7 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAUL
     why = sr.why_nothing_lost()
     if why is not None:
         raise MeasurementError(f"causal/DLA of {comp} is undefined: {why}")
-    frac = Measurement.from_ratio(f"causal/DLA({comp})", -sr.total, -sr.own if kind != "zero" else sr.clean(comp),
+    frac = Measurement.from_ratio(f"causal/DLA({comp})", -sr.total, -sr.own if kind != "zero" else clean_de,
                                   model=sr.model, labels=sr.labels, provenance={"component": str(comp)})
     return DLAvsTotal(str(comp), dla, causal, over, frac, sr)
 

@@ -114,10 +114,15 @@ def test_each_checkpoint_has_the_structure_it_claims(fam):
         assert cfg.parallel_attn_mlp
     if fam.name == "bloom":
         assert cfg.positional_embedding_type == "alibi"
-    if fam.name in ("gqa", "mistral", "qwen2", "qwen3"):
+    if fam.name in ("gqa", "mistral", "qwen2", "qwen3", "qwen3moe"):
         assert hf.num_key_value_heads < hf.num_attention_heads
     if fam.name == "mixtral":
         assert hf.num_local_experts > hf.num_experts_per_tok > 1
+    if fam.name == "qwen3moe":
+        assert hf.num_experts > hf.num_experts_per_tok > 1 and not hf.norm_topk_prob
+        assert hf.mlp_only_layers == [0] and not hasattr(fam.hf.model.layers[0].mlp, "experts")
+    # the families with experts are those the matrix marks so, and only they have experts
+    assert A.FAMILIES[fam.name].moe == any(hasattr(m, "experts") and hasattr(m, "gate") for m in fam.hf.modules())
     # every bias and norm weight is clearly non-zero / not 1 (so a forgotten writer shows)
     for name, p in fam.hf.named_parameters():
         if name.endswith("bias"):
@@ -341,6 +346,86 @@ def test_checkup(fam, matrix_cell):
             assert set(ruled_out) == {"ioi", "successor", "copy_suppression"}, not_applicable
             raise CircuitsError(arch)
     matrix_cell("checkup", fam.name, run)
+
+
+# -- mixture-of-experts layers: experts as components -----------------------------------------
+def hf_experts(f: Family, layer: int, tokens: torch.Tensor):
+    """Raw torch on the Hugging Face model (no project code): the input and output of layer
+    ``layer``'s MoE block for one unpadded prompt, and each expert's routed output recomputed
+    from the block's router and expert weights: ``(x [pos, d], out [pos, d], experts [E, pos, d])``."""
+    block = f.hf.model.layers[layer].mlp
+    seen = {}
+    handle = block.register_forward_hook(lambda mod, args, out: seen.update(x=args[0][0], out=out[0]))
+    try:
+        with torch.no_grad():
+            f.hf(tokens.unsqueeze(0))
+    finally:
+        handle.remove()
+    x, cfg = seen["x"], f.hf.config
+    probs = torch.softmax((x @ block.gate.weight.T).float(), dim=-1)
+    top, idx = probs.topk(cfg.num_experts_per_tok, dim=-1)
+    if getattr(cfg, "norm_topk_prob", True):            # Mixtral always renormalizes; Qwen3-MoE when told
+        top = top / top.sum(-1, keepdim=True)
+    outs = []
+    with torch.no_grad():
+        for e in range(block.experts.gate_up_proj.shape[0]):
+            gate, up = (x @ block.experts.gate_up_proj[e].T).chunk(2, dim=-1)
+            y = (torch.nn.functional.silu(gate) * up) @ block.experts.down_proj[e].T
+            outs.append(y * (top * (idx == e)).sum(-1, keepdim=True))
+    return x, seen["out"], torch.stack(outs)
+
+
+def test_experts(fam, matrix_cell):
+    from pytest_circuits import moe
+
+    model, ps = fam.model, fam.ps
+
+    def run():
+        L = model.cfg.n_layers
+        first = Cm.parse(f"L{L - 1}E0", model)            # a dense model refuses here, naming it
+        layers = moe.moe_layers(model)
+        assert layers and first.layer in layers
+        assert [str(c) for c in Cm.all_experts(model)] == [f"L{l}E{e}" for l in layers
+                                                           for e in range(moe.n_experts(model, l))]
+        store = ActivationStore(batch_size=2)
+        acts = store.get(model, ps, [n for l in layers for n in (H.moe_in(l), H.mlp_out(l))])
+        for l in layers:
+            mine = moe.expert_outputs(model, l, acts[H.moe_in(l)]).double()          # [E, n, pos, d]
+            for i in range(len(ps)):
+                n = ps.lengths[i]
+                _, out, by_hand = hf_experts(fam, l, ps.tokens[i, :n])
+                torch.testing.assert_close(mine[:, i, :n], by_hand.double(), atol=1e-6, rtol=1e-4)
+                # every expert's output sums to the block's, in the model's forward and in the store's run
+                torch.testing.assert_close(mine[:, i, :n].sum(0), out.double(), atol=1e-6, rtol=1e-4)
+                torch.testing.assert_close(mine[:, i, :n].sum(0), acts[H.mlp_out(l)][i, :n].double(),
+                                           atol=1e-6, rtol=1e-4)
+            assert float(mine.abs().amax()) > 1e-4            # not an identity of zeros
+        # direct effects split into experts sum to the model's own logit; each MoE layer's experts to its MLP
+        whole = E.decompose(model, ps, activations=store)
+        split = E.decompose(model, ps, activations=store, experts=True)
+        torch.testing.assert_close(split.parts_sum, centred_answer(own_logits(fam), ps), atol=2e-5, rtol=0)
+        for l in range(L):
+            torch.testing.assert_close(split.of(Cm.MLP(l)), whole.of(Cm.MLP(l)), atol=1e-7, rtol=1e-5)
+        # zero ablation of an expert at every position: the model's forward with its output removed by hand
+        l = layers[0]
+        e = int(split.values[E.rows_of(split.components, Cm.MLP(l))].abs().sum(1).argmax())   # one with an effect
+        iv = I.ablate(model, f"L{l}E{e}", "zero")
+        got = store.get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST]
+        block = fam.hf.model.layers[l].mlp
+        for i in range(len(ps)):
+            n = ps.lengths[i]
+            _, _, by_hand = hf_experts(fam, l, ps.tokens[i, :n])
+            handle = block.register_forward_hook(lambda mod, args, out, y=by_hand[e]: out - y.unsqueeze(0))
+            try:
+                with torch.no_grad():
+                    want = fam.hf(ps.tokens[i, :n].unsqueeze(0)).logits[0, -1].double()
+            finally:
+                handle.remove()
+            torch.testing.assert_close(centred(got[i:i + 1]), centred(want.unsqueeze(0)), atol=2e-5, rtol=0)
+        sr = E.self_repair(model, ps, f"L{l}E{e}", kind="zero", activations=store)
+        torch.testing.assert_close(sr.total, sr.own + sr.downstream + sr.norm_term, atol=1e-10, rtol=0)
+        torch.testing.assert_close(sr.total, sr.measured_total, atol=2e-5, rtol=0)
+    matrix_cell("experts", fam.name, run)
 
 
 # -- docs/models.md ---------------------------------------------------------------------------

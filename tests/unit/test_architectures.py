@@ -70,7 +70,7 @@ def test_the_test_models_have_the_architecture_they_claim(model):
         assert cfg.positional_embedding_type == "standard"
         assert float(model.b_O.abs().min(-1).values.min()) > 0      # every layer has a non-zero b_O
         assert float(model.W_pos.abs().mean()) > 0.01
-    if model.arch_name in ("gqa", "mistral", "qwen2", "qwen3"):
+    if model.arch_name in ("gqa", "mistral", "qwen2", "qwen3", "qwen3moe"):
         assert cfg.n_key_value_heads == 2 and cfg.n_heads == 4
     else:
         assert getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)

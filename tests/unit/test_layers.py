@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     # leaves: nothing from the project but the error hierarchy
     "errors": 0,
     "components": 1, "config": 1, "shards": 1, "cachefiles": 1, "_jsonl": 1, "_markup": 1, "_progress": 1,
-    "sources": 1, "cachekey": 1,
+    "sources": 1, "cachekey": 1, "moe": 1,
     "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
