@@ -124,7 +124,7 @@ from .. import hooks as H
 from .. import measurement as _measurement
 from .. import stats
 from ..components import MLP, Neuron
-from ..errors import CircuitsError, MeasurementError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, bad
 from ..measurement import _RECORDERS, DEFAULT_LEVEL, DEFAULT_RESAMPLES, Measurement
 
 METHODS = ("mean_diff", "f_stat", "mutual_info", "l1")
@@ -311,6 +311,14 @@ def _unpack(texts: Any, labels: Any, groups: Any) -> tuple[Any, Any, Any, str]:
 
 def _check_layer(model: Any, layer: Any) -> int:
     MLP(layer).validate(model)   # ComponentError naming the valid range
+    from ..moe import n_experts
+
+    if n_experts(model, int(layer)):
+        # hooks.mlp_post of a mixture-of-experts block is its output (a residual-stream vector):
+        # its dimensions are not neurons, and probing them as Neuron(l, i) would name what is not there
+        raise ComponentError(bad("layer", layer, f"a layer with a dense MLP: layer {layer} is a mixture of "
+                                 f"{n_experts(model, int(layer))} experts, whose block has no single post-activation "
+                                 "neuron hook to probe"))
     return int(layer)
 
 

@@ -447,3 +447,16 @@ def test_experts_in_half_precision(arch_checkpoint, tmp_path):
     assert torch.equal(split.logit, whole.logit)
     acts = store.get(half, ps, [H.moe_in(1)])
     assert moe.expert_outputs(half, 1, acts[H.moe_in(1)]).dtype == torch.bfloat16
+
+
+def test_neuron_probes_refuse_a_mixture_of_experts_layer(arch_model):
+    """The post-activation hook of an MoE block is its output (d_model wide): its dimensions are
+    not neurons, so the sparse probes refuse the layer, naming it, instead of labelling residual
+    dimensions Neuron(l, i)."""
+    from pytest_circuits.errors import ComponentError
+    from pytest_circuits.techniques import probing
+
+    m = arch_model("mixtral")
+    texts = ["a b c", "d e f", "g h i", "j k l"] * 4
+    with pytest.raises(ComponentError, match="mixture of 4 experts"):
+        probing.probe(m, texts, [0, 1] * 8, layer=1, k=1)
