@@ -274,6 +274,10 @@ _DENSE = Outcome(
 # Every cell not listed here is expected exact.
 EXPECTED: dict[tuple[str, str], Outcome] = {
     **{("experts", f.name): _DENSE for f in FAMILIES.values() if not f.moe},
+    ("probes", "mixtral"): Outcome(
+        "refused", feature="mixture of experts",
+        why="every layer is a mixture of experts, whose block has no post-activation neuron hook: there are "
+            "no neurons to probe (Qwen3-MoE's dense layer 0 is probed; its sparse layers are refused too)"),
     ("checkup", "gemma2"): _POST_NORM_CHECKUP,
     ("checkup", "gemma3"): _POST_NORM_CHECKUP,
     ("checkup", "olmo2"): _POST_NORM_CHECKUP,

@@ -313,6 +313,9 @@ def _check_layer(model: Any, layer: Any) -> int:
     MLP(layer).validate(model)   # ComponentError naming the valid range
     from ..moe import n_experts
 
+    # a deferred shuffled copy has its model's structure: ask the model, so that the copy is not built
+    # (its activations may be cached)
+    model = model._base if isinstance(model, _DeferredCopy) else model
     if n_experts(model, int(layer)):
         # hooks.mlp_post of a mixture-of-experts block is its output (a residual-stream vector):
         # its dimensions are not neurons, and probing them as Neuron(l, i) would name what is not there

@@ -293,20 +293,35 @@ def test_patching(fam, matrix_cell):
 
 # -- probes -----------------------------------------------------------------------------------
 def test_probes(fam, matrix_cell):
+    """Probe features equal the ``mlp_post`` values read with raw hooks, on every layer with a
+    dense MLP; every mixture-of-experts layer is refused (its block has no neuron hook), so a
+    family whose layers are all sparse is a refused cell."""
+    from pytest_circuits import moe
+    from pytest_circuits.errors import ComponentError
+
     model = fam.model
     texts = PROMPTS + ["the queen said the cat sat", "Mary went to Rome and", "the dog sat on the mat"]
     labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    dense = [l for l in range(model.cfg.n_layers) if not moe.n_experts(model, l)]
+    sparse = [l for l in range(model.cfg.n_layers) if moe.n_experts(model, l)]
+    assert bool(sparse) == A.FAMILIES[fam.name].moe
 
     def run():
-        feats = PR.collect(model, texts, labels, layer=1, pooling="last", activations=ActivationStore())
-        # by hand: raw hooks on each text alone
-        for i, t in enumerate(texts):
-            toks = PromptSet.build(model, [t], name="one").tokens
-            _, cache = model.run_with_cache(toks, names_filter=[H.mlp_post(1)])
-            torch.testing.assert_close(torch.as_tensor(feats.X[i]).float(), cache[H.mlp_post(1)][0, -1].float(),
-                                       atol=1e-5, rtol=1e-5)
-        fit = PR.probe(model, texts, labels, layer=1, k=2, activations=ActivationStore())
-        assert fit is not None
+        for layer in sparse:
+            with pytest.raises(ComponentError, match="mixture of"):
+                PR.collect(model, texts, labels, layer=layer, pooling="last", activations=ActivationStore())
+        if not dense:      # nothing to probe: the refusal is the cell's outcome
+            PR.collect(model, texts, labels, layer=sparse[0], pooling="last", activations=ActivationStore())
+        for layer in dense:
+            feats = PR.collect(model, texts, labels, layer=layer, pooling="last", activations=ActivationStore())
+            # by hand: raw hooks on each text alone
+            for i, t in enumerate(texts):
+                toks = PromptSet.build(model, [t], name="one").tokens
+                _, cache = model.run_with_cache(toks, names_filter=[H.mlp_post(layer)])
+                torch.testing.assert_close(torch.as_tensor(feats.X[i]).float(),
+                                           cache[H.mlp_post(layer)][0, -1].float(), atol=1e-5, rtol=1e-5)
+            fit = PR.probe(model, texts, labels, layer=layer, k=2, activations=ActivationStore())
+            assert fit is not None
     matrix_cell("probes", fam.name, run)
 
 

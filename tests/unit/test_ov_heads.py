@@ -314,14 +314,16 @@ def test_detect_successor_control_finds_nothing(models, store):
 def test_copy_suppression_on_the_ordinal_models_says_why(models, store):
     """``ordinal``'s L1H1 has an OV circuit of -identity, and nothing in the model predicts a
     repeated token: the definition (attention to the copy of the token the model predicts,
-    suppression through it) cannot be tested where there is no prediction, and L1H1's OV circuit
-    could make it copy suppression, so the verdict is undecided (not found, not absent), and the
-    reason says both. Its OV self-suppression is still measured, and equals the raw count."""
+    suppression through it) cannot be tested where there is no prediction: the model lacks what
+    the check measures on, so the verdict is n/a (not found, and not absent either, since L1H1's OV
+    circuit could make it copy suppression), and the reason says both. Its OV self-suppression is
+    still measured, and equals the raw count."""
     m = models["ordinal"]
     det = ov.detect_copy_suppression(m, activations=store)
-    assert det.applicable and not det.found and det.check == "copy_suppression" and det.components == ()
-    assert det.status == "undecided" and "in only 0 of 32 sequences" in det.reason
-    assert "L1H1 (OV self-suppression 1 [" in det.reason and "too few predicted positions" in det.reason
+    assert not det.applicable and not det.found and det.check == "copy_suppression" and det.components == ()
+    assert det.status == "n/a" and "in only 0 of 32 sequences" in det.reason
+    assert "could suppress tokens, upper bound > 0.5: L1H1 1 [" in det.reason
+    assert "too few in-context predictions" in det.reason
     heat = det.heatmaps
     assert heat["OV self-suppression"][1, 1] == 1.0 and heat["OV self-copying"][1, 1] == 0.0
     assert heat["OV self-copying"][1, 2] == 1.0 and heat["OV self-suppression"][1, 2] == 0.0
