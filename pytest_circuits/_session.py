@@ -165,7 +165,7 @@ class Session:
         """Load ``name`` once per process; a failure is remembered and re-raised."""
         import time
 
-        from .errors import ModelUnavailable
+        from .errors import CircuitsError
         from .models import load_model
 
         if name in self._models:
@@ -179,7 +179,7 @@ class Session:
             with status(f"pytest-circuits: loading {name}"):
                 m = load_model(name, cache_dir=self.settings.cache_dir, device=self.settings.device,
                                dtype=self.settings.dtype, device_map=self.settings.device_map)
-        except ModelUnavailable as e:
+        except CircuitsError as e:   # unavailable, or a usage mistake (a device map that does not fit)
             self._failures[name] = e
             raise
         self.load_seconds[name] = time.perf_counter() - start
@@ -189,7 +189,7 @@ class Session:
     # -- ledger and baselines -------------------------------------------------------
     def _model_of(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
         from .models import info
-        from ._report import versions
+        from .config import versions
 
         model = getattr(item, "funcargs", {}).get("model")
         try:

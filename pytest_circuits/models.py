@@ -1096,7 +1096,7 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
         conv = _embedded(cache, force=f"it failed to load ({type(e).__name__})")[0]
         try:
             bridge = _boot_converted(conv.folder, conv.identities, device, dtype)
-        except ModelUnavailable:
+        except (ModelUnavailable, DeviceMapError):
             raise
         except Exception as e2:  # noqa: BLE001
             raise ModelUnavailable(f"model={EMBEDDED!r}: freshly converted weights in {conv.folder} could not "

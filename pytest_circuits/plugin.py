@@ -699,11 +699,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     A model that cannot be loaded fails the claim under ``--circuits-require-models`` (the
     README's claims command), unless the claim declares it optional with
     ``@pytest.mark.model("gpt2", optional="why it may be missing")``; otherwise the claim is
-    skipped. Either way the summary counts it as not checked."""
+    skipped. Either way the summary counts it as not checked. Any other error of the
+    hierarchy while the model loads (a :class:`~pytest_circuits.errors.DeviceMapError`) fails
+    the claim."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     if "model" not in params or not _is_ours_item(item):
         return
-    from .errors import ModelUnavailable
+    from .errors import CircuitsError, ModelUnavailable
 
     session = _session(item.config)
     name = params["model"]
@@ -712,13 +714,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     except ModelUnavailable as exc:
         e = exc
+    except CircuitsError as exc:
+        # Not a missing model but the user's own input (a --circuits-device-map that does not
+        # fit this model): a usage mistake, which fails the claim with or without
+        # --circuits-require-models.
+        pytest.fail(f"model {name!r}: {exc}", pytrace=False)
     if True:  # outside the except block, so the failure is not shown as a chained traceback
-        from .devices import DeviceMapError
-
-        if isinstance(e, DeviceMapError):
-            # The user's own --circuits-device-map does not fit this model: a usage mistake,
-            # never "model unavailable" (which skips without --circuits-require-models).
-            pytest.fail(f"model {name!r}: {e}", pytrace=False)
         pickled = _pickled_checkpoint(name)
         if pickled:     # there, but refused: never "unavailable"
             pytest.fail(pickled, pytrace=False)
