@@ -321,14 +321,19 @@ class Measurement:
     # -- reading ---------------------------------------------------------------
     @property
     def array(self) -> np.ndarray:
+        """The per-example values as a numpy array (``values`` is the tuple), e.g.
+        ``Measurement.from_values("wins", ld.array > 0)`` for the share of prompts where a
+        logit difference is positive."""
         return np.asarray(self.values)
 
     @property
     def std(self) -> float:
+        """The sample standard deviation of the values (``ddof=1``; 0 for one value)."""
         return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
 
     @property
     def sem(self) -> float:
+        """The standard error of the mean, ``std / sqrt(n)`` (0 for one value)."""
         return self.std / math.sqrt(self.n) if self.n > 1 else 0.0
 
     def __repr__(self) -> str:

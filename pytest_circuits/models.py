@@ -1144,7 +1144,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     from ._progress import status
 
-    with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
+    with status(f"pytest-circuits: converting {gguf.name} (one time, 30-60 s)", always=True), _quiet_transformers():
         # local_files_only given, not taken from $HF_HUB_OFFLINE: the tokenizer's config records
         # it, and the conversion must give the same bytes on every machine (they are compared)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)

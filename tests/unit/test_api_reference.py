@@ -129,3 +129,27 @@ def test_the_page_holds_the_docstrings():
 @pytest.mark.parametrize("argv, code", [(["--check"], 0), (["--bogus"], 2)])
 def test_the_script_checks(argv, code, capsys):
     assert S.main(argv) == code
+
+
+def test_the_checkups_measurement_table_names_what_the_card_measured():
+    """docs/checkup.md's table of headline measurement names, against the names a real run
+    recorded (the SmolLM2 card of the worked example): each check's listed names are the
+    card's (the optional ones may be missing from the card), in order."""
+    import json
+
+    text = (ROOT / "docs" / "checkup.md").read_text(encoding="utf-8")
+    section = text[text.index("## What a claim can assert on"):text.index("## What each check requires")]
+    table = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] and cells[0] not in ("check",) and not cells[0].startswith("---"):
+            table[cells[0]] = re.findall(r"`([^`]+)`", cells[1])
+    card = json.loads((ROOT / "docs" / "checkup-example" / "report.json").read_text())["checkup"]
+    measured = {c["check"]: [m["name"] for m in c["measurements"] if not m["name"].startswith("verdict")]
+                for c in card}
+    from pytest_circuits import checkup
+
+    assert set(table) == set(checkup.BUILT_IN) == set(measured)
+    for check, names in table.items():
+        assert set(measured[check]) <= set(names), check
+        assert [n for n in names if n in measured[check]] == measured[check], check
