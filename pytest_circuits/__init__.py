@@ -18,15 +18,24 @@ pytest.register_assert_rewrite("pytest_circuits.measurement")
 
 from .components import MLP, Attn, Component, Embed, Expert, Head, Neuron, parse  # noqa: E402
 from .errors import (  # noqa: E402
+    BaselineError,
+    BlobError,
     CacheWarning,
     CircuitsError,
+    CircuitsWarning,
     ComponentError,
+    DeviceMapError,
+    DuplicateMetricError,
     InterventionError,
     MeasurementError,
+    MergeError,
     ModelUnavailable,
+    NegligibleCosineWarning,
     NoOpInterventionWarning,
+    ProbingError,
     PromptSetError,
     PromptWarning,
+    TooFewNamesError,
 )
 
 _LAZY = {
@@ -50,8 +59,11 @@ _LAZY = {
 
 __all__ = [
     "__version__", "Head", "Attn", "MLP", "Neuron", "Expert", "Embed", "Component", "parse",
-    "CircuitsError", "ComponentError", "PromptSetError", "ModelUnavailable",
-    "InterventionError", "MeasurementError", "CacheWarning", "PromptWarning", "NoOpInterventionWarning",
+    # the error hierarchy (pytest_circuits.errors): every error and warning the package raises
+    "CircuitsError", "ComponentError", "PromptSetError", "TooFewNamesError", "ModelUnavailable",
+    "DeviceMapError", "InterventionError", "MeasurementError", "ProbingError", "BaselineError",
+    "DuplicateMetricError", "BlobError", "MergeError",
+    "CircuitsWarning", "CacheWarning", "PromptWarning", "NoOpInterventionWarning", "NegligibleCosineWarning",
     *_LAZY,
 ]
 

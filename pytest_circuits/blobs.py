@@ -34,16 +34,12 @@ from typing import Any
 
 from .cachefiles import tmp_name
 from .config import is_url  # noqa: F401 - part of this module's interface
-from .errors import CircuitsError
+from .errors import BlobError, CircuitsError
 
 # The packages fsspec names for common protocols (its own error says "Install s3fs to
 # access S3"; ours also says how to get it with this package).
 _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
              "abfs": "adlfs", "abfss": "adlfs", "hf": "huggingface_hub"}
-
-
-class BlobError(CircuitsError):
-    """A cache location cannot be opened or used (bad URL, missing package, unreachable)."""
 
 
 def describe_url(url: str) -> str:

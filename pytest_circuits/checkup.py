@@ -58,6 +58,9 @@ from .detection import Detection
 from .errors import CircuitsError, PromptSetError, bad
 from .measurement import Measurement, record, unrecorded
 from .models import info as model_info
+from .techniques import heads as _heads
+from .techniques import ioi as _ioi
+from .techniques import ov as _ov
 
 
 @dataclass(frozen=True)
@@ -66,46 +69,18 @@ class Check:
     title: str
     source: str
     finding: str          # the claim's finding, in words
-    detector: Any         # "module:function" (imported when the check runs) or a callable
+    detector: Any         # a callable, or a team's "package.module:function" (imported when the check runs)
 
     def function(self) -> Callable[..., Detection]:
         if callable(self.detector):
             return self.detector
         mod, _, fn = self.detector.partition(":")
+        # The built-in checks hold their detectors (plain imports, which tests/unit/test_layers.py
+        # sees); a string is a team's own module.
         return getattr(importlib.import_module(mod, __package__), fn)
 
 
-CHECKS: dict[str, Check] = {c.name: c for c in (
-    Check("induction", "Induction heads", "arXiv:2209.11895",
-          "the model has induction heads: on a repeated random token sequence, heads attend from each "
-          "token to the one that followed its earlier occurrence, and ablating them raises the loss on "
-          "the repeat", ".techniques.heads:detect_induction"),
-    Check("previous_token", "Previous-token heads", "arXiv:2209.11895",
-          "the model has previous-token heads: heads attend from each token to the one before it",
-          ".techniques.heads:detect_previous_token"),
-    Check("duplicate_token", "Duplicate-token heads", "arXiv:2211.00593",
-          "the model has duplicate-token heads: on a repeated sequence, heads attend from each token to "
-          "its earlier occurrence", ".techniques.heads:detect_duplicate_token"),
-    Check("ioi", "Indirect object identification", "arXiv:2211.00593",
-          "the model completes IOI prompts with the indirect object, and name-mover heads attend to it and "
-          "raise its logit (when they are ablated, other heads make up part of their direct effect: backup "
-          "name movers or released suppression)", ".techniques.ioi:detect_ioi"),
-    Check("successor", "Successor heads", "arXiv:2312.09230",
-          "a head's OV circuit maps members of ordinal sequences (numbers, days, months, letters) to their "
-          "successors", ".techniques.ov:detect_successor"),
-    Check("copy_suppression", "Copy suppression", "arXiv:2310.04625",
-          "a negative head lowers the logits of tokens earlier in the context that it attends to",
-          ".techniques.ov:detect_copy_suppression"),
-    Check("greater_than", "Greater-than", "arXiv:2305.00586",
-          "after 'from the year XXYY to the year XX' the model prefers years later than XXYY, and the "
-          "'01' corruption removes that preference", ".checkup:detect_greater_than"),
-    Check("factual_recall", "Factual recall", "pytest-circuits facts set",
-          "the model recalls facts: the true answer out-scores a same-relation foil",
-          ".checkup:detect_factual_recall"),
-)}
-
-
-BUILT_IN = frozenset(CHECKS)
+# The built-in checks (CHECKS, BUILT_IN) are listed after their detectors, below.
 
 
 def register(check: Check) -> Check:
@@ -178,7 +153,8 @@ def run(name: str, model: Any, **kw: Any) -> Detection:
     with unrecorded():
         det = check.function()(model, **kw)
     if not isinstance(det, Detection):
-        raise CircuitsError(f"check {name!r}: {check.detector} returned {type(det).__name__}, not a Detection")
+        who = getattr(check.detector, "__qualname__", check.detector)
+        raise CircuitsError(f"check {name!r}: {who} returned {type(det).__name__}, not a Detection")
     label = model_info(model).label
     # The card's row is the check that ran, on the model it ran on, whatever the detector wrote.
     det = dataclasses.replace(det, check=name, model=label,
@@ -477,6 +453,41 @@ def detect_factual_recall(model: Any, *, n: int | None = 200, seed: int = 0, min
         heatmaps={"direct effect on answer - foil": heat},
         details="components: heads with the largest mean direct effect on the answer - foil logit "
                 "difference")
+
+
+# ----------------------------------------------------------------------------- the built-in checks
+CHECKS: dict[str, Check] = {c.name: c for c in (
+    Check("induction", "Induction heads", "arXiv:2209.11895",
+          "the model has induction heads: on a repeated random token sequence, heads attend from each "
+          "token to the one that followed its earlier occurrence, and ablating them raises the loss on "
+          "the repeat", _heads.detect_induction),
+    Check("previous_token", "Previous-token heads", "arXiv:2209.11895",
+          "the model has previous-token heads: heads attend from each token to the one before it",
+          _heads.detect_previous_token),
+    Check("duplicate_token", "Duplicate-token heads", "arXiv:2211.00593",
+          "the model has duplicate-token heads: on a repeated sequence, heads attend from each token to "
+          "its earlier occurrence", _heads.detect_duplicate_token),
+    Check("ioi", "Indirect object identification", "arXiv:2211.00593",
+          "the model completes IOI prompts with the indirect object, and name-mover heads attend to it and "
+          "raise its logit (when they are ablated, other heads make up part of their direct effect: backup "
+          "name movers or released suppression)", _ioi.detect_ioi),
+    Check("successor", "Successor heads", "arXiv:2312.09230",
+          "a head's OV circuit maps members of ordinal sequences (numbers, days, months, letters) to their "
+          "successors", _ov.detect_successor),
+    Check("copy_suppression", "Copy suppression", "arXiv:2310.04625",
+          "a negative head lowers the logits of tokens earlier in the context that it attends to",
+          _ov.detect_copy_suppression),
+    Check("greater_than", "Greater-than", "arXiv:2305.00586",
+          "after 'from the year XXYY to the year XX' the model prefers years later than XXYY, and the "
+          "'01' corruption removes that preference", detect_greater_than),
+    Check("factual_recall", "Factual recall", "pytest-circuits facts set",
+          "the model recalls facts: the true answer out-scores a same-relation foil",
+          detect_factual_recall),
+)}
+
+
+BUILT_IN = frozenset(CHECKS)
+
 
 
 # ----------------------------------------------------------------------------- the card

@@ -46,13 +46,13 @@ def _baseline_verdict(request: pytest.FixtureRequest, model: Any) -> tuple[Any, 
     """``(verdict entry or None, path)`` of this claim in the baseline file it is compared with;
     None when baselines are off (or being rewritten)."""
     from pytest_circuits import baselines as B
-    from pytest_circuits._session import claim_id
+    from pytest_circuits._session import baseline_folder, claim_id
     from pytest_circuits.models import info
 
     st = request.getfixturevalue("circuits_session").settings
     if not st.baseline or st.update_baselines:
         return None
-    directory = st.baseline_dir or request.config.rootpath / "claims" / "baselines"
+    directory = baseline_folder(request.config, st)
     path = B.model_file(directory, st.baseline_of or info(model).label)
     try:
         data = B.read(path)

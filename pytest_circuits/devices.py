@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ModelUnavailable
+from .errors import DeviceMapError
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 OPTION = "--circuits-device-map"
@@ -41,12 +41,6 @@ _REFUSED = {
 }
 
 
-class DeviceMapError(ModelUnavailable):
-    """A device map that cannot place this model here (bad value, absent device, modules
-    left out or unknown, offloaded modules). A :class:`ModelUnavailable`, raised before any
-    weights are read, so a loader never takes it for damaged weights."""
-
-
 def _bad(value: Any, why: str) -> DeviceMapError:
     return DeviceMapError(f"{OPTION}={value!r} is not valid: {why}")
 
@@ -54,8 +48,8 @@ def _bad(value: Any, why: str) -> DeviceMapError:
 def parse_device_map(raw: Any, *, base: Path | None = None) -> "str | dict[str, str | int] | None":
     """The device map ``raw`` stands for: None (``""``, ``none``: one device, today's
     behaviour), a strategy name, or a checked dict (from JSON text or ``@file.json``, a path
-    relative to ``base`` when not absolute). Raises :class:`ModelUnavailable` naming the
-    option and what would be valid."""
+    relative to ``base`` when not absolute). Raises
+    :class:`~pytest_circuits.errors.DeviceMapError` naming the option and what would be valid."""
     if raw is None:
         return None
     if isinstance(raw, dict):

@@ -188,6 +188,10 @@ class Measurement:
     # The value of an example on which the intervention it was measured under did nothing
     # (set with an "uninformative" flag, :meth:`marked`; None: not known).
     null: float | None = field(default=None, compare=False, repr=False)
+    # ``(scale, shift)`` when this is ``scale * p + shift`` for ``p`` a proportion with its exact
+    # Clopper-Pearson interval (None otherwise): the best bound any outcome at this n could give
+    # is then known, so a failed assertion can say when its threshold is out of reach.
+    proportion: tuple[float, float] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # The label travels into reports and baselines (JSON): a model object here would end the
@@ -259,7 +263,7 @@ class Measurement:
             raise MeasurementError(bad("labels", f"{len(lab)} labels", f"one per value ({n})"))
         m = cls(name=name, values=tuple(float(v) for v in arr), mean=mean,
                 lower=float(lo), upper=float(hi), level=level, n=n, model=model,
-                provenance=prov, labels=lab, flags=flags)
+                provenance=prov, labels=lab, flags=flags, proportion=(1.0, 0.0) if proportion else None)
         if record:
             for rec in _RECORDERS:
                 rec.append(m)
@@ -321,14 +325,19 @@ class Measurement:
     # -- reading ---------------------------------------------------------------
     @property
     def array(self) -> np.ndarray:
+        """The per-example values as a numpy array (``values`` is the tuple), e.g.
+        ``Measurement.from_values("wins", ld.array > 0)`` for the share of prompts where a
+        logit difference is positive."""
         return np.asarray(self.values)
 
     @property
     def std(self) -> float:
+        """The sample standard deviation of the values (``ddof=1``; 0 for one value)."""
         return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
 
     @property
     def sem(self) -> float:
+        """The standard error of the mean, ``std / sqrt(n)`` (0 for one value)."""
         return self.std / math.sqrt(self.n) if self.n > 1 else 0.0
 
     def __repr__(self) -> str:
@@ -373,7 +382,8 @@ class Measurement:
         self._note("above", t, self.lower, ok)
         if not ok:
             raise AssertionError(
-                f"{self!r} ({_pct(self.level)} interval) -- expected lower bound > {threshold}")
+                f"{self!r} ({_pct(self.level)} interval) -- expected lower bound > {threshold}"
+                + self._out_of_reach("above", t))
         return self
 
     def assert_below(self, threshold: float) -> "Measurement":
@@ -384,8 +394,49 @@ class Measurement:
         self._note("below", t, self.upper, ok)
         if not ok:
             raise AssertionError(
-                f"{self!r} ({_pct(self.level)} interval) -- expected upper bound < {threshold}")
+                f"{self!r} ({_pct(self.level)} interval) -- expected upper bound < {threshold}"
+                + self._out_of_reach("below", t))
         return self
+
+    def best_bound(self, kind: str, n: int | None = None) -> float | None:
+        """The best bound this kind of measurement can have at ``n`` examples (its own n by
+        default), whatever the outcome: for ``kind="above"`` the highest lower bound, for
+        ``"below"`` the lowest upper bound. Known for a proportion's exact interval (and a
+        scaled or shifted one): every example a success (or every one a failure). None where
+        it is not known (a continuous quantity's interval depends on the values' spread)."""
+        if self.proportion is None or kind not in ("above", "below"):
+            return None
+        n = self.n if n is None else int(n)
+        scale, shift = self.proportion
+        # p's best lower bound is all successes' lower bound; its best upper bound all failures'.
+        # A negative scale turns p's upper bound into this one's lower bound.
+        want_p_lower = (kind == "above") == (scale > 0)
+        p = stats.clopper_pearson(n, n, self.level)[0] if want_p_lower else stats.clopper_pearson(0, n, self.level)[1]
+        return scale * p + shift
+
+    def _out_of_reach(self, kind: str, t: float) -> str:
+        """The failure message's note when ``t`` cannot be passed at this n (or at any n)."""
+        best = self.best_bound(kind)
+        if best is None or _passes(best, kind, t):
+            return ""
+        scale, shift = self.proportion
+        successes = (kind == "above") == (scale > 0)
+        value = scale * (1.0 if successes else 0.0) + shift      # every example's value at the best outcome
+        word, side = ("lower", "above") if kind == "above" else ("upper", "below")
+        note = (f"; out of reach at n={self.n}: even with every value {_fmt(value)}, the exact interval's "
+                f"{word} bound would be {_fmt(best)}, not {side} {t:.10g}")
+        if not _passes(value, kind, t):      # the bound tends to that value as n grows, never beyond
+            return note + f", at any n (it tends to {_fmt(value)} as n grows)"
+        n = self.n
+        while not _passes(self.best_bound(kind, n), kind, t):
+            n *= 2
+            if n > 10 ** 12:
+                return note + "; it would take over 10^12 examples to pass"
+        lo = n // 2
+        while lo + 1 < n:     # the smallest n that can pass, between lo (cannot) and n (can)
+            mid = (lo + n) // 2
+            lo, n = (lo, mid) if _passes(self.best_bound(kind, mid), kind, t) else (mid, n)
+        return note + f"; it takes at least n={n} examples to pass"
 
     def assert_within(self, low: float, high: float) -> "Measurement":
         """Fail unless the whole interval lies inside ``(low, high)``."""
@@ -498,7 +549,9 @@ class Measurement:
         m = Measurement(name=name, values=values, mean=scale * self.mean + shift, lower=float(lo),
                         upper=float(hi), level=self.level, n=self.n, model=self.model, provenance=prov,
                         labels=self.labels, flags=flags, ratio=self.ratio,
-                        null=None if self.null is None else scale * self.null + shift)
+                        null=None if self.null is None else scale * self.null + shift,
+                        proportion=None if self.proportion is None or scale == 0.0 else
+                        (scale * self.proportion[0], scale * self.proportion[1] + shift))
         for rec in _RECORDERS:
             rec.append(m)
         return m
@@ -650,6 +703,10 @@ def _num(c: float) -> str:
 def _operand(name: str) -> str:
     """``name`` bracketed when it is itself a sum or difference (``-(a - b)``, ``2 * (a + b)``)."""
     return f"({name})" if (" + " in name or " - " in name) else name
+
+
+def _passes(bound: float | None, kind: str, t: float) -> bool:
+    return bound is not None and (bound > t if kind == "above" else bound < t)
 
 
 def _pct(level: float) -> str:

@@ -54,7 +54,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from .errors import CircuitsError
+from .errors import CircuitsError, MergeError
 
 FAILING_VERDICTS = ("failed", "error")
 VERDICTS = ("passed", "failed", "error", "not checked", "expected change", "xfailed", "xpassed")
@@ -67,11 +67,6 @@ _OUTCOME_OF = {"passed": "passed", "xpassed": "xpassed", "xfailed": "xfailed", "
 #: verdicts that need evidence that holds
 _HOLDS = ("passed", "xpassed", "not checked")
 SCHEMA = 2
-
-
-class MergeError(CircuitsError):
-    """The inputs of a merge cannot be merged (unreadable, not a report, contradicts itself,
-    different suites...)."""
 
 
 # ----------------------------------------------------------------------------- one report

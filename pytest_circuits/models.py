@@ -1096,7 +1096,7 @@ def _load_embedded(cache: Path, device: str, dtype: Any) -> "tuple[Any, str]":
         conv = _embedded(cache, force=f"it failed to load ({type(e).__name__})")[0]
         try:
             bridge = _boot_converted(conv.folder, conv.identities, device, dtype)
-        except ModelUnavailable:
+        except (ModelUnavailable, DeviceMapError):
             raise
         except Exception as e2:  # noqa: BLE001
             raise ModelUnavailable(f"model={EMBEDDED!r}: freshly converted weights in {conv.folder} could not "
@@ -1144,7 +1144,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     from ._progress import status
 
-    with status(f"pytest-circuits: converting {gguf.name} (one time, ~20 s)", always=True), _quiet_transformers():
+    with status(f"pytest-circuits: converting {gguf.name} (one time, 30-60 s)", always=True), _quiet_transformers():
         # local_files_only given, not taken from $HF_HUB_OFFLINE: the tokenizer's config records
         # it, and the conversion must give the same bytes on every machine (they are compared)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "baseline (a missing baseline is written and the claim fails)", default=False, type="bool",
         action="store_true")
     add("--circuits-baseline-dir", "circuits_baseline_dir", "folder of baseline files, one JSON per "
-        "model (default claims/baselines under the rootdir; giving it turns baselines on)", default="")
+        "model (default claims/baselines beside the ini file, or where pytest was started without one; "
+        "a relative path: to where pytest was started, or to the ini file's folder when set there; "
+        "giving it turns baselines on)", default="")
     add("--circuits-update-baselines", "circuits_update_baselines", "rewrite the baselines of the "
         "claims that run (others are kept)", default=False, type="bool", action="store_true")
     add("--circuits-baseline-of", "circuits_baseline_of", "compare every model with this model's "
@@ -101,6 +104,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _opt(config: pytest.Config, name: str) -> Any:
     value = config.getoption(name)
     return config.getini(name) if value is None else value
+
+
+def _path_option(config: pytest.Config, name: str) -> Path | None:
+    """A folder or file option as an absolute path (None when not given): relative to the folder
+    pytest was started in when given on the command line, to the ini file's folder when given
+    there. Never to pytest's rootdir, which a path in the command line can move."""
+    from ._session import claims_root
+
+    raw = _opt(config, name)
+    if raw is None or not str(raw).strip():
+        return None
+    path = Path(str(raw).strip()).expanduser()
+    if path.is_absolute():
+        return path
+    base = Path(str(config.invocation_params.dir)) if config.getoption(name) is not None else claims_root(config)
+    return base / path
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -204,7 +223,7 @@ def _settings(config: pytest.Config) -> Any:
         raise usage(f"--circuits-familywise={familywise!r} is not valid: one of {', '.join(FAMILYWISE)}")
     cache = _opt(c, "circuits_cache_dir")
     cache = cache.strip() if isinstance(cache, str) else cache
-    cache_dir = (cache if is_url(cache) else Path(cache).expanduser()) if cache else cache_location()
+    cache_dir = (cache if is_url(cache) else _path_option(c, "circuits_cache_dir")) if cache else cache_location()
     use_disk = not _opt(c, "circuits_no_cache")
     from .cachekey import key_problem
 
@@ -242,11 +261,13 @@ def _settings(config: pytest.Config) -> Any:
         raise usage(f"--circuits-baseline-tolerance: {e}") from None
     bdir = _opt(c, "circuits_baseline_dir")
     baseline = bool(_opt(c, "circuits_baseline")) or bool(bdir) or bool(_opt(c, "circuits_baseline_of"))
+    from ._session import claims_root
+
+    where = _path_option(c, "circuits_baseline_dir") if bdir else claims_root(c) / "claims" / "baselines"
     if baseline and not hasattr(c, "workerinput"):
         # baselines are written into it (a missing one, or obtained values on drift)
         from .config import output_problem
 
-        where = (c.rootpath / bdir) if bdir else c.rootpath / "claims" / "baselines"
         problem = output_problem(where, folder=True)
         if problem:
             raise usage(f"--circuits-baseline-dir={str(bdir or where)!r} cannot be used: {problem}")
@@ -267,7 +288,7 @@ def _settings(config: pytest.Config) -> Any:
         seed=integer("circuits_seed", "--circuits-seed", 0, MAX_SEED),
         require_models=bool(_opt(c, "circuits_require_models")),
         baseline=baseline,
-        baseline_dir=(c.rootpath / bdir) if bdir else None,
+        baseline_dir=where,
         update_baselines=bool(_opt(c, "circuits_update_baselines")),
         baseline_of=_opt(c, "circuits_baseline_of") or None,
         baseline_tolerance=tolerance, familywise=familywise)
@@ -354,7 +375,7 @@ def _device_map(c: pytest.Config, device: str, models: list[str], usage: Any) ->
     cache = _opt(c, "circuits_cache_dir")
     for name in ([] if problem else models):
         try:
-            where = (cache if "://" in str(cache) else str(Path(cache).expanduser())) if cache else None
+            where = (cache if "://" in str(cache) else str(_path_option(c, "circuits_cache_dir"))) if cache else None
             problem = device_map_problem(name, device_map, where)
         except ModelUnavailable:   # e.g. the embedded model is not installed: its claims say so
             continue
@@ -401,9 +422,22 @@ class _LazySession:
     def started(self) -> bool:
         return self._session is not None
 
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        beat = self.config.stash.get(HEARTBEAT_KEY, None)
+        if beat is not None:
+            beat.started(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        beat = self.config.stash.get(HEARTBEAT_KEY, None)
+        if beat is not None:
+            beat.finished(nodeid)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         if "circuits-claim" in props:
+            beat = self.config.stash.get(HEARTBEAT_KEY, None)
+            if beat is not None and report.when == "setup":   # xdist's controller: claims run
+                beat.start()
             _count_claim(self.config, report, props["circuits-claim"])
             if "circuits-claim-info" in props:
                 self.config.stash.setdefault(CLAIM_INFO_KEY, {})[report.nodeid] = json.loads(
@@ -673,6 +707,14 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     raw = getattr(node, "workeroutput", {}).get("circuits_collected")
     if raw is not None:
         node.config.stash[COLLECTED_KEY] = json.loads(raw)
+    # each worker's store counters and model loads, summed into the controller's summary
+    summary = getattr(node, "workeroutput", {}).get("circuits_summary")
+    if summary is not None:
+        worker = str(getattr(node, "workerinput", {}).get("workerid", len(node.config.stash.get(WORKERS_KEY, {}))))
+        node.config.stash.setdefault(WORKERS_KEY, {})[worker] = json.loads(summary)
+
+
+WORKERS_KEY = pytest.StashKey[dict]()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -699,11 +741,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     A model that cannot be loaded fails the claim under ``--circuits-require-models`` (the
     README's claims command), unless the claim declares it optional with
     ``@pytest.mark.model("gpt2", optional="why it may be missing")``; otherwise the claim is
-    skipped. Either way the summary counts it as not checked."""
+    skipped. Either way the summary counts it as not checked. Any other error of the
+    hierarchy while the model loads (a :class:`~pytest_circuits.errors.DeviceMapError`) fails
+    the claim."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     if "model" not in params or not _is_ours_item(item):
         return
-    from .errors import ModelUnavailable
+    from .errors import CircuitsError, ModelUnavailable
 
     session = _session(item.config)
     name = params["model"]
@@ -712,13 +756,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     except ModelUnavailable as exc:
         e = exc
+    except CircuitsError as exc:
+        # Not a missing model but the user's own input (a --circuits-device-map that does not
+        # fit this model): a usage mistake, which fails the claim with or without
+        # --circuits-require-models.
+        pytest.fail(f"model {name!r}: {exc}", pytrace=False)
     if True:  # outside the except block, so the failure is not shown as a chained traceback
-        from .devices import DeviceMapError
-
-        if isinstance(e, DeviceMapError):
-            # The user's own --circuits-device-map does not fit this model: a usage mistake,
-            # never "model unavailable" (which skips without --circuits-require-models).
-            pytest.fail(f"model {name!r}: {e}", pytrace=False)
         pickled = _pickled_checkpoint(name)
         if pickled:     # there, but refused: never "unavailable"
             pytest.fail(pickled, pytrace=False)
@@ -839,15 +882,64 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     """Family-wise control: with ``--circuits-familywise bonferroni`` every measurement of the
     run is made at level ``1 - (1 - 0.95) / m`` for the ``m`` claims collected, so that all of
     the run's verdicts hold together at 95% (each claim's assertions on its own measurements
-    form one intersection test, so the family is the claims)."""
+    form one intersection test, so the family is the claims). A run that collected claims
+    beats its progress line (``_progress.Heartbeat``) while it runs."""
     from . import measurement as M
 
     st = session.config.stash[SESSION_KEY].settings
     m = session.config.stash.get(CLAIM_COUNT_KEY, 0)
-    if st.familywise == "none" or m <= 1:
-        return (yield)
-    with M.default_level(1.0 - (1.0 - st.level) / m):
-        return (yield)
+    if m and not hasattr(session.config, "workerinput"):
+        _heartbeat(session.config, len(session.items)).start()
+    try:
+        if st.familywise == "none" or m <= 1:
+            return (yield)
+        with M.default_level(1.0 - (1.0 - st.level) / m):
+            return (yield)
+    finally:
+        beat = session.config.stash.get(HEARTBEAT_KEY, None)
+        if beat is not None:
+            beat.stop()
+
+
+HEARTBEAT_KEY = pytest.StashKey[Any]()
+
+
+def _heartbeat(config: pytest.Config, total: int) -> Any:
+    """The run's heartbeat (made once; its thread starts with ``.start()``)."""
+    beat = config.stash.get(HEARTBEAT_KEY, None)
+    if beat is None:
+        from ._progress import Heartbeat
+
+        beat = config.stash[HEARTBEAT_KEY] = Heartbeat(total, write=_beat_writer(config))
+    return beat
+
+
+def _beat_writer(config: pytest.Config) -> Any:
+    """Write a heartbeat line to the terminal from the heartbeat's thread, past pytest's output
+    capture (as pytest's live logging does), so a claim that runs for minutes is not silent."""
+    import contextlib
+
+    def write(text: str) -> None:
+        capman = config.pluginmanager.getplugin("capturemanager")
+        tr = config.pluginmanager.getplugin("terminalreporter")
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            if tr is not None:
+                if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):
+                    tr.write("\n")        # after -q's dots: a line of its own
+                tr.write_line(text)
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+    return write
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist's controller: the heartbeat counts the tests every worker collected (the same
+    list); it starts beating with the first claim's report."""
+    beat = _heartbeat(node.config, len(ids))
+    beat.total = max(beat.total, len(ids))
+
 
 
 def _seed(seed: int) -> Any:
@@ -1056,6 +1148,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         config.workeroutput["circuits_collected"] = json.dumps(config.stash.get(COLLECTED_KEY, None))
+        if config.stash[SESSION_KEY].started:
+            config.workeroutput["circuits_summary"] = json.dumps(config.stash[SESSION_KEY].get().worker_summary())
         return
     from . import _report as R
 
@@ -1113,6 +1207,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if config.stash[SESSION_KEY].started:
         for line in config.stash[SESSION_KEY].get().summary_lines():
             tr.write_line(line)
+    elif config.stash.get(WORKERS_KEY, None):
+        # xdist: the controller ran nothing; its workers' counters, summed
+        from ._session import cache_line, counter_lines, summed_workers
+
+        workers = config.stash[WORKERS_KEY]
+        counters, loads = summed_workers(workers)
+        lines = counter_lines(counters, loads, cache_line(config.stash[SESSION_KEY].settings))
+        lines[0] += f" (summed over {len(workers)} xdist workers)"
+        for line in lines:
+            tr.write_line(line)
 
 
 def _claims_ledger(config: pytest.Config) -> dict[str, Any]:
@@ -1150,7 +1254,9 @@ def _mode(config: pytest.Config) -> dict[str, Any]:
     from ._session import _update_failing
 
     st = config.stash[SESSION_KEY].settings
-    bdir = st.baseline_dir or Path(str(config.rootpath)) / "claims" / "baselines"
+    from ._session import baseline_folder
+
+    bdir = baseline_folder(config, st)
     return {"baseline": bool(st.baseline), "update_baselines": bool(st.update_baselines),
             "update_failing": _update_failing(config), "baseline_of": st.baseline_of or None,
             "baseline_dir": _relative(config, bdir), "baseline_tolerance": str(st.baseline_tolerance),

@@ -37,7 +37,7 @@ import dataclasses
 import random
 from typing import Any, Sequence
 
-from ..errors import PromptSetError, bad
+from ..errors import PromptSetError, TooFewNamesError, bad
 from ..prompts import PromptSet, is_single_token
 
 # Common English first names (the paper drew from a list of 100 such names); only those
@@ -71,11 +71,6 @@ CORRUPTIONS = ("abc", "bac")
 # Two names per prompt plus three others for its ABC counterpart, with room to vary.
 MIN_NAMES = 8
 POSITIONS = ("io_pos", "s1_pos", "s2_pos", "end_pos")
-
-
-class TooFewNamesError(PromptSetError):
-    """The model's tokenizer writes too few of the candidate names as single tokens for an
-    IOI prompt set (each prompt needs two names and its ABC counterpart three others)."""
 
 
 def vocabulary() -> list[str]:

@@ -52,18 +52,13 @@ from .. import hooks as H
 from ..store import ActivationStore, resolve
 from ..components import MLP, Component, Head, parse, parse_many
 from ..devices import dtype_rtol
-from ..errors import CircuitsError, ComponentError, MeasurementError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, NegligibleCosineWarning, bad
 from ..measurement import Measurement
 from ..models import derived, info as model_info
 from .effects import attn_output_weights, attn_post_gains, outputs
 
 MIN_COSINE = 0.1            # |mean cosine| under this: the pair is not reported by the scan
 MIN_NORM_FRACTION = 0.01    # writers under 1% of the largest writer's mean norm: left out
-
-
-class NegligibleCosineWarning(UserWarning):
-    """A projection ratio was asked for a pair whose outputs are (nearly) orthogonal: its
-    size comes from the norms, not from the reader writing against the writer."""
 
 
 def _check_finite(t: Any, what: str) -> None:

@@ -124,7 +124,7 @@ from .. import hooks as H
 from .. import measurement as _measurement
 from .. import stats
 from ..components import MLP, Neuron
-from ..errors import CircuitsError, ComponentError, MeasurementError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, ProbingError, bad
 from ..measurement import _RECORDERS, DEFAULT_LEVEL, DEFAULT_RESAMPLES, Measurement
 
 METHODS = ("mean_diff", "f_stat", "mutual_info", "l1")
@@ -134,10 +134,6 @@ SOURCE = "arXiv:2305.01610"
 
 
 CONTROL_SITES = ("embed", "resid_pre0")
-
-
-class ProbingError(CircuitsError):
-    """A probe cannot be fitted as asked (labels, k, method, pooling, layer)."""
 
 
 def _level(level: float) -> float:

@@ -170,18 +170,26 @@ def test_multi_model_ids_and_reports(claims, tiny_dir, tiny_dir_b, tmp_path):
 def test_xdist_ledger_matches_serial(claims, tiny_dir, tiny_dir_b, tmp_path):
     pytest.importorskip("xdist")
 
+    summaries = {}
+
     def ledger(*extra):
         out = tmp_path / f"r{len(extra)}.json"
+        # a cache of its own per run: the runs' activation counters are then comparable
         r = claims.runpytest_subprocess(f"--circuits-model={tiny_dir}", f"--circuits-model={tiny_dir_b}",
-                                        f"--circuits-cache-dir={tmp_path / 'cache'}", f"--circuits-report={out}",
-                                        "-p", "no:cacheprovider", *extra)
+                                        f"--circuits-cache-dir={tmp_path / f'cache{len(extra)}'}",
+                                        f"--circuits-report={out}", "-p", "no:cacheprovider", *extra)
         r.assert_outcomes(passed=6)
+        summaries[len(extra)] = [line for line in r.outlines if line.startswith(("activations:", "compute:"))]
         recs = json.loads(out.read_text())["records"]
         return sorted((x["claim"], x["model"], json.dumps(x["measurements"], sort_keys=True)) for x in recs)
 
     serial = ledger()
     parallel = ledger("-n", "2", "--dist", "loadgroup")
     assert parallel == serial and len(serial) == 6
+    # the summary is complete under xdist: every worker's counters, summed, are the serial run's
+    one, two = summaries[0], summaries[4]
+    assert len(one) == 2 and len(two) == 2, (one, two)
+    assert two[0] == one[0] + " (summed over 2 xdist workers)" and two[1] == one[1]
 
 
 def test_new_checkpoint_against_the_released_baseline(claims, tiny_dir, tiny_dir_b, tmp_path):
@@ -313,3 +321,53 @@ def test_a_dirty_working_tree_is_said_in_the_report(claims, tiny_dir, tmp_path):
     data = json.loads(report.read_text())
     assert data["worktree"]["dirty"] is True and len(data["worktree"]["diff_sha256"]) == 64
     assert f"commit {data['git_commit'][:12]} + uncommitted changes (DIRTY working tree" in md.read_text()
+
+
+SYNTHETIC = textwrap.dedent("""
+    import pytest
+    from pytest_circuits import Measurement
+
+    @pytest.mark.claim(source="test", finding="a number")
+    def test_number():
+        Measurement.from_values("x", [1.0, 2.0, 3.0, 4.0], model="synthetic").assert_above(0.0)
+""")
+
+
+def test_the_baseline_folder_and_claim_ids_do_not_follow_a_moving_rootdir(pytester, tmp_path):
+    """Without an ini file, pytest's rootdir is the common ancestor of the command line's
+    paths, and a path-valued option given as two words counts as one: the baseline folder
+    and the claims' ids stay relative to the folder pytest was started in (#23, item 8)."""
+    (pytester.path / "claims").mkdir()
+    (pytester.path / "claims" / "test_synthetic.py").write_text(SYNTHETIC)
+    elsewhere = tmp_path / "far" / "away" / "cache"
+    elsewhere.mkdir(parents=True)
+    base = ("-p", "no:cacheprovider", "--circuits-baseline", "claims")
+    r = pytester.runpytest(*base, "--circuits-update-baselines")
+    r.assert_outcomes(passed=1)
+    written = pytester.path / "claims" / "baselines" / "synthetic.json"
+    assert json.loads(written.read_text())["claims"].keys() == {"claims/test_synthetic.py::test_number"}
+    # the option's value (an existing folder) moves pytest's rootdir above both folders
+    r = pytester.runpytest(*base, "--circuits-cache-dir", str(elsewhere), "-v")
+    r.assert_outcomes(passed=1)
+    root = next(line for line in r.outlines if line.startswith("rootdir:"))
+    assert str(pytester.path) not in root.split(",")[0]          # the trap is there ...
+    r.stdout.fnmatch_lines(["*x[[]synthetic[]] = * baseline *, drift +0 (within 3se)*"])   # ... and avoided
+    assert sorted(p.name for p in (pytester.path / "claims" / "baselines").iterdir()) == ["synthetic.json"]
+    assert not list(tmp_path.rglob("synthetic.json"))
+
+
+def test_a_relative_baseline_dir_in_the_ini_file_is_relative_to_it(pytester, monkeypatch):
+    pytester.makeini("[pytest]\ncircuits_baseline_dir = recorded\n")
+    (pytester.path / "claims").mkdir()
+    (pytester.path / "claims" / "test_synthetic.py").write_text(SYNTHETIC)
+    sub = pytester.path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)                      # started in another folder than the ini file's
+    r = pytester.runpytest("-p", "no:cacheprovider", "--circuits-update-baselines", str(pytester.path / "claims"))
+    r.assert_outcomes(passed=1)
+    assert (pytester.path / "recorded" / "synthetic.json").is_file() and not (sub / "recorded").exists()
+    # given on the command line, a relative folder is relative to where pytest was started
+    r = pytester.runpytest("-p", "no:cacheprovider", "--circuits-update-baselines", "--circuits-baseline-dir=mine",
+                           str(pytester.path / "claims"))
+    r.assert_outcomes(passed=1)
+    assert (sub / "mine" / "synthetic.json").is_file()

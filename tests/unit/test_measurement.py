@@ -494,3 +494,65 @@ def test_uninformative_flags_travel_through_arithmetic():
         (clean + full).assert_above(0.5)                  # a sum with an uninformative part refuses all
     with pytest.raises(MeasurementError, match="flags="):
         a.marked("")
+
+
+# -- a threshold out of reach at the claim's n (issue #23, item 8) ---------------------------
+def _cp_all_successes_lower(n: int, level: float = 0.95) -> float:
+    """Clopper-Pearson's lower bound for n successes of n, by its closed form (alpha/2)^(1/n)
+    (Beta^-1(alpha/2; n, 1)), independent of the project's stats module."""
+    return ((1 - level) / 2) ** (1 / n)
+
+
+def _min_n(threshold: float, level: float = 0.95) -> int:
+    n = 1
+    while _cp_all_successes_lower(n, level) <= threshold:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("n, threshold", [(12, 0.8), (30, 0.9), (5, 0.5), (100, 0.97)])
+def test_a_proportion_threshold_out_of_reach_says_so(n, threshold):
+    # all successes: the best a proportion at n can do, and it still fails
+    m = Measurement.from_values("top1", [True] * n)
+    best = _cp_all_successes_lower(n)
+    assert m.lower == pytest.approx(best, rel=1e-9) and best <= threshold
+    with pytest.raises(AssertionError) as e:
+        m.assert_above(threshold)
+    text = str(e.value)
+    assert f"out of reach at n={n}" in text and f"{best:.3g}" in text
+    assert f"at least n={_min_n(threshold)} examples" in text
+    # with fewer successes the threshold is as far out of reach: the same note
+    worse = Measurement.from_values("top1", [True] * (n - 1) + [False])
+    with pytest.raises(AssertionError, match=f"at least n={_min_n(threshold)} examples"):
+        worse.assert_above(threshold)
+
+
+def test_a_reachable_threshold_that_fails_has_no_note():
+    m = Measurement.from_values("top1", [True] * 10 + [False] * 20)     # 1/3 of 30
+    assert _cp_all_successes_lower(30) > 0.5
+    with pytest.raises(AssertionError) as e:
+        m.assert_above(0.5)
+    assert "out of reach" not in str(e.value)
+    c = Measurement.from_values("ld", [0.1, 0.2, 0.15, 0.3])            # continuous: not known
+    with pytest.raises(AssertionError) as e:
+        c.assert_above(1.0)
+    assert "out of reach" not in str(e.value) and c.best_bound("above") is None
+
+
+def test_out_of_reach_follows_scaling_negation_and_the_upper_side():
+    k = Measurement.from_values("top1", [True] * 12)
+    best = _cp_all_successes_lower(12)
+    assert (100 * k).best_bound("above") == pytest.approx(100 * best)
+    assert (1 - k).best_bound("below") == pytest.approx(1 - best)
+    assert (-k).best_bound("below") == pytest.approx(-best)
+    with pytest.raises(AssertionError, match=r"every value 0, the exact interval's upper bound would be "
+                                             r"0\.265, not below 0\.2; it takes at least n=17"):
+        (1 - k).assert_below(0.2)
+    errors = Measurement.from_values("errors", [0] * 10, method="clopper-pearson")
+    assert errors.best_bound("below") == pytest.approx(1 - _cp_all_successes_lower(10))
+    with pytest.raises(AssertionError, match=f"at least n={_min_n(0.8)} examples"):
+        errors.assert_below(0.2)                      # 0.2 upper <=> 0.8 lower for the complement
+    with pytest.raises(AssertionError, match=r"at any n \(it tends to 1 as n grows\)"):
+        k.assert_above(1.0)
+    # a difference of two proportions is not a proportion: nothing is claimed about it
+    assert (k - k).best_bound("above") is None and (k + k).best_bound("below") is None
