@@ -84,6 +84,7 @@ from ..errors import ComponentError, MeasurementError, PromptSetError, bad
 from ..measurement import Measurement, record
 from ..models import info as model_info
 from ..prompts import PromptSet
+from ..scores import ComponentScores
 from ..store import resolve
 from ..tasks import induction as T
 from .effects import _unembed_dirs, attn_output_weights
@@ -164,73 +165,13 @@ def _prov(model: Any, prompts: Any, hooks: list[str], **extra: Any) -> dict[str,
 
 
 # --------------------------------------------------------------------------- scores
-@dataclass(frozen=True, eq=False)
-class HeadScores:
-    """One kind of score (``kind`` in :data:`KINDS`) for every head, per prompt."""
-
-    kind: str
-    values: np.ndarray                 # [n_prompts, n_layers, n_heads]
-    model: str = ""
-    prompts: str = ""
-    labels: tuple[str, ...] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def title(self) -> str:
-        return TITLES[self.kind]
-
-    @property
-    def grid(self) -> np.ndarray:
-        """``[n_layers, n_heads]``: each head's mean score over the prompts (the heatmap)."""
-        return self.values.mean(0)
-
-    def _head(self, head: Any) -> Head:
-        hs = (head,) if isinstance(head, Head) else parse_many(head)
-        if len(hs) != 1 or not isinstance(hs[0], Head):
-            raise ComponentError(bad("head", head, "one attention head such as 'L1H3'"))
-        h = hs[0]
-        n_layers, n_heads = self.values.shape[1:]
-        if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads):
-            raise ComponentError(bad("head", str(h), f"a head L0H0..L{n_layers - 1}H{n_heads - 1}"))
-        return h
-
-    def of(self, head: Any, *, record: bool = False) -> Measurement:
-        """The head's score as a Measurement over prompts, named ``"<kind> score L{l}H{h}"``."""
-        h = self._head(head)
-        return Measurement.from_values(f"{self.title} {h}", self.values[:, h.layer, h.head], model=self.model,
-                                       provenance={**self.provenance, "head": str(h)}, labels=self.labels,
-                                       record=record, method="bootstrap-t")
-
-    def ranking(self, k: int | None = None) -> list[tuple[Head, float]]:
-        """Heads by mean score, highest first (ties: lower layer, then head, first)."""
-        g = self.grid
-        order = sorted(((float(g[l, h]), l, h) for l in range(g.shape[0]) for h in range(g.shape[1])),
-                       key=lambda x: (-x[0], x[1], x[2]))
-        return [(Head(l, h), s) for s, l, h in order[:k]]
-
-    def located(self, threshold: float = THRESHOLD) -> list[tuple[Head, Measurement]]:
-        """Heads whose score's lower bound exceeds ``threshold``, highest mean first. Only
-        heads whose mean exceeds it are bootstrapped (a lower bound is never above the mean)."""
-        out = []
-        for h, mean in self.ranking():
-            if mean <= threshold:
-                break
-            m = self.of(h)
-            if m.lower > threshold:
-                out.append((h, m))
-        return out
-
-    def table(self, k: int = 8) -> str:
-        rows = [f"{self.title} (mean over {self.values.shape[0]} prompts), top {k}:"]
-        rows += [f"  {str(h):>7}  {s:.3f}" for h, s in self.ranking(k)]
-        return "\n".join(rows)
-
-
-def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, HeadScores]:
+def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, ComponentScores]:
     """The induction, previous-token and duplicate-token score of every head on ``prompts``
     (a set from :func:`~pytest_circuits.tasks.induction.repeated_tokens`), each per prompt
-    (see the module docstring for the formulas). One forward (patterns of every layer and
-    the per-token loss together), cached by the store."""
+    (see the module docstring for the formulas): ``{kind: ComponentScores}`` over the heads
+    (``scores["induction"].grid()`` the heatmap, ``.measure("L1H3")`` the Measurement
+    ``"induction score L1H3"``, bootstrap-t). One forward (patterns of every layer and the
+    per-token loss together), cached by the store."""
     import torch
 
     groups = layout(prompts)
@@ -249,8 +190,11 @@ def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[st
                 q = _queries(kind, s, t)
                 out[kind][rows, l, :] = p[:, :, q, q - _back(kind, t)].mean(-1).numpy()
     label = model_info(model).label
-    return {k: HeadScores(k, v, model=label, prompts=prompts.name, labels=prompts.prompts,
-                          provenance=_prov(model, prompts, names, score=TITLES[k]))
+    heads = tuple(Head(l, h) for l in range(n_layers) for h in range(n_heads))
+    return {k: ComponentScores(components=heads, values=v.reshape(len(prompts), -1).T, name=f"{TITLES[k]} {{}}",
+                               title=TITLES[k], model=label, prompts=prompts.name, labels=prompts.prompts,
+                               provenance=_prov(model, prompts, names, score=TITLES[k]), method="bootstrap-t",
+                               shape=(n_layers, n_heads))
             for k, v in out.items()}
 
 
