@@ -364,14 +364,15 @@ class ComponentScores(Rankable):
 
     def measure(self, c: Any, *, name: str | None = None, record: bool = True, **kw: Any) -> Measurement:
         """``of(c)`` as a :class:`~pytest_circuits.measurement.Measurement` over prompts, named
-        ``name`` (default: the technique's name of ``c``); ``record`` and the other keywords
-        as in :meth:`Measurement.from_values`."""
+        ``name`` (default: the technique's name of ``c``); ``provenance``: entries added to the
+        scores' own and ``"component"``; ``record`` and the other keywords as in
+        :meth:`Measurement.from_values`."""
         rows = self._rows(c)
         key = self.components[rows[0]] if len(rows) == 1 else (c if isinstance(c, (Component, tuple)) else parse(c))
         kw.setdefault("method", self.method)
+        prov = {**self.provenance, "component": key_str(key), **dict(kw.pop("provenance", None) or {})}
         return Measurement.from_values(name or self.name.replace("{}", key_str(key)), self.values[rows].sum(0),
-                                       model=self.model, labels=self.labels, record=record,
-                                       provenance={**self.provenance, "component": key_str(key)}, **kw)
+                                       model=self.model, labels=self.labels, record=record, provenance=prov, **kw)
 
     # -- rankings -----------------------------------------------------------------------
     def ranking(self, by: str = "components", k: int | None = None, *, order: str = "largest") -> list[Ranked]:

@@ -392,7 +392,7 @@ def test_evidence_equals_raw_hooks(which, request, store):
         np.testing.assert_allclose(got[kind].score, old[kind].values.numpy().T.reshape(got[kind].score.shape),
                                    atol=1e-12)
     # measurements over the prompts that count, as continuous quantities
-    m = got["induction"].of("share", Head(1, 2))
+    m = got["induction"].measure("share", Head(1, 2))
     assert m.name == "induction share L1H2" and m.n == 6 and "Clopper" not in m.provenance["interval"]
 
 

@@ -69,6 +69,12 @@ def _head_scores(r):
     return HD.head_scores(m, T.repeated_tokens(m, n=6, length=8, seed=3), activations=r("store"))["induction"]
 
 
+def _head_evidence(r):
+    m = r("tiny")
+    return HD.head_evidence(m, T.repeated_tokens(m, n=6, length=8, seed=3), activations=r("store"))[
+        "previous_token"].quantity("share")
+
+
 def _ioi(r):
     m = r("ioi_tiny")
     return I.head_scores(m, ioi(m, n=8, seed=0), activations=r("store"))
@@ -79,7 +85,8 @@ def _ioi_attention(r):
 
 
 PRODUCERS = {"effects.decompose": _decompose, "patching.sweep": _sweep, "patching.path_sweep": _path_sweep,
-             "patching.attribution_screen": _screen, "heads.head_scores": _head_scores, "ioi.head_scores": _ioi,
+             "patching.attribution_screen": _screen, "heads.head_scores": _head_scores,
+             "heads.head_evidence quantity": _head_evidence, "ioi.head_scores": _ioi,
              "ioi.head_scores quantity": _ioi_attention}
 
 
@@ -251,6 +258,10 @@ def test_position_keys_read_like_components(tiny, store):
 def test_the_old_shapes_are_gone():
     """No second per-component score class: the five shapes are ComponentScores or removed."""
     assert not hasattr(HD, "HeadScores") and not hasattr(I, "HeadScores") and not hasattr(E, "_Ranks")
+    # the containers of several quantities hand each out as ComponentScores, with no `of`/`grid` of their own
+    for cls in (HD.HeadEvidence, I.IOIScores):
+        assert hasattr(cls, "quantity")
+    assert not hasattr(HD.HeadEvidence, "of") and not hasattr(HD.HeadEvidence, "grid")
     for cls in (E.DirectEffects, P.Sweep, P.Screen, I.IOIScores):
         assert issubclass(cls, ComponentScores), cls
     assert E.Block is Block and E.Ranked is Ranked                   # one definition, re-exported
