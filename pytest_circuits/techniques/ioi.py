@@ -168,6 +168,12 @@ class IOIScores(ComponentScores):
         prompt's run, where neither name is in the context)."""
         if what not in _WHAT:
             raise CircuitsError(bad("what", what, f"one of {', '.join(_WHAT)}"))
+        cache = self.__dict__.setdefault("_quantities", {})
+        if what not in cache:
+            cache[what] = self._quantity(what)
+        return cache[what]
+
+    def _quantity(self, what: str) -> ComponentScores:
         att = self.attention
         off = (1.0 - att["sink"]).clamp_min(1e-12) if att.get("sink") is not None else 1.0
         if what == "de":
