@@ -43,9 +43,9 @@ def main() -> None:
     exact = P.sweep(model, task, activations=ActivationStore(batch_size=32))
     t_exact = time.perf_counter() - t0
 
-    n_comp = len(exact.effects)
+    n_comp = len(exact.components)
     agree = screen.agreement(exact, k=10)
-    top_k = set(screen.top(a.k))
+    top_k = {r.component for r in screen.top(a.k, order="abs")}
     sig = exact.significant(a.threshold)
     found = [c for c in sig if c in top_k]
     confirmed = [c for c in verified.significant(a.threshold)]

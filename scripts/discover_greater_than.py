@@ -92,10 +92,10 @@ def main() -> None:
         out["screen_vs_exact"] = {"spearman": agree.spearman, "recall_at_k": agree.recall_at_k, "k": agree.k}
         print(agree, flush=True)
         out["exact_sweep"] = exact.to_dict()
-        out["screen"] = {str(c): v for c, v in screen.scores.items()}
-        plots.component_heatmap(model, exact.grid(model), DOCS / "activation_patching.png",
+        out["screen"] = {str(c): float(m) for c, m in zip(screen.components, screen.means)}
+        plots.component_heatmap(model, exact.grid(mlp=True) / exact.scale, DOCS / "activation_patching.png",
                                 title=f"SmolLM2-135M greater-than: activation patching ('01' corruption, n={args.n})")
-        plots.component_heatmap(model, screen.grid(model), DOCS / "attribution_screen.png",
+        plots.component_heatmap(model, screen.grid(mlp=True), DOCS / "attribution_screen.png",
                                 title=f"attribution patching screen (n={args.screen_n})",
                                 cbar="gradient estimate (denoising)")
 
@@ -115,7 +115,7 @@ def main() -> None:
                               ylabel="layer", cbar="effect / corruption's effect")
                 out[f"positions_{label}"] = sw.to_dict()
 
-        cands = list(screen.top(args.candidates))
+        cands = [r.component for r in screen.top(args.candidates, order="abs")]
         missed = [c for c in exact.significant(args.threshold) if c not in cands]
         out["exact_hits_missed_by_screen"] = [str(c) for c in missed]
         say("path patching from the logits backwards")
@@ -127,10 +127,11 @@ def main() -> None:
         out["discovery"] = {"circuit": found.circuit.to_dict(), "rounds": [r.to_dict() for r in found.rounds],
                             "found": [[str(c) for c in f] for f in found.found]}
         logits_round = found.rounds[0]
-        plots.component_heatmap(model, logits_round.grid(model), DOCS / "path_patching_logits.png",
+        plots.component_heatmap(model, logits_round.grid(mlp=True) / logits_round.scale,
+                                DOCS / "path_patching_logits.png",
                                 title="path patching: direct path to the logits (screened candidates)")
 
-        ranking = [str(c) for c in exact.ranking()]
+        ranking = [str(r.component) for r in exact.ranking(order="abs")]
         backbone = C.Circuit(found.circuit.components, found.circuit.edges, "path-patching-backbone")
 
     say("growing the circuit from the exact-patching ranking, then pruning")

@@ -36,7 +36,7 @@ def main() -> None:
     print(f"{len(ps)} prompts")
     de = E.decompose(model, ps, activations=store)
     print("\n== clean direct effects, largest |mean| ==")
-    for c, v in de.top(15):
+    for c, v in de.top(15, order="abs"):
         print(f"  {str(c):>7} {v:+.3f}")
     print("  late MLPs:", ", ".join(f"{l}:{float(de.of(MLP(l)).mean()):+.2f}" for l in range(20, 30)))
     print("\n== attention-layer ablations (" + a.kind + ", last position) ==")
@@ -52,7 +52,7 @@ def main() -> None:
         print(f"  mlp{l:<3} TE {sr.total.mean():+.3f} own {sr.own.mean():+.3f} down {sr.downstream.mean():+.3f} "
               f"norm {sr.norm_term.mean():+.3f} | {top}")
     print("\n== DLA vs causal effect (top DLA writers) ==")
-    for c, _ in de.top(8):
+    for c, _ in de.top(8, order="abs"):
         if c.layer < 0:
             continue
         r = E.dla_vs_total(model, ps, c, kind=a.kind, seed=a.seed, activations=store)

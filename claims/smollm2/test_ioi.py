@@ -70,7 +70,7 @@ def test_name_movers_in_layer_23(found):
     # L23H3's +2.12 [1.93, 2.31]: it attends to S2 (0.57) and writes against S.
     assert heads(found.name_movers) == ["L23H0", "L23H2"], found.name_movers
     found.name_movers[0].score.assert_above(0.15)
-    found.scores.measure("attn_io", "L23H0").assert_above(0.4)
+    found.scores.quantity("attn_io").measure("L23H0").assert_above(0.4)
     found.mover_de.assert_above(0.3)
 
 

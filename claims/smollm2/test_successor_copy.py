@@ -52,4 +52,4 @@ def test_l23h3_lacks_the_attention(model, copy_suppression):
     ev = heads.head_evidence(model, ps)["copy_suppression"]
     # Measured 2026-12-04: share 0.129 [0.103, 0.16], effect -0.112 [-0.15, -0.083] (it lowers what
     # little it reads there); OV self-suppression about 0.9 (the card's heatmap).
-    ev.of("share", Head(23, 3), record=True).assert_below(0.5)
+    ev.measure("share", Head(23, 3), record=True).assert_below(0.5)

@@ -51,6 +51,7 @@ from ..store import ActivationStore, resolve
 from ..components import MLP, Attn, Component, Embed, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
+from ..scores import Ranked
 from ..models import info as model_info
 
 ABLATIONS = ("patch", "resample", "mean", "zero")
@@ -502,7 +503,8 @@ def grow(model: Any, task: Any, ranking: Sequence[Any], *, target: float = 0.8, 
          positions: Any = None, name: str = "grown",
          activations: ActivationStore | None = None) -> Growth:
     """Add components in ``ranking`` order (e.g. by exact patching effect), ``step`` at a
-    time, until faithfulness (``recovered``, its mean) reaches ``target``.
+    time, until faithfulness (``recovered``, its mean) reaches ``target``. ``ranking``: components
+    or the rows of a :meth:`ComponentScores.ranking <pytest_circuits.scores.ComponentScores.ranking>`.
 
     The target is checked on the mean, so judge the result on other prompts: a circuit
     grown on one set and claimed on another is not tuned to its claim.
@@ -511,7 +513,7 @@ def grow(model: Any, task: Any, ranking: Sequence[Any], *, target: float = 0.8, 
     order: list[Component] = []
     seen: set[Component] = set()
     for c in ranking:
-        for x in expand(model, [c]):
+        for x in expand(model, [c.component if isinstance(c, Ranked) else c]):
             if x not in seen:
                 seen.add(x)
                 order.append(x)

@@ -76,10 +76,12 @@ from typing import Any, NamedTuple, Sequence
 
 from .. import hooks as H
 from ..store import ActivationStore, final_logit_softcap, resolve
-from ..components import MLP, Attn, Component, Embed, Expert, Head, Neuron, parse, parse_many
+from ..components import MLP, Component, Embed, Expert, Head, Neuron, parse, parse_many
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import PARTLY_UNINFORMATIVE, UNINFORMATIVE, Measurement, record
+# the rankings' vocabulary lives in scores; GRAINS, ORDERS, Block, Ranked and rows_of stay readable here
+from ..scores import GRAINS, ORDERS, Block, ComponentScores, Rankable, Ranked, _grain, rows_of  # noqa: F401
 from ..models import derived, info as model_info, weights_state
 
 
@@ -141,231 +143,6 @@ def targets(model: Any, prompts: Any, token: Any, store: ActivationStore) -> Any
     if ids is None or ids.shape != (len(prompts),):
         raise CircuitsError(bad("token", token, "'answer', 'top', a token id, or one id per prompt"))
     return ids
-
-
-def rows_of(components: Sequence[Component], c: Any) -> list[int]:
-    """Indices of ``c`` among the writers; an attention layer is all of its heads, an MLP split
-    into its experts (``experts=True``) all of its experts."""
-    comp = parse(c)
-    if isinstance(comp, Attn):
-        rows = [i for i, x in enumerate(components) if isinstance(x, Head) and x.layer == comp.layer]
-    else:
-        rows = [i for i, x in enumerate(components) if x == comp]
-        if not rows and isinstance(comp, MLP):
-            rows = [i for i, x in enumerate(components) if isinstance(x, Expert) and x.layer == comp.layer]
-    if not rows and isinstance(comp, Expert):
-        raise ComponentError(bad("component", str(comp), f"a writer of this decomposition, in which mlp{comp.layer} "
-                                 "is one component: split mixture-of-experts layers into their experts with "
-                                 "`experts=True` (effects.decompose)"))
-    if not rows:
-        raise ComponentError(bad("component", str(comp), "a head, attention layer, MLP or embed of the model"))
-    return rows
-
-
-# ----------------------------------------------------------------------------- rankings
-GRAINS = ("components", "heads", "attn", "mlp", "sublayers", "layers", "experts")
-ORDERS = ("largest", "smallest", "abs")
-
-
-@dataclass(frozen=True, order=True)
-class Block(Component):
-    """A whole transformer block in a ranking ``by="layers"``: its attention layer (the sum of
-    its heads) plus its MLP. Spelled ``block23`` (``layer23`` and ``23`` are read too)."""
-
-    layer: int
-
-    def __str__(self) -> str:
-        return f"block{self.layer}"
-
-    def sort_key(self) -> tuple:
-        return (self.layer, 3, str(self))
-
-
-class _Pair(NamedTuple):
-    component: Component
-    mean: float
-
-
-class Ranked(_Pair):
-    """One row of a ranking: the component (a Head, Attn, MLP, Embed or Block), its mean
-    over prompts, and ``rank``, its place (1 = first). Unpacks as ``component, mean``, like
-    the pairs rankings returned before."""
-
-    def __new__(cls, component: Component, mean: float, rank: int = 0) -> "Ranked":
-        self = super().__new__(cls, component, mean)
-        self.rank = rank
-        return self
-
-    @property
-    def name(self) -> str:
-        return str(self.component)
-
-    def __repr__(self) -> str:
-        return f"Ranked({self.rank}: {self.component}, {self.mean:+.4g})"
-
-
-def _grain(components: Sequence[Component], values: Any, by: str, skip: set[int] = frozenset()
-           ) -> tuple[list[Component], Any]:
-    """Rows of ``values`` ``[C, n]`` summed to the grain ``by``; rows in ``skip`` left out of
-    every row and sum. Returns the grain's components (forward order) and ``[R, n]``."""
-    import torch
-
-    if by not in GRAINS:
-        raise CircuitsError(bad("by", by, f"one of {GRAINS}"))
-    rows: dict[Component, list[int]] = {}
-    for i, c in enumerate(components):
-        if i in skip:
-            continue
-        if by == "components":
-            key: Component | None = c
-        elif by == "heads":
-            key = c if isinstance(c, Head) else None
-        elif by in ("attn", "sublayers") and isinstance(c, Head):
-            key = Attn(c.layer)
-        elif by in ("mlp", "sublayers") and isinstance(c, MLP):
-            key = c
-        elif by in ("mlp", "sublayers") and isinstance(c, Expert):
-            key = MLP(c.layer)                 # a mixture of experts' MLP: the sum of its experts
-        elif by == "experts" and isinstance(c, Expert):
-            key = c
-        elif by == "layers" and isinstance(c, (Head, MLP, Expert)):
-            key = Block(c.layer)
-        else:
-            key = None
-        if key is not None:
-            rows.setdefault(key, []).append(i)
-    if not rows:
-        raise CircuitsError(bad("by", by, "a grain with at least one component left to rank"))
-    keys = list(rows)
-    return keys, torch.stack([values[rows[k]].sum(0) for k in keys])
-
-
-def _spelled(c: Any, by: str) -> Component:
-    """A name given to an assertion, as the grain's component (``"attn23"``, ``"L9H3"``,
-    ``"block23"`` / ``"layer23"`` / ``23`` for ``by="layers"``)."""
-    if isinstance(c, Component):
-        return c
-    if by == "layers":
-        text = str(c).strip().lower()
-        for prefix in ("block", "layer", ""):
-            rest = text[len(prefix):] if text.startswith(prefix) else None
-            if rest is not None and rest.isdigit():
-                return Block(int(rest))
-        raise ComponentError(bad("component", c, "a block: 'block23', 'layer23' or 23"))
-    return parse(c)
-
-
-def _table(rows: Sequence[Ranked], what: str, mark: set[Component] = frozenset()) -> str:
-    lines = [f"{what}:"]
-    for r in rows:
-        lines.append(f"  {'>' if r.component in mark else ' '}{r.rank:>3}. {str(r.component):>8}  {r.mean:+.4f}")
-    return "\n".join(lines)
-
-
-class _Ranks:
-    """Rankings at every grain and assertions on them, shared by :class:`DirectEffects`
-    and :class:`SelfRepair`. A subclass gives ``_rank_source(by)``: the grain's components,
-    their per-prompt values ``[R, n]`` and the sign that orders them (``+1``: largest first)."""
-
-    def _rank_source(self, by: str, **kw: Any) -> tuple[list[Component], Any, float]:  # pragma: no cover
-        raise NotImplementedError
-
-    def _what(self, by: str, order: str) -> str:  # pragma: no cover
-        raise NotImplementedError
-
-    def _ordered(self, by: str, order: str, **kw: Any) -> tuple[list[Ranked], Any, list[int]]:
-        if order not in ORDERS:
-            raise CircuitsError(bad("order", order, f"one of {ORDERS}"))
-        comps, vals, sign = self._rank_source(by, **kw)
-        means = vals.mean(1)
-        key = means.abs() if order == "abs" else (means * sign if order == "largest" else -means * sign)
-        idx = key.argsort(descending=True, stable=True).tolist()
-        rows = [Ranked(comps[i], float(means[i]), r + 1) for r, i in enumerate(idx)]
-        return rows, vals, idx
-
-    def _rank(self, by: str, k: int | None, order: str) -> list[Ranked]:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise CircuitsError(bad("k", k, "a positive integer, or None for every row"))
-        rows, _, _ = self._ordered(by, order)
-        return rows if k is None else rows[:k]
-
-    def assert_top(self, components: Any, k: int | None = None, *, by: str = "components",
-                   order: str = "largest", separated: bool = False) -> Any:
-        """Fail unless ``components`` (one spelling or several) are exactly the top ``k`` of
-        :meth:`ranking` ``by`` (as a set; ``k`` defaults to how many are named). With
-        ``separated=True`` also the interval: the paired difference between the weakest of
-        them and the best of the rest (per prompt, in the ranking's direction) must have
-        its lower bound above 0. The failure message prints the ranking."""
-        want = [components] if isinstance(components, (str, Component, int)) else list(components)
-        want_c = {_spelled(c, by) for c in want}
-        k = len(want_c) if k is None else k
-        if k != len(want_c):
-            raise CircuitsError(bad("k", k, f"the number of components named ({len(want_c)}); to ask "
-                                            "for one among the top k use assert_in_top"))
-        rows, vals, idx = self._ordered(by, order)
-        self._check_known(want_c, rows, by)
-        top = {r.component for r in rows[:k]}
-        what = self._what(by, order)
-        if top != want_c:
-            raise AssertionError(f"expected {_names_of(want_c)} to be the top {k} by {by}, the top {k} is "
-                                 f"{_names_of(top)}\n" + _table(rows[:max(k + 5, 10)], what, want_c))
-        if separated:
-            self._assert_separated(rows, vals, idx, k, by, order, what, want_c)
-        return self
-
-    def assert_in_top(self, component: Any, k: int, *, by: str = "components", order: str = "largest",
-                      separated: bool = False) -> Any:
-        """Fail unless ``component`` is among the top ``k`` of :meth:`ranking` ``by``; with
-        ``separated=True`` its paired difference from the ``k+1``-th row must have its lower
-        bound above 0. The failure message prints the ranking."""
-        comp = _spelled(component, by)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise CircuitsError(bad("k", k, "a positive integer"))
-        rows, vals, idx = self._ordered(by, order)
-        self._check_known({comp}, rows, by)
-        place = next(r.rank for r in rows if r.component == comp)
-        what = self._what(by, order)
-        if place > k:
-            raise AssertionError(f"expected {comp} among the top {k} by {by}; it is number {place}\n"
-                                 + _table(rows[:max(k + 5, place + 1, 10)], what, {comp}))
-        if separated:
-            self._assert_separated(rows, vals, idx, k, by, order, what, {comp}, weakest=place - 1)
-        return self
-
-    def _check_known(self, want: set[Component], rows: list[Ranked], by: str) -> None:
-        known = {r.component for r in rows}
-        missing = [c for c in want if c not in known]
-        if missing:
-            raise ComponentError(bad("component", str(missing[0]), f"a component ranked by {by!r} "
-                                     f"(e.g. {', '.join(str(r.component) for r in rows[:3])})"))
-
-    def _assert_separated(self, rows: list[Ranked], vals: Any, idx: list[int], k: int, by: str,
-                          order: str, what: str, mark: set[Component], weakest: int | None = None) -> None:
-        if k >= len(rows):
-            raise CircuitsError(bad("separated", True, f"a ranking with a row after the top {k} "
-                                                       f"(there are {len(rows)} rows by {by!r})"))
-        w = k - 1 if weakest is None else weakest
-        a, b = idx[w], idx[k]
-        sign = self._rank_source(by)[2]
-        if order == "abs":
-            # each side oriented by the sign of its mean: the mean difference is |mean_a| - |mean_b|
-            diff = (vals[a] * (1.0 if float(vals[a].mean()) >= 0 else -1.0)
-                    - vals[b] * (1.0 if float(vals[b].mean()) >= 0 else -1.0))
-        else:
-            diff = (vals[a] - vals[b]) * (sign if order == "largest" else -sign)
-        m = Measurement.from_values(f"{rows[w].component} - {rows[k].component} ({by}, {order})", diff,
-                                    model=getattr(self, "model", ""),
-                                    labels=getattr(self, "labels", None),
-                                    provenance={"ranking": what})
-        m._note("above", 0.0, m.lower, m.lower > 0)
-        if not m.lower > 0:
-            raise AssertionError(f"{rows[w].component} is not separated from {rows[k].component} (number "
-                                 f"{k + 1}) by its interval: {m!r}, expected lower bound > 0\n"
-                                 + _table(rows[:max(k + 5, 10)], what, mark))
-
-
-def _names_of(comps: Any) -> str:
-    return "{" + ", ".join(sorted((str(c) for c in comps), key=str)) + "}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -752,24 +529,33 @@ _MISSING_WRITER = ("Some writer to the residual stream is not accounted for (the
                    "model in compatibility mode whose residual stream is the sum of these writers.")
 
 
-@dataclass(frozen=True, eq=False)
-class DirectEffects(_Ranks):
-    """Direct effects of every writer on token ``t`` (centred logits), per prompt.
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DirectEffects(ComponentScores):
+    """Direct effects of every writer on token ``t`` (centred logits), per prompt: a
+    :class:`~pytest_circuits.scores.ComponentScores` (``of``, ``measure`` as ``DE(L1H0)``,
+    ``ranking``, ``top``, ``grid``, ``assert_top``) over the components, plus the identity.
 
-    ``values`` holds the components (``components``), ``constants`` the writers that are
-    not components (``"pos_embed"``, ``"b_O[l]"``), ``bias`` the centred ``b_U[t]``, and
+    ``values`` ``[C, n]`` holds the components (``components``), ``constants`` the writers that
+    are not components (``"pos_embed"``, ``"b_O[l]"``), ``bias`` the centred ``b_U[t]``, and
     ``logit`` the centred logit *read from the model*: ``values.sum(0) +
-    sum(constants.values()) + bias == logit`` is checked (``residual`` is the gap)."""
+    sum(constants.values()) + bias == logit`` is checked (``residual`` is the gap).
 
-    model: str
-    components: tuple[Component, ...]
-    values: Any             # [C, n] float64
+    Rankings (``by``): ``"components"``: the embedding, every head and every MLP (every expert
+    of a mixture-of-experts MLP, decomposed with ``experts=True``); ``"heads"``; ``"mlp"``: MLP
+    layers (an MLP split into experts: their sum); ``"attn"``: attention layers, each the sum of
+    its heads (the layer's output bias ``b_O`` is a constant writer, see :attr:`constants`, and
+    is not in it); ``"sublayers"``; ``"layers"``: whole blocks as
+    :class:`~pytest_circuits.scores.Block`; ``"experts"``. ``order="largest"`` (default) puts
+    the strongest push toward the token first, ``"smallest"`` the strongest push against it,
+    ``"abs"`` the largest |mean|. E.g. ``de.ranking("attn", k=3)``,
+    ``de.assert_top("attn23", by="attn")``."""
+
     bias: Any               # [n]  centred b_U[t]
     logit: Any              # [n]  centred logit of t, read from the model's logits
     token_ids: Any
-    prompts: str
-    provenance: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)    # name -> [n] direct effect
+    name: str = "DE({})"
+    title: str = "direct effects"
 
     @property
     def parts_sum(self) -> Any:
@@ -786,46 +572,7 @@ class DirectEffects(_Ranks):
         constant writer by name (``"pos_embed"``, ``"b_O[3]"``)."""
         if isinstance(c, str) and c in self.constants:
             return self.constants[c]
-        return self.values[rows_of(self.components, c)].sum(0)
-
-    def measure(self, c: Any, **kw: Any) -> Measurement:
-        comp = parse(c)
-        return Measurement.from_values(f"DE({comp})", self.of(comp), model=self.model,
-                                       provenance={**self.provenance, "component": str(comp)}, **kw)
-
-    def top(self, k: int = 10) -> list[tuple[Component, float]]:
-        """Components by mean |direct effect|, largest first."""
-        means = self.values.mean(1)
-        order = means.abs().argsort(descending=True)[:k]
-        return [(self.components[int(i)], float(means[i])) for i in order]
-
-    # -- rankings ----------------------------------------------------------------------
-    def ranking(self, by: str = "components", k: int | None = None, *,
-                order: str = "largest") -> list[Ranked]:
-        """Rows ``(component, mean, rank)`` by mean direct effect over prompts, at the grain ``by``:
-
-        * ``"components"``: the embedding, every head and every MLP (every expert of a
-          mixture-of-experts MLP, decomposed with ``experts=True``);
-        * ``"heads"``; ``"mlp"``: MLP layers (an MLP split into experts: their sum);
-          ``"attn"``: attention layers, each the sum of its heads (the layer's output bias
-          ``b_O`` is a constant writer, see :attr:`constants`, and is not in it);
-        * ``"sublayers"``: attention layers and MLP layers ranked together;
-        * ``"layers"``: whole blocks, attention layer (sum of heads) + MLP, as :class:`Block`;
-        * ``"experts"``: the experts alone (``experts=True``).
-
-        ``order``: ``"largest"`` (default: the strongest push toward the token first),
-        ``"smallest"`` (the strongest push against it first) or ``"abs"`` (by |mean|).
-        ``k``: the first ``k`` rows (default: all). E.g.
-        ``de.ranking("attn", k=3)``, ``de.assert_top("attn23", by="attn")``.
-        """
-        return self._rank(by, k, order)
-
-    def _rank_source(self, by: str, **kw: Any) -> tuple[list[Component], Any, float]:
-        comps, vals = _grain(self.components, self.values, by)
-        return comps, vals, 1.0
-
-    def _what(self, by: str, order: str) -> str:
-        return f"direct effects on {self.prompts} by {by} (mean over prompts, {order} first)"
+        return super().of(c)
 
 
 def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: Any = None,
@@ -850,12 +597,14 @@ def decompose(model: Any, prompts: Any, *, token: Any = "answer", intervention: 
     consts = direct_effects(outs, w, constants=True)[len(outs.components):]
     read = centred_logit(outs.logits, ids)
     mi = model_info(model)
-    de = DirectEffects(mi.label, outs.components, values, b, read, ids, prompts.name,
-                       {"model": mi.label, "prompts": prompts.name, "token": str(token),
-                        "intervention": intervention.key if intervention is not None else "none",
-                        **({"logit": logit} if logit != "logit" else {}),
-                        **({"experts": True} if experts else {})},
-                       dict(zip(outs.constant_names, consts)))
+    de = DirectEffects(model=mi.label, components=outs.components, values=values, bias=b, logit=read,
+                       token_ids=ids, prompts=prompts.name,
+                       provenance={"model": mi.label, "prompts": prompts.name, "token": str(token),
+                                   "intervention": intervention.key if intervention is not None else "none",
+                                   **({"logit": logit} if logit != "logit" else {}),
+                                   **({"experts": True} if experts else {})},
+                       constants=dict(zip(outs.constant_names, consts)),
+                       shape=(int(model.cfg.n_layers), int(model.cfg.n_heads)))
     import torch
 
     _check_identity(model, de.parts_sum, read, torch.cat([values, consts, b.unsqueeze(0)]),
@@ -872,7 +621,7 @@ NOOP_RTOL = 1e-5        # |own ΔDE| under 1e-5 x |clean DE|: the ablation remov
 
 
 @dataclass(frozen=True, eq=False)
-class SelfRepair(_Ranks):
+class SelfRepair(Rankable):
     """An ablation's total effect on the centred logit of ``t``, decomposed exactly.
 
     ``total = own + downstream + norm`` per prompt, where ``own`` is the ablated

@@ -80,10 +80,11 @@ from .. import hooks as H
 from .. import interventions as I
 from ..components import Head, parse_many
 from ..detection import Detection, straddle
-from ..errors import ComponentError, MeasurementError, PromptSetError, bad
+from ..errors import CircuitsError, ComponentError, MeasurementError, PromptSetError, bad
 from ..measurement import Measurement, record
 from ..models import info as model_info
 from ..prompts import PromptSet
+from ..scores import ComponentScores, key_str
 from ..store import resolve
 from ..tasks import induction as T
 from .effects import _unembed_dirs, attn_output_weights
@@ -164,73 +165,13 @@ def _prov(model: Any, prompts: Any, hooks: list[str], **extra: Any) -> dict[str,
 
 
 # --------------------------------------------------------------------------- scores
-@dataclass(frozen=True, eq=False)
-class HeadScores:
-    """One kind of score (``kind`` in :data:`KINDS`) for every head, per prompt."""
-
-    kind: str
-    values: np.ndarray                 # [n_prompts, n_layers, n_heads]
-    model: str = ""
-    prompts: str = ""
-    labels: tuple[str, ...] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def title(self) -> str:
-        return TITLES[self.kind]
-
-    @property
-    def grid(self) -> np.ndarray:
-        """``[n_layers, n_heads]``: each head's mean score over the prompts (the heatmap)."""
-        return self.values.mean(0)
-
-    def _head(self, head: Any) -> Head:
-        hs = (head,) if isinstance(head, Head) else parse_many(head)
-        if len(hs) != 1 or not isinstance(hs[0], Head):
-            raise ComponentError(bad("head", head, "one attention head such as 'L1H3'"))
-        h = hs[0]
-        n_layers, n_heads = self.values.shape[1:]
-        if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads):
-            raise ComponentError(bad("head", str(h), f"a head L0H0..L{n_layers - 1}H{n_heads - 1}"))
-        return h
-
-    def of(self, head: Any, *, record: bool = False) -> Measurement:
-        """The head's score as a Measurement over prompts, named ``"<kind> score L{l}H{h}"``."""
-        h = self._head(head)
-        return Measurement.from_values(f"{self.title} {h}", self.values[:, h.layer, h.head], model=self.model,
-                                       provenance={**self.provenance, "head": str(h)}, labels=self.labels,
-                                       record=record, method="bootstrap-t")
-
-    def ranking(self, k: int | None = None) -> list[tuple[Head, float]]:
-        """Heads by mean score, highest first (ties: lower layer, then head, first)."""
-        g = self.grid
-        order = sorted(((float(g[l, h]), l, h) for l in range(g.shape[0]) for h in range(g.shape[1])),
-                       key=lambda x: (-x[0], x[1], x[2]))
-        return [(Head(l, h), s) for s, l, h in order[:k]]
-
-    def located(self, threshold: float = THRESHOLD) -> list[tuple[Head, Measurement]]:
-        """Heads whose score's lower bound exceeds ``threshold``, highest mean first. Only
-        heads whose mean exceeds it are bootstrapped (a lower bound is never above the mean)."""
-        out = []
-        for h, mean in self.ranking():
-            if mean <= threshold:
-                break
-            m = self.of(h)
-            if m.lower > threshold:
-                out.append((h, m))
-        return out
-
-    def table(self, k: int = 8) -> str:
-        rows = [f"{self.title} (mean over {self.values.shape[0]} prompts), top {k}:"]
-        rows += [f"  {str(h):>7}  {s:.3f}" for h, s in self.ranking(k)]
-        return "\n".join(rows)
-
-
-def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, HeadScores]:
+def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, ComponentScores]:
     """The induction, previous-token and duplicate-token score of every head on ``prompts``
     (a set from :func:`~pytest_circuits.tasks.induction.repeated_tokens`), each per prompt
-    (see the module docstring for the formulas). One forward (patterns of every layer and
-    the per-token loss together), cached by the store."""
+    (see the module docstring for the formulas): ``{kind: ComponentScores}`` over the heads
+    (``scores["induction"].grid()`` the heatmap, ``.measure("L1H3")`` the Measurement
+    ``"induction score L1H3"``, bootstrap-t). One forward (patterns of every layer and the
+    per-token loss together), cached by the store."""
     import torch
 
     groups = layout(prompts)
@@ -249,8 +190,11 @@ def head_scores(model: Any, prompts: Any, *, activations: Any = None) -> dict[st
                 q = _queries(kind, s, t)
                 out[kind][rows, l, :] = p[:, :, q, q - _back(kind, t)].mean(-1).numpy()
     label = model_info(model).label
-    return {k: HeadScores(k, v, model=label, prompts=prompts.name, labels=prompts.prompts,
-                          provenance=_prov(model, prompts, names, score=TITLES[k]))
+    heads = tuple(Head(l, h) for l in range(n_layers) for h in range(n_heads))
+    return {k: ComponentScores(components=heads, values=v.reshape(len(prompts), -1).T, name=f"{TITLES[k]} {{}}",
+                               title=TITLES[k], model=label, prompts=prompts.name, labels=prompts.prompts,
+                               provenance=_prov(model, prompts, names, score=TITLES[k]), method="bootstrap-t",
+                               shape=(n_layers, n_heads))
             for k, v in out.items()}
 
 
@@ -266,7 +210,10 @@ class HeadEvidence:
     (``[n_prompts, n_layers, n_heads]``; module docstring). ``effect`` is NaN for the
     previous- and duplicate-token kinds, ``dependence`` for induction and copy suppression.
     For copy suppression a prompt where the model predicts no next token has NaN everywhere:
-    ``rows`` are the prompts that count (every prompt for the other kinds)."""
+    ``rows`` are the prompts that count (every prompt for the other kinds).
+    :meth:`quantity` gives one measure over those prompts as a
+    :class:`~pytest_circuits.scores.ComponentScores` (``ev.quantity("share").grid()``, the
+    heatmap); :meth:`measure` one head's Measurement."""
 
     kind: str
     score: np.ndarray
@@ -287,31 +234,42 @@ class HeadEvidence:
         base = _EVIDENCE_NAMES[what].format(w=WORDS[self.kind])
         return base if head is None else f"{base} {head}"
 
-    def grid(self, what: str) -> np.ndarray:
-        """``[n_layers, n_heads]`` means over the prompts that count (the heatmaps)."""
-        a = getattr(self, what)[self.rows]
-        return a.mean(0) if len(a) else np.full(a.shape[1:], np.nan)
+    def quantity(self, what: str) -> ComponentScores:
+        """One measure (:data:`EVIDENCE`) of every head over the prompts that count, as a
+        :class:`~pytest_circuits.scores.ComponentScores` (``of``, ``measure``, ``ranking``,
+        ``grid()``: the heatmap), named ``"<kind> <measure> L1H2"``, bootstrap-t intervals."""
+        if what not in EVIDENCE:
+            raise CircuitsError(bad("what", what, f"one of {EVIDENCE}"))
+        cache = self.__dict__.setdefault("_quantities", {})
+        if what not in cache:
+            rows = self.rows
+            a = getattr(self, what)[rows]                                   # [rows, L, H]
+            L, nh = a.shape[1:]
+            cache[what] = ComponentScores(
+                components=tuple(Head(l, h) for l in range(L) for h in range(nh)), values=a.reshape(len(rows), L * nh).T,
+                name=self.name(what) + " {}", title=self.name(what), model=self.model, prompts=self.prompts,
+                labels=tuple(self.labels[i] for i in rows) if self.labels is not None else None,
+                provenance={**self.provenance, "measure": what}, method="bootstrap-t", shape=(int(L), int(nh)))
+        return cache[what]
 
-    def of(self, what: str, head: Head, *, name: str | None = None, record: bool = False) -> Measurement:
-        """One head's measurement over the prompts that count (bootstrap-t: a continuous quantity)."""
-        rows = self.rows
-        if not len(rows):
+    def measure(self, what: str, head: Any, *, name: str | None = None, record: bool = False) -> Measurement:
+        """One head's measurement over the prompts that count (bootstrap-t: a continuous
+        quantity): ``quantity(what).measure(head)``, not recorded unless ``record=True``."""
+        if not len(self.rows):
             raise MeasurementError(f"{self.name(what, head)}: no prompt of {self.prompts!r} counts (for copy "
                                    "suppression: the model predicts no next token on any of them)")
-        labels = tuple(self.labels[i] for i in rows) if self.labels is not None else None
-        return Measurement.from_values(name or self.name(what, head), getattr(self, what)[rows, head.layer, head.head],
-                                       model=self.model, labels=labels, record=record, method="bootstrap-t",
-                                       provenance={**self.provenance, "head": str(head), "measure": what})
+        q = self.quantity(what)
+        return q.measure(head, name=name, record=record, provenance={"head": key_str(q.components[q._rows(head)[0]])})
 
     def pattern(self, threshold: float = THRESHOLD) -> list[Head]:
         """Heads whose share's lower bound exceeds ``threshold`` and whose attention above
         uniform has a lower bound above 0, by mean share (highest first). Only heads whose
         means could pass are bootstrapped."""
-        share, above = self.grid("share"), self.grid("above")
+        share, above = self.quantity("share").grid(), self.quantity("above").grid()
         order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])
                         if share[l, h] > threshold and above[l, h] > 0), key=lambda x: (-x[0], x[1], x[2]))
         return [Head(l, h) for _, l, h in order
-                if self.of("share", Head(l, h)).lower > threshold and self.of("above", Head(l, h)).lower > 0]
+                if self.measure("share", Head(l, h)).lower > threshold and self.measure("above", Head(l, h)).lower > 0]
 
 
 def head_evidence(model: Any, prompts: Any, *, activations: Any = None) -> dict[str, HeadEvidence]:
@@ -568,7 +526,7 @@ def possible_heads(ev: "HeadEvidence", threshold: float, more: Callable[[Head], 
     kind's other properties); each with the properties in doubt, in words. Any of them makes a
     detector's verdict undecided rather than absent. Highest mean share first; every head's
     share interval is computed (an upper bound can pass where the mean does not)."""
-    share = ev.grid("share")
+    share = ev.quantity("share").grid()
     skip = set(exclude)
     order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])
                     if np.isfinite(share[l, h])), key=lambda x: (-x[0], x[1], x[2]))
@@ -577,10 +535,10 @@ def possible_heads(ev: "HeadEvidence", threshold: float, more: Callable[[Head], 
         head = Head(l, h)
         if head in skip:
             continue
-        props = [Property(ev.of("share", head), threshold)]
+        props = [Property(ev.measure("share", head), threshold)]
         if not props[0].could():
             continue
-        props.append(Property(ev.of("above", head), 0.0))
+        props.append(Property(ev.measure("above", head), 0.0))
         if not props[1].could():
             continue
         props += more(head)
@@ -653,7 +611,7 @@ def _periods(ps: Any) -> str:
 def _best(ev: HeadEvidence) -> Head:
     """The head most like the kind when none passes: highest mean share among heads whose
     attention on the target is above uniform on average, else the highest mean score."""
-    share, above, score = ev.grid("share"), ev.grid("above"), ev.grid("score")
+    share, above, score = ev.quantity("share").grid(), ev.quantity("above").grid(), ev.quantity("score").grid()
     cand = np.where(above > 0, share, -np.inf)
     grid = cand if np.isfinite(cand).any() else score
     l, h = np.unravel_index(int(np.nanargmax(grid)), grid.shape)
@@ -661,7 +619,7 @@ def _best(ev: HeadEvidence) -> Head:
 
 
 def _table(ev: HeadEvidence, heads: Sequence[Head], verdicts: dict[Head, str], last: str) -> str:
-    g = {m: ev.grid(m) for m in ("score", "share", "above", last)}
+    g = {m: ev.quantity(m).grid() for m in ("score", "share", "above", last)}
     rows = [f"  head     score   share  above-unif  {'effect' if last == 'effect' else 'token-dep':>9}  verdict"]
     for h in heads:
         l, k = h.layer, h.head
@@ -671,7 +629,7 @@ def _table(ev: HeadEvidence, heads: Sequence[Head], verdicts: dict[Head, str], l
 
 
 def _ranked(ev: HeadEvidence, k: int = 8) -> list[Head]:
-    share = ev.grid("share")
+    share = ev.quantity("share").grid()
     order = sorted(((float(share[l, h]), l, h) for l in range(share.shape[0]) for h in range(share.shape[1])),
                    key=lambda x: (-x[0], x[1], x[2]))
     return [Head(l, h) for _, l, h in order[:k]]
@@ -680,8 +638,8 @@ def _ranked(ev: HeadEvidence, k: int = 8) -> list[Head]:
 def _heatmaps(ev: dict[str, HeadEvidence], kinds: Sequence[str]) -> dict[str, np.ndarray]:
     out = {}
     for k in kinds:
-        out[TITLES[k]] = ev[k].grid("score")
-        out[ev[k].name("share")] = ev[k].grid("share")
+        out[TITLES[k]] = ev[k].quantity("score").grid()
+        out[ev[k].name("share")] = ev[k].quantity("share").grid()
     return out
 
 
@@ -750,7 +708,7 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     copying, anti, silent, wrong = [], [], [], []
     singles: dict[Head, Measurement] = {}
     for h in ev.pattern(threshold):
-        e = ev.of("effect", h)
+        e = ev.measure("effect", h)
         if e.lower > min_effect:
             copying.append(h)
         elif e.upper < -min_effect:
@@ -772,13 +730,13 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     # a head could have the pattern and copy on the optimistic bounds (module docstring of
     # pytest_circuits.detection). Heads ruled out by their own ablation (wrong way) stay out.
     possible = [] if located else possible_heads(
-        ev, threshold, lambda h: [Property(ev.of("effect", h), min_effect)], exclude=wrong)
+        ev, threshold, lambda h: [Property(ev.measure("effect", h), min_effect)], exclude=wrong)
     for h, doubts in possible:
         verdicts[h] = "could be one: " + "; ".join(doubts)
     top = located[0] if located else possible[0][0] if possible else _best(ev)
-    measurements: list[Measurement] = [drop] + [_headline(ev.of(m, top), ev.name(m) + " (top head)")
+    measurements: list[Measurement] = [drop] + [_headline(ev.measure(m, top), ev.name(m) + " (top head)")
                                                 for m in ("score", "share", "effect")]
-    more = [ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "effect")]
+    more = [ev.measure(m, h) for h in (located or [top]) for m in ("score", "share", "effect")]
     effect = None
     if located:
         chosen = located[:max_ablated] if max_ablated else located
@@ -814,7 +772,7 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
                + (f"; no effect on it (an output nothing reads): {', '.join(map(str, silent))}" if silent else ""))
     else:
         why = (f"absent: no head has the pattern (most like one: {top}, share "
-               f"{_fmt(ev.of('share', top))}, attention above uniform {_fmt(ev.of('above', top))})")
+               f"{_fmt(ev.measure('share', top))}, attention above uniform {_fmt(ev.measure('above', top))})")
     no_control = effect is not None and effect.excess is None
     criterion = (f"a head that (1) attends from each repeated token to the token after its earlier occurrence "
                  f"({len(ps)} sequences of {_periods(ps)} random tokens, repeated): its share of the attention "
@@ -838,13 +796,14 @@ def detect_induction(model: Any, *, n: int = 32, length: int = 20, seed: int = 0
     for h, m in singles.items():
         details.append(f"  {ablation}-ablating {h} alone: second-copy loss {_fmt(m)}")
     for kind, thr in (("previous_token", previous_threshold), ("duplicate_token", duplicate_threshold)):
-        heads = [h for h in evs[kind].pattern(thr) if evs[kind].of("dependence", h).lower > MIN_DEPENDENCE]
+        heads = [h for h in evs[kind].pattern(thr) if evs[kind].measure("dependence", h).lower > MIN_DEPENDENCE]
+        share = evs[kind].quantity("share")
         details.append(f"  {WORDS[kind]} heads (share lower bound > {thr:g}, token dependence > "
-                       f"{MIN_DEPENDENCE:g}): " + (", ".join(f"{h} {evs[kind].grid('share')[h.layer, h.head]:.3f}"
+                       f"{MIN_DEPENDENCE:g}): " + (", ".join(f"{h} {float(share.of(h).mean()):.3f}"
                                                             for h in heads) or "none"))
     return Detection(check="induction", title=title, source=SOURCE, model=label, found=found,
                      undecided=bool(reason), reason=reason, criterion=criterion, measurements=tuple(measurements), more=tuple(more),
-                     components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
+                     components=tuple((str(h), float(ev.quantity("share").grid()[h.layer, h.head])) for h in located),
                      heatmaps=_heatmaps(evs, KINDS), details="\n".join(details))
 
 
@@ -865,7 +824,7 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
     verdicts: dict[Head, str] = {}
     located, silent = [], []
     for h in ev.pattern(threshold):
-        dep = ev.of("dependence", h)
+        dep = ev.measure("dependence", h)
         if dep.lower > min_dependence:
             located.append(h)
             verdicts[h] = f"{WORDS[kind]} head"
@@ -873,12 +832,13 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
             silent.append(h)
             verdicts[h] = f"pattern, but what it writes does not depend on the token (dependence {_fmt(dep)})"
     possible = [] if located else possible_heads(
-        ev, threshold, lambda h: [Property(ev.of("dependence", h), min_dependence)])
+        ev, threshold, lambda h: [Property(ev.measure("dependence", h), min_dependence)])
     for h, doubts in possible:
         verdicts[h] = "could be one: " + "; ".join(doubts)
     top = located[0] if located else possible[0][0] if possible else _best(ev)
-    measurements = tuple(_headline(ev.of(m, top), ev.name(m) + " (top head)") for m in ("score", "share", "dependence"))
-    more = tuple(ev.of(m, h) for h in (located or [top]) for m in ("score", "share", "dependence"))
+    measurements = tuple(_headline(ev.measure(m, top), ev.name(m) + " (top head)")
+                         for m in ("score", "share", "dependence"))
+    more = tuple(ev.measure(m, h) for h in (located or [top]) for m in ("score", "share", "dependence"))
     reason = ""
     if located:
         why = f"found: {', '.join(map(str, located))}"
@@ -889,8 +849,8 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
         why = (f"absent: {', '.join(map(str, silent))} have the pattern, but their output does not carry the "
                "token they attend to (nothing written, or only position)")
     else:
-        why = (f"absent: no head has the pattern (most like one: {top}, share {_fmt(ev.of('share', top))}, "
-               f"attention above uniform {_fmt(ev.of('above', top))})")
+        why = (f"absent: no head has the pattern (most like one: {top}, share {_fmt(ev.measure('share', top))}, "
+               f"attention above uniform {_fmt(ev.measure('above', top))})")
     what, reader = _WHAT[kind]
     criterion = (f"a head that attends {what} ({len(ps)} sequences of {_periods(ps)} random tokens): its share of "
                  f"the attention not on the first position (an attention sink) has a 95% lower bound above "
@@ -906,7 +866,7 @@ def _detect_kind(kind: str, title: str, model: Any, n: int, length: int, seed: i
         details.append(f"  prompts: {note}")
     return Detection(check=kind, title=title, source=SOURCE, model=label, found=bool(located),
                      undecided=bool(reason), reason=reason, criterion=criterion, measurements=measurements, more=more,
-                     components=tuple((str(h), float(ev.grid("share")[h.layer, h.head])) for h in located),
+                     components=tuple((str(h), float(ev.quantity("share").grid()[h.layer, h.head])) for h in located),
                      heatmaps=_heatmaps(evs, [kind]), details="\n".join(details))
 
 

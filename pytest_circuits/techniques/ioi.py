@@ -96,11 +96,11 @@ Measured (2026-11-26):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import hooks as H
-from ..components import MLP, Head, parse_many
+from ..components import Head, parse_many
 from ..detection import Detection
 from ..devices import dtype_rtol
 from ..errors import CircuitsError, MeasurementError, PromptSetError, bad
@@ -109,6 +109,7 @@ from ..interventions import patch as _patch
 from ..measurement import Measurement
 from ..models import info as model_info
 from ..prompts import PromptSet
+from ..scores import ComponentScores
 from ..store import ActivationStore, resolve
 from ..tasks.ioi import POSITIONS as _POSITIONS
 from ..tasks.ioi import ioi as _build
@@ -128,72 +129,70 @@ TOP = 3                   # name movers / S-inhibition heads given their own mea
 
 
 # ----------------------------------------------------------------------------- per-head scores
-@dataclass(frozen=True, eq=False)
-class HeadScores:
-    """Per head and prompt, at END: attention to IO, S1 and S2 (and to position 0, an
-    attention sink such as BOS) and the direct effect on the logit difference, in the
-    clean run and (``abc_de``) in the ABC counterpart's run; ``logit_diff`` read from the
-    logits; ``mlp_de`` the MLPs' direct effects (``[n_layers, n]``).
+@dataclass(frozen=True, eq=False, kw_only=True)
+class IOIScores(ComponentScores):
+    """Per component and prompt, at END: the direct effect on the logit difference
+    ``logit(IO) - logit(S)`` of every writer (a
+    :class:`~pytest_circuits.scores.ComponentScores`: ``of("L9H9")``, ``measure("L9H9")``
+    named ``"DE(IO - S) L9H9"``, ``ranking``, ``grid``, ``assert_top``), plus what the IOI
+    criteria read per head: ``logit_diff`` ``[n]`` (read from the logits), ``attention``
+    (``"io"``, ``"s1"``, ``"s2"`` and ``"sink"``, the attention to position 0: each ``[heads,
+    n]`` in the order of :attr:`heads`) and ``abc_de`` (each head's direct effect on the same
+    two tokens in the ABC counterpart's run, ``[heads, n]``, or None without counterparts).
 
-    The ``share_*`` values are attention as a share of the attention *off* position 0:
+    :meth:`quantity` gives any of them as its own ComponentScores over the heads:
+    ``scores.quantity("attn_io").measure("L9H9")``, ``scores.quantity("share_s2").grid()``.
+    The ``share_*`` quantities are attention as a share of the attention *off* position 0:
     ``attn / (1 - attn(position 0))``. A head that parks most of its attention on BOS (an
     attention sink, as real models do) and sends the rest to IO has a small ``attn_io``
     but a large ``share_io``; no IOI name is ever at position 0."""
 
-    model: str
-    prompts: PromptSet
-    attn_io: Any          # [L, H, n] float64
-    attn_s1: Any
-    attn_s2: Any
-    de: Any               # [L, H, n] direct effect on logit(IO) - logit(S)
-    mlp_de: Any           # [L, n]
-    logit_diff: Any       # [n]
-    attn_sink: Any = None  # [L, H, n] attention to position 0
-    abc_de: Any = None     # [L, H, n] direct effect on logit(IO) - logit(S) in the ABC prompt's run
+    logit_diff: Any
+    attention: dict = field(default_factory=dict)
+    abc_de: Any = None
+    name: str = "DE(IO - S) {}"
+    title: str = "direct effects on logit(IO) - logit(S)"
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.de.shape[0]), int(self.de.shape[1])
+    def heads(self) -> tuple[Head, ...]:
+        """Every head, layer by layer (the rows of ``attention`` and ``abc_de``)."""
+        L, nh = self.shape
+        return tuple(Head(l, h) for l in range(L) for h in range(nh))
 
-    def _off_sink(self) -> Any:
-        if self.attn_sink is None:
-            return 1.0
-        return (1.0 - self.attn_sink).clamp_min(1e-12)
-
-    def values(self, what: str, head: Any) -> Any:
-        """Per-prompt values of ``what`` for ``head``: ``"attn_io"``, ``"attn_s1"``,
-        ``"attn_s2"``, ``"de"``, ``"io_preference"`` (attn(IO) - attn(S1) - attn(S2)), the
+    def quantity(self, what: str) -> ComponentScores:
+        """Per head and prompt: ``"attn_io"``, ``"attn_s1"``, ``"attn_s2"``, ``"de"`` (the
+        direct effect on IO - S), ``"io_preference"`` (attn(IO) - attn(S1) - attn(S2)), the
         shares off position 0 ``"share_io"``, ``"share_s1"``, ``"share_s2"``,
         ``"share_preference"`` (``io_preference`` as a share), and ``"abc_drop"`` (the head's
         direct effect on IO - S minus its direct effect on the same two tokens in the ABC
         prompt's run, where neither name is in the context)."""
-        h = _head(head, self.shape)
-        return self._all(what)[h.layer, h.head]
+        if what not in _WHAT:
+            raise CircuitsError(bad("what", what, f"one of {', '.join(_WHAT)}"))
+        cache = self.__dict__.setdefault("_quantities", {})
+        if what not in cache:
+            cache[what] = self._quantity(what)
+        return cache[what]
 
-    def _all(self, what: str) -> Any:
-        if what == "io_preference":
-            return self.attn_io - self.attn_s1 - self.attn_s2
-        if what == "share_preference":
-            return (self.attn_io - self.attn_s1 - self.attn_s2) / self._off_sink()
-        if what in ("share_io", "share_s1", "share_s2"):
-            return getattr(self, "attn_" + what[6:]) / self._off_sink()
-        if what == "abc_drop":
+    def _quantity(self, what: str) -> ComponentScores:
+        att = self.attention
+        off = (1.0 - att["sink"]).clamp_min(1e-12) if att.get("sink") is not None else 1.0
+        if what == "de":
+            vals = self.values[[self._index[h] for h in self.heads]]
+        elif what in ("attn_io", "attn_s1", "attn_s2"):
+            vals = att[what[5:]]
+        elif what in ("io_preference", "share_preference"):
+            vals = att["io"] - att["s1"] - att["s2"]
+            vals = vals / off if what == "share_preference" else vals
+        elif what in ("share_io", "share_s1", "share_s2"):
+            vals = att[what[6:]] / off
+        else:                                                   # abc_drop
             if self.abc_de is None:
                 raise CircuitsError("abc_drop needs the ABC counterparts (prompts with corrupted=...)")
-            return self.de - self.abc_de
-        if what not in ("attn_io", "attn_s1", "attn_s2", "de"):
-            raise CircuitsError(bad("what", what, f"one of {', '.join(_WHAT)}"))
-        return getattr(self, what)
-
-    def measure(self, what: str, head: Any, *, name: str | None = None, record: bool = True) -> Measurement:
-        h = _head(head, self.shape)
-        return Measurement.from_values(name or f"{_WHAT[what]} {h}", self.values(what, h), model=self.model,
-                                       labels=self.prompts.prompts, record=record,
-                                       provenance={"prompts": self.prompts.name, "head": str(h), "what": what})
-
-    def heatmap(self, what: str) -> Any:
-        """``[n_layers, n_heads]`` means over prompts (numpy)."""
-        return self._all(what).mean(-1).numpy()
+            vals = self.values[[self._index[h] for h in self.heads]] - self.abc_de
+        return ComponentScores(components=self.heads, values=vals, name=f"{_WHAT[what]} {{}}", title=_WHAT[what],
+                               model=self.model, prompts=self.prompts, labels=self.labels,
+                               provenance={**self.provenance, "what": what}, method=self.method,
+                               shape=self.shape)
 
 
 _WHAT = {"attn_io": "attention END->IO", "attn_s1": "attention END->S1", "attn_s2": "attention END->S2",
@@ -229,9 +228,9 @@ def logit_diff(model: Any, prompts: PromptSet, *, intervention: Any = None,
     return _ld(model, prompts, intervention=intervention, activations=activations, name="ioi logit diff (IO - S)")
 
 
-def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore | None = None) -> HeadScores:
-    """Attention from END to IO, S1, S2 and the direct effect on LD of every head (one
-    clean forward, from the store's cache when known)."""
+def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore | None = None) -> IOIScores:
+    """The direct effect on LD of every writer, and the attention from END to IO, S1, S2 of
+    every head (:class:`IOIScores`; one clean forward, from the store's cache when known)."""
     import torch
 
     _require_ioi(prompts)
@@ -249,22 +248,17 @@ def head_scores(model: Any, prompts: PromptSet, *, activations: ActivationStore 
 
     def at(key: str) -> Any:
         pos = torch.tensor(prompts.meta[key]) if key != "sink" else torch.zeros(len(prompts), dtype=torch.long)
-        return torch.stack([pat[nm][rows, :, pos].double().T for nm in names])       # [L, H, n]
+        return torch.cat([pat[nm][rows, :, pos].double().T for nm in names])         # [L*H, n]
 
     de_io = E.decompose(model, prompts, token="answer", activations=store)
     de_s = E.decompose(model, prompts, token=list(prompts.foil_ids), activations=store)
-    diff = de_io.values - de_s.values                                                 # [C, n]
-    n_heads = int(model.cfg.n_heads)
-    de = torch.zeros(L, n_heads, len(prompts), dtype=torch.float64)
-    mlp = torch.zeros(L, len(prompts), dtype=torch.float64)
-    for i, c in enumerate(de_io.components):
-        if isinstance(c, Head):
-            de[c.layer, c.head] = diff[i]
-        elif isinstance(c, MLP):
-            mlp[c.layer] = diff[i]
     abc = _abc_de(model, prompts, store) if prompts.corrupted is not None else None
-    return HeadScores(model_info(model).label, prompts, at("io_pos"), at("s1_pos"), at("s2_pos"), de, mlp,
-                      de_io.logit - de_s.logit, at("sink"), abc)
+    label = model_info(model).label
+    return IOIScores(components=de_io.components, values=de_io.values - de_s.values, model=label,
+                     prompts=prompts.name, labels=prompts.prompts, provenance={"prompts": prompts.name},
+                     shape=(L, int(model.cfg.n_heads)), logit_diff=de_io.logit - de_s.logit,
+                     attention={k: at(k + "_pos" if k != "sink" else k) for k in ("io", "s1", "s2", "sink")},
+                     abc_de=abc.reshape(-1, len(prompts)) if abc is not None else None)
 
 
 def _abc_de(model: Any, prompts: PromptSet, store: ActivationStore) -> Any:
@@ -297,21 +291,21 @@ class Located:
         return f"{self.head} {self.score.mean:+.3f} [{self.score.lower:.3f}, {self.score.upper:.3f}]"
 
 
-def _mover_checks(scores: HeadScores, head: Head, min_effect: float) -> list[tuple[str, Measurement, float]]:
+def _mover_checks(scores: IOIScores, head: Head, min_effect: float) -> list[tuple[str, Measurement, float]]:
     """The interval properties of a name mover, as (property, measurement, threshold): IO
     preferred over S1 + S2 (per prompt, which one gets more attention does not depend on how
     much is parked on a sink, and the absolute difference is the less noisy: dividing by a
     per-prompt sink share widens its interval), the direct effect on IO - S, and (with the
     ABC counterparts) its drop when IO and S leave the context."""
-    out = [("IO preferred over S1 + S2", scores.measure("io_preference", head, record=False), 0.0),
-           ("DE(IO - S)", scores.measure("de", head, name=f"name-mover DE(IO - S) {head}", record=False),
+    out = [("IO preferred over S1 + S2", scores.quantity("io_preference").measure(head, record=False), 0.0),
+           ("DE(IO - S)", scores.measure(head, name=f"name-mover DE(IO - S) {head}", record=False),
             min_effect)]
     if scores.abc_de is not None:
-        out.append(("DE drop under ABC", scores.measure("abc_drop", head, record=False), 0.0))
+        out.append(("DE drop under ABC", scores.quantity("abc_drop").measure(head, record=False), 0.0))
     return out
 
 
-def name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+def name_movers(scores: IOIScores, *, min_attention: float = MIN_ATTENTION,
                 min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
     """Name movers: heads whose mean attention share END -> IO (off position 0) is at least
     ``min_attention``, that prefer IO over S1 and S2 together (lower bound of
@@ -326,18 +320,18 @@ def name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
     return tuple(sorted(out, key=lambda x: -x.score.mean))
 
 
-def _attending_io(scores: HeadScores, min_attention: float, min_effect: float) -> Any:
+def _attending_io(scores: IOIScores, min_attention: float, min_effect: float) -> Any:
     """``(head, its name-mover properties)`` for each head whose mean attention share END -> IO
     reaches ``min_attention``."""
     L, nh = scores.shape
-    share = scores.heatmap("share_io")
+    share = scores.quantity("share_io").grid()
     for l in range(L):
         for h in range(nh):
             if float(share[l, h]) >= min_attention:
                 yield Head(l, h), _mover_checks(scores, Head(l, h), min_effect)
 
 
-def possible_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+def possible_name_movers(scores: IOIScores, *, min_attention: float = MIN_ATTENTION,
                          min_effect: float = MIN_EFFECT) -> list[tuple[Head, str]]:
     """Heads that are not name movers on the pessimistic bounds but could be on the optimistic
     ones (every property's upper bound past its threshold), with the properties in doubt: what
@@ -350,7 +344,7 @@ def possible_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTEN
     return out
 
 
-def negative_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTENTION,
+def negative_name_movers(scores: IOIScores, *, min_attention: float = MIN_ATTENTION,
                          min_effect: float = MIN_EFFECT) -> tuple[Located, ...]:
     """Heads attending END -> IO as name movers do (attention share off position 0) whose
     direct effect on LD has its upper bound below ``-min_effect`` (the paper's 10.7, 11.10);
@@ -358,12 +352,12 @@ def negative_name_movers(scores: HeadScores, *, min_attention: float = MIN_ATTEN
     _check_threshold("min_attention", min_attention, 0.0, 1.0)
     _check_threshold("min_effect", min_effect, 0.0, None)
     L, nh = scores.shape
-    share = scores.heatmap("share_io")
+    share = scores.quantity("share_io").grid()
     out = []
     for l in range(L):
         for h in range(nh):
             if float(share[l, h]) >= min_attention:
-                de = scores.measure("de", Head(l, h), record=False)
+                de = scores.measure(Head(l, h), record=False)
                 if de.upper < -min_effect:
                     out.append(Located(Head(l, h), de))
     return tuple(sorted(out, key=lambda x: x.score.mean))
@@ -424,7 +418,7 @@ def movers_de(model: Any, prompts: PromptSet, movers: Sequence[Head], *, interve
     return total / scale
 
 
-def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: HeadScores, *,
+def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: IOIScores, *,
                  min_attention: float = MIN_ATTENTION, min_s_inhibition: float = MIN_S_INHIBITION,
                  activations: ActivationStore | None = None) -> SInhibition:
     """Score each head before the last name mover that attends END -> S2: the fall of the
@@ -440,14 +434,14 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     if not heads:
         raise CircuitsError(bad("movers", list(movers), "at least one name mover"))
     last = max(h.layer for h in heads)
-    mean_s2 = scores.heatmap("share_s2")
+    mean_s2 = scores.quantity("share_s2").grid()
     L, nh = scores.shape
     cands = tuple(Head(l, h) for l in range(last) for h in range(nh)
                   if float(mean_s2[l, h]) >= min_attention and Head(l, h) not in heads)
     _prefetch_corrupted(model, prompts, {c.layer for c in cands}, (), store)
     scale = store.get(model, prompts, [H.last(H.FINAL_SCALE)])[H.last(H.FINAL_SCALE)].double().reshape(-1)
     clean = movers_de(model, prompts, heads, scale=scale, activations=store)
-    _check_same(clean, sum(scores.de[h.layer, h.head] for h in heads), "the name movers' direct effect",
+    _check_same(clean, sum(scores.of(h) for h in heads), "the name movers' direct effect",
                 dtype_rtol(model, 1e-4))
     label = model_info(model).label
     mover_de = Measurement.from_values("name movers' summed DE(IO - S)", clean, model=label,
@@ -660,7 +654,7 @@ class Analysis:
 
     model: str
     prompts: PromptSet
-    scores: HeadScores
+    scores: IOIScores
     logit_diff: Measurement
     name_movers: tuple[Located, ...]
     negative_name_movers: tuple[Located, ...]
@@ -692,12 +686,12 @@ def analyse(model: Any, prompts: PromptSet, *, min_attention: float = MIN_ATTENT
     if not movers:
         return Analysis(label, prompts, scores, ld, movers, negatives, None, None, None)
     mover_de = Measurement.from_values("name movers' summed DE(IO - S)",
-                                       sum(scores.de[m.head.layer, m.head.head] for m in movers), model=label,
+                                       sum(scores.of(m.head) for m in movers), model=label,
                                        labels=prompts.prompts,
                                        provenance={"name_movers": [str(m.head) for m in movers]})
     if ablation == "abc":       # the corrupted run's outputs both analyses patch in: one forward
         last = max(m.head.layer for m in movers)
-        mean_s2 = scores.heatmap("share_s2")
+        mean_s2 = scores.quantity("share_s2").grid()
         _prefetch_corrupted(model, prompts, {l for l in range(last) if bool((mean_s2[l] >= min_attention).any())},
                             {m.head.layer for m in movers}, store)
     sinh = s_inhibition(model, prompts, movers, scores, min_attention=min_attention,
@@ -775,8 +769,8 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     headline: list[Measurement] = [a.logit_diff]
     more: list[Measurement] = [dataclasses.replace(m.score, name=f"name-mover DE(IO - S) {m.head}")
                                for m in a.name_movers[:top]]
-    heatmaps: dict[str, Any] = {"attention END->IO": a.scores.heatmap("attn_io"),
-                                "name-mover score: DE(IO - S)": a.scores.heatmap("de")}
+    heatmaps: dict[str, Any] = {"attention END->IO": a.scores.quantity("attn_io").grid(),
+                                "name-mover score: DE(IO - S)": a.scores.grid()}
     components: list[tuple[str, float]] = [(str(m.head), m.score.mean) for m in a.name_movers]
     lines = [f"name movers (attention share END->IO >= {min_attention}, IO preferred over S1+S2, DE(IO - S) "
              f"lower bound > {min_effect}, DE falls under ABC): " + (", ".join(map(repr, a.name_movers)) or "none")]
@@ -808,12 +802,12 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
                      + (", ".join(map(repr, comp.released)) or "none")
                      + f"; restored fraction {_interval(comp.released_fraction)} (cross-fitted)")
     lines += list(a.notes)
-    de = a.scores.de.mean(-1)
+    de = a.scores.grid()
     top_de = sorted(((float(de[l, h]), Head(l, h)) for l in range(shape[0]) for h in range(shape[1])),
                     key=lambda x: -abs(x[0]))[:5]
     lines.append("largest direct effects on IO - S: " + ", ".join(
-        f"{h} {v:+.3f} (attn IO {float(a.scores.attn_io[h.layer, h.head].mean()):.2f}, "
-        f"S2 {float(a.scores.attn_s2[h.layer, h.head].mean()):.2f})" for v, h in top_de))
+        f"{h} {v:+.3f} (attn IO {float(a.scores.quantity('attn_io').of(h).mean()):.2f}, "
+        f"S2 {float(a.scores.quantity('attn_s2').of(h).mean()):.2f})" for v, h in top_de))
     from ..detection import straddle
 
     found = bool(a.logit_diff.lower > min_logit_diff and a.name_movers)
@@ -828,7 +822,7 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     if possible:
         lines.append("possible name movers (on the optimistic bounds only): "
                      + "; ".join(f"{h}: {doubt}" for h, doubt in possible))
-    heatmaps["attention share END->IO (off BOS)"] = a.scores.heatmap("share_io")
+    heatmaps["attention share END->IO (off BOS)"] = a.scores.quantity("share_io").grid()
     criterion = (f"the lower bound of logit(IO) - logit(S) is above {min_logit_diff} and at least one name mover "
                  f"is located: a head at END whose mean attention share on IO (of its attention off position 0, "
                  f"so an attention sink does not hide it) is >= {min_attention}, that attends to IO more than to "

@@ -651,7 +651,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     sup, cop = self_scores(model, pool, k=k, activations=store)
     sup_p, cop_p = sup.double().mean(-1).numpy(), cop.double().mean(-1).numpy()
     heat = {"OV self-suppression": sup_p, "OV self-copying": cop_p,
-            ev.name("share"): ev.grid("share"), ev.name("effect"): ev.grid("effect")}
+            ev.name("share"): ev.quantity("share").grid(), ev.name("effect"): ev.quantity("effect").grid()}
     counted = len(ev.rows)
     criterion = (f"a head that (1) at each repeated token where the model predicts the next token (probability "
                  f"> 1/2; {len(ps)} sequences of {HD._periods(ps)} random tokens, repeated) attends to that "
@@ -705,7 +705,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     verdicts: dict[Any, str] = {}
     candidates, located = [], []
     for h in ev.pattern(threshold):
-        e = ev.of("effect", h)
+        e = ev.measure("effect", h)
         if e.upper < -min_effect:
             candidates.append(h)
         elif e.lower > min_effect:
@@ -730,7 +730,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
     # Undecided, not absent, when no head is located but one could have (1)-(3) on the
     # optimistic bounds (those ruled out by their own ablation stay out).
     possible = [] if located else HD.possible_heads(
-        ev, threshold, lambda h: [HD.Property(ev.of("effect", h), -float(min_effect), above=False), ov_prop(h)],
+        ev, threshold, lambda h: [HD.Property(ev.measure("effect", h), -float(min_effect), above=False), ov_prop(h)],
         exclude=amplifiers)
     for h, doubts in possible:
         verdicts[h] = "could be one: " + "; ".join(doubts)
@@ -740,7 +740,7 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         top_h = possible[0][0]
     else:
         # the head most like one: among heads that lower the attended token, the largest share
-        share, eff = ev.grid("share"), ev.grid("effect")
+        share, eff = ev.quantity("share").grid(), ev.quantity("effect").grid()
         grid = np.where(eff < 0, share, -np.inf)
         if not np.isfinite(grid).any():
             grid = -eff
@@ -753,10 +753,10 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
                                           provenance={**m.provenance, "head": str(top_h)}))
 
     measurements = [headline(ov_m(top_h), "copy suppression OV"),
-                    headline(ev.of("share", top_h), ev.name("share")),
-                    headline(ev.of("effect", top_h), ev.name("effect"))]
+                    headline(ev.measure("share", top_h), ev.name("share")),
+                    headline(ev.measure("effect", top_h), ev.name("effect"))]
     shown = located[:top] or [top_h]
-    more = [m for h in shown for m in (ov_m(h), ev.of("share", h), ev.of("effect", h))]
+    more = [m for h in shown for m in (ov_m(h), ev.measure("share", h), ev.measure("effect", h))]
     reason = ""
     if located:
         why = f"found: {', '.join(map(str, located))}"
@@ -764,12 +764,12 @@ def detect_copy_suppression(model: Any, *, seed: int = 0, n: int = 32, length: i
         reason = HD._undecided_reason(possible, "a copy-suppression head")
         why = f"undecided: {reason}"
     else:
-        why = "; ".join([f"absent: most like one: {top_h}, share {HD._fmt(ev.of('share', top_h))}, effect "
-                         f"{HD._fmt(ev.of('effect', top_h))}, OV self-suppression {HD._fmt(ov_m(top_h))}"]
+        why = "; ".join([f"absent: most like one: {top_h}, share {HD._fmt(ev.measure('share', top_h))}, effect "
+                         f"{HD._fmt(ev.measure('effect', top_h))}, OV self-suppression {HD._fmt(ov_m(top_h))}"]
                         + [f"{h}: {v}" for h, v in verdicts.items()])
     rows = [f"  {why}", f"  positions with a prediction: in {counted} of {len(ps)} sequences",
             "  head    OV-suppr OV-copy   share  above-unif    effect  verdict"]
-    g_share, g_above, g_eff = ev.grid("share"), ev.grid("above"), ev.grid("effect")
+    g_share, g_above, g_eff = ev.quantity("share").grid(), ev.quantity("above").grid(), ev.quantity("effect").grid()
     listed = list(dict.fromkeys(located + [h for h, _ in possible] + list(verdicts) + [top_h]))
     order = sorted(((float(g_share[l, h]), l, h) for l in range(g_share.shape[0]) for h in range(g_share.shape[1])
                     if g_eff[l, h] < 0), reverse=True)

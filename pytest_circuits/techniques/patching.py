@@ -41,83 +41,85 @@ from .circuits import Circuit, _names, _order, by_layer, expand, nodes, removal
 from ..components import MLP, Attn, Component, Head
 from ..errors import CircuitsError, bad
 from ..measurement import Measurement
+from ..scores import ComponentScores, key_str
 from ..models import info as model_info
 from .._progress import bar
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """Effects of patching each of several components (or paths), one Measurement each."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Sweep(ComponentScores):
+    """Effects of patching each of several components (or paths, or ``(component, position)``
+    cells), per prompt: a :class:`~pytest_circuits.scores.ComponentScores` (``of``,
+    ``measure``, ``ranking``, ``top``, ``grid``, ``assert_top``) whose values are the raw
+    effects ``m(clean, c patched) - m(clean)``, plus the baselines that normalize them:
+    ``clean`` and ``corrupted`` (the mean metric on the clean and the corrupted input) and
+    :meth:`normalized` (the effect as a fraction of the whole corruption's)."""
 
-    task: str
-    what: str
-    effects: dict[Any, Measurement]        # key: component (or (component, position))
-    clean: float                           # mean metric, clean
-    corrupted: float                       # mean metric, corrupted input
+    task: str = ""
+    clean: float = 0.0                     # mean metric, clean
+    corrupted: float = 0.0                 # mean metric, corrupted input
 
     @property
     def scale(self) -> float:
         return self.corrupted - self.clean
 
     def normalized(self, key: Any) -> float:
-        return self.effects[key].mean / self.scale
+        """The mean effect of ``key`` as a fraction of the corruption's."""
+        return float(self.of(key).mean()) / self.scale
 
     def interval(self, key: Any) -> tuple[float, float]:
-        m = self.effects[key]
+        """The interval of :meth:`normalized`."""
+        m = self.measure(key, record=False)
         lo, hi = sorted((m.lower / self.scale, m.upper / self.scale))
         return lo, hi
 
-    def ranking(self) -> list[Any]:
-        """Keys by decreasing |normalized effect|."""
-        return sorted(self.effects, key=lambda k: -abs(self.effects[k].mean))
-
-    def top(self, k: int = 10) -> list[tuple[Any, float]]:
-        return [(c, self.normalized(c)) for c in self.ranking()[:k]]
-
     def significant(self, threshold: float = 0.0) -> list[Any]:
         """Keys whose interval excludes 0 and whose |normalized effect| >= ``threshold``,
-        strongest first."""
+        largest |effect| first."""
         out = []
-        for k in self.ranking():
-            m = self.effects[k]
-            if (m.lower > 0 or m.upper < 0) and abs(self.normalized(k)) >= threshold:
-                out.append(k)
+        for row in self.ranking(order="abs"):
+            m = self.measure(row.component, record=False)
+            if (m.lower > 0 or m.upper < 0) and abs(self.normalized(row.component)) >= threshold:
+                out.append(row.component)
         return out
 
-    def grid(self, model: Any) -> np.ndarray:
-        """``[n_layers, n_heads + 1]`` normalized effects of heads (last column: the MLP);
-        NaN where not measured."""
-        cfg = model.cfg
-        g = np.full((cfg.n_layers, cfg.n_heads + 1), np.nan)
-        for k in self.effects:
-            if isinstance(k, Head):
-                g[k.layer, k.head] = self.normalized(k)
-            elif isinstance(k, MLP):
-                g[k.layer, cfg.n_heads] = self.normalized(k)
-        return g
-
-    def table(self, k: int = 10) -> str:
-        lines = [f"{self.what} on {self.task}: clean {self.clean:.3f}, corrupted {self.corrupted:.3f}; "
+    def table(self, k: int = 10, *, by: str = "components", order: str = "abs") -> str:
+        """The first ``k`` rows (by |effect| unless told), normalized, with their intervals."""
+        lines = [f"{self.title} on {self.task}: clean {self.clean:.3f}, corrupted {self.corrupted:.3f}; "
                  "effect as a fraction of the corruption's"]
-        for key in self.ranking()[:k]:
-            lo, hi = self.interval(key)
-            lines.append(f"  {_key_str(key):>10}  {self.normalized(key):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        if by != "components":
+            return "\n".join(lines) + "\n" + super().table(k, by=by, order=order)
+        for row in self.top(k, order=order):
+            lo, hi = self.interval(row.component)
+            lines.append(f"  {key_str(row.component):>10}  {self.normalized(row.component):+.3f} "
+                         f"[{lo:+.3f}, {hi:+.3f}]")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return self.table(5)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "what": self.what, "clean": self.clean, "corrupted": self.corrupted,
-                "effects": {_key_str(k): {"normalized": self.normalized(k), "interval": list(self.interval(k)),
-                                          "mean": m.mean, "lower": m.lower, "upper": m.upper, "n": m.n}
-                            for k, m in self.effects.items()}}
+        out = {}
+        for key in self.components:
+            m = self.measure(key, record=False)
+            out[key_str(key)] = {"normalized": self.normalized(key), "interval": list(self.interval(key)),
+                                 "mean": m.mean, "lower": m.lower, "upper": m.upper, "n": m.n}
+        return {"task": self.task, "what": self.title, "clean": self.clean, "corrupted": self.corrupted,
+                "effects": out}
 
 
-def _key_str(key: Any) -> str:
-    if isinstance(key, tuple):
-        return "@".join(str(x) for x in key)
-    return str(key)
+def _swept(model: Any, task: Any, title: str, effects: dict[Any, Measurement], clean: float, corrupted: float,
+           name: str, **prov: Any) -> Sweep:
+    """A :class:`Sweep` from the per-prompt effects of each key."""
+    import torch
+
+    if not effects:
+        raise CircuitsError(bad("components", [], "at least one component to patch"))
+    cfg = model.cfg
+    return Sweep(components=tuple(effects), values=torch.stack([torch.as_tensor(m.array) for m in effects.values()]),
+                 name=name, title=title, model=model_info(model).label, prompts=task.name,
+                 provenance={"task": task.name, **prov}, shape=(int(cfg.n_layers), int(cfg.n_heads)),
+                 task=task.name, clean=clean, corrupted=corrupted)
 
 
 def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, name: str,
@@ -168,7 +170,7 @@ def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
             iv = removal(model, task, [c], kind, reference=reference, seed=seed)
         effects[c] = _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
     what = "activation patching" if kind == "patch" else f"{kind} ablation"
-    return Sweep(task.name, what, effects, c_mean, x_mean)
+    return _swept(model, task, what, effects, c_mean, x_mean, "patch[{}]", kind=kind)
 
 
 def differing_positions(task: Any) -> tuple[int, ...]:
@@ -206,8 +208,8 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
             iv = I.patch(model, [c], positions=(p,))
             effects[(c, p)] = _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c),
                                       position=p)
-        out[label] = Sweep(task.name, f"activation patching of {label} outputs by position", effects,
-                           c_mean, x_mean)
+        out[label] = _swept(model, task, f"activation patching of {label} outputs by position", effects,
+                            c_mean, x_mean, "patch[{}]")
     return out
 
 
@@ -217,9 +219,9 @@ def position_grid(model: Any, sweep_: Sweep) -> tuple[np.ndarray, list[int]]:
     if isinstance(model, Sweep):
         raise CircuitsError("position_grid(model, sweep) takes the model first: got a Sweep first; "
                             "call position_grid(model, sweep)")
-    positions = sorted({k[1] for k in sweep_.effects})
+    positions = sorted({k[1] for k in sweep_.components})
     g = np.full((model.cfg.n_layers, len(positions)), np.nan)
-    for (c, p) in sweep_.effects:
+    for (c, p) in sweep_.components:
         g[c.layer, positions.index(p)] = sweep_.normalized((c, p))
     return g, positions
 
@@ -306,7 +308,8 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
         effects[s] = _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s),
                              receivers=label)
     via = "" if freeze_mlps else " (MLPs recomputed)"
-    return Sweep(task.name, f"path patching to {label}{via}", effects, c_mean, x_mean)
+    return _swept(model, task, f"path patching to {label}{via}", effects, c_mean, x_mean,
+                  "path[{}->" + label + "]", receivers=label)
 
 
 # -- discovery ----------------------------------------------------------------------------
@@ -323,7 +326,7 @@ class Discovery:
     def __repr__(self) -> str:
         lines = [f"Discovery: {self.circuit}"]
         for i, (sw, f) in enumerate(zip(self.rounds, self.found)):
-            lines.append(f"  round {i} ({sw.what}): {_names(f)}")
+            lines.append(f"  round {i} ({sw.title}): {_names(f)}")
         return "\n".join(lines)
 
 
@@ -394,49 +397,38 @@ def _resolve_edges(model: Any, task: Any, senders: Sequence[Component], receiver
 
 # -- attribution patching as a screen ------------------------------------------------------
 
-@dataclass(frozen=True)
-class Screen:
-    """Gradient (attribution patching) scores per head and MLP: TransformerLens's
-    ``attribution_patch`` node scores summed over positions and averaged over prompts.
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Screen(ComponentScores):
+    """Gradient (attribution patching) scores per head and MLP and prompt: TransformerLens's
+    ``attribution_patch`` node scores summed over positions, one row per component and one
+    column per prompt screened (a :class:`~pytest_circuits.scores.ComponentScores`; the mean
+    over prompts is the screen's score).
 
     A node's score is ``(a_clean - a_corrupted) . d metric / d a`` at the corrupted run
-    (the linear estimate of *denoising* it); compare magnitudes with exact patching.
+    (the linear estimate of *denoising* it); compare magnitudes with exact patching (rank
+    with ``order="abs"``).
     """
 
-    task: str
-    scores: dict[Component, float]
-    n: int
-    seconds: float
-
-    def ranking(self) -> list[Component]:
-        return sorted(self.scores, key=lambda c: -abs(self.scores[c]))
-
-    def top(self, k: int = 10) -> list[Component]:
-        return self.ranking()[:k]
-
-    def grid(self, model: Any) -> np.ndarray:
-        cfg = model.cfg
-        g = np.full((cfg.n_layers, cfg.n_heads + 1), np.nan)
-        for c, v in self.scores.items():
-            g[c.layer, c.head if isinstance(c, Head) else cfg.n_heads] = v
-        return g
+    task: str = ""
+    seconds: float = 0.0
 
     def agreement(self, exact: Sweep, k: int = 10) -> "Agreement":
-        """How well the screen ranks against exact patching of the same components."""
-        common = [c for c in exact.effects if c in self.scores]
+        """How well the screen ranks against exact patching of the same components (by |mean|)."""
+        mine = set(self.components)
+        common = [c for c in exact.components if c in mine]
         if len(common) < 3:
             raise CircuitsError("agreement needs exact effects of at least 3 screened components")
-        a = np.array([abs(self.scores[c]) for c in common])
-        b = np.array([abs(exact.effects[c].mean) for c in common])
+        a = np.array([abs(float(self.of(c).mean())) for c in common])
+        b = np.array([abs(float(exact.of(c).mean())) for c in common])
         rho = float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
         k = min(k, len(common))
-        by_exact = sorted(common, key=lambda c: -abs(exact.effects[c].mean))[:k]
-        by_screen = sorted(common, key=lambda c: -abs(self.scores[c]))[:k]
+        by_exact = [common[i] for i in sorted(range(len(common)), key=lambda i: -b[i])[:k]]
+        by_screen = [common[i] for i in sorted(range(len(common)), key=lambda i: -a[i])[:k]]
         return Agreement(rho, len(set(by_exact) & set(by_screen)) / k, k, len(common))
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{c} {self.scores[c]:+.3f}" for c in self.top(5))
-        return f"Screen({self.task}, n={self.n}, {self.seconds:.1f} s; top: {top})"
+        top = ", ".join(f"{r.component} {r.mean:+.3f}" for r in self.top(5, order="abs"))
+        return f"Screen({self.task}, n={self.n}, {self.seconds:.1f} s; top |score|: {top})"
 
 
 @dataclass(frozen=True)
@@ -478,8 +470,8 @@ def attribution_screen(model: Any, task: Any, *, n: int | None = None) -> Screen
     if n < 1:
         raise CircuitsError(bad("n", n, "at least 1 prompt"))
     cfg = model.cfg
-    heads = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
-    mlps = torch.zeros(cfg.n_layers, dtype=torch.float64)
+    heads = torch.zeros(cfg.n_layers, cfg.n_heads, n, dtype=torch.float64)
+    mlps = torch.zeros(cfg.n_layers, n, dtype=torch.float64)
     device = model_info(model).device
     start = time.perf_counter()
     for i in bar(range(n), f"attribution screen {task.name}", total=n):
@@ -491,23 +483,31 @@ def attribution_screen(model: Any, task: Any, *, n: int | None = None) -> Screen
                                     EdgeAttributionConfig(granularity="node"))
         for node, score in res.node_scores.items():
             if node.kind == "attn_head_out":
-                heads[node.layer, node.head] += score
+                heads[node.layer, node.head, i] += score
             elif node.kind == "mlp_out":
-                mlps[node.layer] += score
+                mlps[node.layer, i] += score
     seconds = time.perf_counter() - start
-    scores: dict[Component, float] = {}
+    comps: list[Component] = []
+    rows = []
     for layer in range(cfg.n_layers):
         for h in range(cfg.n_heads):
-            scores[Head(layer, h)] = float(heads[layer, h] / n)
-        scores[MLP(layer)] = float(mlps[layer] / n)
-    return Screen(task.name, scores, n, seconds)
+            comps.append(Head(layer, h))
+            rows.append(heads[layer, h])
+        comps.append(MLP(layer))
+        rows.append(mlps[layer])
+    return Screen(components=tuple(comps), values=torch.stack(rows), name="attribution[{}]",
+                  title="attribution patching scores", model=model_info(model).label, prompts=task.name,
+                  labels=tuple(ps.prompts[:n]) if ps.prompts is not None else None,
+                  provenance={"task": task.name, "n": n}, shape=(int(cfg.n_layers), int(cfg.n_heads)),
+                  task=task.name, seconds=seconds)
 
 
 def screen_and_verify(model: Any, task: Any, k: int = 20, *, screen_n: int | None = None,
                       activations: ActivationStore | None = None) -> tuple[Screen, Sweep]:
-    """The attribution screen, then exact activation patching of its top ``k`` components."""
+    """The attribution screen, then exact activation patching of its top ``k`` components
+    (by |score|)."""
     scr = attribution_screen(model, task, n=screen_n)
-    return scr, sweep(model, task, scr.top(k), activations=activations)
+    return scr, sweep(model, task, [r.component for r in scr.top(k, order="abs")], activations=activations)
 
 
 __all__ = ["Agreement", "Discovery", "LOGITS", "Screen", "Sweep", "attribution_screen", "differing_positions",

@@ -211,7 +211,8 @@ def _fake_de(n: int = 40):
     means = torch.tensor([0.1, 0.2, -0.5, 1.5, 1.0, 0.9, -0.3], dtype=torch.float64)
     vals = means[:, None] + 0.2 * torch.randn(len(comps), n, generator=g, dtype=torch.float64)
     z = torch.zeros(n, dtype=torch.float64)
-    return E, E.DirectEffects("fake", comps, vals, z, vals.sum(0), z, "fake-prompts"), vals
+    return E, E.DirectEffects(model="fake", components=comps, values=vals, bias=z, logit=vals.sum(0), token_ids=z,
+                                prompts="fake-prompts"), vals
 
 
 def test_ranking_at_every_grain_matches_sums_by_hand():

@@ -100,7 +100,7 @@ def test_the_page_lists_every_public_name():
     # spot checks of what a claim author looks for
     assert {"measurement.Measurement.array",
             "measurement.Measurement.assert_above", "measurement.Measurement.__sub__",
-            "techniques.effects.DirectEffects.measure", "techniques.ioi.analyse", "tasks.facts.facts",
+            "scores.ComponentScores.measure", "techniques.ioi.analyse", "tasks.facts.facts",
             "detection.Detection.measurement", "Measurement", "plugin.model", "plugin.activations"} <= names
 
 

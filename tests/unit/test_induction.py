@@ -158,9 +158,11 @@ def test_bad_detector_arguments(planted, store):
         HD.ablation_effect(planted, ps, "L1H0", kind="resample", activations=store)
     scores = HD.head_scores(planted, ps, activations=store)
     with pytest.raises(ComponentError):
-        scores["induction"].of("attn1")
+        scores["induction"].of("mlp1")                                     # heads only
     with pytest.raises(ComponentError):
         scores["induction"].of("L1H7")
+    with pytest.raises(ComponentError):
+        scores["induction"].measure("L1H7")
     with pytest.raises(PromptSetError, match="n=0"):
         HD.detect_induction(planted, n=0, activations=store)
 
@@ -307,9 +309,11 @@ def test_scores_and_losses_equal_raw_hooks(which, request, store):
     got = HD.head_scores(model, ps, activations=store)
     want = raw_scores(model, ps)
     for k in HD.KINDS:
-        np.testing.assert_allclose(got[k].values, want[k], atol=1e-6, rtol=0)
-        np.testing.assert_allclose(got[k].grid, want[k].mean(0), atol=1e-6, rtol=0)
-        m = got[k].of("L1H2")
+        L, nh = want[k].shape[1:]
+        np.testing.assert_allclose(got[k].values.numpy().T.reshape(-1, L, nh), want[k], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[k].grid(), want[k].mean(0), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got[k].of("L1H2").numpy(), want[k][:, 1, 2], atol=1e-6, rtol=0)
+        m = got[k].measure("L1H2", record=False)
         assert m.name == f"{HD.TITLES[k]} L1H2" and m.values == pytest.approx(tuple(want[k][:, 1, 2]), abs=1e-6)
     first, second = HD.copy_losses(model, ps, activations=store)
     rf, rs = raw_copy_losses(model, ps)
@@ -385,9 +389,10 @@ def test_evidence_equals_raw_hooks(which, request, store):
     # the score is the old head_scores' (the heatmaps did not change meaning)
     old = HD.head_scores(model, ps, activations=store)
     for kind in HD.KINDS:
-        np.testing.assert_allclose(got[kind].score, old[kind].values, atol=1e-12)
+        np.testing.assert_allclose(got[kind].score, old[kind].values.numpy().T.reshape(got[kind].score.shape),
+                                   atol=1e-12)
     # measurements over the prompts that count, as continuous quantities
-    m = got["induction"].of("share", Head(1, 2))
+    m = got["induction"].measure("share", Head(1, 2))
     assert m.name == "induction share L1H2" and m.n == 6 and "Clopper" not in m.provenance["interval"]
 
 

@@ -200,24 +200,36 @@ def test_builder_bad_input(planted_ioi, tiny):
     assert {"ABBA", "BABA"} == set(ORDERS) and len(NAMES) >= 50 and len(TEMPLATES) >= 4
 
 
+def _layered(sc, key):
+    """``[L, H, n]`` of one of the head scores' quantities (the raw-hook layout below)."""
+    L, nh = sc.shape
+    if key == "attn_sink":
+        return sc.attention["sink"].reshape(L, nh, -1)
+    if key == "abc_de":
+        return sc.abc_de.reshape(L, nh, -1)
+    return sc.quantity(key).values.reshape(L, nh, -1)
+
+
 # ----------------------------------------------------------------------------- scores vs raw hooks
 def test_head_scores_match_raw_hooks(planted_ioi, ps, store):
     sc = I.head_scores(planted_ioi, ps, activations=store)
     raw, ld, _, _ = _raw(planted_ioi, ps)
     for key in ("attn_io", "attn_s1", "attn_s2", "de", "attn_sink", "abc_de"):
-        assert torch.allclose(getattr(sc, key), raw[key], atol=1e-4, rtol=1e-4), key
+        assert torch.allclose(_layered(sc, key), raw[key], atol=1e-4, rtol=1e-4), key
     off = 1 - raw["attn_sink"][1, 0]
-    assert torch.allclose(sc.values("share_io", "L1H0"), raw["attn_io"][1, 0] / off, atol=1e-4)
-    assert torch.allclose(sc.values("share_preference", "L1H0"),
+    assert torch.allclose(sc.quantity("share_io").of("L1H0"), raw["attn_io"][1, 0] / off, atol=1e-4)
+    assert torch.allclose(sc.quantity("share_preference").of("L1H0"),
                           (raw["attn_io"][1, 0] - raw["attn_s1"][1, 0] - raw["attn_s2"][1, 0]) / off, atol=1e-4)
-    assert torch.allclose(sc.values("abc_drop", "L1H0"), raw["de"][1, 0] - raw["abc_de"][1, 0], atol=1e-4)
+    assert torch.allclose(sc.quantity("abc_drop").of("L1H0"), raw["de"][1, 0] - raw["abc_de"][1, 0], atol=1e-4)
     assert torch.allclose(sc.logit_diff, ld, atol=1e-3, rtol=1e-4)
     m = I.logit_diff(planted_ioi, ps, activations=store)
     assert abs(m.mean - float(ld.mean())) < 1e-3 and m.name == "ioi logit diff (IO - S)"
-    assert sc.measure("de", "L1H0").mean == pytest.approx(float(raw["de"][1, 0].mean()), abs=1e-4)
-    pref = sc.values("io_preference", Head(1, 0))
+    assert sc.measure("L1H0").mean == pytest.approx(float(raw["de"][1, 0].mean()), abs=1e-4)
+    assert sc.measure("L1H0").name == "DE(IO - S) L1H0"
+    assert sc.quantity("attn_io").measure("L1H0").name == "attention END->IO L1H0"
+    pref = sc.quantity("io_preference").of(Head(1, 0))
     assert torch.allclose(pref, raw["attn_io"][1, 0] - raw["attn_s1"][1, 0] - raw["attn_s2"][1, 0], atol=1e-5)
-    assert sc.heatmap("de").shape == (2, 4)
+    assert sc.grid().shape == (2, 4) and sc.quantity("de").grid().shape == (2, 4)
 
 
 def test_s_inhibition_score_matches_raw_hooks(planted_ioi, ps, store):
@@ -303,7 +315,7 @@ def test_shipped_ground_truth_matches_the_model_and_the_detector(name, cache, st
     for head, want in truth["heads"].items():
         h = Head(int(head[1:].split("H")[0]), int(head.split("H")[1]))
         for key in ("attn_io", "attn_s1", "attn_s2", "de"):
-            assert float(sc.values(key, h).mean()) == pytest.approx(want[key], abs=1e-4), (head, key)
+            assert float(sc.quantity(key).of(h).mean()) == pytest.approx(want[key], abs=1e-4), (head, key)
     assert float(sc.logit_diff.mean()) == pytest.approx(truth["logit_diff"], abs=1e-3)
 
 
@@ -364,9 +376,11 @@ def test_bad_input(planted_ioi, ps, store):
         I.head_scores(planted_ioi, "not a prompt set")
     sc = I.head_scores(planted_ioi, ps, activations=store)
     with pytest.raises(CircuitsError):
-        sc.values("de", "L5H0")
+        sc.of("L5H0")
     with pytest.raises(CircuitsError):
-        sc.values("nonsense", "L1H0")
+        sc.quantity("de").of("L5H0")
+    with pytest.raises(CircuitsError):
+        sc.quantity("nonsense")
     with pytest.raises(CircuitsError):
         I.s_inhibition(planted_ioi, ps, [], sc)
     with pytest.raises(CircuitsError):
@@ -400,12 +414,12 @@ def test_other_architectures_run_and_match_raw_hooks(arch, request, store):
     sc = I.head_scores(model, ps, activations=store)
     raw, ld, _, _ = _raw(model, ps)
     for key in ("attn_io", "attn_s1", "attn_s2", "de", "attn_sink", "abc_de"):
-        assert torch.allclose(getattr(sc, key), raw[key], atol=1e-4, rtol=1e-4), key
+        assert torch.allclose(_layered(sc, key), raw[key], atol=1e-4, rtol=1e-4), key
     off = 1 - raw["attn_sink"][1, 0]
-    assert torch.allclose(sc.values("share_io", "L1H0"), raw["attn_io"][1, 0] / off, atol=1e-4)
-    assert torch.allclose(sc.values("share_preference", "L1H0"),
+    assert torch.allclose(sc.quantity("share_io").of("L1H0"), raw["attn_io"][1, 0] / off, atol=1e-4)
+    assert torch.allclose(sc.quantity("share_preference").of("L1H0"),
                           (raw["attn_io"][1, 0] - raw["attn_s1"][1, 0] - raw["attn_s2"][1, 0]) / off, atol=1e-4)
-    assert torch.allclose(sc.values("abc_drop", "L1H0"), raw["de"][1, 0] - raw["abc_de"][1, 0], atol=1e-4)
+    assert torch.allclose(sc.quantity("abc_drop").of("L1H0"), raw["de"][1, 0] - raw["abc_de"][1, 0], atol=1e-4)
     assert torch.allclose(sc.logit_diff, ld, atol=1e-3, rtol=1e-4)
     d = I.detect_ioi(model, n=16, seed=1, activations=store)
     assert d.applicable and d.measurement("ioi logit diff (IO - S)").n == 16
@@ -420,10 +434,10 @@ def test_a_head_in_doubt_is_possible_not_located(planted_ioi, ps, store):
     import dataclasses
 
     sc = I.head_scores(planted_ioi, ps, activations=store)
-    de = sc.de.clone()
+    de = sc.values.clone()
     noise = torch.linspace(-1.0, 1.0, de.shape[-1], dtype=torch.float64)
-    de[1, 0] = 0.1 + noise                                        # mean 0.1: the lower bound is below
-    doubtful = dataclasses.replace(sc, de=de)
+    de[sc.components.index(Head(1, 0))] = 0.1 + noise            # mean 0.1: the lower bound is below
+    doubtful = dataclasses.replace(sc, values=de)
     movers = {str(m.head) for m in I.name_movers(doubtful)}
     possible = dict(I.possible_name_movers(doubtful))
     assert "L1H0" not in movers and Head(1, 0) in possible and "DE(IO - S) 0.1 [" in possible[Head(1, 0)]

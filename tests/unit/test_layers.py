@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
     "measurement": 4,
     # models: registry, embedded model, checkpoints
-    "models": 5, "detection": 5,
+    "models": 5, "detection": 5, "scores": 5,
     # the activation store
     "store": 6, "planted": 6,
     # interventions
@@ -71,7 +71,7 @@ LAYER_NAMES: dict[int, str] = {
     2: "hook names, protocols, devices, the cache's storage",
     3: "data and numbers: prompt sets, statistics, architectures, tiny test models",
     4: "the measurement",
-    5: "models: registry, loading, weights; what a detector returns",
+    5: "models: registry, loading, weights; what a detector returns, what a technique scores per component",
     6: "the activation store",
     7: "interventions",
     8: "metrics, tasks, techniques (the mechanism detectors among them)",

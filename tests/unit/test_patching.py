@@ -44,14 +44,16 @@ def test_head_sweep_matches_transformer_lens_activation_patching(tiny_two_digit,
         tl_mlp = tlp.get_act_patch_mlp_out(model, task.prompts.tokens, corrupted_cache, pd)
     for layer in range(2):
         for h in range(4):
-            assert sw.effects[C.Head(layer, h)].mean + sw.clean == pytest.approx(float(tl[layer, h]), abs=1e-5)
+            assert float(sw.of(C.Head(layer, h)).mean()) + sw.clean == pytest.approx(float(tl[layer, h]), abs=1e-5)
+            assert sw.measure(C.Head(layer, h), record=False).mean == pytest.approx(float(tl[layer, h]) - sw.clean,
+                                                                                   abs=1e-5)
     # TL's MLP sweep is per position: patching every position at once is not their sum,
     # but patching only where tokens differ onwards equals patching everywhere.
     pos = P.position_sweep(model, task, activations=store)["mlp"]
     first = P.differing_positions(task)[0]
     for layer in range(2):
         for p in P.differing_positions(task):
-            got = pos.effects[(C.MLP(layer), p)].mean + sw.clean
+            got = float(pos.of((C.MLP(layer), p)).mean()) + sw.clean
             assert got == pytest.approx(float(tl_mlp[layer, p]), abs=1e-5)
         for p in range(first):   # identical tokens so far: identical activations, no effect
             assert float(tl_mlp[layer, p]) == pytest.approx(sw.clean, abs=1e-6)
@@ -59,13 +61,15 @@ def test_head_sweep_matches_transformer_lens_activation_patching(tiny_two_digit,
 
 def test_sweep_reports_normalized_effects_with_intervals(tiny, years, store):
     sw = P.sweep(tiny, years, activations=store)
-    assert set(sw.effects) == set(C.nodes(tiny))
-    c, val = sw.top(1)[0]
-    assert val == pytest.approx(sw.effects[c].mean / (sw.corrupted - sw.clean))
-    g = sw.grid(tiny)
-    assert g.shape == (2, 5) and g[c.layer, getattr(c, "head", 4)] == pytest.approx(val)
+    assert set(sw.components) == set(C.nodes(tiny))
+    c, mean = sw.top(1, order="abs")[0]
+    assert mean == pytest.approx(float(sw.of(c).mean()))
+    val = sw.normalized(c)
+    assert val == pytest.approx(mean / (sw.corrupted - sw.clean))
+    g = sw.grid(mlp=True)
+    assert g.shape == (2, 5) and g[c.layer, getattr(c, "head", 4)] == pytest.approx(mean)
     for k in sw.significant():
-        m = sw.effects[k]
+        m = sw.measure(k, record=False)
         assert m.lower > 0 or m.upper < 0
     assert "activation patching" in sw.table() and sw.to_dict()["effects"]
 
@@ -147,15 +151,15 @@ def test_attribution_screen_sums_transformer_lens_node_scores(tiny_two_digit, ye
 
     model, task = tiny_two_digit, years2
     scr = P.attribution_screen(model, task, n=3)
-    assert scr.n == 3 and len(scr.scores) == len(C.nodes(model))
+    assert scr.n == 3 and set(scr.components) == set(C.nodes(model))
     want = 0.0
     for i in range(3):
         res = attribution_patch(model, task.prompts.tokens[i: i + 1], task.prompts.corrupted.tokens[i: i + 1],
                                 task.logit_metric(i), EdgeAttributionConfig(granularity="node"))
         want += sum(s for node, s in res.node_scores.items()
                     if node.kind == "attn_head_out" and (node.layer, node.head) == (1, 2))
-    assert scr.scores[C.Head(1, 2)] == pytest.approx(want / 3, abs=1e-6)
-    exact = P.sweep(model, task, scr.top(6), activations=store)
+    assert float(scr.of(C.Head(1, 2)).mean()) == pytest.approx(want / 3, abs=1e-6)
+    exact = P.sweep(model, task, [r.component for r in scr.top(6, order="abs")], activations=store)
     agree = scr.agreement(exact, k=3)
     assert -1.0 <= agree.spearman <= 1.0 and agree.k == 3 and agree.n == 6
     assert "spearman" in repr(agree)
