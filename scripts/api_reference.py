@@ -85,7 +85,8 @@ def _stable(value: Any, depth: int = 0) -> str:
         return "[" + ", ".join(_stable(v, depth + 1) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_stable(k, depth + 1)}: {_stable(v, depth + 1)}" for k, v in value.items()) + "}"
-    return _ADDRESS.sub("", repr(value))
+    # no checkout's own folder on the page (it would change with every clone or worktree)
+    return _ADDRESS.sub("", repr(value)).replace(str(ROOT) + "/", "")
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -58,7 +58,7 @@ LAYERS: dict[str, int] = {
     "checkup": 9, "finetune": 9, "zoo": 9, "zoo_tasks": 9, "zoo_heads": 9,
     "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9, "merge": 9,
     # pytest only here
-    "_session": 10, "checkup_claims": 10,
+    "_session": 10, "checkup_claims": 10, "_stash": 10, "_options": 10, "_verdicts": 10,
     "plugin": 11,
     # the public API and the command's entry point
     "": 12, "__main__": 12,
@@ -76,7 +76,7 @@ LAYER_NAMES: dict[int, str] = {
     7: "interventions",
     8: "metrics, tasks, techniques (the mechanism detectors among them)",
     9: "the checkup, baselines, reports, merge and tools built on them",
-    10: "the run's session and the checkup's claims",
+    10: "the run's session and ledger, its options, verdicts and stash keys; the checkup's claims",
     11: "the plugin's hooks",
     12: "the public API and the command's entry point",
 }
