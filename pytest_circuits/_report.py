@@ -1,10 +1,11 @@
 """The results ledger and the release-gate reports built from it.
 
-Every claim that makes measurements contributes one record per (claim, model): the
-claim's id (node id without the model parameter), the model's name and weights
-fingerprint, the outcome, the finding, and each measurement (mean, interval, n, level)
-with its baseline comparison when baselines are on. Records travel on the test reports
-(``user_properties``), so they arrive from xdist workers too; the controller writes:
+Every claim that makes measurements contributes one record per (claim, model), a
+:class:`~pytest_circuits.ledger.LedgerRecord`: the claim's id (node id without the model
+parameter), the model's name and weights fingerprint, the outcome, the finding, and each
+measurement (mean, interval, n, level) with its baseline comparison when baselines are on.
+Records travel on the test reports (``user_properties``), so they arrive from xdist workers
+too; the controller writes (records as :meth:`~pytest_circuits.ledger.LedgerRecord.to_json`):
 
 * ``--circuits-report PATH.json``: the ledger (schema: ``data/report.schema.json``);
 * ``--circuits-markdown PATH.md``: for CI job summaries;
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import versions
+from .ledger import LedgerRecord
 
 #: 2: the evidence the merge re-derives verdicts from (assertions with bounds and messages, each
 #: measurement's sem, each baseline comparison's entry and status), the run's "mode", "suite",
@@ -104,9 +106,11 @@ def worktree(root: str, exclude: Iterable[str] = ()) -> dict[str, Any] | None:
     return {"dirty": True, "diff_sha256": h.hexdigest(), "changed": len(changed)}
 
 
-def ledger(records: Iterable[dict[str, Any]], *, root: str, exit_status: int,
+def ledger(records: Iterable[LedgerRecord], *, root: str, exit_status: int,
            worktree: dict[str, Any] | None = None) -> dict[str, Any]:
-    recs = sorted(records, key=lambda r: (r["claim"], r["model"]))
+    """The JSON report of a run: its identity (schema, exit status, commit, working tree,
+    versions) and its claims' ledger records (:meth:`LedgerRecord.to_json`), by claim and model."""
+    recs = [r.to_json() for r in sorted(records, key=lambda r: (r.claim, r.model))]
     return {"schema": SCHEMA_VERSION, "exit_status": int(exit_status), "git_commit": git_commit(root),
             "worktree": worktree, "versions": versions(), "records": recs}
 

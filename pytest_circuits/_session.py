@@ -368,29 +368,25 @@ class Session:
                         f"obtained values written to {obtained}; to accept them rerun with "
                         "--circuits-update-baselines", pytrace=False)
 
-    def record(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
-        """The ledger record of one claim on one model (JSON-ready)."""
-        from .baselines import metric_keys
+    def record(self, item: Any, recorded: list[Any]) -> Any:
+        """The ledger record of one claim on one model (:class:`~pytest_circuits.ledger.LedgerRecord`;
+        its outcome, expected change and assertions are set from the call's report)."""
+        from .baselines import metric_keys, summary
+        from .ledger import LedgerRecord, MeasurementEntry
 
         marker = item.get_closest_marker("claim")
         kw = marker.kwargs if marker else {}
         model = self._model_of(item, recorded)
-        dicts = [m.to_dict() for m in recorded]
-        from .baselines import summary
-
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
         entries = self._baseline_entries.get(item.nodeid, {})
-        measurements = []
-        for key, full in zip(metric_keys(dicts, strict=False), dicts):
-            d = {**{k: full[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")},
-                 "sem": summary(full)["sem"], "flags": list(full.get("flags") or [])}
-            d["key"] = key
-            d["baseline"] = _comparison(rows.get(key), entries.get(key))
-            measurements.append(d)
-        return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
-                "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",
-                "source": kw.get("source") or "", "measurements": measurements,
-                "version_changes": self._version_lines.get(item.nodeid, [])}
+        dicts = [m.to_dict() for m in recorded]
+        measurements = [MeasurementEntry.of(m, key=key, sem=summary(d)["sem"],
+                                            baseline=_comparison(rows.get(key), entries.get(key)))
+                        for key, m, d in zip(metric_keys(dicts, strict=False), recorded, dicts)]
+        return LedgerRecord(claim=claim_id(item), nodeid=item.nodeid, model=model["label"],
+                            fingerprint=model["fingerprint"], finding=kw.get("finding") or "",
+                            source=kw.get("source") or "", measurements=measurements,
+                            version_changes=self._version_lines.get(item.nodeid, []))
 
     def clear_disk_cache(self) -> Path | str:
         """Delete the cached activations (a local folder, or the remote prefix of a URL)."""
@@ -610,7 +606,7 @@ def claims_ledger(config: pytest.Config) -> dict[str, Any]:
     import hashlib
 
     info = config.stash.get(CLAIM_INFO_KEY, {})
-    recorded = {r["nodeid"]: r["model"] for r in config.stash.get(RESULTS_KEY, [])}
+    recorded = {r.nodeid: r.model for r in config.stash.get(RESULTS_KEY, [])}
     claims = []
     for nodeid, (verdict, reason) in config.stash.get(CLAIMS_KEY, {}).items():
         i = info.get(nodeid, {})
@@ -703,7 +699,7 @@ def cards(config: pytest.Config) -> list[dict[str, Any]]:
     """The checkup's detections, one per (check, model), with the baseline comparisons of their
     measurements (from the claim's ledger record) and the claim's outcome. A check whose
     detector raised is carried as status "error" with the message."""
-    results = {r["nodeid"]: r for r in config.stash.get(RESULTS_KEY, [])}
+    results = {r.nodeid: r for r in config.stash.get(RESULTS_KEY, [])}
     out = []
     for nodeid, outcome, card, reason in config.stash.get(CARDS_KEY, []):
         rec = results.get(nodeid)
@@ -714,7 +710,7 @@ def cards(config: pytest.Config) -> list[dict[str, Any]]:
                     "applicable": True, "reason": reason, "found": False, "criterion": "",
                     "measurements": [], "components": [], "heatmaps": {}, "details": ""}
         if rec is not None:
-            by_key = {(m["name"]): m for m in rec["measurements"]}
+            by_key = {m.name: m.to_json() for m in rec.measurements}
             card["measurements"] = [by_key.get(m["name"], m) for m in card["measurements"]]
         card["outcome"] = outcome
         out.append(card)

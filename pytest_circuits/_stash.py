@@ -31,7 +31,7 @@ WORKERS_KEY = pytest.StashKey[dict]()
 FIXTURE_MEASUREMENTS_KEY = pytest.StashKey[dict]()
 #: the run's progress heartbeat (``_progress.Heartbeat``)
 HEARTBEAT_KEY = pytest.StashKey[Any]()
-#: the ledger records of the claims that measured (``_ledger.LedgerRecord``), in report order
+#: the ledger records (:class:`~pytest_circuits.ledger.LedgerRecord`) of the claims that measured
 RESULTS_KEY = pytest.StashKey[list]()
 #: the checkup's cards: (node id, outcome, card or None, reason)
 CARDS_KEY = pytest.StashKey[list]()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from . import _session as S
+from .ledger import AssertionEntry, LedgerRecord, MeasurementEntry
 from ._stash import (ASSERTIONS_KEY, CARDS_KEY, CLAIM_COUNT_KEY, CLAIM_INFO_KEY, CLAIMS_KEY, EXPECTED_CHANGE_KEY,
                      MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, WORKERS_KEY)
 
@@ -32,10 +33,10 @@ def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
         config.stash.setdefault(CARDS_KEY, []).append((report.nodeid, report.outcome, card, crash or reason(report)))
     for key, value in report.user_properties:
         if key == "circuits":
-            record = json.loads(value)
-            record["outcome"] = report.outcome
+            record = LedgerRecord.from_json(json.loads(value), outcome_required=False)
+            record.outcome = report.outcome
             if hasattr(report, "wasxfail"):
-                record["outcome"] = "xfailed" if report.skipped else "xpassed"
+                record.outcome = "xfailed" if report.skipped else "xpassed"
             config.stash.setdefault(RESULTS_KEY, []).append(record)
 
 
@@ -59,7 +60,7 @@ def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestR
                  "finding": str((marker.kwargs.get("finding") if marker else None) or "")})))
     recorded = item.stash.get(MEASUREMENTS_KEY, None)
     assertions = assertion_entries(item, recorded) if call.when == "call" else []
-    failed = [a["message"] for a in assertions if not a["passed"]]
+    failed = [a.message for a in assertions if not a.passed]
     if failed and (report.passed or report.skipped) and not hasattr(report, "wasxfail") and stand_in is None:
         # The claim caught the AssertionError of its own interval assertion and went on (to pass,
         # or to skip): a bound that failed is a failed claim, never a pass or a "not checked"
@@ -74,15 +75,15 @@ def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestR
         report.user_properties.append((f"circuits-reason-{call.when}", "; ".join(failed)))
     if call.when == "call" and recorded:
         record = item.config.stash[SESSION_KEY].get().record(item, recorded)
-        record["expected_change"] = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
+        record.expected_change = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
         # Bounds asserted through assert_above / assert_below / assert_within: what was compared
         # with what, at which level, and the message; the merge recomputes every verdict from them.
-        record["assertions"] = assertions
+        record.assertions = assertions
         # user_properties travel with the reports (also from xdist workers); JUnit XML
         # takes them from the teardown report, which copies the item's.
-        props = [("circuits", json.dumps(record))] + [
-            (f"circuits:{m['key']}", f"{m['mean']:.6g} [{m['lower']:.6g}, {m['upper']:.6g}] n={m['n']}")
-            for m in record["measurements"]]
+        props = [("circuits", json.dumps(record.to_json()))] + [
+            (f"circuits:{m.key}", f"{m.mean:.6g} [{m.lower:.6g}, {m.upper:.6g}] n={m.n}")
+            for m in record.measurements]
         item.user_properties.extend(props)
         if report.user_properties is not item.user_properties:
             report.user_properties.extend(props)
@@ -99,12 +100,11 @@ def terminal_lines(config: pytest.Config) -> list[str] | None:
         return None
     lines = []
     for r in results:
-        lines.append(f"{r['outcome'].upper():7} {r['nodeid']}"
-                     + (f"\n        finding: {r['finding']}" if r["finding"] else ""))
-        for m in r["measurements"]:
+        lines.append(f"{r.outcome.upper():7} {r.nodeid}" + (f"\n        finding: {r.finding}" if r.finding else ""))
+        for m in r.measurements:
             lines.append(f"        {one_line(m)}")
-        if r.get("version_changes"):
-            lines.append(f"        baseline recorded with other versions: {'; '.join(r['version_changes'])}")
+        if r.version_changes:
+            lines.append(f"        baseline recorded with other versions: {'; '.join(r.version_changes)}")
     cards = S.cards(config)
     if cards:
         from .checkup import card_lines
@@ -151,8 +151,8 @@ def stand_in_reason(item: pytest.Item, call: pytest.CallInfo) -> str | None:
             "says nothing about trained weights)")
 
 
-def assertion_entries(item: pytest.Item, recorded: Any) -> list[dict[str, Any]]:
-    """The claim's interval assertions, JSON-ready: measurement, kind, threshold, the bound
+def assertion_entries(item: pytest.Item, recorded: Any) -> list[AssertionEntry]:
+    """The claim's interval assertions as the ledger keeps them: measurement, kind, threshold, the bound
     compared, level, whether it held, and the message (measured, interval, n, bound)."""
     from .measurement import _pct
 
@@ -163,9 +163,9 @@ def assertion_entries(item: pytest.Item, recorded: Any) -> list[dict[str, Any]]:
         want = {"above": f"lower bound > {a.threshold}", "below": f"upper bound < {a.threshold}"}.get(
             a.kind, f"interval inside {tuple(a.threshold) if isinstance(a.threshold, (list, tuple)) else a.threshold}")
         what = repr(m) if m is not None else f"{a.name}{f'[{a.model}]' if a.model else ''}: bound {a.bound}"
-        out.append({"name": str(a.name), "model": str(a.model or ""), "kind": str(a.kind),
-                    "threshold": _jsonable(a.threshold), "bound": _jsonable(a.bound), "level": float(a.level),
-                    "passed": bool(a.passed), "message": f"{what} ({_pct(a.level)} interval) -- expected {want}"})
+        out.append(AssertionEntry(name=str(a.name), model=str(a.model or ""), kind=str(a.kind),
+                                  threshold=_jsonable(a.threshold), bound=_jsonable(a.bound), level=float(a.level),
+                                  passed=bool(a.passed), message=f"{what} ({_pct(a.level)} interval) -- expected {want}"))
     return out
 
 
@@ -242,11 +242,11 @@ def claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
     reasons = Counter(r.removeprefix("not checked: ") for v, r in verdicts.values() if v == "not checked")
     for reason, n in reasons.most_common():
         lines.append(f"  not checked x{n}: {reason}")
-    levels = Counter(f"{m['level']:.4g}" for r in results for m in r["measurements"])
+    levels = Counter(f"{m.level:.4g}" for r in results for m in r.measurements)
     if levels:
         st = config.stash[SESSION_KEY].settings
         how = ", ".join(f"{n} at level {lv}" for lv, n in sorted(levels.items()))
-        asserted = Counter(f"{a['level']:.4g}" for r in results for a in r.get("assertions") or ())
+        asserted = Counter(f"{a.level:.4g}" for r in results for a in r.assertions)
         how += "; bounds asserted with assert_above/below/within: " + (
             ", ".join(f"{n} at level {lv}" for lv, n in sorted(asserted.items())) or "none")
         family = (f"; family-wise ({st.familywise}) over {config.stash.get(CLAIM_COUNT_KEY, 0)} claims "
@@ -257,13 +257,14 @@ def claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
     return lines
 
 
-def one_line(m: dict[str, Any]) -> str:
+def one_line(m: MeasurementEntry) -> str:
+    """A measurement's line in the terminal summary, with its baseline comparison."""
     from .measurement import _fmt
 
-    where = f"[{m['model']}]" if m.get("model") else ""
-    line = (f"{m['name']}{where} = {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] "
-            f"n={m['n']} ({m['level'] * 100:.4g}%)" + "".join(f" [{f}]" for f in m.get("flags") or ()))
-    b = m.get("baseline")
+    where = f"[{m.model}]" if m.model else ""
+    line = (f"{m.name}{where} = {_fmt(m.mean)} [{_fmt(m.lower)}, {_fmt(m.upper)}] "
+            f"n={m.n} ({m.level * 100:.4g}%)" + "".join(f" [{f}]" for f in m.flags))
+    b = m.baseline
     if b and b.get("tolerance") == "updated":
         line += "  (baseline updated)"
     elif b and b.get("mean") is None:

@@ -31,7 +31,7 @@ PACKAGE = "pytest_circuits"
 
 #: the documented modules, in the page's order
 MODULES = [
-    "components", "measurement", "prompts", "models", "store", "hooks", "interventions", "metrics",
+    "components", "measurement", "ledger", "prompts", "models", "store", "hooks", "interventions", "metrics",
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.ordinal", "tasks.probing_data",
     "techniques", "techniques.effects", "techniques.patching", "techniques.circuits", "techniques.heads",

@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
-    "measurement": 4,
+    "measurement": 4, "ledger": 4,
     # models: registry, embedded model, checkpoints
     "models": 5, "detection": 5,
     # the activation store
@@ -70,7 +70,7 @@ LAYER_NAMES: dict[int, str] = {
     1: "leaves: component names, defaults, shard assignment, file formats, progress, claim sources",
     2: "hook names, protocols, devices, the cache's storage",
     3: "data and numbers: prompt sets, statistics, architectures, tiny test models",
-    4: "the measurement",
+    4: "the measurement and its ledger record",
     5: "models: registry, loading, weights; what a detector returns",
     6: "the activation store",
     7: "interventions",
