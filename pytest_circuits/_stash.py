@@ -37,7 +37,7 @@ RESULTS_KEY = pytest.StashKey[list]()
 CARDS_KEY = pytest.StashKey[list]()
 #: node id -> (verdict, reason) of every claim item this process ran or skipped
 CLAIMS_KEY = pytest.StashKey[dict]()
-#: the working tree the run started from (``_report.worktree``), when a report is asked
+#: the working tree the run started from (``report.worktree``), when a report is asked
 WORKTREE_KEY = pytest.StashKey[Any]()
 
 # --- on an item: one claim -----------------------------------------------------------------

@@ -107,7 +107,7 @@ def terminal_lines(config: pytest.Config) -> list[str] | None:
             lines.append(f"        baseline recorded with other versions: {'; '.join(r.version_changes)}")
     cards = S.cards(config)
     if cards:
-        from .checkup import card_lines
+        from .report.cards import card_lines
 
         lines += card_lines(cards)
     lines += claims_summary(config, verdicts, results)

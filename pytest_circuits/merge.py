@@ -391,7 +391,7 @@ def load_report(path: str | Path, *, key: str | None = None) -> dict[str, Any]:
     if problems:
         raise MergeError(f"{p}: is not a pytest-circuits report that can be merged: " + "; ".join(problems))
     if key:
-        from ._report import REPORT_KEY_ENV, signature_problem
+        from .report import REPORT_KEY_ENV, signature_problem
 
         why = signature_problem(data, key)
         if why:
@@ -839,7 +839,7 @@ def gate_failures(merged: dict[str, Any], reports: Sequence[tuple[str, dict[str,
     # One gate rule for the exit status and the reports' banner: a measurement beyond its baseline
     # tolerance fails the gate even where its claim is recorded as passed (a hand-edited or
     # inconsistent report), and so does a drift that cannot be computed.
-    from ._report import summarize
+    from .report import summarize
 
     beyond = [d for d in summarize(merged).beyond() if (d.claim, d.model) not in
               {(c["claim"], c["model"]) for c in merged["claims"] if c["verdict"] in FAILING_VERDICTS}]
@@ -950,7 +950,7 @@ def run(a: argparse.Namespace, prog: str) -> int:
     """Run ``merge`` from parsed arguments: 0 the gate passed, 1 it failed, 2 bad input."""
     import sys
 
-    from . import _report as R
+    from . import report as R
 
     key = os.environ.get(R.REPORT_KEY_ENV, "")
     try:

@@ -1,7 +1,7 @@
 """pytest hooks and fixtures, each a few lines that call down: options and markers are
 parsed and checked in :mod:`._options`, the run's session, claims and ledger live in
 :mod:`._session`, verdicts and the terminal summary in :mod:`._verdicts`, the stash keys in
-:mod:`._stash`, the report files in :mod:`._report`. Nothing below calls back up here.
+:mod:`._stash`, the report files in :mod:`.report`. Nothing below calls back up here.
 
 Nothing heavy is imported at module import time, so ``pytest --help`` stays fast (and a run
 that collects no claim is not changed: docs/layout.md).
@@ -361,7 +361,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     targets = [S.option(config, k) for k in _REPORTS]
     if not any(targets):
         return
-    from ._report import worktree
+    from .report import worktree
 
     config.stash[WORKTREE_KEY] = worktree(str(config.rootpath), exclude=[str(t) for t in targets if t])
 
@@ -373,7 +373,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if config.stash[SESSION_KEY].started:
             config.workeroutput["circuits_summary"] = json.dumps(config.stash[SESSION_KEY].get().worker_summary())
         return
-    from . import _report as R
+    from . import report as R
 
     targets = {k: S.option(config, k) for k in _REPORTS}
     if not any(targets.values()):

@@ -56,7 +56,7 @@ LAYERS: dict[str, int] = {
     "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
     "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8,
     "checkup": 9, "finetune": 9, "zoo": 9, "zoo_tasks": 9, "zoo_heads": 9,
-    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9, "merge": 9,
+    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "report": 9, "report.cards": 9, "merge": 9,
     # pytest only here
     "_session": 10, "checkup_claims": 10, "_stash": 10, "_options": 10, "_verdicts": 10,
     "plugin": 11,
@@ -403,6 +403,23 @@ def test_imports_are_resolved(tmp_path: Path, source: str, expected: set[str]) -
     path.write_text(source)
     mods = set(modules(root))
     assert imports("probe", path, mods) == expected
+
+
+#: test helpers and tools: never on the core import path (``import pytest_circuits`` and the
+#: plugin pytest loads in every run of the environment), imported only by whoever uses them
+OFF_THE_CORE_PATH = ("testing", "planted", "strategies", "finetune", "merge", "cli", "zoo", "checkup")
+
+
+def test_the_core_import_path_leaves_out_test_helpers_and_tools() -> None:
+    import json
+    import subprocess
+
+    code = ("import json, sys, pytest_circuits, pytest_circuits.plugin; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('pytest_circuits.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    loaded = {m.split(".", 1)[1] for m in json.loads(out.stdout)}
+    assert "plugin" in loaded and "errors" in loaded      # the probe sees what was imported
+    assert not loaded & set(OFF_THE_CORE_PATH), sorted(loaded & set(OFF_THE_CORE_PATH))
 
 
 if __name__ == "__main__":

@@ -766,7 +766,7 @@ def test_dirty_and_clean_trees_do_not_mix(tmp_path, capsys):
 
 
 def test_signed_reports(tmp_path, capsys, monkeypatch):
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
 
     first, second = _report(COLLECTED[:2], 1, 2), _report(COLLECTED[2:], 2, 2)
     monkeypatch.setenv(R.REPORT_KEY_ENV, "team secret")
