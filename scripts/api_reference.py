@@ -35,7 +35,7 @@ MODULES = [
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.ordinal", "tasks.probing_data",
     "techniques", "techniques.effects", "techniques.patching", "techniques.circuits", "techniques.heads",
-    "techniques.ioi", "techniques.ov", "techniques.erasure", "techniques.probing", "techniques.future",
+    "techniques.ioi", "techniques.ov", "techniques.greater_than_detector", "techniques.factual_recall", "techniques.erasure", "techniques.probing", "techniques.future",
     "techniques.planning",
     "checkup", "detection", "baselines", "merge", "shards", "stats", "devices", "architectures", "moe", "protocols",
     "strategies", "plots", "testing", "planted", "zoo", "finetune", "cli", "errors",

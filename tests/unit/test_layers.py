@@ -54,7 +54,8 @@ LAYERS: dict[str, int] = {
     "techniques.patching": 8,
     # the mechanism checkup's tasks and detectors
     "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
-    "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8,
+    "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8, "techniques.greater_than_detector": 8,
+    "techniques.factual_recall": 8,
     "checkup": 9, "finetune": 9, "zoo": 9, "zoo_tasks": 9, "zoo_heads": 9,
     "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "report": 9, "report.cards": 9, "merge": 9,
     # pytest only here
