@@ -1,18 +1,29 @@
-"""The per-run object: settings, model pool, activation store and results ledger.
+"""The per-run object: settings, model pool, activation store and results ledger, with what
+the hooks ask of it: which items are claims, a claim's measurements while it runs, and the
+run's ledger (the claims, the suite, the mode) for the report.
 
-The plugin keeps one :class:`Session` in ``config.stash``; hooks and fixtures only
-delegate to it.
+The plugin keeps one :class:`Session` in ``config.stash`` (:mod:`pytest_circuits._stash`);
+hooks and fixtures call down into this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODEL, default_cache_dir  # noqa: F401 - re-exported for the plugin
+import pytest
+
+from ._stash import (CARDS_KEY, CLAIM_INFO_KEY, CLAIMS_KEY, COLLECTED_KEY, FIXTURE_MEASUREMENTS_KEY, RESULTS_KEY,
+                     SESSION_KEY, SHARD_KEY)
+from .config import DEFAULT_MODEL, default_cache_dir
+
+#: the checkup's claims file, which --circuits-checkup hands to pytest to collect
+CHECKUP_PATH = Path(__file__).with_name("checkup_claims.py")
+
 
 @dataclass
 class Settings:
@@ -126,7 +137,7 @@ def claim_id(item: Any) -> str:
     relative to :func:`claims_root` (so baselines and reports keep their keys wherever pytest
     puts its rootdir)."""
     base = _root_relative_nodeid(item).split("[", 1)[0]
-    if Path(str(getattr(item, "path", ""))) == Path(__file__).with_name("checkup_claims.py"):
+    if Path(str(getattr(item, "path", ""))) == CHECKUP_PATH:
         # The checkup's claims live in the installed package: the same id wherever it is installed.
         base = "checkup::" + base.rsplit("::", 1)[-1]
     params = getattr(getattr(item, "callspec", None), "params", {})
@@ -357,29 +368,25 @@ class Session:
                         f"obtained values written to {obtained}; to accept them rerun with "
                         "--circuits-update-baselines", pytrace=False)
 
-    def record(self, item: Any, recorded: list[Any]) -> dict[str, Any]:
-        """The ledger record of one claim on one model (JSON-ready)."""
-        from .baselines import metric_keys
+    def record(self, item: Any, recorded: list[Any]) -> Any:
+        """The ledger record of one claim on one model (:class:`~pytest_circuits.ledger.LedgerRecord`;
+        its outcome, expected change and assertions are set from the call's report)."""
+        from .baselines import metric_keys, summary
+        from .ledger import LedgerRecord, MeasurementEntry
 
         marker = item.get_closest_marker("claim")
         kw = marker.kwargs if marker else {}
         model = self._model_of(item, recorded)
-        dicts = [m.to_dict() for m in recorded]
-        from .baselines import summary
-
         rows = {r.metric: r for r in self._baseline_rows.get(item.nodeid, [])}
         entries = self._baseline_entries.get(item.nodeid, {})
-        measurements = []
-        for key, full in zip(metric_keys(dicts, strict=False), dicts):
-            d = {**{k: full[k] for k in ("name", "model", "mean", "lower", "upper", "n", "level")},
-                 "sem": summary(full)["sem"], "flags": list(full.get("flags") or [])}
-            d["key"] = key
-            d["baseline"] = _comparison(rows.get(key), entries.get(key))
-            measurements.append(d)
-        return {"claim": claim_id(item), "nodeid": item.nodeid, "model": model["label"],
-                "fingerprint": model["fingerprint"], "outcome": "", "finding": kw.get("finding") or "",
-                "source": kw.get("source") or "", "measurements": measurements,
-                "version_changes": self._version_lines.get(item.nodeid, [])}
+        dicts = [m.to_dict() for m in recorded]
+        measurements = [MeasurementEntry.of(m, key=key, sem=summary(d)["sem"],
+                                            baseline=_comparison(rows.get(key), entries.get(key)))
+                        for key, m, d in zip(metric_keys(dicts, strict=False), recorded, dicts)]
+        return LedgerRecord(claim=claim_id(item), nodeid=item.nodeid, model=model["label"],
+                            fingerprint=model["fingerprint"], finding=kw.get("finding") or "",
+                            source=kw.get("source") or "", measurements=measurements,
+                            version_changes=self._version_lines.get(item.nodeid, []))
 
     def clear_disk_cache(self) -> Path | str:
         """Delete the cached activations (a local folder, or the remote prefix of a URL)."""
@@ -461,3 +468,251 @@ def summed_workers(summaries: dict[str, dict[str, Any]]) -> tuple[Any, dict[str,
         for name, secs in dict(summary.get("load_seconds") or {}).items():
             loads.setdefault(name, []).append(f"{float(secs):.1f} s ({worker})")
     return total, {name: ", ".join(times) for name, times in loads.items()}
+
+
+# ----------------------------------------------------------------------------- which items are claims
+def option(config: pytest.Config, name: str) -> Any:
+    """An option's value: given on the command line, else its ini key (or the ini default)."""
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
+
+
+#: the plugin's module: a ``model`` fixture defined there is the plugin's (not a test suite's own)
+PLUGIN_MODULE = "pytest_circuits.plugin"
+
+
+# ----------------------------------------------------------------------------- collection
+def is_ours(metafunc: pytest.Metafunc) -> bool:
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("model")
+    return bool(defs) and defs[-1].func.__module__ == PLUGIN_MODULE
+
+
+def is_ours_item(item: pytest.Item) -> bool:
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("model")
+    return bool(defs) and defs[-1].func.__module__ == PLUGIN_MODULE
+
+
+def model_id(name: str) -> str:
+    """A model's id in node ids and xdist groups: its label (:func:`pytest_circuits.models.run_label`:
+    a checkpoint folder's base name, or a distinguishing path suffix when two folders of the run
+    share it), or the base name of a path that is not a folder."""
+    from .models import run_label
+
+    if Path(name).expanduser().is_dir():
+        return run_label(name)
+    p = Path(name)
+    return p.name if (os.sep in name or name.startswith(".")) and p.name else name
+
+
+def is_claim(item: pytest.Item) -> bool:
+    """A claim: an item marked ``@pytest.mark.claim`` or using the plugin's ``model`` fixture."""
+    return item.get_closest_marker("claim") is not None or is_ours_item(item)
+
+
+def is_checkup(item: Any) -> bool:
+    return Path(str(getattr(item, "path", ""))) == CHECKUP_PATH
+
+
+def item_model(item: pytest.Item) -> str:
+    """The id of the model a claim item runs on ("" for an item without the model parameter)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return model_id(str(params["model"])) if "model" in params and is_ours_item(item) else ""
+
+
+def item_label(item: pytest.Item) -> str:
+    """The model's name as the ledger's records give it (ModelInfo.label): a checkpoint folder's
+    label (its base name, or a distinguishing path suffix: :func:`pytest_circuits.models.run_label`),
+    else the name ("org/name" stays whole); "" for an item without a model."""
+    from .models import run_label
+
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "model" not in params or not is_ours_item(item):
+        return ""
+    return run_label(str(params["model"]))
+
+
+
+# ----------------------------------------------------------------------------- recording a claim
+def drop(stack: list[list[Any]], mine: list[Any]) -> None:
+    """Remove ``mine`` from the recorder stack by identity (lists compare by value: two empty
+    recorders are equal, and ``list.remove`` would take the wrong one)."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is mine:
+            del stack[i]
+            return
+
+
+def fixture_measurements(item: pytest.Item) -> list[Any]:
+    """Measurements recorded by the fixtures (of any scope) that ``item`` uses, in setup order."""
+    table = item.config.stash.get(FIXTURE_MEASUREMENTS_KEY, {})
+    if not table:
+        return []
+    out: list[Any] = []
+    infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in getattr(item, "fixturenames", ()):
+        for fd in infos.get(name, ())[-1:]:
+            entry = table.get(id(fd))
+            if entry is not None and entry[0] is fd and getattr(fd, "cached_result", None) is not None:
+                out += entry[1]
+    return out
+
+
+def distinct(recorded: list[Any]) -> tuple[list[Any], list[str]]:
+    """Drop repeated measurements (the same object, or the same name and numbers) and list
+    the names that two *different* measurements of one claim share."""
+    seen: dict[str, Any] = {}
+    out: list[Any] = []
+    clashes: list[str] = []
+    for m in recorded:
+        first = seen.get(m.name)
+        if first is None:
+            seen[m.name] = m
+            out.append(m)
+        elif first is not m and (first.values, first.lower, first.upper) != (m.values, m.lower, m.upper):
+            if m.name not in clashes:
+                clashes.append(m.name)
+    return out, clashes
+
+
+def seed_all(seed: int) -> Any:
+    import numpy as np
+    import torch
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return state
+
+
+def restore_seeds(state: Any) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+
+
+
+# ----------------------------------------------------------------------------- the run's ledger
+def claims_ledger(config: pytest.Config) -> dict[str, Any]:
+    """The ledger's "claims" (every claim item this process ran or skipped, with its verdict),
+    "collected" (the whole suite's claims before sharding; left out when collection did not
+    finish, so that a merge cannot take an unknown suite for a complete one) with its digest,
+    "shard", "mode" (the options that decide what a verdict means) and "suite" (what was run:
+    the paths, any selection, and the sha256 of every claims file, so that the merge can read the
+    same source)."""
+    import hashlib
+
+    info = config.stash.get(CLAIM_INFO_KEY, {})
+    recorded = {r.nodeid: r.model for r in config.stash.get(RESULTS_KEY, [])}
+    claims = []
+    for nodeid, (verdict, reason) in config.stash.get(CLAIMS_KEY, {}).items():
+        i = info.get(nodeid, {})
+        claims.append({"nodeid": nodeid, "claim": i.get("claim", nodeid.split("[", 1)[0]),
+                       "model": recorded.get(nodeid, i.get("model", "")), "verdict": verdict, "reason": reason,
+                       "finding": i.get("finding", "")})
+    claims.sort(key=lambda c: (c["claim"], c["model"], c["nodeid"]))
+    shard = config.stash.get(SHARD_KEY, None)
+    out: dict[str, Any] = {"claims": claims,
+                           "shard": {"index": shard[0], "count": shard[1]} if shard else None,
+                           "mode": _mode(config)}
+    collected = config.stash.get(COLLECTED_KEY, None)
+    if collected is not None:
+        out["collected"] = sorted(collected)
+        out["collected_sha256"] = hashlib.sha256("\n".join(out["collected"]).encode("utf-8")).hexdigest()
+        out["suite"] = _suite(config, out["collected"])
+    return out
+
+
+def _mode(config: pytest.Config) -> dict[str, Any]:
+    """The run's options that decide what its verdicts mean (the merge reads them)."""
+    st = config.stash[SESSION_KEY].settings
+    bdir = baseline_folder(config, st)
+    return {"baseline": bool(st.baseline), "update_baselines": bool(st.update_baselines),
+            "update_failing": _update_failing(config), "baseline_of": st.baseline_of or None,
+            "baseline_dir": _relative(config, bdir), "baseline_tolerance": str(st.baseline_tolerance),
+            "require_models": bool(st.require_models), "familywise": st.familywise, "level": float(st.level)}
+
+
+def _relative(config: pytest.Config, path: Any) -> str:
+    """``path`` relative to the rootdir (with ``/``), or absolute when it is outside."""
+    p = Path(str(path))
+    p = p if p.is_absolute() else Path(str(config.rootpath)) / p
+    try:
+        return p.resolve().relative_to(Path(str(config.rootpath)).resolve()).as_posix()
+    except ValueError:
+        return str(p.resolve())
+
+
+def _suite(config: pytest.Config, collected: list[str]) -> dict[str, Any]:
+    """What the run collected from: the paths it was given (rootdir-relative), the selection
+    options that drop claims (-k, -m, --deselect, node ids, --circuits-checks) and the sha256 of
+    every file a collected claim is in (the merge reads these files in its checkout)."""
+    import hashlib
+
+    root = Path(str(config.rootpath))
+    # The checkup's claims live in the installed package: outside the rootdir pytest gives their
+    # node ids an empty path, which "locations" names for the merge.
+    checkup = _relative(config, CHECKUP_PATH)
+    outside = Path(checkup).is_absolute()
+    args, selection, locations = [], {}, {}
+    for a in getattr(config, "args", []) or []:
+        path, sep, _ = str(a).partition("::")
+        if sep:
+            selection.setdefault("node ids", []).append(str(a))
+        rel = _relative(config, Path(str(config.invocation_params.dir)) / path)
+        if rel == checkup and outside:
+            rel = ""
+            locations[""] = "pytest_circuits/checkup_claims.py"
+        args.append(rel)
+    for flag, name in (("-k", "keyword"), ("-m", "markexpr")):
+        value = getattr(config.option, name, "") or ""
+        if value:
+            selection[flag] = str(value)
+    for flag, name in (("--deselect", "deselect"), ("--ignore", "ignorepath"), ("--ignore-glob", "ignore_glob")):
+        value = getattr(config.option, name, None) or []
+        if value:
+            selection[flag] = [str(v) for v in value]
+    checks = config.getoption("circuits_checks", None)
+    if option(config, "circuits_checkup") and str(checks or "all") != "all":
+        selection["--circuits-checks"] = str(checks)
+    files: dict[str, str | None] = {}
+    for nodeid in collected:
+        rel = nodeid.split("::", 1)[0]
+        if rel not in files:
+            if not rel and outside:
+                locations[""] = "pytest_circuits/checkup_claims.py"
+            try:
+                files[rel] = hashlib.sha256((CHECKUP_PATH if not rel and outside else root / rel).read_bytes()
+                                            ).hexdigest() if rel or outside else None
+            except OSError:
+                files[rel] = None
+    return {"args": sorted(dict.fromkeys(args)), "selection": selection, "files": files, "locations": locations,
+            "python_files": [str(x) for x in config.getini("python_files")],
+            "python_classes": [str(x) for x in config.getini("python_classes")],
+            "python_functions": [str(x) for x in config.getini("python_functions")]}
+
+
+def cards(config: pytest.Config) -> list[dict[str, Any]]:
+    """The checkup's detections, one per (check, model), with the baseline comparisons of their
+    measurements (from the claim's ledger record) and the claim's outcome. A check whose
+    detector raised is carried as status "error" with the message."""
+    results = {r.nodeid: r for r in config.stash.get(RESULTS_KEY, [])}
+    out = []
+    for nodeid, outcome, card, reason in config.stash.get(CARDS_KEY, []):
+        rec = results.get(nodeid)
+        if card is None:
+            check = nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
+            model = nodeid.split("[", 1)[1].rstrip("]") if "[" in nodeid else ""
+            card = {"check": check, "title": check, "source": "", "model": model, "status": "error",
+                    "applicable": True, "reason": reason, "found": False, "criterion": "",
+                    "measurements": [], "components": [], "heatmaps": {}, "details": ""}
+        if rec is not None:
+            by_key = {m.name: m.to_json() for m in rec.measurements}
+            card["measurements"] = [by_key.get(m["name"], m) for m in card["measurements"]]
+        card["outcome"] = outcome
+        out.append(card)
+    return out
+

@@ -22,7 +22,7 @@ with their intervals, and per-head score maps for the report's heatmaps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import CircuitsError
 
@@ -111,3 +111,13 @@ def straddle(m: Any, threshold: float, *, above: bool = True) -> str | None:
         return (f"{m.name} {m.mean:.3g} [{lo:.3g}, {hi:.3g}] straddles the criterion's "
                 f"{'lower' if above else 'upper'} limit {threshold:g}")
     return None
+
+
+def decide(found: bool, excluded: bool, straddles: Iterable[str | None]) -> dict[str, Any]:
+    """A :class:`Detection`'s verdict keywords: found, absent (``excluded``: a defining property
+    fails even on its optimistic bound) or undecided, with the straddling measurements (the
+    texts of :func:`straddle`) as the reason."""
+    if found or excluded:
+        return {"found": bool(found)}
+    why = "; ".join(w for w in straddles if w) or "a property holds on its optimistic bound only"
+    return {"found": False, "undecided": True, "reason": why}

@@ -55,10 +55,10 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 from .errors import CircuitsError, MergeError
+from .ledger import LedgerRecord, MeasurementEntry, record_problem
 
 FAILING_VERDICTS = ("failed", "error")
 VERDICTS = ("passed", "failed", "error", "not checked", "expected change", "xfailed", "xpassed")
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 # pytest's exit statuses: 0 all passed, 5 no tests collected (an empty shard).
 OK_EXIT = (0, 5)
 #: the record outcome each verdict needs ("error" and "failed" are never better than their evidence)
@@ -134,18 +134,9 @@ def _problems(data: Any) -> list[str]:
         elif c["verdict"] not in VERDICTS:   # an unknown verdict must not count as "not failed"
             out.append(f"claims[{i}] has verdict {c['verdict']!r}, not one of {', '.join(VERDICTS)}")
     for i, r in enumerate(data["records"]):
-        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("claim", "nodeid", "model",
-                                                                                 "outcome")) \
-                or not isinstance(r.get("measurements"), list):
-            out.append(f"records[{i}] lacks one of claim, nodeid, model, outcome, measurements")
-        elif r["outcome"] not in OUTCOMES:
-            out.append(f"records[{i}] has outcome {r['outcome']!r}, not one of {', '.join(OUTCOMES)}")
-        elif not all(_is_measurement(m) for m in r["measurements"]):
-            out.append(f"records[{i}] has a measurement without a key, numbers (mean, lower, upper, level, sem), "
-                       "n or a baseline comparison (null or an object with a status)")
-        elif not isinstance(r.get("assertions"), list) or not all(_is_assertion(a) for a in r["assertions"]):
-            out.append(f"records[{i}] lacks its assertions (each: name, kind, threshold, bound, level, passed, "
-                       "message)")
+        problem = record_problem(r)     # what LedgerRecord.from_json refuses
+        if problem:
+            out.append(f"records[{i}] {problem}")
     if out:
         return out
     try:
@@ -161,21 +152,6 @@ def _problems(data: Any) -> list[str]:
         if len(out) >= 5:
             break
     return out
-
-
-def _is_measurement(m: Any) -> bool:
-    b = m.get("baseline") if isinstance(m, dict) else None
-    return (isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("n"), int)
-            and not isinstance(m.get("n"), bool)
-            and all(_number(m.get(k)) for k in ("mean", "lower", "upper", "level", "sem"))
-            and (b is None or (isinstance(b, dict) and b.get("status") in ("compared", "new", "updated")
-                               and isinstance(b.get("tolerance"), str))))
-
-
-def _is_assertion(a: Any) -> bool:
-    return (isinstance(a, dict) and isinstance(a.get("name"), str) and a.get("kind") in ("above", "below", "within")
-            and isinstance(a.get("passed"), bool) and _number(a.get("level")) and isinstance(a.get("message"), str)
-            and "threshold" in a and "bound" in a)
 
 
 def collected_digest(collected: Sequence[str]) -> str:
@@ -211,8 +187,8 @@ def _bound_holds(kind: str, threshold: Any, bound: Any) -> bool | None:
     return bool(b > t) if kind == "above" else bool(b < t)
 
 
-def _measured_bound(kind: str, m: dict[str, Any]) -> Any:
-    return {"above": m["lower"], "below": m["upper"]}.get(kind, [m["lower"], m["upper"]])
+def _measured_bound(kind: str, m: MeasurementEntry) -> Any:
+    return {"above": m.lower, "below": m.upper}.get(kind, [m.lower, m.upper])
 
 
 def _same_bound(a: Any, b: Any) -> bool:
@@ -231,7 +207,7 @@ class Evidence:
     bad: list[str] = field(default_factory=list)
 
 
-def _comparison(key: str, m: dict[str, Any], b: dict[str, Any], mode: dict[str, Any], ev: Evidence) -> None:
+def _comparison(key: str, m: MeasurementEntry, b: dict[str, Any], mode: dict[str, Any], ev: Evidence) -> None:
     """Recompute one baseline comparison from the measurement, the baseline entry it records
     and the tolerance; what does not reproduce is ``bad``, what does not hold ``fails``."""
     from . import baselines as B
@@ -257,7 +233,7 @@ def _comparison(key: str, m: dict[str, Any], b: dict[str, Any], mode: dict[str, 
         ev.bad.append(f"{key}: the baseline entry compared is missing or malformed ("
                       + "; ".join(B.entry_problems(entry) if isinstance(entry, dict) else ["no 'entry'"]) + ")")
         return
-    obtained = {k: m[k] for k in ("mean", "lower", "upper", "n", "level", "sem")}
+    obtained = {k: getattr(m, k) for k in ("mean", "lower", "upper", "n", "level", "sem")}
     policy = B.TolerancePolicy(tol, {}, b.get("accepted") is True)
     (row,) = B.compare({key: obtained}, {key: entry}, policy)
     allowed = row.allowed if row.finite_allowance else None
@@ -277,38 +253,40 @@ def _comparison(key: str, m: dict[str, Any], b: dict[str, Any], mode: dict[str, 
         ev.fails.append(f"{key}: {row.obtained:.6g} against baseline {row.baseline:.6g} ({row.tolerance}): {why}")
 
 
-def evidence(claim: dict[str, Any], record: dict[str, Any] | None, mode: dict[str, Any]) -> Evidence:
-    """Re-derive what one claim's evidence says (numbers only; the source is :func:`merge`'s)."""
+def evidence(claim: dict[str, Any], record: dict[str, Any] | LedgerRecord | None, mode: dict[str, Any]) -> Evidence:
+    """Re-derive what one claim's evidence says (numbers only; the source is :func:`merge`'s).
+    ``record``: the claim's ledger record, or its JSON (read with :meth:`LedgerRecord.from_json`)."""
     from . import baselines as B
 
     ev = Evidence()
     if record is None:
         return ev
+    rec = record if isinstance(record, LedgerRecord) else LedgerRecord.from_json(record)
     verdict = claim["verdict"]
     want = _OUTCOME_OF.get(verdict)
-    if want is not None and record["outcome"] != want:
-        ev.bad.append(f"its record's outcome is {record['outcome']!r}, not {want!r} as verdict {verdict!r} needs")
-    if verdict == "expected change" and not record.get("expected_change"):
+    if want is not None and rec.outcome != want:
+        ev.bad.append(f"its record's outcome is {rec.outcome!r}, not {want!r} as verdict {verdict!r} needs")
+    if verdict == "expected change" and not rec.expected_change:
         ev.bad.append("verdict 'expected change' without the record's expected_change")
-    if record["outcome"] == "failed":
+    if rec.outcome == "failed":
         ev.fails.append("its record's outcome is failed")
-    by_name: dict[str, dict[str, Any]] = {}
-    for m in record["measurements"]:
-        key = m["key"]
-        by_name.setdefault(str(m.get("name", key)), m)
-        nums = {k: float(m[k]) for k in ("mean", "lower", "upper", "sem")}
+    by_name: dict[str, MeasurementEntry] = {}
+    for m in rec.measurements:
+        key = m.key
+        by_name.setdefault(m.name, m)
+        nums = {k: float(getattr(m, k)) for k in ("mean", "lower", "upper", "sem")}
         if not all(math.isfinite(v) for v in nums.values()):
             ev.fails.append(f"{key}: not a finite number ({', '.join(f'{k}={v}' for k, v in nums.items())}): a "
                             "measurement that is not a number fails its claim")
             continue
         slack = 4 * 2.220446049250313e-16 * max(1.0, *map(abs, nums.values()))
         if not (nums["lower"] <= nums["mean"] + slack and nums["mean"] <= nums["upper"] + slack) or nums["sem"] < 0 \
-                or not 1 <= m["n"] <= B.MAX_N or not 0.0 < float(m["level"]) < 1.0:
-            ev.bad.append(f"{key}: mean {m['mean']!r} [{m['lower']!r}, {m['upper']!r}] n={m['n']!r} "
-                          f"level={m['level']!r} sem={m['sem']!r} is not a measurement (lower <= mean <= upper, "
+                or not 1 <= m.n <= B.MAX_N or not 0.0 < float(m.level) < 1.0:
+            ev.bad.append(f"{key}: mean {m.mean!r} [{m.lower!r}, {m.upper!r}] n={m.n!r} "
+                          f"level={m.level!r} sem={m.sem!r} is not a measurement (lower <= mean <= upper, "
                           f"1 <= n <= {B.MAX_N:.0e}, level in (0, 1), sem >= 0)")
             continue
-        b = m.get("baseline")
+        b = m.baseline
         if b is None:
             if mode.get("baseline") and not mode.get("update_baselines") and verdict in ("passed", "xpassed"):
                 ev.fails.append(f"{key}: not compared with its baseline in a run with baselines on")
@@ -319,23 +297,23 @@ def evidence(claim: dict[str, Any], record: dict[str, Any] | None, mode: dict[st
         # A claim skipped after measuring is not held to its baselines (the plugin compares, for the
         # reports, without failing it); its comparison must still reproduce.
         _comparison(key, m, b, mode, ev if verdict != "not checked" else Evidence(bad=ev.bad))
-    for a in record.get("assertions") or []:
-        holds = _bound_holds(a["kind"], a["threshold"], a["bound"])
-        what = f"assert_{a['kind']} on {a['name']!r} (bound {a['bound']!r}, threshold {a['threshold']!r})"
+    for a in rec.assertions:
+        holds = _bound_holds(a.kind, a.threshold, a.bound)
+        what = f"assert_{a.kind} on {a.name!r} (bound {a.bound!r}, threshold {a.threshold!r})"
         if holds is None:
             ev.bad.append(f"{what}: not numbers")
             continue
-        if holds != a["passed"]:
-            ev.bad.append(f"{what}: says passed={a['passed']} but the bound {'clears' if holds else 'misses'} "
+        if holds != a.passed:
+            ev.bad.append(f"{what}: says passed={a.passed} but the bound {'clears' if holds else 'misses'} "
                           "the threshold")
-        m = by_name.get(a["name"])
-        if m is not None and not _same_bound(a["bound"], _measured_bound(a["kind"], m)):
+        m = by_name.get(a.name)
+        if m is not None and not _same_bound(a.bound, _measured_bound(a.kind, m)):
             ev.bad.append(f"{what}: the bound is not the measurement's own "
-                          f"({_measured_bound(a['kind'], m)!r})")
-        if m is not None and not _close(a["level"], m["level"]):
-            ev.bad.append(f"{what}: asserted at level {a['level']!r}, the measurement is at {m['level']!r}")
+                          f"({_measured_bound(a.kind, m)!r})")
+        if m is not None and not _close(a.level, m.level):
+            ev.bad.append(f"{what}: asserted at level {a.level!r}, the measurement is at {m.level!r}")
         if not holds:
-            ev.fails.append(a.get("message") or what)
+            ev.fails.append(a.message or what)
     return ev
 
 
@@ -379,11 +357,11 @@ def _consistency(path: str, data: dict[str, Any]) -> list[str]:
         Tolerance.parse(mode["baseline_tolerance"])
     except BaselineError as e:
         out.append(f"mode baseline_tolerance: {e}")
-    rec = {r["nodeid"]: r for r in data["records"]}
+    rec = {r["nodeid"]: LedgerRecord.from_json(r) for r in data["records"]}
     for c in data["claims"]:
         r = rec.get(c["nodeid"])
-        if r is not None and (r["claim"], r["model"]) != (c["claim"], c["model"]):
-            out.append(f"claim {c['nodeid']}: its record names {r['claim']} on {r['model']!r}, its verdict "
+        if r is not None and (r.claim, r.model) != (c["claim"], c["model"]):
+            out.append(f"claim {c['nodeid']}: its record names {r.claim} on {r.model!r}, its verdict "
                        f"{c['claim']} on {c['model']!r}")
             continue
         ev = evidence(c, r, mode)
@@ -413,7 +391,7 @@ def load_report(path: str | Path, *, key: str | None = None) -> dict[str, Any]:
     if problems:
         raise MergeError(f"{p}: is not a pytest-circuits report that can be merged: " + "; ".join(problems))
     if key:
-        from ._report import REPORT_KEY_ENV, signature_problem
+        from .report import REPORT_KEY_ENV, signature_problem
 
         why = signature_problem(data, key)
         if why:
@@ -563,13 +541,13 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
         suite, mode = d["suite"], d["mode"]
         files = suite["files"]
         status = {rel: source.check(rel, sha, _locations(suite)) for rel, sha in files.items()}
-        records = {r["nodeid"]: r for r in d["records"]}
+        records = {r["nodeid"]: LedgerRecord.from_json(r) for r in d["records"]}
         for c in d["claims"]:
             rel, key, params = S.split_nodeid(c["nodeid"])
             r = records.get(c["nodeid"])
+            measured = r.measurements if r is not None else []
             needs = c["verdict"] in ("expected change", "xfailed", "xpassed", "not checked") or any(
-                isinstance(m.get("baseline"), dict) and m["baseline"].get("status") == "compared"
-                for m in (r or {}).get("measurements") or [])
+                isinstance(m.baseline, dict) and m.baseline.get("status") == "compared" for m in measured)
             why = status.get(rel, f"{rel} is not among the report's suite files")
             if why:
                 if needs:
@@ -590,8 +568,8 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
             elif v == "not checked" and not _skip_declared(fn, c, mode, source, rel, params, _locations(suite)):
                 bad.append(f"{path}: claim {c['nodeid']}: 'not checked' ({c['reason']}), but nothing in its source "
                            "can skip it" + (" and the run required its models" if mode["require_models"] else ""))
-            for m in (r or {}).get("measurements") or []:
-                b = m.get("baseline")
+            for m in measured:
+                b = m.baseline
                 if not (isinstance(b, dict) and b.get("status") in ("compared", "new")):
                     continue
                 marker = fn.closest("baseline")
@@ -609,11 +587,11 @@ def _check_sources(reports: Sequence[tuple[str, dict[str, Any]]], source: Source
                     said = str(B.Tolerance.parse(b["tolerance"]))
                 except B.BaselineError:
                     said = b["tolerance"]
-                if said != str(policy.for_metric(m["key"])):
-                    bad.append(f"{path}: claim {c['nodeid']}: {m['key']} compared with tolerance {b['tolerance']!r}, "
-                               f"but its source and the run give {policy.for_metric(m['key'])}")
-                if b.get("accepted") and not policy.accepts_wide(m["key"]):
-                    bad.append(f"{path}: claim {c['nodeid']}: {m['key']} accepts a wide tolerance its source does "
+                if said != str(policy.for_metric(m.key)):
+                    bad.append(f"{path}: claim {c['nodeid']}: {m.key} compared with tolerance {b['tolerance']!r}, "
+                               f"but its source and the run give {policy.for_metric(m.key)}")
+                if b.get("accepted") and not policy.accepts_wide(m.key):
+                    bad.append(f"{path}: claim {c['nodeid']}: {m.key} accepts a wide tolerance its source does "
                                "not accept (accept_wide)")
     for why, claims in unverified.items():
         fails.append(f"cannot verify {len(claims)} claim{'s' if len(claims) != 1 else ''} against its source: "
@@ -693,24 +671,24 @@ def _baselines_in_checkout(reports: Sequence[tuple[str, dict[str, Any]]], source
         mode = d["mode"]
         folder = Path(mode["baseline_dir"])
         folder = folder if folder.is_absolute() else source.root / folder
-        for r in d["records"]:
-            for m in r["measurements"]:
-                b = m.get("baseline")
+        for r in map(LedgerRecord.from_json, d["records"]):
+            for m in r.measurements:
+                b = m.baseline
                 if not (isinstance(b, dict) and b.get("status") == "compared" and isinstance(b.get("entry"), dict)):
                     continue
-                f = B.model_file(folder, mode["baseline_of"] or r["model"])
+                f = B.model_file(folder, mode["baseline_of"] or r.model)
                 if f not in files:
                     try:
                         files[f] = B.read(f)
                     except B.BaselineError as e:
                         files[f] = str(e)
                 bf = files[f]
-                where = f"{r['nodeid']} {m['key']}"
+                where = f"{r.nodeid} {m.key}"
                 if isinstance(bf, str) or not bf.exists:
                     out.setdefault(f"{f} cannot be read in the checkout" + (f" ({bf})" if isinstance(bf, str)
                                                                              else ""), []).append(where)
                     continue
-                entry = bf.claims.get(r["claim"], {}).get(m["key"])
+                entry = bf.claims.get(r.claim, {}).get(m.key)
                 if entry is None:
                     out.setdefault(f"{f} has no such entry", []).append(where)
                     continue
@@ -797,8 +775,9 @@ def merge(reports: Sequence[tuple[str, dict[str, Any]]], *, allow_mixed: bool = 
     checks += _completeness(groups, source, allow_selection=allow_selection)
     checks += _baselines_in_checkout(reports, source)
     claims = _union("claim", [(p, c["nodeid"], c) for p, d in reports for c in d["claims"]])
-    records = _union("record of", [(p, (r["claim"], r["model"], r["nodeid"]), r)
-                                   for p, d in reports for r in d["records"]])
+    # each report's records read back (LedgerRecord.from_json) and written again (to_json): one shape
+    records = _union("record of", [(p, (r.claim, r.model, r.nodeid), r.to_json())
+                                   for p, d in reports for r in map(LedgerRecord.from_json, d["records"])])
     cards = _union("checkup card", [(p, (c.get("check"), c.get("model")), c)
                                     for p, d in reports for c in d.get("checkup") or []])
     first = reports[0][1]
@@ -846,8 +825,8 @@ def gate_failures(merged: dict[str, Any], reports: Sequence[tuple[str, dict[str,
     bad = [f"{c['nodeid']} ({c['verdict']}{': ' + c['reason'] if c['reason'] else ''})"
            for c in merged["claims"] if c["verdict"] in FAILING_VERDICTS]
     bad_ids = {c["nodeid"] for c in merged["claims"] if c["verdict"] in FAILING_VERDICTS}
-    bad += [f"{r['nodeid']} (record outcome {r['outcome']})" for r in merged["records"]
-            if r["outcome"] == "failed" and r["nodeid"] not in bad_ids]
+    bad += [f"{r.nodeid} (record outcome {r.outcome})" for r in map(LedgerRecord.from_json, merged["records"])
+            if r.outcome == "failed" and r.nodeid not in bad_ids]
     if bad:
         out.append(f"{len(bad)} claim{'s' if len(bad) != 1 else ''} failed or errored: " + "; ".join(bad))
     if not merged["collected"]:
@@ -860,7 +839,7 @@ def gate_failures(merged: dict[str, Any], reports: Sequence[tuple[str, dict[str,
     # One gate rule for the exit status and the reports' banner: a measurement beyond its baseline
     # tolerance fails the gate even where its claim is recorded as passed (a hand-edited or
     # inconsistent report), and so does a drift that cannot be computed.
-    from ._report import summarize
+    from .report import summarize
 
     beyond = [d for d in summarize(merged).beyond() if (d.claim, d.model) not in
               {(c["claim"], c["model"]) for c in merged["claims"] if c["verdict"] in FAILING_VERDICTS}]
@@ -894,7 +873,7 @@ def junit_xml(data: dict[str, Any]) -> str:
 
     from .measurement import _fmt
 
-    records = {r["nodeid"]: r for r in data.get("records") or []}
+    records = {r["nodeid"]: LedgerRecord.from_json(r) for r in data.get("records") or []}
     cases = [dict(c) for c in data.get("claims") or []]
     have = {c["nodeid"] for c in cases}
     cases += [{"nodeid": n, "claim": n, "model": "", "verdict": "missing", "finding": "",
@@ -910,14 +889,14 @@ def junit_xml(data: dict[str, Any]) -> str:
         ET.SubElement(props, "property", name="verdict", value=c["verdict"])
         if c.get("finding"):
             ET.SubElement(props, "property", name="finding", value=_xml(c["finding"]))
-        for m in (records.get(c["nodeid"]) or {}).get("measurements") or []:
-            value = (f"{_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}] n={m['n']} "
-                     f"level={m['level']:.4g}")
-            b = m.get("baseline")
+        r = records.get(c["nodeid"])
+        for m in r.measurements if r is not None else []:
+            value = f"{_fmt(m.mean)} [{_fmt(m.lower)}, {_fmt(m.upper)}] n={m.n} level={m.level:.4g}"
+            b = m.baseline
             if b and b.get("mean") is not None:
                 value += (f"; baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
                           f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")
-            ET.SubElement(props, "property", name=_xml(f"circuits:{m['key']}"), value=_xml(value))
+            ET.SubElement(props, "property", name=_xml(f"circuits:{m.key}"), value=_xml(value))
         v, reason = c["verdict"], _xml(c.get("reason") or "")
         if v == "failed":
             counts["failures"] += 1
@@ -971,7 +950,7 @@ def run(a: argparse.Namespace, prog: str) -> int:
     """Run ``merge`` from parsed arguments: 0 the gate passed, 1 it failed, 2 bad input."""
     import sys
 
-    from . import _report as R
+    from . import report as R
 
     key = os.environ.get(R.REPORT_KEY_ENV, "")
     try:

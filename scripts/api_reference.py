@@ -31,11 +31,11 @@ PACKAGE = "pytest_circuits"
 
 #: the documented modules, in the page's order
 MODULES = [
-    "components", "measurement", "scores", "prompts", "models", "store", "hooks", "interventions", "metrics",
+    "components", "measurement", "scores", "ledger", "prompts", "models", "store", "hooks", "interventions", "metrics",
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.ordinal", "tasks.probing_data",
     "techniques", "techniques.effects", "techniques.patching", "techniques.circuits", "techniques.heads",
-    "techniques.ioi", "techniques.ov", "techniques.erasure", "techniques.probing", "techniques.future",
+    "techniques.ioi", "techniques.ov", "techniques.greater_than_detector", "techniques.factual_recall", "techniques.erasure", "techniques.probing", "techniques.future",
     "techniques.planning",
     "checkup", "detection", "baselines", "merge", "shards", "stats", "devices", "architectures", "moe", "protocols",
     "strategies", "plots", "testing", "planted", "zoo", "finetune", "cli", "errors",
@@ -44,6 +44,9 @@ MODULES = [
 INTERNAL = {
     "plugin": "pytest's hooks; its fixtures (model, activations, circuits_session) are listed under `plugin` fixtures",
     "checkup_claims": "the claims --circuits-checkup collects (a test file)",
+    "report": "the run's report files (JSON ledger, Markdown, HTML; format: data/report.schema.json, "
+              "docs/reports-and-baselines.md), written by the plugin and the merge",
+    "report.cards": "the checkup's mechanism cards rendered for the terminal and the reports (docs/checkup.md)",
     "__main__": "runs the command line (cli)",
     "blobs": "the cache's storage, used by the store and the models (docs/remote-cache.md)",
     "cachefiles": "the cache folder's files, used by the store and the models",
@@ -53,6 +56,9 @@ INTERNAL = {
     "zoo_heads": "the zoo's attention-head checkpoints (built through zoo)",
     "zoo_tasks": "the zoo's task checkpoints (built through zoo)",
 }
+#: module constants that are the package's run-time state (a counter that grows as models are
+#: used): shown empty, as at import, so the page does not depend on what ran before it
+RUN_TIME_STATE = {"models.derived_counts": "name -> times computed"}
 #: operators a class documents on the page when it gives them a docstring
 OPERATORS = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__neg__",
              "__call__", "__getitem__", "__iter__", "__len__", "__contains__", "__lt__", "__gt__", "__eq__"}
@@ -85,7 +91,8 @@ def _stable(value: Any, depth: int = 0) -> str:
         return "[" + ", ".join(_stable(v, depth + 1) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_stable(k, depth + 1)}: {_stable(v, depth + 1)}" for k, v in value.items()) + "}"
-    return _ADDRESS.sub("", repr(value))
+    # no checkout's own folder on the page (it would change with every clone or worktree)
+    return _ADDRESS.sub("", repr(value)).replace(str(ROOT) + "/", "")
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -254,7 +261,8 @@ def _entry(modname: str, name: str, obj: Any, comments: dict[str, str]) -> list[
         func = inspect.unwrap(obj)
         return [f"### `{qual}`", "", f"*function* `{name}{_signature(func)}`", "", *_block(_doc(func))]
     comment = comments.get(name, "")
-    value = "`" + _short(_stable(obj)).replace("`", "'") + "`"
+    shown = type(obj)() if qual in RUN_TIME_STATE else obj
+    value = "`" + _short(_stable(shown)).replace("`", "'") + "`"
     return [f"### `{qual}`", "", f"*constant* = {value}", "", *([comment, ""] if comment else [])]
 
 

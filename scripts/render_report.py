@@ -3,7 +3,7 @@
     python scripts/render_report.py docs/example-drift/report.json            # report.md, report.html beside it
     python scripts/render_report.py r.json --markdown out.md --html out.html  # elsewhere
 
-Prints the release verdict (``_report.terminal_lines``); exits 0 whatever the verdict (the
+Prints the release verdict (``report.terminal_lines``); exits 0 whatever the verdict (the
 gate's exit status belongs to the run or to ``pytest-circuits merge``), 2 on a file that is
 missing or not a JSON object.
 """
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_circuits import _report
+from pytest_circuits import report as _report
 
 
 def main(argv: list[str] | None = None) -> int:

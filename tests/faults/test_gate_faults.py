@@ -92,7 +92,7 @@ def test_expect_change_counts_only_the_claims_assertion(pytester, tiny_dir, tmp_
     r.stdout.fnmatch_lines(["claims: 4 checked (2 failed, 1 expected change, 1 xfailed), 0 not checked"])
     recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in json.loads(report.read_text())["records"]}
     assert recs["test_assertion_fails"]["expected_change"].startswith("expected change on ckpt")
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
 
     assert R._verdict(recs["test_assertion_fails"]) == "XFAIL (expected change)"
     assert R._verdict({"outcome": "xfailed", "expected_change": None}) == "XFAIL"
@@ -276,7 +276,7 @@ def test_a_failures_reason_is_what_was_measured_against_which_bound(pytester, ti
     m = recs["test_bound"]["measurements"][0]
     assert (a["kind"], a["threshold"], a["bound"], a["passed"]) == ("above", 0.8, m["lower"], False)
     assert a["message"] == reasons["test_bound"] and m["sem"] > 0
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
     from pytest_circuits._markup import md_cell
 
     assert md_cell(reasons["test_bound"]) in R.markdown(data)   # as written, Markdown-escaped

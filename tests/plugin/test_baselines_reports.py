@@ -271,7 +271,7 @@ def test_update_failing_records_the_baselines_of_failing_claims(pytester, tiny_d
     data = json.loads(report.read_text())
     fails = next(r for r in data["records"] if r["claim"] == "test_claims.py::test_fails")
     assert fails["measurements"][0]["baseline"]["status"] == "compared" and fails["measurements"][0]["baseline"]["within"]
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
 
     s = R.summarize(data)
     assert s.drifted("ckpt") == 0 and s.new() == [] and s.beyond() == []

@@ -92,3 +92,32 @@ def test_a_run_without_claims_never_beats(pytester, monkeypatch):
     r = pytester.runpytest("-q", "-p", "no:cacheprovider")
     r.assert_outcomes(passed=1)
     assert not [line for line in r.outlines + r.errlines if line.startswith("pytest-circuits")]
+
+
+CAPTURING = textwrap.dedent("""
+    import time
+    import pytest
+    from pytest_circuits import Measurement
+
+    @pytest.mark.claim(source="test", finding="captures")
+    def test_capture_is_whole(capsys):
+        i, end = 0, time.monotonic() + 1.5
+        while time.monotonic() < end:
+            print(f"line {i}")
+            i += 1
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"line {j}" for j in range(i)], "lines went astray"
+        Measurement.from_values("x", [1.0, 1.1, 1.2], model="synthetic").assert_above(0.0)
+""")
+
+
+@pytest.mark.parametrize("capture", ["fd", "sys"])
+def test_the_heartbeat_leaves_capture_alone(pytester, capture):
+    """The heartbeat's thread writes past capture without suspending it: a test's captured
+    output is whole while the heartbeat beats (every 10 ms here), and the beats still reach the
+    terminal."""
+    pytester.makeconftest("import pytest_circuits._progress as P\nP.HEARTBEAT_SECONDS = 0.01\n")
+    pytester.makepyfile(test_claims=CAPTURING)
+    r = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", f"--capture={capture}")
+    r.assert_outcomes(passed=1)
+    assert any(line.startswith("pytest-circuits: 0/1 tests done") for line in r.outlines)

@@ -332,7 +332,7 @@ def test_real_reports_edited_or_made_in_update_mode_never_pass(suite, tiny_dir, 
 
 
 def test_signed_reports_from_real_runs(suite, tiny_dir, tmp_path, capsys, monkeypatch):
-    from pytest_circuits._report import REPORT_KEY_ENV
+    from pytest_circuits.report import REPORT_KEY_ENV
 
     monkeypatch.setenv(REPORT_KEY_ENV, "the team's key")
     out = tmp_path / "r.json"

@@ -135,16 +135,16 @@ def test_detection_refuses_contradictions():
 
 # ----------------------------------------------------------------------------- verdicts and n/a reasons
 def test_decide_and_straddle():
-    from pytest_circuits.detection import straddle
+    from pytest_circuits.detection import decide, straddle
     from pytest_circuits.measurement import Measurement
 
     m = Measurement.from_values("pd", [0.1, 0.3, 0.2, 0.35, 0.15] * 4)
     assert 0 < m.lower < 0.2 < m.upper < 0.5
     assert "pd 0.22 [" in straddle(m, 0.2) and "straddles the criterion's lower limit 0.2" in straddle(m, 0.2)
     assert straddle(m, 0.0) is None and straddle(m, 0.5) is None
-    assert checkup._decide(True, False, []) == {"found": True}
-    assert checkup._decide(False, True, [straddle(m, 0.2)]) == {"found": False}
-    undecided = checkup._decide(False, False, [straddle(m, 0.2), None])
+    assert decide(True, False, []) == {"found": True}
+    assert decide(False, True, [straddle(m, 0.2)]) == {"found": False}
+    undecided = decide(False, False, [straddle(m, 0.2), None])
     assert undecided["undecided"] and undecided["reason"] == straddle(m, 0.2)
     d = Detection("x", "X", found=False, **{k: v for k, v in undecided.items() if k != "found"})
     assert d.status == "undecided" and not d.decided

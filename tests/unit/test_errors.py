@@ -128,9 +128,9 @@ def test_one_versions_function():
                 for node in ast.walk(ast.parse(f.read_text()))
                 if isinstance(node, ast.FunctionDef) and node.name == "versions"]
     assert defining == ["config.py"]
-    from pytest_circuits import _report, baselines, config
+    from pytest_circuits import baselines, config, report
 
-    assert _report.versions is config.versions and baselines.versions is config.versions
+    assert report.versions is config.versions and baselines.versions is config.versions
     v = config.versions()
     assert list(v) == ["python", *config.RECORDED_PACKAGES]
     assert set(baselines.VERSION_PACKAGES) <= set(config.RECORDED_PACKAGES)

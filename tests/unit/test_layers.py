@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
-    "measurement": 4,
+    "measurement": 4, "ledger": 4,
     # models: registry, embedded model, checkpoints
     "models": 5, "detection": 5, "scores": 5,
     # the activation store
@@ -54,11 +54,12 @@ LAYERS: dict[str, int] = {
     "techniques.patching": 8,
     # the mechanism checkup's tasks and detectors
     "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
-    "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8,
+    "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8, "techniques.greater_than_detector": 8,
+    "techniques.factual_recall": 8,
     "checkup": 9, "finetune": 9, "zoo": 9, "zoo_tasks": 9, "zoo_heads": 9,
-    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "_report": 9, "merge": 9,
+    "baselines": 9, "plots": 9, "strategies": 9, "cli": 9, "report": 9, "report.cards": 9, "merge": 9,
     # pytest only here
-    "_session": 10, "checkup_claims": 10,
+    "_session": 10, "checkup_claims": 10, "_stash": 10, "_options": 10, "_verdicts": 10,
     "plugin": 11,
     # the public API and the command's entry point
     "": 12, "__main__": 12,
@@ -70,13 +71,13 @@ LAYER_NAMES: dict[int, str] = {
     1: "leaves: component names, defaults, shard assignment, file formats, progress, claim sources",
     2: "hook names, protocols, devices, the cache's storage",
     3: "data and numbers: prompt sets, statistics, architectures, tiny test models",
-    4: "the measurement",
+    4: "the measurement and its ledger record",
     5: "models: registry, loading, weights; what a detector returns, what a technique scores per component",
     6: "the activation store",
     7: "interventions",
     8: "metrics, tasks, techniques (the mechanism detectors among them)",
     9: "the checkup, baselines, reports, merge and tools built on them",
-    10: "the run's session and the checkup's claims",
+    10: "the run's session and ledger, its options, verdicts and stash keys; the checkup's claims",
     11: "the plugin's hooks",
     12: "the public API and the command's entry point",
 }
@@ -403,6 +404,23 @@ def test_imports_are_resolved(tmp_path: Path, source: str, expected: set[str]) -
     path.write_text(source)
     mods = set(modules(root))
     assert imports("probe", path, mods) == expected
+
+
+#: test helpers and tools: never on the core import path (``import pytest_circuits`` and the
+#: plugin pytest loads in every run of the environment), imported only by whoever uses them
+OFF_THE_CORE_PATH = ("testing", "planted", "strategies", "finetune", "merge", "cli", "zoo", "checkup")
+
+
+def test_the_core_import_path_leaves_out_test_helpers_and_tools() -> None:
+    import json
+    import subprocess
+
+    code = ("import json, sys, pytest_circuits, pytest_circuits.plugin; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('pytest_circuits.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    loaded = {m.split(".", 1)[1] for m in json.loads(out.stdout)}
+    assert "plugin" in loaded and "errors" in loaded      # the probe sees what was imported
+    assert not loaded & set(OFF_THE_CORE_PATH), sorted(loaded & set(OFF_THE_CORE_PATH))
 
 
 if __name__ == "__main__":

@@ -469,14 +469,14 @@ def _commands(text: str) -> tuple[str, str]:
 
 def test_workflow_commands_use_real_options():
     """Every option the workflow passes exists: pytest's in the plugin, merge's in its parser."""
-    from pytest_circuits import plugin
+    from pytest_circuits import _options
     from pytest_circuits.cli import _parser
 
     text = WORKFLOW.read_text()
     pytest_cmd, merge_cmd = _commands(text)
     flags = set(re.findall(r"--circuits-[a-z-]+", pytest_cmd))
     assert {"--circuits-model", "--circuits-shard", "--circuits-cache-dir", "--circuits-report"} <= flags
-    source = inspect.getsource(plugin.pytest_addoption)
+    source = inspect.getsource(_options.add_options)
     for flag in flags:
         assert f'"{flag}"' in source, flag
     assert '--circuits-shard "${{ matrix.shard }}/${SHARDS}"' in pytest_cmd
@@ -766,7 +766,7 @@ def test_dirty_and_clean_trees_do_not_mix(tmp_path, capsys):
 
 
 def test_signed_reports(tmp_path, capsys, monkeypatch):
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
 
     first, second = _report(COLLECTED[:2], 1, 2), _report(COLLECTED[2:], 2, 2)
     monkeypatch.setenv(R.REPORT_KEY_ENV, "team secret")

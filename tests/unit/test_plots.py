@@ -97,7 +97,7 @@ def _drift_ledger(metric, model):
 
 @pytest.mark.parametrize("metric", NASTY)
 def test_report_forest_plot_and_markdown_show_names_as_written(metric):
-    from pytest_circuits import _report as R
+    from pytest_circuits import report as R
 
     data = _drift_ledger(metric, model=f"m {metric}")
     page = R.html_page(data)                        # the forest plot drew the metric and model names
@@ -111,7 +111,7 @@ def test_report_forest_plot_and_markdown_show_names_as_written(metric):
 
 
 def test_checkup_heatmap_and_card_show_names_as_written():
-    from pytest_circuits import checkup as C
+    from pytest_circuits.report import cards as C
 
     png = C._heatmap_png(NASTY[0], [[0.1, -0.2], [0.3, 0.0]], NASTY[1])
     assert png is not None and len(png) > 100

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pytest_circuits import _report as R
+from pytest_circuits import report as R
 
 ROOT = Path(__file__).resolve().parents[2]
 

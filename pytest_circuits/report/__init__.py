@@ -1,10 +1,11 @@
 """The results ledger and the release-gate reports built from it.
 
-Every claim that makes measurements contributes one record per (claim, model): the
-claim's id (node id without the model parameter), the model's name and weights
-fingerprint, the outcome, the finding, and each measurement (mean, interval, n, level)
-with its baseline comparison when baselines are on. Records travel on the test reports
-(``user_properties``), so they arrive from xdist workers too; the controller writes:
+Every claim that makes measurements contributes one record per (claim, model), a
+:class:`~pytest_circuits.ledger.LedgerRecord`: the claim's id (node id without the model
+parameter), the model's name and weights fingerprint, the outcome, the finding, and each
+measurement (mean, interval, n, level) with its baseline comparison when baselines are on.
+Records travel on the test reports (``user_properties``), so they arrive from xdist workers
+too; the controller writes (records as :meth:`~pytest_circuits.ledger.LedgerRecord.to_json`):
 
 * ``--circuits-report PATH.json``: the ledger (schema: ``data/report.schema.json``);
 * ``--circuits-markdown PATH.md``: for CI job summaries;
@@ -40,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import versions
+from ..config import versions
+from ..ledger import LedgerRecord
 
 #: 2: the evidence the merge re-derives verdicts from (assertions with bounds and messages, each
 #: measurement's sem, each baseline comparison's entry and status), the run's "mode", "suite",
@@ -104,9 +106,11 @@ def worktree(root: str, exclude: Iterable[str] = ()) -> dict[str, Any] | None:
     return {"dirty": True, "diff_sha256": h.hexdigest(), "changed": len(changed)}
 
 
-def ledger(records: Iterable[dict[str, Any]], *, root: str, exit_status: int,
+def ledger(records: Iterable[LedgerRecord], *, root: str, exit_status: int,
            worktree: dict[str, Any] | None = None) -> dict[str, Any]:
-    recs = sorted(records, key=lambda r: (r["claim"], r["model"]))
+    """The JSON report of a run: its identity (schema, exit status, commit, working tree,
+    versions) and its claims' ledger records (:meth:`LedgerRecord.to_json`), by claim and model."""
+    recs = [r.to_json() for r in sorted(records, key=lambda r: (r.claim, r.model))]
     return {"schema": SCHEMA_VERSION, "exit_status": int(exit_status), "git_commit": git_commit(root),
             "worktree": worktree, "versions": versions(), "records": recs}
 
@@ -182,7 +186,7 @@ def _num(x: Any) -> float:
 
 
 def _fmt_num(x: Any) -> str:
-    from .measurement import _fmt
+    from ..measurement import _fmt
 
     v = _num(x) + 0.0  # no "-0"
     return _fmt(v) if math.isfinite(v) else "n/a"
@@ -534,7 +538,7 @@ def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _md(x: Any) -> str:
     """Report text made safe for a Markdown table cell, shown as written (:func:`~pytest_circuits._markup.md_cell`)."""
-    from ._markup import md_cell
+    from .._markup import md_cell
 
     return md_cell(x)
 
@@ -624,7 +628,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["Baselines recorded with other versions (small numeric drift is possible):", ""]
         lines += [f"- {_code(claim)} on {_md(model)}: {_md(text)}" for claim, model, text in changes] + [""]
     if data.get("checkup"):
-        from .checkup import card_markdown
+        from .cards import card_markdown
 
         lines += [_cards(card_markdown, data["checkup"], _md)]
     return "\n".join(lines)
@@ -858,7 +862,7 @@ def _forest_png(s: Summary) -> str | None:
     handles.append(plt.Line2D([], [], marker="o", color="#555", ls="none", label="filled: outside tolerance"))
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
               frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
-    from .plots import literal
+    from ..plots import literal
 
     literal(fig)  # metric and model names drawn as written ("$" is no mathtext)
     with warnings.catch_warnings():  # a cramped layout still saves whole: bbox_inches="tight" below
@@ -956,7 +960,7 @@ def _details_html(data: dict[str, Any], s: Summary) -> str:
         out += [f"<li><code>{_e(c)}</code> on {_e(m)}: {_e(t)}</li>" for c, m, t in changes]
         out.append("</ul>")
     if data.get("checkup"):
-        from .checkup import card_html
+        from .cards import card_html
 
         out.append("<section id=\"checkup\">" + _cards(card_html, data["checkup"], _e) + "</section>")
     fps = {str(r.get("model")): str(r.get("fingerprint") or "?") for r in data.get("records") or []

@@ -1,0 +1,278 @@
+"""Verdicts: what each claim's reports say (passed, failed, expected change, not checked and
+why), the claim's ledger record attached to its call report, and the terminal summary.
+
+The hooks in :mod:`pytest_circuits.plugin` call these functions; nothing here calls a hook.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from . import _session as S
+from .ledger import AssertionEntry, LedgerRecord, MeasurementEntry
+from ._stash import (ASSERTIONS_KEY, CARDS_KEY, CLAIM_COUNT_KEY, CLAIM_INFO_KEY, CLAIMS_KEY, EXPECTED_CHANGE_KEY,
+                     MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, WORKERS_KEY)
+
+
+def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
+    """Take in one report of the run (a worker's too, under xdist): the claim's verdict and
+    identity, the checkup's card, and the claim's ledger record (with its outcome)."""
+    props = dict(report.user_properties)
+    if "circuits-claim" in props:
+        count_claim(config, report, props["circuits-claim"])
+        if "circuits-claim-info" in props:
+            config.stash.setdefault(CLAIM_INFO_KEY, {})[report.nodeid] = json.loads(props["circuits-claim-info"])
+    if report.when != "call":
+        return
+    if "circuits-checkup-item" in props:
+        card = next((json.loads(v) for k, v in report.user_properties if k == "circuits-checkup"), None)
+        crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", None)
+        config.stash.setdefault(CARDS_KEY, []).append((report.nodeid, report.outcome, card, crash or reason(report)))
+    for key, value in report.user_properties:
+        if key == "circuits":
+            record = LedgerRecord.from_json(json.loads(value), outcome_required=False)
+            record.outcome = report.outcome
+            if hasattr(report, "wasxfail"):
+                record.outcome = "xfailed" if report.skipped else "xpassed"
+            config.stash.setdefault(RESULTS_KEY, []).append(record)
+
+
+def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> pytest.TestReport:
+    """A claim's report as the verdict needs it: a claim on a random-weights stand-in is not
+    checked, a caught failed bound fails it, and its call report carries its ledger record
+    (``user_properties``, which travel from xdist workers too)."""
+    stand_in = stand_in_reason(item, call) if report.failed or (report.passed and call.when == "call") else None
+    if stand_in is not None:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), (item.location[1] or 0) + 1, stand_in)
+    if S.is_claim(item):
+        # Marks the report as a claim's (for the "checked / not checked" count, from xdist
+        # workers too) and says whether an xfail is this project's expected change.
+        report.user_properties.append(("circuits-claim", item.stash.get(EXPECTED_CHANGE_KEY, "")))
+        if not any(k == "circuits-claim-info" for k, _ in report.user_properties):
+            # The claim's id, model and finding for the ledger's "claims" (xdist's controller has no items).
+            marker = item.get_closest_marker("claim")
+            report.user_properties.append(("circuits-claim-info", json.dumps(
+                {"claim": S.claim_id(item), "model": S.item_label(item),
+                 "finding": str((marker.kwargs.get("finding") if marker else None) or "")})))
+    recorded = item.stash.get(MEASUREMENTS_KEY, None)
+    assertions = assertion_entries(item, recorded) if call.when == "call" else []
+    failed = [a.message for a in assertions if not a.passed]
+    if failed and (report.passed or report.skipped) and not hasattr(report, "wasxfail") and stand_in is None:
+        # The claim caught the AssertionError of its own interval assertion and went on (to pass,
+        # or to skip): a bound that failed is a failed claim, never a pass or a "not checked"
+        # (the merge re-derives verdicts from these records). A claim on a random-weights stand-in
+        # whose own assertion failed is "not checked" by the rule above, not a caught failure.
+        report.outcome = "failed"
+        report.longrepr = (f"{len(failed)} interval assertion{'s' if len(failed) != 1 else ''} of this claim "
+                           "failed although the claim caught the AssertionError and went on; a failed bound "
+                           "fails the claim:\n" + "\n".join(failed))
+    if failed and S.is_claim(item):
+        # The reason the ledger gives: what was measured against which bound (not a file:line).
+        report.user_properties.append((f"circuits-reason-{call.when}", "; ".join(failed)))
+    if call.when == "call" and recorded:
+        record = item.config.stash[SESSION_KEY].get().record(item, recorded)
+        record.expected_change = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
+        # Bounds asserted through assert_above / assert_below / assert_within: what was compared
+        # with what, at which level, and the message; the merge recomputes every verdict from them.
+        record.assertions = assertions
+        # user_properties travel with the reports (also from xdist workers); JUnit XML
+        # takes them from the teardown report, which copies the item's.
+        props = [("circuits", json.dumps(record.to_json()))] + [
+            (f"circuits:{m.key}", f"{m.mean:.6g} [{m.lower:.6g}, {m.upper:.6g}] n={m.n}")
+            for m in record.measurements]
+        item.user_properties.extend(props)
+        if report.user_properties is not item.user_properties:
+            report.user_properties.extend(props)
+        report.sections.append(("circuits measurements", "\n".join(repr(m) for m in recorded)))
+    return report
+
+
+def terminal_lines(config: pytest.Config) -> list[str] | None:
+    """The ``circuits`` section of the terminal summary (None: no section, in a run that
+    collected no claim and never started the session)."""
+    results = config.stash.get(RESULTS_KEY, [])
+    verdicts = config.stash.get(CLAIMS_KEY, {})
+    if not results and not verdicts and not config.stash[SESSION_KEY].started:
+        return None
+    lines = []
+    for r in results:
+        lines.append(f"{r.outcome.upper():7} {r.nodeid}" + (f"\n        finding: {r.finding}" if r.finding else ""))
+        for m in r.measurements:
+            lines.append(f"        {one_line(m)}")
+        if r.version_changes:
+            lines.append(f"        baseline recorded with other versions: {'; '.join(r.version_changes)}")
+    cards = S.cards(config)
+    if cards:
+        from .report.cards import card_lines
+
+        lines += card_lines(cards)
+    lines += claims_summary(config, verdicts, results)
+    if config.stash[SESSION_KEY].started:
+        lines += config.stash[SESSION_KEY].get().summary_lines()
+    elif config.stash.get(WORKERS_KEY, None):
+        # xdist: the controller ran nothing; its workers' counters, summed
+        workers = config.stash[WORKERS_KEY]
+        counters, loads = S.summed_workers(workers)
+        summed = S.counter_lines(counters, loads, S.cache_line(config.stash[SESSION_KEY].settings))
+        summed[0] += f" (summed over {len(workers)} xdist workers)"
+        lines += summed
+    return lines
+
+
+def stand_in_reason(item: pytest.Item, call: pytest.CallInfo) -> str | None:
+    """Why a claim that ran on a random-weights stand-in (a checkpoint folder marked by
+    :func:`pytest_circuits.architectures.build_full_size`) is not checked, whether it passed or
+    failed its own assertion, or None. A crash (any other exception) is still a failure, so the
+    claim is proven to run end to end, all but its numbers, which mean nothing on random weights."""
+    if call.when != "call" or not S.is_claim(item):
+        return None
+    if call.excinfo is not None and not call.excinfo.errisinstance(AssertionError):
+        return None
+    model = getattr(item, "funcargs", {}).get("model")
+    if model is None:
+        return None
+    from .architectures import stand_in
+    from .models import info
+
+    try:
+        mi = info(model)
+    except Exception:  # noqa: BLE001 - not a model of ours: nothing to say
+        return None
+    marked = stand_in(mi.name) if mi.source == "local" else None
+    if marked is None:
+        return None
+    outcome = "failed its threshold" if call.excinfo is not None else "met its threshold"
+    return (f"not checked: random weights ({mi.label} is a stand-in with the dimensions of "
+            f"{marked.get('shape_of', 'a published model')}; the claim ran end to end and {outcome}, which "
+            "says nothing about trained weights)")
+
+
+def assertion_entries(item: pytest.Item, recorded: Any) -> list[AssertionEntry]:
+    """The claim's interval assertions as the ledger keeps them: measurement, kind, threshold, the bound
+    compared, level, whether it held, and the message (measured, interval, n, bound)."""
+    from .measurement import _pct
+
+    by_name = {getattr(m, "name", None): m for m in recorded or ()}
+    out = []
+    for a in item.stash.get(ASSERTIONS_KEY, None) or ():
+        m = by_name.get(a.name)
+        want = {"above": f"lower bound > {a.threshold}", "below": f"upper bound < {a.threshold}"}.get(
+            a.kind, f"interval inside {tuple(a.threshold) if isinstance(a.threshold, (list, tuple)) else a.threshold}")
+        what = repr(m) if m is not None else f"{a.name}{f'[{a.model}]' if a.model else ''}: bound {a.bound}"
+        out.append(AssertionEntry(name=str(a.name), model=str(a.model or ""), kind=str(a.kind),
+                                  threshold=_jsonable(a.threshold), bound=_jsonable(a.bound), level=float(a.level),
+                                  passed=bool(a.passed), message=f"{what} ({_pct(a.level)} interval) -- expected {want}"))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    """A threshold or bound as JSON: a number, a list of numbers, else its text."""
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def count_claim(config: pytest.Config, report: pytest.TestReport, expected_change: str) -> None:
+    """Each claim's verdict: checked (passed, failed, expected change...) or not checked, and why."""
+    verdicts = config.stash.setdefault(CLAIMS_KEY, {})
+    measured = dict(report.user_properties).get(f"circuits-reason-{report.when}", "")
+    if report.when == "teardown":
+        # pytest counts a teardown failure as an error, also after a call that passed
+        if report.failed and verdicts.get(report.nodeid, ("passed",))[0] == "passed":
+            verdicts[report.nodeid] = ("error", reason(report))
+        return
+    if report.when == "setup" and report.passed:
+        return
+    if hasattr(report, "wasxfail"):
+        verdict = ("expected change" if expected_change else "xfailed") if report.skipped else "xpassed"
+        verdicts[report.nodeid] = (verdict, report.wasxfail + (f" (measured: {measured})" if measured else ""))
+    elif report.skipped:
+        verdicts[report.nodeid] = ("not checked", reason(report))
+    elif report.failed:
+        verdicts[report.nodeid] = ("failed" if report.when == "call" else "error", measured or reason(report))
+    else:
+        verdicts[report.nodeid] = ("passed", "")
+
+
+#: how many characters of a failure's message the ledger keeps as its reason
+REASON_CHARS = 2000
+
+
+def reason(report: pytest.TestReport) -> str:
+    """Why a claim failed, errored or was skipped, as a reviewer needs it: the exception's own
+    message (e.g. a drift's summary line, a MeasurementError), never the file:line of the raise."""
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        text = str(lr[2])
+    else:
+        crash = getattr(lr, "reprcrash", None)
+        text = str(getattr(crash, "message", "") or "") or str(getattr(report, "longreprtext", "") or lr or "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0].removeprefix("Skipped: ").removeprefix("AssertionError: ").removeprefix("Failed: ")
+    if len(lines) > 1 and (first.isidentifier() or first.startswith("assert ") or first.endswith(":")):
+        first += " " + lines[1]     # a bare exception name or `assert x` gains the line that says what
+    return first[:REASON_CHARS]
+
+
+def claims_summary(config: pytest.Config, verdicts: dict[str, tuple[str, str]],
+                    results: list[dict[str, Any]]) -> list[str]:
+    """How many claims were checked (and how they came out), how many were not and why, and at
+    which confidence level their measurements were asserted."""
+    from collections import Counter
+
+    if not verdicts:
+        return []
+    counts = Counter(v for v, _ in verdicts.values())
+    checked = sum(n for v, n in counts.items() if v != "not checked")
+    order = ("passed", "failed", "error", "expected change", "xfailed", "xpassed")
+    parts = [f"{counts[v]} {v}" for v in order if counts[v]]
+    lines = [f"claims: {checked} checked ({', '.join(parts) or 'none'}), "
+             f"{counts['not checked']} not checked"]
+    reasons = Counter(r.removeprefix("not checked: ") for v, r in verdicts.values() if v == "not checked")
+    for reason, n in reasons.most_common():
+        lines.append(f"  not checked x{n}: {reason}")
+    levels = Counter(f"{m.level:.4g}" for r in results for m in r.measurements)
+    if levels:
+        st = config.stash[SESSION_KEY].settings
+        how = ", ".join(f"{n} at level {lv}" for lv, n in sorted(levels.items()))
+        asserted = Counter(f"{a.level:.4g}" for r in results for a in r.assertions)
+        how += "; bounds asserted with assert_above/below/within: " + (
+            ", ".join(f"{n} at level {lv}" for lv, n in sorted(asserted.items())) or "none")
+        family = (f"; family-wise ({st.familywise}) over {config.stash.get(CLAIM_COUNT_KEY, 0)} claims "
+                  f"collected: the run's verdicts hold together at {st.level:.0%}"
+                  if st.familywise != "none" else "; each claim on its own (no family-wise control: "
+                  "--circuits-familywise bonferroni)")
+        lines.append(f"measurements: {how}{family}")
+    return lines
+
+
+def one_line(m: MeasurementEntry) -> str:
+    """A measurement's line in the terminal summary, with its baseline comparison."""
+    from .measurement import _fmt
+
+    where = f"[{m.model}]" if m.model else ""
+    line = (f"{m.name}{where} = {_fmt(m.mean)} [{_fmt(m.lower)}, {_fmt(m.upper)}] "
+            f"n={m.n} ({m.level * 100:.4g}%)" + "".join(f" [{f}]" for f in m.flags))
+    b = m.baseline
+    if b and b.get("tolerance") == "updated":
+        line += "  (baseline updated)"
+    elif b and b.get("mean") is None:
+        line += "  (new: no baseline)"
+    elif b and b.get("mean") is not None:
+        line += (f"  baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g} "
+                 f"({'within' if b['within'] else 'OUTSIDE'} {b['tolerance']})")
+        if b.get("flag"):
+            line += f" [{b['flag']}]"
+    return line
+

@@ -1,0 +1,183 @@
+"""The ledger's record: what a claim's :class:`~pytest_circuits.measurement.Measurement`\\ s
+become once the claim has run on one model, in one typed shape from the claim to the reports.
+
+The session builds a :class:`LedgerRecord` per (claim, model) (``_session.Session.record``);
+it travels on the test reports as JSON (:meth:`LedgerRecord.to_json`, so it arrives from xdist
+workers too) and is read back with :meth:`LedgerRecord.from_json` by the controller, which
+writes it into the JSON report (``records``, schema ``data/report.schema.json``); the merge
+reads the reports' records back with the same :meth:`LedgerRecord.from_json`, and the
+Markdown and HTML reports render the records of a report file.
+
+:meth:`LedgerRecord.from_json` trusts nothing: a record that is not one (a missing field, a
+measurement that is not finite numbers, an assertion of an unknown kind) raises
+:class:`~pytest_circuits.errors.MergeError` naming what is wrong (:func:`record_problem`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MergeError
+
+#: a record's outcomes (pytest's, with xfail's two)
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+#: the kinds of interval assertion (assert_above, assert_below, assert_within)
+ASSERTION_KINDS = ("above", "below", "within")
+#: a baseline comparison's statuses: compared, no baseline yet, written by this run
+BASELINE_STATUSES = ("compared", "new", "updated")
+
+
+def _number(x: Any) -> bool:
+    """A JSON number (an int or a float, never a bool); NaN and infinities are numbers here
+    (a report may carry them; the merge judges them)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class MeasurementEntry:
+    """One measurement of a claim as the ledger keeps it: the numbers of the interval, its
+    standard error (``sem``, from the per-example values), the measurement's flags, its key
+    among the claim's measurements (its name; see :func:`pytest_circuits.baselines.metric_keys`)
+    and its baseline comparison (None when baselines are off; else a dict with a ``status`` of
+    :data:`BASELINE_STATUSES`, the tolerance and, compared, the baseline entry)."""
+
+    name: str
+    model: str
+    mean: float
+    lower: float
+    upper: float
+    n: int
+    level: float
+    sem: float
+    key: str
+    flags: list[str] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, m: Any, *, key: str, sem: float, baseline: dict[str, Any] | None = None) -> "MeasurementEntry":
+        """The entry of a :class:`~pytest_circuits.measurement.Measurement` ``m``."""
+        return cls(name=m.name, model=m.model, mean=m.mean, lower=m.lower, upper=m.upper, n=m.n, level=m.level,
+                   sem=sem, key=key, flags=list(m.flags or ()), baseline=baseline)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model, "mean": self.mean, "lower": self.lower, "upper": self.upper,
+                "n": self.n, "level": self.level, "sem": self.sem, "flags": list(self.flags), "key": self.key,
+                "baseline": self.baseline}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "MeasurementEntry":
+        problem = measurement_problem(d)
+        if problem:
+            raise MergeError(problem)
+        return cls(name=str(d.get("name", d["key"])), model=str(d.get("model") or ""), mean=d["mean"],
+                   lower=d["lower"], upper=d["upper"], n=d["n"], level=d["level"], sem=d["sem"], key=d["key"],
+                   flags=[str(f) for f in d.get("flags") or ()], baseline=d.get("baseline"))
+
+
+@dataclass
+class AssertionEntry:
+    """One interval assertion of a claim (``assert_above`` / ``assert_below`` /
+    ``assert_within``): the measurement it bounds, its kind, the threshold, the bound compared
+    (the interval's lower or upper end, or both), the level, whether it held and its message."""
+
+    name: str
+    model: str
+    kind: str
+    threshold: Any
+    bound: Any
+    level: float
+    passed: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model, "kind": self.kind, "threshold": self.threshold,
+                "bound": self.bound, "level": self.level, "passed": self.passed, "message": self.message}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "AssertionEntry":
+        if not assertion_ok(d):
+            raise MergeError("an assertion lacks one of name, kind (above, below, within), threshold, bound, "
+                             f"level, passed, message: {str(d)[:200]}")
+        return cls(name=d["name"], model=str(d.get("model") or ""), kind=d["kind"], threshold=d["threshold"],
+                   bound=d["bound"], level=d["level"], passed=d["passed"], message=d["message"])
+
+
+@dataclass
+class LedgerRecord:
+    """A claim's record on one model: its id (the node id without the model parameter), node
+    id, the model's label and weights fingerprint, the outcome (:data:`OUTCOMES`; "" until the
+    call's report is in), the finding and source of its ``claim`` marker, its measurements, the
+    versions its baseline was recorded with where they differ from this run's, the reason of an
+    expected change that applies, and its interval assertions."""
+
+    claim: str
+    nodeid: str
+    model: str
+    fingerprint: str = "n/a"
+    outcome: str = ""
+    finding: str = ""
+    source: str = ""
+    measurements: list[MeasurementEntry] = field(default_factory=list)
+    version_changes: list[str] = field(default_factory=list)
+    expected_change: str | None = None
+    assertions: list[AssertionEntry] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON report writes it (one object of its ``records``)."""
+        return {"claim": self.claim, "nodeid": self.nodeid, "model": self.model, "fingerprint": self.fingerprint,
+                "outcome": self.outcome, "finding": self.finding, "source": self.source,
+                "measurements": [m.to_json() for m in self.measurements],
+                "version_changes": list(self.version_changes), "expected_change": self.expected_change,
+                "assertions": [a.to_json() for a in self.assertions]}
+
+    @classmethod
+    def from_json(cls, d: Any, *, outcome_required: bool = True) -> "LedgerRecord":
+        """The record of a report's JSON object; :class:`~pytest_circuits.errors.MergeError`
+        when it is not one (:func:`record_problem`). ``outcome_required=False`` reads a record
+        before its outcome is set (the plugin's own, from a test report)."""
+        problem = record_problem(d, outcome_required=outcome_required)
+        if problem:
+            raise MergeError(f"not a ledger record: {problem}")
+        return cls(claim=d["claim"], nodeid=d["nodeid"], model=d["model"], fingerprint=str(d.get("fingerprint") or ""),
+                   outcome=d["outcome"], finding=str(d.get("finding") or ""), source=str(d.get("source") or ""),
+                   measurements=[MeasurementEntry.from_json(m) for m in d["measurements"]],
+                   version_changes=[str(v) for v in d.get("version_changes") or ()],
+                   expected_change=d.get("expected_change") or None,
+                   assertions=[AssertionEntry.from_json(a) for a in d["assertions"]])
+
+
+def measurement_problem(m: Any) -> str | None:
+    """What is wrong with ``m`` as a measurement entry (None when nothing is)."""
+    b = m.get("baseline") if isinstance(m, dict) else None
+    if (isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("n"), int)
+            and not isinstance(m.get("n"), bool)
+            and all(_number(m.get(k)) for k in ("mean", "lower", "upper", "level", "sem"))
+            and (b is None or (isinstance(b, dict) and b.get("status") in BASELINE_STATUSES
+                               and isinstance(b.get("tolerance"), str)))):
+        return None
+    return ("a measurement without a key, numbers (mean, lower, upper, level, sem), n or a baseline comparison "
+            "(null or an object with a status)")
+
+
+def assertion_ok(a: Any) -> bool:
+    """Whether ``a`` is an assertion entry (name, kind, threshold, bound, level, passed, message)."""
+    return (isinstance(a, dict) and isinstance(a.get("name"), str) and a.get("kind") in ASSERTION_KINDS
+            and isinstance(a.get("passed"), bool) and _number(a.get("level")) and isinstance(a.get("message"), str)
+            and "threshold" in a and "bound" in a)
+
+
+def record_problem(r: Any, *, outcome_required: bool = True) -> str | None:
+    """What is wrong with ``r`` as a ledger record's JSON (None when nothing is): the merge's
+    messages (``records[i] ...``) say the same."""
+    if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("claim", "nodeid", "model", "outcome")) \
+            or not isinstance(r.get("measurements"), list):
+        return "lacks one of claim, nodeid, model, outcome, measurements"
+    if r["outcome"] not in OUTCOMES and (outcome_required or r["outcome"]):
+        return f"has outcome {r['outcome']!r}, not one of {', '.join(OUTCOMES)}"
+    if not all(measurement_problem(m) is None for m in r["measurements"]):
+        return "has " + measurement_problem(next(m for m in r["measurements"] if measurement_problem(m)))
+    if not isinstance(r.get("assertions"), list) or not all(assertion_ok(a) for a in r["assertions"]):
+        return "lacks its assertions (each: name, kind, threshold, bound, level, passed, message)"
+    return None
+
