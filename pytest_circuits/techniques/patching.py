@@ -158,15 +158,19 @@ def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
     store = resolve(activations)
     comps = expand(model, components) if components is not None else nodes(model)
     clean, c_mean, x_mean = _baselines(model, task, store)
-    effects = {}
-    for c in bar(comps, f"patching {task.name}", total=len(comps)):
-        if kind == "patch" and positions is not None:
-            iv = I.patch(model, [c], positions=positions)
-        else:
-            if positions is not None:
-                raise CircuitsError("positions are supported with kind='patch' only")
-            iv = removal(model, task, [c], kind, reference=reference, seed=seed)
-        effects[c] = _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
+    if positions is not None and kind != "patch":
+        raise CircuitsError("positions are supported with kind='patch' only")
+    ivs = [I.patch(model, [c], positions=positions) if kind == "patch" and positions is not None
+           else removal(model, task, [c], kind, reference=reference, seed=seed) for c in comps]
+    # every component's forwards stacked (store.each): the loop's results, in fewer forwards
+    at = {id(iv): c for iv, c in zip(ivs, comps)}
+
+    def one(iv: Any) -> Measurement:
+        c = at[id(iv)]
+        return _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
+
+    done = store.each(model, ivs, one)
+    effects = {c: m for c, m in zip(bar(comps, f"patching {task.name}", total=len(comps)), done)}
     what = "activation patching" if kind == "patch" else f"{kind} ablation"
     return Sweep(task.name, what, effects, c_mean, x_mean)
 
@@ -199,13 +203,16 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
     clean, c_mean, x_mean = _baselines(model, task, store)
     out: dict[str, Sweep] = {}
     for label, make in (("attn", Attn), ("mlp", MLP)):
-        effects = {}
-        cells = [(layer, p) for layer in layers for p in positions]
-        for layer, p in bar(cells, f"patching {label} by position", total=len(cells)):
-            c = make(layer)
-            iv = I.patch(model, [c], positions=(p,))
-            effects[(c, p)] = _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c),
-                                      position=p)
+        cells = [(make(layer), p) for layer in layers for p in positions]
+        ivs = [I.patch(model, [c], positions=(p,)) for c, p in cells]
+        at = {id(iv): cell for iv, cell in zip(ivs, cells)}
+
+        def one(iv: Any) -> Measurement:
+            c, p = at[id(iv)]
+            return _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c), position=p)
+
+        done = store.each(model, ivs, one)
+        effects = {cell: m for cell, m in zip(bar(cells, f"patching {label} by position", total=len(cells)), done)}
         out[label] = Sweep(task.name, f"activation patching of {label} outputs by position", effects,
                            c_mean, x_mean)
     return out
@@ -299,12 +306,16 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
     if recv:
         cands = tuple(s for s in cands if s not in recv and any(_downstream(s, r) for r in recv))
     clean, c_mean, x_mean = _baselines(model, task, store)
-    effects = {}
     label = _recv_str(recv) if recv else LOGITS
-    for s in bar(cands, f"path patching -> {label}", total=len(cands)):
-        iv = path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps)
-        effects[s] = _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s),
-                             receivers=label)
+    ivs = [path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps) for s in cands]
+    at = {id(iv): s for iv, s in zip(ivs, cands)}
+
+    def one(iv: Any) -> Measurement:
+        s = at[id(iv)]
+        return _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s), receivers=label)
+
+    done = store.each(model, ivs, one)
+    effects = {s: m for s, m in zip(bar(cands, f"path patching -> {label}", total=len(cands)), done)}
     via = "" if freeze_mlps else " (MLPs recomputed)"
     return Sweep(task.name, f"path patching to {label}{via}", effects, c_mean, x_mean)
 
