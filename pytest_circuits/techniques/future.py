@@ -14,8 +14,8 @@ Method, per (layer, tau):
 * classes: the ``n_classes`` most frequent targets in each train split; positions whose target
   is another token are left out (``coverage`` says how many are kept);
 * probe: multinomial logistic regression with L2 on train-standardized features (full-batch
-  LBFGS, float64; the folds' fits solved together as one batched objective, each fold's
-  parameters in its own term);
+  LBFGS, float64; on a GPU the folds' fits are solved together as one batched objective, each
+  fold's parameters in its own term);
 * baselines that see no hidden state, fitted on the same train positions: **unigram** (the most
   frequent class) and **bigram** (the most frequent target after the current token, backing off
   to unigram for unseen tokens); the better of the two on the test split is "the baseline";
@@ -95,14 +95,14 @@ def _collect_layers(model: Any, texts: Sequence[str], *, layers: Sequence[int], 
 
 
 def _folds(X: Any, current: Any, future: Any, groups: Any, tests: Sequence[Any], n_classes: int, l2: float,
-           store: ActivationStore | None = None) -> list[dict]:
+           store: ActivationStore | None = None, device: Any = None) -> list[dict]:
     """:func:`_fold` for each of ``tests``: each cached by the store (an L-BFGS fit is most of
     a warm run's work), those missing fitted together at the first miss (:func:`_fit_folds`)."""
     solved: list[list[dict]] = []
 
     def compute(k: int) -> dict:
         if not solved:
-            solved.append(_fit_folds(X, current, future, groups, tests, n_classes, l2))
+            solved.append(_fit_folds(X, current, future, groups, tests, n_classes, l2, device))
         return _packed(solved[0][k])
 
     return [_fold(X, current, future, groups, is_test, n_classes, l2, store, lambda k=k: compute(k))
@@ -149,15 +149,17 @@ def _prepare(X: Any, future: Any, is_test: Any, n_classes: int) -> dict:
 _MAX_ITER, _TOL = 2000, (1e-7, 1e-9)
 
 
-def _solve(folds: Sequence[dict], l2: float) -> list[tuple[Any, Any]]:
+def _solve(folds: Sequence[dict], l2: float, device: Any = None) -> list[tuple[Any, Any]]:
     """``(W [d, C_f], b [C_f])`` of each fold's L2-penalized multinomial logistic regression,
     all folds solved together: one objective, the sum of the folds' own (each fold's
     parameters enter only its term, so the minimum of the sum is each fold's minimum), with
     every fold's train rows and classes padded into one ``[folds, rows, classes]`` batch.
     Full-batch L-BFGS (float64, strong Wolfe) to a tight gradient tolerance: a few hundred
-    batched steps instead of a few hundred per fold, each of them a handful of kernels."""
+    batched steps instead of a few hundred per fold, each of them a handful of kernels. On
+    ``device`` (the CPU by default); the parameters come back on the CPU."""
     import torch
 
+    dev = torch.device(device) if device is not None else torch.device("cpu")
     F_, d = len(folds), folds[0]["Z"].shape[1]
     C = max(len(f["classes"]) for f in folds)
     rows = [int(f["tr"].sum()) for f in folds]
@@ -171,8 +173,9 @@ def _solve(folds: Sequence[dict], l2: float) -> list[tuple[Any, Any]]:
         y[k, :rows[k]] = f["y"][f["tr"]]
         weight[k, :rows[k]] = 1.0 / rows[k]          # each fold's mean cross-entropy
         absent[k, 0, len(f["classes"]):] = float("-inf")
-    W = torch.zeros(F_, d, C, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(F_, 1, C, dtype=torch.float64, requires_grad=True)
+    Z, y, weight, absent = Z.to(dev), y.to(dev), weight.to(dev), absent.to(dev)
+    W = torch.zeros(F_, d, C, dtype=torch.float64, device=dev, requires_grad=True)
+    b = torch.zeros(F_, 1, C, dtype=torch.float64, device=dev, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=_MAX_ITER, history_size=100, tolerance_grad=_TOL[0],
                             tolerance_change=_TOL[1], line_search_fn="strong_wolfe")
 
@@ -186,16 +189,28 @@ def _solve(folds: Sequence[dict], l2: float) -> list[tuple[Any, Any]]:
 
     with torch.enable_grad():
         opt.step(closure)
-    return [(W[k, :, :len(f["classes"])].detach(), b[k, 0, :len(f["classes"])].detach())
+    return [(W[k, :, :len(f["classes"])].detach().cpu(), b[k, 0, :len(f["classes"])].detach().cpu())
             for k, f in enumerate(folds)]
 
 
+def _together(device: Any) -> bool:
+    """Whether the folds are solved together on ``device``: on a GPU, where a step of all
+    folds costs what a step of one does; on a CPU the joint objective (whose L-BFGS steps
+    are shared by folds that would each stop sooner alone) costs more, so each fold is
+    solved alone there, as before."""
+    import torch
+
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def _fit_folds(X: Any, current: Any, future: Any, groups: Any, tests: Sequence[Any], n_classes: int,
-               l2: float) -> list[dict]:
+               l2: float, device: Any = None) -> list[dict]:
     """Fit on the rows not in each of ``tests``; per-text probe / bigram / unigram accuracy on
-    the rest (each fold as :func:`_fit_fold` alone, the fits solved together)."""
+    the rest (each fold as :func:`_fit_fold` alone; on a GPU ``device`` the fits are solved
+    together there, :func:`_together`)."""
     folds = [_prepare(X, future, is_test, n_classes) for is_test in tests]
-    return [_score(f, W, b, current, groups) for f, (W, b) in zip(folds, _solve(folds, l2))]
+    solved = _solve(folds, l2, device) if _together(device) else [_solve([f], l2)[0] for f in folds]
+    return [_score(f, W, b, current, groups) for f, (W, b) in zip(folds, solved)]
 
 
 def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
@@ -226,9 +241,10 @@ def _score(f: dict, W: Any, b: Any, current: Any, groups: Any) -> dict:
 
 def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, folds: int = 5,
         l2: float = 1e-3, seed: int = 0, layer: int = -1, tau: int = 0, model: str = "",
-        record: bool = True, activations: ActivationStore | None = None) -> FutureProbe:
+        record: bool = True, activations: ActivationStore | None = None, device: Any = None) -> FutureProbe:
     """The probe and baselines on given arrays, cross-validated over ``folds`` folds of texts:
-    every text is held out once, and the per-text results of all folds are pooled."""
+    every text is held out once, and the per-text results of all folds are pooled. The fits
+    run on ``device`` (None: the CPU); on a GPU all folds are solved together."""
     import torch
 
     texts = torch.unique(groups)
@@ -236,7 +252,7 @@ def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, 
         raise CircuitsError(bad("folds", folds, f"an int >= 2 with at least 2 texts per fold ({len(texts)} texts)"))
     perm = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))]
     parts = _folds(X, current, future, groups, [torch.isin(groups, perm[k::folds]) for k in range(folds)],
-                   n_classes, l2, activations)
+                   n_classes, l2, activations, device)
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     acc, bigram, unigram = cat("probe"), cat("bigram"), cat("unigram")
     kind, base = ("bigram", bigram) if bigram.mean() >= unigram.mean() else ("unigram", unigram)
@@ -255,8 +271,9 @@ def future_token_probe(model: Any, texts: Sequence[str], *, layer: int, tau: int
                        record: bool = True) -> FutureProbe:
     """Probe the residual stream of ``layer`` at ``t`` for the token at ``t + tau``."""
     X, cur, fut, grp = collect(model, texts, layer=layer, tau=tau, activations=activations)
+    mi = model_info(model)
     return fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer,
-               tau=tau, model=model_info(model).label, record=record, activations=activations)
+               tau=tau, model=mi.label, record=record, activations=activations, device=mi.device)
 
 
 def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[int], tau: int = 2,
@@ -268,7 +285,8 @@ def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[in
     layers = list(layers)
     if not layers:
         raise CircuitsError(bad("layers", layers, "a non-empty list of layers"))
-    label = model_info(model).label
+    mi = model_info(model)
     data = _collect_layers(model, texts, layers=layers, tau=tau, activations=activations)
     return [fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer, tau=tau,
-                model=label, record=record, activations=activations) for layer, (X, cur, fut, grp) in zip(layers, data)]
+                model=mi.label, record=record, activations=activations, device=mi.device)
+            for layer, (X, cur, fut, grp) in zip(layers, data)]

@@ -1,5 +1,5 @@
 """The future-token probe's fits solved together (issue #25, item 3): all folds in one batched
-L-BFGS objective. Checked against the per-fold fit it replaces (torch's L-BFGS on one fold's
+L-BFGS objective (on a GPU; fold by fold on a CPU, where that is faster). Checked against the per-fold fit it replaces (torch's L-BFGS on one fold's
 own objective, written out here) on fixed data: the same per-text accuracies, and parameters
 at the same optimum (the gradient of each fold's own objective vanishes at the joint solution)."""
 
@@ -52,19 +52,26 @@ def _reference_fold(X, current, future, groups, is_test, n_classes, l2):
     return torch.stack([(pred == y[te])[g_te == u].double().mean() for u in torch.unique(g_te)]), (Z, y, tr)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed,n_classes", [(0, 10), (1, 25), (2, 5)])
-def test_folds_solved_together_equal_each_fold_alone(seed, n_classes):
+def test_folds_solved_together_equal_each_fold_alone(seed, n_classes, device, monkeypatch):
     X, cur, fut, grp = _data(seed)
     texts = torch.unique(grp)
     perm = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))]
     tests = [torch.isin(grp, perm[k::5]) for k in range(5)]
     l2 = 1e-3
-    together = F._fit_folds(X, cur, fut, grp, tests, n_classes, l2)
+    alone = F._fit_folds(X, cur, fut, grp, tests, n_classes, l2)           # the CPU's way: fold by fold
+    monkeypatch.setattr(F, "_together", lambda device: True)                # the GPU's way, on this device
+    together = F._fit_folds(X, cur, fut, grp, tests, n_classes, l2, device)
     folds = [F._prepare(X, fut, t, n_classes) for t in tests]
-    solved = F._solve(folds, l2)
+    solved = F._solve(folds, l2, device)
     for k, is_test in enumerate(tests):
         want, (Z, y, tr) = _reference_fold(X, cur, fut, grp, is_test, n_classes, l2)
         assert torch.equal(together[k]["probe"], want), k
+        assert torch.equal(alone[k]["probe"], want), k
         # the joint solution is each fold's own optimum: its own gradient vanishes there
         W, b = (t.clone().requires_grad_(True) for t in solved[k])
         loss = torch.nn.functional.cross_entropy(Z[tr] @ W + b, y[tr]) + l2 * (W * W).sum()
