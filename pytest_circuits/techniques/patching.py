@@ -127,6 +127,20 @@ def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, 
                                    provenance={"task": task.name, **prov}, record=False)
 
 
+def _effects(model: Any, task: Any, keys: Sequence[Any], ivs: Sequence[Any], clean: Any, store: ActivationStore,
+             what: str, named: Any) -> dict[Any, Measurement]:
+    """``{key: effect of its intervention}`` (``named(key)``: the measurement's name and
+    provenance), the forwards of every intervention stacked (``store.each``): the results of
+    the loop one intervention at a time, in a handful of forwards."""
+    at = {id(iv): k for k, iv in zip(keys, ivs)}
+
+    def one(iv: Any) -> Measurement:
+        name, prov = named(at[id(iv)])
+        return _effect(model, task, iv, clean, store, name, **prov)
+
+    return dict(zip(bar(keys, what, total=len(keys)), store.each(model, ivs, one)))
+
+
 def prefetch(model: Any, task: Any, store: ActivationStore) -> None:
     """Every activation a sweep reads, in one forward per prompt set: each layer's clean
     residual (where resumed forwards start) and each head's and MLP's output on the clean
@@ -163,14 +177,8 @@ def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
     ivs = [I.patch(model, [c], positions=positions) if kind == "patch" and positions is not None
            else removal(model, task, [c], kind, reference=reference, seed=seed) for c in comps]
     # every component's forwards stacked (store.each): the loop's results, in fewer forwards
-    at = {id(iv): c for iv, c in zip(ivs, comps)}
-
-    def one(iv: Any) -> Measurement:
-        c = at[id(iv)]
-        return _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
-
-    done = store.each(model, ivs, one)
-    effects = {c: m for c, m in zip(bar(comps, f"patching {task.name}", total=len(comps)), done)}
+    effects = _effects(model, task, comps, ivs, clean, store, f"patching {task.name}",
+                       lambda c: (f"patch[{c}]", {"component": str(c), "kind": kind}))
     what = "activation patching" if kind == "patch" else f"{kind} ablation"
     return Sweep(task.name, what, effects, c_mean, x_mean)
 
@@ -205,14 +213,8 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
     for label, make in (("attn", Attn), ("mlp", MLP)):
         cells = [(make(layer), p) for layer in layers for p in positions]
         ivs = [I.patch(model, [c], positions=(p,)) for c, p in cells]
-        at = {id(iv): cell for iv, cell in zip(ivs, cells)}
-
-        def one(iv: Any) -> Measurement:
-            c, p = at[id(iv)]
-            return _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c), position=p)
-
-        done = store.each(model, ivs, one)
-        effects = {cell: m for cell, m in zip(bar(cells, f"patching {label} by position", total=len(cells)), done)}
+        effects = _effects(model, task, cells, ivs, clean, store, f"patching {label} by position",
+                           lambda cell: (f"patch[{cell[0]}@{cell[1]}]", {"component": str(cell[0]), "position": cell[1]}))
         out[label] = Sweep(task.name, f"activation patching of {label} outputs by position", effects,
                            c_mean, x_mean)
     return out
@@ -308,14 +310,8 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
     clean, c_mean, x_mean = _baselines(model, task, store)
     label = _recv_str(recv) if recv else LOGITS
     ivs = [path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps) for s in cands]
-    at = {id(iv): s for iv, s in zip(ivs, cands)}
-
-    def one(iv: Any) -> Measurement:
-        s = at[id(iv)]
-        return _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s), receivers=label)
-
-    done = store.each(model, ivs, one)
-    effects = {s: m for s, m in zip(bar(cands, f"path patching -> {label}", total=len(cands)), done)}
+    effects = _effects(model, task, cands, ivs, clean, store, f"path patching -> {label}",
+                       lambda s: (f"path[{s}->{label}]", {"sender": str(s), "receivers": label}))
     via = "" if freeze_mlps else " (MLPs recomputed)"
     return Sweep(task.name, f"path patching to {label}{via}", effects, c_mean, x_mean)
 
