@@ -419,6 +419,11 @@ class ActivationStore:
         full_logits = plan.want_logits and not plan.last_only
         one_start = firsts is not None and any(H.position_dims(n) != (1,) for n in plan.real)
         cap = self.batch_size or len(order)
+        # a suffix forward reads the clean keys and values of every earlier position of each
+        # row, at every block it runs: kept under the memory cap as well
+        cfg = model.cfg
+        kv = 2 * int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * int(cfg.d_head)
+        prefix = kv * ((plan.stop or plan.n_layers) - plan.start) if firsts is not None else 0
         out: list[Any] = []
         begin, n = 0, len(order)
         while begin < n:
@@ -432,8 +437,9 @@ class ActivationStore:
                     width = longest_ - lowest_
                 else:
                     width = max(widest, int(lengths[r]) - first)
-                if end > begin and (end - begin + 1 > cap or
-                                    end - begin + 1 > budget.rows(model, max(1, width), full_logits=full_logits)):
+                rows = end - begin + 1
+                if end > begin and (rows > cap or rows > budget.rows(model, max(1, width), full_logits=full_logits)
+                                    or rows * longest_ * prefix > budget.entries):
                     break
                 longest, lowest, widest = longest_, lowest_, max(1, width)
                 end += 1

@@ -160,3 +160,33 @@ def test_the_budget_is_chosen_per_device_and_settable(model, monkeypatch):
             ActivationStore(token_budget=bad)
         with pytest.raises(CircuitsError, match="batch_size"):
             ActivationStore(batch_size=bad)
+
+
+def test_a_suffix_forward_keeps_the_clean_keys_and_values_it_reads_under_the_cap(model, ps, monkeypatch):
+    """A suffix forward of one position per row still reads every earlier position's clean
+    keys and values at every block it runs: those rows x positions x blocks are capped too."""
+    cfg = model.cfg
+    kv = 2 * (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
+    longest = max(ps.lengths)
+    entries = 3 * longest * kv * cfg.n_layers          # room for 3 rows resumed at block 0
+    store = ActivationStore(token_budget=100_000)
+    store.get(model, ps, [H.LOGITS_LAST])             # the clean run first
+    store._budgets[(str(model.cfg.device), id(model))] = S._Budget(100_000, entries, "test")
+    seen = []
+    real = store._run_batch
+
+    def run(model_, prompts, plan, iv, clean, rows, firsts):
+        blocks = (plan.stop or plan.n_layers) - plan.start
+        seen.append((len(rows), len(rows) * max(prompts.lengths[int(r)] for r in rows) * kv * blocks,
+                     firsts is not None))
+        return real(model_, prompts, plan, iv, clean, rows, firsts)
+
+    monkeypatch.setattr(store, "_run_batch", run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = store.get(model, ps, [H.LOGITS_LAST], I.ablate(model, "L0H1", "zero", positions="last"))
+    want = ActivationStore(resume=False).get(model, ps, [H.LOGITS_LAST], I.ablate(model, "L0H1", "zero", positions="last"))
+    _close(got[H.LOGITS_LAST], want[H.LOGITS_LAST], "capped suffix forward")
+    assert seen and all(suffix for _, _, suffix in seen)
+    assert all(rows == 1 or held <= entries for rows, held, _ in seen), (seen, entries)
+    assert len(seen) >= len(ps) // 4                  # the cap binds: not one forward for all rows
