@@ -334,11 +334,11 @@ class ActivationStore:
         if len(ivs) < 2:
             return [run(iv) for iv in ivs]
         reads: list[tuple[Any, list[str]]] = []
-        self._watch = (ivs[0], reads)
+        outer, self._watch = self._watch, (ivs[0], reads)      # (each() inside a run: restored after)
         try:
             first = run(ivs[0])
         finally:
-            self._watch = None
+            self._watch = outer
         seen: dict[int, tuple[Any, list[str]]] = {}
         for prompts, names in reads:
             got = seen.setdefault(id(prompts), (prompts, []))
