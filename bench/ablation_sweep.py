@@ -96,7 +96,9 @@ def main(argv=None) -> int:
     if not 2 <= a.n <= len(ps):
         raise CircuitsError(bad("--n", a.n, f"2..{len(ps)} (the facts of {a.facts} with single-token answers)"))
     ps = ps.subset(range(a.n), name="bench")
-    naive, resumed = ActivationStore(resume=False), ActivationStore(resume=True)   # cold, memory only
+    # cold, memory only: the naive side 32 rows per forward (a script's usual batch), the
+    # resumed side as a user gets it (forwards sized by the token budget)
+    naive, resumed = ActivationStore(resume=False, batch_size=32), ActivationStore(resume=True)
     t_n, r_n = sweep(model, ps, naive, a.kind, a.seed)
     t_r, r_r = sweep(model, ps, resumed, a.kind, a.seed)
     d_total = max(float((x.total - y.total).abs().max()) for x, y in zip(r_n, r_r))
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
     fl = floor(model, ps)
     L = model.cfg.n_layers
     print(f"ablation sweep: {L} attention layers x {a.n} prompts ({a.kind}, last position), both from a cold "
-          f"store (batch {resumed.batch_size}, torch threads {torch.get_num_threads()})")
+          f"store (naive {naive.batch_size} rows per forward, resumed a budget of {resumed.budget(model).tokens} "
+          f"tokens per forward, torch threads {torch.get_num_threads()})")
     print(f"{'sweep':8} {'wall s':>8} {'forwards':>9} {'block x prompt':>15} {'block x position':>17} "
           f"{'floor (store)':>14}")
     print(f"{'naive':8} {t_n:8.2f} {cn.forward_passes:9d} {cn.block_prompt_passes:15d} {pos_n:17d} {'':>14}")

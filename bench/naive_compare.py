@@ -29,8 +29,9 @@ nothing of what is measured is warmed up.
     ``probing.probe_features``. Compared: the
     pooled features, the held-out F1 and the chosen neuron of every layer.
 
-Both sides run the same batches (``--batch``, the store's batch size by default), so the
-comparison is of the work, not of the batching. Printed per claim: wall seconds of each
+With ``--batch N`` both sides run N rows per forward, so the comparison is of the work, not
+of the batching; by default the naive script runs 32 rows per forward (the usual choice) and
+the store sizes its forwards by its token budget (what a user gets). Printed per claim: wall seconds of each
 side, the speed-up (naive / pytest-circuits), the largest |difference| between their
 results, forwards and block x position passes on each side (naive: blocks run x rows x
 padded width of each batch, the way the store counts), and the store's
@@ -67,6 +68,9 @@ TARGET_SPEEDUP = 5.0                            # issue #12: pytest-circuits >= 
 
 
 # ----------------------------------------------------------------------------- accounting
+NAIVE_BATCH = 32     # the naive script's rows per forward when --batch is not given
+
+
 @dataclass
 class Naive:
     """Runs the naive script's forwards batch by batch and counts them as the store does."""
@@ -214,9 +218,9 @@ def naive_sweep(model: Any, ps: PromptSet, seed: int, run: Naive) -> tuple[Any, 
 def claim_a(model: Any, n: int, args: Any) -> Row:
     ps = facts(model, n, args.facts)
     L = model.cfg.n_layers
-    naive = Naive(model, args.batch)
+    naive = Naive(model, args.batch or NAIVE_BATCH)
     t_naive, (tot_n, delta_n) = _timed(lambda: naive_sweep(model, ps, args.seed, naive))
-    store = ActivationStore(batch_size=args.batch)
+    store = ActivationStore(batch_size=args.batch)   # None: the token budget alone
     t_tool, srs = _timed(lambda: E.sweep(model, ps, [Attn(l) for l in range(L)], kind="resample",
                                          seed=args.seed, activations=store))
     d_total = max(_maxabs(sr.total, tot_n[l]) for l, sr in enumerate(srs))
@@ -305,9 +309,9 @@ def naive_minimality(model: Any, task: Any, circuit: tuple, run: Naive) -> dict[
 def claim_b(model: Any, n: int, args: Any) -> Row:
     task = tasks.greater_than(model, n=n, seed=0, name="greater_than:bench")
     circuit = load_circuit(model, args.circuit)
-    naive = Naive(model, args.batch)
+    naive = Naive(model, args.batch or NAIVE_BATCH)
     t_naive, costs_n = _timed(lambda: naive_minimality(model, task, circuit.components, naive))
-    store = ActivationStore(batch_size=args.batch)
+    store = ActivationStore(batch_size=args.batch)   # None: the token budget alone
     t_tool, mini = _timed(lambda: C.minimality(model, task, circuit, activations=store))
     diff = max(_maxabs(torch.as_tensor(mini.costs[v].values), costs_n[v]) for v in circuit.components)
     return Row(f"(b) minimality, {len(circuit)} components x {n} greater-than", t_naive, t_tool, diff,
@@ -381,9 +385,9 @@ def naive_scan(model: Any, task: Any, layers: list[int], seed: int, run: Naive, 
 def claim_c(model: Any, n: int | None, args: Any) -> Row:
     task = probe_task(n, args.probe_positive)
     layers = list(range(model.cfg.n_layers))
-    naive = Naive(model, args.batch)
+    naive = Naive(model, args.batch or NAIVE_BATCH)
     t_naive, (res_n, feats_n) = _timed(lambda: naive_scan(model, task, layers, args.seed, naive, args.scan))
-    store = ActivationStore(batch_size=args.batch)
+    store = ActivationStore(batch_size=args.batch)   # None: the token budget alone
     t_tool, res_t = _timed(lambda: probing.scan_layers(model, task, layers=layers, k=1, seed=args.seed,
                                                        activations=store, record=False))
     counters = type(store.counters)(**store.counters.as_dict())    # before the (warm) reads below
@@ -419,7 +423,8 @@ def parse(argv: list[str] | None = None) -> Any:
     ap.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint folder")
     ap.add_argument("--n", type=int, default=None, help="prompts per claim (default: a 64, b 100, c every text)")
     ap.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only this claim (repeatable)")
-    ap.add_argument("--batch", type=int, default=ActivationStore().batch_size, help="rows per forward, both sides")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="rows per forward, both sides (default: 32 for the naive script, the token budget for the store)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="where the model runs (auto, cpu, cuda)")
     ap.add_argument("--cache-dir", default=None, help="converted-weights cache (default: the project's)")
@@ -432,7 +437,7 @@ def parse(argv: list[str] | None = None) -> Any:
     a = ap.parse_args(argv)
     if a.n is not None and a.n < 2:
         raise CircuitsError(bad("--n", a.n, "at least 2 prompts"))
-    if a.batch < 1:
+    if a.batch is not None and a.batch < 1:
         raise CircuitsError(bad("--batch", a.batch, "a positive number of rows"))
     return a
 
@@ -449,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done {rows[-1].claim}: naive {rows[-1].naive_s:.2f} s, pytest-circuits {rows[-1].tool_s:.2f} s",
               flush=True)
     print(f"\nnaive TransformerLens scripts vs pytest-circuits on {a.model}, cold, one process "
-          f"(batch {a.batch}, torch threads {torch.get_num_threads()}):")
+          f"(batch {a.batch if a.batch else str(NAIVE_BATCH) + ' naive, the token budget for the store'}, torch threads {torch.get_num_threads()}):")
     print(table(rows))
     for r in rows:
         for note in r.notes:

@@ -62,9 +62,11 @@ def add_options(parser: pytest.Parser) -> None:
         default=False, type="bool", action="store_true")
     add("--circuits-clear-cache", "circuits_clear_cache", "delete cached activations before the run "
         "(converted weights are kept)", default=False, type="bool", action="store_true")
-    add("--circuits-batch-size", "circuits_batch_size", "rows per forward pass (default 32): prompts, "
-        "or prompts x interventions when a sweep stacks several interventions into one forward",
-        default="32")
+    add("--circuits-batch-size", "circuits_batch_size", "at most this many rows per forward pass (default: "
+        "no limit but the token budget): prompts, or prompts x interventions when a sweep stacks several "
+        "interventions into one forward", default="none")
+    add("--circuits-token-budget", "circuits_token_budget", "rows x positions per forward pass (default: "
+        "$PYTEST_CIRCUITS_TOKEN_BUDGET, else 4096 on a CPU, chosen from free memory on CUDA)", default="auto")
     add("--circuits-seed", "circuits_seed", "seed for torch, numpy and random, reset for every claim "
         "(default 0)", default="0")
     add("--circuits-require-models", "circuits_require_models", "fail, instead of skip, claims whose "
@@ -264,7 +266,10 @@ def settings(config: pytest.Config) -> Any:
         clear_cache=bool(opt(c, "circuits_clear_cache")),
         device=device if device_map is not None else worker_device(device), device_map=device_map,
         dtype=dtype, cache_dir=cache_dir, use_disk_cache=use_disk,
-        batch_size=integer("circuits_batch_size", "--circuits-batch-size", 1),
+        batch_size=None if str(opt(c, "circuits_batch_size")).strip().lower() == "none"
+        else integer("circuits_batch_size", "--circuits-batch-size", 1),
+        token_budget=None if str(opt(c, "circuits_token_budget")).strip().lower() == "auto"
+        else integer("circuits_token_budget", "--circuits-token-budget", 1),
         seed=integer("circuits_seed", "--circuits-seed", 0, MAX_SEED),
         require_models=bool(opt(c, "circuits_require_models")),
         baseline=baseline,
@@ -283,6 +288,7 @@ _TEXT_OPTIONS = (("circuits_cache_dir", "--circuits-cache-dir"), ("circuits_repo
                  ("circuits_device_map", "--circuits-device-map"), ("circuits_device", "--circuits-device"),
                  ("circuits_dtype", "--circuits-dtype"), ("circuits_seed", "--circuits-seed"),
                  ("circuits_batch_size", "--circuits-batch-size"), ("circuits_familywise", "--circuits-familywise"),
+                 ("circuits_token_budget", "--circuits-token-budget"),
                  ("circuits_baseline_tolerance", "--circuits-baseline-tolerance"),
                  ("circuits_checks", "--circuits-checks"))
 

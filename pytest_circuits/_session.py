@@ -36,7 +36,8 @@ class Settings:
     device_map: Any = None          # --circuits-device-map, parsed (pytest_circuits.devices); None: one device
     cache_dir: Path | str = field(default_factory=default_cache_dir)   # str: an fsspec URL (remote cache)
     use_disk_cache: bool = True
-    batch_size: int = 32
+    batch_size: int | None = None   # --circuits-batch-size: a cap on rows per forward (None: the budget alone)
+    token_budget: int | None = None  # --circuits-token-budget (None: the environment, else the device's default)
     seed: int = 0
     require_models: bool = False
     baseline: bool = False
@@ -202,7 +203,7 @@ class Session:
         self._models: dict[str, Any] = {}
         self._failures: dict[str, Exception] = {}
         self.store = ActivationStore(cache_dir=settings.cache_dir if settings.use_disk_cache else None,
-                                     batch_size=settings.batch_size)
+                                     batch_size=settings.batch_size, token_budget=settings.token_budget)
         self.load_seconds: dict[str, float] = {}
         self._baseline_rows: dict[str, list[Any]] = {}
         self._baseline_entries: dict[str, dict[str, Any]] = {}   # nodeid -> {metric: the baseline entry compared}

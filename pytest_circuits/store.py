@@ -164,7 +164,10 @@ class ActivationStore:
     """Memory + disk cache of activations. ``cache_dir=None`` keeps it in memory only."""
 
     cache_dir: Path | str | None = None   # a folder, or an fsspec URL (str) for a remote cache
-    batch_size: int = 32
+    batch_size: int | None = None  # at most this many rows per forward (None: the token budget alone)
+    # rows x positions per forward; None: $PYTEST_CIRCUITS_TOKEN_BUDGET, else chosen for the
+    # model's device at its first forward (:func:`default_token_budget`)
+    token_budget: int | None = None
     max_memory_bytes: int = 4 << 30
     resume: bool = True           # resume intervened forwards from the clean residual stream
     counters: Counters = field(default_factory=Counters)
@@ -183,6 +186,11 @@ class ActivationStore:
         self._providers: dict[tuple[str, int], Any] = {}
         self._rerunning: set[str] = set()
         self._team_key: Any = None    # with $PYTEST_CIRCUITS_CACHE_KEY: entries are signed and must verify
+        self._budgets: dict[tuple[str, int], "_Budget"] = {}   # (device, id(model)) -> its forward budget
+        self._watch: Any = None      # inside each(): (the intervention watched, the reads under it)
+        for what, value in (("batch_size", self.batch_size), ("token_budget", self.token_budget)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CircuitsError(bad(what, value, "a whole number >= 1, or None"))
         if self.cache_dir is not None:
             from .blobs import open_blobs
             from .cachekey import team_key
@@ -210,6 +218,8 @@ class ActivationStore:
             raise CircuitsError(bad("hooks", [], "at least one hook name"))
         if intervention is not None:
             check_intervention(intervention)
+            if self._watch is not None and intervention is self._watch[0]:
+                self._watch[1].append((prompts, names))      # inside each(): what a sweep reads
         base = self._base_fields(model, prompts, intervention)
         H.check_names(model, [H.base_name(n) for n in names])
         if intervention is not None:
@@ -244,37 +254,53 @@ class ActivationStore:
                 out[name] = value
         return {n: out[n] for n in names}
 
-    def get_many(self, model: Any, prompts: Any, hooks: Iterable[str] | str,
+    def get_many(self, model: Any, prompts: Any, hooks: "Iterable[str] | str | Callable[[Any], Iterable[str]]",
                  interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
         """:meth:`get` under each of ``interventions``, several in one batched forward.
 
+        ``hooks`` is the names read under every intervention, or a function of the
+        intervention giving its own (a sweep over layers reads each intervention's names
+        from its first block on: ``lambda iv: store.split_at_resume(names, iv)[1]``).
+
         Those not yet known are stacked (the prompts once per intervention, each copy under
-        its own intervention) and run ``batch_size`` rows at a time, in order of layer, so
-        that interventions on few prompts share forwards; the stacked forward starts at
-        the earliest layer of its interventions and each row at its own first position.
+        its own intervention, rows of every layer together) and run as many rows at a time
+        as the token budget holds (:meth:`budget`; at most ``batch_size`` when set), in order
+        of layer; the stacked forward starts at the earliest layer of its interventions and
+        each row at its own first position, and a group spans no more layers than keep its
+        compute within the device's ``stack_waste`` of what each alone would run.
         Interventions the store cannot stack (without ``first_positions``, or acting on the
         embedding) are run one at a time. Results equal those of :meth:`get` (checked in
-        tests/unit/test_suffix.py) and are cached under each intervention's own key."""
-        names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
+        tests/unit/test_suffix.py and tests/unit/test_budget.py) and are cached under each
+        intervention's own key."""
         ivs = list(interventions)
+
+        def names_of(iv: Any) -> list[str]:
+            given = hooks(iv) if callable(hooks) else hooks
+            got = [given] if isinstance(given, str) else list(dict.fromkeys(given))
+            if not got:
+                raise CircuitsError(bad("hooks", got, f"at least one hook name (under {iv.key})"))
+            return got
+
         out: list[dict[str, Any] | None] = [None] * len(ivs)
+        wanted: list[list[str]] = []
         stackable: list[int] = []
         for k, iv in enumerate(ivs):
             check_intervention(iv)
-            known = self._known(model, prompts, names, iv)
+            wanted.append(names_of(iv))
+            known = self._known(model, prompts, wanted[k], iv)
             if known is not None:
                 out[k] = known
             elif hasattr(iv, "first_positions") and iv.layer >= 0 and self.resume:
                 stackable.append(k)
             else:
-                out[k] = self.get(model, prompts, names, iv)
+                out[k] = self.get(model, prompts, wanted[k], iv)
         stackable.sort(key=lambda k: ivs[k].layer)
-        per = max(1, self.batch_size // max(1, len(prompts)))
-        for begin in range(0, len(stackable), per):
-            group = stackable[begin:begin + per]
+        union = list(dict.fromkeys(n for k in stackable for n in wanted[k]))
+        for group in self._stack_groups(model, prompts, union, [ivs[k] for k in stackable], stackable):
             if len(group) == 1:
-                out[group[0]] = self.get(model, prompts, names, ivs[group[0]])
+                out[group[0]] = self.get(model, prompts, wanted[group[0]], ivs[group[0]])
                 continue
+            names = list(dict.fromkeys(n for k in group for n in wanted[k]))
             for k in group:
                 ivs[k].check(model, prompts)
             H.check_names(model, [H.base_name(n) for n in names])
@@ -284,7 +310,7 @@ class ActivationStore:
             for j, k in enumerate(group):
                 base = self._base_fields(model, prompts, ivs[k])
                 res = {}
-                for name in names:
+                for name in wanted[k]:
                     value = computed[name][j * n:(j + 1) * n].clone()
                     key = self._key(base, name)
                     self.counters.computed += 1
@@ -293,6 +319,133 @@ class ActivationStore:
                     res[name] = value
                 out[k] = res
         return out  # type: ignore[return-value]
+
+    def each(self, model: Any, interventions: Sequence[Any], run: Callable[[Any], Any]) -> list[Any]:
+        """``[run(iv) for iv in interventions]``, the forwards of all but the first stacked.
+
+        ``run(interventions[0])`` is called first, noting which ``(prompts, names)`` it reads
+        from this store under that very intervention; those are then computed for the other
+        interventions together (:meth:`get_many`, one stacked forward for as many as the
+        budget holds), and each later ``run`` reads them from memory. What a later run reads
+        beyond them it computes itself, so results are those of the plain loop whatever
+        ``run`` does (a sweep whose metric reads the same names under each intervention gets
+        the saving)."""
+        ivs = list(interventions)
+        if len(ivs) < 2:
+            return [run(iv) for iv in ivs]
+        reads: list[tuple[Any, list[str]]] = []
+        outer, self._watch = self._watch, (ivs[0], reads)      # (each() inside a run: restored after)
+        try:
+            first = run(ivs[0])
+        finally:
+            self._watch = outer
+        seen: dict[int, tuple[Any, list[str]]] = {}
+        for prompts, names in reads:
+            got = seen.setdefault(id(prompts), (prompts, []))
+            got[1].extend(n for n in names if n not in got[1])
+        rest = ivs[1:]
+        for prompts, names in seen.values():
+            self.get_many(model, prompts, names, rest)
+        return [first] + [run(iv) for iv in rest]
+
+    def budget(self, model: Any) -> "_Budget":
+        """What one forward of ``model`` may hold: the token budget (rows x positions) and the
+        memory caps of its attention scores and logits, chosen once per model and device."""
+        device = model_info(model).device
+        key = (str(device), id(model))
+        got = self._budgets.get(key)
+        if got is None:
+            got = self._budgets[key] = _budget_for(model, device, self.token_budget)
+        return got
+
+    def _stack_groups(self, model: Any, prompts: Any, names: Sequence[str], ivs: Sequence[Any],
+                      ids: Sequence[int]) -> list[list[int]]:
+        """``ids`` (of ``ivs``, in order of layer) cut into the groups :meth:`get_many` stacks
+        into one forward each: as many copies of ``prompts`` as the token budget holds at the
+        group's width (the positions a suffix forward of its interventions runs, where the
+        store can run one: at most each prompt's length), at most ``batch_size`` rows when set.
+        A group :meth:`_forward` finds wider than estimated is split into more forwards."""
+        import torch
+
+        n = max(1, len(prompts))
+        lengths = torch.as_tensor(list(prompts.lengths)).long()
+        full = max(1, int(lengths.max())) if len(lengths) else 1
+        suffix_ok = (H.TOKEN_LOSS not in names and not any(H.is_attn_cache(nm) for nm in names)
+                     and sliding_windows(model) is not None
+                     and all(H.position_dims(H.base_name(nm)) == (1,) for nm in names if not H.is_pseudo(nm)))
+        budget = self.budget(model)
+        full_logits = H.TOKEN_LOSS in names
+
+        def width(iv: Any) -> int:
+            if not suffix_ok or not len(lengths):
+                return full
+            firsts = torch.as_tensor(iv.first_positions(model, prompts)).reshape(-1).long()
+            if firsts.shape[0] != len(lengths):
+                return full
+            firsts = torch.minimum(firsts.clamp(min=0), lengths - 1)
+            return max(1, int((lengths - firsts).max()))
+
+        n_layers = model.cfg.n_layers
+        groups: list[list[int]] = []
+        group: list[int] = []
+        widest, lowest, floor = 1, 0, 0
+        for iv, k in zip(ivs, ids):
+            w = max(widest, width(iv))
+            rows = budget.rows(model, w, full_logits=full_logits)
+            if self.batch_size is not None:
+                rows = min(rows, self.batch_size)
+            # blocks the stacked forward runs (from the group's lowest layer) against what each
+            # intervention alone would (from its own layer): ivs come in order of layer
+            floor_ = floor + (n_layers - iv.layer)
+            wasteful = group and (len(group) + 1) * (n_layers - lowest) > budget.stack_waste * floor_
+            if group and ((len(group) + 1) * n > rows or wasteful):
+                groups.append(group)
+                group, w, floor_ = [], width(iv), n_layers - iv.layer
+            if not group:
+                lowest = iv.layer
+            group.append(k)
+            widest, floor = w, floor_
+        if group:
+            groups.append(group)
+        return groups
+
+    def _batches(self, model: Any, plan: "_Plan", order: Any, lengths: Any, firsts: Any) -> list[Any]:
+        """``order`` cut into consecutive batches, each as many rows as the token budget holds
+        at that batch's width (the positions its rows run: from each row's first position to
+        its end in a suffix forward, else the longest prompt's length), at most
+        ``batch_size`` rows when set. Only which rows share a forward changes with the
+        budget: no value depends on it beyond float rounding (tests/unit/test_budget.py)."""
+        budget = self.budget(model)
+        full_logits = plan.want_logits and not plan.last_only
+        one_start = firsts is not None and any(H.position_dims(n) != (1,) for n in plan.real)
+        cap = self.batch_size or len(order)
+        # a suffix forward reads the clean keys and values of every earlier position of each
+        # row, at every block it runs: kept under the memory cap as well
+        cfg = model.cfg
+        kv = 2 * int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * int(cfg.d_head)
+        prefix = kv * ((plan.stop or plan.n_layers) - plan.start) if firsts is not None else 0
+        out: list[Any] = []
+        begin, n = 0, len(order)
+        while begin < n:
+            end, longest, lowest, widest = begin, 0, None, 1
+            while end < n:
+                r = int(order[end])
+                first = int(firsts[r]) if firsts is not None else 0
+                longest_ = max(longest, int(lengths[r]))
+                lowest_ = first if lowest is None else min(lowest, first)
+                if one_start:
+                    width = longest_ - lowest_
+                else:
+                    width = max(widest, int(lengths[r]) - first)
+                rows = end - begin + 1
+                if end > begin and (rows > cap or rows > budget.rows(model, max(1, width), full_logits=full_logits)
+                                    or rows * longest_ * prefix > budget.entries):
+                    break
+                longest, lowest, widest = longest_, lowest_, max(1, width)
+                end += 1
+            out.append(order[begin:end])
+            begin = end
+        return out
 
     def _known(self, model: Any, prompts: Any, names: Sequence[str], intervention: Any) -> dict[str, Any] | None:
         """Every one of ``names`` from memory or disk, or None when one is missing."""
@@ -698,20 +851,23 @@ class ActivationStore:
                 clean = {**clean, H.resid_pre(trunk[0]): trunk[1]}
         width_all = prompts.tokens.shape[1]
         n = len(prompts)
-        order = torch.arange(n) if firsts is None else torch.sort(firsts, stable=True).indices
+        lengths = torch.as_tensor(list(prompts.lengths)).long()
+        # rows of like width together (the suffix forward: of like first position), so that
+        # a batch pads little and the token budget holds as many rows as it can
+        order = (torch.sort(lengths, stable=True, descending=True).indices if firsts is None
+                 else torch.sort(firsts, stable=True).indices)
         grab = list(names) + [r for r in record if r not in names]
         parts: dict[str, list[Any]] = {name: [] for name in grab}
-        batches = range(0, n, self.batch_size)
+        batches: Any = self._batches(model, plan, order, lengths, firsts)
         if len(batches) > 1:
             batches = bar(batches, f"forward {prompts.name}", total=len(batches))
-        for begin in batches:
-            rows = order[begin:begin + self.batch_size]
+        for rows in batches:
             batch = self._run_batch(model, prompts, plan, run_iv, clean, rows, firsts)
             self.counters.shared_prefix_passes += trunk is not None
             for name in grab:
                 parts[name].append(_EXTRACTORS[_kind(name)](name, batch, width_all))
         out = {name: torch.cat(chunks, 0) for name, chunks in parts.items()}
-        if firsts is not None:
+        if n:
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(n)
             out = {name: value[inverse] for name, value in out.items()}
@@ -906,6 +1062,85 @@ class ActivationStore:
             grabbed[H.attn_cache(l, "k")] = _zero_padding(k, lengths, "")
             grabbed[H.attn_cache(l, "v")] = _zero_padding(v, lengths, "")
         return _Batch(toks, lengths, width, logits, logit_lengths, grabbed, pre_cap)
+
+
+TOKEN_BUDGET_ENV = "PYTEST_CIRCUITS_TOKEN_BUDGET"
+CPU_TOKEN_BUDGET = 4096          # rows x positions per forward on a CPU (or MPS) device
+CUDA_TOKEN_BUDGET_RANGE = (2048, 65536)   # what free memory may choose on a CUDA device
+_CPU_ENTRIES_CAP = 1 << 27       # attention scores / logits of one forward: at most this many floats on a CPU
+_CUDA_MEMORY_SHARE = 0.25        # of the free memory at first use: what one forward's activations may hold
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What one forward may hold: ``tokens`` rows x positions, and at most ``entries``
+    floats in any one layer's attention scores (rows x heads x positions^2) or in full
+    logits (rows x positions x vocabulary)."""
+
+    tokens: int
+    entries: int
+    source: str          # where ``tokens`` came from (the option, the environment, the device)
+    # a stacked sweep's forward may run up to this many times the blocks its interventions
+    # would run one at a time (rows of later layers run from the group's first layer): fewer
+    # forwards for some extra compute, worth more where a forward's fixed cost is high
+    stack_waste: float = 2.0
+
+    def rows(self, model: Any, width: int, *, full_logits: bool = False) -> int:
+        """How many rows of ``width`` positions one forward of ``model`` holds (at least 1)."""
+        cfg = model.cfg
+        heads = max(1, int(getattr(cfg, "n_heads", 1) or 1))
+        rows = self.tokens // width
+        rows = min(rows, self.entries // (heads * width * width))
+        if full_logits:
+            rows = min(rows, self.entries // (width * max(1, int(getattr(cfg, "d_vocab", 1) or 1))))
+        return max(1, rows)
+
+
+CPU_STACK_WASTE, CUDA_STACK_WASTE = 2.0, 8.0
+
+
+def default_token_budget(model: Any, device: Any) -> tuple[int, int, str]:
+    """``(tokens, entries, source)`` for a forward of ``model`` on ``device``: on a CPU a fixed
+    :data:`CPU_TOKEN_BUDGET`; on CUDA, a share of the memory free at first use divided by
+    what a position costs through the model (its residual stream, MLP and logits, in the
+    model's dtype), within :data:`CUDA_TOKEN_BUDGET_RANGE`."""
+    import torch
+
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return CPU_TOKEN_BUDGET, _CPU_ENTRIES_CAP, f"the {dev.type} default"
+    free, _total = torch.cuda.mem_get_info(dev)
+    cfg = model.cfg
+    size = torch.empty((), dtype=getattr(cfg, "dtype", torch.float32)).element_size()
+    d_model = int(getattr(cfg, "d_model", 1) or 1)
+    d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d_model)
+    per_token = size * (16 * d_model + 4 * d_mlp + int(getattr(cfg, "d_vocab", 1) or 1))
+    usable = int(free * _CUDA_MEMORY_SHARE)
+    lo, hi = CUDA_TOKEN_BUDGET_RANGE
+    tokens = min(hi, max(lo, usable // per_token))
+    entries = max(_CPU_ENTRIES_CAP, usable // (4 * size))
+    return tokens, entries, f"{free >> 20} MiB free on {dev}"
+
+
+def _budget_for(model: Any, device: Any, given: int | None) -> _Budget:
+    """The forward budget of ``model`` on ``device``: ``given`` (the store's
+    ``token_budget``), else ``$PYTEST_CIRCUITS_TOKEN_BUDGET``, else the device's default."""
+    import torch
+
+    tokens, entries, source = default_token_budget(model, device)
+    waste = CUDA_STACK_WASTE if torch.device(device).type == "cuda" else CPU_STACK_WASTE
+    if given is not None:
+        return _Budget(given, max(entries, given), "token_budget", waste)
+    raw = os.environ.get(TOKEN_BUDGET_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise CircuitsError(bad(f"${TOKEN_BUDGET_ENV}", raw, "a whole number >= 1 (rows x positions per forward)"))
+        return _Budget(value, max(entries, value), f"${TOKEN_BUDGET_ENV}", waste)
+    return _Budget(tokens, entries, source, waste)
 
 
 @dataclass(frozen=True)

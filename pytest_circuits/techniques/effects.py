@@ -1150,15 +1150,11 @@ def sweep(model: Any, prompts: Any, components: Sequence[Any], *, kind: str = DE
 
 
 def _run_together(model: Any, prompts: Any, abls: Sequence[Any], store: ActivationStore, logit: str = "logit") -> None:
-    """Compute the ablated runs a sweep reads, those of one layer (the same names) in shared
-    forwards (:meth:`~pytest_circuits.store.ActivationStore.get_many`); the sweep then reads
-    them from memory."""
+    """Compute the ablated runs a sweep reads in shared forwards, those of every layer stacked
+    together (:meth:`~pytest_circuits.store.ActivationStore.get_many`, each ablation reading
+    the names from its own first block on); the sweep then reads them from memory."""
     names = _readout_names(model, True, logit)
-    by_layer: dict[int, list[Any]] = {}
-    for abl in abls:
-        by_layer.setdefault(abl.layer, []).append(abl)
-    for group in by_layer.values():
-        if len(group) > 1:
-            for abl in group:
-                abl.check(model, prompts)
-            store.get_many(model, prompts, store.split_at_resume(names, group[0])[1], group)
+    if len(abls) > 1:
+        for abl in abls:
+            abl.check(model, prompts)
+        store.get_many(model, prompts, lambda abl: store.split_at_resume(names, abl)[1], abls)

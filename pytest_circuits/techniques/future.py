@@ -14,7 +14,8 @@ Method, per (layer, tau):
 * classes: the ``n_classes`` most frequent targets in each train split; positions whose target
   is another token are left out (``coverage`` says how many are kept);
 * probe: multinomial logistic regression with L2 on train-standardized features (full-batch
-  LBFGS, float64);
+  LBFGS, float64; on a GPU the folds' fits are solved together as one batched objective, each
+  fold's parameters in its own term);
 * baselines that see no hidden state, fitted on the same train positions: **unigram** (the most
   frequent class) and **bigram** (the most frequent target after the current token, backing off
   to unigram for unseen tokens); the better of the two on the test split is "the baseline";
@@ -93,13 +94,28 @@ def _collect_layers(model: Any, texts: Sequence[str], *, layers: Sequence[int], 
     return [(acts[name][idx[:, 0], idx[:, 1]].double(), cur_t, fut_t, grp_t) for name in names]
 
 
+def _folds(X: Any, current: Any, future: Any, groups: Any, tests: Sequence[Any], n_classes: int, l2: float,
+           store: ActivationStore | None = None, device: Any = None) -> list[dict]:
+    """:func:`_fold` for each of ``tests``: each cached by the store (an L-BFGS fit is most of
+    a warm run's work), those missing fitted together at the first miss (:func:`_fit_folds`)."""
+    solved: list[list[dict]] = []
+
+    def compute(k: int) -> dict:
+        if not solved:
+            solved.append(_fit_folds(X, current, future, groups, tests, n_classes, l2, device))
+        return _packed(solved[0][k])
+
+    return [_fold(X, current, future, groups, is_test, n_classes, l2, store, lambda k=k: compute(k))
+            for k, is_test in enumerate(tests)]
+
+
 def _fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float,
-          store: ActivationStore | None = None) -> dict:
+          store: ActivationStore | None = None, compute: Any = None) -> dict:
     """:func:`_fit_fold`, cached by the store (an L-BFGS fit is most of a warm run's work)."""
     got = resolve(store).derived(
         "future_probe.fold", [X, current, future, groups, is_test], {"n_classes": n_classes, "l2": l2},
-        ("probe", "bigram", "unigram", "sizes"), lambda: _packed(_fit_fold(X, current, future, groups, is_test,
-                                                                          n_classes, l2)))
+        ("probe", "bigram", "unigram", "sizes"),
+        compute or (lambda: _packed(_fit_fold(X, current, future, groups, is_test, n_classes, l2))))
     train, test, classes, coverage = got["sizes"].tolist()
     return {"probe": got["probe"], "bigram": got["bigram"], "unigram": got["unigram"], "train": int(train),
             "test": int(test), "classes": int(classes), "coverage": float(coverage)}
@@ -112,8 +128,9 @@ def _packed(fold: dict) -> dict:
     return {"probe": fold["probe"], "bigram": fold["bigram"], "unigram": fold["unigram"], "sizes": sizes}
 
 
-def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
-    """Fit on the rows not in ``is_test``; per-text probe / bigram / unigram accuracy on the rest."""
+def _prepare(X: Any, future: Any, is_test: Any, n_classes: int) -> dict:
+    """One fold's classes (the ``n_classes`` most frequent train targets), labels, train/test
+    rows and train-standardized features."""
     import torch
 
     counts = Counter(future[~is_test].tolist())
@@ -125,20 +142,86 @@ def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_cl
     y = torch.tensor([index.get(int(f), -1) for f in future])
     tr, te = keep & ~is_test, keep & is_test
     mu, sd = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
-    Z = (X - mu) / sd
-    W = torch.zeros(X.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=200, line_search_fn="strong_wolfe")
-    Ztr, ytr = Z[tr], y[tr]
+    return {"classes": classes, "keep": keep, "y": y, "tr": tr, "te": te, "Z": (X - mu) / sd}
+
+
+# torch's L-BFGS defaults (today's per-fold criteria), on the sum of the folds' objectives
+_MAX_ITER, _TOL = 2000, (1e-7, 1e-9)
+
+
+def _solve(folds: Sequence[dict], l2: float, device: Any = None) -> list[tuple[Any, Any]]:
+    """``(W [d, C_f], b [C_f])`` of each fold's L2-penalized multinomial logistic regression,
+    all folds solved together: one objective, the sum of the folds' own (each fold's
+    parameters enter only its term, so the minimum of the sum is each fold's minimum), with
+    every fold's train rows and classes padded into one ``[folds, rows, classes]`` batch.
+    Full-batch L-BFGS (float64, strong Wolfe) to a tight gradient tolerance: a few hundred
+    batched steps instead of a few hundred per fold, each of them a handful of kernels. On
+    ``device`` (the CPU by default); the parameters come back on the CPU."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    F_, d = len(folds), folds[0]["Z"].shape[1]
+    C = max(len(f["classes"]) for f in folds)
+    rows = [int(f["tr"].sum()) for f in folds]
+    n = max(rows)
+    Z = torch.zeros(F_, n, d, dtype=torch.float64)
+    y = torch.zeros(F_, n, dtype=torch.long)
+    weight = torch.zeros(F_, n, dtype=torch.float64)
+    absent = torch.zeros(F_, 1, C, dtype=torch.float64)
+    for k, f in enumerate(folds):
+        Z[k, :rows[k]] = f["Z"][f["tr"]]
+        y[k, :rows[k]] = f["y"][f["tr"]]
+        weight[k, :rows[k]] = 1.0 / rows[k]          # each fold's mean cross-entropy
+        absent[k, 0, len(f["classes"]):] = float("-inf")
+    Z, y, weight, absent = Z.to(dev), y.to(dev), weight.to(dev), absent.to(dev)
+    W = torch.zeros(F_, d, C, dtype=torch.float64, device=dev, requires_grad=True)
+    b = torch.zeros(F_, 1, C, dtype=torch.float64, device=dev, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=_MAX_ITER, history_size=100, tolerance_grad=_TOL[0],
+                            tolerance_change=_TOL[1], line_search_fn="strong_wolfe")
 
     def closure() -> Any:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(Ztr @ W + b, ytr) + l2 * (W * W).sum()
+        logp = (torch.baddbmm(b, Z, W) + absent).log_softmax(-1)
+        nll = -logp.gather(2, y.unsqueeze(-1)).squeeze(-1)
+        loss = (nll * weight).sum() + l2 * (W * W).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
+    return [(W[k, :, :len(f["classes"])].detach().cpu(), b[k, 0, :len(f["classes"])].detach().cpu())
+            for k, f in enumerate(folds)]
+
+
+def _together(device: Any) -> bool:
+    """Whether the folds are solved together on ``device``: on a GPU, where a step of all
+    folds costs what a step of one does; on a CPU the joint objective (whose L-BFGS steps
+    are shared by folds that would each stop sooner alone) costs more, so each fold is
+    solved alone there, as before."""
+    import torch
+
+    return device is not None and torch.device(device).type == "cuda"
+
+
+def _fit_folds(X: Any, current: Any, future: Any, groups: Any, tests: Sequence[Any], n_classes: int,
+               l2: float, device: Any = None) -> list[dict]:
+    """Fit on the rows not in each of ``tests``; per-text probe / bigram / unigram accuracy on
+    the rest (each fold as :func:`_fit_fold` alone; on a GPU ``device`` the fits are solved
+    together there, :func:`_together`)."""
+    folds = [_prepare(X, future, is_test, n_classes) for is_test in tests]
+    solved = _solve(folds, l2, device) if _together(device) else [_solve([f], l2)[0] for f in folds]
+    return [_score(f, W, b, current, groups) for f, (W, b) in zip(folds, solved)]
+
+
+def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_classes: int, l2: float) -> dict:
+    """Fit on the rows not in ``is_test``; per-text probe / bigram / unigram accuracy on the rest."""
+    return _fit_folds(X, current, future, groups, [is_test], n_classes, l2)[0]
+
+
+def _score(f: dict, W: Any, b: Any, current: Any, groups: Any) -> dict:
+    import torch
+
+    y, tr, te, Z = f["y"], f["tr"], f["te"], f["Z"]
     with torch.no_grad():
         pred = (Z[te] @ W + b).argmax(-1)
     by_cur: dict[int, Counter] = {}
@@ -153,22 +236,23 @@ def _fit_fold(X: Any, current: Any, future: Any, groups: Any, is_test: Any, n_cl
 
     return {"probe": per_text(pred == y[te]), "bigram": per_text(bigram == y[te]),
             "unigram": per_text(y[te] == 0), "train": int(tr.sum()), "test": int(te.sum()),
-            "classes": len(classes), "coverage": float(keep.double().mean())}
+            "classes": len(f["classes"]), "coverage": float(f["keep"].double().mean())}
 
 
 def fit(X: Any, current: Any, future: Any, groups: Any, *, n_classes: int = 50, folds: int = 5,
         l2: float = 1e-3, seed: int = 0, layer: int = -1, tau: int = 0, model: str = "",
-        record: bool = True, activations: ActivationStore | None = None) -> FutureProbe:
+        record: bool = True, activations: ActivationStore | None = None, device: Any = None) -> FutureProbe:
     """The probe and baselines on given arrays, cross-validated over ``folds`` folds of texts:
-    every text is held out once, and the per-text results of all folds are pooled."""
+    every text is held out once, and the per-text results of all folds are pooled. The fits
+    run on ``device`` (None: the CPU); on a GPU all folds are solved together."""
     import torch
 
     texts = torch.unique(groups)
     if not isinstance(folds, int) or folds < 2 or len(texts) < 2 * folds:
         raise CircuitsError(bad("folds", folds, f"an int >= 2 with at least 2 texts per fold ({len(texts)} texts)"))
     perm = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))]
-    parts = [_fold(X, current, future, groups, torch.isin(groups, perm[k::folds]), n_classes, l2, activations)
-             for k in range(folds)]
+    parts = _folds(X, current, future, groups, [torch.isin(groups, perm[k::folds]) for k in range(folds)],
+                   n_classes, l2, activations, device)
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     acc, bigram, unigram = cat("probe"), cat("bigram"), cat("unigram")
     kind, base = ("bigram", bigram) if bigram.mean() >= unigram.mean() else ("unigram", unigram)
@@ -187,8 +271,9 @@ def future_token_probe(model: Any, texts: Sequence[str], *, layer: int, tau: int
                        record: bool = True) -> FutureProbe:
     """Probe the residual stream of ``layer`` at ``t`` for the token at ``t + tau``."""
     X, cur, fut, grp = collect(model, texts, layer=layer, tau=tau, activations=activations)
+    mi = model_info(model)
     return fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer,
-               tau=tau, model=model_info(model).label, record=record, activations=activations)
+               tau=tau, model=mi.label, record=record, activations=activations, device=mi.device)
 
 
 def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[int], tau: int = 2,
@@ -200,7 +285,8 @@ def future_token_probes(model: Any, texts: Sequence[str], *, layers: Sequence[in
     layers = list(layers)
     if not layers:
         raise CircuitsError(bad("layers", layers, "a non-empty list of layers"))
-    label = model_info(model).label
+    mi = model_info(model)
     data = _collect_layers(model, texts, layers=layers, tau=tau, activations=activations)
     return [fit(X, cur, fut, grp, n_classes=n_classes, folds=folds, seed=seed, layer=layer, tau=tau,
-                model=label, record=record, activations=activations) for layer, (X, cur, fut, grp) in zip(layers, data)]
+                model=mi.label, record=record, activations=activations, device=mi.device)
+            for layer, (X, cur, fut, grp) in zip(layers, data)]

@@ -452,13 +452,17 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     for c in cands:
         by_layer.setdefault(c.layer, []).append(c)
     results: dict[Head, Measurement] = {}
-    for layer, group in by_layer.items():
+
+    def reads(iv: Any) -> list[str]:
         # the name movers at or before the patched layer are as in the clean run
+        return [H.last(H.z(l)) for l in sorted({h.layer for h in heads if h.layer > iv.layer})]
+
+    every = [_patch(model, c, positions="last") for group in by_layer.values() for c in group]
+    if len(every) > 1:
+        store.get_many(model, prompts, reads, every)      # every layer's candidates stacked
+    for layer, group in by_layer.items():
         downstream = [h for h in heads if h.layer > layer]
-        names = [H.last(H.z(l)) for l in sorted({h.layer for h in downstream})]
         ivs = [_patch(model, c, positions="last") for c in group]
-        if len(ivs) > 1:
-            store.get_many(model, prompts, names, ivs)
         before = movers_de(model, prompts, downstream, scale=scale, activations=store)
         for c, iv in zip(group, ivs):
             drop = before - movers_de(model, prompts, downstream, intervention=iv, scale=scale, activations=store)

@@ -129,6 +129,20 @@ def _effect(model: Any, task: Any, iv: Any, clean: Any, store: ActivationStore, 
                                    provenance={"task": task.name, **prov}, record=False)
 
 
+def _effects(model: Any, task: Any, keys: Sequence[Any], ivs: Sequence[Any], clean: Any, store: ActivationStore,
+             what: str, named: Any) -> dict[Any, Measurement]:
+    """``{key: effect of its intervention}`` (``named(key)``: the measurement's name and
+    provenance), the forwards of every intervention stacked (``store.each``): the results of
+    the loop one intervention at a time, in a handful of forwards."""
+    at = {id(iv): k for k, iv in zip(keys, ivs)}
+
+    def one(iv: Any) -> Measurement:
+        name, prov = named(at[id(iv)])
+        return _effect(model, task, iv, clean, store, name, **prov)
+
+    return dict(zip(bar(keys, what, total=len(keys)), store.each(model, ivs, one)))
+
+
 def prefetch(model: Any, task: Any, store: ActivationStore) -> None:
     """Every activation a sweep reads, in one forward per prompt set: each layer's clean
     residual (where resumed forwards start) and each head's and MLP's output on the clean
@@ -160,15 +174,13 @@ def sweep(model: Any, task: Any, components: Any = None, *, kind: str = "patch",
     store = resolve(activations)
     comps = expand(model, components) if components is not None else nodes(model)
     clean, c_mean, x_mean = _baselines(model, task, store)
-    effects = {}
-    for c in bar(comps, f"patching {task.name}", total=len(comps)):
-        if kind == "patch" and positions is not None:
-            iv = I.patch(model, [c], positions=positions)
-        else:
-            if positions is not None:
-                raise CircuitsError("positions are supported with kind='patch' only")
-            iv = removal(model, task, [c], kind, reference=reference, seed=seed)
-        effects[c] = _effect(model, task, iv, clean, store, f"patch[{c}]", component=str(c), kind=kind)
+    if positions is not None and kind != "patch":
+        raise CircuitsError("positions are supported with kind='patch' only")
+    ivs = [I.patch(model, [c], positions=positions) if kind == "patch" and positions is not None
+           else removal(model, task, [c], kind, reference=reference, seed=seed) for c in comps]
+    # every component's forwards stacked (store.each): the loop's results, in fewer forwards
+    effects = _effects(model, task, comps, ivs, clean, store, f"patching {task.name}",
+                       lambda c: (f"patch[{c}]", {"component": str(c), "kind": kind}))
     what = "activation patching" if kind == "patch" else f"{kind} ablation"
     return _swept(model, task, what, effects, c_mean, x_mean, "patch[{}]", kind=kind)
 
@@ -201,13 +213,10 @@ def position_sweep(model: Any, task: Any, *, layers: Sequence[int] | None = None
     clean, c_mean, x_mean = _baselines(model, task, store)
     out: dict[str, Sweep] = {}
     for label, make in (("attn", Attn), ("mlp", MLP)):
-        effects = {}
-        cells = [(layer, p) for layer in layers for p in positions]
-        for layer, p in bar(cells, f"patching {label} by position", total=len(cells)):
-            c = make(layer)
-            iv = I.patch(model, [c], positions=(p,))
-            effects[(c, p)] = _effect(model, task, iv, clean, store, f"patch[{c}@{p}]", component=str(c),
-                                      position=p)
+        cells = [(make(layer), p) for layer in layers for p in positions]
+        ivs = [I.patch(model, [c], positions=(p,)) for c, p in cells]
+        effects = _effects(model, task, cells, ivs, clean, store, f"patching {label} by position",
+                           lambda cell: (f"patch[{cell[0]}@{cell[1]}]", {"component": str(cell[0]), "position": cell[1]}))
         out[label] = _swept(model, task, f"activation patching of {label} outputs by position", effects,
                             c_mean, x_mean, "patch[{}]")
     return out
@@ -301,12 +310,10 @@ def path_sweep(model: Any, task: Any, senders: Any = None, receivers: Any = LOGI
     if recv:
         cands = tuple(s for s in cands if s not in recv and any(_downstream(s, r) for r in recv))
     clean, c_mean, x_mean = _baselines(model, task, store)
-    effects = {}
     label = _recv_str(recv) if recv else LOGITS
-    for s in bar(cands, f"path patching -> {label}", total=len(cands)):
-        iv = path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps)
-        effects[s] = _effect(model, task, iv, clean, store, f"path[{s}->{label}]", sender=str(s),
-                             receivers=label)
+    ivs = [path_intervention(model, s, recv if recv else LOGITS, freeze_mlps=freeze_mlps) for s in cands]
+    effects = _effects(model, task, cands, ivs, clean, store, f"path patching -> {label}",
+                       lambda s: (f"path[{s}->{label}]", {"sender": str(s), "receivers": label}))
     via = "" if freeze_mlps else " (MLPs recomputed)"
     return _swept(model, task, f"path patching to {label}{via}", effects, c_mean, x_mean,
                   "path[{}->" + label + "]", receivers=label)

@@ -115,6 +115,8 @@ import dataclasses
 import functools
 import inspect
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -925,7 +927,16 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
     the same architecture, tokenizer and weight scales, none of the learned structure. Tokens
     stay distinct (each keeps an embedding), so its neurons are random functions of the input.
     The copy gets its own fingerprint (``<weights>+shuffled-weights:<seed>``), so its
-    activations are never cached as the model's; ``model`` itself is not changed."""
+    activations are never cached as the model's; ``model`` itself is not changed.
+
+    Built where the model's weights are: each permutation is drawn by a generator on the
+    parameter's own device (``torch.randperm(..., device=...)``), never moved through the
+    CPU. On the CPU the draws are those of one CPU generator, in parameter order (the copies
+    of earlier versions, bit for bit); on another device they are that device's generator's,
+    a different draw, so the fingerprint names the device (``...:<seed>:cuda``). Built once
+    per process per (fingerprint, seed): a later call returns the same copy, shared (use it
+    as a model, never change it); at most :data:`KEEP_SHUFFLED_COPIES` (and
+    :data:`KEEP_SHUFFLED_BYTES` of weights) are kept."""
     import copy
 
     import torch
@@ -935,14 +946,46 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ProbingError(bad("seed", seed, "an int"))
     mi = model_info(model)     # ModelUnavailable for a model not loaded by pytest-circuits
+    fingerprint = _shuffled_fingerprint(model, mi, int(seed))
+    with _SHUFFLED_LOCK:
+        got = _SHUFFLED.get(fingerprint)
+        if got is not None:
+            _SHUFFLED.move_to_end(fingerprint)
+            return got
     dup = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0]))
+    state = int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0])
+    generators: dict[Any, Any] = {}
     with torch.no_grad():
         for p in dup.parameters():
+            dev = p.device
+            if dev not in generators:
+                generators[dev] = torch.Generator(device=dev).manual_seed(state)
             flat = p.data.reshape(-1)
-            p.data.copy_(flat[torch.randperm(flat.numel(), generator=g)].reshape(p.shape))
-    attach_info(dup, dataclasses.replace(mi, fingerprint=f"{mi.fingerprint}+shuffled-weights:{int(seed)}"))
+            p.data.copy_(flat[torch.randperm(flat.numel(), generator=generators[dev], device=dev)].reshape(p.shape))
+    attach_info(dup, dataclasses.replace(mi, fingerprint=fingerprint))
+    with _SHUFFLED_LOCK:
+        _SHUFFLED[fingerprint] = dup
+        held = lambda: sum(sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
+                           for m in _SHUFFLED.values())
+        while len(_SHUFFLED) > 1 and (len(_SHUFFLED) > KEEP_SHUFFLED_COPIES or held() > KEEP_SHUFFLED_BYTES):
+            _SHUFFLED.popitem(last=False)
     return dup
+
+
+# shuffled copies built in this process, by fingerprint (the control of two claims on one
+# model uses the same copies): at most this many and this many bytes of weights (the newest
+# is always kept), the least recently used dropped first
+KEEP_SHUFFLED_COPIES = 4
+KEEP_SHUFFLED_BYTES = 3 << 30
+_SHUFFLED: "OrderedDict[str, Any]" = OrderedDict()
+_SHUFFLED_LOCK = threading.Lock()
+
+
+def _shuffled_fingerprint(model: Any, mi: Any, seed: int) -> str:
+    """The fingerprint of ``model``'s shuffled copy with ``seed``: the model's, the seed, and
+    the devices whose generators draw the permutations when any is not the CPU."""
+    devices = sorted({p.device.type for p in model.parameters()} - {"cpu"})
+    return f"{mi.fingerprint}+shuffled-weights:{seed}" + "".join(f":{d}" for d in devices)
 
 
 class _DeferredCopy:
@@ -958,7 +1001,7 @@ class _DeferredCopy:
 
         mi = model_info(model)
         self._base, self._seed, self._made = model, seed, None
-        attach_info(self, dataclasses.replace(mi, fingerprint=f"{mi.fingerprint}+shuffled-weights:{int(seed)}"))
+        attach_info(self, dataclasses.replace(mi, fingerprint=_shuffled_fingerprint(model, mi, int(seed))))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_base", "_seed", "_made", "_copy"):

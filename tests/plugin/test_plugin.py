@@ -153,6 +153,8 @@ def test_bad_option_values(pytester, tiny_dir, tmp_path):
              ("--circuits-device=tpu", "--circuits-device='tpu' is not valid: auto, cpu, mps, cuda"),
              ("--circuits-batch-size=0", "--circuits-batch-size=0 is not valid"),
              ("--circuits-batch-size=many", "--circuits-batch-size='many' is not valid: an integer"),
+             ("--circuits-token-budget=0", "--circuits-token-budget=0 is not valid"),
+             ("--circuits-token-budget=lots", "--circuits-token-budget='lots' is not valid: an integer"),
              ("--circuits-seed=-1", "--circuits-seed=-1 is not valid"),
              ("--circuits-familywise=holmes", "--circuits-familywise='holmes' is not valid"),
              ("--circuits-baseline-tolerance=3 sigma", "--circuits-baseline-tolerance")]

@@ -54,7 +54,7 @@ def test_logits_last_matches_plain_forward(tiny, ps):
     got = ActivationStore().get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST]
     with torch.no_grad():
         for i, n in enumerate(ps.lengths):
-            ref = tiny(ps.tokens[i: i + 1, :n])[0, -1]
+            ref = tiny(ps.tokens[i: i + 1, :n].to(tiny.cfg.device))[0, -1].cpu()
             torch.testing.assert_close(got[i], ref, atol=1e-5, rtol=1e-5)
 
 

@@ -95,10 +95,11 @@ def test_context_manager_matches_store(tiny, ps, store):
     abl = I.ablate(tiny, "L0H1", "resample", seed=1)
     from_store = store.get(tiny, ps, [H.LOGITS_LAST], abl)[H.LOGITS_LAST]
     with torch.no_grad(), abl.applied(tiny, ps, store):
-        logits = tiny(ps.tokens)
+        logits = tiny(ps.tokens.to(tiny.cfg.device)).cpu()       # the model may be on a GPU
     torch.testing.assert_close(logits[:, -1], from_store, atol=1e-5, rtol=1e-5)
     with torch.no_grad():   # hooks are gone afterwards
-        torch.testing.assert_close(tiny(ps.tokens)[:, -1], store.get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST],
+        torch.testing.assert_close(tiny(ps.tokens.to(tiny.cfg.device))[:, -1].cpu(),
+                                   store.get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST],
                                    atol=1e-5, rtol=1e-5)
 
 
@@ -213,7 +214,7 @@ def test_logprobs_pseudo_hook_matches_the_full_softmax(tiny, ps, store):
     ids = [5, 7, 11]
     lp = store.get(tiny, ps, [H.logprobs_last(ids)])[H.logprobs_last(ids)]
     with torch.no_grad():
-        full = tiny(ps.tokens)[torch.arange(len(ps)), ps.last].double().log_softmax(-1)
+        full = tiny(ps.tokens.to(tiny.cfg.device)).cpu()[torch.arange(len(ps)), ps.last].double().log_softmax(-1)
     torch.testing.assert_close(lp, full[:, ids], atol=1e-5, rtol=1e-5)
     assert lp.dtype == torch.float64 and lp.shape == (len(ps), 3)
     with pytest.raises(ComponentError, match="at least one token"):

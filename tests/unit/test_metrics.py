@@ -16,7 +16,9 @@ def facts_like(tiny):
 
 def _last_logits(model, ps):
     with torch.no_grad():
-        return torch.stack([model(ps.tokens[i: i + 1, :n])[0, -1] for i, n in enumerate(ps.lengths)])
+        # on the model's device (PYTEST_CIRCUITS_TEST_DEVICE), compared on the CPU with the store's
+        return torch.stack([model(ps.tokens[i: i + 1, :n].to(model.cfg.device))[0, -1].cpu()
+                            for i, n in enumerate(ps.lengths)])
 
 
 def test_logit_diff_matches_forward(tiny, facts_like):
@@ -58,7 +60,7 @@ def test_loss_matches_cross_entropy(tiny, facts_like):
     m = metrics.loss(tiny, facts_like, activations=ActivationStore())
     with torch.no_grad():
         for i, n in enumerate(facts_like.lengths):
-            toks = facts_like.tokens[i: i + 1, :n]
+            toks = facts_like.tokens[i: i + 1, :n].to(tiny.cfg.device)
             logits = tiny(toks)[0, :-1]
             ref = torch.nn.functional.cross_entropy(logits, toks[0, 1:])
             assert m.values[i] == pytest.approx(float(ref), abs=1e-5)
@@ -78,9 +80,9 @@ def test_greater_than_pd_matches_hand_computation(tiny):
     with torch.no_grad():
         for i, yy in enumerate(task.yy):
             a, b = divmod(yy, 10)
-            toks = task.prompts.tokens[i: i + 1, : task.prompts.lengths[i]]
+            toks = task.prompts.tokens[i: i + 1, : task.prompts.lengths[i]].to(tiny.cfg.device)
             p1 = tiny(toks)[0, -1].softmax(-1)[digit]
-            toks2 = torch.cat([toks, torch.tensor([[digit[a]]])], 1)
+            toks2 = torch.cat([toks, torch.tensor([[digit[a]]], device=toks.device)], 1)
             p2 = tiny(toks2)[0, -1].softmax(-1)[digit]
             above = p1[a + 1:].sum() + p1[a] * p2[b + 1:].sum()
             below = p1[:a].sum() + p1[a] * p2[: b + 1].sum()
@@ -156,7 +158,7 @@ def test_kl_under_head_ablation_matches_hand_computation(tiny, facts_like):
     expect = []
     with torch.no_grad():
         for i, n in enumerate(facts_like.lengths):
-            toks = facts_like.tokens[i: i + 1, :n]
+            toks = facts_like.tokens[i: i + 1, :n].to(tiny.cfg.device)
             clean = tiny(toks)[0, -1].double().log_softmax(-1)
             ablated = tiny.run_with_hooks(toks, fwd_hooks=[("blocks.0.attn.hook_z", zero_head0)])[0, -1]
             ablated = ablated.double().log_softmax(-1)

@@ -42,7 +42,8 @@ def _same_probe(a: P.ProbeResult, b: P.ProbeResult) -> None:
 def test_layer_scan_is_one_forward_and_equals_one_probe_per_layer(tiny4, pooling):
     layers = [3, 0, 2, 1]
     scan_store = ActivationStore()
-    assert len(TEXTS) <= scan_store.batch_size        # one batch: one forward is one model call
+    # one batch: one forward is one model call (the texts fit the token budget at any length up to 64)
+    assert len(TEXTS) * 64 <= scan_store.budget(tiny4).tokens
     scan = P.scan_layers(tiny4, TEXTS, HAS_DIGIT, layers=layers, k=2, pooling=pooling,
                          activations=scan_store, resamples=100, record=False)
     assert scan_store.counters.forward_passes == 1

@@ -35,13 +35,14 @@ def test_head_sweep_matches_transformer_lens_activation_patching(tiny_two_digit,
     grid = torch.arange(100).unsqueeze(0)
 
     def pd(logits):
-        p = logits[:, -1].double().softmax(-1)[:, ids]
+        p = logits[:, -1].double().cpu().softmax(-1)[:, ids]      # the model may be on a GPU
         return ((p * (grid > yy.unsqueeze(1))).sum(1) - (p * (grid <= yy.unsqueeze(1))).sum(1)).mean()
 
-    _, corrupted_cache = model.run_with_cache(task.prompts.corrupted.tokens)
+    dev = model.cfg.device
+    _, corrupted_cache = model.run_with_cache(task.prompts.corrupted.tokens.to(dev))
     with torch.no_grad():
-        tl = tlp.get_act_patch_attn_head_out_all_pos(model, task.prompts.tokens, corrupted_cache, pd)
-        tl_mlp = tlp.get_act_patch_mlp_out(model, task.prompts.tokens, corrupted_cache, pd)
+        tl = tlp.get_act_patch_attn_head_out_all_pos(model, task.prompts.tokens.to(dev), corrupted_cache, pd)
+        tl_mlp = tlp.get_act_patch_mlp_out(model, task.prompts.tokens.to(dev), corrupted_cache, pd)
     for layer in range(2):
         for h in range(4):
             assert float(sw.of(C.Head(layer, h)).mean()) + sw.clean == pytest.approx(float(tl[layer, h]), abs=1e-5)
@@ -118,17 +119,18 @@ def test_path_to_a_receiver_changes_only_that_receiver(tiny, years, store):
     assert not torch.allclose(z1[:, :, 2], clean[:, :, 2])
     # By hand: L1H2 reading the clean residual plus the sender's change only.
     delta = store.get(tiny, ps.corrupted, [H.z(0)])[H.z(0)][:, :, 1] - store.get(tiny, ps, [H.z(0)])[H.z(0)][:, :, 1]
-    delta = delta @ tiny.W_O[0, 1]
+    delta = delta @ tiny.W_O[0, 1].detach().cpu()
     grabbed = {}
 
     def add(t, hook):
-        return t + delta[:, : t.shape[1]].to(t.dtype)
+        return t + delta[:, : t.shape[1]].to(t.device, t.dtype)
 
     def grab(t, hook):
         grabbed["z"] = t.detach().clone()
 
     with torch.no_grad():
-        tiny.run_with_hooks(ps.tokens, fwd_hooks=[(H.resid_pre(1), add), (H.z(1), grab)])
+        tiny.run_with_hooks(ps.tokens.to(tiny.cfg.device), fwd_hooks=[(H.resid_pre(1), add), (H.z(1), grab)])
+    grabbed["z"] = grabbed["z"].cpu()
     torch.testing.assert_close(z1[:, :, 2], grabbed["z"][:, :, 2], atol=1e-5, rtol=1e-5)
     with pytest.raises(CircuitsError, match="downstream"):
         P.path_intervention(tiny, r, [s])

@@ -376,16 +376,18 @@ def test_shuffled_weights_copy(tiny):
 
     ps = PromptSet.build(tiny, TEXTS[:3])
     before = [p.detach().clone() for p in tiny.parameters()]
-    logits = tiny(ps.tokens).detach().clone()
+    toks = ps.tokens.to(tiny.cfg.device)
+    logits = tiny(toks).detach().clone()
     dup = P.shuffled_weights_copy(tiny, seed=3)
     assert all(torch.equal(a, p) for a, p in zip(before, tiny.parameters()))       # the model is untouched
-    assert torch.equal(tiny(ps.tokens), logits)
+    assert torch.equal(tiny(toks), logits)
     changed = 0
     for a, p in zip(before, dup.parameters()):
         assert torch.equal(a.flatten().sort().values, p.detach().flatten().sort().values)  # a permutation
         changed += int(not torch.equal(a, p.detach()))
     assert changed > len(before) // 2
-    assert info(dup).fingerprint == info(tiny).fingerprint + "+shuffled-weights:3"
+    on = "" if tiny.cfg.device is None or torch.device(tiny.cfg.device).type == "cpu" else ":" + torch.device(tiny.cfg.device).type
+    assert info(dup).fingerprint == info(tiny).fingerprint + "+shuffled-weights:3" + on    # a GPU draws its own
     store = ActivationStore()
     a = store(tiny, ps, [H.mlp_post(1)])[H.mlp_post(1)]
     b = store(dup, ps, [H.mlp_post(1)])[H.mlp_post(1)]

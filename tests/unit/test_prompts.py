@@ -148,7 +148,7 @@ def test_prompt_longer_than_the_context_is_rejected(tiny):
     import torch
 
     with torch.no_grad():
-        assert torch.isfinite(tiny(ps.tokens[1:2, :n_ctx])).all()
+        assert torch.isfinite(tiny(ps.tokens[1:2, :n_ctx].to(tiny.cfg.device))).all()
     with pytest.raises(PromptSetError, match=rf"prompts\[1\]=.* tokenizes to {n_ctx + 1} tokens \(BOS included\), "
                                              rf"longer than the model's context n_ctx={n_ctx}"):
         PromptSet.build(tiny, ["the cat", fits + " cat"])

@@ -99,7 +99,8 @@ def test_the_store_runs_a_custom_intervention(tiny, add, store):
     full = ActivationStore(batch_size=2, resume=False).get(tiny, ps, [H.LOGITS_LAST], add)[H.LOGITS_LAST]
     torch.testing.assert_close(got[H.LOGITS_LAST], full, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
-        raw = tiny.run_with_hooks(ps.tokens, fwd_hooks=add.fwd_hooks(tiny, ps, torch.arange(len(ps)), store))
+        raw = tiny.run_with_hooks(ps.tokens.to(tiny.cfg.device),
+                                  fwd_hooks=add.fwd_hooks(tiny, ps, torch.arange(len(ps)), store)).cpu()
     torch.testing.assert_close(got[H.LOGITS_LAST], raw[torch.arange(len(ps)), ps.last], atol=1e-4, rtol=1e-4)
     # and it changes the output (the test could fail)
     assert not torch.allclose(got[H.LOGITS_LAST], store.get(tiny, ps, [H.LOGITS_LAST])[H.LOGITS_LAST])
