@@ -369,7 +369,7 @@ def edge_intervention(model: Any, edge: Any, *, scale: float = 1.0) -> Any:
     return I.reroute(model, [e.receiver], via=via)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class EdgeSweep(Sweep):
     """Exact effects of patching each edge, per prompt (a
     :class:`~pytest_circuits.techniques.patching.Sweep` keyed by :class:`Edge`; ``of``,
@@ -420,11 +420,13 @@ def _run(model: Any, tokens: Any, hooks: list) -> Any:
         return None
 
 
-def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any]) -> dict[Any, Any]:
+def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any],
+                    layers: Iterable[int] | None = None) -> dict[Any, Any]:
     """``{(receiver, part): d metric / d input}`` (``[pos, d_model]`` float64, CPU) for one
     prompt ``tokens`` ``[1, pos]``, every sender's hook set to ``targets`` (values; the
     receivers' local derivatives are taken where the residual stream built from them puts
-    their inputs)."""
+    their inputs). ``layers``: the layers whose receivers are needed (default all; the
+    logits always)."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -471,7 +473,7 @@ def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any
     out[(None, None)] = (final[0] if final is not None else torch.zeros_like(seen[H.resid_post(L - 1)][0])
                          ).detach().to("cpu", torch.float64)
     reps = tokens.expand(4, -1)
-    for l in range(L):
+    for l in (range(L) if layers is None else sorted(set(layers))):
         x_pre = seen[H.resid_pre(l)].detach()
         x_mlp = x_pre if par else seen[H.resid_mid(l)].detach()
         leaves = [x_pre.clone().requires_grad_(True) for _ in range(3)] + [x_mlp.clone().requires_grad_(True)]
@@ -619,6 +621,7 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     corr = store.get(model, ps.corrupted, names)
     deltas = {s: sender_delta(model, ps, s, store) for s in senders(model)}
     device = model_info(model).device
+    layers = {e.receiver.layer for e in es if e.receiver is not None}
     scores = np.zeros((len(es), n))
     start = time.perf_counter()
     for i in bar(range(n), f"edge attribution {task.name}", total=n):
@@ -630,7 +633,7 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
             a = k / steps
             targets = {nm: (clean[nm][i: i + 1, :length].double() * (1 - a) + corr[nm][i: i + 1, :length].double() * a)
                        for nm in names}
-            g = _receiver_grads(model, tokens, metric, targets)
+            g = _receiver_grads(model, tokens, metric, targets, layers)
             for key, v in g.items():
                 acc[key] = acc[key] + v if key in acc else v
         for j, e in enumerate(es):
