@@ -70,7 +70,7 @@ def model_task(request, arch_model):
     return model, LogitDiff(model, pairs(seed=3, n=8, same=2))
 
 
-@pytest.fixture(scope="module", params=["gpt2", "gqa"])
+@pytest.fixture(scope="module", params=["gpt2", "gqa", "neox"])
 def model_task64(request, arch_checkpoint, tmp_path_factory):
     """As model_task in float64: finite differences of the metric need more than float32's digits."""
     model = load_model(str(arch_checkpoint(request.param)), cache_dir=tmp_path_factory.mktemp("edges64"),
@@ -271,15 +271,12 @@ def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
     assert faith.recovered.mean > 0.95
 
 
-@pytest.mark.slow
 def test_the_control_model_has_no_edge(planted_models):
     model, task = planted_models[True]
     store = ActivationStore()
     sw = E.edge_patch(model, task, activations=store)
     assert sw.clean == pytest.approx(sw.corrupted, abs=1e-9)      # the corruption changes nothing
     assert float(sw.values.abs().max()) < 1e-5
-    with_mechanism, _ = planted_models[False]
-    assert with_mechanism is not model
 
 
 def test_edge_circuits_save_and_load_with_head_inputs(arch_model, tmp_path):
