@@ -81,6 +81,12 @@ score 1 over 50 pairs) and L1H1 (OV self-suppression 1 over 49 tokens, attended-
 direct effect -0.117) and nothing on the control; tests/unit/test_ov_heads.py checks
 those numbers with raw hooks.
 
+**Edges** (:func:`build_edges`, ``edges`` and ``edges_control``; for
+:mod:`pytest_circuits.techniques.edges`): a relay head ``L0H0`` read by ``L1H0`` through its
+value input only, and a decoy ``L1H1`` whose query reads the relay with an attention score that
+enters evenly (``L0H0->L1H1.q``: exact effect ~0, first-order attribution large); built in
+tests, not shipped.
+
 Compatibility-mode notes: RMSNorm weights (all 1 here) are folded into the reading
 weights; for RMSNorm models TransformerLens 4.x does *not* centre writing weights (it
 would change the function), but it does centre ``W_U`` over the vocabulary. All written
