@@ -182,13 +182,13 @@ def test_eap_is_the_derivative_of_exact_edge_patching(model_task64):
     model, task = model_task64
     assert model.cfg.dtype == torch.float64
     store = ActivationStore(batch_size=8)
-    scores = E.edge_attribution(model, task)
-    assert scores.method == "eap" and scores.steps == 1 and scores.values.shape == (len(E.graph(model)), 8)
     rng = random.Random(0)
     by_kind: dict = {}
     for e in E.graph(model):
         by_kind.setdefault(e.part or ("logits" if e.receiver is None else "mlp"), []).append(e)
     chosen = [e for kind in sorted(by_kind) for e in rng.sample(by_kind[kind], min(3, len(by_kind[kind])))]
+    scores = E.edge_attribution(model, task, edges=chosen)
+    assert scores.method == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
     eps = 1e-2      # rotary families compute in float32 somewhere: a smaller step drowns in its rounding
     clean = task.scores(model, activations=store).double()
     size = float(np.abs(scores.values).max())
@@ -206,21 +206,21 @@ def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_mode
     EAP-IG scores of all edges into the logits add up to m(corrupted) - m(clean) as the steps
     grow (a left Riemann sum of the gradient along the line)."""
     model = arch_model("gpt2")
-    task = LogitDiff(model, pairs(seed=7, n=4))
-    eap = E.edge_attribution(model, task)
-    one = E.edge_attribution(model, task, method="eap-ig", steps=1)
+    task = LogitDiff(model, pairs(seed=7, n=3))
+    eap = E.edge_attribution(model, task, edges=[e for e in E.graph(model) if e.receiver is None or e.receiver.layer == 1])
+    one = E.edge_attribution(model, task, method="eap-ig", steps=1, edges=eap.edges)
     np.testing.assert_array_equal(eap.values, one.values)
     into = [e for e in E.graph(model) if e.receiver is None]
     total = (task.scores(model, corrupted=True) - task.scores(model)).double().numpy()
     errors = {}
-    for steps in (2, 16):
+    for steps in (2, 8):
         ig = E.edge_attribution(model, task, method="eap-ig", steps=steps, edges=into)
         errors[steps] = np.abs(ig.values.sum(0) - total).max()
     first = np.abs(eap.values[[eap._index[e] for e in into]].sum(0) - total).max()
     print(f"EAP-IG into the logits: |sum - total| max {errors} (EAP {first:.3g}), |total| max "
           f"{np.abs(total).max():.3g}")
-    assert errors[16] <= 0.05 * np.abs(total).max(), (errors, first, total)
-    assert errors[16] < errors[2] and errors[16] < first
+    assert errors[8] <= 0.05 * np.abs(total).max(), (errors, first, total)
+    assert errors[8] < errors[2] and errors[8] < first
 
 
 # -- planted ground truth ------------------------------------------------------------------------
@@ -290,3 +290,15 @@ def test_edge_circuits_save_and_load_with_head_inputs(arch_model, tmp_path):
         C.Circuit.of(model, ["L1H0"], edges=[("L0H0", "mlp1.q")])
     with pytest.raises(CircuitsError, match="at least one head or MLP"):
         E.edge_circuit(model, [])
+
+
+@pytest.mark.parametrize("family", ["gemma2"])
+def test_a_norm_after_attention_is_refused_by_name(arch_model, family):
+    from pytest_circuits.errors import MeasurementError
+
+    model = arch_model(family)
+    task = LogitDiff(model, pairs(seed=1, n=2))
+    with pytest.raises(MeasurementError, match="norm after attention"):
+        E.edge_patch(model, task, ["L0H0->logits"])
+    with pytest.raises(MeasurementError, match="norm after attention"):
+        E.edge_attribution(model, task)
