@@ -84,7 +84,7 @@ from ..store import ActivationStore, resolve
 from .._progress import bar
 from .circuits import Circuit
 from .effects import attn_output_weights, attn_post_gains
-from .patching import Agreement, Sweep, _baselines, _effect, _ranks
+from .patching import Agreement, Sweep, _effect, _ranks, prefetch
 
 LOGITS = "logits"
 PARTS = ("q", "k", "v")
@@ -374,7 +374,11 @@ class EdgeSweep(Sweep):
     """Exact effects of patching each edge, per prompt (a
     :class:`~pytest_circuits.techniques.patching.Sweep` keyed by :class:`Edge`; ``of``,
     ``measure``, ``normalized``, ``interval``, ``significant``, ``table`` accept an edge's
-    spelling)."""
+    spelling). ``totals``: per prompt, the whole corruption's effect ``m(corrupted) - m(clean)``
+    (float64 numpy ``[n]``; its mean is :attr:`scale`), what :func:`discover` compares each
+    edge's effect with."""
+
+    totals: Any = None
 
     def _rows(self, c: Any) -> list[int]:
         if isinstance(c, str) and "->" in c:
@@ -394,7 +398,10 @@ def edge_patch(model: Any, task: Any, edges: Any = None, *,
     _refuse_unsupported(model)
     store = resolve(activations)
     es = as_edges(model, edges)
-    clean, c_mean, x_mean = _baselines(model, task, store)
+    prefetch(model, task, store)            # what _baselines does, keeping the corrupted scores per prompt
+    clean = task.scores(model, activations=store).double()
+    corrupted = task.scores(model, activations=store, corrupted=True).double()
+    c_mean, x_mean = float(clean.mean()), float(corrupted.mean())
     effects = {}
     for e in bar(es, f"edge patching {task.name}", total=len(es)):
         effects[e] = _effect(model, task, edge_intervention(model, e), clean, store, f"edge[{e}]", edge=str(e))
@@ -402,7 +409,8 @@ def edge_patch(model: Any, task: Any, edges: Any = None, *,
     return EdgeSweep(components=tuple(effects), values=torch.stack([torch.as_tensor(m.array) for m in effects.values()]),
                      name="edge[{}]", title="exact edge patching", model=model_info(model).label, prompts=task.name,
                      provenance={"task": task.name}, shape=(int(cfg.n_layers), int(cfg.n_heads)),
-                     task=task.name, clean=c_mean, corrupted=x_mean)
+                     task=task.name, clean=c_mean, corrupted=x_mean,
+                     totals=(corrupted - clean).numpy().astype(np.float64))
 
 
 # -- attribution ----------------------------------------------------------------------------
@@ -421,12 +429,12 @@ def _run(model: Any, tokens: Any, hooks: list) -> Any:
 
 
 def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any],
-                    layers: Iterable[int] | None = None) -> dict[Any, Any]:
+                    layers: Iterable[int] | None = None, seen_metric: list | None = None) -> dict[Any, Any]:
     """``{(receiver, part): d metric / d input}`` (``[pos, d_model]`` float64, CPU) for one
     prompt ``tokens`` ``[1, pos]``, every sender's hook set to ``targets`` (values; the
     receivers' local derivatives are taken where the residual stream built from them puts
     their inputs). ``layers``: the layers whose receivers are needed (default all; the
-    logits always)."""
+    logits always). ``seen_metric``: a list the metric's value is appended to."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -465,6 +473,8 @@ def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any
     with torch.enable_grad():
         logits = _run(model, tokens, hooks)
         m = metric(logits)
+        if seen_metric is not None:
+            seen_metric.append(float(m.detach()))
         names = [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
         got = torch.autograd.grad(m, [kept[n] for n in names] + [seen[H.resid_post(L - 1)]], allow_unused=True)
     grads = dict(zip(names + ["final"], got))
@@ -526,7 +536,9 @@ class EdgeScores:
     """Attribution scores of edges, per prompt (:func:`edge_attribution`).
 
     ``values[e, i]``: edge ``edges[e]``'s score on prompt ``i``, in the units of the task's
-    ``logit_metric`` (the linear estimate of the raw effect ``m(edge patched) - m(clean)``)."""
+    ``logit_metric`` (the linear estimate of the raw effect ``m(edge patched) - m(clean)``).
+    ``totals[i]``: the whole corruption's effect on prompt ``i`` in the same units, ``m`` with
+    every sender's output corrupted minus ``m`` clean (what :func:`discover` compares with)."""
 
     edges: tuple[Edge, ...]
     values: Any                      # [E, n] float64 numpy
@@ -534,6 +546,8 @@ class EdgeScores:
     steps: int
     task: str = ""
     seconds: float = 0.0
+    totals: Any = None               # [n] float64 numpy
+    clean: Any = None                # [n] float64 numpy: m on the clean prompt
     _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -623,23 +637,32 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     device = model_info(model).device
     layers = {e.receiver.layer for e in es if e.receiver is not None}
     scores = np.zeros((len(es), n))
+    totals = np.zeros(n)
+    at_clean_all: list = []
     start = time.perf_counter()
     for i in bar(range(n), f"edge attribution {task.name}", total=n):
         length = ps.lengths[i]
         tokens = ps.tokens[i: i + 1, :length].to(device)
         metric = task.logit_metric(i)
         acc: dict[Any, Any] = {}
+        at_clean: list = []
         for k in range(steps):
             a = k / steps
             targets = {nm: (clean[nm][i: i + 1, :length].double() * (1 - a) + corr[nm][i: i + 1, :length].double() * a)
                        for nm in names}
-            g = _receiver_grads(model, tokens, metric, targets, layers)
+            g = _receiver_grads(model, tokens, metric, targets, layers, at_clean if k == 0 else None)
             for key, v in g.items():
                 acc[key] = acc[key] + v if key in acc else v
         for j, e in enumerate(es):
             grad = acc[(e.receiver, e.part)] / steps
             scores[j, i] = float((deltas[e.sender][i, :length] * grad).sum())
-    return EdgeScores(es, scores, method, steps, task=task.name, seconds=time.perf_counter() - start)
+        # the whole corruption in the metric's units: every sender's output corrupted (one forward, no gradient)
+        fixed = [(nm, (lambda t, hook=None, v=corr[nm][i: i + 1, :length]: v.to(t.device, t.dtype))) for nm in names]
+        with torch.no_grad():
+            totals[i] = float(metric(_run(model, tokens, fixed))) - at_clean[0]
+        at_clean_all.append(at_clean[0])
+    return EdgeScores(es, scores, method, steps, task=task.name, seconds=time.perf_counter() - start, totals=totals,
+                      clean=np.asarray(at_clean_all))
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -714,13 +737,72 @@ def verify(model: Any, task: Any, scores: EdgeScores, k: int = 10, *, ratio: flo
 
 # -- edge circuits ---------------------------------------------------------------------------
 
+#: :func:`discover` finds nothing when the corruption's mean effect is at most this fraction of
+#: the metric's typical size (mean |m| over clean and corrupted prompts): no effect to share out.
+NO_EFFECT = 1e-6
+
+
+def per_prompt(source: Any) -> tuple[tuple[Edge, ...], Any, Any, float]:
+    """``(edges, values [E, n], totals [n], size)`` of an :class:`EdgeSweep` (exact effects)
+    or an :class:`EdgeScores` (attribution scores), float64 numpy: each edge's value per prompt,
+    the whole corruption's effect per prompt in the same units, and the metric's typical size
+    (the larger of its mean |value| clean and corrupted; :func:`discover`'s ``size``)."""
+    if isinstance(source, EdgeSweep):
+        vals = source.values.numpy()
+        totals = source.totals
+        if totals is None:      # a sweep built elsewhere: every prompt's total taken as the mean one
+            totals = np.full(vals.shape[1], source.scale)
+        return (tuple(source.components), vals, np.asarray(totals, dtype=np.float64),
+                max(abs(source.clean), abs(source.corrupted)))
+    if isinstance(source, EdgeScores):
+        if source.totals is None or source.clean is None:
+            raise CircuitsError(bad("scores", "EdgeScores without totals", "scores from edge_attribution (they "
+                                    "carry each prompt's whole corruption effect)"))
+        clean, totals = np.asarray(source.clean, dtype=np.float64), np.asarray(source.totals, dtype=np.float64)
+        return (source.edges, np.asarray(source.values, dtype=np.float64), totals,
+                max(float(np.abs(clean).mean()), float(np.abs(clean + totals).mean())))
+    raise CircuitsError(bad("source", type(source).__name__, "an EdgeSweep (edge_patch) or EdgeScores "
+                            "(edge_attribution)"))
+
+
+def discover(values: Any, totals: Any, threshold: float = 0.05, weights: Any = None, *,
+             size: float | None = None) -> Any:
+    """The discovery rule of :func:`edge_circuit` and :func:`~pytest_circuits.techniques.edge_stability.stability`:
+    with ``w`` the prompts' weights (default ``1/n`` each; a bootstrap resample's weights are
+    its counts over ``n``), edge ``e`` is kept when
+
+        |sum_i w_i values[e, i]| >= threshold * |sum_i w_i totals[i]|   and   |sum_i w_i values[e, i]| > 0,
+
+    i.e. its (resampled) mean effect or score is at least ``threshold`` of the (resampled) mean
+    effect of the whole corruption, in absolute value. When that mean effect is at most
+    :data:`NO_EFFECT` times ``size`` (the metric's typical size, :func:`per_prompt`; default the
+    mean |total| over prompts, which only catches a corruption that changes nothing at all), nothing is kept: there is no effect to share out. ``values``: ``[E, n]``;
+    ``weights``: ``[n]`` (returns a bool mask ``[E]``) or ``[B, n]`` (a mask ``[B, E]``)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise CircuitsError(bad("threshold", threshold, "a fraction in (0, 1] of the corruption's effect"))
+    vals = np.asarray(values, dtype=np.float64)
+    tot = np.asarray(totals, dtype=np.float64)
+    n = tot.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+    one = w.ndim == 1
+    w2 = w[None, :] if one else w
+    means = w2 @ vals.T                                  # [B, E]
+    total = w2 @ tot                                     # [B]
+    size = float(np.abs(tot).mean()) if size is None else float(size)
+    effect = np.abs(total) > NO_EFFECT * size
+    kept = (np.abs(means) >= threshold * np.abs(total)[:, None]) & (np.abs(means) > 0) & effect[:, None]
+    return kept[0] if one else kept
+
+
 def edge_circuit(model: Any, kept: Any, *, threshold: float = 0.05, name: str = "edge-circuit") -> Circuit:
     """A :class:`~pytest_circuits.techniques.circuits.Circuit` of edges: ``kept`` is a list of
-    edges (or their spellings), or an :class:`EdgeSweep`, from which the edges whose
-    normalized effect is at least ``threshold`` with an interval excluding 0 are kept. The
-    circuit's components are the kept edges' heads and MLPs (the embedding is always kept)."""
-    if isinstance(kept, EdgeSweep):
-        es = tuple(kept.significant(threshold))
+    edges (or their spellings), or an :class:`EdgeSweep` or :class:`EdgeScores`, from which the
+    edges are kept by :func:`discover`'s rule (mean effect or score at least ``threshold`` of
+    the whole corruption's mean effect, in absolute value). The circuit's components are the
+    kept edges' heads and MLPs (the embedding is always kept)."""
+    if isinstance(kept, (EdgeSweep, EdgeScores)):
+        edges, vals, totals, size = per_prompt(kept)
+        es = tuple(e for e, k in zip(edges, discover(vals, totals, threshold, size=size)) if k)
     else:
         es = as_edges(model, kept) if kept else ()
     comps = {c for e in es for c in (e.sender, e.receiver) if isinstance(c, (Head, MLP))}
@@ -730,6 +812,6 @@ def edge_circuit(model: Any, kept: Any, *, threshold: float = 0.05, name: str = 
                       edges=[(str(e.sender), e.receiver_name) for e in es], name=name)
 
 
-__all__ = ["Check", "DEFAULT_IG_STEPS", "Edge", "EdgeInput", "EdgeScores", "EdgeSweep", "PARTS", "Verification",
-           "as_edges", "edge_attribution", "edge_circuit", "edge_intervention", "edge_patch", "graph",
-           "parallel_blocks", "receivers", "sender_delta", "senders", "verify"]
+__all__ = ["Check", "DEFAULT_IG_STEPS", "Edge", "EdgeInput", "EdgeScores", "EdgeSweep", "NO_EFFECT", "PARTS",
+           "Verification", "as_edges", "discover", "edge_attribution", "edge_circuit", "edge_intervention", "edge_patch", "graph",
+           "parallel_blocks", "per_prompt", "receivers", "sender_delta", "senders", "verify"]
