@@ -23,9 +23,9 @@ What is reported:
   between the edge sets of two resampled discoveries. The ``B`` resamples are split into
   ``B // 2`` disjoint pairs (resample 0 with 1, 2 with 3, ...), whose Jaccard values are
   independent given the prompts; their mean and its interval are a Measurement (the
-  continuous interval of :meth:`~pytest_circuits.measurement.Measurement.from_values`). The
-  mean over all ``B (B - 1) / 2`` pairs (lower variance, no interval: the pairs share
-  resamples) is ``jaccard_all_pairs``. **Two empty sets have no Jaccard overlap**: such a pair
+  continuous interval of :meth:`~pytest_circuits.measurement.Measurement.from_values`, cut
+  to [0, 1] where its t-part reaches beyond). The mean over all ``B (B - 1) / 2`` pairs
+  (lower variance, no interval: the pairs share resamples) is ``jaccard_all_pairs``. **Two empty sets have no Jaccard overlap**: such a pair
   is left out (counted in ``undefined``), and when every pair is, ``jaccard`` is None and the
   report says ``n/a`` (neither 1, "equally empty", nor 0). One empty set against a non-empty
   one is 0;
@@ -40,20 +40,24 @@ Claims assert on bounds: ``st.frequency("L0H0->L1H0.v").assert_above(0.9)`` (or
 reach at this ``B`` (a lower bound above 0.832 needs more than 20 resamples) says how many
 resamples it takes.
 
-Faithfulness under discovery's variance (each resample's circuit evaluated on its resampled
-prompts) is not here: an edge set's faithfulness is not the sum of its edges' effects, so it
-needs runs of each distinct discovered circuit (not done yet).
+Faithfulness under discovery's variance (:func:`faithfulness_under_resampling`): each
+resample's discovered circuit, its recovered fraction on the resampled prompts. An edge set's
+faithfulness is not the sum of its edges' effects, so every *distinct* discovered circuit is run
+once (on all prompts; resamples re-weight its per-prompt metrics): cheap when discovery is
+stable, up to ``B`` circuit runs when it is not. The circuits remove whole components (those of
+:mod:`~pytest_circuits.techniques.circuits`), not single edges.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import CircuitsError, MeasurementError, bad
 from ..measurement import DEFAULT_LEVEL, Measurement
+from ..measurement import record as record_measurement
 from .edges import Edge, EdgeScores, EdgeSweep, discover, per_prompt
 
 DEFAULT_RESAMPLES = 20
@@ -197,8 +201,12 @@ def _jaccard_measure(values: list, name: str, level: float, record: bool, **prov
     defined = [v for v in values if v is not None]
     if not defined:
         return None
-    return Measurement.from_values(name, np.asarray(defined), level=level, record=record, method="bootstrap-t",
-                                   provenance=prov)
+    m = Measurement.from_values(name, np.asarray(defined), level=level, record=False, method="bootstrap-t",
+                                provenance=prov)
+    if m.lower < 0 or m.upper > 1:      # an overlap lies in [0, 1]: the t-interval's part beyond it covers nothing
+        m = replace(m, lower=max(m.lower, 0.0), upper=min(m.upper, 1.0),
+                    provenance={**m.provenance, "interval": m.provenance["interval"] + ", cut to [0, 1]"})
+    return record_measurement(m) if record else m
 
 
 def _all_pairs(kept: Any) -> float | None:
@@ -215,6 +223,12 @@ def _one(edges: tuple[Edge, ...], kept: Any, name: str, resamples: int, threshol
                           what="Jaccard overlap of the edge sets of disjoint pairs of resampled discoveries")
     return Stability(edges, kept, resamples, threshold, seed, level, (name,), jm, _all_pairs(kept),
                      sum(p is None for p in pairs), len(pairs))
+
+
+def _draws(read: list, resamples: int, seed: int) -> list:
+    """Each source's ``[resamples, n]`` weights, drawn in order from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [resample_weights(vals.shape[1], resamples, rng) for _es, vals, _t, _s in read]
 
 
 def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
@@ -241,12 +255,10 @@ def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_
     for i, s in enumerate(sources):
         nm = getattr(s, "task", "") or f"task{i}"
         names.append(nm if nm not in names else f"{nm}#{i}")
-    rng = np.random.default_rng(seed)
     per: list = []
-    for es, vals, totals, size in read:
+    for (es, vals, totals, size), w in zip(read, _draws(read, resamples, seed)):
         at = {e: i for i, e in enumerate(es)}
         order = [at[e] for e in edges] if es != edges else slice(None)
-        w = resample_weights(vals.shape[1], resamples, rng)
         per.append(discover(vals[order], totals, threshold, w, size=size))      # [B, E]
     singles = tuple(_one(edges, k, nm, resamples, threshold, seed, level, record and len(per) == 1)
                     for k, nm in zip(per, names))
@@ -272,4 +284,95 @@ def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_
                      per_task=singles)
 
 
-__all__ = ["DEFAULT_RESAMPLES", "Stability", "jaccard", "resample_weights", "stability"]
+# -- faithfulness with discovery's variance ---------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class ResampledFaithfulness:
+    """:func:`faithfulness_under_resampling`'s result. ``values[b]``: the recovered fraction of
+    resample ``b``'s discovered circuit on resample ``b``'s prompts (None where it discovered
+    nothing with a head or MLP end); ``circuits``: the faithfulness of each distinct discovered
+    circuit on all prompts (what the values re-weight); ``seconds``: time spent running them."""
+
+    values: tuple[float | None, ...]
+    circuits: tuple[Any, ...]
+    threshold: float
+    seed: int
+    seconds: float = 0.0
+
+    @property
+    def defined(self) -> Any:
+        return np.array([v for v in self.values if v is not None], dtype=np.float64)
+
+    @property
+    def mean(self) -> float | None:
+        return float(self.defined.mean()) if len(self.defined) else None
+
+    def quantiles(self, level: float = 0.95) -> tuple[float, float] | None:
+        """The middle ``level`` of the resampled values (a percentile bootstrap range: crude at
+        20 resamples, and it describes discovery and evaluation under resampling of these
+        prompts, not new ones)."""
+        d = self.defined
+        if not len(d):
+            return None
+        a = (1 - level) / 2
+        return float(np.quantile(d, a)), float(np.quantile(d, 1 - a))
+
+    def __repr__(self) -> str:
+        q = self.quantiles()
+        none = sum(v is None for v in self.values)
+        body = "n/a (nothing discovered)" if q is None else f"{self.mean:.3f}, middle 95% [{q[0]:.3f}, {q[1]:.3f}]"
+        return (f"ResampledFaithfulness: recovered {body} over {len(self.values) - none} resamples"
+                f"{f' ({none} discovered nothing)' if none else ''}, {len(self.circuits)} distinct circuit(s) run")
+
+
+def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, threshold: float = 0.05,
+                                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0, kind: str = "patch",
+                                  activations: Any = None) -> ResampledFaithfulness:
+    """Faithfulness with discovery's variance: per bootstrap resample (the draws of
+    :func:`stability` with the same ``seed``), the circuit discovered on it
+    (:func:`~pytest_circuits.techniques.edges.edge_circuit`'s rule) and its recovered fraction
+    (:func:`~pytest_circuits.techniques.circuits.faithfulness`, ``kind`` ablation: whole
+    components removed, not single edges) on the resampled prompts, ``sum_w (kept - empty) /
+    sum_w (full - empty)``.
+
+    Cost: faithfulness is not additive over edges, so every *distinct* discovered circuit is run
+    once on all prompts (one forward of the task per circuit, plus the whole and the empty model
+    once); a resample then only re-weights those per-prompt metrics. A stable discovery costs
+    one circuit run; one that changes on every resample costs ``resamples`` runs.
+    ``source`` must be scored on ``task``'s prompts, in order."""
+    import time
+
+    from . import circuits as C
+    from .edges import edge_circuit
+    from ..components import MLP, Head
+
+    read = [per_prompt(source)]
+    es, vals, totals, size = read[0]
+    if vals.shape[1] != len(task.prompts):
+        raise CircuitsError(bad("source", f"{vals.shape[1]} prompts", f"the {len(task.prompts)} prompts of "
+                                f"{getattr(task, 'name', 'the task')}, in order"))
+    weights = _draws(read, resamples, seed)[0]
+    kept = discover(vals, totals, threshold, weights, size=size)
+    run = C._runner(model, task, kind, None, 0, activations)
+    start = time.perf_counter()
+    runs: dict = {}
+    values: list = []
+    for b in range(resamples):
+        chosen = tuple(e for e, k in zip(es, kept[b]) if k)
+        if not any(isinstance(c, (Head, MLP)) for e in chosen for c in (e.sender, e.receiver)):
+            values.append(None)
+            continue
+        key = frozenset(chosen)
+        if key not in runs:
+            runs[key] = C._faithfulness(run, edge_circuit(model, list(chosen), name=f"resampled[{len(runs)}]"))
+        f = runs[key]
+        w = weights[b]
+        full, part, empty = (np.asarray(x, dtype=np.float64) for x in (f.full, f.kept, f.empty))
+        den = float(w @ (full - empty))
+        values.append(float(w @ (part - empty)) / den if abs(den) > 0 else None)
+    return ResampledFaithfulness(tuple(values), tuple(runs.values()), threshold, seed,
+                                 time.perf_counter() - start)
+
+
+__all__ = ["DEFAULT_RESAMPLES", "ResampledFaithfulness", "Stability", "faithfulness_under_resampling", "jaccard",
+           "resample_weights", "stability"]

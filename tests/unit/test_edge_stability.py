@@ -211,6 +211,7 @@ def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_m
     assert patched > 0
     st = S.stability(sw, resamples=20, seed=0)
     assert len(calls) == patched                                  # no forward: only re-weighting
+    print(f"forwards: edge_patch {patched}, 20 resamples: 0")
     want = set(map(E.Edge.parse, planted.EDGES["planted"]))
     assert set(st.stable(1.0)) == want == set(st.frequencies())
     for e in want:
@@ -222,13 +223,19 @@ def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_m
     # the full sample's discovery is edge_circuit's
     circ = E.edge_circuit(model, sw, threshold=0.05)
     assert {f"{a}->{b}" for a, b in circ.edges} == set(planted.EDGES["planted"])
+
+
+def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_models, monkeypatch):
+    model = planted_models[False]
+    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_edges")
+    calls = counting(monkeypatch, model)
     # attribution: one pass of edge_attribution, then no forward for any resample
     before = len(calls)
     scores = E.edge_attribution(model, task, edges=SOME)
     one_pass = len(calls) - before
     st2 = S.stability(scores, resamples=20, seed=0)
     assert len(calls) - before == one_pass
-    print(f"forwards: edge_patch {patched}, edge_attribution {one_pass}, 20 resamples of either: 0")
+    print(f"forwards: edge_attribution {one_pass}, 20 resamples: 0")
     # the decoy's first-order score is large: attribution discovers it on every resample too
     assert st2.frequency(planted.EDGES["decoy"]).mean == 1.0
     assert all(st2.frequency(e).mean == 1.0 for e in planted.EDGES["planted"])
@@ -249,3 +256,25 @@ def test_the_control_discovers_nothing(planted_models):
     with pytest.raises(MeasurementError, match="n/a"):
         st.assert_jaccard_above(0.0)
     st.frequency(planted.EDGES["planted"][1]).assert_below(0.2)
+
+
+def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_models):
+    from pytest_circuits.techniques import circuits as C
+
+    model = planted_models[False]
+    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_edges")
+    store = ActivationStore()
+    sw = E.edge_patch(model, task, SOME, activations=store)
+    rf = S.faithfulness_under_resampling(model, task, sw, resamples=20, seed=0, activations=store)
+    assert len(rf.circuits) == 1 and None not in rf.values         # the same circuit on every resample: one run
+    # by hand: the full sample's edge circuit, its per-prompt metrics re-weighted by the same draws
+    faith = C.faithfulness(model, task, E.edge_circuit(model, sw), activations=store)
+    w = S.resample_weights(len(planted.EDGE_PROMPTS), 20, np.random.default_rng(0))
+    full, kept, empty = (np.asarray(x, dtype=np.float64) for x in (faith.full, faith.kept, faith.empty))
+    want = [(row @ (kept - empty)) / (row @ (full - empty)) for row in w]
+    np.testing.assert_allclose(rf.values, want, rtol=1e-9)
+    assert rf.mean > 0.95 and rf.quantiles()[0] > 0.9 and "1 distinct circuit" in repr(rf)
+    control = planted_models[True]
+    ctask = LogitDiff(control, planted.EDGE_PROMPTS, "planted_control")
+    none = S.faithfulness_under_resampling(control, ctask, E.edge_patch(control, ctask, SOME), resamples=20)
+    assert none.values == (None,) * 20 and none.circuits == () and none.mean is None and "n/a" in repr(none)
