@@ -59,7 +59,11 @@ attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`
 **Edge circuits** (:func:`edge_circuit`): a :class:`~pytest_circuits.techniques.circuits.Circuit`
 whose ``edges`` are the kept edges (receivers spelled ``L1H0.q`` where they are a head's
 input) and whose components are their endpoints, for the faithfulness checks of
-:mod:`~pytest_circuits.techniques.circuits` (which remove whole components, not edges).
+:mod:`~pytest_circuits.techniques.circuits` (which remove whole components, not edges). From
+a sweep or scores, edges are kept by :func:`discover` (mean effect or score at least
+``threshold`` of the whole corruption's mean effect, in absolute value), the rule whose
+stability under resampling of the prompts
+:func:`~pytest_circuits.techniques.edge_stability.stability` measures.
 
 Not handled (refused with a MeasurementError naming the feature): a norm after attention
 (Gemma-2/3, OLMo-2: a head's write is not ``z_h W_O[h]`` alone).
