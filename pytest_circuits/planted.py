@@ -81,6 +81,12 @@ score 1 over 50 pairs) and L1H1 (OV self-suppression 1 over 49 tokens, attended-
 direct effect -0.117) and nothing on the control; tests/unit/test_ov_heads.py checks
 those numbers with raw hooks.
 
+**Edges** (:func:`build_edges`, ``edges`` and ``edges_control``; for
+:mod:`pytest_circuits.techniques.edges`): a relay head ``L0H0`` read by ``L1H0`` through its
+value input only, and a decoy ``L1H1`` whose query reads the relay with an attention score that
+enters evenly (``L0H0->L1H1.q``: exact effect ~0, first-order attribution large); built in
+tests, not shipped.
+
 Compatibility-mode notes: RMSNorm weights (all 1 here) are folded into the reading
 weights; for RMSNorm models TransformerLens 4.x does *not* centre writing weights (it
 would change the function), but it does centre ``W_U`` over the vocabulary. All written
@@ -163,8 +169,9 @@ def _write_tokenizer(path: Path, vocab_list: list[str]) -> None:
     fast.save_pretrained(str(path))
 
 
-def _skeleton() -> tuple[Any, dict[str, int]]:
-    """A Llama model with every weight zero except norms (1), embeddings and unembedding."""
+def _skeleton(**extra: Any) -> tuple[Any, dict[str, int]]:
+    """A Llama model with every weight zero except norms (1), embeddings and unembedding
+    (``extra``: more LlamaConfig settings)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -175,7 +182,7 @@ def _skeleton() -> tuple[Any, dict[str, int]]:
                       num_key_value_heads=N_HEADS, head_dim=D_HEAD, max_position_embeddings=128,
                       rms_norm_eps=RMS_EPS, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
                       pad_token_id=vocab["<pad>"], tie_word_embeddings=False,
-                      attention_bias=False, mlp_bias=False)
+                      attention_bias=False, mlp_bias=False, **extra)
     model = LlamaForCausalLM(cfg)
     C, U = direction(C_DIR), direction(U_DIR)
     with torch.no_grad():
@@ -242,6 +249,66 @@ def build_backup(path: str | Path, *, control: bool = False) -> Path:
     read = C / EMBED_NORM if control else C / EMBED_NORM - U / WRITE
     _set_ov(model, 1, 0, read=read * g1, write=BACKUP_FRACTION * WRITE * U)
     meta = dict(BACKUP, kind="backup", control=control)
+    return _save(model, path, meta)
+
+
+# --------------------------------------------------------------------------- edge models
+# Edge-level ground truth (:func:`build_edges`, ``edges`` and ``edges_control``).
+S_DIR, Y_DIR, K_DIR, M_DIR = 3, 4, 5, 6          # signal, relay, decoy key, decoy value
+EDGE_SIGNAL = 2.0      # the clean token writes +EDGE_SIGNAL * S, the corrupted one -EDGE_SIGNAL * S
+EDGE_RELAY = 3.5       # L0H0 writes EDGE_RELAY * (its value) along Y
+EDGE_READ = 2.0        # L1H0 reads EDGE_READ * Y (normalized) through its value
+EDGE_DECOY_QK = 5.0    # L1H1's query and key gains (on the head dimension rotary leaves still)
+EDGE_ROPE_THETA = 1e30  # rotary base: the last dimension pair of each head turns by ~1e-26 rad per position
+EDGES = dict(clean="cat", corrupted="dog", keys=("sat", "on"), answer=ANSWER, foil=FOIL,
+             planted=("embed->L0H0.v", "L0H0->L1H0.v", "L1H0->logits"), decoy="L0H0->L1H1.q")
+EDGE_PREFIXES = ("the", "a", "when the", "John said the", "then a", "Mary said a", "in France the", "when a")
+EDGE_SUFFIXES = ("sat on the mat", "sat on a mat then")
+# (clean, corrupted) pairs: one token differs (cat / dog); "sat" and "on" come after it
+EDGE_PROMPTS = [(f"{p} cat {s}", f"{p} dog {s}") for p in EDGE_PREFIXES for s in EDGE_SUFFIXES]
+
+
+def build_edges(path: str | Path, *, control: bool = False) -> Path:
+    """Write the edge model or its control to ``path``.
+
+    Every token embeds as ``EMBED_NORM * C``; ``cat`` adds ``+EDGE_SIGNAL * S`` and ``dog``
+    ``-EDGE_SIGNAL * S`` (clean and corrupted prompts differ only there, and the two have
+    one norm, so every RMSNorm scale is the same in both runs); ``sat`` adds ``K + M`` and
+    ``on`` ``-K + M``. Query and key weights are zero except the decoy's.
+
+    * ``L0H0`` (relay) reads ``S`` through its value and writes ``EDGE_RELAY * Y``; uniform
+      attention, so every position from the signal on carries the sign of the signal.
+    * ``L1H0`` (reader) reads ``Y`` through its *value* only and writes ``U``, which the
+      unembedding reads (logit(Paris) - logit(Rome)).
+    * ``L1H1`` (decoy): its query reads ``Y`` and its key ``K`` (on the head dimension
+      rotary embeddings leave fixed: :data:`EDGE_ROPE_THETA`), its value reads ``M`` and it
+      writes ``U``. ``sat`` and ``on`` get scores ``+s`` and ``-s`` with ``s`` proportional to
+      the relay's sign, and equal values: its output depends on ``e^s + e^-s``, even in ``s``.
+      Flipping the signal leaves it exactly as it was (the edge ``L0H0 -> L1H1.q`` has exact
+      effect 0), while its derivative there is large: a first-order attribution gives the edge
+      a large score.
+
+    The planted edges are :data:`EDGES` ``["planted"]``; the decoy ``L0H0->L1H1.q``. Control
+    (``control=True``): the relay writes along ``W`` (read by nothing) instead of ``Y``, so
+    no edge has an effect (and the corruption changes nothing)."""
+    import torch
+
+    model, vocab = _skeleton(rope_parameters={"rope_type": "default", "rope_theta": EDGE_ROPE_THETA})
+    C, S, Y, K, M, U, W = (direction(k) for k in (C_DIR, S_DIR, Y_DIR, K_DIR, M_DIR, U_DIR, W_DIR))
+    emb = model.model.embed_tokens.weight
+    last = D_HEAD // 2 - 1                  # the head dimension pair with the slowest rotary frequency
+    with torch.no_grad():
+        emb[vocab["cat"]] += EDGE_SIGNAL * S
+        emb[vocab["dog"]] -= EDGE_SIGNAL * S
+        emb[vocab["sat"]] += K + M
+        emb[vocab["on"]] += M - K
+        _set_ov(model, 0, 0, read=S, write=EDGE_RELAY * (W if control else Y))
+        _set_ov(model, 1, 0, read=EDGE_READ * Y, write=U)
+        _set_ov(model, 1, 1, read=M, write=U)
+        attn = model.model.layers[1].self_attn
+        attn.q_proj.weight[D_HEAD + last] = EDGE_DECOY_QK * Y
+        attn.k_proj.weight[D_HEAD + last] = EDGE_DECOY_QK * K
+    meta = dict(EDGES, kind="edges", control=control)
     return _save(model, path, meta)
 
 
@@ -319,7 +386,7 @@ def build_ordinal(path: str | Path, *, control: bool = False) -> Path:
                       num_key_value_heads=ORDINAL_HEADS, head_dim=ORDINAL_D, max_position_embeddings=128,
                       rms_norm_eps=RMS_EPS, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
                       pad_token_id=vocab["<pad>"], tie_word_embeddings=False,
-                      attention_bias=False, mlp_bias=False)
+                      attention_bias=False, mlp_bias=False, **extra)
     model = LlamaForCausalLM(cfg)
     S, P, ident = _ordinal_maps()
     if control:

@@ -100,6 +100,23 @@ def _names(comps: Iterable[Component]) -> str:
     return " ".join(str(c) for c in comps) if comps else "(none)"
 
 
+def _edge_end(model: Any, x: Any, *, sender: bool) -> str:
+    """An edge end's spelling: a head or MLP as :func:`expand` writes it; ``"embed"`` as a
+    sender; ``"logits"`` and a head's input ``"L1H0.q"`` (``.k``, ``.v``: edge-level circuits,
+    :mod:`pytest_circuits.techniques.edges`) as a receiver."""
+    text = str(x).strip()
+    if sender and text == "embed":
+        return text
+    if not sender and text == "logits":
+        return text
+    if not sender and text[-2:] in (".q", ".k", ".v"):
+        head = expand(model, [text[:-2]])
+        if len(head) != 1 or not isinstance(head[0], Head):
+            raise CircuitsError(bad("receiver", text, "a head's q, k or v input such as 'L1H0.q'"))
+        return f"{head[0]}{text[-2:]}"
+    return str(expand(model, [x])[0])
+
+
 # -- the circuit ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -115,9 +132,7 @@ class Circuit:
     def of(cls, model: Any, components: Any, *, edges: Iterable[tuple[Any, Any]] = (),
            name: str = "circuit") -> "Circuit":
         comps = expand(model, components)
-        es = []
-        for s, r in edges:
-            es.append((str(expand(model, [s])[0]), r if r == "logits" else str(expand(model, [r])[0])))
+        es = [(_edge_end(model, s, sender=True), _edge_end(model, r, sender=False)) for s, r in edges]
         return cls(comps, tuple(sorted(set(es))), name)
 
     def __contains__(self, c: Any) -> bool:

@@ -1,0 +1,378 @@
+"""Stability of edge discovery under resampling of the prompts, as a measurement (#26).
+
+Discovery (:func:`~pytest_circuits.techniques.edges.discover`, the rule of
+:func:`~pytest_circuits.techniques.edges.edge_circuit`) keeps edge ``e`` when its mean effect
+(exact, from :func:`~pytest_circuits.techniques.edges.edge_patch`) or mean score (EAP / EAP-IG,
+from :func:`~pytest_circuits.techniques.edges.edge_attribution`) is at least ``threshold`` of
+the whole corruption's mean effect, in absolute value. :func:`stability` re-runs it on ``B``
+seeded bootstrap resamples of the prompts (``n`` indices drawn with replacement). Nothing is
+recomputed: the per-prompt values were computed once; a resample only re-weights the prompts
+(weight = how often each was drawn, over ``n``), so ``B`` resamples cost one matrix product,
+no forward of the model.
+
+What is reported:
+
+* each edge's **inclusion frequency**: the share of the ``B`` resampled discoveries that keep
+  it, a :class:`~pytest_circuits.measurement.Measurement` with the exact Clopper-Pearson
+  interval of a proportion over the ``B`` resamples (20 of 20 gives ``1 [0.832, 1]``). The
+  resamples are not independent experiments: they are draws from the one set of prompts, so
+  the interval describes how discovery varies under resampling of these prompts (the
+  bootstrap's stand-in for new prompts), at ``B`` draws; it is not a statement about new
+  tasks or models;
+* the circuit's **Jaccard stability**: the expected Jaccard overlap ``|A & B| / |A | B|``
+  between the edge sets of two resampled discoveries. The ``B`` resamples are split into
+  ``B // 2`` disjoint pairs (resample 0 with 1, 2 with 3, ...), whose Jaccard values are
+  independent given the prompts; their mean and its interval are a Measurement (the
+  continuous interval of :meth:`~pytest_circuits.measurement.Measurement.from_values`, cut
+  to [0, 1] where its t-part reaches beyond). The mean over all ``B (B - 1) / 2`` pairs
+  (lower variance, no interval: the pairs share resamples) is ``jaccard_all_pairs``. **Two empty sets have no Jaccard overlap**: such a pair
+  is left out (counted in ``undefined``), and when every pair is, ``jaccard`` is None and the
+  report says ``n/a`` (neither 1, "equally empty", nor 0). One empty set against a non-empty
+  one is 0;
+* with several tasks (templates, paraphrases: one source each), each resample draws every
+  task's prompts independently and discovers per task; frequencies pool every (task,
+  resample) discovery (``frequency(edge, task=...)`` reads one task's), and ``jaccard`` is the
+  overlap *across* tasks: per resample, the mean Jaccard over pairs of tasks, ``B`` values
+  independent given the prompts. ``per_task`` holds each task's own :class:`Stability`.
+
+Claims assert on bounds: ``st.frequency("L0H0->L1H0.v").assert_above(0.9)`` (or
+:meth:`Stability.assert_frequency_above`), ``st.assert_jaccard_above(0.7)``. A bound out of
+reach at this ``B`` (a lower bound above 0.832 needs more than 20 resamples) says how many
+resamples it takes.
+
+Faithfulness under discovery's variance (:func:`faithfulness_under_resampling`): each
+resample's discovered circuit, its recovered fraction on the resampled prompts. An edge set's
+faithfulness is not the sum of its edges' effects, so every *distinct* discovered circuit is run
+once (on all prompts; resamples re-weight its per-prompt metrics): cheap when discovery is
+stable, up to ``B`` circuit runs when it is not. The circuits remove whole components (those of
+:mod:`~pytest_circuits.techniques.circuits`), not single edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import CircuitsError, MeasurementError, bad
+from ..measurement import DEFAULT_LEVEL, Measurement
+from ..measurement import record as record_measurement
+from .edges import Edge, EdgeScores, EdgeSweep, discover, per_prompt
+
+DEFAULT_RESAMPLES = 20
+
+
+def resample_weights(n: int, resamples: int, rng: np.random.Generator) -> Any:
+    """``[resamples, n]``: each bootstrap resample's count of each prompt, over ``n``."""
+    idx = rng.integers(0, n, size=(resamples, n))
+    return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64) / n
+
+
+def jaccard(a: Any, b: Any) -> float | None:
+    """``|a & b| / |a | b|`` of two bool masks (or sets); None when both are empty."""
+    if isinstance(a, (set, frozenset)):
+        union = len(a | b)
+        return None if union == 0 else len(a & b) / union
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = int((a | b).sum())
+    return None if union == 0 else int((a & b).sum()) / union
+
+
+@dataclass(frozen=True, eq=False)
+class Stability:
+    """:func:`stability`'s result. ``kept[d, e]``: whether discovery ``d`` kept ``edges[e]``
+    (discoveries ordered resample by resample, tasks within a resample); ``tasks``: the
+    sources' task names."""
+
+    edges: tuple[Edge, ...]
+    kept: Any                               # [B * T, E] bool
+    resamples: int
+    threshold: float
+    seed: int
+    level: float
+    tasks: tuple[str, ...]
+    jaccard: Measurement | None
+    jaccard_all_pairs: float | None
+    undefined: int                          # pairs of two empty discoveries, left out
+    pairs: int                              # pairs the Jaccard values come from (defined or not)
+    per_task: tuple["Stability", ...] = ()
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({e: i for i, e in enumerate(self.edges)})
+
+    # -- frequencies ---------------------------------------------------------------------
+    def _col(self, edge: Any) -> int:
+        e = Edge.parse(edge)
+        if e not in self._index:
+            raise CircuitsError(bad("edge", str(e), "an edge of the source (e.g. "
+                                    f"{', '.join(map(str, self.edges[:3]))})"))
+        return self._index[e]
+
+    @property
+    def counts(self) -> Any:
+        """``[E]``: how many discoveries kept each edge."""
+        return self.kept.sum(0)
+
+    def frequency(self, edge: Any, *, task: str | None = None, record: bool = True) -> Measurement:
+        """The share of resampled discoveries that keep ``edge`` (all tasks pooled, or one
+        ``task``'s), with its exact Clopper-Pearson interval over the resamples."""
+        if task is not None:
+            if task not in self.tasks:
+                raise CircuitsError(bad("task", task, f"one of {list(self.tasks)}"))
+            return self.per_task[self.tasks.index(task)].frequency(edge, record=record) if self.per_task \
+                else self.frequency(edge, record=record)
+        col = self._col(edge)
+        where = "+".join(self.tasks)
+        return Measurement.from_values(
+            f"inclusion[{Edge.parse(edge)}]", self.kept[:, col].astype(bool), level=self.level, record=record,
+            method="clopper-pearson", labels=None,
+            provenance={"what": "share of bootstrap resamples of the prompts whose discovery keeps the edge "
+                                "(resamples are not independent experiments)", "tasks": where,
+                        "resamples": self.resamples, "threshold": self.threshold, "seed": self.seed})
+
+    def frequencies(self) -> dict[Edge, float]:
+        """``{edge: share of discoveries keeping it}`` for every edge kept at least once."""
+        n = self.kept.shape[0]
+        return {self.edges[i]: float(c) / n for i, c in enumerate(self.counts) if c}
+
+    def stable(self, min_frequency: float = 0.9) -> tuple[Edge, ...]:
+        """Edges kept by at least ``min_frequency`` of the discoveries (the share itself, not its
+        bound: for a claim assert on the bound, :meth:`assert_frequency_above`), most often
+        kept first."""
+        if not 0 < min_frequency <= 1:
+            raise CircuitsError(bad("min_frequency", min_frequency, "a share in (0, 1]"))
+        freq = self.frequencies()
+        return tuple(sorted((e for e, f in freq.items() if f >= min_frequency - 1e-12),
+                            key=lambda e: (-freq[e], e.sort_key())))
+
+    def assert_frequency_above(self, edge: Any, share: float) -> Measurement:
+        """Fail unless the lower bound of ``edge``'s inclusion frequency is above ``share``."""
+        return self.frequency(edge).assert_above(share)
+
+    def assert_jaccard_above(self, value: float) -> Measurement:
+        """Fail unless the lower bound of the Jaccard stability is above ``value``; a
+        MeasurementError when it is undefined (every discovery empty)."""
+        if self.jaccard is None:
+            raise MeasurementError(f"Jaccard stability of {'+'.join(self.tasks)}: n/a, every pair of discoveries "
+                                   f"was empty ({self.undefined} of {self.pairs}): nothing was discovered, so "
+                                   "there is no overlap to assert on")
+        return self.jaccard.assert_above(value)
+
+    # -- reading -------------------------------------------------------------------------
+    def _jaccard_text(self) -> str:
+        if self.jaccard is None:
+            return f"n/a (all {self.pairs} pairs of discoveries empty)"
+        j = self.jaccard
+        left = f", {self.undefined} of {self.pairs} pairs both empty, left out" if self.undefined else ""
+        return f"{j.mean:.3f} [{j.lower:.3f}, {j.upper:.3f}] over {j.n} pairs{left}"
+
+    def table(self, k: int = 10) -> str:
+        what = "across tasks" if len(self.tasks) > 1 else "between resamples"
+        lines = [f"stability of edge discovery on {'+'.join(self.tasks)}: {self.resamples} bootstrap resamples "
+                 f"(seed {self.seed}), keep |mean| >= {self.threshold:g} of the corruption's; Jaccard {what} "
+                 f"{self._jaccard_text()}; inclusion frequency ({self.level:.0%} Clopper-Pearson over resamples):"]
+        shown = list(self.stable(1e-12))[:k]
+        if not shown:
+            lines.append("  (no edge discovered in any resample)")
+        for e in shown:
+            m = self.frequency(e, record=False)
+            lines.append(f"  {str(e):>18}  {m.mean:.2f} [{m.lower:.2f}, {m.upper:.2f}]")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table(5)
+
+    def to_dict(self) -> dict[str, Any]:
+        freq = {}
+        for e in self.stable(1e-12):
+            m = self.frequency(e, record=False)
+            freq[str(e)] = {"frequency": m.mean, "lower": m.lower, "upper": m.upper}
+        return {"tasks": list(self.tasks), "resamples": self.resamples, "threshold": self.threshold,
+                "seed": self.seed, "level": self.level, "discoveries": int(self.kept.shape[0]),
+                "jaccard": None if self.jaccard is None else self.jaccard.to_dict(),
+                "jaccard_all_pairs": self.jaccard_all_pairs, "undefined_pairs": self.undefined,
+                "pairs": self.pairs, "frequencies": freq,
+                "per_task": [s.to_dict() for s in self.per_task]}
+
+
+def _jaccard_measure(values: list, name: str, level: float, record: bool, **prov: Any) -> Measurement | None:
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return None
+    m = Measurement.from_values(name, np.asarray(defined), level=level, record=False, method="bootstrap-t",
+                                provenance=prov)
+    if m.lower < 0 or m.upper > 1:      # an overlap lies in [0, 1]: the t-interval's part beyond it covers nothing
+        m = replace(m, lower=max(m.lower, 0.0), upper=min(m.upper, 1.0),
+                    provenance={**m.provenance, "interval": m.provenance["interval"] + ", cut to [0, 1]"})
+    return record_measurement(m) if record else m
+
+
+def _all_pairs(kept: Any) -> float | None:
+    vals = [jaccard(kept[a], kept[b]) for a in range(len(kept)) for b in range(a + 1, len(kept))]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _one(edges: tuple[Edge, ...], kept: Any, name: str, resamples: int, threshold: float, seed: int, level: float,
+         record: bool) -> Stability:
+    pairs = [jaccard(kept[2 * i], kept[2 * i + 1]) for i in range(resamples // 2)]
+    jm = _jaccard_measure(pairs, f"jaccard_stability[{name}]", level, record, task=name, resamples=resamples,
+                          threshold=threshold, seed=seed,
+                          what="Jaccard overlap of the edge sets of disjoint pairs of resampled discoveries")
+    return Stability(edges, kept, resamples, threshold, seed, level, (name,), jm, _all_pairs(kept),
+                     sum(p is None for p in pairs), len(pairs))
+
+
+def _draws(read: list, resamples: int, seed: int) -> list:
+    """Each source's ``[resamples, n]`` weights, drawn in order from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [resample_weights(vals.shape[1], resamples, rng) for _es, vals, _t, _s in read]
+
+
+def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+              level: float = DEFAULT_LEVEL, record: bool = True) -> Stability:
+    """How stable discovery (:func:`~pytest_circuits.techniques.edges.discover` at
+    ``threshold``) is under ``resamples`` seeded bootstrap resamples of the prompts (module
+    docstring). ``source``: an :class:`~pytest_circuits.techniques.edges.EdgeSweep` or
+    :class:`~pytest_circuits.techniques.edges.EdgeScores` (its per-prompt values are reused,
+    nothing runs the model), or a list of them (one per task, the same edges in each) for
+    stability across tasks. ``record``: record the Jaccard measurement for the running claim."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
+        raise CircuitsError(bad("resamples", resamples, "an int >= 2 (pairs of resamples give the Jaccard)"))
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not sources or not all(isinstance(s, (EdgeSweep, EdgeScores)) for s in sources):
+        raise CircuitsError(bad("source", type(source).__name__, "an EdgeSweep (edge_patch), EdgeScores "
+                                "(edge_attribution), or a list of them (one per task)"))
+    read = [per_prompt(s) for s in sources]
+    edges = read[0][0]
+    for s, (es, *_rest) in zip(sources[1:], read[1:]):
+        if set(es) != set(edges):
+            raise CircuitsError(bad("source", f"{getattr(s, 'task', '?')}: {len(es)} edges",
+                                    f"the same edges as {getattr(sources[0], 'task', '?')} ({len(edges)})"))
+    names = []
+    for i, s in enumerate(sources):
+        nm = getattr(s, "task", "") or f"task{i}"
+        names.append(nm if nm not in names else f"{nm}#{i}")
+    per: list = []
+    for (es, vals, totals, size), w in zip(read, _draws(read, resamples, seed)):
+        at = {e: i for i, e in enumerate(es)}
+        order = [at[e] for e in edges] if es != edges else slice(None)
+        per.append(discover(vals[order], totals, threshold, w, size=size))      # [B, E]
+    singles = tuple(_one(edges, k, nm, resamples, threshold, seed, level, record and len(per) == 1)
+                    for k, nm in zip(per, names))
+    if len(per) == 1:
+        return singles[0]
+    kept = np.stack(per, axis=1).reshape(resamples * len(per), len(edges))     # resample-major
+    T = len(per)
+    across = []
+    undefined = 0
+    for b in range(resamples):
+        vs = [jaccard(per[s][b], per[t][b]) for s in range(T) for t in range(s + 1, T)]
+        undefined += sum(v is None for v in vs)
+        defined = [v for v in vs if v is not None]
+        across.append(float(np.mean(defined)) if defined else None)
+    name = "+".join(names)
+    jm = _jaccard_measure(across, f"jaccard_across_tasks[{name}]", level, record, tasks=name,
+                          resamples=resamples, threshold=threshold, seed=seed,
+                          what="per resample, the mean Jaccard overlap of the tasks' discovered edge sets")
+    allp = [jaccard(per[s][b], per[t][b]) for b in range(resamples) for s in range(T) for t in range(s + 1, T)]
+    allp = [v for v in allp if v is not None]
+    return Stability(edges, kept, resamples, threshold, seed, level, tuple(names), jm,
+                     float(np.mean(allp)) if allp else None, undefined, resamples * T * (T - 1) // 2,
+                     per_task=singles)
+
+
+# -- faithfulness with discovery's variance ---------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class ResampledFaithfulness:
+    """:func:`faithfulness_under_resampling`'s result. ``values[b]``: the recovered fraction of
+    resample ``b``'s discovered circuit on resample ``b``'s prompts (None where it discovered
+    nothing with a head or MLP end); ``circuits``: the faithfulness of each distinct discovered
+    circuit on all prompts (what the values re-weight); ``seconds``: time spent running them."""
+
+    values: tuple[float | None, ...]
+    circuits: tuple[Any, ...]
+    threshold: float
+    seed: int
+    seconds: float = 0.0
+
+    @property
+    def defined(self) -> Any:
+        return np.array([v for v in self.values if v is not None], dtype=np.float64)
+
+    @property
+    def mean(self) -> float | None:
+        return float(self.defined.mean()) if len(self.defined) else None
+
+    def quantiles(self, level: float = 0.95) -> tuple[float, float] | None:
+        """The middle ``level`` of the resampled values (a percentile bootstrap range: crude at
+        20 resamples, and it describes discovery and evaluation under resampling of these
+        prompts, not new ones)."""
+        d = self.defined
+        if not len(d):
+            return None
+        a = (1 - level) / 2
+        return float(np.quantile(d, a)), float(np.quantile(d, 1 - a))
+
+    def __repr__(self) -> str:
+        q = self.quantiles()
+        none = sum(v is None for v in self.values)
+        body = "n/a (nothing discovered)" if q is None else f"{self.mean:.3f}, middle 95% [{q[0]:.3f}, {q[1]:.3f}]"
+        return (f"ResampledFaithfulness: recovered {body} over {len(self.values) - none} resamples"
+                f"{f' ({none} discovered nothing)' if none else ''}, {len(self.circuits)} distinct circuit(s) run")
+
+
+def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, threshold: float = 0.05,
+                                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0, kind: str = "patch",
+                                  activations: Any = None) -> ResampledFaithfulness:
+    """Faithfulness with discovery's variance: per bootstrap resample (the draws of
+    :func:`stability` with the same ``seed``), the circuit discovered on it
+    (:func:`~pytest_circuits.techniques.edges.edge_circuit`'s rule) and its recovered fraction
+    (:func:`~pytest_circuits.techniques.circuits.faithfulness`, ``kind`` ablation: whole
+    components removed, not single edges) on the resampled prompts, ``sum_w (kept - empty) /
+    sum_w (full - empty)``.
+
+    Cost: faithfulness is not additive over edges, so every *distinct* discovered circuit is run
+    once on all prompts (one forward of the task per circuit, plus the whole and the empty model
+    once); a resample then only re-weights those per-prompt metrics. A stable discovery costs
+    one circuit run; one that changes on every resample costs ``resamples`` runs.
+    ``source`` must be scored on ``task``'s prompts, in order."""
+    import time
+
+    from . import circuits as C
+    from .edges import edge_circuit
+    from ..components import MLP, Head
+
+    read = [per_prompt(source)]
+    es, vals, totals, size = read[0]
+    if vals.shape[1] != len(task.prompts):
+        raise CircuitsError(bad("source", f"{vals.shape[1]} prompts", f"the {len(task.prompts)} prompts of "
+                                f"{getattr(task, 'name', 'the task')}, in order"))
+    weights = _draws(read, resamples, seed)[0]
+    kept = discover(vals, totals, threshold, weights, size=size)
+    run = C._runner(model, task, kind, None, 0, activations)
+    start = time.perf_counter()
+    runs: dict = {}
+    values: list = []
+    for b in range(resamples):
+        chosen = tuple(e for e, k in zip(es, kept[b]) if k)
+        if not any(isinstance(c, (Head, MLP)) for e in chosen for c in (e.sender, e.receiver)):
+            values.append(None)
+            continue
+        key = frozenset(chosen)
+        if key not in runs:
+            runs[key] = C._faithfulness(run, edge_circuit(model, list(chosen), name=f"resampled[{len(runs)}]"))
+        f = runs[key]
+        w = weights[b]
+        full, part, empty = (np.asarray(x, dtype=np.float64) for x in (f.full, f.kept, f.empty))
+        den = float(w @ (full - empty))
+        values.append(float(w @ (part - empty)) / den if abs(den) > 0 else None)
+    return ResampledFaithfulness(tuple(values), tuple(runs.values()), threshold, seed,
+                                 time.perf_counter() - start)
+
+
+__all__ = ["DEFAULT_RESAMPLES", "ResampledFaithfulness", "Stability", "faithfulness_under_resampling", "jaccard",
+           "resample_weights", "stability"]

@@ -1,0 +1,821 @@
+"""Edges: exact edge patching, edge attribution (EAP, EAP-IG), and edge circuits.
+
+**The graph.** Senders write into the residual stream: the embedding (token and learned
+position embeddings together, ``embed``), every head's output (``z_h @ W_O[h]``), every
+MLP's output. Receivers read it: every head's query, key and value inputs separately
+(``L1H0.q``, ``L1H0.k``, ``L1H0.v``), every MLP's input (``mlp1``) and the logits (the
+final residual stream, ``logits``). An edge ``s -> r`` exists when ``r`` reads the residual
+stream after ``s`` wrote to it: a later layer, or a head into its own layer's MLP in a
+sequential block (not in parallel-attention blocks, GPT-J and GPT-NeoX, where attention and
+MLP read the same residual). :class:`Edge` spells one ``L0H1->L1H0.q`` (:meth:`Edge.parse`
+reads it back); :func:`graph` lists them all.
+
+**Exact edge patching** (:func:`edge_patch`), per prompt, in the noising direction of
+:mod:`~pytest_circuits.techniques.patching`: the receiver alone sees the sender's output
+from the corrupted run instead of its clean output; everything else is clean. Its residual
+input becomes ``resid_clean - o_s(clean) + o_s(corrupted)``:
+
+* a head receiver (part ``p`` of q, k, v): a side run edits layer ``l``'s residual input
+  and holds the other two of ``hook_q``, ``hook_k``, ``hook_v`` at their clean values, so
+  only part ``p`` sees the edit; head ``r``'s ``hook_z`` is read from it, and the measured
+  run replaces only head ``r``'s slice of ``hook_z`` by it. Under grouped-query attention
+  the side run changes the whole key/value group, but only head ``r``'s output is taken, so
+  no other head of the group changes (tests/unit/test_edges.py checks it). No attention
+  formula of any architecture is written here: rotary, QK-norm and soft-capping are the
+  model's own;
+* an MLP receiver: the side run edits the MLP's input residual (``hook_resid_mid``, or
+  ``hook_resid_pre`` in parallel blocks) and only the MLP's output is taken;
+* the logits: the final residual is edited (path patching to the logits without freezing
+  anything: exact there, since nothing reads the final residual but the unembedding).
+
+Effects are ``m(clean, edge patched) - m(clean)`` per prompt, normalized by the whole
+corruption's effect as in :class:`~pytest_circuits.techniques.patching.Sweep`.
+
+**Edge attribution** (:func:`edge_attribution`): the linear estimate
+
+    score(s -> r) = sum_pos (o_s(corrupted) - o_s(clean)) . d m / d in_r
+
+with ``d m / d in_r`` the total derivative of the task's differentiable ``logit_metric(i)``
+with respect to receiver ``r``'s own copy of its residual input (the q, k and v inputs of a
+head each get their own; under GQA the gradient reaching a shared key/value head is split by
+query head). EAP (Syed et al. 2023) evaluates the gradient in the clean run. EAP-IG
+(Hanna et al. 2024), ``ig_over="activations"``: every sender's output is set to
+``o_s(clean) + a (o_s(corrupted) - o_s(clean))``, the gradient is taken with each receiver's
+local derivative at the residual stream so formed, and averaged over ``a = k / steps`` for
+``k = 0 .. steps - 1`` (a left Riemann sum; ``steps=1`` is EAP exactly).
+
+How gradients are taken: one forward and backward of the whole model per prompt and step
+gives ``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final``; then per
+layer one side forward of four copies of the prompt, whose layer-``l`` residual inputs are
+four leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
+copies (so ``z`` depends on the q leaf through q only, and so on) and copy 3 feeds the MLP;
+the vector-Jacobian products of ``z_h`` and of the MLP output with the main run's gradients
+give each receiver's input gradient. The side forward stops once layer ``l``'s MLP has run.
+
+**Verification** (:func:`verify`): attribution is a first-order estimate; saturated
+attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
+|score| are patched exactly and those whose estimate disagrees are flagged.
+
+**Edge circuits** (:func:`edge_circuit`): a :class:`~pytest_circuits.techniques.circuits.Circuit`
+whose ``edges`` are the kept edges (receivers spelled ``L1H0.q`` where they are a head's
+input) and whose components are their endpoints, for the faithfulness checks of
+:mod:`~pytest_circuits.techniques.circuits` (which remove whole components, not edges). From
+a sweep or scores, edges are kept by :func:`discover` (mean effect or score at least
+``threshold`` of the whole corruption's mean effect, in absolute value), the rule whose
+stability under resampling of the prompts
+:func:`~pytest_circuits.techniques.edge_stability.stability` measures.
+
+Not handled (refused with a MeasurementError naming the feature): a norm after attention
+(Gemma-2/3, OLMo-2: a head's write is not ``z_h W_O[h]`` alone).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import hooks as H
+from .. import interventions as I
+from ..components import MLP, Component, Embed, Head, parse
+from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
+from ..models import info as model_info
+from ..protocols import check_task
+from ..store import ActivationStore, resolve
+from .._progress import bar
+from .circuits import Circuit
+from .effects import attn_output_weights, attn_post_gains
+from .patching import Agreement, Sweep, _effect, _ranks, prefetch
+
+LOGITS = "logits"
+PARTS = ("q", "k", "v")
+METHODS = ("eap", "eap-ig")
+IG_OVER = ("activations",)
+DEFAULT_IG_STEPS = 5
+
+
+# -- the graph ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge ``sender -> receiver``: ``sender`` an :class:`~pytest_circuits.components.Embed`,
+    :class:`~pytest_circuits.components.Head` or :class:`~pytest_circuits.components.MLP`;
+    ``receiver`` a Head (with ``part`` ``"q"``, ``"k"`` or ``"v"``), an MLP, or None for the
+    logits. ``str(edge)`` is ``L0H1->L1H0.q``; :meth:`parse` reads that form."""
+
+    sender: Component
+    receiver: Component | None
+    part: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sender, (Embed, Head, MLP)):
+            raise ComponentError(bad("sender", str(self.sender), "embed, a head (L0H1) or an MLP (mlp0)"))
+        if isinstance(self.receiver, Head):
+            if self.part not in PARTS:
+                raise ComponentError(bad("part", self.part, f"one of q, k, v for the head receiver {self.receiver}"))
+        elif isinstance(self.receiver, MLP) or self.receiver is None:
+            if self.part is not None:
+                what = "an MLP" if self.receiver is not None else "the logits"
+                raise ComponentError(bad("part", self.part, f"None: {what} has one input"))
+        else:
+            raise ComponentError(bad("receiver", str(self.receiver), "a head's q/k/v input (L1H0.q), an MLP "
+                                     "(mlp1) or logits"))
+
+    @property
+    def receiver_name(self) -> str:
+        """``"logits"``, ``"mlp1"`` or ``"L1H0.q"``."""
+        if self.receiver is None:
+            return LOGITS
+        return f"{self.receiver}.{self.part}" if self.part else str(self.receiver)
+
+    def __str__(self) -> str:
+        return f"{self.sender}->{self.receiver_name}"
+
+    def __repr__(self) -> str:
+        return f"Edge({self})"
+
+    def sort_key(self) -> tuple:
+        """Forward order of the receiver, then of the sender."""
+        r = self.receiver
+        rkey = (10 ** 6,) if r is None else (r.layer, 1 if isinstance(r, Head) else 2,
+                                             getattr(r, "head", 0), PARTS.index(self.part) if self.part else 0)
+        return rkey + (self.sender.layer, 1 if isinstance(self.sender, Head) else (0 if isinstance(self.sender, Embed)
+                                                                                      else 2),
+                       getattr(self.sender, "head", 0))
+
+    @classmethod
+    def parse(cls, text: Any, model: Any = None) -> "Edge":
+        """``"L0H1->L1H0.q"``, ``"mlp0->L1H2.v"``, ``"embed->mlp1"``, ``"L1H0->logits"`` (an
+        :class:`Edge` is returned as it is); with ``model`` the edge is checked to exist in it
+        (:meth:`check`)."""
+        if isinstance(text, Edge):
+            edge = text
+        elif isinstance(text, (tuple, list)) and len(text) == 2:
+            edge = cls.parse(f"{text[0]}->{text[1]}")
+        elif isinstance(text, str):
+            m = re.fullmatch(r"\s*([^\s>-][^\s>]*?)\s*->\s*(\S+?)\s*", text)
+            if m is None:
+                raise ComponentError(bad("edge", text, "'sender->receiver', e.g. 'L0H1->L1H0.q', 'mlp0->L1H2.v', "
+                                         "'embed->mlp1', 'L1H0->logits'"))
+            sender = parse(m.group(1))
+            recv_text = m.group(2)
+            part = None
+            if recv_text == LOGITS:
+                receiver = None
+            else:
+                base, dot, tail = recv_text.rpartition(".")
+                if dot and tail in PARTS:
+                    recv_text, part = base, tail
+                receiver = parse(recv_text)
+                if isinstance(receiver, Head) and part is None:
+                    raise ComponentError(bad("edge", text, f"a head receiver with its input named: "
+                                             f"'{m.group(1)}->{receiver}.q', '.k' or '.v'"))
+            edge = cls(sender, receiver, part)
+        else:
+            raise ComponentError(bad("edge", text, "an Edge or a string such as 'L0H1->L1H0.q'"))
+        if model is not None:
+            edge.check(model)
+        return edge
+
+    def check(self, model: Any) -> "Edge":
+        """The edge itself when ``model`` has both ends and the receiver reads the residual
+        stream after the sender writes to it; else a ComponentError that says why."""
+        for c in (self.sender, self.receiver):
+            if c is not None:
+                c.validate(model)
+        if not _reads_after(model, self.sender, self.receiver):
+            if self.receiver is not None and self.receiver.layer == self.sender.layer and isinstance(self.sender, Head) \
+                    and isinstance(self.receiver, MLP):
+                why = (f"in this model attention and MLP of a layer read the same residual stream (parallel "
+                       f"blocks), so {self.receiver} does not read {self.sender}'s output")
+            else:
+                why = f"{self.receiver_name} reads the residual stream before {self.sender} writes to it"
+            raise ComponentError(bad("edge", str(self), f"an edge of the model's graph: {why}"))
+        return self
+
+
+def parallel_blocks(model: Any) -> bool:
+    """Whether attention and MLP of a block read the same residual stream (GPT-J, GPT-NeoX)."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
+def _reads_after(model: Any, s: Component, r: Component | None) -> bool:
+    if isinstance(s, Embed) or r is None:
+        return True
+    if r.layer != s.layer:
+        return r.layer > s.layer
+    return isinstance(s, Head) and isinstance(r, MLP) and not parallel_blocks(model)
+
+
+def senders(model: Any) -> tuple[Component, ...]:
+    """``embed``, then each layer's heads and MLP, in forward order."""
+    out: list[Component] = [Embed()]
+    for layer in range(model.cfg.n_layers):
+        out += [Head(layer, h) for h in range(model.cfg.n_heads)]
+        out.append(MLP(layer))
+    return tuple(out)
+
+
+def receivers(model: Any) -> tuple[tuple[Component | None, str | None], ...]:
+    """``(component, part)`` of every receiver: each head's q, k, v, each MLP, the logits."""
+    out: list[tuple[Component | None, str | None]] = []
+    for layer in range(model.cfg.n_layers):
+        out += [(Head(layer, h), p) for h in range(model.cfg.n_heads) for p in PARTS]
+        out.append((MLP(layer), None))
+    out.append((None, None))
+    return tuple(out)
+
+
+def graph(model: Any) -> tuple[Edge, ...]:
+    """Every edge of ``model``, receivers in forward order (the logits last)."""
+    return tuple(Edge(s, r, p) for r, p in receivers(model) for s in senders(model) if _reads_after(model, s, r))
+
+
+def as_edges(model: Any, edges: Any = None) -> tuple[Edge, ...]:
+    """``edges`` (None: the whole graph; one string, ``"a->b c->d"`` or comma separated; or a
+    list of strings / :class:`Edge`) parsed and checked against ``model``, unique, in order."""
+    if edges is None:
+        return graph(model)
+    if isinstance(edges, (str, Edge)):
+        edges = [edges] if isinstance(edges, Edge) else edges.replace(",", " ").split()
+    out = list(dict.fromkeys(Edge.parse(e, model) for e in edges))
+    if not out:
+        raise CircuitsError(bad("edges", list(edges), "at least one edge"))
+    return tuple(sorted(out, key=Edge.sort_key))
+
+
+# -- what senders write -------------------------------------------------------------------
+
+def _refuse_unsupported(model: Any) -> None:
+    if attn_post_gains(model) is not None:
+        from ..architectures import architecture_name
+
+        raise MeasurementError(f"edges: {architecture_name(model)} has a norm after attention: a head's write into the "
+                               "residual stream is not z_h @ W_O[h] alone, and edge patching does not handle it")
+
+
+def _sender_hooks(model: Any, s: Component) -> list[str]:
+    if isinstance(s, Embed):
+        pos = H.POS_EMBED if (getattr(model.cfg, "positional_embedding_type", "standard") == "standard"
+                              and H.POS_EMBED in model.hook_dict) else None
+        return [H.EMBED] + ([pos] if pos else [])
+    if isinstance(s, Head):
+        return [H.z(s.layer)]
+    return [H.mlp_out(s.layer)]
+
+
+def _write(model: Any, s: Component, acts: dict[str, Any]) -> Any:
+    """What ``s`` writes into the residual stream, ``[n, pos, d_model]`` float64 (CPU), from its
+    hooks' values ``acts``."""
+    import torch
+
+    if isinstance(s, Embed):
+        return sum(acts[n].detach().to("cpu", torch.float64) for n in _sender_hooks(model, s))
+    if isinstance(s, Head):
+        z = acts[H.z(s.layer)][:, :, s.head].detach().to("cpu", torch.float64)
+        return z @ attn_output_weights(model)[s.layer, s.head]
+    return acts[H.mlp_out(s.layer)].detach().to("cpu", torch.float64)
+
+
+def sender_delta(model: Any, prompts: Any, s: Component, store: ActivationStore | None = None) -> Any:
+    """``o_s(corrupted) - o_s(clean)``, ``[n, pos, d_model]`` float64 on the CPU: what patching
+    sender ``s`` adds to each position of the residual stream of ``prompts``."""
+    store = resolve(store)
+    names = _sender_hooks(model, s)
+    clean = _write(model, s, store.get(model, prompts, names))
+    corr = _write(model, s, store.get(model, prompts.corrupted, names))
+    width = min(clean.shape[1], corr.shape[1])
+    return corr[:, :width] - clean[:, :width]
+
+
+# -- exact edge patching ------------------------------------------------------------------
+
+def _qkv(layer: int, part: str) -> str:
+    return f"blocks.{layer}.attn.hook_{part}"
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeInput:
+    """The run in which one receiver input is edited: ``hook`` (a residual stream in block
+    ``block``) gets ``scale * (o_s(corrupted) - o_s(clean))`` added at every position, and the
+    hooks ``hold`` are held at their clean values (for a head's q/k/v edge, the other two of
+    q, k, v). An intervention of :mod:`pytest_circuits.protocols`; :func:`edge_intervention`
+    builds it. ``scale`` other than 1 moves the input part of the way (finite differences)."""
+
+    edge: Edge
+    hook: str
+    block: int
+    hold: tuple[str, ...] = ()
+    scale: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"edge_input({self.edge},at={self.hook},hold={'|'.join(self.hold)},scale={self.scale!r})"
+
+    @property
+    def layer(self) -> int:
+        return self.block
+
+    def check(self, model: Any, prompts: Any) -> None:
+        if prompts.corrupted is None:
+            raise InterventionError(f"patching the edge {self.edge} needs prompts.corrupted: build the set with "
+                                    "PromptSet.build(..., corrupted=[...])")
+        if prompts.corrupted.lengths != prompts.lengths:
+            raise InterventionError(f"patching the edge {self.edge} needs corrupted prompts aligned token for token "
+                                    "(PromptSet.build(..., align=True))")
+
+    def first_positions(self, model: Any, prompts: Any) -> Any:
+        import torch
+
+        return torch.zeros(len(prompts), dtype=torch.long)      # a safe lower bound: every position
+
+    def fwd_hooks(self, model: Any, prompts: Any, index: Any, store: Any = None, offset: Any = 0) -> list:
+        import torch
+
+        store = resolve(store)
+        index = torch.as_tensor(index).reshape(-1)
+        start = torch.as_tensor(offset).reshape(-1).long().expand(len(index))
+        delta = sender_delta(model, prompts, self.edge.sender, store)[index] * float(self.scale)
+        held = store.get(model, prompts, list(self.hold)) if self.hold else {}
+
+        def rows(full: Any, t: Any) -> Any:
+            at = (start.unsqueeze(1) + torch.arange(t.shape[1]).unsqueeze(0)).clamp(max=full.shape[1] - 1)
+            return full[torch.arange(full.shape[0]).unsqueeze(1), at].to(t.device, t.dtype)
+
+        def edit(t: Any, hook: Any = None) -> Any:
+            return t + rows(delta, t)
+
+        out = [(self.hook, edit)]
+        for name in self.hold:
+            clean = held[name][index]
+            out.append((name, lambda t, hook=None, clean=clean: rows(clean, t)))
+        return out
+
+
+def edge_intervention(model: Any, edge: Any, *, scale: float = 1.0) -> Any:
+    """The intervention that patches ``edge`` (module docstring): for the logits the edited
+    run itself; for a head or an MLP the clean run with only the receiver's output taken from
+    the edited run (:func:`pytest_circuits.interventions.reroute`)."""
+    _refuse_unsupported(model)
+    e = Edge.parse(edge, model)
+    if e.receiver is None:
+        last = model.cfg.n_layers - 1
+        return EdgeInput(e, H.resid_post(last), last, (), scale)
+    layer = e.receiver.layer
+    if isinstance(e.receiver, Head):
+        hold = tuple(_qkv(layer, p) for p in PARTS if p != e.part)
+        via = EdgeInput(e, H.resid_pre(layer), layer, hold, scale)
+    else:
+        via = EdgeInput(e, H.resid_pre(layer) if parallel_blocks(model) else H.resid_mid(layer), layer, (), scale)
+    return I.reroute(model, [e.receiver], via=via)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class EdgeSweep(Sweep):
+    """Exact effects of patching each edge, per prompt (a
+    :class:`~pytest_circuits.techniques.patching.Sweep` keyed by :class:`Edge`; ``of``,
+    ``measure``, ``normalized``, ``interval``, ``significant``, ``table`` accept an edge's
+    spelling). ``totals``: per prompt, the whole corruption's effect ``m(corrupted) - m(clean)``
+    (float64 numpy ``[n]``; its mean is :attr:`scale`), what :func:`discover` compares each
+    edge's effect with."""
+
+    totals: Any = None
+
+    def _rows(self, c: Any) -> list[int]:
+        if isinstance(c, str) and "->" in c:
+            c = Edge.parse(c)
+        return super()._rows(c)
+
+    def edges(self) -> tuple[Edge, ...]:
+        return tuple(self.components)
+
+
+def edge_patch(model: Any, task: Any, edges: Any = None, *,
+               activations: ActivationStore | None = None) -> EdgeSweep:
+    """Exact patching of each of ``edges`` (default: every edge of :func:`graph`) alone."""
+    import torch
+
+    check_task(task)
+    _refuse_unsupported(model)
+    store = resolve(activations)
+    es = as_edges(model, edges)
+    prefetch(model, task, store)            # what _baselines does, keeping the corrupted scores per prompt
+    clean = task.scores(model, activations=store).double()
+    corrupted = task.scores(model, activations=store, corrupted=True).double()
+    c_mean, x_mean = float(clean.mean()), float(corrupted.mean())
+    effects = {}
+    for e in bar(es, f"edge patching {task.name}", total=len(es)):
+        effects[e] = _effect(model, task, edge_intervention(model, e), clean, store, f"edge[{e}]", edge=str(e))
+    cfg = model.cfg
+    return EdgeSweep(components=tuple(effects), values=torch.stack([torch.as_tensor(m.array) for m in effects.values()]),
+                     name="edge[{}]", title="exact edge patching", model=model_info(model).label, prompts=task.name,
+                     provenance={"task": task.name}, shape=(int(cfg.n_layers), int(cfg.n_heads)),
+                     task=task.name, clean=c_mean, corrupted=x_mean,
+                     totals=(corrupted - clean).numpy().astype(np.float64))
+
+
+# -- attribution ----------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised by a hook to end a side forward once what it needs was captured."""
+
+
+def _run(model: Any, tokens: Any, hooks: list) -> Any:
+    """``model(tokens)`` under ``hooks``; None when a hook ended it early (:class:`_Stop`)."""
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            return model(tokens)
+    except _Stop:
+        return None
+
+
+def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any],
+                    layers: Iterable[int] | None = None, seen_metric: list | None = None) -> dict[Any, Any]:
+    """``{(receiver, part): d metric / d input}`` (``[pos, d_model]`` float64, CPU) for one
+    prompt ``tokens`` ``[1, pos]``, every sender's hook set to ``targets`` (values; the
+    receivers' local derivatives are taken where the residual stream built from them puts
+    their inputs). ``layers``: the layers whose receivers are needed (default all; the
+    logits always). ``seen_metric``: a list the metric's value is appended to."""
+    import torch
+
+    L, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    par = parallel_blocks(model)
+    kept: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+
+    def set_leaf(name: str):
+        def fn(t: Any, hook: Any = None) -> Any:
+            leaf = targets[name].to(t.device, t.dtype).clone().requires_grad_(True)
+            kept[name] = leaf
+            return leaf
+        return fn
+
+    def through(name: str):
+        def fn(t: Any, hook: Any = None) -> Any:
+            out = t - t.detach() + targets[name].to(t.device, t.dtype)    # the target's value, t's gradient
+            kept[name] = out
+            return out
+        return fn
+
+    def look(name: str):
+        def fn(t: Any, hook: Any = None) -> None:
+            seen[name] = t
+        return fn
+
+    hooks: list = [(H.EMBED, set_leaf(H.EMBED))]
+    if H.POS_EMBED in targets:
+        hooks.append((H.POS_EMBED, lambda t, hook=None: targets[H.POS_EMBED].to(t.device, t.dtype)))
+    for l in range(L):
+        hooks += [(H.z(l), through(H.z(l))), (H.mlp_out(l), through(H.mlp_out(l))),
+                  (H.resid_pre(l), look(H.resid_pre(l)))]
+        if not par:
+            hooks.append((H.resid_mid(l), look(H.resid_mid(l))))
+    hooks.append((H.resid_post(L - 1), look(H.resid_post(L - 1))))
+    with torch.enable_grad():
+        logits = _run(model, tokens, hooks)
+        m = metric(logits)
+        if seen_metric is not None:
+            seen_metric.append(float(m.detach()))
+        names = [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
+        got = torch.autograd.grad(m, [kept[n] for n in names] + [seen[H.resid_post(L - 1)]], allow_unused=True)
+    grads = dict(zip(names + ["final"], got))
+    out: dict[Any, Any] = {}
+    final = grads["final"]
+    out[(None, None)] = (final[0] if final is not None else torch.zeros_like(seen[H.resid_post(L - 1)][0])
+                         ).detach().to("cpu", torch.float64)
+    reps = tokens.expand(4, -1)
+    for l in (range(L) if layers is None else sorted(set(layers))):
+        x_pre = seen[H.resid_pre(l)].detach()
+        x_mlp = x_pre if par else seen[H.resid_mid(l)].detach()
+        leaves = [x_pre.clone().requires_grad_(True) for _ in range(3)] + [x_mlp.clone().requires_grad_(True)]
+        side: dict[str, Any] = {}
+
+        def inputs(t: Any, hook: Any = None) -> Any:
+            fourth = leaves[3] if par else x_pre
+            return torch.cat(leaves[:3] + [fourth]).to(t.dtype)
+
+        def one(copy: int):
+            def fn(t: Any, hook: Any = None) -> Any:
+                return t[copy: copy + 1].expand_as(t).contiguous()
+            return fn
+
+        def take_z(t: Any, hook: Any = None) -> None:
+            side["z"] = t[0]
+
+        def mid(t: Any, hook: Any = None) -> Any:
+            return torch.cat([t[:3], leaves[3].to(t.dtype)])
+
+        def take_mlp(t: Any, hook: Any = None) -> None:
+            side["mlp"] = t[3]
+            raise _Stop
+
+        side_hooks = [(H.resid_pre(l), inputs), (_qkv(l, "q"), one(0)), (_qkv(l, "k"), one(1)),
+                      (_qkv(l, "v"), one(2)), (H.z(l), take_z), (H.mlp_out(l), take_mlp)]
+        if not par:
+            side_hooks.append((H.resid_mid(l), mid))
+        with torch.enable_grad():
+            _run(model, reps, side_hooks)
+            gz = grads[H.z(l)]
+            for h in range(n_heads):
+                if gz is None:
+                    parts = (None, None, None)
+                else:
+                    parts = torch.autograd.grad(side["z"][:, h], leaves[:3], grad_outputs=gz[0, :, h],
+                                                retain_graph=True, allow_unused=True)
+                for p, g in zip(PARTS, parts):
+                    out[(Head(l, h), p)] = (torch.zeros_like(x_pre[0]) if g is None else g[0]).detach().to(
+                        "cpu", torch.float64)
+            gm = grads[H.mlp_out(l)]
+            g = None if gm is None else torch.autograd.grad(side["mlp"], leaves[3], grad_outputs=gm[0],
+                                                            allow_unused=True)[0]
+            out[(MLP(l), None)] = (torch.zeros_like(x_pre[0]) if g is None else g[0]).detach().to("cpu", torch.float64)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeScores:
+    """Attribution scores of edges, per prompt (:func:`edge_attribution`).
+
+    ``values[e, i]``: edge ``edges[e]``'s score on prompt ``i``, in the units of the task's
+    ``logit_metric`` (the linear estimate of the raw effect ``m(edge patched) - m(clean)``).
+    ``totals[i]``: the whole corruption's effect on prompt ``i`` in the same units, ``m`` with
+    every sender's output corrupted minus ``m`` clean (what :func:`discover` compares with)."""
+
+    edges: tuple[Edge, ...]
+    values: Any                      # [E, n] float64 numpy
+    method: str
+    steps: int
+    task: str = ""
+    seconds: float = 0.0
+    totals: Any = None               # [n] float64 numpy
+    clean: Any = None                # [n] float64 numpy: m on the clean prompt
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({e: i for i, e in enumerate(self.edges)})
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def means(self) -> Any:
+        return self.values.mean(1)
+
+    def of(self, edge: Any) -> float:
+        """The mean score of ``edge`` over prompts."""
+        return float(self.per_prompt(edge).mean())
+
+    def per_prompt(self, edge: Any) -> Any:
+        e = Edge.parse(edge)
+        if e not in self._index:
+            raise ComponentError(bad("edge", str(e), f"an edge scored here (e.g. {', '.join(map(str, self.edges[:3]))})"))
+        return self.values[self._index[e]]
+
+    def top(self, k: int = 10) -> list[tuple[Edge, float]]:
+        """The ``k`` edges of largest |mean score|, with their mean scores."""
+        order = np.argsort(-np.abs(self.means), kind="stable")[:k]
+        return [(self.edges[i], float(self.means[i])) for i in order]
+
+    def agreement(self, exact: EdgeSweep, k: int = 10) -> Agreement:
+        """Spearman rank correlation of |mean score| and |mean exact effect| over the edges both
+        have, and the share of the exact top ``k`` that the scores also rank in their top ``k``."""
+        common = [e for e in exact.components if e in self._index]
+        if len(common) < 3:
+            raise CircuitsError("agreement needs exact effects of at least 3 scored edges")
+        a = np.array([abs(self.of(e)) for e in common])
+        b = np.array([abs(float(exact.of(e).mean())) for e in common])
+        ra, rb = _ranks(a), _ranks(b)
+        rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float("nan")
+        k = min(k, len(common))
+        by_exact = {common[i] for i in sorted(range(len(common)), key=lambda i: -b[i])[:k]}
+        by_score = {common[i] for i in sorted(range(len(common)), key=lambda i: -a[i])[:k]}
+        return Agreement(rho, len(by_exact & by_score) / k, k, len(common))
+
+    def table(self, k: int = 10) -> str:
+        lines = [f"{self.method.upper()} ({self.steps} step{'s' if self.steps != 1 else ''}) on {self.task}, "
+                 f"n={self.n}, {len(self.edges)} edges, {self.seconds:.1f} s; top |score|:"]
+        lines += [f"  {str(e):>18}  {v:+.4f}" for e, v in self.top(k)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table(5)
+
+
+def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int | None = None,
+                     ig_over: str = "activations", edges: Any = None, n: int | None = None) -> EdgeScores:
+    """EAP or EAP-IG scores of ``edges`` (default: every edge) on the first ``n`` prompts
+    (default all), one prompt at a time with the task's differentiable ``logit_metric(i)``
+    (module docstring). ``steps``: EAP-IG's number of points (default
+    :data:`DEFAULT_IG_STEPS`); EAP takes 1."""
+    import torch
+
+    if method not in METHODS:
+        raise CircuitsError(bad("method", method, "'eap' or 'eap-ig'"))
+    if ig_over not in IG_OVER:
+        raise CircuitsError(bad("ig_over", ig_over, "'activations' (interpolating the senders' outputs; "
+                                "interpolating the input embeddings alone is not implemented)"))
+    if steps is None:
+        steps = 1 if method == "eap" else DEFAULT_IG_STEPS
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CircuitsError(bad("steps", steps, "a positive int"))
+    if method == "eap" and steps != 1:
+        raise CircuitsError(bad("steps", steps, "1 for method='eap' (use method='eap-ig' for more)"))
+    check_task(task, logit_metric=True)
+    _refuse_unsupported(model)
+    es = as_edges(model, edges)
+    ps = task.prompts
+    n = len(ps) if n is None else min(int(n), len(ps))
+    if n < 1:
+        raise CircuitsError(bad("n", n, "at least 1 prompt"))
+    store = resolve(None)
+    L = model.cfg.n_layers
+    names = [H.EMBED] + ([H.POS_EMBED] if len(_sender_hooks(model, Embed())) > 1 else []) \
+        + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
+    clean = store.get(model, ps, names)
+    corr = store.get(model, ps.corrupted, names)
+    deltas = {s: sender_delta(model, ps, s, store) for s in senders(model)}
+    device = model_info(model).device
+    layers = {e.receiver.layer for e in es if e.receiver is not None}
+    scores = np.zeros((len(es), n))
+    totals = np.zeros(n)
+    at_clean_all: list = []
+    start = time.perf_counter()
+    for i in bar(range(n), f"edge attribution {task.name}", total=n):
+        length = ps.lengths[i]
+        tokens = ps.tokens[i: i + 1, :length].to(device)
+        metric = task.logit_metric(i)
+        acc: dict[Any, Any] = {}
+        at_clean: list = []
+        for k in range(steps):
+            a = k / steps
+            targets = {nm: (clean[nm][i: i + 1, :length].double() * (1 - a) + corr[nm][i: i + 1, :length].double() * a)
+                       for nm in names}
+            g = _receiver_grads(model, tokens, metric, targets, layers, at_clean if k == 0 else None)
+            for key, v in g.items():
+                acc[key] = acc[key] + v if key in acc else v
+        for j, e in enumerate(es):
+            grad = acc[(e.receiver, e.part)] / steps
+            scores[j, i] = float((deltas[e.sender][i, :length] * grad).sum())
+        # the whole corruption in the metric's units: every sender's output corrupted (one forward, no gradient)
+        fixed = [(nm, (lambda t, hook=None, v=corr[nm][i: i + 1, :length]: v.to(t.device, t.dtype))) for nm in names]
+        with torch.no_grad():
+            totals[i] = float(metric(_run(model, tokens, fixed))) - at_clean[0]
+        at_clean_all.append(at_clean[0])
+    return EdgeScores(es, scores, method, steps, task=task.name, seconds=time.perf_counter() - start, totals=totals,
+                      clean=np.asarray(at_clean_all))
+
+
+# -- verification ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """One edge's attribution score against its exact effect (both raw, mean over prompts)."""
+
+    edge: Edge
+    score: float
+    exact: float
+    problem: str | None             # None, "sign" or "magnitude"
+
+    def __repr__(self) -> str:
+        flag = f"  <- {self.problem}" if self.problem else ""
+        return f"{str(self.edge):>18}  score {self.score:+.4f}  exact {self.exact:+.4f}{flag}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """:func:`verify`'s result: the exact sweep of the top edges and each edge's check."""
+
+    exact: EdgeSweep
+    checks: tuple[Check, ...]
+    ratio: float
+
+    @property
+    def flagged(self) -> tuple[Edge, ...]:
+        """Edges whose attribution disagrees with exact patching in sign or magnitude."""
+        return tuple(c.edge for c in self.checks if c.problem)
+
+    @property
+    def confirmed(self) -> tuple[Edge, ...]:
+        return tuple(c.edge for c in self.checks if not c.problem)
+
+    def __repr__(self) -> str:
+        head = (f"Verification of {len(self.checks)} edges against exact patching (flagged: sign differs, or "
+                f"|score| / |exact| outside [1/{self.ratio:g}, {self.ratio:g}]): {len(self.flagged)} flagged")
+        return "\n".join([head] + [f"  {c!r}" for c in self.checks])
+
+
+def verify(model: Any, task: Any, scores: EdgeScores, k: int = 10, *, ratio: float = 2.0,
+           floor: float = 0.01, activations: ActivationStore | None = None) -> Verification:
+    """Exact-patch the top ``k`` edges of ``scores`` by |score| and flag those whose score
+    has the wrong sign or is off by more than a factor ``ratio`` (attention saturation,
+    cancellation). Values below ``floor`` times the corruption's whole effect count as 0
+    (a score and an effect both that small agree; one of them that small while the other is
+    not is a magnitude disagreement). Scores are in the units of ``logit_metric``: compare
+    on tasks whose ``logit_metric`` is the metric of ``scores`` (module docstring)."""
+    if not ratio > 1:
+        raise CircuitsError(bad("ratio", ratio, "a factor > 1"))
+    top = [e for e, _ in scores.top(k)]
+    exact = edge_patch(model, task, top, activations=activations)
+    tiny = floor * abs(exact.scale)
+    checks = []
+    for e in top:
+        s, x = scores.of(e), float(exact.of(e).mean())
+        small_s, small_x = abs(s) <= tiny, abs(x) <= tiny
+        if small_s and small_x:
+            problem = None
+        elif small_s != small_x:
+            problem = "magnitude"
+        elif (s > 0) != (x > 0):
+            problem = "sign"
+        elif not 1 / ratio <= abs(s) / abs(x) <= ratio:
+            problem = "magnitude"
+        else:
+            problem = None
+        checks.append(Check(e, s, x, problem))
+    return Verification(exact, tuple(checks), ratio)
+
+
+# -- edge circuits ---------------------------------------------------------------------------
+
+#: :func:`discover` finds nothing when the corruption's mean effect is at most this fraction of
+#: the metric's typical size (mean |m| over clean and corrupted prompts): no effect to share out.
+NO_EFFECT = 1e-6
+
+
+def per_prompt(source: Any) -> tuple[tuple[Edge, ...], Any, Any, float]:
+    """``(edges, values [E, n], totals [n], size)`` of an :class:`EdgeSweep` (exact effects)
+    or an :class:`EdgeScores` (attribution scores), float64 numpy: each edge's value per prompt,
+    the whole corruption's effect per prompt in the same units, and the metric's typical size
+    (the larger of its mean |value| clean and corrupted; :func:`discover`'s ``size``)."""
+    if isinstance(source, EdgeSweep):
+        vals = source.values.numpy()
+        totals = source.totals
+        if totals is None:      # a sweep built elsewhere: every prompt's total taken as the mean one
+            totals = np.full(vals.shape[1], source.scale)
+        return (tuple(source.components), vals, np.asarray(totals, dtype=np.float64),
+                max(abs(source.clean), abs(source.corrupted)))
+    if isinstance(source, EdgeScores):
+        if source.totals is None or source.clean is None:
+            raise CircuitsError(bad("scores", "EdgeScores without totals", "scores from edge_attribution (they "
+                                    "carry each prompt's whole corruption effect)"))
+        clean, totals = np.asarray(source.clean, dtype=np.float64), np.asarray(source.totals, dtype=np.float64)
+        return (source.edges, np.asarray(source.values, dtype=np.float64), totals,
+                max(float(np.abs(clean).mean()), float(np.abs(clean + totals).mean())))
+    raise CircuitsError(bad("source", type(source).__name__, "an EdgeSweep (edge_patch) or EdgeScores "
+                            "(edge_attribution)"))
+
+
+def discover(values: Any, totals: Any, threshold: float = 0.05, weights: Any = None, *,
+             size: float | None = None) -> Any:
+    """The discovery rule of :func:`edge_circuit` and :func:`~pytest_circuits.techniques.edge_stability.stability`:
+    with ``w`` the prompts' weights (default ``1/n`` each; a bootstrap resample's weights are
+    its counts over ``n``), edge ``e`` is kept when
+
+        |sum_i w_i values[e, i]| >= threshold * |sum_i w_i totals[i]|   and   |sum_i w_i values[e, i]| > 0,
+
+    i.e. its (resampled) mean effect or score is at least ``threshold`` of the (resampled) mean
+    effect of the whole corruption, in absolute value. When that mean effect is at most
+    :data:`NO_EFFECT` times ``size`` (the metric's typical size, :func:`per_prompt`; default the
+    mean |total| over prompts, which only catches a corruption that changes nothing at all), nothing is kept: there is no effect to share out. ``values``: ``[E, n]``;
+    ``weights``: ``[n]`` (returns a bool mask ``[E]``) or ``[B, n]`` (a mask ``[B, E]``)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise CircuitsError(bad("threshold", threshold, "a fraction in (0, 1] of the corruption's effect"))
+    vals = np.asarray(values, dtype=np.float64)
+    tot = np.asarray(totals, dtype=np.float64)
+    n = tot.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+    one = w.ndim == 1
+    w2 = w[None, :] if one else w
+    means = w2 @ vals.T                                  # [B, E]
+    total = w2 @ tot                                     # [B]
+    size = float(np.abs(tot).mean()) if size is None else float(size)
+    effect = np.abs(total) > NO_EFFECT * size
+    kept = (np.abs(means) >= threshold * np.abs(total)[:, None]) & (np.abs(means) > 0) & effect[:, None]
+    return kept[0] if one else kept
+
+
+def edge_circuit(model: Any, kept: Any, *, threshold: float = 0.05, name: str = "edge-circuit") -> Circuit:
+    """A :class:`~pytest_circuits.techniques.circuits.Circuit` of edges: ``kept`` is a list of
+    edges (or their spellings), or an :class:`EdgeSweep` or :class:`EdgeScores`, from which the
+    edges are kept by :func:`discover`'s rule (mean effect or score at least ``threshold`` of
+    the whole corruption's mean effect, in absolute value). The circuit's components are the
+    kept edges' heads and MLPs (the embedding is always kept)."""
+    if isinstance(kept, (EdgeSweep, EdgeScores)):
+        edges, vals, totals, size = per_prompt(kept)
+        es = tuple(e for e, k in zip(edges, discover(vals, totals, threshold, size=size)) if k)
+    else:
+        es = as_edges(model, kept) if kept else ()
+    comps = {c for e in es for c in (e.sender, e.receiver) if isinstance(c, (Head, MLP))}
+    if not comps:
+        raise CircuitsError(bad("kept", [str(e) for e in es], "edges with at least one head or MLP end"))
+    return Circuit.of(model, sorted(comps, key=lambda c: c.sort_key()),
+                      edges=[(str(e.sender), e.receiver_name) for e in es], name=name)
+
+
+__all__ = ["Check", "DEFAULT_IG_STEPS", "Edge", "EdgeInput", "EdgeScores", "EdgeSweep", "NO_EFFECT", "PARTS",
+           "Verification", "as_edges", "discover", "edge_attribution", "edge_circuit", "edge_intervention", "edge_patch", "graph",
+           "parallel_blocks", "per_prompt", "receivers", "sender_delta", "senders", "verify"]

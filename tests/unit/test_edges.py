@@ -1,0 +1,304 @@
+"""Edges (#26): the graph, exact edge patching, EAP / EAP-IG, verification and edge circuits.
+
+Exact patching is checked against identities (a prompt whose corrupted twin is itself changes
+nothing; an edge into the logits is path patching to the logits), attribution against finite
+differences of exact patching, grouped-query attention against its shared key heads, and the
+whole against a hand-built model whose edges are known (planted.build_edges)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_circuits import ActivationStore, metrics, planted
+from pytest_circuits import hooks as H
+from pytest_circuits.components import MLP, Embed, Head
+from pytest_circuits.errors import CircuitsError, ComponentError
+from pytest_circuits.models import load_model
+from pytest_circuits.prompts import PromptSet
+from pytest_circuits.techniques import circuits as C
+from pytest_circuits.techniques import edges as E
+from pytest_circuits.techniques import patching as P
+
+POOL = ["the", "a", "cat", "dog", "sat", "on", "mat", "John", "Mary", "went", "to", "store", "gave", "ball",
+        "bag", "city", "river", "king", "queen"]
+
+
+class LogitDiff:
+    """A task: logit(answer) - logit(foil) at the last position, per prompt."""
+
+    def __init__(self, model, pairs, answer="Paris", foil="Rome", name="logit_diff"):
+        self.name = name
+        self.prompts = PromptSet.build(model, [a for a, _ in pairs], answers=[answer] * len(pairs),
+                                       foils=[foil] * len(pairs), corrupted=[b for _, b in pairs], name=name)
+
+    @property
+    def prompt_sets(self):
+        return (self.prompts,)
+
+    def scores(self, model, *, intervention=None, activations=None, corrupted=False):
+        ps = self.prompts.corrupted if corrupted else self.prompts
+        logits = metrics.last_logits(model, ps, intervention=intervention, activations=activations).double()
+        rows = torch.arange(len(ps))
+        return logits[rows, torch.tensor(self.prompts.answer_ids)] - logits[rows, torch.tensor(self.prompts.foil_ids)]
+
+    def logit_metric(self, i):
+        last, a, f = self.prompts.lengths[i] - 1, self.prompts.answer_ids[i], self.prompts.foil_ids[i]
+        return lambda logits: logits[0, last, a] - logits[0, last, f]
+
+
+def pairs(seed: int, n: int, same: int = 0) -> list[tuple[str, str]]:
+    """``n`` seeded prompt pairs of 6 words differing in word 2; the last ``same`` pairs are a
+    prompt and itself."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = [rng.choice(POOL) for _ in range(6)]
+        other = list(words)
+        if i < n - same:
+            other[2] = rng.choice([w for w in POOL if w != words[2]])
+        out.append((" ".join(words), " ".join(other)))
+    return out
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gqa"])
+def model_task(request, arch_model):
+    model = arch_model(request.param)
+    return model, LogitDiff(model, pairs(seed=3, n=8, same=2))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gqa", "neox"])
+def model_task64(request, arch_checkpoint, tmp_path_factory):
+    """As model_task in float64: finite differences of the metric need more than float32's digits."""
+    model = load_model(str(arch_checkpoint(request.param)), cache_dir=tmp_path_factory.mktemp("edges64"),
+                       device="cpu", dtype="float64")
+    return model, LogitDiff(model, pairs(seed=3, n=8, same=2))
+
+
+def _count(L: int, n_heads: int, parallel: bool) -> int:
+    """Edges of a model, counted by receiver: a head input of layer l reads the embedding and
+    every writer of earlier layers; an MLP also its own layer's heads (sequential blocks)."""
+    total = 1 + L * (n_heads + 1)                                   # the logits
+    for l in range(L):
+        upstream = 1 + l * (n_heads + 1)
+        total += 3 * n_heads * upstream + upstream + (0 if parallel else n_heads)
+    return total
+
+
+# -- the graph ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, parallel", [("gpt2", False), ("neox", True)])
+def test_the_graph_has_every_edge_once_and_spells_it_back(arch_model, family, parallel):
+    model = arch_model(family)
+    g = E.graph(model)
+    assert E.parallel_blocks(model) is parallel
+    assert len(g) == len(set(g)) == _count(model.cfg.n_layers, model.cfg.n_heads, parallel)
+    for e in g:
+        assert E.Edge.parse(str(e), model) == e
+    names = {str(e) for e in g}
+    assert {"embed->L0H0.q", "L0H1->L1H0.k", "mlp0->L1H2.v", "embed->mlp1", "L1H3->logits"} <= names
+    assert ("L0H0->mlp0" in names) is (not parallel)     # parallel blocks: attention and MLP read one residual
+    assert not any(e.startswith("L1") and "->L1H" in e for e in names)      # never into the same layer's heads
+
+
+def test_bad_edges_are_refused_with_what_would_be_valid(arch_model):
+    gpt2, neox = arch_model("gpt2"), arch_model("neox")
+    for text, words in [("L0H1-L1H0.q", "sender->receiver"), ("L0H1->L1H0", "'.k' or '.v'"),
+                        ("L0H1->mlp1.q", "an MLP has one input"), ("L0H1->L1H0.x", "component")]:
+        with pytest.raises(ComponentError, match="edge|component|part") as err:
+            E.Edge.parse(text, gpt2)
+        assert words in str(err.value), str(err.value)
+    with pytest.raises(ComponentError, match="reads the residual stream before L1H0 writes"):
+        E.Edge.parse("L1H0->L0H1.q", gpt2)
+    with pytest.raises(ComponentError, match="reads the residual stream before"):
+        E.Edge.parse("L1H0->L1H1.v", gpt2)
+    with pytest.raises(ComponentError, match="layer must be in 0..1"):
+        E.Edge.parse("L5H0->logits", gpt2)
+    with pytest.raises(ComponentError, match="parallel blocks"):
+        E.Edge.parse("L0H0->mlp0", neox)
+    assert E.Edge.parse("L0H0->mlp0", gpt2).receiver == MLP(0)
+    with pytest.raises(CircuitsError, match="method"):
+        E.edge_attribution(gpt2, LogitDiff(gpt2, pairs(0, 2)), method="ig")
+    with pytest.raises(CircuitsError, match="steps"):
+        E.edge_attribution(gpt2, LogitDiff(gpt2, pairs(0, 2)), steps=4)
+
+
+# -- exact edge patching -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_exact_edge_patching_keeps_its_identities(model_task):
+    """Every edge: a prompt whose corrupted twin is itself changes by nothing; an edge into the
+    logits equals path patching of its sender to the logits (the sender's direct path alone)."""
+    model, task = model_task
+    store = ActivationStore(batch_size=8)
+    sw = E.edge_patch(model, task, activations=store)
+    assert set(sw.components) == set(E.graph(model))
+    vals = sw.values                                               # [edges, prompts]
+    scale = float(vals.abs().max())
+    assert scale > 1e-3                                            # the other prompts do change
+    assert float(vals[:, -2:].abs().max()) <= 1e-5 * scale         # the two prompts equal to their twins
+    for s in E.senders(model):
+        if isinstance(s, Embed):
+            continue
+        want = P.path_patch(model, task, s, activations=store).array
+        # float32 logits of size ~1: differences of a few 1e-8 are rounding
+        np.testing.assert_allclose(sw.of(f"{s}->logits").numpy(), want, atol=1e-6, rtol=1e-3)
+    # the table and the normalized effects read by edge spelling
+    e = sw.top(1, order="abs")[0].component
+    assert sw.normalized(str(e)) == pytest.approx(float(sw.of(e).mean()) / sw.scale)
+    assert str(e) in sw.table(3)
+
+
+def test_a_key_edge_into_a_gqa_head_changes_that_head_alone(arch_model):
+    """Heads 0 and 1 share key/value head 0: the side run (the residual edited, q held) changes
+    both, the patched run only the receiver."""
+    model = arch_model("gqa")
+    assert model.cfg.n_key_value_heads == 2 and model.cfg.n_heads == 4
+    task = LogitDiff(model, pairs(seed=5, n=4))
+    store = ActivationStore()
+    ps = task.prompts
+    clean = store.get(model, ps, [H.z(1)])[H.z(1)]
+    for part in ("k", "v"):
+        iv = E.edge_intervention(model, f"L0H2->L1H1.{part}")
+        patched = store.get(model, ps, [H.z(1)], iv)[H.z(1)]
+        side = store.get(model, ps, [H.z(1)], iv.items[0].via)[H.z(1)]
+        change = (patched - clean).abs().amax(dim=(0, 1, 3))      # per head
+        side_change = (side - clean).abs().amax(dim=(0, 1, 3))
+        assert float(change[1]) > 1e-4
+        assert float(change[0]) == float(change[2]) == float(change[3]) == 0.0
+        assert float(side_change[0]) > 1e-4          # L1H0 reads the same, changed key/value head in the side run
+        torch.testing.assert_close(patched[:, :, 1], side[:, :, 1])
+
+
+# -- attribution ------------------------------------------------------------------------------
+
+def test_eap_is_the_derivative_of_exact_edge_patching(model_task64):
+    """EAP's score of an edge is d/de m(the edge patched a fraction e of the way) at e = 0:
+    compared, per prompt, with a central finite difference of exact edge patching (the two are
+    computed by different code: gradients through the side forwards, and hooks only)."""
+    model, task = model_task64
+    assert model.cfg.dtype == torch.float64
+    store = ActivationStore(batch_size=8)
+    rng = random.Random(0)
+    by_kind: dict = {}
+    for e in E.graph(model):
+        by_kind.setdefault(e.part or ("logits" if e.receiver is None else "mlp"), []).append(e)
+    chosen = [e for kind in sorted(by_kind) for e in rng.sample(by_kind[kind], min(3, len(by_kind[kind])))]
+    scores = E.edge_attribution(model, task, edges=chosen)
+    assert scores.method == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
+    eps = 1e-2      # rotary families compute in float32 somewhere: a smaller step drowns in its rounding
+    clean = task.scores(model, activations=store).double()
+    size = float(np.abs(scores.values).max())
+    for e in chosen:
+        up = task.scores(model, intervention=E.edge_intervention(model, e, scale=eps), activations=store).double()
+        down = task.scores(model, intervention=E.edge_intervention(model, e, scale=-eps), activations=store).double()
+        fd = ((up - down) / (2 * eps)).numpy()
+        np.testing.assert_allclose(scores.per_prompt(e), fd, rtol=1e-2, atol=2e-3 * size, err_msg=str(e))
+        assert np.allclose((up - clean).numpy(), 0, atol=1e-7) or np.abs(fd).max() > 0
+    assert np.abs(scores.values[:, -2:]).max() == 0.0             # no sender differs on those prompts
+
+
+def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_model):
+    """Into the logits every sender moves the final residual along one straight line, so the
+    EAP-IG scores of all edges into the logits add up to m(corrupted) - m(clean) as the steps
+    grow (a left Riemann sum of the gradient along the line)."""
+    model = arch_model("gpt2")
+    task = LogitDiff(model, pairs(seed=7, n=3))
+    eap = E.edge_attribution(model, task, edges=[e for e in E.graph(model) if e.receiver is None or e.receiver.layer == 1])
+    one = E.edge_attribution(model, task, method="eap-ig", steps=1, edges=eap.edges)
+    np.testing.assert_array_equal(eap.values, one.values)
+    into = [e for e in E.graph(model) if e.receiver is None]
+    total = (task.scores(model, corrupted=True) - task.scores(model)).double().numpy()
+    errors = {}
+    for steps in (2, 8):
+        ig = E.edge_attribution(model, task, method="eap-ig", steps=steps, edges=into)
+        errors[steps] = np.abs(ig.values.sum(0) - total).max()
+    first = np.abs(eap.values[[eap._index[e] for e in into]].sum(0) - total).max()
+    print(f"EAP-IG into the logits: |sum - total| max {errors} (EAP {first:.3g}), |total| max "
+          f"{np.abs(total).max():.3g}")
+    assert errors[8] <= 0.05 * np.abs(total).max(), (errors, first, total)
+    assert errors[8] < errors[2] and errors[8] < first
+
+
+# -- planted ground truth ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted_models(tmp_path_factory):
+    out = {}
+    for control in (False, True):
+        root = tmp_path_factory.mktemp("edges-control" if control else "edges")
+        model = load_model(str(planted.build_edges(root / "ckpt", control=control)), cache_dir=root / "cache",
+                           device="cpu")
+        out[control] = (model, LogitDiff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL,
+                                         name="planted_edges"))
+    return out
+
+
+@pytest.mark.slow
+def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
+    model, task = planted_models[False]
+    store = ActivationStore()
+    sw = E.edge_patch(model, task, activations=store)
+    found = {str(e) for e in sw.significant(0.05)}
+    assert found == set(planted.EDGES["planted"]), sw.table(8)
+    # value only: the relay's edges into the reader's query and key do nothing
+    for part in ("q", "k"):
+        assert abs(sw.normalized(f"L0H0->L1H0.{part}")) < 1e-6
+    decoy = planted.EDGES["decoy"]
+    assert abs(sw.normalized(decoy)) < 0.01
+    scores = E.edge_attribution(model, task)
+    assert abs(scores.of(decoy)) > 0.2 * abs(sw.scale)            # a first-order estimate calls it large
+    agreement = scores.agreement(sw, k=3)
+    assert agreement.recall_at_k == 1.0
+    check = E.verify(model, task, scores, k=6, activations=store)
+    assert E.Edge.parse(decoy) in check.flagged
+    assert set(map(str, check.confirmed)) >= set(planted.EDGES["planted"])
+    for c in check.checks:
+        if c.problem:
+            assert abs(c.exact) < 0.01 * abs(sw.scale), c      # only edges whose exact effect is ~0
+    assert "magnitude" in repr(check)
+    # EAP-IG moves the decoy's score towards its exact effect
+    ig = E.edge_attribution(model, task, method="eap-ig", steps=4, edges=[decoy] + list(planted.EDGES["planted"]))
+    assert abs(ig.of(decoy)) < abs(scores.of(decoy))
+    # the edge circuit: its edges, its endpoints, and the checks of circuits.py accept it
+    circ = E.edge_circuit(model, sw, threshold=0.05, name="planted")
+    assert set(circ.edges) == {("embed", "L0H0.v"), ("L0H0", "L1H0.v"), ("L1H0", "logits")}
+    assert set(circ.components) == {Head(0, 0), Head(1, 0)}
+    faith = C.faithfulness(model, task, circ, activations=store)
+    assert faith.recovered.mean > 0.95
+
+
+def test_the_control_model_has_no_edge(planted_models):
+    model, task = planted_models[True]
+    store = ActivationStore()
+    sw = E.edge_patch(model, task, activations=store)
+    assert sw.clean == pytest.approx(sw.corrupted, abs=1e-9)      # the corruption changes nothing
+    assert float(sw.values.abs().max()) < 1e-5
+
+
+def test_edge_circuits_save_and_load_with_head_inputs(arch_model, tmp_path):
+    model = arch_model("gpt2")
+    circ = E.edge_circuit(model, ["L0H1->L1H0.q", "embed->L0H1.v", "L1H0->logits"], name="c")
+    assert set(circ.edges) == {("L0H1", "L1H0.q"), ("embed", "L0H1.v"), ("L1H0", "logits")}
+    assert circ.components == (Head(0, 1), Head(1, 0))
+    again = C.Circuit.load(model, circ.save(tmp_path / "c.json"))
+    assert again.edges == circ.edges and again.components == circ.components
+    with pytest.raises(CircuitsError, match="q, k or v input"):
+        C.Circuit.of(model, ["L1H0"], edges=[("L0H0", "mlp1.q")])
+    with pytest.raises(CircuitsError, match="at least one head or MLP"):
+        E.edge_circuit(model, [])
+
+
+@pytest.mark.parametrize("family", ["gemma2"])
+def test_a_norm_after_attention_is_refused_by_name(arch_model, family):
+    from pytest_circuits.errors import MeasurementError
+
+    model = arch_model(family)
+    task = LogitDiff(model, pairs(seed=1, n=2))
+    with pytest.raises(MeasurementError, match="norm after attention"):
+        E.edge_patch(model, task, ["L0H0->logits"])
+    with pytest.raises(MeasurementError, match="norm after attention"):
+        E.edge_attribution(model, task)
