@@ -148,11 +148,10 @@ def _load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
     else:
         bridge, fingerprint = _load_hub_cached(name, request)
         source = "hf-cache"
-    dev = request.device
     _enable_compat(bridge)
     bridge.eval()
     attach_info(bridge, ModelInfo(name=name, fingerprint=fingerprint, dtype=dtype,
-                                  device=dev, source=source))
+                                  device=request.device, source=source))
     return bridge
 
 

