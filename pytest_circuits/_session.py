@@ -79,6 +79,7 @@ def check_model_name(name: str) -> str | None:
     """What is wrong with a model named on the command line or in the ini file (None when it
     can be loaded as far as can be told without loading it): a registered name, an existing
     checkpoint directory, or a name whose snapshot is in the local Hugging Face cache."""
+    from . import loading as L
     from . import models as M
 
     if not isinstance(name, str) or not name.strip():
@@ -92,7 +93,7 @@ def check_model_name(name: str) -> str | None:
     if looks_like_path:
         return (f"--circuits-model={name!r} is not valid: no such checkpoint directory"
                 + (" (it is a file: pass the folder holding config.json)" if path.exists() else ""))
-    if M._cached_snapshot(M._official_name(name)) is None:
+    if L._cached_snapshot(L._official_name(name)) is None:
         return (f"--circuits-model={name!r} is not valid: not a registered name "
                 f"({', '.join(sorted(M.registered()))}), not a checkpoint directory, and not in the "
                 "local Hugging Face cache (nothing is downloaded)")

@@ -481,7 +481,7 @@ def _train(src: Path, *, damage: Damage, steps: int, seed: int, lr: float, batch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import _quiet_transformers
+    from .weights import _quiet_transformers
 
     t0 = time.perf_counter()
     with _quiet_transformers():
@@ -541,7 +541,7 @@ def _save(out: Path, hf: Any, tok: Any, record: dict[str, Any], cache_dir: str |
           start: float) -> None:
     """Write the checkpoint and FINETUNE.json into a folder beside ``out``, then rename it to
     ``out``: a run that fails leaves no half-written checkpoint."""
-    from .models import _quiet_transformers
+    from .weights import _quiet_transformers
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -209,7 +209,7 @@ def _set_ov(model: Any, layer: int, head: int, read: Any, write: Any) -> None:
 
 
 def _save(model: Any, path: str | Path, meta: dict[str, Any], vocab_list: list[str] | None = None) -> Path:
-    from .models import _quiet_transformers
+    from .weights import _quiet_transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

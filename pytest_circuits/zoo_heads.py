@@ -322,7 +322,7 @@ def build(spec: Spec, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``spec`` as a checkpoint folder (safetensors weights, tokenizer, ``ZOO.json``)."""
     import torch
 
-    from .models import _quiet_transformers
+    from .weights import _quiet_transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -469,7 +469,7 @@ class _Raw:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import _quiet_transformers
+        from .weights import _quiet_transformers
 
         with _quiet_transformers():
             self.model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager",

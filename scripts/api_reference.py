@@ -31,7 +31,7 @@ PACKAGE = "pytest_circuits"
 
 #: the documented modules, in the page's order
 MODULES = [
-    "components", "measurement", "scores", "ledger", "prompts", "models", "store", "hooks", "interventions", "metrics",
+    "components", "measurement", "scores", "ledger", "prompts", "models", "registry", "weights", "loading", "store", "hooks", "interventions", "metrics",
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.ordinal", "tasks.probing_data",
     "techniques", "techniques.effects", "techniques.patching", "techniques.edges", "techniques.edge_stability", "techniques.circuits", "techniques.heads",
@@ -58,7 +58,8 @@ INTERNAL = {
 }
 #: module constants that are the package's run-time state (a counter that grows as models are
 #: used): shown empty, as at import, so the page does not depend on what ran before it
-RUN_TIME_STATE = {"models.derived_counts": "name -> times computed"}
+RUN_TIME_STATE = {"models.derived_counts": "name -> times computed",
+                  "registry.derived_counts": "name -> times computed"}
 #: operators a class documents on the page when it gives them a docstring
 OPERATORS = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__neg__",
              "__call__", "__getitem__", "__iter__", "__len__", "__contains__", "__lt__", "__gt__", "__eq__"}

@@ -29,7 +29,10 @@ from pytest_circuits import ActivationStore, CacheWarning, ModelUnavailable, Pro
 from pytest_circuits import store as A
 from pytest_circuits import cachefiles as C
 from pytest_circuits import hooks as H
+from pytest_circuits import loading as L
 from pytest_circuits import models as M
+from pytest_circuits import weights as W
+from pytest_circuits.registry import LoadRequest
 
 PROMPTS = ["the cat sat on the mat", "the dog", "the capital of France is"]
 HOOK = H.resid_post(1)
@@ -362,7 +365,7 @@ def test_converted_weights_verified_and_reconverted(tiny_dir, tmp_path, fault):
     M.converted_checkpoint(folder, convert, {"source": "t"})
     record = json.loads((folder / "COMPLETE").read_text())
     assert set(record["files"]) == {p.name for p in tiny_dir.iterdir()}
-    assert record["files"]["model.safetensors"] == M._hash_file(tiny_dir / "model.safetensors")
+    assert record["files"]["model.safetensors"] == W._hash_file(tiny_dir / "model.safetensors")
     _no_cache_warnings(lambda: M.converted_checkpoint(folder, convert, {"source": "t"}))
     assert len(calls) == 1                                    # verified, not converted again
     plant, message = CONVERTED_FAULTS[fault]
@@ -380,18 +383,18 @@ def test_converted_weights_changed_after_verification_are_not_used(tiny_dir, tmp
     """Verified, then changed while being loaded: the load is refused (the loader then
     converts again), so activations are never keyed to weights that were not verified."""
     folder = tmp_path / "weights" / "tiny-0123"
-    verified = M._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"}).identities
-    M._boot_converted(folder, verified, "cpu", torch.float32)   # unchanged: loads
-    real_boot = M._boot
+    verified = W._ensure_converted(folder, _copying(tiny_dir, []), {"source": "t"}).identities
+    L._boot_converted(folder, verified, LoadRequest(tmp_path, "cpu", torch.float32))   # unchanged: loads
+    real_boot = L._boot
 
     def boot_while_someone_writes(*a, **k):
         w = folder / "model.safetensors"
         _zero(w, w.stat().st_size - 64, 8)                     # data, not the header
         return real_boot(*a, **k)
 
-    monkeypatch.setattr(M, "_boot", boot_while_someone_writes)
+    monkeypatch.setattr(L, "_boot", boot_while_someone_writes)
     with pytest.raises(ModelUnavailable, match="changed between their verification"):
-        M._boot_converted(folder, verified, "cpu", torch.float32)
+        L._boot_converted(folder, verified, LoadRequest(tmp_path, "cpu", torch.float32))
 
 
 def test_local_checkpoint_changed_during_load_is_loaded_again(tmp_path, monkeypatch):
@@ -401,7 +404,7 @@ def test_local_checkpoint_changed_during_load_is_loaded_again(tmp_path, monkeypa
     a = make_tiny_checkpoint(tmp_path / "a", seed=0)
     b = make_tiny_checkpoint(tmp_path / "b", seed=1)
     fp_b = info(load_model(str(b), cache_dir=tmp_path / "c", device="cpu")).fingerprint
-    real_boot = M._boot
+    real_boot = L._boot
     boots: list = []
 
     def boot_then_swap(*a_, **k):
@@ -412,7 +415,7 @@ def test_local_checkpoint_changed_during_load_is_loaded_again(tmp_path, monkeypa
             shutil.copy(b / "config.json", a / "config.json")
         return model
 
-    monkeypatch.setattr(M, "_boot", boot_then_swap)
+    monkeypatch.setattr(L, "_boot", boot_then_swap)
     model = load_model(str(a), cache_dir=tmp_path / "c", device="cpu")
     assert len(boots) == 2 and info(model).fingerprint.split(":")[1] == fp_b.split(":")[1]
 
@@ -447,18 +450,18 @@ def test_embedded_conversion_into_a_file_is_a_clear_error(tmp_path):
 @pytest.fixture
 def not_racy(monkeypatch):
     """Memoize even just-written files, so the memo's keying itself is what is tested."""
-    monkeypatch.setattr(M, "_RACY_S", -1.0)
+    monkeypatch.setattr(W, "_RACY_S", -1.0)
 
 
 def _count_hashes(monkeypatch) -> list:
     calls: list = []
-    real = M._hash_file
+    real = W._hash_file
 
     def counting(path):
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(M, "_hash_file", counting)
+    monkeypatch.setattr(W, "_hash_file", counting)
     return calls
 
 
@@ -474,7 +477,7 @@ def test_memo_hashes_once_per_content(tmp_path, monkeypatch, not_racy):
 @pytest.mark.parametrize("racy_guard", [False, True])
 def test_same_size_and_mtime_replacement_is_seen(tmp_path, monkeypatch, how, racy_guard):
     if not racy_guard:
-        monkeypatch.setattr(M, "_RACY_S", -1.0)
+        monkeypatch.setattr(W, "_RACY_S", -1.0)
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
     old = f.stat()
@@ -488,7 +491,7 @@ def test_same_size_and_mtime_replacement_is_seen(tmp_path, monkeypatch, how, rac
     os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert (f.stat().st_size, f.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
     assert M.file_sha256(f, tmp_path / "cache") != d
-    assert M.file_sha256(f, tmp_path / "cache") == M._hash_file(f)
+    assert M.file_sha256(f, tmp_path / "cache") == W._hash_file(f)
 
 
 def test_checkpoint_replaced_in_place_gets_a_new_fingerprint(tmp_path, monkeypatch, not_racy):
@@ -631,7 +634,7 @@ def _copy_pristine(monkeypatch, pristine: Path) -> list:
             if f.name != M.MANIFEST_NAME:
                 shutil.copy(f, out / f.name)
 
-    monkeypatch.setattr(M, "_convert_gguf", copy_pristine)
+    monkeypatch.setattr(W, "_convert_gguf", copy_pristine)
     return conversions
 
 
@@ -672,7 +675,7 @@ def test_smollm2_truncated_or_unloadable_weights_are_reconverted(smollm2_cache, 
         M.embedded_checkpoint(cache)
     assert len(conversions) == 1 and M.verify_converted(folder) is None
 
-    real_boot = M._boot
+    real_boot = L._boot
     boots: list = []
 
     def failing_once(*a, **k):
@@ -683,7 +686,7 @@ def test_smollm2_truncated_or_unloadable_weights_are_reconverted(smollm2_cache, 
             raise SafetensorError("Error while deserializing header: planted")
         return real_boot(*a, **k)
 
-    monkeypatch.setattr(M, "_boot", failing_once)
+    monkeypatch.setattr(L, "_boot", failing_once)
     with pytest.warns(CacheWarning, match="failed to load"):
         model = M.load_model(M.EMBEDDED, cache_dir=cache, device="cpu")
     assert len(conversions) == 2 and len(boots) == 2

@@ -27,6 +27,7 @@ from pytest_circuits import cachekey as CK
 from pytest_circuits import hooks as H
 from pytest_circuits import models as M
 from pytest_circuits import store as S
+from pytest_circuits import weights as W
 from pytest_circuits.testing import make_tiny_checkpoint
 
 ENV = CK.ENV
@@ -199,7 +200,7 @@ def _scale_attention(folder: Path) -> None:
     tensors[name] = tensors[name] * 0.5
     save_file(tensors, str(w), metadata={"format": "pt"})
     record = json.loads((folder / "COMPLETE").read_text())
-    record["files"]["model.safetensors"] = M._hash_file(w)
+    record["files"]["model.safetensors"] = W._hash_file(w)
     (folder / "COMPLETE").write_text(json.dumps(record))
 
 
@@ -211,13 +212,13 @@ def test_converted_fingerprint_is_the_verified_bytes_and_the_conversion(tiny_dir
     # the same bytes from another converter, or under another transformers: another fingerprint
     c = M.converted_weights(tmp_path / "c" / "m", _copying(tiny_dir, []), {**source, "converter": "copy 2"})
     assert c.fingerprint != a.fingerprint
-    real = M._package_version
-    monkeypatch.setattr(M, "_package_version", lambda name: "0.0-other" if name == "transformers" else real(name))
+    real = W._package_version
+    monkeypatch.setattr(W, "_package_version", lambda name: "0.0-other" if name == "transformers" else real(name))
     calls: list = []
     with pytest.warns(CacheWarning, match="another conversion than this machine makes .*transformers"):
         d = M.converted_weights(tmp_path / "a" / "m", _copying(tiny_dir, calls), source)
     assert len(calls) == 1 and d.fingerprint != a.fingerprint
-    monkeypatch.setattr(M, "_package_version", real)
+    monkeypatch.setattr(W, "_package_version", real)
     # other bytes: another fingerprint (the poisoned copy of the issue, self-consistent)
     _scale_attention(tmp_path / "b" / "m")
     poisoned = _quiet(lambda: M.converted_weights(tmp_path / "b" / "m", _copying(tiny_dir, []), source))
@@ -230,8 +231,8 @@ def test_warm_verification_hashes_each_file_once(tiny_dir, tmp_path, nokey, monk
     folder = tmp_path / "weights" / "m"
     first = M.converted_weights(folder, _copying(tiny_dir, []), {"source": "t"})
     hashed: list = []
-    real = M._hash_file
-    monkeypatch.setattr(M, "_hash_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = W._hash_file
+    monkeypatch.setattr(W, "_hash_file", lambda p: hashed.append(Path(p).name) or real(p))
     warm = _quiet(lambda: M.converted_weights(folder, _copying(tiny_dir, []), {"source": "t"}))
     assert warm.fingerprint == first.fingerprint
     assert sorted(hashed) == sorted(p.name for p in tiny_dir.iterdir())
@@ -348,11 +349,12 @@ CONVERT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from pytest_circuits import models as M
+    from pytest_circuits import weights as W
 
     out = Path(sys.argv[1])
     out.mkdir()
-    M._convert_gguf(M.embedded_gguf_path(), out)
-    print(json.dumps({p.name: M._hash_file(p) for p in sorted(out.iterdir())}))
+    W._convert_gguf(M.embedded_gguf_path(), out)
+    print(json.dumps({p.name: W._hash_file(p) for p in sorted(out.iterdir())}))
 """)
 
 

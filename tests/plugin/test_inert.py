@@ -72,10 +72,10 @@ def test_loads_are_offline_without_touching_the_environment(tiny_dir, tmp_path, 
 
     from huggingface_hub import constants
 
-    from pytest_circuits import models
+    from pytest_circuits import loading, models
 
     seen = []
-    real = models._load_model
+    real = loading._load_model
 
     def spy(*a, **kw):
         seen.append(constants.HF_HUB_OFFLINE)
@@ -83,7 +83,7 @@ def test_loads_are_offline_without_touching_the_environment(tiny_dir, tmp_path, 
 
     before = constants.HF_HUB_OFFLINE
     mp = pytest.MonkeyPatch()
-    mp.setattr(models, "_load_model", spy)
+    mp.setattr(loading, "_load_model", spy)
     try:
         constants.HF_HUB_OFFLINE = False
         models.load_model(str(tiny_dir), cache_dir=tmp_path, device="cpu")

@@ -40,7 +40,10 @@ from pytest_circuits import ActivationStore, CacheWarning, PromptSet
 from pytest_circuits import blobs as B
 from pytest_circuits import cachekey as CK
 from pytest_circuits import hooks as H
+from pytest_circuits import loading as L
 from pytest_circuits import models as M
+from pytest_circuits import weights as W
+from pytest_circuits.registry import LoadRequest
 
 BUCKET = "circuits-test"
 SECRET = "FAKE-a14-SecretKey-must-never-print-7c1e9"
@@ -427,36 +430,47 @@ TEAM_KEY = "TeamKey-a14-never-print-0f3b9c2d71"
 POISONED_TENSOR = "model.layers.0.self_attn.o_proj.weight"
 
 
-def _register_converted(name: str, source: Path) -> None:
+def _register_converted(name: str, source: Path, old_contract: bool = False) -> None:
     """A registered model whose loader converts ``source`` (copies its files) into the cache's
     weights folder, through the same converted-weights path as the embedded model, and
-    reports the fingerprint that path gives."""
+    reports the fingerprint that path gives. Its loader gets the load's request (and passes
+    its remote cache on), or with ``old_contract`` is ``loader(cache_dir, device, dtype)``,
+    which is not handed the remote cache and must still reach it."""
+
+    def convert(out: Path) -> None:
+        CONVERSIONS.append(name)
+        for f in source.iterdir():
+            shutil.copy(f, out / f.name)
+
+    folder = f"{name}-0123"
+    identity = {"source": name, "converter": "copy 1"}
+
+    if old_contract:
+        @M.register_model(name, "a tiny converted checkpoint (tests, the old loader contract)")
+        def _load_old(cache: Path, device: str, dtype):
+            conv = M.converted_weights(cache / "weights" / folder, convert, identity)
+            return L._boot_converted(conv.folder, conv.identities, LoadRequest(cache, device, dtype)), conv.fingerprint
+        return
 
     @M.register_model(name, "a tiny converted checkpoint (tests)")
-    def _load(cache: Path, device: str, dtype):
-        def convert(out: Path) -> None:
-            CONVERSIONS.append(name)
-            for f in source.iterdir():
-                shutil.copy(f, out / f.name)
-
-        conv = M.converted_weights(cache / "weights" / f"{name}-0123", convert,
-                                   {"source": name, "converter": "copy 1"})
-        return M._boot_converted(conv.folder, conv.identities, device, dtype), conv.fingerprint
+    def _load(request: LoadRequest):
+        conv = M.converted_weights(request.cache / "weights" / folder, convert, identity, remote=request.remote)
+        return L._boot_converted(conv.folder, conv.identities, request), conv.fingerprint
 
 
 class Machine:
     """Loads of one registered converted model from one bucket prefix; ``fresh()`` forgets
     the local staging folder, as a new CI runner starts without it."""
 
-    def __init__(self, s3, tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    def __init__(self, s3, tiny_dir: Path, tmp_path: Path, monkeypatch, old_contract: bool = False) -> None:
         monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_DIR", raising=False)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
         self.s3, self.tmp_path = s3, tmp_path
         self.name = f"tiny-converted-{uuid.uuid4().hex[:6]}"
-        _register_converted(self.name, tiny_dir)
+        _register_converted(self.name, tiny_dir, old_contract)
         self.url = s3.url("weights")
         self.folder = f"weights/{self.name}-0123"
-        self.staging = M._cache_folder(self.url)[0]
+        self.staging = L._cache_folder(self.url)[0]
         assert self.staging.is_relative_to(tmp_path / "xdg")
 
     def load(self):
@@ -501,6 +515,21 @@ class Machine:
 def machine(s3, tiny_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY", raising=False)
     return Machine(s3, tiny_dir, tmp_path, monkeypatch)
+
+
+def test_a_loader_of_the_old_contract_still_reaches_the_bucket(s3, tiny_dir, tmp_path, monkeypatch):
+    """A loader registered as ``loader(cache_dir, device, dtype)`` is not handed the load's
+    request; its converted weights still go through the remote cache as before: published to
+    the bucket, and a poisoned bucket copy is named and never loaded."""
+    monkeypatch.delenv("PYTEST_CIRCUITS_CACHE_KEY", raising=False)
+    m = Machine(s3, tiny_dir, tmp_path, monkeypatch, old_contract=True)
+    good_fp = M.info(_quiet(m.load)).fingerprint
+    assert "COMPLETE" in s3.keys(m.url, m.folder + "/") and m.conversions() == 1
+    poisoned = m.poison()
+    m.fresh()
+    with pytest.warns(CacheWarning, match="differ from what this machine derived"):
+        model = m.load()
+    assert M.info(model).fingerprint == good_fp and m.remote("model.safetensors") == poisoned
 
 
 def test_without_key_remote_weights_are_never_loaded_and_a_poisoned_bucket_is_refused(machine, tiny, s3):
@@ -622,14 +651,14 @@ def test_with_key_only_signed_remote_weights_are_fetched(s3, tiny_dir, tmp_path,
     # the attack signed with another key
     m.poison()
     record = m.manifest()
-    record["mac"] = M._manifest_mac(CK.TeamKey(b"another-key-of-32-characters-xx"), f"{m.name}-0123", record)
+    record["mac"] = W._manifest_mac(CK.TeamKey(b"another-key-of-32-characters-xx"), f"{m.name}-0123", record)
     s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
     assert refused("MAC does not verify") == 5
     # a manifest signed with the key (a key holder's mistake) naming a path outside its
     # folder: nothing is written outside it
     record = m.manifest()
     record["files"] = {"../../escaped": "0" * 64}
-    record["mac"] = M._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", record)
+    record["mac"] = W._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", record)
     s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(record).encode())
     s3.put(m.url, "escaped", b"x")
     m.fresh()
@@ -655,7 +684,7 @@ def test_with_key_only_signed_remote_weights_are_fetched(s3, tiny_dir, tmp_path,
     assert m.remote("model.safetensors") == good_bytes and "mac" in m.manifest() and m.conversions() == 6
     # signed garbage (a key holder's mistake): a file named with a NUL, deeply nested JSON
     for garbage in ({**m.manifest(), "files": {"a\u0000b": "0" * 64}}, {**m.manifest(), "x": [[[[1]]]]}):
-        garbage["mac"] = M._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", garbage)
+        garbage["mac"] = W._manifest_mac(CK.TeamKey(TEAM_KEY.encode()), f"{m.name}-0123", garbage)
         s3.put(m.url, f"{m.folder}/COMPLETE", json.dumps(garbage).encode())
         m.fresh()
         with pytest.warns(CacheWarning, match="unusable"):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pytest_circuits import models as M
+from pytest_circuits import registry
 from pytest_circuits.store import ActivationStore
 from pytest_circuits.prompts import PromptSet
 from pytest_circuits.techniques import effects as E
@@ -82,7 +83,7 @@ def test_results_are_the_same_with_and_without_the_memo(model, monkeypatch):
     M.forget_derived(model)
     first = E.sweep(model, ps, ["attn0", "attn2", "mlp1"], **kw)       # computes the constants
     again = E.sweep(model, ps, ["attn0", "attn2", "mlp1"], **kw)       # memo hits
-    monkeypatch.setattr(M, "DERIVED_MAX_BYTES", -1)                      # nothing kept: as before
+    monkeypatch.setattr(registry, "DERIVED_MAX_BYTES", -1)                      # nothing kept: as before
     M.forget_derived(model)
     uncached = [E.self_repair(model, ps, c, **kw) for c in ["attn0", "attn2", "mlp1"]]
     for a, b, c in zip(first, again, uncached):
@@ -116,7 +117,7 @@ def test_each_constant_is_converted_once_across_calls(model, monkeypatch):
     assert n_calls == 6
     assert reads["W_O"].n == 1 and reads["W_V"].n == 1 and reads["b_U"].n == 1, {k: v.n for k, v in reads.items()}
     # the same, with the memo disabled: one conversion per use (the check above can fail)
-    monkeypatch.setattr(M, "DERIVED_MAX_BYTES", -1)
+    monkeypatch.setattr(registry, "DERIVED_MAX_BYTES", -1)
     M.forget_derived(model)
     E.decompose(model, ps, token="top", activations=store)
     E.decompose(model, ps, token="top", activations=store)

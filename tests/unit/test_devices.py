@@ -257,6 +257,7 @@ def test_registered_loader_that_ignores_the_map_is_an_error(tiny_dir, tiny_cache
     from transformer_lens.model_bridge import TransformerBridge
 
     from pytest_circuits import models as M
+    from pytest_circuits import registry
 
     name = "test-devices-own-loader"
 
@@ -269,7 +270,7 @@ def test_registered_loader_that_ignores_the_map_is_an_error(tiny_dir, tiny_cache
         with pytest.raises(ModelUnavailable, match="does not support --circuits-device-map"):
             load_model(name, cache_dir=tiny_cache, device_map="auto")
     finally:
-        M._REGISTRY.pop(name, None)
+        registry._REGISTRY.pop(name, None)
 
 
 def test_device_map_problem_checks_the_named_model(tiny_dir, tiny_cache):

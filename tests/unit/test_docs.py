@@ -186,14 +186,14 @@ def docs_store(tmp_path_factory):
 
 
 def _run(block: Block, request) -> None:
-    from pytest_circuits import models
+    from pytest_circuits import registry as R
 
-    registry = dict(models._REGISTRY)     # a block may register a model (docs/models.md): undo it after
+    registry = dict(R._REGISTRY)     # a block may register a model (docs/models.md): undo it after
     try:
         _run_kind(block, request)
     finally:
-        models._REGISTRY.clear()
-        models._REGISTRY.update(registry)
+        R._REGISTRY.clear()
+        R._REGISTRY.update(registry)
 
 
 def _run_kind(block: Block, request) -> None:

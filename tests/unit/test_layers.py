@@ -40,8 +40,8 @@ LAYERS: dict[str, int] = {
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
     "measurement": 4, "ledger": 4,
-    # models: registry, embedded model, checkpoints
-    "models": 5, "detection": 5, "scores": 5,
+    # models: the registry, weights (conversion, fingerprints), loading; models re-exports them
+    "registry": 5, "weights": 5, "loading": 5, "models": 5, "detection": 5, "scores": 5,
     # the activation store
     "store": 6, "planted": 6,
     # interventions
