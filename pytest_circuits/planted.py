@@ -386,7 +386,7 @@ def build_ordinal(path: str | Path, *, control: bool = False) -> Path:
                       num_key_value_heads=ORDINAL_HEADS, head_dim=ORDINAL_D, max_position_embeddings=128,
                       rms_norm_eps=RMS_EPS, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<pad>"],
                       pad_token_id=vocab["<pad>"], tie_word_embeddings=False,
-                      attention_bias=False, mlp_bias=False, **extra)
+                      attention_bias=False, mlp_bias=False)
     model = LlamaForCausalLM(cfg)
     S, P, ident = _ordinal_maps()
     if control:
