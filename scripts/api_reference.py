@@ -60,6 +60,13 @@ INTERNAL = {
 #: used): shown empty, as at import, so the page does not depend on what ran before it
 RUN_TIME_STATE = {"models.derived_counts": "name -> times computed",
                   "registry.derived_counts": "name -> times computed"}
+#: module constants whose value depends on the environment the page is built in (a hypothesis
+#: ``settings`` takes every field it does not set from the profile loaded at import, and hypothesis
+#: loads its "ci" profile when ``CI`` is set): shown as what the module states, so the page is the
+#: same on a laptop and in CI
+ENVIRONMENT = {"strategies.model_settings": "settings(max_examples=10, deadline=None, "
+               "suppress_health_check=[HealthCheck.too_slow]), every other field from the hypothesis "
+               "profile loaded at import"}
 #: operators a class documents on the page when it gives them a docstring
 OPERATORS = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__neg__",
              "__call__", "__getitem__", "__iter__", "__len__", "__contains__", "__lt__", "__gt__", "__eq__"}
@@ -262,6 +269,11 @@ def _entry(modname: str, name: str, obj: Any, comments: dict[str, str]) -> list[
         func = inspect.unwrap(obj)
         return [f"### `{qual}`", "", f"*function* `{name}{_signature(func)}`", "", *_block(_doc(func))]
     comment = comments.get(name, "")
+    if qual in ENVIRONMENT:
+        return [f"### `{qual}`", "", f"*constant* = `{ENVIRONMENT[qual]}`", "", *([comment, ""] if comment else [])]
+    if type(obj).__module__.startswith("hypothesis"):
+        raise SystemExit(f"{qual} is a hypothesis object whose repr depends on the loaded profile (CI loads "
+                         "another): state what the module sets in ENVIRONMENT")
     shown = type(obj)() if qual in RUN_TIME_STATE else obj
     value = "`" + _short(_stable(shown)).replace("`", "'") + "`"
     return [f"### `{qual}`", "", f"*constant* = {value}", "", *([comment, ""] if comment else [])]

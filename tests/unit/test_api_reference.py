@@ -153,3 +153,16 @@ def test_the_checkups_measurement_table_names_what_the_card_measured():
     for check, names in table.items():
         assert set(measured[check]) <= set(names), check
         assert [n for n in names if n in measured[check]] == measured[check], check
+
+
+def test_the_page_does_not_depend_on_the_environment():
+    """CI sets ``CI``, which makes hypothesis load another profile at import: the page built
+    there must be the page built here (a constant's repr once carried the profile's fields)."""
+    import os
+    import subprocess
+    import sys
+
+    for env in ({"CI": "true"}, {"HYPOTHESIS_PROFILE": "ci"}):
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "api_reference.py"), "--check"],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (env, run.stdout[-2000:], run.stderr[-2000:])
