@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,10 @@ def load_model(name: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
     return bridge
 
 
+_OFFLINE_LOCK = threading.Lock()
+_OFFLINE_STATE = {"depth": 0, "saved": None}   # blocks open now, and the switch as it was before the first
+
+
 @contextlib.contextmanager
 def offline() -> Any:
     """Nothing is downloaded inside the block: Hugging Face's offline switch
@@ -99,18 +104,26 @@ def offline() -> Any:
     ``is_offline_mode()``) is on for the block only and set back after it. The process
     environment is never touched, so other code in the same process (a team's other tests)
     keeps its own setting; ``HF_HUB_OFFLINE=0`` in the environment is not needed to download
-    elsewhere."""
+    elsewhere. Blocks may nest or overlap across threads: the switch is saved when the first
+    opens and set back when the last closes (two threads saving and restoring it each on
+    their own could leave it on for good)."""
     try:
         from huggingface_hub import constants
     except ImportError:     # pragma: no cover - transformers requires it
         yield
         return
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+    with _OFFLINE_LOCK:
+        if _OFFLINE_STATE["depth"] == 0:
+            _OFFLINE_STATE["saved"] = constants.HF_HUB_OFFLINE
+        _OFFLINE_STATE["depth"] += 1
+        constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = saved
+        with _OFFLINE_LOCK:
+            _OFFLINE_STATE["depth"] -= 1
+            if _OFFLINE_STATE["depth"] == 0:
+                constants.HF_HUB_OFFLINE = _OFFLINE_STATE["saved"]
 
 
 def _realized_placement(bridge: Any) -> "dict[str, str]":

@@ -81,8 +81,13 @@ def test_results_are_the_same_with_and_without_the_memo(model, monkeypatch):
     store = ActivationStore()
     kw = dict(token="top", activations=store)
     M.forget_derived(model)
+    before = dict(registry.derived_counts)          # name -> times computed
     first = E.sweep(model, ps, ["attn0", "attn2", "mlp1"], **kw)       # computes the constants
+    computed = {k: v - before.get(k, 0) for k, v in registry.derived_counts.items() if v != before.get(k, 0)}
+    assert computed and set(computed.values()) == {1}, computed        # each one once
+    after_first = dict(registry.derived_counts)
     again = E.sweep(model, ps, ["attn0", "attn2", "mlp1"], **kw)       # memo hits
+    assert registry.derived_counts == after_first                      # none computed again
     monkeypatch.setattr(registry, "DERIVED_MAX_BYTES", -1)                      # nothing kept: as before
     M.forget_derived(model)
     uncached = [E.self_repair(model, ps, c, **kw) for c in ["attn0", "attn2", "mlp1"]]
@@ -250,3 +255,4 @@ def test_sweep_equals_the_full_decomposition(model, targets):
         # the rows of the ablated run are those of its own decomposition (same numbers, not only close)
         de = E.decompose(model, ps, token=ids.tolist(), intervention=abl, activations=store)
         torch.testing.assert_close(sr.clean_de + sr.delta_de, de.values * after.scale / clean.scale, **close)
+

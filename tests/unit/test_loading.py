@@ -162,16 +162,14 @@ def test_concurrent_loads_with_different_placements_do_not_interfere(register, t
             errors.append(e)
             barrier.abort()
 
-    saved = constants.HF_HUB_OFFLINE      # offline() of two overlapping loads is not reentrant
-    try:
-        threads = [threading.Thread(target=run, args=("test-loading-a",), kwargs={"device_map": FULL_MAP}),
-                   threading.Thread(target=run, args=("test-loading-b",), kwargs={"device": "cpu"})]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-    finally:
-        constants.HF_HUB_OFFLINE = saved
+    saved = constants.HF_HUB_OFFLINE
+    threads = [threading.Thread(target=run, args=("test-loading-a",), kwargs={"device_map": FULL_MAP}),
+               threading.Thread(target=run, args=("test-loading-b",), kwargs={"device": "cpu"})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert constants.HF_HUB_OFFLINE == saved      # two overlapping offline() blocks set it back
     assert errors == []
     assert seen == {"test-loading-a": FULL_MAP, "test-loading-b": None}
     a, b = models.info(out["test-loading-a"]), models.info(out["test-loading-b"])
@@ -192,3 +190,36 @@ def test_a_loader_that_passes_no_remote_uses_a_local_cache(tmp_path):
     conv = weights.converted_weights(tmp_path / "weights" / "t-0", convert, {"source": "t"})
     assert len(calls) == 1 and weights.verify_converted(conv.folder) is None
     assert weights._LEGACY_REMOTE.get() is None
+
+
+@pytest.mark.parametrize("initial", [False, True])
+def test_offline_blocks_overlapping_across_threads_set_the_switch_back(initial, monkeypatch):
+    """Thread A opens, B opens, A closes, B closes (the order that made each block's own
+    save-and-restore leave the switch on): on inside every block, as it was after the last."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", initial)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def a():
+        with loading.offline():
+            a_in.set()
+            b_in.wait(10)
+            seen.append(constants.HF_HUB_OFFLINE)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with loading.offline():
+            b_in.set()
+            a_out.wait(10)
+            seen.append(constants.HF_HUB_OFFLINE)    # A has closed; B's block is still open
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [True, True]
+    assert constants.HF_HUB_OFFLINE is initial
