@@ -144,12 +144,15 @@ def _import_modules_once():
 CORE_FAMILIES = ("llama", "gqa", "gpt2")
 
 # Tests that start processes or servers (xdist workers, an S3 server, a subprocess pytest with a
-# model) or that run the whole decoy zoo: slow by what they do.
+# model) or that run the whole checkup (the decoy zoo, the planted models): slow by what they do.
 _SLOW_RULES = (
     ("tests/plugin/test_s3_cache.py", ""),
     ("tests/plugin/test_baselines_reports.py", "xdist"),
     ("tests/plugin/test_shards.py", "xdist"),
     ("tests/unit/test_zoo.py", "test_the_checkup_has_no_false_positive_or_negative"),
+    # the whole checkup over the six planted models: about 50 CPU-seconds (2026-12-05); the
+    # checkup's collection, detectors and cards keep fast-lane tests in tests/plugin/test_checkup.py
+    ("tests/plugin/test_checkup.py", "test_checkup_on_planted_models_finds_each_mechanism_only_where_planted"),
 )
 
 
