@@ -154,6 +154,13 @@ _SLOW_RULES = (
     # checkup's collection, detectors and cards keep fast-lane tests in tests/plugin/test_checkup.py
     ("tests/plugin/test_checkup.py", "test_checkup_on_planted_models_finds_each_mechanism_only_where_planted"),
 )
+# Tests slow by a fixture they use: `built` in test_zoo.py builds every checkpoint of the decoy
+# zoo and its tests load them with transformers (measured 2026-12-05: over 110 CPU-seconds for
+# the file, the largest cost of the fast lane). The registry's form and the builders'
+# determinism stay in the fast lane, as does tests/unit/test_zoo_tasks.py.
+_SLOW_FIXTURES = (
+    ("tests/unit/test_zoo.py", "built"),
+)
 
 
 def _family(item: pytest.Item) -> str | None:
@@ -175,6 +182,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if path.startswith("tests/integration/") or "smollm2" in name or "embedded" in name:
             item.add_marker(pytest.mark.real_model)
         if any(path == p and word in name for p, word in _SLOW_RULES):
+            item.add_marker(pytest.mark.slow)
+        if any(path == p and fixture in getattr(item, "fixturenames", ()) for p, fixture in _SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         fam = _family(item)
         if fam is not None and fam not in CORE_FAMILIES:
