@@ -4,7 +4,7 @@ side effects: an unseeded draw, a fixture, a cache, a module imported elsewhere)
 
     python scripts/each_file_alone.py                 # every file under tests/
     python scripts/each_file_alone.py tests/unit/test_edges.py tests/faults
-    python scripts/each_file_alone.py --lane "not slow" --timeout 600
+    python scripts/each_file_alone.py --lane "not slow" --timeout 600 --reverse
 
 Each file runs as ``python -m pytest FILE -m LANE -p no:cacheprovider -q``; a file whose tests
 are all outside the lane counts as passing (pytest exits 5, "no tests collected"). Prints one
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", help="test files or folders (default: tests/)")
     ap.add_argument("--lane", default=FAST, help=f"the -m expression (default: {FAST!r})")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds a file may take")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="wall seconds a file may take")
     ap.add_argument("--pytest-arg", action="append", default=[], help="passed on to pytest")
     ap.add_argument("--reverse", action="store_true", help="the files in reverse order")
     args = ap.parse_args(argv)
