@@ -14,7 +14,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: claims test test-all test-shuffled check-install bench setup clean-venv
+.PHONY: claims test test-all test-shuffled test-each-file check-install bench setup clean-venv
 
 # The fast lane (`make test`): everything but the lanes that load the real model, start
 # processes or servers, or run the architecture matrix beyond its three core families.
@@ -53,6 +53,13 @@ test-all: $(STAMP)
 
 test-shuffled: $(STAMP)
 	CIRCUITS_TEST_ORDER_SEED=$(SEED) $(BIN)/python -m pytest tests/ -m "$(FAST)" --circuits-require-models $(ARGS)
+
+# Every test file of the fast lane on its own, each in a fresh process (a file that passes only
+# after another file ran depends on that file's side effects); lists the files that fail alone.
+# Slow (one interpreter start-up and import of torch a file): not part of test-all.
+# FILES="tests/unit/test_x.py tests/faults" checks only those.
+test-each-file: $(STAMP)
+	$(BIN)/python scripts/each_file_alone.py --lane "$(FAST)" $(FILES)
 
 # Builds the wheel, installs it into a new environment and checks the plugin registers there
 # (needs the package index: pytest and setuptools are installed into that environment).

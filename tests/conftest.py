@@ -144,12 +144,22 @@ def _import_modules_once():
 CORE_FAMILIES = ("llama", "gqa", "gpt2")
 
 # Tests that start processes or servers (xdist workers, an S3 server, a subprocess pytest with a
-# model) or that run the whole decoy zoo: slow by what they do.
+# model) or that run the whole checkup (the decoy zoo, the planted models): slow by what they do.
 _SLOW_RULES = (
     ("tests/plugin/test_s3_cache.py", ""),
     ("tests/plugin/test_baselines_reports.py", "xdist"),
     ("tests/plugin/test_shards.py", "xdist"),
     ("tests/unit/test_zoo.py", "test_the_checkup_has_no_false_positive_or_negative"),
+    # the whole checkup over the six planted models: about 50 CPU-seconds (2026-12-05); the
+    # checkup's collection, detectors and cards keep fast-lane tests in tests/plugin/test_checkup.py
+    ("tests/plugin/test_checkup.py", "test_checkup_on_planted_models_finds_each_mechanism_only_where_planted"),
+)
+# Tests slow by a fixture they use: `built` in test_zoo.py builds every checkpoint of the decoy
+# zoo and its tests load them with transformers (measured 2026-12-05: over 110 CPU-seconds for
+# the file, the largest cost of the fast lane). The registry's form and the builders'
+# determinism stay in the fast lane, as does tests/unit/test_zoo_tasks.py.
+_SLOW_FIXTURES = (
+    ("tests/unit/test_zoo.py", "built"),
 )
 
 
@@ -172,6 +182,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if path.startswith("tests/integration/") or "smollm2" in name or "embedded" in name:
             item.add_marker(pytest.mark.real_model)
         if any(path == p and word in name for p, word in _SLOW_RULES):
+            item.add_marker(pytest.mark.slow)
+        if any(path == p and fixture in getattr(item, "fixturenames", ()) for p, fixture in _SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         fam = _family(item)
         if fam is not None and fam not in CORE_FAMILIES:
