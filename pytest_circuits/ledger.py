@@ -6,11 +6,16 @@ it travels on the test reports as JSON (:meth:`LedgerRecord.to_json`, so it arri
 workers too) and is read back with :meth:`LedgerRecord.from_json` by the controller, which
 writes it into the JSON report (``records``, schema ``data/report.schema.json``); the merge
 reads the reports' records back with the same :meth:`LedgerRecord.from_json`, and the
-Markdown and HTML reports render the records of a report file.
+Markdown, HTML and terminal reports read a report file's records with :meth:`LedgerRecord.read`
+and render these records (attributes, never the JSON's keys); the checkup's cards read their
+measurements with :meth:`MeasurementEntry.read`.
 
 :meth:`LedgerRecord.from_json` trusts nothing: a record that is not one (a missing field, a
 measurement that is not finite numbers, an assertion of an unknown kind) raises
 :class:`~pytest_circuits.errors.MergeError` naming what is wrong (:func:`record_problem`).
+:meth:`LedgerRecord.read` trusts nothing either, but never raises: a report is rendered
+whatever it holds (a missing or non-numeric number reads as NaN, which the reports print as
+"n/a"); for a record :meth:`LedgerRecord.from_json` accepts, both give the same record.
 """
 
 from __future__ import annotations
@@ -34,20 +39,33 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _float(x: Any) -> float:
+    """A report's number as a float; NaN for anything missing or not a number (a bool too)."""
+    return float(x) if _number(x) else float("nan")
+
+
+def _texts(x: Any) -> list[str]:
+    """A report's list of strings; a lone string is one item, anything else none."""
+    if isinstance(x, str):
+        return [x] if x else []
+    return [str(v) for v in x] if isinstance(x, (list, tuple)) else []
+
+
 @dataclass
 class MeasurementEntry:
     """One measurement of a claim as the ledger keeps it: the numbers of the interval, its
     standard error (``sem``, from the per-example values), the measurement's flags, its key
     among the claim's measurements (its name; see :func:`pytest_circuits.baselines.metric_keys`)
     and its baseline comparison (None when baselines are off; else a dict with a ``status`` of
-    :data:`BASELINE_STATUSES`, the tolerance and, compared, the baseline entry)."""
+    :data:`BASELINE_STATUSES`, the tolerance and, compared, the baseline entry). ``n`` is None
+    only in an entry :meth:`read` from a report that lacks it."""
 
     name: str
     model: str
     mean: float
     lower: float
     upper: float
-    n: int
+    n: int | None
     level: float
     sem: float
     key: str
@@ -73,6 +91,22 @@ class MeasurementEntry:
         return cls(name=str(d.get("name", d["key"])), model=str(d.get("model") or ""), mean=d["mean"],
                    lower=d["lower"], upper=d["upper"], n=d["n"], level=d["level"], sem=d["sem"], key=d["key"],
                    flags=[str(f) for f in d.get("flags") or ()], baseline=d.get("baseline"))
+
+    @classmethod
+    def read(cls, d: Any) -> "MeasurementEntry":
+        """The entry of a report's measurement object as the reports render it; never raises.
+        A missing or non-numeric number is NaN, a missing ``n`` None, a missing key the name
+        (a checkup card's measurement, :meth:`Measurement.to_dict`, has no key), a baseline
+        comparison that is not an object None. For what :meth:`from_json` accepts, the same entry."""
+        d = d if isinstance(d, dict) else {}
+        key = str(d.get("key") or d.get("name") or "?")
+        n = d.get("n")
+        b = d.get("baseline")
+        return cls(name=str(d["name"]) if d.get("name") is not None else key, model=str(d.get("model") or ""),
+                   mean=_float(d.get("mean")), lower=_float(d.get("lower")), upper=_float(d.get("upper")),
+                   n=n if isinstance(n, int) and not isinstance(n, bool) else None, level=_float(d.get("level")),
+                   sem=_float(d.get("sem")), key=key, flags=_texts(d.get("flags")),
+                   baseline=b if isinstance(b, dict) else None)
 
 
 @dataclass
@@ -145,6 +179,25 @@ class LedgerRecord:
                    version_changes=[str(v) for v in d.get("version_changes") or ()],
                    expected_change=d.get("expected_change") or None,
                    assertions=[AssertionEntry.from_json(a) for a in d["assertions"]])
+
+    @classmethod
+    def read(cls, d: Any) -> "LedgerRecord":
+        """The record of a report's JSON object as the reports render it; never raises (a report
+        is untrusted, and shown whatever it holds). A missing claim is the node id; a missing
+        outcome "" (the reports' "error"); measurements read with :meth:`MeasurementEntry.read`
+        (those that are not objects left out); assertions that are not ones left out. For a
+        record :meth:`from_json` accepts, the same record."""
+        d = d if isinstance(d, dict) else {}
+        ms = d.get("measurements") if isinstance(d.get("measurements"), list) else []
+        asserts = d.get("assertions") if isinstance(d.get("assertions"), list) else []
+        return cls(claim=str(d.get("claim") or d.get("nodeid") or "?"), nodeid=str(d.get("nodeid") or ""),
+                   model=str(d.get("model") or ""), fingerprint=str(d.get("fingerprint") or ""),
+                   outcome=str(d.get("outcome") or ""), finding=str(d.get("finding") or ""),
+                   source=str(d.get("source") or ""),
+                   measurements=[MeasurementEntry.read(m) for m in ms if isinstance(m, dict)],
+                   version_changes=_texts(d.get("version_changes")),
+                   expected_change=str(d.get("expected_change") or "") or None,
+                   assertions=[AssertionEntry.from_json(a) for a in asserts if assertion_ok(a)])
 
 
 def measurement_problem(m: Any) -> str | None:

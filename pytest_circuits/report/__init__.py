@@ -20,7 +20,10 @@ listed in the Markdown; then the details. :func:`terminal_lines` is the same sum
 terminal (``pytest-circuits merge`` prints it). The renderers take new reports ("claims",
 "collected", "shard"), merged ones ("merged_from") and old ones (verdicts from "records"), and
 treat every report as untrusted: text is escaped, a missing or NaN number reads "n/a" and a
-drift that cannot be computed never counts as within tolerance.
+drift that cannot be computed never counts as within tolerance. They read a report's records
+as the :class:`~pytest_circuits.ledger.LedgerRecord`\\ s it was written from (:func:`records`,
+:meth:`LedgerRecord.read <pytest_circuits.ledger.LedgerRecord.read>`): one shape from the
+measurement to the JSON, the merge and every report.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import versions
-from ..ledger import LedgerRecord
+from ..ledger import LedgerRecord, MeasurementEntry
 
 #: 2: the evidence the merge re-derives verdicts from (assertions with bounds and messages, each
 #: measurement's sem, each baseline comparison's entry and status), the run's "mode", "suite",
@@ -134,6 +137,13 @@ def sign(data: dict[str, Any]) -> None:
         data["signature"] = signature(data, key)
 
 
+def records(data: dict[str, Any]) -> list[LedgerRecord]:
+    """The ledger records of a report (new, old, merged or damaged), as the reports render them
+    (:meth:`LedgerRecord.read <pytest_circuits.ledger.LedgerRecord.read>`; an entry that is not an
+    object is left out)."""
+    return [LedgerRecord.read(r) for r in data.get("records") or [] if isinstance(r, dict)]
+
+
 def signature_problem(data: dict[str, Any], key: str) -> str:
     """Why ``data`` is not signed with ``key`` ("" when its signature is valid)."""
     got = data.get("signature")
@@ -220,10 +230,10 @@ class Drift:
         return f"{r:+.2f}\u00d7 tol"
 
 
-def is_new(m: dict[str, Any]) -> bool:
+def is_new(m: MeasurementEntry) -> bool:
     """A measurement that has no baseline yet ("new"): never a drift, never "beyond tolerance".
     Reports say so with ``"status": "new"``; older ones by a null baseline mean marked not within."""
-    b = m.get("baseline")
+    b = m.baseline
     if not isinstance(b, dict):
         return False
     if "status" in b:
@@ -231,21 +241,21 @@ def is_new(m: dict[str, Any]) -> bool:
     return b.get("mean") is None and b.get("within") is False and b.get("difference") is None
 
 
-def _drift(claim: str, model: str, m: dict[str, Any]) -> Drift | None:
-    b = m.get("baseline")
+def _drift(claim: str, model: str, m: MeasurementEntry) -> Drift | None:
+    b = m.baseline
     if not isinstance(b, dict) or b.get("tolerance") == "updated" or b.get("status") == "updated" or is_new(m):
         return None
-    metric = str(m.get("key") or m.get("name") or "?")
+    metric = m.key
     diff, allowed = _num(b.get("difference")), _num(b.get("allowed"))
     if math.isnan(diff):
-        diff = _num(m.get("mean")) - _num(b.get("mean"))
+        diff = _num(m.mean) - _num(b.get("mean"))
     if not (math.isfinite(diff) and math.isfinite(allowed)) or allowed < 0:
         ratio = math.nan
     elif allowed == 0:
         ratio = 0.0 if diff == 0 else math.copysign(math.inf, diff)
     else:
         ratio = diff / allowed
-    slack = 4 * sys.float_info.epsilon * max(abs(_num(m.get("mean"))), abs(_num(b.get("mean"))), 1.0)
+    slack = 4 * sys.float_info.epsilon * max(abs(_num(m.mean)), abs(_num(b.get("mean"))), 1.0)
     numbers_within = math.isfinite(ratio) and abs(diff) <= allowed + slack
     said = b.get("within") is True
     note = str(b.get("flag") or "")
@@ -268,7 +278,7 @@ class Cell:
     verdict: str
     reason: str = ""
     drifts: list[Drift] = field(default_factory=list)
-    measurements: list[dict[str, Any]] = field(default_factory=list)
+    measurements: list[MeasurementEntry] = field(default_factory=list)
     new: list[str] = field(default_factory=list)     # metrics with no baseline yet
 
     @property
@@ -343,18 +353,18 @@ def _natural(name: str) -> list[Any]:
 
 def summarize(data: dict[str, Any]) -> Summary:
     """The release summary of a report (new, old or merged; one checkpoint or many)."""
-    records = [r for r in data.get("records") or [] if isinstance(r, dict)]
+    recs = records(data)
     cells: dict[tuple[str, str], Cell] = {}
     findings: dict[str, str] = {}
-    for r in records:
-        claim, model = str(r.get("claim") or r.get("nodeid") or "?"), str(r.get("model") or "")
-        verdict = _OUTCOME_VERDICT.get(str(r.get("outcome")), "error")
-        if verdict == "xfailed" and r.get("expected_change"):
+    for r in recs:
+        claim, model = r.claim, r.model
+        verdict = _OUTCOME_VERDICT.get(r.outcome, "error")
+        if verdict == "xfailed" and r.expected_change:
             verdict = "expected change"
-        ms = [m for m in r.get("measurements") or [] if isinstance(m, dict)]
-        cell = Cell(claim, model, verdict, str(r.get("expected_change") or ""), measurements=ms)
+        ms = list(r.measurements)
+        cell = Cell(claim, model, verdict, r.expected_change or "", measurements=ms)
         cell.drifts = [d for d in (_drift(claim, model, m) for m in ms) if d is not None]
-        cell.new = [str(m.get("key") or m.get("name") or "?") for m in ms if is_new(m)]
+        cell.new = [m.key for m in ms if is_new(m)]
         old = cells.get((claim, model))
         if old is not None:  # the same claim and checkpoint twice (a damaged merge): never hide the worse
             old.verdict = min(old.verdict, cell.verdict, key=_SEVERITY.index)
@@ -364,8 +374,8 @@ def summarize(data: dict[str, Any]) -> Summary:
             old.new += cell.new
             cell = old
         cells[(claim, model)] = cell
-        if r.get("finding"):
-            findings.setdefault(claim, str(r["finding"]))
+        if r.finding:
+            findings.setdefault(claim, r.finding)
     for c in data.get("claims") or []:
         if not isinstance(c, dict):
             continue
@@ -382,7 +392,7 @@ def summarize(data: dict[str, Any]) -> Summary:
         if c.get("finding"):
             findings.setdefault(claim, str(c["finding"]))
     if not data.get("shard"):  # a shard report covers part of the suite; a whole or merged one all of it
-        known = {r.get("nodeid") for r in records} | {c.get("nodeid") for c in data.get("claims") or []
+        known = {r.nodeid for r in recs} | {c.get("nodeid") for c in data.get("claims") or []
                                                        if isinstance(c, dict)}
         for nodeid in data.get("collected") or []:
             if nodeid not in known:
@@ -496,13 +506,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", "utf-8")
 
 
-def _cell(m: dict[str, Any]) -> str:
-    s = f"{_fmt_num(m.get('mean'))} [{_fmt_num(m.get('lower'))}, {_fmt_num(m.get('upper'))}]"
-    level = _num(m.get("level"))
+def _cell(m: MeasurementEntry) -> str:
+    s = f"{_fmt_num(m.mean)} [{_fmt_num(m.lower)}, {_fmt_num(m.upper)}]"
+    level = _num(m.level)
     if math.isfinite(level) and abs(level - 0.95) > 1e-12:
         s += f" ({level * 100:.4g}%)"
-    s += "".join(f" [{f}]" for f in m.get("flags") or ())
-    b = m.get("baseline")
+    s += "".join(f" [{f}]" for f in m.flags)
+    b = m.baseline
     if is_new(m):
         s += ", new (no baseline yet)"
     elif isinstance(b, dict) and b.get("tolerance") != "updated":
@@ -515,25 +525,16 @@ def _cell(m: dict[str, Any]) -> str:
     return s
 
 
-def _verdict(r: dict[str, Any]) -> str:
-    outcome = str(r.get("outcome"))
-    if outcome == "xfailed" and r.get("expected_change"):
+def _verdict(r: LedgerRecord) -> str:
+    if r.outcome == "xfailed" and r.expected_change:
         return "XFAIL (expected change)"
     return {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL",
-            "xpassed": "XPASS"}.get(outcome, outcome.upper())
+            "xpassed": "XPASS"}.get(r.outcome, r.outcome.upper() or "NO OUTCOME")
 
 
 def rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(claim, metric, model, cell) for every measurement, in order."""
-    out = []
-    for r in data.get("records") or []:
-        if not isinstance(r, dict):
-            continue
-        for m in r.get("measurements") or []:
-            if isinstance(m, dict):
-                out.append((str(r.get("claim")), str(m.get("key") or m.get("name") or "?"), str(r.get("model") or ""),
-                            f"{_verdict(r)}: {_cell(m)}"))
-    return out
+    return [(r.claim, m.key, r.model, f"{_verdict(r)}: {_cell(m)}") for r in records(data) for m in r.measurements]
 
 
 def _md(x: Any) -> str:
@@ -605,8 +606,8 @@ def summary_markdown(data: dict[str, Any], *, largest: int = 10) -> list[str]:
 def markdown(data: dict[str, Any]) -> str:
     """The Markdown report (for $GITHUB_STEP_SUMMARY): the release summary, then every
     measurement per claim and checkpoint, version changes and the checkup cards."""
-    records = [r for r in data.get("records") or [] if isinstance(r, dict)]
-    models = sorted({str(r.get("model") or "") for r in records}, key=_natural)
+    recs = records(data)
+    models = sorted({r.model for r in recs}, key=_natural)
     table: dict[tuple[str, str], dict[str, str]] = {}
     for claim, metric, model, cell in rows(data):
         table.setdefault((claim, metric), {})[model] = cell
@@ -621,7 +622,7 @@ def markdown(data: dict[str, Any]) -> str:
         for (claim, metric), cells in table.items():
             lines.append(f"| {_code(claim)} | {_md(metric)} | "
                          + " | ".join(_md(cells.get(m, "-")) for m in models) + " |")
-        fps = {str(r.get("model") or ""): str(r.get("fingerprint") or "?") for r in records}
+        fps = {r.model: r.fingerprint or "?" for r in recs}
         lines += ["", "Models: " + "; ".join(f"{_code(_model_name(m))} ({_md(fps[m])})" for m in models), ""]
     changes = version_changes(data)
     if changes:
@@ -646,9 +647,7 @@ def _cards(render: Any, cards: Any, escape: Any) -> str:
 
 def version_changes(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(claim, model, "pkg old -> new; ...") for every claim whose baseline has other versions."""
-    return [(str(r.get("claim")), str(r.get("model") or ""), "; ".join(map(str, r["version_changes"])))
-            for r in data.get("records") or [] if isinstance(r, dict) and isinstance(r.get("version_changes"), list)
-            and r["version_changes"]]
+    return [(r.claim, r.model, "; ".join(r.version_changes)) for r in records(data) if r.version_changes]
 
 
 def write_markdown(path: Path, data: dict[str, Any]) -> None:
@@ -910,19 +909,19 @@ def _largest_html(drifts: list[Drift]) -> str:
             + "</table>")
 
 
-def _measurement_row(model: str, cell: Cell, m: dict[str, Any]) -> str:
-    b = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
+def _measurement_row(model: str, cell: Cell, m: MeasurementEntry) -> str:
+    b = m.baseline
     d = _drift(cell.claim, model, m)
-    level = _num(m.get("level"))
-    interval = f"[{_fmt_num(m.get('lower'))}, {_fmt_num(m.get('upper'))}]"
+    level = _num(m.level)
+    interval = f"[{_fmt_num(m.lower)}, {_fmt_num(m.upper)}]"
     if math.isfinite(level) and abs(level - 0.95) > 1e-12:
         interval += f" ({level * 100:.4g}%)"
-    flags = "; ".join(str(f) for f in m.get("flags") or ())
+    flags = "; ".join(m.flags)
     cls = "" if d is None else (" class=\"v-pass\"" if d.within else " class=\"v-drift\"")
-    return (f"<tr><td>{_e(m.get('key') or m.get('name') or '?')}</td><td>{_e(_model_name(model))}</td>"
+    return (f"<tr><td>{_e(m.key)}</td><td>{_e(_model_name(model))}</td>"
             f"<td class=\"v-{VERDICT_STYLE[cell.shown][0]}\">{_e(VERDICT_STYLE[cell.shown][2])}</td>"
-            f"<td class=\"num\">{_e(_fmt_num(m.get('mean')))}</td><td class=\"num\">{_e(interval)}</td>"
-            f"<td class=\"num\">{_e(m.get('n', 'n/a'))}</td>"
+            f"<td class=\"num\">{_e(_fmt_num(m.mean))}</td><td class=\"num\">{_e(interval)}</td>"
+            f"<td class=\"num\">{_e('n/a' if m.n is None else m.n)}</td>"
             f"<td class=\"num\">{_e('new' if is_new(m) else _fmt_num(b.get('mean')) if b else '-')}</td>"
             f"<td class=\"num\">{_e(_fmt_num(d.difference) if d else '-')}</td>"
             f"<td class=\"num\">{_e(_PM + f'{_fmt_num(d.allowed)} ({d.tolerance})' if d else '-')}</td>"
@@ -933,8 +932,8 @@ def _measurement_row(model: str, cell: Cell, m: dict[str, Any]) -> str:
 
 def _details_html(data: dict[str, Any], s: Summary) -> str:
     out = ["<section id=\"details\"><h2>Details: every claim's measurements per checkpoint</h2>"]
-    sources = {str(r.get("claim")): str(r.get("source") or "") for r in data.get("records") or []
-               if isinstance(r, dict)}
+    recs = records(data)
+    sources = {r.claim: r.source for r in recs}
     for claim in s.claims:
         out.append(f"<h3 id=\"claim-{_e(claim)}\"><code>{_e(claim)}</code></h3>")
         if s.findings.get(claim):
@@ -963,8 +962,7 @@ def _details_html(data: dict[str, Any], s: Summary) -> str:
         from .cards import card_html
 
         out.append("<section id=\"checkup\">" + _cards(card_html, data["checkup"], _e) + "</section>")
-    fps = {str(r.get("model")): str(r.get("fingerprint") or "?") for r in data.get("records") or []
-           if isinstance(r, dict)}
+    fps = {r.model: r.fingerprint or "?" for r in recs}
     if fps:
         out.append("<h2>Checkpoints</h2><ul>" + "".join(f"<li>{_e(_model_name(m))}: <code>{_e(fp)}</code></li>"
                                                         for m, fp in sorted(fps.items())) + "</ul>")

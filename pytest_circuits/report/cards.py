@@ -1,7 +1,9 @@
 """The checkup's mechanism cards, rendered: for the terminal (:func:`card_lines`), Markdown
 (:func:`card_markdown`) and HTML with heatmaps (:func:`card_html`). A card is the JSON of a
 detection (:func:`pytest_circuits.checkup.to_json`) with the claim's outcome and baseline
-comparisons; every card is treated as untrusted text (escaped, shown as written).
+comparisons; its measurements are read as the ledger's entries
+(:meth:`pytest_circuits.ledger.MeasurementEntry.read`, the shape the reports render). Every
+card is treated as untrusted text (escaped, shown as written).
 """
 
 from __future__ import annotations
@@ -13,18 +15,30 @@ import math
 from typing import Any, Iterable
 
 from ..checkup import CHECKS, INTERVAL_KINDS, VERDICT
+from ..ledger import MeasurementEntry
 
 
 def _fmt(x: float) -> str:
     from ..measurement import _fmt as f
 
+    if isinstance(x, float) and math.isnan(x):
+        return "n/a"
     return f(x) if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
 
 
-def _mcell(m: dict[str, Any], kind: str = "") -> str:
-    s = f"{m['name']} {_fmt(m['mean'])} [{_fmt(m['lower'])}, {_fmt(m['upper'])}]" + (f" {kind}" if kind else "")
-    s += "".join(f" [{f}]" for f in m.get("flags") or ())
-    b = m.get("baseline")
+def _measurements(c: dict[str, Any]) -> list[MeasurementEntry]:
+    """A card's measurements as ledger entries (a missing number NaN); TypeError for one that
+    is not an object (the report then says the cards are malformed)."""
+    ms = c.get("measurements") or ()
+    if not all(isinstance(m, dict) for m in ms):
+        raise TypeError("a card's measurement is not an object")
+    return [MeasurementEntry.read(m) for m in ms]
+
+
+def _mcell(m: MeasurementEntry, kind: str = "") -> str:
+    s = f"{m.name} {_fmt(m.mean)} [{_fmt(m.lower)}, {_fmt(m.upper)}]" + (f" {kind}" if kind else "")
+    s += "".join(f" [{f}]" for f in m.flags)
+    b = m.baseline
     if b and b.get("mean") is not None:
         s += f" (baseline {_fmt(b['mean'])}, drift {b['difference']:+.3g}" + ("" if b.get("within") else " OUTSIDE") + ")"
     return s
@@ -38,8 +52,8 @@ def _status(c: dict[str, Any]) -> str:
     """The verdict in capitals, and the baseline's verdict when it was compared."""
     status = str(c.get("status", "?"))
     word = {"n/a": "N/A", "not found": "ABSENT"}.get(status, status.upper())
-    v = next((m for m in c.get("measurements") or () if m.get("name") == VERDICT), None)
-    b = (v or {}).get("baseline") or {}
+    v = next((m for m in _measurements(c) if m.name == VERDICT), None)
+    b = (v.baseline if v else None) or {}
     if b.get("mean") is not None:
         then = _word(b["mean"] >= 0.5)
         word += f" (baseline {then}" + ("" if then == word else ": CHANGED") + ")"
@@ -48,7 +62,7 @@ def _status(c: dict[str, Any]) -> str:
 
 def _shown(c: dict[str, Any]) -> list[str]:
     kinds = c.get("intervals") or {}
-    return [_mcell(m, kinds.get(m["name"], "")) for m in c.get("measurements") or () if m.get("name") != VERDICT]
+    return [_mcell(m, kinds.get(m.name, "")) for m in _measurements(c) if m.name != VERDICT]
 
 
 def _by_model(cards: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -66,7 +80,7 @@ def _legend(cs: list[dict[str, Any]]) -> str:
                    if k in INTERVAL_KINDS and name != VERDICT})
     if not used:
         return ""
-    levels = sorted({f"{m['level'] * 100:.4g}%" for c in cs for m in c.get("measurements") or () if "level" in m})
+    levels = sorted({f"{m.level * 100:.4g}%" for c in cs for m in _measurements(c) if math.isfinite(m.level)})
     return (f"intervals ({', '.join(levels) or '95%'}): "
             + "; ".join(f"{k} = {INTERVAL_KINDS[k]}" for k in used))
 

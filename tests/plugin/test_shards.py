@@ -107,6 +107,16 @@ def test_two_shards_merged_equal_one_serial_run(suite, tiny_dir, tiny_dir_b, tmp
     jsonschema.validate(merged, schema)
     expected = json.loads(serial.read_text())
     assert _comparable(merged) == _comparable(expected)
+    # read back, the merged records render as the serial run's: the same ledger records, the same
+    # cells (verdicts, measurements, drifts) and the same claim rows in the Markdown
+    from pytest_circuits import report as R
+
+    assert R.records(merged) == R.records(expected) and R.rows(merged) == R.rows(expected)
+    cells = [{k: (c.shown, c.reason, c.measurements, c.drifts) for k, c in R.summarize(d).cells.items()}
+             for d in (merged, expected)]
+    assert cells[0] == cells[1] and len(cells[0]) == ITEMS
+    assert [x for x in R.markdown(merged).splitlines() if x.startswith("| `")] == \
+        [x for x in R.markdown(expected).splitlines() if x.startswith("| `")]
     # the measurements and their baseline comparisons are really there (not two empty lists)
     ms = [m for r in merged["records"] for m in r["measurements"]]
     assert len(merged["records"]) == 8 and len(ms) == 12

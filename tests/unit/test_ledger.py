@@ -93,3 +93,41 @@ def test_the_merge_refuses_records_with_the_records_own_words():
               "collected_sha256": M.collected_digest([]), "mode": {}, "suite": {}}
     problems = M._problems(report)
     assert any(p == f"records[0] {record_problem(d)}" for p in problems), problems
+
+
+def test_the_reports_reader_gives_the_same_record():
+    """``read`` (the reports') and ``from_json`` (the merge's) agree on every record the merge accepts."""
+    d = json.loads(json.dumps(_record().to_json()))
+    assert LedgerRecord.read(d) == LedgerRecord.from_json(d) == _record()
+    old = json.loads(json.dumps(d))
+    del old["measurements"][0]["name"]           # a report that names a measurement only by its key
+    assert LedgerRecord.read(old) == LedgerRecord.from_json(old)
+
+
+@pytest.mark.parametrize("damage, field, shown", [
+    (lambda d: d.pop("claim"), lambda r: r.claim, "claims/t.py::test_a[tiny]"),       # the node id
+    (lambda d: d.pop("outcome"), lambda r: r.outcome, ""),
+    (lambda d: d.update(model=None), lambda r: r.model, ""),
+    (lambda d: d["measurements"][0].update(mean="0.4"), lambda r: math.isnan(r.measurements[0].mean), True),
+    (lambda d: d["measurements"][0].update(n=True), lambda r: r.measurements[0].n, None),
+    (lambda d: d["measurements"][0].update(flags="wide"), lambda r: r.measurements[0].flags, ["wide"]),
+    (lambda d: d["measurements"][0].update(baseline="yes"), lambda r: r.measurements[0].baseline, None),
+    (lambda d: d["measurements"].append("not one"), lambda r: len(r.measurements), 1),
+    (lambda d: d["assertions"][0].update(kind="near"), lambda r: r.assertions, []),
+    (lambda d: d.update(version_changes="torch 1 -> 2"), lambda r: r.version_changes, ["torch 1 -> 2"]),
+])
+def test_the_reports_reader_never_raises_and_says_what_is_missing(damage, field, shown):
+    """A damaged report is still rendered: what the merge refuses, the reports read as missing."""
+    d = _record().to_json()
+    damage(d)
+    assert field(LedgerRecord.read(d)) == shown
+
+
+def test_a_card_measurement_reads_as_an_entry():
+    """A checkup card carries :meth:`Measurement.to_dict` where no record replaced it: read as an
+    entry, its numbers are the Measurement's and its key is its name (sem unknown: NaN)."""
+    m = _measurement()
+    e = MeasurementEntry.read(json.loads(json.dumps(m.to_dict())))
+    assert (e.name, e.key, e.mean, e.lower, e.upper, e.n, e.level, e.flags) == (
+        m.name, m.name, m.mean, m.lower, m.upper, m.n, m.level, list(m.flags))
+    assert math.isnan(e.sem) and e.baseline is None

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_circuits import report as R
+from pytest_circuits.ledger import MeasurementEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -261,7 +262,7 @@ def test_drift_is_shown_in_tolerance_units_everywhere(tmp_path):
 ])
 def test_drift_rules(diff, allowed, within, ratio_text, is_within):
     m = _m("x", diff=diff, allowed=allowed, within=within)
-    d = R._drift("c", "m", m)
+    d = R._drift("c", "m", MeasurementEntry.read(m))     # the entry the reports render
     assert d is not None and d.ratio_text == ratio_text and d.within is is_within
     if not is_within:
         assert R.summarize(_ledger([_rec(A, "m", "passed", m)])).passed is False
@@ -610,3 +611,14 @@ def test_worktree_of_a_git_checkout(tmp_path):
     assert R.worktree(str(repo))["diff_sha256"] != three["diff_sha256"]
     assert R.worktree(str(repo), exclude=[str(repo / "new_claims.py")])["dirty"] is False   # the run's own report
     assert R.worktree(str(tmp_path / "nowhere")) is None                          # not a git checkout
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_reports_render_the_ledger_records(case):
+    """The renderers read a report's records as the LedgerRecords they were written from
+    (``R.records``): written again from those records (``to_json``), with keys the record does
+    not know added, the report renders the same, to the byte."""
+    data = CASES[case][0]
+    again = {**data, "records": [{**r.to_json(), "unknown": 1} for r in R.records(data)]}
+    assert R.markdown(again) == R.markdown(data) and R.terminal_lines(again) == R.terminal_lines(data)
+    assert R.html_page(again) == R.html_page(data)
