@@ -30,7 +30,8 @@ def synthetic(values, totals=None, task="synthetic"):
     n = vals.shape[1]
     edges = tuple(EDGES[: vals.shape[0]])
     totals = np.ones(n) if totals is None else np.asarray(totals, dtype=np.float64)
-    return E.EdgeScores(edges, vals, "eap", 1, task=task, totals=totals, clean=np.ones(n))
+    return E.EdgeScores(components=edges, values=vals, attribution="eap", steps=1, task=task, totals=totals,
+                        clean=np.ones(n))
 
 
 def half_and_half(n):
@@ -102,7 +103,8 @@ def test_the_rule_is_edge_circuits_and_is_seeded():
 
 def test_no_effect_discovers_nothing_and_the_jaccard_is_not_available():
     sc = synthetic([[1e-9, -1e-9, 0.0], [0.0, 0.0, 0.0]], totals=[1e-12, 0.0, -1e-12])
-    sc = E.EdgeScores(sc.edges, sc.values, "eap", 1, task="none", totals=sc.totals, clean=np.full(3, 2.0))
+    sc = E.EdgeScores(components=sc.edges, values=sc.values, attribution="eap", steps=1, task="none", totals=sc.totals,
+                      clean=np.full(3, 2.0))
     st = S.stability(sc, resamples=20)
     assert not st.kept.any()
     assert st.jaccard is None and st.jaccard_all_pairs is None and st.undefined == st.pairs == 10

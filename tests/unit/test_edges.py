@@ -19,6 +19,7 @@ from pytest_circuits.components import MLP, Embed, Head
 from pytest_circuits.errors import CircuitsError, ComponentError
 from pytest_circuits.models import load_model
 from pytest_circuits.prompts import PromptSet
+from pytest_circuits.scores import ComponentScores
 from pytest_circuits.techniques import circuits as C
 from pytest_circuits.techniques import edges as E
 from pytest_circuits.techniques import patching as P
@@ -188,17 +189,17 @@ def test_eap_is_the_derivative_of_exact_edge_patching(model_task64):
         by_kind.setdefault(e.part or ("logits" if e.receiver is None else "mlp"), []).append(e)
     chosen = [e for kind in sorted(by_kind) for e in rng.sample(by_kind[kind], min(3, len(by_kind[kind])))]
     scores = E.edge_attribution(model, task, edges=chosen)
-    assert scores.method == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
+    assert scores.attribution == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
     eps = 1e-2      # rotary families compute in float32 somewhere: a smaller step drowns in its rounding
     clean = task.scores(model, activations=store).double()
-    size = float(np.abs(scores.values).max())
+    size = float(scores.values.abs().max())
     for e in chosen:
         up = task.scores(model, intervention=E.edge_intervention(model, e, scale=eps), activations=store).double()
         down = task.scores(model, intervention=E.edge_intervention(model, e, scale=-eps), activations=store).double()
         fd = ((up - down) / (2 * eps)).numpy()
-        np.testing.assert_allclose(scores.per_prompt(e), fd, rtol=1e-2, atol=2e-3 * size, err_msg=str(e))
+        np.testing.assert_allclose(scores.of(e).numpy(), fd, rtol=1e-2, atol=2e-3 * size, err_msg=str(e))
         assert np.allclose((up - clean).numpy(), 0, atol=1e-7) or np.abs(fd).max() > 0
-    assert np.abs(scores.values[:, -2:]).max() == 0.0             # no sender differs on those prompts
+    assert float(scores.values[:, -2:].abs().max()) == 0.0             # no sender differs on those prompts
 
 
 def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_model):
@@ -209,14 +210,28 @@ def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_mode
     task = LogitDiff(model, pairs(seed=7, n=3))
     eap = E.edge_attribution(model, task, edges=[e for e in E.graph(model) if e.receiver is None or e.receiver.layer == 1])
     one = E.edge_attribution(model, task, method="eap-ig", steps=1, edges=eap.edges)
-    np.testing.assert_array_equal(eap.values, one.values)
+    assert torch.equal(eap.values, one.values)
+    # a ComponentScores keyed by edge: of() is the edge's row (its spelling reads the same row),
+    # top(order="abs") the ranking by |mean| with ties in edge order (what verify() patches)
+    assert isinstance(eap, ComponentScores) and eap.edges == eap.components and eap.n == 3
+    raw = eap.values.numpy()
+    for i, e in enumerate(eap.edges):
+        assert torch.equal(eap.of(e), eap.values[i]) and torch.equal(eap.of(str(e)), eap.values[i])
+    means = raw.mean(1)
+    by_abs = sorted(range(len(eap.edges)), key=lambda i: (-abs(means[i]), i))
+    assert [r.component for r in eap.top(5, order="abs")] == [eap.edges[i] for i in by_abs[:5]]
+    m = eap.measure(str(eap.edges[by_abs[0]]), record=False)
+    assert m.name == f"eap[{eap.edges[by_abs[0]]}]" and m.values == tuple(raw[by_abs[0]].tolist())
+    assert one.title == "EAP-IG scores (1 step)" and one.attribution == "eap-ig"
+    with pytest.raises(ComponentError):
+        eap.of("L1H0->L1H0.q")                                    # not an edge of the graph
     into = [e for e in E.graph(model) if e.receiver is None]
     total = (task.scores(model, corrupted=True) - task.scores(model)).double().numpy()
     errors = {}
     for steps in (2, 8):
         ig = E.edge_attribution(model, task, method="eap-ig", steps=steps, edges=into)
-        errors[steps] = np.abs(ig.values.sum(0) - total).max()
-    first = np.abs(eap.values[[eap._index[e] for e in into]].sum(0) - total).max()
+        errors[steps] = np.abs(ig.values.numpy().sum(0) - total).max()
+    first = np.abs(eap.values.numpy()[[eap._index[e] for e in into]].sum(0) - total).max()
     print(f"EAP-IG into the logits: |sum - total| max {errors} (EAP {first:.3g}), |total| max "
           f"{np.abs(total).max():.3g}")
     assert errors[8] <= 0.05 * np.abs(total).max(), (errors, first, total)
@@ -250,7 +265,7 @@ def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
     decoy = planted.EDGES["decoy"]
     assert abs(sw.normalized(decoy)) < 0.01
     scores = E.edge_attribution(model, task)
-    assert abs(scores.of(decoy)) > 0.2 * abs(sw.scale)            # a first-order estimate calls it large
+    assert abs(float(scores.of(decoy).mean())) > 0.2 * abs(sw.scale)            # a first-order estimate calls it large
     agreement = scores.agreement(sw, k=3)
     assert agreement.recall_at_k == 1.0
     check = E.verify(model, task, scores, k=6, activations=store)
@@ -262,7 +277,7 @@ def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
     assert "magnitude" in repr(check)
     # EAP-IG moves the decoy's score towards its exact effect
     ig = E.edge_attribution(model, task, method="eap-ig", steps=4, edges=[decoy] + list(planted.EDGES["planted"]))
-    assert abs(ig.of(decoy)) < abs(scores.of(decoy))
+    assert abs(float(ig.of(decoy).mean())) < abs(float(scores.of(decoy).mean()))
     # the edge circuit: its edges, its endpoints, and the checks of circuits.py accept it
     circ = E.edge_circuit(model, sw, threshold=0.05, name="planted")
     assert set(circ.edges) == {("embed", "L0H0.v"), ("L0H0", "L1H0.v"), ("L1H0", "logits")}
