@@ -651,6 +651,8 @@ class AblatedScores(ComponentScores):
     why: str | None = None
 
     def measure(self, c: Any, *, name: str | None = None, record: bool = True, **kw: Any) -> Measurement:
+        """As :meth:`ComponentScores.measure <pytest_circuits.scores.ComponentScores.measure>`,
+        marked with :attr:`flags` (then recorded only once marked)."""
         if not self.flags:
             return super().measure(c, name=name, record=record, **kw)
         m = super().measure(c, name=name, record=False, **kw).marked(*self.flags, null=0.0)

@@ -796,7 +796,8 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     if comp is not None:
         headline += [comp.total, comp.restored, comp.released_fraction]
         components += [(str(b.head), b.score.mean) for b in comp.backups]
-        heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = _unscored_zero(comp.delta_scores.grid())
+        heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = _unscored_zero(
+            comp.delta_scores.grid())
         lines.append(f"name movers ablated ({ablation}): lost DE {comp.lost.mean:.3f}, LD changes by "
                      f"{_interval(comp.total)}; every other head together makes up {comp.heads_net.mean:+.3f} "
                      "of the loss")
