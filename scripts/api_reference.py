@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
+import functools
 import importlib
 import inspect
 import re
@@ -222,7 +223,7 @@ def members(cls: type) -> list[str]:
         if name.startswith("_") and not (name in OPERATORS and getattr(raw, "__doc__", None)
                                          and getattr(raw, "__name__", "") == name):
             continue
-        if _function(raw) or isinstance(value, property):
+        if _function(raw) or isinstance(value, (property, functools.cached_property)):
             out.append(name)
     return out
 
@@ -257,7 +258,7 @@ def _entry(modname: str, name: str, obj: Any, comments: dict[str, str]) -> list[
         lines += _block(_doc(obj))
         for m in members(obj):
             value = vars(obj)[m]
-            if isinstance(value, property):
+            if isinstance(value, (property, functools.cached_property)):
                 lines += [f"#### `{qual}.{m}`", "", "*property*", "", *_block(_doc(value))]
             else:
                 raw = inspect.unwrap(value.__func__ if isinstance(value, (classmethod, staticmethod)) else value)

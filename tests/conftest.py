@@ -115,6 +115,43 @@ def tiny_two_digit(tmp_path_factory: pytest.TempPathFactory):
     return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device=TEST_DEVICE)
 
 
+class LogitDiffTask:
+    """A task for the edge tests (tests/unit/test_edges.py, test_edge_stability.py):
+    ``logit(answer) - logit(foil)`` at the last position, per prompt, on prompt pairs
+    ``(clean, corrupted)``, with the differentiable ``logit_metric`` edge attribution needs."""
+
+    def __init__(self, model, pairs, answer="Paris", foil="Rome", name="logit_diff"):
+        from pytest_circuits.prompts import PromptSet
+
+        self.name = name
+        self.prompts = PromptSet.build(model, [a for a, _ in pairs], answers=[answer] * len(pairs),
+                                       foils=[foil] * len(pairs), corrupted=[b for _, b in pairs], name=name)
+
+    @property
+    def prompt_sets(self):
+        return (self.prompts,)
+
+    def scores(self, model, *, intervention=None, activations=None, corrupted=False):
+        import torch
+
+        from pytest_circuits import metrics
+
+        ps = self.prompts.corrupted if corrupted else self.prompts
+        logits = metrics.last_logits(model, ps, intervention=intervention, activations=activations).double()
+        rows = torch.arange(len(ps))
+        return logits[rows, torch.tensor(self.prompts.answer_ids)] - logits[rows, torch.tensor(self.prompts.foil_ids)]
+
+    def logit_metric(self, i):
+        last, a, f = self.prompts.lengths[i] - 1, self.prompts.answer_ids[i], self.prompts.foil_ids[i]
+        return lambda logits: logits[0, last, a] - logits[0, last, f]
+
+
+@pytest.fixture(scope="session")
+def logit_diff():
+    """The :class:`LogitDiffTask` class: ``logit_diff(model, pairs, answer, foil, name=...)``."""
+    return LogitDiffTask
+
+
 # Used by every pytester test (tests/plugin, tests/faults): autouse, once per session.
 @pytest.fixture(autouse=True, scope="session")
 def _import_modules_once():

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -84,6 +84,7 @@ from ..components import MLP, Component, Embed, Head, parse
 from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
 from ..models import info as model_info
 from ..protocols import check_task
+from ..scores import ComponentScores, key_str
 from ..store import ActivationStore, resolve
 from .._progress import bar
 from .circuits import Circuit
@@ -385,12 +386,17 @@ class EdgeSweep(Sweep):
     totals: Any = None
 
     def _rows(self, c: Any) -> list[int]:
-        if isinstance(c, str) and "->" in c:
-            c = Edge.parse(c)
-        return super()._rows(c)
+        return super()._rows(_edge_key(c))
 
+    @property
     def edges(self) -> tuple[Edge, ...]:
+        """The edges patched (:attr:`components`)."""
         return tuple(self.components)
+
+
+def _edge_key(c: Any) -> Any:
+    """An edge's spelling (``"L0H1->L1H0.q"``) as its :class:`Edge`; anything else as it is."""
+    return Edge.parse(c) if isinstance(c, str) and "->" in c else c
 
 
 def edge_patch(model: Any, task: Any, edges: Any = None, *,
@@ -535,50 +541,35 @@ def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any
     return out
 
 
-@dataclass(frozen=True, eq=False)
-class EdgeScores:
-    """Attribution scores of edges, per prompt (:func:`edge_attribution`).
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class EdgeScores(ComponentScores):
+    """Attribution scores of edges, per prompt (:func:`edge_attribution`): a
+    :class:`~pytest_circuits.scores.ComponentScores` keyed by :class:`Edge`, as
+    :class:`EdgeSweep` is, so ``of(edge)`` (the per-prompt scores), ``measure``, ``ranking``,
+    ``top`` and ``assert_top`` take an edge or its spelling (``"L0H1->L1H0.q"``).
 
-    ``values[e, i]``: edge ``edges[e]``'s score on prompt ``i``, in the units of the task's
-    ``logit_metric`` (the linear estimate of the raw effect ``m(edge patched) - m(clean)``).
+    ``values[e, i]``: edge ``components[e]``'s score on prompt ``i``, in the units of the
+    task's ``logit_metric`` (the linear estimate of the raw effect ``m(edge patched) -
+    m(clean)``). ``attribution``: ``"eap"`` or ``"eap-ig"``, with ``steps`` points.
     ``totals[i]``: the whole corruption's effect on prompt ``i`` in the same units, ``m`` with
-    every sender's output corrupted minus ``m`` clean (what :func:`discover` compares with)."""
+    every sender's output corrupted minus ``m`` clean (what :func:`discover` compares with);
+    ``clean[i]``: ``m`` on the clean prompt (both float64 numpy ``[n]``). Scores have either
+    sign: rank them by size with ``order="abs"`` (``top(10, order="abs")``)."""
 
-    edges: tuple[Edge, ...]
-    values: Any                      # [E, n] float64 numpy
-    method: str
-    steps: int
+    attribution: str = "eap"
+    steps: int = 1
     task: str = ""
     seconds: float = 0.0
-    totals: Any = None               # [n] float64 numpy
-    clean: Any = None                # [n] float64 numpy: m on the clean prompt
-    _index: dict = field(default_factory=dict, repr=False, compare=False)
+    totals: Any = None
+    clean: Any = None
 
-    def __post_init__(self) -> None:
-        self._index.update({e: i for i, e in enumerate(self.edges)})
-
-    @property
-    def n(self) -> int:
-        return int(self.values.shape[1])
+    def _rows(self, c: Any) -> list[int]:
+        return super()._rows(_edge_key(c))
 
     @property
-    def means(self) -> Any:
-        return self.values.mean(1)
-
-    def of(self, edge: Any) -> float:
-        """The mean score of ``edge`` over prompts."""
-        return float(self.per_prompt(edge).mean())
-
-    def per_prompt(self, edge: Any) -> Any:
-        e = Edge.parse(edge)
-        if e not in self._index:
-            raise ComponentError(bad("edge", str(e), f"an edge scored here (e.g. {', '.join(map(str, self.edges[:3]))})"))
-        return self.values[self._index[e]]
-
-    def top(self, k: int = 10) -> list[tuple[Edge, float]]:
-        """The ``k`` edges of largest |mean score|, with their mean scores."""
-        order = np.argsort(-np.abs(self.means), kind="stable")[:k]
-        return [(self.edges[i], float(self.means[i])) for i in order]
+    def edges(self) -> tuple[Edge, ...]:
+        """The edges scored (:attr:`components`)."""
+        return tuple(self.components)
 
     def agreement(self, exact: EdgeSweep, k: int = 10) -> Agreement:
         """Spearman rank correlation of |mean score| and |mean exact effect| over the edges both
@@ -586,7 +577,7 @@ class EdgeScores:
         common = [e for e in exact.components if e in self._index]
         if len(common) < 3:
             raise CircuitsError("agreement needs exact effects of at least 3 scored edges")
-        a = np.array([abs(self.of(e)) for e in common])
+        a = np.array([abs(float(self.of(e).mean())) for e in common])
         b = np.array([abs(float(exact.of(e).mean())) for e in common])
         ra, rb = _ranks(a), _ranks(b)
         rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float("nan")
@@ -595,10 +586,12 @@ class EdgeScores:
         by_score = {common[i] for i in sorted(range(len(common)), key=lambda i: -a[i])[:k]}
         return Agreement(rho, len(by_exact & by_score) / k, k, len(common))
 
-    def table(self, k: int = 10) -> str:
-        lines = [f"{self.method.upper()} ({self.steps} step{'s' if self.steps != 1 else ''}) on {self.task}, "
-                 f"n={self.n}, {len(self.edges)} edges, {self.seconds:.1f} s; top |score|:"]
-        lines += [f"  {str(e):>18}  {v:+.4f}" for e, v in self.top(k)]
+    def table(self, k: int = 10, *, by: str = "components", order: str = "abs") -> str:
+        """The first ``k`` rows of the ranking (by |mean score| unless told), as text."""
+        how = "largest |mean score|" if order == "abs" else f"{order} mean score"
+        lines = [f"{self.attribution.upper()} ({self.steps} step{'s' if self.steps != 1 else ''}) on {self.task}, "
+                 f"n={self.n}, {len(self.components)} edges, {self.seconds:.1f} s; {how} first:"]
+        lines += [f"  {key_str(r.component):>18}  {r.mean:+.4f}" for r in self.top(k, by=by, order=order)]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -665,8 +658,13 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         with torch.no_grad():
             totals[i] = float(metric(_run(model, tokens, fixed))) - at_clean[0]
         at_clean_all.append(at_clean[0])
-    return EdgeScores(es, scores, method, steps, task=task.name, seconds=time.perf_counter() - start, totals=totals,
-                      clean=np.asarray(at_clean_all))
+    cfg = model.cfg
+    title = f"{method.upper()} scores" + (f" ({steps} step{'s' if steps != 1 else ''})" if method == "eap-ig" else "")
+    return EdgeScores(components=es, values=scores, name=f"{method}[{{}}]", title=title, model=model_info(model).label,
+                      prompts=task.name, labels=tuple(ps.prompts[:n]),
+                      provenance={"task": task.name, "method": method, "steps": steps},
+                      shape=(int(cfg.n_layers), int(cfg.n_heads)), attribution=method, steps=steps, task=task.name,
+                      seconds=time.perf_counter() - start, totals=totals, clean=np.asarray(at_clean_all))
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -718,12 +716,12 @@ def verify(model: Any, task: Any, scores: EdgeScores, k: int = 10, *, ratio: flo
     on tasks whose ``logit_metric`` is the metric of ``scores`` (module docstring)."""
     if not ratio > 1:
         raise CircuitsError(bad("ratio", ratio, "a factor > 1"))
-    top = [e for e, _ in scores.top(k)]
+    top = [e for e, _ in scores.top(k, order="abs")]
     exact = edge_patch(model, task, top, activations=activations)
     tiny = floor * abs(exact.scale)
     checks = []
     for e in top:
-        s, x = scores.of(e), float(exact.of(e).mean())
+        s, x = float(scores.of(e).mean()), float(exact.of(e).mean())
         small_s, small_x = abs(s) <= tiny, abs(x) <= tiny
         if small_s and small_x:
             problem = None
@@ -763,7 +761,7 @@ def per_prompt(source: Any) -> tuple[tuple[Edge, ...], Any, Any, float]:
             raise CircuitsError(bad("scores", "EdgeScores without totals", "scores from edge_attribution (they "
                                     "carry each prompt's whole corruption effect)"))
         clean, totals = np.asarray(source.clean, dtype=np.float64), np.asarray(source.totals, dtype=np.float64)
-        return (source.edges, np.asarray(source.values, dtype=np.float64), totals,
+        return (tuple(source.components), source.values.numpy(), totals,
                 max(float(np.abs(clean).mean()), float(np.abs(clean + totals).mean())))
     raise CircuitsError(bad("source", type(source).__name__, "an EdgeSweep (edge_patch) or EdgeScores "
                             "(edge_attribution)"))

@@ -80,6 +80,7 @@ from ..components import MLP, Component, Embed, Expert, Head, Neuron, parse, par
 from ..errors import CircuitsError, ComponentError, MeasurementError, NoOpInterventionWarning, bad
 from ..interventions import Interventions, ablate as _ablate
 from ..measurement import PARTLY_UNINFORMATIVE, UNINFORMATIVE, Measurement, record
+from ..measurement import record as _record
 # the rankings' vocabulary lives in scores; GRAINS, ORDERS, Block, Ranked and rows_of stay readable here
 from ..scores import GRAINS, ORDERS, Block, ComponentScores, Rankable, Ranked, _grain, rows_of  # noqa: F401
 from ..models import derived, info as model_info, weights_state
@@ -620,6 +621,48 @@ SILENT_FRACTION = 0.1   # |clean DE| under 10% of the rise: the component was si
 NOOP_RTOL = 1e-5        # |own ΔDE| under 1e-5 x |clean DE|: the ablation removed nothing
 
 
+def _shape(components: Sequence[Any]) -> tuple[int, int] | None:
+    """``(n_layers, n_heads)`` of a model from its writers (every head and MLP), for ``grid()``."""
+    heads = [c for c in components if isinstance(c, Head)]
+    if not heads:
+        return None
+    return (max(c.layer for c in components if isinstance(c, (Head, MLP, Expert))) + 1,
+            max(h.head for h in heads) + 1)
+
+
+def _refuse(what: str, ablation: str, why: str | None) -> None:
+    """Raise when an ablation was uninformative (``why``): ``what`` under it is undefined."""
+    if why is not None:
+        raise MeasurementError(f"{what} under {ablation} is undefined: {why}. An empty or "
+                               "all-zero answer would read as 'no backup'; ablate with a kind that acts "
+                               "on these prompts (kind='resample_distinct', 'mean' with a reference set "
+                               "whose outputs differ, or 'zero')")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class AblatedScores(ComponentScores):
+    """A :class:`~pytest_circuits.scores.ComponentScores` measured under an ablation
+    (:attr:`SelfRepair.delta_scores`). ``flags``: the ablation's no-op flags, which mark
+    every :meth:`measure` (with 0 as the value of a prompt it did not change); ``why``: set
+    when the ablation changed nothing on (nearly) every prompt, and then every ranking and
+    ranking assertion refuses (an empty or all-zero ranking would read as "no backup")."""
+
+    flags: tuple[str, ...] = ()
+    why: str | None = None
+
+    def measure(self, c: Any, *, name: str | None = None, record: bool = True, **kw: Any) -> Measurement:
+        """As :meth:`ComponentScores.measure <pytest_circuits.scores.ComponentScores.measure>`,
+        marked with :attr:`flags` (then recorded only once marked)."""
+        if not self.flags:
+            return super().measure(c, name=name, record=record, **kw)
+        m = super().measure(c, name=name, record=False, **kw).marked(*self.flags, null=0.0)
+        return _record(m) if record else m
+
+    def _ordered(self, by: str, order: str, **kw: Any) -> tuple[list[Ranked], Any, list[int]]:
+        _refuse("a ranking of the changes", self.provenance.get("ablation", "the ablation"), self.why)
+        return super()._ordered(by, order, **kw)
+
+
 @dataclass(frozen=True, eq=False)
 class SelfRepair(Rankable):
     """An ablation's total effect on the centred logit of ``t``, decomposed exactly.
@@ -681,12 +724,7 @@ class SelfRepair(Rankable):
         return ()
 
     def _refuse_if_uninformative(self, what: str) -> None:
-        why = self.why_uninformative()
-        if why is not None:
-            raise MeasurementError(f"{what} under {self.ablation.key} is undefined: {why}. An empty or "
-                                   "all-zero answer would read as 'no backup'; ablate with a kind that acts "
-                                   "on these prompts (kind='resample_distinct', 'mean' with a reference set "
-                                   "whose outputs differ, or 'zero')")
+        _refuse(what, self.ablation.key, self.why_uninformative())
 
     # -- per-prompt arrays -----------------------------------------------------------
     @property
@@ -703,15 +741,30 @@ class SelfRepair(Rankable):
         mask = [i for i in range(len(self.components)) if i not in set(self.ablated)]
         return self.delta_de[mask].sum(0)
 
-    def _rows(self, c: Any) -> list[int]:
-        return rows_of(self.components, c)
+    # -- per component: two ComponentScores ----------------------------------------------
+    @functools.cached_property
+    def delta_scores(self) -> "AblatedScores":
+        """Each component's change of direct effect under the ablation (``delta_de``) as a
+        :class:`~pytest_circuits.scores.ComponentScores`: ``of(c)`` per prompt,
+        ``measure(c)`` (= :meth:`compensation`, with the ablation's no-op flags), ``ranking``
+        and ``top`` by the *signed* mean ΔDE with every component in (the ablated ones too;
+        :meth:`ranking` is the make-up for the lost effect, ablated left out), ``grid()``.
+        Its rankings refuse when the ablation is uninformative, as :meth:`ranking` does."""
+        key = self.ablation.key
+        return AblatedScores(components=self.components, values=self.delta_de, name=f"ΔDE({{}} | {key})",
+                             title=f"ΔDE under {key}", model=self.model, prompts=self.prompts,
+                             labels=self.labels, provenance={"ablation": key, "prompts": self.prompts},
+                             shape=_shape(self.components), flags=self._flags(), why=self.why_uninformative())
 
-    def delta(self, c: Any) -> Any:
-        return self.delta_de[self._rows(c)].sum(0)
-
-    def clean(self, c: Any) -> Any:
-        """Per-prompt clean direct effect of ``c``."""
-        return self.clean_de[self._rows(c)].sum(0)
+    @functools.cached_property
+    def clean_scores(self) -> ComponentScores:
+        """Each component's clean direct effect (``clean_de``) as a
+        :class:`~pytest_circuits.scores.ComponentScores`; ``measure(c)`` is
+        :meth:`direct_effect`."""
+        return ComponentScores(components=self.components, values=self.clean_de, name="DE({})",
+                               title="clean direct effects", model=self.model, prompts=self.prompts,
+                               labels=self.labels, shape=_shape(self.components),
+                               provenance={"ablation": self.ablation.key, "prompts": self.prompts})
 
     # -- roles -----------------------------------------------------------------------
     @property
@@ -740,7 +793,7 @@ class SelfRepair(Rankable):
         uninformative (:meth:`why_uninformative`).
         """
         self._refuse_if_uninformative(f"the role of {c}")
-        return self._role_of_means(float(self.clean(c).mean()), float(self.delta(c).mean()))
+        return self._role_of_means(float(self.clean_scores.of(c).mean()), float(self.delta_scores.of(c).mean()))
 
     def ranking(self, k: int | None = 10, *, kind: str = "all", include_ablated: bool = False,
                 by: str = "components", order: str = "largest") -> list[Ranked]:
@@ -803,13 +856,12 @@ class SelfRepair(Rankable):
 
     def direct_effect(self, c: Any) -> Measurement:
         """Clean direct effect of ``c``."""
-        comp = parse(c)
-        return self._m(f"DE({comp})", self.clean(comp), clean=True, component=str(comp))
+        return self.clean_scores.measure(parse(c))
 
     def compensation(self, by: Any) -> Measurement:
-        """ΔDE of ``by`` under the ablation (positive: it makes up for the loss)."""
-        comp = parse(by)
-        return self._m(f"ΔDE({comp} | {self.ablation.key})", self.delta(comp), component=str(comp))
+        """ΔDE of ``by`` under the ablation (positive: it makes up for the loss), with the
+        ablation's no-op flags: ``delta_scores.measure(by)``."""
+        return self.delta_scores.measure(parse(by))
 
     def _ablated_names(self) -> str:
         return ", ".join(str(self.components[i]) for i in self.ablated) or "nothing"
@@ -843,7 +895,7 @@ class SelfRepair(Rankable):
         why = self.why_nothing_lost()
         if why is not None:
             raise MeasurementError(f"restored fraction of {comp} is undefined: {why}")
-        return Measurement.from_ratio(f"restored({comp} | {self.ablation.key})", self.delta(comp), self.lost,
+        return Measurement.from_ratio(f"restored({comp} | {self.ablation.key})", self.delta_scores.of(comp), self.lost,
                                       model=self.model, labels=self.labels,
                                       provenance={"ablation": self.ablation.key, "component": str(comp),
                                                   "role": self.role(comp)})
@@ -864,7 +916,7 @@ class SelfRepair(Rankable):
             return "\n".join(rows + ["  no ranking: the ablation changed nothing (not evidence of no backup)"])
         rows.append("  making up for the loss (ΔDE; clean DE -> ablated DE; role):")
         for c, v in self.ranking(k):
-            clean = float(self.clean(c).mean())
+            clean = float(self.clean_scores.of(c).mean())
             role = self.role(c)
             rows.append(f"    {str(c):>8} ΔDE {v:+.4f}  DE {clean:+.4f} -> {clean + v:+.4f}  {role}")
         return "\n".join(rows)
@@ -1099,7 +1151,7 @@ def dla_vs_total(model: Any, prompts: Any, component: Any, *, kind: str = DEFAUL
                                  experts=True).of(comp)
             dla = sr._m(f"DE({comp})", clean_de, clean=True, component=str(comp))
         else:
-            clean_de = sr.clean(comp)
+            clean_de = sr.clean_scores.of(comp)
             dla = sr.direct_effect(comp)      # the clean DE: what zero ablation removes
     else:
         # Against a resampled/mean baseline the comparable DLA is the direct effect lost.

@@ -96,6 +96,7 @@ Measured (2026-11-26):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -366,22 +367,17 @@ def negative_name_movers(scores: IOIScores, *, min_attention: float = MIN_ATTENT
 # ----------------------------------------------------------------------------- S-inhibition
 @dataclass(frozen=True, eq=False)
 class SInhibition:
-    """S-inhibition scores of the candidates (heads before the name movers attending END -> S2)."""
+    """S-inhibition scores of the candidates (heads before the name movers attending END -> S2):
+    ``scores`` is a :class:`~pytest_circuits.scores.ComponentScores` of the candidates
+    (``scores.measure("L7H3")``: ``S-inhibition score L7H3``; ``scores.grid()``: NaN where a
+    head is not a candidate)."""
 
     name_movers: tuple[Head, ...]
     candidates: tuple[Head, ...]
-    scores: dict                     # Head -> Measurement (drop of the name movers' DE, logits)
+    scores: ComponentScores          # per candidate and prompt: the drop of the name movers' DE (logits)
     mover_de: Measurement            # the name movers' summed clean DE on LD
     threshold: float                 # in logits: min_s_inhibition x mover_de.mean
     heads: tuple[Located, ...]       # the located S-inhibition heads, largest first
-
-    def heatmap(self, shape: tuple[int, int]) -> Any:
-        import numpy as np
-
-        out = np.zeros(shape)
-        for h, m in self.scores.items():
-            out[h.layer, h.head] = m.mean
-        return out
 
 
 def _lu_direction(model: Any, prompts: PromptSet) -> Any:
@@ -451,7 +447,8 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
     by_layer: dict[int, list[Head]] = {}
     for c in cands:
         by_layer.setdefault(c.layer, []).append(c)
-    results: dict[Head, Measurement] = {}
+    drops: dict[Head, Any] = {}
+    keys: dict[Head, str] = {}
 
     def reads(iv: Any) -> list[str]:
         # the name movers at or before the patched layer are as in the clean run
@@ -465,15 +462,19 @@ def s_inhibition(model: Any, prompts: PromptSet, movers: Sequence[Any], scores: 
         ivs = [_patch(model, c, positions="last") for c in group]
         before = movers_de(model, prompts, downstream, scale=scale, activations=store)
         for c, iv in zip(group, ivs):
-            drop = before - movers_de(model, prompts, downstream, intervention=iv, scale=scale, activations=store)
-            results[c] = Measurement.from_values(f"S-inhibition score {c}", drop, model=label,
-                                                 labels=prompts.prompts, record=False,
-                                                 provenance={"prompts": prompts.name, "head": str(c),
-                                                             "intervention": iv.key,
-                                                             "name_movers": [str(h) for h in heads]})
-    located = tuple(sorted((Located(c, m) for c, m in results.items() if m.lower > threshold),
+            drops[c] = before - movers_de(model, prompts, downstream, intervention=iv, scale=scale, activations=store)
+            keys[c] = iv.key
+    import torch
+
+    order = tuple(drops)
+    sc = ComponentScores(components=order, name="S-inhibition score {}", title="S-inhibition score",
+                         values=torch.stack([drops[c] for c in order]) if order else torch.zeros((0, len(prompts))),
+                         model=label, prompts=prompts.name, labels=tuple(prompts.prompts),
+                         provenance={"prompts": prompts.name, "name_movers": [str(h) for h in heads]}, shape=(L, nh))
+    scored = {c: sc.measure(c, record=False, provenance={"head": str(c), "intervention": keys[c]}) for c in order}
+    located = tuple(sorted((Located(c, m) for c, m in scored.items() if m.lower > threshold),
                            key=lambda x: -x.score.mean))
-    return SInhibition(heads, cands, results, mover_de, threshold, located)
+    return SInhibition(heads, cands, sc, mover_de, threshold, located)
 
 
 def _prefetch_corrupted(model: Any, prompts: PromptSet, last_layers: Any, full_layers: Any,
@@ -502,16 +503,16 @@ class Compensation:
     heads_net: Measurement            # every other head's summed ΔDE / lost (no selection)
     threshold: float                  # a backup's ΔDE lower bound must exceed this (logits)
 
-    def heatmap(self, shape: tuple[int, int]) -> Any:
-        """Mean ΔDE on LD per head (the ablated name movers' own change left at 0)."""
-        import numpy as np
-
-        out = np.zeros(shape)
-        ablated = set(self.name_movers)
-        for i, c in enumerate(self.repair.components):
-            if isinstance(c, Head) and c not in ablated:
-                out[c.layer, c.head] = float(self.repair.delta_de[i].mean())
-        return out
+    @functools.cached_property
+    def delta_scores(self) -> ComponentScores:
+        """Every component's ΔDE on LD under the ablation but the ablated name movers' own, as a
+        :class:`~pytest_circuits.scores.ComponentScores` (``grid()``: the heads' mean ΔDE, NaN
+        for the name movers), with the ablation's no-op flags (:attr:`effects.SelfRepair.delta_scores`
+        less their rows)."""
+        whole = self.repair.delta_scores
+        keep = [i for i, c in enumerate(whole.components) if c not in set(self.name_movers)]
+        return dataclasses.replace(whole, components=tuple(whole.components[i] for i in keep),
+                                   values=whole.values[keep])
 
     def table(self, k: int = 8) -> str:
         return self.repair.table(k)
@@ -791,11 +792,12 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
                      f"from ABC lowers the name movers' DE by > {min_s_inhibition} x "
                      f"{sinh.mover_de.mean:.3f}, lower bound): " + (", ".join(map(repr, sinh.heads)) or "none")
                      + f" of {len(sinh.candidates)} candidates")
-        heatmaps["S-inhibition score"] = sinh.heatmap(shape)
+        heatmaps["S-inhibition score"] = _unscored_zero(sinh.scores.grid())
     if comp is not None:
         headline += [comp.total, comp.restored, comp.released_fraction]
         components += [(str(b.head), b.score.mean) for b in comp.backups]
-        heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = comp.heatmap(shape)
+        heatmaps["backup increase: ΔDE(IO - S) with the name movers ablated"] = _unscored_zero(
+            comp.delta_scores.grid())
         lines.append(f"name movers ablated ({ablation}): lost DE {comp.lost.mean:.3f}, LD changes by "
                      f"{_interval(comp.total)}; every other head together makes up {comp.heads_net.mean:+.3f} "
                      "of the loss")
@@ -838,6 +840,14 @@ def _detection(a: Analysis, *, min_logit_diff: float, min_attention: float, min_
     return Detection(check=CHECK, title=TITLE, source=SOURCE, model=a.model, applicable=True, **verdict,
                      criterion=criterion, measurements=tuple(headline), more=tuple(more),
                      components=tuple(components), heatmaps=heatmaps, details="\n".join(lines))
+
+
+def _unscored_zero(grid: Any) -> Any:
+    """A heatmap of a grid: 0 (the colour of no effect) where a head is not scored (NaN), as the
+    checkup card writes it (its JSON has no NaN)."""
+    import numpy as np
+
+    return np.where(np.isnan(grid), 0.0, grid)
 
 
 def _interval(m: Measurement) -> str:

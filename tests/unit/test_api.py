@@ -276,16 +276,16 @@ def test_self_repair_ranks_make_up_at_every_grain(tiny):
     # by hand: ΔDE per component, the ablated head left out, in the direction of the lost effect
     rows = sr.ranking(None)
     assert "L0H1" not in [r.name for r in rows]
-    want = {str(c): float(sr.delta(c).mean()) for c in sr.components if str(c) != "L0H1"}
+    want = {str(c): float(sr.delta_scores.of(c).mean()) for c in sr.components if str(c) != "L0H1"}
     assert [r.name for r in rows] == sorted(want, key=lambda c: -want[c] * sr.lost_sign)
     attn = {r.name: r.mean for r in sr.ranking(None, by="attn")}
-    hand0 = sum(float(sr.delta(f"L0H{h}").mean()) for h in range(tiny.cfg.n_heads) if h != 1)
+    hand0 = sum(float(sr.delta_scores.of(f"L0H{h}").mean()) for h in range(tiny.cfg.n_heads) if h != 1)
     assert attn["attn0"] == pytest.approx(hand0)
-    assert attn["attn1"] == pytest.approx(float(sr.delta("attn1").mean()))
+    assert attn["attn1"] == pytest.approx(float(sr.delta_scores.of("attn1").mean()))
     top = sr.ranking(1, by="layers")[0]
     sr.assert_top(top.component, by="layers")
     with_ablated = {r.name: r.mean for r in sr.ranking(None, by="attn", include_ablated=True)}
-    assert with_ablated["attn0"] == pytest.approx(float(sr.delta("attn0").mean()))
+    assert with_ablated["attn0"] == pytest.approx(float(sr.delta_scores.of("attn0").mean()))
     # the pairs of before still unpack
     c, v = sr.ranking(1)[0]
     assert c == rows[0].component and v == rows[0].mean

@@ -13,12 +13,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from pytest_circuits import ActivationStore, metrics, planted, stats
+from pytest_circuits import ActivationStore, planted, stats
 from pytest_circuits.errors import CircuitsError, MeasurementError
 from pytest_circuits.models import load_model
-from pytest_circuits.prompts import PromptSet
 from pytest_circuits.techniques import edge_stability as S
 from pytest_circuits.techniques import edges as E
 
@@ -30,7 +28,8 @@ def synthetic(values, totals=None, task="synthetic"):
     n = vals.shape[1]
     edges = tuple(EDGES[: vals.shape[0]])
     totals = np.ones(n) if totals is None else np.asarray(totals, dtype=np.float64)
-    return E.EdgeScores(edges, vals, "eap", 1, task=task, totals=totals, clean=np.ones(n))
+    return E.EdgeScores(components=edges, values=vals, attribution="eap", steps=1, task=task, totals=totals,
+                        clean=np.ones(n))
 
 
 def half_and_half(n):
@@ -102,7 +101,8 @@ def test_the_rule_is_edge_circuits_and_is_seeded():
 
 def test_no_effect_discovers_nothing_and_the_jaccard_is_not_available():
     sc = synthetic([[1e-9, -1e-9, 0.0], [0.0, 0.0, 0.0]], totals=[1e-12, 0.0, -1e-12])
-    sc = E.EdgeScores(sc.edges, sc.values, "eap", 1, task="none", totals=sc.totals, clean=np.full(3, 2.0))
+    sc = E.EdgeScores(components=sc.edges, values=sc.values, attribution="eap", steps=1, task="none", totals=sc.totals,
+                      clean=np.full(3, 2.0))
     st = S.stability(sc, resamples=20)
     assert not st.kept.any()
     assert st.jaccard is None and st.jaccard_all_pairs is None and st.undefined == st.pairs == 10
@@ -151,29 +151,6 @@ def test_several_tasks_give_the_overlap_across_tasks():
 
 # -- the planted edge model --------------------------------------------------------------------
 
-class LogitDiff:
-    """logit(answer) - logit(foil) at the last position (as in test_edges.py)."""
-
-    def __init__(self, model, pairs, name):
-        self.name = name
-        self.prompts = PromptSet.build(model, [a for a, _ in pairs], answers=[planted.ANSWER] * len(pairs),
-                                       foils=[planted.FOIL] * len(pairs), corrupted=[b for _, b in pairs], name=name)
-
-    @property
-    def prompt_sets(self):
-        return (self.prompts,)
-
-    def scores(self, model, *, intervention=None, activations=None, corrupted=False):
-        ps = self.prompts.corrupted if corrupted else self.prompts
-        logits = metrics.last_logits(model, ps, intervention=intervention, activations=activations).double()
-        rows = torch.arange(len(ps))
-        return logits[rows, torch.tensor(self.prompts.answer_ids)] - logits[rows, torch.tensor(self.prompts.foil_ids)]
-
-    def logit_metric(self, i):
-        last, a, f = self.prompts.lengths[i] - 1, self.prompts.answer_ids[i], self.prompts.foil_ids[i]
-        return lambda logits: logits[0, last, a] - logits[0, last, f]
-
-
 # the planted edges, the decoy, the relay's query and key edges, and a few more that do nothing
 SOME = list(planted.EDGES["planted"]) + [planted.EDGES["decoy"], "L0H0->L1H0.q", "L0H0->L1H0.k", "L0H1->L1H0.v",
                                           "embed->L1H0.v", "L0H0->logits"]
@@ -202,9 +179,10 @@ def counting(monkeypatch, model):
     return calls
 
 
-def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_models, monkeypatch):
+def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_models, monkeypatch,
+                                                                        logit_diff):
     model = planted_models[False]
-    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_edges")
+    task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_edges")
     calls = counting(monkeypatch, model)
     sw = E.edge_patch(model, task, SOME, activations=ActivationStore())
     patched = len(calls)
@@ -225,9 +203,9 @@ def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_m
     assert {f"{a}->{b}" for a, b in circ.edges} == set(planted.EDGES["planted"])
 
 
-def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_models, monkeypatch):
+def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_models, monkeypatch, logit_diff):
     model = planted_models[False]
-    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_edges")
+    task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_edges")
     calls = counting(monkeypatch, model)
     # attribution: one pass of edge_attribution, then no forward for any resample
     before = len(calls)
@@ -240,15 +218,16 @@ def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_
     assert st2.frequency(planted.EDGES["decoy"]).mean == 1.0
     assert all(st2.frequency(e).mean == 1.0 for e in planted.EDGES["planted"])
     # two templates of the same task (the two suffixes): the same edges across tasks
-    halves = [LogitDiff(model, [p for p in planted.EDGE_PROMPTS if p[0].endswith(s)], f"planted[{s}]")
+    halves = [logit_diff(model, [p for p in planted.EDGE_PROMPTS if p[0].endswith(s)], planted.ANSWER, planted.FOIL,
+                         name=f"planted[{s}]")
               for s in planted.EDGE_SUFFIXES]
     across = S.stability([E.edge_patch(model, t, SOME) for t in halves], resamples=20)
     assert across.jaccard.mean == 1.0 and across.tasks == tuple(t.name for t in halves)
 
 
-def test_the_control_discovers_nothing(planted_models):
+def test_the_control_discovers_nothing(planted_models, logit_diff):
     model = planted_models[True]
-    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_control")
+    task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_control")
     sw = E.edge_patch(model, task, SOME, activations=ActivationStore())
     st = S.stability(sw, resamples=20)
     assert not st.kept.any() and st.stable(0.01) == ()
@@ -258,11 +237,11 @@ def test_the_control_discovers_nothing(planted_models):
     st.frequency(planted.EDGES["planted"][1]).assert_below(0.2)
 
 
-def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_models):
+def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_models, logit_diff):
     from pytest_circuits.techniques import circuits as C
 
     model = planted_models[False]
-    task = LogitDiff(model, planted.EDGE_PROMPTS, "planted_edges")
+    task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_edges")
     store = ActivationStore()
     sw = E.edge_patch(model, task, SOME, activations=store)
     rf = S.faithfulness_under_resampling(model, task, sw, resamples=20, seed=0, activations=store)
@@ -275,6 +254,6 @@ def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_m
     np.testing.assert_allclose(rf.values, want, rtol=1e-9)
     assert rf.mean > 0.95 and rf.quantiles()[0] > 0.9 and "1 distinct circuit" in repr(rf)
     control = planted_models[True]
-    ctask = LogitDiff(control, planted.EDGE_PROMPTS, "planted_control")
+    ctask = logit_diff(control, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_control")
     none = S.faithfulness_under_resampling(control, ctask, E.edge_patch(control, ctask, SOME), resamples=20)
     assert none.values == (None,) * 20 and none.circuits == () and none.mean is None and "n/a" in repr(none)

@@ -13,41 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_circuits import ActivationStore, metrics, planted
+from pytest_circuits import ActivationStore, planted
 from pytest_circuits import hooks as H
 from pytest_circuits.components import MLP, Embed, Head
 from pytest_circuits.errors import CircuitsError, ComponentError
 from pytest_circuits.models import load_model
-from pytest_circuits.prompts import PromptSet
+from pytest_circuits.scores import ComponentScores
 from pytest_circuits.techniques import circuits as C
 from pytest_circuits.techniques import edges as E
 from pytest_circuits.techniques import patching as P
 
 POOL = ["the", "a", "cat", "dog", "sat", "on", "mat", "John", "Mary", "went", "to", "store", "gave", "ball",
         "bag", "city", "river", "king", "queen"]
-
-
-class LogitDiff:
-    """A task: logit(answer) - logit(foil) at the last position, per prompt."""
-
-    def __init__(self, model, pairs, answer="Paris", foil="Rome", name="logit_diff"):
-        self.name = name
-        self.prompts = PromptSet.build(model, [a for a, _ in pairs], answers=[answer] * len(pairs),
-                                       foils=[foil] * len(pairs), corrupted=[b for _, b in pairs], name=name)
-
-    @property
-    def prompt_sets(self):
-        return (self.prompts,)
-
-    def scores(self, model, *, intervention=None, activations=None, corrupted=False):
-        ps = self.prompts.corrupted if corrupted else self.prompts
-        logits = metrics.last_logits(model, ps, intervention=intervention, activations=activations).double()
-        rows = torch.arange(len(ps))
-        return logits[rows, torch.tensor(self.prompts.answer_ids)] - logits[rows, torch.tensor(self.prompts.foil_ids)]
-
-    def logit_metric(self, i):
-        last, a, f = self.prompts.lengths[i] - 1, self.prompts.answer_ids[i], self.prompts.foil_ids[i]
-        return lambda logits: logits[0, last, a] - logits[0, last, f]
 
 
 def pairs(seed: int, n: int, same: int = 0) -> list[tuple[str, str]]:
@@ -65,17 +42,17 @@ def pairs(seed: int, n: int, same: int = 0) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gqa"])
-def model_task(request, arch_model):
+def model_task(request, arch_model, logit_diff):
     model = arch_model(request.param)
-    return model, LogitDiff(model, pairs(seed=3, n=8, same=2))
+    return model, logit_diff(model, pairs(seed=3, n=8, same=2))
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gqa", "neox"])
-def model_task64(request, arch_checkpoint, tmp_path_factory):
+def model_task64(request, arch_checkpoint, tmp_path_factory, logit_diff):
     """As model_task in float64: finite differences of the metric need more than float32's digits."""
     model = load_model(str(arch_checkpoint(request.param)), cache_dir=tmp_path_factory.mktemp("edges64"),
                        device="cpu", dtype="float64")
-    return model, LogitDiff(model, pairs(seed=3, n=8, same=2))
+    return model, logit_diff(model, pairs(seed=3, n=8, same=2))
 
 
 def _count(L: int, n_heads: int, parallel: bool) -> int:
@@ -104,7 +81,7 @@ def test_the_graph_has_every_edge_once_and_spells_it_back(arch_model, family, pa
     assert not any(e.startswith("L1") and "->L1H" in e for e in names)      # never into the same layer's heads
 
 
-def test_bad_edges_are_refused_with_what_would_be_valid(arch_model):
+def test_bad_edges_are_refused_with_what_would_be_valid(arch_model, logit_diff):
     gpt2, neox = arch_model("gpt2"), arch_model("neox")
     for text, words in [("L0H1-L1H0.q", "sender->receiver"), ("L0H1->L1H0", "'.k' or '.v'"),
                         ("L0H1->mlp1.q", "an MLP has one input"), ("L0H1->L1H0.x", "component")]:
@@ -121,9 +98,9 @@ def test_bad_edges_are_refused_with_what_would_be_valid(arch_model):
         E.Edge.parse("L0H0->mlp0", neox)
     assert E.Edge.parse("L0H0->mlp0", gpt2).receiver == MLP(0)
     with pytest.raises(CircuitsError, match="method"):
-        E.edge_attribution(gpt2, LogitDiff(gpt2, pairs(0, 2)), method="ig")
+        E.edge_attribution(gpt2, logit_diff(gpt2, pairs(0, 2)), method="ig")
     with pytest.raises(CircuitsError, match="steps"):
-        E.edge_attribution(gpt2, LogitDiff(gpt2, pairs(0, 2)), steps=4)
+        E.edge_attribution(gpt2, logit_diff(gpt2, pairs(0, 2)), steps=4)
 
 
 # -- exact edge patching -----------------------------------------------------------------------
@@ -152,12 +129,12 @@ def test_exact_edge_patching_keeps_its_identities(model_task):
     assert str(e) in sw.table(3)
 
 
-def test_a_key_edge_into_a_gqa_head_changes_that_head_alone(arch_model):
+def test_a_key_edge_into_a_gqa_head_changes_that_head_alone(arch_model, logit_diff):
     """Heads 0 and 1 share key/value head 0: the side run (the residual edited, q held) changes
     both, the patched run only the receiver."""
     model = arch_model("gqa")
     assert model.cfg.n_key_value_heads == 2 and model.cfg.n_heads == 4
-    task = LogitDiff(model, pairs(seed=5, n=4))
+    task = logit_diff(model, pairs(seed=5, n=4))
     store = ActivationStore()
     ps = task.prompts
     clean = store.get(model, ps, [H.z(1)])[H.z(1)]
@@ -188,35 +165,49 @@ def test_eap_is_the_derivative_of_exact_edge_patching(model_task64):
         by_kind.setdefault(e.part or ("logits" if e.receiver is None else "mlp"), []).append(e)
     chosen = [e for kind in sorted(by_kind) for e in rng.sample(by_kind[kind], min(3, len(by_kind[kind])))]
     scores = E.edge_attribution(model, task, edges=chosen)
-    assert scores.method == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
+    assert scores.attribution == "eap" and scores.steps == 1 and scores.values.shape == (len(chosen), 8)
     eps = 1e-2      # rotary families compute in float32 somewhere: a smaller step drowns in its rounding
     clean = task.scores(model, activations=store).double()
-    size = float(np.abs(scores.values).max())
+    size = float(scores.values.abs().max())
     for e in chosen:
         up = task.scores(model, intervention=E.edge_intervention(model, e, scale=eps), activations=store).double()
         down = task.scores(model, intervention=E.edge_intervention(model, e, scale=-eps), activations=store).double()
         fd = ((up - down) / (2 * eps)).numpy()
-        np.testing.assert_allclose(scores.per_prompt(e), fd, rtol=1e-2, atol=2e-3 * size, err_msg=str(e))
+        np.testing.assert_allclose(scores.of(e).numpy(), fd, rtol=1e-2, atol=2e-3 * size, err_msg=str(e))
         assert np.allclose((up - clean).numpy(), 0, atol=1e-7) or np.abs(fd).max() > 0
-    assert np.abs(scores.values[:, -2:]).max() == 0.0             # no sender differs on those prompts
+    assert float(scores.values[:, -2:].abs().max()) == 0.0             # no sender differs on those prompts
 
 
-def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_model):
+def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_model, logit_diff):
     """Into the logits every sender moves the final residual along one straight line, so the
     EAP-IG scores of all edges into the logits add up to m(corrupted) - m(clean) as the steps
     grow (a left Riemann sum of the gradient along the line)."""
     model = arch_model("gpt2")
-    task = LogitDiff(model, pairs(seed=7, n=3))
+    task = logit_diff(model, pairs(seed=7, n=3))
     eap = E.edge_attribution(model, task, edges=[e for e in E.graph(model) if e.receiver is None or e.receiver.layer == 1])
     one = E.edge_attribution(model, task, method="eap-ig", steps=1, edges=eap.edges)
-    np.testing.assert_array_equal(eap.values, one.values)
+    assert torch.equal(eap.values, one.values)
+    # a ComponentScores keyed by edge: of() is the edge's row (its spelling reads the same row),
+    # top(order="abs") the ranking by |mean| with ties in edge order (what verify() patches)
+    assert isinstance(eap, ComponentScores) and eap.edges == eap.components and eap.n == 3
+    raw = eap.values.numpy()
+    for i, e in enumerate(eap.edges):
+        assert torch.equal(eap.of(e), eap.values[i]) and torch.equal(eap.of(str(e)), eap.values[i])
+    means = raw.mean(1)
+    by_abs = sorted(range(len(eap.edges)), key=lambda i: (-abs(means[i]), i))
+    assert [r.component for r in eap.top(5, order="abs")] == [eap.edges[i] for i in by_abs[:5]]
+    m = eap.measure(str(eap.edges[by_abs[0]]), record=False)
+    assert m.name == f"eap[{eap.edges[by_abs[0]]}]" and m.values == tuple(raw[by_abs[0]].tolist())
+    assert one.title == "EAP-IG scores (1 step)" and one.attribution == "eap-ig"
+    with pytest.raises(ComponentError):
+        eap.of("L1H0->L1H0.q")                                    # not an edge of the graph
     into = [e for e in E.graph(model) if e.receiver is None]
     total = (task.scores(model, corrupted=True) - task.scores(model)).double().numpy()
     errors = {}
     for steps in (2, 8):
         ig = E.edge_attribution(model, task, method="eap-ig", steps=steps, edges=into)
-        errors[steps] = np.abs(ig.values.sum(0) - total).max()
-    first = np.abs(eap.values[[eap._index[e] for e in into]].sum(0) - total).max()
+        errors[steps] = np.abs(ig.values.numpy().sum(0) - total).max()
+    first = np.abs(eap.values.numpy()[[eap._index[e] for e in into]].sum(0) - total).max()
     print(f"EAP-IG into the logits: |sum - total| max {errors} (EAP {first:.3g}), |total| max "
           f"{np.abs(total).max():.3g}")
     assert errors[8] <= 0.05 * np.abs(total).max(), (errors, first, total)
@@ -226,13 +217,13 @@ def test_eap_ig_one_step_is_eap_and_many_steps_integrate_to_the_logits(arch_mode
 # -- planted ground truth ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def planted_models(tmp_path_factory):
+def planted_models(tmp_path_factory, logit_diff):
     out = {}
     for control in (False, True):
         root = tmp_path_factory.mktemp("edges-control" if control else "edges")
         model = load_model(str(planted.build_edges(root / "ckpt", control=control)), cache_dir=root / "cache",
                            device="cpu")
-        out[control] = (model, LogitDiff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL,
+        out[control] = (model, logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL,
                                          name="planted_edges"))
     return out
 
@@ -250,7 +241,7 @@ def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
     decoy = planted.EDGES["decoy"]
     assert abs(sw.normalized(decoy)) < 0.01
     scores = E.edge_attribution(model, task)
-    assert abs(scores.of(decoy)) > 0.2 * abs(sw.scale)            # a first-order estimate calls it large
+    assert abs(float(scores.of(decoy).mean())) > 0.2 * abs(sw.scale)            # a first-order estimate calls it large
     agreement = scores.agreement(sw, k=3)
     assert agreement.recall_at_k == 1.0
     check = E.verify(model, task, scores, k=6, activations=store)
@@ -262,7 +253,7 @@ def test_planted_edges_are_recovered_and_the_decoy_is_flagged(planted_models):
     assert "magnitude" in repr(check)
     # EAP-IG moves the decoy's score towards its exact effect
     ig = E.edge_attribution(model, task, method="eap-ig", steps=4, edges=[decoy] + list(planted.EDGES["planted"]))
-    assert abs(ig.of(decoy)) < abs(scores.of(decoy))
+    assert abs(float(ig.of(decoy).mean())) < abs(float(scores.of(decoy).mean()))
     # the edge circuit: its edges, its endpoints, and the checks of circuits.py accept it
     circ = E.edge_circuit(model, sw, threshold=0.05, name="planted")
     assert set(circ.edges) == {("embed", "L0H0.v"), ("L0H0", "L1H0.v"), ("L1H0", "logits")}
@@ -293,11 +284,11 @@ def test_edge_circuits_save_and_load_with_head_inputs(arch_model, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["gemma2"])
-def test_a_norm_after_attention_is_refused_by_name(arch_model, family):
+def test_a_norm_after_attention_is_refused_by_name(arch_model, family, logit_diff):
     from pytest_circuits.errors import MeasurementError
 
     model = arch_model(family)
-    task = LogitDiff(model, pairs(seed=1, n=2))
+    task = logit_diff(model, pairs(seed=1, n=2))
     with pytest.raises(MeasurementError, match="norm after attention"):
         E.edge_patch(model, task, ["L0H0->logits"])
     with pytest.raises(MeasurementError, match="norm after attention"):

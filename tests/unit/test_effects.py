@@ -79,12 +79,12 @@ def test_self_repair_decomposition_is_exact(tiny, ps, store, target, kind):
 def test_compensation_shortcut(tiny, ps, store):
     m = E.compensation(tiny, ps, ablate="L0H1", by="L1H2", kind="zero", activations=store)
     sr = E.self_repair(tiny, ps, "L0H1", kind="zero", activations=store)
-    assert m.values == pytest.approx(sr.delta("L1H2").tolist())
+    assert m.values == pytest.approx(sr.delta_scores.of("L1H2").tolist())
 
 
 def test_zero_ablation_own_effect_is_minus_the_direct_effect(tiny, ps, store):
     sr = E.self_repair(tiny, ps, "L1H3", kind="zero", activations=store)
-    torch.testing.assert_close(sr.own, -sr.clean_de[sr._rows("L1H3")].sum(0))
+    torch.testing.assert_close(sr.own, -sr.clean_de[sr.components.index(Head(1, 3))])
 
 
 def test_ablating_nothing_gives_a_zero_decomposition(tiny, ps, store):
@@ -149,7 +149,7 @@ def test_released_suppression_is_not_called_a_backup(planted_models):
                        activations=ActivationStore())
     eraser = parse_component(spec["eraser"])
     assert sr.ranking(1)[0][0] == eraser                       # the largest make-up of the loss ...
-    assert float(sr.clean(eraser).mean()) < 0 < float(sr.delta(eraser).mean())
+    assert float(sr.clean_scores.of(eraser).mean()) < 0 < float(sr.delta_scores.of(eraser).mean())
     assert sr.role(eraser) == "released suppression"          # ... is released suppression
     assert sr.released_suppression(1)[0][0] == eraser
     assert all(c != eraser for c, _ in sr.backups(20))
@@ -164,7 +164,7 @@ def test_backup_role_of_the_planted_backup_head(planted_models):
     sr = E.self_repair(model, _planted_set(model), spec["primary"], kind="zero", positions=None,
                        activations=ActivationStore())
     backup = parse_component(spec["backup"])
-    assert abs(float(sr.clean(backup).mean())) < 1e-3        # silent in the clean run, then rises
+    assert abs(float(sr.clean_scores.of(backup).mean())) < 1e-3        # silent in the clean run, then rises
     assert sr.role(backup) == "backup" and sr.backups(1)[0][0] == backup
     assert sr.released_suppression(5) == []
     # a zero-weight head does not move at all
@@ -203,12 +203,17 @@ def test_the_default_ablation_of_a_constant_output_is_flagged_not_read_as_no_bac
     for sr in E.sweep(model, ps, [spec["primary"], "L0H1"], kind="resample", activations=ActivationStore()):
         assert sr.noop_prompts == 4 and sr.why_uninformative() is not None
         for call in (sr.backups, lambda: sr.ranking(3), lambda: sr.role(spec["backup"]), sr.released_suppression,
-                     lambda: sr.assert_top(spec["backup"])):
+                     lambda: sr.assert_top(spec["backup"]), sr.delta_scores.ranking, sr.delta_scores.top,
+                     lambda: sr.delta_scores.assert_top(spec["backup"])):
             with pytest.raises(MeasurementError, match="changed nothing on 4 of 4"):
                 call()
         assert "no ranking: the ablation changed nothing" in sr.table()
         assert all(m.uninformative for m in (sr.total_effect(), sr.own_effect(), sr.norm_effect()))
         assert not sr.direct_effect(spec["backup"]).flags          # the clean run's: no ablation in it
+        # the per-component scores under the ablation carry the same flag as compensation()
+        flagged = sr.delta_scores.measure(spec["backup"], record=False)
+        assert flagged.uninformative and flagged.flags == sr.compensation(spec["backup"]).flags
+        assert not sr.clean_scores.measure(spec["backup"], record=False).flags
     with pytest.raises(MeasurementError, match="undefined"):
         E.dla_vs_total(model, ps, spec["primary"], activations=ActivationStore())
 
@@ -248,6 +253,7 @@ def test_a_partial_no_op_is_flagged_and_resample_distinct_avoids_it(tiny):
     with pytest.raises(MeasurementError):
         m.assert_within(-100.0, 100.0)                       # 0 itself passes: refused
     plain.ranking(3)                                         # rankings stay (the no-op rows are 0 in every row)
+    assert plain.delta_scores.measure("L1H0").flags == m.flags and len(plain.delta_scores.top(3)) == 3
     distinct = E.self_repair(tiny, ps, "L0H2", seed=1, activations=store)
     assert distinct.ablation.key == "resample_distinct(L0H2,pos=last,seed=1)"
     assert distinct.noop_prompts == 0 and not distinct.compensation("L1H0").flags

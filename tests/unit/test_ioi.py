@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pytest_circuits import (ActivationStore, CircuitsError, MeasurementError, NoOpInterventionWarning, PromptSet,
                              PromptSetError, planted)
-from pytest_circuits.components import Head
+from pytest_circuits.components import MLP, Head
+from pytest_circuits.scores import ComponentScores
 from pytest_circuits.tasks.ioi import (CORRUPTIONS, NAMES, ORDERS, TEMPLATES, TooFewNamesError, from_rows,
                                        ioi, usable_names, vocabulary)
 from pytest_circuits.techniques import ioi as I
@@ -241,11 +243,19 @@ def test_s_inhibition_score_matches_raw_hooks(planted_ioi, ps, store):
     assert set(si.candidates) == {Head(l, h) for l in range(1) for h in range(4)
                                   if float(share_s2[l, h].mean()) >= I.MIN_ATTENTION}
     rows, end = torch.arange(len(ps)), torch.tensor(ps.lengths) - 1
-    for c, m in si.scores.items():
+    assert isinstance(si.scores, ComponentScores) and si.scores.components == si.candidates
+    grid = si.scores.grid()
+    for c in si.scores.components:
         z = _run_z(planted_ioi, ps.tokens, [_patch_hook(planted_ioi, ps, c.layer, c.head, True)])
         after = _head_de(planted_ioi, z[1][rows, end], 1, w, scale)[:, [0, 3]].sum(1)
         want = raw["de"][1, 0] + raw["de"][1, 3] - after
-        assert torch.allclose(torch.tensor(m.values, dtype=torch.float64), want, atol=1e-3, rtol=1e-4)
+        assert torch.allclose(si.scores.of(c), want, atol=1e-3, rtol=1e-4)
+        m = si.scores.measure(c, record=False)
+        assert m.name == f"S-inhibition score {c}" and m.values == tuple(si.scores.of(c).tolist())
+        assert grid[c.layer, c.head] == pytest.approx(float(want.detach().mean()), abs=1e-3)
+    assert int(np.isnan(grid).sum()) == 8 - len(si.candidates)           # a head not scored: NaN, not 0
+    for x in si.heads:                                                    # the located heads' scores: the same rows
+        assert x.score.values == tuple(si.scores.of(x.head).tolist()) and x.score.name == f"S-inhibition score {x.head}"
 
 
 def test_compensation_matches_raw_hooks(gqa_tiny, store):
@@ -262,15 +272,21 @@ def test_compensation_matches_raw_hooks(gqa_tiny, store):
         for h in range(4):
             if Head(l, h) in (Head(1, 0), Head(1, 2)):
                 continue
-            got = comp.repair.delta(f"L{l}H{h}")
+            got = comp.repair.delta_scores.of(f"L{l}H{h}")
             assert torch.allclose(got, delta[h], atol=1e-4, rtol=1e-4), (l, h)
+            assert torch.equal(comp.delta_scores.of(Head(l, h)), got)
+            assert comp.delta_scores.grid()[l, h] == pytest.approx(float(delta[h].mean()), abs=1e-4)
     own = _head_de(gqa_tiny, z[1][rows, end], 1, w, scale).T - raw["de"][1]             # [H, n]
     assert torch.allclose(comp.repair.lost, -own[[0, 2]].sum(0), atol=1e-4)
     logits = gqa_tiny.run_with_hooks(ps.tokens, fwd_hooks=hooks)
     io, s = torch.tensor(ps.answer_ids), torch.tensor(ps.foil_ids)
     after = (logits[rows, end, io] - logits[rows, end, s]).double()
     assert torch.allclose(torch.tensor(comp.total.values, dtype=torch.float64), after - ld, atol=1e-3)
-    assert comp.heatmap((3, 4)).shape == (3, 4) and comp.heatmap((3, 4))[1, 0] == 0
+    # the ablated name movers have no row: NaN in the grid, and the detection's heatmap shows 0 there
+    g = comp.delta_scores.grid()
+    assert g.shape == (3, 4) and np.isnan(g[1, 0]) and np.isnan(g[1, 2]) and int(np.isnan(g).sum()) == 2
+    assert Head(1, 0) not in comp.delta_scores.components and MLP(1) in comp.delta_scores.components
+    assert I._unscored_zero(g)[1, 0] == 0 and I._unscored_zero(g)[2, 3] == g[2, 3]
 
 
 # ----------------------------------------------------------------------------- planted and control
@@ -425,7 +441,7 @@ def test_other_architectures_run_and_match_raw_hooks(arch, request, store):
     assert d.applicable and d.measurement("ioi logit diff (IO - S)").n == 16
     assert all(v.shape == (3, 4) for v in d.heatmaps.values())
     si = I.s_inhibition(model, ps, ["L2H1"], sc, min_attention=0.0, activations=store)
-    assert len(si.candidates) == 8 and all(m.n == 16 for m in si.scores.values())
+    assert len(si.candidates) == 8 and si.scores.n == 16 and si.scores.values.shape == (8, 16)
 
 
 def test_a_head_in_doubt_is_possible_not_located(planted_ioi, ps, store):

@@ -17,6 +17,8 @@ from pytest_circuits.components import MLP, Attn, Embed, Head
 from pytest_circuits.scores import Block, ComponentScores, Ranked
 from pytest_circuits.tasks import induction as T
 from pytest_circuits.tasks.ioi import ioi, vocabulary
+from pytest_circuits.measurement import Measurement
+from pytest_circuits.techniques import edges as ED
 from pytest_circuits.techniques import effects as E
 from pytest_circuits.techniques import heads as HD
 from pytest_circuits.techniques import ioi as I
@@ -84,10 +86,29 @@ def _ioi_attention(r):
     return _ioi(r).quantity("share_io")
 
 
+def _self_repair(r):
+    return E.self_repair(r("tiny"), r("facts"), "L0H1", kind="zero", activations=r("store"))
+
+
+def _s_inhibition(r):
+    m = r("ioi_tiny")
+    ps = ioi(m, n=8, seed=0)
+    return I.s_inhibition(m, ps, ["L1H0"], I.head_scores(m, ps, activations=r("store")), min_attention=0.0,
+                          activations=r("store")).scores
+
+
+def _compensation(r):
+    m = r("ioi_tiny")
+    return I.compensation(m, ioi(m, n=8, seed=0), ["L1H0"], activations=r("store")).delta_scores
+
+
 PRODUCERS = {"effects.decompose": _decompose, "patching.sweep": _sweep, "patching.path_sweep": _path_sweep,
              "patching.attribution_screen": _screen, "heads.head_scores": _head_scores,
              "heads.head_evidence quantity": _head_evidence, "ioi.head_scores": _ioi,
-             "ioi.head_scores quantity": _ioi_attention}
+             "ioi.head_scores quantity": _ioi_attention,
+             "effects.self_repair delta_scores": lambda r: _self_repair(r).delta_scores,
+             "effects.self_repair clean_scores": lambda r: _self_repair(r).clean_scores,
+             "ioi.s_inhibition scores": _s_inhibition, "ioi.compensation delta_scores": _compensation}
 
 
 @pytest.mark.parametrize("producer", list(PRODUCERS))
@@ -255,6 +276,30 @@ def test_position_keys_read_like_components(tiny, store):
         pos.of((Attn(0), 999))
 
 
+def test_self_repair_scores_are_its_own_rows(tiny, facts, store):
+    """``delta_scores`` and ``clean_scores`` hold exactly the decomposition's rows, and their
+    measurements are the ones ``compensation`` and ``direct_effect`` always gave: the same
+    name, values, interval and provenance."""
+    sr = E.self_repair(tiny, facts, "L0H1", kind="zero", activations=store)
+    for i, c in enumerate(sr.components):
+        assert torch.equal(sr.delta_scores.of(c), sr.delta_de[i]) and torch.equal(sr.clean_scores.of(c), sr.clean_de[i])
+    heads0 = [i for i, c in enumerate(sr.components) if isinstance(c, Head) and c.layer == 0]
+    assert torch.equal(sr.delta_scores.of("attn0"), sr.delta_de[heads0].sum(0))
+    for c in ("L1H2", "mlp1", "attn1", Head(0, 3)):
+        for got, want_vals, name in ((sr.compensation(c), sr.delta_scores.of(c), "ΔDE({} | zero(L0H1,pos=last))"),
+                                     (sr.direct_effect(c), sr.clean_scores.of(c), "DE({})")):
+            assert got.values == tuple(want_vals.tolist()) and got.name == name.replace("{}", str(c))
+            ref = Measurement.from_values("by hand", want_vals, record=False)
+            assert (got.mean, got.lower, got.upper) == (ref.mean, ref.lower, ref.upper)
+            assert got.provenance == {"ablation": "zero(L0H1,pos=last)", "prompts": facts.name, "component": str(c),
+                                      "interval": ref.provenance["interval"]}
+    # the signed ranking of every component (the ablated one too) is the rows' means by hand
+    means = sr.delta_de.mean(1)
+    want = sorted(range(len(sr.components)), key=lambda i: (-float(means[i]), i))
+    assert [r.component for r in sr.delta_scores.ranking()] == [sr.components[i] for i in want]
+    assert sr.delta_scores.grid().shape == (tiny.cfg.n_layers, tiny.cfg.n_heads)
+
+
 def test_the_old_shapes_are_gone():
     """No second per-component score class: the five shapes are ComponentScores or removed."""
     assert not hasattr(HD, "HeadScores") and not hasattr(I, "HeadScores") and not hasattr(E, "_Ranks")
@@ -262,8 +307,12 @@ def test_the_old_shapes_are_gone():
     for cls in (HD.HeadEvidence, I.IOIScores):
         assert hasattr(cls, "quantity")
     assert not hasattr(HD.HeadEvidence, "of") and not hasattr(HD.HeadEvidence, "grid")
-    for cls in (E.DirectEffects, P.Sweep, P.Screen, I.IOIScores):
+    for cls in (E.DirectEffects, P.Sweep, P.Screen, I.IOIScores, E.AblatedScores, ED.EdgeScores, ED.EdgeSweep):
         assert issubclass(cls, ComponentScores), cls
+    # the names these replaced (issue 23 item 2): ComponentScores attributes instead
+    assert not hasattr(E.SelfRepair, "delta") and not hasattr(E.SelfRepair, "clean")
+    assert not hasattr(I.Compensation, "heatmap") and not hasattr(I.SInhibition, "heatmap")
+    assert not hasattr(ED.EdgeScores, "per_prompt")
     assert E.Block is Block and E.Ranked is Ranked                   # one definition, re-exported
     defined = {}
     for f in PACKAGE.rglob("*.py"):
