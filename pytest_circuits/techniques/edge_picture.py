@@ -1,7 +1,7 @@
 """Pictures of edge circuits: a self-contained SVG, no plotting library.
 
     from pytest_circuits.techniques.edge_picture import svg
-    picture = svg(scores.top(12), frequency=stability.frequencies(), title="greater-than, 12 edges")
+    picture = svg(scores.top(12, order="abs"), frequency=stability.frequencies(), title="greater-than, 12 edges")
 
 The layout is the model's: one column per layer (the embedding on the left, the logits on the
 right), a layer's heads stacked top to bottom and its MLP under them. A head receiver has three
@@ -103,7 +103,7 @@ def opacity(share: float | None) -> float:
 def svg(edges: Any, *, frequency: Mapping[Any, float] | None = None, title: str = "") -> str:
     """The edge circuit ``edges`` as an SVG document (a string).
 
-    ``edges``: ``{edge: score}``, ``[(edge, score), ...]`` (e.g. ``EdgeScores.top(k)``) or a
+    ``edges``: ``{edge: score}``, ``[(edge, score), ...]`` (e.g. ``EdgeScores.top(k, order="abs")``) or a
     list of edges (drawn at one width). ``frequency``: ``{edge: share of resamples keeping it}``
     (``Stability.frequencies()``); an edge it does not name was kept by none (drawn at the
     floor opacity). Edges are spelled as :class:`~pytest_circuits.techniques.edges.Edge` or

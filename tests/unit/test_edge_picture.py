@@ -66,7 +66,7 @@ def test_from_a_stability_result():
     edges = tuple(Edge.parse(e) for e in SCORES)
     values = rng.normal(size=(len(edges), 12)) * 0.05 + np.array(list(SCORES.values()))[:, None]
 
-    scores = EdgeScores(edges=edges, values=values, method="eap", steps=1, task="synthetic",
+    scores = EdgeScores(components=edges, values=values, attribution="eap", steps=1, task="synthetic",
                         totals=np.ones(12), clean=np.full(12, 2.0))
     st = stability(scores, threshold=0.2, resamples=20, seed=0)
     assert 0 < st.kept.mean() < 1                  # some edges kept, some not
