@@ -1395,8 +1395,7 @@ def _zero_padding(t: Any, lengths: Any, name: str) -> Any:
     dims = H.position_dims(name)
     if t.dim() <= max(dims):
         return t
-    t = t.clone()
-    for d in dims:
+    for d in dims:        # each product is a new tensor: ``t`` (the model's own) is never written
         pos = torch.arange(t.shape[d])
         real = pos.unsqueeze(0) < lengths.unsqueeze(1)           # [batch, width]
         shape = [t.shape[0]] + [1] * (t.dim() - 1)
@@ -1657,18 +1656,27 @@ class _Prefix:
 _CACHE_ALIASES = ("past_key_values", "cache", "past_key_value", "layer_past")
 
 
+_CACHE_ARGUMENTS: dict[Any, tuple[str, ...]] = {}   # a forward function -> its cache keywords
+
+
 def _cache_arguments(attn: Any) -> tuple[str, ...]:
     """The keyword names under which ``attn`` (a bridge attention component) and the Hugging
-    Face module it wraps read a key-value cache."""
+    Face module it wraps read a key-value cache (read from the module's ``forward`` signature
+    once per function: ``inspect.signature`` was a millisecond of every forward)."""
     import inspect
 
-    names = ["past_key_values"]
     hf = getattr(attn, "original_component", None)
+    fn = getattr(getattr(hf, "forward", None), "__func__", None)
+    if fn is not None and fn in _CACHE_ARGUMENTS:
+        return _CACHE_ARGUMENTS[fn]
+    names = ["past_key_values"]
     try:
         params = inspect.signature(hf.forward).parameters if hf is not None else {}
     except (TypeError, ValueError):
         params = {}
     names += [a for a in _CACHE_ALIASES[1:] if a in params]
+    if fn is not None:
+        _CACHE_ARGUMENTS[fn] = tuple(names)
     return tuple(names)
 
 
