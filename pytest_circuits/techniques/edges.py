@@ -44,13 +44,20 @@ query head). EAP (Syed et al. 2023) evaluates the gradient in the clean run. EAP
 local derivative at the residual stream so formed, and averaged over ``a = k / steps`` for
 ``k = 0 .. steps - 1`` (a left Riemann sum; ``steps=1`` is EAP exactly).
 
-How gradients are taken: one forward and backward of the whole model per prompt and step
-gives ``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final``; then per
-layer one side forward of four copies of the prompt, whose layer-``l`` residual inputs are
-four leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
+How gradients are taken, per batch of prompts (right-padded, of like length, as many as
+the store's token budget holds) and step: one forward and backward of the whole model gives
+``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final`` for every prompt
+of the batch at once (each prompt's metric depends on its own row alone, and causal attention
+keeps its real positions from reading the padding); then per layer one side forward of four
+copies of the batch, the earlier blocks skipped, whose layer-``l`` residual inputs are four
+leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
 copies (so ``z`` depends on the q leaf through q only, and so on) and copy 3 feeds the MLP;
-the vector-Jacobian products of ``z_h`` and of the MLP output with the main run's gradients
-give each receiver's input gradient. The side forward stops once layer ``l``'s MLP has run.
+the vector-Jacobian products of ``z_h`` (all heads in one batched call) and of the MLP output
+with the main run's gradients give each receiver's input gradient. The side forward stops
+once layer ``l``'s MLP has run. Scores are one batched product per receiver layer of the
+senders' deltas and the receivers' gradients, kept per prompt (what
+:mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is not that of one
+forward and backward: the per-head products and the side forwards dominate (docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -534,12 +541,15 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
             _run(model, reps, side_hooks, skip=l)
             gz = grads[H.z(l)]
             if gz is not None:
-                for h in range(n_heads):
-                    parts = torch.autograd.grad(side["z"][:, :, h], leaves[:3], grad_outputs=gz[:, :, h],
-                                                retain_graph=True, allow_unused=True)
-                    for p, g in enumerate(parts):
-                        if g is not None:
-                            out[:, 3 * h + p] = g
+                # one vector-Jacobian product per head, all heads in one batched call: cotangent h
+                # is head h's gradient, zero elsewhere
+                eye = torch.eye(n_heads, dtype=gz.dtype, device=gz.device)
+                cot = gz.unsqueeze(0) * eye[:, None, None, :, None]          # [heads, b, width, heads, d_head]
+                parts = torch.autograd.grad(side["z"], leaves[:3], grad_outputs=cot, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+                for p, g in enumerate(parts):
+                    if g is not None:
+                        out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
             gm = grads[H.mlp_out(l)]
             if gm is not None:
                 g = torch.autograd.grad(side["mlp"], leaves[3], grad_outputs=gm, allow_unused=True)[0]
