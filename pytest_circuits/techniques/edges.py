@@ -44,13 +44,20 @@ query head). EAP (Syed et al. 2023) evaluates the gradient in the clean run. EAP
 local derivative at the residual stream so formed, and averaged over ``a = k / steps`` for
 ``k = 0 .. steps - 1`` (a left Riemann sum; ``steps=1`` is EAP exactly).
 
-How gradients are taken: one forward and backward of the whole model per prompt and step
-gives ``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final``; then per
-layer one side forward of four copies of the prompt, whose layer-``l`` residual inputs are
-four leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
+How gradients are taken, per batch of prompts (right-padded, of like length, as many as
+the store's token budget holds) and step: one forward and backward of the whole model gives
+``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final`` for every prompt
+of the batch at once (each prompt's metric depends on its own row alone, and causal attention
+keeps its real positions from reading the padding); then per layer one side forward of four
+copies of the batch, the earlier blocks skipped, whose layer-``l`` residual inputs are four
+leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
 copies (so ``z`` depends on the q leaf through q only, and so on) and copy 3 feeds the MLP;
-the vector-Jacobian products of ``z_h`` and of the MLP output with the main run's gradients
-give each receiver's input gradient. The side forward stops once layer ``l``'s MLP has run.
+the vector-Jacobian products of ``z_h`` (all heads in one batched call) and of the MLP output
+with the main run's gradients give each receiver's input gradient. The side forward stops
+once layer ``l``'s MLP has run. Scores are one batched product per receiver layer of the
+senders' deltas and the receivers' gradients, kept per prompt (what
+:mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is not that of one
+forward and backward: the per-head products and the side forwards dominate (docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -74,7 +81,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -429,26 +436,40 @@ class _Stop(Exception):
     """Raised by a hook to end a side forward once what it needs was captured."""
 
 
-def _run(model: Any, tokens: Any, hooks: list) -> Any:
-    """``model(tokens)`` under ``hooks``; None when a hook ended it early (:class:`_Stop`)."""
+def _run(model: Any, tokens: Any, hooks: list, skip: int = 0) -> Any:
+    """``model(tokens)`` under ``hooks``; None when a hook ended it early (:class:`_Stop`).
+    ``skip``: blocks ``0..skip-1`` pass their input through uncomputed (a hook at block
+    ``skip``'s input replaces what reaches it)."""
+    from ..store import _skipping_blocks
+
     try:
-        with model.hooks(fwd_hooks=hooks):
+        with _skipping_blocks(model, skip), model.hooks(fwd_hooks=hooks):
             return model(tokens)
     except _Stop:
         return None
 
 
-def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any],
-                    layers: Iterable[int] | None = None, seen_metric: list | None = None) -> dict[Any, Any]:
-    """``{(receiver, part): d metric / d input}`` (``[pos, d_model]`` float64, CPU) for one
-    prompt ``tokens`` ``[1, pos]``, every sender's hook set to ``targets`` (values; the
-    receivers' local derivatives are taken where the residual stream built from them puts
-    their inputs). ``layers``: the layers whose receivers are needed (default all; the
-    logits always). ``seen_metric``: a list the metric's value is appended to."""
+def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any],
+                 layers: Iterable[int], seen_metric: list | None = None) -> Iterator[tuple[Any, Any]]:
+    """For a batch ``tokens`` ``[b, width]`` (right-padded), every sender's hook set to
+    ``targets`` (values ``[b, width, ...]``; the receivers' local derivatives are taken where
+    the residual stream built from them puts their inputs): yields ``(None, g)``, ``g``
+    ``[b, 1, width, d_model]`` the derivative of each row's metric with respect to the final
+    residual (the logits' input), then ``(l, g)`` for each of ``layers`` in order, ``g``
+    ``[b, 3 n_heads + 1, width, d_model]``: with respect to each head's q, k, v input (head by
+    head, q, k, v) and the MLP's input. ``metrics[i]``: row ``i``'s metric of its logits
+    ``[1, pos, vocab]``; their values (the batch's) are appended to ``seen_metric``.
+
+    One forward and one backward of the batch give ``d m / d z`` (every head), ``d m / d
+    mlp_out`` and ``d m / d resid_final``: each row's metric depends on that row alone, so
+    the gradient of their sum is each row's own. Then per layer one side forward of four
+    copies of the batch, blocks before the layer skipped, whose layer-``l`` residual inputs
+    are four leaves (module docstring), and one vector-Jacobian product per head."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
     par = parallel_blocks(model)
+    b = tokens.shape[0]
     kept: dict[str, Any] = {}
     seen: dict[str, Any] = {}
 
@@ -482,18 +503,17 @@ def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any
     hooks.append((H.resid_post(L - 1), look(H.resid_post(L - 1))))
     with torch.enable_grad():
         logits = _run(model, tokens, hooks)
-        m = metric(logits)
+        values = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)])
         if seen_metric is not None:
-            seen_metric.append(float(m.detach()))
+            seen_metric.extend(float(v) for v in values.detach().cpu())
         names = [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
-        got = torch.autograd.grad(m, [kept[n] for n in names] + [seen[H.resid_post(L - 1)]], allow_unused=True)
+        got = torch.autograd.grad(values.sum(), [kept[n] for n in names] + [seen[H.resid_post(L - 1)]],
+                                  allow_unused=True)
     grads = dict(zip(names + ["final"], got))
-    out: dict[Any, Any] = {}
     final = grads["final"]
-    out[(None, None)] = (final[0] if final is not None else torch.zeros_like(seen[H.resid_post(L - 1)][0])
-                         ).detach().to("cpu", torch.float64)
-    reps = tokens.expand(4, -1)
-    for l in (range(L) if layers is None else sorted(set(layers))):
+    yield None, (torch.zeros_like(seen[H.resid_post(L - 1)]) if final is None else final).detach().unsqueeze(1)
+    reps = tokens.repeat(4, 1)                                   # copy c: rows c*b .. (c+1)*b - 1
+    for l in sorted(set(layers)):
         x_pre = seen[H.resid_pre(l)].detach()
         x_mlp = x_pre if par else seen[H.resid_mid(l)].detach()
         leaves = [x_pre.clone().requires_grad_(True) for _ in range(3)] + [x_mlp.clone().requires_grad_(True)]
@@ -505,40 +525,43 @@ def _receiver_grads(model: Any, tokens: Any, metric: Any, targets: dict[str, Any
 
         def one(copy: int):
             def fn(t: Any, hook: Any = None) -> Any:
-                return t[copy: copy + 1].expand_as(t).contiguous()
+                return t[copy * b: (copy + 1) * b].repeat(4, *([1] * (t.dim() - 1)))
             return fn
 
         def take_z(t: Any, hook: Any = None) -> None:
-            side["z"] = t[0]
+            side["z"] = t[:b]
 
         def mid(t: Any, hook: Any = None) -> Any:
-            return torch.cat([t[:3], leaves[3].to(t.dtype)])
+            return torch.cat([t[: 3 * b], leaves[3].to(t.dtype)])
 
         def take_mlp(t: Any, hook: Any = None) -> None:
-            side["mlp"] = t[3]
+            side["mlp"] = t[3 * b:]
             raise _Stop
 
         side_hooks = [(H.resid_pre(l), inputs), (_qkv(l, "q"), one(0)), (_qkv(l, "k"), one(1)),
                       (_qkv(l, "v"), one(2)), (H.z(l), take_z), (H.mlp_out(l), take_mlp)]
         if not par:
             side_hooks.append((H.resid_mid(l), mid))
+        out = torch.zeros((b, 3 * n_heads + 1) + tuple(x_pre.shape[1:]), dtype=x_pre.dtype, device=x_pre.device)
         with torch.enable_grad():
-            _run(model, reps, side_hooks)
+            _run(model, reps, side_hooks, skip=l)
             gz = grads[H.z(l)]
-            for h in range(n_heads):
-                if gz is None:
-                    parts = (None, None, None)
-                else:
-                    parts = torch.autograd.grad(side["z"][:, h], leaves[:3], grad_outputs=gz[0, :, h],
-                                                retain_graph=True, allow_unused=True)
-                for p, g in zip(PARTS, parts):
-                    out[(Head(l, h), p)] = (torch.zeros_like(x_pre[0]) if g is None else g[0]).detach().to(
-                        "cpu", torch.float64)
+            if gz is not None:
+                # one vector-Jacobian product per head, all heads in one batched call: cotangent h
+                # is head h's gradient, zero elsewhere
+                eye = torch.eye(n_heads, dtype=gz.dtype, device=gz.device)
+                cot = gz.unsqueeze(0) * eye[:, None, None, :, None]          # [heads, b, width, heads, d_head]
+                parts = torch.autograd.grad(side["z"], leaves[:3], grad_outputs=cot, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+                for p, g in enumerate(parts):
+                    if g is not None:
+                        out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
             gm = grads[H.mlp_out(l)]
-            g = None if gm is None else torch.autograd.grad(side["mlp"], leaves[3], grad_outputs=gm[0],
-                                                            allow_unused=True)[0]
-            out[(MLP(l), None)] = (torch.zeros_like(x_pre[0]) if g is None else g[0]).detach().to("cpu", torch.float64)
-    return out
+            if gm is not None:
+                g = torch.autograd.grad(side["mlp"], leaves[3], grad_outputs=gm, allow_unused=True)[0]
+                if g is not None:
+                    out[:, 3 * n_heads] = g
+        yield l, out.detach()
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -598,12 +621,72 @@ class EdgeScores(ComponentScores):
         return self.table(5)
 
 
+#: the deltas of one batch (every sender's write, ``[rows, senders, positions, d_model]``) are
+#: held in at most about this many bytes: :func:`edge_attribution` takes fewer rows per batch
+#: where the token budget would give more.
+DELTA_BYTES = 256 << 20
+
+
+def _attribution_batches(model: Any, ps: Any, n: int, store: ActivationStore, per_row: int) -> list[Any]:
+    """The first ``n`` prompts in batches of like length (longest first, as the store batches
+    its forwards), each as many rows as the store's token budget holds for the four copies of
+    a side forward and as :data:`DELTA_BYTES` holds of the senders' deltas (``per_row`` bytes
+    per row and position)."""
+    import torch
+
+    lengths = torch.as_tensor(list(ps.lengths[:n])).long()
+    order = torch.sort(lengths, stable=True, descending=True).indices
+    budget = store.budget(model)
+    cap = store.batch_size or n
+    out: list[Any] = []
+    begin = 0
+    while begin < n:
+        width = int(lengths[order[begin]])
+        rows = max(1, min(cap, budget.rows(model, width) // 4, DELTA_BYTES // max(1, per_row * width)))
+        out.append(order[begin: begin + rows])
+        begin += rows
+    return out
+
+
+def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, width: int, dtype: Any,
+            device: Any) -> Any:
+    """``[b, senders, width, d_model]``: what patching each sender (:func:`senders` order) adds to
+    the residual stream of ``rows``, ``o_s(corrupted) - o_s(clean)`` computed in float64 as
+    :func:`sender_delta` does, then held in ``dtype``."""
+    import torch
+
+    L, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    W_O = attn_output_weights(model)
+    emb = _sender_hooks(model, Embed())
+    d_model = clean[H.EMBED].shape[-1]
+    out = torch.empty((len(rows), 1 + L * (n_heads + 1), width, d_model), dtype=dtype, device=device)
+
+    def diff(name: str) -> Any:
+        return corr[name][rows, :width].to(torch.float64) - clean[name][rows, :width].to(torch.float64)
+
+    out[:, 0] = sum(diff(nm) for nm in emb).to(device, dtype)
+    for l in range(L):
+        at = 1 + l * (n_heads + 1)
+        dz = diff(H.z(l))                                           # [b, width, heads, d_head]
+        out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz, W_O[l]).to(device, dtype)
+        out[:, at + n_heads] = diff(H.mlp_out(l)).to(device, dtype)
+    return out
+
+
 def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int | None = None,
-                     ig_over: str = "activations", edges: Any = None, n: int | None = None) -> EdgeScores:
+                     ig_over: str = "activations", edges: Any = None, n: int | None = None,
+                     activations: ActivationStore | None = None) -> EdgeScores:
     """EAP or EAP-IG scores of ``edges`` (default: every edge) on the first ``n`` prompts
-    (default all), one prompt at a time with the task's differentiable ``logit_metric(i)``
-    (module docstring). ``steps``: EAP-IG's number of points (default
-    :data:`DEFAULT_IG_STEPS`); EAP takes 1."""
+    (default all), with the task's differentiable ``logit_metric(i)`` (module docstring).
+    ``steps``: EAP-IG's number of points (default :data:`DEFAULT_IG_STEPS`); EAP takes 1.
+
+    Prompts run in batches of like length (sized by the token budget of ``activations``, the
+    store that also gives the clean and corrupted senders' outputs): per batch and step one
+    forward and one backward of the model, then per layer one side forward of that layer
+    alone and one vector-Jacobian product per head (:func:`_layer_grads`), and one forward
+    without gradient for the whole corruption's effect. Each score is per prompt, as if
+    the prompt had run alone (tests/unit/test_edges.py checks it against one prompt at a
+    time, prompts of unequal length included)."""
     import torch
 
     if method not in METHODS:
@@ -624,47 +707,70 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     n = len(ps) if n is None else min(int(n), len(ps))
     if n < 1:
         raise CircuitsError(bad("n", n, "at least 1 prompt"))
-    store = resolve(None)
-    L = model.cfg.n_layers
+    if ps.corrupted is None or list(ps.corrupted.lengths) != list(ps.lengths):
+        raise CircuitsError(bad("task", task.name, "a task whose corrupted prompts are aligned token for token "
+                                "with the clean ones (PromptSet.build(..., align=True))"))
+    start = time.perf_counter()
+    store = resolve(activations)
+    L, n_heads = model.cfg.n_layers, model.cfg.n_heads
     names = [H.EMBED] + ([H.POS_EMBED] if len(_sender_hooks(model, Embed())) > 1 else []) \
         + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
     clean = store.get(model, ps, names)
     corr = store.get(model, ps.corrupted, names)
-    deltas = {s: sender_delta(model, ps, s, store) for s in senders(model)}
     device = model_info(model).device
-    layers = {e.receiver.layer for e in es if e.receiver is not None}
-    scores = np.zeros((len(es), n))
+    dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
+    # each edge's place: (receiver layer, or None for the logits; sender index; receiver index in its layer)
+    s_index = {s: i for i, s in enumerate(senders(model))}
+    where: dict[Any, list[tuple[int, int, int]]] = {}
+    for j, e in enumerate(es):
+        if e.receiver is None:
+            where.setdefault(None, []).append((j, s_index[e.sender], 0))
+        else:
+            r = 3 * e.receiver.head + PARTS.index(e.part) if isinstance(e.receiver, Head) else 3 * n_heads
+            where.setdefault(e.receiver.layer, []).append((j, s_index[e.sender], r))
+    plan = {k: tuple(torch.tensor(c) for c in zip(*v)) for k, v in where.items()}
+    layers = [k for k in plan if k is not None]
+    size = torch.empty((), dtype=dtype).element_size()
+    batches = _attribution_batches(model, ps, n, store, size * len(s_index) * int(clean[H.EMBED].shape[-1]))
+    scores = torch.zeros((len(es), n), dtype=torch.float64)
     totals = np.zeros(n)
-    at_clean_all: list = []
-    start = time.perf_counter()
-    for i in bar(range(n), f"edge attribution {task.name}", total=n):
-        length = ps.lengths[i]
-        tokens = ps.tokens[i: i + 1, :length].to(device)
-        metric = task.logit_metric(i)
-        acc: dict[Any, Any] = {}
-        at_clean: list = []
+    at_clean = np.zeros(n)
+    for rows in bar(batches, f"edge attribution {task.name}", total=len(batches)):
+        lengths = torch.tensor([ps.lengths[int(i)] for i in rows])
+        width = int(lengths.max())
+        tokens = ps.tokens[rows, :width].to(device)
+        metrics = [task.logit_metric(int(i)) for i in rows]
+        delta = _deltas(model, clean, corr, rows, width, dtype, device)
+        real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
+        flat = delta.mul_(real[:, None, :, None]).flatten(2)     # [b, senders, width * d_model]
+        acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
+        seen: list = []
         for k in range(steps):
             a = k / steps
-            targets = {nm: (clean[nm][i: i + 1, :length].double() * (1 - a) + corr[nm][i: i + 1, :length].double() * a)
+            targets = {nm: (clean[nm][rows, :width].double() * (1 - a) + corr[nm][rows, :width].double() * a)
                        for nm in names}
-            g = _receiver_grads(model, tokens, metric, targets, layers, at_clean if k == 0 else None)
-            for key, v in g.items():
-                acc[key] = acc[key] + v if key in acc else v
-        for j, e in enumerate(es):
-            grad = acc[(e.receiver, e.part)] / steps
-            scores[j, i] = float((deltas[e.sender][i, :length] * grad).sum())
+            for layer, g in _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None):
+                if layer not in plan:
+                    continue
+                j, s, r = plan[layer]
+                top = int(s.max()) + 1
+                m = torch.bmm(flat[:, :top], g.to(dtype).flatten(2).transpose(1, 2))   # [b, senders, receivers]
+                acc[j] += m[:, s, r].T.double().cpu()
+        scores[:, rows] = acc / steps
+        at_clean[rows.numpy()] = seen
         # the whole corruption in the metric's units: every sender's output corrupted (one forward, no gradient)
-        fixed = [(nm, (lambda t, hook=None, v=corr[nm][i: i + 1, :length]: v.to(t.device, t.dtype))) for nm in names]
+        fixed = [(nm, (lambda t, hook=None, v=corr[nm][rows, :width]: v.to(t.device, t.dtype))) for nm in names]
         with torch.no_grad():
-            totals[i] = float(metric(_run(model, tokens, fixed))) - at_clean[0]
-        at_clean_all.append(at_clean[0])
+            logits = _run(model, tokens, fixed)
+            totals[rows.numpy()] = [float(m(logits[i: i + 1])) for i, m in enumerate(metrics)]
+    totals = totals - at_clean
     cfg = model.cfg
     title = f"{method.upper()} scores" + (f" ({steps} step{'s' if steps != 1 else ''})" if method == "eap-ig" else "")
     return EdgeScores(components=es, values=scores, name=f"{method}[{{}}]", title=title, model=model_info(model).label,
                       prompts=task.name, labels=tuple(ps.prompts[:n]),
                       provenance={"task": task.name, "method": method, "steps": steps},
                       shape=(int(cfg.n_layers), int(cfg.n_heads)), attribution=method, steps=steps, task=task.name,
-                      seconds=time.perf_counter() - start, totals=totals, clean=np.asarray(at_clean_all))
+                      seconds=time.perf_counter() - start, totals=totals, clean=at_clean)
 
 
 # -- verification ----------------------------------------------------------------------------

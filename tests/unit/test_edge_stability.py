@@ -208,12 +208,23 @@ def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_
     task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_edges")
     calls = counting(monkeypatch, model)
     # attribution: one pass of edge_attribution, then no forward for any resample
+    store = ActivationStore()
     before = len(calls)
-    scores = E.edge_attribution(model, task, edges=SOME)
+    scores = E.edge_attribution(model, task, edges=SOME, activations=store)
     one_pass = len(calls) - before
+    filled = store.counters.forward_passes                       # the clean and corrupted senders' outputs
+    batches = len(E._attribution_batches(model, task.prompts, len(task.prompts), store, 1))
+    layers = {e.receiver.layer for e in E.as_edges(model, SOME) if e.receiver is not None}
+    # per batch: one forward (and backward), a side forward per receiver layer, the corruption's forward
+    assert filled >= 2 and one_pass == filled + batches * (2 + len(layers)), (one_pass, filled, batches)
     st2 = S.stability(scores, resamples=20, seed=0)
-    assert len(calls) - before == one_pass
-    print(f"forwards: edge_attribution {one_pass}, 20 resamples: 0")
+    assert len(calls) - before == one_pass and store.counters.forward_passes == filled
+    # a second attribution reads the activations from the store: only its own passes run
+    again = E.edge_attribution(model, task, edges=SOME, activations=store)
+    assert store.counters.forward_passes == filled and len(calls) - before == 2 * one_pass - filled
+    np.testing.assert_array_equal(again.values, scores.values)
+    print(f"forwards: edge_attribution {one_pass} ({filled} through the store, {batches} batch(es)), "
+          f"20 resamples: 0, a second attribution: {one_pass - filled}")
     # the decoy's first-order score is large: attribution discovers it on every resample too
     assert st2.frequency(planted.EDGES["decoy"]).mean == 1.0
     assert all(st2.frequency(e).mean == 1.0 for e in planted.EDGES["planted"])

@@ -1,0 +1,115 @@
+"""EAP over every edge vs one forward+backward of the same prompts, timed in one run.
+
+    python bench/edge_attribution_cost.py [--n 16] [--model smollm2-135m] [--device cpu] [--rounds 2]
+
+The task is greater-than ('01' corruptions) on ``--n`` prompts. Each round times, from a
+cold start of the thing measured (nothing run beforehand to warm it up):
+
+* ``fwd+bwd``: one forward of the ``--n`` prompts as one right-padded batch with gradients
+  on, the sum of the prompts' ``logit_metric``, and one backward to the residual stream
+  (``torch.autograd.grad`` to the embedding's output: every block's backward runs, no
+  weight gradient is formed);
+* ``EAP``: :func:`pytest_circuits.techniques.edges.edge_attribution` over every edge of the
+  model, with a new, empty memory-only activation store (so the clean and corrupted forwards
+  that fill it are timed too), in the store's token budget.
+
+Printed: each time, the ratio EAP / fwd+bwd per round (the first round pays whatever the
+process pays the first time it runs the model: compare the rounds), the number of edges,
+the store's forwards, and where EAP's time went (the EdgeScores' own seconds include the
+store's forwards). The scores are checked against an identity: prompts whose corruption
+changes no token score 0 on every edge, and, per prompt, the scores of all edges into the
+logits add up to ``(resid_final(corrupted) - resid_final(clean)) . d m / d resid_final``, with
+that gradient taken by the ``fwd+bwd`` run here and the final residuals read from the store
+(a different route to the same number; the script exits 1 when either fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from pytest_circuits import ActivationStore, load_model, tasks
+from pytest_circuits import hooks as H
+from pytest_circuits.models import info as model_info
+from pytest_circuits.techniques import edges as E
+
+
+def forward_backward(model, task, n: int) -> tuple[float, torch.Tensor]:
+    """Seconds for one forward and one backward of the first ``n`` prompts as one batch, and
+    the gradient of each prompt's metric at the final residual ``[n, width, d_model]``."""
+    ps = task.prompts
+    start = time.perf_counter()
+    width = max(ps.lengths[:n])
+    tokens = ps.tokens[:n, :width].to(model_info(model).device)
+    metrics = [task.logit_metric(i) for i in range(n)]
+    kept = {}
+
+    def leaf(t, hook=None):
+        kept["x"] = t.detach().clone().requires_grad_(True)
+        return kept["x"]
+
+    def look(t, hook=None):
+        kept["final"] = t
+
+    final = H.resid_post(model.cfg.n_layers - 1)
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(H.EMBED, leaf), (final, look)]):
+        logits = model(tokens)
+        total = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)]).sum()
+        g, g_final = torch.autograd.grad(total, [kept["x"], kept["final"]])
+    assert g.shape[0] == n
+    return time.perf_counter() - start, g_final.detach().to("cpu", torch.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args(argv)
+    model = load_model(a.model, device=a.device, **({"cache_dir": a.cache_dir} if a.cache_dir else {}))
+    task = tasks.greater_than(model, n=a.n, seed=a.seed, name="bench")
+    n_edges = len(E.graph(model))
+    print(f"EAP over all {n_edges} edges of {a.model} ({model.cfg.n_layers} layers, {model.cfg.n_heads} heads) "
+          f"vs one forward+backward, greater-than, n={a.n} prompts (lengths {min(task.prompts.lengths)}.."
+          f"{max(task.prompts.lengths)}), {torch.get_num_threads()} threads")
+    print(f"{'round':>5} {'fwd+bwd s':>10} {'EAP s':>8} {'EAP/fwd+bwd':>12} {'store fwds':>10}")
+    ok = True
+    for r in range(a.rounds):
+        t_fb, g_final = forward_backward(model, task, a.n)
+        store = ActivationStore(cache_dir=None)
+        t0 = time.perf_counter()
+        scores = E.edge_attribution(model, task, activations=store)
+        t_eap = time.perf_counter() - t0
+        print(f"{r:5d} {t_fb:10.2f} {t_eap:8.2f} {t_eap / t_fb:12.2f} {store.counters.forward_passes:10d}")
+        same = [i for i in range(a.n) if torch.equal(task.prompts.tokens[i], task.prompts.corrupted.tokens[i])]
+        values = scores.values.numpy()                 # [edges, prompts] float64
+        if same and abs(values[:, same]).max() != 0:
+            print(f"identity broken: prompts {same} equal to their corruption score nonzero")
+            ok = False
+        if not bool((abs(values).max(0) > 0).all()):
+            print("identity broken: a prompt whose corruption changes a token scores 0 on every edge")
+            ok = False
+        final = H.resid_post(model.cfg.n_layers - 1)
+        width = g_final.shape[1]
+        moved = (store.get(model, task.prompts.corrupted, [final])[final][: a.n, :width].double()
+                 - store.get(model, task.prompts, [final])[final][: a.n, :width].double())
+        want = (moved * g_final).sum((1, 2)).numpy()
+        into = [j for j, e in enumerate(scores.edges) if e.receiver is None]
+        got = values[into].sum(0)
+        err = float(abs(got - want).max() / max(1e-12, abs(want).max()))
+        print(f"      edges into the logits vs the final residual's first-order change: max |diff| / max |value| "
+              f"{err:.2e}")
+        if err > 1e-3:
+            ok = False
+    print(f"top edges: {scores.table(5)}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
