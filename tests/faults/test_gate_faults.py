@@ -93,9 +93,10 @@ def test_expect_change_counts_only_the_claims_assertion(pytester, tiny_dir, tmp_
     recs = {x["nodeid"].split("::")[1].split("[")[0]: x for x in json.loads(report.read_text())["records"]}
     assert recs["test_assertion_fails"]["expected_change"].startswith("expected change on ckpt")
     from pytest_circuits import report as R
+    from pytest_circuits.ledger import LedgerRecord
 
-    assert R._verdict(recs["test_assertion_fails"]) == "XFAIL (expected change)"
-    assert R._verdict({"outcome": "xfailed", "expected_change": None}) == "XFAIL"
+    assert R._verdict(LedgerRecord.read(recs["test_assertion_fails"])) == "XFAIL (expected change)"
+    assert R._verdict(LedgerRecord.read({"outcome": "xfailed", "expected_change": None})) == "XFAIL"
 
 
 def test_measurements_made_in_fixtures_are_recorded_for_each_claim(pytester, tiny_dir, tmp_path):
