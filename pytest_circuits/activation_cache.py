@@ -35,7 +35,7 @@ folder (see :mod:`pytest_circuits.cachefiles`). If the folder cannot be written 
 only, full, a file in the way), the cache warns once and keeps going in memory.
 
 :class:`ActivationCache` holds all of this; it runs no model.
-:class:`~pytest_circuits.store.ActivationStore` is the cache that computes what it lacks.
+:class:`~pytest_circuits.forwards.ActivationStore` is the cache that computes what it lacks.
 Derived results (a probe's fit) are cached the same way (:meth:`ActivationCache.derived`).
 """
 
@@ -142,7 +142,7 @@ class Counters:
 class ActivationCache:
     """Memory + disk cache of activations, keyed on everything a value depends on.
 
-    A base of :class:`~pytest_circuits.store.ActivationStore`, whose fields it reads:
+    A base of :class:`~pytest_circuits.forwards.ActivationStore`, whose fields it reads:
     ``cache_dir`` (a folder, an fsspec URL, or None for memory only), ``max_memory_bytes``
     and ``counters``; :meth:`_open_cache` sets it up. It never runs a model."""
 
