@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from typing import Any, Iterator
 
 from .activation_cache import ENTRY_FORMAT, ENTRY_MAC, Counters, code_version, entry_sha256, tensor_sha256
-from .cachefiles import cache_dir_problem  # noqa: F401 - for the plugin, which imports it from here
+from .cachefiles import cache_dir_problem  # noqa: F401 - _options.py imports it from here
 from .forwards import (  # noqa: F401 - the stack-waste constants too, as before the split
     CPU_STACK_WASTE,
     CPU_TOKEN_BUDGET,
