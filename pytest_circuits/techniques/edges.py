@@ -440,7 +440,7 @@ def _run(model: Any, tokens: Any, hooks: list, skip: int = 0) -> Any:
     """``model(tokens)`` under ``hooks``; None when a hook ended it early (:class:`_Stop`).
     ``skip``: blocks ``0..skip-1`` pass their input through uncomputed (a hook at block
     ``skip``'s input replaces what reaches it)."""
-    from ..store import _skipping_blocks
+    from ..forwards import _skipping_blocks
 
     try:
         with _skipping_blocks(model, skip), model.hooks(fwd_hooks=hooks):

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from pytest_circuits import ActivationStore, CacheWarning, ModelUnavailable, PromptSet
+from pytest_circuits import activation_cache as AC
 from pytest_circuits import store as A
 from pytest_circuits import cachefiles as C
 from pytest_circuits import hooks as H
@@ -203,7 +204,7 @@ def test_disk_full_leaves_no_temp_file(tiny, ps, truth, tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(A.os, "replace", full)
+    monkeypatch.setattr(AC.os, "replace", full)    # the cache writes each entry with os.replace
     store = ActivationStore(cache_dir=tmp_path)
     with pytest.warns(CacheWarning, match="No space left"):
         got = store.get(tiny, ps, [HOOK])[HOOK]

@@ -15,6 +15,7 @@ import torch
 from pytest_circuits import ActivationStore, PromptSet
 from pytest_circuits import hooks as H
 from pytest_circuits import interventions as I
+from pytest_circuits import forwards as F
 from pytest_circuits import store as S
 from pytest_circuits.errors import CircuitsError
 
@@ -171,7 +172,7 @@ def test_a_suffix_forward_keeps_the_clean_keys_and_values_it_reads_under_the_cap
     entries = 3 * longest * kv * cfg.n_layers          # room for 3 rows resumed at block 0
     store = ActivationStore(token_budget=100_000)
     store.get(model, ps, [H.LOGITS_LAST])             # the clean run first
-    store._budgets[(str(model.cfg.device), id(model))] = S._Budget(100_000, entries, "test")
+    store._budgets[(str(model.cfg.device), id(model))] = F._Budget(100_000, entries, "test")
     seen = []
     real = store._run_batch
 

@@ -42,8 +42,9 @@ LAYERS: dict[str, int] = {
     "measurement": 4, "ledger": 4,
     # models: the registry, weights (conversion, fingerprints), loading; models re-exports them
     "registry": 5, "weights": 5, "loading": 5, "models": 5, "detection": 5, "scores": 5,
-    # the activation store
-    "store": 6, "planted": 6,
+    # the activation store: its cache (keys, memory, disk), the forward executor built on it
+    # (ActivationStore), and store, which re-exports both and keeps the current store
+    "activation_cache": 6, "forwards": 6, "store": 6, "planted": 6,
     # interventions
     "interventions": 7,
     # metrics, tasks, techniques (and the helpers built on them)
