@@ -100,9 +100,24 @@ def _claim(check: checkup.Check) -> Any:
 
     claim.__name__ = claim.__qualname__ = f"test_{check.name}"
     claim.__doc__ = f"{check.title} ({check.source}): {check.finding}."
+    claim._circuits_check = check     # type: ignore[attr-defined]  # what sync() compares
     return claim
 
 
-for _check in checkup.CHECKS.values():
-    globals()[f"test_{_check.name}"] = _claim(_check)
-del _check
+def sync() -> None:
+    """Make this module's claims the registry's checks, as they are now: one claim per check in
+    :data:`pytest_circuits.checkup.CHECKS`, none for a check no longer registered, a new one for a
+    check registered again under its name. The plugin calls it each time the module is collected:
+    the module is imported once per process, and checks registered later (a conftest, a test
+    that runs pytest in-process) would otherwise never become claims."""
+    space = globals()
+    for name in [n for n, v in space.items() if hasattr(v, "_circuits_check")]:
+        check = space[name]._circuits_check
+        if checkup.CHECKS.get(check.name) is not check:
+            del space[name]
+    for check in checkup.CHECKS.values():
+        if getattr(space.get(f"test_{check.name}"), "_circuits_check", None) is not check:
+            space[f"test_{check.name}"] = _claim(check)
+
+
+sync()

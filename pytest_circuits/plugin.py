@@ -19,7 +19,7 @@ import pytest
 from . import _options as O
 from . import _session as S
 from . import _verdicts as V
-from ._stash import (ASSERTIONS_KEY, CLAIM_COUNT_KEY, COLLECTED_KEY, FIXTURE_MEASUREMENTS_KEY, HEARTBEAT_KEY,
+from ._stash import (ASSERTIONS_KEY, CHECKS_KEY, CLAIM_COUNT_KEY, COLLECTED_KEY, FIXTURE_MEASUREMENTS_KEY, HEARTBEAT_KEY,
                      MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, SHARD_KEY, WORKERS_KEY, WORKTREE_KEY)
 
 _PLUGIN_NAME = "circuits-session"
@@ -151,6 +151,16 @@ def pytest_collection_modifyitems_shard(config: pytest.Config, items: list[pytes
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i, k in zip(items, where) if k == shard[0]]
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """The checkup's module, about to be collected: its claims follow the checks registered now
+    (:func:`pytest_circuits.checkup_claims.sync`), even when an earlier run in this process
+    imported it. Only with ``--circuits-checkup``."""
+    if CHECKS_KEY in collector.config.stash and S.is_checkup(collector):
+        from . import checkup_claims
+
+        checkup_claims.sync()
 
 
 @pytest.hookimpl(optionalhook=True)
