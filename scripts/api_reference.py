@@ -34,6 +34,7 @@ PACKAGE = "pytest_circuits"
 MODULES = [
     "components", "measurement", "scores", "ledger", "prompts", "models", "registry", "weights", "loading", "store", "activation_cache", "forwards", "hooks", "interventions", "metrics",
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
+    "tasks.logit_difference",
     "tasks.ordinal", "tasks.probing_data",
     "techniques", "techniques.effects", "techniques.patching", "techniques.edges", "techniques.edge_stability", "techniques.edge_picture", "techniques.circuits", "techniques.heads",
     "techniques.ioi", "techniques.ov", "techniques.greater_than_detector", "techniques.factual_recall", "techniques.erasure", "techniques.probing", "techniques.future",

@@ -115,35 +115,15 @@ def tiny_two_digit(tmp_path_factory: pytest.TempPathFactory):
     return load_model(str(path), cache_dir=tmp_path_factory.mktemp("t2d-cache"), device=TEST_DEVICE)
 
 
-class LogitDiffTask:
-    """A task for the edge tests (tests/unit/test_edges.py, test_edge_stability.py):
-    ``logit(answer) - logit(foil)`` at the last position, per prompt, on prompt pairs
-    ``(clean, corrupted)``, with the differentiable ``logit_metric`` edge attribution needs."""
+def LogitDiffTask(model, pairs, answer="Paris", foil="Rome", name="logit_diff"):
+    """A task for the edge tests (tests/unit/test_edges.py, test_edge_stability.py): the public
+    :func:`pytest_circuits.tasks.logit_difference` (``logit(answer) - logit(foil)`` at the last
+    position) on prompt pairs ``(clean, corrupted)`` with one answer and one foil."""
+    from pytest_circuits.prompts import PromptSet
+    from pytest_circuits.tasks import logit_difference
 
-    def __init__(self, model, pairs, answer="Paris", foil="Rome", name="logit_diff"):
-        from pytest_circuits.prompts import PromptSet
-
-        self.name = name
-        self.prompts = PromptSet.build(model, [a for a, _ in pairs], answers=[answer] * len(pairs),
-                                       foils=[foil] * len(pairs), corrupted=[b for _, b in pairs], name=name)
-
-    @property
-    def prompt_sets(self):
-        return (self.prompts,)
-
-    def scores(self, model, *, intervention=None, activations=None, corrupted=False):
-        import torch
-
-        from pytest_circuits import metrics
-
-        ps = self.prompts.corrupted if corrupted else self.prompts
-        logits = metrics.last_logits(model, ps, intervention=intervention, activations=activations).double()
-        rows = torch.arange(len(ps))
-        return logits[rows, torch.tensor(self.prompts.answer_ids)] - logits[rows, torch.tensor(self.prompts.foil_ids)]
-
-    def logit_metric(self, i):
-        last, a, f = self.prompts.lengths[i] - 1, self.prompts.answer_ids[i], self.prompts.foil_ids[i]
-        return lambda logits: logits[0, last, a] - logits[0, last, f]
+    return logit_difference(PromptSet.build(model, [a for a, _ in pairs], answers=[answer] * len(pairs),
+                                            foils=[foil] * len(pairs), corrupted=[b for _, b in pairs], name=name))
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     "interventions": 7,
     # metrics, tasks, techniques (and the helpers built on them)
     "metrics": 8, "tasks": 8, "tasks._args": 8, "tasks.comparison": 8, "tasks.facts": 8,
-    "tasks.greater_than": 8, "tasks.probing_data": 8,
+    "tasks.greater_than": 8, "tasks.logit_difference": 8, "tasks.probing_data": 8,
     "techniques": 8, "techniques.effects": 8, "techniques.erasure": 8, "techniques.future": 8,
     "techniques.planning": 8, "techniques.probing": 8, "techniques.circuits": 8,
     "techniques.patching": 8, "techniques.edges": 8, "techniques.edge_stability": 8, "techniques.edge_picture": 8,
