@@ -18,7 +18,8 @@ returned, and recorded nowhere; attach it in the claim's own body (not in a fixt
 Reports are untrusted input (``pytest-circuits merge`` reads them, the HTML report shows them),
 so the SVG text is checked when it is attached and again when a report is merged or read
 (:func:`svg_problem`). Accepted: SVG text of at most :data:`MAX_BYTES` bytes (UTF-8) that
-parses as XML (:mod:`xml.etree.ElementTree`), without a DOCTYPE or entity declaration, whose
+parses as XML (:mod:`xml.etree.ElementTree`), without entity declarations (a DOCTYPE naming
+the SVG DTD, as matplotlib writes, is fine; one with an internal subset is not), whose
 root is ``<svg>`` in the SVG namespace (``xmlns="http://www.w3.org/2000/svg"``). Refused
 anywhere in it: the elements ``script``, ``foreignObject``, ``iframe``, ``embed``, ``object``
 and any element in the XHTML namespace; an attribute named ``on...`` (an event handler); an
@@ -95,8 +96,9 @@ def svg_problem(text: Any) -> str | None:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_BYTES:
         return f"the SVG is {size:,} bytes, more than the {MAX_BYTES:,} accepted"
-    if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE):
-        return "the SVG has a DOCTYPE or entity declaration (refused: entities can expand without bound)"
+    if re.search(r"<!\s*ENTITY|<!\s*DOCTYPE[^>\[]*\[", text, re.IGNORECASE):
+        return ("the SVG declares entities (a DOCTYPE with an internal subset [...] or <!ENTITY>), refused: "
+                "entities can expand without bound")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as e:

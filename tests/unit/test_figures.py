@@ -44,7 +44,8 @@ UNSAFE = [
     (f"<svg {NS}><style>@import 'https://e/x.css';</style></svg>", "<style> that loads"),
     (f"<svg {NS}><a><set attributeName=\"href\" to=\"javascript:alert(1)\"/></a></svg>", "javascript:"),
     (f"<svg {NS}><a><set attributeName=\"href\" to=\"https://e\"/></a></svg>", "sets href"),
-    (f"<!DOCTYPE svg [<!ENTITY a \"aaaa\">]><svg {NS}>&a;</svg>", "DOCTYPE"),
+    (f"<!DOCTYPE svg [<!ENTITY a \"aaaa\">]><svg {NS}>&a;</svg>", "declares entities"),
+    (f"<!DOCTYPE svg [ ]><svg {NS}/>", "internal subset"),
     ("<svg><rect/></svg>", "without a namespace"),
     (f"<html {NS}/>", "root element is <html>"),
     ("not XML at all", "not well-formed"),
@@ -76,6 +77,23 @@ def test_what_a_picture_needs_is_accepted():
     padded = exactly.replace("<desc>", "<desc>" + "x" * (F.MAX_BYTES - len(exactly)))
     assert len(padded.encode()) == F.MAX_BYTES and F.svg_problem(padded) is None      # the cap is inclusive
     assert F.svg_problem(padded.replace("<desc>", "<desc>x")) is not None
+
+
+def test_a_matplotlib_svg_is_accepted():
+    """What matplotlib writes (a DOCTYPE naming the SVG DTD, a <style>, xlink:href to #ids, an
+    embedded PNG for an image) is accepted as it is."""
+    import io
+
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(np.arange(16.0).reshape(4, 4))
+    ax.plot([0, 1, 2], [2, 0, 1], marker="o")
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    assert "<!DOCTYPE svg" in text and "data:image/png;base64," in text
+    assert F.svg_problem(text) is None
 
 
 @pytest.mark.parametrize("name, caption, words", [
