@@ -93,7 +93,10 @@ def svg_problem(text: Any) -> str | None:
     module docstring lists what is accepted."""
     if not isinstance(text, str):
         return f"the SVG is a {type(text).__name__}, not text (a str)"
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        return f"the SVG is not valid Unicode text ({e.reason} at character {e.start})"
     if size > MAX_BYTES:
         return f"the SVG is {size:,} bytes, more than the {MAX_BYTES:,} accepted"
     if re.search(r"<!\s*ENTITY|<!\s*DOCTYPE[^>\[]*\[", text, re.IGNORECASE):

@@ -51,6 +51,7 @@ UNSAFE = [
     ("not XML at all", "not well-formed"),
     (f"<svg {NS}><rect/>", "not well-formed"),
     (f"<svg {NS}><desc>{'x' * F.MAX_BYTES}</desc></svg>", "more than the 1,000,000"),
+    (f"<svg {NS}><desc>\udc80</desc></svg>", "not valid Unicode"),
     (b"<svg/>", "not text"),
 ]
 
