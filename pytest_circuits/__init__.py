@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     ComponentError,
     DeviceMapError,
     DuplicateMetricError,
+    FigureError,
     InterventionError,
     MeasurementError,
     MergeError,
@@ -44,6 +45,8 @@ _LAZY = {
     "ActivationStore": "store",
     "load_model": "models",
     "register_model": "models",
+    # a picture (SVG) attached to the running claim's record, shown in the HTML report
+    "attach_figure": "figures",
     "metrics": None,
     "tasks": None,
     "hooks": None,
@@ -62,7 +65,7 @@ __all__ = [
     # the error hierarchy (pytest_circuits.errors): every error and warning the package raises
     "CircuitsError", "ComponentError", "PromptSetError", "TooFewNamesError", "ModelUnavailable",
     "DeviceMapError", "InterventionError", "MeasurementError", "ProbingError", "BaselineError",
-    "DuplicateMetricError", "BlobError", "MergeError",
+    "DuplicateMetricError", "BlobError", "FigureError", "MergeError",
     "CircuitsWarning", "CacheWarning", "PromptWarning", "NoOpInterventionWarning", "NegligibleCosineWarning",
     *_LAZY,
 ]

@@ -45,5 +45,7 @@ WORKTREE_KEY = pytest.StashKey[Any]()
 MEASUREMENTS_KEY = pytest.StashKey[list]()
 #: the interval assertions it made (assert_above / assert_below / assert_within)
 ASSERTIONS_KEY = pytest.StashKey[list]()
+#: the figures a claim attached (pytest_circuits.figures.Figure), in order
+FIGURES_KEY = pytest.StashKey[list]()
 #: the reason of an expect_change marker that applies to this item's model
 EXPECTED_CHANGE_KEY = pytest.StashKey[str]()

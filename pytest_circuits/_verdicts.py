@@ -14,7 +14,7 @@ import pytest
 from . import _session as S
 from .ledger import AssertionEntry, LedgerRecord, MeasurementEntry
 from ._stash import (ASSERTIONS_KEY, CARDS_KEY, CLAIM_COUNT_KEY, CLAIM_INFO_KEY, CLAIMS_KEY, EXPECTED_CHANGE_KEY,
-                     MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, WORKERS_KEY)
+                     FIGURES_KEY, MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, WORKERS_KEY)
 
 
 def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
@@ -73,8 +73,10 @@ def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestR
     if failed and S.is_claim(item):
         # The reason the ledger gives: what was measured against which bound (not a file:line).
         report.user_properties.append((f"circuits-reason-{call.when}", "; ".join(failed)))
-    if call.when == "call" and recorded:
-        record = item.config.stash[SESSION_KEY].get().record(item, recorded)
+    figures = item.stash.get(FIGURES_KEY, None) if call.when == "call" else None
+    if call.when == "call" and (recorded or figures):
+        record = item.config.stash[SESSION_KEY].get().record(item, recorded or [])
+        record.figures = list(figures or ())
         record.expected_change = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
         # Bounds asserted through assert_above / assert_below / assert_within: what was compared
         # with what, at which level, and the message; the merge recomputes every verdict from them.
@@ -87,7 +89,8 @@ def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestR
         item.user_properties.extend(props)
         if report.user_properties is not item.user_properties:
             report.user_properties.extend(props)
-        report.sections.append(("circuits measurements", "\n".join(repr(m) for m in recorded)))
+        report.sections.append(("circuits measurements", "\n".join(
+            [repr(m) for m in recorded or ()] + [f"figure: {f.name}" for f in record.figures])))
     return report
 
 
@@ -103,6 +106,8 @@ def terminal_lines(config: pytest.Config) -> list[str] | None:
         lines.append(f"{r.outcome.upper():7} {r.nodeid}" + (f"\n        finding: {r.finding}" if r.finding else ""))
         for m in r.measurements:
             lines.append(f"        {one_line(m)}")
+        for f in r.figures:
+            lines.append(f"        figure: {f.name}")
         if r.version_changes:
             lines.append(f"        baseline recorded with other versions: {'; '.join(r.version_changes)}")
     cards = S.cards(config)

@@ -19,6 +19,7 @@ Errors (all :class:`CircuitsError`, a ``ValueError``)::
     ├── BaselineError           a baseline file or tolerance that cannot be used
     │   └── DuplicateMetricError
     ├── BlobError               a cache location that cannot be used
+    ├── FigureError             a figure (SVG) that a claim cannot attach
     └── MergeError              reports that cannot be merged
 
 Warnings (all :class:`CircuitsWarning`, a ``UserWarning``)::
@@ -84,6 +85,11 @@ class DuplicateMetricError(BaselineError):
 
 class BlobError(CircuitsError):
     """A cache location cannot be opened or used (bad URL, missing package, unreachable)."""
+
+
+class FigureError(CircuitsError):
+    """A figure cannot be attached to a claim: its SVG is not accepted (script, event handlers,
+    external links, too large: :mod:`pytest_circuits.figures`), or its name or caption is bad."""
 
 
 class MergeError(CircuitsError):

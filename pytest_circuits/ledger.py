@@ -8,7 +8,9 @@ writes it into the JSON report (``records``, schema ``data/report.schema.json``)
 reads the reports' records back with the same :meth:`LedgerRecord.from_json`, and the
 Markdown, HTML and terminal reports read a report file's records with :meth:`LedgerRecord.read`
 and render these records (attributes, never the JSON's keys); the checkup's cards read their
-measurements with :meth:`MeasurementEntry.read`.
+measurements with :meth:`MeasurementEntry.read`. A record's figures (SVG pictures the claim
+attached, :mod:`pytest_circuits.figures`) are checked the same way: :meth:`LedgerRecord.from_json`
+refuses a record with a figure that is not accepted, :meth:`LedgerRecord.read` leaves it out.
 
 :meth:`LedgerRecord.from_json` trusts nothing: a record that is not one (a missing field, a
 measurement that is not finite numbers, an assertion of an unknown kind) raises
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MergeError
+from .figures import Figure, figure_problem
 
 #: a record's outcomes (pytest's, with xfail's two)
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
@@ -143,7 +146,8 @@ class LedgerRecord:
     id, the model's label and weights fingerprint, the outcome (:data:`OUTCOMES`; "" until the
     call's report is in), the finding and source of its ``claim`` marker, its measurements, the
     versions its baseline was recorded with where they differ from this run's, the reason of an
-    expected change that applies, and its interval assertions."""
+    expected change that applies, its interval assertions and the figures it attached
+    (:class:`~pytest_circuits.figures.Figure`: name, caption, SVG text)."""
 
     claim: str
     nodeid: str
@@ -156,6 +160,7 @@ class LedgerRecord:
     version_changes: list[str] = field(default_factory=list)
     expected_change: str | None = None
     assertions: list[AssertionEntry] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the JSON report writes it (one object of its ``records``)."""
@@ -163,7 +168,8 @@ class LedgerRecord:
                 "outcome": self.outcome, "finding": self.finding, "source": self.source,
                 "measurements": [m.to_json() for m in self.measurements],
                 "version_changes": list(self.version_changes), "expected_change": self.expected_change,
-                "assertions": [a.to_json() for a in self.assertions]}
+                "assertions": [a.to_json() for a in self.assertions],
+                "figures": [f.to_json() for f in self.figures]}
 
     @classmethod
     def from_json(cls, d: Any, *, outcome_required: bool = True) -> "LedgerRecord":
@@ -178,18 +184,22 @@ class LedgerRecord:
                    measurements=[MeasurementEntry.from_json(m) for m in d["measurements"]],
                    version_changes=[str(v) for v in d.get("version_changes") or ()],
                    expected_change=d.get("expected_change") or None,
-                   assertions=[AssertionEntry.from_json(a) for a in d["assertions"]])
+                   assertions=[AssertionEntry.from_json(a) for a in d["assertions"]],
+                   figures=[Figure.from_json(f) for f in d.get("figures") or ()])
 
     @classmethod
     def read(cls, d: Any) -> "LedgerRecord":
         """The record of a report's JSON object as the reports render it; never raises (a report
         is untrusted, and shown whatever it holds). A missing claim is the node id; a missing
         outcome "" (the reports' "error"); measurements read with :meth:`MeasurementEntry.read`
-        (those that are not objects left out); assertions that are not ones left out. For a
+        (those that are not objects left out); assertions and figures that are not ones (a
+        figure whose SVG is not accepted, :func:`~pytest_circuits.figures.figure_problem`) left out. For a
         record :meth:`from_json` accepts, the same record."""
         d = d if isinstance(d, dict) else {}
         ms = d.get("measurements") if isinstance(d.get("measurements"), list) else []
         asserts = d.get("assertions") if isinstance(d.get("assertions"), list) else []
+        figs = d.get("figures") if isinstance(d.get("figures"), list) else []
+        names = [f["name"] for f in figs if figure_problem(f) is None]
         return cls(claim=str(d.get("claim") or d.get("nodeid") or "?"), nodeid=str(d.get("nodeid") or ""),
                    model=str(d.get("model") or ""), fingerprint=str(d.get("fingerprint") or ""),
                    outcome=str(d.get("outcome") or ""), finding=str(d.get("finding") or ""),
@@ -197,7 +207,9 @@ class LedgerRecord:
                    measurements=[MeasurementEntry.read(m) for m in ms if isinstance(m, dict)],
                    version_changes=_texts(d.get("version_changes")),
                    expected_change=str(d.get("expected_change") or "") or None,
-                   assertions=[AssertionEntry.from_json(a) for a in asserts if assertion_ok(a)])
+                   assertions=[AssertionEntry.from_json(a) for a in asserts if assertion_ok(a)],
+                   figures=[Figure.from_json(f) for f in figs
+                            if figure_problem(f) is None and names.count(f["name"]) == 1])
 
 
 def measurement_problem(m: Any) -> str | None:
@@ -232,5 +244,22 @@ def record_problem(r: Any, *, outcome_required: bool = True) -> str | None:
         return "has " + measurement_problem(next(m for m in r["measurements"] if measurement_problem(m)))
     if not isinstance(r.get("assertions"), list) or not all(assertion_ok(a) for a in r["assertions"]):
         return "lacks its assertions (each: name, kind, threshold, bound, level, passed, message)"
+    return figures_problem(r.get("figures"))
+
+
+def figures_problem(figures: Any) -> str | None:
+    """What is wrong with a record's ``figures`` (None when nothing is; absent is none, as in a
+    report written before figures existed)."""
+    if figures is None:
+        return None
+    if not isinstance(figures, list):
+        return "has figures that are not a list"
+    for f in figures:
+        problem = figure_problem(f)
+        if problem:
+            return f"has a figure that is refused: {problem}"
+    names = [f["name"] for f in figures]
+    if len(set(names)) != len(names):
+        return "has two figures of the same name"
     return None
 

@@ -19,8 +19,8 @@ import pytest
 from . import _options as O
 from . import _session as S
 from . import _verdicts as V
-from ._stash import (ASSERTIONS_KEY, CHECKS_KEY, CLAIM_COUNT_KEY, COLLECTED_KEY, FIXTURE_MEASUREMENTS_KEY, HEARTBEAT_KEY,
-                     MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, SHARD_KEY, WORKERS_KEY, WORKTREE_KEY)
+from ._stash import (ASSERTIONS_KEY, CHECKS_KEY, CLAIM_COUNT_KEY, COLLECTED_KEY, FIGURES_KEY, FIXTURE_MEASUREMENTS_KEY,
+                     HEARTBEAT_KEY, MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, SHARD_KEY, WORKERS_KEY, WORKTREE_KEY)
 
 _PLUGIN_NAME = "circuits-session"
 _REPORTS = ("circuits_report", "circuits_markdown", "circuits_html")
@@ -260,15 +260,19 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     uses_model = "model" in getattr(item, "fixturenames", ()) and lazy.started
     if not uses_model and item.get_closest_marker("claim") is None:
         return (yield)
+    from .figures import _RECORDERS as _FIGURES
     from .measurement import _ASSERTIONS, _RECORDERS
 
     recorded: list[Any] = list(S.fixture_measurements(item))
     asserted: list[Any] = []
+    figures: list[Any] = []
     item.stash[MEASUREMENTS_KEY] = recorded
     item.stash[ASSERTIONS_KEY] = asserted
+    item.stash[FIGURES_KEY] = figures
     state = S.seed_all(lazy.get().settings.seed)
     _RECORDERS.append(recorded)
     _ASSERTIONS.append(asserted)
+    _FIGURES.append(figures)
     try:
         result = yield
     except BaseException:
@@ -279,6 +283,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     finally:
         S.drop(_RECORDERS, recorded)
         S.drop(_ASSERTIONS, asserted)
+        S.drop(_FIGURES, figures)
         S.restore_seeds(state)
     recorded[:], clashes = S.distinct(recorded)
     if clashes:

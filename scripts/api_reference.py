@@ -32,7 +32,7 @@ PACKAGE = "pytest_circuits"
 
 #: the documented modules, in the page's order
 MODULES = [
-    "components", "measurement", "scores", "ledger", "prompts", "models", "registry", "weights", "loading", "store", "activation_cache", "forwards", "hooks", "interventions", "metrics",
+    "components", "measurement", "scores", "ledger", "figures", "prompts", "models", "registry", "weights", "loading", "store", "activation_cache", "forwards", "hooks", "interventions", "metrics",
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.logit_difference",
     "tasks.ordinal", "tasks.probing_data",

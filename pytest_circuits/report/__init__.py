@@ -24,6 +24,12 @@ drift that cannot be computed never counts as within tolerance. They read a repo
 as the :class:`~pytest_circuits.ledger.LedgerRecord`\\ s it was written from (:func:`records`,
 :meth:`LedgerRecord.read <pytest_circuits.ledger.LedgerRecord.read>`): one shape from the
 measurement to the JSON, the merge and every report.
+
+A claim's figures (:func:`pytest_circuits.attach_figure`) are shown under the claim in the HTML
+report as images (``<img src="data:image/svg+xml;base64,...">`` with a ``<figcaption>``; an SVG
+shown as an image runs no script and fetches nothing, and a figure whose SVG is not accepted,
+:func:`pytest_circuits.figures.svg_problem`, is left out when the record is read); the Markdown
+report lists them by name, the terminal summary says ``figure: <name>`` under the claim.
 """
 
 from __future__ import annotations
@@ -624,6 +630,11 @@ def markdown(data: dict[str, Any]) -> str:
                          + " | ".join(_md(cells.get(m, "-")) for m in models) + " |")
         fps = {r.model: r.fingerprint or "?" for r in recs}
         lines += ["", "Models: " + "; ".join(f"{_code(_model_name(m))} ({_md(fps[m])})" for m in models), ""]
+    figures = [(r.claim, r.model, f) for r in recs for f in r.figures]
+    if figures:
+        lines += ["Figures (pictures shown in the HTML report):", ""]
+        lines += [f"- {_code(claim)} on {_md(_model_name(model))}: {_code(f.name)}"
+                  + (f": {_md(f.caption)}" if f.caption else "") for claim, model, f in figures] + [""]
     changes = version_changes(data)
     if changes:
         lines += ["Baselines recorded with other versions (small numeric drift is possible):", ""]
@@ -707,6 +718,9 @@ td.v{white-space:nowrap;text-align:center;font-weight:600;width:1%}
 #details table td,#details table th{border:1px solid #ddd;padding:2px 6px;font-size:12px;text-align:left}
 #details td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#555;font-size:12px}
+figure.claim-figure{margin:8px 0}
+figure.claim-figure img{max-width:100%;height:auto;display:block;border:1px solid #eee}
+figure.claim-figure figcaption{font-size:12px;color:#333}
 """
 
 
@@ -930,6 +944,16 @@ def _measurement_row(model: str, cell: Cell, m: MeasurementEntry) -> str:
             "</td></tr>")
 
 
+def _figure_html(model: str, f: Any) -> str:
+    """A claim's figure as an image: the SVG (checked when the record was read,
+    :meth:`LedgerRecord.read`) as a base64 ``data:`` URI in an ``<img>``, where a browser runs
+    no script and fetches nothing; name, checkpoint and caption in the ``<figcaption>``."""
+    uri = "data:image/svg+xml;base64," + base64.b64encode(f.svg.encode("utf-8")).decode("ascii")
+    return (f"<figure class=\"claim-figure\"><img alt=\"{_e(f.name)}\" src=\"{uri}\">"
+            f"<figcaption><b>{_e(f.name)}</b> ({_e(_model_name(model))})"
+            + (f": {_e(f.caption)}" if f.caption else "") + "</figcaption></figure>")
+
+
 def _details_html(data: dict[str, Any], s: Summary) -> str:
     out = ["<section id=\"details\"><h2>Details: every claim's measurements per checkpoint</h2>"]
     recs = records(data)
@@ -953,6 +977,7 @@ def _details_html(data: dict[str, Any], s: Summary) -> str:
         out.append("<table><tr><th>metric</th><th>checkpoint</th><th>verdict</th><th>mean</th><th>interval</th>"
                    "<th>n</th><th>baseline</th><th>difference</th><th>allowed</th><th>drift / allowed</th>"
                    "<th>notes</th></tr>" + "".join(rows_) + "</table>")
+        out += [_figure_html(r.model, f) for r in recs if r.claim == claim for f in r.figures]
     changes = version_changes(data)
     if changes:
         out.append("<h2>Baselines recorded with other versions</h2><ul>")

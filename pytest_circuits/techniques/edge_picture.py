@@ -1,7 +1,16 @@
 """Pictures of edge circuits: a self-contained SVG, no plotting library.
 
-    from pytest_circuits.techniques.edge_picture import svg
+    from pytest_circuits.techniques.edge_picture import attach, svg
     picture = svg(scores.top(12, order="abs"), frequency=stability.frequencies(), title="greater-than, 12 edges")
+    attach("circuit", scores, frequency=stability)     # in a claim: the same picture in its report
+
+``svg`` takes the scores as :func:`~pytest_circuits.techniques.edges.edge_attribution` returns
+them (an :class:`~pytest_circuits.techniques.edges.EdgeScores`: its ``k`` edges of largest
+|mean score|, :data:`TOP` unless told) and the frequencies as
+:func:`~pytest_circuits.techniques.edge_stability.stability` returns them (a ``Stability``), or
+as plain mappings. :func:`attach` draws the picture and attaches it to the running claim's record
+(:func:`pytest_circuits.attach_figure`), so the HTML report shows it under the claim, with a
+caption that states the encoding.
 
 The layout is the model's: one column per layer (the embedding on the left, the logits on the
 right), a layer's heads stacked top to bottom and its MLP under them. A head receiver has three
@@ -29,7 +38,8 @@ from xml.sax.saxutils import escape
 
 from ..components import Embed, Head, MLP
 from ..errors import CircuitsError, bad
-from .edges import PARTS, Edge
+from ..figures import Figure, attach_figure
+from .edges import PARTS, Edge, EdgeScores
 
 #: drawing constants (px)
 COLUMN = 120
@@ -40,6 +50,31 @@ MIN_WIDTH = 0.75
 MIN_OPACITY = 0.06
 POSITIVE = "#2c6fbb"
 NEGATIVE = "#c0392b"
+#: the edges drawn of an EdgeScores when ``k`` is not given: the 12 of largest |mean score|
+TOP = 12
+
+
+def _scored(edges: Any, k: int | None) -> Any:
+    """``edges`` as :func:`_pairs` reads them: an :class:`EdgeScores` becomes its ``k`` (default
+    :data:`TOP`) edges of largest |mean score| with their means."""
+    if isinstance(edges, EdgeScores):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise CircuitsError(bad("k", k, "a number of edges >= 1"))
+        return edges.top(TOP if k is None else k, order="abs")
+    if k is not None:
+        raise CircuitsError(bad("k", k, "None: k picks the top edges of an EdgeScores; pass the edges to "
+                                        "draw (e.g. scores.top(k, order='abs')) otherwise"))
+    return edges
+
+
+def _shares(frequency: Any) -> Mapping[Any, float] | None:
+    """``frequency`` as a mapping: a ``Stability`` gives its :meth:`frequencies`."""
+    if frequency is None or isinstance(frequency, Mapping):
+        return frequency
+    if callable(getattr(frequency, "frequencies", None)):
+        return frequency.frequencies()
+    raise CircuitsError(bad("frequency", type(frequency).__name__,
+                            "a Stability (edge_stability.stability) or {edge: share of resamples}"))
 
 
 def _pairs(edges: Any) -> list[tuple[Edge, float | None]]:
@@ -100,18 +135,21 @@ def opacity(share: float | None) -> float:
     return round(max(MIN_OPACITY, float(share)), 3)
 
 
-def svg(edges: Any, *, frequency: Mapping[Any, float] | None = None, title: str = "") -> str:
+def svg(edges: Any, *, frequency: Any = None, title: str = "", k: int | None = None) -> str:
     """The edge circuit ``edges`` as an SVG document (a string).
 
-    ``edges``: ``{edge: score}``, ``[(edge, score), ...]`` (e.g. ``EdgeScores.top(k, order="abs")``) or a
-    list of edges (drawn at one width). ``frequency``: ``{edge: share of resamples keeping it}``
-    (``Stability.frequencies()``); an edge it does not name was kept by none (drawn at the
-    floor opacity). Edges are spelled as :class:`~pytest_circuits.techniques.edges.Edge` or
-    ``"L0H1->L1H0.q"``."""
-    pairs = _pairs(edges)
+    ``edges``: an :class:`~pytest_circuits.techniques.edges.EdgeScores` (its ``k`` edges of
+    largest |mean score|, :data:`TOP` unless told), ``{edge: score}``, ``[(edge, score), ...]``
+    (e.g. ``EdgeScores.top(k, order="abs")``) or a list of edges (drawn at one width).
+    ``frequency``: a ``Stability`` (:func:`~pytest_circuits.techniques.edge_stability.stability`)
+    or ``{edge: share of resamples keeping it}`` (``Stability.frequencies()``); an edge it does
+    not name was kept by none (drawn at the floor opacity). Edges are spelled as
+    :class:`~pytest_circuits.techniques.edges.Edge` or ``"L0H1->L1H0.q"``."""
+    pairs = _pairs(_scored(edges, k))
     if not pairs:
         raise CircuitsError("no edge to draw: the circuit is empty (nothing was discovered)")
-    freq = None if frequency is None else {Edge.parse(k): float(v) for k, v in frequency.items()}
+    shares = _shares(frequency)
+    freq = None if shares is None else {Edge.parse(e): float(v) for e, v in shares.items()}
     nodes = sorted({c for e, _ in pairs for c in (e.sender, e.receiver)}, key=_node_key)
     columns = sorted({_node_key(c)[0] for c in nodes})
     col_of = {k: i for i, k in enumerate(columns)}
@@ -181,3 +219,27 @@ def _short(c: Any) -> str:
     if isinstance(c, Head):
         return f"H{c.head}"
     return "MLP"
+
+
+def describe(edges: Any, frequency: Any = None, k: int | None = None) -> str:
+    """What the picture of ``edges`` encodes, in words (the default caption of :func:`attach`)."""
+    drawn = len(_pairs(_scored(edges, k)))
+    text = f"{drawn} edge{'s' if drawn != 1 else ''}"
+    if isinstance(edges, EdgeScores):
+        text += (f" of largest |mean score| of {len(edges.components)} ({edges.attribution.upper()}"
+                 + (f" on {edges.task}" if edges.task else "") + f", n={edges.n})")
+    text += "; width: |attribution score|, colour: its sign (blue +, red -)"
+    if frequency is not None:
+        resamples = getattr(frequency, "kept", None)
+        of = f" of {resamples.shape[0]} resampled discoveries" if resamples is not None else " of resamples"
+        text += f"; opacity: share{of} keeping the edge"
+    return text
+
+
+def attach(name: str, edges: Any, *, frequency: Any = None, title: str = "", k: int | None = None,
+           caption: str | None = None) -> Figure:
+    """Draw ``edges`` (:func:`svg`: widths by attribution, opacity by ``frequency``) and attach
+    the picture to the running claim's record as ``name`` (:func:`pytest_circuits.attach_figure`);
+    ``caption`` defaults to what the picture encodes (:func:`describe`). Returns the Figure."""
+    text = svg(edges, frequency=frequency, title=title, k=k)
+    return attach_figure(name, text, caption=describe(edges, frequency, k) if caption is None else caption)

@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "hooks": 2, "protocols": 2, "devices": 2, "blobs": 2,
     # data and numbers
     "prompts": 3, "stats": 3, "testing": 3, "architectures": 3,
-    "measurement": 4, "ledger": 4,
+    "measurement": 4, "ledger": 4, "figures": 4,
     # models: the registry, weights (conversion, fingerprints), loading; models re-exports them
     "registry": 5, "weights": 5, "loading": 5, "models": 5, "detection": 5, "scores": 5,
     # the activation store: its cache (keys, memory, disk), the forward executor built on it

@@ -54,7 +54,7 @@ def test_the_json_round_trip_is_the_identity():
     assert LedgerRecord.from_json(d).to_json() == d
     # the keys the report schema names, in the order the report has always written them
     assert list(d) == ["claim", "nodeid", "model", "fingerprint", "outcome", "finding", "source", "measurements",
-                       "version_changes", "expected_change", "assertions"]
+                       "version_changes", "expected_change", "assertions", "figures"]
     assert list(d["measurements"][0]) == ["name", "model", "mean", "lower", "upper", "n", "level", "sem", "flags",
                                           "key", "baseline"]
 

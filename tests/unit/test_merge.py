@@ -828,3 +828,38 @@ def test_fuzzed_reports_never_crash_the_merge(tmp_path, capsys):
         err = capsys.readouterr().err
         assert status in (1, 2), (i, status, err)     # t.py::test_c failed: never a pass
         assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- figures
+FIGURE = ('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="5" height="5"/>'
+          '<title>edges</title></svg>')
+
+
+def test_the_merge_keeps_the_figures_of_every_shard(tmp_path, capsys):
+    first, second = _report(COLLECTED[:2], 1, 2), _report(COLLECTED[2:], 2, 2)
+    first["records"][0]["figures"] = [{"name": "circuit", "caption": "shard 1", "svg": FIGURE}]
+    second["records"][1]["figures"] = [{"name": "circuit", "caption": "shard 2", "svg": FIGURE.replace("5", "7")}]
+    out = tmp_path / "out"
+    status, _, err = _merge(capsys, *_two(tmp_path, first, second), "--json", out / "m.json", "--html", out / "m.html")
+    assert status == 0, err
+    merged = {r["nodeid"]: r["figures"] for r in json.loads((out / "m.json").read_text())["records"]}
+    assert merged == {COLLECTED[0]: first["records"][0]["figures"], COLLECTED[1]: [],
+                      COLLECTED[2]: [], COLLECTED[3]: second["records"][1]["figures"]}
+    page = (out / "m.html").read_text()
+    assert page.count('src="data:image/svg+xml;base64,') == 2
+
+
+@pytest.mark.parametrize("svg, words", [
+    ('<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("//x")</script></svg>', "<script>"),
+    ('<svg xmlns="http://www.w3.org/2000/svg" onload="x()"/>', "onload"),
+    ('<svg xmlns="http://www.w3.org/2000/svg"><foreignObject/></svg>', "<foreignObject>"),
+    ('<svg xmlns="http://www.w3.org/2000/svg"><image href="https://evil.example/a.png"/></svg>', "external"),
+    ('<svg xmlns="http://www.w3.org/2000/svg"><desc>' + "x" * 1_000_001 + "</desc></svg>", "1,000,000"),
+    ("<div>not svg</div>", "root element is <div>"),
+])
+def test_a_report_with_an_unsafe_figure_is_refused_with_its_reason(tmp_path, capsys, svg, words):
+    """Attack: a figure written into a report by hand (the plugin would have refused it)."""
+    lying = _report(COLLECTED[2:], 2, 2)
+    lying["records"][1]["figures"] = [{"name": "circuit", "caption": "", "svg": svg}]
+    status, _, err = _merge(capsys, *_two(tmp_path, second=lying))
+    assert status == 2 and "b.json" in err and "records[1] has a figure that is refused" in err and words in err
