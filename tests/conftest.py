@@ -190,6 +190,11 @@ _SLOW_RULES = (
     # the whole checkup over the six planted models: about 50 CPU-seconds (2026-12-05); the
     # checkup's collection, detectors and cards keep fast-lane tests in tests/plugin/test_checkup.py
     ("tests/plugin/test_checkup.py", "test_checkup_on_planted_models_finds_each_mechanism_only_where_planted"),
+    # the whole checkup (all eight checks) on the tiny model, to merge its report: 27 CPU-seconds,
+    # 47 s wall at load 8 (2026-12-05), the largest test of tests/plugin. Its completeness check
+    # needs the whole checkup (a --circuits-checks selection switches it off), so it is not cut
+    # down; a shard of checkup items (collection) stays in the fast lane.
+    ("tests/plugin/test_shards.py", "test_a_checkup_report_is_verified_against_the_installed_checkup"),
 )
 # Tests slow by a fixture they use: `built` in test_zoo.py builds every checkpoint of the decoy
 # zoo and its tests load them with transformers (measured 2026-12-05: over 110 CPU-seconds for
