@@ -204,6 +204,13 @@ _SLOW_FIXTURES = (
     ("tests/unit/test_zoo.py", "built"),
 )
 
+# Tests of a family beyond the core three that name it in their body rather than as a parameter
+# (so `_family` cannot see it): the architecture matrix's lane by the same rule. The Gemma-2
+# folder's whole checkup: 27 CPU-seconds with start-up, 25 s wall at load 7 (2026-12-05).
+_MATRIX_RULES = (
+    ("tests/unit/test_architecture_matrix.py", "test_a_users_gemma2_folder_runs_the_checkup_with_the_reasons_on_its_card"),
+)
+
 
 def _family(item: pytest.Item) -> str | None:
     """The architecture family an item is parametrized with, if any (the matrix files name it
@@ -228,7 +235,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if any(path == p and fixture in getattr(item, "fixturenames", ()) for p, fixture in _SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         fam = _family(item)
-        if fam is not None and fam not in CORE_FAMILIES:
+        if (fam is not None and fam not in CORE_FAMILIES) or any(path == p and word in name
+                                                                 for p, word in _MATRIX_RULES):
             item.add_marker(pytest.mark.matrix)
         if item.get_closest_marker("gpu") is not None:
             import torch
