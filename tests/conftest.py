@@ -170,6 +170,11 @@ _SLOW_RULES = (
     # the whole checkup over the six planted models: about 50 CPU-seconds (2026-12-05); the
     # checkup's collection, detectors and cards keep fast-lane tests in tests/plugin/test_checkup.py
     ("tests/plugin/test_checkup.py", "test_checkup_on_planted_models_finds_each_mechanism_only_where_planted"),
+    # the whole checkup (all eight checks) on the tiny model, to merge its report: 27 CPU-seconds,
+    # 47 s wall at load 8 (2026-12-05), the largest test of tests/plugin. Its completeness check
+    # needs the whole checkup (a --circuits-checks selection switches it off), so it is not cut
+    # down; a shard of checkup items (collection) stays in the fast lane.
+    ("tests/plugin/test_shards.py", "test_a_checkup_report_is_verified_against_the_installed_checkup"),
 )
 # Tests slow by a fixture they use: `built` in test_zoo.py builds every checkpoint of the decoy
 # zoo and its tests load them with transformers (measured 2026-12-05: over 110 CPU-seconds for
@@ -177,6 +182,13 @@ _SLOW_RULES = (
 # determinism stay in the fast lane, as does tests/unit/test_zoo_tasks.py.
 _SLOW_FIXTURES = (
     ("tests/unit/test_zoo.py", "built"),
+)
+
+# Tests of a family beyond the core three that name it in their body rather than as a parameter
+# (so `_family` cannot see it): the architecture matrix's lane by the same rule. The Gemma-2
+# folder's whole checkup: 27 CPU-seconds with start-up, 25 s wall at load 7 (2026-12-05).
+_MATRIX_RULES = (
+    ("tests/unit/test_architecture_matrix.py", "test_a_users_gemma2_folder_runs_the_checkup_with_the_reasons_on_its_card"),
 )
 
 
@@ -203,7 +215,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if any(path == p and fixture in getattr(item, "fixturenames", ()) for p, fixture in _SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         fam = _family(item)
-        if fam is not None and fam not in CORE_FAMILIES:
+        if (fam is not None and fam not in CORE_FAMILIES) or any(path == p and word in name
+                                                                 for p, word in _MATRIX_RULES):
             item.add_marker(pytest.mark.matrix)
         if item.get_closest_marker("gpu") is not None:
             import torch

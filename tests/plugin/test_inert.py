@@ -61,7 +61,9 @@ def test_a_run_with_claims_shows_its_settings(pytester: pytest.Pytester, clean_e
         def test_claim():
             pass
     """)
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    # In process: the header is the plugin's, whatever process runs it (the control above shows
+    # the plugin loads in a fresh process too), and a child would import torch again (~5 s).
+    r = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["circuits: models=*seed=0*"])
 
