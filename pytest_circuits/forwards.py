@@ -648,7 +648,7 @@ class ActivationStore(ActivationCache):
         with torch.no_grad(), _skipping_blocks(model, plan.start, plan.skip_unembed, inp if plan.resumed else None) as skipped, \
                 _attention_cache(model, layers, attn_kv):
             try:
-                logits = model.run_with_hooks(inp, fwd_hooks=fwd, **kwargs)
+                logits = H.run(model, inp, fwd, **kwargs)
             except RuntimeError as e:
                 _refuse_mixed_dtypes(model, e)
                 raise

@@ -232,3 +232,181 @@ def check_names(model: Any, names: list[str]) -> None:
         raise ComponentError("unknown hook name(s): " + "; ".join(
             f"{m!r} (did you mean {', '.join(map(repr, h))}?)" if h else repr(m)
             for m, h in hints.items()))
+
+
+# -- attaching hooks: what ``run_with_hooks`` / ``hooks()`` do, with names resolved once ---------
+#
+# TransformerLens 4's bridge rebuilds its whole hook dictionary and alias map on every
+# ``run_with_hooks`` and every ``hooks()`` (twice: forward and backward hooks), a few
+# milliseconds a forward on a 30-layer model. Here a name's hook point is resolved by the
+# bridge's own code the first time and remembered per model; each use checks that it is
+# still the point the bridge has registered under that name (else it is resolved again), and
+# every per-call check the bridge makes (gated hook points, the start/stop layer rules) is
+# still made. A model without the bridge's hook registry goes through its own methods.
+
+_POINTS: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str, Any]]]" = weakref.WeakKeyDictionary()
+_BRIDGE_METHODS = ("_resolve_hook_point", "_check_hook_fireable", "_remove_temporary_hook", "check_hooks_to_add",
+                   "_gated_hook_reason", "_warn_gated_skipped", "_is_embedding_stage_hook", "hook_dict", "forward")
+_BRIDGE_TYPES: dict[type, bool] = {}
+
+
+def _bridged(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens bridge this module can attach hooks to directly
+    (its class has the bridge's hook methods, the object its hook registry)."""
+    cls = type(model)
+    known = _BRIDGE_TYPES.get(cls)
+    if known is None:
+        known = _BRIDGE_TYPES[cls] = all(hasattr(cls, a) for a in _BRIDGE_METHODS)
+    return known and isinstance(getattr(model, "_hook_registry", None), dict) \
+        and hasattr(model, "compatibility_mode")
+
+
+def _point(model: Any, name: str) -> tuple[str, Any]:
+    """``(canonical name, HookPoint)`` of the hook ``name`` on ``model``, as the bridge resolves it."""
+    try:
+        table = _POINTS.setdefault(model, {})
+    except TypeError:                      # not weak-referenceable: resolved every time
+        table = {}
+    hit = table.get(name)
+    if hit is not None and model._hook_registry.get(hit[0]) is hit[1]:
+        model._check_hook_fireable(name, hit[0])
+        return hit
+    from transformer_lens.model_bridge.bridge_core import build_alias_to_canonical_map
+
+    hook_dict = model.hook_dict
+    hit = model._resolve_hook_point(name, build_alias_to_canonical_map(hook_dict), hook_dict)
+    table[name] = hit
+    return hit
+
+
+def _layer_of(name: str) -> int | None:
+    if name.startswith("blocks."):
+        try:
+            return int(name.split(".")[1])
+        except (IndexError, ValueError):
+            return None
+    return None
+
+
+def _attach(model: Any, hooks: Any, direction: str, level: int, added: list,
+            start: int | None = None, stop: int | None = None) -> None:
+    """Adds ``hooks`` (``(name, fn)`` pairs; a filter in place of a name is handed to
+    :func:`_filter_points`) to their hook points at ``level``, each added handle appended to
+    ``added``. With ``start``/``stop`` (blocks run, already non-negative) the hooks outside
+    them are left out, as ``run_with_hooks`` leaves them out."""
+    for name, fn in hooks:
+        if not isinstance(name, str):
+            for canonical, hp in _filter_points(model, name):
+                _add(model, hp, fn, canonical, direction, level, added, start, stop)
+            continue
+        canonical, hp = _point(model, name)
+        reason = model._gated_hook_reason(hp.name or canonical)
+        if reason is not None:       # refused even outside start/stop, as run_with_hooks refuses it
+            raise ValueError(f"Cannot add hook {name} because {reason} is False. Call set_{reason}(True) first.")
+        _add(model, hp, fn, canonical, direction, level, added, start, stop)
+
+
+def _filter_points(model: Any, keep: Any) -> list[tuple[str, Any]]:
+    """The hook points whose names pass the filter ``keep``, each once, as the bridge picks them."""
+    seen: set[int] = set()
+    out, gated = [], []
+    for n, hp in model.hook_dict.items():
+        if not keep(n) or id(hp) in seen:
+            continue
+        seen.add(id(hp))
+        if model._gated_hook_reason(hp.name or n) is not None:
+            gated.append(n)
+            continue
+        out.append((hp.name or n, hp))
+    model._warn_gated_skipped("run_with_hooks", gated, stacklevel=5)
+    return out
+
+
+def _add(model: Any, hp: Any, fn: Any, name: str, direction: str, level: int, added: list,
+         start: int | None, stop: int | None) -> None:
+    if start is not None and model._is_embedding_stage_hook(name):
+        return
+    layer = _layer_of(name)
+    if layer is not None and ((stop is not None and layer >= stop) or (start is not None and layer < start)):
+        return
+    model.check_hooks_to_add(hp, name, fn, dir=direction)
+    if model.compatibility_mode and name != hp.name:
+        aliases = ([hp.name] if hp.name is not None else []) + [name]
+        handle = hp.add_hook(fn, dir=direction, level=level, alias_names=aliases)
+    else:
+        handle = hp.add_hook(fn, dir=direction, level=level)
+    added.append((hp, direction, handle))
+
+
+class attached:
+    """``with attached(model, fwd_hooks, bwd_hooks):`` the hooks are on ``model``'s hook points
+    inside the block and removed when it ends, however it ends (an exception included); the
+    hooks attached before are left alone. What ``model.hooks(fwd_hooks, bwd_hooks)`` does on a
+    TransformerLens bridge, without rebuilding the bridge's hook dictionary each time.
+    ``start``/``stop``: the blocks a forward resumed at / stopped before (``run_with_hooks``'s
+    ``start_at_layer``/``stop_at_layer``): the hooks outside them are not attached."""
+
+    def __init__(self, model: Any, fwd_hooks: Any = (), bwd_hooks: Any = (),
+                 start: int | None = None, stop: int | None = None) -> None:
+        self.model, self.fwd, self.bwd, self.start, self.stop = model, list(fwd_hooks), list(bwd_hooks), start, stop
+        self._other: Any = None
+        self._added: list = []
+
+    def __enter__(self) -> Any:
+        model = self.model
+        if not _bridged(model):
+            if self.start is not None or self.stop is not None:
+                raise ComponentError(f"{type(model).__name__} is not a TransformerLens bridge: "
+                                     "hooks for a forward resumed or stopped early are attached by run()")
+            self._other = model.hooks(fwd_hooks=self.fwd, bwd_hooks=self.bwd)
+            return self._other.__enter__()
+        level = getattr(model, "context_level", 0) + 1
+        model.context_level = level
+        try:
+            _attach(model, self.fwd, "fwd", level, self._added, self.start, self.stop)
+            _attach(model, self.bwd, "bwd", level, self._added, self.start, self.stop)
+        except BaseException:
+            self._detach()
+            raise
+        return model
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._other is not None:
+            return self._other.__exit__(*exc)
+        self._detach()
+        return None
+
+    def _detach(self) -> None:
+        model = self.model
+        try:
+            for hp, direction, handle in self._added:
+                model._remove_temporary_hook(hp, direction, handle)
+        finally:
+            self._added = []
+            model.context_level -= 1
+
+
+def run(model: Any, input: Any, fwd_hooks: Any = (), *, stop_at_layer: int | None = None,
+        start_at_layer: int | None = None, **kwargs: Any) -> Any:
+    """``model.run_with_hooks(input, fwd_hooks=fwd_hooks, ...)`` (logits returned): the same
+    forward with the same hooks, attached by :class:`attached`."""
+    if not _bridged(model):
+        extra = {k: v for k, v in (("stop_at_layer", stop_at_layer), ("start_at_layer", start_at_layer))
+                 if v is not None}
+        return model.run_with_hooks(input, fwd_hooks=list(fwd_hooks), **extra, **kwargs)
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    n_blocks = len(model.blocks) if hasattr(model, "blocks") else None
+    stop = start = None
+    if stop_at_layer is not None and n_blocks is not None:
+        stop = n_blocks + stop_at_layer if stop_at_layer < 0 else stop_at_layer
+    if start_at_layer is not None and n_blocks is not None:
+        start = n_blocks + start_at_layer if start_at_layer < 0 else start_at_layer
+    if start_at_layer is not None:
+        kwargs["start_at_layer"] = start_at_layer
+    with attached(model, fwd_hooks, (), start=start, stop=stop):
+        try:
+            return model.forward(input, return_type="logits",
+                                 stop_at_layer=stop if stop is not None else stop_at_layer, **kwargs)
+        except StopAtLayerException as e:
+            return e.layer_output

@@ -564,7 +564,7 @@ class Interventions:
 
         self.check(model, prompts)
         hooks = self.fwd_hooks(model, prompts, torch.arange(len(prompts)), store)
-        with model.hooks(fwd_hooks=hooks):
+        with H.attached(model, hooks):
             yield model
 
 

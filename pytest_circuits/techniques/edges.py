@@ -443,7 +443,7 @@ def _run(model: Any, tokens: Any, hooks: list, skip: int = 0) -> Any:
     from ..forwards import _skipping_blocks
 
     try:
-        with _skipping_blocks(model, skip), model.hooks(fwd_hooks=hooks):
+        with _skipping_blocks(model, skip), H.attached(model, hooks):
             return model(tokens)
     except _Stop:
         return None

@@ -108,3 +108,18 @@ def test_ablation_sweep_runs_cold_and_agrees(setup, capsys):
     assert int(naive.split()[2]) == 1 + 4
     with pytest.raises(CircuitsError, match="--n=99"):
         ab.main(setup + ["--n", "99"])
+
+
+def test_forward_overhead_runs_both_paths_and_finds_them_identical(capsys):
+    """bench/forward_overhead.py on the tests' tiny model: old (run_with_hooks) and new
+    (hooks.run) paths timed, and every forward and sweep result bitwise identical (exit 0)."""
+    fo = _script("forward_overhead")
+    threads = torch.get_num_threads()
+    try:
+        rc = fo.main(["--n", "2", "--rounds", "1", "--sweep-layers", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "attach+detach 3 hooks" in out and "store sweep (4 head ablations, 5 forwards)" in out
+    assert "bitwise identical (logits, hooked values, sweep): yes" in out
