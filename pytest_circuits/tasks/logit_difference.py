@@ -47,13 +47,14 @@ class LogitDifference:
     def scores(self, model: Any, *, intervention: Any = None, activations: Any = None,
                corrupted: bool = False) -> Any:
         """The logit difference per prompt, float64 ``[n]`` (of the corrupted prompts, with the
-        clean prompts' answers and foils, when ``corrupted``)."""
+        clean prompts' answers and foils, when ``corrupted``); a MeasurementError for
+        non-finite logits."""
         import torch
 
-        from ..metrics import last_logits
+        from ..metrics import _finite_logits
 
         ps = self.prompts.corrupted if corrupted else self.prompts
-        logits = last_logits(model, ps, intervention=intervention, activations=activations).double()
+        logits = _finite_logits(f"logit_difference[{self.name}]", model, ps, intervention, activations).double()
         rows = torch.arange(len(ps), device=logits.device)
         answers = torch.tensor(self.prompts.answer_ids, device=logits.device)
         foils = torch.tensor(self.prompts.foil_ids, device=logits.device)

@@ -58,3 +58,19 @@ def test_bad_prompt_sets_are_refused(tiny):
             tasks.logit_difference(ps)
     with pytest.raises(PromptSetError, match="a PromptSet"):
         tasks.logit_difference(CLEAN)
+
+
+def test_non_finite_logits_are_refused(tiny, task, monkeypatch):
+    from pytest_circuits import metrics as M
+    from pytest_circuits.errors import MeasurementError
+
+    real = M.last_logits
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw).clone()
+        out[1, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(M, "last_logits", poisoned)
+    with pytest.raises(MeasurementError):
+        task.scores(tiny)
