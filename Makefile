@@ -42,12 +42,19 @@ $(STAMP): pyproject.toml constraints.txt
 claims: $(STAMP)
 	$(BIN)/python -m pytest claims/ --circuits-baseline --circuits-require-models $(ARGS)
 
+# The fast lane runs on every core: pytest-xdist, one worker a core (WORKERS=N sets it; WORKERS=0
+# runs in this process), a test file's tests on one worker (module fixtures built once), one
+# torch thread a worker (two workers of two threads on two cores run slower than one).
+WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest tests/ -m "$(FAST)" --circuits-require-models $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest tests/ -m "$(FAST)" -n $(WORKERS) --dist loadfile \
+	  --circuits-require-models $(ARGS)
 
-# Every test (what CI runs), then the fast lane in a random order, then the install check.
+# Every test (what CI runs): the fast lane as `make test` runs it, the other lanes, the fast lane
+# again in one process in a random order, then the install check.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest tests/ --circuits-require-models $(ARGS)
+	$(MAKE) test ARGS="$(ARGS)"
+	$(BIN)/python -m pytest tests/ -m "not ($(FAST))" --circuits-require-models $(ARGS)
 	$(MAKE) test-shuffled ARGS="$(ARGS)"
 	$(MAKE) check-install
 

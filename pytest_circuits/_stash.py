@@ -47,5 +47,11 @@ MEASUREMENTS_KEY = pytest.StashKey[list]()
 ASSERTIONS_KEY = pytest.StashKey[list]()
 #: the figures a claim attached (pytest_circuits.figures.Figure), in order
 FIGURES_KEY = pytest.StashKey[list]()
+#: the rows of the claim's baseline verdict (``baselines.Row``; ``_verdicts.check_baseline``)
+BASELINE_ROWS_KEY = pytest.StashKey[list]()
+#: metric -> the baseline entry it was compared with (``_verdicts.check_baseline``)
+BASELINE_ENTRIES_KEY = pytest.StashKey[dict]()
+#: the version changes since the baseline was recorded, as lines (``_verdicts.check_baseline``)
+VERSION_CHANGES_KEY = pytest.StashKey[list]()
 #: the reason of an expect_change marker that applies to this item's model
 EXPECTED_CHANGE_KEY = pytest.StashKey[str]()

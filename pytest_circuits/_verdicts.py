@@ -1,5 +1,7 @@
-"""Verdicts: what each claim's reports say (passed, failed, expected change, not checked and
-why), the claim's ledger record attached to its call report, and the terminal summary.
+"""Verdicts: one claim from its measurements to its verdict (recorded while it runs, seeded;
+compared with its baseline, failing on drift and writing what it is asked to; its ledger record
+attached to its call report), what the run's reports say (passed, failed, expected change, not
+checked and why), and the terminal summary.
 
 The hooks in :mod:`pytest_circuits.plugin` call these functions; nothing here calls a hook.
 """
@@ -7,16 +9,278 @@ The hooks in :mod:`pytest_circuits.plugin` call these functions; nothing here ca
 from __future__ import annotations
 
 import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import _session as S
 from .ledger import AssertionEntry, LedgerRecord, MeasurementEntry
-from ._stash import (ASSERTIONS_KEY, CARDS_KEY, CLAIM_COUNT_KEY, CLAIM_INFO_KEY, CLAIMS_KEY, EXPECTED_CHANGE_KEY,
-                     FIGURES_KEY, MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, WORKERS_KEY)
+from ._stash import (ASSERTIONS_KEY, BASELINE_ENTRIES_KEY, BASELINE_ROWS_KEY, CARDS_KEY, CLAIM_COUNT_KEY,
+                     CLAIM_INFO_KEY, CLAIMS_KEY, EXPECTED_CHANGE_KEY, FIGURES_KEY, FIXTURE_MEASUREMENTS_KEY,
+                     MEASUREMENTS_KEY, RESULTS_KEY, SESSION_KEY, VERSION_CHANGES_KEY, WORKERS_KEY)
 
 
+# -- one claim: recording its measurements ----------------------------------------------------
+def drop(stack: list[list[Any]], mine: list[Any]) -> None:
+    """Remove ``mine`` from the recorder stack by identity (lists compare by value: two empty
+    recorders are equal, and ``list.remove`` would take the wrong one)."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is mine:
+            del stack[i]
+            return
+
+
+def fixture_measurements(item: pytest.Item) -> list[Any]:
+    """Measurements recorded by the fixtures (of any scope) that ``item`` uses, in setup order."""
+    table = item.config.stash.get(FIXTURE_MEASUREMENTS_KEY, {})
+    if not table:
+        return []
+    out: list[Any] = []
+    infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in getattr(item, "fixturenames", ()):
+        for fd in infos.get(name, ())[-1:]:
+            entry = table.get(id(fd))
+            if entry is not None and entry[0] is fd and getattr(fd, "cached_result", None) is not None:
+                out += entry[1]
+    return out
+
+
+def distinct(recorded: list[Any]) -> tuple[list[Any], list[str]]:
+    """Drop repeated measurements (the same object, or the same name and numbers) and list
+    the names that two *different* measurements of one claim share."""
+    seen: dict[str, Any] = {}
+    out: list[Any] = []
+    clashes: list[str] = []
+    for m in recorded:
+        first = seen.get(m.name)
+        if first is None:
+            seen[m.name] = m
+            out.append(m)
+        elif first is not m and (first.values, first.lower, first.upper) != (m.values, m.lower, m.upper):
+            if m.name not in clashes:
+                clashes.append(m.name)
+    return out, clashes
+
+
+def seed_all(seed: int) -> Any:
+    import numpy as np
+    import torch
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return state
+
+
+def restore_seeds(state: Any) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+
+
+# -- one claim: its baseline verdict and its ledger record ------------------------------------
+@dataclass(frozen=True)
+class _BaselineCheck:
+    """One claim's baseline comparison: where it is read, what was measured, the verdict."""
+
+    model: dict[str, Any]
+    cid: str
+    directory: Path
+    reference: str              # the model whose baseline file is read
+    path: Path
+    entries: dict[str, Any]
+    data: Any                   # baselines.read(path)
+    verdict: Any                # baselines.verdict(...)
+
+    @property
+    def foreign(self) -> bool:
+        """Comparing with another model's baseline (--circuits-baseline-of)."""
+        return self.reference != self.model["label"]
+
+
+def _comparison(r: Any, entry: Any) -> dict[str, Any] | None:
+    """A measurement's baseline comparison as the ledger records it: its status ("compared",
+    "new": no baseline yet, "updated": written by this run), the baseline entry compared
+    (mean, sem, n, interval, level: the merge recomputes the comparison from them), the
+    tolerance, the allowance, whether it held and why it could not (flag)."""
+    if r is None:
+        return None
+    if r.tolerance == "updated":
+        return {"status": "updated", "mean": r.baseline, "difference": 0.0, "tolerance": "updated", "allowed": None,
+                "within": True, "flag": ""}
+    if r.baseline is None:
+        return {"status": "new", "mean": None, "difference": None, "tolerance": r.tolerance, "allowed": None,
+                "within": False, "flag": "no baseline yet"}
+    out = {"status": "compared", "mean": r.baseline, "difference": r.difference, "tolerance": r.tolerance,
+           "allowed": r.allowed if r.finite_allowance else None, "within": bool(r.ok), "flag": r.flag,
+           "wide": bool(r.wide), "accepted": bool(r.accepted), "spread": r.spread}
+    if isinstance(entry, dict):
+        out["entry"] = {k: entry[k] for k in ("mean", "lower", "upper", "n", "level", "sem") if k in entry}
+    return out
+
+
+def _model_of(item: Any, recorded: list[Any]) -> dict[str, Any]:
+    from .models import info
+    from .config import versions
+
+    model = getattr(item, "funcargs", {}).get("model")
+    try:
+        mi = info(model)
+    except Exception:  # noqa: BLE001 - a claim without a language model (synthetic models)
+        label = next((m.model for m in recorded if m.model), "") or "no-model"
+        return {"label": label, "fingerprint": "n/a", "versions": versions()}
+    return {"label": mi.label, "fingerprint": mi.fingerprint, "dtype": mi.dtype, "device": mi.device,
+            "versions": versions()}
+
+def check_baseline(item: Any, recorded: list[Any], settings: Any, enforce: bool = True) -> None:
+    """Compare a claim's measurements with its baseline; fail on drift or a new baseline.
+
+    The comparison is :func:`pytest_circuits.baselines.verdict` (a pure function); the
+    session only warns, writes and raises on what it says. With ``enforce=False`` (the
+    claim already failed) only the comparison is kept for the reports: nothing is written
+    and nothing more is raised."""
+    import pytest
+
+    from . import baselines as B
+
+    st = settings
+    if not (st.baseline or st.update_baselines):
+        return
+    try:   # every problem of the file, the entries or the marker fails this claim, naming it
+        check = _baseline_check(item, recorded, st)
+    except B.BaselineError as e:
+        if enforce:
+            pytest.fail(str(e), pytrace=False)
+        return
+    item.stash[VERSION_CHANGES_KEY] = [] if st.update_baselines else list(check.verdict.version_lines())
+    item.stash[BASELINE_ENTRIES_KEY] = dict(check.data.claims.get(check.cid, {}))
+    _warn_baseline(check, st)
+    if not enforce and st.update_baselines and S.update_failing(item.config) and not check.foreign:
+        # --circuits-update-failing: the claim fails, but its values are recorded as they are.
+        try:
+            _update_baseline(item, check)
+        except BaseException as e:   # noqa: BLE001 - never hide the claim's own failure
+            import warnings
+
+            warnings.warn(f"{check.cid}: its baseline could not be recorded: {e}", stacklevel=3)
+    elif not enforce:
+        item.stash[BASELINE_ROWS_KEY] = list(check.verdict.rows)
+    elif st.update_baselines:
+        _update_baseline(item, check)
+    else:
+        _enforce_baseline(item, check)
+
+def _baseline_check(item: Any, recorded: list[Any], st: Any) -> "_BaselineCheck":
+    from . import baselines as B
+
+    model = _model_of(item, recorded)
+    cid = S.claim_id(item)
+    dicts = [m.to_dict() for m in recorded]
+    directory = S.baseline_folder(item.config, st)
+    reference = st.baseline_of or model["label"]
+    path = B.model_file(directory, reference)
+    entries = {k: B.summary(d) for k, d in zip(B.metric_keys(dicts, cid), dicts)}
+    data = B.read(path)
+    policy = B.tolerance_policy(item.get_closest_marker("baseline"), st.baseline_tolerance)
+    verdict = B.verdict(entries, data, cid, policy, B.versions())
+    return _BaselineCheck(model, cid, directory, reference, path, entries, data, verdict)
+
+def _warn_baseline(c: "_BaselineCheck", st: Any) -> None:
+    import warnings
+
+    if not c.foreign and c.model.get("fingerprint") and c.data.fingerprint not in (None, c.model["fingerprint"]):
+        warnings.warn(f"{c.path} was recorded for weights {c.data.fingerprint}, this run has "
+                      f"{c.model['fingerprint']}", stacklevel=3)
+    if c.verdict.version_changes and not st.update_baselines:
+        warnings.warn(f"{c.path}: {c.cid} was recorded with other versions "
+                      f"({'; '.join(c.verdict.version_lines())}): small numeric drift is possible", stacklevel=3)
+    if c.verdict.unused_tolerances:
+        warnings.warn(f"the baseline marker of {c.cid} sets a tolerance for "
+                      f"{', '.join(map(repr, c.verdict.unused_tolerances))}, which it did not record "
+                      f"(it recorded {', '.join(map(repr, c.entries))})", stacklevel=3)
+
+def _update_baseline(item: Any, c: "_BaselineCheck") -> None:
+    """``--circuits-update-baselines``: rewrite this claim's entries (never another model's file)."""
+    import pytest
+
+    from . import baselines as B
+
+    if c.foreign:
+        pytest.fail(f"--circuits-update-baselines with --circuits-baseline-of={c.reference}: refusing to "
+                    f"write {c.model['label']}'s measurements into {c.path}", pytrace=False)
+    try:
+        B.update(c.path, c.model, c.cid, c.entries)
+    except B.BaselineError as e:
+        pytest.fail(str(e), pytrace=False)
+    item.stash[BASELINE_ROWS_KEY] = [B.Row(k, e["mean"], e["mean"], "updated", 0.0)
+                                         for k, e in c.entries.items()]
+
+def _enforce_baseline(item: Any, c: "_BaselineCheck") -> None:
+    """Fail the claim on what the verdict found: unusable entries, a new baseline (written),
+    untrusted or missing entries, drift (the obtained values written beside the baseline)."""
+    import warnings
+
+    import pytest
+
+    from . import baselines as B
+
+    v = c.verdict
+    if v.problems:
+        pytest.fail("\n".join(v.problems) + f"\nfix these entries, or rewrite {c.cid}'s entries with "
+                    "--circuits-update-baselines", pytrace=False)
+    rows = list(v.rows)
+    item.stash[BASELINE_ROWS_KEY] = rows
+    if v.new and c.foreign:
+        pytest.fail(f"no baseline for {', '.join(v.new)} of {c.cid} in {c.path} (the baseline of {c.reference}); "
+                    f"run the claims on {c.reference} with --circuits-update-baselines first", pytrace=False)
+    if v.new:
+        B.update(c.path, c.model, c.cid, {**c.data.claims.get(c.cid, {}), **c.entries})
+        pytest.fail(f"no baseline for {', '.join(v.new)} of {c.cid} on {c.model['label']}: written to {c.path}; "
+                    "review and commit it, then rerun", pytrace=False)
+    for r in rows:
+        if r.wide and r.accepted:
+            warnings.warn(f"{c.cid}, {r.metric}: {r.flag}", stacklevel=3)
+    if v.untrusted or v.missing:
+        pytest.fail("\n".join(v.explain()) + f"\n{B.table(rows)}", pytrace=False)
+    if v.drifted:
+        obtained = B.model_file(c.directory, c.model["label"]).with_suffix(".obtained.json")
+        B.update(obtained, c.model, c.cid, c.entries)
+        what = "; ".join(f"{r.metric} {r.obtained:.6g} vs baseline {r.baseline:.6g} (difference "
+                         f"{r.difference:+.3g}, allowed \u00b1{r.allowed:.3g} {r.tolerance})" for r in v.drifted)
+        pytest.fail(f"{len(v.drifted)} of {len(rows)} measurements of {c.cid} on {c.model['label']} drifted "
+                    f"from the baseline of {c.reference}: {what}\nbaseline file {c.path}:\n{B.table(rows)}\n"
+                    f"obtained values written to {obtained}; to accept them rerun with "
+                    "--circuits-update-baselines", pytrace=False)
+
+def ledger_record(item: Any, recorded: list[Any]) -> Any:
+    """The ledger record of one claim on one model (:class:`~pytest_circuits.ledger.LedgerRecord`;
+    its outcome, expected change and assertions are set from the call's report)."""
+    from .baselines import metric_keys, summary
+    from .ledger import LedgerRecord, MeasurementEntry
+
+    marker = item.get_closest_marker("claim")
+    kw = marker.kwargs if marker else {}
+    model = _model_of(item, recorded)
+    rows = {r.metric: r for r in item.stash.get(BASELINE_ROWS_KEY, [])}
+    entries = item.stash.get(BASELINE_ENTRIES_KEY, {})
+    dicts = [m.to_dict() for m in recorded]
+    measurements = [MeasurementEntry.of(m, key=key, sem=summary(d)["sem"],
+                                        baseline=_comparison(rows.get(key), entries.get(key)))
+                    for key, m, d in zip(metric_keys(dicts, strict=False), recorded, dicts)]
+    return LedgerRecord(claim=S.claim_id(item), nodeid=item.nodeid, model=model["label"],
+                        fingerprint=model["fingerprint"], finding=kw.get("finding") or "",
+                        source=kw.get("source") or "", measurements=measurements,
+                        version_changes=item.stash.get(VERSION_CHANGES_KEY, []))
+
+
+# -- the run's reports --------------------------------------------------------------------
 def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
     """Take in one report of the run (a worker's too, under xdist): the claim's verdict and
     identity, the checkup's card, and the claim's ledger record (with its outcome)."""
@@ -75,7 +339,7 @@ def finish_report(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestR
         report.user_properties.append((f"circuits-reason-{call.when}", "; ".join(failed)))
     figures = item.stash.get(FIGURES_KEY, None) if call.when == "call" else None
     if call.when == "call" and (recorded or figures):
-        record = item.config.stash[SESSION_KEY].get().record(item, recorded or [])
+        record = ledger_record(item, recorded or [])
         record.figures = list(figures or ())
         record.expected_change = item.stash.get(EXPECTED_CHANGE_KEY, "") or None
         # Bounds asserted through assert_above / assert_below / assert_within: what was compared

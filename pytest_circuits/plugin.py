@@ -248,7 +248,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     try:
         return (yield)
     finally:
-        S.drop(_RECORDERS, made)
+        V.drop(_RECORDERS, made)
         if made:
             table = request.config.stash.setdefault(FIXTURE_MEASUREMENTS_KEY, {})
             table[id(fixturedef)] = (fixturedef, made)
@@ -263,35 +263,35 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     from .figures import _RECORDERS as _FIGURES
     from .measurement import _ASSERTIONS, _RECORDERS
 
-    recorded: list[Any] = list(S.fixture_measurements(item))
+    recorded: list[Any] = list(V.fixture_measurements(item))
     asserted: list[Any] = []
     figures: list[Any] = []
     item.stash[MEASUREMENTS_KEY] = recorded
     item.stash[ASSERTIONS_KEY] = asserted
     item.stash[FIGURES_KEY] = figures
-    state = S.seed_all(lazy.get().settings.seed)
+    state = V.seed_all(lazy.get().settings.seed)
     _RECORDERS.append(recorded)
     _ASSERTIONS.append(asserted)
     _FIGURES.append(figures)
     try:
         result = yield
     except BaseException:
-        recorded[:] = S.distinct(recorded)[0]
+        recorded[:] = V.distinct(recorded)[0]
         if recorded:   # the claim failed by itself: still report its drift, write nothing
-            lazy.get().check_baseline(item, recorded, enforce=False)
+            V.check_baseline(item, recorded, lazy.settings, enforce=False)
         raise
     finally:
-        S.drop(_RECORDERS, recorded)
-        S.drop(_ASSERTIONS, asserted)
-        S.drop(_FIGURES, figures)
-        S.restore_seeds(state)
-    recorded[:], clashes = S.distinct(recorded)
+        V.drop(_RECORDERS, recorded)
+        V.drop(_ASSERTIONS, asserted)
+        V.drop(_FIGURES, figures)
+        V.restore_seeds(state)
+    recorded[:], clashes = V.distinct(recorded)
     if clashes:
         pytest.fail(f"{item.nodeid} made different measurements with the same name: "
                     f"{', '.join(repr(c) for c in clashes)}. Names identify measurements in baselines "
                     "and reports; give each its own (most functions take name=...)", pytrace=False)
     if recorded:
-        lazy.get().check_baseline(item, recorded)     # fails the claim on drift or a new baseline
+        V.check_baseline(item, recorded, lazy.settings)     # fails the claim on drift or a new baseline
     return result
 
 
@@ -391,7 +391,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """The working tree the run starts from (dirty or not, and a hash of the difference), for
     the report's identity: read before any claim writes a baseline. Only when a report is asked."""
     config = session.config
-    if S._update_failing(config) and not config.stash[SESSION_KEY].settings.update_baselines:
+    if S.update_failing(config) and not config.stash[SESSION_KEY].settings.update_baselines:
         raise pytest.UsageError("pytest-circuits: --circuits-update-failing records the baselines of failing "
                                 "claims in an update run: add --circuits-update-baselines")
     if hasattr(config, "workerinput"):
