@@ -135,14 +135,17 @@ def logit_diff():
 _XDIST_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
-@pytest.fixture(autouse=True)
-def _the_environment_of_a_serial_run(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _the_environment_of_a_serial_run():
     """`make test` runs the fast lane under pytest-xdist (one worker a core). A worker's
-    PYTEST_XDIST_* variables would make every run a test starts (pytester, in-process or a
-    child) behave as an xdist worker of its own (no progress line, another device rule): each
-    test sees the environment of a serial run instead. Tests of xdist itself start their own."""
-    for name in _XDIST_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    PYTEST_XDIST_* variables would make every run a test or a fixture starts (pytester,
+    in-process or a child) behave as an xdist worker of its own (no progress line, another
+    device rule): from the first fixture on (session scope, so module fixtures too), the worker
+    has the environment of a serial run. Tests of xdist itself start their own workers."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _XDIST_VARIABLES:
+            mp.delenv(name, raising=False)
+        yield
 
 
 # Used by every pytester test (tests/plugin, tests/faults): autouse, once per session.
