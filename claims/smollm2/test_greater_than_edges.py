@@ -63,9 +63,9 @@ def scores(model, discovery):
 
 
 @pytest.mark.claim(source=SOURCE, finding="edge discovery on greater-than is stable under resampling of the prompts: "
-                   "four edges (embed->mlp0, mlp0->L20H8.v, mlp23->logits, mlp29->logits) are kept in every "
-                   "resample, two resampled discoveries overlap by more than half, and every component of those "
-                   "edges is in the node-level circuit found by exact patching")
+                   "four edges (embed->mlp0, mlp0->L20H8.v, mlp23->logits, mlp29->logits) are kept in at least 80% "
+                   "of resamples (20 of 20 measured), two resampled discoveries of these prompts overlap by more "
+                   "than half, and every component of those edges is in the node-level circuit found by exact patching")
 def test_edge_discovery_is_stable(model, scores):
     st = stability(scores, threshold=THRESHOLD, resamples=20, seed=0)
     print(st.table(12))

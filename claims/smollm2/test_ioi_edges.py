@@ -52,7 +52,8 @@ def scores(model, sets):
 
 @pytest.mark.claim(source=SOURCE, finding="on two independently drawn sets of IOI prompts, EAP discovery keeps the "
                    "S-inhibition head L20H0's edges into both name movers' queries and the name mover L23H0's "
-                   "output in every resampled discovery, and the two sets' circuits share at least 40% of their edges")
+                   "output in at least 85% of resampled discoveries (40 of 40 measured), and the two sets' circuits "
+                   "share at least 40% of their edges")
 def test_s_inhibition_into_the_name_movers_queries_holds_on_new_prompts(model, scores):
     st = stability(list(scores), threshold=THRESHOLD, resamples=20, seed=0)
     print(st.table(20))
