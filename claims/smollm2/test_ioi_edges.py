@@ -12,8 +12,8 @@ the one *across* the two sets: per bench/jaccard_coverage.py, the form whose low
 for new prompts (the overlap of resamples of one set overstates it).
 
 What was measured (2026-12-05, CPU): the S-inhibition head L20H0 feeding both name movers'
-queries (L20H0->L23H0.q, L20H0->L23H2.q) and the name movers' outputs into the logits are kept in
-all 40 discoveries, but the circuit as a whole is not: the two sets' discovered edge sets overlap
+queries (L20H0->L23H0.q, L20H0->L23H2.q) and the name mover L23H0's output into the logits are
+kept in all 40 discoveries (L23H2's output in 38), but the circuit as a whole is not: the two sets' discovered edge sets overlap
 by 0.46 [0.43, 0.50]. Exact patching agrees with EAP on L20H0->L23H0.q (-0.74 against a score of
 -0.67) and finds EAP's fifth-largest edge, mlp0->mlp6 (score +0.82), has almost no effect (+0.008).
 
