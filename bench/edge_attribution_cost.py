@@ -11,7 +11,10 @@ cold start of the thing measured (nothing run beforehand to warm it up):
   weight gradient is formed);
 * ``EAP``: :func:`pytest_circuits.techniques.edges.edge_attribution` over every edge of the
   model, with a new, empty memory-only activation store (so the clean and corrupted forwards
-  that fill it are timed too), in the store's token budget.
+  that fill it are timed too), in the store's token budget;
+* ``again``: the same attribution a second time on that store (as a stability analysis or a
+  second method on the same prompts runs it): the attribution's own passes alone, the
+  senders' outputs read from the store (its scores must equal the first's).
 
 Printed: each time, the ratio EAP / fwd+bwd per round (the first round pays whatever the
 process pays the first time it runs the model: compare the rounds), the number of edges,
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"EAP over all {n_edges} edges of {a.model} ({model.cfg.n_layers} layers, {model.cfg.n_heads} heads) "
           f"vs one forward+backward, greater-than, n={a.n} prompts (lengths {min(task.prompts.lengths)}.."
           f"{max(task.prompts.lengths)}), {torch.get_num_threads()} threads")
-    print(f"{'round':>5} {'fwd+bwd s':>10} {'EAP s':>8} {'EAP/fwd+bwd':>12} {'store fwds':>10}")
+    print(f"{'round':>5} {'fwd+bwd s':>10} {'EAP s':>8} {'EAP/fwd+bwd':>12} {'store fwds':>10} {'again s':>8} "
+          f"{'again/f+b':>12}")
     ok = True
     for r in range(a.rounds):
         t_fb, g_final = forward_backward(model, task, a.n)
@@ -86,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         scores = E.edge_attribution(model, task, activations=store)
         t_eap = time.perf_counter() - t0
-        print(f"{r:5d} {t_fb:10.2f} {t_eap:8.2f} {t_eap / t_fb:12.2f} {store.counters.forward_passes:10d}")
+        t0 = time.perf_counter()
+        again = E.edge_attribution(model, task, activations=store)
+        t_again = time.perf_counter() - t0
+        if not torch.equal(again.values, scores.values):
+            print("a second attribution on the same store gave other scores")
+            ok = False
+        print(f"{r:5d} {t_fb:10.2f} {t_eap:8.2f} {t_eap / t_fb:12.2f} {store.counters.forward_passes:10d} "
+              f"{t_again:8.2f} {t_again / t_fb:12.2f}")
         same = [i for i in range(a.n) if torch.equal(task.prompts.tokens[i], task.prompts.corrupted.tokens[i])]
         values = scores.values.numpy()                 # [edges, prompts] float64
         if same and abs(values[:, same]).max() != 0:

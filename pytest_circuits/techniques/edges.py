@@ -45,19 +45,19 @@ local derivative at the residual stream so formed, and averaged over ``a = k / s
 ``k = 0 .. steps - 1`` (a left Riemann sum; ``steps=1`` is EAP exactly).
 
 How gradients are taken, per batch of prompts (right-padded, of like length, as many as
-the store's token budget holds) and step: one forward and backward of the whole model gives
-``d m / d z`` (every head), ``d m / d mlp_out`` and ``d m / d resid_final`` for every prompt
-of the batch at once (each prompt's metric depends on its own row alone, and causal attention
-keeps its real positions from reading the padding); then per layer one side forward of four
-copies of the batch, the earlier blocks skipped, whose layer-``l`` residual inputs are four
-leaves: copy 0's ``hook_q``, copy 1's ``hook_k``, copy 2's ``hook_v`` are given to all
-copies (so ``z`` depends on the q leaf through q only, and so on) and copy 3 feeds the MLP;
-the vector-Jacobian products of ``z_h`` (all heads in one batched call) and of the MLP output
-with the main run's gradients give each receiver's input gradient. The side forward stops
-once layer ``l``'s MLP has run. Scores are one batched product per receiver layer of the
+the store's token budget holds) and step: one forward of the whole model, its graph kept, and
+one backward give ``d m / d z`` (every head), ``d m / d mlp_out``, ``d m / d resid_final`` and
+``d m / d hook_q`` for every prompt of the batch at once (each prompt's metric depends on its
+own row alone, and causal attention keeps its real positions from reading the padding). Then
+per receiver layer, in that same graph, vector-Jacobian products: under grouped-query
+attention the keys' and values' gradients split by query head (one product from ``z`` per
+member of a group, the members batched); from ``hook_q``, ``hook_k`` and ``hook_v`` back to
+the layer's residual input, one batched product per part whose cotangent ``h`` is head ``h``'s
+alone (through the model's own norm and projections); from the MLP's output to its input. No
+attention formula is written here. Scores are one batched product per receiver layer of the
 senders' deltas and the receivers' gradients, kept per prompt (what
-:mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is not that of one
-forward and backward: the per-head products and the side forwards dominate (docs/measured.md).
+:mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is about four forwards
+and backwards, the store's clean and corrupted forwards included (docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -317,6 +317,11 @@ def _qkv(layer: int, part: str) -> str:
     return f"blocks.{layer}.attn.hook_{part}"
 
 
+def _mlp_in(layer: int) -> str:
+    """The MLP's input after its norm (a mixture of experts: the router's and experts' input)."""
+    return f"blocks.{layer}.mlp.hook_in"
+
+
 @dataclass(frozen=True, eq=False)
 class EdgeInput:
     """The run in which one receiver input is edited: ``hook`` (a residual stream in block
@@ -444,21 +449,10 @@ def edge_patch(model: Any, task: Any, edges: Any = None, *,
 
 # -- attribution ----------------------------------------------------------------------------
 
-class _Stop(Exception):
-    """Raised by a hook to end a side forward once what it needs was captured."""
-
-
-def _run(model: Any, tokens: Any, hooks: list, skip: int = 0) -> Any:
-    """``model(tokens)`` under ``hooks``; None when a hook ended it early (:class:`_Stop`).
-    ``skip``: blocks ``0..skip-1`` pass their input through uncomputed (a hook at block
-    ``skip``'s input replaces what reaches it)."""
-    from ..forwards import _skipping_blocks
-
-    try:
-        with _skipping_blocks(model, skip), H.attached(model, hooks):
-            return model(tokens)
-    except _Stop:
-        return None
+def _run(model: Any, tokens: Any, hooks: list) -> Any:
+    """``model(tokens)`` under ``hooks``."""
+    with H.attached(model, hooks):
+        return model(tokens)
 
 
 def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any],
@@ -472,16 +466,20 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     head, q, k, v) and the MLP's input. ``metrics[i]``: row ``i``'s metric of its logits
     ``[1, pos, vocab]``; their values (the batch's) are appended to ``seen_metric``.
 
-    One forward and one backward of the batch give ``d m / d z`` (every head), ``d m / d
-    mlp_out`` and ``d m / d resid_final``: each row's metric depends on that row alone, so
-    the gradient of their sum is each row's own. Then per layer one side forward of four
-    copies of the batch, blocks before the layer skipped, whose layer-``l`` residual inputs
-    are four leaves (module docstring), and one vector-Jacobian product per head."""
+    One forward of the batch, kept for its graph, and one backward give ``d m / d z`` (every
+    head), ``d m / d mlp_out``, ``d m / d resid_final`` and ``d m / d hook_q`` (each row's metric
+    depends on that row alone, so the gradient of their sum is each row's own; attention is
+    computed head by head from ``hook_q``, so its slice of head ``h`` is head ``h``'s own).
+    Then per layer, in the same graph: the keys' and values' gradients split by query head
+    (under grouped-query attention a key/value head serves a group; one vector-Jacobian
+    product from ``z`` per member of a group, all members in one batched call), and from
+    ``hook_q``, ``hook_k``, ``hook_v`` back to the layer's residual input one batched
+    vector-Jacobian product per part whose cotangent ``h`` is head ``h``'s alone (the norm and
+    the projection, the model's own code), and one from the MLP's output to its input."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
     par = parallel_blocks(model)
-    b = tokens.shape[0]
     kept: dict[str, Any] = {}
     seen: dict[str, Any] = {}
 
@@ -500,8 +498,12 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
         return fn
 
     def look(name: str):
-        def fn(t: Any, hook: Any = None) -> None:
-            seen[name] = t
+        def fn(t: Any, hook: Any = None) -> Any:
+            # a node of its own, returned so that what follows computes from it: its gradient is
+            # that of its readers alone (GPT-J's MLP reads the tensor attention reads; a hook may
+            # be handed a reshaped view that nothing downstream reads unless it is returned)
+            seen[name] = out = t.view_as(t)
+            return out
         return fn
 
     hooks: list = [(H.EMBED, set_leaf(H.EMBED))]
@@ -509,68 +511,65 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
         hooks.append((H.POS_EMBED, lambda t, hook=None: targets[H.POS_EMBED].to(t.device, t.dtype)))
     for l in range(L):
         hooks += [(H.z(l), through(H.z(l))), (H.mlp_out(l), through(H.mlp_out(l))),
-                  (H.resid_pre(l), look(H.resid_pre(l)))]
+                  (H.resid_pre(l), look(H.resid_pre(l))), (_mlp_in(l), look(_mlp_in(l)))] \
+            + [(_qkv(l, p), look(_qkv(l, p))) for p in PARTS]
         if not par:
             hooks.append((H.resid_mid(l), look(H.resid_mid(l))))
     hooks.append((H.resid_post(L - 1), look(H.resid_post(L - 1))))
+    final_name = H.resid_post(L - 1)
     with torch.enable_grad():
         logits = _run(model, tokens, hooks)
         values = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)])
         if seen_metric is not None:
             seen_metric.extend(float(v) for v in values.detach().cpu())
-        names = [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
-        got = torch.autograd.grad(values.sum(), [kept[n] for n in names] + [seen[H.resid_post(L - 1)]],
-                                  allow_unused=True)
-    grads = dict(zip(names + ["final"], got))
-    final = grads["final"]
-    yield None, (torch.zeros_like(seen[H.resid_post(L - 1)]) if final is None else final).detach().unsqueeze(1)
-    reps = tokens.repeat(4, 1)                                   # copy c: rows c*b .. (c+1)*b - 1
+        group = n_heads // int(seen[_qkv(0, "k")].shape[-2])
+        kept_names = [H.z(l) for l in range(L)]
+        seen_names = [_qkv(l, p) for l in range(L) for p in (PARTS if group == 1 else ("q",))] \
+            + [_mlp_in(l) for l in range(L)] + [final_name]
+        got = torch.autograd.grad(values.sum(), [kept[n] for n in kept_names] + [seen[n] for n in seen_names],
+                                  retain_graph=True, allow_unused=True)
+    grads = dict(zip(kept_names + seen_names, got))
+    final = grads[final_name]
+    yield None, (torch.zeros_like(seen[final_name]) if final is None else final).detach().unsqueeze(1)
+    heads = torch.arange(n_heads, device=logits.device)
     for l in sorted(set(layers)):
-        x_pre = seen[H.resid_pre(l)].detach()
-        x_mlp = x_pre if par else seen[H.resid_mid(l)].detach()
-        leaves = [x_pre.clone().requires_grad_(True) for _ in range(3)] + [x_mlp.clone().requires_grad_(True)]
-        side: dict[str, Any] = {}
-
-        def inputs(t: Any, hook: Any = None) -> Any:
-            fourth = leaves[3] if par else x_pre
-            return torch.cat(leaves[:3] + [fourth]).to(t.dtype)
-
-        def one(copy: int):
-            def fn(t: Any, hook: Any = None) -> Any:
-                return t[copy * b: (copy + 1) * b].repeat(4, *([1] * (t.dim() - 1)))
-            return fn
-
-        def take_z(t: Any, hook: Any = None) -> None:
-            side["z"] = t[:b]
-
-        def mid(t: Any, hook: Any = None) -> Any:
-            return torch.cat([t[: 3 * b], leaves[3].to(t.dtype)])
-
-        def take_mlp(t: Any, hook: Any = None) -> None:
-            side["mlp"] = t[3 * b:]
-            raise _Stop
-
-        side_hooks = [(H.resid_pre(l), inputs), (_qkv(l, "q"), one(0)), (_qkv(l, "k"), one(1)),
-                      (_qkv(l, "v"), one(2)), (H.z(l), take_z), (H.mlp_out(l), take_mlp)]
-        if not par:
-            side_hooks.append((H.resid_mid(l), mid))
-        out = torch.zeros((b, 3 * n_heads + 1) + tuple(x_pre.shape[1:]), dtype=x_pre.dtype, device=x_pre.device)
         with torch.enable_grad():
-            _run(model, reps, side_hooks, skip=l)
+            x_pre = seen[H.resid_pre(l)]
+            out = torch.zeros((tokens.shape[0], 3 * n_heads + 1) + tuple(x_pre.shape[1:]), dtype=x_pre.dtype,
+                              device=x_pre.device)
+            outs = [seen[_qkv(l, p)] for p in PARTS]
+            # d m / d (q, k, v), query head by query head: [heads, b, width, heads of the part, d_head]
+            per_head: list = [None, None, None]
+            gq = grads[_qkv(l, "q")]
+            if gq is not None:
+                per_head[0] = gq.unsqueeze(0) * (heads[:, None] == heads[None, :]).to(gq.dtype)[:, None, None, :, None]
             gz = grads[H.z(l)]
-            if gz is not None:
-                # one vector-Jacobian product per head, all heads in one batched call: cotangent h
-                # is head h's gradient, zero elsewhere
-                eye = torch.eye(n_heads, dtype=gz.dtype, device=gz.device)
-                cot = gz.unsqueeze(0) * eye[:, None, None, :, None]          # [heads, b, width, heads, d_head]
-                parts = torch.autograd.grad(side["z"], leaves[:3], grad_outputs=cot, retain_graph=True,
-                                            allow_unused=True, is_grads_batched=True)
-                for p, g in enumerate(parts):
+            if group == 1:
+                for p in (1, 2):
+                    g = grads[_qkv(l, PARTS[p])]
                     if g is not None:
-                        out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
-            gm = grads[H.mlp_out(l)]
-            if gm is not None:
-                g = torch.autograd.grad(side["mlp"], leaves[3], grad_outputs=gm, allow_unused=True)[0]
+                        per_head[p] = g.unsqueeze(0) * (heads[:, None] == heads[None, :]).to(g.dtype)[:, None, None, :, None]
+            elif gz is not None:
+                # member j of every group alone: cotangent on heads h with h % group == j
+                member = torch.arange(group, device=gz.device)
+                mask = (heads[None, :] % group == member[:, None]).to(gz.dtype)        # [group, heads]
+                kv = torch.autograd.grad(kept[H.z(l)], outs[1:], grad_outputs=gz.unsqueeze(0) * mask[:, None, None, :, None],
+                                         retain_graph=True, allow_unused=True, is_grads_batched=True)
+                for p, g in zip((1, 2), kv):
+                    if g is not None:              # [group, b, width, kv heads, d_head] -> head h = kv * group + j
+                        slot = (heads // group)[:, None] == torch.arange(g.shape[-2], device=g.device)[None, :]
+                        per_head[p] = g[heads % group] * slot.to(g.dtype)[:, None, None, :, None]
+            for p in range(3):
+                if per_head[p] is None:
+                    continue
+                g = torch.autograd.grad(outs[p], x_pre, grad_outputs=per_head[p].to(outs[p].dtype), retain_graph=True,
+                                        allow_unused=True, is_grads_batched=True)[0]
+                if g is not None:
+                    out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
+            gm = grads[_mlp_in(l)]
+            if gm is not None:          # the MLP's own path, d m / d (its normalized input), back through the norm
+                g = torch.autograd.grad(seen[_mlp_in(l)], x_pre if par else seen[H.resid_mid(l)], grad_outputs=gm,
+                                        retain_graph=True, allow_unused=True)[0]
                 if g is not None:
                     out[:, 3 * n_heads] = g
         yield l, out.detach()
@@ -641,9 +640,9 @@ DELTA_BYTES = 256 << 20
 
 def _attribution_batches(model: Any, ps: Any, n: int, store: ActivationStore, per_row: int) -> list[Any]:
     """The first ``n`` prompts in batches of like length (longest first, as the store batches
-    its forwards), each as many rows as the store's token budget holds for the four copies of
-    a side forward and as :data:`DELTA_BYTES` holds of the senders' deltas (``per_row`` bytes
-    per row and position)."""
+    its forwards), each as many rows as a quarter of the store's token budget (the batch's
+    graph is kept for the per-layer products, and those batch the heads' cotangents) and as
+    :data:`DELTA_BYTES` holds of the senders' deltas (``per_row`` bytes per row and position)."""
     import torch
 
     lengths = torch.as_tensor(list(ps.lengths[:n])).long()
@@ -694,9 +693,9 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
 
     Prompts run in batches of like length (sized by the token budget of ``activations``, the
     store that also gives the clean and corrupted senders' outputs): per batch and step one
-    forward and one backward of the model, then per layer one side forward of that layer
-    alone and one vector-Jacobian product per head (:func:`_layer_grads`), and one forward
-    without gradient for the whole corruption's effect. Each score is per prompt, as if
+    forward and one backward of the model, then per layer a few batched vector-Jacobian
+    products in the same graph (:func:`_layer_grads`), and one forward without gradient for
+    the whole corruption's effect. Each score is per prompt, as if
     the prompt had run alone (tests/unit/test_edges.py checks it against one prompt at a
     time, prompts of unequal length included)."""
     import torch

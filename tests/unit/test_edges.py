@@ -157,7 +157,7 @@ def test_a_key_edge_into_a_gqa_head_changes_that_head_alone(arch_model, logit_di
 def test_eap_is_the_derivative_of_exact_edge_patching(model_task64):
     """EAP's score of an edge is d/de m(the edge patched a fraction e of the way) at e = 0:
     compared, per prompt, with a central finite difference of exact edge patching (the two are
-    computed by different code: gradients through the side forwards, and hooks only)."""
+    computed by different code: gradients in the batch's graph, and hooks only)."""
     model, task = model_task64
     assert model.cfg.dtype == torch.float64
     store = ActivationStore(batch_size=8)
@@ -379,16 +379,30 @@ def unequal_pairs(seed: int, n: int) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gqa", "neox"])
-def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, logit_diff):
+# every family whose edges are not refused: rotary, QK-norm, ALiBi, a sliding window, parallel
+# blocks, fused projections, experts (the families outside CORE_FAMILIES run in the matrix lane)
+EDGE_FAMILIES = ["gpt2", "gqa", "neox", "llama", "gptj", "mistral", "qwen2", "qwen3", "gemma", "phi3", "mixtral",
+                 "qwen3moe", "bloom"]
+
+
+@pytest.mark.parametrize("family, sizes", [(f, {}) for f in EDGE_FAMILIES]
+                         + [("gqa", {"n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "d_model": 96})],
+                         ids=EDGE_FAMILIES + ["gqa-groups-of-3"])
+def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, sizes, logit_diff):
     """Every edge, EAP and EAP-IG: prompts of unequal length in batches of 3 (right-padded, the
     first two batches padded) give each prompt's scores, totals and clean metric as the one-at-a-time
-    reference does, to float32 rounding."""
-    model = arch_model(family)
-    task = logit_diff(model, unequal_pairs(seed=11, n=8))
+    reference does, to float32 rounding. The reference takes each head's input gradient by its own
+    side forward and vector-Jacobian product (the method before the gradients were taken in the
+    batch's own graph), so the two share no gradient code beyond autograd."""
+    model = arch_model(family, **sizes)
+    words = {"answer": " Paris", "foil": " Rome"} if family == "qwen2" else {}     # byte-level BPE: the space is the word's
+    task = logit_diff(model, unequal_pairs(seed=11, n=8), **words)
     lengths = task.prompts.lengths
     assert len(set(lengths)) >= 4, lengths
     store = ActivationStore(batch_size=3)
+    # experts: the store runs a prompt and its identical twin in batches of other neighbours, and
+    # the experts' float32 products round differently by batch (1e-9 apart): not exactly zero there
+    twin = 1e-6 if family in ("mixtral", "qwen3moe") else 0.0
     batches = E._attribution_batches(model, task.prompts, len(lengths), store, 1)
     assert len(batches) == 3 and all(len({lengths[int(i)] for i in b}) > 1 for b in batches[:2])
     for method, steps in (("eap", 1), ("eap-ig", 2)):
@@ -402,7 +416,7 @@ def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, log
         print(f"{family} {method}: {len(got.edges)} edges x {len(lengths)} prompts, max |batched - one at a time| "
               f"{diff:.2e} (max |score| {scale:.3g})")
         assert diff <= 1e-5 * scale, (diff, scale)
-        assert np.abs(values[:, -1]).max() == 0.0                         # the prompt equal to its twin
+        assert np.abs(values[:, -1]).max() <= twin * scale                 # the prompt equal to its twin
         # the metric's own float32 rounding, at the size of the metric (totals are differences of it)
         np.testing.assert_allclose(got.clean, clean, rtol=0, atol=1e-5 * np.abs(clean).max())
         np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())

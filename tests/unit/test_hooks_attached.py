@@ -230,7 +230,7 @@ def _old_paths(monkeypatch):
 
 def test_the_store_gives_the_same_bits_on_both_paths(model, logit_diff, monkeypatch):
     """The store's forwards (clean, intervened, resumed at a block and at a position) and edge
-    attribution (forward, backward, side forwards ended early by a hook) on both paths."""
+    attribution (forward, backward, gradients taken in the kept graph) on both paths."""
     words = ["the", "cat", "dog", "sat", "on", "mat", "John", "Mary", "went", "to", "store"]
     g = torch.Generator().manual_seed(5)
     pairs = []
