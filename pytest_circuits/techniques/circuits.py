@@ -258,13 +258,13 @@ class _Runner:
                 ivs.append(iv)
         return self.store.shared_prefixes(self.model, ivs)
 
-    def measure(self, name: str, num: Any, den: Any, **prov: Any) -> Measurement:
+    def measure(self, name: str, num: Any, den: Any, record: bool = True, **prov: Any) -> Measurement:
         # The ablation kind (and positions) are part of the name: the same check under two
         # ablations is two different measurements, in baselines and reports alike.
         how = f"{self.kind}" + (", last position" if self.positions == "last" else "")
         name = f"{name[:-1]}; {how}]" if name.endswith("]") else f"{name}[{how}]"
         return Measurement.from_ratio(name, num.numpy(), den.numpy(), model=model_info(self.model).label,
-                                      provenance={"task": self.task.name, "ablation": self.kind,
+                                      record=record, provenance={"task": self.task.name, "ablation": self.kind,
                                                   "positions": self.positions or "all", **prov})
 
 
@@ -310,14 +310,14 @@ def faithfulness(model: Any, task: Any, circuit: Any, *, kind: str = "patch", re
     return _faithfulness(run, circ)
 
 
-def _faithfulness(run: _Runner, circ: Circuit) -> Faithfulness:
+def _faithfulness(run: _Runner, circ: Circuit, record: bool = True) -> Faithfulness:
     full = run.removed(())
     empty = run.keep_only(())
     kept = run.keep_only(circ.components)
     _check_range(full, empty, run)
     prov = {"circuit": _names(circ.components)}
-    rec = run.measure(f"faithfulness.recovered[{circ.name}]", kept - empty, full - empty, **prov)
-    frac = run.measure(f"faithfulness.fraction[{circ.name}]", kept, full, **prov)
+    rec = run.measure(f"faithfulness.recovered[{circ.name}]", kept - empty, full - empty, record, **prov)
+    frac = run.measure(f"faithfulness.fraction[{circ.name}]", kept, full, record, **prov)
     return Faithfulness(circ, run.kind, full, kept, empty, rec, frac)
 
 

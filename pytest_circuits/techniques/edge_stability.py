@@ -343,7 +343,9 @@ def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, thresho
     components removed, not single edges) on the resampled prompts, ``sum_w (kept - empty) /
     sum_w (full - empty)``.
 
-    Cost: faithfulness is not additive over edges, so every *distinct* discovered circuit is run
+    The circuits' own faithfulness measurements are not recorded (no report or baseline
+    entry): which circuit the k-th distinct discovery is changes with the prompts and the
+    seed. Cost: faithfulness is not additive over edges, so every *distinct* discovered circuit is run
     once on all prompts (one forward of the task per circuit, plus the whole and the empty model
     once); a resample then only re-weights those per-prompt metrics. A stable discovery costs
     one circuit run; one that changes on every resample costs ``resamples`` runs.
@@ -372,7 +374,10 @@ def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, thresho
             continue
         key = frozenset(chosen)
         if key not in runs:
-            runs[key] = C._faithfulness(run, edge_circuit(model, list(chosen), name=f"resampled[{len(runs)}]"))
+            # not recorded: "resampled[k]" names whichever circuit the k-th new discovery was,
+            # not a quantity a baseline could follow from run to run (the claim asserts on the spread)
+            runs[key] = C._faithfulness(run, edge_circuit(model, list(chosen), name=f"resampled[{len(runs)}]"),
+                                        record=False)
         f = runs[key]
         w = weights[b]
         full, part, empty = (np.asarray(x, dtype=np.float64) for x in (f.full, f.kept, f.empty))

@@ -255,8 +255,17 @@ def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_m
     task = logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_edges")
     store = ActivationStore()
     sw = E.edge_patch(model, task, SOME, activations=store)
-    rf = S.faithfulness_under_resampling(model, task, sw, resamples=20, seed=0, activations=store)
+    from pytest_circuits import measurement as M
+
+    recorded: list = []
+    M._RECORDERS.append(recorded)
+    try:
+        rf = S.faithfulness_under_resampling(model, task, sw, resamples=20, seed=0, activations=store)
+    finally:
+        M._RECORDERS.remove(recorded)
     assert len(rf.circuits) == 1 and None not in rf.values         # the same circuit on every resample: one run
+    # the resampled circuits' own measurements are kept on the result, not recorded for the claim
+    assert recorded == [] and rf.circuits[0].recovered.name.startswith("faithfulness.recovered[resampled[0]")
     # by hand: the full sample's edge circuit, its per-prompt metrics re-weighted by the same draws
     faith = C.faithfulness(model, task, E.edge_circuit(model, sw), activations=store)
     w = S.resample_weights(len(planted.EDGE_PROMPTS), 20, np.random.default_rng(0))
