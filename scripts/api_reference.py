@@ -36,7 +36,7 @@ MODULES = [
     "tasks", "tasks.comparison", "tasks.facts", "tasks.greater_than", "tasks.induction", "tasks.ioi",
     "tasks.logit_difference",
     "tasks.ordinal", "tasks.probing_data",
-    "techniques", "techniques.effects", "techniques.patching", "techniques.edges", "techniques.edge_stability", "techniques.edge_picture", "techniques.circuits", "techniques.heads",
+    "techniques", "techniques.effects", "techniques.patching", "techniques.edges", "techniques.edge_pruning", "techniques.edge_stability", "techniques.edge_picture", "techniques.circuits", "techniques.heads",
     "techniques.ioi", "techniques.ov", "techniques.greater_than_detector", "techniques.factual_recall", "techniques.erasure", "techniques.probing", "techniques.future",
     "techniques.planning",
     "checkup", "detection", "baselines", "merge", "shards", "stats", "devices", "architectures", "moe", "protocols",

@@ -52,7 +52,8 @@ LAYERS: dict[str, int] = {
     "tasks.greater_than": 8, "tasks.logit_difference": 8, "tasks.probing_data": 8,
     "techniques": 8, "techniques.effects": 8, "techniques.erasure": 8, "techniques.future": 8,
     "techniques.planning": 8, "techniques.probing": 8, "techniques.circuits": 8,
-    "techniques.patching": 8, "techniques.edges": 8, "techniques.edge_stability": 8, "techniques.edge_picture": 8,
+    "techniques.patching": 8, "techniques.edges": 8, "techniques.edge_stability": 8, "techniques.edge_pruning": 8,
+    "techniques.edge_picture": 8,
     # the mechanism checkup's tasks and detectors
     "tasks.induction": 8, "tasks.ioi": 8, "tasks.ordinal": 8,
     "techniques.heads": 8, "techniques.ioi": 8, "techniques.ov": 8, "techniques.greater_than_detector": 8,
