@@ -15,12 +15,11 @@ import pytest
 from pytest_circuits import ActivationStore, planted
 from pytest_circuits.components import Embed
 from pytest_circuits.errors import CircuitsError
-from pytest_circuits.models import load_model
 from pytest_circuits.techniques import circuits as C
 from pytest_circuits.techniques import edge_pruning as EP
 from pytest_circuits.techniques import edges as E
 
-from .test_edges import pairs
+from .test_edges import pairs, planted_models  # noqa: F401  (a fixture: the planted edge model and its control)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gqa", "neox", "gptj"])
@@ -76,18 +75,6 @@ def test_removals_compose_through_the_run(model_task):
     from_embed = [e for e in E.graph(model) if isinstance(e.sender, Embed)]
     got = EP.removed_metric(model, task, from_embed, activations=store)
     np.testing.assert_allclose(got, corrupted, atol=1e-5 * scale)
-
-
-@pytest.fixture(scope="module")
-def planted_models(tmp_path_factory, logit_diff):
-    out = {}
-    for control in (False, True):
-        root = tmp_path_factory.mktemp("prune-control" if control else "prune")
-        model = load_model(str(planted.build_edges(root / "ckpt", control=control)), cache_dir=root / "cache",
-                           device="cpu")
-        out[control] = (model, logit_diff(model, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL,
-                                         name="planted_edges"))
-    return out
 
 
 def test_the_exact_pass_finds_the_planted_edges_and_not_the_decoy(planted_models):
