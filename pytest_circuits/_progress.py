@@ -66,12 +66,17 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {m:02d} min"
 
 
+# The estimate waits for 1 / ESTIMATE_AFTER of the tests: after the first of 1,587 tests (a model
+# load) it read "about 26 h 46 min left" for a lane that takes 17 minutes.
+ESTIMATE_AFTER = 20
+
+
 class Heartbeat:
     """Where a long run of claims is, with an estimate of the time left: one line on stderr
     every :data:`HEARTBEAT_SECONDS` while tests run, under ``-q`` and in CI logs too (a run
     shorter than that prints nothing). The estimate is the mean time of the tests finished so
-    far times the tests left, so it is rough while few have finished and while claims that
-    load a model or fill the activation cache come first.
+    far times the tests left, once a twentieth of them have finished (:data:`ESTIMATE_AFTER`);
+    it stays rough while claims that load a model or fill the activation cache weigh on it.
 
     ``started(name)`` and ``finished(name)`` are called as tests start and finish (on the
     controller under xdist, with several running at once); ``line()`` is the text printed."""
@@ -101,11 +106,13 @@ class Heartbeat:
         elapsed = now - self.t0
         text = f"pytest-circuits: {self.done}/{self.total} tests done in {_duration(elapsed)}"
         left = self.total - self.done
-        if self.done and left > 0:
+        need = max(1, -(-self.total // ESTIMATE_AFTER))      # a twentieth of the tests, rounded up
+        if self.done >= need and left > 0:
             mean = elapsed / self.done
             text += f"; about {_duration(mean * left)} left (at {_duration(mean)} a test so far)"
         elif left > 0:
-            text += "; no estimate before the first test finishes"
+            text += ("; no estimate before the first test finishes" if need == 1 else
+                     f"; no estimate before {need} tests finish (the first load models and fill caches)")
         if self.running:
             name, since = min(self.running.items(), key=lambda kv: kv[1])
             text += f"; running {name} for {_duration(now - since)}"

@@ -42,6 +42,25 @@ def test_the_line_counts_and_estimates_from_the_tests_finished():
     assert beat.done == 1
 
 
+def test_no_estimate_from_the_first_few_of_many_tests():
+    """A run of 1,587 tests whose first one loads a model: no estimate until 80 (a twentieth)
+    have finished, then the mean of those."""
+    clock = Clock()
+    beat = P.Heartbeat(1587, clock=clock)
+    beat.started("first")
+    clock.t += 60
+    beat.finished("first")
+    assert beat.line() == ("pytest-circuits: 1/1587 tests done in 1 min 00 s; no estimate before 80 tests finish "
+                           "(the first load models and fill caches)")
+    for i in range(79):
+        beat.started(str(i))
+        clock.t += 1
+        beat.finished(str(i))
+    # 80 done in 139 s: about 1507 x 1.74 s = 43 min 38 s left
+    assert beat.line() == ("pytest-circuits: 80/1587 tests done in 2 min 19 s; about 43 min 38 s left (at 2 s a "
+                           "test so far)")
+
+
 def test_several_running_at_once_name_the_longest_running():
     clock = Clock()
     beat = P.Heartbeat(3, clock=clock)
