@@ -21,8 +21,9 @@ the logits back to the first layer, each receiver's senders latest first; an edg
 for good when removing it (with every edge removed so far) moves the task's mean metric by
 less than ``threshold`` times the whole corruption's mean effect (ACDC compares a KL
 divergence; here the task's own metric, in the units :func:`~pytest_circuits.techniques.edges.discover`
-uses). One forward per edge of the graph: for small models (a cap, ``max_edges``, refuses
-larger graphs with the count). The kept edges are a
+uses). One forward per edge tried: for small models (a cap, ``max_edges``, refuses larger
+sets with the count; edges left out of the set tried are removed from the start, as a screen
+by attribution would have pruned them). The kept edges are a
 :class:`~pytest_circuits.techniques.circuits.Circuit` (:func:`~pytest_circuits.techniques.edges.edge_circuit`).
 """
 
@@ -244,9 +245,10 @@ def _order(model: Any, es: tuple[Edge, ...]) -> list[Edge]:
 
 def acdc(model: Any, task: Any, *, threshold: float = 0.01, edges: Any = None, max_edges: int = DEFAULT_MAX_EDGES,
          activations: ActivationStore | None = None, name: str = "acdc") -> Pruning:
-    """The ACDC-style exact pass (module docstring) over ``edges`` (default every edge; edges
-    outside it are kept and never tried) at ``threshold`` (a fraction of the whole corruption's
-    mean effect). Refuses more than ``max_edges`` edges (one forward each)."""
+    """The ACDC-style exact pass (module docstring) over ``edges`` (default every edge) at
+    ``threshold`` (a fraction of the whole corruption's mean effect). Edges outside ``edges``
+    are removed from the start and never tried (a screen, e.g. attribution's top edges, has
+    already pruned them). Refuses more than ``max_edges`` edges (one forward each)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise CircuitsError(bad("threshold", threshold, "a number in [0, 1): a fraction of the corruption's effect"))
     es = as_edges(model, edges)
@@ -261,8 +263,9 @@ def acdc(model: Any, task: Any, *, threshold: float = 0.01, edges: Any = None, m
     if abs(total) < 1e-12:
         raise CircuitsError(f"removing every edge leaves {task.name!r}'s metric where it was ({clean:.4g}): "
                             "nothing to prune against")
-    removed: list[Edge] = []
-    current = clean
+    chosen = set(es)
+    removed: list[Edge] = [e for e in graph(model) if e not in chosen]
+    current = float(removed_metric(model, task, removed, activations=store).mean()) if removed else clean
     trace = []
     for e in bar(_order(model, es), f"exact pruning {task.name}", total=len(es)):
         m = float(removed_metric(model, task, removed + [e], activations=store).mean())

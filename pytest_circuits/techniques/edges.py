@@ -46,14 +46,16 @@ local derivative at the residual stream so formed, and averaged over ``a = k / s
 
 How gradients are taken, per batch of prompts (right-padded, of like length, as many as
 the store's token budget holds) and step: one forward of the whole model, its graph kept, and
-one backward give ``d m / d z`` (every head), ``d m / d mlp_out``, ``d m / d resid_final`` and
-``d m / d hook_q`` for every prompt of the batch at once (each prompt's metric depends on its
-own row alone, and causal attention keeps its real positions from reading the padding). Then
+one backward give ``d m / d z`` (every head), ``d m / d hook_q``, ``d m / d`` (each MLP's
+normalized input) and ``d m / d resid_final`` for every prompt of the batch at once (each
+prompt's metric depends on its own row alone, and causal attention keeps its real positions
+from reading the padding). Then
 per receiver layer, in that same graph, vector-Jacobian products: under grouped-query
 attention the keys' and values' gradients split by query head (one product from ``z`` per
 member of a group, the members batched); from ``hook_q``, ``hook_k`` and ``hook_v`` back to
 the layer's residual input, one batched product per part whose cotangent ``h`` is head ``h``'s
-alone (through the model's own norm and projections); from the MLP's output to its input. No
+alone (through the model's own norm and projections); from the MLP's normalized input back
+through its norm. No
 attention formula is written here. Scores are one batched product per receiver layer of the
 senders' deltas and the receivers' gradients, kept per prompt (what
 :mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is about four forwards
@@ -467,7 +469,8 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     ``[1, pos, vocab]``; their values (the batch's) are appended to ``seen_metric``.
 
     One forward of the batch, kept for its graph, and one backward give ``d m / d z`` (every
-    head), ``d m / d mlp_out``, ``d m / d resid_final`` and ``d m / d hook_q`` (each row's metric
+    head), ``d m / d`` (each MLP's normalized input), ``d m / d resid_final`` and ``d m / d
+    hook_q`` (each row's metric
     depends on that row alone, so the gradient of their sum is each row's own; attention is
     computed head by head from ``hook_q``, so its slice of head ``h`` is head ``h``'s own).
     Then per layer, in the same graph: the keys' and values' gradients split by query head
@@ -475,7 +478,8 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     product from ``z`` per member of a group, all members in one batched call), and from
     ``hook_q``, ``hook_k``, ``hook_v`` back to the layer's residual input one batched
     vector-Jacobian product per part whose cotangent ``h`` is head ``h``'s alone (the norm and
-    the projection, the model's own code), and one from the MLP's output to its input."""
+    the projection, the model's own code), and one from the MLP's normalized input back
+    through its norm."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads

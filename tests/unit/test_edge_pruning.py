@@ -89,6 +89,9 @@ def test_the_exact_pass_finds_the_planted_edges_and_not_the_decoy(planted_models
     assert set(map(str, result.circuit.components)) == {"L0H0", "L1H0"}
     # the pass's circuit is a Circuit the node-level checks take
     assert C.faithfulness(model, task, result.circuit).recovered.mean > 0.95
+    # a screened pass: only the planted edges and the decoy tried, every other edge removed first
+    screened = EP.acdc(model, task, threshold=0.01, edges=list(planted.EDGES["planted"]) + [planted.EDGES["decoy"]])
+    assert set(map(str, screened.edges)) == set(planted.EDGES["planted"]) and len(screened.trace) == 4
 
 
 def test_the_control_has_nothing_to_prune_against(planted_models):
