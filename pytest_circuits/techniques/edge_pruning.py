@@ -38,6 +38,7 @@ import numpy as np
 from .. import hooks as H
 from ..components import Embed, Head
 from ..errors import CircuitsError, bad
+from ..metrics import _finite
 from ..models import info as model_info
 from ..protocols import check_task
 from ..store import ActivationStore, resolve
@@ -204,6 +205,7 @@ def removed_metric(model: Any, task: Any, edges: Any = (), *, activations: Activ
         with torch.no_grad(), H.attached(model, run.hooks()):
             logits = model(tokens.repeat(run.K, 1))
         out[rows.numpy()] = [float(task.logit_metric(int(i))(logits[j: j + 1])) for j, i in enumerate(rows)]
+    _finite(f"removed_metric[{task.name}]", model, ps, torch.as_tensor(out).unsqueeze(1), "metric values")
     return out
 
 

@@ -93,6 +93,7 @@ from .. import hooks as H
 from .. import interventions as I
 from ..components import MLP, Component, Embed, Head, parse
 from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
+from ..metrics import _finite
 from ..models import info as model_info
 from ..protocols import check_task
 from ..scores import ComponentScores, key_str
@@ -779,6 +780,9 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
             logits = _run(model, tokens, fixed)
             totals[rows.numpy()] = [float(m(logits[i: i + 1])) for i, m in enumerate(metrics)]
     totals = totals - at_clean
+    name = f"edge_attribution[{task.name}]"
+    _finite(name, model, ps, torch.as_tensor(np.stack([at_clean, totals], 1)), "metric values (clean, corrupted)")
+    _finite(name, model, ps, scores.T, "edge scores")
     cfg = model.cfg
     title = f"{method.upper()} scores" + (f" ({steps} step{'s' if steps != 1 else ''})" if method == "eap-ig" else "")
     return EdgeScores(components=es, values=scores, name=f"{method}[{{}}]", title=title, model=model_info(model).label,

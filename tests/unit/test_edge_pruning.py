@@ -106,3 +106,32 @@ def test_bad_arguments_are_refused(planted_models):
         EP.acdc(model, task, max_edges=10)
     with pytest.raises(CircuitsError, match="threshold"):
         EP.acdc(model, task, threshold=1.5)
+
+
+class _NaNOnPrompt:
+    """A task whose metric is NaN on prompt 1 (a model or metric gone non-finite)."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def logit_metric(self, i):
+        metric = self._task.logit_metric(i)
+        return (lambda logits: metric(logits) * float("nan")) if i == 1 else metric
+
+
+def test_a_non_finite_metric_is_refused_not_pruned_or_scored(planted_models):
+    """NaN compares false with every threshold: unchecked, the pass would keep every edge and
+    attribution would score NaN, both silently."""
+    from pytest_circuits.errors import MeasurementError
+
+    model, task = planted_models[False]
+    bad = _NaNOnPrompt(task)
+    with pytest.raises(MeasurementError, match=r"removed_metric\[planted_edges\].*not finite.*prompts\[1\]"):
+        EP.removed_metric(model, bad, ())
+    with pytest.raises(MeasurementError, match="not finite"):
+        EP.acdc(model, bad)
+    with pytest.raises(MeasurementError, match=r"edge_attribution\[planted_edges\].*not finite"):
+        E.edge_attribution(model, bad)
