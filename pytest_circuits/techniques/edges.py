@@ -49,17 +49,21 @@ the store's token budget holds) and step: one forward of the whole model, its gr
 one backward give ``d m / d z`` (every head), ``d m / d hook_q``, ``d m / d`` (each MLP's
 normalized input) and ``d m / d resid_final`` for every prompt of the batch at once (each
 prompt's metric depends on its own row alone, and causal attention keeps its real positions
-from reading the padding). Then
-per receiver layer, in that same graph, vector-Jacobian products: under grouped-query
-attention the keys' and values' gradients split by query head (one product from ``z`` per
-member of a group, the members batched); from ``hook_q``, ``hook_k`` and ``hook_v`` back to
-the layer's residual input, one batched product per part whose cotangent ``h`` is head ``h``'s
-alone (through the model's own norm and projections); from the MLP's normalized input back
-through its norm. No
-attention formula is written here. Scores are one batched product per receiver layer of the
-senders' deltas and the receivers' gradients, kept per prompt (what
-:mod:`~pytest_circuits.techniques.edge_stability` resamples). The cost is about four forwards
-and backwards, the store's clean and corrupted forwards included (docs/measured.md).
+from reading the padding). Then per receiver layer, in that same graph, vector-Jacobian
+products: under grouped-query attention the keys' and values' gradients split by query head
+(one product from ``z`` per member of a group, the members batched); per part (q, k, v), head
+``h``'s derivative at the projection's input is ``d m / d q_h @ W_Q[h]^T`` (the model's
+weights; used only where one vector-Jacobian product through the model's own projection, of
+all heads at once, equals their sum, checked per layer and part on each call's first batch;
+otherwise one batched product through the projection per head), and one batched product takes
+the heads back through the model's own norm to the layer's residual input; from the MLP's
+normalized input back through its norm. No attention formula is written here. Scores are one
+batched product per receiver layer of the senders' deltas and the receivers' gradients, kept
+per prompt (what :mod:`~pytest_circuits.techniques.edge_stability` resamples). The whole
+corruption's effect is the corrupted run's metric: read from the store's last logits where the
+metric reads that position alone (evaluated with NaN, then random values, everywhere else: both
+finite and equal), else one forward. The cost is about three forwards and backwards, the
+store's clean and corrupted forwards included (docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -94,7 +98,7 @@ from .. import interventions as I
 from ..components import MLP, Component, Embed, Head, parse
 from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
 from ..metrics import _finite
-from ..models import info as model_info
+from ..models import derived, info as model_info
 from ..protocols import check_task
 from ..scores import ComponentScores, key_str
 from ..store import ActivationStore, resolve
@@ -458,8 +462,27 @@ def _run(model: Any, tokens: Any, hooks: list) -> Any:
         return model(tokens)
 
 
+def _proj_in(layer: int, part: str) -> str:
+    """The hook on the input of a layer's ``part`` projection (the attention's normalized input)."""
+    return f"blocks.{layer}.attn.{part}.hook_in"
+
+
+def _proj_weights(model: Any, part: str) -> Any:
+    """``W_Q``, ``W_K`` or ``W_V`` ``[n_layers, heads of the part, d_model, d_head]``, detached,
+    in the model's dtype and device, or None where the model does not give them."""
+    def get(m: Any) -> Any:
+        try:
+            w = getattr(m, f"W_{part.upper()}")
+        except (AttributeError, RuntimeError, NotImplementedError, KeyError, ValueError):
+            return None
+        return w.detach() if hasattr(w, "detach") and getattr(w, "ndim", 0) == 4 else None
+
+    return derived(model, f"W_{part.upper()}:edges", get)
+
+
 def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any],
-                 layers: Iterable[int], seen_metric: list | None = None) -> Iterator[tuple[Any, Any]]:
+                 layers: Iterable[int], seen_metric: list | None = None,
+                 linear: dict | None = None) -> Iterator[tuple[Any, Any]]:
     """For a batch ``tokens`` ``[b, width]`` (right-padded), every sender's hook set to
     ``targets`` (values ``[b, width, ...]``; the receivers' local derivatives are taken where
     the residual stream built from them puts their inputs): yields ``(None, g)``, ``g``
@@ -517,7 +540,8 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     for l in range(L):
         hooks += [(H.z(l), through(H.z(l))), (H.mlp_out(l), through(H.mlp_out(l))),
                   (H.resid_pre(l), look(H.resid_pre(l))), (_mlp_in(l), look(_mlp_in(l)))] \
-            + [(_qkv(l, p), look(_qkv(l, p))) for p in PARTS]
+            + [(_qkv(l, p), look(_qkv(l, p))) for p in PARTS] \
+            + [(_proj_in(l, p), look(_proj_in(l, p))) for p in PARTS if _proj_in(l, p) in model.hook_dict]
         if not par:
             hooks.append((H.resid_mid(l), look(H.resid_mid(l))))
     hooks.append((H.resid_post(L - 1), look(H.resid_post(L - 1))))
@@ -537,38 +561,34 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     final = grads[final_name]
     yield None, (torch.zeros_like(seen[final_name]) if final is None else final).detach().unsqueeze(1)
     heads = torch.arange(n_heads, device=logits.device)
+    weights = {p: _proj_weights(model, p) for p in PARTS}
+    linear = {} if linear is None else linear
     for l in sorted(set(layers)):
         with torch.enable_grad():
             x_pre = seen[H.resid_pre(l)]
             out = torch.zeros((tokens.shape[0], 3 * n_heads + 1) + tuple(x_pre.shape[1:]), dtype=x_pre.dtype,
                               device=x_pre.device)
             outs = [seen[_qkv(l, p)] for p in PARTS]
-            # d m / d (q, k, v), query head by query head: [heads, b, width, heads of the part, d_head]
-            per_head: list = [None, None, None]
-            gq = grads[_qkv(l, "q")]
-            if gq is not None:
-                per_head[0] = gq.unsqueeze(0) * (heads[:, None] == heads[None, :]).to(gq.dtype)[:, None, None, :, None]
+            # d m / d (q, k, v) of query head h alone, [heads, b, width, d_head], head by head
+            own: list = [None, None, None]
+            for p in range(3):
+                g = grads.get(_qkv(l, PARTS[p]))
+                if g is not None and (p == 0 or group == 1):
+                    own[p] = g.permute(2, 0, 1, 3)
             gz = grads[H.z(l)]
-            if group == 1:
-                for p in (1, 2):
-                    g = grads[_qkv(l, PARTS[p])]
-                    if g is not None:
-                        per_head[p] = g.unsqueeze(0) * (heads[:, None] == heads[None, :]).to(g.dtype)[:, None, None, :, None]
-            elif gz is not None:
+            if group > 1 and gz is not None:
                 # member j of every group alone: cotangent on heads h with h % group == j
                 member = torch.arange(group, device=gz.device)
                 mask = (heads[None, :] % group == member[:, None]).to(gz.dtype)        # [group, heads]
                 kv = torch.autograd.grad(kept[H.z(l)], outs[1:], grad_outputs=gz.unsqueeze(0) * mask[:, None, None, :, None],
                                          retain_graph=True, allow_unused=True, is_grads_batched=True)
                 for p, g in zip((1, 2), kv):
-                    if g is not None:              # [group, b, width, kv heads, d_head] -> head h = kv * group + j
-                        slot = (heads // group)[:, None] == torch.arange(g.shape[-2], device=g.device)[None, :]
-                        per_head[p] = g[heads % group] * slot.to(g.dtype)[:, None, None, :, None]
+                    if g is not None:   # [group, b, width, kv heads, d_head] -> query head h = kv * group + j
+                        own[p] = g.permute(0, 3, 1, 2, 4)[heads % group, heads // group]
             for p in range(3):
-                if per_head[p] is None:
+                if own[p] is None:
                     continue
-                g = torch.autograd.grad(outs[p], x_pre, grad_outputs=per_head[p].to(outs[p].dtype), retain_graph=True,
-                                        allow_unused=True, is_grads_batched=True)[0]
+                g = _part_grad(model, l, PARTS[p], own[p], outs[p], x_pre, seen, weights[PARTS[p]], linear)
                 if g is not None:
                     out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
             gm = grads[_mlp_in(l)]
@@ -578,6 +598,60 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
                 if g is not None:
                     out[:, 3 * n_heads] = g
         yield l, out.detach()
+
+
+def _part_grad(model: Any, l: int, part: str, own: Any, out: Any, x_pre: Any, seen: dict, W: Any,
+               linear: dict) -> Any:
+    """``[heads, b, width, d_model]``: the derivative with respect to the layer's residual input
+    ``x_pre`` of the metric through query head ``h``'s ``part`` alone, ``own[h]`` ``[b, width,
+    d_head]`` being the metric's derivative at that head's q, k or v (``out``, the hook).
+
+    Where the projection from its input hook to ``out`` is the model's ``W_<part>`` (checked
+    once per layer and part and call, ``linear`` keeping the verdict: the products of the heads'
+    own cotangents, summed, must equal one vector-Jacobian product of their sum through the
+    model's own code), head ``h``'s derivative at the projection's input is ``own[h] @
+    W[h]^T``, and one batched product takes the heads back through the norm. Otherwise (no such
+    hook or weights, or a projection that is not linear in them, e.g. a norm after it), one
+    batched product through the norm and the projection, cotangent ``h`` head ``h``'s alone:
+    the same derivative, at the cost of the whole projection per head."""
+    import torch
+
+    n_heads = own.shape[0]
+    node = seen.get(_proj_in(l, part))
+    if node is not None and W is not None and linear.get((l, part), True):
+        Wl = W[l] if W.shape[1] == n_heads else W[l][torch.arange(n_heads, device=W.device) * W.shape[1] // n_heads]
+        Wl = Wl.to(own.device, own.dtype)                                                # [heads, d_model, d_head]
+        u = torch.bmm(own.flatten(1, 2), Wl.transpose(1, 2)).view(own.shape[:3] + (Wl.shape[1],))
+        if (l, part) not in linear:
+            full = _full_cotangent(own, out)
+            ref = torch.autograd.grad(out, node, grad_outputs=full, retain_graph=True, allow_unused=True)[0]
+            ok = ref is not None and ref.shape == u.shape[1:]
+            if ok:
+                got = u.sum(0)
+                scale = float(ref.abs().max())
+                ok = bool(torch.isfinite(got).all()) and float((got - ref).abs().max()) <= 1e-4 * max(scale, 1e-30)
+            linear[(l, part)] = ok
+        if linear[(l, part)]:
+            return torch.autograd.grad(node, x_pre, grad_outputs=u.to(node.dtype), retain_graph=True,
+                                       allow_unused=True, is_grads_batched=True)[0]
+    per_head = _full_cotangent(own, out, split=True)
+    return torch.autograd.grad(out, x_pre, grad_outputs=per_head.to(out.dtype), retain_graph=True,
+                               allow_unused=True, is_grads_batched=True)[0]
+
+
+def _full_cotangent(own: Any, out: Any, split: bool = False) -> Any:
+    """From ``own`` ``[heads, b, width, d_head]`` (query head by query head) the cotangent on
+    ``out`` ``[b, width, heads of the part, d_head]``: summed over query heads, or ``split``,
+    ``[heads, b, width, heads of the part, d_head]`` with query head ``h``'s alone (under
+    grouped-query attention query head ``h`` reads key/value head ``h // group``)."""
+    import torch
+
+    n_heads, n_part = own.shape[0], out.shape[-2]
+    slot = torch.arange(n_heads, device=own.device) * n_part // n_heads                 # the head of out h reads
+    onehot = (slot[:, None] == torch.arange(n_part, device=own.device)[None, :]).to(own.dtype)     # [heads, part heads]
+    if split:
+        return own[:, :, :, None, :] * onehot[:, None, None, :, None]
+    return torch.einsum("hbwk,hj->bwjk", own, onehot)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -664,6 +738,19 @@ def _attribution_batches(model: Any, ps: Any, n: int, store: ActivationStore, pe
     return out
 
 
+def attribution_batches(model: Any, prompts: Any, n: int | None = None,
+                        activations: ActivationStore | None = None) -> list[Any]:
+    """The batches (rows of ``prompts``) in which :func:`edge_attribution` runs the first ``n``
+    prompts with the store ``activations`` (what bench/edge_attribution_cost.py times one
+    forward and backward of, per batch)."""
+    import torch
+
+    n = len(prompts) if n is None else min(int(n), len(prompts))
+    dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
+    per_row = torch.empty((), dtype=dtype).element_size() * len(senders(model)) * int(model.cfg.d_model)
+    return _attribution_batches(model, prompts, n, resolve(activations), per_row)
+
+
 def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, width: int, dtype: Any,
             device: Any) -> Any:
     """``[b, senders, width, d_model]``: what patching each sender (:func:`senders` order) adds to
@@ -686,6 +773,34 @@ def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, 
         dz = diff(H.z(l))                                           # [b, width, heads, d_head]
         out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz, W_O[l]).to(device, dtype)
         out[:, at + n_heads] = diff(H.mlp_out(l)).to(device, dtype)
+    return out
+
+
+def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int) -> list[float] | None:
+    """Each row's metric of logits ``[1, width, vocab]`` that hold ``last[i]`` at the row's last
+    real position and, everywhere else, NaN in one evaluation and random values in another:
+    the two values, when finite and equal, are the metric's of the whole run (it read that
+    position alone). None for the first row where they are not (a metric that reads another
+    position, or every position): the caller runs the forward."""
+    import torch
+
+    shape = (1, width) + tuple(last.shape[1:])
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    fills = (torch.full(shape, float("nan"), dtype=last.dtype, device=last.device),
+             torch.randn(shape, generator=gen, dtype=last.dtype).to(last.device))
+    out: list[float] = []
+    for i, m in enumerate(metrics):
+        at = int(lengths[i]) - 1
+        values = []
+        for probe in fills:
+            kept = probe[0, at].clone()
+            probe[0, at] = last[i]
+            with torch.no_grad():
+                values.append(float(m(probe)))
+            probe[0, at] = kept
+        if not (np.isfinite(values[0]) and values[0] == values[1]):
+            return None
+        out.append(values[0])
     return out
 
 
@@ -732,7 +847,7 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     names = [H.EMBED] + ([H.POS_EMBED] if len(_sender_hooks(model, Embed())) > 1 else []) \
         + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
     clean = store.get(model, ps, names)
-    corr = store.get(model, ps.corrupted, names)
+    corr = store.get(model, ps.corrupted, names + [H.LOGITS_LAST])
     device = model_info(model).device
     dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
     # each edge's place: (receiver layer, or None for the logits; sender index; receiver index in its layer)
@@ -746,11 +861,11 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
             where.setdefault(e.receiver.layer, []).append((j, s_index[e.sender], r))
     plan = {k: tuple(torch.tensor(c) for c in zip(*v)) for k, v in where.items()}
     layers = [k for k in plan if k is not None]
-    size = torch.empty((), dtype=dtype).element_size()
-    batches = _attribution_batches(model, ps, n, store, size * len(s_index) * int(clean[H.EMBED].shape[-1]))
+    batches = attribution_batches(model, ps, n, store)
     scores = torch.zeros((len(es), n), dtype=torch.float64)
     totals = np.zeros(n)
     at_clean = np.zeros(n)
+    linear: dict = {}           # (layer, part): whether the projection is the model's W (_part_grad)
     for rows in bar(batches, f"edge attribution {task.name}", total=len(batches)):
         lengths = torch.tensor([ps.lengths[int(i)] for i in rows])
         width = int(lengths.max())
@@ -765,7 +880,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
             a = k / steps
             targets = {nm: (clean[nm][rows, :width].double() * (1 - a) + corr[nm][rows, :width].double() * a)
                        for nm in names}
-            for layer, g in _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None):
+            for layer, g in _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None,
+                                         linear):
                 if layer not in plan:
                     continue
                 j, s, r = plan[layer]
@@ -774,11 +890,15 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
                 acc[j] += m[:, s, r].T.double().cpu()
         scores[:, rows] = acc / steps
         at_clean[rows.numpy()] = seen
-        # the whole corruption in the metric's units: every sender's output corrupted (one forward, no gradient)
-        fixed = [(nm, (lambda t, hook=None, v=corr[nm][rows, :width]: v.to(t.device, t.dtype))) for nm in names]
-        with torch.no_grad():
-            logits = _run(model, tokens, fixed)
-            totals[rows.numpy()] = [float(m(logits[i: i + 1])) for i, m in enumerate(metrics)]
+        # the whole corruption in the metric's units: every sender's output corrupted, which is the
+        # corrupted run; its last logits are the store's where the metric reads nothing else
+        got = _metric_of_last(metrics, corr[H.LOGITS_LAST][rows].to(device), lengths, width)
+        if got is None:         # one forward, no gradient
+            fixed = [(nm, (lambda t, hook=None, v=corr[nm][rows, :width]: v.to(t.device, t.dtype))) for nm in names]
+            with torch.no_grad():
+                logits = _run(model, tokens, fixed)
+                got = [float(m(logits[i: i + 1])) for i, m in enumerate(metrics)]
+        totals[rows.numpy()] = got
     totals = totals - at_clean
     name = f"edge_attribution[{task.name}]"
     _finite(name, model, ps, torch.as_tensor(np.stack([at_clean, totals], 1)), "metric values (clean, corrupted)")

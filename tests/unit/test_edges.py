@@ -501,3 +501,62 @@ def test_a_norm_after_attention_is_refused_by_name(arch_model, family, logit_dif
         E.edge_patch(model, task, ["L0H0->logits"])
     with pytest.raises(MeasurementError, match="norm after attention"):
         E.edge_attribution(model, task)
+
+
+class _ReadsAnotherPosition:
+    """A task whose metric also reads the next-to-last position's logits (the store's last
+    logits do not give it)."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def logit_metric(self, i):
+        m, answer, at = self._task.logit_metric(i), self._task.prompts.answer_ids[i], self._task.prompts.lengths[i] - 2
+        return lambda logits: m(logits) + 0.5 * logits[0, at, answer]
+
+
+def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, logit_diff, monkeypatch):
+    """EAP's two shortcuts, each checked, each with a long way that gives the same numbers:
+    (1) a head's derivative at its projection's input from the model's ``W_Q/W_K/W_V``: taken on
+    GQA when the check passes; with the weights' heads reversed (not the projection any more) the
+    check fails at every layer and part and the per-head products through the projection give the
+    reference's scores; (2) the corrupted run's metric from the store's last logits: a metric that
+    also reads another position is seen to, and gets the forward's totals."""
+    model = arch_model("gqa")
+    task = logit_diff(model, unequal_pairs(seed=11, n=8))
+    want, totals, clean = one_at_a_time(model, task)
+    scale = np.abs(want).max()
+    verdicts: dict = {}
+    real = E._part_grad
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        verdicts.update(args[-1])
+        return out
+
+    monkeypatch.setattr(E, "_part_grad", spy)
+    W = {p: E._proj_weights(model, p) for p in E.PARTS}
+    for reverse in (False, True):
+        verdicts.clear()
+        if reverse:
+            monkeypatch.setattr(E, "_proj_weights", lambda m, p: W[p].flip(1))
+        got = E.edge_attribution(model, task, activations=ActivationStore(batch_size=3))
+        assert len(verdicts) == 3 * model.cfg.n_layers and set(verdicts.values()) == {not reverse}, verdicts
+        assert np.abs(got.values.numpy() - want).max() <= 1e-5 * scale
+        np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
+    monkeypatch.undo()
+    wide = _ReadsAnotherPosition(task)
+    store = ActivationStore(batch_size=3)
+    last = store.get(model, task.prompts.corrupted, [H.LOGITS_LAST])[H.LOGITS_LAST][:2]
+    width = max(task.prompts.lengths[:2])
+    assert E._metric_of_last([task.logit_metric(i) for i in range(2)], last, task.prompts.lengths[:2], width)
+    assert E._metric_of_last([wide.logit_metric(i) for i in range(2)], last, task.prompts.lengths[:2], width) is None
+    plain = totals
+    want, totals, clean = one_at_a_time(model, wide)
+    got = E.edge_attribution(model, wide, activations=store)
+    assert np.abs(got.values.numpy() - want).max() <= 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
+    assert np.abs(got.totals - plain).max() > 1e-3      # the other position's term is in them
