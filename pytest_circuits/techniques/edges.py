@@ -781,7 +781,7 @@ def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int)
     real position and, everywhere else, NaN in one evaluation and random values in another:
     the two values, when finite and equal, are the metric's of the whole run (it read that
     position alone). None for the first row where they are not (a metric that reads another
-    position, or every position): the caller runs the forward."""
+    position, or every position, or one that raises on the probe): the caller runs the forward."""
     import torch
 
     shape = (1, width) + tuple(last.shape[1:])
@@ -795,9 +795,13 @@ def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int)
         for probe in fills:
             kept = probe[0, at].clone()
             probe[0, at] = last[i]
-            with torch.no_grad():
-                values.append(float(m(probe)))
-            probe[0, at] = kept
+            try:
+                with torch.no_grad():
+                    values.append(float(m(probe)))
+            except Exception:   # e.g. a metric that refuses non-finite logits: the forward will tell
+                return None
+            finally:
+                probe[0, at] = kept
         if not (np.isfinite(values[0]) and values[0] == values[1]):
             return None
         out.append(values[0])

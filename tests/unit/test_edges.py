@@ -554,6 +554,12 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     width = max(task.prompts.lengths[:2])
     assert E._metric_of_last([task.logit_metric(i) for i in range(2)], last, task.prompts.lengths[:2], width)
     assert E._metric_of_last([wide.logit_metric(i) for i in range(2)], last, task.prompts.lengths[:2], width) is None
+
+    def refuses_nan(logits):
+        assert bool(torch.isfinite(logits).all()), "non-finite logits"
+        return logits[0, -1, 0]
+
+    assert E._metric_of_last([refuses_nan], last, task.prompts.lengths[:1], width) is None
     plain = totals
     want, totals, clean = one_at_a_time(model, wide)
     got = E.edge_attribution(model, wide, activations=store)
