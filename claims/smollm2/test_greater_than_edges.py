@@ -10,7 +10,10 @@ the prompts re-run discovery without a forward of the model (``edge_stability.st
 What was measured (2026-12-05, CPU): discovery at 5% is stable (Jaccard 0.812 [0.580, 0.933];
 four edges in all 20 resamples: embed->mlp0, mlp0->L20H8.v, mlp23->logits, mlp29->logits), and
 every component those edges touch is in the node-level circuit found independently by exact
-patching. But attribution alone does not give a faithful circuit: exact patching finds the
+patching. "All 20 resamples" describes these 32 prompts; on a *new* sample of 32 prompts
+(``Stability.new_prompts``, from the per-prompt margins) the data support that embed->mlp0 is
+kept with probability above 0.99 and mlp0->L20H8.v above 0.77, but for mlp23->logits and
+mlp29->logits no more than 0.66 and 0.50 (lower bounds). But attribution alone does not give a faithful circuit: exact patching finds the
 largest edge, embed->mlp0, about six times larger than its EAP score (a non-linear first MLP),
 and the circuit of the 5% edges recovers under a tenth of the probability difference on the 100
 held-out prompts of test_greater_than_circuit.py (against 0.87 for the node-level circuit); the
@@ -47,6 +50,10 @@ def _components(edges):
     return {str(c) for e in map(E.Edge.parse, edges) for c in (e.sender, e.receiver) if isinstance(c, (Head, MLP))}
 
 
+def _node_circuit(model):
+    return {str(c) for c in C.Circuit.load(model, CIRCUIT).components}
+
+
 @pytest.fixture(scope="module")
 def discovery(model):
     return tasks.greater_than(model, n=32, seed=1, name="greater_than:edge_discovery")
@@ -65,7 +72,9 @@ def scores(model, discovery):
 @pytest.mark.claim(source=SOURCE, finding="edge discovery on greater-than is stable under resampling of the prompts: "
                    "four edges (embed->mlp0, mlp0->L20H8.v, mlp23->logits, mlp29->logits) are kept in at least 80% "
                    "of resamples (20 of 20 measured), two resampled discoveries of these prompts overlap by more "
-                   "than half, and every component of those edges is in the node-level circuit found by exact patching")
+                   "than half, and every component of those edges is in the node-level circuit found by exact "
+                   "patching; on new samples of 32 prompts only embed->mlp0 (above 90%) and mlp0->L20H8.v (above "
+                   "70%) are shown to be kept most of the time")
 def test_edge_discovery_is_stable(model, scores):
     st = stability(scores, threshold=THRESHOLD, resamples=20, seed=0)
     print(st.table(12))
@@ -76,8 +85,11 @@ def test_edge_discovery_is_stable(model, scores):
     st.assert_jaccard_above(0.5)
     for edge in CORE:
         st.assert_frequency_above(edge, 0.8)
-    missing = _components(CORE) - {str(c) for c in C.Circuit.load(model, CIRCUIT).components}
-    assert not missing, f"{sorted(missing)} not in the node-level circuit"
+    # On new samples of 32 prompts (Stability.new_prompts, measured 2026-12-05): embed->mlp0
+    # 1 [0.996, 1], mlp0->L20H8.v 0.998 [0.777, 1]; mlp23->logits [0.659, 1], mlp29->logits [0.503, 1].
+    st.assert_new_prompts_above("embed->mlp0", 0.9)
+    st.assert_new_prompts_above("mlp0->L20H8.v", 0.7)
+    assert _components(CORE) <= _node_circuit(model), "a CORE edge's head or MLP is not in the node-level circuit"
 
 
 @pytest.mark.claim(source=SOURCE, finding="EAP puts the greater-than edges in the right direction but misjudges their "

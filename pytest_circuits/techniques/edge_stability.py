@@ -18,7 +18,12 @@ What is reported:
   resamples are not independent experiments: they are draws from the one set of prompts, so
   the interval describes how discovery varies under resampling of these prompts (the
   bootstrap's stand-in for new prompts), at ``B`` draws; it is not a statement about new
-  tasks or models;
+  tasks or models. Nor about new prompts: it counts only the resamples' Monte-Carlo error
+  (measured by ``bench/inclusion_coverage.py``: its lower bound is at or below the probability
+  that a new sample keeps the edge in only 68-86% of cases);
+* each edge's **inclusion on new prompts** (:meth:`Stability.new_prompts`): the probability
+  that discovery on a new sample of as many prompts keeps it, from the per-prompt margins of
+  the rule, with an interval whose lower bound held in 97-98% of cases in the same bench;
 * the circuit's **Jaccard stability**: the expected Jaccard overlap ``|A & B| / |A | B|``
   between the edge sets of two resampled discoveries. The ``B`` resamples are split into
   ``B // 2`` disjoint pairs (resample 0 with 1, 2 with 3, ...), whose Jaccard values are
@@ -43,8 +48,9 @@ What is reported:
   overlap *across* tasks: per resample, the mean Jaccard over pairs of tasks, ``B`` values
   independent given the prompts. ``per_task`` holds each task's own :class:`Stability`.
 
-Claims assert on bounds: ``st.frequency("L0H0->L1H0.v").assert_above(0.9)`` (or
-:meth:`Stability.assert_frequency_above`), ``st.assert_jaccard_above(0.7)``. A bound out of
+Claims assert on bounds: ``st.assert_new_prompts_above("L0H0->L1H0.v", 0.9)`` (new prompts),
+``st.frequency("L0H0->L1H0.v").assert_above(0.9)`` (or :meth:`Stability.assert_frequency_above`;
+these prompts), ``st.assert_jaccard_above(0.7)``. A bound out of
 reach at this ``B`` (a lower bound above 0.832 needs more than 20 resamples) says how many
 resamples it takes.
 
@@ -58,11 +64,13 @@ stable, up to ``B`` circuit runs when it is not. The circuits remove whole compo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
+from .. import stats
 from ..errors import CircuitsError, MeasurementError, bad
 from ..measurement import DEFAULT_LEVEL, Measurement
 from ..measurement import record as record_measurement
@@ -105,6 +113,8 @@ class Stability:
     undefined: int                          # pairs of two empty discoveries, left out
     pairs: int                              # pairs the Jaccard values come from (defined or not)
     per_task: tuple["Stability", ...] = ()
+    # per task: (n prompts, lambda+ [E], lambda- [E]) of :func:`_margins` (see :meth:`new_prompts`)
+    margins: tuple = field(default=(), repr=False, compare=False)
     _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +169,56 @@ class Stability:
         """Fail unless the lower bound of ``edge``'s inclusion frequency is above ``share``."""
         return self.frequency(edge).assert_above(share)
 
+    def new_prompts(self, edge: Any) -> Measurement:
+        """The probability that discovery on a *new* sample of as many prompts (of each task,
+        averaged over tasks) keeps ``edge``, with an interval for it: what an inclusion
+        frequency is read as, which :meth:`frequency` is not (its interval only counts the
+        ``B`` resamples' Monte-Carlo error around a plug-in estimate of this).
+
+        Discovery keeps the edge when the mean of a per-prompt margin is at least 0: ``d_i =
+        v_i - threshold * s T_i`` (or ``-v_i - ...`` for a negative mean; ``s`` the sign of the
+        corruption's mean effect ``T``). On ``n`` new prompts that mean is about normal with
+        sd ``sigma / sqrt(n)``, so the edge is kept with probability ``Phi(lambda)``, ``lambda
+        = sqrt(n) mu / sigma`` (both signs added). ``lambda``'s estimate is the margins'
+        t statistic; its interval ``t_hat -+ q * sqrt(1 + t_hat^2 / (2 (n - 1)))`` (``q``
+        Student's t quantile; the usual approximation for a non-central t), mapped through
+        ``Phi``: the lower bound from the estimate's sign alone, the upper bound from both
+        signs, each at its share of the error (over tasks, Bonferroni). Coverage on synthetic
+        populations with known answers: bench/inclusion_coverage.py, docs/measured.md. Not
+        recorded (a function of the margins' mean and spread, not a mean of per-prompt
+        values a baseline could follow): assert on it, or on :meth:`frequency` for these
+        prompts. Assumes the corruption's mean effect keeps its sign on new prompts."""
+        col = self._col(edge)
+        if not self.margins:
+            raise CircuitsError(bad("stability", "without per-prompt margins", "a Stability from stability()"))
+        T = len(self.margins)
+        alpha = (1.0 - self.level) / T
+        est, low, high = [], [], []
+        for n, plus, minus in self.margins:
+            lp, lm = float(plus[col]), float(minus[col])
+            est.append(min(1.0, _phi(lp) + _phi(lm)))
+            dominant = lp if lp >= lm else lm
+            low.append(_phi(_shift(dominant, n, -alpha / 2)))
+            high.append(min(1.0, _phi(_shift(lp, n, alpha / 4)) + _phi(_shift(lm, n, alpha / 4))))
+        n_all = sum(m[0] for m in self.margins)
+        mean = float(np.mean(est))
+        return Measurement(name=f"inclusion_new_prompts[{Edge.parse(edge)}]", values=tuple(est), mean=mean,
+                           lower=float(np.mean(low)), upper=float(np.mean(high)), level=self.level, n=n_all,
+                           provenance={"what": "probability that discovery on a new sample of as many prompts "
+                                               "keeps the edge (normal approximation of the mean margin)",
+                                       "tasks": "+".join(self.tasks), "prompts": [m[0] for m in self.margins],
+                                       "threshold": self.threshold,
+                                       "interval": "t statistic of the margins -+ Student-t quantile x "
+                                                   "sqrt(1 + t^2 / (2 (n - 1))), through Phi; Bonferroni over "
+                                                   "signs and tasks",
+                                       "values": "the estimate per task (n counts every task's prompts)"},
+                           ratio=True)
+
+    def assert_new_prompts_above(self, edge: Any, share: float) -> Measurement:
+        """Fail unless the lower bound of :meth:`new_prompts` (the probability that discovery
+        on new prompts keeps ``edge``) is above ``share``."""
+        return self.new_prompts(edge).assert_above(share)
+
     def assert_jaccard_above(self, value: float) -> Measurement:
         """Fail unless the lower bound of the Jaccard stability is above ``value``; a
         MeasurementError when it is undefined (every discovery empty)."""
@@ -180,13 +240,17 @@ class Stability:
         what = "across tasks" if len(self.tasks) > 1 else "between resamples"
         lines = [f"stability of edge discovery on {'+'.join(self.tasks)}: {self.resamples} bootstrap resamples "
                  f"(seed {self.seed}), keep |mean| >= {self.threshold:g} of the corruption's; Jaccard {what} "
-                 f"{self._jaccard_text()}; inclusion frequency ({self.level:.0%} Clopper-Pearson over resamples):"]
+                 f"{self._jaccard_text()}; per edge, the share of resamples keeping it ({self.level:.0%} "
+                 f"Clopper-Pearson over resamples: these prompts) and the probability that discovery on a new "
+                 f"sample of as many prompts keeps it ({self.level:.0%} interval, new_prompts):"]
         shown = list(self.stable(1e-12))[:k]
         if not shown:
             lines.append("  (no edge discovered in any resample)")
         for e in shown:
             m = self.frequency(e, record=False)
-            lines.append(f"  {str(e):>18}  {m.mean:.2f} [{m.lower:.2f}, {m.upper:.2f}]")
+            new = self.new_prompts(e) if self.margins else None
+            also = f"   new prompts {new.mean:.2f} [{new.lower:.2f}, {new.upper:.2f}]" if new is not None else ""
+            lines.append(f"  {str(e):>18}  resamples {m.mean:.2f} [{m.lower:.2f}, {m.upper:.2f}]{also}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -197,12 +261,53 @@ class Stability:
         for e in self.stable(1e-12):
             m = self.frequency(e, record=False)
             freq[str(e)] = {"frequency": m.mean, "lower": m.lower, "upper": m.upper}
+            if self.margins:
+                new = self.new_prompts(e)
+                freq[str(e)]["new_prompts"] = {"estimate": new.mean, "lower": new.lower, "upper": new.upper}
         return {"tasks": list(self.tasks), "resamples": self.resamples, "threshold": self.threshold,
                 "seed": self.seed, "level": self.level, "discoveries": int(self.kept.shape[0]),
                 "jaccard": None if self.jaccard is None else self.jaccard.to_dict(),
                 "jaccard_all_pairs": self.jaccard_all_pairs, "undefined_pairs": self.undefined,
                 "pairs": self.pairs, "frequencies": freq,
                 "per_task": [s.to_dict() for s in self.per_task]}
+
+
+def _phi(x: float) -> float:
+    """The standard normal CDF (``x`` may be infinite)."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _shift(lam: float, n: int, tail: float) -> float:
+    """A one-sided bound on the non-centrality ``lambda`` of the t statistic ``lam`` of ``n``
+    margins: ``lam + q * sqrt(1 + lam^2 / (2 (n - 1)))`` with ``q`` Student's t quantile of
+    ``1 - |tail|``, negative for a lower bound (``tail < 0``). Infinite ``lam`` (margins
+    without spread) stays where it is."""
+    if not math.isfinite(lam) or n < 2:
+        return lam
+    q = stats.t_ppf(1.0 - abs(tail), n - 1)
+    return lam + math.copysign(q, tail) * math.sqrt(1.0 + lam * lam / (2.0 * (n - 1)))
+
+
+def _margins(vals: Any, totals: Any, threshold: float) -> tuple[int, Any, Any]:
+    """``(n, lambda+ [E], lambda- [E])``: per edge the t statistic ``sqrt(n) mean / sd`` of
+    the per-prompt margins of discovery's rule, ``d+_i = v_i - threshold * s T_i`` (kept with
+    a positive mean) and ``d-_i = -v_i - threshold * s T_i`` (kept with a negative one), ``s``
+    the sign of the corruption's mean effect. Margins without spread give +-inf (0 mean: -inf,
+    as discovery needs a nonzero mean); no corruption effect at all gives -inf (nothing kept)."""
+    n = vals.shape[1]
+    s = float(np.sign(totals.mean()))
+    out = []
+    for sign in (1.0, -1.0):
+        d = sign * vals - threshold * s * totals[None, :]
+        mu = d.mean(1)
+        sd = d.std(1, ddof=1) if n > 1 else np.zeros_like(mu)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.where(sd > 0, math.sqrt(n) * mu / np.where(sd > 0, sd, 1.0),
+                           np.where(mu > 0, np.inf, -np.inf))
+        if s == 0:
+            lam = np.full_like(mu, -np.inf)
+        out.append(lam)
+    return n, out[0], out[1]
 
 
 def _jaccard_measure(values: list, name: str, level: float, record: bool, **prov: Any) -> Measurement | None:
@@ -224,13 +329,13 @@ def _all_pairs(kept: Any) -> float | None:
 
 
 def _one(edges: tuple[Edge, ...], kept: Any, name: str, resamples: int, threshold: float, seed: int, level: float,
-         record: bool) -> Stability:
+         record: bool, margins: tuple) -> Stability:
     pairs = [jaccard(kept[2 * i], kept[2 * i + 1]) for i in range(resamples // 2)]
     jm = _jaccard_measure(pairs, f"jaccard_stability[{name}]", level, record, task=name, resamples=resamples,
                           threshold=threshold, seed=seed,
                           what="Jaccard overlap of the edge sets of disjoint pairs of resampled discoveries")
     return Stability(edges, kept, resamples, threshold, seed, level, (name,), jm, _all_pairs(kept),
-                     sum(p is None for p in pairs), len(pairs))
+                     sum(p is None for p in pairs), len(pairs), margins=(margins,))
 
 
 def _draws(read: list, resamples: int, seed: int) -> list:
@@ -264,12 +369,14 @@ def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_
         nm = getattr(s, "task", "") or f"task{i}"
         names.append(nm if nm not in names else f"{nm}#{i}")
     per: list = []
+    margins: list = []
     for (es, vals, totals, size), w in zip(read, _draws(read, resamples, seed)):
         at = {e: i for i, e in enumerate(es)}
         order = [at[e] for e in edges] if es != edges else slice(None)
         per.append(discover(vals[order], totals, threshold, w, size=size))      # [B, E]
-    singles = tuple(_one(edges, k, nm, resamples, threshold, seed, level, record and len(per) == 1)
-                    for k, nm in zip(per, names))
+        margins.append(_margins(vals[order], totals, threshold))
+    singles = tuple(_one(edges, k, nm, resamples, threshold, seed, level, record and len(per) == 1, mg)
+                    for k, nm, mg in zip(per, names, margins))
     if len(per) == 1:
         return singles[0]
     kept = np.stack(per, axis=1).reshape(resamples * len(per), len(edges))     # resample-major
@@ -289,7 +396,7 @@ def stability(source: Any, *, threshold: float = 0.05, resamples: int = DEFAULT_
     allp = [v for v in allp if v is not None]
     return Stability(edges, kept, resamples, threshold, seed, level, tuple(names), jm,
                      float(np.mean(allp)) if allp else None, undefined, resamples * T * (T - 1) // 2,
-                     per_task=singles)
+                     per_task=singles, margins=tuple(margins))
 
 
 # -- faithfulness with discovery's variance ---------------------------------------------------

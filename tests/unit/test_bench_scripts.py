@@ -123,3 +123,17 @@ def test_forward_overhead_runs_both_paths_and_finds_them_identical(capsys):
     assert rc == 0, out
     assert "attach+detach 3 hooks" in out and "store sweep (4 head ablations, 5 forwards)" in out
     assert "bitwise identical (logits, hooked values, sweep): yes" in out
+
+
+def test_inclusion_coverage_prints_every_interval_of_a_cell(capsys, monkeypatch):
+    ic = _script("inclusion_coverage")
+    monkeypatch.setattr(ic, "TARGET", 400)
+    monkeypatch.setattr(sys, "argv", ["inclusion_coverage.py", "--samples", "4", "--cells", "borderline-32"])
+    ic.main()
+    out = capsys.readouterr().out
+    for form in ("frequency (covers its bootstrap target", "| new_prompts |", "frequency across two sets",
+                 "new_prompts across two sets"):
+        assert form in out
+    row = next(line for line in out.splitlines() if "| new_prompts |" in line)
+    cells = [c.strip() for c in row.split("|")]
+    assert 0.0 <= float(cells[6]) <= 1.0 and float(cells[9]) > 0      # a coverage, a mean width

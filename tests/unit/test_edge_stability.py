@@ -149,6 +149,97 @@ def test_several_tasks_give_the_overlap_across_tasks():
         S.stability([same, synthetic([[1.0] * 6])])
 
 
+# -- inclusion on new prompts ------------------------------------------------------------------
+
+def normal_phi(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def test_new_prompts_is_the_margins_t_statistic_through_phi():
+    """Recomputed by hand: per prompt the margin of discovery's rule, its t statistic, Phi."""
+    rng = np.random.default_rng(5)
+    n, t = 12, 0.2
+    totals = -(1.0 + 0.3 * rng.random(n))                     # the corruption lowers the metric
+    vals = np.stack([-0.45 + 0.2 * rng.standard_normal(n),      # kept with a negative mean
+                     0.21 + 0.2 * rng.standard_normal(n),       # borderline, positive
+                     np.zeros(n)])                              # never kept: no mean at all
+    st = S.stability(synthetic(vals, totals), threshold=t, resamples=20, seed=0)
+    q = stats.t_ppf(0.975, n - 1)
+    for e in range(2):
+        # |mean v| >= t |mean T|, T < 0: for a negative mean, mean(-v_i + t T_i) >= 0
+        sign = 1.0 if vals[e].mean() > 0 else -1.0
+        d = [sign * v + t * tt for v, tt in zip(vals[e], totals)]
+        mu = sum(d) / n
+        sd = math.sqrt(sum((x - mu) ** 2 for x in d) / (n - 1))
+        lam = math.sqrt(n) * mu / sd
+        other = [-sign * v + t * tt for v, tt in zip(vals[e], totals)]
+        mo = sum(other) / n
+        lo = math.sqrt(n) * mo / math.sqrt(sum((x - mo) ** 2 for x in other) / (n - 1))
+        m = st.new_prompts(EDGES[e])
+        assert m.mean == pytest.approx(normal_phi(lam) + normal_phi(lo), abs=1e-12)
+        assert m.lower == pytest.approx(normal_phi(lam - q * math.sqrt(1 + lam ** 2 / (2 * (n - 1)))), abs=1e-12)
+        assert m.lower < m.mean < m.upper <= 1.0
+        assert m.n == n and "new sample" in m.provenance["what"]
+    none = st.new_prompts(EDGES[2])
+    assert none.mean == 0.0 and none.upper < 1e-12            # a zero score: only the totals' spread
+    with pytest.raises(AssertionError, match="lower bound"):
+        st.assert_new_prompts_above(EDGES[1], 0.5)
+    assert st.assert_new_prompts_above(EDGES[0], 0.5).lower > 0.5
+
+
+def test_new_prompts_agrees_with_many_resamples_and_with_new_samples():
+    """Two independent computations of the same probability: the bootstrap frequency at a large
+    B (a plug-in estimate of it) and, for its target, the share of fresh samples of the
+    population keeping the edge."""
+    rng = np.random.default_rng(2)
+    n, t, mu, sigma = 40, 0.5, 0.5 + 1.0 / math.sqrt(40), 1.0     # lambda = 1: p = Phi(1) = 0.841
+    sample = synthetic(mu + sigma * rng.standard_normal((1, n)))
+    st = S.stability(sample, threshold=t, resamples=20, seed=1, record=False)
+    w = S.resample_weights(n, 4000, np.random.default_rng(1))
+    many = E.discover(sample.values.numpy(), sample.totals, t, w)[:, 0].mean()      # 4,000 resamples
+    assert 0.05 < many < 0.95
+    assert st.new_prompts(EDGES[0]).mean == pytest.approx(many, abs=0.03)
+    fresh = np.mean([E.discover(mu + sigma * rng.standard_normal((1, n)), np.ones(n), t)[0] for _ in range(4000)])
+    assert fresh == pytest.approx(normal_phi(1.0), abs=0.02)
+
+
+def test_new_prompts_bounds_the_new_sample_probability_where_the_frequency_does_not():
+    """400 seeded samples of 32 prompts of a population whose edge is kept by discovery on new
+    prompts with probability Phi(0.5) = 0.691: the lower bound of ``new_prompts`` is at or below
+    it in at least 95% of samples (97.5% for an exact one-sided bound); the frequency's lower
+    bound, whose interval counts only the resamples, is not (about 80%: it is a statement about
+    these prompts; its 95% lower bound at B = 20 reaches 0.683 at 18 of 20, 0.751 at 19)."""
+    n, t = 32, 0.5
+    p = normal_phi(0.5)
+    mu = t + 0.5 / math.sqrt(n)
+    new_ok = freq_ok = 0
+    for seed in range(400):
+        rng = np.random.default_rng([7, seed])
+        st = S.stability(synthetic(mu + rng.standard_normal((1, n))), threshold=t, resamples=20, seed=seed,
+                         record=False)
+        new_ok += st.new_prompts(EDGES[0]).lower <= p
+        freq_ok += st.frequency(EDGES[0], record=False).lower <= p
+    print(f"lower bound at or below p={p:.3f}: new_prompts {new_ok / 400:.3f}, frequency {freq_ok / 400:.3f}")
+    assert new_ok / 400 >= 0.95
+    assert freq_ok / 400 < 0.9
+
+
+def test_new_prompts_without_spread_no_effect_and_over_tasks():
+    flat = synthetic([[0.3] * 8, [0.0] * 8])
+    st = S.stability(flat, threshold=0.05, resamples=20)
+    m = st.new_prompts(EDGES[0])
+    assert (m.mean, m.lower, m.upper) == (1.0, 1.0, 1.0)
+    assert st.new_prompts(EDGES[1]).mean == 0.0
+    dead = synthetic([[0.3] * 8, [0.1] * 8], totals=[0.0] * 8)
+    assert S.stability(dead, resamples=20).new_prompts(EDGES[0]).upper == 0.0      # no corruption effect
+    never = synthetic([[0.0] * 8, [0.0] * 8], task="b")
+    both = S.stability([flat, never], threshold=0.05, resamples=20)
+    assert both.new_prompts(EDGES[0]).mean == 0.5
+    assert both.per_task[0].new_prompts(EDGES[0]).mean == 1.0
+    with pytest.raises(CircuitsError, match="an edge of the source"):
+        st.new_prompts("L5H5->logits")
+
+
 # -- the planted edge model --------------------------------------------------------------------
 
 # the planted edges, the decoy, the relay's query and key edges, and a few more that do nothing
