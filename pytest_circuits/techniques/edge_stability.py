@@ -113,7 +113,7 @@ class Stability:
     undefined: int                          # pairs of two empty discoveries, left out
     pairs: int                              # pairs the Jaccard values come from (defined or not)
     per_task: tuple["Stability", ...] = ()
-    # per task: (n prompts, lambda+ [E], lambda- [E]) of :func:`_margins` (see :meth:`new_prompts`)
+    # per task: (n prompts, lambda+ [E], lambda- [E], t of the totals) of :func:`_margins` (see :meth:`new_prompts`)
     margins: tuple = field(default=(), repr=False, compare=False)
     _index: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -187,21 +187,39 @@ class Stability:
         populations with known answers: bench/inclusion_coverage.py, docs/measured.md. Not
         recorded (a function of the margins' mean and spread, not a mean of per-prompt
         values a baseline could follow): assert on it, or on :meth:`frequency` for these
-        prompts. Assumes the corruption's mean effect keeps its sign on new prompts."""
+        prompts. It assumes the corruption's mean effect keeps its sign on new prompts: where
+        its own t statistic does not show that (below the quantile at the lower bound's
+        level), the lower bound is 0 (said in ``provenance["notes"]``); one prompt gives [0, 1];
+        margins without spread give [1, 1] or [0, 0] flagged zero-width."""
         col = self._col(edge)
         if not self.margins:
             raise CircuitsError(bad("stability", "without per-prompt margins", "a Stability from stability()"))
         T = len(self.margins)
         alpha = (1.0 - self.level) / T
-        est, low, high = [], [], []
-        for n, plus, minus in self.margins:
+        est, low, high, notes = [], [], [], []
+        flat = False
+        for task, (n, plus, minus, sure) in zip(self.tasks, self.margins):
             lp, lm = float(plus[col]), float(minus[col])
             est.append(min(1.0, _phi(lp) + _phi(lm)))
+            if n < 2:
+                low.append(0.0)
+                high.append(1.0)
+                notes.append(f"{task}: one prompt, no spread to go by: [0, 1]")
+                continue
             dominant = lp if lp >= lm else lm
-            low.append(_phi(_shift(dominant, n, -alpha / 2)))
+            flat = flat or math.isinf(dominant)
+            if sure < stats.t_ppf(1.0 - alpha / 2, n - 1):
+                # the corruption's mean effect may change sign on new prompts: the margins'
+                # normal law no longer bounds the rule from below
+                low.append(0.0)
+                notes.append(f"{task}: the corruption's mean effect is not shown to keep its sign "
+                             f"(t = {sure:.2f}): lower bound 0")
+            else:
+                low.append(_phi(_shift(dominant, n, -alpha / 2)))
             high.append(min(1.0, _phi(_shift(lp, n, alpha / 4)) + _phi(_shift(lm, n, alpha / 4))))
         n_all = sum(m[0] for m in self.margins)
         mean = float(np.mean(est))
+        flags = ("zero-width: every prompt's margin equal",) if flat and min(low) == max(high) else ()
         return Measurement(name=f"inclusion_new_prompts[{Edge.parse(edge)}]", values=tuple(est), mean=mean,
                            lower=float(np.mean(low)), upper=float(np.mean(high)), level=self.level, n=n_all,
                            provenance={"what": "probability that discovery on a new sample of as many prompts "
@@ -211,8 +229,9 @@ class Stability:
                                        "interval": "t statistic of the margins -+ Student-t quantile x "
                                                    "sqrt(1 + t^2 / (2 (n - 1))), through Phi; Bonferroni over "
                                                    "signs and tasks",
-                                       "values": "the estimate per task (n counts every task's prompts)"},
-                           ratio=True)
+                                       "values": "the estimate per task (n counts every task's prompts)",
+                                       **({"notes": notes} if notes else {})},
+                           flags=flags, ratio=True)
 
     def assert_new_prompts_above(self, edge: Any, share: float) -> Measurement:
         """Fail unless the lower bound of :meth:`new_prompts` (the probability that discovery
@@ -288,14 +307,18 @@ def _shift(lam: float, n: int, tail: float) -> float:
     return lam + math.copysign(q, tail) * math.sqrt(1.0 + lam * lam / (2.0 * (n - 1)))
 
 
-def _margins(vals: Any, totals: Any, threshold: float) -> tuple[int, Any, Any]:
-    """``(n, lambda+ [E], lambda- [E])``: per edge the t statistic ``sqrt(n) mean / sd`` of
+def _margins(vals: Any, totals: Any, threshold: float) -> tuple[int, Any, Any, float]:
+    """``(n, lambda+ [E], lambda- [E], t_T)``: per edge the t statistic ``sqrt(n) mean / sd`` of
     the per-prompt margins of discovery's rule, ``d+_i = v_i - threshold * s T_i`` (kept with
     a positive mean) and ``d-_i = -v_i - threshold * s T_i`` (kept with a negative one), ``s``
     the sign of the corruption's mean effect. Margins without spread give +-inf (0 mean: -inf,
-    as discovery needs a nonzero mean); no corruption effect at all gives -inf (nothing kept)."""
+    as discovery needs a nonzero mean); no corruption effect at all gives -inf (nothing kept).
+    ``t_T``: the t statistic of the corruption's effects ``|sqrt(n) mean / sd|`` (inf without
+    spread, 0 for one prompt): how surely its mean keeps its sign."""
     n = vals.shape[1]
     s = float(np.sign(totals.mean()))
+    sd_t = float(totals.std(ddof=1)) if n > 1 else 0.0
+    sure = 0.0 if n < 2 or s == 0 else (math.inf if sd_t == 0 else abs(math.sqrt(n) * float(totals.mean()) / sd_t))
     out = []
     for sign in (1.0, -1.0):
         d = sign * vals - threshold * s * totals[None, :]
@@ -307,7 +330,7 @@ def _margins(vals: Any, totals: Any, threshold: float) -> tuple[int, Any, Any]:
         if s == 0:
             lam = np.full_like(mu, -np.inf)
         out.append(lam)
-    return n, out[0], out[1]
+    return n, out[0], out[1], sure
 
 
 def _jaccard_measure(values: list, name: str, level: float, record: bool, **prov: Any) -> Measurement | None:

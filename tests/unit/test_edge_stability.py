@@ -238,6 +238,21 @@ def test_new_prompts_without_spread_no_effect_and_over_tasks():
     assert both.per_task[0].new_prompts(EDGES[0]).mean == 1.0
     with pytest.raises(CircuitsError, match="an edge of the source"):
         st.new_prompts("L5H5->logits")
+    assert m.flags == ("zero-width: every prompt's margin equal",)
+
+
+def test_new_prompts_claims_nothing_from_one_prompt_or_an_unsure_corruption():
+    one = S.stability(synthetic([[0.3], [0.0]]), threshold=0.05, resamples=4).new_prompts(EDGES[0])
+    assert (one.lower, one.upper) == (0.0, 1.0) and "one prompt" in one.provenance["notes"][0]
+    # the edge is far above 5% of the corruption's mean effect, but that effect's sign is not
+    # established (mean 0.1, sd about 1 over 8 prompts): a new sample may flip it
+    totals = [1.2, -0.9, 1.1, -1.0, 0.9, -0.8, 1.0, -0.7]
+    unsure = S.stability(synthetic([[0.5, 0.6, 0.4, 0.5, 0.6, 0.4, 0.5, 0.5]], totals), threshold=0.05,
+                         resamples=20).new_prompts(EDGES[0])
+    assert unsure.lower == 0.0 and unsure.mean > 0.9 and "keep its sign" in unsure.provenance["notes"][0]
+    sure = S.stability(synthetic([[0.5, 0.6, 0.4, 0.5, 0.6, 0.4, 0.5, 0.5]], [abs(t) for t in totals]),
+                       threshold=0.05, resamples=20).new_prompts(EDGES[0])
+    assert sure.lower > 0.9 and "notes" not in sure.provenance
 
 
 # -- the planted edge model --------------------------------------------------------------------
