@@ -780,6 +780,21 @@ def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, 
     return out
 
 
+def _unchanged_prefix(delta: Any, clean: Any, corrupted: Any) -> int:
+    """How many leading positions of the batch no sender's delta touches (``delta`` ``[b,
+    senders, width, d_model]``; ``clean`` and ``corrupted`` the batch's tokens ``[b, width]``):
+    up to the first position where any row's tokens differ, when every delta before it is
+    exactly 0 (causal attention: the runs agree until the first changed token), else 0. A
+    score's terms there are all 0: the scoring products skip them."""
+    import torch
+
+    changed = (clean != corrupted).any(0)
+    start = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(clean.shape[1])
+    if start == 0 or bool((delta[:, :, :start] != 0).any()):
+        return 0
+    return start
+
+
 def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int) -> list[float] | None:
     """Each row's metric of logits ``[1, width, vocab]`` that hold ``last[i]`` at the row's last
     real position and, everywhere else, NaN in one evaluation and random values in another:
@@ -881,7 +896,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         metrics = [task.logit_metric(int(i)) for i in rows]
         delta = _deltas(model, clean, corr, rows, width, dtype, device)
         real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
-        flat = delta.mul_(real[:, None, :, None]).flatten(2)     # [b, senders, width * d_model]
+        start = _unchanged_prefix(delta, ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
+        flat = delta[:, :, start:].mul_(real[:, None, start:, None]).flatten(2)   # [b, senders, (width - start) * d_model]
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
         for k in range(steps):
@@ -894,7 +910,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
                     continue
                 j, s, r = plan[layer]
                 top = int(s.max()) + 1
-                m = torch.bmm(flat[:, :top], g.to(dtype).flatten(2).transpose(1, 2))   # [b, senders, receivers]
+                g = g[:, :, start:].to(dtype).flatten(2)
+                m = torch.bmm(flat[:, :top], g.transpose(1, 2))   # [b, senders, receivers]
                 acc[j] += m[:, s, r].T.double().cpu()
         scores[:, rows] = acc / steps
         at_clean[rows.numpy()] = seen

@@ -524,7 +524,8 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     GQA when the check passes; with the weights' heads reversed (not the projection any more) the
     check fails at every layer and part and the per-head products through the projection give the
     reference's scores; (2) the corrupted run's metric from the store's last logits: a metric that
-    also reads another position is seen to, and gets the forward's totals."""
+    also reads another position is seen to, and gets the forward's totals; (3) the scoring
+    products skip the positions before a batch's first changed token (their deltas all 0)."""
     model = arch_model("gqa")
     task = logit_diff(model, unequal_pairs(seed=11, n=8))
     want, totals, clean = one_at_a_time(model, task)
@@ -538,6 +539,9 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
         return out
 
     monkeypatch.setattr(E, "_part_grad", spy)
+    starts: list = []
+    prefix = E._unchanged_prefix
+    monkeypatch.setattr(E, "_unchanged_prefix", lambda *a: starts.append(prefix(*a)) or starts[-1])
     W = {p: E._proj_weights(model, p) for p in E.PARTS}
     for reverse in (False, True):
         verdicts.clear()
@@ -547,6 +551,7 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
         assert len(verdicts) == 3 * model.cfg.n_layers and set(verdicts.values()) == {not reverse}, verdicts
         assert np.abs(got.values.numpy() - want).max() <= 1e-5 * scale
         np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
+    assert max(starts) > 0, starts          # (3) scoring skipped an unchanged prefix, scores as the reference's
     monkeypatch.undo()
     wide = _ReadsAnotherPosition(task)
     store = ActivationStore(batch_size=3)
@@ -566,3 +571,15 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     assert np.abs(got.values.numpy() - want).max() <= 1e-5 * np.abs(want).max()
     np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
     assert np.abs(got.totals - plain).max() > 1e-3      # the other position's term is in them
+
+
+def test_the_unchanged_prefix_is_skipped_only_where_every_delta_is_zero():
+    clean = torch.tensor([[5, 6, 7, 8], [5, 9, 7, 8]])
+    corrupted = torch.tensor([[5, 6, 1, 8], [5, 9, 7, 2]])       # first change: position 2 (row 0)
+    delta = torch.zeros((2, 3, 4, 2))
+    delta[:, :, 2:] = 1.0
+    assert E._unchanged_prefix(delta, clean, corrupted) == 2
+    delta[1, 2, 1, 0] = 1e-30                                    # a sender that moved earlier: skip nothing
+    assert E._unchanged_prefix(delta, clean, corrupted) == 0
+    assert E._unchanged_prefix(torch.zeros((2, 3, 4, 2)), clean, clean) == 4      # nothing changed at all
+    assert E._unchanged_prefix(torch.ones((2, 3, 4, 2)), clean, clean.flip(1)) == 0
