@@ -478,7 +478,9 @@ def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, thresho
     seed. Cost: faithfulness is not additive over edges, so every *distinct* discovered circuit is run
     once on all prompts (one forward of the task per circuit, plus the whole and the empty model
     once); a resample then only re-weights those per-prompt metrics. A stable discovery costs
-    one circuit run; one that changes on every resample costs ``resamples`` runs.
+    one circuit run; one that changes on every resample costs ``resamples`` runs, each resuming
+    at the first block where its removal set differs from an earlier circuit's
+    (``ActivationStore.shared_prefixes``; edge sets with the same heads and MLPs are one run).
     ``source`` must be scored on ``task``'s prompts, in order."""
     import time
 
@@ -495,19 +497,27 @@ def faithfulness_under_resampling(model: Any, task: Any, source: Any, *, thresho
     kept = discover(vals, totals, threshold, weights, size=size)
     run = C._runner(model, task, kind, None, 0, activations)
     start = time.perf_counter()
-    runs: dict = {}
-    values: list = []
+    circuits: dict = {}
     for b in range(resamples):
         chosen = tuple(e for e, k in zip(es, kept[b]) if k)
-        if not any(isinstance(c, (Head, MLP)) for e in chosen for c in (e.sender, e.receiver)):
+        if any(isinstance(c, (Head, MLP)) for e in chosen for c in (e.sender, e.receiver)) \
+                and frozenset(chosen) not in circuits:
+            # "resampled[k]" names whichever circuit the k-th new discovery was
+            circuits[frozenset(chosen)] = edge_circuit(model, list(chosen), name=f"resampled[{len(circuits)}]")
+    runs: dict = {}
+    # resampled circuits share most of their components: each run resumes at the first block
+    # where it differs from an earlier one (the metric as without; ActivationStore.shared_prefixes)
+    with run.sharing([c.components for c in circuits.values()]):
+        for key, circ in circuits.items():
+            # not recorded: which circuit "resampled[k]" is changes with the prompts and the seed,
+            # not a quantity a baseline could follow from run to run (the claim asserts on the spread)
+            runs[key] = C._faithfulness(run, circ, record=False)
+    values: list = []
+    for b in range(resamples):
+        key = frozenset(e for e, k in zip(es, kept[b]) if k)
+        if key not in runs:
             values.append(None)
             continue
-        key = frozenset(chosen)
-        if key not in runs:
-            # not recorded: "resampled[k]" names whichever circuit the k-th new discovery was,
-            # not a quantity a baseline could follow from run to run (the claim asserts on the spread)
-            runs[key] = C._faithfulness(run, edge_circuit(model, list(chosen), name=f"resampled[{len(runs)}]"),
-                                        record=False)
         f = runs[key]
         w = weights[b]
         full, part, empty = (np.asarray(x, dtype=np.float64) for x in (f.full, f.kept, f.empty))

@@ -383,3 +383,33 @@ def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_m
     ctask = logit_diff(control, planted.EDGE_PROMPTS, planted.ANSWER, planted.FOIL, name="planted_control")
     none = S.faithfulness_under_resampling(control, ctask, E.edge_patch(control, ctask, SOME), resamples=20)
     assert none.values == (None,) * 20 and none.circuits == () and none.mean is None and "n/a" in repr(none)
+
+
+def test_resampled_circuits_share_their_prefixes_and_the_values_do_not_change(arch_model, logit_diff, monkeypatch):
+    """Distinct resampled circuits run inside ``shared_prefixes`` (each resumes where it first
+    differs from an earlier one): fewer block passes, the same values as each run alone."""
+    import contextlib
+
+    from pytest_circuits.techniques import circuits as C
+
+    model = arch_model("gqa", n_layers=4)
+    pairs = [(f"the {a} sat on the {b}", f"the {a} sat on the {c}")
+             for a, b, c in [("cat", "mat", "dog"), ("dog", "ball", "cat"), ("king", "bag", "city"),
+                             ("queen", "river", "mat"), ("John", "store", "ball"), ("Mary", "city", "bag"),
+                             ("cat", "river", "store"), ("dog", "bag", "king")]]
+    task = logit_diff(model, pairs)
+    scores = E.edge_attribution(model, task)
+    got = {}
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(C._Runner, "sharing", lambda self, keeps: contextlib.nullcontext())
+        store = ActivationStore(cache_dir=None)
+        rf = S.faithfulness_under_resampling(model, task, scores, threshold=0.05, resamples=20, seed=0,
+                                             activations=store)
+        got[share] = (rf, store.counters.block_position_passes)
+    (with_share, passes), (alone, passes_alone) = got[True], got[False]
+    # several distinct sets of components (edge sets with the same components are one run)
+    assert len({f.circuit.components for f in with_share.circuits}) > 2, with_share
+    np.testing.assert_allclose([v for v in with_share.values if v is not None],
+                               [v for v in alone.values if v is not None], rtol=0, atol=1e-6)
+    assert passes < passes_alone, (passes, passes_alone)
