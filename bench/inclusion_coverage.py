@@ -31,8 +31,6 @@ c, s])``.
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
 import time
@@ -42,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jaccard_coverage import CELLS, LEVEL, THRESHOLD, draw, scores  # noqa: E402
+from jaccard_coverage import CELLS, LEVEL, THRESHOLD, cell_arguments, draw, scores  # noqa: E402
 
 from pytest_circuits.techniques import edge_stability as S  # noqa: E402
 from pytest_circuits.techniques import edges as E  # noqa: E402
@@ -123,15 +121,7 @@ def run_cell(index: int, name: str, samples: int, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cells", default=",".join(CELLS))
-    args = ap.parse_args()
-    names = [c for c in args.cells.split(",") if c]
-    unknown = [c for c in names if c not in CELLS]
-    if unknown:
-        ap.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+    args, names = cell_arguments(__doc__)
     print(f"95% inclusion intervals of stability(), {args.samples} samples a cell, seed {args.seed}; per cell the "
           f"edges whose new-prompts inclusion probability p_e (from {TARGET} new samples) lies in {list(BAND)}")
     print("| cell | n | B | edges in band: p_e | interval | covers p_e | lower <= p_e | upper >= p_e | "

@@ -145,8 +145,10 @@ def run_cell(index: int, name: str, samples: int, seed: int) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cell_arguments(doc: str) -> tuple[argparse.Namespace, list[str]]:
+    """``--samples``, ``--seed`` and ``--cells`` (checked against :data:`CELLS`), for this
+    bench and bench/inclusion_coverage.py, which share its populations."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cells", default=",".join(CELLS))
@@ -155,6 +157,11 @@ def main() -> None:
     unknown = [c for c in names if c not in CELLS]
     if unknown:
         ap.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+    return args, names
+
+
+def main() -> None:
+    args, names = cell_arguments(__doc__)
     print(f"95% Jaccard interval of stability(), {args.samples} samples a cell, seed {args.seed}; binomial s.e. "
           f"of a coverage {math.sqrt(LEVEL * (1 - LEVEL) / args.samples):.3f}")
     print("| cell | n | B | Jaccard, new prompts (s.e.) | Jaccard, bootstrap (mean) | mean estimate | "
