@@ -332,8 +332,9 @@ class Measurement:
 
     @property
     def std(self) -> float:
-        """The sample standard deviation of the values (``ddof=1``; 0 for one value)."""
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
+        """The sample standard deviation of the values (``ddof=1``; 0 for one value, or none: a
+        derived measurement such as ``Stability.new_prompts`` has no per-example values)."""
+        return float(np.std(self.values, ddof=1)) if self.n > 1 and len(self.values) > 1 else 0.0
 
     @property
     def sem(self) -> float:

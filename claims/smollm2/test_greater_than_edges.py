@@ -13,12 +13,13 @@ every component those edges touch is in the node-level circuit found independent
 patching. "All 20 resamples" describes these 32 prompts; on a *new* sample of 32 prompts
 (``Stability.new_prompts``, from the per-prompt margins) the data support that embed->mlp0 is
 kept with probability above 0.99 and mlp0->L20H8.v above 0.77, but for mlp23->logits and
-mlp29->logits no more than 0.66 and 0.50 (lower bounds). But attribution alone does not give a faithful circuit: exact patching finds the
-largest edge, embed->mlp0, about six times larger than its EAP score (a non-linear first MLP),
-and the circuit of the 5% edges recovers under a tenth of the probability difference on the 100
-held-out prompts of test_greater_than_circuit.py (against 0.87 for the node-level circuit); the
-2% edges (18 components) recover about half. Attribution finds where the circuit is and how
-stable that is; exact patching must say how much it does.
+mlp29->logits only above 0.66 and 0.50 (lower bounds). But attribution alone does not give a
+faithful circuit: exact patching finds the largest edge, embed->mlp0, about six times larger
+than its EAP score (a non-linear first MLP), and the circuit of the 5% edges recovers under a
+tenth of the probability difference on the 100 held-out prompts of test_greater_than_circuit.py
+(against 0.87 for the node-level circuit); the 2% edges (18 components) recover about half.
+Attribution finds where the circuit is and how stable that is; exact patching must say how much
+it does.
 
 Cost on the shared 2-core CPU (load about 7): EAP over every edge of the 32 prompts 688 s,
 exact patching of the top 10 edges 143 s, each held-out faithfulness about 70 s.

@@ -220,7 +220,7 @@ class Stability:
         n_all = sum(m[0] for m in self.margins)
         mean = float(np.mean(est))
         flags = ("zero-width: every prompt's margin equal",) if flat and min(low) == max(high) else ()
-        return Measurement(name=f"inclusion_new_prompts[{Edge.parse(edge)}]", values=tuple(est), mean=mean,
+        return Measurement(name=f"inclusion_new_prompts[{Edge.parse(edge)}]", values=(), mean=mean,
                            lower=float(np.mean(low)), upper=float(np.mean(high)), level=self.level, n=n_all,
                            provenance={"what": "probability that discovery on a new sample of as many prompts "
                                                "keeps the edge (normal approximation of the mean margin)",
@@ -229,7 +229,8 @@ class Stability:
                                        "interval": "t statistic of the margins -+ Student-t quantile x "
                                                    "sqrt(1 + t^2 / (2 (n - 1))), through Phi; Bonferroni over "
                                                    "signs and tasks",
-                                       "values": "the estimate per task (n counts every task's prompts)",
+                                       "values": "none: a function of the margins' mean and spread (n counts "
+                                                 "every task's prompts)", "per_task": est,
                                        **({"notes": notes} if notes else {})},
                            flags=flags, ratio=True)
 

@@ -897,7 +897,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         delta = _deltas(model, clean, corr, rows, width, dtype, device)
         real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
         start = _unchanged_prefix(delta, ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
-        flat = delta[:, :, start:].mul_(real[:, None, start:, None]).flatten(2)   # [b, senders, (width - start) * d_model]
+        # [b, senders, (width - start) * d_model]
+        flat = delta[:, :, start:].mul_(real[:, None, start:, None]).flatten(2)
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
         for k in range(steps):

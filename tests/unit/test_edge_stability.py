@@ -180,6 +180,7 @@ def test_new_prompts_is_the_margins_t_statistic_through_phi():
         assert m.lower == pytest.approx(normal_phi(lam - q * math.sqrt(1 + lam ** 2 / (2 * (n - 1)))), abs=1e-12)
         assert m.lower < m.mean < m.upper <= 1.0
         assert m.n == n and "new sample" in m.provenance["what"]
+        assert m.values == () and m.std == m.sem == 0.0           # derived: no per-prompt values
     none = st.new_prompts(EDGES[2])
     assert none.mean == 0.0 and none.upper < 1e-12            # a zero score: only the totals' spread
     with pytest.raises(AssertionError, match="lower bound"):
