@@ -9,7 +9,8 @@ resamples whose discovery keeps it, with a Clopper-Pearson interval over the ``B
 prompts keeps it, with an interval from the per-prompt margins. What does each cover, and how
 often? The populations are those of bench/jaccard_coverage.py (its ``draw``: 6 core edges at
 0.25 of the corruption's effect, 2 or 12 borderline edges from 0.03 to 0.08 around the 0.05
-threshold, 60 null edges; normal or Student-t(3) noise). Per cell:
+threshold, 60 null edges; normal or Student-t(3) noise), in its cells and two of 8 prompts. Per
+cell:
 
 * the **new-prompts target** of each edge, ``p_e``: the share of 4,000 independent samples of
   ``n`` prompts whose discovery keeps it (Monte-Carlo s.e. at most 0.008);
@@ -40,7 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jaccard_coverage import CELLS, LEVEL, THRESHOLD, cell_arguments, draw, scores  # noqa: E402
+from jaccard_coverage import CELLS as SHARED, LEVEL, THRESHOLD, cell_arguments, draw, scores  # noqa: E402
 
 from pytest_circuits.techniques import edge_stability as S  # noqa: E402
 from pytest_circuits.techniques import edges as E  # noqa: E402
@@ -48,6 +49,8 @@ from pytest_circuits.techniques import edges as E  # noqa: E402
 TARGET = 4000
 BAND = (0.02, 0.98)
 CUT = 0.8
+#: the Jaccard bench's cells, and two of 8 prompts (n, borderline edges, heavy-tailed, B)
+CELLS = {**SHARED, "borderline-8": (8, 12, False, 20), "heavy-8": (8, 12, True, 20)}
 
 
 def new_prompts_target(n: int, borderline: int, heavy: bool, rng) -> np.ndarray:
@@ -121,7 +124,7 @@ def run_cell(index: int, name: str, samples: int, seed: int) -> dict:
 
 
 def main() -> None:
-    args, names = cell_arguments(__doc__)
+    args, names = cell_arguments(__doc__, CELLS)
     print(f"95% inclusion intervals of stability(), {args.samples} samples a cell, seed {args.seed}; per cell the "
           f"edges whose new-prompts inclusion probability p_e (from {TARGET} new samples) lies in {list(BAND)}")
     print("| cell | n | B | edges in band: p_e | interval | covers p_e | lower <= p_e | upper >= p_e | "

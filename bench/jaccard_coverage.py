@@ -145,18 +145,18 @@ def run_cell(index: int, name: str, samples: int, seed: int) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def cell_arguments(doc: str) -> tuple[argparse.Namespace, list[str]]:
-    """``--samples``, ``--seed`` and ``--cells`` (checked against :data:`CELLS`), for this
-    bench and bench/inclusion_coverage.py, which share its populations."""
+def cell_arguments(doc: str, cells: dict = CELLS) -> tuple[argparse.Namespace, list[str]]:
+    """``--samples``, ``--seed`` and ``--cells`` (checked against ``cells``), for this bench
+    and bench/inclusion_coverage.py, which shares its populations."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--cells", default=",".join(cells))
     args = ap.parse_args()
     names = [c for c in args.cells.split(",") if c]
-    unknown = [c for c in names if c not in CELLS]
+    unknown = [c for c in names if c not in cells]
     if unknown:
-        ap.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+        ap.error(f"unknown cells {unknown}; known: {', '.join(cells)}")
     return args, names
 
 

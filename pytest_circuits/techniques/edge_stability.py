@@ -23,7 +23,7 @@ What is reported:
   that a new sample keeps the edge in only 68-86% of cases);
 * each edge's **inclusion on new prompts** (:meth:`Stability.new_prompts`): the probability
   that discovery on a new sample of as many prompts keeps it, from the per-prompt margins of
-  the rule, with an interval whose lower bound held in 97-98% of cases in the same bench;
+  the rule, with an interval whose lower bound held in 97-99% of cases in the same bench;
 * the circuit's **Jaccard stability**: the expected Jaccard overlap ``|A & B| / |A | B|``
   between the edge sets of two resampled discoveries. The ``B`` resamples are split into
   ``B // 2`` disjoint pairs (resample 0 with 1, 2 with 3, ...), whose Jaccard values are
