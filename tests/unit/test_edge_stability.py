@@ -305,6 +305,11 @@ def test_planted_edges_are_always_found_and_resampling_runs_no_forward(planted_m
     with pytest.raises(AssertionError, match="n=36"):          # 0.9 needs 36 resamples of 36
         st.assert_frequency_above(planted.EDGES["planted"][1], 0.9)
     assert st.jaccard.mean == 1.0 and st.jaccard_all_pairs == 1.0
+    # on new prompts: the planted edges are kept, the decoy (large to attribution, no exact
+    # effect) is not
+    for e in want:
+        st.assert_new_prompts_above(e, 0.9)
+    st.new_prompts(planted.EDGES["decoy"]).assert_below(0.1)
     # the full sample's discovery is edge_circuit's
     circ = E.edge_circuit(model, sw, threshold=0.05)
     assert {f"{a}->{b}" for a, b in circ.edges} == set(planted.EDGES["planted"])
@@ -353,6 +358,8 @@ def test_the_control_discovers_nothing(planted_models, logit_diff):
     with pytest.raises(MeasurementError, match="n/a"):
         st.assert_jaccard_above(0.0)
     st.frequency(planted.EDGES["planted"][1]).assert_below(0.2)
+    for e in SOME:                  # no corruption effect to share out: no edge is shown kept
+        assert st.new_prompts(e).lower == 0.0
 
 
 def test_faithfulness_under_resampling_runs_each_distinct_circuit_once(planted_models, logit_diff):
