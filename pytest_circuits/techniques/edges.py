@@ -896,9 +896,9 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         metrics = [task.logit_metric(int(i)) for i in rows]
         delta = _deltas(model, clean, corr, rows, width, dtype, device)
         real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
-        start = _unchanged_prefix(delta, ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
-        # [b, senders, (width - start) * d_model]
-        flat = delta[:, :, start:].mul_(real[:, None, start:, None]).flatten(2)
+        skip = _unchanged_prefix(delta, ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
+        # [b, senders, (width - skip) * d_model]
+        flat = delta[:, :, skip:].mul_(real[:, None, skip:, None]).flatten(2)
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
         for k in range(steps):
@@ -911,7 +911,7 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
                     continue
                 j, s, r = plan[layer]
                 top = int(s.max()) + 1
-                g = g[:, :, start:].to(dtype).flatten(2)
+                g = g[:, :, skip:].to(dtype).flatten(2)
                 m = torch.bmm(flat[:, :top], g.transpose(1, 2))   # [b, senders, receivers]
                 acc[j] += m[:, s, r].T.double().cpu()
         scores[:, rows] = acc / steps

@@ -8,6 +8,7 @@ whole against a hand-built model whose edges are known (planted.build_edges)."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -406,7 +407,10 @@ def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, siz
     batches = E._attribution_batches(model, task.prompts, len(lengths), store, 1)
     assert len(batches) == 3 and all(len({lengths[int(i)] for i in b}) > 1 for b in batches[:2])
     for method, steps in (("eap", 1), ("eap-ig", 2)):
+        began = time.perf_counter()
         got = E.edge_attribution(model, task, method=method, steps=steps, activations=store)
+        # the call's own seconds: positive and within the wall time around it
+        assert 0 < got.seconds <= time.perf_counter() - began, got.seconds
         want, totals, clean = one_at_a_time(model, task, steps=steps)
         values = got.values.numpy()
         assert got.edges == E.graph(model) and values.shape == want.shape
