@@ -55,15 +55,22 @@ products: under grouped-query attention the keys' and values' gradients split by
 ``h``'s derivative at the projection's input is ``d m / d q_h @ W_Q[h]^T`` (the model's
 weights; used only where one vector-Jacobian product through the model's own projection, of
 all heads at once, equals their sum, checked per layer and part on each call's first batch;
-otherwise one batched product through the projection per head), and one batched product takes
-the heads back through the model's own norm to the layer's residual input; from the MLP's
-normalized input back through its norm. No attention formula is written here. Scores are one
-batched product per receiver layer of the senders' deltas and the receivers' gradients, kept
-per prompt (what :mod:`~pytest_circuits.techniques.edge_stability` resamples). The whole
-corruption's effect is the corrupted run's metric: read from the store's last logits where the
-metric reads that position alone (evaluated with NaN, then random values, everywhere else: both
-finite and equal), else one forward. The cost is about three forwards and backwards, the
-store's clean and corrupted forwards included (docs/measured.md).
+otherwise one batched product through the projection per head), and from there back to the
+layer's residual input through the norm: in closed form where the model's norm module is a
+LayerNorm or RMSNorm whose weights and epsilon reproduce the norm's output from its input and
+whose closed-form derivative equals one product through the model's own norm (checked per layer
+on each call's first batch), else one batched product through the model's norm; from the MLP's
+normalized input back through its norm. No attention formula is written here. Only positions
+from the batch's first changed token on are carried (every sender's delta is 0 before it).
+Scores are one batched product per receiver layer of the senders' deltas and the receivers'
+gradients, kept per prompt (what :mod:`~pytest_circuits.techniques.edge_stability` resamples).
+The whole corruption's effect is the corrupted run's metric: read from the store's last logits
+where the metric reads that position alone (evaluated with NaN, then random values, everywhere
+else: both finite and equal), else one forward. Where it reads that position alone, the
+gradient forward also stops at the final residual and unembeds that position alone (the model's
+own final norm and unembedding, taken once they gave the whole forward's logits on a call's
+first batch). The cost is 1.3 times one forward and backward of the same batches, 1.8 times
+with the store's clean and corrupted forwards (SmolLM2, 100 prompts, docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -482,15 +489,21 @@ def _proj_weights(model: Any, part: str) -> Any:
 
 def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any],
                  layers: Iterable[int], seen_metric: list | None = None,
-                 linear: dict | None = None) -> Iterator[tuple[Any, Any]]:
+                 linear: dict | None = None, skip: int = 0, last: Any = None) -> Iterator[tuple[Any, Any]]:
     """For a batch ``tokens`` ``[b, width]`` (right-padded), every sender's hook set to
     ``targets`` (values ``[b, width, ...]``; the receivers' local derivatives are taken where
     the residual stream built from them puts their inputs): yields ``(None, g)``, ``g``
-    ``[b, 1, width, d_model]`` the derivative of each row's metric with respect to the final
-    residual (the logits' input), then ``(l, g)`` for each of ``layers`` in order, ``g``
-    ``[b, 3 n_heads + 1, width, d_model]``: with respect to each head's q, k, v input (head by
-    head, q, k, v) and the MLP's input. ``metrics[i]``: row ``i``'s metric of its logits
-    ``[1, pos, vocab]``; their values (the batch's) are appended to ``seen_metric``.
+    ``[b, 1, width - skip, d_model]`` the derivative of each row's metric with respect to the
+    final residual (the logits' input), then ``(l, g)`` for each of ``layers`` in order, ``g``
+    ``[b, 3 n_heads + 1, width - skip, d_model]``: with respect to each head's q, k, v input (head
+    by head, q, k, v) and the MLP's input; positions before ``skip`` are left out (the caller
+    scores none there). ``metrics[i]``: row ``i``'s metric of its logits ``[1, pos, vocab]``;
+    their values (the batch's) are appended to ``seen_metric``. ``linear`` keeps the verdicts of
+    the checks of :func:`_part_grad` and :func:`_head` from batch to batch. ``last``: each row's
+    last real position where every metric reads the logits there alone (the caller probed it),
+    else None: the forward then stops at the final residual and only those positions are
+    unembedded (:func:`_head`; the unembedding is a fifth of SmolLM2's forward), once the
+    logits so computed were seen to equal the whole forward's on a call's first batch.
 
     One forward of the batch, kept for its graph, and one backward give ``d m / d z`` (every
     head), ``d m / d`` (each MLP's normalized input), ``d m / d resid_final`` and ``d m / d
@@ -500,10 +513,9 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     Then per layer, in the same graph: the keys' and values' gradients split by query head
     (under grouped-query attention a key/value head serves a group; one vector-Jacobian
     product from ``z`` per member of a group, all members in one batched call), and from
-    ``hook_q``, ``hook_k``, ``hook_v`` back to the layer's residual input one batched
-    vector-Jacobian product per part whose cotangent ``h`` is head ``h``'s alone (the norm and
-    the projection, the model's own code), and one from the MLP's normalized input back
-    through its norm."""
+    ``hook_q``, ``hook_k``, ``hook_v`` back to the layer's residual input per part, head ``h``'s
+    cotangent alone (:func:`_part_grad`), and one vector-Jacobian product from the MLP's
+    normalized input back through its norm."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -544,11 +556,31 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
             + [(_proj_in(l, p), look(_proj_in(l, p))) for p in PARTS if _proj_in(l, p) in model.hook_dict]
         if not par:
             hooks.append((H.resid_mid(l), look(H.resid_mid(l))))
-    hooks.append((H.resid_post(L - 1), look(H.resid_post(L - 1))))
     final_name = H.resid_post(L - 1)
+    linear = {} if linear is None else linear
+    short = last is not None and linear.get(HEAD_CHECK) is True
+
+    def stop(t: Any, hook: Any = None) -> Any:
+        look(final_name)(t)
+        raise _Stop()
+
+    hooks.append((final_name, stop if short else look(final_name)))
     with torch.enable_grad():
-        logits = _run(model, tokens, hooks)
-        values = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)])
+        if short:
+            try:
+                _run(model, tokens, hooks)
+            except _Stop:
+                pass
+            head = _head(model, seen[final_name], last)                              # [b, vocab]
+            width, vocab = tokens.shape[1], head.shape[-1]
+            rows = [torch.cat([head.new_zeros((1, int(at), vocab)), head[i: i + 1, None],
+                               head.new_zeros((1, width - int(at) - 1, vocab))], 1) for i, at in enumerate(last)]
+            values = torch.stack([m(rows[i]).reshape(()) for i, m in enumerate(metrics)])
+        else:
+            logits = _run(model, tokens, hooks)
+            values = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)])
+            if last is not None and HEAD_CHECK not in linear:
+                linear[HEAD_CHECK] = _head_agrees(model, seen[final_name], last, logits)
         if seen_metric is not None:
             seen_metric.extend(float(v) for v in values.detach().cpu())
         group = n_heads // int(seen[_qkv(0, "k")].shape[-2])
@@ -559,15 +591,15 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
                                   retain_graph=True, allow_unused=True)
     grads = dict(zip(kept_names + seen_names, got))
     final = grads[final_name]
-    yield None, (torch.zeros_like(seen[final_name]) if final is None else final).detach().unsqueeze(1)
-    heads = torch.arange(n_heads, device=logits.device)
+    final = torch.zeros_like(seen[final_name]) if final is None else final
+    yield None, final[:, skip:].detach().unsqueeze(1)
+    heads = torch.arange(n_heads, device=final.device)
     weights = {p: _proj_weights(model, p) for p in PARTS}
-    linear = {} if linear is None else linear
     for l in sorted(set(layers)):
         with torch.enable_grad():
             x_pre = seen[H.resid_pre(l)]
-            out = torch.zeros((tokens.shape[0], 3 * n_heads + 1) + tuple(x_pre.shape[1:]), dtype=x_pre.dtype,
-                              device=x_pre.device)
+            out = torch.zeros((tokens.shape[0], 3 * n_heads + 1, x_pre.shape[1] - skip, x_pre.shape[2]),
+                              dtype=x_pre.dtype, device=x_pre.device)
             outs = [seen[_qkv(l, p)] for p in PARTS]
             # d m / d (q, k, v) of query head h alone, [heads, b, width, d_head], head by head
             own: list = [None, None, None]
@@ -588,7 +620,7 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
             for p in range(3):
                 if own[p] is None:
                     continue
-                g = _part_grad(model, l, PARTS[p], own[p], outs[p], x_pre, seen, weights[PARTS[p]], linear)
+                g = _part_grad(model, l, PARTS[p], own[p], outs[p], x_pre, seen, weights[PARTS[p]], linear, skip=skip)
                 if g is not None:
                     out[:, p: 3 * n_heads: 3] = g.transpose(0, 1)
             gm = grads[_mlp_in(l)]
@@ -596,24 +628,62 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
                 g = torch.autograd.grad(seen[_mlp_in(l)], x_pre if par else seen[H.resid_mid(l)], grad_outputs=gm,
                                         retain_graph=True, allow_unused=True)[0]
                 if g is not None:
-                    out[:, 3 * n_heads] = g
+                    out[:, 3 * n_heads] = g[:, skip:]
         yield l, out.detach()
 
 
+HEAD_CHECK = ("logits", "head")
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward at the final residual (:func:`_layer_grads`)."""
+
+
+def _head(model: Any, final: Any, last: Any) -> Any:
+    """``[b, vocab]``: the logits at each row's position ``last[i]`` from the final residual
+    ``final`` ``[b, width, d_model]``, through the model's own final norm and unembedding."""
+    import torch
+
+    x = final[torch.arange(final.shape[0], device=final.device), torch.as_tensor(last, device=final.device).long()]
+    return model.unembed(model.ln_final(x[:, None, :]))[:, 0]
+
+
+def _head_agrees(model: Any, final: Any, last: Any, logits: Any) -> bool:
+    """Whether :func:`_head` gives the whole forward's ``logits`` ``[b, width, vocab]`` at the
+    positions ``last`` (to float rounding): the final norm and unembedding called alone are
+    all that follows the final residual (no soft-cap or scaling the forward adds after them)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            mine = _head(model, final.detach(), last)
+    except Exception:       # no such modules, or they refuse to be called alone: the whole forward
+        return False
+    want = logits.detach()[torch.arange(logits.shape[0], device=logits.device),
+                           torch.as_tensor(last, device=logits.device).long()]
+    if mine.shape != want.shape or not bool(torch.isfinite(mine).all()):
+        return False
+    tol = 1e-10 if want.dtype == torch.float64 else 1e-5
+    return float((mine - want).abs().max()) <= tol * float(want.abs().max())
+
+
 def _part_grad(model: Any, l: int, part: str, own: Any, out: Any, x_pre: Any, seen: dict, W: Any,
-               linear: dict) -> Any:
-    """``[heads, b, width, d_model]``: the derivative with respect to the layer's residual input
-    ``x_pre`` of the metric through query head ``h``'s ``part`` alone, ``own[h]`` ``[b, width,
-    d_head]`` being the metric's derivative at that head's q, k or v (``out``, the hook).
+               linear: dict, *, skip: int = 0) -> Any:
+    """``[heads, b, width - skip, d_model]``: the derivative with respect to the layer's
+    residual input ``x_pre`` (at positions ``skip`` on) of the metric through query head ``h``'s
+    ``part`` alone, ``own[h]`` ``[b, width, d_head]`` being the metric's derivative at that
+    head's q, k or v (``out``, the hook).
 
     Where the projection from its input hook to ``out`` is the model's ``W_<part>`` (checked
     once per layer and part and call, ``linear`` keeping the verdict: the products of the heads'
     own cotangents, summed, must equal one vector-Jacobian product of their sum through the
     model's own code), head ``h``'s derivative at the projection's input is ``own[h] @
-    W[h]^T``, and one batched product takes the heads back through the norm. Otherwise (no such
-    hook or weights, or a projection that is not linear in them, e.g. a norm after it), one
-    batched product through the norm and the projection, cotangent ``h`` head ``h``'s alone:
-    the same derivative, at the cost of the whole projection per head."""
+    W[h]^T``. From there to ``x_pre``: through the norm in closed form where :func:`_norm_form`
+    finds the model's norm (its verdict kept in ``linear`` too), else one batched product
+    through the model's own norm. Otherwise (no such hook or weights, or a projection that is
+    not linear in them, e.g. a norm after it), one batched product through the norm and the
+    projection, cotangent ``h`` head ``h``'s alone: the same derivative, at the cost of the
+    whole projection per head."""
     import torch
 
     n_heads = own.shape[0]
@@ -621,26 +691,119 @@ def _part_grad(model: Any, l: int, part: str, own: Any, out: Any, x_pre: Any, se
     if node is not None and W is not None and linear.get((l, part), True):
         Wl = W[l] if W.shape[1] == n_heads else W[l][torch.arange(n_heads, device=W.device) * W.shape[1] // n_heads]
         Wl = Wl.to(own.device, own.dtype)                                                # [heads, d_model, d_head]
-        u = torch.bmm(own.flatten(1, 2), Wl.transpose(1, 2)).view(own.shape[:3] + (Wl.shape[1],))
+        mine = own[:, :, skip:]
+        u = torch.bmm(mine.flatten(1, 2), Wl.transpose(1, 2)).view(mine.shape[:3] + (Wl.shape[1],))
         ok = linear.get((l, part))
         if ok is None:
             full = _full_cotangent(own, out)
             ref = torch.autograd.grad(out, node, grad_outputs=full, retain_graph=True, allow_unused=True)[0]
-            if ref is None or ref.shape != u.shape[1:]:
+            if ref is None or ref.shape[:1] + (ref.shape[1] - skip,) + ref.shape[2:] != u.shape[1:]:
                 ok, evidence = False, True
             else:
-                scale = float(ref.abs().max())
+                ref = ref[:, skip:]
+                scale = float(ref.abs().max()) if ref.numel() else 0.0
                 ok = bool(torch.isfinite(u).all()) and float((u.sum(0) - ref).abs().max()) <= 1e-4 * scale
                 # a zero gradient here (both sides zero) holds for this batch but says nothing of the next
                 evidence = not ok or scale > 0
             if evidence:
                 linear[(l, part)] = ok
         if ok:
+            form = _norm_form(model, l, x_pre, node, u, linear)
+            if form is not None:
+                return _norm_back(form, x_pre.detach()[:, skip:], u)
+            if skip:
+                u = torch.cat([u.new_zeros(u.shape[:2] + (skip,) + u.shape[3:]), u], 2)
             return torch.autograd.grad(node, x_pre, grad_outputs=u.to(node.dtype), retain_graph=True,
-                                       allow_unused=True, is_grads_batched=True)[0]
+                                       allow_unused=True, is_grads_batched=True)[0][:, :, skip:]
     per_head = _full_cotangent(own, out, split=True)
     return torch.autograd.grad(out, x_pre, grad_outputs=per_head.to(out.dtype), retain_graph=True,
-                               allow_unused=True, is_grads_batched=True)[0]
+                               allow_unused=True, is_grads_batched=True)[0][:, :, skip:]
+
+
+def _norm_candidates(model: Any, l: int) -> list[tuple[bool, Any, Any, float]]:
+    """What layer ``l``'s attention norm may compute, read from the model's module (the
+    bridge's ``blocks[l].ln1``): ``(centered, gain, bias, eps)`` for a LayerNorm (``centered``)
+    or an RMSNorm, the gain the module's weight or one plus it (Gemma's). Empty where the module
+    gives no weight and epsilon: the caller takes the model's own backward then."""
+    try:
+        ln = model.blocks[l].ln1
+        mod = getattr(ln, "original_component", ln)
+        weight = mod.weight.detach()
+        eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", None))
+        bias = getattr(mod, "bias", None)
+        bias = None if bias is None else bias.detach()
+        eps = float(eps)
+    except (AttributeError, IndexError, TypeError, ValueError, RuntimeError, KeyError, NotImplementedError):
+        return []
+    if getattr(weight, "ndim", 0) != 1:
+        return []
+    return [(centered, gain, bias, eps) for centered in (False, True) for gain in (weight, 1 + weight)]
+
+
+def _norm_form(model: Any, l: int, x_pre: Any, node: Any, u: Any, verdicts: dict) -> Any:
+    """The closed form of layer ``l``'s attention norm, from ``x_pre`` (its input) to ``node``
+    (its output, what the projections read), or None. Found on a call's first batch and kept in
+    ``verdicts[(l, "norm")]``: a candidate of :func:`_norm_candidates` is taken when it computes
+    ``node`` from ``x_pre`` (to float rounding, at every position) and its derivative,
+    :func:`_norm_back` of the heads' summed cotangents ``u`` ``[heads, b, width - skip, d_model]``,
+    equals one vector-Jacobian product of that sum through the model's own code."""
+    import torch
+
+    key = (l, "norm")
+    if key in verdicts:
+        return verdicts[key] or None
+    x, y = x_pre.detach(), node.detach()
+    if x.shape != y.shape:
+        verdicts[key] = False
+        return None
+    skip = x.shape[1] - u.shape[2]
+    tol = 1e-4 if x.dtype != torch.float64 else 1e-10
+    total = u.sum(0)
+    ref = None
+    for centered, gain, bias, eps in _norm_candidates(model, l):
+        gain = gain.to(x.device, x.dtype)
+        xc = x - x.mean(-1, keepdim=True) if centered else x
+        guess = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps) * gain
+        if bias is not None:
+            guess = guess + bias.to(x.device, x.dtype)
+        if not (bool(torch.isfinite(guess).all())
+                and float((guess - y).abs().max()) <= tol * max(1.0, float(y.abs().max()))):
+            continue
+        if ref is None:
+            padded = torch.cat([total.new_zeros(total.shape[:1] + (skip,) + total.shape[2:]), total], 1)
+            ref = torch.autograd.grad(node, x_pre, grad_outputs=padded.to(node.dtype), retain_graph=True,
+                                      allow_unused=True)[0]
+            if ref is None:
+                break
+            ref = ref[:, skip:]
+            scale = float(ref.abs().max()) if ref.numel() else 0.0
+            if scale == 0:
+                return None     # no evidence on this batch: the model's own backward, and ask again
+        form = (centered, gain, eps)
+        if float((_norm_back(form, x[:, skip:], total[None])[0] - ref).abs().max()) <= 10 * tol * scale:
+            verdicts[key] = form
+            return form
+    verdicts[key] = False
+    return None
+
+
+def _norm_back(form: tuple, x: Any, v: Any) -> Any:
+    """The vector-Jacobian product of a LayerNorm or RMSNorm ``form`` (:func:`_norm_form`) at its
+    input ``x`` ``[b, pos, d]`` for cotangents ``v`` ``[k, b, pos, d]`` on its output, in closed
+    form: with ``s = 1 / sqrt(mean(x'^2) + eps)``, ``n = x' s`` (``x'`` centered for a LayerNorm)
+    and ``v' = gain * v`` (centered likewise), ``s (v' - n (n . v') / d)``."""
+    import torch
+
+    centered, gain, eps = form
+    d = x.shape[-1]
+    v = v.to(x.dtype) * gain
+    if centered:
+        x = x - x.mean(-1, keepdim=True)
+        v = v - v.mean(-1, keepdim=True)
+    s = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)                # [b, pos, 1]
+    n = x * s
+    c = torch.einsum("kbpd,bpd->kbp", v, n).unsqueeze(-1).div_(d)
+    return torch.addcmul(v, n, c, value=-1).mul_(s)
 
 
 def _full_cotangent(own: Any, out: Any, split: bool = False) -> Any:
@@ -758,8 +921,9 @@ def attribution_batches(model: Any, prompts: Any, n: int | None = None,
 def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, width: int, dtype: Any,
             device: Any) -> Any:
     """``[b, senders, width, d_model]``: what patching each sender (:func:`senders` order) adds to
-    the residual stream of ``rows``, ``o_s(corrupted) - o_s(clean)`` computed in float64 as
-    :func:`sender_delta` does, then held in ``dtype``."""
+    the residual stream of ``rows``, ``o_s(corrupted) - o_s(clean)`` in ``dtype``: the
+    differences taken in float64 as :func:`sender_delta` does (exactly 0 where the runs agree),
+    a head's product with its ``W_O[h]`` in ``dtype``."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -775,7 +939,8 @@ def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, 
     for l in range(L):
         at = 1 + l * (n_heads + 1)
         dz = diff(H.z(l))                                           # [b, width, heads, d_head]
-        out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz, W_O[l]).to(device, dtype)
+        # the difference exact in float64, its product with W_O in the scores' dtype
+        out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz.to(device, dtype), W_O[l].to(device, dtype))
         out[:, at + n_heads] = diff(H.mlp_out(l)).to(device, dtype)
     return out
 
@@ -901,25 +1066,26 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         flat = delta[:, :, skip:].mul_(real[:, None, skip:, None]).flatten(2)
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
+        # the whole corruption in the metric's units: every sender's output corrupted, which is the
+        # corrupted run; its last logits are the store's where the metric reads nothing else
+        got = _metric_of_last(metrics, corr[H.LOGITS_LAST][rows].to(device), lengths, width)
         for k in range(steps):
             a = k / steps
-            targets = {nm: (clean[nm][rows, :width].double() * (1 - a) + corr[nm][rows, :width].double() * a)
+            targets = {nm: (clean[nm][rows, :width] if k == 0 else
+                            clean[nm][rows, :width].double() * (1 - a) + corr[nm][rows, :width].double() * a)
                        for nm in names}
             for layer, g in _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None,
-                                         linear):
+                                         linear, skip=skip, last=None if got is None else lengths - 1):
                 if layer not in plan:
                     continue
                 j, s, r = plan[layer]
                 top = int(s.max()) + 1
-                g = g[:, :, skip:].to(dtype).flatten(2)
+                g = g.to(dtype).flatten(2)
                 m = torch.bmm(flat[:, :top], g.transpose(1, 2))   # [b, senders, receivers]
                 acc[j] += m[:, s, r].T.double().cpu()
         scores[:, rows] = acc / steps
         at_clean[rows.numpy()] = seen
-        # the whole corruption in the metric's units: every sender's output corrupted, which is the
-        # corrupted run; its last logits are the store's where the metric reads nothing else
-        got = _metric_of_last(metrics, corr[H.LOGITS_LAST][rows].to(device), lengths, width)
-        if got is None:         # one forward, no gradient
+        if got is None:         # the metric reads other positions: one forward, no gradient
             fixed = [(nm, (lambda t, hook=None, v=corr[nm][rows, :width]: v.to(t.device, t.dtype))) for nm in names]
             with torch.no_grad():
                 logits = _run(model, tokens, fixed)

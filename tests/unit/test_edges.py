@@ -522,6 +522,12 @@ class _ReadsAnotherPosition:
         return lambda logits: m(logits) + 0.5 * logits[0, at, answer]
 
 
+def _soft_cap(x):
+    """``c tanh(x / c)`` with ``c`` the largest |x| (a soft-cap that shows on a tiny model's logits)."""
+    c = x.detach().abs().max()
+    return c * torch.tanh(x / c)
+
+
 def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, logit_diff, monkeypatch):
     """EAP's two shortcuts, each checked, each with a long way that gives the same numbers:
     (1) a head's derivative at its projection's input from the model's ``W_Q/W_K/W_V``: taken on
@@ -529,7 +535,11 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     check fails at every layer and part and the per-head products through the projection give the
     reference's scores; (2) the corrupted run's metric from the store's last logits: a metric that
     also reads another position is seen to, and gets the forward's totals; (3) the scoring
-    products skip the positions before a batch's first changed token (their deltas all 0)."""
+    products skip the positions before a batch's first changed token (their deltas all 0); (4)
+    where the metric reads the last position alone, the forward stops at the final residual and
+    only that position is unembedded, once the first batch showed those logits equal the whole
+    forward's; an unembedding that differs (a soft-cap the forward adds) is seen to, and the whole
+    forward gives the reference's scores."""
     model = arch_model("gqa")
     task = logit_diff(model, unequal_pairs(seed=11, n=8))
     want, totals, clean = one_at_a_time(model, task)
@@ -547,12 +557,17 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     prefix = E._unchanged_prefix
     monkeypatch.setattr(E, "_unchanged_prefix", lambda *a: starts.append(prefix(*a)) or starts[-1])
     W = {p: E._proj_weights(model, p) for p in E.PARTS}
+    head = E._head
     for reverse in (False, True):
         verdicts.clear()
         if reverse:
             monkeypatch.setattr(E, "_proj_weights", lambda m, p: W[p].flip(1))
+            # (4) and an unembedding at the last positions that is not the forward's (a soft-cap, say)
+            monkeypatch.setattr(E, "_head", lambda m, final, last: _soft_cap(head(m, final, last)))
         got = E.edge_attribution(model, task, activations=ActivationStore(batch_size=3))
-        assert len(verdicts) == 3 * model.cfg.n_layers and set(verdicts.values()) == {not reverse}, verdicts
+        parts = {k: v for k, v in verdicts.items() if k[1] in E.PARTS}
+        assert len(parts) == 3 * model.cfg.n_layers and set(parts.values()) == {not reverse}, parts
+        assert verdicts[E.HEAD_CHECK] is (not reverse)
         assert np.abs(got.values.numpy() - want).max() <= 1e-5 * scale
         np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
     assert max(starts) > 0, starts          # (3) scoring skipped an unchanged prefix, scores as the reference's
@@ -571,10 +586,59 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     assert E._metric_of_last([refuses_nan], last, task.prompts.lengths[:1], width) is None
     plain = totals
     want, totals, clean = one_at_a_time(model, wide)
+    verdicts.clear()
+    monkeypatch.setattr(E, "_part_grad", spy)
     got = E.edge_attribution(model, wide, activations=store)
+    assert verdicts and E.HEAD_CHECK not in verdicts      # it reads another position: the whole forward
     assert np.abs(got.values.numpy() - want).max() <= 1e-5 * np.abs(want).max()
     np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
     assert np.abs(got.totals - plain).max() > 1e-3      # the other position's term is in them
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gqa", "gemma"])
+def test_the_norm_in_closed_form_is_taken_only_where_it_is_the_models(arch_model, logit_diff, family, monkeypatch):
+    """A head part's derivative goes back through the attention's norm in closed form (LayerNorm
+    on GPT-2, RMSNorm on the GQA Llama, Gemma's RMSNorm with its gain ``1 + weight``), found per
+    layer and checked against the model's own backward. The gains and biases are made random
+    first (a tiny checkpoint's gain of 1 would hide a gain left out). Taken at every layer, the
+    scores equal the one-at-a-time reference's; with every candidate's gain doubled (a norm
+    that is not the model's) none is taken and the model's own backward gives the same scores."""
+    model = arch_model(family)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for l in range(model.cfg.n_layers):
+            for ln in (model.blocks[l].ln1, model.blocks[l].ln2):
+                mod = getattr(ln, "original_component", ln)
+                mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=gen))
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias.copy_(0.3 * torch.randn(mod.bias.shape, generator=gen))
+    task = logit_diff(model, unequal_pairs(seed=3, n=6))
+    want, totals, clean = one_at_a_time(model, task)
+    scale = np.abs(want).max()
+    assert scale > 1e-3
+    real, candidates = E._norm_form, E._norm_candidates
+    for wrong in (False, True):
+        found: dict = {}
+
+        def spy(model, l, *args):
+            out = real(model, l, *args)
+            found.setdefault(l, out)
+            return out
+
+        monkeypatch.setattr(E, "_norm_form", spy)
+        if wrong:
+            monkeypatch.setattr(E, "_norm_candidates", lambda m, l: [(c, 2 * g, b, e) for c, g, b, e in candidates(m, l)])
+        got = E.edge_attribution(model, task, activations=ActivationStore(batch_size=3))
+        assert sorted(found) == list(range(model.cfg.n_layers)), found
+        taken = [v is not None for v in found.values()]
+        assert taken == [not wrong] * model.cfg.n_layers, (wrong, found)
+        if not wrong:
+            assert {v[0] for v in found.values()} == {family == "gpt2"}          # centered: LayerNorm alone
+        diff = np.abs(got.values.numpy() - want).max()
+        print(f"{family} norm {'not ' if wrong else ''}in closed form: max |diff| {diff:.2e} (max |score| {scale:.3g})")
+        assert diff <= 1e-5 * scale
+        np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
+        monkeypatch.undo()
 
 
 def test_the_unchanged_prefix_is_skipped_only_where_every_delta_is_zero():
