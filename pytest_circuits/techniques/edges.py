@@ -992,6 +992,36 @@ def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int)
     return out
 
 
+_PLANS: dict[int, tuple[Any, Any, dict]] = {}
+
+
+def _plan(model: Any, es: tuple) -> dict:
+    """Each edge's place in the scoring products, by receiver layer (None: the logits): the
+    tensors ``(edge index, sender index in :func:`senders` order, receiver index in its layer)``.
+    Kept for the last few edge tuples (the whole graph's is one tuple per model shape), each
+    with the sender list it was made for."""
+    import torch
+
+    ss = senders(model)
+    got = _PLANS.get(id(es))
+    if got is not None and got[0] is es and got[1] == ss:
+        return got[2]
+    n_heads = model.cfg.n_heads
+    s_index = {s: i for i, s in enumerate(ss)}
+    where: dict[Any, list[tuple[int, int, int]]] = {}
+    for j, e in enumerate(es):
+        if e.receiver is None:
+            where.setdefault(None, []).append((j, s_index[e.sender], 0))
+        else:
+            r = 3 * e.receiver.head + PARTS.index(e.part) if isinstance(e.receiver, Head) else 3 * n_heads
+            where.setdefault(e.receiver.layer, []).append((j, s_index[e.sender], r))
+    plan = {k: tuple(torch.tensor(c) for c in zip(*v)) for k, v in where.items()}
+    if len(_PLANS) >= 8:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[id(es)] = (es, ss, plan)
+    return plan
+
+
 def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int | None = None,
                      ig_over: str = "activations", edges: Any = None, n: int | None = None,
                      activations: ActivationStore | None = None) -> EdgeScores:
@@ -1038,16 +1068,7 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     corr = store.get(model, ps.corrupted, names + [H.LOGITS_LAST])
     device = model_info(model).device
     dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
-    # each edge's place: (receiver layer, or None for the logits; sender index; receiver index in its layer)
-    s_index = {s: i for i, s in enumerate(senders(model))}
-    where: dict[Any, list[tuple[int, int, int]]] = {}
-    for j, e in enumerate(es):
-        if e.receiver is None:
-            where.setdefault(None, []).append((j, s_index[e.sender], 0))
-        else:
-            r = 3 * e.receiver.head + PARTS.index(e.part) if isinstance(e.receiver, Head) else 3 * n_heads
-            where.setdefault(e.receiver.layer, []).append((j, s_index[e.sender], r))
-    plan = {k: tuple(torch.tensor(c) for c in zip(*v)) for k, v in where.items()}
+    plan = _plan(model, es)
     layers = [k for k in plan if k is not None]
     batches = attribution_batches(model, ps, n, store)
     scores = torch.zeros((len(es), n), dtype=torch.float64)
