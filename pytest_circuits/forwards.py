@@ -952,6 +952,25 @@ def _skipping_blocks(model: Any, start: int, skip_unembed: bool = False, resid: 
             block.add_module("_original_component", original)
 
 
+@contextlib.contextmanager
+def unembedding_skipped(model: Any) -> Iterator[Any]:
+    """Inside the block, the model's forward skips its unembedding (what the store does when it
+    reads the last position's logits alone): yields the unembedding's stand-in, whose ``seen``
+    after a forward is the normalized final residual that reached it (graph included, when the
+    forward records one), or None where the model has no unembedding module to skip.
+    :func:`unembed_rows` turns rows of it into logits."""
+    with _skipping_blocks(model, 0, skip_unembed=True) as skipped:
+        yield skipped
+
+
+def unembed_rows(model: Any, normalized: Any) -> Any:
+    """Logits from rows of the normalized final residual ``normalized`` ``[..., d_model]``, as the
+    model's forward computes them: its unembedding module's own code, then its final logit
+    soft-cap if it has one."""
+    u = _unembed(model)
+    return _soft_cap(model, u(to_device_of(normalized, u)))
+
+
 def _refuse_mixed_dtypes(model: Any, e: RuntimeError) -> None:
     """A half-precision forward that failed on tensors of two dtypes: the model's own code
     mixes float32 into it (TransformerLens's OLMo-2 attention applies OLMo-2's float32 rotary

@@ -85,6 +85,7 @@ EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"   # learned positions added to the residual stream (GPT-2)
 FINAL_SCALE = "ln_final.hook_scale"
 UNEMBED = "unembed"            # the unembedding module (its hooks start with this or hook_unembed)
+UNEMBED_IN = "unembed.hook_in"  # what reaches the unembedding: the normalized final residual
 # Hooks whose values are [batch, head, query_pos, key_pos]: two position axes.
 PATTERN_SUFFIXES = ("hook_pattern", "hook_attn_scores")
 # The block the embedding belongs to: it writes the residual stream before block 0.

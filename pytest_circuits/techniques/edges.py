@@ -104,6 +104,7 @@ from .. import hooks as H
 from .. import interventions as I
 from ..components import MLP, Component, Embed, Head, parse
 from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
+from ..forwards import unembed_rows, unembedding_skipped
 from ..metrics import _finite
 from ..models import derived, info as model_info
 from ..protocols import check_task
@@ -559,28 +560,24 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     final_name = H.resid_post(L - 1)
     linear = {} if linear is None else linear
     short = last is not None and linear.get(HEAD_CHECK) is True
-
-    def stop(t: Any, hook: Any = None) -> Any:
-        look(final_name)(t)
-        raise _Stop()
-
-    hooks.append((final_name, stop if short else look(final_name)))
+    hooks.append((final_name, look(final_name)))
     with torch.enable_grad():
         if short:
-            try:
+            with unembedding_skipped(model) as skipped:
                 _run(model, tokens, hooks)
-            except _Stop:
-                pass
-            head = _head(model, seen[final_name], last)                              # [b, vocab]
+            head = _head(model, skipped.seen, last)                                    # [b, vocab]
             width, vocab = tokens.shape[1], head.shape[-1]
             rows = [torch.cat([head.new_zeros((1, int(at), vocab)), head[i: i + 1, None],
                                head.new_zeros((1, width - int(at) - 1, vocab))], 1) for i, at in enumerate(last)]
             values = torch.stack([m(rows[i]).reshape(()) for i, m in enumerate(metrics)])
         else:
-            logits = _run(model, tokens, hooks)
+            checking = last is not None and HEAD_CHECK not in linear and H.UNEMBED_IN in model.hook_dict
+            if last is not None and HEAD_CHECK not in linear and not checking:
+                linear[HEAD_CHECK] = False          # no hook on the unembedding's input to check it by
+            logits = _run(model, tokens, hooks + ([(H.UNEMBED_IN, look(H.UNEMBED_IN))] if checking else []))
             values = torch.stack([m(logits[i: i + 1]).reshape(()) for i, m in enumerate(metrics)])
-            if last is not None and HEAD_CHECK not in linear:
-                linear[HEAD_CHECK] = _head_agrees(model, seen[final_name], last, logits)
+            if checking:
+                linear[HEAD_CHECK] = _head_agrees(model, seen.get(H.UNEMBED_IN), last, logits)
         if seen_metric is not None:
             seen_metric.extend(float(v) for v in values.detach().cpu())
         group = n_heads // int(seen[_qkv(0, "k")].shape[-2])
@@ -635,29 +632,29 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
 HEAD_CHECK = ("logits", "head")
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward at the final residual (:func:`_layer_grads`)."""
-
-
-def _head(model: Any, final: Any, last: Any) -> Any:
-    """``[b, vocab]``: the logits at each row's position ``last[i]`` from the final residual
-    ``final`` ``[b, width, d_model]``, through the model's own final norm and unembedding."""
+def _head(model: Any, normalized: Any, last: Any) -> Any:
+    """``[b, vocab]``: the logits at each row's position ``last[i]`` from the normalized final
+    residual ``normalized`` ``[b, width, d_model]`` (what reaches the unembedding), through the
+    model's own unembedding (:func:`~pytest_circuits.forwards.unembed_rows`)."""
     import torch
 
-    x = final[torch.arange(final.shape[0], device=final.device), torch.as_tensor(last, device=final.device).long()]
-    return model.unembed(model.ln_final(x[:, None, :]))[:, 0]
+    at = torch.as_tensor(last, device=normalized.device).long()
+    return unembed_rows(model, normalized[torch.arange(normalized.shape[0], device=normalized.device), at])
 
 
-def _head_agrees(model: Any, final: Any, last: Any, logits: Any) -> bool:
-    """Whether :func:`_head` gives the whole forward's ``logits`` ``[b, width, vocab]`` at the
-    positions ``last`` (to float rounding): the final norm and unembedding called alone are
-    all that follows the final residual (no soft-cap or scaling the forward adds after them)."""
+def _head_agrees(model: Any, normalized: Any, last: Any, logits: Any) -> bool:
+    """Whether :func:`_head` of ``normalized`` (the unembedding's input in a whole forward, or
+    None where the hook did not fire) gives that forward's ``logits`` ``[b, width, vocab]`` at the
+    positions ``last``, to float rounding: then a forward that skips the unembedding and
+    unembeds those rows alone computes the same metric."""
     import torch
 
+    if normalized is None or tuple(normalized.shape[:2]) != tuple(logits.shape[:2]):
+        return False
     try:
         with torch.no_grad():
-            mine = _head(model, final.detach(), last)
-    except Exception:       # no such modules, or they refuse to be called alone: the whole forward
+            mine = _head(model, normalized.detach(), last)
+    except Exception:       # no unembedding module that runs alone: the whole forward
         return False
     want = logits.detach()[torch.arange(logits.shape[0], device=logits.device),
                            torch.as_tensor(last, device=logits.device).long()]
