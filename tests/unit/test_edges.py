@@ -539,7 +539,8 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
     where the metric reads the last position alone, the forward stops at the final residual and
     only that position is unembedded, once the first batch showed those logits equal the whole
     forward's; an unembedding that differs (a soft-cap the forward adds) is seen to, and the whole
-    forward gives the reference's scores."""
+    forward gives the reference's scores; (5) receiver layers scored one product per chunk of
+    layers or one per layer, the same scores."""
     model = arch_model("gqa")
     task = logit_diff(model, unequal_pairs(seed=11, n=8))
     want, totals, clean = one_at_a_time(model, task)
@@ -564,6 +565,7 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
             monkeypatch.setattr(E, "_proj_weights", lambda m, p: W[p].flip(1))
             # (4) and an unembedding at the last positions that is not the forward's (a soft-cap, say)
             monkeypatch.setattr(E, "_head", lambda m, final, last: _soft_cap(head(m, final, last)))
+            monkeypatch.setattr(E, "SCORE_CHUNK", 1)        # (5) each receiver layer scored alone
         got = E.edge_attribution(model, task, activations=ActivationStore(batch_size=3))
         parts = {k: v for k, v in verdicts.items() if k[1] in E.PARTS}
         assert len(parts) == 3 * model.cfg.n_layers and set(parts.values()) == {not reverse}, parts
