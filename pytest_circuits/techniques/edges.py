@@ -62,15 +62,17 @@ whose closed-form derivative equals one product through the model's own norm (ch
 on each call's first batch), else one batched product through the model's norm; from the MLP's
 normalized input back through its norm. No attention formula is written here. Only positions
 from the batch's first changed token on are carried (every sender's delta is 0 before it).
-Scores are one batched product per receiver layer of the senders' deltas and the receivers'
-gradients, kept per prompt (what :mod:`~pytest_circuits.techniques.edge_stability` resamples).
+Scores are batched products of the senders' deltas and the receivers' gradients, one per chunk
+of :data:`SCORE_CHUNK` receiver layers, kept per prompt (what
+:mod:`~pytest_circuits.techniques.edge_stability` resamples).
 The whole corruption's effect is the corrupted run's metric: read from the store's last logits
 where the metric reads that position alone (evaluated with NaN, then random values, everywhere
 else: both finite and equal), else one forward. Where it reads that position alone, the
-gradient forward also stops at the final residual and unembeds that position alone (the model's
-own final norm and unembedding, taken once they gave the whole forward's logits on a call's
-first batch). The cost is 1.3 times one forward and backward of the same batches, 1.8 times
-with the store's clean and corrupted forwards (SmolLM2, 100 prompts, docs/measured.md).
+gradient forward also skips the unembedding and unembeds that position alone (as the store does
+for last logits, :func:`~pytest_circuits.forwards.unembedding_skipped`; taken once those logits
+equalled the whole forward's on a call's first batch). The cost is 1.2 to 1.5 times one
+forward and backward of the same batches, 1.8 to 2.1 times with the store's clean and corrupted
+forwards (SmolLM2, 100 prompts, docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by
@@ -502,9 +504,9 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
     their values (the batch's) are appended to ``seen_metric``. ``linear`` keeps the verdicts of
     the checks of :func:`_part_grad` and :func:`_head` from batch to batch. ``last``: each row's
     last real position where every metric reads the logits there alone (the caller probed it),
-    else None: the forward then stops at the final residual and only those positions are
-    unembedded (:func:`_head`; the unembedding is a fifth of SmolLM2's forward), once the
-    logits so computed were seen to equal the whole forward's on a call's first batch.
+    or None. Given, the forward skips the unembedding and only those positions are unembedded
+    (:func:`_head`; the unembedding is a fifth of SmolLM2's forward), once the logits so computed
+    were seen to equal the whole forward's on a call's first batch (:func:`_head_agrees`).
 
     One forward of the batch, kept for its graph, and one backward give ``d m / d z`` (every
     head), ``d m / d`` (each MLP's normalized input), ``d m / d resid_final`` and ``d m / d
@@ -916,44 +918,45 @@ def attribution_batches(model: Any, prompts: Any, n: int | None = None,
 
 
 def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, width: int, dtype: Any,
-            device: Any) -> Any:
-    """``[b, senders, width, d_model]``: what patching each sender (:func:`senders` order) adds to
-    the residual stream of ``rows``, ``o_s(corrupted) - o_s(clean)`` in ``dtype``: the
-    differences taken in float64 as :func:`sender_delta` does (exactly 0 where the runs agree),
-    a head's product with its ``W_O[h]`` in ``dtype``."""
+            device: Any, begin: int = 0) -> Any:
+    """``[b, senders, width - begin, d_model]``: what patching each sender (:func:`senders` order)
+    adds to the residual stream of ``rows`` at positions ``begin`` on, ``o_s(corrupted) -
+    o_s(clean)`` in ``dtype``: the differences taken in float64 as :func:`sender_delta` does
+    (exactly 0 where the runs agree), a head's product with its ``W_O[h]`` in ``dtype``."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
     W_O = attn_output_weights(model)
     emb = _sender_hooks(model, Embed())
     d_model = clean[H.EMBED].shape[-1]
-    out = torch.empty((len(rows), 1 + L * (n_heads + 1), width, d_model), dtype=dtype, device=device)
+    out = torch.empty((len(rows), 1 + L * (n_heads + 1), width - begin, d_model), dtype=dtype, device=device)
 
     def diff(name: str) -> Any:
-        return corr[name][rows, :width].to(torch.float64) - clean[name][rows, :width].to(torch.float64)
+        return corr[name][rows, begin:width].to(torch.float64) - clean[name][rows, begin:width].to(torch.float64)
 
     out[:, 0] = sum(diff(nm) for nm in emb).to(device, dtype)
     for l in range(L):
         at = 1 + l * (n_heads + 1)
-        dz = diff(H.z(l))                                           # [b, width, heads, d_head]
+        dz = diff(H.z(l))                                           # [b, width - begin, heads, d_head]
         # the difference exact in float64, its product with W_O in the scores' dtype
         out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz.to(device, dtype), W_O[l].to(device, dtype))
         out[:, at + n_heads] = diff(H.mlp_out(l)).to(device, dtype)
     return out
 
 
-def _unchanged_prefix(delta: Any, clean: Any, corrupted: Any) -> int:
-    """How many leading positions of the batch no sender's delta touches (``delta`` ``[b,
-    senders, width, d_model]``; ``clean`` and ``corrupted`` the batch's tokens ``[b, width]``):
-    up to the first position where any row's tokens differ, when every delta before it is
-    exactly 0 (causal attention: the runs agree until the first changed token), else 0. A
-    score's terms there are all 0: the scoring products skip them."""
-    import torch
-
+def _unchanged_prefix(pairs: Iterable[tuple[Any, Any]], clean: Any, corrupted: Any) -> int:
+    """How many leading positions of the batch no sender's delta touches: up to the first
+    position where any row's tokens differ (``clean`` and ``corrupted`` the batch's tokens ``[b,
+    width]``), when every sender's output before it is the same in both runs (``pairs``: each
+    sender output's clean and corrupted values ``[b, width, ...]``; equal values give a delta of
+    exactly 0), else 0. A score's terms there are all 0: the products skip them."""
     changed = (clean != corrupted).any(0)
     start = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(clean.shape[1])
-    if start == 0 or bool((delta[:, :, :start] != 0).any()):
+    if start == 0:
         return 0
+    for a, b in pairs:
+        if not bool((a[:, :start] == b[:, :start]).all()):
+            return 0
     return start
 
 
@@ -1100,11 +1103,11 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         width = int(lengths.max())
         tokens = ps.tokens[rows, :width].to(device)
         metrics = [task.logit_metric(int(i)) for i in rows]
-        delta = _deltas(model, clean, corr, rows, width, dtype, device)
+        skip = _unchanged_prefix([(clean[nm][rows, :width], corr[nm][rows, :width]) for nm in names],
+                                 ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
         real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
-        skip = _unchanged_prefix(delta, ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
         # [b, senders, (width - skip) * d_model]
-        flat = delta[:, :, skip:].mul_(real[:, None, skip:, None]).flatten(2)
+        flat = _deltas(model, clean, corr, rows, width, dtype, device, skip).mul_(real[:, None, skip:, None]).flatten(2)
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
         # the whole corruption in the metric's units: every sender's output corrupted, which is the

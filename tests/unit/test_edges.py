@@ -643,13 +643,16 @@ def test_the_norm_in_closed_form_is_taken_only_where_it_is_the_models(arch_model
         monkeypatch.undo()
 
 
-def test_the_unchanged_prefix_is_skipped_only_where_every_delta_is_zero():
+def test_the_unchanged_prefix_is_skipped_only_where_every_sender_output_is_unchanged():
     clean = torch.tensor([[5, 6, 7, 8], [5, 9, 7, 8]])
     corrupted = torch.tensor([[5, 6, 1, 8], [5, 9, 7, 2]])       # first change: position 2 (row 0)
-    delta = torch.zeros((2, 3, 4, 2))
-    delta[:, :, 2:] = 1.0
-    assert E._unchanged_prefix(delta, clean, corrupted) == 2
-    delta[1, 2, 1, 0] = 1e-30                                    # a sender that moved earlier: skip nothing
-    assert E._unchanged_prefix(delta, clean, corrupted) == 0
-    assert E._unchanged_prefix(torch.zeros((2, 3, 4, 2)), clean, clean) == 4      # nothing changed at all
-    assert E._unchanged_prefix(torch.ones((2, 3, 4, 2)), clean, clean.flip(1)) == 0
+    a, b = torch.zeros((2, 4, 3)), torch.zeros((2, 4, 3))
+    b[:, 2:] = 1.0
+    outputs = [(a, a.clone()), (a, b)]                           # sender outputs, clean and corrupted
+    assert E._unchanged_prefix(outputs, clean, corrupted) == 2
+    b[1, 1, 0] = 1e-30                                           # a sender that moved earlier: skip nothing
+    assert E._unchanged_prefix(outputs, clean, corrupted) == 0
+    assert E._unchanged_prefix([(a, a)], clean, clean) == 4      # nothing changed at all
+    assert E._unchanged_prefix([(a, a + 1)], clean, clean.flip(1)) == 0
+    nan = torch.full((2, 4, 3), float("nan"))
+    assert E._unchanged_prefix([(nan, nan)], clean, corrupted) == 0      # NaN equals nothing: no skip
