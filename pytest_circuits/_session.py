@@ -232,8 +232,8 @@ def counter_lines(c: Any, load_seconds: dict[str, Any], cache: str) -> list[str]
     lines = [f"activations: {c.forward_passes} forward passes ({c.prompts_forwarded} prompts), "
              f"{c.memory_hits} hits from memory, {c.disk_hits} from disk, {c.computed} computed"
              + (f", {c.recomputed_bad} unusable entries recomputed" if c.recomputed_bad else "")
-             + (f"; probe fits: {c.results_reused} reused, {c.results_computed} computed"
-                if c.results_reused or c.results_computed else ""),
+             + (f"; derived results (probe fits, head evidence): {c.results_reused} reused, "
+                f"{c.results_computed} computed" if c.results_reused or c.results_computed else ""),
              cache]
     if c.forward_passes:
         # compute in block x position passes (padding included), and the floor: what a

@@ -132,7 +132,7 @@ class Counters:
     suffix_passes: int = 0       # forwards that ran only the positions an intervention can change
     intervened_block_positions: int = 0  # the part of block_position_passes run under an intervention
     shared_prefix_passes: int = 0  # forwards resumed from an earlier intervened run's residual stream
-    results_reused: int = 0      # derived results (probe fits) read from memory or disk
+    results_reused: int = 0      # derived results (probe fits, head evidence) read from memory or disk
     results_computed: int = 0    # derived results computed (and cached)
 
     def as_dict(self) -> dict[str, int]:
@@ -210,6 +210,27 @@ class ActivationCache:
             h.update(tensor_sha256(t).encode())
         base = {"derived": what, "params": json.dumps(params, sort_keys=True, default=str),
                 "inputs": h.hexdigest(), "code": code_version(), "torch": torch.__version__}
+        return self._derived(what, base, outputs, compute)
+
+    def derived_from_activations(self, what: str, model: Any, prompts: Any, params: dict[str, Any],
+                                 outputs: Sequence[str], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """:meth:`derived` for a computation of the model's activations on ``prompts`` (read
+        from this store inside ``compute``) and of its weights: keyed as those activations are
+        (the model's fingerprint, dtype and device kind, the versions, this package's code, the
+        prompts' tokens) plus ``what`` and ``params`` (JSON: everything else it reads), without
+        hashing the activations' bytes. A warm run reads the result without reading the
+        activations. As for the activations themselves, an in-place edit of the weights that
+        keeps the fingerprint is not seen."""
+        import torch
+
+        base = {**self._base_fields(model, prompts, None), "derived": what, "torch": torch.__version__,
+                "params": json.dumps(params, sort_keys=True, default=str)}
+        return self._derived(what, base, outputs, compute)
+
+    def _derived(self, what: str, base: dict[str, str], outputs: Sequence[str],
+                 compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
         got = self._read_all(base, outputs, count=False)
         if got is not None:
             self.counters.results_reused += 1

@@ -277,14 +277,37 @@ def head_evidence(model: Any, prompts: Any, *, activations: Any = None) -> dict[
     for every head and every kind of :data:`EVIDENCE_KINDS`, per prompt, on ``prompts`` (a set
     from :func:`~pytest_circuits.tasks.induction.repeated_tokens`). One forward (patterns,
     values and ``hook_z`` of every layer, the final norm's scale and the per-token loss),
-    cached by the store."""
+    cached by the store; the arrays made of it are cached with it
+    (:meth:`~pytest_circuits.activation_cache.ActivationCache.derived_from_activations`), so a
+    later call on the same prompts, in this run or a warm one, reads them."""
     import torch
 
     groups = layout(prompts)
     L, NH = int(model.cfg.n_layers), int(model.cfg.n_heads)
     names = ([H.pattern(l) for l in range(L)] + [H.v(l) for l in range(L)] + [H.z(l) for l in range(L)]
              + [H.FINAL_SCALE, H.TOKEN_LOSS])
-    acts = resolve(activations).get(model, prompts, names)
+    store = resolve(activations)
+    label = model_info(model).label
+    outputs = [f"{k}/{m}" for k in EVIDENCE_KINDS for m in EVIDENCE]
+    # the same prompts are read by several claims (induction, previous-token, duplicate-token,
+    # copy suppression): computed once, cached with the activations it is made of
+    got = store.derived_from_activations(
+        "head_evidence", model, prompts, {"reads": names, "layout": groups, "format": 1}, outputs,
+        lambda: {k: torch.from_numpy(v) for k, v in _evidence(model, prompts, store, groups, names).items()})
+    return {k: HeadEvidence(k, **{m: got[f"{k}/{m}"].numpy().copy() for m in EVIDENCE}, model=label,
+                            prompts=prompts.name, labels=prompts.prompts,
+                            provenance=_prov(model, prompts, ["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
+                                                              "blocks.*.attn.hook_z", H.FINAL_SCALE, H.TOKEN_LOSS],
+                                             kind=k))
+            for k in EVIDENCE_KINDS}
+
+
+def _evidence(model: Any, prompts: Any, store: Any, groups: list, names: list[str]) -> dict[str, np.ndarray]:
+    """``{"<kind>/<measure>": [n, n_layers, n_heads]}``: :func:`head_evidence`'s arrays."""
+    import torch
+
+    L, NH = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    acts = store.get(model, prompts, names)
     label = model_info(model).label
     n = len(prompts)
     tokens = prompts.tokens
@@ -342,11 +365,7 @@ def head_evidence(model: Any, prompts: Any, *, activations: Any = None) -> dict[
                 else:
                     for m, x in vals.items():
                         out[kind][m][rows, l, :] = x.mean(-1).numpy()
-    return {k: HeadEvidence(k, **out[k], model=label, prompts=prompts.name, labels=prompts.prompts,
-                            provenance=_prov(model, prompts, ["blocks.*.attn.hook_pattern", "blocks.*.attn.hook_v",
-                                                              "blocks.*.attn.hook_z", H.FINAL_SCALE, H.TOKEN_LOSS],
-                                             kind=k))
-            for k in EVIDENCE_KINDS}
+    return {f"{k}/{m}": out[k][m] for k in EVIDENCE_KINDS for m in EVIDENCE}
 
 
 # --------------------------------------------------------------------------- in-context loss

@@ -396,6 +396,44 @@ def test_evidence_equals_raw_hooks(which, request, store):
     assert m.name == "induction share L1H2" and m.n == 6 and "Clopper" not in m.provenance["interval"]
 
 
+def test_evidence_is_computed_once_and_keyed_on_the_layout(planted, tmp_path):
+    """head_evidence is cached with the activations it is made of: a second call, and a new
+    store on the same folder (a warm run), read it without a forward; a returned array changed
+    by its caller changes nothing cached; the same tokens read with another layout (period 4
+    instead of 2) are computed anew, each layout equal to the raw-hook computation."""
+    ps, _, _ = HD.prompt_set(planted, n=6, length=9, seed=7)
+    first = ActivationStore(cache_dir=tmp_path)
+    a = HD.head_evidence(planted, ps, activations=first)
+    assert (first.counters.results_computed, first.counters.results_reused) == (1, 0)
+    forwards = first.counters.forward_passes
+    a["induction"].share[:] = -1.0                                   # the caller's copy alone
+    b = HD.head_evidence(planted, ps, activations=first)
+    assert (first.counters.results_computed, first.counters.results_reused, first.counters.forward_passes) \
+        == (1, 1, forwards)
+    warm = ActivationStore(cache_dir=tmp_path)
+    c = HD.head_evidence(planted, ps, activations=warm)
+    assert (warm.counters.forward_passes, warm.counters.results_computed, warm.counters.results_reused) == (0, 0, 1)
+    want = raw_evidence(planted, ps)
+    for got in (b, c):
+        for kind in HD.EVIDENCE_KINDS:
+            for m in HD.EVIDENCE:
+                np.testing.assert_allclose(getattr(got[kind], m), want[kind][m], atol=1e-5, rtol=1e-4,
+                                           err_msg=f"{kind} {m}")
+    # one row of tokens that repeats with period 2 and with period 4: two layouts, one digest
+    x, y = (int(t) for t in ps.tokens[0, 1:3])
+    row = torch.tensor([[int(ps.tokens[0, 0]), x, y, x, y, x, y, x, y]])
+    two, four = (PromptSet(name="periodic", prompts=("periodic",), tokens=row, lengths=(9,),
+                           meta={"period": (t,), "start": (1,)}) for t in (2, 4))
+    assert two.digest == four.digest
+    scores = []
+    for p in (two, four):
+        got = HD.head_evidence(planted, p, activations=first)
+        want = raw_evidence(planted, p)
+        np.testing.assert_allclose(got["induction"].score, want["induction"]["score"], atol=1e-6)
+        scores.append(got["induction"].score)
+    assert first.counters.results_computed == 3 and np.abs(scores[0] - scores[1]).max() > 1e-3
+
+
 def mean_z_hooks(model, ps, heads):
     """Raw mean ablation: each head's hook_z slice replaced by its mean over every token."""
     names = sorted({f"blocks.{h.layer}.attn.hook_z" for h in heads})
