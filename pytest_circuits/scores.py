@@ -155,7 +155,12 @@ def _grain(components: Sequence[Any], values: Any, by: str, skip: set[int] = fro
     if not rows:
         raise CircuitsError(bad("by", by, "a grain with at least one component left to rank"))
     keys = list(rows)
-    return keys, torch.stack([values[rows[k]].sum(0) for k in keys])
+    groups = [rows[k] for k in keys]
+    if all(len(g) == 1 for g in groups):
+        # one row each (components, or edges by the hundred thousand): the rows themselves, in one
+        # gather rather than a sum per row
+        return keys, values[torch.tensor([g[0] for g in groups], dtype=torch.long)]
+    return keys, torch.stack([values[g].sum(0) for g in groups])
 
 
 def _spelled(c: Any, by: str) -> Any:
