@@ -116,7 +116,8 @@ import functools
 import inspect
 import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -952,16 +953,42 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
         if got is not None:
             _SHUFFLED.move_to_end(fingerprint)
             return got
-    dup = copy.deepcopy(model)
     state = int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0])
-    generators: dict[Any, Any] = {}
-    with torch.no_grad():
-        for p in dup.parameters():
-            dev = p.device
-            if dev not in generators:
-                generators[dev] = torch.Generator(device=dev).manual_seed(state)
-            flat = p.data.reshape(-1)
-            p.data.copy_(flat[torch.randperm(flat.numel(), generator=generators[dev], device=dev)].reshape(p.shape))
+    source = list(model.parameters())
+    generators = {dev: torch.Generator(device=dev).manual_seed(state) for dev in {p.device for p in source}}
+
+    def draw(p: Any) -> Any:
+        return torch.randperm(p.numel(), generator=generators[p.device], device=p.device)
+
+    # One thread draws the permutations, in parameter order (so each generator's draws are those
+    # of a loop), ahead by at most SHUFFLE_AHEAD entries (or two parameters); meanwhile this one
+    # copies the model, then gathers each parameter's entries straight into the copy. The draws
+    # were 60% of the time to build a copy, and no longer wait for the rest.
+    with ThreadPoolExecutor(1, thread_name_prefix="shuffled-weights") as pool:
+        ahead = iter(source)
+        jobs: deque = deque()
+
+        def refill() -> None:
+            while len(jobs) < 2 or sum(n for _, n in jobs) < SHUFFLE_AHEAD:
+                p = next(ahead, None)
+                if p is None:
+                    return
+                jobs.append((pool.submit(draw, p), p.numel()))
+
+        refill()
+        dup = copy.deepcopy(model)
+        targets = list(dup.parameters())
+        if [t.shape for t in targets] != [p.shape for p in source]:
+            raise ProbingError(f"the copy of {mi.label} does not have the model's parameters, in order")
+        with torch.no_grad():
+            for src, dst in zip(source, targets):
+                perm = jobs.popleft()[0].result()
+                refill()
+                flat = src.detach().reshape(-1)
+                if dst.data.is_contiguous():
+                    torch.index_select(flat, 0, perm, out=dst.data.view(-1))
+                else:
+                    dst.data.copy_(flat[perm].reshape(dst.shape))
     attach_info(dup, dataclasses.replace(mi, fingerprint=fingerprint))
     with _SHUFFLED_LOCK:
         _SHUFFLED[fingerprint] = dup
@@ -971,6 +998,9 @@ def shuffled_weights_copy(model: Any, *, seed: int = 0) -> Any:
             _SHUFFLED.popitem(last=False)
     return dup
 
+
+# permutation entries drawn ahead of the copy being filled (int64: 512 MB)
+SHUFFLE_AHEAD = 1 << 26
 
 # shuffled copies built in this process, by fingerprint (the control of two claims on one
 # model uses the same copies): at most this many and this many bytes of weights (the newest
@@ -992,7 +1022,7 @@ class _DeferredCopy:
     """Stands for ``shuffled_weights_copy(model, seed=seed)`` and makes it on first use of
     anything but the configuration, tokenizer and hook names (the copy's are the model's):
     its cache key needs only its fingerprint, so a run whose activations of the copy are
-    cached never builds it (about 9 s and a copy of the weights for SmolLM2)."""
+    cached never builds it (about 5 s and a copy of the weights for SmolLM2)."""
 
     _SHARED = ("cfg", "tokenizer", "hook_dict")
 
