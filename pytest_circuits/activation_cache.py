@@ -175,6 +175,19 @@ class ActivationCache:
         """Every one of ``names`` from memory or disk, or None when one is missing."""
         return self._read_all(self._base_fields(model, prompts, intervention), names, count=True)
 
+    def holds(self, model: Any, prompts: Any, names: Sequence[str], intervention: Any = None) -> bool:
+        """Whether every one of ``names`` is in memory or has an entry in the local cache folder
+        (not read, so not checked: an entry found bad on reading is recomputed then). False for
+        a remote cache, whose entries are not listed."""
+        base = self._base_fields(model, prompts, intervention)
+        for name in names:
+            key = self._key(base, name)
+            if self._from_memory(key) is not None:
+                continue
+            if self.cache_dir is None or self._remote is not None or not self._path(key).is_file():
+                return False
+        return True
+
     def _read_all(self, base: dict[str, str], names: Sequence[str], *, count: bool) -> dict[str, Any] | None:
         """Every one of ``names`` under ``base`` from memory or disk (what is read from disk is
         kept in memory), or None when one is missing; ``count``: as activation hits."""

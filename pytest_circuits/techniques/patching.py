@@ -144,16 +144,19 @@ def _effects(model: Any, task: Any, keys: Sequence[Any], ivs: Sequence[Any], cle
 
 
 def prefetch(model: Any, task: Any, store: ActivationStore) -> None:
-    """Every activation a sweep reads, in one forward per prompt set: each layer's clean
-    residual (where resumed forwards start) and each head's and MLP's output on the clean
-    and corrupted prompts (the values patched in or frozen). Without this, each layer's
-    first patch would cost extra forwards to fetch them."""
+    """Every activation a sweep reads, in one forward per prompt set: each head's and MLP's
+    output on the clean and corrupted prompts (the values patched in or frozen) and, with the
+    clean ones when they are computed, each layer's clean residual (where resumed forwards
+    start). Without this, each layer's first patch would cost extra forwards to fetch them.
+    Where the clean outputs are already cached (a warm run) the residuals are not asked for:
+    a sweep whose results are cached too runs nothing, and one that runs fetches them then."""
     from .. import hooks as H
 
     L = model.cfg.n_layers
     outputs = [H.z(layer) for layer in range(L)] + [H.mlp_out(layer) for layer in range(L)]
     for ps in task.prompt_sets:
-        store.get(model, ps, [H.resid_pre(layer) for layer in range(1, L)] + outputs)
+        resume = [] if store.holds(model, ps, outputs) else [H.resid_pre(layer) for layer in range(1, L)]
+        store.get(model, ps, resume + outputs)
         store.get(model, ps.corrupted, outputs)
 
 

@@ -656,3 +656,21 @@ def test_the_unchanged_prefix_is_skipped_only_where_every_sender_output_is_uncha
     assert E._unchanged_prefix([(a, a + 1)], clean, clean.flip(1)) == 0
     nan = torch.full((2, 4, 3), float("nan"))
     assert E._unchanged_prefix([(nan, nan)], clean, corrupted) == 0      # NaN equals nothing: no skip
+
+
+def test_a_warm_run_of_attribution_and_its_verification_runs_no_forward(arch_model, logit_diff, tmp_path):
+    """What a claim does (EAP, then exact patching of its top edges), then again from the same
+    cache folder in a new store, as a warm run: the second runs no forward and gives the same
+    numbers. (Before, the verification's prefetch asked for every layer's clean residual, which
+    the first run had kept in memory only: one clean forward per warm run.)"""
+    model = arch_model("gqa")
+    task = logit_diff(model, pairs(seed=5, n=6))
+    runs = []
+    for _ in range(2):
+        store = ActivationStore(cache_dir=tmp_path)
+        scores = E.edge_attribution(model, task, activations=store)
+        check = E.verify(model, task, scores, k=3, activations=store)
+        runs.append((store.counters.forward_passes, scores.values, check.exact.values))
+    (cold, s0, x0), (warm, s1, x1) = runs
+    assert cold > 0 and warm == 0
+    assert torch.equal(s0, s1) and torch.equal(x0, x1)
