@@ -60,8 +60,12 @@ layer's residual input through the norm: in closed form where the model's norm m
 LayerNorm or RMSNorm whose weights and epsilon reproduce the norm's output from its input and
 whose closed-form derivative equals one product through the model's own norm (checked per layer
 on each call's first batch), else one batched product through the model's norm; from the MLP's
-normalized input back through its norm. No attention formula is written here. Only positions
-from the batch's first changed token on are carried (every sender's delta is 0 before it).
+normalized input back through its norm. No attention formula is written here. The clean
+senders' outputs are the gradient forward's own (it is the clean run); the corrupted ones come
+from the store. Before a row's first changed token, and in a row equal to its corruption, a
+sender's delta is 0 by causality: it is set to exactly 0 there, once the two runs' values there
+are seen to differ by rounding alone (else the computed differences are kept), and only
+positions from the batch's first changed token on are carried.
 Scores are batched products of the senders' deltas and the receivers' gradients, one per chunk
 of :data:`SCORE_CHUNK` receiver layers, kept per prompt (what
 :mod:`~pytest_circuits.techniques.edge_stability` resamples).
@@ -490,12 +494,16 @@ def _proj_weights(model: Any, part: str) -> Any:
     return derived(model, f"W_{part.upper()}:edges", get)
 
 
-def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any],
+def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[str, Any] | None,
                  layers: Iterable[int], seen_metric: list | None = None,
-                 linear: dict | None = None, skip: int = 0, last: Any = None) -> Iterator[tuple[Any, Any]]:
+                 linear: dict | None = None, skip: Any = 0, last: Any = None,
+                 own: dict | None = None) -> Iterator[tuple[Any, Any]]:
     """For a batch ``tokens`` ``[b, width]`` (right-padded), every sender's hook set to
     ``targets`` (values ``[b, width, ...]``; the receivers' local derivatives are taken where
-    the residual stream built from them puts their inputs): yields ``(None, g)``, ``g``
+    the residual stream built from them puts their inputs), or, with ``targets`` None, left at
+    the model's own values (the clean run), which are then put in ``own`` (detached, by hook
+    name: the embedding's hooks, each ``z`` and ``mlp_out``); ``skip`` may be a function called
+    with no argument once the forward has run (it may read ``own``) that returns it. Yields ``(None, g)``, ``g``
     ``[b, 1, width - skip, d_model]`` the derivative of each row's metric with respect to the
     final residual (the logits' input), then ``(l, g)`` for each of ``layers`` in order, ``g``
     ``[b, 3 n_heads + 1, width - skip, d_model]``: with respect to each head's q, k, v input (head
@@ -528,9 +536,16 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
 
     def set_leaf(name: str):
         def fn(t: Any, hook: Any = None) -> Any:
-            leaf = targets[name].to(t.device, t.dtype).clone().requires_grad_(True)
+            value = t.detach() if targets is None else targets[name].to(t.device, t.dtype)
+            leaf = value.clone().requires_grad_(True)
             kept[name] = leaf
             return leaf
+        return fn
+
+    def keep(name: str):
+        def fn(t: Any, hook: Any = None) -> Any:
+            kept[name] = out = t.view_as(t)         # the model's own value, a node of its own
+            return out
         return fn
 
     def through(name: str):
@@ -549,11 +564,14 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
             return out
         return fn
 
+    sender = keep if targets is None else through
     hooks: list = [(H.EMBED, set_leaf(H.EMBED))]
-    if H.POS_EMBED in targets:
+    if targets is None:
+        hooks += [(nm, keep(nm)) for nm in _sender_hooks(model, Embed())[1:]]
+    elif H.POS_EMBED in targets:
         hooks.append((H.POS_EMBED, lambda t, hook=None: targets[H.POS_EMBED].to(t.device, t.dtype)))
     for l in range(L):
-        hooks += [(H.z(l), through(H.z(l))), (H.mlp_out(l), through(H.mlp_out(l))),
+        hooks += [(H.z(l), sender(H.z(l))), (H.mlp_out(l), sender(H.mlp_out(l))),
                   (H.resid_pre(l), look(H.resid_pre(l))), (_mlp_in(l), look(_mlp_in(l)))] \
             + [(_qkv(l, p), look(_qkv(l, p))) for p in PARTS] \
             + [(_proj_in(l, p), look(_proj_in(l, p))) for p in PARTS if _proj_in(l, p) in model.hook_dict]
@@ -582,6 +600,10 @@ def _layer_grads(model: Any, tokens: Any, metrics: Sequence[Any], targets: dict[
                 linear[HEAD_CHECK] = _head_agrees(model, seen.get(H.UNEMBED_IN), last, logits)
         if seen_metric is not None:
             seen_metric.extend(float(v) for v in values.detach().cpu())
+        if own is not None:
+            own.update((nm, v.detach()) for nm, v in kept.items())
+        if callable(skip):
+            skip = int(skip())
         group = n_heads // int(seen[_qkv(0, "k")].shape[-2])
         kept_names = [H.z(l) for l in range(L)]
         seen_names = [_qkv(l, p) for l in range(L) for p in (PARTS if group == 1 else ("q",))] \
@@ -917,47 +939,87 @@ def attribution_batches(model: Any, prompts: Any, n: int | None = None,
     return _attribution_batches(model, prompts, n, resolve(activations), per_row)
 
 
-def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], rows: Any, width: int, dtype: Any,
-            device: Any, begin: int = 0) -> Any:
-    """``[b, senders, width - begin, d_model]``: what patching each sender (:func:`senders` order)
-    adds to the residual stream of ``rows`` at positions ``begin`` on, ``o_s(corrupted) -
-    o_s(clean)`` in ``dtype``: the differences taken in float64 as :func:`sender_delta` does
-    (exactly 0 where the runs agree), a head's product with its ``W_O[h]`` in ``dtype``."""
+#: before a row's first changed token a sender's output is the same in the clean and corrupted
+#: runs (it reads earlier tokens alone) but for float rounding, the two being batched apart: the
+#: largest difference seen there, against the largest |clean value| of that hook in the batch,
+#: must stay within this (or 16 machine epsilons of the activations' dtype, if more) for the
+#: deltas there to be taken as 0; else the computed differences are used everywhere
+PREFIX_RTOL = 1e-3
+
+
+def _first_changes(clean: Any, corrupted: Any, lengths: Any) -> Any:
+    """``[b]``: each row's first real position whose token differs between ``clean`` and
+    ``corrupted`` (``[b, width]`` tokens), ``width`` where none does."""
+    import torch
+
+    pos = torch.arange(clean.shape[1])
+    changed = (clean != corrupted) & (pos[None, :] < lengths[:, None])
+    return torch.where(changed.any(1), changed.int().argmax(1), clean.shape[1])
+
+
+def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], first: Any, lengths: Any, dtype: Any,
+            device: Any) -> tuple[Any, int]:
+    """``(deltas, begin)``: ``deltas`` ``[b, senders, width - begin, d_model]`` what patching each
+    sender (:func:`senders` order) adds to the residual stream of the batch's rows at positions
+    ``begin`` on, ``o_s(corrupted) - o_s(clean)`` in ``dtype`` (``clean``, ``corr``: the
+    senders' hook values ``[b, width, ...]``, the batch's own), 0 past each row's length: the
+    differences taken in float64 as :func:`sender_delta` does, a head's product with its
+    ``W_O[h]`` in ``dtype``.
+
+    Before a row's first changed token (``first``, :func:`_first_changes`; a row whose tokens
+    all agree, everywhere) a delta is 0 by causality (and row by row, each row its own run):
+    there it is set to exactly 0, once every hook's differences there are seen to be rounding
+    (:data:`PREFIX_RTOL`), and ``begin`` is the first row's first change (the positions before it
+    carry no delta: the products skip them). Where a difference there is more than rounding the
+    computed deltas are used as they are, from position 0."""
     import torch
 
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    width = int(lengths.max())
+    pos = torch.arange(width, device=device)
+    real = pos[None, :] < lengths.to(device)[:, None]                                   # [b, width]
+    keep = (pos[None, :] >= first.to(device)[:, None]) & real
+    before = (pos[None, :] < first.to(device)[:, None]) & real
+    begin = min(int(first.min()), width)
+    names = _sender_hooks(model, Embed()) + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
+
+    def differences(begin: int) -> dict[str, Any]:
+        return {nm: corr[nm][:, begin:width].to(device, torch.float64) - clean[nm][:, begin:width].to(device, torch.float64)
+                for nm in names}
+
+    d = differences(begin)
+    causal = True
+    for nm in names:            # rounding alone before each row's first change?
+        c = clean[nm][:, :width].to(device)
+        extra = (1,) * (c.dim() - 2)
+        leak = (d[nm] * before[:, begin:].view(before[:, begin:].shape + extra)).abs().max() if begin < width else 0.0
+        if begin:           # every row's prefix, in the activations' dtype (no float64 copy of it)
+            gap = (corr[nm][:, :begin].to(device, c.dtype) - c[:, :begin]) * real[:, :begin].view((-1, begin) + extra)
+            leak = max(float(leak), float(gap.abs().max()))
+        tol = max(PREFIX_RTOL, 16 * torch.finfo(c.dtype).eps)
+        if not float(leak) <= tol * float(c.abs().max()):
+            causal = False
+            break
+    if causal:
+        mask = keep
+    else:
+        mask, begin = real, 0
+        d = differences(0)
+    out = torch.empty((len(first), 1 + L * (n_heads + 1), width - begin, int(model.cfg.d_model)), dtype=dtype, device=device)
     W_O = attn_output_weights(model)
-    emb = _sender_hooks(model, Embed())
-    d_model = clean[H.EMBED].shape[-1]
-    out = torch.empty((len(rows), 1 + L * (n_heads + 1), width - begin, d_model), dtype=dtype, device=device)
 
     def diff(name: str) -> Any:
-        return corr[name][rows, begin:width].to(torch.float64) - clean[name][rows, begin:width].to(torch.float64)
+        v = d[name]
+        return v * mask[:, begin:].view(v.shape[:2] + (1,) * (v.dim() - 2))
 
-    out[:, 0] = sum(diff(nm) for nm in emb).to(device, dtype)
+    out[:, 0] = sum(diff(nm) for nm in names[:-2 * L]).to(dtype)
     for l in range(L):
         at = 1 + l * (n_heads + 1)
         dz = diff(H.z(l))                                           # [b, width - begin, heads, d_head]
         # the difference exact in float64, its product with W_O in the scores' dtype
-        out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz.to(device, dtype), W_O[l].to(device, dtype))
-        out[:, at + n_heads] = diff(H.mlp_out(l)).to(device, dtype)
-    return out
-
-
-def _unchanged_prefix(pairs: Iterable[tuple[Any, Any]], clean: Any, corrupted: Any) -> int:
-    """How many leading positions of the batch no sender's delta touches: up to the first
-    position where any row's tokens differ (``clean`` and ``corrupted`` the batch's tokens ``[b,
-    width]``), when every sender's output before it is the same in both runs (``pairs``: each
-    sender output's clean and corrupted values ``[b, width, ...]``; equal values give a delta of
-    exactly 0), else 0. A score's terms there are all 0: the products skip them."""
-    changed = (clean != corrupted).any(0)
-    start = int(changed.nonzero()[0, 0]) if bool(changed.any()) else int(clean.shape[1])
-    if start == 0:
-        return 0
-    for a, b in pairs:
-        if not bool((a[:, :start] == b[:, :start]).all()):
-            return 0
-    return start
+        out[:, at: at + n_heads] = torch.einsum("bphk,hkd->bhpd", dz.to(dtype), W_O[l].to(device, dtype))
+        out[:, at + n_heads] = diff(H.mlp_out(l)).to(dtype)
+    return out, begin
 
 
 def _metric_of_last(metrics: Sequence[Any], last: Any, lengths: Any, width: int) -> list[float] | None:
@@ -1053,7 +1115,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     ``steps``: EAP-IG's number of points (default :data:`DEFAULT_IG_STEPS`); EAP takes 1.
 
     Prompts run in batches of like length (sized by the token budget of ``activations``, the
-    store that also gives the clean and corrupted senders' outputs): per batch and step one
+    store that also gives the corrupted senders' outputs; the clean ones are the gradient
+    forward's own): per batch and step one
     forward and one backward of the model, then per layer a few batched vector-Jacobian
     products in the same graph (:func:`_layer_grads`), and one forward without gradient for
     the whole corruption's effect. Each score is per prompt, as if
@@ -1087,7 +1150,8 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
     L, n_heads = model.cfg.n_layers, model.cfg.n_heads
     names = [H.EMBED] + ([H.POS_EMBED] if len(_sender_hooks(model, Embed())) > 1 else []) \
         + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
-    clean = store.get(model, ps, names)
+    # the clean senders' outputs are the gradient forward's own (the clean run, batched as it is);
+    # the corrupted ones and the corrupted run's last logits come from the store
     corr = store.get(model, ps.corrupted, names + [H.LOGITS_LAST])
     device = model_info(model).device
     dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
@@ -1103,31 +1167,39 @@ def edge_attribution(model: Any, task: Any, *, method: str = "eap", steps: int |
         width = int(lengths.max())
         tokens = ps.tokens[rows, :width].to(device)
         metrics = [task.logit_metric(int(i)) for i in rows]
-        skip = _unchanged_prefix([(clean[nm][rows, :width], corr[nm][rows, :width]) for nm in names],
-                                 ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width])
-        real = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(device, dtype)   # [b, width]
-        # [b, senders, (width - skip) * d_model]
-        flat = _deltas(model, clean, corr, rows, width, dtype, device, skip).mul_(real[:, None, skip:, None]).flatten(2)
+        first = _first_changes(ps.tokens[rows, :width], ps.corrupted.tokens[rows, :width], lengths)
+        corr_b = {nm: corr[nm][rows, :width] for nm in names}
+        clean: dict = {}
+        held: dict = {}
+
+        def deltas() -> int:
+            # [b, senders, (width - begin) * d_model]
+            flat, held["begin"] = _deltas(model, clean, corr_b, first, lengths, dtype, device)
+            held["flat"] = flat.flatten(2)
+            return held["begin"]
+
         acc = torch.zeros((len(es), len(rows)), dtype=torch.float64)
         seen: list = []
         # the whole corruption in the metric's units: every sender's output corrupted, which is the
         # corrupted run; its last logits are the store's where the metric reads nothing else
         got = _metric_of_last(metrics, corr[H.LOGITS_LAST][rows].to(device), lengths, width)
+        skip: Any = deltas
         for k in range(steps):
             a = k / steps
-            targets = {nm: (clean[nm][rows, :width] if k == 0 else
-                            clean[nm][rows, :width].double() * (1 - a) + corr[nm][rows, :width].double() * a)
-                       for nm in names}
+            targets = None if k == 0 else {nm: clean[nm].double() * (1 - a) + corr_b[nm].to(device).double() * a
+                                           for nm in names}
             chunk: list = []
-            for layer, g in _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None,
-                                         linear, skip=skip, last=None if got is None else lengths - 1):
+            grads = _layer_grads(model, tokens, metrics, targets, layers, seen if k == 0 else None, linear,
+                                 skip=skip, last=None if got is None else lengths - 1, own=clean if k == 0 else None)
+            for layer, g in grads:
                 if layer in plan:
                     chunk.append((layer, g.to(dtype).flatten(2)))
                 if len(chunk) == SCORE_CHUNK:
-                    _score(flat, chunk, plan, acc)
+                    _score(held["flat"], chunk, plan, acc)
                     chunk = []
             if chunk:
-                _score(flat, chunk, plan, acc)
+                _score(held["flat"], chunk, plan, acc)
+            skip = held["begin"]
         scores[:, rows] = acc / steps
         at_clean[rows.numpy()] = seen
         if got is None:         # the metric reads other positions: one forward, no gradient

@@ -401,9 +401,6 @@ def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, siz
     lengths = task.prompts.lengths
     assert len(set(lengths)) >= 4, lengths
     store = ActivationStore(batch_size=3)
-    # experts: the store runs a prompt and its identical twin in batches of other neighbours, and
-    # the experts' float32 products round differently by batch (1e-9 apart): not exactly zero there
-    twin = 1e-6 if family in ("mixtral", "qwen3moe") else 0.0
     batches = E._attribution_batches(model, task.prompts, len(lengths), store, 1)
     assert len(batches) == 3 and all(len({lengths[int(i)] for i in b}) > 1 for b in batches[:2])
     for method, steps in (("eap", 1), ("eap-ig", 2)):
@@ -420,7 +417,7 @@ def test_batched_attribution_equals_one_prompt_at_a_time(arch_model, family, siz
         print(f"{family} {method}: {len(got.edges)} edges x {len(lengths)} prompts, max |batched - one at a time| "
               f"{diff:.2e} (max |score| {scale:.3g})")
         assert diff <= 1e-5 * scale, (diff, scale)
-        assert np.abs(values[:, -1]).max() <= twin * scale                 # the prompt equal to its twin
+        assert not values[:, -1].any()          # the prompt equal to its twin: exactly 0 on every edge
         # the metric's own float32 rounding, at the size of the metric (totals are differences of it)
         np.testing.assert_allclose(got.clean, clean, rtol=0, atol=1e-5 * np.abs(clean).max())
         np.testing.assert_allclose(got.totals, totals, rtol=0, atol=1e-5 * np.abs(clean).max())
@@ -555,8 +552,8 @@ def test_attribution_shortcuts_are_checked_and_the_long_way_agrees(arch_model, l
 
     monkeypatch.setattr(E, "_part_grad", spy)
     starts: list = []
-    prefix = E._unchanged_prefix
-    monkeypatch.setattr(E, "_unchanged_prefix", lambda *a: starts.append(prefix(*a)) or starts[-1])
+    deltas = E._deltas
+    monkeypatch.setattr(E, "_deltas", lambda *a: (lambda out: starts.append(out[1]) or out)(deltas(*a)))
     W = {p: E._proj_weights(model, p) for p in E.PARTS}
     head = E._head
     for reverse in (False, True):
@@ -643,19 +640,60 @@ def test_the_norm_in_closed_form_is_taken_only_where_it_is_the_models(arch_model
         monkeypatch.undo()
 
 
-def test_the_unchanged_prefix_is_skipped_only_where_every_sender_output_is_unchanged():
-    clean = torch.tensor([[5, 6, 7, 8], [5, 9, 7, 8]])
-    corrupted = torch.tensor([[5, 6, 1, 8], [5, 9, 7, 2]])       # first change: position 2 (row 0)
-    a, b = torch.zeros((2, 4, 3)), torch.zeros((2, 4, 3))
-    b[:, 2:] = 1.0
-    outputs = [(a, a.clone()), (a, b)]                           # sender outputs, clean and corrupted
-    assert E._unchanged_prefix(outputs, clean, corrupted) == 2
-    b[1, 1, 0] = 1e-30                                           # a sender that moved earlier: skip nothing
-    assert E._unchanged_prefix(outputs, clean, corrupted) == 0
-    assert E._unchanged_prefix([(a, a)], clean, clean) == 4      # nothing changed at all
-    assert E._unchanged_prefix([(a, a + 1)], clean, clean.flip(1)) == 0
-    nan = torch.full((2, 4, 3), float("nan"))
-    assert E._unchanged_prefix([(nan, nan)], clean, corrupted) == 0      # NaN equals nothing: no skip
+def test_deltas_are_zero_before_each_rows_first_change_only_where_the_runs_differ_by_rounding(arch_model):
+    """The senders' deltas of a batch: 0 before each row's first changed token and everywhere in
+    a row equal to its corruption (exactly, though the two runs' values there differ by
+    rounding), 0 past each row's length, ``corrupted - clean`` elsewhere; the products skip the
+    positions before the batch's first change. A difference there larger than rounding (a
+    sender that read a later token) and NaN are not taken as 0: the deltas are then the computed
+    differences from position 0."""
+    model = arch_model("gqa")
+    L, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    clean_tok = torch.tensor([[5, 6, 7, 8, 9], [5, 9, 7, 8, 0], [4, 4, 4, 4, 4]])
+    corr_tok = torch.tensor([[5, 6, 1, 8, 9], [5, 9, 7, 2, 0], [4, 4, 4, 4, 4]])
+    lengths = torch.tensor([5, 4, 5])
+    first = E._first_changes(clean_tok, corr_tok, lengths)
+    assert first.tolist() == [2, 3, 5]
+    gen = torch.Generator().manual_seed(0)
+    names = E._sender_hooks(model, Embed()) + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
+    clean, corr = {}, {}
+    for nm in names:
+        shape = (3, 5, n_heads, model.cfg.d_head) if ".attn." in nm else (3, 5, model.cfg.d_model)
+        clean[nm] = torch.randn(shape, generator=gen)
+        corr[nm] = clean[nm] * (1 + 1e-6 * torch.randn(shape, generator=gen))      # rounding apart
+        corr[nm][0, 2:] += torch.randn(corr[nm][0, 2:].shape, generator=gen)
+        corr[nm][1, 3:] += torch.randn(corr[nm][1, 3:].shape, generator=gen)
+    want = torch.stack([E._write(model, s, corr) - E._write(model, s, clean) for s in E.senders(model)], 1)
+    out, begin = E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")
+    assert begin == 2 and out.shape == (3, len(E.senders(model)), 3, model.cfg.d_model)
+    assert not out[2].any() and not out[1, :, :1].any() and not out[1, :, 2:].any()     # twin, prefix, padding
+    torch.testing.assert_close(out[0], want[0, :, 2:], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out[1, :, 1], want[1, :, 3], rtol=1e-9, atol=1e-9)
+    corr[H.mlp_out(0)][1, 1] += 0.5                                   # a sender that moved before the change
+    out, begin = E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")
+    assert begin == 0 and out[1, :, 1].any() and out[2].any()       # the computed differences, from 0
+    assert not out[1, :, 4].any()                                   # padding stays 0
+    corr[H.mlp_out(0)][1, 1] -= 0.5
+    clean[H.z(0)][0, 0, 0, 0] = float("nan")
+    assert E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")[1] == 0     # NaN equals nothing
+    assert E._first_changes(clean_tok, clean_tok, lengths).tolist() == [5, 5, 5]       # nothing changed at all
+
+
+def test_attribution_takes_the_clean_outputs_from_its_own_forward(arch_model, logit_diff):
+    """An empty store runs the corrupted prompts' forwards for the attribution, not the clean
+    ones: the gradient forward is the clean run (its scores against a reference built from the
+    store's clean outputs: test_batched_attribution_equals_one_prompt_at_a_time), and a prompt
+    equal to its corruption, batched apart from its twin, scores exactly 0."""
+    model = arch_model("gqa")
+    task = logit_diff(model, unequal_pairs(seed=4, n=7))
+    store = ActivationStore(batch_size=3)
+    got = E.edge_attribution(model, task, activations=store)
+    corrupted_only = ActivationStore(batch_size=3)
+    L = model.cfg.n_layers
+    names = E._sender_hooks(model, Embed()) + [H.z(l) for l in range(L)] + [H.mlp_out(l) for l in range(L)]
+    corrupted_only.get(model, task.prompts.corrupted, names + [H.LOGITS_LAST])
+    assert store.counters.forward_passes == corrupted_only.counters.forward_passes > 0
+    assert got.values[:, :-1].abs().max() > 0 and not got.values[:, -1].any()
 
 
 def test_a_warm_run_of_attribution_and_its_verification_runs_no_forward(arch_model, logit_diff, tmp_path):
