@@ -74,9 +74,9 @@ where the metric reads that position alone (evaluated with NaN, then random valu
 else: both finite and equal), else one forward. Where it reads that position alone, the
 gradient forward also skips the unembedding and unembeds that position alone (as the store does
 for last logits, :func:`~pytest_circuits.forwards.unembedding_skipped`; taken once those logits
-equalled the whole forward's on a call's first batch). The cost is 1.2 to 1.6 times one
-forward and backward of the same batches, 1.8 to 2.3 times with the store's clean and corrupted
-forwards (SmolLM2, 100 prompts, docs/measured.md).
+equalled the whole forward's on a call's first batch). The cost is 1.0 to 1.6 times one
+forward and backward of the same batches with the store's corrupted outputs held, 1.5 to 1.6
+times with the store's corrupted forward in it (SmolLM2, 100 prompts, docs/measured.md).
 
 **Verification** (:func:`verify`): attribution is a first-order estimate; saturated
 attention or nonlinear cancellation makes it wrong in sign or size. The top ``k`` edges by

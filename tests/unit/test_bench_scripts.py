@@ -137,3 +137,31 @@ def test_inclusion_coverage_prints_every_interval_of_a_cell(capsys, monkeypatch)
     row = next(line for line in out.splitlines() if "| new_prompts |" in line)
     cells = [c.strip() for c in row.split("|")]
     assert 0.0 <= float(cells[6]) <= 1.0 and float(cells[9]) > 0      # a coverage, a mean width
+
+
+def test_faithfulness_coverage_runs_and_catches_values_that_are_not_the_functions(capsys, monkeypatch):
+    """bench/faithfulness_coverage.py on a small pool: it prints a row per number of resamples
+    and exits 0 when the function's resampled values equal the population's route; values moved
+    by 1% (a function that measured something else) make it exit 1."""
+    from pytest_circuits.techniques import edge_stability as S
+
+    fc = _script("faithfulness_coverage")
+    argv = ["--samples", "2", "--targets", "40", "--pool", "60", "--n", "8", "--layers", "2", "--heads", "4",
+            "--threshold", "0.1", "--resamples", "6", "12", "--checked", "2"]
+    assert fc.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("   8 ")]
+    assert [r[1] for r in rows] == ["6", "12"]
+    holds = [float(line.split("]", 1)[1].split()[0]) for line in out.splitlines() if line.startswith("   8 ")]
+    assert len(holds) == 2 and all(0.0 <= h <= 1.0 for h in holds)      # how often it holds a new F
+    assert "identity: 24 resampled values" in out or "discovered another circuit" in out
+    real = S.faithfulness_under_resampling
+
+    def moved(*args, **kwargs):
+        rf = real(*args, **kwargs)
+        return S.ResampledFaithfulness(tuple(None if v is None else v * 1.01 for v in rf.values), rf.circuits,
+                                       rf.threshold, rf.seed, rf.seconds)
+
+    monkeypatch.setattr(fc.S, "faithfulness_under_resampling", moved)
+    assert fc.main(argv) == 1
+    assert "the function's" in capsys.readouterr().out
