@@ -657,7 +657,10 @@ class ActivationStore(ActivationCache):
             # may have been changed after it (Gemma-2 soft-caps its logits)
             logits = skipped.seen
         if intervention is not None:
-            silent = [name for name, _ in fwd if name not in fired and name not in plan.real]
+            # a forward stopped before block ``plan.stop`` reaches no hook from there on (an earlier
+            # run re-run only up to the block a later one resumes from, shared_prefixes)
+            silent = [name for name, _ in fwd if name not in fired and name not in plan.real
+                      and (plan.stop is None or (H.block_of(name) is not None and H.block_of(name) < plan.stop))]
             if silent:
                 raise CircuitsError(
                     f"the intervention {intervention.key} hooks {silent}, which did not fire in a forward "

@@ -449,7 +449,13 @@ class ResampledFaithfulness:
     def quantiles(self, level: float = 0.95) -> tuple[float, float] | None:
         """The middle ``level`` of the resampled values (a percentile bootstrap range: crude at
         20 resamples, and it describes discovery and evaluation under resampling of these
-        prompts, not new ones)."""
+        prompts, not new ones). Measured (bench/faithfulness_coverage.py: a tiny random model,
+        a population of prompts, 100 samples of 16 and of 32, discovery at 10%): at 20
+        resamples the middle 95% is 0.72 times as wide as the spread of what discovery on a new
+        sample of as many prompts recovers, and holds such a value 82-84% of the time, not 95%;
+        it holds the population's mean recovered fraction 96-99% of the time. So it understates
+        discovery's variance: a claim that the spread is wide errs on the safe side, one that
+        its lower end is high does not (docs/measured.md)."""
         d = self.defined
         if not len(d):
             return None

@@ -324,11 +324,11 @@ def test_attribution_is_resampled_without_a_forward_and_templates_agree(planted_
     before = len(calls)
     scores = E.edge_attribution(model, task, edges=SOME, activations=store)
     one_pass = len(calls) - before
-    filled = store.counters.forward_passes                       # the clean and corrupted senders' outputs
+    filled = store.counters.forward_passes          # the corrupted senders' outputs (the clean: the gradient forward's)
     batches = len(E._attribution_batches(model, task.prompts, len(task.prompts), store, 1))
     # per batch: one forward (and backward; the receivers' gradients come from its graph); the
     # corruption's effect is read from the corrupted run's last logits in the store
-    assert filled >= 2 and one_pass == filled + batches, (one_pass, filled, batches)
+    assert filled >= 1 and one_pass == filled + batches, (one_pass, filled, batches)
     st2 = S.stability(scores, resamples=20, seed=0)
     assert len(calls) - before == one_pass and store.counters.forward_passes == filled
     # a second attribution reads the activations from the store: only its own passes run

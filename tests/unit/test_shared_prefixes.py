@@ -131,6 +131,22 @@ def test_an_earlier_run_from_the_cache_is_run_again_once_to_record(model, sets, 
         assert torch.allclose(g[H.LOGITS_LAST], w[H.LOGITS_LAST], atol=1e-5)
 
 
+def test_an_earlier_run_with_hooks_past_the_shared_block_is_run_again_up_to_it(model, sets, tmp_path):
+    """The earlier run, from the cache, acts on a block after the last one it shares with the
+    later run (``{L0H0, mlp3}`` then ``{L0H0, L1H1, mlp3}``): run again only up to that block, its
+    hook at block 3 does not fire, which is no error (before, the run stopped with 'did not
+    fire'; found by bench/faithfulness_coverage.py); both equal full forwards."""
+    ps = sets["same"]
+    family = [I.patch(model, ["L0H0", "mlp3"]), I.patch(model, ["L0H0", "L1H1", "mlp3"])]
+    ActivationStore(cache_dir=tmp_path).get(model, ps, [H.LOGITS_LAST], family[0])
+    store, full = ActivationStore(cache_dir=tmp_path), ActivationStore(resume=False)
+    with store.shared_prefixes(model, family):
+        got = [store.get(model, ps, [H.LOGITS_LAST], iv) for iv in family]
+    assert store.counters.shared_prefix_passes >= 1
+    for g, iv in zip(got, family):
+        assert torch.allclose(g[H.LOGITS_LAST], full.get(model, ps, [H.LOGITS_LAST], iv)[H.LOGITS_LAST], atol=1e-5)
+
+
 def test_an_evicted_recording_falls_back_to_the_clean_run(model, sets):
     ps = sets["same"]
     family = _family(model, sets, "patch", None)
