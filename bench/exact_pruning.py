@@ -39,11 +39,12 @@ POOL = ["the", "a", "cat", "dog", "sat", "on", "mat", "John", "Mary", "went", "t
         "bag", "city", "river", "king", "queen"]
 
 
-def pairs(seed: int, n: int) -> list[tuple[str, str]]:
+def pairs(seed: int, n: int, length: int = 6) -> list[tuple[str, str]]:
+    """``n`` seeded pairs of ``length`` words of :data:`POOL`, the second with its third word changed."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        words = [rng.choice(POOL) for _ in range(6)]
+        words = [rng.choice(POOL) for _ in range(length)]
         other = list(words)
         other[2] = rng.choice([w for w in POOL if w != words[2]])
         out.append((" ".join(words), " ".join(other)))

@@ -39,7 +39,7 @@ draws its prompts from ``numpy.random.default_rng([--seed, n, s])``.
 from __future__ import annotations
 
 import argparse
-import random
+import os
 import sys
 import tempfile
 import time
@@ -56,21 +56,11 @@ from pytest_circuits.techniques import circuits as C
 from pytest_circuits.techniques import edge_stability as S
 from pytest_circuits.techniques import edges as E
 
-POOL = ["the", "a", "cat", "dog", "sat", "on", "mat", "John", "Mary", "went", "to", "store", "gave", "ball",
-        "bag", "city", "river", "king", "queen"]
+sys.path.insert(0, os.path.dirname(__file__))
+from exact_pruning import pairs  # noqa: E402  (seeded word pairs, the third word changed)
+
 THRESHOLD = 0.05
 LEVEL = 0.95
-
-
-def pairs(seed: int, n: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        words = [rng.choice(POOL) for _ in range(7)]
-        other = list(words)
-        other[2] = rng.choice([w for w in POOL if w != words[2]])
-        out.append((" ".join(words), " ".join(other)))
-    return out
 
 
 def task_of(model, ps: list[tuple[str, str]], name: str):
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = build(a.family, Path(tmp) / a.family, n_layers=a.layers, n_heads=a.heads)
         model = load_model(str(path), cache_dir=Path(tmp) / "cache", device="cpu")
-        pool = pairs(a.seed, a.pool)
+        pool = pairs(a.seed, a.pool, length=7)
         pop = Population(model, pool, a.threshold)
         B = max(a.resamples)
         print(f"{a.family} tiny model ({a.layers} layers, {a.heads} heads, {len(pop.edges)} edges), pool of "
