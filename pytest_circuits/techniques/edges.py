@@ -100,6 +100,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Iterable, Iterator, Sequence
@@ -109,7 +110,7 @@ import numpy as np
 from .. import hooks as H
 from .. import interventions as I
 from ..components import MLP, Component, Embed, Head, parse
-from ..errors import CircuitsError, ComponentError, InterventionError, MeasurementError, bad
+from ..errors import CircuitsError, CircuitsWarning, ComponentError, InterventionError, MeasurementError, bad
 from ..forwards import unembed_rows, unembedding_skipped
 from ..metrics import _finite
 from ..models import derived, info as model_info
@@ -999,6 +1000,12 @@ def _deltas(model: Any, clean: dict[str, Any], corr: dict[str, Any], first: Any,
         tol = max(PREFIX_RTOL, 16 * torch.finfo(c.dtype).eps)
         if not float(leak) <= tol * float(c.abs().max()):
             causal = False
+            # not silent: a model that reads later tokens, or corrupted outputs that are not of
+            # these prompts' corrupted run, would make every score differ from EAP's
+            warnings.warn(CircuitsWarning(
+                f"edge attribution: {nm} differs between the clean and corrupted runs before a row's first "
+                f"changed token by {float(leak):.3g} (more than rounding, {tol:g} of its largest |value|): the "
+                "deltas there are taken as computed, not as 0"), stacklevel=3)
             break
     if causal:
         mask = keep

@@ -18,7 +18,7 @@ import torch
 from pytest_circuits import ActivationStore, planted
 from pytest_circuits import hooks as H
 from pytest_circuits.components import MLP, Embed, Head
-from pytest_circuits.errors import CircuitsError, ComponentError
+from pytest_circuits.errors import CircuitsError, CircuitsWarning, ComponentError
 from pytest_circuits.models import info as model_info
 from pytest_circuits.models import load_model
 from pytest_circuits.scores import ComponentScores
@@ -670,12 +670,14 @@ def test_deltas_are_zero_before_each_rows_first_change_only_where_the_runs_diffe
     torch.testing.assert_close(out[0], want[0, :, 2:], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out[1, :, 1], want[1, :, 3], rtol=1e-9, atol=1e-9)
     corr[H.mlp_out(0)][1, 1] += 0.5                                   # a sender that moved before the change
-    out, begin = E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")
+    with pytest.warns(CircuitsWarning, match="blocks.0.hook_mlp_out differs .* before a row's first changed"):
+        out, begin = E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")
     assert begin == 0 and out[1, :, 1].any() and out[2].any()       # the computed differences, from 0
     assert not out[1, :, 4].any()                                   # padding stays 0
     corr[H.mlp_out(0)][1, 1] -= 0.5
     clean[H.z(0)][0, 0, 0, 0] = float("nan")
-    assert E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")[1] == 0     # NaN equals nothing
+    with pytest.warns(CircuitsWarning):
+        assert E._deltas(model, clean, corr, first, lengths, torch.float64, "cpu")[1] == 0     # NaN equals nothing
     assert E._first_changes(clean_tok, clean_tok, lengths).tolist() == [5, 5, 5]       # nothing changed at all
 
 
